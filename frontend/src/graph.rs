@@ -1,0 +1,441 @@
+//! The build graph: operations (image source, local context, exec, file, merge) as
+//! vertices with content-derived definition digests, and the dependencies between them.
+//!
+//! The solver knows nothing about Dockerfiles: it only sees these ops. A vertex's
+//! definition digest covers its op and the digests of its inputs, so two vertices with
+//! the same op over the same inputs are one vertex (and share one cache entry).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+
+use petgraph::Direction;
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::error::Range;
+use crate::instructions::Mount;
+
+/// A platform (`linux/amd64`, `linux/arm64/v8`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Platform {
+    /// `linux`.
+    pub os: String,
+    /// `amd64`, `arm64`, ...
+    pub architecture: String,
+    /// `v7`, `v8`, or empty.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub variant: String,
+}
+
+impl Platform {
+    /// The platform kiln runs on.
+    pub fn host() -> Platform {
+        let architecture = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "arm" => "arm",
+            "powerpc64" => "ppc64le",
+            "s390x" => "s390x",
+            "riscv64" => "riscv64",
+            other => other,
+        };
+        Platform {
+            os: "linux".to_string(),
+            architecture: architecture.to_string(),
+            variant: String::new(),
+        }
+    }
+
+    /// Parses `os/arch[/variant]`.
+    pub fn parse(s: &str) -> Result<Platform, String> {
+        let parts: Vec<&str> = s.split('/').collect();
+        match parts.as_slice() {
+            [os, arch] | [os, arch, _] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
+                os: os.to_ascii_lowercase(),
+                architecture: normalize_arch(arch),
+                variant: parts.get(2).map(|v| v.to_string()).unwrap_or_default(),
+            }),
+            _ => Err(format!(
+                "invalid platform {s:?}: expected os/arch[/variant]"
+            )),
+        }
+    }
+}
+
+fn normalize_arch(arch: &str) -> String {
+    match arch.to_ascii_lowercase().as_str() {
+        "x86_64" | "x86-64" => "amd64".to_string(),
+        "aarch64" => "arm64".to_string(),
+        other => other.to_string(),
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if !self.variant.is_empty() {
+            write!(f, "/{}", self.variant)?;
+        }
+        Ok(())
+    }
+}
+
+/// `--chown` after expansion: names are resolved against the image at build time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Chown {
+    /// User name or numeric id.
+    pub user: String,
+    /// Group name or numeric id, if given.
+    pub group: Option<String>,
+}
+
+/// One file action of a [`FileOp`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum FileAction {
+    /// Copy `src` (from the vertex input number `input`) to `dest`.
+    Copy {
+        /// Index into the vertex's inputs.
+        input: usize,
+        /// Source path or wildcard, relative to the input's root.
+        src: String,
+        /// Destination path (absolute; a trailing `/` means "into this directory").
+        dest: String,
+        /// Owner of the copied files.
+        chown: Option<Chown>,
+        /// Mode (octal or symbolic) for the copied files.
+        chmod: Option<String>,
+        /// Extract local archives (ADD).
+        unpack: bool,
+        /// Keep the source's parent directories (`--parents`).
+        parents: bool,
+        /// Patterns to leave out (`--exclude`).
+        exclude: Vec<String>,
+    },
+    /// Create a directory (with parents).
+    Mkdir {
+        /// Absolute path.
+        path: String,
+        /// Mode.
+        mode: u32,
+        /// Owner.
+        chown: Option<Chown>,
+    },
+    /// Create a file with the given content (heredoc COPY).
+    Mkfile {
+        /// Absolute path.
+        path: String,
+        /// Mode.
+        mode: u32,
+        /// Content.
+        data: String,
+        /// Owner.
+        chown: Option<Chown>,
+    },
+    /// Download a URL (ADD https://...).
+    Download {
+        /// The URL.
+        url: String,
+        /// Destination path.
+        dest: String,
+        /// Expected digest (`--checksum`).
+        checksum: Option<String>,
+        /// Owner.
+        chown: Option<Chown>,
+        /// Mode.
+        chmod: Option<String>,
+    },
+}
+
+/// Network mode of an exec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// The host's network (the default, as in BuildKit's default worker here).
+    Host,
+    /// A private network namespace with only loopback.
+    None,
+}
+
+/// A mount of an exec, with its input (if any) resolved to a vertex input index.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct ExecMount {
+    /// The mount spec, expanded.
+    pub spec: Mount,
+    /// Index into the vertex's inputs for bind/cache `from` (None: the context or empty).
+    pub input: Option<usize>,
+}
+
+/// A process run in the rootfs of input 0.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct ExecOp {
+    /// argv.
+    pub args: Vec<String>,
+    /// `KEY=value`, in order.
+    pub env: Vec<String>,
+    /// Working directory.
+    pub cwd: String,
+    /// User (`name`, `uid`, `uid:gid`, ...), empty for root.
+    pub user: String,
+    /// Network mode.
+    pub network: Network,
+    /// `--security=insecure`.
+    pub insecure: bool,
+    /// Extra mounts.
+    pub mounts: Vec<ExecMount>,
+}
+
+/// One or more file actions applied on top of input 0 (or on an empty tree).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct FileOp {
+    /// Whether input 0 is the base tree; `false` starts from empty (`--link`, `FROM scratch`).
+    pub has_base: bool,
+    /// Actions, applied in order.
+    pub actions: Vec<FileAction>,
+}
+
+/// An operation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Op {
+    /// A base image from a registry, the local store or an OCI layout.
+    Image {
+        /// The reference as written (after expansion).
+        reference: String,
+        /// The platform to pick.
+        platform: Platform,
+        /// The content digest when the resolver knew it.
+        digest: Option<String>,
+    },
+    /// The local build context (its files are checksummed at solve time).
+    Context {
+        /// `context` (named contexts could come later).
+        name: String,
+        /// `.dockerignore` patterns.
+        exclude: Vec<String>,
+    },
+    /// Run a process.
+    Exec(ExecOp),
+    /// Change files.
+    File(FileOp),
+    /// Layer input 1.. on top of input 0 (`COPY --link`).
+    Merge,
+}
+
+/// Where a vertex came from in the Dockerfile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// Stage index.
+    pub stage: usize,
+    /// Stage name or its index as text.
+    pub stage_name: String,
+    /// The instruction as written.
+    pub instruction: String,
+    /// Its lines.
+    pub range: Range,
+}
+
+/// Identifies a vertex in a [`BuildGraph`].
+pub type VertexId = NodeIndex<u32>;
+
+/// A vertex: an op, its inputs and its definition digest.
+#[derive(Debug, Clone)]
+pub struct Vertex {
+    /// The operation.
+    pub op: Op,
+    /// Inputs, in the order the op refers to them.
+    pub inputs: Vec<VertexId>,
+    /// `sha256:` of the canonical JSON of the op and its inputs' digests.
+    pub digest: String,
+    /// Every Dockerfile place that produced this vertex (several when merged).
+    pub origins: Vec<Origin>,
+}
+
+/// The build graph: vertices, edges from input to user, merged by digest.
+#[derive(Debug, Clone, Default)]
+pub struct BuildGraph {
+    graph: DiGraph<Vertex, usize>,
+    by_digest: HashMap<String, VertexId>,
+}
+
+#[derive(Serialize)]
+struct Definition<'a> {
+    op: &'a Op,
+    inputs: Vec<&'a str>,
+}
+
+impl BuildGraph {
+    /// Adds a vertex, or returns the existing one with the same definition digest.
+    pub fn add(&mut self, op: Op, inputs: Vec<VertexId>, origin: Option<Origin>) -> VertexId {
+        let digest = {
+            let def = Definition {
+                op: &op,
+                inputs: inputs
+                    .iter()
+                    .map(|i| self.graph[*i].digest.as_str())
+                    .collect(),
+            };
+            let bytes = serde_json::to_vec(&def).expect("ops serialize");
+            sha256_digest(&bytes)
+        };
+        if let Some(&id) = self.by_digest.get(&digest) {
+            if let Some(o) = origin {
+                self.graph[id].origins.push(o);
+            }
+            return id;
+        }
+        let id = self.graph.add_node(Vertex {
+            op,
+            inputs: inputs.clone(),
+            digest: digest.clone(),
+            origins: origin.into_iter().collect(),
+        });
+        for (pos, input) in inputs.iter().enumerate() {
+            self.graph.add_edge(*input, id, pos);
+        }
+        self.by_digest.insert(digest, id);
+        id
+    }
+
+    /// The vertex with this id.
+    pub fn vertex(&self, id: VertexId) -> &Vertex {
+        &self.graph[id]
+    }
+
+    /// Number of vertices.
+    pub fn len(&self) -> usize {
+        self.graph.node_count()
+    }
+
+    /// Whether there are no vertices.
+    pub fn is_empty(&self) -> bool {
+        self.graph.node_count() == 0
+    }
+
+    /// All vertex ids in a dependency order (inputs first).
+    pub fn topo_order(&self) -> Vec<VertexId> {
+        // Vertices only ever point at earlier ones, so the graph is acyclic by
+        // construction; toposort cannot fail.
+        petgraph::algo::toposort(&self.graph, None).expect("build graph is acyclic")
+    }
+
+    /// The vertices that use `id` as an input.
+    pub fn dependents(&self, id: VertexId) -> Vec<VertexId> {
+        self.graph
+            .neighbors_directed(id, Direction::Outgoing)
+            .collect()
+    }
+
+    /// Keeps only the vertices needed for `roots`; returns the new ids of the roots.
+    pub fn prune(&self, roots: &[VertexId]) -> (BuildGraph, Vec<VertexId>) {
+        let mut out = BuildGraph::default();
+        let mut map: BTreeMap<VertexId, VertexId> = BTreeMap::new();
+        for id in self.topo_order() {
+            let needed = roots.iter().any(|r| {
+                *r == id || petgraph::algo::has_path_connecting(&self.graph, id, *r, None)
+            });
+            if !needed {
+                continue;
+            }
+            let v = &self.graph[id];
+            let inputs = v.inputs.iter().map(|i| map[i]).collect();
+            let new = out.add(v.op.clone(), inputs, None);
+            out.graph[new].origins.extend(v.origins.iter().cloned());
+            map.insert(id, new);
+        }
+        let roots = roots.iter().map(|r| map[r]).collect();
+        (out, roots)
+    }
+
+    /// Groups vertices into levels: every vertex's inputs are in earlier levels, so the
+    /// vertices of one level can run at the same time.
+    pub fn levels(&self) -> Vec<Vec<VertexId>> {
+        let mut depth: HashMap<VertexId, usize> = HashMap::new();
+        let mut levels: Vec<Vec<VertexId>> = Vec::new();
+        for id in self.topo_order() {
+            let d = self.graph[id]
+                .inputs
+                .iter()
+                .map(|i| depth[i] + 1)
+                .max()
+                .unwrap_or(0);
+            depth.insert(id, d);
+            if levels.len() <= d {
+                levels.resize(d + 1, Vec::new());
+            }
+            levels[d].push(id);
+        }
+        levels
+    }
+}
+
+/// A short human description of an op.
+pub fn describe(op: &Op) -> String {
+    match op {
+        Op::Image {
+            reference,
+            platform,
+            ..
+        } => format!("image {reference} ({platform})"),
+        Op::Context { name, exclude } => {
+            format!("local context {name:?} ({} ignore patterns)", exclude.len())
+        }
+        Op::Exec(e) => format!("exec {:?}", e.args),
+        Op::File(f) => {
+            let parts: Vec<String> = f
+                .actions
+                .iter()
+                .map(|a| match a {
+                    FileAction::Copy { src, dest, .. } => format!("copy {src} -> {dest}"),
+                    FileAction::Mkdir { path, .. } => format!("mkdir {path}"),
+                    FileAction::Mkfile { path, .. } => format!("mkfile {path}"),
+                    FileAction::Download { url, dest, .. } => format!("download {url} -> {dest}"),
+                })
+                .collect();
+            format!("file {}", parts.join("; "))
+        }
+        Op::Merge => "merge".to_string(),
+    }
+}
+
+impl BuildGraph {
+    /// Graphviz text of the graph.
+    pub fn to_dot(&self) -> String {
+        let mut s = String::from(
+            "digraph kiln {\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\"];\n",
+        );
+        for id in self.topo_order() {
+            let v = &self.graph[id];
+            let label = match v.origins.first() {
+                Some(o) => format!("[{}] {}", o.stage_name, o.instruction),
+                None => describe(&v.op),
+            };
+            let short = &v.digest[7..19];
+            let _ = writeln!(
+                s,
+                "  v{} [label={}];",
+                id.index(),
+                crate::parser::go_quote(&format!("{label}\n{short}"))
+            );
+        }
+        for id in self.topo_order() {
+            for input in &self.graph[id].inputs {
+                let _ = writeln!(s, "  v{} -> v{};", input.index(), id.index());
+            }
+        }
+        s.push_str("}\n");
+        s
+    }
+}
+
+/// `sha256:<hex>` of some bytes.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(71);
+    s.push_str("sha256:");
+    for b in Sha256::digest(bytes).iter() {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}

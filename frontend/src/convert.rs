@@ -1405,3 +1405,6 @@ pub fn validate_signal(s: &str) -> Result<(), String> {
         Err(format!("invalid signal: {s}"))
     }
 }
+
+#[cfg(test)]
+mod tests;

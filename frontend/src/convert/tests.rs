@@ -1,0 +1,303 @@
+use super::*;
+use crate::graph::{FileAction, Op};
+
+fn plan_with(src: &str, args: &[(&str, &str)], target: Option<&str>) -> Result<Plan, Diagnostic> {
+    let (_, df) = crate::load(src)?;
+    let opts = ConvertOptions {
+        build_args: args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        target: target.map(str::to_string),
+        target_platform: Platform::parse("linux/amd64").unwrap(),
+        build_platform: Platform::parse("linux/arm64").unwrap(),
+        context_excludes: vec![],
+    };
+    convert(&df, &opts, &NoResolver)
+}
+
+fn plan(src: &str) -> Plan {
+    plan_with(src, &[], None).unwrap()
+}
+
+fn execs(p: &Plan) -> Vec<ExecOp> {
+    p.graph
+        .topo_order()
+        .into_iter()
+        .filter_map(|id| match &p.graph.vertex(id).op {
+            Op::Exec(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn images(p: &Plan) -> Vec<String> {
+    p.graph
+        .topo_order()
+        .into_iter()
+        .filter_map(|id| match &p.graph.vertex(id).op {
+            Op::Image { reference, .. } => Some(reference.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn global_args_in_from_and_redeclared_in_stage() {
+    let src = "ARG BASE=busybox\nARG V=1\nFROM ${BASE}:$V\nRUN echo a=$V\nARG V\nRUN echo b=$V\n";
+    let p = plan(src);
+    assert_eq!(images(&p), ["busybox:1"]);
+    let e = execs(&p);
+    // Before the re-declaration the global is not in the RUN environment.
+    assert!(!e[0].env.iter().any(|kv| kv.starts_with("V=")));
+    assert!(e[1].env.contains(&"V=1".to_string()));
+    let p = plan_with(src, &[("V", "2")], None).unwrap();
+    assert_eq!(images(&p), ["busybox:2"]);
+    assert!(execs(&p)[1].env.contains(&"V=2".to_string()));
+}
+
+#[test]
+fn env_overrides_arg() {
+    let src = "FROM a\nARG X=fromarg\nENV X=fromenv\nRUN true\nWORKDIR /$X\n";
+    let p = plan_with(src, &[("X", "cli")], None).unwrap();
+    let e = &execs(&p)[0];
+    assert!(e.env.contains(&"X=fromenv".to_string()));
+    assert!(!e.env.contains(&"X=cli".to_string()));
+    assert_eq!(p.target_stage().config.working_dir, "/fromenv");
+}
+
+#[test]
+fn build_arg_overrides_default_and_is_in_history() {
+    let p = plan_with("FROM a\nARG X=def\nRUN echo $X\n", &[("X", "cli")], None).unwrap();
+    let hist: Vec<&str> = p.target_stage().history.iter().map(|h| h.created_by.as_str()).collect();
+    assert_eq!(hist, ["ARG X=cli", "RUN |1 X=cli /bin/sh -c echo $X # buildkit"]);
+}
+
+#[test]
+fn unused_build_args_warn() {
+    let p = plan_with("FROM a\nARG USED\n", &[("USED", "1"), ("NOPE", "2"), ("HTTP_PROXY", "p")], None).unwrap();
+    assert_eq!(p.warnings, ["one or more build args were not consumed: [NOPE]"]);
+}
+
+#[test]
+fn proxy_args_reach_run_without_declaration() {
+    let p = plan_with("FROM a\nRUN true\n", &[("http_proxy", "http://p:3128")], None).unwrap();
+    assert!(execs(&p)[0].env.contains(&"http_proxy=http://p:3128".to_string()));
+    assert!(!p.target_stage().history[0].created_by.contains("proxy"));
+}
+
+#[test]
+fn platform_args() {
+    let p = plan("FROM --platform=$BUILDPLATFORM a AS b\nARG TARGETARCH\nARG BUILDARCH\nRUN echo $TARGETARCH $BUILDARCH\n");
+    assert_eq!(p.target_stage().platform.architecture, "arm64");
+    let e = &execs(&p)[0];
+    assert!(e.env.contains(&"TARGETARCH=amd64".to_string()));
+    assert!(e.env.contains(&"BUILDARCH=arm64".to_string()));
+}
+
+#[test]
+fn target_prunes_unneeded_stages() {
+    let src = "FROM a AS one\nRUN one\nFROM b AS two\nRUN two\nFROM c AS three\nCOPY --from=one /x /x\n";
+    let p = plan(src);
+    let idx: Vec<usize> = p.stages.iter().map(|s| s.index).collect();
+    assert_eq!(idx, [0, 2]);
+    assert_eq!(images(&p).len(), 2);
+    assert!(!images(&p).contains(&"b".to_string()));
+    let p = plan_with(src, &[], Some("two")).unwrap();
+    assert_eq!(p.stages.len(), 1);
+    assert_eq!(images(&p), ["b"]);
+}
+
+#[test]
+fn independent_stages_share_a_level() {
+    let src = "FROM x AS a\nRUN sleep 1\nFROM x AS b\nRUN sleep 2\nFROM x\nCOPY --from=a /o /a\nCOPY --from=b /o /b\n";
+    let p = plan(src);
+    let levels = p.graph.levels();
+    let ids: Vec<_> = execs(&p);
+    assert_eq!(ids.len(), 2);
+    let level_of = |args: &str| {
+        levels
+            .iter()
+            .position(|l| l.iter().any(|id| matches!(&p.graph.vertex(*id).op, Op::Exec(e) if e.args.last().unwrap() == args)))
+            .unwrap()
+    };
+    assert_eq!(level_of("sleep 1"), level_of("sleep 2"));
+}
+
+#[test]
+fn identical_vertices_merge() {
+    let src = "FROM x AS a\nRUN make\nFROM x AS b\nRUN make\nFROM scratch\nCOPY --from=a /o /a\nCOPY --from=b /o /b\n";
+    let p = plan(src);
+    assert_eq!(execs(&p).len(), 1);
+    assert_eq!(p.stages[0].root, p.stages[1].root);
+    assert_eq!(images(&p).len(), 1);
+}
+
+#[test]
+fn digests_are_stable_and_input_sensitive() {
+    let src = "FROM x\nARG A=1\nARG B=2\nRUN echo $A $B\nCOPY . /app\n";
+    let d = |p: &Plan| p.graph.vertex(p.target_stage().root.unwrap()).digest.clone();
+    let one = d(&plan_with(src, &[("A", "1"), ("B", "2")], None).unwrap());
+    let two = d(&plan_with(src, &[("B", "2"), ("A", "1")], None).unwrap());
+    assert_eq!(one, two);
+    let three = d(&plan_with(src, &[("A", "9")], None).unwrap());
+    assert_ne!(one, three);
+    assert!(one.starts_with("sha256:") && one.len() == 71);
+}
+
+#[test]
+fn workdir_and_copy_paths() {
+    let p = plan("FROM x\nWORKDIR /app\nWORKDIR sub/../src\nCOPY a.txt b/\nCOPY c.txt ./d.txt\n");
+    assert_eq!(p.target_stage().config.working_dir, "/app/src");
+    let dests: Vec<String> = p
+        .graph
+        .topo_order()
+        .into_iter()
+        .flat_map(|id| match &p.graph.vertex(id).op {
+            Op::File(f) => f
+                .actions
+                .iter()
+                .filter_map(|a| match a {
+                    FileAction::Copy { dest, .. } => Some(dest.clone()),
+                    FileAction::Mkdir { path, .. } => Some(format!("mkdir {path}")),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+            _ => vec![],
+        })
+        .collect();
+    assert_eq!(dests, ["mkdir /app", "mkdir /app/src", "/app/src/b/", "/app/src/d.txt"]);
+}
+
+#[test]
+fn env_quotes_and_sequential_expansion() {
+    let p = plan("FROM x\nENV A=1\nENV A=2 B=$A C=\"x y\" D='$A'\n");
+    let env = &p.target_stage().config.env;
+    assert!(env.contains(&"A=2".to_string()));
+    assert!(env.contains(&"B=1".to_string()));
+    assert!(env.contains(&"C=x y".to_string()));
+    assert!(env.contains(&"D=$A".to_string()));
+    assert!(env.iter().any(|e| e.starts_with("PATH=")));
+}
+
+#[test]
+fn metadata_folds_into_config() {
+    let src = "FROM x\nLABEL a=b \"c d\"=e\nEXPOSE 80 53/udp 8000-8001\nUSER app\nVOLUME /data\nSTOPSIGNAL SIGINT\nSHELL [\"/bin/bash\", \"-c\"]\nCMD echo hi\nHEALTHCHECK --interval=30s CMD curl -f localhost\nONBUILD RUN echo child\nMAINTAINER me\n";
+    let p = plan(src);
+    let c = &p.target_stage().config;
+    assert_eq!(c.labels.get("c d").map(String::as_str), Some("e"));
+    let ports: Vec<&str> = c.exposed_ports.iter().map(String::as_str).collect();
+    assert_eq!(ports, ["53/udp", "80/tcp", "8000/tcp", "8001/tcp"]);
+    assert_eq!(c.user, "app");
+    assert!(c.volumes.contains("/data"));
+    assert_eq!(c.stop_signal.as_deref(), Some("SIGINT"));
+    assert_eq!(c.cmd.as_deref().unwrap(), ["/bin/bash", "-c", "echo hi"]);
+    let hc = c.healthcheck.as_ref().unwrap();
+    assert_eq!(hc.test, ["CMD-SHELL", "curl -f localhost"]);
+    assert_eq!(hc.interval, Some(std::time::Duration::from_secs(30)));
+    assert_eq!(c.on_build, ["RUN echo child"]);
+    assert_eq!(c.author.as_deref(), Some("me"));
+    assert!(p.graph.is_empty() || images(&p).len() == 1);
+    assert!(p.target_stage().history.iter().all(|h| h.vertex.is_none()));
+}
+
+#[test]
+fn entrypoint_resets_inherited_cmd() {
+    let p = plan("FROM x AS a\nCMD [\"a\"]\nFROM a\nENTRYPOINT [\"e\"]\n");
+    assert_eq!(p.target_stage().config.cmd, None);
+    let p = plan("FROM x\nCMD [\"a\"]\nENTRYPOINT [\"e\"]\n");
+    assert_eq!(p.target_stage().config.cmd.as_deref().unwrap(), ["a"]);
+}
+
+#[test]
+fn heredoc_run_and_copy() {
+    let p = plan("FROM x\nENV N=kiln\nRUN <<EOF\necho $N\nEOF\nCOPY <<EOT /etc/motd\nhello $N\nEOT\nCOPY <<'EOT' /etc/raw\nhello $N\nEOT\n");
+    let e = &execs(&p)[0];
+    assert_eq!(e.args, ["/bin/sh", "-c", "echo $N\n"]);
+    let files: Vec<(String, String)> = p
+        .graph
+        .topo_order()
+        .into_iter()
+        .flat_map(|id| match &p.graph.vertex(id).op {
+            Op::File(f) => f
+                .actions
+                .iter()
+                .filter_map(|a| match a {
+                    FileAction::Mkfile { path, data, .. } => Some((path.clone(), data.clone())),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+            _ => vec![],
+        })
+        .collect();
+    assert_eq!(
+        files,
+        [
+            ("/etc/motd".to_string(), "hello kiln\n".to_string()),
+            ("/etc/raw".to_string(), "hello $N\n".to_string())
+        ]
+    );
+}
+
+#[test]
+fn heredoc_with_command_goes_to_the_shell() {
+    let p = plan("FROM x\nRUN cat <<EOF > /f\nline\nEOF\n");
+    assert_eq!(execs(&p)[0].args[2], "cat <<EOF > /f\nline\nEOF\n");
+}
+
+#[test]
+fn copy_link_is_a_merge() {
+    let p = plan("FROM x\nCOPY --link a /a\n");
+    let root = p.target_stage().root.unwrap();
+    assert!(matches!(p.graph.vertex(root).op, Op::Merge));
+    let layer = p.target_stage().history[0].vertex.unwrap();
+    assert!(matches!(&p.graph.vertex(layer).op, Op::File(f) if !f.has_base));
+}
+
+#[test]
+fn copy_from_index_and_image() {
+    let p = plan("FROM x\nRUN build\nFROM y\nCOPY --from=0 /o /o\nCOPY --from=alpine:3 /etc/os-release /\n");
+    assert_eq!(images(&p).len(), 3);
+    assert_eq!(p.target_stage().depends_on, [0]);
+}
+
+#[test]
+fn run_mounts_and_network() {
+    let p = plan("FROM x AS src\nFROM x\nRUN --mount=type=cache,target=/root/.cache --mount=type=bind,from=src,source=/,target=/s --network=none true\n");
+    let e = &execs(&p)[0];
+    assert_eq!(e.network, Network::None);
+    assert_eq!(e.mounts.len(), 2);
+    assert_eq!(e.mounts[0].input, None);
+    assert_eq!(e.mounts[1].input, Some(1));
+}
+
+struct OnbuildResolver;
+impl ImageResolver for OnbuildResolver {
+    fn resolve(&self, reference: &str, _: &Platform) -> Result<Option<ResolvedImage>, String> {
+        let mut config = ImageConfig::default();
+        config.env.push("FROMBASE=1".to_string());
+        if reference == "parent" {
+            config.on_build = vec!["RUN echo triggered".to_string()];
+        }
+        Ok(Some(ResolvedImage {
+            digest: Some(format!("sha256:{reference}")),
+            config,
+            history_len: 1,
+        }))
+    }
+}
+
+#[test]
+fn onbuild_triggers_of_the_base_run_first() {
+    let (_, df) = crate::load("FROM parent\nRUN echo mine\n").unwrap();
+    let p = convert(&df, &ConvertOptions::default(), &OnbuildResolver).unwrap();
+    let args: Vec<String> = execs(&p).iter().map(|e| e.args[2].clone()).collect();
+    assert_eq!(args, ["echo triggered", "echo mine"]);
+    assert!(p.target_stage().config.on_build.is_empty());
+    assert!(execs(&p)[0].env.contains(&"FROMBASE=1".to_string()));
+}
+
+#[test]
+fn scratch_stage_starts_empty() {
+    let p = plan("FROM scratch\nCOPY a /a\n");
+    let root = p.target_stage().root.unwrap();
+    assert!(matches!(&p.graph.vertex(root).op, Op::File(f) if !f.has_base));
+    assert!(images(&p).is_empty());
+}

@@ -34,6 +34,31 @@ impl Ast {
     }
 }
 
+impl Ast {
+    /// Writes the tree back as Dockerfile text: directives, then each instruction on one
+    /// line (continuations joined, comments dropped) followed by its heredoc bodies.
+    /// Parsing the result gives the same tree.
+    pub fn to_dockerfile(&self) -> String {
+        let mut s = String::new();
+        for d in &self.directives.parsed {
+            let _ = writeln!(s, "# {}={}", d.name, d.value);
+        }
+        for child in &self.children {
+            s.push_str(&child.original);
+            s.push('\n');
+            for doc in &child.heredocs {
+                s.push_str(&doc.content);
+                if !doc.content.is_empty() && !doc.content.ends_with('\n') {
+                    s.push('\n');
+                }
+                s.push_str(&doc.name);
+                s.push('\n');
+            }
+        }
+        s
+    }
+}
+
 /// Quotes a string as Go's `strconv.Quote` does: `\"`, `\\`, the C escapes, `\xNN` for
 /// other ASCII control characters, `\uNNNN`/`\UNNNNNNNN` for non-printable code points.
 pub fn go_quote(s: &str) -> String {

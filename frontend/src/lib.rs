@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod convert;
+pub mod dockerignore;
 pub mod error;
 pub mod graph;
 pub mod instructions;

@@ -102,7 +102,12 @@ fn parse_cmd(file: &Path) -> Result<ExitCode> {
     match parser::parse(&source) {
         Ok(ast) => {
             for w in &ast.warnings {
-                eprintln!("warning: {}:{}: {}", file.display(), w.range.start.line, w.message);
+                eprintln!(
+                    "warning: {}:{}: {}",
+                    file.display(),
+                    w.range.start.line,
+                    w.message
+                );
             }
             println!("{}", ast.dump());
             Ok(ExitCode::SUCCESS)
@@ -136,15 +141,26 @@ fn build_cmd(args: &BuildArgs) -> Result<ExitCode> {
     if !context.is_dir() {
         bail!("build context {} is not a directory", context.display());
     }
-    let file = args.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
-    let shown = args.file.clone().unwrap_or_else(|| PathBuf::from("Dockerfile"));
+    let file = args
+        .file
+        .clone()
+        .unwrap_or_else(|| context.join("Dockerfile"));
+    let shown = args
+        .file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("Dockerfile"));
     let source = read_source(&file)?;
     let (ast, df) = match kiln_frontend::load(&source) {
         Ok(v) => v,
         Err(e) => return Ok(report(&shown, &source, &e)),
     };
     for w in &ast.warnings {
-        eprintln!("warning: {}:{}: {}", shown.display(), w.range.start.line, w.message);
+        eprintln!(
+            "warning: {}:{}: {}",
+            shown.display(),
+            w.range.start.line,
+            w.message
+        );
     }
     let excludes = match dockerignore::load_for(context, &file)
         .with_context(|| format!("reading .dockerignore for {}", context.display()))?
@@ -176,7 +192,10 @@ fn build_cmd(args: &BuildArgs) -> Result<ExitCode> {
         eprintln!("warning: {w}");
     }
     match args.format {
-        PlanFormat::Text => print!("{}", crate::plan::render(&plan, &df, &shown.display().to_string())),
+        PlanFormat::Text => print!(
+            "{}",
+            crate::plan::render(&plan, &df, &shown.display().to_string())
+        ),
         PlanFormat::Dot => print!("{}", plan.graph.to_dot()),
     }
     Ok(ExitCode::SUCCESS)

@@ -1,12 +1,9 @@
 //! `kiln`: an OCI image builder in the style of BuildKit.
 
-mod cli;
-mod plan;
-
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    match cli::run() {
+    match kiln_builder::cli::run() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -39,11 +39,19 @@ pub fn render(plan: &Plan, df: &Dockerfile, file: &str) -> String {
             label(st.index),
             st.platform,
             st.range.start.line,
-            if deps.is_empty() { String::new() } else { format!(", needs {}", deps.join(", ")) }
+            if deps.is_empty() {
+                String::new()
+            } else {
+                format!(", needs {}", deps.join(", "))
+            }
         );
     }
     let order = plan.graph.topo_order();
-    let numbers: BTreeMap<VertexId, usize> = order.iter().enumerate().map(|(n, id)| (*id, n + 1)).collect();
+    let numbers: BTreeMap<VertexId, usize> = order
+        .iter()
+        .enumerate()
+        .map(|(n, id)| (*id, n + 1))
+        .collect();
     let _ = writeln!(s, "\nvertices:");
     for id in &order {
         let v = plan.graph.vertex(*id);
@@ -56,16 +64,27 @@ pub fn render(plan: &Plan, df: &Dockerfile, file: &str) -> String {
             ),
             None => describe(&v.op),
         };
-        let deps: Vec<String> = v.inputs.iter().map(|i| format!("#{}", numbers[i])).collect();
+        let deps: Vec<String> = v
+            .inputs
+            .iter()
+            .map(|i| format!("#{}", numbers[i]))
+            .collect();
         let _ = writeln!(
             s,
             "  #{:<3} {} {what}{}",
             numbers[id],
             &v.digest[7..19],
-            if deps.is_empty() { String::new() } else { format!("  <- {}", deps.join(" ")) }
+            if deps.is_empty() {
+                String::new()
+            } else {
+                format!("  <- {}", deps.join(" "))
+            }
         );
     }
-    let _ = writeln!(s, "\nparallel levels (vertices on one level can run at the same time):");
+    let _ = writeln!(
+        s,
+        "\nparallel levels (vertices on one level can run at the same time):"
+    );
     for (n, level) in plan.graph.levels().iter().enumerate() {
         let ids: Vec<String> = level.iter().map(|i| format!("#{}", numbers[i])).collect();
         let _ = writeln!(s, "  level {n}: {}", ids.join(" "));

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use assert_cmd::Command;
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn kiln() -> Command {
@@ -24,7 +27,9 @@ fn fixture_dirs(kind: &str) -> Vec<PathBuf> {
 }
 
 fn options(dir: &Path) -> Vec<String> {
-    let Ok(text) = fs::read_to_string(dir.join("options")) else { return vec![] };
+    let Ok(text) = fs::read_to_string(dir.join("options")) else {
+        return vec![];
+    };
     text.lines()
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| format!("--{k}={v}"))
@@ -48,17 +53,33 @@ fn invalid_dockerfiles_fail_with_location_and_caret() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let first = stderr.lines().next().unwrap_or("");
         if out.status.success() || first != want.trim_end() {
-            failures.push(format!("{}:\n  want: {}\n  got:  {stderr}", dir.display(), want.trim_end()));
+            failures.push(format!(
+                "{}:\n  want: {}\n  got:  {stderr}",
+                dir.display(),
+                want.trim_end()
+            ));
             continue;
         }
         // Located errors show the offending line and a caret under the column.
-        if let Some(line_no) = first.split(':').nth(1).and_then(|n| n.parse::<usize>().ok()) {
+        if let Some(line_no) = first
+            .split(':')
+            .nth(1)
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             let src = fs::read_to_string(dir.join("Dockerfile")).unwrap();
             let line = src.lines().nth(line_no - 1).unwrap_or("");
             let mut rest = stderr.lines().skip(1);
             let shown = rest.next().unwrap_or("");
-            assert!(shown.ends_with(line), "{}: excerpt {shown:?} should show {line:?}", dir.display());
-            assert!(rest.next().unwrap_or("").trim_end().ends_with('^'), "{}: no caret", dir.display());
+            assert!(
+                shown.ends_with(line),
+                "{}: excerpt {shown:?} should show {line:?}",
+                dir.display()
+            );
+            assert!(
+                rest.next().unwrap_or("").trim_end().ends_with('^'),
+                "{}: no caret",
+                dir.display()
+            );
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -67,11 +88,24 @@ fn invalid_dockerfiles_fail_with_location_and_caret() {
 #[test]
 fn valid_dockerfiles_plan() {
     for dir in fixture_dirs("valid") {
-        let out = kiln().current_dir(&dir).args(["build", "--dry-run", "."]).output().unwrap();
-        assert!(out.status.success(), "{}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+        let out = kiln()
+            .current_dir(&dir)
+            .args(["build", "--dry-run", "."])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         let plan = String::from_utf8_lossy(&out.stdout);
         assert!(plan.contains("parallel levels"), "{plan}");
-        let dot = kiln().current_dir(&dir).args(["build", "--dry-run", "--format", "dot", "."]).output().unwrap();
+        let dot = kiln()
+            .current_dir(&dir)
+            .args(["build", "--dry-run", "--format", "dot", "."])
+            .output()
+            .unwrap();
         assert!(String::from_utf8_lossy(&dot.stdout).starts_with("digraph kiln {"));
     }
 }
@@ -79,22 +113,55 @@ fn valid_dockerfiles_plan() {
 #[test]
 fn dry_run_shows_parallel_stages_and_prunes_unused() {
     let dir = repo().join("testdata/frontend/valid/multistage");
-    let out = kiln().args(["build", "--dry-run"]).arg(&dir).output().unwrap();
+    let out = kiln()
+        .args(["build", "--dry-run"])
+        .arg(&dir)
+        .output()
+        .unwrap();
     let plan = String::from_utf8_lossy(&out.stdout);
-    assert!(!plan.contains("never built"), "unused stage must be pruned:\n{plan}");
-    let level1 = plan.lines().find(|l| l.trim_start().starts_with("level 1:")).unwrap();
-    assert_eq!(level1.split_whitespace().count(), 4, "two RUNs of independent stages side by side: {level1}");
-    let out = kiln().args(["build", "--dry-run", "--target", "stage_b"]).arg(&dir).output().unwrap();
+    assert!(
+        !plan.contains("never built"),
+        "unused stage must be pruned:\n{plan}"
+    );
+    let level1 = plan
+        .lines()
+        .find(|l| l.trim_start().starts_with("level 1:"))
+        .unwrap();
+    assert_eq!(
+        level1.split_whitespace().count(),
+        4,
+        "two RUNs of independent stages side by side: {level1}"
+    );
+    let out = kiln()
+        .args(["build", "--dry-run", "--target", "stage_b"])
+        .arg(&dir)
+        .output()
+        .unwrap();
     let plan = String::from_utf8_lossy(&out.stdout);
-    assert!(plan.contains("echo b") && !plan.contains("echo a"), "{plan}");
+    assert!(
+        plan.contains("echo b") && !plan.contains("echo a"),
+        "{plan}"
+    );
 }
 
 #[test]
 fn dry_run_plan_is_deterministic() {
     let dir = repo().join("testdata/frontend/valid/args");
-    let run = || kiln().args(["build", "--dry-run", "--build-arg", "VERSION=2"]).arg(&dir).output().unwrap().stdout;
+    let run = || {
+        kiln()
+            .args(["build", "--dry-run", "--build-arg", "VERSION=2"])
+            .arg(&dir)
+            .output()
+            .unwrap()
+            .stdout
+    };
     assert_eq!(run(), run());
-    let other = kiln().args(["build", "--dry-run", "--build-arg", "VERSION=3"]).arg(&dir).output().unwrap().stdout;
+    let other = kiln()
+        .args(["build", "--dry-run", "--build-arg", "VERSION=3"])
+        .arg(&dir)
+        .output()
+        .unwrap()
+        .stdout;
     assert_ne!(run(), other);
 }
 
@@ -106,7 +173,9 @@ fn unused_build_arg_warns() {
         .arg(&dir)
         .assert()
         .success()
-        .stderr(predicates::str::contains("build args were not consumed: [NOT_DECLARED]"));
+        .stderr(predicates::str::contains(
+            "build args were not consumed: [NOT_DECLARED]",
+        ));
 }
 
 #[test]
@@ -117,7 +186,9 @@ fn dockerignore_patterns_reach_the_context_source() {
         .arg(&dir)
         .assert()
         .success()
-        .stdout(predicates::str::contains("local context \"context\" (2 ignore patterns)"));
+        .stdout(predicates::str::contains(
+            "local context \"context\" (2 ignore patterns)",
+        ));
 }
 
 #[test]
@@ -127,14 +198,28 @@ fn parse_dump_matches_buildkit() {
         .map(|a| a.join("shared/testdata/buildkit/testfiles"))
         .find(|p| p.is_dir())
         .expect("shared/testdata/buildkit next to the repository");
-    for case in ["env", "heredoc-free-json", "flags", "escape", "continueIndent"] {
+    for case in [
+        "env",
+        "heredoc-free-json",
+        "flags",
+        "escape",
+        "continueIndent",
+    ] {
         let dir = shared.join(case);
         if !dir.is_dir() {
             continue;
         }
         let want = fs::read_to_string(dir.join("result")).unwrap();
-        kiln().args(["parse", "--dump"]).arg(dir.join("Dockerfile")).assert().success().stdout(want);
+        kiln()
+            .args(["parse", "--dump"])
+            .arg(dir.join("Dockerfile"))
+            .assert()
+            .success()
+            .stdout(want);
     }
-    let neg = shared.parent().unwrap().join("testfiles-negative/env_no_value/Dockerfile");
+    let neg = shared
+        .parent()
+        .unwrap()
+        .join("testfiles-negative/env_no_value/Dockerfile");
     kiln().args(["parse", "--dump"]).arg(neg).assert().failure();
 }

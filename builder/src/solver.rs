@@ -1,0 +1,440 @@
+//! The solver: runs a build graph on a thread pool against a cache.
+//!
+//! It knows nothing about Dockerfiles. Each vertex runs once its inputs are done; its
+//! cache key is `sha256(definition digest, input keys, content key)`, where the content
+//! key is whatever the [`Worker`] says the op's result depends on beyond its definition
+//! (file checksums for COPY, ChainIDs for images). A vertex whose key is in the cache is
+//! loaded instead of run. Independent vertices run at the same time; the first failure
+//! stops the scheduling of new work and is returned.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use kiln_frontend::graph::{BuildGraph, Vertex, VertexId, sha256_digest};
+
+/// What a worker does for the solver.
+pub trait Worker: Sync {
+    /// The result of a vertex (for example a chain of layers).
+    type Output: Clone + Send + Sync;
+
+    /// The part of the cache key the definition does not show (may read the inputs).
+    fn content_key(
+        &self,
+        id: VertexId,
+        vertex: &Vertex,
+        inputs: &[Self::Output],
+    ) -> anyhow::Result<Option<String>>;
+
+    /// Loads a cached result.
+    fn load(&self, key: &str, vertex: &Vertex) -> anyhow::Result<Option<Self::Output>>;
+
+    /// Runs the op.
+    fn execute(
+        &self,
+        id: VertexId,
+        vertex: &Vertex,
+        inputs: &[Self::Output],
+        cancel: &AtomicBool,
+    ) -> anyhow::Result<Self::Output>;
+
+    /// Records a result under its key.
+    fn save(&self, key: &str, vertex: &Vertex, output: &Self::Output) -> anyhow::Result<()>;
+}
+
+/// Progress events, in the order they happen for each vertex.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The vertex started (its key is being computed).
+    Started(VertexId),
+    /// Found in the cache.
+    Cached {
+        /// Which.
+        id: VertexId,
+        /// Its cache key.
+        key: String,
+    },
+    /// Executed.
+    Done {
+        /// Which.
+        id: VertexId,
+        /// Its cache key.
+        key: String,
+        /// How long it took.
+        duration: Duration,
+    },
+    /// Failed.
+    Failed {
+        /// Which.
+        id: VertexId,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Receives progress events; implemented by the CLI's progress displays.
+pub trait Reporter: Sync {
+    /// Called from worker threads as things happen.
+    fn event(&self, event: &Event);
+}
+
+/// A reporter that ignores everything.
+pub struct NoReporter;
+
+impl Reporter for NoReporter {
+    fn event(&self, _: &Event) {}
+}
+
+/// The outcome of one vertex.
+#[derive(Debug, Clone)]
+pub struct Solved<O> {
+    /// The result.
+    pub output: O,
+    /// The cache key.
+    pub key: String,
+    /// Whether it came from the cache.
+    pub cached: bool,
+    /// Time spent (key, load or execute).
+    pub duration: Duration,
+}
+
+/// A failed solve: which vertex and why.
+#[derive(Debug)]
+pub struct SolveError {
+    /// The vertex that failed.
+    pub vertex: VertexId,
+    /// The error.
+    pub error: anyhow::Error,
+}
+
+/// Solver options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SolveOptions {
+    /// Ignore cached results (results are still recorded).
+    pub no_cache: bool,
+}
+
+/// Solves every vertex of `graph` and returns the results by vertex.
+pub fn solve<W: Worker>(
+    graph: &BuildGraph,
+    worker: &W,
+    reporter: &dyn Reporter,
+    opts: SolveOptions,
+    cancel: &AtomicBool,
+) -> Result<HashMap<VertexId, Solved<W::Output>>, SolveError> {
+    let order = graph.topo_order();
+    let mut waiting: HashMap<VertexId, usize> = order
+        .iter()
+        .map(|id| {
+            let mut inputs = graph.vertex(*id).inputs.clone();
+            inputs.sort_unstable();
+            inputs.dedup();
+            (*id, inputs.len())
+        })
+        .collect();
+    let results: Mutex<HashMap<VertexId, Solved<W::Output>>> = Mutex::new(HashMap::new());
+    let failed = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel::<(VertexId, anyhow::Result<()>)>();
+    let mut first_error: Option<SolveError> = None;
+
+    rayon::in_place_scope(|scope| {
+        let mut running = 0usize;
+        let spawn = |id: VertexId, running: &mut usize| {
+            *running += 1;
+            let tx = tx.clone();
+            let results = &results;
+            let failed = failed.clone();
+            scope.spawn(move |_| {
+                let r = if failed.load(Ordering::SeqCst) || cancel.load(Ordering::SeqCst) {
+                    Err(anyhow::anyhow!("cancelled"))
+                } else {
+                    run_one(graph, worker, reporter, opts, cancel, id, results)
+                };
+                let _ = tx.send((id, r));
+            });
+        };
+        for id in &order {
+            if waiting[id] == 0 {
+                spawn(*id, &mut running);
+            }
+        }
+        while running > 0 {
+            let (id, r) = rx.recv().expect("workers hold a sender");
+            running -= 1;
+            match r {
+                Ok(()) => {
+                    if failed.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let mut deps = graph.dependents(id);
+                    deps.sort_unstable();
+                    deps.dedup();
+                    for d in deps {
+                        let w = waiting.get_mut(&d).expect("known vertex");
+                        *w -= 1;
+                        if *w == 0 {
+                            spawn(d, &mut running);
+                        }
+                    }
+                }
+                Err(error) => {
+                    if !failed.swap(true, Ordering::SeqCst) {
+                        reporter.event(&Event::Failed {
+                            id,
+                            message: format!("{error:#}"),
+                        });
+                        first_error = Some(SolveError { vertex: id, error });
+                    }
+                }
+            }
+        }
+    });
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(results.into_inner().expect("no poisoned lock")),
+    }
+}
+
+fn run_one<W: Worker>(
+    graph: &BuildGraph,
+    worker: &W,
+    reporter: &dyn Reporter,
+    opts: SolveOptions,
+    cancel: &AtomicBool,
+    id: VertexId,
+    results: &Mutex<HashMap<VertexId, Solved<W::Output>>>,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let vertex = graph.vertex(id);
+    reporter.event(&Event::Started(id));
+    let (inputs, input_keys): (Vec<W::Output>, Vec<String>) = {
+        let r = results.lock().expect("no poisoned lock");
+        vertex
+            .inputs
+            .iter()
+            .map(|i| (r[i].output.clone(), r[i].key.clone()))
+            .unzip()
+    };
+    let content = worker.content_key(id, vertex, &inputs)?;
+    let key = cache_key(&vertex.digest, &input_keys, content.as_deref());
+    if !opts.no_cache {
+        if let Some(output) = worker.load(&key, vertex)? {
+            reporter.event(&Event::Cached {
+                id,
+                key: key.clone(),
+            });
+            results.lock().expect("no poisoned lock").insert(
+                id,
+                Solved {
+                    output,
+                    key,
+                    cached: true,
+                    duration: start.elapsed(),
+                },
+            );
+            return Ok(());
+        }
+    }
+    let output = worker.execute(id, vertex, &inputs, cancel)?;
+    worker.save(&key, vertex, &output)?;
+    let duration = start.elapsed();
+    reporter.event(&Event::Done {
+        id,
+        key: key.clone(),
+        duration,
+    });
+    results.lock().expect("no poisoned lock").insert(
+        id,
+        Solved {
+            output,
+            key,
+            cached: false,
+            duration,
+        },
+    );
+    Ok(())
+}
+
+/// `sha256` over the definition digest, the input keys in order and the content key.
+pub fn cache_key(definition: &str, inputs: &[String], content: Option<&str>) -> String {
+    let mut buf = String::with_capacity(80 * (inputs.len() + 2));
+    buf.push_str("kiln.v1\0");
+    buf.push_str(definition);
+    for k in inputs {
+        buf.push('\0');
+        buf.push_str(k);
+    }
+    buf.push_str("\0content\0");
+    buf.push_str(content.unwrap_or(""));
+    sha256_digest(buf.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_frontend::graph::{ExecOp, Network, Op};
+    use std::sync::atomic::AtomicUsize;
+
+    /// A worker over fake ops that counts executions and cache hits, as BuildKit's
+    /// solver tests do.
+    #[derive(Default)]
+    struct Counting {
+        executed: Mutex<Vec<String>>,
+        cache: Mutex<HashMap<String, String>>,
+        running: AtomicUsize,
+        max_running: AtomicUsize,
+        fail_on: Option<String>,
+        content: Mutex<HashMap<String, String>>,
+    }
+
+    fn name(v: &Vertex) -> String {
+        match &v.op {
+            Op::Exec(e) => e.args.join(" "),
+            _ => "other".into(),
+        }
+    }
+
+    impl Worker for Counting {
+        type Output = String;
+        fn content_key(
+            &self,
+            _: VertexId,
+            v: &Vertex,
+            _: &[String],
+        ) -> anyhow::Result<Option<String>> {
+            Ok(self.content.lock().unwrap().get(&name(v)).cloned())
+        }
+        fn load(&self, key: &str, _: &Vertex) -> anyhow::Result<Option<String>> {
+            Ok(self.cache.lock().unwrap().get(key).cloned())
+        }
+        fn execute(
+            &self,
+            _: VertexId,
+            v: &Vertex,
+            inputs: &[String],
+            _: &AtomicBool,
+        ) -> anyhow::Result<String> {
+            let n = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_running.fetch_max(n, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(50));
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            if self.fail_on.as_deref() == Some(name(v).as_str()) {
+                anyhow::bail!("boom");
+            }
+            self.executed.lock().unwrap().push(name(v));
+            Ok(format!("{}({})", name(v), inputs.join(",")))
+        }
+        fn save(&self, key: &str, _: &Vertex, out: &String) -> anyhow::Result<()> {
+            self.cache
+                .lock()
+                .unwrap()
+                .insert(key.to_string(), out.clone());
+            Ok(())
+        }
+    }
+
+    fn exec(args: &str) -> Op {
+        Op::Exec(ExecOp {
+            args: vec![args.to_string()],
+            env: vec![],
+            cwd: "/".into(),
+            user: String::new(),
+            network: Network::Host,
+            insecure: false,
+            mounts: vec![],
+        })
+    }
+
+    /// a -> b, a -> c, (b, c) -> d
+    fn diamond() -> (BuildGraph, [VertexId; 4]) {
+        let mut g = BuildGraph::default();
+        let a = g.add(exec("a"), vec![], None);
+        let b = g.add(exec("b"), vec![a], None);
+        let c = g.add(exec("c"), vec![a], None);
+        let d = g.add(exec("d"), vec![b, c], None);
+        (g, [a, b, c, d])
+    }
+
+    fn run(
+        g: &BuildGraph,
+        w: &Counting,
+        no_cache: bool,
+    ) -> Result<HashMap<VertexId, Solved<String>>, SolveError> {
+        solve(
+            g,
+            w,
+            &NoReporter,
+            SolveOptions { no_cache },
+            &AtomicBool::new(false),
+        )
+    }
+
+    #[test]
+    fn runs_each_vertex_once_and_in_parallel() {
+        let (g, [_, _, _, d]) = diamond();
+        let w = Counting::default();
+        let r = run(&g, &w, false).unwrap();
+        let mut ex = w.executed.lock().unwrap().clone();
+        ex.sort();
+        assert_eq!(ex, ["a", "b", "c", "d"]);
+        assert_eq!(r[&d].output, "d(b(a()),c(a()))");
+        if rayon::current_num_threads() > 1 {
+            assert_eq!(
+                w.max_running.load(Ordering::SeqCst),
+                2,
+                "b and c run together"
+            );
+        }
+    }
+
+    #[test]
+    fn second_solve_is_all_cached_and_no_cache_reruns() {
+        let (g, _) = diamond();
+        let w = Counting::default();
+        run(&g, &w, false).unwrap();
+        w.executed.lock().unwrap().clear();
+        let r = run(&g, &w, false).unwrap();
+        assert!(w.executed.lock().unwrap().is_empty());
+        assert!(r.values().all(|s| s.cached));
+        let r = run(&g, &w, true).unwrap();
+        assert_eq!(w.executed.lock().unwrap().len(), 4);
+        assert!(r.values().all(|s| !s.cached));
+    }
+
+    #[test]
+    fn content_change_invalidates_only_dependents() {
+        let (g, _) = diamond();
+        let w = Counting::default();
+        run(&g, &w, false).unwrap();
+        w.executed.lock().unwrap().clear();
+        w.content
+            .lock()
+            .unwrap()
+            .insert("b".into(), "changed".into());
+        run(&g, &w, false).unwrap();
+        let mut ex = w.executed.lock().unwrap().clone();
+        ex.sort();
+        assert_eq!(ex, ["b", "d"]);
+    }
+
+    #[test]
+    fn failure_names_the_vertex_and_stops_dependents() {
+        let (g, [_, b, _, _]) = diamond();
+        let w = Counting {
+            fail_on: Some("b".into()),
+            ..Default::default()
+        };
+        let err = run(&g, &w, false).unwrap_err();
+        assert_eq!(err.vertex, b);
+        assert!(!w.executed.lock().unwrap().contains(&"d".to_string()));
+    }
+
+    #[test]
+    fn keys_depend_on_inputs_and_content() {
+        let k = cache_key("sha256:x", &["a".into()], None);
+        assert_ne!(k, cache_key("sha256:x", &["b".into()], None));
+        assert_ne!(k, cache_key("sha256:x", &["a".into()], Some("c")));
+        assert_eq!(k, cache_key("sha256:x", &["a".into()], None));
+    }
+}

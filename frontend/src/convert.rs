@@ -107,7 +107,7 @@ pub enum Base {
         /// The reference, expanded.
         reference: String,
         /// What the resolver knew.
-        resolved: Option<ResolvedImage>,
+        resolved: Option<Box<ResolvedImage>>,
     },
     /// An earlier stage.
     Stage(usize),
@@ -540,7 +540,7 @@ impl Converter<'_> {
                     (
                         Base::Image {
                             reference: base_name.clone(),
-                            resolved,
+                            resolved: resolved.map(Box::new),
                         },
                         Some(id),
                         config,
@@ -984,16 +984,13 @@ impl Converter<'_> {
 
     /// Applies file actions to the stage root (or, with `--link`, to an empty tree merged
     /// on top).
-    fn file_op(
-        &mut self,
-        stage: &Stage,
-        st: &mut State,
-        cmd: &Command,
-        link: bool,
-        actions: Vec<FileAction>,
-        sources: Vec<VertexId>,
-        created_by: String,
-    ) {
+    fn file_op(&mut self, stage: &Stage, st: &mut State, cmd: &Command, step: FileStep) {
+        let FileStep {
+            link,
+            actions,
+            sources,
+            created_by,
+        } = step;
         let origin = Some(self.origin(stage, cmd));
         let id = match (link, st.root) {
             (false, Some(root)) => {
@@ -1150,7 +1147,17 @@ impl Converter<'_> {
             srcs.join(" "),
             dest_raw
         );
-        self.file_op(stage, st, cmd, c.link, actions, sources, created_by);
+        self.file_op(
+            stage,
+            st,
+            cmd,
+            FileStep {
+                link: c.link,
+                actions,
+                sources,
+                created_by,
+            },
+        );
         Ok(())
     }
 
@@ -1252,9 +1259,27 @@ impl Converter<'_> {
             srcs.join(" "),
             dest_raw
         );
-        self.file_op(stage, st, cmd, a.link, actions, sources, created_by);
+        self.file_op(
+            stage,
+            st,
+            cmd,
+            FileStep {
+                link: a.link,
+                actions,
+                sources,
+                created_by,
+            },
+        );
         Ok(())
     }
+}
+
+/// The file actions of one COPY or ADD, before they are attached to the stage.
+struct FileStep {
+    link: bool,
+    actions: Vec<FileAction>,
+    sources: Vec<VertexId>,
+    created_by: String,
 }
 
 /// With no base input, source input numbers move down by one.

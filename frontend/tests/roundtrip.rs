@@ -21,10 +21,26 @@ fn word() -> impl Strategy<Value = String> {
 
 fn instruction() -> impl Strategy<Value = String> {
     let kw = prop_oneof![
-        Just("RUN"), Just("run"), Just("COPY"), Just("ADD"), Just("ENV"), Just("LABEL"),
-        Just("ARG"), Just("CMD"), Just("ENTRYPOINT"), Just("WORKDIR"), Just("USER"),
-        Just("EXPOSE"), Just("VOLUME"), Just("ONBUILD RUN"), Just("HEALTHCHECK CMD"),
-        Just("SHELL"), Just("STOPSIGNAL"), Just("MAINTAINER"), Just("FROM"), Just("BOGUS"),
+        Just("RUN"),
+        Just("run"),
+        Just("COPY"),
+        Just("ADD"),
+        Just("ENV"),
+        Just("LABEL"),
+        Just("ARG"),
+        Just("CMD"),
+        Just("ENTRYPOINT"),
+        Just("WORKDIR"),
+        Just("USER"),
+        Just("EXPOSE"),
+        Just("VOLUME"),
+        Just("ONBUILD RUN"),
+        Just("HEALTHCHECK CMD"),
+        Just("SHELL"),
+        Just("STOPSIGNAL"),
+        Just("MAINTAINER"),
+        Just("FROM"),
+        Just("BOGUS"),
     ];
     let flag = prop_oneof![
         Just("".to_string()),
@@ -32,8 +48,14 @@ fn instruction() -> impl Strategy<Value = String> {
         Just("--chown=1:1 --link ".to_string()),
         Just("--mount=type=cache,target=/c ".to_string()),
     ];
-    (kw, flag, prop::collection::vec(word(), 0..5), 0..3usize, any::<bool>()).prop_map(
-        |(kw, flag, words, cont, heredoc)| {
+    (
+        kw,
+        flag,
+        prop::collection::vec(word(), 0..5),
+        0..3usize,
+        any::<bool>(),
+    )
+        .prop_map(|(kw, flag, words, cont, heredoc)| {
             let mut line = format!("{kw} {flag}");
             for (i, w) in words.iter().enumerate() {
                 line.push_str(w);
@@ -49,13 +71,16 @@ fn instruction() -> impl Strategy<Value = String> {
                 line.push_str("<<EOF /dst\nbody $x\n  more\nEOF");
             }
             line
-        },
-    )
+        })
 }
 
 fn dockerfile() -> impl Strategy<Value = String> {
     (
-        prop_oneof![Just(""), Just("# syntax=docker/dockerfile:1\n"), Just("# escape=\\\n\n")],
+        prop_oneof![
+            Just(""),
+            Just("# syntax=docker/dockerfile:1\n"),
+            Just("# escape=\\\n\n")
+        ],
         prop::collection::vec(instruction(), 1..8),
     )
         .prop_map(|(head, lines)| {

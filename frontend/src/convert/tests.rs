@@ -4,7 +4,10 @@ use crate::graph::{FileAction, Op};
 fn plan_with(src: &str, args: &[(&str, &str)], target: Option<&str>) -> Result<Plan, Diagnostic> {
     let (_, df) = crate::load(src)?;
     let opts = ConvertOptions {
-        build_args: args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        build_args: args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         target: target.map(str::to_string),
         target_platform: Platform::parse("linux/amd64").unwrap(),
         build_platform: Platform::parse("linux/arm64").unwrap(),
@@ -66,26 +69,53 @@ fn env_overrides_arg() {
 #[test]
 fn build_arg_overrides_default_and_is_in_history() {
     let p = plan_with("FROM a\nARG X=def\nRUN echo $X\n", &[("X", "cli")], None).unwrap();
-    let hist: Vec<&str> = p.target_stage().history.iter().map(|h| h.created_by.as_str()).collect();
-    assert_eq!(hist, ["ARG X=cli", "RUN |1 X=cli /bin/sh -c echo $X # buildkit"]);
+    let hist: Vec<&str> = p
+        .target_stage()
+        .history
+        .iter()
+        .map(|h| h.created_by.as_str())
+        .collect();
+    assert_eq!(
+        hist,
+        ["ARG X=cli", "RUN |1 X=cli /bin/sh -c echo $X # buildkit"]
+    );
 }
 
 #[test]
 fn unused_build_args_warn() {
-    let p = plan_with("FROM a\nARG USED\n", &[("USED", "1"), ("NOPE", "2"), ("HTTP_PROXY", "p")], None).unwrap();
-    assert_eq!(p.warnings, ["one or more build args were not consumed: [NOPE]"]);
+    let p = plan_with(
+        "FROM a\nARG USED\n",
+        &[("USED", "1"), ("NOPE", "2"), ("HTTP_PROXY", "p")],
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        p.warnings,
+        ["one or more build args were not consumed: [NOPE]"]
+    );
 }
 
 #[test]
 fn proxy_args_reach_run_without_declaration() {
-    let p = plan_with("FROM a\nRUN true\n", &[("http_proxy", "http://p:3128")], None).unwrap();
-    assert!(execs(&p)[0].env.contains(&"http_proxy=http://p:3128".to_string()));
+    let p = plan_with(
+        "FROM a\nRUN true\n",
+        &[("http_proxy", "http://p:3128")],
+        None,
+    )
+    .unwrap();
+    assert!(
+        execs(&p)[0]
+            .env
+            .contains(&"http_proxy=http://p:3128".to_string())
+    );
     assert!(!p.target_stage().history[0].created_by.contains("proxy"));
 }
 
 #[test]
 fn platform_args() {
-    let p = plan("FROM --platform=$BUILDPLATFORM a AS b\nARG TARGETARCH\nARG BUILDARCH\nRUN echo $TARGETARCH $BUILDARCH\n");
+    let p = plan(
+        "FROM --platform=$BUILDPLATFORM a AS b\nARG TARGETARCH\nARG BUILDARCH\nRUN echo $TARGETARCH $BUILDARCH\n",
+    );
     assert_eq!(p.target_stage().platform.architecture, "arm64");
     let e = &execs(&p)[0];
     assert!(e.env.contains(&"TARGETARCH=amd64".to_string()));
@@ -94,7 +124,8 @@ fn platform_args() {
 
 #[test]
 fn target_prunes_unneeded_stages() {
-    let src = "FROM a AS one\nRUN one\nFROM b AS two\nRUN two\nFROM c AS three\nCOPY --from=one /x /x\n";
+    let src =
+        "FROM a AS one\nRUN one\nFROM b AS two\nRUN two\nFROM c AS three\nCOPY --from=one /x /x\n";
     let p = plan(src);
     let idx: Vec<usize> = p.stages.iter().map(|s| s.index).collect();
     assert_eq!(idx, [0, 2]);
@@ -133,7 +164,12 @@ fn identical_vertices_merge() {
 #[test]
 fn digests_are_stable_and_input_sensitive() {
     let src = "FROM x\nARG A=1\nARG B=2\nRUN echo $A $B\nCOPY . /app\n";
-    let d = |p: &Plan| p.graph.vertex(p.target_stage().root.unwrap()).digest.clone();
+    let d = |p: &Plan| {
+        p.graph
+            .vertex(p.target_stage().root.unwrap())
+            .digest
+            .clone()
+    };
     let one = d(&plan_with(src, &[("A", "1"), ("B", "2")], None).unwrap());
     let two = d(&plan_with(src, &[("B", "2"), ("A", "1")], None).unwrap());
     assert_eq!(one, two);
@@ -163,7 +199,15 @@ fn workdir_and_copy_paths() {
             _ => vec![],
         })
         .collect();
-    assert_eq!(dests, ["mkdir /app", "mkdir /app/src", "/app/src/b/", "/app/src/d.txt"]);
+    assert_eq!(
+        dests,
+        [
+            "mkdir /app",
+            "mkdir /app/src",
+            "/app/src/b/",
+            "/app/src/d.txt"
+        ]
+    );
 }
 
 #[test]
@@ -208,7 +252,9 @@ fn entrypoint_resets_inherited_cmd() {
 
 #[test]
 fn heredoc_run_and_copy() {
-    let p = plan("FROM x\nENV N=kiln\nRUN <<EOF\necho $N\nEOF\nCOPY <<EOT /etc/motd\nhello $N\nEOT\nCOPY <<'EOT' /etc/raw\nhello $N\nEOT\n");
+    let p = plan(
+        "FROM x\nENV N=kiln\nRUN <<EOF\necho $N\nEOF\nCOPY <<EOT /etc/motd\nhello $N\nEOT\nCOPY <<'EOT' /etc/raw\nhello $N\nEOT\n",
+    );
     let e = &execs(&p)[0];
     assert_eq!(e.args, ["/bin/sh", "-c", "echo $N\n"]);
     let files: Vec<(String, String)> = p
@@ -253,14 +299,18 @@ fn copy_link_is_a_merge() {
 
 #[test]
 fn copy_from_index_and_image() {
-    let p = plan("FROM x\nRUN build\nFROM y\nCOPY --from=0 /o /o\nCOPY --from=alpine:3 /etc/os-release /\n");
+    let p = plan(
+        "FROM x\nRUN build\nFROM y\nCOPY --from=0 /o /o\nCOPY --from=alpine:3 /etc/os-release /\n",
+    );
     assert_eq!(images(&p).len(), 3);
     assert_eq!(p.target_stage().depends_on, [0]);
 }
 
 #[test]
 fn run_mounts_and_network() {
-    let p = plan("FROM x AS src\nFROM x\nRUN --mount=type=cache,target=/root/.cache --mount=type=bind,from=src,source=/,target=/s --network=none true\n");
+    let p = plan(
+        "FROM x AS src\nFROM x\nRUN --mount=type=cache,target=/root/.cache --mount=type=bind,from=src,source=/,target=/s --network=none true\n",
+    );
     let e = &execs(&p)[0];
     assert_eq!(e.network, Network::None);
     assert_eq!(e.mounts.len(), 2);

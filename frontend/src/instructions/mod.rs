@@ -669,7 +669,7 @@ fn sources_and_dest(node: &Node, upper: &str) -> Result<SourcesAndDest, String> 
     let mut sources = Vec::new();
     let mut contents = Vec::new();
     let n = node.args.len();
-    if n < 2 && !(n == 1 && !node.heredocs.is_empty()) {
+    if n == 0 || (n == 1 && node.heredocs.is_empty()) {
         return Err(format!(
             "{upper} requires at least two arguments, but only one was provided. Destination could not be determined."
         ));

@@ -3,6 +3,7 @@
 #![deny(missing_docs)]
 
 pub mod cli;
+pub mod fileops;
 
 pub mod plan;
 pub mod solver;

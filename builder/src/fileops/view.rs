@@ -1,0 +1,390 @@
+//! Read-only views of file trees that COPY reads from: the build context (filtered by
+//! `.dockerignore`) and a stack of unpacked layers merged the way overlayfs merges them
+//! (whiteouts and opaque directories in overlay or OCI form).
+
+use std::collections::BTreeMap;
+use std::fs::Metadata;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use kiln_frontend::dockerignore::PatternMatcher;
+
+/// An entry found in a view: where its bytes are on disk and its metadata.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The real path on disk.
+    pub path: PathBuf,
+    /// `symlink_metadata` of that path.
+    pub meta: Metadata,
+}
+
+/// A tree COPY can read from. Paths are relative, `/`-separated, without leading `/`;
+/// `""` is the root.
+pub trait SourceFs: Sync {
+    /// The entry at `rel` (not following a final symlink).
+    fn lstat(&self, rel: &str) -> Option<Entry>;
+    /// The names in directory `rel`, sorted.
+    fn list(&self, rel: &str) -> Vec<String>;
+    /// Whether paths are owned by the image (keep uid/gid) rather than the user's context
+    /// (copied as 0:0).
+    fn keeps_owners(&self) -> bool;
+    /// A name for error messages ("the build context", "stage builder").
+    fn describe(&self) -> String;
+}
+
+/// Joins a relative path and a name.
+pub fn join(rel: &str, name: &str) -> String {
+    if rel.is_empty() {
+        name.to_string()
+    } else {
+        format!("{rel}/{name}")
+    }
+}
+
+/// Resolves symlinks in `rel` inside the view, never leaving its root (like a chroot).
+/// With `follow_last` false the final component is not resolved.
+pub fn resolve(fs: &dyn SourceFs, rel: &str, follow_last: bool) -> Result<String> {
+    let mut todo: Vec<String> = rel
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .rev()
+        .map(str::to_string)
+        .collect();
+    let mut done: Vec<String> = Vec::new();
+    let mut hops = 0;
+    while let Some(c) = todo.pop() {
+        match c.as_str() {
+            "." => continue,
+            ".." => {
+                done.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let candidate = join(&done.join("/"), &c);
+        let is_last = todo.is_empty();
+        match fs.lstat(&candidate) {
+            Some(e) if e.meta.file_type().is_symlink() && (follow_last || !is_last) => {
+                hops += 1;
+                if hops > 40 {
+                    bail!("too many levels of symbolic links resolving /{rel}");
+                }
+                let target = std::fs::read_link(&e.path)?;
+                let target = target.to_string_lossy().into_owned();
+                if target.starts_with('/') {
+                    done.clear();
+                }
+                for part in target.split('/').filter(|p| !p.is_empty()).rev() {
+                    todo.push(part.to_string());
+                }
+            }
+            _ => done.push(c),
+        }
+    }
+    Ok(done.join("/"))
+}
+
+/// The build context directory, with `.dockerignore` applied: excluded paths do not exist.
+pub struct ContextFs {
+    root: PathBuf,
+    ignore: PatternMatcher,
+}
+
+impl ContextFs {
+    /// A context at `root` with ignore patterns.
+    pub fn new(root: &Path, patterns: &[String]) -> Result<ContextFs> {
+        Ok(ContextFs {
+            root: root.to_path_buf(),
+            ignore: PatternMatcher::new(patterns)?,
+        })
+    }
+
+    /// The context directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether `.dockerignore` leaves `rel` out of the context.
+    pub fn excluded(&self, rel: &str) -> bool {
+        !rel.is_empty() && self.ignore.matches(rel)
+    }
+
+    /// Whether `rel` is not part of the context. An excluded directory stays visible when
+    /// an exception (`!pattern`) may re-include something inside it.
+    pub fn hidden(&self, rel: &str, is_dir: bool) -> bool {
+        self.excluded(rel) && (!is_dir || self.can_skip_dir(rel))
+    }
+
+    /// Whether a walker may skip the whole directory `rel`.
+    pub fn can_skip_dir(&self, rel: &str) -> bool {
+        !rel.is_empty() && self.ignore.can_skip_dir(rel)
+    }
+}
+
+impl SourceFs for ContextFs {
+    fn lstat(&self, rel: &str) -> Option<Entry> {
+        let path = if rel.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(rel)
+        };
+        let meta = std::fs::symlink_metadata(&path).ok()?;
+        if self.hidden(rel, meta.is_dir()) {
+            return None;
+        }
+        Some(Entry { path, meta })
+    }
+
+    fn list(&self, rel: &str) -> Vec<String> {
+        let dir = if rel.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(rel)
+        };
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                !self.hidden(&join(rel, &name), is_dir)
+            })
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn keeps_owners(&self) -> bool {
+        false
+    }
+
+    fn describe(&self) -> String {
+        "the build context".to_string()
+    }
+}
+
+/// Layers (unpacked diffs, bottom first) seen as one tree, as overlayfs would show them.
+#[derive(Debug, Clone, Default)]
+pub struct LayeredFs {
+    layers: Vec<PathBuf>,
+    name: String,
+}
+
+fn is_whiteout(meta: &Metadata) -> bool {
+    meta.file_type().is_char_device() && meta.rdev() == 0
+}
+
+fn is_opaque(dir: &Path) -> bool {
+    for attr in ["trusted.overlay.opaque", "user.overlay.opaque"] {
+        if let Ok(Some(v)) = xattr::get(dir, attr) {
+            if v == b"y" {
+                return true;
+            }
+        }
+    }
+    dir.join(".wh..wh..opq").exists()
+}
+
+enum Found {
+    Entry(Entry),
+    Hidden,
+}
+
+impl LayeredFs {
+    /// A view of `layers` (bottom first), named for error messages.
+    pub fn new(layers: Vec<PathBuf>, name: impl Into<String>) -> LayeredFs {
+        LayeredFs {
+            layers,
+            name: name.into(),
+        }
+    }
+
+    /// The layer directories, bottom first.
+    pub fn layers(&self) -> &[PathBuf] {
+        &self.layers
+    }
+
+    /// Looks `rel` up in one layer: found, hidden for lower layers, or absent (`None`).
+    fn lookup_in(layer: &Path, comps: &[&str]) -> Option<Found> {
+        let mut p = layer.to_path_buf();
+        let mut opaque = false;
+        for (i, c) in comps.iter().enumerate() {
+            if std::fs::symlink_metadata(p.join(format!(".wh.{c}"))).is_ok() {
+                return Some(Found::Hidden);
+            }
+            p.push(c);
+            let Ok(meta) = std::fs::symlink_metadata(&p) else {
+                return opaque.then_some(Found::Hidden);
+            };
+            if is_whiteout(&meta) {
+                return Some(Found::Hidden);
+            }
+            if i + 1 == comps.len() {
+                return Some(Found::Entry(Entry { path: p, meta }));
+            }
+            if !meta.is_dir() {
+                return Some(Found::Hidden);
+            }
+            if is_opaque(&p) {
+                opaque = true;
+            }
+        }
+        None
+    }
+}
+
+impl SourceFs for LayeredFs {
+    fn lstat(&self, rel: &str) -> Option<Entry> {
+        let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+        if comps.is_empty() {
+            let top = self.layers.last()?;
+            let meta = std::fs::symlink_metadata(top).ok()?;
+            return Some(Entry {
+                path: top.clone(),
+                meta,
+            });
+        }
+        for layer in self.layers.iter().rev() {
+            match Self::lookup_in(layer, &comps) {
+                Some(Found::Entry(e)) => return Some(e),
+                Some(Found::Hidden) => return None,
+                None => continue,
+            }
+        }
+        None
+    }
+
+    fn list(&self, rel: &str) -> Vec<String> {
+        let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+        let mut names: BTreeMap<String, bool> = BTreeMap::new(); // name -> visible
+        for layer in self.layers.iter().rev() {
+            let dir = if comps.is_empty() {
+                layer.clone()
+            } else {
+                match Self::lookup_in(layer, &comps) {
+                    Some(Found::Entry(e)) if e.meta.is_dir() => e.path,
+                    Some(_) => break,
+                    None => continue,
+                }
+            };
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name == ".wh..wh..opq" {
+                    continue;
+                }
+                if let Some(hidden) = name.strip_prefix(".wh.") {
+                    names.entry(hidden.to_string()).or_insert(false);
+                    continue;
+                }
+                let visible = entry.metadata().map(|m| !is_whiteout(&m)).unwrap_or(false);
+                names.entry(name).or_insert(visible);
+            }
+            if !comps.is_empty() && is_opaque(&dir) {
+                break;
+            }
+        }
+        names
+            .into_iter()
+            .filter(|(_, visible)| *visible)
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    fn keeps_owners(&self) -> bool {
+        true
+    }
+
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn layer(root: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = root.join(name);
+        for (path, content) in files {
+            let p = dir.join(path);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            if path.ends_with('/') {
+                fs::create_dir_all(&p).unwrap();
+            } else {
+                fs::write(&p, content).unwrap();
+            }
+        }
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn merges_layers_with_oci_whiteouts() {
+        let t = tempfile::tempdir().unwrap();
+        let l1 = layer(
+            t.path(),
+            "l1",
+            &[("a/x", "1"), ("a/y", "1"), ("b/z", "1"), ("c", "1")],
+        );
+        let l2 = layer(
+            t.path(),
+            "l2",
+            &[
+                ("a/x", "2"),
+                ("a/.wh.y", ""),
+                ("b/.wh..wh..opq", ""),
+                ("b/new", "2"),
+            ],
+        );
+        let v = LayeredFs::new(vec![l1, l2], "test");
+        assert_eq!(
+            fs::read_to_string(v.lstat("a/x").unwrap().path).unwrap(),
+            "2"
+        );
+        assert!(v.lstat("a/y").is_none());
+        assert!(v.lstat("b/z").is_none());
+        assert!(v.lstat("c").is_some());
+        assert_eq!(v.list("a"), ["x"]);
+        assert_eq!(v.list("b"), ["new"]);
+        assert_eq!(v.list(""), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn resolve_stays_inside_the_root() {
+        let t = tempfile::tempdir().unwrap();
+        let l = layer(t.path(), "l", &[("usr/bin/tool", "x")]);
+        std::os::unix::fs::symlink("usr/bin", l.join("bin")).unwrap();
+        std::os::unix::fs::symlink("/../../..", l.join("escape")).unwrap();
+        let v = LayeredFs::new(vec![l], "t");
+        assert_eq!(resolve(&v, "bin/tool", true).unwrap(), "usr/bin/tool");
+        assert_eq!(resolve(&v, "escape/usr", true).unwrap(), "usr");
+        assert_eq!(resolve(&v, "bin", false).unwrap(), "bin");
+    }
+
+    #[test]
+    fn context_applies_dockerignore() {
+        let t = tempfile::tempdir().unwrap();
+        let root = layer(
+            t.path(),
+            "ctx",
+            &[
+                ("keep.txt", ""),
+                ("skip.md", ""),
+                ("docs/a.md", ""),
+                ("docs/keep.md", ""),
+            ],
+        );
+        let c = ContextFs::new(
+            &root,
+            &["*.md".into(), "docs".into(), "!docs/keep.md".into()],
+        )
+        .unwrap();
+        assert_eq!(c.list(""), ["docs", "keep.txt"]);
+        assert!(c.lstat("skip.md").is_none());
+        assert_eq!(c.list("docs"), ["keep.md"]);
+    }
+}

@@ -1,0 +1,554 @@
+//! The store root: layout, versioning, temp files and atomic writes.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CacheError, IoContext, Result};
+
+/// Newest on-disk layout version this crate reads and writes.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// How old a dead writer's temp file must be before [`Store::open`] removes it.
+pub const STALE_TMP_AGE: Duration = Duration::from_secs(60 * 60);
+
+pub(crate) const BLOBS_DIR: &str = "blobs/sha256";
+pub(crate) const CACHE_DIR: &str = "cache";
+pub(crate) const IMAGES_DIR: &str = "images";
+pub(crate) const SNAPSHOTS_DIR: &str = "snapshots";
+pub(crate) const STATMEMO_DIR: &str = "statmemo";
+pub(crate) const TMP_DIR: &str = "tmp";
+pub(crate) const CONTAINERS_DIR: &str = "containers";
+pub(crate) const VOLUMES_DIR: &str = "volumes";
+pub(crate) const LOCKS_DIR: &str = "locks";
+const STORE_JSON: &str = "store.json";
+
+const LAYOUT_DIRS: &[&str] = &[
+    BLOBS_DIR,
+    CACHE_DIR,
+    IMAGES_DIR,
+    SNAPSHOTS_DIR,
+    STATMEMO_DIR,
+    TMP_DIR,
+    CONTAINERS_DIR,
+    VOLUMES_DIR,
+    LOCKS_DIR,
+];
+
+#[derive(Serialize, Deserialize)]
+struct StoreMeta {
+    layout_version: u32,
+}
+
+/// kiln's on-disk store rooted at one directory.
+///
+/// Layout (version [`LAYOUT_VERSION`]):
+///
+/// ```text
+/// <root>/store.json          {"layout_version": 1}
+/// <root>/lock                store-wide flock (see Store::lock_shared)
+/// <root>/blobs/sha256/<hex>  content-addressed blobs (layers, manifests, configs)
+/// <root>/cache/<hex>.json    cache index records, keyed by a sha256 cache key
+/// <root>/images/tags.json    tag -> {manifest, config, created}
+/// <root>/snapshots/          unpacked filesystem snapshots (owned by the builder)
+/// <root>/statmemo/<hex>.json per-build-context stat memo
+/// <root>/tmp/                temp files named <pid>.<seq>.tmp, renamed into place
+/// <root>/containers/         per-RUN container state (owned by the builder)
+/// <root>/volumes/            cache mounts (owned by the builder)
+/// <root>/locks/              per-name locks (Store::lock_named)
+/// ```
+///
+/// Every file this crate writes goes temp file → fsync → rename → fsync of
+/// the directory, so a crash at any point leaves either the old or the new
+/// file, never a partial one.
+///
+/// # Locking
+///
+/// Several kiln processes may share a store. Which lock each operation needs:
+///
+/// * Blob, cache-record and stat-memo writes need **no** lock beyond a shared
+///   one: they are content-addressed or last-writer-wins and land by atomic
+///   rename.
+/// * Tag updates ([`Store::tag_set`], [`Store::tag_remove`]) are
+///   read-modify-write and serialize themselves on an internal tags lock;
+///   callers need nothing more.
+/// * Anything that *deletes* shared data ([`Store::delete_blob`], garbage
+///   collection, prune) must hold [`Store::lock_exclusive`], while builds,
+///   pulls and pushes hold [`Store::lock_shared`] for their whole run so
+///   nothing they reference disappears under them.
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// Bytes and file count of one area of the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AreaUsage {
+    /// Apparent size in bytes (hard-linked files counted once).
+    pub bytes: u64,
+    /// Number of non-directory entries.
+    pub files: u64,
+}
+
+/// Disk usage of the store, per area. See [`Store::disk_usage`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// `blobs/`
+    pub blobs: AreaUsage,
+    /// `cache/`
+    pub cache: AreaUsage,
+    /// `images/`
+    pub images: AreaUsage,
+    /// `snapshots/`
+    pub snapshots: AreaUsage,
+    /// `statmemo/`
+    pub statmemo: AreaUsage,
+    /// `tmp/`
+    pub tmp: AreaUsage,
+    /// `containers/`
+    pub containers: AreaUsage,
+    /// `volumes/`
+    pub volumes: AreaUsage,
+    /// Everything else (`store.json`, locks, unknown entries).
+    pub other: AreaUsage,
+}
+
+impl DiskUsage {
+    /// Each area with its directory name, in a fixed order.
+    pub fn areas(&self) -> [(&'static str, AreaUsage); 9] {
+        [
+            ("blobs", self.blobs),
+            ("cache", self.cache),
+            ("images", self.images),
+            ("snapshots", self.snapshots),
+            ("statmemo", self.statmemo),
+            ("tmp", self.tmp),
+            ("containers", self.containers),
+            ("volumes", self.volumes),
+            ("other", self.other),
+        ]
+    }
+
+    /// Sum over all areas.
+    pub fn total(&self) -> AreaUsage {
+        self.areas()
+            .iter()
+            .fold(AreaUsage::default(), |acc, (_, a)| AreaUsage {
+                bytes: acc.bytes + a.bytes,
+                files: acc.files + a.files,
+            })
+    }
+
+    fn area_mut(&mut self, name: &str) -> &mut AreaUsage {
+        match name {
+            "blobs" => &mut self.blobs,
+            "cache" => &mut self.cache,
+            "images" => &mut self.images,
+            "snapshots" => &mut self.snapshots,
+            "statmemo" => &mut self.statmemo,
+            "tmp" => &mut self.tmp,
+            "containers" => &mut self.containers,
+            "volumes" => &mut self.volumes,
+            _ => &mut self.other,
+        }
+    }
+}
+
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Store {
+    /// The default store root: `$KILN_ROOT` if set; else `/var/lib/kiln`
+    /// when running as root (euid 0); else `$XDG_DATA_HOME/kiln` (if set and
+    /// absolute) or `~/.local/share/kiln`.
+    pub fn default_root() -> Result<PathBuf> {
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        if let Some(root) = var("KILN_ROOT") {
+            return Ok(PathBuf::from(root));
+        }
+        if rustix::process::geteuid().is_root() {
+            return Ok(PathBuf::from("/var/lib/kiln"));
+        }
+        let xdg = var("XDG_DATA_HOME").map(PathBuf::from);
+        if let Some(xdg) = xdg.filter(|p| p.is_absolute()) {
+            return Ok(xdg.join("kiln"));
+        }
+        match var("HOME") {
+            Some(home) => Ok(PathBuf::from(home).join(".local/share/kiln")),
+            None => Err(CacheError::NoDefaultRoot),
+        }
+    }
+
+    /// Open (creating if needed) the store at `root`.
+    ///
+    /// Refuses a store whose `store.json` announces a layout newer than
+    /// [`LAYOUT_VERSION`]. Removes temp files left in `tmp/` by writers that
+    /// died more than [`STALE_TMP_AGE`] ago.
+    pub fn open(root: impl AsRef<Path>) -> Result<Store> {
+        let root = root.as_ref();
+        let root = std::path::absolute(root).ctx("resolve store root", root)?;
+        fs::create_dir_all(&root).ctx("create store root", &root)?;
+        let store = Store { root };
+
+        let meta_path = store.root.join(STORE_JSON);
+        let existing = match fs::read(&meta_path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(CacheError::io("read", &meta_path, e)),
+        };
+        if let Some(bytes) = &existing {
+            let meta: StoreMeta =
+                serde_json::from_slice(bytes).map_err(|e| CacheError::CorruptFile {
+                    path: meta_path.clone(),
+                    reason: format!("not a kiln store.json ({e})"),
+                })?;
+            if meta.layout_version > LAYOUT_VERSION {
+                return Err(CacheError::NewerLayout {
+                    path: store.root.clone(),
+                    found: meta.layout_version,
+                    supported: LAYOUT_VERSION,
+                });
+            }
+        }
+        for dir in LAYOUT_DIRS {
+            let path = store.root.join(dir);
+            fs::create_dir_all(&path).ctx("create directory", &path)?;
+        }
+        if existing.is_none() {
+            let meta = StoreMeta {
+                layout_version: LAYOUT_VERSION,
+            };
+            let bytes = serde_json::to_vec_pretty(&meta).expect("StoreMeta serializes");
+            store.write_atomic(&meta_path, &bytes)?;
+        }
+        // Housekeeping only: a temp file we may not remove (another user's)
+        // must not make the store unusable.
+        let _ = store.clean_tmp(STALE_TMP_AGE);
+        Ok(store)
+    }
+
+    /// The store root (absolute).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn dir(&self, area: &str) -> PathBuf {
+        self.root.join(area)
+    }
+
+    /// Remove entries of `tmp/` whose writer process is gone and whose
+    /// modification time is at least `min_age` old. Entries whose name does
+    /// not carry a pid are removed once older than `min_age`. Returns the
+    /// number of entries removed.
+    ///
+    /// Liveness is judged by pid, so a writer in another pid namespace looks
+    /// dead; the age threshold protects such writers as long as they keep
+    /// writing. [`Store::open`] calls this with [`STALE_TMP_AGE`].
+    pub fn clean_tmp(&self, min_age: Duration) -> Result<u64> {
+        let tmp = self.dir(TMP_DIR);
+        let entries = match fs::read_dir(&tmp) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(CacheError::io("read directory", &tmp, e)),
+        };
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry.ctx("read directory", &tmp)?;
+            let path = entry.path();
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue; // raced with its owner's rename
+            };
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .unwrap_or(Duration::ZERO);
+            if age < min_age {
+                continue;
+            }
+            let owner = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.split('.').next())
+                .and_then(|p| p.parse::<i32>().ok());
+            if owner.is_some_and(pid_alive) {
+                continue;
+            }
+            let res = if meta.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            match res {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(CacheError::io("remove stale temp file", &path, e)),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Create a new, empty temp file in `tmp/` named `<pid>.<seq>.tmp`.
+    pub(crate) fn create_temp(&self) -> Result<(File, TempPath)> {
+        let pid = std::process::id();
+        loop {
+            let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
+            let path = self.dir(TMP_DIR).join(format!("{pid}.{seq}.tmp"));
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(f) => return Ok((f, TempPath(Some(path)))),
+                // A stale file from an earlier process that had our pid.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(CacheError::io("create temp file", &path, e)),
+            }
+        }
+    }
+
+    /// Write `bytes` to `dest` atomically: temp file, fsync, rename, fsync
+    /// of the destination directory.
+    pub(crate) fn write_atomic(&self, dest: &Path, bytes: &[u8]) -> Result<()> {
+        let (mut file, tmp) = self.create_temp()?;
+        file.write_all(bytes).ctx("write", tmp.path())?;
+        file.sync_all().ctx("fsync", tmp.path())?;
+        drop(file);
+        tmp.persist(dest)
+    }
+
+    /// Summarise bytes per area. Unreadable entries are skipped; hard-linked
+    /// files are counted once.
+    pub fn disk_usage(&self) -> Result<DiskUsage> {
+        let mut usage = DiskUsage::default();
+        let mut seen_links = HashSet::new();
+        let walk = walkdir::WalkDir::new(&self.root).follow_links(false);
+        for entry in walk.into_iter().filter_map(|e| e.ok()) {
+            if entry.file_type().is_dir() {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.nlink() > 1 && !seen_links.insert((meta.dev(), meta.ino())) {
+                continue;
+            }
+            let rel = entry
+                .path()
+                .strip_prefix(&self.root)
+                .unwrap_or(entry.path());
+            let area = rel
+                .components()
+                .next()
+                .and_then(|c| c.as_os_str().to_str())
+                .unwrap_or("");
+            // A top-level file (store.json, lock) is "other", not an area.
+            let area = if rel.components().count() > 1 {
+                area
+            } else {
+                ""
+            };
+            let a = usage.area_mut(area);
+            a.bytes += meta.len();
+            a.files += 1;
+        }
+        Ok(usage)
+    }
+}
+
+/// A temp file path that is removed on drop unless persisted.
+#[derive(Debug)]
+pub(crate) struct TempPath(Option<PathBuf>);
+
+impl TempPath {
+    pub(crate) fn path(&self) -> &Path {
+        self.0.as_deref().expect("TempPath used after persist")
+    }
+
+    /// Rename into `dest` and fsync `dest`'s directory.
+    pub(crate) fn persist(mut self, dest: &Path) -> Result<()> {
+        let tmp = self.0.take().expect("TempPath persisted twice");
+        if let Err(e) = fs::rename(&tmp, dest) {
+            let _ = fs::remove_file(&tmp);
+            return Err(CacheError::io("rename temp file into", dest, e));
+        }
+        fsync_parent(dest)
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+/// fsync the directory containing `path`, making a rename or unlink durable.
+pub(crate) fn fsync_parent(path: &Path) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx("fsync directory", dir)
+}
+
+/// Whether a process with this pid exists (as far as we can see).
+pub(crate) fn pid_alive(pid: i32) -> bool {
+    let Some(pid) = rustix::process::Pid::from_raw(pid) else {
+        return false;
+    };
+    match rustix::process::test_kill_process(pid) {
+        Ok(()) => true,
+        Err(e) => e != rustix::io::Errno::SRCH,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    #[test]
+    fn open_creates_layout_and_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for d in LAYOUT_DIRS {
+            assert!(store.root().join(d).is_dir(), "{d}");
+        }
+        let meta = fs::read_to_string(store.root().join(STORE_JSON)).unwrap();
+        assert!(meta.contains("\"layout_version\": 1"), "{meta}");
+        Store::open(dir.path()).unwrap();
+        assert!(store.root().is_absolute());
+    }
+
+    #[test]
+    fn refuses_newer_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(STORE_JSON), r#"{"layout_version": 7}"#).unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(
+            err,
+            CacheError::NewerLayout {
+                found: 7,
+                supported: 1,
+                ..
+            }
+        ));
+        assert!(
+            msg.contains("layout version 7") && msg.contains("upgrade kiln"),
+            "{msg}"
+        );
+        // Nothing of ours was created in the newer store.
+        assert!(!dir.path().join(BLOBS_DIR).exists());
+    }
+
+    #[test]
+    fn refuses_garbage_store_json() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(STORE_JSON), "{").unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, CacheError::CorruptFile { .. }), "{err}");
+        assert!(err.to_string().contains("store.json"));
+    }
+
+    #[test]
+    fn atomic_write_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let dest = store.root().join("x.json");
+        store.write_atomic(&dest, b"one").unwrap();
+        store.write_atomic(&dest, b"two").unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"two");
+        assert_eq!(fs::read_dir(store.dir(TMP_DIR)).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn clean_tmp_respects_pid_and_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tmp = store.dir(TMP_DIR);
+        let dead = dead_pid();
+        let old = SystemTime::now() - Duration::from_secs(2 * 3600);
+        let mk = |name: &str, backdate: bool| {
+            let p = tmp.join(name);
+            fs::write(&p, b"x").unwrap();
+            if backdate {
+                File::options()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_modified(old)
+                    .unwrap();
+            }
+            p
+        };
+        let dead_old = mk(&format!("{dead}.0.tmp"), true);
+        let dead_new = mk(&format!("{dead}.1.tmp"), false);
+        let live_old = mk(&format!("{}.0.tmp", std::process::id()), true);
+        let junk_old = mk("junk", true);
+        let dead_dir = tmp.join(format!("{dead}.2.tmp"));
+        fs::create_dir(&dead_dir).unwrap();
+        fs::write(dead_dir.join("f"), b"x").unwrap();
+        File::open(&dead_dir).unwrap().set_modified(old).unwrap();
+
+        Store::open(dir.path()).unwrap();
+        assert!(!dead_old.exists());
+        assert!(dead_new.exists(), "too young to be judged stale");
+        assert!(live_old.exists(), "owner is alive");
+        assert!(!junk_old.exists());
+        assert!(!dead_dir.exists());
+        assert_eq!(store.clean_tmp(Duration::ZERO).unwrap(), 1);
+        assert!(!dead_new.exists());
+        assert!(live_old.exists());
+    }
+
+    #[test]
+    fn disk_usage_per_area() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.put_blob(&[7u8; 1000]).unwrap();
+        fs::write(store.dir(SNAPSHOTS_DIR).join("a"), [0u8; 10]).unwrap();
+        fs::hard_link(
+            store.dir(SNAPSHOTS_DIR).join("a"),
+            store.dir(SNAPSHOTS_DIR).join("b"),
+        )
+        .unwrap();
+        let du = store.disk_usage().unwrap();
+        assert_eq!(
+            du.blobs,
+            AreaUsage {
+                bytes: 1000,
+                files: 1
+            }
+        );
+        assert_eq!(
+            du.snapshots,
+            AreaUsage {
+                bytes: 10,
+                files: 1
+            }
+        );
+        assert!(du.other.files >= 1); // store.json
+        assert_eq!(du.total().bytes, 1010 + du.other.bytes);
+    }
+
+    #[test]
+    fn default_root_prefers_kiln_root() {
+        // Only the KILN_ROOT branch is deterministic without mutating the
+        // process environment (which is unsafe with parallel tests).
+        if let Some(v) = std::env::var_os("KILN_ROOT").filter(|v| !v.is_empty()) {
+            assert_eq!(Store::default_root().unwrap(), PathBuf::from(v));
+        } else if let Ok(root) = Store::default_root() {
+            assert!(root.ends_with("kiln"), "{}", root.display());
+        }
+    }
+
+    /// A pid that belonged to a process that has exited and been reaped.
+    pub(crate) fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!pid_alive(pid as i32));
+        pid
+    }
+}

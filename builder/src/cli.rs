@@ -6,6 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::build::{BuildRequest, DockerfileError, OutputSpec, build};
+use crate::layer::Compression;
+use crate::progress::ProgressMode;
 use kiln_frontend::convert::{self, ConvertOptions, NoResolver};
 use kiln_frontend::graph::Platform;
 use kiln_frontend::{Diagnostic, dockerignore, parser};
@@ -14,6 +18,10 @@ use kiln_frontend::{Diagnostic, dockerignore, parser};
 #[derive(Parser, Debug)]
 #[command(name = "kiln", version, about)]
 struct Cli {
+    /// The store directory (default: $KILN_ROOT, /var/lib/kiln for root, else
+    /// ~/.local/share/kiln).
+    #[arg(long, global = true, env = "KILN_ROOT")]
+    root: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,6 +38,40 @@ enum Command {
     },
     /// Build an image from a Dockerfile and a context directory.
     Build(BuildArgs),
+    /// List images in the store.
+    Images {
+        /// Only show image ids.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Do not truncate ids.
+        #[arg(long)]
+        no_trunc: bool,
+    },
+    /// Show an image's configuration as JSON.
+    Inspect {
+        /// Image name, or id (prefix).
+        image: String,
+    },
+    /// Show the history of an image.
+    History(HistoryArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct HistoryArgs {
+    /// Print sizes and dates in human readable format.
+    #[arg(short = 'H', long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    human: bool,
+    /// Don't truncate output.
+    #[arg(long)]
+    no_trunc: bool,
+    /// Only show image ids.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Format output using a template: {{.ID}} {{.CreatedBy}} {{.CreatedAt}} {{.CreatedSince}} {{.Size}} {{.Comment}}.
+    #[arg(long)]
+    format: Option<String>,
+    /// Image name or id.
+    image: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -52,6 +94,22 @@ struct BuildArgs {
     /// Do not use the cache.
     #[arg(long)]
     no_cache: bool,
+    /// Progress output.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    progress: ProgressMode,
+    /// Write the cache-hit report as JSON to this file.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Output: `type=oci,dest=DIR|FILE.tar`, `type=docker,dest=FILE.tar`,
+    /// `type=local,dest=DIR`; repeatable.
+    #[arg(short = 'o', long = "output")]
+    outputs: Vec<String>,
+    /// Layer compression.
+    #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd", "uncompressed"])]
+    compression: String,
+    /// Compression level (gzip 0-9, zstd 1-22).
+    #[arg(long)]
+    compression_level: Option<i32>,
     /// Run the frontend only (parse, check, expand, plan) and print the plan.
     #[arg(long)]
     dry_run: bool,
@@ -74,9 +132,25 @@ enum PlanFormat {
 /// Runs the CLI.
 pub fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
+    let root = match cli.root.clone() {
+        Some(r) => r,
+        None => kiln_cache::Store::default_root()?,
+    };
     match cli.command {
         Command::Parse { dump: _, file } => parse_cmd(&file),
-        Command::Build(args) => build_cmd(&args),
+        Command::Build(args) => build_cmd(&args, &root),
+        Command::Images { quiet, no_trunc } => crate::commands::images(&root, quiet, no_trunc),
+        Command::Inspect { image } => crate::commands::inspect(&root, &image),
+        Command::History(h) => crate::commands::history(
+            &root,
+            &h.image,
+            crate::commands::HistoryFlags {
+                human: h.human,
+                no_trunc: h.no_trunc,
+                quiet: h.quiet,
+                format: h.format.clone(),
+            },
+        ),
     }
 }
 
@@ -136,7 +210,7 @@ fn parse_build_args(raw: &[String]) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-fn build_cmd(args: &BuildArgs) -> Result<ExitCode> {
+fn build_cmd(args: &BuildArgs, root: &Path) -> Result<ExitCode> {
     let context = &args.context;
     if !context.is_dir() {
         bail!("build context {} is not a directory", context.display());
@@ -180,9 +254,7 @@ fn build_cmd(args: &BuildArgs) -> Result<ExitCode> {
         context_excludes: excludes,
     };
     if !args.dry_run {
-        bail!(
-            "kiln can only plan builds so far: pass --dry-run (executing builds is not implemented yet)"
-        );
+        return real_build(args, root, &file, &shown, opts);
     }
     let plan = match convert::convert(&df, &opts, &NoResolver) {
         Ok(p) => p,
@@ -199,4 +271,66 @@ fn build_cmd(args: &BuildArgs) -> Result<ExitCode> {
         PlanFormat::Dot => print!("{}", plan.graph.to_dot()),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn source_date_epoch() -> Result<Option<i64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => v
+            .trim()
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| anyhow::anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
+        _ => Ok(None),
+    }
+}
+
+fn real_build(
+    args: &BuildArgs,
+    root: &Path,
+    file: &Path,
+    shown: &Path,
+    opts: ConvertOptions,
+) -> Result<ExitCode> {
+    let outputs = args
+        .outputs
+        .iter()
+        .map(|o| OutputSpec::parse(o))
+        .collect::<Result<Vec<_>>>()?;
+    let req = BuildRequest {
+        root: root.to_path_buf(),
+        context: args.context.clone(),
+        dockerfile: file.to_path_buf(),
+        dockerfile_name: shown.display().to_string(),
+        tags: args.tags.clone(),
+        build_args: opts.build_args,
+        target: opts.target,
+        platform: opts.target_platform,
+        no_cache: args.no_cache,
+        progress: args.progress,
+        outputs,
+        compression: Compression::parse(&args.compression, args.compression_level)
+            .map_err(anyhow::Error::msg)?,
+        source_date_epoch: source_date_epoch()?,
+    };
+    match build(&req) {
+        Ok(outcome) => {
+            if let Some(path) = &args.report {
+                let json = serde_json::to_vec_pretty(&outcome.report)?;
+                std::fs::write(path, json)
+                    .with_context(|| format!("writing the report to {}", path.display()))?;
+            }
+            if args.progress != ProgressMode::Quiet {
+                eprintln!("{}", outcome.report.summary());
+            }
+            println!("{}", outcome.report.image.digest);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => match e.downcast_ref::<DockerfileError>() {
+            Some(d) => {
+                eprintln!("{}", d.rendered);
+                Ok(ExitCode::FAILURE)
+            }
+            None => Err(e),
+        },
+    }
 }

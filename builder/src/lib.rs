@@ -2,8 +2,17 @@
 //! layers, exporters, reports, and the `kiln` command line.
 #![deny(missing_docs)]
 
+pub mod build;
 pub mod cli;
+pub mod commands;
+pub mod exporter;
 pub mod fileops;
-
+pub mod image;
+pub mod images;
+pub mod layer;
 pub mod plan;
+pub mod progress;
+pub mod report;
+pub mod snapshots;
 pub mod solver;
+pub mod worker;

@@ -53,6 +53,10 @@ impl Env {
     }
     /// Builds the busybox base as `busybox:kiln-test`.
     fn busybox(&self) {
+        self.busybox_at(None)
+    }
+    /// Builds the busybox base, with `SOURCE_DATE_EPOCH` when given.
+    fn busybox_at(&self, epoch: Option<&str>) {
         let ctx = self.path("busybox");
         copy_dir(&repo().join("testdata/bases/busybox"), &ctx);
         let st = Proc::new("bash")
@@ -61,7 +65,11 @@ impl Env {
             .status()
             .unwrap();
         assert!(st.success(), "make-rootfs.sh failed (is busybox-static installed?)");
-        self.build(&["-t", "busybox:kiln-test"], &ctx);
+        let mut cmd = self.kiln();
+        if let Some(e) = epoch {
+            cmd.env("SOURCE_DATE_EPOCH", e);
+        }
+        cmd.args(["build", "--progress", "quiet", "-t", "busybox:kiln-test"]).arg(&ctx).assert().success();
     }
     /// A context for app1 or app2 of the seed scenario.
     fn app(&self, name: &str) -> PathBuf {
@@ -200,7 +208,7 @@ fn outputs_validate_with_skopeo_umoci_and_oci_image_tool() {
     run_ok(Proc::new("skopeo").arg("inspect").arg(format!("oci-archive:{}", archive.display())));
     run_ok(Proc::new("skopeo").arg("inspect").arg(format!("docker-archive:{}", docker.display())));
     run_ok(Proc::new("skopeo").arg("copy").arg(format!("oci:{}:v1", layout.display())).arg(format!("oci:{}:copy", env.path("copied").display())));
-    run_ok(Proc::new("oci-image-tool").args(["validate", "--type", "imageLayout", "--ref", "v1"]).arg(&layout));
+    run_ok(Proc::new("oci-image-tool").args(["validate", "--type", "image", "--ref", "name=v1"]).arg(&layout));
     let bundle = env.path("bundle");
     run_ok(Proc::new("umoci").args(["unpack", "--image"]).arg(format!("{}:v1", layout.display())).arg(&bundle));
     let rootfs = bundle.join("rootfs");
@@ -221,7 +229,7 @@ fn source_date_epoch_makes_builds_reproducible() {
     let b = Env::new();
     let mut digests = Vec::new();
     for env in [&a, &b] {
-        env.busybox();
+        env.busybox_at(Some("1700000000"));
         let ctx = env.app("app2");
         let out = env
             .kiln()

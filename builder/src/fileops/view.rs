@@ -107,7 +107,7 @@ impl ContextFs {
 
     /// Whether `.dockerignore` leaves `rel` out of the context.
     pub fn excluded(&self, rel: &str) -> bool {
-        !rel.is_empty() && self.ignore.matches(rel)
+        !rel.is_empty() && self.ignore.matches_walk(rel)
     }
 
     /// Whether `rel` is not part of the context. An excluded directory stays visible when

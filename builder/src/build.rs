@@ -1,0 +1,362 @@
+//! One `kiln build`: frontend, solve, assemble the image, tag, export, report.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use kiln_cache::{Digest, Store, TagRecord};
+use kiln_frontend::convert::{self, Base, ConvertOptions, Plan};
+use kiln_frontend::graph::{Op, Platform, VertexId, describe};
+use kiln_frontend::{Diagnostic, dockerignore};
+
+use crate::exporter;
+use crate::fileops::ContextFs;
+use crate::image::{self, BuiltImage, HistoryItem, ImageSpec, LayerDesc, MediaTypes, RuntimeConfig};
+use crate::images::{ImageStore, normalize_tag};
+use crate::layer::{Compression, LayerOptions, UnpackOptions, WhiteoutMode};
+use crate::progress::{Progress, ProgressMode, StepLabel};
+use crate::report::{Report, ReportImage, ReportLayer, ReportStep};
+use crate::solver::{self, SolveOptions, Solved};
+use crate::worker::{BuildWorker, Output};
+
+/// Where `--output` writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputSpec {
+    /// `type=oci,dest=DIR` (a layout) or `dest=FILE.tar` (an archive).
+    Oci(PathBuf),
+    /// `type=docker,dest=FILE.tar`.
+    Docker(PathBuf),
+    /// `type=local,dest=DIR`: the final filesystem.
+    Local(PathBuf),
+}
+
+impl OutputSpec {
+    /// Parses `type=...,dest=...`.
+    pub fn parse(s: &str) -> Result<OutputSpec> {
+        let mut kind = None;
+        let mut dest = None;
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("type", v)) => kind = Some(v.to_string()),
+                Some(("dest", v)) => dest = Some(PathBuf::from(v)),
+                _ => bail!("invalid --output {s:?}: expected type=oci|docker|local,dest=PATH"),
+            }
+        }
+        let dest = dest.ok_or_else(|| anyhow!("--output {s:?} needs dest=PATH"))?;
+        match kind.as_deref() {
+            Some("oci") => Ok(OutputSpec::Oci(dest)),
+            Some("docker") => Ok(OutputSpec::Docker(dest)),
+            Some("local") => Ok(OutputSpec::Local(dest)),
+            other => bail!("unsupported output type {other:?}: expected oci, docker or local"),
+        }
+    }
+}
+
+/// Everything a build needs.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    /// The store root.
+    pub root: PathBuf,
+    /// Build context directory.
+    pub context: PathBuf,
+    /// The Dockerfile.
+    pub dockerfile: PathBuf,
+    /// How the Dockerfile is named in messages.
+    pub dockerfile_name: String,
+    /// `-t`.
+    pub tags: Vec<String>,
+    /// `--build-arg`.
+    pub build_args: BTreeMap<String, String>,
+    /// `--target`.
+    pub target: Option<String>,
+    /// `--platform`.
+    pub platform: Platform,
+    /// `--no-cache`.
+    pub no_cache: bool,
+    /// `--progress`.
+    pub progress: ProgressMode,
+    /// `--output`.
+    pub outputs: Vec<OutputSpec>,
+    /// Layer compression.
+    pub compression: Compression,
+    /// `SOURCE_DATE_EPOCH`.
+    pub source_date_epoch: Option<i64>,
+}
+
+/// What a build produced.
+#[derive(Debug)]
+pub struct BuildOutcome {
+    /// The report.
+    pub report: Report,
+    /// Warnings from the frontend.
+    pub warnings: Vec<String>,
+}
+
+/// A Dockerfile error, rendered as `FILE:LINE:COL: message` plus the source excerpt.
+#[derive(Debug, thiserror::Error)]
+#[error("{rendered}")]
+pub struct DockerfileError {
+    /// The rendered message.
+    pub rendered: String,
+}
+
+fn step_labels(plan: &Plan) -> HashMap<VertexId, StepLabel> {
+    let mut labels = HashMap::new();
+    let mut per_stage: HashMap<usize, usize> = HashMap::new();
+    let total: HashMap<usize, usize> = plan.stages.iter().map(|s| (s.index, 0)).collect();
+    let mut totals = total;
+    for id in plan.graph.topo_order() {
+        if let Some(o) = plan.graph.vertex(id).origins.first() {
+            *totals.entry(o.stage).or_default() += 1;
+        }
+    }
+    for (n, id) in plan.graph.topo_order().into_iter().enumerate() {
+        let v = plan.graph.vertex(id);
+        let name = match (v.origins.first(), &v.op) {
+            (Some(o), _) => {
+                let i = per_stage.entry(o.stage).or_default();
+                *i += 1;
+                format!("[{} {}/{}] {}", o.stage_name, i, totals[&o.stage], o.instruction.trim())
+            }
+            (None, Op::Image { reference, .. }) => format!("[internal] FROM {reference}"),
+            (None, Op::Context { .. }) => "[internal] load build context".to_string(),
+            (None, op) => format!("[internal] {}", describe(op)),
+        };
+        labels.insert(id, StepLabel { number: n + 1, name });
+    }
+    labels
+}
+
+fn runtime_config(c: &kiln_frontend::config::ImageConfig) -> RuntimeConfig {
+    RuntimeConfig {
+        user: c.user.clone(),
+        env: c.env.clone(),
+        cmd: c.cmd.clone(),
+        entrypoint: c.entrypoint.clone(),
+        working_dir: c.working_dir.clone(),
+        exposed_ports: c.exposed_ports.clone(),
+        volumes: c.volumes.clone(),
+        labels: c.labels.clone(),
+        stop_signal: c.stop_signal.clone(),
+        healthcheck: c.healthcheck.as_ref().map(|h| image::Healthcheck {
+            test: h.test.clone(),
+            interval: h.interval,
+            timeout: h.timeout,
+            start_period: h.start_period,
+            start_interval: h.start_interval,
+            retries: h.retries,
+        }),
+        shell: c.shell.clone(),
+        on_build: c.on_build.clone(),
+        args_escaped: false,
+    }
+}
+
+/// The history of a stage's base, recursively through stages.
+fn base_history(plan: &Plan, images: &ImageStore, stage_index: usize) -> Result<Vec<HistoryItem>> {
+    let Some(st) = plan.stages.iter().find(|s| s.index == stage_index) else {
+        return Ok(Vec::new());
+    };
+    match &st.base {
+        Base::Scratch => Ok(Vec::new()),
+        Base::Stage(i) => base_history(plan, images, *i),
+        Base::Image { reference, .. } => Ok(images.get(reference, &st.platform)?.config.history.clone()),
+    }
+}
+
+/// Runs a build.
+pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
+    let started = Instant::now();
+    let store = Store::open(&req.root).with_context(|| format!("opening the store at {}", req.root.display()))?;
+    let _lock = store.lock_shared()?;
+    let source = std::fs::read(&req.dockerfile).with_context(|| format!("reading {}", req.dockerfile.display()))?;
+    let source = String::from_utf8_lossy(&source).into_owned();
+    let located = |e: Diagnostic| DockerfileError {
+        rendered: e.render(&req.dockerfile_name, &source),
+    };
+    let (_, df) = kiln_frontend::load(&source).map_err(located)?;
+    let excludes = dockerignore::load_for(&req.context, &req.dockerfile)
+        .with_context(|| format!("reading .dockerignore of {}", req.context.display()))?
+        .map(|(_, p)| p)
+        .unwrap_or_default();
+    let images = ImageStore::new(&store);
+    let opts = ConvertOptions {
+        build_args: req.build_args.clone(),
+        target: req.target.clone(),
+        target_platform: req.platform.clone(),
+        build_platform: Platform::host(),
+        context_excludes: excludes.clone(),
+    };
+    let plan = convert::convert(&df, &opts, &images).map_err(located)?;
+    let labels = step_labels(&plan);
+    let progress = Progress::new(req.progress, labels.clone());
+    for w in &plan.warnings {
+        progress.message(&format!("WARNING: {w}"));
+    }
+
+    let layer_opts = LayerOptions {
+        compression: req.compression,
+        source_date_epoch: req.source_date_epoch,
+        ..LayerOptions::default()
+    };
+    let context = ContextFs::new(&req.context, &excludes)?;
+    let worker = BuildWorker::new(&store, context, &images, layer_opts)?;
+    let cancel = AtomicBool::new(false);
+    let results = solver::solve(&plan.graph, &worker, &progress, SolveOptions { no_cache: req.no_cache }, &cancel)
+        .map_err(|e| {
+            let v = plan.graph.vertex(e.vertex);
+            let what = match v.origins.first() {
+                Some(o) => format!(
+                    "stage {}, {}:{}: {}",
+                    o.stage_name,
+                    req.dockerfile_name,
+                    o.range.start.line,
+                    o.instruction.trim()
+                ),
+                None => labels.get(&e.vertex).map(|l| l.name.clone()).unwrap_or_default(),
+            };
+            e.error.context(what)
+        })?;
+    worker.finish()?;
+
+    let built = assemble(req, &store, &images, &plan, &results)?;
+    for tag in &req.tags {
+        let _tags_lock = store.lock_shared()?;
+        store.tag_set(
+            &normalize_tag(tag),
+            &TagRecord::new(Digest::parse(&built.manifest_digest)?, Digest::parse(&built.config_digest)?),
+        )?;
+    }
+    let blob_path = |d: &str| -> PathBuf { Digest::parse(d).map(|d| store.blob_path(&d)).unwrap_or_default() };
+    for out in &req.outputs {
+        match out {
+            OutputSpec::Oci(dest) if dest.extension().is_some_and(|e| e == "tar") => {
+                exporter::write_oci_archive(&built, &blob_path, dest, &req.tags)?
+            }
+            OutputSpec::Oci(dest) => exporter::write_oci_layout(&built, &blob_path, dest, &req.tags)?,
+            OutputSpec::Docker(dest) => exporter::write_docker_archive(&built, &blob_path, dest, &req.tags)?,
+            OutputSpec::Local(dest) => export_local(&store, &built, dest)?,
+        }
+    }
+
+    let mut steps = Vec::new();
+    for (id, solved) in &results {
+        let v = plan.graph.vertex(*id);
+        let Some(origin) = v.origins.first() else { continue };
+        steps.push(report_step(origin, solved));
+    }
+    let report = Report::new(
+        ReportImage {
+            digest: built.manifest_digest.clone(),
+            config: built.config_digest.clone(),
+            tags: req.tags.clone(),
+        },
+        steps,
+        started.elapsed().as_millis() as u64,
+    );
+    progress.message(&format!("writing image {} done", built.manifest_digest));
+    for t in &req.tags {
+        progress.message(&format!("naming to {} done", normalize_tag(t)));
+    }
+    Ok(BuildOutcome {
+        report,
+        warnings: plan.warnings.clone(),
+    })
+}
+
+fn report_step(origin: &kiln_frontend::graph::Origin, solved: &Solved<Output>) -> ReportStep {
+    let layer = match &solved.output {
+        Output::Fs { layers, added: true } => layers.last().map(|l| ReportLayer {
+            digest: l.digest.clone(),
+            size: l.size,
+        }),
+        _ => None,
+    };
+    ReportStep {
+        stage: origin.stage_name.clone(),
+        line: origin.range.start.line,
+        instruction: origin.instruction.trim().to_string(),
+        key: solved.key.clone(),
+        cached: solved.cached,
+        duration_ms: solved.duration.as_millis() as u64,
+        layer,
+    }
+}
+
+/// Builds the target stage's config and manifest and stores them as blobs.
+fn assemble(
+    req: &BuildRequest,
+    store: &Store,
+    images: &ImageStore,
+    plan: &Plan,
+    results: &HashMap<VertexId, Solved<Output>>,
+) -> Result<BuiltImage> {
+    let target = plan.target_stage();
+    let layers = match target.root {
+        Some(r) => results[&r].output.layers().to_vec(),
+        None => Vec::new(),
+    };
+    let created = match req.source_date_epoch {
+        Some(e) => chrono::DateTime::from_timestamp(e, 0),
+        None => Some(chrono::Utc::now()),
+    };
+    let mut history = base_history(plan, images, target.index)?;
+    for h in &target.history {
+        let added = h
+            .vertex
+            .and_then(|v| results.get(&v))
+            .is_some_and(|s| matches!(s.output, Output::Fs { added: true, .. }));
+        history.push(HistoryItem {
+            created,
+            created_by: h.created_by.clone(),
+            comment: Some(h.comment.clone()),
+            empty_layer: !added,
+        });
+    }
+    let (os, arch, variant) = (
+        target.platform.os.clone(),
+        target.platform.architecture.clone(),
+        (!target.platform.variant.is_empty()).then(|| target.platform.variant.clone()),
+    );
+    let spec = ImageSpec {
+        platform_os: os,
+        platform_arch: arch,
+        platform_variant: variant,
+        created,
+        author: target.config.author.clone(),
+        config: runtime_config(&target.config),
+        history,
+        layers: layers
+            .iter()
+            .map(|l| LayerDesc {
+                media_type: l.media_type.clone(),
+                digest: l.digest.clone(),
+                size: l.size,
+                diff_id: l.diff_id.clone(),
+            })
+            .collect(),
+        annotations: BTreeMap::new(),
+    };
+    let built = image::build_image(&spec, MediaTypes::Oci)?;
+    store.put_blob(&built.config_json)?;
+    store.put_blob(&built.manifest_json)?;
+    Ok(built)
+}
+
+/// Writes the image's filesystem to a directory (`--output type=local`).
+fn export_local(store: &Store, built: &BuiltImage, dest: &Path) -> Result<()> {
+    std::fs::create_dir_all(dest)?;
+    for l in &built.layers {
+        let blob = store.open_blob(&Digest::parse(&l.digest)?)?;
+        let opts = UnpackOptions {
+            expected_diff_id: Some(l.diff_id.clone()),
+            whiteouts: WhiteoutMode::Apply,
+            allow_devices: crate::snapshots::is_root(),
+        };
+        crate::layer::unpack_layer(std::io::BufReader::new(blob), dest, &opts)
+            .with_context(|| format!("writing layer {} to {}", l.digest, dest.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! `kiln images`, `kiln inspect` and `kiln history`, with Docker's columns and flags.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Result, anyhow};
+use kiln_cache::Store;
+use kiln_frontend::graph::Platform;
+
+use crate::images::{ImageInfo, ImageStore, normalize_tag};
+use crate::report::human_bytes;
+
+fn short_id(digest: &str, no_trunc: bool) -> String {
+    if no_trunc {
+        digest.to_string()
+    } else {
+        digest.trim_start_matches("sha256:").chars().take(12).collect()
+    }
+}
+
+/// Finds an image by tag, id prefix or manifest digest; returns its tags too.
+fn find(store: &Store, name: &str) -> Result<(ImageInfo, Vec<String>)> {
+    let tags = store.tags()?;
+    let images = ImageStore::new(store);
+    let wanted = normalize_tag(name);
+    let hit = tags.iter().find(|(t, _)| *t == wanted).or_else(|| {
+        let prefix = name.trim_start_matches("sha256:");
+        (prefix.len() >= 4).then_some(())?;
+        tags.iter().find(|(_, r)| r.config.hex().starts_with(prefix) || r.manifest.hex().starts_with(prefix))
+    });
+    let (_, rec) = hit.ok_or_else(|| anyhow!("no such image: {name}"))?;
+    let info = images.load(rec.manifest.as_str(), &Platform::host())?;
+    let names = tags
+        .iter()
+        .filter(|(_, r)| r.manifest == rec.manifest)
+        .map(|(t, _)| t.clone())
+        .collect();
+    Ok((info, names))
+}
+
+fn since(created: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    let Some(c) = created else { return "N/A".to_string() };
+    let secs = (chrono::Utc::now() - c).num_seconds().max(0);
+    match secs {
+        0..=59 => format!("{secs} seconds ago"),
+        60..=3599 => format!("{} minutes ago", secs / 60),
+        3600..=86399 => format!("{} hours ago", secs / 3600),
+        _ => format!("{} days ago", secs / 86400),
+    }
+}
+
+/// `kiln images`.
+pub fn images(root: &Path, quiet: bool, no_trunc: bool) -> Result<ExitCode> {
+    let store = Store::open(root)?;
+    let imgs = ImageStore::new(&store);
+    if !quiet {
+        println!("{:<40} {:<16} {:<14} {:<20} {}", "REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE");
+    }
+    for (name, rec) in store.tags()? {
+        let id = short_id(rec.config.as_str(), no_trunc);
+        if quiet {
+            println!("{id}");
+            continue;
+        }
+        let (repo, tag) = name.rsplit_once(':').filter(|(_, t)| !t.contains('/')).unwrap_or((&name, "<none>"));
+        let (size, created) = match imgs.load(rec.manifest.as_str(), &Platform::host()) {
+            Ok(info) => (info.layers.iter().map(|l| l.size).sum::<u64>(), info.config.created),
+            Err(_) => (0, None),
+        };
+        println!("{repo:<40} {tag:<16} {id:<14} {:<20} {}", since(created), human_bytes(size));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln inspect IMAGE`: Docker-like JSON.
+pub fn inspect(root: &Path, name: &str) -> Result<ExitCode> {
+    let store = Store::open(root)?;
+    let (info, tags) = find(&store, name)?;
+    let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&kiln_cache::Digest::parse(&info.config_digest)?)?)?;
+    let out = serde_json::json!([{
+        "Id": info.config_digest,
+        "RepoTags": tags,
+        "Digest": info.manifest_digest,
+        "Created": config.get("created"),
+        "Author": config.get("author"),
+        "Architecture": config.get("architecture"),
+        "Os": config.get("os"),
+        "Config": config.get("config"),
+        "Size": info.layers.iter().map(|l| l.size).sum::<u64>(),
+        "RootFS": { "Type": "layers", "Layers": info.config.diff_ids },
+        "Layers": info.layers.iter().map(|l| &l.digest).collect::<Vec<_>>(),
+        "History": config.get("history"),
+    }]);
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Flags of `kiln history`.
+pub struct HistoryFlags {
+    /// `-H`.
+    pub human: bool,
+    /// `--no-trunc`.
+    pub no_trunc: bool,
+    /// `-q`.
+    pub quiet: bool,
+    /// `--format`.
+    pub format: Option<String>,
+}
+
+/// `kiln history IMAGE`: newest first, as `docker history` prints it.
+pub fn history(root: &Path, name: &str, flags: HistoryFlags) -> Result<ExitCode> {
+    let store = Store::open(root)?;
+    let (info, _) = find(&store, name)?;
+    let mut layers = info.layers.iter();
+    let mut rows = Vec::new();
+    for h in &info.config.history {
+        let size = if h.empty_layer { 0 } else { layers.next().map(|l| l.size).unwrap_or(0) };
+        rows.push((h, size));
+    }
+    let total = rows.len();
+    if !flags.quiet && flags.format.is_none() {
+        println!("{:<14} {:<18} {:<45} {:<10} {}", "IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT");
+    }
+    for (i, (h, size)) in rows.into_iter().rev().enumerate() {
+        // Only the newest entry is the image itself; the others are `<missing>`, as for
+        // images built by BuildKit.
+        let id = if i == 0 { short_id(&info.config_digest, flags.no_trunc) } else { "<missing>".to_string() };
+        if flags.quiet {
+            println!("{id}");
+            continue;
+        }
+        let created_at = h.created.map(|c| c.to_rfc3339()).unwrap_or_default();
+        let created = if flags.human { since(h.created) } else { created_at.clone() };
+        let size_s = if flags.human { human_bytes(size) } else { size.to_string() };
+        let mut by = h.created_by.clone();
+        if !flags.no_trunc && by.chars().count() > 45 {
+            by = by.chars().take(44).collect::<String>() + "…";
+        }
+        let comment = h.comment.clone().unwrap_or_default();
+        match &flags.format {
+            Some(f) => println!(
+                "{}",
+                f.replace("{{.ID}}", &id)
+                    .replace("{{.CreatedBy}}", &by)
+                    .replace("{{.CreatedAt}}", &created_at)
+                    .replace("{{.CreatedSince}}", &since(h.created))
+                    .replace("{{.Size}}", &size_s)
+                    .replace("{{.Comment}}", &comment)
+                    .replace("\\t", "\t")
+            ),
+            None => println!("{id:<14} {created:<18} {by:<45} {size_s:<10} {comment}"),
+        }
+    }
+    let _ = total;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,153 @@
+//! Exporters: write a [`BuiltImage`](crate::image::BuiltImage) out as an OCI image
+//! layout directory, an OCI archive (the layout as a tar) or a `docker load`-able
+//! Docker archive.
+//!
+//! Every writer takes a `blob_path` function that gives the path of a layer blob in
+//! kiln's store from its digest (`<root>/blobs/sha256/<hex>`), the image, a
+//! destination and a list of tags (`name:tag`, e.g. `docker.io/library/app:1` or
+//! `app:1`; a name without a tag means `:latest`). Files are written to a temporary
+//! name and renamed into place, so a failed export leaves no half-written output.
+
+mod docker;
+mod oci;
+mod reference;
+mod util;
+
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use docker::write_docker_archive;
+pub use oci::{write_oci_archive, write_oci_layout};
+pub use reference::ImageRef;
+
+/// Gives the path of a blob in the store from its digest (`sha256:<hex>`).
+pub type BlobPath<'a> = &'a dyn Fn(&str) -> PathBuf;
+
+/// Errors from the exporters; each names the path, digest or reference concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// A tag is not a valid `name[:tag]` reference.
+    #[error("invalid image reference {reference:?}: {reason}")]
+    InvalidReference {
+        /// The reference as given.
+        reference: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A digest is not `sha256:` followed by 64 lowercase hex digits.
+    #[error("invalid digest {digest:?}: expected sha256:<64 lowercase hex digits>")]
+    InvalidDigest {
+        /// The digest as given.
+        digest: String,
+    },
+    /// A filesystem operation failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was being done (`writing`, `creating directory`, ...).
+        op: &'static str,
+        /// The path concerned.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading a layer blob from the store failed.
+    #[error("layer {digest} at {}: {source}", path.display())]
+    Blob {
+        /// The layer's digest.
+        digest: String,
+        /// Its path in the store.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// A layer blob's size differs from its descriptor's.
+    #[error("layer {digest} at {}: size is {actual} bytes, descriptor says {expected}", path.display())]
+    BlobSize {
+        /// The layer's digest.
+        digest: String,
+        /// Its path in the store.
+        path: PathBuf,
+        /// Size from the descriptor.
+        expected: u64,
+        /// Size on disk.
+        actual: u64,
+    },
+    /// A layer blob's content does not hash to its digest.
+    #[error("layer {digest} at {}: content hashes to {actual}", path.display())]
+    DigestMismatch {
+        /// The layer's digest.
+        digest: String,
+        /// Its path in the store.
+        path: PathBuf,
+        /// The digest of what was read.
+        actual: String,
+    },
+    /// A layer's uncompressed content does not hash to its diff_id.
+    #[error("layer {digest}: uncompressed content is {actual}, expected diff_id {diff_id}")]
+    DiffIdMismatch {
+        /// The layer's digest.
+        digest: String,
+        /// The expected diff_id.
+        diff_id: String,
+        /// The digest of what was read.
+        actual: String,
+    },
+    /// The destination holds something that is not a usable OCI layout.
+    #[error("{} is not a usable OCI image layout: {reason}", path.display())]
+    NotALayout {
+        /// The file that could not be used.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Serializing JSON failed.
+    #[error("serializing {}: {source}", path.display())]
+    Json {
+        /// The file being written.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Result type of the exporters.
+pub type Result<T, E = ExportError> = std::result::Result<T, E>;
+
+/// The hex part of a `sha256:<hex>` digest, checked so that it is safe in a path.
+fn digest_hex(digest: &str) -> Result<&str> {
+    crate::image::sha256_hex(digest).ok_or_else(|| ExportError::InvalidDigest {
+        digest: digest.to_string(),
+    })
+}
+
+/// `blobs/sha256/<hex>` for a digest.
+fn blob_rel_path(digest: &str) -> Result<String> {
+    Ok(format!("blobs/sha256/{}", digest_hex(digest)?))
+}
+
+/// Parses all tags up front, so that a bad one fails the export before anything is
+/// written; duplicates (after normalisation) are dropped.
+fn parse_tags(tags: &[String]) -> Result<Vec<ImageRef>> {
+    let mut refs: Vec<ImageRef> = Vec::with_capacity(tags.len());
+    for tag in tags {
+        let r = ImageRef::parse(tag)?;
+        if !refs.contains(&r) {
+            refs.push(r);
+        }
+    }
+    Ok(refs)
+}
+
+/// The directory a destination file lives in (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}

@@ -1,0 +1,247 @@
+//! Local images: tags in the store and OCI layout directories (`oci-layout://DIR[:TAG]`),
+//! resolved for `FROM` and `COPY --from`. Registry pulls come with the registry crate.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, anyhow, bail};
+use kiln_cache::{Digest, Store};
+use kiln_frontend::config::ImageConfig;
+use kiln_frontend::convert::{ImageResolver, ResolvedImage};
+use kiln_frontend::graph::Platform;
+use kiln_frontend::instructions::HealthConfig;
+
+use crate::image::{self, ParsedConfig};
+use crate::snapshots::{LayerRef, chain_id};
+
+/// The largest manifest or config kiln reads (they are small JSON documents).
+const MAX_JSON: u64 = 4 << 20;
+
+/// An image known locally.
+#[derive(Debug, Clone)]
+pub struct ImageInfo {
+    /// Manifest digest.
+    pub manifest_digest: String,
+    /// Config digest.
+    pub config_digest: String,
+    /// Layers, bottom first.
+    pub layers: Vec<LayerRef>,
+    /// ChainID of the layers' diff_ids: the image's cache identity.
+    pub chain_id: String,
+    /// Parsed config.
+    pub config: ParsedConfig,
+}
+
+/// Resolves references to local images, caching what it found for the build.
+pub struct ImageStore {
+    store: Store,
+    resolved: Mutex<HashMap<String, Arc<ImageInfo>>>,
+}
+
+/// `name` -> `name:latest` unless a tag or digest is given.
+pub fn normalize_tag(reference: &str) -> String {
+    if reference.contains('@') {
+        return reference.to_string();
+    }
+    let last = reference.rsplit('/').next().unwrap_or(reference);
+    if last.contains(':') {
+        reference.to_string()
+    } else {
+        format!("{reference}:latest")
+    }
+}
+
+fn read_json_blob(store: &Store, digest: &str) -> Result<Vec<u8>> {
+    let d = Digest::parse(digest)?;
+    let size = store.blob_size(&d).with_context(|| format!("blob {digest} is not in the store"))?;
+    if size > MAX_JSON {
+        bail!("{digest} is {size} bytes: too large for a manifest or config");
+    }
+    Ok(store.read_blob(&d)?)
+}
+
+impl ImageStore {
+    /// Images of `store`.
+    pub fn new(store: &Store) -> ImageStore {
+        ImageStore {
+            store: store.clone(),
+            resolved: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The image a reference names, for a platform.
+    pub fn get(&self, reference: &str, platform: &Platform) -> Result<Arc<ImageInfo>> {
+        let key = format!("{reference}\0{platform}");
+        if let Some(i) = self.resolved.lock().expect("image lock").get(&key) {
+            return Ok(i.clone());
+        }
+        let manifest = if let Some(rest) = reference.strip_prefix("oci-layout://") {
+            self.import_layout(rest)?
+        } else {
+            let tag = normalize_tag(reference);
+            match self.store.tag_get(&tag)? {
+                Some(rec) => rec.manifest.to_string(),
+                None => bail!(
+                    "image {reference:?} not found in the local store ({}); build or import it first (pulling from registries is not supported yet)",
+                    self.store.root().display()
+                ),
+            }
+        };
+        let info = Arc::new(self.load(&manifest, platform).with_context(|| format!("loading image {reference}"))?);
+        self.resolved.lock().expect("image lock").insert(key, info.clone());
+        Ok(info)
+    }
+
+    /// Reads a manifest (or an index, picking `platform`) and its config from the store.
+    pub fn load(&self, manifest_digest: &str, platform: &Platform) -> Result<ImageInfo> {
+        let bytes = read_json_blob(&self.store, manifest_digest)?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| format!("manifest {manifest_digest} is not JSON"))?;
+        if v.get("manifests").is_some() {
+            let pick = v["manifests"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|m| {
+                    let p = &m["platform"];
+                    p["os"].as_str() == Some(platform.os.as_str())
+                        && p["architecture"].as_str() == Some(platform.architecture.as_str())
+                })
+                .or_else(|| v["manifests"].as_array().and_then(|a| if a.len() == 1 { a.first() } else { None }))
+                .ok_or_else(|| anyhow!("index {manifest_digest} has no manifest for {platform}"))?;
+            let d = pick["digest"].as_str().ok_or_else(|| anyhow!("index entry without digest"))?;
+            return self.load(d, platform);
+        }
+        let config_digest = v["config"]["digest"]
+            .as_str()
+            .ok_or_else(|| anyhow!("manifest {manifest_digest} has no config"))?
+            .to_string();
+        let config_bytes = read_json_blob(&self.store, &config_digest)?;
+        let config = image::parse_config(&config_bytes).with_context(|| format!("config {config_digest}"))?;
+        let manifest_layers = v["layers"].as_array().cloned().unwrap_or_default();
+        if manifest_layers.len() != config.diff_ids.len() {
+            bail!(
+                "image {manifest_digest}: the manifest lists {} layers but the config {} diff_ids",
+                manifest_layers.len(),
+                config.diff_ids.len()
+            );
+        }
+        let layers = manifest_layers
+            .iter()
+            .zip(&config.diff_ids)
+            .map(|(l, diff_id)| -> Result<LayerRef> {
+                Ok(LayerRef {
+                    digest: l["digest"].as_str().ok_or_else(|| anyhow!("layer without digest"))?.to_string(),
+                    diff_id: diff_id.clone(),
+                    size: l["size"].as_u64().unwrap_or(0),
+                    media_type: l["mediaType"].as_str().unwrap_or("").to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ImageInfo {
+            manifest_digest: manifest_digest.to_string(),
+            config_digest,
+            chain_id: chain_id(&config.diff_ids),
+            layers,
+            config,
+        })
+    }
+
+    /// Copies an OCI layout's image (by tag, or its only image) into the store, verifying
+    /// every digest; returns the manifest digest.
+    fn import_layout(&self, spec: &str) -> Result<String> {
+        let (dir, tag) = match spec.rsplit_once(':') {
+            Some((d, t)) if !t.contains('/') && Path::new(d).is_dir() => (d, Some(t)),
+            _ => (spec, None),
+        };
+        let dir = Path::new(dir);
+        let index: serde_json::Value = serde_json::from_slice(
+            &fs::read(dir.join("index.json")).with_context(|| format!("{} is not an OCI layout", dir.display()))?,
+        )?;
+        let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
+        let chosen = match tag {
+            Some(t) => manifests
+                .iter()
+                .find(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str() == Some(t))
+                .ok_or_else(|| anyhow!("no image tagged {t:?} in {}", dir.display()))?,
+            None if manifests.len() == 1 => &manifests[0],
+            None => bail!("{} holds {} images: name one with oci-layout://DIR:TAG", dir.display(), manifests.len()),
+        };
+        let digest = chosen["digest"].as_str().ok_or_else(|| anyhow!("index entry without digest"))?.to_string();
+        self.import_blob_tree(dir, &digest)?;
+        Ok(digest)
+    }
+
+    fn import_blob(&self, dir: &Path, digest: &str) -> Result<()> {
+        let d = Digest::parse(digest)?;
+        if self.store.has_blob(&d) {
+            return Ok(());
+        }
+        let path = dir.join("blobs").join(d.algorithm()).join(d.hex());
+        let mut f = fs::File::open(&path).with_context(|| format!("missing blob {}", path.display()))?;
+        let mut w = self.store.blob_writer()?;
+        std::io::copy(&mut f, &mut w)?;
+        w.commit(Some(&d)).with_context(|| format!("importing {}", path.display()))?;
+        Ok(())
+    }
+
+    fn import_blob_tree(&self, dir: &Path, digest: &str) -> Result<()> {
+        self.import_blob(dir, digest)?;
+        let v: serde_json::Value = serde_json::from_slice(&read_json_blob(&self.store, digest)?)?;
+        for m in v["manifests"].as_array().into_iter().flatten() {
+            if let Some(d) = m["digest"].as_str() {
+                // Other platforms' manifests are optional in a layout.
+                let _ = self.import_blob_tree(dir, d);
+            }
+        }
+        if let Some(c) = v["config"]["digest"].as_str() {
+            self.import_blob(dir, c)?;
+        }
+        for l in v["layers"].as_array().into_iter().flatten() {
+            if let Some(d) = l["digest"].as_str() {
+                self.import_blob(dir, d)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The frontend's view of an image config.
+pub fn frontend_config(c: &image::RuntimeConfig) -> ImageConfig {
+    ImageConfig {
+        user: c.user.clone(),
+        env: c.env.clone(),
+        cmd: c.cmd.clone(),
+        entrypoint: c.entrypoint.clone(),
+        working_dir: c.working_dir.clone(),
+        exposed_ports: c.exposed_ports.clone(),
+        volumes: c.volumes.clone(),
+        labels: c.labels.clone(),
+        stop_signal: c.stop_signal.clone(),
+        healthcheck: c.healthcheck.as_ref().map(|h| HealthConfig {
+            test: h.test.clone(),
+            interval: h.interval,
+            timeout: h.timeout,
+            start_period: h.start_period,
+            start_interval: h.start_interval,
+            retries: h.retries,
+        }),
+        shell: c.shell.clone(),
+        on_build: c.on_build.clone(),
+        author: None,
+    }
+}
+
+impl ImageResolver for ImageStore {
+    fn resolve(&self, reference: &str, platform: &Platform) -> Result<Option<ResolvedImage>, String> {
+        let info = self.get(reference, platform).map_err(|e| format!("{e:#}"))?;
+        let mut config = frontend_config(&info.config.config);
+        config.author = info.config.author.clone();
+        Ok(Some(ResolvedImage {
+            digest: Some(info.chain_id.clone()),
+            config,
+            history_len: info.config.history.len(),
+        }))
+    }
+}

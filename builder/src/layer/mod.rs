@@ -1,0 +1,28 @@
+//! OCI image layers: writing a directory diff as a deterministic layer blob,
+//! and unpacking (untrusted) layer blobs safely.
+//!
+//! - [`write_layer`] turns a diff directory (the files a build step added or
+//!   changed, with overlayfs-style whiteouts) into a `tar`, `tar+gzip` or
+//!   `tar+zstd` layer, computing its digest and diff_id in the same pass.
+//! - [`unpack_layer`] extracts a layer blob under a destination directory
+//!   without ever writing outside it, converting whiteouts as asked
+//!   ([`WhiteoutMode`]).
+
+mod compression;
+mod digest;
+mod error;
+mod safe_fs;
+mod unpack;
+mod whiteout;
+mod write;
+
+#[cfg(test)]
+mod tests;
+
+pub use compression::{
+    Compression, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_TAR_GZIP, MEDIA_TYPE_LAYER_TAR_ZSTD,
+};
+pub use error::LayerError;
+pub use unpack::{UnpackInfo, UnpackOptions, WhiteoutMode, unpack_layer};
+pub use whiteout::{OPAQUE_WHITEOUT, WHITEOUT_PREFIX};
+pub use write::{LayerInfo, LayerOptions, SkipFn, is_empty_dir, write_layer};

@@ -1,0 +1,792 @@
+//! Unpacking (untrusted) layer blobs under a destination directory.
+//!
+//! Every file is created relative to a directory fd reached from `dest` one
+//! component at a time with `O_NOFOLLOW`, so a symlink in the layer (or
+//! already in `dest`) is never followed while unpacking: entries whose path
+//! goes through one are refused.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
+use rustix::io::Errno;
+use tar::EntryType;
+
+use super::compression::detect;
+use super::digest::HashingReader;
+use super::error::LayerError;
+use super::safe_fs::{
+    OpenDirError, file_type_at, join, list_dir, normalize, open_dir, os, remove_all_at, split_last,
+};
+use super::whiteout::{
+    META_PREFIX, OPAQUE_WHITEOUT, TRUSTED_OPAQUE_XATTR, USER_OPAQUE_XATTR, WHITEOUT_PREFIX,
+    is_overlay_xattr,
+};
+
+/// What to do with the OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`) of a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhiteoutMode {
+    /// Convert them to overlayfs whiteouts: `.wh.NAME` becomes a 0/0
+    /// character device `NAME`, `.wh..wh..opq` sets `trusted.overlay.opaque=y`
+    /// (`user.overlay.opaque=y` when not root) on its directory, so `dest`
+    /// can be an overlayfs lower directory.
+    Overlay,
+    /// Keep them as the plain files they are in the tar (works without root).
+    #[default]
+    Oci,
+    /// `dest` is a merged rootfs built up layer by layer: `.wh.NAME` deletes
+    /// `NAME` (recursively) and `.wh..wh..opq` deletes what its directory held
+    /// before this layer. Entries of this same layer are never deleted by
+    /// its whiteouts, whatever their order in the tar.
+    Apply,
+}
+
+/// How [`unpack_layer`] unpacks.
+#[derive(Debug, Clone, Default)]
+pub struct UnpackOptions {
+    /// What to do with whiteouts.
+    pub whiteouts: WhiteoutMode,
+    /// Create character and block devices. When false they are refused
+    /// (when running as root) or skipped (when not root, where they could
+    /// not be created anyway). When true but not root, they are an error.
+    pub allow_devices: bool,
+    /// The layer's diff_id from the image config: a mismatch with the
+    /// uncompressed stream's sha256 is an error (and `dest` must then be
+    /// discarded, as it has been written).
+    pub expected_diff_id: Option<String>,
+}
+
+/// What [`unpack_layer`] read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnpackInfo {
+    /// `sha256:<hex>` of the uncompressed stream, every byte of it.
+    pub diff_id: String,
+    /// Number of tar entries (PAX and GNU extension headers not counted).
+    pub entries: u64,
+    /// Size of the uncompressed stream.
+    pub bytes: u64,
+}
+
+/// Unpacks a layer blob (gzip, zstd or plain tar, detected by magic bytes)
+/// under `dest` (created if missing), computing its diff_id on the way.
+///
+/// Refuses, with an error naming the entry: absolute names, `..` escaping
+/// the root, paths through a symlink, hardlinks to targets outside the layer
+/// and `dest` or that do not exist, 0/0 character devices, and devices unless
+/// [`UnpackOptions::allow_devices`]. Owners are set only when running as
+/// root; overlayfs xattrs in the tar are ignored. Directory modes and mtimes
+/// are set last, deepest first. The whole stream is read, past the tar end
+/// marker, so the diff_id covers every byte.
+pub fn unpack_layer(
+    blob: impl Read,
+    dest: &Path,
+    opts: &UnpackOptions,
+) -> Result<UnpackInfo, LayerError> {
+    fs::create_dir_all(dest).map_err(|e| LayerError::io("create", dest, e))?;
+    let root = rustix::fs::open(
+        dest,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| LayerError::io("open", dest, e.into()))?;
+
+    let malformed = |reason: &str| {
+        let reason = reason.to_owned();
+        move |source| LayerError::Malformed { reason, source }
+    };
+    let (_, decoder) = detect(blob).map_err(malformed("cannot read the layer's first bytes"))?;
+    let mut archive = tar::Archive::new(HashingReader::new(decoder));
+    let mut unpacker = Unpacker {
+        dest,
+        root,
+        opts,
+        is_root: rustix::process::geteuid().is_root(),
+        seen: HashSet::new(),
+        dirs: BTreeMap::new(),
+        entries: 0,
+        buf: vec![0; 128 * 1024],
+    };
+    for entry in archive
+        .entries()
+        .map_err(malformed("cannot read the tar stream"))?
+    {
+        let mut entry = entry.map_err(malformed("cannot read a tar header"))?;
+        unpacker.entry(&mut entry)?;
+    }
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink())
+        .map_err(malformed("cannot read the data after the tar end marker"))?;
+    let (diff_id, bytes) = rest.finish();
+    if let Some(expected) = &opts.expected_diff_id {
+        if *expected != diff_id {
+            return Err(LayerError::DiffIdMismatch {
+                expected: expected.clone(),
+                actual: diff_id,
+            });
+        }
+    }
+    unpacker.finish()?;
+    Ok(UnpackInfo {
+        diff_id,
+        entries: unpacker.entries,
+        bytes,
+    })
+}
+
+/// Ownership, permissions, time and xattrs of an entry.
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: Timespec,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Meta {
+    fn timestamps(&self) -> Timestamps {
+        Timestamps {
+            last_access: self.mtime,
+            last_modification: self.mtime,
+        }
+    }
+}
+
+/// What kind of thing an entry creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Hardlink,
+    Fifo,
+    Char,
+    Block,
+}
+
+/// State of one unpack.
+struct Unpacker<'a> {
+    dest: &'a Path,
+    /// `dest`, opened `O_PATH`.
+    root: OwnedFd,
+    opts: &'a UnpackOptions,
+    is_root: bool,
+    /// [`WhiteoutMode::Apply`]: paths (and their ancestors) this layer has
+    /// entries for, which its own whiteouts must not delete.
+    seen: HashSet<Vec<u8>>,
+    /// Directories whose mode and mtime are set at the end.
+    dirs: BTreeMap<Vec<u8>, (u32, Timespec)>,
+    entries: u64,
+    buf: Vec<u8>,
+}
+
+impl Unpacker<'_> {
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), LayerError> {
+        let raw = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw).into_owned();
+        let etype = entry.header().entry_type();
+        if etype.is_pax_global_extensions() {
+            return Ok(());
+        }
+        self.entries += 1;
+        let rel = normalize(&raw).map_err(|r| LayerError::unsafe_entry(&shown, r))?;
+        let (parent, base) = split_last(&rel);
+        if self.opts.whiteouts != WhiteoutMode::Oci && base.starts_with(WHITEOUT_PREFIX.as_bytes())
+        {
+            return self.whiteout(parent, base, &shown);
+        }
+
+        let kind = match etype {
+            // Old (v7) archives mark directories as regular files named `dir/`.
+            EntryType::Regular if raw.ends_with(b"/") => Kind::Dir,
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => Kind::File,
+            EntryType::Directory => Kind::Dir,
+            EntryType::Symlink => Kind::Symlink,
+            EntryType::Link => Kind::Hardlink,
+            EntryType::Fifo => Kind::Fifo,
+            EntryType::Char => Kind::Char,
+            EntryType::Block => Kind::Block,
+            other => {
+                return Err(LayerError::Unsupported {
+                    entry: shown,
+                    reason: format!("tar entry type {:?}", other.as_byte() as char),
+                });
+            }
+        };
+        if rel.is_empty() && kind != Kind::Dir {
+            return Err(LayerError::unsafe_entry(
+                &shown,
+                "only a directory can name the destination root",
+            ));
+        }
+        let meta = self.read_meta(entry, &shown)?;
+
+        // Everything that can be refused without touching the filesystem.
+        let mut dev = 0;
+        if matches!(kind, Kind::Char | Kind::Block) {
+            let header = entry.header();
+            let major = header.device_major().ok().flatten().unwrap_or(0);
+            let minor = header.device_minor().ok().flatten().unwrap_or(0);
+            if kind == Kind::Char && major == 0 && minor == 0 {
+                return Err(LayerError::unsafe_entry(
+                    &shown,
+                    "a 0/0 character device is an overlayfs whiteout, not layer content",
+                ));
+            }
+            match (self.is_root, self.opts.allow_devices) {
+                (true, true) => {}
+                (true, false) => {
+                    return Err(LayerError::unsafe_entry(
+                        &shown,
+                        "device nodes are not allowed (allow_devices is off)",
+                    ));
+                }
+                (false, true) => {
+                    return Err(LayerError::Unsupported {
+                        entry: shown,
+                        reason: "device nodes can only be created as root".into(),
+                    });
+                }
+                (false, false) => return Ok(()),
+            }
+            dev = rustix::fs::makedev(major, minor);
+        }
+        let link_target = match kind {
+            Kind::Symlink | Kind::Hardlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                if target.is_empty() {
+                    return Err(LayerError::unsafe_entry(&shown, "empty link target"));
+                }
+                if target.contains(&0) {
+                    return Err(LayerError::unsafe_entry(&shown, "NUL byte in link target"));
+                }
+                target
+            }
+            _ => Vec::new(),
+        };
+        let link = if kind == Kind::Hardlink {
+            Some(self.resolve_link_target(&link_target, &rel, &shown)?)
+        } else {
+            None
+        };
+
+        let (pfd, name): (OwnedFd, &[u8]) = if rel.is_empty() {
+            (self.open(&[], &shown)?, b".")
+        } else {
+            (self.open(parent, &shown)?, base)
+        };
+        let existing = file_type_at(&pfd, name).map_err(|e| self.io_err("stat", &rel, e))?;
+        if existing.is_some() && !(kind == Kind::Dir && existing == Some(FileType::Directory)) {
+            remove_all_at(&pfd, name).map_err(|e| self.io_err("replace", &rel, e))?;
+        }
+
+        match kind {
+            Kind::File => self.write_file(entry, &pfd, name, &rel, &shown, &meta)?,
+            Kind::Dir => {
+                if existing != Some(FileType::Directory) {
+                    rustix::fs::mkdirat(&pfd, os(name), Mode::from_raw_mode(0o700))
+                        .map_err(|e| self.io_err("create directory", &rel, e.into()))?;
+                }
+                self.chown_at(&pfd, name, &rel, &meta)?;
+                self.set_xattrs_path(&rel, &meta)?;
+                self.dirs.insert(rel.clone(), (meta.mode, meta.mtime));
+            }
+            Kind::Symlink => {
+                rustix::fs::symlinkat(os(&link_target), &pfd, os(name))
+                    .map_err(|e| self.io_err("create symlink", &rel, e.into()))?;
+                self.chown_at(&pfd, name, &rel, &meta)?;
+                self.set_xattrs_path(&rel, &meta)?;
+                self.set_times_at(&pfd, name, &rel, &meta)?;
+            }
+            Kind::Hardlink => {
+                if let Some((tfd, target)) = &link {
+                    // Without AT_SYMLINK_FOLLOW: a symlink target is linked, not followed.
+                    rustix::fs::linkat(
+                        tfd,
+                        os(split_last(target).1),
+                        &pfd,
+                        os(name),
+                        AtFlags::empty(),
+                    )
+                    .map_err(|e| self.io_err("create hardlink", &rel, e.into()))?;
+                }
+            }
+            Kind::Fifo | Kind::Char | Kind::Block => {
+                let ft = match kind {
+                    Kind::Fifo => FileType::Fifo,
+                    Kind::Char => FileType::CharacterDevice,
+                    _ => FileType::BlockDevice,
+                };
+                rustix::fs::mknodat(&pfd, os(name), ft, Mode::empty(), dev)
+                    .map_err(|e| self.io_err("create special file", &rel, e.into()))?;
+                self.chown_at(&pfd, name, &rel, &meta)?;
+                rustix::fs::chmodat(
+                    &pfd,
+                    os(name),
+                    Mode::from_raw_mode(meta.mode),
+                    AtFlags::empty(),
+                )
+                .map_err(|e| self.io_err("chmod", &rel, e.into()))?;
+                self.set_xattrs_path(&rel, &meta)?;
+                self.set_times_at(&pfd, name, &rel, &meta)?;
+            }
+        }
+        self.mark_seen(&rel);
+        Ok(())
+    }
+
+    /// Creates a regular file and copies the entry's data into it.
+    fn write_file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        pfd: &OwnedFd,
+        name: &[u8],
+        rel: &[u8],
+        shown: &str,
+        meta: &Meta,
+    ) -> Result<(), LayerError> {
+        let fd = rustix::fs::openat(
+            pfd,
+            os(name),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| self.io_err("create", rel, e.into()))?;
+        let mut file = File::from(fd);
+        loop {
+            let n = match entry.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(LayerError::Malformed {
+                        reason: format!("cannot read the data of {shown:?}"),
+                        source,
+                    });
+                }
+            };
+            file.write_all(&self.buf[..n])
+                .map_err(|e| self.io_err("write", rel, e))?;
+        }
+        if self.is_root {
+            rustix::fs::fchown(
+                &file,
+                Some(rustix::fs::Uid::from_raw(meta.uid)),
+                Some(rustix::fs::Gid::from_raw(meta.gid)),
+            )
+            .map_err(|e| self.io_err("chown", rel, e.into()))?;
+        }
+        // After chown, which clears setuid/setgid.
+        rustix::fs::fchmod(&file, Mode::from_raw_mode(meta.mode))
+            .map_err(|e| self.io_err("chmod", rel, e.into()))?;
+        for (key, value) in &meta.xattrs {
+            let res = rustix::fs::fsetxattr(&file, os(key), value, XattrFlags::empty());
+            self.xattr_result(res, rel, key)?;
+        }
+        rustix::fs::futimens(&file, &meta.timestamps())
+            .map_err(|e| self.io_err("set times of", rel, e.into()))?;
+        Ok(())
+    }
+
+    /// Resolves a hardlink's target (a tar name) inside `dest` without
+    /// following symlinks: returns its parent directory fd and its
+    /// normalised path. The target must exist and not be a directory.
+    fn resolve_link_target(
+        &self,
+        target: &[u8],
+        rel: &[u8],
+        shown: &str,
+    ) -> Result<(OwnedFd, Vec<u8>), LayerError> {
+        let refuse = |reason: String| LayerError::unsafe_entry(shown, reason);
+        let target_shown = String::from_utf8_lossy(target).into_owned();
+        let norm = normalize(target)
+            .map_err(|r| refuse(format!("hardlink target {target_shown:?}: {r}")))?;
+        if norm.is_empty() {
+            return Err(refuse("hardlink to the destination root".into()));
+        }
+        if norm == rel {
+            return Err(refuse("hardlink to itself".into()));
+        }
+        let (tparent, tbase) = split_last(&norm);
+        let tfd = match open_dir(&self.root, tparent, false, |_| {}) {
+            Ok(fd) => fd,
+            Err(OpenDirError::Missing) => {
+                return Err(refuse(format!(
+                    "hardlink target {target_shown:?} does not exist"
+                )));
+            }
+            Err(OpenDirError::NotDir(p)) => {
+                return Err(refuse(format!(
+                    "hardlink target {target_shown:?} goes through {:?}, a symlink or not a directory",
+                    String::from_utf8_lossy(&p)
+                )));
+            }
+            Err(OpenDirError::Io(e)) => return Err(self.io_err("open", tparent, e)),
+        };
+        match file_type_at(&tfd, tbase).map_err(|e| self.io_err("stat", &norm, e))? {
+            None => Err(refuse(format!(
+                "hardlink target {target_shown:?} does not exist"
+            ))),
+            Some(FileType::Directory) => Err(refuse(format!(
+                "hardlink target {target_shown:?} is a directory"
+            ))),
+            Some(_) => Ok((tfd, norm)),
+        }
+    }
+
+    /// Handles `.wh.*` entries in [`WhiteoutMode::Overlay`] and
+    /// [`WhiteoutMode::Apply`].
+    fn whiteout(&mut self, parent: &[u8], base: &[u8], shown: &str) -> Result<(), LayerError> {
+        if base == OPAQUE_WHITEOUT.as_bytes() {
+            return self.opaque(parent, shown);
+        }
+        if base.starts_with(META_PREFIX) {
+            // AUFS metadata (.wh..wh.plnk, ...): meaningless here.
+            return Ok(());
+        }
+        let name = &base[WHITEOUT_PREFIX.len()..];
+        if name.is_empty() || name == b"." || name == b".." {
+            return Err(LayerError::unsafe_entry(shown, "invalid whiteout name"));
+        }
+        let target = join(parent, name);
+        match self.opts.whiteouts {
+            WhiteoutMode::Overlay => {
+                let pfd = self.open(parent, shown)?;
+                remove_all_at(&pfd, name).map_err(|e| self.io_err("replace", &target, e))?;
+                rustix::fs::mknodat(&pfd, os(name), FileType::CharacterDevice, Mode::empty(), 0)
+                    .map_err(|e| self.io_err("create whiteout device", &target, e.into()))?;
+            }
+            WhiteoutMode::Apply => {
+                // Whiteouts only hide what lower layers have.
+                if self.seen.contains(&target) {
+                    return Ok(());
+                }
+                let Some(pfd) = self.open_existing(parent, shown)? else {
+                    return Ok(());
+                };
+                remove_all_at(&pfd, name).map_err(|e| self.io_err("delete", &target, e))?;
+            }
+            // Never routed here: in Oci mode `.wh.` entries are plain files.
+            WhiteoutMode::Oci => {}
+        }
+        Ok(())
+    }
+
+    /// Handles `.wh..wh..opq` in directory `dir`.
+    fn opaque(&mut self, dir: &[u8], shown: &str) -> Result<(), LayerError> {
+        match self.opts.whiteouts {
+            WhiteoutMode::Overlay => {
+                self.open(dir, shown)?;
+                let key = if self.is_root {
+                    TRUSTED_OPAQUE_XATTR
+                } else {
+                    USER_OPAQUE_XATTR
+                };
+                rustix::fs::lsetxattr(self.full_path(dir), key, b"y", XattrFlags::empty())
+                    .map_err(|e| self.io_err("mark opaque", dir, e.into()))?;
+            }
+            WhiteoutMode::Apply => {
+                if let Some(fd) = self.open_existing(dir, shown)? {
+                    self.purge(&fd, dir)
+                        .map_err(|e| self.io_err("empty opaque directory", dir, e))?;
+                }
+                self.mark_seen(dir);
+            }
+            // Never routed here: in Oci mode `.wh.` entries are plain files.
+            WhiteoutMode::Oci => {}
+        }
+        Ok(())
+    }
+
+    /// Deletes everything under `fd` (directory `path`) that this layer has
+    /// no entry for, keeping (and descending into) what it has.
+    fn purge(&self, fd: &OwnedFd, path: &[u8]) -> io::Result<()> {
+        for (name, _) in list_dir(fd)? {
+            let child = join(path, &name);
+            if !self.seen.contains(&child) {
+                remove_all_at(fd, &name)?;
+            } else if file_type_at(fd, &name)? == Some(FileType::Directory) {
+                let sub = rustix::fs::openat(
+                    fd,
+                    os(&name),
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                self.purge(&sub, &child)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the deferred directory modes and mtimes, deepest first.
+    fn finish(&mut self) -> Result<(), LayerError> {
+        let mut dirs: Vec<_> = std::mem::take(&mut self.dirs).into_iter().collect();
+        dirs.sort_by(|(a, _), (b, _)| {
+            let depth =
+                |p: &[u8]| p.iter().filter(|c| **c == b'/').count() + usize::from(!p.is_empty());
+            depth(b).cmp(&depth(a)).then_with(|| b.cmp(a))
+        });
+        for (rel, (mode, mtime)) in dirs {
+            let (parent, base) = split_last(&rel);
+            let name: &[u8] = if rel.is_empty() { b"." } else { base };
+            // The directory may have been replaced or deleted by a later entry.
+            let pfd = match open_dir(&self.root, parent, false, |_| {}) {
+                Ok(fd) => fd,
+                Err(OpenDirError::Io(e)) => return Err(self.io_err("open", parent, e)),
+                Err(_) => continue,
+            };
+            if file_type_at(&pfd, name).map_err(|e| self.io_err("stat", &rel, e))?
+                != Some(FileType::Directory)
+            {
+                continue;
+            }
+            rustix::fs::chmodat(&pfd, os(name), Mode::from_raw_mode(mode), AtFlags::empty())
+                .map_err(|e| self.io_err("chmod", &rel, e.into()))?;
+            let times = Timestamps {
+                last_access: mtime,
+                last_modification: mtime,
+            };
+            rustix::fs::utimensat(&pfd, os(name), &times, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| self.io_err("set times of", &rel, e.into()))?;
+        }
+        Ok(())
+    }
+
+    /// Reads mode, owner, mtime and xattrs from the entry's headers.
+    fn read_meta<R: Read>(
+        &self,
+        entry: &mut tar::Entry<'_, R>,
+        shown: &str,
+    ) -> Result<Meta, LayerError> {
+        let header = entry.header();
+        let bad = |what: &str, e: io::Error| LayerError::Malformed {
+            reason: format!("bad {what} in the header of {shown:?}"),
+            source: e,
+        };
+        let old = header.as_old();
+        let mode = lenient(header.mode(), &old.mode).map_err(|e| bad("mode", e))? & 0o7777;
+        let id = |v: u64, what: &str| {
+            u32::try_from(v)
+                .ok()
+                .filter(|v| *v != u32::MAX)
+                .ok_or_else(|| LayerError::Unsupported {
+                    entry: shown.to_owned(),
+                    reason: format!("{what} {v} out of range"),
+                })
+        };
+        let uid = id(
+            lenient(header.uid(), &old.uid).map_err(|e| bad("uid", e))?,
+            "uid",
+        )?;
+        let gid = id(
+            lenient(header.gid(), &old.gid).map_err(|e| bad("gid", e))?,
+            "gid",
+        )?;
+        let secs = lenient(header.mtime(), &old.mtime).map_err(|e| bad("mtime", e))?;
+        let mut mtime = Timespec {
+            tv_sec: i64::try_from(secs).unwrap_or(i64::MAX),
+            tv_nsec: 0,
+        };
+        let mut xattrs = Vec::new();
+        if let Some(exts) = entry.pax_extensions().map_err(|e| bad("PAX header", e))? {
+            for ext in exts {
+                let ext = ext.map_err(|e| bad("PAX record", e))?;
+                let key = ext.key_bytes();
+                if key == b"mtime" {
+                    if let Some(t) = parse_pax_time(ext.value_bytes()) {
+                        mtime = t;
+                    }
+                } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                    // overlayfs' xattrs would forge whiteouts: never taken from a layer.
+                    if !name.is_empty() && !is_overlay_xattr(name) && !name.contains(&0) {
+                        xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
+                    }
+                }
+            }
+        }
+        Ok(Meta {
+            mode,
+            uid,
+            gid,
+            mtime,
+            xattrs,
+        })
+    }
+
+    /// Opens directory `path` under `dest`, creating missing components.
+    fn open(&mut self, path: &[u8], shown: &str) -> Result<OwnedFd, LayerError> {
+        let mut created = Vec::new();
+        let res = open_dir(&self.root, path, true, |p| created.push(p.to_vec()));
+        for p in created {
+            self.mark_seen(&p);
+        }
+        self.open_result(res, path, shown)?.ok_or_else(|| {
+            self.io_err(
+                "create directory",
+                path,
+                io::Error::from(io::ErrorKind::NotFound),
+            )
+        })
+    }
+
+    /// Opens directory `path` under `dest`; `None` if it does not exist.
+    fn open_existing(&self, path: &[u8], shown: &str) -> Result<Option<OwnedFd>, LayerError> {
+        let res = open_dir(&self.root, path, false, |_| {});
+        self.open_result(res, path, shown)
+    }
+
+    fn open_result(
+        &self,
+        res: Result<OwnedFd, OpenDirError>,
+        path: &[u8],
+        shown: &str,
+    ) -> Result<Option<OwnedFd>, LayerError> {
+        match res {
+            Ok(fd) => Ok(Some(fd)),
+            Err(OpenDirError::Missing) => Ok(None),
+            Err(OpenDirError::NotDir(p)) => {
+                let what = match open_dir(&self.root, split_last(&p).0, false, |_| {}) {
+                    Ok(fd)
+                        if file_type_at(&fd, split_last(&p).1).ok().flatten()
+                            == Some(FileType::Symlink) =>
+                    {
+                        "a symlink"
+                    }
+                    _ => "not a directory",
+                };
+                Err(LayerError::unsafe_entry(
+                    shown,
+                    format!(
+                        "its parent path goes through {:?}, which is {what}",
+                        String::from_utf8_lossy(&p)
+                    ),
+                ))
+            }
+            Err(OpenDirError::Io(e)) => Err(self.io_err("open", path, e)),
+        }
+    }
+
+    /// Records `path` and its ancestors as present in this layer.
+    fn mark_seen(&mut self, path: &[u8]) {
+        if self.opts.whiteouts != WhiteoutMode::Apply {
+            return;
+        }
+        let mut p = path;
+        while !p.is_empty() && self.seen.insert(p.to_vec()) {
+            p = split_last(p).0;
+        }
+    }
+
+    fn chown_at(
+        &self,
+        pfd: &OwnedFd,
+        name: &[u8],
+        rel: &[u8],
+        meta: &Meta,
+    ) -> Result<(), LayerError> {
+        if !self.is_root {
+            return Ok(());
+        }
+        rustix::fs::chownat(
+            pfd,
+            os(name),
+            Some(rustix::fs::Uid::from_raw(meta.uid)),
+            Some(rustix::fs::Gid::from_raw(meta.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| self.io_err("chown", rel, e.into()))
+    }
+
+    fn set_times_at(
+        &self,
+        pfd: &OwnedFd,
+        name: &[u8],
+        rel: &[u8],
+        meta: &Meta,
+    ) -> Result<(), LayerError> {
+        rustix::fs::utimensat(pfd, os(name), &meta.timestamps(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| self.io_err("set times of", rel, e.into()))
+    }
+
+    /// Sets xattrs by path, without following a final symlink. The parents
+    /// were just checked to be real directories.
+    fn set_xattrs_path(&self, rel: &[u8], meta: &Meta) -> Result<(), LayerError> {
+        if meta.xattrs.is_empty() {
+            return Ok(());
+        }
+        let path = self.full_path(rel);
+        for (key, value) in &meta.xattrs {
+            let res = rustix::fs::lsetxattr(&path, os(key), value, XattrFlags::empty());
+            self.xattr_result(res, rel, key)?;
+        }
+        Ok(())
+    }
+
+    /// Unsupported xattrs are skipped (filesystems without them), and so are
+    /// privileged namespaces when not root.
+    fn xattr_result(
+        &self,
+        res: rustix::io::Result<()>,
+        rel: &[u8],
+        key: &[u8],
+    ) -> Result<(), LayerError> {
+        match res {
+            Ok(()) => Ok(()),
+            Err(Errno::NOTSUP) => Ok(()),
+            Err(Errno::PERM | Errno::ACCESS) if !self.is_root => Ok(()),
+            Err(e) => Err(LayerError::io(
+                "set xattr",
+                self.full_path(rel)
+                    .join(format!("@{}", String::from_utf8_lossy(key))),
+                e.into(),
+            )),
+        }
+    }
+
+    fn full_path(&self, rel: &[u8]) -> PathBuf {
+        if rel.is_empty() {
+            self.dest.to_path_buf()
+        } else {
+            self.dest.join(os(rel))
+        }
+    }
+
+    fn io_err(&self, op: &'static str, rel: &[u8], e: io::Error) -> LayerError {
+        LayerError::io(op, self.full_path(rel), e)
+    }
+}
+
+/// A numeric header field, where an empty field (all NULs or spaces, as
+/// some writers leave unused fields) reads as 0, as Go's archive/tar does.
+fn lenient<T: Default>(parsed: io::Result<T>, raw: &[u8]) -> io::Result<T> {
+    match parsed {
+        Err(_) if raw.iter().all(|b| *b == 0 || *b == b' ') => Ok(T::default()),
+        other => other,
+    }
+}
+
+/// Parses a PAX time (`"1700000000"`, `"1700000000.5"`, `"-1.25"`).
+fn parse_pax_time(value: &[u8]) -> Option<Timespec> {
+    let s = std::str::from_utf8(value).ok()?;
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    let negative = int.starts_with('-');
+    let mut secs: i64 = int.parse().ok()?;
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
+    let mut nsec: i64 = digits.parse().ok()?;
+    if negative && nsec > 0 {
+        secs -= 1;
+        nsec = 1_000_000_000 - nsec;
+    }
+    Some(Timespec {
+        tv_sec: secs,
+        tv_nsec: nsec,
+    })
+}

@@ -1,0 +1,550 @@
+//! Writing a diff directory as a deterministic OCI layer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::fs::{self, File, Metadata};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags};
+use tar::{EntryType, Header};
+use walkdir::WalkDir;
+
+use super::compression::{Compression, Encoder};
+use super::digest::HashingWriter;
+use super::error::LayerError;
+use super::whiteout::{
+    OPAQUE_WHITEOUT, TRUSTED_OPAQUE_XATTR, USER_OPAQUE_XATTR, WHITEOUT_PREFIX, is_overlay_xattr,
+};
+
+/// A predicate on paths relative to the diff directory: true leaves the path
+/// (and, for a directory, its subtree) out of the layer.
+pub type SkipFn = dyn Fn(&Path) -> bool + Sync;
+
+/// How [`write_layer`] builds a layer.
+#[derive(Default)]
+pub struct LayerOptions {
+    /// Compression of the blob (default: gzip level 6).
+    pub compression: Compression,
+    /// `SOURCE_DATE_EPOCH`: when set, every entry's mtime is clamped to it
+    /// (`min(mtime, epoch)`), so the same content gives the same bytes.
+    pub source_date_epoch: Option<i64>,
+    /// Paths (relative to the diff directory, e.g. `etc/passwd`) for which
+    /// this returns true are left out; a skipped directory's whole subtree
+    /// is left out.
+    pub skip: Option<Box<SkipFn>>,
+}
+
+impl fmt::Debug for LayerOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LayerOptions")
+            .field("compression", &self.compression)
+            .field("source_date_epoch", &self.source_date_epoch)
+            .field("skip", &self.skip.as_ref().map(|_| "<fn>"))
+            .finish()
+    }
+}
+
+/// What [`write_layer`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerInfo {
+    /// `sha256:<hex>` of the blob as written to the output (the layer's
+    /// descriptor digest).
+    pub digest: String,
+    /// `sha256:<hex>` of the uncompressed tar (the config's `rootfs.diff_ids`).
+    pub diff_id: String,
+    /// Size of the blob as written to the output.
+    pub size: u64,
+    /// Size of the uncompressed tar.
+    pub uncompressed_size: u64,
+    /// The blob's OCI media type.
+    pub media_type: &'static str,
+    /// Number of tar entries (PAX extension headers not counted; whiteout
+    /// and opaque markers counted).
+    pub entries: u64,
+}
+
+/// Whether `dir` has no entries at all, i.e. a step changed nothing and its
+/// history entry can be marked `empty_layer`.
+pub fn is_empty_dir(dir: &Path) -> Result<bool, LayerError> {
+    let mut it = fs::read_dir(dir).map_err(|e| LayerError::io("read directory", dir, e))?;
+    match it.next() {
+        None => Ok(true),
+        Some(Ok(_)) => Ok(false),
+        Some(Err(e)) => Err(LayerError::io("read directory", dir, e)),
+    }
+}
+
+/// What an on-disk entry becomes in the tar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir {
+        opaque: bool,
+    },
+    File,
+    Symlink,
+    Fifo,
+    Char,
+    Block,
+    /// A 0/0 character device: an overlayfs whiteout.
+    Whiteout,
+}
+
+/// One entry to write, collected before sorting.
+struct Item {
+    /// Absolute path on disk.
+    path: PathBuf,
+    /// Name in the tar: relative path, `/`-terminated for directories,
+    /// `.wh.`-prefixed for whiteouts. Also the sort key.
+    name: Vec<u8>,
+    kind: Kind,
+    meta: Metadata,
+}
+
+/// Writes the diff directory `dir` as an OCI layer blob to `out`, returning
+/// its digests and sizes.
+///
+/// - Entries are named by their path relative to `dir` (which itself is not
+///   an entry), directories with a trailing `/`, and sorted by that name in
+///   byte order (so parents come before children), except that an opaque
+///   directory's `.wh..wh..opq` marker immediately follows the directory.
+/// - ustar headers, with PAX records for long names and link names, ids or
+///   sizes too large for ustar, and xattrs (`SCHILY.xattr.*`, overlayfs'
+///   own left out). Modes (with setuid/setgid/sticky), uid/gid and device
+///   numbers are kept, uname/gname are empty, no atime/ctime.
+/// - mtimes are clamped to [`LayerOptions::source_date_epoch`] when set.
+/// - The second and later paths of an inode become hardlink entries to the
+///   first one.
+/// - overlayfs whiteouts become OCI ones: a 0/0 character device `NAME` is
+///   written as an empty `.wh.NAME` (mode 0, owner 0:0), a directory with
+///   `trusted.overlay.opaque=y` or `user.overlay.opaque=y` gets a
+///   `.wh..wh..opq` entry. `.wh.*` files already in `dir` are kept as-is.
+/// - Sockets are skipped (tar cannot hold them).
+///
+/// Both digests are computed as the stream is written; nothing is buffered
+/// beyond the compressor's window.
+pub fn write_layer(
+    dir: &Path,
+    opts: &LayerOptions,
+    out: impl Write,
+) -> Result<LayerInfo, LayerError> {
+    let meta = fs::symlink_metadata(dir).map_err(|e| LayerError::io("stat", dir, e))?;
+    if !meta.is_dir() {
+        return Err(LayerError::io(
+            "read layer directory",
+            dir,
+            io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+        ));
+    }
+    let items = collect(dir, opts)?;
+
+    let encoder = Encoder::new(opts.compression, HashingWriter::new(out))
+        .map_err(|e| LayerError::io("start compressing layer from", dir, e))?;
+    let mut builder = tar::Builder::new(HashingWriter::new(encoder));
+    let epoch = opts.source_date_epoch;
+    let mut entries = 0u64;
+    // (dev, ino) -> tar name of the first path with that inode.
+    let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+
+    for item in &items {
+        let mtime = clamp_mtime(item.meta.mtime(), epoch);
+        let mut spec = Spec {
+            name: &item.name,
+            link: None,
+            kind: EntryType::Regular,
+            mode: item.meta.mode() & 0o7777,
+            uid: u64::from(item.meta.uid()),
+            gid: u64::from(item.meta.gid()),
+            mtime,
+            size: 0,
+            dev: None,
+            xattrs: BTreeMap::new(),
+        };
+        let hardlink_key = (item.meta.dev(), item.meta.ino());
+        let may_be_hardlink = !matches!(item.kind, Kind::Dir { .. } | Kind::Whiteout);
+        if may_be_hardlink && item.meta.nlink() > 1 {
+            if let Some(first) = links.get(&hardlink_key) {
+                let spec = Spec {
+                    kind: EntryType::Link,
+                    link: Some(first),
+                    ..spec
+                };
+                append(&mut builder, &spec, io::empty(), &item.path)?;
+                entries += 1;
+                continue;
+            }
+            links.insert(hardlink_key, item.name.clone());
+        }
+        if item.kind != Kind::Whiteout {
+            spec.xattrs = read_xattrs(&item.path)?;
+        }
+        let target;
+        match item.kind {
+            Kind::File => {
+                spec.size = item.meta.len();
+                let file = open_nofollow(&item.path)?;
+                let reader = ExactReader {
+                    inner: file.take(spec.size),
+                    remaining: spec.size,
+                };
+                append(&mut builder, &spec, reader, &item.path)?;
+            }
+            Kind::Dir { opaque } => {
+                spec.kind = EntryType::Directory;
+                append(&mut builder, &spec, io::empty(), &item.path)?;
+                if opaque {
+                    entries += 1;
+                    let mut marker = item.name.clone();
+                    marker.extend_from_slice(OPAQUE_WHITEOUT.as_bytes());
+                    let spec = Spec {
+                        name: &marker,
+                        kind: EntryType::Regular,
+                        mode: 0,
+                        uid: 0,
+                        gid: 0,
+                        xattrs: BTreeMap::new(),
+                        ..spec
+                    };
+                    append(&mut builder, &spec, io::empty(), &item.path)?;
+                }
+            }
+            Kind::Symlink => {
+                target = fs::read_link(&item.path)
+                    .map_err(|e| LayerError::io("read symlink", &item.path, e))?;
+                spec.kind = EntryType::Symlink;
+                spec.link = Some(target.as_os_str().as_bytes());
+                append(&mut builder, &spec, io::empty(), &item.path)?;
+            }
+            Kind::Fifo => {
+                spec.kind = EntryType::Fifo;
+                append(&mut builder, &spec, io::empty(), &item.path)?;
+            }
+            Kind::Char | Kind::Block => {
+                spec.kind = if item.kind == Kind::Char {
+                    EntryType::Char
+                } else {
+                    EntryType::Block
+                };
+                let rdev = item.meta.rdev();
+                spec.dev = Some((rustix::fs::major(rdev), rustix::fs::minor(rdev)));
+                append(&mut builder, &spec, io::empty(), &item.path)?;
+            }
+            Kind::Whiteout => {
+                // `.wh.NAME`: an empty regular file owned by 0:0, mode 0.
+                let spec = Spec {
+                    mode: 0,
+                    uid: 0,
+                    gid: 0,
+                    ..spec
+                };
+                append(&mut builder, &spec, io::empty(), &item.path)?;
+            }
+        }
+        entries += 1;
+    }
+
+    let finish_err = |e| LayerError::io("finish writing layer from", dir, e);
+    let tar_out = builder.into_inner().map_err(finish_err)?;
+    let (encoder, diff_id, uncompressed_size) = tar_out.finish();
+    let hashed_out = encoder.finish().map_err(finish_err)?;
+    let (mut out, digest, size) = hashed_out.finish();
+    out.flush().map_err(finish_err)?;
+    Ok(LayerInfo {
+        digest,
+        diff_id,
+        size,
+        uncompressed_size,
+        media_type: opts.compression.media_type(),
+        entries,
+    })
+}
+
+/// `min(mtime, epoch)`, and never before 1970 (tar mtimes are unsigned here).
+fn clamp_mtime(mtime: i64, epoch: Option<i64>) -> u64 {
+    let t = match epoch {
+        Some(e) => mtime.min(e),
+        None => mtime,
+    };
+    u64::try_from(t).unwrap_or(0)
+}
+
+/// Walks `dir` (without following symlinks), classifies and names every
+/// entry, and sorts them by tar name.
+fn collect(dir: &Path, opts: &LayerOptions) -> Result<Vec<Item>, LayerError> {
+    let mut items = Vec::new();
+    let walker = WalkDir::new(dir)
+        .follow_links(false)
+        .min_depth(1)
+        .into_iter()
+        .filter_entry(|e| match (&opts.skip, e.path().strip_prefix(dir)) {
+            (Some(skip), Ok(rel)) if e.depth() > 0 => !skip(rel),
+            _ => true,
+        });
+    for entry in walker {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(dir).to_path_buf();
+            let source = e
+                .into_io_error()
+                .unwrap_or_else(|| io::Error::other("filesystem loop"));
+            LayerError::io("walk", path, source)
+        })?;
+        let path = entry.path().to_path_buf();
+        let rel = path
+            .strip_prefix(dir)
+            .map_err(|_| LayerError::io("walk", &path, io::Error::other("path outside walk")))?
+            .as_os_str()
+            .as_bytes()
+            .to_vec();
+        let meta = fs::symlink_metadata(&path).map_err(|e| LayerError::io("stat", &path, e))?;
+        let ft = meta.file_type();
+        let (kind, name) = if ft.is_dir() {
+            let mut name = rel;
+            name.push(b'/');
+            (
+                Kind::Dir {
+                    opaque: is_opaque(&path)?,
+                },
+                name,
+            )
+        } else if ft.is_file() {
+            (Kind::File, rel)
+        } else if ft.is_symlink() {
+            (Kind::Symlink, rel)
+        } else if ft.is_fifo() {
+            (Kind::Fifo, rel)
+        } else if ft.is_char_device() && meta.rdev() == 0 {
+            let (parent, base) = super::safe_fs::split_last(&rel);
+            let mut wh = WHITEOUT_PREFIX.as_bytes().to_vec();
+            wh.extend_from_slice(base);
+            (Kind::Whiteout, super::safe_fs::join(parent, &wh))
+        } else if ft.is_char_device() {
+            (Kind::Char, rel)
+        } else if ft.is_block_device() {
+            (Kind::Block, rel)
+        } else {
+            // Sockets (and anything else tar cannot represent).
+            continue;
+        };
+        items.push(Item {
+            path,
+            name,
+            kind,
+            meta,
+        });
+    }
+    items.sort_by(|a, b| {
+        a.name
+            .cmp(&b.name)
+            .then_with(|| a.path.as_os_str().cmp(b.path.as_os_str()))
+    });
+    Ok(items)
+}
+
+/// Whether a directory carries an overlayfs opaque xattr (`y`).
+fn is_opaque(path: &Path) -> Result<bool, LayerError> {
+    for name in [TRUSTED_OPAQUE_XATTR, USER_OPAQUE_XATTR] {
+        match xattr::get(path, name) {
+            Ok(Some(v)) if v == b"y" => return Ok(true),
+            Ok(_) => {}
+            Err(e) if xattrs_unsupported(&e) => return Ok(false),
+            Err(e) => return Err(LayerError::io("read xattrs of", path, e)),
+        }
+    }
+    Ok(false)
+}
+
+/// Whether an xattr error just means "this filesystem has no xattrs".
+fn xattrs_unsupported(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(rustix::io::Errno::NOTSUP.raw_os_error())
+}
+
+/// The entry's xattrs (not following symlinks), without overlayfs' own.
+fn read_xattrs(path: &Path) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, LayerError> {
+    let mut out = BTreeMap::new();
+    let names = match xattr::list(path) {
+        Ok(names) => names,
+        Err(e) if xattrs_unsupported(&e) => return Ok(out),
+        Err(e) => return Err(LayerError::io("list xattrs of", path, e)),
+    };
+    for name in names {
+        let key = name.as_bytes();
+        if is_overlay_xattr(key) {
+            continue;
+        }
+        match xattr::get(path, &name) {
+            Ok(Some(value)) => {
+                out.insert(key.to_vec(), value);
+            }
+            // Removed between list and get.
+            Ok(None) => {}
+            Err(e) => return Err(LayerError::io("read xattrs of", path, e)),
+        }
+    }
+    Ok(out)
+}
+
+/// Opens a regular file for reading without following a symlink that might
+/// have replaced it since it was listed.
+fn open_nofollow(path: &Path) -> Result<File, LayerError> {
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(|e| LayerError::io("open", path, e.into()))?;
+    Ok(File::from(fd))
+}
+
+/// Reads exactly `remaining` bytes, failing if the file shrank while being
+/// archived (which would otherwise corrupt the tar stream).
+struct ExactReader<R> {
+    inner: R,
+    remaining: u64,
+}
+
+impl<R: Read> Read for ExactReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shrank while it was being archived",
+            ));
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Header fields of one entry.
+#[derive(Clone)]
+struct Spec<'a> {
+    name: &'a [u8],
+    link: Option<&'a [u8]>,
+    kind: EntryType,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: u64,
+    size: u64,
+    dev: Option<(u32, u32)>,
+    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+/// Largest value of a 7-digit octal ustar field (uid, gid).
+const MAX_OCTAL_7: u64 = 0o7777777;
+/// Largest value of an 11-digit octal ustar field (size).
+const MAX_OCTAL_11: u64 = 0o77777777777;
+/// Length of the ustar name and linkname fields.
+const NAME_FIELD_LEN: usize = 100;
+
+/// Appends one entry (preceded by a PAX extended header when some field does
+/// not fit in ustar, or when it has xattrs).
+fn append<W: Write>(
+    builder: &mut tar::Builder<W>,
+    spec: &Spec<'_>,
+    data: impl Read,
+    path: &Path,
+) -> Result<(), LayerError> {
+    // BTreeMap: PAX records sorted by key, as Go's archive/tar writes them.
+    let mut pax: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    if spec.name.len() > NAME_FIELD_LEN {
+        pax.insert(b"path".to_vec(), spec.name.to_vec());
+    }
+    if let Some(link) = spec.link {
+        if link.len() > NAME_FIELD_LEN {
+            pax.insert(b"linkpath".to_vec(), link.to_vec());
+        }
+    }
+    if spec.uid > MAX_OCTAL_7 {
+        pax.insert(b"uid".to_vec(), spec.uid.to_string().into_bytes());
+    }
+    if spec.gid > MAX_OCTAL_7 {
+        pax.insert(b"gid".to_vec(), spec.gid.to_string().into_bytes());
+    }
+    if spec.size > MAX_OCTAL_11 {
+        pax.insert(b"size".to_vec(), spec.size.to_string().into_bytes());
+    }
+    for (k, v) in &spec.xattrs {
+        let mut key = b"SCHILY.xattr.".to_vec();
+        key.extend_from_slice(k);
+        pax.insert(key, v.clone());
+    }
+    let werr = |e| LayerError::io("write layer entry for", path, e);
+    if !pax.is_empty() {
+        let data = pax_records(&pax);
+        let mut h = Header::new_ustar();
+        set_field(&mut h.as_old_mut().name, &pax_header_name(spec.name));
+        h.set_mode(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(data.len() as u64);
+        h.set_entry_type(EntryType::XHeader);
+        h.set_cksum();
+        builder.append(&h, data.as_slice()).map_err(werr)?;
+    }
+
+    let mut h = Header::new_ustar();
+    set_field(&mut h.as_old_mut().name, spec.name);
+    if let Some(link) = spec.link {
+        set_field(&mut h.as_old_mut().linkname, link);
+    }
+    h.set_entry_type(spec.kind);
+    h.set_mode(spec.mode);
+    h.set_uid(if spec.uid > MAX_OCTAL_7 { 0 } else { spec.uid });
+    h.set_gid(if spec.gid > MAX_OCTAL_7 { 0 } else { spec.gid });
+    h.set_mtime(spec.mtime);
+    h.set_size(if spec.size > MAX_OCTAL_11 {
+        0
+    } else {
+        spec.size
+    });
+    if let Some((major, minor)) = spec.dev {
+        h.set_device_major(major).map_err(werr)?;
+        h.set_device_minor(minor).map_err(werr)?;
+    }
+    h.set_cksum();
+    builder.append(&h, data).map_err(werr)
+}
+
+/// Copies `value` into a NUL-padded header field, truncating it (the full
+/// value is then in a PAX record).
+fn set_field(field: &mut [u8], value: &[u8]) {
+    field.fill(0);
+    let n = value.len().min(field.len());
+    field[..n].copy_from_slice(&value[..n]);
+}
+
+/// The name of a PAX extended header: `<dir>/PaxHeaders.0/<base>` as Go's
+/// archive/tar writes it (truncated to the field by [`set_field`]).
+fn pax_header_name(name: &[u8]) -> Vec<u8> {
+    let trimmed = name.strip_suffix(b"/").unwrap_or(name);
+    let (parent, base) = super::safe_fs::split_last(trimmed);
+    super::safe_fs::join(&super::safe_fs::join(parent, b"PaxHeaders.0"), base)
+}
+
+/// Encodes PAX records: `"<len> <key>=<value>\n"`, where `<len>` counts the
+/// whole record including its own digits.
+fn pax_records(records: &BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (key, value) in records {
+        let rest = 3 + key.len() + value.len(); // ' ', '=', '\n'
+        let mut len = rest + 1;
+        while len != rest + len.to_string().len() {
+            len = rest + len.to_string().len();
+        }
+        out.extend_from_slice(len.to_string().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(key);
+        out.push(b'=');
+        out.extend_from_slice(value);
+        out.push(b'\n');
+    }
+    out
+}

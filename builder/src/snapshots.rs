@@ -1,0 +1,141 @@
+//! Unpacked layers ("snapshots") in the store, one directory per diff_id, shared by every
+//! build and image that uses the layer. A snapshot appears atomically: it is unpacked or
+//! built in a temporary directory and renamed into place.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use kiln_cache::{Digest, Store};
+use serde::{Deserialize, Serialize};
+
+use crate::layer::{self, UnpackOptions, WhiteoutMode};
+
+/// A layer of an image or a build result.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LayerRef {
+    /// Digest of the blob (compressed).
+    pub digest: String,
+    /// Digest of the uncompressed tar.
+    pub diff_id: String,
+    /// Blob size.
+    pub size: u64,
+    /// Blob media type.
+    pub media_type: String,
+}
+
+/// The snapshot area of a store.
+#[derive(Debug, Clone)]
+pub struct Snapshots {
+    dir: PathBuf,
+    tmp: PathBuf,
+}
+
+impl Snapshots {
+    /// The snapshots of `store`.
+    pub fn new(store: &Store) -> Snapshots {
+        Snapshots {
+            dir: store.root().join("snapshots"),
+            tmp: store.root().join("tmp"),
+        }
+    }
+
+    /// Where the snapshot of a diff_id lives.
+    pub fn path(&self, diff_id: &str) -> PathBuf {
+        let hex = diff_id.split_once(':').map(|(_, h)| h).unwrap_or(diff_id);
+        self.dir.join(hex)
+    }
+
+    /// A fresh temporary directory in the store's temp area (same filesystem, so it can
+    /// be renamed into place).
+    pub fn temp_dir(&self, prefix: &str) -> Result<tempfile::TempDir> {
+        fs::create_dir_all(&self.tmp)?;
+        tempfile::Builder::new()
+            .prefix(&format!("{prefix}-{}-", std::process::id()))
+            .tempdir_in(&self.tmp)
+            .context("creating a temporary directory in the store")
+    }
+
+    /// Moves a finished directory into place as the snapshot of `diff_id`. If another
+    /// build got there first, ours is dropped.
+    pub fn commit(&self, dir: tempfile::TempDir, diff_id: &str) -> Result<PathBuf> {
+        let dest = self.path(diff_id);
+        if dest.exists() {
+            return Ok(dest);
+        }
+        fs::create_dir_all(&self.dir)?;
+        let src = dir.keep();
+        match fs::rename(&src, &dest) {
+            Ok(()) => Ok(dest),
+            Err(_) if dest.exists() => {
+                let _ = fs::remove_dir_all(&src);
+                Ok(dest)
+            }
+            Err(e) => Err(e).with_context(|| format!("moving snapshot to {}", dest.display())),
+        }
+    }
+
+    /// Makes sure the layer is unpacked, from its blob if need be; returns its directory.
+    pub fn ensure(&self, store: &Store, layer_ref: &LayerRef) -> Result<PathBuf> {
+        let dest = self.path(&layer_ref.diff_id);
+        if dest.is_dir() {
+            return Ok(dest);
+        }
+        let digest = Digest::parse(&layer_ref.digest)?;
+        let blob = store
+            .open_blob(&digest)
+            .with_context(|| format!("layer {} is not in the store", layer_ref.digest))?;
+        let tmp = self.temp_dir("unpack")?;
+        let opts = UnpackOptions {
+            expected_diff_id: Some(layer_ref.diff_id.clone()),
+            whiteouts: if is_root() { WhiteoutMode::Overlay } else { WhiteoutMode::Oci },
+            allow_devices: is_root(),
+        };
+        layer::unpack_layer(std::io::BufReader::new(blob), tmp.path(), &opts)
+            .with_context(|| format!("unpacking layer {}", layer_ref.digest))?;
+        self.commit(tmp, &layer_ref.diff_id)
+    }
+
+    /// The snapshot directories of a chain of layers, bottom first.
+    pub fn chain(&self, store: &Store, layers: &[LayerRef]) -> Result<Vec<PathBuf>> {
+        layers.iter().map(|l| self.ensure(store, l)).collect()
+    }
+}
+
+/// Whether kiln runs as root (chown, device nodes and overlay whiteouts need it).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// The OCI ChainID of a list of diff_ids.
+pub fn chain_id(diff_ids: &[String]) -> String {
+    let mut chain = match diff_ids.first() {
+        Some(first) => first.clone(),
+        None => return kiln_frontend::graph::sha256_digest(b""),
+    };
+    for d in &diff_ids[1..] {
+        chain = kiln_frontend::graph::sha256_digest(format!("{chain} {d}").as_bytes());
+    }
+    chain
+}
+
+/// Whether `dir` has no entries.
+pub fn is_empty_dir(dir: &Path) -> bool {
+    fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_follow_the_spec() {
+        let a = "sha256:aaaa".to_string();
+        let b = "sha256:bbbb".to_string();
+        assert_eq!(chain_id(std::slice::from_ref(&a)), a);
+        assert_eq!(
+            chain_id(&[a.clone(), b.clone()]),
+            kiln_frontend::graph::sha256_digest(b"sha256:aaaa sha256:bbbb")
+        );
+    }
+}

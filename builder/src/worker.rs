@@ -1,0 +1,352 @@
+//! The worker: executes build-graph ops against the store for the solver.
+//!
+//! Results are chains of layers. A file op writes its changes into an empty directory,
+//! which is written out as a layer blob and then becomes that layer's snapshot as it is,
+//! so nothing is unpacked twice. Cache records map a cache key to the resulting chain.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::BufWriter;
+use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, Result, anyhow, bail};
+use kiln_cache::{FileKind, StatMemo, Store, TreeDigest, TreeEntry, hash_file};
+use kiln_frontend::graph::{FileAction, Op, Vertex, VertexId};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::fileops::{ContextFs, CopyOptions, Entry, LayeredFs, SourceFs, Upper, expand_source, resolve_chown};
+use crate::images::ImageStore;
+use crate::layer::{self, LayerOptions};
+use crate::snapshots::{LayerRef, Snapshots, is_empty_dir};
+use crate::solver::Worker;
+
+/// The result of a vertex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Output {
+    /// A filesystem as a chain of layers, bottom first (empty: scratch).
+    Fs {
+        /// The layers.
+        layers: Vec<LayerRef>,
+        /// Whether this vertex added the last layer (false: its diff was empty).
+        added: bool,
+    },
+    /// The local build context.
+    Context,
+}
+
+impl Output {
+    /// The layers of a filesystem output.
+    pub fn layers(&self) -> &[LayerRef] {
+        match self {
+            Output::Fs { layers, .. } => layers,
+            Output::Context => &[],
+        }
+    }
+}
+
+/// Executes ops for one build.
+pub struct BuildWorker<'a> {
+    store: &'a Store,
+    snapshots: Snapshots,
+    context: ContextFs,
+    memo: StatMemo,
+    images: &'a ImageStore,
+    layer_opts: LayerOptions,
+}
+
+impl<'a> BuildWorker<'a> {
+    /// A worker over `store` for a build of `context`.
+    pub fn new(store: &'a Store, context: ContextFs, images: &'a ImageStore, layer_opts: LayerOptions) -> Result<Self> {
+        let memo = StatMemo::load(store, context.root())?;
+        Ok(BuildWorker {
+            store,
+            snapshots: Snapshots::new(store),
+            context,
+            memo,
+            images,
+            layer_opts,
+        })
+    }
+
+    /// Saves the stat memo (call once the build is done).
+    pub fn finish(&self) -> Result<()> {
+        self.memo.save()?;
+        Ok(())
+    }
+
+    /// A view of a filesystem output.
+    fn view(&self, out: &Output, name: &str) -> Result<LayeredFs> {
+        Ok(LayeredFs::new(self.snapshots.chain(self.store, out.layers())?, name))
+    }
+
+    /// Checksum of what COPY selects from the context: paths, types, modes, owners, sizes,
+    /// link targets, xattrs and contents (never mtimes). Unchanged files are not re-read:
+    /// the stat memo knows their hash.
+    fn context_checksum(&self, sources: &[&str]) -> Result<String> {
+        let mut entries: Vec<(String, Entry)> = Vec::new();
+        for src in sources {
+            for (rel, entry) in expand_source(&self.context, src)? {
+                walk(&self.context, &rel, entry, &mut entries);
+            }
+        }
+        let tree: Vec<TreeEntry> = entries
+            .par_iter()
+            .map(|(rel, e)| -> Result<TreeEntry> {
+                let ft = e.meta.file_type();
+                let kind = if ft.is_file() {
+                    FileKind::File
+                } else if ft.is_dir() {
+                    FileKind::Dir
+                } else if ft.is_symlink() {
+                    FileKind::Symlink
+                } else {
+                    FileKind::Fifo
+                };
+                let content = if ft.is_file() {
+                    Some(match self.memo.get(rel, &e.meta) {
+                        Some(h) => h,
+                        None => {
+                            let h = hash_file(&e.path)?;
+                            self.memo.insert(rel, &e.meta, h);
+                            h
+                        }
+                    })
+                } else {
+                    None
+                };
+                let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = xattr::list(&e.path)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|n| {
+                        let v = xattr::get(&e.path, &n).ok()??;
+                        Some((n.as_encoded_bytes().to_vec(), v))
+                    })
+                    .collect();
+                xattrs.sort();
+                Ok(TreeEntry {
+                    path: rel.into(),
+                    kind,
+                    mode: e.meta.mode() & 0o7777,
+                    uid: 0,
+                    gid: 0,
+                    size: if ft.is_file() { e.meta.len() } else { 0 },
+                    link_target: if ft.is_symlink() { fs::read_link(&e.path).ok() } else { None },
+                    xattrs,
+                    content,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(TreeDigest::of(&tree).to_string())
+    }
+
+    /// Runs a file op into a new layer.
+    fn file_op(&self, vertex: &Vertex, f: &kiln_frontend::graph::FileOp, inputs: &[Output]) -> Result<Output> {
+        let base_out = if f.has_base { inputs.first().cloned() } else { None };
+        let base_view = match &base_out {
+            Some(o) => self.view(o, "the base image")?,
+            None => LayeredFs::default(),
+        };
+        let sources: Vec<Box<dyn SourceFs + '_>> = inputs
+            .iter()
+            .skip(usize::from(f.has_base))
+            .map(|o| -> Result<Box<dyn SourceFs + '_>> {
+                Ok(match o {
+                    Output::Context => Box::new(ContextRef(&self.context)),
+                    fs_out => Box::new(self.view(fs_out, "the source stage or image")?),
+                })
+            })
+            .collect::<Result<_>>()?;
+        let upper_dir = self.snapshots.temp_dir("layer")?;
+        let mut upper = Upper::new(upper_dir.path(), &base_view);
+        for action in &f.actions {
+            match action {
+                FileAction::Copy {
+                    input,
+                    src,
+                    dest,
+                    chown,
+                    chmod,
+                    unpack,
+                    parents,
+                    exclude,
+                } => {
+                    let source = sources
+                        .get(*input - usize::from(f.has_base))
+                        .ok_or_else(|| anyhow!("file op refers to a missing input"))?;
+                    let owner = chown.as_ref().map(|c| resolve_chown(c, &base_view)).transpose()?;
+                    let opts = CopyOptions {
+                        owner,
+                        chmod: chmod.clone(),
+                        exclude: exclude.clone(),
+                        parents: *parents,
+                    };
+                    upper.copy(source.as_ref(), src, dest, &opts, *unpack)?;
+                }
+                FileAction::Mkdir { path, chown, .. } => {
+                    let owner = chown.as_ref().map(|c| resolve_chown(c, &base_view)).transpose()?;
+                    upper.mkdir(path, owner)?;
+                }
+                FileAction::Mkfile { path, mode, data, chown } => {
+                    let owner = chown.as_ref().map(|c| resolve_chown(c, &base_view)).transpose()?;
+                    upper.mkfile(path, data.as_bytes(), *mode, owner)?;
+                }
+                FileAction::Download { url, .. } => {
+                    bail!("ADD of a URL ({url}) is not supported yet: kiln has no HTTP client until registry support lands");
+                }
+            }
+        }
+        upper.finish()?;
+        let _ = vertex;
+        let mut layers = base_out.map(|o| o.layers().to_vec()).unwrap_or_default();
+        if f.has_base && is_empty_dir(upper_dir.path()) {
+            return Ok(Output::Fs { layers, added: false });
+        }
+        let layer = self.commit_layer(upper_dir)?;
+        layers.push(layer);
+        Ok(Output::Fs { layers, added: true })
+    }
+
+    /// Writes a diff directory as a layer blob and keeps the directory as its snapshot.
+    fn commit_layer(&self, dir: tempfile::TempDir) -> Result<LayerRef> {
+        let mut writer = self.store.blob_writer()?;
+        let info = {
+            let mut buf = BufWriter::with_capacity(1 << 20, &mut writer);
+            let info = layer::write_layer(dir.path(), &self.layer_opts, &mut buf)?;
+            std::io::Write::flush(&mut buf)?;
+            info
+        };
+        let expected = kiln_cache::Digest::parse(&info.digest)?;
+        writer.commit(Some(&expected))?;
+        self.snapshots.commit(dir, &info.diff_id)?;
+        Ok(LayerRef {
+            digest: info.digest,
+            diff_id: info.diff_id,
+            size: info.size,
+            media_type: info.media_type.to_string(),
+        })
+    }
+}
+
+/// Adds `entry` and everything under it (for directories) to `out`.
+fn walk(fs: &dyn SourceFs, rel: &str, entry: Entry, out: &mut Vec<(String, Entry)>) {
+    let is_dir = entry.meta.is_dir();
+    out.push((rel.to_string(), entry));
+    if is_dir {
+        for name in fs.list(rel) {
+            let child = crate::fileops::view::join(rel, &name);
+            if let Some(e) = fs.lstat(&child) {
+                walk(fs, &child, e, out);
+            }
+        }
+    }
+}
+
+/// Borrows the worker's context as a boxed source.
+struct ContextRef<'a>(&'a ContextFs);
+
+impl SourceFs for ContextRef<'_> {
+    fn lstat(&self, rel: &str) -> Option<Entry> {
+        self.0.lstat(rel)
+    }
+    fn list(&self, rel: &str) -> Vec<String> {
+        self.0.list(rel)
+    }
+    fn keeps_owners(&self) -> bool {
+        self.0.keeps_owners()
+    }
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+}
+
+/// What the cache index keeps for a key.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    output: Output,
+}
+
+impl Worker for BuildWorker<'_> {
+    type Output = Output;
+
+    fn content_key(&self, _: VertexId, vertex: &Vertex, inputs: &[Output]) -> Result<Option<String>> {
+        match &vertex.op {
+            Op::Image { reference, platform, .. } => {
+                let img = self.images.get(reference, platform)?;
+                Ok(Some(img.chain_id.clone()))
+            }
+            Op::File(f) => {
+                let offset = usize::from(f.has_base);
+                let srcs: Vec<&str> = f
+                    .actions
+                    .iter()
+                    .filter_map(|a| match a {
+                        FileAction::Copy { input, src, .. }
+                            if matches!(inputs.get(*input), Some(Output::Context)) && *input >= offset =>
+                        {
+                            Some(src.as_str())
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                if srcs.is_empty() {
+                    Ok(None)
+                } else {
+                    self.context_checksum(&srcs).map(Some)
+                }
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn load(&self, key: &str, _: &Vertex) -> Result<Option<Output>> {
+        let Some(rec) = self.store.cache_get_as::<Record>(key)? else {
+            return Ok(None);
+        };
+        // A record whose blobs are gone is a miss.
+        for l in rec.output.layers() {
+            if !self.store.has_blob(&kiln_cache::Digest::parse(&l.digest)?) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(rec.output))
+    }
+
+    fn execute(&self, _: VertexId, vertex: &Vertex, inputs: &[Output], _cancel: &AtomicBool) -> Result<Output> {
+        match &vertex.op {
+            Op::Image { reference, platform, .. } => {
+                let img = self.images.get(reference, platform)?;
+                Ok(Output::Fs {
+                    layers: img.layers.clone(),
+                    added: false,
+                })
+            }
+            Op::Context { .. } => Ok(Output::Context),
+            Op::File(f) => self.file_op(vertex, f, inputs),
+            Op::Merge => {
+                let mut layers = Vec::new();
+                for i in inputs {
+                    layers.extend(i.layers().iter().cloned());
+                }
+                Ok(Output::Fs { layers, added: false })
+            }
+            Op::Exec(e) => bail!(
+                "RUN is not supported yet ({}): kiln builds images from COPY, ADD and metadata steps so far",
+                e.args.join(" ")
+            ),
+        }
+    }
+
+    fn save(&self, key: &str, vertex: &Vertex, output: &Output) -> Result<()> {
+        if matches!(vertex.op, Op::Context { .. }) {
+            return Ok(());
+        }
+        self.store
+            .cache_put_as(key, &Record { output: output.clone() })
+            .context("writing the cache record")
+    }
+}
+
+/// Results by vertex, as the solver returns them.
+pub type Results = HashMap<VertexId, crate::solver::Solved<Output>>;

@@ -13,7 +13,9 @@ use kiln_frontend::{Diagnostic, dockerignore};
 
 use crate::exporter;
 use crate::fileops::ContextFs;
-use crate::image::{self, BuiltImage, HistoryItem, ImageSpec, LayerDesc, MediaTypes, RuntimeConfig};
+use crate::image::{
+    self, BuiltImage, HistoryItem, ImageSpec, LayerDesc, MediaTypes, RuntimeConfig,
+};
 use crate::images::{ImageStore, normalize_tag};
 use crate::layer::{Compression, LayerOptions, UnpackOptions, WhiteoutMode};
 use crate::progress::{Progress, ProgressMode, StepLabel};
@@ -118,13 +120,25 @@ fn step_labels(plan: &Plan) -> HashMap<VertexId, StepLabel> {
             (Some(o), _) => {
                 let i = per_stage.entry(o.stage).or_default();
                 *i += 1;
-                format!("[{} {}/{}] {}", o.stage_name, i, totals[&o.stage], o.instruction.trim())
+                format!(
+                    "[{} {}/{}] {}",
+                    o.stage_name,
+                    i,
+                    totals[&o.stage],
+                    o.instruction.trim()
+                )
             }
             (None, Op::Image { reference, .. }) => format!("[internal] FROM {reference}"),
             (None, Op::Context { .. }) => "[internal] load build context".to_string(),
             (None, op) => format!("[internal] {}", describe(op)),
         };
-        labels.insert(id, StepLabel { number: n + 1, name });
+        labels.insert(
+            id,
+            StepLabel {
+                number: n + 1,
+                name,
+            },
+        );
     }
     labels
 }
@@ -162,16 +176,20 @@ fn base_history(plan: &Plan, images: &ImageStore, stage_index: usize) -> Result<
     match &st.base {
         Base::Scratch => Ok(Vec::new()),
         Base::Stage(i) => base_history(plan, images, *i),
-        Base::Image { reference, .. } => Ok(images.get(reference, &st.platform)?.config.history.clone()),
+        Base::Image { reference, .. } => {
+            Ok(images.get(reference, &st.platform)?.config.history.clone())
+        }
     }
 }
 
 /// Runs a build.
 pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
     let started = Instant::now();
-    let store = Store::open(&req.root).with_context(|| format!("opening the store at {}", req.root.display()))?;
+    let store = Store::open(&req.root)
+        .with_context(|| format!("opening the store at {}", req.root.display()))?;
     let _lock = store.lock_shared()?;
-    let source = std::fs::read(&req.dockerfile).with_context(|| format!("reading {}", req.dockerfile.display()))?;
+    let source = std::fs::read(&req.dockerfile)
+        .with_context(|| format!("reading {}", req.dockerfile.display()))?;
     let source = String::from_utf8_lossy(&source).into_owned();
     let located = |e: Diagnostic| DockerfileError {
         rendered: e.render(&req.dockerfile_name, &source),
@@ -204,21 +222,32 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
     let context = ContextFs::new(&req.context, &excludes)?;
     let worker = BuildWorker::new(&store, context, &images, layer_opts)?;
     let cancel = AtomicBool::new(false);
-    let results = solver::solve(&plan.graph, &worker, &progress, SolveOptions { no_cache: req.no_cache }, &cancel)
-        .map_err(|e| {
-            let v = plan.graph.vertex(e.vertex);
-            let what = match v.origins.first() {
-                Some(o) => format!(
-                    "stage {}, {}:{}: {}",
-                    o.stage_name,
-                    req.dockerfile_name,
-                    o.range.start.line,
-                    o.instruction.trim()
-                ),
-                None => labels.get(&e.vertex).map(|l| l.name.clone()).unwrap_or_default(),
-            };
-            e.error.context(what)
-        })?;
+    let results = solver::solve(
+        &plan.graph,
+        &worker,
+        &progress,
+        SolveOptions {
+            no_cache: req.no_cache,
+        },
+        &cancel,
+    )
+    .map_err(|e| {
+        let v = plan.graph.vertex(e.vertex);
+        let what = match v.origins.first() {
+            Some(o) => format!(
+                "stage {}, {}:{}: {}",
+                o.stage_name,
+                req.dockerfile_name,
+                o.range.start.line,
+                o.instruction.trim()
+            ),
+            None => labels
+                .get(&e.vertex)
+                .map(|l| l.name.clone())
+                .unwrap_or_default(),
+        };
+        e.error.context(what)
+    })?;
     worker.finish()?;
 
     let built = assemble(req, &store, &images, &plan, &results)?;
@@ -226,17 +255,28 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         let _tags_lock = store.lock_shared()?;
         store.tag_set(
             &normalize_tag(tag),
-            &TagRecord::new(Digest::parse(&built.manifest_digest)?, Digest::parse(&built.config_digest)?),
+            &TagRecord::new(
+                Digest::parse(&built.manifest_digest)?,
+                Digest::parse(&built.config_digest)?,
+            ),
         )?;
     }
-    let blob_path = |d: &str| -> PathBuf { Digest::parse(d).map(|d| store.blob_path(&d)).unwrap_or_default() };
+    let blob_path = |d: &str| -> PathBuf {
+        Digest::parse(d)
+            .map(|d| store.blob_path(&d))
+            .unwrap_or_default()
+    };
     for out in &req.outputs {
         match out {
             OutputSpec::Oci(dest) if dest.extension().is_some_and(|e| e == "tar") => {
                 exporter::write_oci_archive(&built, &blob_path, dest, &req.tags)?
             }
-            OutputSpec::Oci(dest) => exporter::write_oci_layout(&built, &blob_path, dest, &req.tags)?,
-            OutputSpec::Docker(dest) => exporter::write_docker_archive(&built, &blob_path, dest, &req.tags)?,
+            OutputSpec::Oci(dest) => {
+                exporter::write_oci_layout(&built, &blob_path, dest, &req.tags)?
+            }
+            OutputSpec::Docker(dest) => {
+                exporter::write_docker_archive(&built, &blob_path, dest, &req.tags)?
+            }
             OutputSpec::Local(dest) => export_local(&store, &built, dest)?,
         }
     }
@@ -244,7 +284,9 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
     let mut steps = Vec::new();
     for (id, solved) in &results {
         let v = plan.graph.vertex(*id);
-        let Some(origin) = v.origins.first() else { continue };
+        let Some(origin) = v.origins.first() else {
+            continue;
+        };
         steps.push(report_step(origin, solved));
     }
     let report = Report::new(
@@ -268,7 +310,10 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
 
 fn report_step(origin: &kiln_frontend::graph::Origin, solved: &Solved<Output>) -> ReportStep {
     let layer = match &solved.output {
-        Output::Fs { layers, added: true } => layers.last().map(|l| ReportLayer {
+        Output::Fs {
+            layers,
+            added: true,
+        } => layers.last().map(|l| ReportLayer {
             digest: l.digest.clone(),
             size: l.size,
         }),

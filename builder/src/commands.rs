@@ -14,7 +14,11 @@ fn short_id(digest: &str, no_trunc: bool) -> String {
     if no_trunc {
         digest.to_string()
     } else {
-        digest.trim_start_matches("sha256:").chars().take(12).collect()
+        digest
+            .trim_start_matches("sha256:")
+            .chars()
+            .take(12)
+            .collect()
     }
 }
 
@@ -26,7 +30,9 @@ fn find(store: &Store, name: &str) -> Result<(ImageInfo, Vec<String>)> {
     let hit = tags.iter().find(|(t, _)| *t == wanted).or_else(|| {
         let prefix = name.trim_start_matches("sha256:");
         (prefix.len() >= 4).then_some(())?;
-        tags.iter().find(|(_, r)| r.config.hex().starts_with(prefix) || r.manifest.hex().starts_with(prefix))
+        tags.iter().find(|(_, r)| {
+            r.config.hex().starts_with(prefix) || r.manifest.hex().starts_with(prefix)
+        })
     });
     let (_, rec) = hit.ok_or_else(|| anyhow!("no such image: {name}"))?;
     let info = images.load(rec.manifest.as_str(), &Platform::host())?;
@@ -39,7 +45,9 @@ fn find(store: &Store, name: &str) -> Result<(ImageInfo, Vec<String>)> {
 }
 
 fn since(created: Option<chrono::DateTime<chrono::Utc>>) -> String {
-    let Some(c) = created else { return "N/A".to_string() };
+    let Some(c) = created else {
+        return "N/A".to_string();
+    };
     let secs = (chrono::Utc::now() - c).num_seconds().max(0);
     match secs {
         0..=59 => format!("{secs} seconds ago"),
@@ -54,7 +62,10 @@ pub fn images(root: &Path, quiet: bool, no_trunc: bool) -> Result<ExitCode> {
     let store = Store::open(root)?;
     let imgs = ImageStore::new(&store);
     if !quiet {
-        println!("{:<40} {:<16} {:<14} {:<20} {}", "REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE");
+        println!(
+            "{:<40} {:<16} {:<14} {:<20} SIZE",
+            "REPOSITORY", "TAG", "IMAGE ID", "CREATED"
+        );
     }
     for (name, rec) in store.tags()? {
         let id = short_id(rec.config.as_str(), no_trunc);
@@ -62,12 +73,22 @@ pub fn images(root: &Path, quiet: bool, no_trunc: bool) -> Result<ExitCode> {
             println!("{id}");
             continue;
         }
-        let (repo, tag) = name.rsplit_once(':').filter(|(_, t)| !t.contains('/')).unwrap_or((&name, "<none>"));
+        let (repo, tag) = name
+            .rsplit_once(':')
+            .filter(|(_, t)| !t.contains('/'))
+            .unwrap_or((&name, "<none>"));
         let (size, created) = match imgs.load(rec.manifest.as_str(), &Platform::host()) {
-            Ok(info) => (info.layers.iter().map(|l| l.size).sum::<u64>(), info.config.created),
+            Ok(info) => (
+                info.layers.iter().map(|l| l.size).sum::<u64>(),
+                info.config.created,
+            ),
             Err(_) => (0, None),
         };
-        println!("{repo:<40} {tag:<16} {id:<14} {:<20} {}", since(created), human_bytes(size));
+        println!(
+            "{repo:<40} {tag:<16} {id:<14} {:<20} {}",
+            since(created),
+            human_bytes(size)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -76,7 +97,9 @@ pub fn images(root: &Path, quiet: bool, no_trunc: bool) -> Result<ExitCode> {
 pub fn inspect(root: &Path, name: &str) -> Result<ExitCode> {
     let store = Store::open(root)?;
     let (info, tags) = find(&store, name)?;
-    let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&kiln_cache::Digest::parse(&info.config_digest)?)?)?;
+    let config: serde_json::Value = serde_json::from_slice(
+        &store.read_blob(&kiln_cache::Digest::parse(&info.config_digest)?)?,
+    )?;
     let out = serde_json::json!([{
         "Id": info.config_digest,
         "RepoTags": tags,
@@ -114,24 +137,43 @@ pub fn history(root: &Path, name: &str, flags: HistoryFlags) -> Result<ExitCode>
     let mut layers = info.layers.iter();
     let mut rows = Vec::new();
     for h in &info.config.history {
-        let size = if h.empty_layer { 0 } else { layers.next().map(|l| l.size).unwrap_or(0) };
+        let size = if h.empty_layer {
+            0
+        } else {
+            layers.next().map(|l| l.size).unwrap_or(0)
+        };
         rows.push((h, size));
     }
     let total = rows.len();
     if !flags.quiet && flags.format.is_none() {
-        println!("{:<14} {:<18} {:<45} {:<10} {}", "IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT");
+        println!(
+            "{:<14} {:<18} {:<45} {:<10} COMMENT",
+            "IMAGE", "CREATED", "CREATED BY", "SIZE"
+        );
     }
     for (i, (h, size)) in rows.into_iter().rev().enumerate() {
         // Only the newest entry is the image itself; the others are `<missing>`, as for
         // images built by BuildKit.
-        let id = if i == 0 { short_id(&info.config_digest, flags.no_trunc) } else { "<missing>".to_string() };
+        let id = if i == 0 {
+            short_id(&info.config_digest, flags.no_trunc)
+        } else {
+            "<missing>".to_string()
+        };
         if flags.quiet {
             println!("{id}");
             continue;
         }
         let created_at = h.created.map(|c| c.to_rfc3339()).unwrap_or_default();
-        let created = if flags.human { since(h.created) } else { created_at.clone() };
-        let size_s = if flags.human { human_bytes(size) } else { size.to_string() };
+        let created = if flags.human {
+            since(h.created)
+        } else {
+            created_at.clone()
+        };
+        let size_s = if flags.human {
+            human_bytes(size)
+        } else {
+            size.to_string()
+        };
         let mut by = h.created_by.clone();
         if !flags.no_trunc && by.chars().count() > 45 {
             by = by.chars().take(44).collect::<String>() + "…";

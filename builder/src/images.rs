@@ -55,7 +55,9 @@ pub fn normalize_tag(reference: &str) -> String {
 
 fn read_json_blob(store: &Store, digest: &str) -> Result<Vec<u8>> {
     let d = Digest::parse(digest)?;
-    let size = store.blob_size(&d).with_context(|| format!("blob {digest} is not in the store"))?;
+    let size = store
+        .blob_size(&d)
+        .with_context(|| format!("blob {digest} is not in the store"))?;
     if size > MAX_JSON {
         bail!("{digest} is {size} bytes: too large for a manifest or config");
     }
@@ -89,15 +91,22 @@ impl ImageStore {
                 ),
             }
         };
-        let info = Arc::new(self.load(&manifest, platform).with_context(|| format!("loading image {reference}"))?);
-        self.resolved.lock().expect("image lock").insert(key, info.clone());
+        let info = Arc::new(
+            self.load(&manifest, platform)
+                .with_context(|| format!("loading image {reference}"))?,
+        );
+        self.resolved
+            .lock()
+            .expect("image lock")
+            .insert(key, info.clone());
         Ok(info)
     }
 
     /// Reads a manifest (or an index, picking `platform`) and its config from the store.
     pub fn load(&self, manifest_digest: &str, platform: &Platform) -> Result<ImageInfo> {
         let bytes = read_json_blob(&self.store, manifest_digest)?;
-        let v: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| format!("manifest {manifest_digest} is not JSON"))?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("manifest {manifest_digest} is not JSON"))?;
         if v.get("manifests").is_some() {
             let pick = v["manifests"]
                 .as_array()
@@ -108,9 +117,15 @@ impl ImageStore {
                     p["os"].as_str() == Some(platform.os.as_str())
                         && p["architecture"].as_str() == Some(platform.architecture.as_str())
                 })
-                .or_else(|| v["manifests"].as_array().and_then(|a| if a.len() == 1 { a.first() } else { None }))
+                .or_else(|| {
+                    v["manifests"]
+                        .as_array()
+                        .and_then(|a| if a.len() == 1 { a.first() } else { None })
+                })
                 .ok_or_else(|| anyhow!("index {manifest_digest} has no manifest for {platform}"))?;
-            let d = pick["digest"].as_str().ok_or_else(|| anyhow!("index entry without digest"))?;
+            let d = pick["digest"]
+                .as_str()
+                .ok_or_else(|| anyhow!("index entry without digest"))?;
             return self.load(d, platform);
         }
         let config_digest = v["config"]["digest"]
@@ -118,7 +133,8 @@ impl ImageStore {
             .ok_or_else(|| anyhow!("manifest {manifest_digest} has no config"))?
             .to_string();
         let config_bytes = read_json_blob(&self.store, &config_digest)?;
-        let config = image::parse_config(&config_bytes).with_context(|| format!("config {config_digest}"))?;
+        let config = image::parse_config(&config_bytes)
+            .with_context(|| format!("config {config_digest}"))?;
         let manifest_layers = v["layers"].as_array().cloned().unwrap_or_default();
         if manifest_layers.len() != config.diff_ids.len() {
             bail!(
@@ -132,7 +148,10 @@ impl ImageStore {
             .zip(&config.diff_ids)
             .map(|(l, diff_id)| -> Result<LayerRef> {
                 Ok(LayerRef {
-                    digest: l["digest"].as_str().ok_or_else(|| anyhow!("layer without digest"))?.to_string(),
+                    digest: l["digest"]
+                        .as_str()
+                        .ok_or_else(|| anyhow!("layer without digest"))?
+                        .to_string(),
                     diff_id: diff_id.clone(),
                     size: l["size"].as_u64().unwrap_or(0),
                     media_type: l["mediaType"].as_str().unwrap_or("").to_string(),
@@ -157,7 +176,8 @@ impl ImageStore {
         };
         let dir = Path::new(dir);
         let index: serde_json::Value = serde_json::from_slice(
-            &fs::read(dir.join("index.json")).with_context(|| format!("{} is not an OCI layout", dir.display()))?,
+            &fs::read(dir.join("index.json"))
+                .with_context(|| format!("{} is not an OCI layout", dir.display()))?,
         )?;
         let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
         let chosen = match tag {
@@ -166,9 +186,16 @@ impl ImageStore {
                 .find(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str() == Some(t))
                 .ok_or_else(|| anyhow!("no image tagged {t:?} in {}", dir.display()))?,
             None if manifests.len() == 1 => &manifests[0],
-            None => bail!("{} holds {} images: name one with oci-layout://DIR:TAG", dir.display(), manifests.len()),
+            None => bail!(
+                "{} holds {} images: name one with oci-layout://DIR:TAG",
+                dir.display(),
+                manifests.len()
+            ),
         };
-        let digest = chosen["digest"].as_str().ok_or_else(|| anyhow!("index entry without digest"))?.to_string();
+        let digest = chosen["digest"]
+            .as_str()
+            .ok_or_else(|| anyhow!("index entry without digest"))?
+            .to_string();
         self.import_blob_tree(dir, &digest)?;
         Ok(digest)
     }
@@ -179,10 +206,12 @@ impl ImageStore {
             return Ok(());
         }
         let path = dir.join("blobs").join(d.algorithm()).join(d.hex());
-        let mut f = fs::File::open(&path).with_context(|| format!("missing blob {}", path.display()))?;
+        let mut f =
+            fs::File::open(&path).with_context(|| format!("missing blob {}", path.display()))?;
         let mut w = self.store.blob_writer()?;
         std::io::copy(&mut f, &mut w)?;
-        w.commit(Some(&d)).with_context(|| format!("importing {}", path.display()))?;
+        w.commit(Some(&d))
+            .with_context(|| format!("importing {}", path.display()))?;
         Ok(())
     }
 
@@ -234,8 +263,14 @@ pub fn frontend_config(c: &image::RuntimeConfig) -> ImageConfig {
 }
 
 impl ImageResolver for ImageStore {
-    fn resolve(&self, reference: &str, platform: &Platform) -> Result<Option<ResolvedImage>, String> {
-        let info = self.get(reference, platform).map_err(|e| format!("{e:#}"))?;
+    fn resolve(
+        &self,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<Option<ResolvedImage>, String> {
+        let info = self
+            .get(reference, platform)
+            .map_err(|e| format!("{e:#}"))?;
         let mut config = frontend_config(&info.config.config);
         config.author = info.config.author.clone();
         Ok(Some(ResolvedImage {

@@ -5,6 +5,7 @@
 pub mod build;
 pub mod cli;
 pub mod commands;
+pub mod download;
 pub mod exporter;
 pub mod fileops;
 pub mod image;
@@ -15,4 +16,5 @@ pub mod progress;
 pub mod report;
 pub mod snapshots;
 pub mod solver;
+pub mod tls;
 pub mod worker;

@@ -56,7 +56,8 @@ impl Progress {
             ProgressMode::Auto => ProgressMode::Plain,
             m => m,
         };
-        let bars = (mode == ProgressMode::Tty).then(|| (MultiProgress::new(), Mutex::new(HashMap::new())));
+        let bars =
+            (mode == ProgressMode::Tty).then(|| (MultiProgress::new(), Mutex::new(HashMap::new())));
         Progress {
             mode,
             labels,
@@ -83,7 +84,9 @@ impl Progress {
             Some((m, _)) => {
                 let _ = m.println(s);
             }
-            None if self.mode != ProgressMode::Json && self.mode != ProgressMode::Quiet => self.line(s),
+            None if self.mode != ProgressMode::Json && self.mode != ProgressMode::Quiet => {
+                self.line(s)
+            }
             None => {}
         }
     }
@@ -102,10 +105,13 @@ impl Reporter for Progress {
                         "done",
                         serde_json::json!({ "key": key, "duration_ms": duration.as_millis() as u64 }),
                     ),
-                    Event::Failed { id, message } => (*id, "error", serde_json::json!({ "error": message })),
+                    Event::Failed { id, message } => {
+                        (*id, "error", serde_json::json!({ "error": message }))
+                    }
                 };
                 let l = self.label(id);
-                let mut obj = serde_json::json!({ "step": l.number, "name": l.name, "status": status });
+                let mut obj =
+                    serde_json::json!({ "step": l.number, "name": l.name, "status": status });
                 if let (Some(o), serde_json::Value::Object(e)) = (obj.as_object_mut(), extra) {
                     o.extend(e);
                 }
@@ -118,24 +124,35 @@ impl Reporter for Progress {
                         format!("#{} {}", l.number, l.name)
                     }
                     Event::Cached { id, .. } => format!("#{} CACHED", self.label(*id).number),
-                    Event::Done { id, duration, .. } => format!("#{} DONE {}", self.label(*id).number, secs(*duration)),
-                    Event::Failed { id, message } => format!("#{} ERROR: {message}", self.label(*id).number),
+                    Event::Done { id, duration, .. } => {
+                        format!("#{} DONE {}", self.label(*id).number, secs(*duration))
+                    }
+                    Event::Failed { id, message } => {
+                        format!("#{} ERROR: {message}", self.label(*id).number)
+                    }
                 };
                 self.line(&line);
             }
             ProgressMode::Tty => {
-                let Some((multi, bars)) = &self.bars else { return };
+                let Some((multi, bars)) = &self.bars else {
+                    return;
+                };
                 let mut bars = bars.lock().expect("progress lock");
                 match event {
                     Event::Started(id) => {
                         let l = self.label(*id);
                         let bar = multi.add(ProgressBar::new_spinner());
-                        bar.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("static template"));
+                        bar.set_style(
+                            ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                                .expect("static template"),
+                        );
                         bar.set_message(format!("#{} {}", l.number, l.name));
                         bar.enable_steady_tick(Duration::from_millis(120));
                         bars.insert(*id, bar);
                     }
-                    Event::Cached { id, .. } | Event::Done { id, .. } | Event::Failed { id, .. } => {
+                    Event::Cached { id, .. }
+                    | Event::Done { id, .. }
+                    | Event::Failed { id, .. } => {
                         let l = self.label(*id);
                         let status = match event {
                             Event::Cached { .. } => "CACHED".to_string(),
@@ -144,8 +161,13 @@ impl Reporter for Progress {
                             Event::Started(_) => unreachable!(),
                         };
                         if let Some(bar) = bars.remove(id) {
-                            bar.set_style(ProgressStyle::with_template("{msg}").expect("static template"));
-                            bar.finish_with_message(format!("=> #{} {} {status}", l.number, l.name));
+                            bar.set_style(
+                                ProgressStyle::with_template("{msg}").expect("static template"),
+                            );
+                            bar.finish_with_message(format!(
+                                "=> #{} {} {status}",
+                                l.number, l.name
+                            ));
                         }
                     }
                 }

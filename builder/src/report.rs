@@ -89,7 +89,11 @@ impl Report {
                 totals.bytes_built += bytes;
             }
         }
-        Report { image, steps, totals }
+        Report {
+            image,
+            steps,
+            totals,
+        }
     }
 
     /// The one-line human summary.
@@ -116,7 +120,11 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 #[cfg(test)]
@@ -131,18 +139,36 @@ mod tests {
             key: "sha256:k".into(),
             cached,
             duration_ms: 1,
-            layer: size.map(|size| ReportLayer { digest: "sha256:l".into(), size }),
+            layer: size.map(|size| ReportLayer {
+                digest: "sha256:l".into(),
+                size,
+            }),
         }
     }
 
     #[test]
     fn totals() {
-        let img = ReportImage { digest: "sha256:m".into(), config: "sha256:c".into(), tags: vec!["a:1".into()] };
-        let r = Report::new(img, vec![step(3, false, Some(10)), step(2, true, Some(2048)), step(4, true, None)], 1500);
+        let img = ReportImage {
+            digest: "sha256:m".into(),
+            config: "sha256:c".into(),
+            tags: vec!["a:1".into()],
+        };
+        let r = Report::new(
+            img,
+            vec![
+                step(3, false, Some(10)),
+                step(2, true, Some(2048)),
+                step(4, true, None),
+            ],
+            1500,
+        );
         assert_eq!((r.totals.steps, r.totals.cached, r.totals.built), (3, 2, 1));
         assert_eq!((r.totals.bytes_reused, r.totals.bytes_built), (2048, 10));
         assert_eq!(r.steps[0].line, 2);
-        assert_eq!(r.summary(), "3 steps: 2 cached, 1 built; 2.0 KiB reused, 10 B new layer data; 1.50s");
+        assert_eq!(
+            r.summary(),
+            "3 steps: 2 cached, 1 built; 2.0 KiB reused, 10 B new layer data; 1.50s"
+        );
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["steps"][2]["layer"], serde_json::Value::Null);
         assert_eq!(json["image"]["tags"][0], "a:1");

@@ -88,7 +88,11 @@ impl Snapshots {
         let tmp = self.temp_dir("unpack")?;
         let opts = UnpackOptions {
             expected_diff_id: Some(layer_ref.diff_id.clone()),
-            whiteouts: if is_root() { WhiteoutMode::Overlay } else { WhiteoutMode::Oci },
+            whiteouts: if is_root() {
+                WhiteoutMode::Overlay
+            } else {
+                WhiteoutMode::Oci
+            },
             allow_devices: is_root(),
         };
         layer::unpack_layer(std::io::BufReader::new(blob), tmp.path(), &opts)
@@ -121,7 +125,9 @@ pub fn chain_id(diff_ids: &[String]) -> String {
 
 /// Whether `dir` has no entries.
 pub fn is_empty_dir(dir: &Path) -> bool {
-    fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(true)
+    fs::read_dir(dir)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true)
 }
 
 #[cfg(test)]

@@ -16,7 +16,11 @@ use kiln_frontend::graph::{FileAction, Op, Vertex, VertexId};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::fileops::{ContextFs, CopyOptions, Entry, LayeredFs, SourceFs, Upper, expand_source, resolve_chown};
+use crate::download::Downloads;
+use crate::fileops::{
+    ContextFs, CopyOptions, Entry, LayeredFs, SourceFs, Upper, apply_chmod, expand_source,
+    resolve_chown,
+};
 use crate::images::ImageStore;
 use crate::layer::{self, LayerOptions};
 use crate::snapshots::{LayerRef, Snapshots, is_empty_dir};
@@ -54,11 +58,17 @@ pub struct BuildWorker<'a> {
     memo: StatMemo,
     images: &'a ImageStore,
     layer_opts: LayerOptions,
+    downloads: Downloads,
 }
 
 impl<'a> BuildWorker<'a> {
     /// A worker over `store` for a build of `context`.
-    pub fn new(store: &'a Store, context: ContextFs, images: &'a ImageStore, layer_opts: LayerOptions) -> Result<Self> {
+    pub fn new(
+        store: &'a Store,
+        context: ContextFs,
+        images: &'a ImageStore,
+        layer_opts: LayerOptions,
+    ) -> Result<Self> {
         let memo = StatMemo::load(store, context.root())?;
         Ok(BuildWorker {
             store,
@@ -67,6 +77,7 @@ impl<'a> BuildWorker<'a> {
             memo,
             images,
             layer_opts,
+            downloads: Downloads::new(store.root().join("tmp"))?,
         })
     }
 
@@ -78,7 +89,10 @@ impl<'a> BuildWorker<'a> {
 
     /// A view of a filesystem output.
     fn view(&self, out: &Output, name: &str) -> Result<LayeredFs> {
-        Ok(LayeredFs::new(self.snapshots.chain(self.store, out.layers())?, name))
+        Ok(LayeredFs::new(
+            self.snapshots.chain(self.store, out.layers())?,
+            name,
+        ))
     }
 
     /// Checksum of what COPY selects from the context: paths, types, modes, owners, sizes,
@@ -132,7 +146,11 @@ impl<'a> BuildWorker<'a> {
                     uid: 0,
                     gid: 0,
                     size: if ft.is_file() { e.meta.len() } else { 0 },
-                    link_target: if ft.is_symlink() { fs::read_link(&e.path).ok() } else { None },
+                    link_target: if ft.is_symlink() {
+                        fs::read_link(&e.path).ok()
+                    } else {
+                        None
+                    },
                     xattrs,
                     content,
                 })
@@ -142,8 +160,17 @@ impl<'a> BuildWorker<'a> {
     }
 
     /// Runs a file op into a new layer.
-    fn file_op(&self, vertex: &Vertex, f: &kiln_frontend::graph::FileOp, inputs: &[Output]) -> Result<Output> {
-        let base_out = if f.has_base { inputs.first().cloned() } else { None };
+    fn file_op(
+        &self,
+        vertex: &Vertex,
+        f: &kiln_frontend::graph::FileOp,
+        inputs: &[Output],
+    ) -> Result<Output> {
+        let base_out = if f.has_base {
+            inputs.first().cloned()
+        } else {
+            None
+        };
         let base_view = match &base_out {
             Some(o) => self.view(o, "the base image")?,
             None => LayeredFs::default(),
@@ -175,7 +202,10 @@ impl<'a> BuildWorker<'a> {
                     let source = sources
                         .get(*input - usize::from(f.has_base))
                         .ok_or_else(|| anyhow!("file op refers to a missing input"))?;
-                    let owner = chown.as_ref().map(|c| resolve_chown(c, &base_view)).transpose()?;
+                    let owner = chown
+                        .as_ref()
+                        .map(|c| resolve_chown(c, &base_view))
+                        .transpose()?;
                     let opts = CopyOptions {
                         owner,
                         chmod: chmod.clone(),
@@ -185,15 +215,49 @@ impl<'a> BuildWorker<'a> {
                     upper.copy(source.as_ref(), src, dest, &opts, *unpack)?;
                 }
                 FileAction::Mkdir { path, chown, .. } => {
-                    let owner = chown.as_ref().map(|c| resolve_chown(c, &base_view)).transpose()?;
+                    let owner = chown
+                        .as_ref()
+                        .map(|c| resolve_chown(c, &base_view))
+                        .transpose()?;
                     upper.mkdir(path, owner)?;
                 }
-                FileAction::Mkfile { path, mode, data, chown } => {
-                    let owner = chown.as_ref().map(|c| resolve_chown(c, &base_view)).transpose()?;
+                FileAction::Mkfile {
+                    path,
+                    mode,
+                    data,
+                    chown,
+                } => {
+                    let owner = chown
+                        .as_ref()
+                        .map(|c| resolve_chown(c, &base_view))
+                        .transpose()?;
                     upper.mkfile(path, data.as_bytes(), *mode, owner)?;
                 }
-                FileAction::Download { url, .. } => {
-                    bail!("ADD of a URL ({url}) is not supported yet: kiln has no HTTP client until registry support lands");
+                FileAction::Download {
+                    url,
+                    dest,
+                    checksum,
+                    chown,
+                    chmod,
+                } => {
+                    let owner = chown
+                        .as_ref()
+                        .map(|c| resolve_chown(c, &base_view))
+                        .transpose()?;
+                    let got = self.downloads.fetch(url, checksum.as_deref())?;
+                    // Docker gives downloaded files mode 0600 unless --chmod says otherwise.
+                    let mode = match chmod {
+                        Some(spec) => apply_chmod(spec, 0o600, false)?,
+                        None => 0o600,
+                    };
+                    upper.put_file(
+                        &got.path,
+                        dest,
+                        &got.filename,
+                        mode,
+                        owner,
+                        got.last_modified,
+                    )?;
                 }
             }
         }
@@ -201,11 +265,17 @@ impl<'a> BuildWorker<'a> {
         let _ = vertex;
         let mut layers = base_out.map(|o| o.layers().to_vec()).unwrap_or_default();
         if f.has_base && is_empty_dir(upper_dir.path()) {
-            return Ok(Output::Fs { layers, added: false });
+            return Ok(Output::Fs {
+                layers,
+                added: false,
+            });
         }
         let layer = self.commit_layer(upper_dir)?;
         layers.push(layer);
-        Ok(Output::Fs { layers, added: true })
+        Ok(Output::Fs {
+            layers,
+            added: true,
+        })
     }
 
     /// Writes a diff directory as a layer blob and keeps the directory as its snapshot.
@@ -270,9 +340,18 @@ struct Record {
 impl Worker for BuildWorker<'_> {
     type Output = Output;
 
-    fn content_key(&self, _: VertexId, vertex: &Vertex, inputs: &[Output]) -> Result<Option<String>> {
+    fn content_key(
+        &self,
+        _: VertexId,
+        vertex: &Vertex,
+        inputs: &[Output],
+    ) -> Result<Option<String>> {
         match &vertex.op {
-            Op::Image { reference, platform, .. } => {
+            Op::Image {
+                reference,
+                platform,
+                ..
+            } => {
                 let img = self.images.get(reference, platform)?;
                 Ok(Some(img.chain_id.clone()))
             }
@@ -283,18 +362,29 @@ impl Worker for BuildWorker<'_> {
                     .iter()
                     .filter_map(|a| match a {
                         FileAction::Copy { input, src, .. }
-                            if matches!(inputs.get(*input), Some(Output::Context)) && *input >= offset =>
+                            if matches!(inputs.get(*input), Some(Output::Context))
+                                && *input >= offset =>
                         {
                             Some(src.as_str())
                         }
                         _ => None,
                     })
                     .collect();
-                if srcs.is_empty() {
-                    Ok(None)
-                } else {
-                    self.context_checksum(&srcs).map(Some)
+                let mut parts = Vec::new();
+                if !srcs.is_empty() {
+                    parts.push(self.context_checksum(&srcs)?);
                 }
+                for a in &f.actions {
+                    if let FileAction::Download { url, checksum, .. } = a {
+                        // With --checksum the content is known without fetching; otherwise
+                        // the download's own digest is the key (and the step reuses it).
+                        parts.push(match checksum {
+                            Some(c) => c.clone(),
+                            None => self.downloads.fetch(url, None)?.digest.clone(),
+                        });
+                    }
+                }
+                Ok((!parts.is_empty()).then(|| parts.join(",")))
             }
             _ => Ok(None),
         }
@@ -313,9 +403,19 @@ impl Worker for BuildWorker<'_> {
         Ok(Some(rec.output))
     }
 
-    fn execute(&self, _: VertexId, vertex: &Vertex, inputs: &[Output], _cancel: &AtomicBool) -> Result<Output> {
+    fn execute(
+        &self,
+        _: VertexId,
+        vertex: &Vertex,
+        inputs: &[Output],
+        _cancel: &AtomicBool,
+    ) -> Result<Output> {
         match &vertex.op {
-            Op::Image { reference, platform, .. } => {
+            Op::Image {
+                reference,
+                platform,
+                ..
+            } => {
                 let img = self.images.get(reference, platform)?;
                 Ok(Output::Fs {
                     layers: img.layers.clone(),
@@ -329,7 +429,10 @@ impl Worker for BuildWorker<'_> {
                 for i in inputs {
                     layers.extend(i.layers().iter().cloned());
                 }
-                Ok(Output::Fs { layers, added: false })
+                Ok(Output::Fs {
+                    layers,
+                    added: false,
+                })
             }
             Op::Exec(e) => bail!(
                 "RUN is not supported yet ({}): kiln builds images from COPY, ADD and metadata steps so far",
@@ -343,7 +446,12 @@ impl Worker for BuildWorker<'_> {
             return Ok(());
         }
         self.store
-            .cache_put_as(key, &Record { output: output.clone() })
+            .cache_put_as(
+                key,
+                &Record {
+                    output: output.clone(),
+                },
+            )
             .context("writing the cache record")
     }
 }

@@ -412,6 +412,40 @@ impl<'a> Upper<'a> {
         lchown(&up, owner.unwrap_or(Ids { uid: 0, gid: 0 }))
     }
 
+    /// Writes a downloaded file (`ADD <url>`) to `dest` (into it when it ends with `/`).
+    pub fn put_file(
+        &mut self,
+        from: &Path,
+        dest: &str,
+        name: &str,
+        mode: u32,
+        owner: Option<Ids>,
+        mtime: Option<std::time::SystemTime>,
+    ) -> Result<()> {
+        let rel = self.resolve_dest(dest)?;
+        let rel = if dest.ends_with('/') || self.is_dir(&rel) {
+            join(&rel, name)
+        } else {
+            rel
+        };
+        self.ensure_dir(Self::parent_of(&rel), owner)?;
+        let up = self.dir.join(&rel);
+        if let Ok(m) = fs::symlink_metadata(&up) {
+            if m.is_dir() {
+                bail!("cannot write file {dest}: it is a directory");
+            }
+            fs::remove_file(&up)?;
+        }
+        fs::copy(from, &up).with_context(|| format!("writing {}", up.display()))?;
+        fs::set_permissions(&up, fs::Permissions::from_mode(mode))?;
+        lchown(&up, owner.unwrap_or(Ids { uid: 0, gid: 0 }))?;
+        if let Some(t) = mtime {
+            let t = filetime::FileTime::from_system_time(t);
+            filetime::set_file_times(&up, t, t)?;
+        }
+        Ok(())
+    }
+
     /// Creates a directory and its parents (WORKDIR); an existing one is left alone.
     pub fn mkdir(&mut self, path: &str, owner: Option<Ids>) -> Result<()> {
         let rel = resolve(self.base, path.trim_start_matches('/'), true)?;

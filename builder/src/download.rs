@@ -110,7 +110,11 @@ impl Downloads {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| httpdate::parse_http_date(v).ok());
         std::fs::create_dir_all(&self.dir).map_err(|e| (false, e.into()))?;
-        let mut file = tempfile::NamedTempFile::new_in(&self.dir).map_err(|e| (false, e.into()))?;
+        // Named `PID.…` so the store's temp cleaner knows the owner.
+        let mut file = tempfile::Builder::new()
+            .prefix(&format!("{}.download-", std::process::id()))
+            .tempfile_in(&self.dir)
+            .map_err(|e| (false, e.into()))?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 16];
         loop {

@@ -51,7 +51,7 @@ impl Snapshots {
     pub fn temp_dir(&self, prefix: &str) -> Result<tempfile::TempDir> {
         fs::create_dir_all(&self.tmp)?;
         tempfile::Builder::new()
-            .prefix(&format!("{prefix}-{}-", std::process::id()))
+            .prefix(&format!("{}.{prefix}-", std::process::id()))
             .tempdir_in(&self.tmp)
             .context("creating a temporary directory in the store")
     }

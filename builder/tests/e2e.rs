@@ -611,3 +611,45 @@ fn add_url_with_checksum() {
         .failure()
         .stderr(predicates::str::contains("HTTP 404"));
 }
+
+#[test]
+fn killed_build_leaves_a_usable_store() {
+    let env = Env::new();
+    let ctx = env.path("big");
+    fs::create_dir_all(&ctx).unwrap();
+    run_ok(
+        Proc::new("dd")
+            .args(["if=/dev/urandom", "bs=1M", "count=60"])
+            .arg(format!("of={}", ctx.join("big.bin").display())),
+    );
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY big.bin /big.bin\nCOPY Dockerfile /\n",
+    )
+    .unwrap();
+    for delay in [100u64, 250, 500] {
+        let mut child = Proc::new(assert_cmd::cargo::cargo_bin("kiln"))
+            .env("KILN_ROOT", env.root())
+            .args(["build", "--progress", "quiet", "--no-cache", "-t", "big:1"])
+            .arg(&ctx)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        let _ = child.kill(); // SIGKILL: no cleanup code runs
+        let _ = child.wait();
+    }
+    let (_, r) = env.build(&["-t", "big:1"], &ctx);
+    assert_eq!(r["steps"].as_array().unwrap().len(), 2);
+    // Every blob in the store is whole: its name is its digest.
+    for e in fs::read_dir(env.root().join("blobs/sha256")).unwrap() {
+        let p = e.unwrap().path();
+        let sum = run_ok(Proc::new("sha256sum").arg(&p));
+        assert_eq!(
+            sum.split_whitespace().next().unwrap(),
+            p.file_name().unwrap().to_str().unwrap()
+        );
+    }
+    env.kiln().args(["inspect", "big:1"]).assert().success();
+}

@@ -21,7 +21,7 @@ use crate::layer::{Compression, LayerOptions, UnpackOptions, WhiteoutMode};
 use crate::progress::{Progress, ProgressMode, StepLabel};
 use crate::report::{Report, ReportImage, ReportLayer, ReportStep};
 use crate::solver::{self, SolveOptions, Solved};
-use crate::worker::{BuildWorker, Output};
+use crate::worker::{BuildWorker, ExecSettings, Output};
 
 /// Where `--output` writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +85,10 @@ pub struct BuildRequest {
     pub compression: Compression,
     /// `SOURCE_DATE_EPOCH`.
     pub source_date_epoch: Option<i64>,
+    /// `--secret`: ids and files.
+    pub secrets: Vec<(String, PathBuf)>,
+    /// `--snapshotter` (None: detect).
+    pub snapshotter: Option<crate::sandbox::SnapshotterKind>,
 }
 
 /// What a build produced.
@@ -220,8 +224,31 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         ..LayerOptions::default()
     };
     let context = ContextFs::new(&req.context, &excludes)?;
-    let worker = BuildWorker::new(&store, context, &images, layer_opts)?;
-    let cancel = AtomicBool::new(false);
+    let snapshotter = match req.snapshotter {
+        Some(k) => k,
+        None => {
+            let (k, notice) = crate::sandbox::SnapshotterKind::detect(store.root());
+            if let Some(n) = notice {
+                if plan
+                    .graph
+                    .topo_order()
+                    .iter()
+                    .any(|id| matches!(plan.graph.vertex(*id).op, Op::Exec(_)))
+                {
+                    progress.message(&format!("NOTE: {n}"));
+                }
+            }
+            k
+        }
+    };
+    let exec = ExecSettings {
+        snapshotter,
+        runtime: Box::new(crate::sandbox::LinuxRuntime::new()?),
+        secrets: req.secrets.iter().cloned().collect(),
+    };
+    let worker =
+        BuildWorker::new(&store, context, &images, layer_opts, exec)?.with_reporter(&progress);
+    let cancel: &AtomicBool = crate::interrupt::flag();
     let results = solver::solve(
         &plan.graph,
         &worker,
@@ -229,7 +256,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         SolveOptions {
             no_cache: req.no_cache,
         },
-        &cancel,
+        cancel,
     )
     .map_err(|e| {
         let v = plan.graph.vertex(e.vertex);

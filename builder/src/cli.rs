@@ -110,6 +110,14 @@ struct BuildArgs {
     /// Compression level (gzip 0-9, zstd 1-22).
     #[arg(long)]
     compression_level: Option<i32>,
+    /// A secret for `RUN --mount=type=secret`: `id=NAME,src=FILE` or `id=NAME,env=VAR`;
+    /// repeatable. Secrets never reach a layer, a cache key or the history.
+    #[arg(long = "secret")]
+    secrets: Vec<String>,
+    /// How RUN steps get their filesystem: `overlay` (default where the kernel has it) or
+    /// `copy` (a full copy per step, for machines without overlayfs).
+    #[arg(long, value_enum)]
+    snapshotter: Option<crate::sandbox::SnapshotterKind>,
     /// Run the frontend only (parse, check, expand, plan) and print the plan.
     #[arg(long)]
     dry_run: bool,
@@ -296,6 +304,7 @@ fn real_build(
         .iter()
         .map(|o| OutputSpec::parse(o))
         .collect::<Result<Vec<_>>>()?;
+    let mut secret_files = Vec::new();
     let req = BuildRequest {
         root: root.to_path_buf(),
         context: args.context.clone(),
@@ -311,7 +320,10 @@ fn real_build(
         compression: Compression::parse(&args.compression, args.compression_level)
             .map_err(anyhow::Error::msg)?,
         source_date_epoch: source_date_epoch()?,
+        secrets: parse_secrets(&args.secrets, &mut secret_files)?,
+        snapshotter: args.snapshotter,
     };
+    crate::interrupt::install();
     match build(&req) {
         Ok(outcome) => {
             if let Some(path) = &args.report {
@@ -330,7 +342,69 @@ fn real_build(
                 eprintln!("{}", d.rendered);
                 Ok(ExitCode::FAILURE)
             }
+            None if crate::interrupt::interrupted() => {
+                eprintln!("error: interrupted: {e:#}");
+                Ok(ExitCode::from(130))
+            }
             None => Err(e),
         },
     }
+}
+
+/// Parses `--secret id=NAME,src=FILE|env=VAR`. Secrets from the environment are written
+/// to private temporary files (kept in `hold` for the build's duration).
+fn parse_secrets(
+    specs: &[String],
+    hold: &mut Vec<tempfile::NamedTempFile>,
+) -> Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for spec in specs {
+        let mut id = None;
+        let mut src = None;
+        let mut env = None;
+        for part in spec.split(',') {
+            match part.split_once('=') {
+                Some(("id", v)) => id = Some(v.to_string()),
+                Some(("src" | "source", v)) => src = Some(PathBuf::from(v)),
+                Some(("env", v)) => env = Some(v.to_string()),
+                Some(("type", "file" | "env")) => {}
+                _ => {
+                    bail!("invalid --secret {spec:?}: expected id=NAME,src=FILE or id=NAME,env=VAR")
+                }
+            }
+        }
+        let id = id
+            .or_else(|| env.clone())
+            .ok_or_else(|| anyhow::anyhow!("--secret {spec:?} has no id"))?;
+        let path = match (src, env) {
+            (Some(p), _) => {
+                if !p.is_file() {
+                    bail!("--secret {id}: {} is not a file", p.display());
+                }
+                p
+            }
+            (None, Some(var)) => {
+                let value = std::env::var(&var).with_context(|| {
+                    format!("--secret {id}: environment variable {var} is not set")
+                })?;
+                let mut f = tempfile::NamedTempFile::new()?;
+                std::io::Write::write_all(&mut f, value.as_bytes())?;
+                let p = f.path().to_path_buf();
+                hold.push(f);
+                p
+            }
+            (None, None) => {
+                // Docker's default: an environment variable named like the id.
+                let value = std::env::var(&id)
+                    .with_context(|| format!("--secret {id}: give src=FILE or env=VAR"))?;
+                let mut f = tempfile::NamedTempFile::new()?;
+                std::io::Write::write_all(&mut f, value.as_bytes())?;
+                let p = f.path().to_path_buf();
+                hold.push(f);
+                p
+            }
+        };
+        out.push((id, path));
+    }
+    Ok(out)
 }

@@ -108,6 +108,7 @@ impl Reporter for Progress {
                     Event::Failed { id, message } => {
                         (*id, "error", serde_json::json!({ "error": message }))
                     }
+                    Event::Log { id, line } => (*id, "log", serde_json::json!({ "line": line })),
                 };
                 let l = self.label(id);
                 let mut obj =
@@ -130,6 +131,7 @@ impl Reporter for Progress {
                     Event::Failed { id, message } => {
                         format!("#{} ERROR: {message}", self.label(*id).number)
                     }
+                    Event::Log { id, line } => format!("#{} {line}", self.label(*id).number),
                 };
                 self.line(&line);
             }
@@ -139,6 +141,9 @@ impl Reporter for Progress {
                 };
                 let mut bars = bars.lock().expect("progress lock");
                 match event {
+                    Event::Log { id, line } => {
+                        let _ = multi.println(format!("#{} {line}", self.label(*id).number));
+                    }
                     Event::Started(id) => {
                         let l = self.label(*id);
                         let bar = multi.add(ProgressBar::new_spinner());
@@ -158,7 +163,7 @@ impl Reporter for Progress {
                             Event::Cached { .. } => "CACHED".to_string(),
                             Event::Done { duration, .. } => secs(*duration),
                             Event::Failed { message, .. } => format!("ERROR: {message}"),
-                            Event::Started(_) => unreachable!(),
+                            Event::Started(_) | Event::Log { .. } => unreachable!(),
                         };
                         if let Some(bar) = bars.remove(id) {
                             bar.set_style(

@@ -64,6 +64,13 @@ pub enum Event {
         /// How long it took.
         duration: Duration,
     },
+    /// A line of output of a running step.
+    Log {
+        /// Which.
+        id: VertexId,
+        /// The line, without its newline.
+        line: String,
+    },
     /// Failed.
     Failed {
         /// Which.

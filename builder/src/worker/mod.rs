@@ -10,9 +10,10 @@ use std::io::BufWriter;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::AtomicBool;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use kiln_cache::{FileKind, StatMemo, Store, TreeDigest, TreeEntry, hash_file};
 use kiln_frontend::graph::{FileAction, Op, Vertex, VertexId};
+use kiln_frontend::instructions::MountType;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -23,8 +24,9 @@ use crate::fileops::{
 };
 use crate::images::ImageStore;
 use crate::layer::{self, LayerOptions};
+use crate::sandbox::{Runtime, SnapshotterKind};
 use crate::snapshots::{LayerRef, Snapshots, is_empty_dir};
-use crate::solver::Worker;
+use crate::solver::{Reporter, Worker};
 
 /// The result of a vertex.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +61,19 @@ pub struct BuildWorker<'a> {
     images: &'a ImageStore,
     layer_opts: LayerOptions,
     downloads: Downloads,
+    /// How RUN steps run.
+    pub(crate) exec: ExecSettings,
+    reporter: Option<&'a dyn Reporter>,
+}
+
+/// What RUN steps need beyond the store.
+pub struct ExecSettings {
+    /// The snapshotter.
+    pub snapshotter: SnapshotterKind,
+    /// The runtime.
+    pub runtime: Box<dyn Runtime>,
+    /// `--secret` ids and their files.
+    pub secrets: HashMap<String, std::path::PathBuf>,
 }
 
 impl<'a> BuildWorker<'a> {
@@ -68,6 +83,7 @@ impl<'a> BuildWorker<'a> {
         context: ContextFs,
         images: &'a ImageStore,
         layer_opts: LayerOptions,
+        exec: ExecSettings,
     ) -> Result<Self> {
         let memo = StatMemo::load(store, context.root())?;
         Ok(BuildWorker {
@@ -78,7 +94,15 @@ impl<'a> BuildWorker<'a> {
             images,
             layer_opts,
             downloads: Downloads::new(store.root().join("tmp"))?,
+            exec,
+            reporter: None,
         })
+    }
+
+    /// Sends RUN output to `reporter`.
+    pub fn with_reporter(mut self, reporter: &'a dyn Reporter) -> Self {
+        self.reporter = Some(reporter);
+        self
     }
 
     /// Saves the stat memo (call once the build is done).
@@ -386,6 +410,24 @@ impl Worker for BuildWorker<'_> {
                 }
                 Ok((!parts.is_empty()).then(|| parts.join(",")))
             }
+            Op::Exec(e) => {
+                // What a bind mount of the context shows is part of the step's input.
+                let srcs: Vec<&str> = e
+                    .mounts
+                    .iter()
+                    .filter(|m| {
+                        m.spec.kind == MountType::Bind
+                            && m.input
+                                .is_some_and(|i| matches!(inputs.get(i), Some(Output::Context)))
+                    })
+                    .map(|m| m.spec.source.as_deref().unwrap_or("."))
+                    .collect();
+                if srcs.is_empty() {
+                    Ok(None)
+                } else {
+                    Ok(Some(self.context_checksum(&srcs)?))
+                }
+            }
             _ => Ok(None),
         }
     }
@@ -405,10 +447,10 @@ impl Worker for BuildWorker<'_> {
 
     fn execute(
         &self,
-        _: VertexId,
+        id: VertexId,
         vertex: &Vertex,
         inputs: &[Output],
-        _cancel: &AtomicBool,
+        cancel: &AtomicBool,
     ) -> Result<Output> {
         match &vertex.op {
             Op::Image {
@@ -434,10 +476,7 @@ impl Worker for BuildWorker<'_> {
                     added: false,
                 })
             }
-            Op::Exec(e) => bail!(
-                "RUN is not supported yet ({}): kiln builds images from COPY, ADD and metadata steps so far",
-                e.args.join(" ")
-            ),
+            Op::Exec(e) => self.exec_op(id, e, inputs, cancel),
         }
     }
 
@@ -458,3 +497,4 @@ impl Worker for BuildWorker<'_> {
 
 /// Results by vertex, as the solver returns them.
 pub type Results = HashMap<VertexId, crate::solver::Solved<Output>>;
+mod exec;

@@ -1,0 +1,443 @@
+//! RUN: an exec op in the sandbox over the input's snapshots; its diff becomes a layer.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, Result, anyhow, bail};
+use kiln_frontend::convert::DEFAULT_PATH;
+use kiln_frontend::graph::{ExecOp, Network, VertexId};
+use kiln_frontend::instructions::{Mount, MountType, Sharing};
+
+use super::{BuildWorker, Output};
+use crate::fileops::{LayeredFs, SourceFs};
+use crate::sandbox::{
+    self, InitResult, MountSpec, NetworkMode, RootSpec, SnapshotterKind, Spec, Stubs,
+};
+use crate::solver::Event;
+
+/// Holds what a run needs until it is over: temp dirs and cache-mount locks.
+#[derive(Default)]
+struct Held {
+    dirs: Vec<tempfile::TempDir>,
+    locks: Vec<fs::File>,
+}
+
+impl BuildWorker<'_> {
+    fn log(&self, id: VertexId, line: &str) {
+        if let Some(r) = self.reporter {
+            r.event(&Event::Log {
+                id,
+                line: line.to_string(),
+            });
+        }
+    }
+
+    /// Snapshot directories of an output, top first (overlayfs order).
+    fn lowers_top_first(&self, out: &Output) -> Result<Vec<PathBuf>> {
+        let mut l = self.snapshots.chain(self.store, out.layers())?;
+        l.reverse();
+        Ok(l)
+    }
+
+    fn temp(&self, held: &mut Held, prefix: &str) -> Result<PathBuf> {
+        let d = self.snapshots.temp_dir(prefix)?;
+        let p = d.path().to_path_buf();
+        held.dirs.push(d);
+        Ok(p)
+    }
+
+    /// Runs `RUN` over `inputs[0]`.
+    pub(super) fn exec_op(
+        &self,
+        id: VertexId,
+        e: &ExecOp,
+        inputs: &[Output],
+        cancel: &AtomicBool,
+    ) -> Result<Output> {
+        let base = inputs.first().cloned().unwrap_or(Output::Fs {
+            layers: Vec::new(),
+            added: false,
+        });
+        let view = LayeredFs::new(
+            self.snapshots.chain(self.store, base.layers())?,
+            "the image",
+        );
+        let user = sandbox::resolve_user(&e.user, &view)?;
+        let mut env = e.env.clone();
+        if !env.iter().any(|kv| kv.starts_with("PATH=")) {
+            env.push(format!("PATH={DEFAULT_PATH}"));
+        }
+        if !env.iter().any(|kv| kv.starts_with("HOME=")) {
+            let home = user.home.clone().unwrap_or_else(|| "/".into());
+            env.push(format!("HOME={home}"));
+        }
+
+        let mut held = Held::default();
+        let run = self.temp(&mut held, "run")?;
+        let upper_dir = self.snapshots.temp_dir("layer")?;
+        let upper = upper_dir.path().to_path_buf();
+        fs::set_permissions(&upper, fs::Permissions::from_mode(0o755))?;
+        let merged = run.join("merged");
+        let scratch = run.join("scratch");
+        fs::create_dir(&scratch)?;
+        let copy_mode = self.exec.snapshotter == SnapshotterKind::Copy;
+        let root = if copy_mode {
+            let tree = self.temp(&mut held, "tree")?;
+            sandbox::copy::materialize(&view, &tree)?;
+            fs::rename(&tree, &merged)?;
+            RootSpec::Dir
+        } else {
+            fs::create_dir(&merged)?;
+            let work = run.join("work");
+            fs::create_dir(&work)?;
+            let mut lowers = self.lowers_top_first(&base)?;
+            if lowers.is_empty() {
+                let empty = run.join("empty");
+                fs::create_dir(&empty)?;
+                fs::set_permissions(&empty, fs::Permissions::from_mode(0o755))?;
+                lowers.push(empty);
+            }
+            RootSpec::Overlay {
+                lowers,
+                upper: upper.clone(),
+                work,
+            }
+        };
+
+        let mut mounts = Vec::new();
+        for m in &e.mounts {
+            let input = m.input.and_then(|i| inputs.get(i));
+            if let Some(spec) = self.mount_spec(&m.spec, input, &run, &mut held, &mut env)? {
+                mounts.push(spec);
+            }
+        }
+
+        let spec = Spec {
+            root,
+            merged: merged.clone(),
+            scratch,
+            args: e.args.clone(),
+            env,
+            cwd: if e.cwd.is_empty() {
+                "/".into()
+            } else {
+                e.cwd.clone()
+            },
+            uid: user.uid,
+            gid: user.gid,
+            groups: user.groups.clone(),
+            network: match e.network {
+                Network::Host => NetworkMode::Host,
+                Network::None => NetworkMode::None,
+            },
+            hostname: "kiln".into(),
+            mounts,
+            host_files: vec![
+                ("/etc/resolv.conf".into(), "/etc/resolv.conf".into()),
+                ("/etc/hosts".into(), "/etc/hosts".into()),
+            ],
+            stubs_file: run.join("stubs.json"),
+            result_file: run.join("result.json"),
+        };
+        let outcome =
+            self.exec
+                .runtime
+                .run(&spec, &run, &|line: &str| self.log(id, line), cancel)?;
+        let shown = sandbox::describe_args(&e.args);
+        match outcome.result {
+            InitResult::Exited(0) => {}
+            InitResult::Exited(code) => {
+                let tail = outcome.tail.join("\n");
+                bail!(
+                    "process {shown} did not complete successfully: exit code: {code}{}",
+                    if tail.is_empty() {
+                        String::new()
+                    } else {
+                        format!("\nlast output:\n{tail}")
+                    }
+                )
+            }
+            InitResult::Signaled(sig) => {
+                bail!("process {shown} was killed by signal {sig}")
+            }
+            InitResult::SetupError(msg) => bail!("could not run {shown}: {msg}"),
+        }
+        drop(held.locks.drain(..));
+
+        let stubs = Stubs::load(&spec.stubs_file);
+        if copy_mode {
+            stubs.remove_from(&merged);
+            sandbox::copy::diff(&view, &merged, &upper)?;
+        } else {
+            stubs.remove_from(&upper);
+            sandbox::copy::prune_copied_up(&upper, &stubs.parents(), &view);
+        }
+        drop(held);
+
+        let mut layers = base.layers().to_vec();
+        if is_empty(&upper) {
+            return Ok(Output::Fs {
+                layers,
+                added: false,
+            });
+        }
+        layers.push(self.commit_layer(upper_dir)?);
+        Ok(Output::Fs {
+            layers,
+            added: true,
+        })
+    }
+
+    /// Turns one `--mount` into what the sandbox mounts (None: an optional secret that
+    /// was not given).
+    fn mount_spec(
+        &self,
+        m: &Mount,
+        input: Option<&Output>,
+        run: &Path,
+        held: &mut Held,
+        env: &mut Vec<String>,
+    ) -> Result<Option<MountSpec>> {
+        let copy_mode = self.exec.snapshotter == SnapshotterKind::Copy;
+        let target = m.target.clone();
+        Ok(Some(match m.kind {
+            MountType::Bind => {
+                let sub = m.source.clone().unwrap_or_default();
+                match input {
+                    Some(Output::Context) => {
+                        let root = self.context.root();
+                        let rel = sandbox::resolve_in_root(root, &sub)?;
+                        let source = root.join(rel);
+                        if !source.exists() {
+                            bail!("bind mount source {sub:?} not found in the build context");
+                        }
+                        if m.readonly {
+                            MountSpec::Bind {
+                                source,
+                                target,
+                                readonly: true,
+                            }
+                        } else {
+                            // Writes to a context mount are thrown away, never reaching
+                            // the user's files.
+                            self.rw_tree(vec![source], "", target, run, held, copy_mode)?
+                        }
+                    }
+                    Some(out) => {
+                        let lowers = self.lowers_top_first(out)?;
+                        if copy_mode || !m.readonly {
+                            self.rw_tree_or_copy(out, lowers, &sub, target, m.readonly, run, held)?
+                        } else {
+                            MountSpec::Layers {
+                                lowers: self.non_empty(lowers, run)?,
+                                rw: None,
+                                subpath: sub,
+                                target,
+                                readonly: true,
+                            }
+                        }
+                    }
+                    None => bail!("bind mount of {target} has no source"),
+                }
+            }
+            MountType::Cache => {
+                let id = m.id.clone().unwrap_or_else(|| m.target.clone());
+                let dir = self.cache_mount_dir(&id, m, input, held)?;
+                MountSpec::Bind {
+                    source: dir,
+                    target,
+                    readonly: m.readonly,
+                }
+            }
+            MountType::Tmpfs => MountSpec::Tmpfs {
+                target,
+                size: m.size,
+            },
+            MountType::Secret => {
+                let id = m.id.clone().unwrap_or_default();
+                let Some(src) = self.exec.secrets.get(&id) else {
+                    if m.required {
+                        bail!("secret {id} not provided (kiln build --secret id={id},src=FILE)");
+                    }
+                    return Ok(None);
+                };
+                if let Some(var) = &m.env {
+                    let value =
+                        fs::read_to_string(src).with_context(|| format!("reading secret {id}"))?;
+                    env.push(format!("{var}={}", value.trim_end_matches('\n')));
+                    if m.target.is_empty() {
+                        return Ok(None);
+                    }
+                }
+                MountSpec::Secret {
+                    source: src.clone(),
+                    target,
+                    mode: m.mode.unwrap_or(0o400),
+                    uid: m.uid.unwrap_or(0),
+                    gid: m.gid.unwrap_or(0),
+                }
+            }
+            MountType::Ssh => {
+                bail!("RUN --mount=type=ssh is not supported by kiln yet")
+            }
+        }))
+    }
+
+    fn non_empty(&self, mut lowers: Vec<PathBuf>, run: &Path) -> Result<Vec<PathBuf>> {
+        if lowers.is_empty() {
+            let empty = run.join("empty-src");
+            fs::create_dir_all(&empty)?;
+            lowers.push(empty);
+        }
+        Ok(lowers)
+    }
+
+    /// A writable view of `lowers` whose writes are discarded.
+    fn rw_tree(
+        &self,
+        lowers: Vec<PathBuf>,
+        sub: &str,
+        target: String,
+        run: &Path,
+        held: &mut Held,
+        copy_mode: bool,
+    ) -> Result<MountSpec> {
+        if copy_mode {
+            let tree = self.temp(held, "mount")?;
+            let view = LayeredFs::new(lowers.into_iter().rev().collect(), "a mount");
+            sandbox::copy::materialize(&view, &tree)?;
+            let rel = sandbox::resolve_in_root(&tree, sub)?;
+            return Ok(MountSpec::Bind {
+                source: tree.join(rel),
+                target,
+                readonly: false,
+            });
+        }
+        let d = self.temp(held, "mount")?;
+        let (u, w) = (d.join("upper"), d.join("work"));
+        fs::create_dir(&u)?;
+        fs::create_dir(&w)?;
+        Ok(MountSpec::Layers {
+            lowers: self.non_empty(lowers, run)?,
+            rw: Some((u, w)),
+            subpath: sub.to_string(),
+            target,
+            readonly: false,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rw_tree_or_copy(
+        &self,
+        _out: &Output,
+        lowers: Vec<PathBuf>,
+        sub: &str,
+        target: String,
+        readonly: bool,
+        run: &Path,
+        held: &mut Held,
+    ) -> Result<MountSpec> {
+        let copy_mode = self.exec.snapshotter == SnapshotterKind::Copy;
+        let mut spec = self.rw_tree(lowers, sub, target, run, held, copy_mode)?;
+        match &mut spec {
+            MountSpec::Bind { readonly: r, .. } | MountSpec::Layers { readonly: r, .. } => {
+                *r = readonly
+            }
+            _ => {}
+        }
+        Ok(spec)
+    }
+
+    /// The directory of a cache mount, created (from `from` when given) the first time;
+    /// `sharing=locked` waits for other users, `private` takes a fresh directory when
+    /// another build holds it.
+    fn cache_mount_dir(
+        &self,
+        id: &str,
+        m: &Mount,
+        input: Option<&Output>,
+        held: &mut Held,
+    ) -> Result<PathBuf> {
+        let key = kiln_frontend::graph::sha256_digest(id.as_bytes());
+        let hex = key.trim_start_matches("sha256:");
+        let base = self.store.root().join("cache-mounts");
+        fs::create_dir_all(&base)?;
+        let dir = base.join(&hex[..32]);
+        let lock_path = base.join(format!("{}.lock", &hex[..32]));
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)?;
+        match m.sharing {
+            Sharing::Shared => {
+                rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockShared)?;
+                held.locks.push(lock);
+            }
+            Sharing::Locked => {
+                rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)?;
+                held.locks.push(lock);
+            }
+            Sharing::Private => {
+                if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                    .is_err()
+                {
+                    let fresh = self.temp(held, "cache")?;
+                    self.init_cache_dir(&fresh, m, input)?;
+                    return Ok(fresh);
+                }
+                held.locks.push(lock);
+            }
+        }
+        if !dir.exists() {
+            let tmp = self.snapshots.temp_dir("cache")?;
+            self.init_cache_dir(tmp.path(), m, input)?;
+            let p = tmp.keep();
+            if fs::rename(&p, &dir).is_err() {
+                let _ = fs::remove_dir_all(&p);
+            }
+        }
+        Ok(dir)
+    }
+
+    fn init_cache_dir(&self, dir: &Path, m: &Mount, input: Option<&Output>) -> Result<()> {
+        if let Some(out @ Output::Fs { .. }) = input {
+            let view = LayeredFs::new(self.snapshots.chain(self.store, out.layers())?, "a stage");
+            let sub = m.source.clone().unwrap_or_default();
+            let rel = crate::fileops::resolve(&view, &sub, true)?;
+            if view.lstat(&rel).is_some_and(|e| e.meta.is_dir()) {
+                let tmp = self.snapshots.temp_dir("cache-src")?;
+                sandbox::copy::materialize(&view, tmp.path())?;
+                copy_tree(&tmp.path().join(&rel), dir)?;
+            }
+        }
+        fs::set_permissions(dir, fs::Permissions::from_mode(m.mode.unwrap_or(0o755)))?;
+        rustix::fs::chown(
+            dir,
+            Some(rustix::fs::Uid::from_raw(m.uid.unwrap_or(0))),
+            Some(rustix::fs::Gid::from_raw(m.gid.unwrap_or(0))),
+        )
+        .map_err(|e| anyhow!("chown of a cache mount: {e}"))?;
+        Ok(())
+    }
+}
+
+fn copy_tree(src: &Path, dest: &Path) -> Result<()> {
+    for name in fs::read_dir(src)? {
+        let name = name?.file_name();
+        let (s, d) = (src.join(&name), dest.join(&name));
+        if d.exists() {
+            continue;
+        }
+        fs::rename(&s, &d)?;
+    }
+    Ok(())
+}
+
+fn is_empty(dir: &Path) -> bool {
+    fs::read_dir(dir)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(false)
+}

@@ -324,6 +324,12 @@ fn real_build(
         snapshotter: args.snapshotter,
     };
     crate::interrupt::install();
+    // RUN steps block a worker thread while their process runs: keep enough threads for
+    // independent stages to run side by side even on a small machine.
+    let threads = std::thread::available_parallelism().map_or(4, |n| n.get().max(4));
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
     match build(&req) {
         Ok(outcome) => {
             if let Some(path) = &args.report {

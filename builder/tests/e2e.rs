@@ -653,3 +653,505 @@ fn killed_build_leaves_a_usable_store() {
     }
     env.kiln().args(["inspect", "big:1"]).assert().success();
 }
+
+// ---------------------------------------------------------------------------------------
+// RUN: the sandbox, both snapshotters.
+
+/// Each listed test runs once per snapshotter.
+macro_rules! snapshotter_matrix {
+    ($($name:ident),* $(,)?) => {
+        mod overlay {
+            $(#[test] fn $name() { super::$name("overlay") })*
+        }
+        mod copy {
+            $(#[test] fn $name() { super::$name("copy") })*
+        }
+    };
+}
+
+snapshotter_matrix!(
+    run_matches_buildah,
+    run_failure_names_stage_line_exit_code_and_output,
+    run_mounts,
+    interrupted_run_leaves_no_mounts_and_a_usable_store,
+);
+
+/// One line per entry of a tree: type, mode, owner, size, link target and a content hash.
+fn tree_listing(root: &Path) -> std::collections::BTreeMap<String, String> {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let ft = m.file_type();
+            let (kind, extra) = if ft.is_dir() {
+                stack.push(p.clone());
+                ("dir", String::new())
+            } else if ft.is_symlink() {
+                ("symlink", fs::read_link(&p).unwrap().display().to_string())
+            } else if ft.is_file() {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                fs::read(&p).unwrap().hash(&mut h);
+                ("file", format!("{:016x}", h.finish()))
+            } else {
+                ("other", format!("rdev={}", m.rdev()))
+            };
+            let size = if ft.is_file() { m.size() } else { 0 };
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            out.insert(
+                rel,
+                format!(
+                    "{kind} {:o} {}:{} {size} {extra}",
+                    m.mode() & 0o7777,
+                    m.uid(),
+                    m.gid()
+                ),
+            );
+        }
+    }
+    out
+}
+
+fn umoci_rootfs(layout: &Path, tag: &str, dest: &Path) -> PathBuf {
+    run_ok(
+        Proc::new("umoci")
+            .args(["unpack", "--image"])
+            .arg(format!("{}:{tag}", layout.display()))
+            .arg(dest),
+    );
+    dest.join("rootfs")
+}
+
+/// What buildah adds to every image it builds for its own mounts: empty `/etc/hosts`,
+/// `/etc/resolv.conf`, `/etc/hostname` and an empty `/run`.
+fn drop_buildah_artifacts(
+    listing: &mut std::collections::BTreeMap<String, String>,
+    kiln: &std::collections::BTreeMap<String, String>,
+) {
+    for p in ["etc/hosts", "etc/resolv.conf", "etc/hostname", "run"] {
+        if !kiln.contains_key(p) {
+            if let Some(v) = listing.get(p) {
+                if v.starts_with("file ") && v.contains(" 0 ") || v.starts_with("dir ") {
+                    listing.remove(p);
+                }
+            }
+        }
+    }
+}
+
+fn buildah(args: &[&str], storage: &Path) -> Proc {
+    let mut c = Proc::new("buildah");
+    c.arg("--root")
+        .arg(storage.join("root"))
+        .arg("--runroot")
+        .arg(storage.join("runroot"))
+        .args(["--storage-driver", "overlay"])
+        .args(args);
+    c
+}
+
+fn run_matches_buildah(snapshotter: &str) {
+    let env = Env::new();
+    env.busybox();
+    // buildah wants a lower-case path for an `oci:` reference.
+    let lower = PathBuf::from(format!(
+        "/tmp/kiln-e2e-{}-{snapshotter}",
+        std::process::id()
+    ));
+    let _ = fs::remove_dir_all(&lower);
+    fs::create_dir_all(&lower).unwrap();
+    struct Rm(PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = Rm(lower.clone());
+    let base = lower.join("base-oci");
+    env.kiln()
+        .args(["build", "--progress", "quiet", "-o"])
+        .arg(format!("type=oci,dest={}", base.display()))
+        .arg("-t")
+        .arg("busybox:kiln-test")
+        .arg(env.path("busybox"))
+        .assert()
+        .success();
+    let storage = env.path("buildah");
+    let cases = repo().join("testdata/run/compare");
+    let mut names: Vec<_> = fs::read_dir(&cases)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    assert!(names.len() >= 3);
+    for df in names {
+        let name = df.file_stem().unwrap().to_str().unwrap().to_string();
+        let ctx = env.path(&format!("ctx-{name}"));
+        fs::create_dir_all(&ctx).unwrap();
+        // kiln
+        let k_out = env.path(&format!("kiln-{name}"));
+        env.kiln()
+            .args(["build", "--progress", "plain", "--snapshotter", snapshotter])
+            .args(["--build-arg", "BASE=busybox:kiln-test", "-t", "cmp:k", "-f"])
+            .arg(&df)
+            .arg("-o")
+            .arg(format!("type=oci,dest={}", k_out.display()))
+            .arg(&ctx)
+            .assert()
+            .success();
+        // buildah, from the same base
+        run_ok(
+            buildah(
+                &[
+                    "bud",
+                    "--isolation",
+                    "chroot",
+                    "--layers",
+                    "-q",
+                    "--format",
+                    "docker",
+                ],
+                &storage,
+            )
+            .arg("--build-arg")
+            .arg(format!("BASE=oci:{}:kiln-test", base.display()))
+            .args(["-t", &format!("cmp-{name}"), "-f"])
+            .arg(&df)
+            .arg(&ctx),
+        );
+        let b_out = env.path(&format!("buildah-{name}"));
+        run_ok(
+            buildah(&["push", &format!("cmp-{name}")], &storage)
+                .arg(format!("oci:{}:latest", b_out.display())),
+        );
+        let k = tree_listing(&umoci_rootfs(&k_out, "k", &env.path(&format!("uk-{name}"))));
+        let mut b = tree_listing(&umoci_rootfs(
+            &b_out,
+            "latest",
+            &env.path(&format!("ub-{name}")),
+        ));
+        drop_buildah_artifacts(&mut b, &k);
+        let diff: Vec<String> = k
+            .iter()
+            .filter(|(p, v)| b.get(*p) != Some(v))
+            .map(|(p, v)| format!("kiln:   {p}: {v}\nbuildah: {p}: {:?}", b.get(p)))
+            .chain(
+                b.iter()
+                    .filter(|(p, _)| !k.contains_key(*p))
+                    .map(|(p, v)| format!("only in buildah: {p}: {v}")),
+            )
+            .collect();
+        assert!(
+            diff.is_empty(),
+            "{name}: kiln ({snapshotter}) and buildah differ:\n{}",
+            diff.join("\n")
+        );
+        // Nothing of the sandbox's own mounts reaches a layer.
+        for l in layer_names(&k_out, "k").into_iter().skip(1) {
+            for bad in [
+                "etc/resolv.conf",
+                "etc/hosts",
+                "proc/",
+                "dev/",
+                "sys/",
+                "run/",
+            ] {
+                assert!(
+                    !l.iter().any(|e| e == bad),
+                    "{name}: layer has sandbox entry {bad}: {l:?}"
+                );
+            }
+        }
+    }
+}
+
+/// Entry names of each layer of an image in an OCI layout.
+fn layer_names(layout: &Path, tag: &str) -> Vec<Vec<String>> {
+    let index: Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let desc = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap();
+    let blob = |d: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let manifest: Value =
+        serde_json::from_slice(&fs::read(blob(desc["digest"].as_str().unwrap())).unwrap()).unwrap();
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            run_ok(
+                Proc::new("tar")
+                    .arg("tzf")
+                    .arg(blob(l["digest"].as_str().unwrap())),
+            )
+            .lines()
+            .map(|s| s.trim_start_matches("./").to_string())
+            .collect()
+        })
+        .collect()
+}
+
+fn run_failure_names_stage_line_exit_code_and_output(snapshotter: &str) {
+    let env = Env::new();
+    env.busybox();
+    let ctx = env.path("fail");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox:kiln-test AS builder\nRUN echo step one\nRUN echo about to fail && echo on stderr >&2 && exit 3\n",
+    )
+    .unwrap();
+    env.kiln()
+        .args(["build", "--progress", "plain", "--snapshotter", snapshotter])
+        .arg(&ctx)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("stage builder, Dockerfile:3"))
+        .stderr(predicates::str::contains("exit code: 3"))
+        .stderr(predicates::str::contains("about to fail"))
+        .stderr(predicates::str::contains("on stderr"));
+    // A missing executable is a clear error too.
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox:kiln-test\nRUN [\"/no/such/program\"]\n",
+    )
+    .unwrap();
+    env.kiln()
+        .args(["build", "--progress", "plain", "--snapshotter", snapshotter])
+        .arg(&ctx)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("/no/such/program"));
+}
+
+fn run_mounts(snapshotter: &str) {
+    let env = Env::new();
+    env.busybox();
+    let ctx = env.path("mounts");
+    fs::create_dir_all(ctx.join("src")).unwrap();
+    fs::write(ctx.join("src/input.txt"), "from the context\n").unwrap();
+    fs::write(env.path("token"), "s3cr3t-value\n").unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        r#"FROM busybox:kiln-test AS data
+RUN mkdir -p /data && echo "from a stage" > /data/stage.txt
+FROM busybox:kiln-test
+RUN --mount=type=cache,target=/cache,id=counter \
+    echo run >> /cache/runs && wc -l < /cache/runs > /runs-seen
+RUN --mount=type=bind,source=src,target=/in \
+    cp /in/input.txt /copied.txt && ! touch /in/written 2>/dev/null
+RUN --mount=type=bind,from=data,source=/data,target=/d,rw \
+    cat /d/stage.txt > /stage.txt && touch /d/discarded
+RUN --mount=type=tmpfs,target=/scratch \
+    touch /scratch/gone && grep -q ' /scratch tmpfs' /proc/mounts && echo ok > /tmpfs-ok
+RUN --mount=type=secret,id=token \
+    test "$(tr a-z A-Z < /run/secrets/token)" = S3CR3T-VALUE && echo ok > /secret-ok
+RUN --mount=type=secret,id=token,env=TOKEN \
+    test "$(echo $TOKEN | tr a-z A-Z)" = S3CR3T-VALUE && echo ok > /secret-env-ok
+"#,
+    )
+    .unwrap();
+    let secret = format!("id=token,src={}", env.path("token").display());
+    let out = env.path("out");
+    for pass in 1..=2 {
+        let _ = fs::remove_dir_all(&out);
+        env.kiln()
+            .args([
+                "build",
+                "--progress",
+                "plain",
+                "--no-cache",
+                "--snapshotter",
+                snapshotter,
+            ])
+            .args(["--secret", &secret, "-t", "mounts:1", "-o"])
+            .arg(format!("type=local,dest={}", out.display()))
+            .arg(&ctx)
+            .assert()
+            .success();
+        // The cache mount keeps its content from one build to the next.
+        assert_eq!(
+            fs::read_to_string(out.join("runs-seen")).unwrap().trim(),
+            pass.to_string()
+        );
+    }
+    assert_eq!(
+        fs::read_to_string(out.join("copied.txt")).unwrap(),
+        "from the context\n"
+    );
+    assert_eq!(
+        fs::read_to_string(out.join("stage.txt")).unwrap(),
+        "from a stage\n"
+    );
+    for f in ["tmpfs-ok", "secret-ok", "secret-env-ok"] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    for gone in [
+        "cache",
+        "in",
+        "d",
+        "scratch",
+        "run/secrets",
+        "written",
+        "data",
+    ] {
+        assert!(!out.join(gone).exists(), "{gone} leaked into the image");
+    }
+    assert!(!ctx.join("src/written").exists());
+    // The secret is nowhere in the store's blobs (layers, configs, history).
+    let grep = Proc::new("grep")
+        .args(["-r", "-l", "-a", "s3cr3t-value"])
+        .arg(env.root().join("blobs"))
+        .arg(env.root().join("cache"))
+        .output()
+        .unwrap();
+    assert!(
+        grep.stdout.is_empty(),
+        "secret found in {}",
+        String::from_utf8_lossy(&grep.stdout)
+    );
+    // A required secret that is missing is an error.
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox:kiln-test\nRUN --mount=type=secret,id=nope,required true\n",
+    )
+    .unwrap();
+    env.kiln()
+        .args(["build", "--progress", "plain", "--snapshotter", snapshotter])
+        .arg(&ctx)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("secret nope not provided"));
+}
+
+fn mounts_under(root: &Path) -> Vec<String> {
+    let root = root.display().to_string();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&root))
+        .map(str::to_string)
+        .collect()
+}
+
+fn interrupted_run_leaves_no_mounts_and_a_usable_store(snapshotter: &str) {
+    use std::io::BufRead;
+    let env = Env::new();
+    env.busybox();
+    let ctx = env.path("sleepy");
+    fs::create_dir_all(&ctx).unwrap();
+    let marker = format!("{}.5", 40 + std::process::id() % 50);
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM busybox:kiln-test\nRUN --mount=type=tmpfs,target=/t echo started && (sleep {marker} &) && sleep {marker}\n"
+        ),
+    )
+    .unwrap();
+    for signal in ["INT", "TERM"] {
+        let mut child = Proc::new(assert_cmd::cargo::cargo_bin("kiln"))
+            .env("KILN_ROOT", env.root())
+            .args(["build", "--progress", "plain", "--snapshotter", snapshotter])
+            .arg(&ctx)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(err.read_line(&mut line).unwrap() > 0, "build ended early");
+            if line.contains("started") {
+                break;
+            }
+        }
+        // The sandbox's mounts live in its own mount namespace: the host never sees them.
+        assert_eq!(mounts_under(&env.root()), Vec::<String>::new());
+        run_ok(
+            Proc::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(child.id().to_string()),
+        );
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(130), "exit status after SIG{signal}");
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut rest);
+        assert!(rest.contains("interrupted"), "{rest}");
+        assert_eq!(mounts_under(&env.root()), Vec::<String>::new());
+        let ps = run_ok(Proc::new("ps").args(["-eo", "args"]));
+        assert!(
+            !ps.lines().any(|l| l.contains(&format!("sleep {marker}"))),
+            "sandbox processes survived:\n{ps}"
+        );
+    }
+    // The next build works and uses the store as it is.
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox:kiln-test\nRUN echo fine > /fine\n",
+    )
+    .unwrap();
+    env.build(&["--snapshotter", snapshotter], &ctx);
+    let leftovers: Vec<_> = fs::read_dir(env.root().join("tmp"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+}
+
+#[test]
+fn independent_stages_run_at_the_same_time() {
+    // Each stage waits (up to 20 s) for the other's marker in a shared cache mount: they
+    // can only both succeed if they run at once.
+    let env = Env::new();
+    env.busybox();
+    let ctx = env.path("parallel");
+    fs::create_dir_all(&ctx).unwrap();
+    let stage = |me: &str, other: &str| {
+        format!(
+            "FROM busybox:kiln-test AS {me}\nRUN --mount=type=cache,target=/r,id=rendezvous touch /r/{me} && for i in $(seq 200); do [ -f /r/{other} ] && break; sleep 0.1; done && test -f /r/{other} && echo {me} > /{me}\n"
+        )
+    };
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "{}{}FROM busybox:kiln-test\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n",
+            stage("a", "b"),
+            stage("b", "a")
+        ),
+    )
+    .unwrap();
+    env.build(&["-t", "parallel:1"], &ctx);
+}
+
+#[test]
+fn heredoc_run_and_shell() {
+    let env = Env::new();
+    env.busybox();
+    let ctx = env.path("heredoc");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox:kiln-test\nARG GREETING=hi\nRUN <<EOT\n  echo heredoc > /heredoc\n  echo \"$GREETING again\" >> /heredoc\nEOT\nRUN <<-'EOT' cat > /quoted\n\tliteral $GREETING\n\tEOT\nSHELL [\"/bin/sh\", \"-e\", \"-c\"]\nRUN echo \"$0 $-\" > /shell\nRUN <<A cat > /a && <<B cat > /b\nfirst\nA\nsecond\nB\n",
+    )
+    .unwrap();
+    let out = env.path("out");
+    env.build(&["-o", &format!("type=local,dest={}", out.display())], &ctx);
+    let read = |f: &str| fs::read_to_string(out.join(f)).unwrap();
+    assert_eq!(read("heredoc"), "heredoc\nhi again\n");
+    assert_eq!(read("quoted"), "literal $GREETING\n");
+    assert!(read("shell").starts_with("/bin/sh "), "{}", read("shell"));
+    assert!(read("shell").contains('e'), "{}", read("shell"));
+    assert_eq!(read("a"), "first\n");
+    assert_eq!(read("b"), "second\n");
+}

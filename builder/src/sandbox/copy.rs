@@ -73,10 +73,11 @@ fn copy_entry(src: &Path, meta: &Metadata, dest: &Path) -> io::Result<()> {
 }
 
 /// Writes the tree `view` shows into `dest` (an empty directory), keeping owners, modes,
-/// xattrs, mtimes and hardlinks.
+/// xattrs and mtimes. Hardlinks between files of the layers become separate copies, as
+/// overlayfs' copy-up makes them: a step that writes to one name of a lower layer's
+/// hardlinked file changes only that name, whichever snapshotter runs it.
 pub fn materialize(view: &LayeredFs, dest: &Path) -> Result<()> {
-    let mut links = HashMap::new();
-    materialize_dir(view, "", dest, &mut links)
+    materialize_dir(view, "", dest)
         .with_context(|| format!("copying the base tree into {}", dest.display()))?;
     if let Some(root) = view.lstat("") {
         let _ = fs::set_permissions(dest, fs::Permissions::from_mode(root.meta.mode() & 0o7777));
@@ -84,29 +85,16 @@ pub fn materialize(view: &LayeredFs, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-fn materialize_dir(
-    view: &LayeredFs,
-    rel: &str,
-    dest: &Path,
-    links: &mut HashMap<(u64, u64), PathBuf>,
-) -> io::Result<()> {
+fn materialize_dir(view: &LayeredFs, rel: &str, dest: &Path) -> io::Result<()> {
     for name in view.list(rel) {
         let r = join(rel, &name);
         let Some(e) = view.lstat(&r) else { continue };
         let d = dest.join(&name);
         if e.meta.is_dir() {
             fs::create_dir(&d)?;
-            materialize_dir(view, &r, &d, links)?;
+            materialize_dir(view, &r, &d)?;
             copy_meta(&e.path, &e.meta, &d)?;
         } else {
-            let id = (e.meta.dev(), e.meta.ino());
-            if e.meta.nlink() > 1 && e.meta.is_file() {
-                if let Some(first) = links.get(&id) {
-                    fs::hard_link(first, &d)?;
-                    continue;
-                }
-                links.insert(id, d.clone());
-            }
             copy_entry(&e.path, &e.meta, &d)?;
         }
     }

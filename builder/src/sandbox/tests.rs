@@ -134,7 +134,8 @@ fn copy_snapshotter_materializes_and_diffs() {
         fs::read_link(work.join("ln")).unwrap(),
         PathBuf::from("a/keep")
     );
-    assert_eq!(
+    // Like overlayfs' copy-up, a lower layer's hardlinks become separate files.
+    assert_ne!(
         fs::metadata(work.join("top")).unwrap().ino(),
         fs::metadata(work.join("top-link")).unwrap().ino()
     );

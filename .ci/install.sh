@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Installs the tools the end-to-end tests use (skopeo, umoci, oci-image-tool check what
-# kiln writes; busybox-static gives the test base image). Idempotent.
+# Installs the tools the end-to-end tests use: skopeo, umoci and oci-image-tool check what
+# kiln writes; busybox-static and mmdebstrap make the test base images; buildah is the
+# reference builder RUN results are compared with; docker-registry (the CNCF distribution
+# registry) and apache2-utils (htpasswd) serve the registry tests. Idempotent.
 set -euo pipefail
 need=()
-for pkg in skopeo umoci oci-image-tool busybox-static; do
+for pkg in skopeo umoci oci-image-tool busybox-static mmdebstrap buildah docker-registry apache2-utils; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -1155,3 +1155,85 @@ fn heredoc_run_and_shell() {
     assert_eq!(read("a"), "first\n");
     assert_eq!(read("b"), "second\n");
 }
+
+/// The Debian tier (`KILN_TEST_DEBIAN=1`, set by CI): a Debian base made with mmdebstrap
+/// and imported by kiln (`FROM scratch` + `ADD rootfs.tar /`), then `apt-get install`
+/// inside RUN over the host network, on both snapshotters.
+#[test]
+fn debian_base_and_apt_get_install() {
+    if std::env::var_os("KILN_TEST_DEBIAN").is_none() {
+        eprintln!("skipped: set KILN_TEST_DEBIAN=1 to run the Debian tier (needs mmdebstrap and a Debian mirror)");
+        return;
+    }
+    let env = Env::new();
+    let base = env.path("debian");
+    fs::create_dir_all(&base).unwrap();
+    fs::copy(
+        repo().join("testdata/bases/debian/Dockerfile"),
+        base.join("Dockerfile"),
+    )
+    .unwrap();
+    run_ok(
+        Proc::new("bash")
+            .arg(repo().join("testdata/bases/debian/make-rootfs.sh"))
+            .arg(base.join("rootfs.tar")),
+    );
+    env.build(&["-t", "debian:kiln-test"], &base);
+    let ctx = env.path("app");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        r#"FROM debian:kiln-test
+RUN apt-get update && apt-get install -y --no-install-recommends jq && rm -rf /var/lib/apt/lists/*
+RUN echo '{"kiln": "works"}' | jq -r .kiln > /jq.txt && useradd -m builder
+USER builder
+RUN whoami > /home/builder/me && dpkg -s jq | grep -q 'Status: install ok installed'
+"#,
+    )
+    .unwrap();
+    let out = env.path("out");
+    env.build(
+        &["-t", "app:deb", "-o", &format!("type=local,dest={}", out.display())],
+        &ctx,
+    );
+    assert_eq!(fs::read_to_string(out.join("jq.txt")).unwrap(), "works\n");
+    assert_eq!(
+        fs::read_to_string(out.join("home/builder/me")).unwrap(),
+        "builder\n"
+    );
+    assert!(out.join("usr/bin/jq").exists());
+    assert!(!out.join("var/lib/apt/lists/lock").exists());
+    // The copy snapshotter runs over the same Debian tree.
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM app:deb\nUSER root\nRUN apt-get purge -y jq && rm /jq.txt && test ! -e /usr/bin/jq\n",
+    )
+    .unwrap();
+    let out2 = env.path("out2");
+    env.build(
+        &["--snapshotter", "copy", "-o", &format!("type=local,dest={}", out2.display())],
+        &ctx,
+    );
+    assert!(!out2.join("usr/bin/jq").exists());
+    assert!(!out2.join("jq.txt").exists());
+    assert!(out2.join("home/builder/me").exists());
+}
+
+#[test]
+fn long_layer_chains_mount() {
+    // 60 layers of ~100-byte snapshot paths: far past the 4 KiB limit of a single
+    // `lowerdir=` option string.
+    let env = Env::new();
+    env.busybox();
+    let ctx = env.path("chain");
+    fs::create_dir_all(&ctx).unwrap();
+    let mut df = String::from("FROM busybox:kiln-test\n");
+    for i in 0..60 {
+        df.push_str(&format!("RUN echo {i} > /layer-{i}\n"));
+    }
+    df.push_str("RUN cat /layer-* | wc -l > /count\n");
+    fs::write(ctx.join("Dockerfile"), df).unwrap();
+    let out = env.path("out");
+    env.build(&["-o", &format!("type=local,dest={}", out.display())], &ctx);
+    assert_eq!(fs::read_to_string(out.join("count")).unwrap().trim(), "60");
+}

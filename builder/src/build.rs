@@ -89,6 +89,10 @@ pub struct BuildRequest {
     pub secrets: Vec<(String, PathBuf)>,
     /// `--snapshotter` (None: detect).
     pub snapshotter: Option<crate::sandbox::SnapshotterKind>,
+    /// Registry settings (`--pull`, insecure registries, CA).
+    pub registry: crate::remote::RegistrySettings,
+    /// `--push`: push the tags after the build.
+    pub push: bool,
 }
 
 /// What a build produced.
@@ -203,7 +207,9 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         .with_context(|| format!("reading .dockerignore of {}", req.context.display()))?
         .map(|(_, p)| p)
         .unwrap_or_default();
-    let images = ImageStore::new(&store);
+    let remote = std::sync::Arc::new(crate::remote::Remote::new(req.registry.clone()));
+    let quiet = matches!(req.progress, ProgressMode::Quiet | ProgressMode::Json);
+    let images = ImageStore::new(&store).with_remote(remote.clone(), quiet);
     let opts = ConvertOptions {
         build_args: req.build_args.clone(),
         target: req.target.clone(),
@@ -293,6 +299,19 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
             .map(|d| store.blob_path(&d))
             .unwrap_or_default()
     };
+    if req.push {
+        for tag in &req.tags {
+            let r = remote
+                .push(&store, tag, false, &crate::remote::LineProgress::new(quiet))
+                .with_context(|| format!("pushing {tag}"))?;
+            if !quiet {
+                progress.message(&format!(
+                    "pushed {tag}: {} ({} bytes uploaded, {} blobs skipped, {} mounted)",
+                    r.digest, r.bytes_uploaded, r.blobs_skipped, r.blobs_mounted
+                ));
+            }
+        }
+    }
     for out in &req.outputs {
         match out {
             OutputSpec::Oci(dest) if dest.extension().is_some_and(|e| e == "tar") => {

@@ -22,6 +22,13 @@ struct Cli {
     /// ~/.local/share/kiln).
     #[arg(long, global = true, env = "KILN_ROOT")]
     root: Option<PathBuf>,
+    /// A registry (`HOST[:PORT]`) to speak plain HTTP to (loopback registries always are);
+    /// repeatable.
+    #[arg(long = "insecure-registry", global = true)]
+    insecure_registries: Vec<String>,
+    /// Extra CA certificates (PEM) to trust for registries.
+    #[arg(long = "registry-ca", global = true)]
+    registry_ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -54,6 +61,55 @@ enum Command {
     },
     /// Show the history of an image.
     History(HistoryArgs),
+    /// Pull an image from a registry into the store.
+    Pull {
+        /// Platform to pick from a multi-platform image (default: the host's).
+        #[arg(long)]
+        platform: Option<String>,
+        /// No progress lines.
+        #[arg(short, long)]
+        quiet: bool,
+        /// `NAME[:TAG|@DIGEST]`.
+        reference: String,
+    },
+    /// Push an image from the store to the registry its name says.
+    Push {
+        /// Manifest media types: `oci`, or `docker` (schema 2) for registries that refuse
+        /// OCI ones.
+        #[arg(long, value_parser = ["oci", "docker"], default_value = "oci")]
+        media_types: String,
+        /// No progress lines.
+        #[arg(short, long)]
+        quiet: bool,
+        /// `NAME[:TAG]`.
+        name: String,
+    },
+    /// Give an image another name.
+    Tag {
+        /// An image in the store.
+        source: String,
+        /// The new name.
+        target: String,
+    },
+    /// Check credentials against a registry and save them in the Docker config.
+    Login {
+        /// User name.
+        #[arg(short, long)]
+        username: Option<String>,
+        /// Password (prefer --password-stdin).
+        #[arg(short, long)]
+        password: Option<String>,
+        /// Read the password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Registry host (`HOST[:PORT]`).
+        server: String,
+    },
+    /// Remove saved credentials for a registry.
+    Logout {
+        /// Registry host.
+        server: String,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -118,6 +174,12 @@ struct BuildArgs {
     /// `copy` (a full copy per step, for machines without overlayfs).
     #[arg(long, value_enum)]
     snapshotter: Option<crate::sandbox::SnapshotterKind>,
+    /// Pull base images from their registries even when the store has them.
+    #[arg(long)]
+    pull: bool,
+    /// Push every `-t` name to its registry after the build.
+    #[arg(long)]
+    push: bool,
     /// Run the frontend only (parse, check, expand, plan) and print the plan.
     #[arg(long)]
     dry_run: bool,
@@ -144,9 +206,38 @@ pub fn run() -> Result<ExitCode> {
         Some(r) => r,
         None => kiln_cache::Store::default_root()?,
     };
+    let registry = crate::remote::RegistrySettings {
+        insecure: cli.insecure_registries.clone(),
+        ca_file: cli.registry_ca.clone(),
+        always_pull: false,
+    };
     match cli.command {
         Command::Parse { dump: _, file } => parse_cmd(&file),
-        Command::Build(args) => build_cmd(&args, &root),
+        Command::Build(args) => build_cmd(&args, &root, registry),
+        Command::Pull {
+            platform,
+            quiet,
+            reference,
+        } => {
+            let platform = match platform {
+                Some(p) => Platform::parse(&p).map_err(anyhow::Error::msg)?,
+                None => Platform::host(),
+            };
+            crate::commands::pull(&root, registry, &reference, &platform, quiet)
+        }
+        Command::Push {
+            media_types,
+            quiet,
+            name,
+        } => crate::commands::push(&root, registry, &name, media_types == "docker", quiet),
+        Command::Tag { source, target } => crate::commands::tag(&root, &source, &target),
+        Command::Login {
+            username,
+            password,
+            password_stdin,
+            server,
+        } => crate::commands::login(registry, &server, username, password, password_stdin),
+        Command::Logout { server } => crate::commands::logout(&server),
         Command::Images { quiet, no_trunc } => crate::commands::images(&root, quiet, no_trunc),
         Command::Inspect { image } => crate::commands::inspect(&root, &image),
         Command::History(h) => crate::commands::history(
@@ -218,7 +309,12 @@ fn parse_build_args(raw: &[String]) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-fn build_cmd(args: &BuildArgs, root: &Path) -> Result<ExitCode> {
+fn build_cmd(
+    args: &BuildArgs,
+    root: &Path,
+    mut registry: crate::remote::RegistrySettings,
+) -> Result<ExitCode> {
+    registry.always_pull = args.pull;
     let context = &args.context;
     if !context.is_dir() {
         bail!("build context {} is not a directory", context.display());
@@ -262,7 +358,7 @@ fn build_cmd(args: &BuildArgs, root: &Path) -> Result<ExitCode> {
         context_excludes: excludes,
     };
     if !args.dry_run {
-        return real_build(args, root, &file, &shown, opts);
+        return real_build(args, root, &file, &shown, opts, registry);
     }
     let plan = match convert::convert(&df, &opts, &NoResolver) {
         Ok(p) => p,
@@ -298,6 +394,7 @@ fn real_build(
     file: &Path,
     shown: &Path,
     opts: ConvertOptions,
+    registry: crate::remote::RegistrySettings,
 ) -> Result<ExitCode> {
     let outputs = args
         .outputs
@@ -322,6 +419,8 @@ fn real_build(
         source_date_epoch: source_date_epoch()?,
         secrets: parse_secrets(&args.secrets, &mut secret_files)?,
         snapshotter: args.snapshotter,
+        registry,
+        push: args.push,
     };
     crate::interrupt::install();
     // RUN steps block a worker thread while their process runs: keep enough threads for

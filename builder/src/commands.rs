@@ -196,3 +196,116 @@ pub fn history(root: &Path, name: &str, flags: HistoryFlags) -> Result<ExitCode>
     let _ = total;
     Ok(ExitCode::SUCCESS)
 }
+
+/// `kiln pull REF`: pulls into the store and tags it; prints the manifest digest.
+pub fn pull(
+    root: &Path,
+    registry: crate::remote::RegistrySettings,
+    reference: &str,
+    platform: &Platform,
+    quiet: bool,
+) -> Result<ExitCode> {
+    let store = Store::open(root)?;
+    let _lock = store.lock_shared()?;
+    let remote = crate::remote::Remote::new(registry);
+    let digest = remote.pull(
+        &store,
+        reference,
+        platform,
+        &crate::remote::LineProgress::new(quiet),
+    )?;
+    if !quiet {
+        eprintln!("pulled {reference}");
+    }
+    println!("{digest}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln push NAME[:TAG]`: prints the pushed manifest digest.
+pub fn push(
+    root: &Path,
+    registry: crate::remote::RegistrySettings,
+    name: &str,
+    docker_format: bool,
+    quiet: bool,
+) -> Result<ExitCode> {
+    let store = Store::open(root)?;
+    let _lock = store.lock_shared()?;
+    let remote = crate::remote::Remote::new(registry);
+    let r = remote.push(
+        &store,
+        name,
+        docker_format,
+        &crate::remote::LineProgress::new(quiet),
+    )?;
+    if !quiet {
+        eprintln!(
+            "pushed {name}: {} bytes uploaded, {} blobs uploaded, {} skipped (already there), {} mounted",
+            r.bytes_uploaded, r.blobs_uploaded, r.blobs_skipped, r.blobs_mounted
+        );
+    }
+    println!("{}", r.digest);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln tag SOURCE TARGET`.
+pub fn tag(root: &Path, source: &str, target: &str) -> Result<ExitCode> {
+    let store = Store::open(root)?;
+    let _lock = store.lock_shared()?;
+    let rec = store
+        .tag_get(&normalize_tag(source))?
+        .ok_or_else(|| anyhow!("no such image: {source}"))?;
+    store.tag_set(
+        &normalize_tag(target),
+        &kiln_cache::TagRecord::new(rec.manifest, rec.config),
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln login`: checks the credentials against the registry, then saves them.
+pub fn login(
+    registry: crate::remote::RegistrySettings,
+    server: &str,
+    username: Option<String>,
+    password: Option<String>,
+    password_stdin: bool,
+) -> Result<ExitCode> {
+    use std::io::BufRead;
+    let stdin = std::io::stdin();
+    let read_line = |prompt: &str| -> Result<String> {
+        eprint!("{prompt}");
+        let mut s = String::new();
+        stdin.lock().read_line(&mut s)?;
+        Ok(s.trim_end_matches(['\n', '\r']).to_string())
+    };
+    let username = match username {
+        Some(u) => u,
+        None if password_stdin => anyhow::bail!("--password-stdin needs --username"),
+        None => read_line("Username: ")?,
+    };
+    let password = match (password, password_stdin) {
+        (Some(_), true) => anyhow::bail!("--password and --password-stdin are exclusive"),
+        (Some(p), false) => p,
+        (None, true) => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+            s.trim_end_matches(['\n', '\r']).to_string()
+        }
+        (None, false) => read_line("Password: ")?,
+    };
+    let remote = crate::remote::Remote::new(registry);
+    remote.client()?.check_login(server, &username, &password)?;
+    let path = kiln_registry::credentials::save(None, server, &username, &password)?;
+    eprintln!("Login Succeeded (credentials saved in {})", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln logout`.
+pub fn logout(server: &str) -> Result<ExitCode> {
+    if kiln_registry::credentials::remove(None, server)? {
+        eprintln!("Removed login credentials for {server}");
+    } else {
+        eprintln!("Not logged in to {server}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

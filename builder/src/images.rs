@@ -14,6 +14,7 @@ use kiln_frontend::graph::Platform;
 use kiln_frontend::instructions::HealthConfig;
 
 use crate::image::{self, ParsedConfig};
+use crate::remote::{LineProgress, Remote};
 use crate::snapshots::{LayerRef, chain_id};
 
 /// The largest manifest or config kiln reads (they are small JSON documents).
@@ -34,14 +35,21 @@ pub struct ImageInfo {
     pub config: ParsedConfig,
 }
 
-/// Resolves references to local images, caching what it found for the build.
+/// Resolves references to local images (pulling from registries when a remote is set),
+/// caching what it found for the build.
 pub struct ImageStore {
     store: Store,
     resolved: Mutex<HashMap<String, Arc<ImageInfo>>>,
+    remote: Option<Arc<Remote>>,
+    quiet: bool,
 }
 
-/// `name` -> `name:latest` unless a tag or digest is given.
+/// The local tag of a reference: Docker's familiar name with `:latest` unless a tag or
+/// digest is given (`docker.io/library/busybox` -> `busybox:latest`).
 pub fn normalize_tag(reference: &str) -> String {
+    if let Some(n) = crate::remote::local_name(reference) {
+        return n;
+    }
     if reference.contains('@') {
         return reference.to_string();
     }
@@ -70,7 +78,16 @@ impl ImageStore {
         ImageStore {
             store: store.clone(),
             resolved: Mutex::new(HashMap::new()),
+            remote: None,
+            quiet: false,
         }
+    }
+
+    /// Pulls what the store lacks (or everything, with `--pull`) through `remote`.
+    pub fn with_remote(mut self, remote: Arc<Remote>, quiet: bool) -> ImageStore {
+        self.remote = Some(remote);
+        self.quiet = quiet;
+        self
     }
 
     /// The image a reference names, for a platform.
@@ -83,10 +100,36 @@ impl ImageStore {
             self.import_layout(rest)?
         } else {
             let tag = normalize_tag(reference);
-            match self.store.tag_get(&tag)? {
-                Some(rec) => rec.manifest.to_string(),
-                None => bail!(
-                    "image {reference:?} not found in the local store ({}); build or import it first (pulling from registries is not supported yet)",
+            let pinned = reference
+                .rsplit_once('@')
+                .and_then(|(_, d)| Digest::parse(d).ok())
+                .filter(|d| self.store.has_blob(d));
+            let always = self.remote.as_ref().is_some_and(|r| r.always_pull());
+            let local = match pinned {
+                Some(d) => Some(d.to_string()),
+                None if always => None,
+                None => self
+                    .store
+                    .tag_get(&tag)?
+                    .map(|rec| rec.manifest.to_string()),
+            };
+            match (local, &self.remote) {
+                (Some(m), _) => m,
+                (None, Some(remote)) => {
+                    if !self.quiet {
+                        eprintln!("pulling {reference}");
+                    }
+                    remote
+                        .pull(
+                            &self.store,
+                            reference,
+                            platform,
+                            &LineProgress::new(self.quiet),
+                        )
+                        .with_context(|| format!("pulling {reference}"))?
+                }
+                (None, None) => bail!(
+                    "image {reference:?} not found in the local store ({})",
                     self.store.root().display()
                 ),
             }

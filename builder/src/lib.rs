@@ -14,6 +14,7 @@ pub mod interrupt;
 pub mod layer;
 pub mod plan;
 pub mod progress;
+pub mod remote;
 pub mod report;
 pub mod sandbox;
 pub mod snapshots;

@@ -251,7 +251,7 @@ fn outputs_validate_with_skopeo_umoci_and_oci_image_tool() {
             .arg(format!("oci:{}:v1", layout.display())),
     ))
     .unwrap();
-    assert_eq!(inspect["Layers"].as_array().unwrap().len(), 5);
+    assert_eq!(inspect["Layers"].as_array().unwrap().len(), 6);
     let config: Value = serde_json::from_str(&run_ok(
         Proc::new("skopeo")
             .args(["inspect", "--config"])
@@ -1162,7 +1162,9 @@ fn heredoc_run_and_shell() {
 #[test]
 fn debian_base_and_apt_get_install() {
     if std::env::var_os("KILN_TEST_DEBIAN").is_none() {
-        eprintln!("skipped: set KILN_TEST_DEBIAN=1 to run the Debian tier (needs mmdebstrap and a Debian mirror)");
+        eprintln!(
+            "skipped: set KILN_TEST_DEBIAN=1 to run the Debian tier (needs mmdebstrap and a Debian mirror)"
+        );
         return;
     }
     let env = Env::new();
@@ -1193,7 +1195,12 @@ RUN whoami > /home/builder/me && dpkg -s jq | grep -q 'Status: install ok instal
     .unwrap();
     let out = env.path("out");
     env.build(
-        &["-t", "app:deb", "-o", &format!("type=local,dest={}", out.display())],
+        &[
+            "-t",
+            "app:deb",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+        ],
         &ctx,
     );
     assert_eq!(fs::read_to_string(out.join("jq.txt")).unwrap(), "works\n");
@@ -1211,7 +1218,12 @@ RUN whoami > /home/builder/me && dpkg -s jq | grep -q 'Status: install ok instal
     .unwrap();
     let out2 = env.path("out2");
     env.build(
-        &["--snapshotter", "copy", "-o", &format!("type=local,dest={}", out2.display())],
+        &[
+            "--snapshotter",
+            "copy",
+            "-o",
+            &format!("type=local,dest={}", out2.display()),
+        ],
         &ctx,
     );
     assert!(!out2.join("usr/bin/jq").exists());
@@ -1236,4 +1248,185 @@ fn long_layer_chains_mount() {
     let out = env.path("out");
     env.build(&["-o", &format!("type=local,dest={}", out.display())], &ctx);
     assert_eq!(fs::read_to_string(out.join("count")).unwrap().trim(), "60");
+}
+
+// ---------------------------------------------------------------------------------------
+// Registries: kiln pushes, pulls and builds FROM images in a real docker-registry.
+
+struct LocalRegistry {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl LocalRegistry {
+    fn start() -> LocalRegistry {
+        let bin = "/usr/bin/docker-registry";
+        assert!(
+            Path::new(bin).exists(),
+            "docker-registry is not installed (apt-get install docker-registry)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.path().join("config.yml");
+        fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("storage").display()
+            ),
+        )
+        .unwrap();
+        let child = Proc::new(bin)
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        LocalRegistry {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+    fn name(&self, repo: &str) -> String {
+        format!("127.0.0.1:{}/{repo}", self.port)
+    }
+}
+
+impl Drop for LocalRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn skopeo_digest(reference: &str) -> String {
+    let v: Value = serde_json::from_str(&run_ok(Proc::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{reference}"),
+    ])))
+    .unwrap();
+    v["Digest"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn push_pull_and_build_from_a_registry() {
+    let reg = LocalRegistry::start();
+    let env = Env::new();
+    env.busybox();
+    // Push the base under a registry name.
+    let base = format!("{}:1", reg.name("base/busybox"));
+    env.kiln()
+        .args(["tag", "busybox:kiln-test", &base])
+        .assert()
+        .success();
+    let out = env.kiln().args(["push", &base]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pushed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(pushed, skopeo_digest(&base));
+    // Pushing again uploads nothing.
+    let again = env.kiln().args(["push", &base]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("0 bytes uploaded"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    // A fresh store builds FROM the registry image: pulled once, then from the store.
+    let env2 = Env::new();
+    let ctx = env2.path("app");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {base}\nRUN echo pulled > /pulled\n"),
+    )
+    .unwrap();
+    let app = format!("{}:1", reg.name("apps/app"));
+    let first = env2
+        .kiln()
+        .args(["build", "--progress", "plain", "--push", "-t", &app])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{err}");
+    assert!(err.contains(&format!("pulling {base}")), "{err}");
+    let built = String::from_utf8_lossy(&first.stdout).trim().to_string();
+    assert_eq!(built, skopeo_digest(&app), "--push pushed the built image");
+    assert!(err.contains("mounted") || err.contains("skipped"), "{err}");
+    let second = env2
+        .kiln()
+        .args(["build", "--progress", "plain"])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    assert!(second.status.success());
+    assert!(!String::from_utf8_lossy(&second.stderr).contains("pulling"));
+
+    // kiln pulls what skopeo pushed (Docker schema 2), and builds from it.
+    let layout = env.path("layout");
+    env.kiln()
+        .args(["build", "--progress", "quiet", "-o"])
+        .arg(format!("type=oci,dest={}", layout.display()))
+        .arg(env.path("busybox"))
+        .assert()
+        .success();
+    let v2s2 = format!("{}:v2s2", reg.name("other/busybox"));
+    run_ok(Proc::new("skopeo").args([
+        "copy",
+        "--dest-tls-verify=false",
+        "--format",
+        "v2s2",
+        &format!("oci:{}", layout.display()),
+        &format!("docker://{v2s2}"),
+    ]));
+    let env3 = Env::new();
+    let pulled = env3.kiln().args(["pull", &v2s2]).output().unwrap();
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&pulled.stdout).trim(),
+        skopeo_digest(&v2s2)
+    );
+    let ctx3 = env3.path("ctx");
+    fs::create_dir_all(&ctx3).unwrap();
+    fs::write(
+        ctx3.join("Dockerfile"),
+        format!("FROM {v2s2}\nRUN test -x /bin/busybox\n"),
+    )
+    .unwrap();
+    env3.build(&[], &ctx3);
+    // An unknown image names the reference and the registry's answer.
+    fs::write(
+        ctx3.join("Dockerfile"),
+        format!("FROM {}:nope\n", reg.name("missing/image")),
+    )
+    .unwrap();
+    env3.kiln()
+        .args(["build", "--progress", "plain"])
+        .arg(&ctx3)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("missing/image:nope"))
+        .stderr(predicates::str::contains("404"));
 }

@@ -206,7 +206,7 @@ impl Differ<'_> {
                     self.parents(&r)?;
                     rustix::fs::mknodat(
                         CWD,
-                        &self.out.join(&r),
+                        self.out.join(&r),
                         FileType::CharacterDevice,
                         Mode::empty(),
                         0,

@@ -295,7 +295,7 @@ impl SnapshotterKind {
             );
         }
         if let Ok(st) = rustix::fs::statfs(store_root) {
-            if st.f_type as i64 == OVERLAYFS_MAGIC {
+            if st.f_type == OVERLAYFS_MAGIC {
                 return (
                     SnapshotterKind::Copy,
                     Some(format!(

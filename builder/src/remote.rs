@@ -1,0 +1,162 @@
+//! Registries from the builder's side: pulling bases into the store (and tagging them),
+//! pushing local images, `kiln login`/`logout`, with plain progress lines.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+
+use anyhow::{Context, Result, anyhow};
+use kiln_cache::{Digest, Store, TagRecord};
+use kiln_frontend::graph::Platform;
+use kiln_registry::{Client, ClientOptions, Progress, PushOptions, PushReport, Reference};
+
+/// How kiln talks to registries (global flags).
+#[derive(Debug, Clone, Default)]
+pub struct RegistrySettings {
+    /// `--insecure-registry`.
+    pub insecure: Vec<String>,
+    /// `--registry-ca`.
+    pub ca_file: Option<PathBuf>,
+    /// `--pull`: look in the registry even when the store has the tag.
+    pub always_pull: bool,
+}
+
+/// A lazily created client: nothing touches the network until an image must be pulled.
+pub struct Remote {
+    settings: RegistrySettings,
+    client: OnceLock<std::result::Result<Client, String>>,
+    pulled: Mutex<Vec<String>>,
+}
+
+/// Progress lines on stderr, one per blob.
+pub struct LineProgress {
+    quiet: bool,
+}
+
+impl LineProgress {
+    /// Lines unless `quiet`.
+    pub fn new(quiet: bool) -> LineProgress {
+        LineProgress { quiet }
+    }
+}
+
+fn short(d: &str) -> &str {
+    let hex = d.strip_prefix("sha256:").unwrap_or(d);
+    &hex[..hex.len().min(12)]
+}
+
+impl Progress for LineProgress {
+    fn blob_started(&self, digest: &str, size: u64, action: &str) {
+        if !self.quiet {
+            eprintln!("{}: {action} ({size} bytes)", short(digest));
+        }
+    }
+    fn blob_progress(&self, _: &str, _: u64) {}
+    fn blob_done(&self, digest: &str, how: &str) {
+        if !self.quiet {
+            eprintln!("{}: {how}", short(digest));
+        }
+    }
+}
+
+/// The name a reference is tagged under in the store: Docker's familiar form
+/// (`busybox:latest`, `127.0.0.1:5000/app:1`).
+pub fn local_name(reference: &str) -> Option<String> {
+    Reference::parse(reference).ok().map(|r| {
+        let r = if r.tag.is_none() && r.digest.is_none() {
+            r.with_tag("latest")
+        } else {
+            r
+        };
+        r.familiar()
+    })
+}
+
+impl Remote {
+    /// A client to be made on first use.
+    pub fn new(settings: RegistrySettings) -> Remote {
+        Remote {
+            settings,
+            client: OnceLock::new(),
+            pulled: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// `--pull`.
+    pub fn always_pull(&self) -> bool {
+        self.settings.always_pull
+    }
+
+    /// The client.
+    pub fn client(&self) -> Result<&Client> {
+        self.client
+            .get_or_init(|| {
+                Client::new(ClientOptions {
+                    insecure_registries: self.settings.insecure.clone(),
+                    ca_file: self.settings.ca_file.clone(),
+                    ..ClientOptions::default()
+                })
+                .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| anyhow!("{e}"))
+    }
+
+    /// Pulls `reference` for `platform` into `store` and tags it under its local name;
+    /// returns the manifest digest.
+    pub fn pull(
+        &self,
+        store: &Store,
+        reference: &str,
+        platform: &Platform,
+        progress: &dyn Progress,
+    ) -> Result<String> {
+        let r = Reference::parse(reference)?;
+        let p = kiln_registry::Platform {
+            os: platform.os.clone(),
+            architecture: platform.architecture.clone(),
+            variant: (!platform.variant.is_empty()).then(|| platform.variant.clone()),
+        };
+        let pulled = self.client()?.pull(&r, &p, store, progress)?;
+        let name = local_name(reference).unwrap_or_else(|| reference.to_string());
+        if r.digest.is_none() {
+            store.tag_set(
+                &name,
+                &TagRecord::new(pulled.manifest_digest.clone(), pulled.config.digest.clone()),
+            )?;
+        }
+        self.pulled
+            .lock()
+            .expect("pulled lock")
+            .push(format!("{name} ({})", pulled.manifest_digest));
+        Ok(pulled.manifest_digest.to_string())
+    }
+
+    /// Pushes the local image `name` to the registry it names (its tag, `latest` if none).
+    pub fn push(
+        &self,
+        store: &Store,
+        name: &str,
+        docker_format: bool,
+        progress: &dyn Progress,
+    ) -> Result<PushReport> {
+        let local = local_name(name).unwrap_or_else(|| name.to_string());
+        let rec = store
+            .tag_get(&local)?
+            .ok_or_else(|| anyhow!("image {name:?} not found in the local store"))?;
+        let mut target = Reference::parse(name)?;
+        if target.tag.is_none() {
+            target = target.with_tag("latest");
+        }
+        let digest = Digest::parse(rec.manifest.as_str())?;
+        Ok(self
+            .client()?
+            .push(
+                store,
+                &digest,
+                &target,
+                &PushOptions { docker_format },
+                progress,
+            )
+            .with_context(|| format!("pushing {name}"))?)
+    }
+}

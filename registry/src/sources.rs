@@ -1,0 +1,69 @@
+//! Which repositories of which registries a blob is known to exist in, so a
+//! push can mount it from there instead of uploading it again.
+//!
+//! Kept in the store's cache index under a key derived from the blob digest.
+//! Updates are read-modify-write without a lock: a lost update only costs a
+//! missed mount (the blob is then uploaded), never correctness.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kiln_cache::{Digest, Store, sha256_of};
+
+/// At most this many repositories are remembered per registry and blob.
+const MAX_REPOS: usize = 16;
+
+type Sources = BTreeMap<String, BTreeSet<String>>;
+
+fn key(blob: &Digest) -> String {
+    sha256_of(format!("kiln-registry/blob-sources/v1\n{blob}").as_bytes()).to_string()
+}
+
+/// Repositories of `registry` known to hold `blob`.
+pub(crate) fn get(store: &Store, blob: &Digest, registry: &str) -> Vec<String> {
+    match store.cache_get_as::<Sources>(&key(blob)) {
+        Ok(Some(s)) => s
+            .get(registry)
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+/// Remember that `registry/repository` holds `blob`. Failures are ignored:
+/// this is only a hint.
+pub(crate) fn add(store: &Store, blob: &Digest, registry: &str, repository: &str) {
+    let k = key(blob);
+    let mut s: Sources = store.cache_get_as(&k).ok().flatten().unwrap_or_default();
+    let repos = s.entry(registry.to_owned()).or_default();
+    if repos.contains(repository) {
+        return;
+    }
+    if repos.len() >= MAX_REPOS {
+        let first = repos.iter().next().cloned();
+        if let Some(first) = first {
+            repos.remove(&first);
+        }
+    }
+    repos.insert(repository.to_owned());
+    let _ = store.cache_put_as(&k, &s);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembers_per_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let b = sha256_of(b"blob");
+        assert!(get(&store, &b, "r:1").is_empty());
+        add(&store, &b, "r:1", "a/x");
+        add(&store, &b, "r:1", "b/y");
+        add(&store, &b, "r:1", "a/x");
+        add(&store, &b, "q", "z");
+        assert_eq!(get(&store, &b, "r:1"), ["a/x", "b/y"]);
+        assert_eq!(get(&store, &b, "q"), ["z"]);
+        assert!(get(&store, &sha256_of(b"other"), "q").is_empty());
+    }
+}

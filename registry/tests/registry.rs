@@ -1,0 +1,664 @@
+//! kiln-registry against a real registry (CNCF distribution 2.8), checked
+//! with skopeo. Needs `docker-registry`, `skopeo`, `apache2-utils` and
+//! `openssl` installed (see `support::require`).
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use kiln_cache::{Digest, Store};
+use kiln_registry::{
+    Client, ClientOptions, NoProgress, Platform, PushOptions, RegistryError, credentials,
+    media_types,
+};
+use support::*;
+
+fn client(docker_config: &Path) -> Client {
+    Client::new(ClientOptions {
+        docker_config_dir: Some(docker_config.to_path_buf()),
+        retries: 1,
+        retry_delay: Duration::from_millis(50),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    store: Store,
+    docker_config: std::path::PathBuf,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store")).unwrap();
+    let docker_config = dir.path().join("docker");
+    Env {
+        _dir: dir,
+        store,
+        docker_config,
+    }
+}
+
+fn small_layers(seed: u64, n: usize) -> Vec<(Vec<u8>, Digest)> {
+    (0..n)
+        .map(|i| {
+            layer(
+                &format!("file{i}"),
+                &noise(seed * 100 + i as u64, 100_000 + i * 1000),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn push_skip_and_mount() {
+    let reg = Registry::start(&Auth::None);
+    let e = env();
+    let c = client(&e.docker_config);
+    let shared = small_layers(1, 3);
+    let img = image(&e.store, &shared, "amd64", "one");
+    let target = reg.reference("team/app:v1");
+
+    let r = c
+        .push(
+            &e.store,
+            &img.manifest,
+            &target,
+            &PushOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+    assert_eq!(r.digest, img.manifest);
+    assert_eq!(
+        (r.blobs_uploaded, r.blobs_skipped, r.blobs_mounted),
+        (4, 0, 0)
+    );
+    let total: u64 =
+        img.layers.iter().map(|l| l.1.len() as u64).sum::<u64>() + img.config_bytes.len() as u64;
+    assert_eq!(r.bytes_uploaded, total);
+    let info = inspect(&format!("{}/team/app:v1", reg.host()), false, None);
+    assert_eq!(info["Digest"], img.manifest.as_str());
+    let layer_digests: Vec<&str> = img.layers.iter().map(|l| l.0.as_str()).collect();
+    assert_eq!(info["Layers"], serde_json::json!(layer_digests));
+
+    // Again: everything is there already.
+    let r = c
+        .push(
+            &e.store,
+            &img.manifest,
+            &target,
+            &PushOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+    assert_eq!(
+        (r.bytes_uploaded, r.blobs_uploaded, r.blobs_skipped),
+        (0, 0, 4)
+    );
+
+    // A second image sharing the layers, into another repository, with a
+    // fresh client (the mount source comes from the store's cache index).
+    let mut layers2 = shared.clone();
+    layers2.push(layer("extra", b"extra"));
+    let img2 = image(&e.store, &layers2, "amd64", "two");
+    let rec = Recorder::default();
+    let r = client(&e.docker_config)
+        .push(
+            &e.store,
+            &img2.manifest,
+            &reg.reference("other/app:v2"),
+            &PushOptions::default(),
+            &rec,
+        )
+        .unwrap();
+    assert_eq!(
+        (r.blobs_mounted, r.blobs_uploaded, r.blobs_skipped),
+        (3, 2, 0),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.bytes_uploaded,
+        (img2.config_bytes.len() + img2.layers[3].1.len()) as u64
+    );
+    assert_eq!(
+        rec.done.lock().unwrap()[img.layers[0].0.as_str()],
+        "mounted"
+    );
+    let info = inspect(&format!("{}/other/app:v2", reg.host()), false, None);
+    assert_eq!(info["Digest"], img2.manifest.as_str());
+
+    // Pull it back into an empty store: same bytes, same digests.
+    let e2 = env();
+    let p = c
+        .pull(
+            &reg.reference("other/app:v2"),
+            &Platform::default(),
+            &e2.store,
+            &NoProgress,
+        )
+        .unwrap();
+    assert_eq!(p.manifest_digest, img2.manifest);
+    assert_eq!(p.config.digest, img2.config);
+    assert_eq!(p.index_digest, None);
+    assert_eq!(
+        e2.store.read_blob(&p.manifest_digest).unwrap(),
+        img2.manifest_bytes
+    );
+    for (d, bytes) in &img2.layers {
+        assert_eq!(&e2.store.read_blob(d).unwrap(), bytes);
+    }
+    // Pulling again downloads nothing.
+    let p = c
+        .pull(
+            &reg.reference("other/app:v2"),
+            &Platform::default(),
+            &e2.store,
+            &NoProgress,
+        )
+        .unwrap();
+    assert_eq!(p.bytes_downloaded, 0);
+}
+
+#[test]
+fn chunked_push_and_docker_format() {
+    let reg = Registry::start(&Auth::None);
+    let e = env();
+    let c = Client::new(ClientOptions {
+        docker_config_dir: Some(e.docker_config.clone()),
+        monolithic_threshold: 256 << 10,
+        chunk_size: 100 << 10,
+        ..Default::default()
+    })
+    .unwrap();
+    let layers = vec![layer("big", &noise(7, 1 << 20)), layer("small", b"hi")];
+    let img = image(&e.store, &layers, "amd64", "chunked");
+    let r = c
+        .push(
+            &e.store,
+            &img.manifest,
+            &reg.reference("chunked:1"),
+            &PushOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+    assert_eq!(r.digest, img.manifest);
+    let info = inspect(&format!("{}/chunked:1", reg.host()), false, None);
+    assert_eq!(info["Layers"][0], img.layers[0].0.as_str());
+
+    // Docker schema 2: rewritten media types, new digest, same blobs.
+    let opts = PushOptions {
+        docker_format: true,
+    };
+    let r = c
+        .push(
+            &e.store,
+            &img.manifest,
+            &reg.reference("chunked:docker"),
+            &opts,
+            &NoProgress,
+        )
+        .unwrap();
+    assert_ne!(r.digest, img.manifest);
+    assert_eq!(r.bytes_uploaded, 0);
+    let raw = inspect(&format!("{}/chunked:docker", reg.host()), true, None);
+    assert_eq!(raw["mediaType"], media_types::DOCKER_MANIFEST);
+    assert_eq!(raw["config"]["mediaType"], media_types::DOCKER_CONFIG);
+    assert_eq!(
+        raw["layers"][1]["mediaType"],
+        media_types::DOCKER_LAYER_GZIP
+    );
+    let info = inspect(&format!("{}/chunked:docker", reg.host()), false, None);
+    assert_eq!(info["Digest"], r.digest.as_str());
+}
+
+#[test]
+fn pull_what_skopeo_pushed_oci_and_v2s2() {
+    let reg = Registry::start(&Auth::None);
+    let src = env();
+    let img = image(&src.store, &small_layers(3, 2), "amd64", "sk");
+    let layout = src._dir.path().join("layout");
+    let mut blobs: Vec<&[u8]> = vec![&img.manifest_bytes, &img.config_bytes];
+    blobs.extend(img.layers.iter().map(|l| l.1.as_slice()));
+    oci_layout(
+        &layout,
+        &blobs,
+        (
+            &img.manifest,
+            img.manifest_bytes.len() as u64,
+            media_types::OCI_MANIFEST,
+        ),
+        "t",
+    );
+    let oci_src = format!("oci:{}:t", layout.display());
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &oci_src,
+        &format!("docker://{}/sk/oci:1", reg.host()),
+    ]);
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--format",
+        "v2s2",
+        &oci_src,
+        &format!("docker://{}/sk/v2s2:1", reg.host()),
+    ]);
+
+    let e = env();
+    let c = client(&e.docker_config);
+    let p = c
+        .pull(
+            &reg.reference("sk/oci:1"),
+            &Platform::default(),
+            &e.store,
+            &NoProgress,
+        )
+        .unwrap();
+    let want = inspect(&format!("{}/sk/oci:1", reg.host()), false, None);
+    assert_eq!(p.manifest_digest.as_str(), want["Digest"]);
+    assert_eq!(p.media_type, media_types::OCI_MANIFEST);
+    assert_eq!(p.layers.len(), 2);
+
+    let p = c
+        .pull(
+            &reg.reference("sk/v2s2:1"),
+            &Platform::default(),
+            &e.store,
+            &NoProgress,
+        )
+        .unwrap();
+    let want = inspect(&format!("{}/sk/v2s2:1", reg.host()), false, None);
+    assert_eq!(p.manifest_digest.as_str(), want["Digest"]);
+    assert_eq!(p.media_type, media_types::DOCKER_MANIFEST);
+    assert_eq!(p.config.media_type, media_types::DOCKER_CONFIG);
+    // Stored byte for byte as served, and everything it names is there.
+    let raw = e.store.read_blob(&p.manifest_digest).unwrap();
+    assert_eq!(kiln_cache::sha256_of(&raw), p.manifest_digest);
+    for b in p.layers.iter().chain([&p.config]) {
+        e.store.verify_blob(&b.digest).unwrap();
+    }
+
+    // Pinned by digest.
+    let pinned = reg.reference(&format!("sk/v2s2@{}", p.manifest_digest));
+    let p2 = c
+        .pull(&pinned, &Platform::default(), &e.store, &NoProgress)
+        .unwrap();
+    assert_eq!(p2.manifest_digest, p.manifest_digest);
+
+    // Missing tag: one clear line with the status and the registry's message.
+    let err = c
+        .pull(
+            &reg.reference("sk/v2s2:nope"),
+            &Platform::default(),
+            &e.store,
+            &NoProgress,
+        )
+        .unwrap_err();
+    let msg = err.to_string();
+    eprintln!("error shown to the user: {msg}");
+    assert_eq!(err.status(), Some(404), "{msg}");
+    assert!(
+        msg.contains("sk/v2s2:nope") && msg.contains("404") && msg.contains("MANIFEST_UNKNOWN"),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n'));
+}
+
+#[test]
+fn index_picks_platform() {
+    let reg = Registry::start(&Auth::None);
+    let src = env();
+    let amd = image(&src.store, &small_layers(4, 1), "amd64", "amd");
+    let arm = image(&src.store, &small_layers(5, 1), "arm64", "arm");
+    let desc = |i: &Image, arch: &str| {
+        serde_json::json!({"mediaType": media_types::OCI_MANIFEST, "digest": i.manifest.to_string(),
+            "size": i.manifest_bytes.len(), "platform": {"os": "linux", "architecture": arch}})
+    };
+    let index_bytes = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": media_types::OCI_INDEX,
+        "manifests": [desc(&amd, "amd64"), desc(&arm, "arm64")],
+    }))
+    .unwrap();
+    let index = src.store.put_blob(&index_bytes).unwrap();
+    let layout = src._dir.path().join("layout");
+    let mut blobs: Vec<&[u8]> = vec![&index_bytes];
+    for i in [&amd, &arm] {
+        blobs.extend([i.manifest_bytes.as_slice(), i.config_bytes.as_slice()]);
+        blobs.extend(i.layers.iter().map(|l| l.1.as_slice()));
+    }
+    oci_layout(
+        &layout,
+        &blobs,
+        (&index, index_bytes.len() as u64, media_types::OCI_INDEX),
+        "multi",
+    );
+    skopeo(&[
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:multi", layout.display()),
+        &format!("docker://{}/multi:1", reg.host()),
+    ]);
+
+    let e = env();
+    let c = client(&e.docker_config);
+    let r = reg.reference("multi:1");
+    let p = c
+        .pull(
+            &r,
+            &Platform::parse("linux/arm64/v8").unwrap(),
+            &e.store,
+            &NoProgress,
+        )
+        .unwrap();
+    assert_eq!(p.manifest_digest, arm.manifest);
+    assert_eq!(p.index_digest, Some(index.clone()));
+    assert!(e.store.has_blob(&index));
+    assert!(!e.store.has_blob(&amd.layers[0].0));
+    let p = c
+        .pull(&r, &Platform::default(), &e.store, &NoProgress)
+        .unwrap();
+    assert_eq!(p.manifest_digest, amd.manifest);
+
+    let err = c
+        .pull(
+            &r,
+            &Platform::parse("linux/s390x").unwrap(),
+            &e.store,
+            &NoProgress,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("linux/s390x") && err.contains("linux/amd64, linux/arm64"),
+        "{err}"
+    );
+
+    // The stored index can be pushed back (both platforms are in `src`).
+    let rep = c
+        .push(
+            &src.store,
+            &index,
+            &reg.reference("copy/multi:1"),
+            &PushOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+    assert_eq!(rep.digest, index);
+    assert_eq!(rep.blobs_mounted, 0); // `src` never talked to this registry
+    let raw = inspect(&format!("{}/copy/multi:1", reg.host()), true, None);
+    assert_eq!(raw["manifests"][1]["digest"], arm.manifest.as_str());
+}
+
+#[test]
+fn corrupt_blob_in_registry_leaves_nothing_in_store() {
+    let reg = Registry::start(&Auth::None);
+    let e = env();
+    let c = client(&e.docker_config);
+    let img = image(&e.store, &small_layers(6, 2), "amd64", "corrupt");
+    c.push(
+        &e.store,
+        &img.manifest,
+        &reg.reference("c:1"),
+        &PushOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    let victim = &img.layers[1];
+    let data = reg.blob_data(&victim.0);
+    let mut bad = std::fs::read(&data).unwrap();
+    bad[100] ^= 0xff;
+    std::fs::write(&data, bad).unwrap();
+
+    let e2 = env();
+    let err = c
+        .pull(
+            &reg.reference("c:1"),
+            &Platform::default(),
+            &e2.store,
+            &NoProgress,
+        )
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::DigestMismatch { .. }), "{err}");
+    assert!(err.to_string().contains(victim.0.as_str()), "{err}");
+    assert!(!e2.store.has_blob(&victim.0));
+    assert!(
+        !e2.store.has_blob(&img.manifest),
+        "no manifest after a failed pull"
+    );
+    let tmp = e2.store.root().join("tmp");
+    assert_eq!(
+        std::fs::read_dir(tmp).unwrap().count(),
+        0,
+        "no temp files left"
+    );
+}
+
+#[test]
+fn htpasswd_basic_auth() {
+    let reg = Registry::start(&Auth::Htpasswd {
+        user: "kiln".into(),
+        pass: "s3cret".into(),
+    });
+    let e = env();
+    let img = image(&e.store, &small_layers(8, 1), "amd64", "basic");
+    let target = reg.reference("private/app:1");
+
+    // Anonymous: refused with a clear 401.
+    let err = client(&e.docker_config)
+        .push(
+            &e.store,
+            &img.manifest,
+            &target,
+            &PushOptions::default(),
+            &NoProgress,
+        )
+        .unwrap_err();
+    let msg = err.to_string();
+    eprintln!("error shown to the user: {msg}");
+    assert_eq!(err.status(), Some(401), "{msg}");
+    assert!(
+        msg.contains("private/app:1") && msg.contains("401"),
+        "{msg}"
+    );
+
+    // Wrong password: the login check fails with 401 and saves nothing.
+    let c = client(&e.docker_config);
+    let err = c.check_login(&reg.host(), "kiln", "wrong").unwrap_err();
+    let msg = err.to_string();
+    eprintln!("error shown to the user: {msg}");
+    assert!(
+        msg.contains("login to") && msg.contains(&reg.host()) && msg.contains("401"),
+        "{msg}"
+    );
+    assert_eq!(
+        credentials::load(Some(&e.docker_config), &reg.host()).unwrap(),
+        None
+    );
+
+    // Right password: login, save, then a fresh client reads the config.
+    c.check_login(&reg.host(), "kiln", "s3cret").unwrap();
+    credentials::save(Some(&e.docker_config), &reg.host(), "kiln", "s3cret").unwrap();
+    let r = client(&e.docker_config)
+        .push(
+            &e.store,
+            &img.manifest,
+            &target,
+            &PushOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+    assert_eq!(r.digest, img.manifest);
+    let info = inspect(
+        &format!("{}/private/app:1", reg.host()),
+        false,
+        Some("kiln:s3cret"),
+    );
+    assert_eq!(info["Digest"], img.manifest.as_str());
+    let e2 = env();
+    let p = client(&e.docker_config)
+        .pull(&target, &Platform::default(), &e2.store, &NoProgress)
+        .unwrap();
+    assert_eq!(p.manifest_digest, img.manifest);
+
+    // Logout: credentials gone, access refused again.
+    assert!(credentials::remove(Some(&e.docker_config), &reg.host()).unwrap());
+    let err = client(&e.docker_config)
+        .pull(&target, &Platform::default(), &env().store, &NoProgress)
+        .unwrap_err();
+    assert_eq!(err.status(), Some(401), "{err}");
+}
+
+#[test]
+fn bearer_token_flow() {
+    let ts = TokenServer::start("tok", "pw");
+    let reg = Registry::start(&Auth::Token(ts.clone()));
+    let e = env();
+    let img = image(&e.store, &small_layers(9, 2), "amd64", "bearer");
+    let target = reg.reference("team/tok:1");
+
+    // Without credentials the token only grants pull: push is refused.
+    let err = client(&e.docker_config)
+        .push(
+            &e.store,
+            &img.manifest,
+            &target,
+            &PushOptions::default(),
+            &NoProgress,
+        )
+        .unwrap_err();
+    assert_eq!(err.status(), Some(401), "{err}");
+
+    let err = client(&e.docker_config)
+        .check_login(&reg.host(), "tok", "bad")
+        .unwrap_err();
+    let msg = err.to_string();
+    eprintln!("error shown to the user: {msg}");
+    assert!(
+        msg.contains("401") && msg.contains("invalid username or password"),
+        "{msg}"
+    );
+
+    let c = client(&e.docker_config);
+    c.check_login(&reg.host(), "tok", "pw").unwrap();
+    let before = ts.requests().len();
+    let r = c
+        .push(
+            &e.store,
+            &img.manifest,
+            &target,
+            &PushOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+    assert_eq!(r.digest, img.manifest);
+    // One token for the push scope, reused by every request of the push.
+    let reqs = ts.requests()[before..].to_vec();
+    assert_eq!(
+        reqs,
+        vec!["repository:team/tok:pull,push".to_string()],
+        "{reqs:?}"
+    );
+
+    // Mount into another repository: needs pull on the source repository in
+    // the same token.
+    let mut layers2 = small_layers(9, 2);
+    layers2.push(layer("x", b"x"));
+    let img2 = image(&e.store, &layers2, "amd64", "bearer2");
+    let r = c
+        .push(
+            &e.store,
+            &img2.manifest,
+            &reg.reference("team/other:1"),
+            &PushOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+    assert_eq!(r.blobs_mounted, 2, "{r:?}");
+    assert!(
+        ts.requests()
+            .contains(&"repository:team/other:pull,push repository:team/tok:pull".to_string())
+    );
+
+    // Pull with the saved credentials from a fresh client; tokens reused
+    // per scope across the pull's requests.
+    credentials::save(Some(&e.docker_config), &reg.host(), "tok", "pw").unwrap();
+    let before = ts.requests().len();
+    let e2 = env();
+    let p = client(&e.docker_config)
+        .pull(&target, &Platform::default(), &e2.store, &NoProgress)
+        .unwrap();
+    assert_eq!(p.manifest_digest, img.manifest);
+    assert_eq!(
+        ts.requests()[before..],
+        ["repository:team/tok:pull".to_string()]
+    );
+    let info = inspect(&format!("{}/team/tok:1", reg.host()), false, Some("tok:pw"));
+    assert_eq!(info["Digest"], img.manifest.as_str());
+}
+
+#[test]
+fn registry_killed_mid_push_then_retry() {
+    let reg = Registry::start(&Auth::None);
+    let e = env();
+    let img = image(
+        &e.store,
+        &[layer("big", &noise(11, 4 << 20))],
+        "amd64",
+        "kill",
+    );
+    let opts = ClientOptions {
+        docker_config_dir: Some(e.docker_config.clone()),
+        monolithic_threshold: 512 << 10,
+        chunk_size: 512 << 10,
+        retries: 1,
+        retry_delay: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let target = reg.reference("kill/app:1");
+    let killed = std::sync::atomic::AtomicBool::new(false);
+    let rec = Recorder {
+        on_progress: Some(Box::new(|_, bytes| {
+            if bytes >= 1 << 20 && !killed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                reg.kill();
+            }
+        })),
+        ..Default::default()
+    };
+    let err = Client::new(opts.clone())
+        .unwrap()
+        .push(
+            &e.store,
+            &img.manifest,
+            &target,
+            &PushOptions::default(),
+            &rec,
+        )
+        .unwrap_err();
+    let msg = err.to_string();
+    eprintln!("error shown to the user: {msg}");
+    assert!(matches!(err, RegistryError::Transport { .. }), "{msg}");
+    assert!(
+        msg.contains("kill/app:1") && msg.contains(&reg.host()) && msg.contains("2 attempt"),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n'), "{msg}");
+
+    reg.restart();
+    let r = Client::new(opts)
+        .unwrap()
+        .push(
+            &e.store,
+            &img.manifest,
+            &target,
+            &PushOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+    assert_eq!(r.digest, img.manifest);
+    let info = inspect(&format!("{}/kill/app:1", reg.host()), false, None);
+    assert_eq!(info["Digest"], img.manifest.as_str());
+}

@@ -148,8 +148,7 @@ impl Remote {
             target = target.with_tag("latest");
         }
         let digest = Digest::parse(rec.manifest.as_str())?;
-        Ok(self
-            .client()?
+        self.client()?
             .push(
                 store,
                 &digest,
@@ -157,6 +156,6 @@ impl Remote {
                 &PushOptions { docker_format },
                 progress,
             )
-            .with_context(|| format!("pushing {name}"))?)
+            .with_context(|| format!("pushing {name}"))
     }
 }

@@ -959,6 +959,8 @@ RUN --mount=type=secret,id=token \
     test "$(tr a-z A-Z < /run/secrets/token)" = S3CR3T-VALUE && echo ok > /secret-ok
 RUN --mount=type=secret,id=token,env=TOKEN \
     test "$(echo $TOKEN | tr a-z A-Z)" = S3CR3T-VALUE && echo ok > /secret-env-ok
+RUN --network=none ls /sys/class/net > /net-none
+RUN ls /sys/class/net > /net-host
 "#,
     )
     .unwrap();
@@ -994,6 +996,14 @@ RUN --mount=type=secret,id=token,env=TOKEN \
         fs::read_to_string(out.join("stage.txt")).unwrap(),
         "from a stage\n"
     );
+    // --network=none: loopback only; the default: the host's interfaces.
+    assert_eq!(fs::read_to_string(out.join("net-none")).unwrap(), "lo\n");
+    let host: Vec<String> = fs::read_dir("/sys/class/net")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let seen = fs::read_to_string(out.join("net-host")).unwrap();
+    assert_eq!(seen.lines().count(), host.len(), "{seen}");
     for f in ["tmpfs-ok", "secret-ok", "secret-env-ok"] {
         assert!(out.join(f).exists(), "{f} missing");
     }

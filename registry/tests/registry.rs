@@ -648,7 +648,13 @@ fn registry_killed_mid_push_then_retry() {
     assert!(!msg.contains('\n'), "{msg}");
 
     reg.restart();
-    let r = Client::new(opts)
+    // The retry gets a few attempts: a registry under load may answer 5xx while it comes up.
+    let retry_opts = ClientOptions {
+        retries: 4,
+        retry_delay: Duration::from_millis(200),
+        ..opts
+    };
+    let r = Client::new(retry_opts)
         .unwrap()
         .push(
             &e.store,
@@ -657,7 +663,7 @@ fn registry_killed_mid_push_then_retry() {
             &PushOptions::default(),
             &NoProgress,
         )
-        .unwrap();
+        .unwrap_or_else(|e| panic!("retry after restart: {e}\nregistry log:\n{}", reg.log()));
     assert_eq!(r.digest, img.manifest);
     let info = inspect(&format!("{}/kill/app:1", reg.host()), false, None);
     assert_eq!(info["Digest"], img.manifest.as_str());

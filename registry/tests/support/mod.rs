@@ -126,6 +126,11 @@ impl Registry {
         kiln_registry::Reference::parse(&format!("{}/{repo_tag}", self.host())).unwrap()
     }
 
+    /// What the registry logged since its last (re)start.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
     /// Kill the registry process (storage is kept).
     pub fn kill(&self) {
         if let Some(mut c) = self.child.lock().unwrap().take() {

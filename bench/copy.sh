@@ -27,7 +27,11 @@ if [ ! -f "$CTX/.done-$BIG_MB" ]; then
 fi
 echo "context: $(find "$CTX" -type f | wc -l) files, $(du -sh "$CTX" | cut -f1)"
 
-t() { local s e; sync; s=$(date +%s.%N); "$@" >>"$WORK/log" 2>&1; e=$(date +%s.%N); echo "$e - $s" | bc; }
+t() { # times a command; a failed build stops the benchmark
+  local s e; sync; s=$(date +%s.%N)
+  if ! "$@" >>"$WORK/log" 2>&1; then echo "FAILED: $*" >&2; tail -5 "$WORK/log" >&2; exit 1; fi
+  e=$(date +%s.%N); echo "$e - $s" | bc
+}
 
 declare -A R
 run_builder() { # name build-cmd-function reset-function

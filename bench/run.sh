@@ -39,7 +39,11 @@ if [ ! -f "$BASES/.done" ]; then
   touch "$BASES/.done"
 fi
 
-t() { local s e; sync; s=$(date +%s.%N); "$@" >>"$WORK/log" 2>&1; e=$(date +%s.%N); echo "$e - $s" | bc; }
+t() { # times a command; a failed build stops the benchmark
+  local s e; sync; s=$(date +%s.%N)
+  if ! "$@" >>"$WORK/log" 2>&1; then echo "FAILED: $*" >&2; tail -5 "$WORK/log" >&2; exit 1; fi
+  e=$(date +%s.%N); echo "$e - $s" | bc
+}
 
 # Contexts: the fixtures with their FROM lines pointed at a build arg.
 prep() { # fixture-dir dest
@@ -53,11 +57,11 @@ kiln_reset() { rm -rf "$WORK/kiln-store"; }
 buildah_reset() { "${BUILDAH[@]}" rmi --all --force >/dev/null 2>&1 || true; rm -rf "$WORK/buildah-root" "$WORK/buildah-runroot"; }
 kiln_build() { # base ctx tag
   KILN_ROOT=$WORK/kiln-store "$KILN" build --progress plain \
-    --build-arg "BASE=oci-layout://$BASES/$1-oci:$1" -t "$3" "$2"
+    --build-arg "BASE=oci-layout://$BASES/$1-oci:bench" -t "$3" "$2"
 }
 buildah_build() { # base ctx tag
   "${BUILDAH[@]}" bud --layers --isolation chroot --network host --format docker \
-    --build-arg "BASE=oci:$BASES/$1-oci:$1" -t "$3" "$2"
+    --build-arg "BASE=oci:$BASES/$1-oci:bench" -t "$3" "$2"
 }
 
 declare -A R

@@ -3,9 +3,7 @@
 
 use std::io::{self, BufReader, Read, Write};
 
-use flate2::GzBuilder;
 use flate2::read::MultiGzDecoder;
-use flate2::write::GzEncoder;
 
 use super::error::LayerError;
 
@@ -112,9 +110,151 @@ fn zstd_workers() -> u32 {
         .clamp(1, 8) as u32
 }
 
+/// Uncompressed bytes per block of the parallel gzip encoder. Fixed: the output
+/// depends on it, never on the number of threads.
+const PAR_BLOCK: usize = 1 << 20;
+/// Blocks compressed at once.
+const PAR_BATCH: usize = 8;
+/// deflate's window: each block is primed with this much of the input before it.
+const DEFLATE_WINDOW: usize = 32 << 10;
+
+/// A gzip encoder that compresses 1 MiB blocks on the rayon pool, as pigz does: each
+/// block is a raw deflate stream primed with the previous 32 KiB of input and ended
+/// with a sync flush, so the blocks concatenate into one ordinary gzip member. The
+/// bytes depend only on the input and the level.
+pub(super) struct ParGzEncoder<W: Write> {
+    out: W,
+    level: u32,
+    cur: Vec<u8>,
+    pending: Vec<Vec<u8>>,
+    /// The last [`DEFLATE_WINDOW`] bytes of input before `pending`.
+    dict: Vec<u8>,
+    crc: crc32fast::Hasher,
+    size: u64,
+}
+
+fn deflate_block(level: u32, dict: &[u8], input: &[u8], last: bool) -> io::Result<Vec<u8>> {
+    use flate2::{Compress, FlushCompress, Status};
+    let mut c = Compress::new(flate2::Compression::new(level.min(9)), false);
+    if !dict.is_empty() {
+        c.set_dictionary(dict).map_err(io::Error::other)?;
+    }
+    let flush = if last {
+        FlushCompress::Finish
+    } else {
+        FlushCompress::Sync
+    };
+    let mut out = Vec::with_capacity(input.len() / 2 + 1024);
+    loop {
+        if out.capacity() - out.len() < 16 << 10 {
+            out.reserve(input.len() / 4 + (64 << 10));
+        }
+        let consumed = c.total_in() as usize;
+        let status = c
+            .compress_vec(&input[consumed..], &mut out, flush)
+            .map_err(io::Error::other)?;
+        let all_in = c.total_in() as usize == input.len();
+        match status {
+            Status::StreamEnd => break,
+            _ if all_in && !last && out.len() < out.capacity() => break,
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+impl<W: Write> ParGzEncoder<W> {
+    fn new(out: W, level: u32) -> Self {
+        ParGzEncoder {
+            out,
+            level,
+            cur: Vec::with_capacity(PAR_BLOCK),
+            pending: Vec::new(),
+            dict: Vec::new(),
+            crc: crc32fast::Hasher::new(),
+            size: 0,
+        }
+    }
+
+    fn header(&mut self) -> io::Result<()> {
+        // ID1 ID2 CM=deflate FLG=0 MTIME=0 XFL=0 OS=255 (unknown), as Go writes it.
+        self.out.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255])
+    }
+
+    /// Compresses the pending blocks (and, when `last`, the final one) in parallel.
+    fn compress_pending(&mut self, last: bool) -> io::Result<()> {
+        use rayon::prelude::*;
+        if self.size == 0 && self.pending.is_empty() && !last {
+            return Ok(());
+        }
+        let mut blocks = std::mem::take(&mut self.pending);
+        if last {
+            blocks.push(std::mem::take(&mut self.cur));
+        }
+        let n = blocks.len();
+        let dicts: Vec<&[u8]> = (0..n)
+            .map(|i| {
+                let prev: &[u8] = if i == 0 { &self.dict } else { &blocks[i - 1] };
+                &prev[prev.len().saturating_sub(DEFLATE_WINDOW)..]
+            })
+            .collect();
+        let level = self.level;
+        let compressed: Vec<io::Result<Vec<u8>>> = blocks
+            .par_iter()
+            .enumerate()
+            .map(|(i, b)| deflate_block(level, dicts[i], b, last && i + 1 == n))
+            .collect();
+        for c in compressed {
+            self.out.write_all(&c?)?;
+        }
+        if let Some(b) = blocks.last() {
+            let mut d = std::mem::take(&mut self.dict);
+            d.extend_from_slice(&b[b.len().saturating_sub(DEFLATE_WINDOW)..]);
+            let keep = d.len().saturating_sub(DEFLATE_WINDOW);
+            self.dict = d.split_off(keep);
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<W> {
+        if self.size == 0 {
+            self.header()?;
+        }
+        self.compress_pending(true)?;
+        let crc = self.crc.clone().finalize();
+        self.out.write_all(&crc.to_le_bytes())?;
+        self.out.write_all(&(self.size as u32).to_le_bytes())?;
+        Ok(self.out)
+    }
+}
+
+impl<W: Write> Write for ParGzEncoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.size == 0 && !buf.is_empty() {
+            self.header()?;
+        }
+        let n = buf.len().min(PAR_BLOCK - self.cur.len());
+        self.cur.extend_from_slice(&buf[..n]);
+        self.crc.update(&buf[..n]);
+        self.size += n as u64;
+        if self.cur.len() == PAR_BLOCK {
+            let full = std::mem::replace(&mut self.cur, Vec::with_capacity(PAR_BLOCK));
+            self.pending.push(full);
+            if self.pending.len() == PAR_BATCH {
+                self.compress_pending(false)?;
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
 /// A streaming compressor for one of the [`Compression`] kinds.
 pub(super) enum Encoder<W: Write> {
-    Gzip(GzEncoder<W>),
+    Gzip(Box<ParGzEncoder<W>>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
     Plain(W),
 }
@@ -130,11 +270,7 @@ impl<W: Write> Encoder<W> {
         Ok(match compression {
             // No file name, no mtime, OS byte 255 ("unknown", as Go writes):
             // the header carries nothing machine- or time-dependent.
-            Compression::Gzip { level } => Encoder::Gzip(
-                GzBuilder::new()
-                    .operating_system(255)
-                    .write(out, flate2::Compression::new(level.min(9))),
-            ),
+            Compression::Gzip { level } => Encoder::Gzip(Box::new(ParGzEncoder::new(out, level))),
             Compression::Zstd { level } => {
                 let mut enc = zstd::stream::write::Encoder::new(out, level)?;
                 enc.include_checksum(true)?;
@@ -225,5 +361,66 @@ impl<R: Read> Read for Decoder<R> {
             Decoder::Zstd(d) => d.read(buf),
             Decoder::Plain(r) => r.read(buf),
         }
+    }
+}
+
+#[cfg(test)]
+mod par_gz_tests {
+    use super::*;
+
+    fn roundtrip(data: &[u8], level: u32) -> Vec<u8> {
+        let mut enc = ParGzEncoder::new(Vec::new(), level);
+        // Odd write sizes cross block boundaries.
+        for chunk in data.chunks(77_777) {
+            enc.write_all(chunk).unwrap();
+        }
+        let gz = enc.finish().unwrap();
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, data, "len {}", data.len());
+        gz
+    }
+
+    #[test]
+    fn parallel_gzip_is_valid_gzip_for_every_size() {
+        let mut data = Vec::new();
+        let mut x: u32 = 1;
+        for i in 0..(PAR_BLOCK * (PAR_BATCH + 3) + 12345) {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            // Half compressible text, half noise.
+            data.push(if (i / 4096) % 2 == 0 {
+                b"kiln "[i % 5]
+            } else {
+                (x >> 16) as u8
+            });
+        }
+        for len in [
+            0,
+            1,
+            100,
+            PAR_BLOCK - 1,
+            PAR_BLOCK,
+            PAR_BLOCK + 1,
+            3 * PAR_BLOCK + 7,
+            data.len(),
+        ] {
+            roundtrip(&data[..len], 6);
+        }
+        roundtrip(&data[..PAR_BLOCK * 2], 0);
+        roundtrip(&data[..PAR_BLOCK * 2], 9);
+        // Deterministic, and primed blocks compress as well as a single stream nearly.
+        let a = roundtrip(&data, 6);
+        assert_eq!(a, roundtrip(&data, 6));
+        let mut single = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        single.write_all(&data).unwrap();
+        let single = single.finish().unwrap();
+        assert!(
+            a.len() < single.len() + single.len() / 50,
+            "{} vs {}",
+            a.len(),
+            single.len()
+        );
     }
 }

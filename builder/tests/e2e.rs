@@ -60,6 +60,13 @@ impl Env {
             report,
         )
     }
+    /// A build context directory `name` holding `dockerfile`.
+    fn context(&self, name: &str, dockerfile: &str) -> PathBuf {
+        let ctx = self.path(name);
+        fs::create_dir_all(&ctx).unwrap();
+        fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+        ctx
+    }
     /// Builds the busybox base as `busybox:kiln-test`.
     fn busybox(&self) {
         self.busybox_at(None)
@@ -417,13 +424,7 @@ fn images_history_and_inspect() {
 #[test]
 fn failing_copy_names_stage_and_line() {
     let env = Env::new();
-    let ctx = env.path("bad");
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(
-        ctx.join("Dockerfile"),
-        "FROM scratch AS first\nCOPY missing.txt /x\n",
-    )
-    .unwrap();
+    let ctx = env.context("bad", "FROM scratch AS first\nCOPY missing.txt /x\n");
     env.kiln()
         .args(["build", "--progress", "plain"])
         .arg(&ctx)
@@ -458,16 +459,10 @@ fn oci_layout_base_and_copy_from_stage() {
         ],
         &env.app("app1"),
     );
-    let ctx = env.path("multi");
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(
-        ctx.join("Dockerfile"),
-        format!(
+    let ctx = env.context("multi", &format!(
             "FROM oci-layout://{}:1 AS base\nFROM scratch\nCOPY --from=base /opt/app/src/main.txt /main.txt\nCOPY --from=base /bin/busybox /bin/\n",
             layout.display()
-        ),
-    )
-    .unwrap();
+        ));
     let local = env.path("out");
     env.build(
         &["--output", &format!("type=local,dest={}", local.display())],
@@ -539,15 +534,12 @@ fn add_url_with_checksum() {
             .next()
             .unwrap()
     );
-    let ctx = env.path("ctx");
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(
-        ctx.join("Dockerfile"),
-        format!(
+    let ctx = env.context(
+        "ctx",
+        &format!(
             "FROM scratch\nADD --checksum={sum} {url} /opt/\nADD --chmod=755 {url} /bin/tool\n"
         ),
-    )
-    .unwrap();
+    );
     let local = env.path("out");
     let (_, r1) = env.build(
         &["--output", &format!("type=local,dest={}", local.display())],
@@ -905,13 +897,7 @@ fn layer_names(layout: &Path, tag: &str) -> Vec<Vec<String>> {
 fn run_failure_names_stage_line_exit_code_and_output(snapshotter: &str) {
     let env = Env::new();
     env.busybox();
-    let ctx = env.path("fail");
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(
-        ctx.join("Dockerfile"),
-        "FROM busybox:kiln-test AS builder\nRUN echo step one\nRUN echo about to fail && echo on stderr >&2 && exit 3\n",
-    )
-    .unwrap();
+    let ctx = env.context("fail", "FROM busybox:kiln-test AS builder\nRUN echo step one\nRUN echo about to fail && echo on stderr >&2 && exit 3\n");
     env.kiln()
         .args(["build", "--progress", "plain", "--snapshotter", snapshotter])
         .arg(&ctx)
@@ -1148,13 +1134,7 @@ fn independent_stages_run_at_the_same_time() {
 fn heredoc_run_and_shell() {
     let env = Env::new();
     env.busybox();
-    let ctx = env.path("heredoc");
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(
-        ctx.join("Dockerfile"),
-        "FROM busybox:kiln-test\nARG GREETING=hi\nRUN <<EOT\n  echo heredoc > /heredoc\n  echo \"$GREETING again\" >> /heredoc\nEOT\nRUN <<-'EOT' cat > /quoted\n\tliteral $GREETING\n\tEOT\nSHELL [\"/bin/sh\", \"-e\", \"-c\"]\nRUN echo \"$0 $-\" > /shell\nRUN <<A cat > /a && <<B cat > /b\nfirst\nA\nsecond\nB\n",
-    )
-    .unwrap();
+    let ctx = env.context("heredoc", "FROM busybox:kiln-test\nARG GREETING=hi\nRUN <<EOT\n  echo heredoc > /heredoc\n  echo \"$GREETING again\" >> /heredoc\nEOT\nRUN <<-'EOT' cat > /quoted\n\tliteral $GREETING\n\tEOT\nSHELL [\"/bin/sh\", \"-e\", \"-c\"]\nRUN echo \"$0 $-\" > /shell\nRUN <<A cat > /a && <<B cat > /b\nfirst\nA\nsecond\nB\n");
     let out = env.path("out");
     env.build(&["-o", &format!("type=local,dest={}", out.display())], &ctx);
     let read = |f: &str| fs::read_to_string(out.join(f)).unwrap();
@@ -1191,18 +1171,15 @@ fn debian_base_and_apt_get_install() {
             .arg(base.join("rootfs.tar")),
     );
     env.build(&["-t", "debian:kiln-test"], &base);
-    let ctx = env.path("app");
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(
-        ctx.join("Dockerfile"),
+    let ctx = env.context(
+        "app",
         r#"FROM debian:kiln-test
 RUN apt-get update && apt-get install -y --no-install-recommends jq && rm -rf /var/lib/apt/lists/*
 RUN echo '{"kiln": "works"}' | jq -r .kiln > /jq.txt && useradd -m builder
 USER builder
 RUN whoami > /home/builder/me && dpkg -s jq | grep -q 'Status: install ok installed'
 "#,
-    )
-    .unwrap();
+    );
     let out = env.path("out");
     env.build(
         &[
@@ -1361,13 +1338,7 @@ fn push_pull_and_build_from_a_registry() {
 
     // A fresh store builds FROM the registry image: pulled once, then from the store.
     let env2 = Env::new();
-    let ctx = env2.path("app");
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(
-        ctx.join("Dockerfile"),
-        format!("FROM {base}\nRUN echo pulled > /pulled\n"),
-    )
-    .unwrap();
+    let ctx = env2.context("app", &format!("FROM {base}\nRUN echo pulled > /pulled\n"));
     let app = format!("{}:1", reg.name("apps/app"));
     let first = env2
         .kiln()

@@ -157,12 +157,7 @@ impl Client {
     /// GET a manifest by tag or digest, size-limited and verified: against
     /// `by` when it is a digest, else against `Docker-Content-Digest`.
     pub(crate) fn fetch_manifest(&self, reference: &Reference, by: &str) -> Result<Fetched> {
-        let ctx = Ctx {
-            action: "pull",
-            reference: reference.to_string(),
-            registry: &reference.registry,
-            scopes: vec![pull_scope(&reference.repository)],
-        };
+        let ctx = pull_ctx(reference);
         let url = format!(
             "{}/v2/{}/manifests/{by}",
             self.base_url(&reference.registry),
@@ -227,12 +222,7 @@ impl Client {
             return Ok(0);
         }
         progress.blob_started(digest, blob.size, "download");
-        let ctx = Ctx {
-            action: "pull",
-            reference: reference.to_string(),
-            registry: &reference.registry,
-            scopes: vec![pull_scope(&reference.repository)],
-        };
+        let ctx = pull_ctx(reference);
         let url = format!(
             "{}/v2/{}/blobs/{digest}",
             self.base_url(&reference.registry),
@@ -385,6 +375,16 @@ pub(crate) fn media_type_of(
         return Err("neither an image manifest nor an index".into());
     }
     Ok(mt)
+}
+
+/// The request context of a pull from `reference`'s repository.
+fn pull_ctx(reference: &Reference) -> Ctx<'_> {
+    Ctx {
+        action: "pull",
+        reference: reference.to_string(),
+        registry: &reference.registry,
+        scopes: vec![pull_scope(&reference.repository)],
+    }
 }
 
 #[cfg(test)]

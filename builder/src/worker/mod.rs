@@ -211,6 +211,12 @@ impl<'a> BuildWorker<'a> {
             .collect::<Result<_>>()?;
         let upper_dir = self.snapshots.temp_dir("layer")?;
         let mut upper = Upper::new(upper_dir.path(), &base_view);
+        let owner_of = |chown: &Option<kiln_frontend::graph::Chown>| {
+            chown
+                .as_ref()
+                .map(|c| resolve_chown(c, &base_view))
+                .transpose()
+        };
         for action in &f.actions {
             match action {
                 FileAction::Copy {
@@ -226,10 +232,7 @@ impl<'a> BuildWorker<'a> {
                     let source = sources
                         .get(*input - usize::from(f.has_base))
                         .ok_or_else(|| anyhow!("file op refers to a missing input"))?;
-                    let owner = chown
-                        .as_ref()
-                        .map(|c| resolve_chown(c, &base_view))
-                        .transpose()?;
+                    let owner = owner_of(chown)?;
                     let opts = CopyOptions {
                         owner,
                         chmod: chmod.clone(),
@@ -239,10 +242,7 @@ impl<'a> BuildWorker<'a> {
                     upper.copy(source.as_ref(), src, dest, &opts, *unpack)?;
                 }
                 FileAction::Mkdir { path, chown, .. } => {
-                    let owner = chown
-                        .as_ref()
-                        .map(|c| resolve_chown(c, &base_view))
-                        .transpose()?;
+                    let owner = owner_of(chown)?;
                     upper.mkdir(path, owner)?;
                 }
                 FileAction::Mkfile {
@@ -251,10 +251,7 @@ impl<'a> BuildWorker<'a> {
                     data,
                     chown,
                 } => {
-                    let owner = chown
-                        .as_ref()
-                        .map(|c| resolve_chown(c, &base_view))
-                        .transpose()?;
+                    let owner = owner_of(chown)?;
                     upper.mkfile(path, data.as_bytes(), *mode, owner)?;
                 }
                 FileAction::Download {
@@ -264,10 +261,7 @@ impl<'a> BuildWorker<'a> {
                     chown,
                     chmod,
                 } => {
-                    let owner = chown
-                        .as_ref()
-                        .map(|c| resolve_chown(c, &base_view))
-                        .transpose()?;
+                    let owner = owner_of(chown)?;
                     let got = self.downloads.fetch(url, checksum.as_deref())?;
                     // Docker gives downloaded files mode 0600 unless --chmod says otherwise.
                     let mode = match chmod {

@@ -131,21 +131,18 @@ fi
 # --- push (each into an empty registry) -------------------------------------
 # kiln pushes the image it pulled above (its store is the source, like a
 # built image); skopeo from the OCI layout; buildah from its own storage.
-echo "push:"
+# Each tool's re-push follows its own push: the registry then holds exactly what that
+# tool pushed (buildah recompresses, so its blobs differ from the others').
+echo "push, then re-push of the unchanged image:"
 start_registry
 timed push_kiln "$KILN" --root "$WORK/kiln-pull" push "$SRC"
+timed repush_kiln "$KILN" --root "$WORK/kiln-pull" push "$SRC"
 start_registry
 timed push_skopeo "${SKOPEO[@]}" copy --dest-tls-verify=false "oci:$LAYOUT:bench" "docker://$SRC"
+timed repush_skopeo "${SKOPEO[@]}" copy --dest-tls-verify=false "oci:$LAYOUT:bench" "docker://$SRC"
 if [ -z "${SKIP_BUILDAH:-}" ]; then
   start_registry
   timed push_buildah "${BUILDAH[@]}" push --tls-verify=false "$SRC" "docker://$SRC"
-fi
-
-# --- re-push of an unchanged image (registry has everything) ---------------
-echo "re-push:"
-timed repush_kiln "$KILN" --root "$WORK/kiln-pull" push "$SRC"
-timed repush_skopeo "${SKOPEO[@]}" copy --dest-tls-verify=false "oci:$LAYOUT:bench" "docker://$SRC"
-if [ -z "${SKIP_BUILDAH:-}" ]; then
   timed repush_buildah "${BUILDAH[@]}" push --tls-verify=false "$SRC" "docker://$SRC"
 fi
 

@@ -212,6 +212,19 @@ fn rebuilds_hit_the_cache_until_content_changes() {
         .map(|(i, _)| i)
         .collect();
     assert_eq!(rebuilt, ["COPY src/ ./src/"]);
+    // An xattr is content too: setting one rebuilds that COPY, even with the file's
+    // stat memo in place (the xattr moves its ctime).
+    let (_, r4b) = env.build(&["-t", "a:1"], &ctx);
+    assert!(steps(&r4b).iter().all(|(_, c)| *c));
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    xattr::set(&f, "user.kiln-test", b"1").unwrap();
+    let (_, r4c) = env.build(&["-t", "a:1"], &ctx);
+    let rebuilt: Vec<String> = steps(&r4c)
+        .into_iter()
+        .filter(|(_, c)| !c)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(rebuilt, ["COPY src/ ./src/"], "{r4c}");
     // --no-cache rebuilds everything, COPY included.
     let (_, r5) = env.build(&["--no-cache", "-t", "a:1"], &ctx);
     assert!(steps(&r5).iter().all(|(_, c)| !c));

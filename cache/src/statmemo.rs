@@ -13,8 +13,6 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-
 use crate::digest::sha256_of;
 use crate::error::{CacheError, IoContext, Result};
 use crate::store::{STATMEMO_DIR, Store};
@@ -22,7 +20,7 @@ use crate::store::{STATMEMO_DIR, Store};
 /// A file content hash (BLAKE3, 32 bytes).
 pub type ContentHash = blake3::Hash;
 
-const MEMO_VERSION: u32 = 1;
+const MEMO_VERSION: u32 = 2;
 const SHARDS: usize = 16;
 /// Files whose ctime is this close to the memo's load time are not memoized
 /// (see [`StatMemo::insert`]). Covers the kernel's coarse timestamp clock.
@@ -64,25 +62,84 @@ fn ns(sec: i64, nsec: i64) -> i64 {
     sec.saturating_mul(1_000_000_000).saturating_add(nsec)
 }
 
-#[derive(Serialize, Deserialize)]
-struct EntryJson {
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
-    ino: u64,
-    mode: u32,
-    hash: String,
+/// Magic and version of the binary memo file.
+const MAGIC: &[u8; 8] = b"kilnmemo";
+
+/// The memo file: `MAGIC`, `MEMO_VERSION` (u32 LE), the context path (u32 LE length +
+/// bytes), the entry count (u64 LE), then per entry: path length (u32 LE), path bytes,
+/// size, mtime ns, ctime ns, inode (8 bytes LE each), mode (u32 LE), hash (32 bytes).
+/// A binary file parses in a few milliseconds where JSON took tens for a large context,
+/// and a no-op build reads it every time.
+fn encode(context: &Path, entries: &BTreeMap<String, Entry>) -> Vec<u8> {
+    let ctx = context.as_os_str().as_bytes();
+    let mut out = Vec::with_capacity(32 + ctx.len() + entries.len() * 96);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&MEMO_VERSION.to_le_bytes());
+    out.extend_from_slice(&(ctx.len() as u32).to_le_bytes());
+    out.extend_from_slice(ctx);
+    out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    for (rel, e) in entries {
+        out.extend_from_slice(&(rel.len() as u32).to_le_bytes());
+        out.extend_from_slice(rel.as_bytes());
+        out.extend_from_slice(&e.size.to_le_bytes());
+        out.extend_from_slice(&e.mtime_ns.to_le_bytes());
+        out.extend_from_slice(&e.ctime_ns.to_le_bytes());
+        out.extend_from_slice(&e.ino.to_le_bytes());
+        out.extend_from_slice(&e.mode.to_le_bytes());
+        out.extend_from_slice(&e.hash);
+    }
+    out
 }
 
-#[derive(Serialize, Deserialize)]
-struct MemoFile {
-    version: u32,
-    context: PathBuf,
-    entries: BTreeMap<String, EntryJson>,
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+}
+
+/// Decodes a memo file written for `context`; `None` when it is not one.
+fn decode(bytes: &[u8], context: &Path) -> Option<Vec<(String, Entry)>> {
+    let mut r = Reader(bytes);
+    if r.take(MAGIC.len())? != MAGIC || r.u32()? != MEMO_VERSION {
+        return None;
+    }
+    let n = r.u32()? as usize;
+    if r.take(n)? != context.as_os_str().as_bytes() {
+        return None;
+    }
+    let count = r.u64()?;
+    let mut out = Vec::with_capacity(count.min(1 << 24) as usize);
+    for _ in 0..count {
+        let n = r.u32()? as usize;
+        let rel = std::str::from_utf8(r.take(n)?).ok()?.to_owned();
+        let entry = Entry {
+            size: r.u64()?,
+            mtime_ns: r.u64()? as i64,
+            ctime_ns: r.u64()? as i64,
+            ino: r.u64()?,
+            mode: r.u32()?,
+            hash: r.take(32)?.try_into().ok()?,
+        };
+        out.push((rel, entry));
+    }
+    r.0.is_empty().then_some(out)
 }
 
 /// Per-build-context memo of `relative path → (stat data, content hash)`,
-/// stored at `statmemo/<sha256 hex of the canonical context path>.json`.
+/// stored at `statmemo/<sha256 hex of the canonical context path>.memo`.
 ///
 /// Meant to live for one build: [`StatMemo::load`] at the start, share it
 /// (it is `Sync`; lookups from many rayon threads take only a read lock on
@@ -106,7 +163,7 @@ impl StatMemo {
         let context_dir = context_dir.as_ref();
         let context = fs::canonicalize(context_dir).ctx("resolve build context", context_dir)?;
         let key = sha256_of(context.as_os_str().as_bytes());
-        let path = store.dir(STATMEMO_DIR).join(format!("{}.json", key.hex()));
+        let path = store.dir(STATMEMO_DIR).join(format!("{}.memo", key.hex()));
         let loaded_at_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
@@ -125,27 +182,13 @@ impl StatMemo {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(memo),
             Err(e) => return Err(CacheError::io("read stat memo", &memo.path, e)),
         };
-        let Ok(file) = serde_json::from_slice::<MemoFile>(&bytes) else {
-            return Ok(memo);
-        };
-        if file.version != MEMO_VERSION || file.context != memo.context {
-            return Ok(memo);
-        }
-        for (rel, e) in file.entries {
-            let Ok(hash) = blake3::Hash::from_hex(&e.hash) else {
-                continue;
-            };
-            let entry = Entry {
-                size: e.size,
-                mtime_ns: e.mtime_ns,
-                ctime_ns: e.ctime_ns,
-                ino: e.ino,
-                mode: e.mode,
-                hash: *hash.as_bytes(),
-            };
-            let idx = memo.shard_index(&rel);
-            let shard = memo.shards[idx].get_mut();
-            shard.unwrap_or_else(|e| e.into_inner()).insert(rel, entry);
+        // A corrupt, truncated or foreign memo loads as empty: files are hashed again.
+        if let Some(entries) = decode(&bytes, &memo.context) {
+            for (rel, entry) in entries {
+                let idx = memo.shard_index(&rel);
+                let shard = memo.shards[idx].get_mut();
+                shard.unwrap_or_else(|e| e.into_inner()).insert(rel, entry);
+            }
         }
         Ok(memo)
     }
@@ -222,27 +265,13 @@ impl StatMemo {
         for shard in &self.shards {
             let shard = shard.read().unwrap_or_else(|e| e.into_inner());
             for (rel, e) in shard.iter() {
-                let json = EntryJson {
-                    size: e.size,
-                    mtime_ns: e.mtime_ns,
-                    ctime_ns: e.ctime_ns,
-                    ino: e.ino,
-                    mode: e.mode,
-                    hash: ContentHash::from_bytes(e.hash).to_hex().to_string(),
-                };
-                entries.insert(rel.clone(), json);
+                entries.insert(rel.clone(), *e);
             }
         }
-        let file = MemoFile {
-            version: MEMO_VERSION,
-            context: self.context.clone(),
-            entries,
-        };
-        let bytes = serde_json::to_vec(&file).map_err(|source| CacheError::Serialize {
-            what: format!("stat memo for {}", self.context.display()),
-            source,
-        })?;
+        let bytes = encode(&self.context, &entries);
         self.store.write_atomic(&self.path, &bytes)?;
+        // The JSON memo of earlier versions is superseded.
+        let _ = fs::remove_file(self.path.with_extension("json"));
         self.dirty.store(false, Ordering::Relaxed);
         Ok(true)
     }
@@ -316,10 +345,12 @@ pub(crate) mod tests {
             assert!(m.is_empty());
         }
         // A memo recorded for another context is ignored too.
-        let other = String::from_utf8(good)
-            .unwrap()
-            .replace(&*memo.context.to_string_lossy(), "/elsewhere");
-        fs::write(&memo.path, other).unwrap();
+        let mut entries = BTreeMap::new();
+        for (rel, e) in decode(&good, &memo.context).unwrap() {
+            entries.insert(rel, e);
+        }
+        assert_eq!(entries.len(), 1);
+        fs::write(&memo.path, encode(Path::new("/elsewhere"), &entries)).unwrap();
         assert!(StatMemo::load(&store, ctx).unwrap().is_empty());
         // A context that doesn't exist is an error naming it.
         let err = StatMemo::load(&store, ctx.join("nope")).unwrap_err();

@@ -142,27 +142,34 @@ impl<'a> BuildWorker<'a> {
                 } else {
                     FileKind::Fifo
                 };
-                let content = if ft.is_file() {
-                    Some(match self.memo.get(rel, &e.meta) {
+                let read_xattrs = || -> Vec<(Vec<u8>, Vec<u8>)> {
+                    let mut x: Vec<(Vec<u8>, Vec<u8>)> = xattr::list(&e.path)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|n| {
+                            let v = xattr::get(&e.path, &n).ok()??;
+                            Some((n.as_encoded_bytes().to_vec(), v))
+                        })
+                        .collect();
+                    x.sort();
+                    x
+                };
+                // A file's memoized hash covers its bytes and its xattrs (an xattr change
+                // moves the ctime, so the memo never returns a stale one): an unchanged
+                // file costs one stat, nothing else.
+                let (content, xattrs) = if ft.is_file() {
+                    let h = match self.memo.get(rel, &e.meta) {
                         Some(h) => h,
                         None => {
-                            let h = hash_file(&e.path)?;
+                            let h = fold_xattrs(hash_file(&e.path)?, &read_xattrs());
                             self.memo.insert(rel, &e.meta, h);
                             h
                         }
-                    })
+                    };
+                    (Some(h), Vec::new())
                 } else {
-                    None
+                    (None, read_xattrs())
                 };
-                let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = xattr::list(&e.path)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|n| {
-                        let v = xattr::get(&e.path, &n).ok()??;
-                        Some((n.as_encoded_bytes().to_vec(), v))
-                    })
-                    .collect();
-                xattrs.sort();
                 Ok(TreeEntry {
                     path: rel.into(),
                     kind,
@@ -487,6 +494,23 @@ impl Worker for BuildWorker<'_> {
             )
             .context("writing the cache record")
     }
+}
+
+/// A file's content hash with its xattrs folded in (the plain hash when it has none).
+fn fold_xattrs(content: blake3::Hash, xattrs: &[(Vec<u8>, Vec<u8>)]) -> blake3::Hash {
+    if xattrs.is_empty() {
+        return content;
+    }
+    let mut h = blake3::Hasher::new();
+    h.update(b"kiln-xattrs\0");
+    h.update(content.as_bytes());
+    for (n, v) in xattrs {
+        h.update(&(n.len() as u64).to_le_bytes());
+        h.update(n);
+        h.update(&(v.len() as u64).to_le_bytes());
+        h.update(v);
+    }
+    h.finalize()
 }
 
 /// Results by vertex, as the solver returns them.

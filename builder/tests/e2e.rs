@@ -1144,6 +1144,43 @@ fn independent_stages_run_at_the_same_time() {
 }
 
 #[test]
+fn cache_mount_sharing_modes() {
+    // Four stages run at once (see independent_stages_run_at_the_same_time).
+    // `locked`: two writers never hold the cache at the same time, so neither finds the
+    // other's `busy` directory. `private`: a writer that finds the cache taken gets a
+    // fresh one, so neither sees the other's file.
+    let env = Env::new();
+    env.busybox();
+    let locked = |me: &str| {
+        format!(
+            "FROM busybox:kiln-test AS {me}\nRUN --mount=type=cache,target=/c,id=lk,sharing=locked mkdir /c/busy && sleep 1 && rmdir /c/busy && echo ok > /{me}\n"
+        )
+    };
+    let private = |me: &str| {
+        format!(
+            "FROM busybox:kiln-test AS {me}\nRUN --mount=type=cache,target=/c,id=pv,sharing=private touch /c/{me} && sleep 1 && ls /c > /{me}\n"
+        )
+    };
+    let ctx = env.context(
+        "sharing",
+        &format!(
+            "{}{}{}{}FROM busybox:kiln-test\nCOPY --from=l1 /l1 /l1\nCOPY --from=l2 /l2 /l2\nCOPY --from=p1 /p1 /p1\nCOPY --from=p2 /p2 /p2\n",
+            locked("l1"),
+            locked("l2"),
+            private("p1"),
+            private("p2")
+        ),
+    );
+    let out = env.path("out");
+    env.build(&["-o", &format!("type=local,dest={}", out.display())], &ctx);
+    assert!(out.join("l1").exists() && out.join("l2").exists());
+    let p1 = fs::read_to_string(out.join("p1")).unwrap();
+    let p2 = fs::read_to_string(out.join("p2")).unwrap();
+    assert!(p1.contains("p1") && !p1.contains("p2"), "{p1}");
+    assert!(p2.contains("p2") && !p2.contains("p1"), "{p2}");
+}
+
+#[test]
 fn heredoc_run_and_shell() {
     let env = Env::new();
     env.busybox();

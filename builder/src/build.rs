@@ -252,8 +252,15 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         runtime: Box::new(crate::sandbox::LinuxRuntime::new()?),
         secrets: req.secrets.iter().cloned().collect(),
     };
-    let worker =
-        BuildWorker::new(&store, context, &images, layer_opts, exec)?.with_reporter(&progress);
+    let leaves: Vec<VertexId> = plan
+        .graph
+        .topo_order()
+        .into_iter()
+        .filter(|id| plan.graph.dependents(*id).is_empty())
+        .collect();
+    let worker = BuildWorker::new(&store, context, &images, layer_opts, exec)?
+        .with_reporter(&progress)
+        .with_lazy_snapshots(leaves);
     let cancel: &AtomicBool = crate::interrupt::flag();
     let results = solver::solve(
         &plan.graph,

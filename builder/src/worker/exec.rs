@@ -183,7 +183,7 @@ impl BuildWorker<'_> {
                 added: false,
             });
         }
-        layers.push(self.commit_layer(upper_dir)?);
+        layers.push(self.commit_layer(id, upper_dir)?);
         Ok(Output::Fs {
             layers,
             added: true,

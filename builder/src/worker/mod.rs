@@ -64,6 +64,12 @@ pub struct BuildWorker<'a> {
     /// How RUN steps run.
     pub(crate) exec: ExecSettings,
     reporter: Option<&'a dyn Reporter>,
+    /// Vertices no other vertex reads: their layers' snapshots are not kept (the blob
+    /// is), which spares writing the tree to disk a second time; a later build that
+    /// needs one unpacks it from the blob.
+    lazy: std::collections::HashSet<VertexId>,
+    /// Diff directories being deleted in the background.
+    trash: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 /// What RUN steps need beyond the store.
@@ -96,7 +102,15 @@ impl<'a> BuildWorker<'a> {
             downloads: Downloads::new(store.root().join("tmp"))?,
             exec,
             reporter: None,
+            lazy: Default::default(),
+            trash: Default::default(),
         })
+    }
+
+    /// Vertices whose results no later vertex of this build reads.
+    pub fn with_lazy_snapshots(mut self, vertices: impl IntoIterator<Item = VertexId>) -> Self {
+        self.lazy = vertices.into_iter().collect();
+        self
     }
 
     /// Sends RUN output to `reporter`.
@@ -107,6 +121,9 @@ impl<'a> BuildWorker<'a> {
 
     /// Saves the stat memo (call once the build is done).
     pub fn finish(&self) -> Result<()> {
+        for t in self.trash.lock().expect("trash lock").drain(..) {
+            let _ = t.join();
+        }
         self.memo.save()?;
         Ok(())
     }
@@ -193,7 +210,7 @@ impl<'a> BuildWorker<'a> {
     /// Runs a file op into a new layer.
     fn file_op(
         &self,
-        vertex: &Vertex,
+        id: VertexId,
         f: &kiln_frontend::graph::FileOp,
         inputs: &[Output],
     ) -> Result<Output> {
@@ -287,7 +304,6 @@ impl<'a> BuildWorker<'a> {
             }
         }
         upper.finish()?;
-        let _ = vertex;
         let mut layers = base_out.map(|o| o.layers().to_vec()).unwrap_or_default();
         if f.has_base && is_empty_dir(upper_dir.path()) {
             return Ok(Output::Fs {
@@ -295,7 +311,7 @@ impl<'a> BuildWorker<'a> {
                 added: false,
             });
         }
-        let layer = self.commit_layer(upper_dir)?;
+        let layer = self.commit_layer(id, upper_dir)?;
         layers.push(layer);
         Ok(Output::Fs {
             layers,
@@ -304,7 +320,7 @@ impl<'a> BuildWorker<'a> {
     }
 
     /// Writes a diff directory as a layer blob and keeps the directory as its snapshot.
-    fn commit_layer(&self, dir: tempfile::TempDir) -> Result<LayerRef> {
+    fn commit_layer(&self, id: VertexId, dir: tempfile::TempDir) -> Result<LayerRef> {
         let mut writer = self.store.blob_writer()?;
         let info = {
             let mut buf = BufWriter::with_capacity(1 << 20, &mut writer);
@@ -314,7 +330,13 @@ impl<'a> BuildWorker<'a> {
         };
         let expected = kiln_cache::Digest::parse(&info.digest)?;
         writer.commit(Some(&expected))?;
-        self.snapshots.commit(dir, &info.diff_id)?;
+        if self.lazy.contains(&id) {
+            // Deleted before the kernel writes it back, the tree costs no disk writes.
+            let handle = std::thread::spawn(move || drop(dir));
+            self.trash.lock().expect("trash lock").push(handle);
+        } else {
+            self.snapshots.commit(dir, &info.diff_id)?;
+        }
         Ok(LayerRef {
             digest: info.digest,
             diff_id: info.diff_id,
@@ -466,7 +488,7 @@ impl Worker for BuildWorker<'_> {
                 })
             }
             Op::Context { .. } => Ok(Output::Context),
-            Op::File(f) => self.file_op(vertex, f, inputs),
+            Op::File(f) => self.file_op(id, f, inputs),
             Op::Merge => {
                 let mut layers = Vec::new();
                 for i in inputs {

@@ -1298,6 +1298,18 @@ struct LocalRegistry {
 
 impl LocalRegistry {
     fn start() -> LocalRegistry {
+        Self::start_with(None)
+    }
+    /// With `htpasswd` user and password: basic auth.
+    fn with_basic_auth(user: &str, pass: &str) -> LocalRegistry {
+        let out = Proc::new("htpasswd")
+            .args(["-Bbn", user, pass])
+            .output()
+            .expect("htpasswd (apt-get install apache2-utils)");
+        assert!(out.status.success());
+        Self::start_with(Some(out.stdout))
+    }
+    fn start_with(htpasswd: Option<Vec<u8>>) -> LocalRegistry {
         let bin = "/usr/bin/docker-registry";
         assert!(
             Path::new(bin).exists(),
@@ -1309,11 +1321,22 @@ impl LocalRegistry {
             .local_addr()
             .unwrap()
             .port();
+        let auth_yaml = match htpasswd {
+            Some(lines) => {
+                let file = dir.path().join("htpasswd");
+                fs::write(&file, lines).unwrap();
+                format!(
+                    "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
+                    file.display()
+                )
+            }
+            None => String::new(),
+        };
         let config = dir.path().join("config.yml");
         fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{auth_yaml}",
                 dir.path().join("storage").display()
             ),
         )
@@ -1460,4 +1483,55 @@ fn push_pull_and_build_from_a_registry() {
         .failure()
         .stderr(predicates::str::contains("missing/image:nope"))
         .stderr(predicates::str::contains("404"));
+}
+
+#[test]
+fn login_push_and_logout_with_basic_auth() {
+    let reg = LocalRegistry::with_basic_auth("kiln", "s3cret");
+    let env = Env::new();
+    env.busybox();
+    let host = format!("127.0.0.1:{}", reg.port);
+    let docker_config = env.path("docker");
+    let name = format!("{}:1", reg.name("private/busybox"));
+    let kiln = || {
+        let mut c = env.kiln();
+        c.env("DOCKER_CONFIG", &docker_config);
+        c
+    };
+    kiln()
+        .args(["tag", "busybox:kiln-test", &name])
+        .assert()
+        .success();
+    // Anonymous push: one clear line with the status.
+    kiln()
+        .args(["push", &name])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("401"))
+        .stderr(predicates::str::contains("private/busybox"));
+    // A wrong password is refused and nothing is saved.
+    kiln()
+        .args(["login", "-u", "kiln", "--password-stdin", &host])
+        .write_stdin("wrong\n")
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("401"));
+    assert!(!docker_config.join("config.json").exists());
+    kiln()
+        .args(["login", "-u", "kiln", "--password-stdin", &host])
+        .write_stdin("s3cret\n")
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("Login Succeeded"));
+    let config = fs::read_to_string(docker_config.join("config.json")).unwrap();
+    assert!(config.contains(&host), "{config}");
+    let out = kiln().args(["push", &name]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    kiln().args(["logout", &host]).assert().success();
+    let config = fs::read_to_string(docker_config.join("config.json")).unwrap();
+    assert!(!config.contains(&host), "{config}");
 }

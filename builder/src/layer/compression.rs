@@ -133,9 +133,38 @@ pub(super) struct ParGzEncoder<W: Write> {
     size: u64,
 }
 
+/// Bytes of each probe [`incompressible`] takes.
+const PROBE: usize = 16 << 10;
+
+/// Whether a block looks like random or already-compressed data: four samples spread
+/// over it all shrink by less than 2% at level 1. Such blocks are stored rather than
+/// searched for matches, which at any level costs as much as compressing text and gains
+/// nothing. Decided from the block's bytes alone, so the output stays deterministic.
+fn incompressible(input: &[u8]) -> bool {
+    use flate2::{Compress, FlushCompress};
+    if input.len() < 4 * PROBE {
+        return false;
+    }
+    (0..4).all(|i| {
+        let start = i * (input.len() - PROBE) / 3;
+        let sample = &input[start..start + PROBE];
+        let mut c = Compress::new(flate2::Compression::new(1), false);
+        let mut out = Vec::with_capacity(PROBE + 1024);
+        match c.compress_vec(sample, &mut out, FlushCompress::Finish) {
+            Ok(_) => c.total_in() as usize == PROBE && out.len() * 100 >= PROBE * 98,
+            Err(_) => false,
+        }
+    })
+}
+
 fn deflate_block(level: u32, dict: &[u8], input: &[u8], last: bool) -> io::Result<Vec<u8>> {
     use flate2::{Compress, FlushCompress, Status};
-    let mut c = Compress::new(flate2::Compression::new(level.min(9)), false);
+    let level = if level > 0 && incompressible(input) {
+        0
+    } else {
+        level.min(9)
+    };
+    let mut c = Compress::new(flate2::Compression::new(level), false);
     if !dict.is_empty() {
         c.set_dictionary(dict).map_err(io::Error::other)?;
     }
@@ -422,5 +451,33 @@ mod par_gz_tests {
             a.len(),
             single.len()
         );
+    }
+
+    #[test]
+    fn incompressible_blocks_are_stored() {
+        let mut noise = Vec::with_capacity(2 * PAR_BLOCK);
+        let mut x: u64 = 7;
+        while noise.len() < 2 * PAR_BLOCK {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            noise.extend_from_slice(&x.to_le_bytes());
+        }
+        assert!(incompressible(&noise[..PAR_BLOCK]));
+        let text: Vec<u8> = b"kiln builds images "
+            .iter()
+            .copied()
+            .cycle()
+            .take(PAR_BLOCK)
+            .collect();
+        assert!(!incompressible(&text));
+        // Half noise, half text: compressed.
+        let mut mixed = noise[..PAR_BLOCK / 2].to_vec();
+        mixed.extend_from_slice(&text[..PAR_BLOCK / 2]);
+        assert!(!incompressible(&mixed));
+        let gz = roundtrip(&noise, 6);
+        // Stored blocks cost 5 bytes per 64 KiB.
+        assert!(gz.len() < noise.len() + noise.len() / 1000, "{}", gz.len());
+        roundtrip(&[noise.clone(), text.clone(), noise].concat(), 6);
     }
 }

@@ -242,6 +242,10 @@ impl Client {
             match head.status() {
                 StatusCode::OK => return Ok("exists"),
                 StatusCode::NOT_FOUND => {}
+                // The existence check is only a shortcut. A registry that cannot answer
+                // it (a 5xx: e.g. a blob link left half-written when it crashed) is sent
+                // the blob again, which also repairs its record of it.
+                s if s.is_server_error() => {}
                 _ => return Err(self.error_from(&ctx, head)),
             }
             // Cross-repository mount from a repository known to hold it.

@@ -668,3 +668,30 @@ fn registry_killed_mid_push_then_retry() {
     let info = inspect(&format!("{}/kill/app:1", reg.host()), false, None);
     assert_eq!(info["Digest"], img.manifest.as_str());
 }
+
+#[test]
+fn push_repairs_a_blob_the_registry_cannot_stat() {
+    // A registry killed while writing a blob's link answers HEAD with a 500 for it
+    // from then on. The push uploads that blob again, which rewrites the link.
+    let reg = Registry::start(&Auth::None);
+    let e = env();
+    let img = image(&e.store, &small_layers(12, 2), "amd64", "repair");
+    let target = reg.reference("repair/app:1");
+    let push = || {
+        client(&e.docker_config).push(
+            &e.store,
+            &img.manifest,
+            &target,
+            &PushOptions::default(),
+            &NoProgress,
+        )
+    };
+    push().unwrap();
+    let link = reg.blob_link("repair/app", &img.layers[0].0);
+    assert!(link.exists(), "{}", link.display());
+    std::fs::write(&link, b"").unwrap();
+    let r = push().unwrap_or_else(|e| panic!("{e}\n{}", reg.log()));
+    assert_eq!(r.blobs_uploaded, 1, "{r:?}");
+    let info = inspect(&format!("{}/repair/app:1", reg.host()), false, None);
+    assert_eq!(info["Digest"], img.manifest.as_str());
+}

@@ -172,6 +172,17 @@ impl Registry {
         }
     }
 
+    /// Path of the link file recording that `repo` holds `digest`.
+    pub fn blob_link(&self, repo: &str, digest: &Digest) -> PathBuf {
+        self.dir
+            .path()
+            .join("storage/docker/registry/v2/repositories")
+            .join(repo)
+            .join("_layers/sha256")
+            .join(digest.hex())
+            .join("link")
+    }
+
     /// Path of a blob's data in the registry's storage.
     pub fn blob_data(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();

@@ -230,14 +230,13 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         ..LayerOptions::default()
     };
     let context = ContextFs::new(&req.context, &excludes)?;
+    let order = plan.graph.topo_order();
     let snapshotter = match req.snapshotter {
         Some(k) => k,
         None => {
             let (k, notice) = crate::sandbox::SnapshotterKind::detect(store.root());
             if let Some(n) = notice {
-                if plan
-                    .graph
-                    .topo_order()
+                if order
                     .iter()
                     .any(|id| matches!(plan.graph.vertex(*id).op, Op::Exec(_)))
                 {
@@ -252,9 +251,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         runtime: Box::new(crate::sandbox::LinuxRuntime::new()?),
         secrets: req.secrets.iter().cloned().collect(),
     };
-    let leaves: Vec<VertexId> = plan
-        .graph
-        .topo_order()
+    let leaves: Vec<VertexId> = order
         .into_iter()
         .filter(|id| plan.graph.dependents(*id).is_empty())
         .collect();

@@ -481,27 +481,22 @@ fn parse_secrets(
         let id = id
             .or_else(|| env.clone())
             .ok_or_else(|| anyhow::anyhow!("--secret {spec:?} has no id"))?;
-        let path = match (src, env) {
-            (Some(p), _) => {
+        let path = match src {
+            Some(p) => {
                 if !p.is_file() {
                     bail!("--secret {id}: {} is not a file", p.display());
                 }
                 p
             }
-            (None, Some(var)) => {
-                let value = std::env::var(&var).with_context(|| {
-                    format!("--secret {id}: environment variable {var} is not set")
-                })?;
-                let mut f = tempfile::NamedTempFile::new()?;
-                std::io::Write::write_all(&mut f, value.as_bytes())?;
-                let p = f.path().to_path_buf();
-                hold.push(f);
-                p
-            }
-            (None, None) => {
-                // Docker's default: an environment variable named like the id.
-                let value = std::env::var(&id)
-                    .with_context(|| format!("--secret {id}: give src=FILE or env=VAR"))?;
+            None => {
+                let value = match &env {
+                    Some(var) => std::env::var(var).with_context(|| {
+                        format!("--secret {id}: environment variable {var} is not set")
+                    })?,
+                    // Docker's default: an environment variable named like the id.
+                    None => std::env::var(&id)
+                        .with_context(|| format!("--secret {id}: give src=FILE or env=VAR"))?,
+                };
                 let mut f = tempfile::NamedTempFile::new()?;
                 std::io::Write::write_all(&mut f, value.as_bytes())?;
                 let p = f.path().to_path_buf();

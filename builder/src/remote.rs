@@ -2,8 +2,9 @@
 //! pushing local images, `kiln login`/`logout`, with plain progress lines.
 
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
+use crate::images::normalize_tag;
 use anyhow::{Context, Result, anyhow};
 use kiln_cache::{Digest, Store, TagRecord};
 use kiln_frontend::graph::Platform;
@@ -24,7 +25,6 @@ pub struct RegistrySettings {
 pub struct Remote {
     settings: RegistrySettings,
     client: OnceLock<std::result::Result<Client, String>>,
-    pulled: Mutex<Vec<String>>,
 }
 
 /// Progress lines on stderr, one per blob.
@@ -77,7 +77,6 @@ impl Remote {
         Remote {
             settings,
             client: OnceLock::new(),
-            pulled: Mutex::new(Vec::new()),
         }
     }
 
@@ -117,17 +116,12 @@ impl Remote {
             variant: (!platform.variant.is_empty()).then(|| platform.variant.clone()),
         };
         let pulled = self.client()?.pull(&r, &p, store, progress)?;
-        let name = local_name(reference).unwrap_or_else(|| reference.to_string());
         if r.digest.is_none() {
             store.tag_set(
-                &name,
+                &normalize_tag(reference),
                 &TagRecord::new(pulled.manifest_digest.clone(), pulled.config.digest.clone()),
             )?;
         }
-        self.pulled
-            .lock()
-            .expect("pulled lock")
-            .push(format!("{name} ({})", pulled.manifest_digest));
         Ok(pulled.manifest_digest.to_string())
     }
 
@@ -139,9 +133,8 @@ impl Remote {
         docker_format: bool,
         progress: &dyn Progress,
     ) -> Result<PushReport> {
-        let local = local_name(name).unwrap_or_else(|| name.to_string());
         let rec = store
-            .tag_get(&local)?
+            .tag_get(&normalize_tag(name))?
             .ok_or_else(|| anyhow!("image {name:?} not found in the local store"))?;
         let mut target = Reference::parse(name)?;
         if target.tag.is_none() {

@@ -213,9 +213,6 @@ impl<W: Write> ParGzEncoder<W> {
     /// Compresses the pending blocks (and, when `last`, the final one) in parallel.
     fn compress_pending(&mut self, last: bool) -> io::Result<()> {
         use rayon::prelude::*;
-        if self.size == 0 && self.pending.is_empty() && !last {
-            return Ok(());
-        }
         let mut blocks = std::mem::take(&mut self.pending);
         if last {
             blocks.push(std::mem::take(&mut self.cur));

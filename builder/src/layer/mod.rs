@@ -24,5 +24,6 @@ pub use compression::{
 };
 pub use error::LayerError;
 pub use unpack::{UnpackInfo, UnpackOptions, WhiteoutMode, unpack_layer};
+pub(crate) use whiteout::is_overlay_xattr;
 pub use whiteout::{OPAQUE_WHITEOUT, WHITEOUT_PREFIX};
 pub use write::{LayerInfo, LayerOptions, SkipFn, is_empty_dir, write_layer};

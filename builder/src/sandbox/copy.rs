@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use rustix::fs::{AtFlags, CWD, FileType, Gid, Mode, Uid};
 
 use crate::fileops::{LayeredFs, SourceFs};
+use crate::layer::is_overlay_xattr;
 
 fn join(rel: &str, name: &str) -> String {
     if rel.is_empty() {
@@ -35,8 +36,7 @@ fn copy_meta(src: &Path, meta: &Metadata, dest: &Path) -> io::Result<()> {
         fs::set_permissions(dest, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
         if let Ok(names) = xattr::list(src) {
             for n in names {
-                let b = n.as_encoded_bytes();
-                if b.starts_with(b"trusted.overlay.") || b.starts_with(b"user.overlay.") {
+                if is_overlay_xattr(n.as_encoded_bytes()) {
                     continue;
                 }
                 if let Ok(Some(v)) = xattr::get(src, &n) {
@@ -85,6 +85,13 @@ pub fn materialize(view: &LayeredFs, dest: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Like [`materialize`], for the directory `rel` of the view only: its entries go into
+/// `dest` (an empty directory).
+pub fn materialize_subtree(view: &LayeredFs, rel: &str, dest: &Path) -> Result<()> {
+    materialize_dir(view, rel, dest)
+        .with_context(|| format!("copying {rel} into {}", dest.display()))
+}
+
 fn materialize_dir(view: &LayeredFs, rel: &str, dest: &Path) -> io::Result<()> {
     for name in view.list(rel) {
         let r = join(rel, &name);
@@ -120,15 +127,12 @@ fn changed(old: &Path, om: &Metadata, new: &Path, nm: &Metadata) -> bool {
     let attrs = |p: &Path| -> Vec<(std::ffi::OsString, Option<Vec<u8>>)> {
         let mut v: Vec<_> = xattr::list(p)
             .map(|it| {
-                it.filter(|n| {
-                    let b = n.as_encoded_bytes();
-                    !b.starts_with(b"trusted.overlay.") && !b.starts_with(b"user.overlay.")
-                })
-                .map(|n| {
-                    let val = xattr::get(p, &n).ok().flatten();
-                    (n, val)
-                })
-                .collect()
+                it.filter(|n| !is_overlay_xattr(n.as_encoded_bytes()))
+                    .map(|n| {
+                        let val = xattr::get(p, &n).ok().flatten();
+                        (n, val)
+                    })
+                    .collect()
             })
             .unwrap_or_default();
         v.sort();

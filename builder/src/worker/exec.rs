@@ -15,6 +15,7 @@ use crate::fileops::{LayeredFs, SourceFs};
 use crate::sandbox::{
     self, InitResult, MountSpec, NetworkMode, RootSpec, SnapshotterKind, Spec, Stubs,
 };
+use crate::snapshots::is_empty_dir;
 use crate::solver::Event;
 
 /// Holds what a run needs until it is over: temp dirs and cache-mount locks.
@@ -60,10 +61,7 @@ impl BuildWorker<'_> {
             layers: Vec::new(),
             added: false,
         });
-        let view = LayeredFs::new(
-            self.snapshots.chain(self.store, base.layers())?,
-            "the image",
-        );
+        let view = self.view(&base, "the image")?;
         let user = sandbox::resolve_user(&e.user, &view)?;
         let mut env = e.env.clone();
         if !env.iter().any(|kv| kv.starts_with("PATH=")) {
@@ -92,15 +90,9 @@ impl BuildWorker<'_> {
             fs::create_dir(&merged)?;
             let work = run.join("work");
             fs::create_dir(&work)?;
-            let mut lowers = self.lowers_top_first(&base)?;
-            if lowers.is_empty() {
-                let empty = run.join("empty");
-                fs::create_dir(&empty)?;
-                fs::set_permissions(&empty, fs::Permissions::from_mode(0o755))?;
-                lowers.push(empty);
-            }
+            let lowers = view.layers().iter().rev().cloned().collect();
             RootSpec::Overlay {
-                lowers,
+                lowers: non_empty(lowers, &run)?,
                 upper: upper.clone(),
                 work,
             }
@@ -177,7 +169,7 @@ impl BuildWorker<'_> {
         drop(held);
 
         let mut layers = base.layers().to_vec();
-        if is_empty(&upper) {
+        if is_empty_dir(&upper) {
             return Ok(Output::Fs {
                 layers,
                 added: false,
@@ -222,16 +214,16 @@ impl BuildWorker<'_> {
                         } else {
                             // Writes to a context mount are thrown away, never reaching
                             // the user's files.
-                            self.rw_tree(vec![source], "", target, run, held, copy_mode)?
+                            self.rw_tree(vec![source], "", target, false, run, held)?
                         }
                     }
                     Some(out) => {
                         let lowers = self.lowers_top_first(out)?;
                         if copy_mode || !m.readonly {
-                            self.rw_tree_or_copy(out, lowers, &sub, target, m.readonly, run, held)?
+                            self.rw_tree(lowers, &sub, target, m.readonly, run, held)?
                         } else {
                             MountSpec::Layers {
-                                lowers: self.non_empty(lowers, run)?,
+                                lowers: non_empty(lowers, run)?,
                                 rw: None,
                                 subpath: sub,
                                 target,
@@ -285,53 +277,10 @@ impl BuildWorker<'_> {
         }))
     }
 
-    fn non_empty(&self, mut lowers: Vec<PathBuf>, run: &Path) -> Result<Vec<PathBuf>> {
-        if lowers.is_empty() {
-            let empty = run.join("empty-src");
-            fs::create_dir_all(&empty)?;
-            lowers.push(empty);
-        }
-        Ok(lowers)
-    }
-
-    /// A writable view of `lowers` whose writes are discarded.
+    /// A view of `lowers` of its own: with the copy snapshotter a copied tree, otherwise
+    /// an overlay whose writes (unless `readonly`) go to a throw-away upper dir.
     fn rw_tree(
         &self,
-        lowers: Vec<PathBuf>,
-        sub: &str,
-        target: String,
-        run: &Path,
-        held: &mut Held,
-        copy_mode: bool,
-    ) -> Result<MountSpec> {
-        if copy_mode {
-            let tree = self.temp(held, "mount")?;
-            let view = LayeredFs::new(lowers.into_iter().rev().collect(), "a mount");
-            sandbox::copy::materialize(&view, &tree)?;
-            let rel = sandbox::resolve_in_root(&tree, sub)?;
-            return Ok(MountSpec::Bind {
-                source: tree.join(rel),
-                target,
-                readonly: false,
-            });
-        }
-        let d = self.temp(held, "mount")?;
-        let (u, w) = (d.join("upper"), d.join("work"));
-        fs::create_dir(&u)?;
-        fs::create_dir(&w)?;
-        Ok(MountSpec::Layers {
-            lowers: self.non_empty(lowers, run)?,
-            rw: Some((u, w)),
-            subpath: sub.to_string(),
-            target,
-            readonly: false,
-        })
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn rw_tree_or_copy(
-        &self,
-        _out: &Output,
         lowers: Vec<PathBuf>,
         sub: &str,
         target: String,
@@ -339,15 +288,28 @@ impl BuildWorker<'_> {
         run: &Path,
         held: &mut Held,
     ) -> Result<MountSpec> {
-        let copy_mode = self.exec.snapshotter == SnapshotterKind::Copy;
-        let mut spec = self.rw_tree(lowers, sub, target, run, held, copy_mode)?;
-        match &mut spec {
-            MountSpec::Bind { readonly: r, .. } | MountSpec::Layers { readonly: r, .. } => {
-                *r = readonly
-            }
-            _ => {}
+        if self.exec.snapshotter == SnapshotterKind::Copy {
+            let tree = self.temp(held, "mount")?;
+            let view = LayeredFs::new(lowers.into_iter().rev().collect(), "a mount");
+            sandbox::copy::materialize(&view, &tree)?;
+            let rel = sandbox::resolve_in_root(&tree, sub)?;
+            return Ok(MountSpec::Bind {
+                source: tree.join(rel),
+                target,
+                readonly,
+            });
         }
-        Ok(spec)
+        let d = self.temp(held, "mount")?;
+        let (u, w) = (d.join("upper"), d.join("work"));
+        fs::create_dir(&u)?;
+        fs::create_dir(&w)?;
+        Ok(MountSpec::Layers {
+            lowers: non_empty(lowers, run)?,
+            rw: Some((u, w)),
+            subpath: sub.to_string(),
+            target,
+            readonly,
+        })
     }
 
     /// The directory of a cache mount, created (from `from` when given) the first time;
@@ -404,13 +366,11 @@ impl BuildWorker<'_> {
 
     fn init_cache_dir(&self, dir: &Path, m: &Mount, input: Option<&Output>) -> Result<()> {
         if let Some(out @ Output::Fs { .. }) = input {
-            let view = LayeredFs::new(self.snapshots.chain(self.store, out.layers())?, "a stage");
+            let view = self.view(out, "a stage")?;
             let sub = m.source.clone().unwrap_or_default();
             let rel = crate::fileops::resolve(&view, &sub, true)?;
             if view.lstat(&rel).is_some_and(|e| e.meta.is_dir()) {
-                let tmp = self.snapshots.temp_dir("cache-src")?;
-                sandbox::copy::materialize(&view, tmp.path())?;
-                copy_tree(&tmp.path().join(&rel), dir)?;
+                sandbox::copy::materialize_subtree(&view, &rel, dir)?;
             }
         }
         fs::set_permissions(dir, fs::Permissions::from_mode(m.mode.unwrap_or(0o755)))?;
@@ -424,20 +384,15 @@ impl BuildWorker<'_> {
     }
 }
 
-fn copy_tree(src: &Path, dest: &Path) -> Result<()> {
-    for name in fs::read_dir(src)? {
-        let name = name?.file_name();
-        let (s, d) = (src.join(&name), dest.join(&name));
-        if d.exists() {
-            continue;
+/// `lowers`, or one empty directory when there are none (overlayfs needs a lower layer).
+fn non_empty(mut lowers: Vec<PathBuf>, run: &Path) -> Result<Vec<PathBuf>> {
+    if lowers.is_empty() {
+        let empty = run.join("empty");
+        if !empty.exists() {
+            fs::create_dir(&empty)?;
+            fs::set_permissions(&empty, fs::Permissions::from_mode(0o755))?;
         }
-        fs::rename(&s, &d)?;
+        lowers.push(empty);
     }
-    Ok(())
-}
-
-fn is_empty(dir: &Path) -> bool {
-    fs::read_dir(dir)
-        .map(|mut d| d.next().is_none())
-        .unwrap_or(false)
+    Ok(lowers)
 }

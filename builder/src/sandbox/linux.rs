@@ -295,15 +295,12 @@ fn run_command(spec: &Spec) -> Result<InitResult, String> {
     }
     cmd.stdin(Stdio::null());
     let cwd_path = PathBuf::from(&spec.cwd);
+    let proc_dir = spec.merged.join("proc");
     // SAFETY: the init process is single-threaded, so the forked child may allocate; the
     // hook only makes system calls on data prepared before the fork.
     unsafe {
         cmd.pre_exec(move || {
             rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-            let proc_dir = Path::new(std::ffi::OsStr::from_encoded_bytes_unchecked(
-                root.as_bytes(),
-            ))
-            .join("proc");
             errno(rustix::mount::mount(
                 "proc",
                 &proc_dir,

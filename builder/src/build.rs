@@ -93,6 +93,8 @@ pub struct BuildRequest {
     pub registry: crate::remote::RegistrySettings,
     /// `--push`: push the tags after the build.
     pub push: bool,
+    /// `--allow security.insecure`: `RUN --security=insecure` may run privileged.
+    pub allow_insecure: bool,
 }
 
 /// What a build produced.
@@ -110,6 +112,25 @@ pub struct BuildOutcome {
 pub struct DockerfileError {
     /// The rendered message.
     pub rendered: String,
+}
+
+/// Refuses a build with a `RUN --security=insecure` that `--allow security.insecure`
+/// did not grant, before anything runs (buildx's entitlement rule).
+fn check_entitlements(plan: &Plan) -> Result<(), Diagnostic> {
+    for id in plan.graph.topo_order() {
+        let v = plan.graph.vertex(id);
+        if let Op::Exec(e) = &v.op {
+            if e.insecure {
+                let msg = "RUN --security=insecure needs the security.insecure entitlement: \
+                           pass --allow security.insecure";
+                return Err(match v.origins.first() {
+                    Some(o) => Diagnostic::at(o.range, msg),
+                    None => Diagnostic::new(msg),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn step_labels(plan: &Plan) -> HashMap<VertexId, StepLabel> {
@@ -218,6 +239,9 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         context_excludes: excludes.clone(),
     };
     let plan = convert::convert(&df, &opts, &images).map_err(located)?;
+    if !req.allow_insecure {
+        check_entitlements(&plan).map_err(located)?;
+    }
     let labels = step_labels(&plan);
     let progress = Progress::new(req.progress, labels.clone());
     for w in &plan.warnings {
@@ -250,6 +274,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         snapshotter,
         runtime: Box::new(crate::sandbox::LinuxRuntime::new()?),
         secrets: req.secrets.iter().cloned().collect(),
+        allow_insecure: req.allow_insecure,
     };
     let leaves: Vec<VertexId> = order
         .into_iter()

@@ -180,6 +180,11 @@ struct BuildArgs {
     /// Push every `-t` name to its registry after the build.
     #[arg(long)]
     push: bool,
+    /// Grant an entitlement, as buildx does: `security.insecure` lets `RUN
+    /// --security=insecure` run with every privilege (no seccomp, all capabilities);
+    /// `network.host` is accepted (host networking is the default); repeatable.
+    #[arg(long = "allow", value_parser = ["security.insecure", "network.host"])]
+    allow: Vec<String>,
     /// Run the frontend only (parse, check, expand, plan) and print the plan.
     #[arg(long)]
     dry_run: bool,
@@ -421,6 +426,7 @@ fn real_build(
         snapshotter: args.snapshotter,
         registry,
         push: args.push,
+        allow_insecure: args.allow.iter().any(|a| a == "security.insecure"),
     };
     crate::interrupt::install();
     // RUN steps block a worker thread while their process runs: keep enough threads for

@@ -679,6 +679,7 @@ snapshotter_matrix!(
     run_failure_names_stage_line_exit_code_and_output,
     run_mounts,
     interrupted_run_leaves_no_mounts_and_a_usable_store,
+    sandbox_confines_a_step_as_docker_does,
 );
 
 /// One line per entry of a tree: type, mode, owner, size, link target and a content hash.
@@ -1042,6 +1043,121 @@ RUN ls /sys/class/net > /net-host
         .assert()
         .failure()
         .stderr(predicates::str::contains("secret nope not provided"));
+}
+
+/// Regression test for the hostile-Dockerfile findings (issue 9, finding 1): a plain RUN
+/// had every capability, no seccomp filter, a writable /proc/sys, a remountable /sys,
+/// usable device nodes of its own making, and could open host files by handle.
+fn sandbox_confines_a_step_as_docker_does(snapshotter: &str) {
+    let env = Env::new();
+    env.busybox();
+    let ctx = env.path("confined");
+    fs::create_dir_all(&ctx).unwrap();
+    let cc = Proc::new("gcc")
+        .args(["-static", "-O1", "-o"])
+        .arg(ctx.join("shocker"))
+        .arg(repo().join("testdata/run/escape/shocker.c"))
+        .status()
+        .expect("gcc is needed to build the escape probe (apt-get install gcc libc6-dev)");
+    assert!(cc.success(), "gcc -static failed (is libc6-dev installed?)");
+    fs::write(
+        ctx.join("Dockerfile"),
+        r#"FROM busybox:kiln-test
+COPY shocker /shocker
+RUN mkdir /r && grep -E '^(Cap|Seccomp|NoNewPrivs)' /proc/self/status > /r/status
+RUN /shocker /etc/hosts > /r/shocker
+RUN ip addr add 127.0.0.99/32 dev lo 2>/dev/null; echo $? > /r/ip
+RUN mount -o remount,rw /sys 2>/dev/null; echo $? > /r/sys-remount
+RUN mount -t tmpfs none /mnt 2>/dev/null; echo $? > /r/mount
+RUN (echo '|/tmp/x' > /proc/sys/kernel/core_pattern) 2>/dev/null; echo $? > /r/core-pattern
+RUN (echo h > /proc/sysrq-trigger) 2>/dev/null; echo $? > /r/sysrq
+RUN for f in /proc/kcore /proc/keys /proc/timer_list /proc/sched_debug; do \
+      [ -e $f ] && echo "$f $(wc -c < $f)"; done > /r/masked; ls /sys/firmware | wc -l > /r/firmware
+RUN mknod /r/null c 1 3 && (echo x > /r/null) 2>/dev/null; echo $? > /r/own-node
+RUN mknod /dev/mynull c 1 3 && (echo x > /dev/mynull) 2>/dev/null; echo $? > /r/dev-node
+RUN echo x > /dev/null && echo ok > /r/dev-null
+USER app
+RUN grep -E '^Cap(Eff|Bnd)' /proc/self/status > /tmp/user-status
+USER root
+RUN cp /tmp/user-status /r/user-status && rm -f /r/null
+"#,
+    )
+    .unwrap();
+    let out = env.path("out");
+    env.kiln()
+        .args(["build", "--progress", "plain", "--snapshotter", snapshotter])
+        .arg("-o")
+        .arg(format!("type=local,dest={}", out.display()))
+        .arg(&ctx)
+        .assert()
+        .success();
+    let read = |name: &str| fs::read_to_string(out.join("r").join(name)).unwrap();
+    let status = read("status");
+    for line in [
+        "CapInh:\t0000000000000000",
+        "CapPrm:\t00000000a80425fb",
+        "CapEff:\t00000000a80425fb",
+        "CapBnd:\t00000000a80425fb",
+        "CapAmb:\t0000000000000000",
+        "NoNewPrivs:\t0",
+        "Seccomp:\t2",
+    ] {
+        assert!(status.contains(line), "{line:?} not in:\n{status}");
+    }
+    let user = read("user-status");
+    assert!(user.contains("CapEff:\t0000000000000000"), "{user}");
+    assert!(user.contains("CapBnd:\t00000000a80425fb"), "{user}");
+    assert_eq!(read("shocker"), "refused: Operation not permitted\n");
+    for refused in [
+        "ip",
+        "sys-remount",
+        "mount",
+        "core-pattern",
+        "sysrq",
+        "own-node",
+        "dev-node",
+    ] {
+        assert_ne!(read(refused).trim(), "0", "{refused} was allowed");
+    }
+    // Masked files read as empty; the host has at least one of them.
+    let masked = read("masked");
+    assert!(
+        !masked.is_empty(),
+        "none of the masked files exists on this kernel"
+    );
+    assert!(masked.lines().all(|l| l.ends_with(" 0")), "{masked}");
+    assert_eq!(read("firmware").trim(), "0");
+    assert_eq!(read("dev-null"), "ok\n");
+    let host_lo = run_ok(Proc::new("ip").args(["-o", "addr", "show", "dev", "lo"]));
+    assert!(
+        !host_lo.contains("127.0.0.99"),
+        "the step changed the host's loopback"
+    );
+
+    // --security=insecure is refused without the entitlement, and privileged with it.
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox:kiln-test\nRUN --security=insecure grep -E '^(CapEff|Seccomp):' /proc/self/status > /status && mkdir -p /mnt && mount -t tmpfs none /mnt\n",
+    )
+    .unwrap();
+    env.kiln()
+        .args(["build", "--progress", "plain", "--snapshotter", snapshotter])
+        .arg(&ctx)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("Dockerfile:2:1"))
+        .stderr(predicates::str::contains("--allow security.insecure"));
+    let out = env.path("out-insecure");
+    env.kiln()
+        .args(["build", "--progress", "plain", "--snapshotter", snapshotter])
+        .args(["--allow", "security.insecure", "-o"])
+        .arg(format!("type=local,dest={}", out.display()))
+        .arg(&ctx)
+        .assert()
+        .success();
+    let status = fs::read_to_string(out.join("status")).unwrap();
+    assert!(status.contains("Seccomp:\t0"), "{status}");
+    assert!(!status.contains("CapEff:\t00000000a80425fb"), "{status}");
 }
 
 fn mounts_under(root: &Path) -> Vec<String> {

@@ -8,7 +8,13 @@
 //!   of a copied tree), `/dev`, `/sys`, the step's mounts and `/etc/resolv.conf` and
 //!   `/etc/hosts`, then starts
 //! - the **command**, the first process of the new pid namespace, which mounts `/proc`,
-//!   `pivot_root`s into the tree, drops to the step's user and executes.
+//!   masks and write-protects the parts of `/proc` and `/sys` that reach the host,
+//!   `pivot_root`s into the tree, installs Docker's default seccomp filter, keeps only
+//!   Docker's default capabilities, drops to the step's user and executes.
+//!
+//! That is the same confinement Docker and BuildKit give a container by default, minus
+//! cgroups; device nodes are made unusable instead with `nodev` on every mount but the
+//! few devices of `/dev`. `RUN --security=insecure` ([`Spec::privileged`]) skips all of it.
 //!
 //! All mounts live in the init process's private mount namespace: when it and the command
 //! are gone (normally, killed, or because kiln died: both have a parent-death signal),
@@ -30,9 +36,52 @@ use rustix::mount::{
     UnmountFlags,
 };
 use rustix::process::Signal;
-use rustix::thread::UnshareFlags;
+use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
 
-use super::{InitResult, MountSpec, NetworkMode, RootSpec, Spec, Stubs, resolve_in_root};
+use super::{InitResult, MountSpec, NetworkMode, RootSpec, Spec, Stubs, resolve_in_root, seccomp};
+
+/// Docker's (and BuildKit's) default capabilities: a step keeps these, in every set,
+/// and no others (0xa80425fb in `/proc/self/status`).
+pub const DEFAULT_CAPABILITIES: CapabilitySet = CapabilitySet::CHOWN
+    .union(CapabilitySet::DAC_OVERRIDE)
+    .union(CapabilitySet::FSETID)
+    .union(CapabilitySet::FOWNER)
+    .union(CapabilitySet::MKNOD)
+    .union(CapabilitySet::NET_RAW)
+    .union(CapabilitySet::SETGID)
+    .union(CapabilitySet::SETUID)
+    .union(CapabilitySet::SETFCAP)
+    .union(CapabilitySet::SETPCAP)
+    .union(CapabilitySet::NET_BIND_SERVICE)
+    .union(CapabilitySet::SYS_CHROOT)
+    .union(CapabilitySet::KILL)
+    .union(CapabilitySet::AUDIT_WRITE);
+
+/// Paths hidden from a step as runc hides them for Docker (a directory gets an empty
+/// read-only tmpfs, a file `/dev/null`).
+const MASKED_PATHS: &[&str] = &[
+    "proc/asound",
+    "proc/acpi",
+    "proc/interrupts",
+    "proc/kcore",
+    "proc/keys",
+    "proc/latency_stats",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+    "proc/scsi",
+    "sys/firmware",
+    "sys/devices/virtual/powercap",
+];
+
+/// Paths a step may read but not write, as with Docker.
+const READONLY_PATHS: &[&str] = &[
+    "proc/bus",
+    "proc/fs",
+    "proc/irq",
+    "proc/sys",
+    "proc/sysrq-trigger",
+];
 
 /// The hidden argument that makes `kiln` act as a sandbox's init process.
 pub const INIT_ARG: &str = "__kiln-sandbox-init";
@@ -124,17 +173,32 @@ fn run_init(spec: &Spec) -> Result<InitResult, String> {
     }
 
     let root = &spec.merged;
+    // Without a device cgroup, `nodev` is what keeps a device node a step makes (it has
+    // CAP_MKNOD, as in Docker) or one that came in a layer from reaching host hardware.
+    let nodev = if spec.privileged {
+        MountFlags::empty()
+    } else {
+        MountFlags::NODEV
+    };
     match &spec.root {
         RootSpec::Overlay {
             lowers,
             upper,
             work,
-        } => mount_overlay(lowers, Some((upper, work)), root, false)
+        } => mount_overlay(lowers, Some((upper, work)), root, !spec.privileged, false)
             .map_err(ctx(|| "mounting the overlay root filesystem".into()))?,
         // pivot_root needs the new root to be a mount point.
-        RootSpec::Dir => errno(rustix::mount::mount_bind(root, root))
-            .map_err(ctx(|| format!("bind-mounting {}", root.display())))?,
+        RootSpec::Dir => {
+            bind(root, root, nodev).map_err(ctx(|| format!("bind-mounting {}", root.display())))?
+        }
     }
+    let ro = |readonly: bool| {
+        if readonly {
+            nodev | MountFlags::RDONLY
+        } else {
+            nodev
+        }
+    };
 
     let mut stubs = Stubs::default();
     let target = |rel: &str, dir: bool, stubs: &mut Stubs| -> Result<PathBuf, String> {
@@ -147,7 +211,7 @@ fn run_init(spec: &Spec) -> Result<InitResult, String> {
 
     target("proc", true, &mut stubs)?;
     let dev = target("dev", true, &mut stubs)?;
-    mount_dev(&dev).map_err(ctx(|| "setting up /dev".into()))?;
+    mount_dev(&dev, nodev).map_err(ctx(|| "setting up /dev".into()))?;
     let sys = target("sys", true, &mut stubs)?;
     let ro_sys = MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
     if errno(rustix::mount::mount("sysfs", &sys, "sysfs", ro_sys, None)).is_err() {
@@ -175,7 +239,7 @@ fn run_init(spec: &Spec) -> Result<InitResult, String> {
                     .map_err(ctx(|| format!("mount source {}", source.display())))?
                     .is_dir();
                 let dest = target(t, dir, &mut stubs)?;
-                bind(source, &dest, *readonly).map_err(ctx(|| format!("mounting {t}")))?;
+                bind(source, &dest, ro(*readonly)).map_err(ctx(|| format!("mounting {t}")))?;
             }
             MountSpec::Layers {
                 lowers,
@@ -190,6 +254,7 @@ fn run_init(spec: &Spec) -> Result<InitResult, String> {
                     lowers,
                     rw.as_ref().map(|(u, w)| (u, w)),
                     &tree,
+                    !spec.privileged,
                     rw.is_none(),
                 )
                 .map_err(ctx(|| format!("mounting the source of {t}")))?;
@@ -200,7 +265,7 @@ fn run_init(spec: &Spec) -> Result<InitResult, String> {
                     .map_err(ctx(|| format!("mount source {subpath}")))?
                     .is_dir();
                 let dest = target(t, dir, &mut stubs)?;
-                bind(&src, &dest, *readonly).map_err(ctx(|| format!("mounting {t}")))?;
+                bind(&src, &dest, ro(*readonly)).map_err(ctx(|| format!("mounting {t}")))?;
             }
             MountSpec::Tmpfs { target: t, size } => {
                 let dest = target(t, true, &mut stubs)?;
@@ -254,7 +319,7 @@ fn run_init(spec: &Spec) -> Result<InitResult, String> {
                 ))
                 .map_err(ctx(|| "chown of a secret".into()))?;
                 let dest = target(t, false, &mut stubs)?;
-                bind(&file, &dest, true).map_err(ctx(|| format!("mounting {t}")))?;
+                bind(&file, &dest, ro(true)).map_err(ctx(|| format!("mounting {t}")))?;
             }
         }
     }
@@ -262,7 +327,7 @@ fn run_init(spec: &Spec) -> Result<InitResult, String> {
         if let Ok(meta) = fs::metadata(host) {
             if meta.is_file() {
                 let dest = target(t, false, &mut stubs)?;
-                bind(host, &dest, true).map_err(ctx(|| format!("mounting {t}")))?;
+                bind(host, &dest, ro(true)).map_err(ctx(|| format!("mounting {t}")))?;
             }
         }
     }
@@ -296,8 +361,17 @@ fn run_command(spec: &Spec) -> Result<InitResult, String> {
     cmd.stdin(Stdio::null());
     let cwd_path = PathBuf::from(&spec.cwd);
     let proc_dir = spec.merged.join("proc");
+    let privileged = spec.privileged;
+    let filters = if privileged {
+        Vec::new()
+    } else {
+        seccomp::default_profile()?
+    };
+    let masked: Vec<PathBuf> = MASKED_PATHS.iter().map(|p| spec.merged.join(p)).collect();
+    let readonly: Vec<PathBuf> = READONLY_PATHS.iter().map(|p| spec.merged.join(p)).collect();
     // SAFETY: the init process is single-threaded, so the forked child may allocate; the
-    // hook only makes system calls on data prepared before the fork.
+    // hook only makes system calls on data prepared before the fork (and, in
+    // `install_seccomp`, hands the kernel a pointer to a filter that outlives the call).
     unsafe {
         cmd.pre_exec(move || {
             rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
@@ -308,6 +382,15 @@ fn run_command(spec: &Spec) -> Result<InitResult, String> {
                 MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
                 None,
             ))?;
+            if !privileged {
+                // /proc exists only now (it belongs to the new pid namespace).
+                for p in &masked {
+                    mask_path(p)?;
+                }
+                for p in &readonly {
+                    readonly_path(p)?;
+                }
+            }
             errno(rustix::process::chdir(root.as_c_str()))?;
             errno(rustix::process::pivot_root(".", "."))?;
             errno(rustix::mount::unmount(".", UnmountFlags::DETACH))?;
@@ -319,6 +402,15 @@ fn run_command(spec: &Spec) -> Result<InitResult, String> {
                     .mode(0o755)
                     .create(&cwd_path)?;
                 errno(rustix::process::chdir(cwd.as_c_str()))?;
+            }
+            if !privileged {
+                // Without no_new_privs (Docker does not set it: setuid programs must
+                // work), installing a filter needs CAP_SYS_ADMIN, so it comes before the
+                // capabilities go; every call after it is one the filter allows.
+                for f in &filters {
+                    install_seccomp(f)?;
+                }
+                drop_capabilities()?;
             }
             errno(rustix::thread::set_thread_groups(&groups))?;
             errno(rustix::thread::set_thread_gid(gid))?;
@@ -347,11 +439,22 @@ fn mount_overlay(
     lowers: &[PathBuf],
     upper: Option<(&PathBuf, &PathBuf)>,
     target: &Path,
+    nodev: bool,
     readonly: bool,
 ) -> io::Result<()> {
+    let mut attrs = MountAttrFlags::empty();
+    let mut flags = MountFlags::empty();
+    if nodev {
+        attrs |= MountAttrFlags::MOUNT_ATTR_NODEV;
+        flags |= MountFlags::NODEV;
+    }
+    if readonly {
+        attrs |= MountAttrFlags::MOUNT_ATTR_RDONLY;
+        flags |= MountFlags::RDONLY;
+    }
     if upper.is_none() && lowers.len() == 1 {
         // overlayfs wants two lower layers without an upper one.
-        return bind(&lowers[0], target, readonly);
+        return bind(&lowers[0], target, flags);
     }
     let fs = errno(rustix::mount::fsopen(
         "overlay",
@@ -382,11 +485,6 @@ fn mount_overlay(
         let _ = rustix::mount::fsconfig_set_string(fs.as_fd(), k, v);
     }
     errno(rustix::mount::fsconfig_create(fs.as_fd()))?;
-    let attrs = if readonly {
-        MountAttrFlags::MOUNT_ATTR_RDONLY
-    } else {
-        MountAttrFlags::empty()
-    };
     let mnt = errno(rustix::mount::fsmount(
         fs.as_fd(),
         FsMountFlags::FSMOUNT_CLOEXEC,
@@ -401,12 +499,14 @@ fn mount_overlay(
     ))
 }
 
-fn bind(src: &Path, dest: &Path, readonly: bool) -> io::Result<()> {
+/// Binds `src` onto `dest`, then applies `flags` (`RDONLY`, `NODEV`, ...) to the new
+/// mount.
+fn bind(src: &Path, dest: &Path, flags: MountFlags) -> io::Result<()> {
     errno(rustix::mount::mount_bind_recursive(src, dest))?;
-    if readonly {
+    if !flags.is_empty() {
         errno(rustix::mount::mount_remount(
             dest,
-            MountFlags::BIND | MountFlags::RDONLY,
+            MountFlags::BIND | flags,
             c"",
         ))?;
     }
@@ -414,19 +514,21 @@ fn bind(src: &Path, dest: &Path, readonly: bool) -> io::Result<()> {
 }
 
 /// A minimal `/dev`: a tmpfs with the host's null, zero, full, random, urandom and tty
-/// bound in, a private devpts, `/dev/shm` and the usual symlinks.
-fn mount_dev(dev: &Path) -> io::Result<()> {
+/// bound in, a private devpts, `/dev/shm` and the usual symlinks. With `nodev` the tmpfs
+/// itself is `nodev`: the bound devices are mounts of their own and keep working, but a
+/// node a step makes there cannot be opened.
+fn mount_dev(dev: &Path, nodev: MountFlags) -> io::Result<()> {
     errno(rustix::mount::mount(
         "tmpfs",
         dev,
         "tmpfs",
-        MountFlags::NOSUID | MountFlags::STRICTATIME,
+        MountFlags::NOSUID | MountFlags::STRICTATIME | nodev,
         c"mode=755,size=65536k",
     ))?;
     for name in ["null", "zero", "full", "random", "urandom", "tty"] {
         let p = dev.join(name);
         fs::File::create(&p)?;
-        bind(&Path::new("/dev").join(name), &p, false)?;
+        bind(&Path::new("/dev").join(name), &p, MountFlags::empty())?;
     }
     let pts = dev.join("pts");
     fs::create_dir(&pts)?;
@@ -456,6 +558,91 @@ fn mount_dev(dev: &Path) -> io::Result<()> {
         std::os::unix::fs::symlink(target, dev.join(link))?;
     }
     Ok(())
+}
+
+/// Hides `path` (if the kernel has it): an empty read-only tmpfs over a directory,
+/// `/dev/null` over anything else, as runc does for Docker's masked paths.
+fn mask_path(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(m) if m.is_dir() => errno(rustix::mount::mount(
+            "tmpfs",
+            path,
+            "tmpfs",
+            MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            c"size=0",
+        )),
+        Ok(_) => errno(rustix::mount::mount_bind("/dev/null", path)),
+    }
+}
+
+/// Makes `path` (if the kernel has it) a read-only mount of itself.
+fn readonly_path(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(_) => bind(
+            path,
+            path,
+            MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        ),
+    }
+}
+
+/// `struct sock_fprog` of `<linux/filter.h>`.
+#[repr(C)]
+struct SockFprog {
+    len: libc::c_ushort,
+    filter: *const seccompiler::sock_filter,
+}
+
+/// Installs one seccomp BPF program on the calling thread (and what it executes),
+/// without setting no_new_privs.
+fn install_seccomp(prog: &seccompiler::BpfProgram) -> io::Result<()> {
+    let fprog = SockFprog {
+        len: u16::try_from(prog.len()).map_err(|_| io::Error::other("seccomp filter too long"))?,
+        filter: prog.as_ptr(),
+    };
+    // SAFETY: `fprog` points at `prog.len()` valid, `repr(C)` BPF instructions that live
+    // across the call; the kernel copies the program before returning.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+            &fprog as *const SockFprog,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Keeps only [`DEFAULT_CAPABILITIES`]: out of the bounding set (what an `execve`, even
+/// of a setuid-root program, can ever regain), the effective and permitted sets; the
+/// inheritable and ambient sets are emptied, as Docker does since CVE-2022-24769.
+fn drop_capabilities() -> io::Result<()> {
+    for bit in 0..64 {
+        let cap = CapabilitySet::from_bits_retain(1 << bit);
+        if DEFAULT_CAPABILITIES.contains(cap) {
+            continue;
+        }
+        match rustix::thread::remove_capability_from_bounding_set(cap) {
+            // Past the kernel's last capability.
+            Err(rustix::io::Errno::INVAL) => break,
+            r => errno(r)?,
+        }
+    }
+    errno(rustix::thread::set_capabilities(
+        None,
+        CapabilitySets {
+            effective: DEFAULT_CAPABILITIES,
+            permitted: DEFAULT_CAPABILITIES,
+            inheritable: CapabilitySet::empty(),
+        },
+    ))?;
+    errno(rustix::thread::clear_ambient_capability_set())
 }
 
 /// `ip link set lo up` in the (new) network namespace.

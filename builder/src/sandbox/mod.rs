@@ -13,6 +13,7 @@
 
 pub mod copy;
 pub mod linux;
+mod seccomp;
 mod user;
 
 use std::collections::VecDeque;
@@ -128,6 +129,10 @@ pub struct Spec {
     pub network: NetworkMode,
     /// Host name.
     pub hostname: String,
+    /// `--security=insecure`: every capability, no seccomp filter, no masked or read-only
+    /// paths under `/proc` and `/sys`, device nodes usable. Only ever set when the user
+    /// allowed it (`--allow security.insecure`).
+    pub privileged: bool,
     /// Mounts, in order.
     pub mounts: Vec<MountSpec>,
     /// Host files bound read-only at a path when the host has them (`/etc/resolv.conf`,

@@ -125,6 +125,8 @@ impl BuildWorker<'_> {
                 Network::None => NetworkMode::None,
             },
             hostname: "kiln".into(),
+            // The build checked the entitlement before it started; this is the backstop.
+            privileged: e.insecure && self.exec.allow_insecure,
             mounts,
             host_files: vec![
                 ("/etc/resolv.conf".into(), "/etc/resolv.conf".into()),

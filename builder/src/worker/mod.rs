@@ -80,6 +80,8 @@ pub struct ExecSettings {
     pub runtime: Box<dyn Runtime>,
     /// `--secret` ids and their files.
     pub secrets: HashMap<String, std::path::PathBuf>,
+    /// `--allow security.insecure`: `RUN --security=insecure` runs privileged.
+    pub allow_insecure: bool,
 }
 
 impl<'a> BuildWorker<'a> {

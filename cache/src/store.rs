@@ -193,6 +193,7 @@ impl Store {
         let root = root.as_ref();
         let root = std::path::absolute(root).ctx("resolve store root", root)?;
         fs::create_dir_all(&root).ctx("create store root", &root)?;
+        owner_only(&root)?;
         let store = Store { root };
 
         let meta_path = store.root.join(STORE_JSON);
@@ -218,6 +219,7 @@ impl Store {
         for dir in LAYOUT_DIRS {
             let path = store.root.join(dir);
             fs::create_dir_all(&path).ctx("create directory", &path)?;
+            owner_only(&path)?;
         }
         if existing.is_none() {
             let meta = StoreMeta {
@@ -385,6 +387,20 @@ impl Drop for TempPath {
 }
 
 /// fsync the directory containing `path`, making a rename or unlink durable.
+/// Takes group and other permissions off the directory `dir` (a store created or opened by
+/// an older kiln may be 0755). The store holds unpacked layers, whose setuid binaries and
+/// device nodes must be out of reach of other local users (CVE-2021-41091's class): the
+/// root and every area are 0700, so nothing below them can even be looked up.
+fn owner_only(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(dir).ctx("stat", dir)?.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode & 0o700 | 0o700))
+            .ctx("restrict permissions of", dir)?;
+    }
+    Ok(())
+}
+
 pub(crate) fn fsync_parent(path: &Path) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     File::open(dir)
@@ -418,6 +434,26 @@ pub(crate) mod tests {
         assert!(meta.contains("\"layout_version\": 1"), "{meta}");
         Store::open(dir.path()).unwrap();
         assert!(store.root().is_absolute());
+    }
+
+    #[test]
+    fn store_is_private_to_its_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+        Store::open(&root).unwrap();
+        assert_eq!(mode(&root), 0o700);
+        for area in LAYOUT_DIRS {
+            assert_eq!(mode(&root.join(area)), 0o700, "{area}");
+        }
+        // A store an older kiln left world-readable is tightened when opened.
+        for p in [root.clone(), root.join(SNAPSHOTS_DIR)] {
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        Store::open(&root).unwrap();
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root.join(SNAPSHOTS_DIR)), 0o700);
     }
 
     #[test]

@@ -680,6 +680,7 @@ snapshotter_matrix!(
     run_mounts,
     interrupted_run_leaves_no_mounts_and_a_usable_store,
     sandbox_confines_a_step_as_docker_does,
+    cleanup_never_follows_a_steps_symlinks,
 );
 
 /// One line per entry of a tree: type, mode, owner, size, link target and a content hash.
@@ -1158,6 +1159,37 @@ RUN cp /tmp/user-status /r/user-status && rm -f /r/null
     let status = fs::read_to_string(out.join("status")).unwrap();
     assert!(status.contains("Seccomp:\t0"), "{status}");
     assert!(!status.contains("CapEff:\t00000000a80425fb"), "{status}");
+}
+
+/// Regression test (issue 9, finding 3): a step that moves its mount points' parents away
+/// and plants symlinks to a host directory in their place made kiln's clean-up delete that
+/// host directory's entries.
+fn cleanup_never_follows_a_steps_symlinks(snapshotter: &str) {
+    let env = Env::new();
+    env.busybox();
+    let victim = env.path("victim");
+    fs::create_dir_all(victim.join("b")).unwrap();
+    fs::create_dir_all(victim.join("t/d")).unwrap();
+    fs::write(victim.join("b/x"), "").unwrap();
+    fs::write(env.path("secret"), "s").unwrap();
+    let v = victim.display();
+    let ctx = env.context(
+        "symlinks",
+        &format!(
+            "FROM busybox:kiln-test\n\
+             RUN --mount=type=secret,id=s,target=/a/b/x --mount=type=tmpfs,target=/c/t/d \\\n\
+             mv /a /a.old && mv /c /c.old && ln -s {v} /a && ln -s {v} /c\n"
+        ),
+    );
+    env.kiln()
+        .args(["build", "--progress", "plain", "--snapshotter", snapshotter])
+        .arg("--secret")
+        .arg(format!("id=s,src={}", env.path("secret").display()))
+        .arg(&ctx)
+        .assert()
+        .success();
+    assert!(victim.join("b/x").exists(), "kiln deleted a host file");
+    assert!(victim.join("t/d").is_dir(), "kiln deleted a host directory");
 }
 
 fn mounts_under(root: &Path) -> Vec<String> {

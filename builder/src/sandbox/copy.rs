@@ -273,36 +273,31 @@ impl Differ<'_> {
 
 /// Removes from an upper dir the directories in `candidates` (relative, deepest first)
 /// that are empty, not opaque, and the same as in `base` but for times: overlayfs copied
-/// them up only because the sandbox created a mount point in them.
+/// them up only because the sandbox created a mount point in them. Lookups never follow
+/// a symlink the step planted ([`super::beneath`]).
 pub fn prune_copied_up(upper: &Path, candidates: &[PathBuf], base: &LayeredFs) {
     for rel in candidates {
-        let p = upper.join(rel);
-        let Ok(m) = fs::symlink_metadata(&p) else {
+        let Some(at) = super::beneath::At::find(upper, rel) else {
             continue;
         };
-        if !m.is_dir()
-            || fs::read_dir(&p)
-                .map(|mut d| d.next().is_some())
-                .unwrap_or(true)
-        {
+        let Ok(st) = at.stat() else { continue };
+        if !super::beneath::is_dir(&st) {
             continue;
         }
-        if xattr::get(&p, "trusted.overlay.opaque")
-            .ok()
-            .flatten()
-            .is_some()
-        {
+        let Ok(fd) = at.open_dir() else { continue };
+        if super::beneath::is_opaque(&fd) {
             continue;
         }
         let Some(old) = base.lstat(&rel.to_string_lossy()) else {
             continue;
         };
         if old.meta.is_dir()
-            && old.meta.mode() == m.mode()
-            && old.meta.uid() == m.uid()
-            && old.meta.gid() == m.gid()
+            && old.meta.mode() == st.st_mode
+            && old.meta.uid() == st.st_uid
+            && old.meta.gid() == st.st_gid
         {
-            let _ = fs::remove_dir(&p);
+            // Fails, as it should, when the directory is not empty.
+            let _ = at.remove(true);
         }
     }
 }

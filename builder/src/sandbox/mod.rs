@@ -11,6 +11,7 @@
 //! `/etc/resolv.conf`, a secret's `/run/secrets/ID`, ...) are recorded as [`Stubs`] and
 //! removed from the step's diff afterwards, so they never reach a layer.
 
+pub mod beneath;
 pub mod copy;
 pub mod linux;
 mod seccomp;
@@ -400,16 +401,18 @@ impl Stubs {
 
     /// Removes the stubs from `tree` (the upper dir or the copied tree), newest first, as
     /// long as they are still what the sandbox made: an empty file or an empty directory.
+    /// The step may have swapped a stub's parent for a symlink to a host directory: no
+    /// symlink is followed on the way ([`beneath`]), so such a stub is left alone.
     pub fn remove_from(&self, tree: &Path) {
         for (rel, dir) in self.created.iter().rev() {
-            let p = tree.join(rel);
-            let Ok(meta) = fs::symlink_metadata(&p) else {
+            let Some(at) = beneath::At::find(tree, rel) else {
                 continue;
             };
-            if *dir && meta.is_dir() {
-                let _ = fs::remove_dir(&p);
-            } else if !*dir && meta.is_file() && meta.len() == 0 {
-                let _ = fs::remove_file(&p);
+            let Ok(st) = at.stat() else { continue };
+            if *dir && beneath::is_dir(&st) {
+                let _ = at.remove(true);
+            } else if !*dir && beneath::is_file(&st) && st.st_size == 0 {
+                let _ = at.remove(false);
             }
         }
     }

@@ -67,6 +67,42 @@ fn stubs_are_created_recorded_and_removed() {
     assert!(r.join("etc").exists());
 }
 
+/// Regression test (issue 9, finding 3): a step that swaps a stub's parent for a symlink to
+/// a host directory must not make kiln delete that directory's entries.
+#[test]
+fn stub_removal_and_pruning_never_follow_a_planted_symlink() {
+    let t = tree();
+    let r = t.path().join("upper");
+    let victim = t.path().join("victim");
+    fs::create_dir_all(victim.join("t/d")).unwrap();
+    fs::create_dir_all(victim.join("b")).unwrap();
+    fs::write(victim.join("b/x"), "").unwrap();
+    fs::create_dir_all(&r).unwrap();
+    let mut s = Stubs::default();
+    s.ensure(&r, Path::new("a/b/x"), false).unwrap();
+    s.ensure(&r, Path::new("c/t/d"), true).unwrap();
+    // The step moves the stubs' parents away and plants symlinks in their place.
+    fs::rename(r.join("a"), r.join("a.old")).unwrap();
+    fs::rename(r.join("c"), r.join("c.old")).unwrap();
+    symlink(&victim, r.join("a")).unwrap();
+    symlink(&victim, r.join("c")).unwrap();
+    s.remove_from(&r);
+    prune_copied_up(
+        &r,
+        &s.parents(),
+        &LayeredFs::new(vec![victim.clone()], "base"),
+    );
+    assert!(victim.join("b/x").exists());
+    assert!(victim.join("t/d").is_dir());
+    assert!(victim.join("b").is_dir());
+    assert!(
+        fs::symlink_metadata(r.join("a"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
+
 fn etc(r: &Path) {
     fs::create_dir_all(r.join("etc")).unwrap();
     fs::write(

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command as Proc;
 
 use assert_cmd::Command;
+use predicates::prelude::*;
 use serde_json::Value;
 
 fn repo() -> PathBuf {
@@ -1190,6 +1191,56 @@ fn cleanup_never_follows_a_steps_symlinks(snapshotter: &str) {
         .success();
     assert!(victim.join("b/x").exists(), "kiln deleted a host file");
     assert!(victim.join("t/d").is_dir(), "kiln deleted a host directory");
+}
+
+/// Regression test (issue 9, finding 9): a RUN that fills the store's disk said "reading
+/// the sandbox's result: EOF while parsing".
+#[test]
+fn run_that_fills_the_disk_says_so() {
+    let env = Env::new();
+    // A 48 MiB tmpfs as the whole store.
+    let small = env.path("small");
+    fs::create_dir_all(&small).unwrap();
+    run_ok(
+        Proc::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
+            .arg(&small),
+    );
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Proc::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(small.clone());
+    let store = small.join("store");
+    let bb = env.path("busybox");
+    copy_dir(&repo().join("testdata/bases/busybox"), &bb);
+    run_ok(
+        Proc::new("bash")
+            .arg(repo().join("testdata/bases/busybox/make-rootfs.sh"))
+            .arg(bb.join("rootfs")),
+    );
+    env.kiln()
+        .env("KILN_ROOT", &store)
+        .args(["build", "--progress", "quiet", "-t", "busybox:kiln-test"])
+        .arg(&bb)
+        .assert()
+        .success();
+    let ctx = env.context(
+        "fill",
+        "FROM busybox:kiln-test\nRUN dd if=/dev/zero of=/big bs=1M count=100\n",
+    );
+    for snapshotter in ["overlay", "copy"] {
+        env.kiln()
+            .env("KILN_ROOT", &store)
+            .args(["build", "--progress", "plain", "--snapshotter", snapshotter])
+            .arg(&ctx)
+            .assert()
+            .failure()
+            .stderr(predicates::str::contains("no space left on device"))
+            .stderr(predicates::str::contains("EOF").not());
+    }
 }
 
 fn mounts_under(root: &Path) -> Vec<String> {

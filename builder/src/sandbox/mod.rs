@@ -257,14 +257,20 @@ impl Runtime for LinuxRuntime {
                 let _ = child.kill();
             }
         }
-        let _ = child.wait();
+        let status = child.wait();
         let _ = reader_thread.join();
         if cancelled {
             bail!("cancelled");
         }
-        let result = match fs::read(&spec.result_file) {
-            Ok(b) => serde_json::from_slice(&b).context("reading the sandbox's result")?,
-            Err(_) => InitResult::SetupError(format!(
+        // The init process records the result in a file; on a full disk it cannot, and
+        // its own exit status (the command's, or 125 for a setup error) tells instead.
+        let recorded = fs::read(&spec.result_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<InitResult>(&b).ok());
+        let result = match (recorded, status.ok().and_then(|s| s.code())) {
+            (Some(r), _) => r,
+            (None, Some(code)) if code != 125 => InitResult::Exited(code),
+            _ => InitResult::SetupError(format!(
                 "the sandbox ended without a result{}",
                 tail.back().map(|l| format!(": {l}")).unwrap_or_default()
             )),
@@ -436,6 +442,13 @@ impl Stubs {
         out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
         out
     }
+}
+
+/// Whether the filesystem holding `path` is (nearly) full: under 1 MiB free for kiln.
+/// A step that failed then most likely failed for that reason, which its own output may
+/// not say.
+pub fn disk_full(path: &Path) -> bool {
+    rustix::fs::statvfs(path).is_ok_and(|st| st.f_bavail.saturating_mul(st.f_frsize) < 1 << 20)
 }
 
 /// Formats argv as BuildKit does in its error message.

@@ -140,6 +140,12 @@ impl BuildWorker<'_> {
                 .runtime
                 .run(&spec, &run, &|line: &str| self.log(id, line), cancel)?;
         let shown = sandbox::describe_args(&e.args);
+        if outcome.result != InitResult::Exited(0) && sandbox::disk_full(&upper) {
+            bail!(
+                "process {shown} failed: no space left on device (the store's filesystem at {} is full)",
+                self.store.root().display()
+            );
+        }
         match outcome.result {
             InitResult::Exited(0) => {}
             InitResult::Exited(code) => {

@@ -1136,6 +1136,25 @@ RUN cp /tmp/user-status /r/user-status && rm -f /r/null
         "the step changed the host's loopback"
     );
 
+    // Finding 2: unpacked layers (setuid binaries, device nodes) are out of other users'
+    // reach: the store is 0700 and nobody cannot even look inside.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(env.root()).unwrap().mode() & 0o777, 0o700);
+    let busybox = walkdir_find(&env.root().join("snapshots"), "busybox")
+        .expect("an unpacked busybox in the store's snapshots");
+    // Through a shell: setpriv itself still holds its capabilities when it executes.
+    let as_nobody = Proc::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["sh", "-c"])
+        .arg(format!("{} true", busybox.display()))
+        .status()
+        .unwrap();
+    assert!(
+        !as_nobody.success(),
+        "another user ran {}",
+        busybox.display()
+    );
+
     // --security=insecure is refused without the entitlement, and privileged with it.
     fs::write(
         ctx.join("Dockerfile"),
@@ -1241,6 +1260,22 @@ fn run_that_fills_the_disk_says_so() {
             .stderr(predicates::str::contains("no space left on device"))
             .stderr(predicates::str::contains("EOF").not());
     }
+}
+
+/// The first file named `name` below `dir`.
+fn walkdir_find(dir: &Path, name: &str) -> Option<PathBuf> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).ok()?.flatten() {
+            let ft = e.file_type().ok()?;
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if e.file_name() == name {
+                return Some(e.path());
+            }
+        }
+    }
+    None
 }
 
 fn mounts_under(root: &Path) -> Vec<String> {

@@ -241,6 +241,12 @@ impl<'a> Upper<'a> {
     }
 
     /// `COPY`/`ADD` of `src` (a path or wildcard, relative to the source root) to `dest`.
+    ///
+    /// As in BuildKit, each match is copied on its own: into `dest` when `dest` ends
+    /// with `/` or is an existing directory, to the name `dest` otherwise (several files
+    /// to a new name leave the last one there). A directory's contents go into `dest`,
+    /// which keeps its own metadata when it exists and is created 0755 (owned by
+    /// `--chown`, or root) when it does not; the entries inside keep theirs.
     pub fn copy(
         &mut self,
         source: &dyn SourceFs,
@@ -251,9 +257,9 @@ impl<'a> Upper<'a> {
     ) -> Result<()> {
         let matches = expand_source(source, src)?;
         let dest_rel = self.resolve_dest(dest)?;
-        let into_dir = dest.ends_with('/') || glob::has_wildcard(src) || opts.parents;
+        let into_dir = dest.ends_with('/') || opts.parents;
         let exclude = PatternMatcher::new(&opts.exclude)?;
-        for (rel, entry) in matches {
+        for Source { rel, entry, name } in matches {
             let pivot = parents_path(src, &rel);
             if entry.meta.is_dir() {
                 let target = if opts.parents {
@@ -261,11 +267,10 @@ impl<'a> Upper<'a> {
                 } else {
                     dest_rel.clone()
                 };
-                self.ensure_dir(Self::parent_of(&target), opts.owner)?;
-                self.copy_tree(source, &rel, &entry, &target, opts, &exclude, "")?;
+                self.ensure_dir(&target, opts.owner)?;
+                self.copy_children(source, &rel, &target, opts, &exclude, "")?;
                 continue;
             }
-            let name = rel.rsplit('/').next().unwrap_or(&rel).to_string();
             if unpack && is_archive(&entry.path)? {
                 self.ensure_dir(&dest_rel, opts.owner)?;
                 extract_archive(&entry.path, &self.dir.join(&dest_rel), opts.owner)?;
@@ -273,10 +278,17 @@ impl<'a> Upper<'a> {
             }
             let target = if opts.parents {
                 join(&dest_rel, &pivot)
-            } else if into_dir || self.is_dir(&dest_rel) {
+            } else if into_dir {
                 join(&dest_rel, &name)
             } else {
-                dest_rel.clone()
+                // An existing directory (through symlinks, as fsutil's os.Stat) takes
+                // the file inside it, under the name the source was given by.
+                let followed = resolve(self.base, &dest_rel, true)?;
+                if self.is_dir(&followed) {
+                    join(&followed, &name)
+                } else {
+                    dest_rel.clone()
+                }
             };
             self.ensure_dir(Self::parent_of(&target), opts.owner)?;
             self.copy_entry(source, &entry, &target, opts)?;
@@ -284,40 +296,39 @@ impl<'a> Upper<'a> {
         Ok(())
     }
 
+    /// Copies the entries of directory `rel` (recursively) into `target`; `inner` is
+    /// `rel` relative to the copied source, for `--exclude`.
     #[allow(clippy::too_many_arguments)]
-    fn copy_tree(
+    fn copy_children(
         &mut self,
         source: &dyn SourceFs,
         rel: &str,
-        entry: &Entry,
         target: &str,
         opts: &CopyOptions,
         exclude: &PatternMatcher,
         inner: &str,
     ) -> Result<()> {
-        if !inner.is_empty() && exclude.matches(inner) {
-            return Ok(());
-        }
-        if !target.is_empty() {
-            self.copy_entry(source, entry, target, opts)?;
-        }
-        if !entry.meta.is_dir() {
-            return Ok(());
-        }
         for name in source.list(rel) {
             let child_rel = join(rel, &name);
             let Some(child) = source.lstat(&child_rel) else {
                 continue;
             };
-            self.copy_tree(
-                source,
-                &child_rel,
-                &child,
-                &join(target, &name),
-                opts,
-                exclude,
-                &join(inner, &name),
-            )?;
+            let child_inner = join(inner, &name);
+            if exclude.matches(&child_inner) {
+                continue;
+            }
+            let child_target = join(target, &name);
+            self.copy_entry(source, &child, &child_target, opts)?;
+            if child.meta.is_dir() {
+                self.copy_children(
+                    source,
+                    &child_rel,
+                    &child_target,
+                    opts,
+                    exclude,
+                    &child_inner,
+                )?;
+            }
         }
         Ok(())
     }
@@ -481,15 +492,33 @@ fn parents_path(src: &str, matched: &str) -> String {
     }
 }
 
-/// Expands a COPY source into the matching entries (relative path and entry), following
-/// symlinks in the path itself. No match is an error naming the source.
-pub fn expand_source(source: &dyn SourceFs, src: &str) -> Result<Vec<(String, Entry)>> {
+/// One entry a COPY source selects.
+#[derive(Debug)]
+pub struct Source {
+    /// Its path in the source tree, symlinks resolved.
+    pub rel: String,
+    /// The entry at `rel`.
+    pub entry: Entry,
+    /// The name it is copied under: the last component of the path as written or
+    /// matched, before a final symlink is followed (`/bin/sh` is copied as `sh` even
+    /// when it links to `busybox`).
+    pub name: String,
+}
+
+/// Expands a COPY source into the matching entries, following symlinks in the path
+/// itself. No match is an error naming the source.
+pub fn expand_source(source: &dyn SourceFs, src: &str) -> Result<Vec<Source>> {
     let cleaned =
         clean_rel(src).ok_or_else(|| anyhow!("forbidden path outside the build context: {src}"))?;
+    let last_name = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
     if !glob::has_wildcard(&cleaned) {
         let rel = resolve(source, &cleaned, true)?;
         return match source.lstat(&rel) {
-            Some(e) => Ok(vec![(rel, e)]),
+            Some(entry) => Ok(vec![Source {
+                name: last_name(&cleaned),
+                rel,
+                entry,
+            }]),
             None => Err(anyhow!("{src:?} not found in {}", source.describe())),
         };
     }
@@ -513,11 +542,16 @@ pub fn expand_source(source: &dyn SourceFs, src: &str) -> Result<Vec<(String, En
         }
         current = next;
     }
-    let out: Vec<(String, Entry)> = current
+    let out: Vec<Source> = current
         .into_iter()
-        .filter_map(|rel| {
-            let rel = resolve(source, &rel, true).ok()?;
-            source.lstat(&rel).map(|e| (rel, e))
+        .filter_map(|matched| {
+            let rel = resolve(source, &matched, true).ok()?;
+            let entry = source.lstat(&rel)?;
+            Some(Source {
+                name: last_name(&matched),
+                rel,
+                entry,
+            })
         })
         .collect();
     if out.is_empty() {

@@ -142,8 +142,8 @@ impl<'a> BuildWorker<'a> {
     fn context_checksum(&self, sources: &[&str]) -> Result<String> {
         let mut entries: Vec<(String, Entry)> = Vec::new();
         for src in sources {
-            for (rel, entry) in expand_source(&self.context, src)? {
-                walk(&self.context, &rel, entry, &mut entries);
+            for m in expand_source(&self.context, src)? {
+                walk(&self.context, &m.rel, m.entry, &mut entries);
             }
         }
         let tree: Vec<TreeEntry> = entries

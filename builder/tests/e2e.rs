@@ -1535,3 +1535,55 @@ fn login_push_and_logout_with_basic_auth() {
     let config = fs::read_to_string(docker_config.join("config.json")).unwrap();
     assert!(!config.contains(&host), "{config}");
 }
+
+// ---- issue 9: COPY semantics, non-UTF-8 names, context bind mounts, cache mount from= ----
+
+/// Findings 11 and 12 end to end: `COPY d /tmp` keeps the image's 1777 `/tmp`, `COPY d
+/// /new` makes `/new` 0755 while `d/sub` keeps its 0700, and a copied symlink keeps its
+/// own name (`/bin2/sh`, not `/bin2/busybox`).
+#[test]
+fn copy_keeps_target_modes_and_symlink_names() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let env = Env::new();
+    env.busybox();
+    let ctx = env.context(
+        "modes",
+        "FROM busybox:kiln-test AS base\nRUN mkdir -p /tmp && chmod 1777 /tmp\nFROM base\nCOPY d /tmp\nCOPY d /new\nCOPY --from=base /bin/sh /bin2/\n",
+    );
+    fs::create_dir_all(ctx.join("d/sub")).unwrap();
+    fs::write(ctx.join("d/sub/f"), "f").unwrap();
+    fs::set_permissions(ctx.join("d"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::set_permissions(ctx.join("d/sub"), fs::Permissions::from_mode(0o700)).unwrap();
+    let out = env.path("out");
+    env.build(&["-o", &format!("type=local,dest={}", out.display())], &ctx);
+    let mode = |p: &str| fs::symlink_metadata(out.join(p)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("tmp"), 0o1777);
+    assert_eq!(mode("new"), 0o755);
+    assert_eq!(mode("tmp/sub"), 0o700);
+    assert_eq!(mode("new/sub"), 0o700);
+    assert!(out.join("bin2/sh").is_file(), "/bin2/sh is missing");
+    assert!(!out.join("bin2/busybox").exists());
+}
+
+/// Finding 13: a cache mount's `from=` is part of its key: a second build with the same
+/// id seeded from another stage sees its own seed, not the first build's cache.
+#[test]
+fn cache_mount_from_is_part_of_the_key() {
+    let env = Env::new();
+    env.busybox();
+    let dockerfile = |seed: &str| {
+        format!(
+            "FROM busybox:kiln-test AS seed\nRUN mkdir /seed && echo {seed} > /seed/who\nFROM busybox:kiln-test\nRUN --mount=type=cache,id=shared,target=/c,from=seed,source=/seed cat /c/who > /got\n"
+        )
+    };
+    for seed in ["first", "second"] {
+        let ctx = env.context(seed, &dockerfile(seed));
+        let out = env.path(&format!("out-{seed}"));
+        env.build(&["-o", &format!("type=local,dest={}", out.display())], &ctx);
+        assert_eq!(
+            fs::read_to_string(out.join("got")).unwrap().trim(),
+            seed,
+            "the cache mount of the {seed} build"
+        );
+    }
+}

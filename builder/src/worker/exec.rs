@@ -322,7 +322,7 @@ impl BuildWorker<'_> {
         input: Option<&Output>,
         held: &mut Held,
     ) -> Result<PathBuf> {
-        let key = kiln_frontend::graph::sha256_digest(id.as_bytes());
+        let key = kiln_frontend::graph::sha256_digest(cache_mount_key(id, m, input).as_bytes());
         let hex = key.trim_start_matches("sha256:");
         let base = self.store.root().join("cache-mounts");
         fs::create_dir_all(&base)?;
@@ -381,6 +381,24 @@ impl BuildWorker<'_> {
         )
         .map_err(|e| anyhow!("chown of a cache mount: {e}"))?;
         Ok(())
+    }
+}
+
+/// What a cache mount's directory is keyed on: its id, and with `from=` the source's
+/// layer chain and subpath too. BuildKit keys a cache on its id plus the `from` ref
+/// (`getRefCacheDir`: `id + ":" + ref.ID()`), so the same id seeded from another source
+/// gets its own cache instead of silently reusing the first one's.
+fn cache_mount_key(id: &str, m: &Mount, input: Option<&Output>) -> String {
+    match input {
+        Some(out @ Output::Fs { layers, .. }) if !layers.is_empty() => {
+            let chain: Vec<&str> = out.layers().iter().map(|l| l.diff_id.as_str()).collect();
+            format!(
+                "{id}:{}:{}",
+                chain.join(","),
+                m.source.as_deref().unwrap_or_default()
+            )
+        }
+        _ => id.to_string(),
     }
 }
 

@@ -1587,3 +1587,72 @@ fn cache_mount_from_is_part_of_the_key() {
         );
     }
 }
+
+/// Finding 6: `RUN --mount=type=bind` of the context shows what COPY sees, not what
+/// `.dockerignore` excludes, read-only and rw alike, on both snapshotters.
+fn context_bind_mount_honours_dockerignore(snapshotter: &str) {
+    let env = Env::new();
+    env.busybox();
+    let ctx = env.context(
+        "ignored",
+        "FROM busybox:kiln-test\n\
+         RUN --mount=type=bind,target=/ctx test ! -e /ctx/.env && test ! -e /ctx/.git/credentials && test ! -e /ctx/.git && test -e /ctx/keep && test -e /ctx/docs/keep.md && test ! -e /ctx/docs/drop.md && echo ok > /ro-ok\n\
+         RUN --mount=type=bind,target=/ctx,rw test ! -e /ctx/.env && test -e /ctx/keep && touch /ctx/new && echo ok > /rw-ok\n\
+         RUN --mount=type=bind,source=docs,target=/docs ls /docs > /docs-seen\n",
+    );
+    fs::write(
+        ctx.join(".dockerignore"),
+        ".env\n.git/\ndocs/*\n!docs/keep.md\n",
+    )
+    .unwrap();
+    fs::write(ctx.join(".env"), "SECRET=1\n").unwrap();
+    fs::create_dir_all(ctx.join(".git")).unwrap();
+    fs::write(ctx.join(".git/credentials"), "token\n").unwrap();
+    fs::write(ctx.join("keep"), "keep\n").unwrap();
+    fs::create_dir_all(ctx.join("docs")).unwrap();
+    fs::write(ctx.join("docs/keep.md"), "").unwrap();
+    fs::write(ctx.join("docs/drop.md"), "").unwrap();
+    let out = env.path("out");
+    env.build(
+        &[
+            "--snapshotter",
+            snapshotter,
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+        ],
+        &ctx,
+    );
+    assert!(out.join("ro-ok").exists() && out.join("rw-ok").exists());
+    assert_eq!(
+        fs::read_to_string(out.join("docs-seen")).unwrap(),
+        "keep.md\n"
+    );
+    assert!(
+        !ctx.join("new").exists(),
+        "rw writes never reach the context"
+    );
+    // An excluded source is not there for a bind mount either.
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox:kiln-test\nRUN --mount=type=bind,source=.env,target=/e cat /e\n",
+    )
+    .unwrap();
+    env.kiln()
+        .args(["build", "--progress", "plain", "--snapshotter", snapshotter])
+        .arg(&ctx)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains(
+            "\".env\" not found in the build context",
+        ));
+}
+
+#[test]
+fn context_bind_mount_honours_dockerignore_overlay() {
+    context_bind_mount_honours_dockerignore("overlay")
+}
+
+#[test]
+fn context_bind_mount_honours_dockerignore_copy() {
+    context_bind_mount_honours_dockerignore("copy")
+}

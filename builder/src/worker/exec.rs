@@ -199,23 +199,7 @@ impl BuildWorker<'_> {
                 let sub = m.source.clone().unwrap_or_default();
                 match input {
                     Some(Output::Context) => {
-                        let root = self.context.root();
-                        let rel = sandbox::resolve_in_root(root, &sub)?;
-                        let source = root.join(rel);
-                        if !source.exists() {
-                            bail!("bind mount source {sub:?} not found in the build context");
-                        }
-                        if m.readonly {
-                            MountSpec::Bind {
-                                source,
-                                target,
-                                readonly: true,
-                            }
-                        } else {
-                            // Writes to a context mount are thrown away, never reaching
-                            // the user's files.
-                            self.rw_tree(vec![source], "", target, false, run, held)?
-                        }
+                        self.context_mount(&sub, target, m.readonly, run, held)?
                     }
                     Some(out) => {
                         let lowers = self.lowers_top_first(out)?;
@@ -275,6 +259,39 @@ impl BuildWorker<'_> {
                 bail!("RUN --mount=type=ssh is not supported by kiln yet")
             }
         }))
+    }
+
+    /// A bind mount of the build context (`sub` inside it) that shows exactly what COPY
+    /// sees: the context under a layer of whiteouts for what `.dockerignore` excludes
+    /// (an overlay, or with the copy snapshotter a filtered copy). Writes, when allowed,
+    /// are thrown away and never reach the user's files.
+    fn context_mount(
+        &self,
+        sub: &str,
+        target: String,
+        readonly: bool,
+        run: &Path,
+        held: &mut Held,
+    ) -> Result<MountSpec> {
+        let root = self.context.root();
+        let rel = sandbox::resolve_in_root(root, sub)?;
+        let visible = rel
+            .to_str()
+            .is_some_and(|r| self.context.lstat(r).is_some());
+        if !visible || !root.join(&rel).exists() {
+            bail!("bind mount source {sub:?} not found in the build context");
+        }
+        let whiteouts = self.temp(held, "ctx-whiteouts")?;
+        self.context.write_whiteouts(&whiteouts)?;
+        let sub = rel.to_string_lossy().into_owned();
+        self.rw_tree(
+            vec![whiteouts, root.to_path_buf()],
+            &sub,
+            target,
+            readonly,
+            run,
+            held,
+        )
     }
 
     /// A view of `lowers` of its own: with the copy snapshotter a copied tree, otherwise

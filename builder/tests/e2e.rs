@@ -1656,3 +1656,40 @@ fn context_bind_mount_honours_dockerignore_overlay() {
 fn context_bind_mount_honours_dockerignore_copy() {
     context_bind_mount_honours_dockerignore("copy")
 }
+
+/// Finding 7: a Latin-1 name (`caf\xe9`), at the top and in a subdirectory, goes
+/// byte-exact through `COPY . /dst/` and a later stage's `COPY --from`, into the layers.
+#[test]
+fn non_utf8_names_round_trip_into_layers() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::new();
+    env.busybox();
+    let ctx = env.context(
+        "latin1",
+        "FROM busybox:kiln-test AS src\nCOPY . /dst/\nFROM busybox:kiln-test\nCOPY --from=src /dst /again/\n",
+    );
+    let name = OsStr::from_bytes(b"caf\xe9");
+    fs::write(ctx.join(name), "top").unwrap();
+    fs::create_dir_all(ctx.join("sub")).unwrap();
+    fs::write(ctx.join("sub").join(name), "nested").unwrap();
+    let layout = env.path("layout");
+    env.build(
+        &[
+            "-t",
+            "latin1:v1",
+            "-o",
+            &format!("type=oci,dest={}", layout.display()),
+        ],
+        &ctx,
+    );
+    let rootfs = umoci_rootfs(&layout, "v1", &env.path("unpacked"));
+    assert_eq!(
+        fs::read_to_string(rootfs.join("again").join(name)).unwrap(),
+        "top"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("again/sub").join(name)).unwrap(),
+        "nested"
+    );
+}

@@ -14,6 +14,7 @@ use kiln_frontend::dockerignore::PatternMatcher;
 use kiln_frontend::graph::Chown;
 
 use super::glob;
+use super::name::{for_matching, to_path};
 use super::view::{Entry, SourceFs, join, resolve};
 
 /// A uid and gid.
@@ -183,7 +184,7 @@ impl<'a> Upper<'a> {
         let mut cur = String::new();
         for comp in rel.split('/').filter(|c| !c.is_empty()) {
             cur = join(&cur, comp);
-            let up = self.dir.join(&cur);
+            let up = self.dir.join(to_path(&cur));
             match fs::symlink_metadata(&up) {
                 Ok(m) if m.is_dir() => continue,
                 Ok(_) => fs::remove_file(&up)?,
@@ -219,7 +220,7 @@ impl<'a> Upper<'a> {
 
     /// Whether `rel` is a directory in the upper dir or the base.
     fn is_dir(&self, rel: &str) -> bool {
-        fs::symlink_metadata(self.dir.join(rel))
+        fs::symlink_metadata(self.dir.join(to_path(rel)))
             .map(|m| m.is_dir())
             .unwrap_or(false)
             || self.base.lstat(rel).is_some_and(|e| e.meta.is_dir())
@@ -273,7 +274,7 @@ impl<'a> Upper<'a> {
             }
             if unpack && is_archive(&entry.path)? {
                 self.ensure_dir(&dest_rel, opts.owner)?;
-                extract_archive(&entry.path, &self.dir.join(&dest_rel), opts.owner)?;
+                extract_archive(&entry.path, &self.dir.join(to_path(&dest_rel)), opts.owner)?;
                 continue;
             }
             let target = if opts.parents {
@@ -314,7 +315,7 @@ impl<'a> Upper<'a> {
                 continue;
             };
             let child_inner = join(inner, &name);
-            if exclude.matches(&child_inner) {
+            if exclude.matches(&for_matching(&child_inner)) {
                 continue;
             }
             let child_target = join(target, &name);
@@ -341,7 +342,7 @@ impl<'a> Upper<'a> {
         target: &str,
         opts: &CopyOptions,
     ) -> Result<()> {
-        let up = self.dir.join(target);
+        let up = self.dir.join(to_path(target));
         let meta = &entry.meta;
         let ft = meta.file_type();
         if let Ok(old) = fs::symlink_metadata(&up) {
@@ -411,7 +412,7 @@ impl<'a> Upper<'a> {
     pub fn mkfile(&mut self, path: &str, data: &[u8], mode: u32, owner: Option<Ids>) -> Result<()> {
         let rel = self.resolve_dest(path)?;
         self.ensure_dir(Self::parent_of(&rel), owner)?;
-        let up = self.dir.join(&rel);
+        let up = self.dir.join(to_path(&rel));
         if let Ok(m) = fs::symlink_metadata(&up) {
             if m.is_dir() {
                 bail!("cannot write file {path}: it is a directory");
@@ -440,7 +441,7 @@ impl<'a> Upper<'a> {
             rel
         };
         self.ensure_dir(Self::parent_of(&rel), owner)?;
-        let up = self.dir.join(&rel);
+        let up = self.dir.join(to_path(&rel));
         if let Ok(m) = fs::symlink_metadata(&up) {
             if m.is_dir() {
                 bail!("cannot write file {dest}: it is a directory");
@@ -528,7 +529,7 @@ pub fn expand_source(source: &dyn SourceFs, src: &str) -> Result<Vec<Source>> {
         for dir in &current {
             if glob::has_wildcard(comp) {
                 for name in source.list(dir) {
-                    if glob::matches(comp, &name).map_err(anyhow::Error::msg)? {
+                    if glob::matches(comp, &for_matching(&name)).map_err(anyhow::Error::msg)? {
                         next.push(join(dir, &name));
                     }
                 }

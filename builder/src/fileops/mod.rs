@@ -3,6 +3,7 @@
 
 pub mod copy;
 pub mod glob;
+pub mod name;
 pub mod view;
 
 pub use copy::{CopyOptions, Ids, Source, Upper, apply_chmod, expand_source, resolve_chown};

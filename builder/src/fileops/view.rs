@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use kiln_frontend::dockerignore::PatternMatcher;
 
+use super::name::{encode, for_matching, to_path};
+
 /// An entry found in a view: where its bytes are on disk and its metadata.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -71,7 +73,7 @@ pub fn resolve(fs: &dyn SourceFs, rel: &str, follow_last: bool) -> Result<String
                     bail!("too many levels of symbolic links resolving /{rel}");
                 }
                 let target = std::fs::read_link(&e.path)?;
-                let target = target.to_string_lossy().into_owned();
+                let target = encode(target.as_os_str()).into_owned();
                 if target.starts_with('/') {
                     done.clear();
                 }
@@ -107,7 +109,7 @@ impl ContextFs {
 
     /// Whether `.dockerignore` leaves `rel` out of the context.
     pub fn excluded(&self, rel: &str) -> bool {
-        !rel.is_empty() && self.ignore.matches_walk(rel)
+        !rel.is_empty() && self.ignore.matches_walk(&for_matching(rel))
     }
 
     /// Whether `rel` is not part of the context. An excluded directory stays visible when
@@ -118,7 +120,7 @@ impl ContextFs {
 
     /// Whether a walker may skip the whole directory `rel`.
     pub fn can_skip_dir(&self, rel: &str) -> bool {
-        !rel.is_empty() && self.ignore.can_skip_dir(rel)
+        !rel.is_empty() && self.ignore.can_skip_dir(&for_matching(rel))
     }
 }
 
@@ -143,7 +145,7 @@ impl ContextFs {
             let name = dent.file_name();
             let child = rel.join(&name);
             // Patterns match a lossy form of a non-UTF-8 name; paths stay byte-exact.
-            let child_str = join(rel_str, &name.to_string_lossy());
+            let child_str = join(rel_str, &encode(&name));
             let is_dir = dent.file_type().is_ok_and(|t| t.is_dir());
             if self.hidden(&child_str, is_dir) {
                 self.make_parents(rel, out)?;
@@ -194,7 +196,7 @@ impl SourceFs for ContextFs {
         let path = if rel.is_empty() {
             self.root.clone()
         } else {
-            self.root.join(rel)
+            self.root.join(to_path(rel))
         };
         let meta = std::fs::symlink_metadata(&path).ok()?;
         if self.hidden(rel, meta.is_dir()) {
@@ -207,18 +209,18 @@ impl SourceFs for ContextFs {
         let dir = if rel.is_empty() {
             self.root.clone()
         } else {
-            self.root.join(rel)
+            self.root.join(to_path(rel))
         };
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .into_iter()
             .flatten()
             .flatten()
             .filter(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
+                let name = encode(&e.file_name()).into_owned();
                 let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
                 !self.hidden(&join(rel, &name), is_dir)
             })
-            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .map(|e| encode(&e.file_name()).into_owned())
             .collect();
         names.sort();
         names
@@ -279,10 +281,10 @@ impl LayeredFs {
         let mut p = layer.to_path_buf();
         let mut opaque = false;
         for (i, c) in comps.iter().enumerate() {
-            if std::fs::symlink_metadata(p.join(format!(".wh.{c}"))).is_ok() {
+            if std::fs::symlink_metadata(p.join(to_path(&format!(".wh.{c}")))).is_ok() {
                 return Some(Found::Hidden);
             }
-            p.push(c);
+            p.push(to_path(c));
             let Ok(meta) = std::fs::symlink_metadata(&p) else {
                 return opaque.then_some(Found::Hidden);
             };
@@ -338,7 +340,7 @@ impl SourceFs for LayeredFs {
                 }
             };
             for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
+                let name = encode(&entry.file_name()).into_owned();
                 if name == ".wh..wh..opq" {
                     continue;
                 }

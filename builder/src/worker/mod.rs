@@ -188,7 +188,7 @@ impl<'a> BuildWorker<'a> {
                     (None, read_xattrs())
                 };
                 Ok(TreeEntry {
-                    path: rel.into(),
+                    path: crate::fileops::name::to_path(rel).into_owned(),
                     kind,
                     mode: e.meta.mode() & 0o7777,
                     uid: 0,

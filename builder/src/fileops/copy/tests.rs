@@ -395,3 +395,41 @@ fn several_sources_without_trailing_slash_follow_buildkit() {
     assert!(f.upper.join("usr/a.txt").is_file() && f.upper.join("usr/b.txt").is_file());
     assert!(f.upper.join("usr/bin/a.txt").is_file());
 }
+
+/// Finding 7: names that are not valid UTF-8 are copied byte-exact, from the context
+/// and from a stage, never dropped or renamed.
+#[test]
+fn non_utf8_names_are_copied_byte_exact() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let f = fixture();
+    let latin1 = OsStr::from_bytes(b"caf\xe9");
+    fs::write(f.ctx.join(latin1), "latin-1").unwrap();
+    fs::create_dir_all(f.ctx.join("sub")).unwrap();
+    fs::write(f.ctx.join("sub").join(latin1), "in a subdir").unwrap();
+    fs::write(f.ctx.join("caf\u{e9}"), "utf-8").unwrap();
+    let ctx = ContextFs::new(&f.ctx, &[]).unwrap();
+    let base = LayeredFs::new(vec![f.base.clone()], "base");
+    let mut up = Upper::new(&f.upper, &base);
+    up.copy(&ctx, ".", "/dst/", &CopyOptions::default(), false)
+        .unwrap();
+    up.copy(&ctx, "caf*", "/glob/", &CopyOptions::default(), false)
+        .unwrap();
+    up.finish().unwrap();
+    let read = |p: &Path| fs::read_to_string(p).unwrap();
+    assert_eq!(read(&f.upper.join("dst").join(latin1)), "latin-1");
+    assert_eq!(read(&f.upper.join("dst/sub").join(latin1)), "in a subdir");
+    assert_eq!(read(&f.upper.join("dst/caf\u{e9}")), "utf-8");
+    assert_eq!(read(&f.upper.join("glob").join(latin1)), "latin-1");
+    assert_eq!(read(&f.upper.join("glob/caf\u{e9}")), "utf-8");
+    // COPY --from: the upper dir as a stage.
+    let stage = LayeredFs::new(vec![f.upper.clone()], "stage");
+    let again = f.upper.join("../again");
+    fs::create_dir_all(&again).unwrap();
+    let mut up = Upper::new(&again, &base);
+    up.copy(&stage, "/dst", "/out/", &CopyOptions::default(), false)
+        .unwrap();
+    up.finish().unwrap();
+    assert_eq!(read(&again.join("out").join(latin1)), "latin-1");
+    assert_eq!(read(&again.join("out/sub").join(latin1)), "in a subdir");
+}

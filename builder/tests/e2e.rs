@@ -1937,3 +1937,161 @@ fn kill9_campaign_leaves_a_usable_store() {
             .arg(&out),
     );
 }
+
+// ---- issue 9: COPY semantics, non-UTF-8 names, context bind mounts, cache mount from= ----
+
+/// Findings 11 and 12 end to end: `COPY d /tmp` keeps the image's 1777 `/tmp`, `COPY d
+/// /new` makes `/new` 0755 while `d/sub` keeps its 0700, and a copied symlink keeps its
+/// own name (`/bin2/sh`, not `/bin2/busybox`).
+#[test]
+fn copy_keeps_target_modes_and_symlink_names() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let env = Env::new();
+    env.busybox();
+    let ctx = env.context(
+        "modes",
+        "FROM busybox:kiln-test AS base\nRUN mkdir -p /tmp && chmod 1777 /tmp\nFROM base\nCOPY d /tmp\nCOPY d /new\nCOPY --from=base /bin/sh /bin2/\n",
+    );
+    fs::create_dir_all(ctx.join("d/sub")).unwrap();
+    fs::write(ctx.join("d/sub/f"), "f").unwrap();
+    fs::set_permissions(ctx.join("d"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::set_permissions(ctx.join("d/sub"), fs::Permissions::from_mode(0o700)).unwrap();
+    let out = env.path("out");
+    env.build(&["-o", &format!("type=local,dest={}", out.display())], &ctx);
+    let mode = |p: &str| fs::symlink_metadata(out.join(p)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("tmp"), 0o1777);
+    assert_eq!(mode("new"), 0o755);
+    assert_eq!(mode("tmp/sub"), 0o700);
+    assert_eq!(mode("new/sub"), 0o700);
+    assert!(out.join("bin2/sh").is_file(), "/bin2/sh is missing");
+    assert!(!out.join("bin2/busybox").exists());
+}
+
+/// Finding 13: a cache mount's `from=` is part of its key: a second build with the same
+/// id seeded from another stage sees its own seed, not the first build's cache.
+#[test]
+fn cache_mount_from_is_part_of_the_key() {
+    let env = Env::new();
+    env.busybox();
+    let dockerfile = |seed: &str| {
+        format!(
+            "FROM busybox:kiln-test AS seed\nRUN mkdir /seed && echo {seed} > /seed/who\nFROM busybox:kiln-test\nRUN --mount=type=cache,id=shared,target=/c,from=seed,source=/seed cat /c/who > /got\n"
+        )
+    };
+    for seed in ["first", "second"] {
+        let ctx = env.context(seed, &dockerfile(seed));
+        let out = env.path(&format!("out-{seed}"));
+        env.build(&["-o", &format!("type=local,dest={}", out.display())], &ctx);
+        assert_eq!(
+            fs::read_to_string(out.join("got")).unwrap().trim(),
+            seed,
+            "the cache mount of the {seed} build"
+        );
+    }
+}
+
+/// Finding 6: `RUN --mount=type=bind` of the context shows what COPY sees, not what
+/// `.dockerignore` excludes, read-only and rw alike, on both snapshotters.
+fn context_bind_mount_honours_dockerignore(snapshotter: &str) {
+    let env = Env::new();
+    env.busybox();
+    let ctx = env.context(
+        "ignored",
+        "FROM busybox:kiln-test\n\
+         RUN --mount=type=bind,target=/ctx test ! -e /ctx/.env && test ! -e /ctx/.git/credentials && test ! -e /ctx/.git && test -e /ctx/keep && test -e /ctx/docs/keep.md && test ! -e /ctx/docs/drop.md && echo ok > /ro-ok\n\
+         RUN --mount=type=bind,target=/ctx,rw test ! -e /ctx/.env && test -e /ctx/keep && touch /ctx/new && echo ok > /rw-ok\n\
+         RUN --mount=type=bind,source=docs,target=/docs ls /docs > /docs-seen\n",
+    );
+    fs::write(
+        ctx.join(".dockerignore"),
+        ".env\n.git/\ndocs/*\n!docs/keep.md\n",
+    )
+    .unwrap();
+    fs::write(ctx.join(".env"), "SECRET=1\n").unwrap();
+    fs::create_dir_all(ctx.join(".git")).unwrap();
+    fs::write(ctx.join(".git/credentials"), "token\n").unwrap();
+    fs::write(ctx.join("keep"), "keep\n").unwrap();
+    fs::create_dir_all(ctx.join("docs")).unwrap();
+    fs::write(ctx.join("docs/keep.md"), "").unwrap();
+    fs::write(ctx.join("docs/drop.md"), "").unwrap();
+    let out = env.path("out");
+    env.build(
+        &[
+            "--snapshotter",
+            snapshotter,
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+        ],
+        &ctx,
+    );
+    assert!(out.join("ro-ok").exists() && out.join("rw-ok").exists());
+    assert_eq!(
+        fs::read_to_string(out.join("docs-seen")).unwrap(),
+        "keep.md\n"
+    );
+    assert!(
+        !ctx.join("new").exists(),
+        "rw writes never reach the context"
+    );
+    // An excluded source is not there for a bind mount either.
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox:kiln-test\nRUN --mount=type=bind,source=.env,target=/e cat /e\n",
+    )
+    .unwrap();
+    env.kiln()
+        .args(["build", "--progress", "plain", "--snapshotter", snapshotter])
+        .arg(&ctx)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains(
+            "\".env\" not found in the build context",
+        ));
+}
+
+#[test]
+fn context_bind_mount_honours_dockerignore_overlay() {
+    context_bind_mount_honours_dockerignore("overlay")
+}
+
+#[test]
+fn context_bind_mount_honours_dockerignore_copy() {
+    context_bind_mount_honours_dockerignore("copy")
+}
+
+/// Finding 7: a Latin-1 name (`caf\xe9`), at the top and in a subdirectory, goes
+/// byte-exact through `COPY . /dst/` and a later stage's `COPY --from`, into the layers.
+#[test]
+fn non_utf8_names_round_trip_into_layers() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::new();
+    env.busybox();
+    let ctx = env.context(
+        "latin1",
+        "FROM busybox:kiln-test AS src\nCOPY . /dst/\nFROM busybox:kiln-test\nCOPY --from=src /dst /again/\n",
+    );
+    let name = OsStr::from_bytes(b"caf\xe9");
+    fs::write(ctx.join(name), "top").unwrap();
+    fs::create_dir_all(ctx.join("sub")).unwrap();
+    fs::write(ctx.join("sub").join(name), "nested").unwrap();
+    let layout = env.path("layout");
+    env.build(
+        &[
+            "-t",
+            "latin1:v1",
+            "-o",
+            &format!("type=oci,dest={}", layout.display()),
+        ],
+        &ctx,
+    );
+    let rootfs = umoci_rootfs(&layout, "v1", &env.path("unpacked"));
+    assert_eq!(
+        fs::read_to_string(rootfs.join("again").join(name)).unwrap(),
+        "top"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("again/sub").join(name)).unwrap(),
+        "nested"
+    );
+}

@@ -1087,7 +1087,6 @@ impl Converter<'_> {
             instructions::validate_chmod(m).map_err(|e| Diagnostic::at(range, e))?;
         }
         let dest_raw = self.expand(st, &c.paths.dest, range)?;
-        let multiple = c.paths.sources.len() + c.paths.source_contents.len() > 1;
         let dest = Self::resolve_path(st, &dest_raw);
         let mut actions = Vec::new();
         let mut srcs = Vec::new();
@@ -1104,14 +1103,6 @@ impl Converter<'_> {
                 parents: c.parents,
                 exclude: c.exclude.clone(),
             });
-        }
-        if multiple && !dest.ends_with('/') {
-            return Err(Diagnostic::at(
-                range,
-                format!(
-                    "When using COPY with more than one source file, the destination must be a directory and end with a /: {dest_raw}"
-                ),
-            ));
         }
         for doc in &c.paths.source_contents {
             let data = if doc.expand {
@@ -1187,14 +1178,9 @@ impl Converter<'_> {
             .transpose()?;
         let dest_raw = self.expand(st, &a.paths.dest, range)?;
         let dest = Self::resolve_path(st, &dest_raw);
-        if a.paths.sources.len() + a.paths.source_contents.len() > 1 && !dest.ends_with('/') {
-            return Err(Diagnostic::at(
-                range,
-                format!(
-                    "When using ADD with more than one source file, the destination must be a directory and end with a /: {dest_raw}"
-                ),
-            ));
-        }
+        // Several sources to a destination without a trailing `/` are not an error: as
+        // in BuildKit (unlike the classic builder), each is copied on its own, into the
+        // destination when it is a directory, to that name otherwise.
         let mut actions = Vec::new();
         let mut srcs = Vec::new();
         let mut uses_context = false;

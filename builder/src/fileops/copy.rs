@@ -14,6 +14,7 @@ use kiln_frontend::dockerignore::PatternMatcher;
 use kiln_frontend::graph::Chown;
 
 use super::glob;
+use super::name::{for_matching, to_path};
 use super::view::{Entry, SourceFs, join, resolve};
 
 /// A uid and gid.
@@ -183,7 +184,7 @@ impl<'a> Upper<'a> {
         let mut cur = String::new();
         for comp in rel.split('/').filter(|c| !c.is_empty()) {
             cur = join(&cur, comp);
-            let up = self.dir.join(&cur);
+            let up = self.dir.join(to_path(&cur));
             match fs::symlink_metadata(&up) {
                 Ok(m) if m.is_dir() => continue,
                 Ok(_) => fs::remove_file(&up)?,
@@ -219,7 +220,7 @@ impl<'a> Upper<'a> {
 
     /// Whether `rel` is a directory in the upper dir or the base.
     fn is_dir(&self, rel: &str) -> bool {
-        fs::symlink_metadata(self.dir.join(rel))
+        fs::symlink_metadata(self.dir.join(to_path(rel)))
             .map(|m| m.is_dir())
             .unwrap_or(false)
             || self.base.lstat(rel).is_some_and(|e| e.meta.is_dir())
@@ -241,6 +242,12 @@ impl<'a> Upper<'a> {
     }
 
     /// `COPY`/`ADD` of `src` (a path or wildcard, relative to the source root) to `dest`.
+    ///
+    /// As in BuildKit, each match is copied on its own: into `dest` when `dest` ends
+    /// with `/` or is an existing directory, to the name `dest` otherwise (several files
+    /// to a new name leave the last one there). A directory's contents go into `dest`,
+    /// which keeps its own metadata when it exists and is created 0755 (owned by
+    /// `--chown`, or root) when it does not; the entries inside keep theirs.
     pub fn copy(
         &mut self,
         source: &dyn SourceFs,
@@ -251,9 +258,9 @@ impl<'a> Upper<'a> {
     ) -> Result<()> {
         let matches = expand_source(source, src)?;
         let dest_rel = self.resolve_dest(dest)?;
-        let into_dir = dest.ends_with('/') || glob::has_wildcard(src) || opts.parents;
+        let into_dir = dest.ends_with('/') || opts.parents;
         let exclude = PatternMatcher::new(&opts.exclude)?;
-        for (rel, entry) in matches {
+        for Source { rel, entry, name } in matches {
             let pivot = parents_path(src, &rel);
             if entry.meta.is_dir() {
                 let target = if opts.parents {
@@ -261,22 +268,28 @@ impl<'a> Upper<'a> {
                 } else {
                     dest_rel.clone()
                 };
-                self.ensure_dir(Self::parent_of(&target), opts.owner)?;
-                self.copy_tree(source, &rel, &entry, &target, opts, &exclude, "")?;
+                self.ensure_dir(&target, opts.owner)?;
+                self.copy_children(source, &rel, &target, opts, &exclude, "")?;
                 continue;
             }
-            let name = rel.rsplit('/').next().unwrap_or(&rel).to_string();
             if unpack && is_archive(&entry.path)? {
                 self.ensure_dir(&dest_rel, opts.owner)?;
-                extract_archive(&entry.path, &self.dir.join(&dest_rel), opts.owner)?;
+                extract_archive(&entry.path, &self.dir.join(to_path(&dest_rel)), opts.owner)?;
                 continue;
             }
             let target = if opts.parents {
                 join(&dest_rel, &pivot)
-            } else if into_dir || self.is_dir(&dest_rel) {
+            } else if into_dir {
                 join(&dest_rel, &name)
             } else {
-                dest_rel.clone()
+                // An existing directory (through symlinks, as fsutil's os.Stat) takes
+                // the file inside it, under the name the source was given by.
+                let followed = resolve(self.base, &dest_rel, true)?;
+                if self.is_dir(&followed) {
+                    join(&followed, &name)
+                } else {
+                    dest_rel.clone()
+                }
             };
             self.ensure_dir(Self::parent_of(&target), opts.owner)?;
             self.copy_entry(source, &entry, &target, opts)?;
@@ -284,40 +297,39 @@ impl<'a> Upper<'a> {
         Ok(())
     }
 
+    /// Copies the entries of directory `rel` (recursively) into `target`; `inner` is
+    /// `rel` relative to the copied source, for `--exclude`.
     #[allow(clippy::too_many_arguments)]
-    fn copy_tree(
+    fn copy_children(
         &mut self,
         source: &dyn SourceFs,
         rel: &str,
-        entry: &Entry,
         target: &str,
         opts: &CopyOptions,
         exclude: &PatternMatcher,
         inner: &str,
     ) -> Result<()> {
-        if !inner.is_empty() && exclude.matches(inner) {
-            return Ok(());
-        }
-        if !target.is_empty() {
-            self.copy_entry(source, entry, target, opts)?;
-        }
-        if !entry.meta.is_dir() {
-            return Ok(());
-        }
         for name in source.list(rel) {
             let child_rel = join(rel, &name);
             let Some(child) = source.lstat(&child_rel) else {
                 continue;
             };
-            self.copy_tree(
-                source,
-                &child_rel,
-                &child,
-                &join(target, &name),
-                opts,
-                exclude,
-                &join(inner, &name),
-            )?;
+            let child_inner = join(inner, &name);
+            if exclude.matches(&for_matching(&child_inner)) {
+                continue;
+            }
+            let child_target = join(target, &name);
+            self.copy_entry(source, &child, &child_target, opts)?;
+            if child.meta.is_dir() {
+                self.copy_children(
+                    source,
+                    &child_rel,
+                    &child_target,
+                    opts,
+                    exclude,
+                    &child_inner,
+                )?;
+            }
         }
         Ok(())
     }
@@ -330,7 +342,7 @@ impl<'a> Upper<'a> {
         target: &str,
         opts: &CopyOptions,
     ) -> Result<()> {
-        let up = self.dir.join(target);
+        let up = self.dir.join(to_path(target));
         let meta = &entry.meta;
         let ft = meta.file_type();
         if let Ok(old) = fs::symlink_metadata(&up) {
@@ -400,7 +412,7 @@ impl<'a> Upper<'a> {
     pub fn mkfile(&mut self, path: &str, data: &[u8], mode: u32, owner: Option<Ids>) -> Result<()> {
         let rel = self.resolve_dest(path)?;
         self.ensure_dir(Self::parent_of(&rel), owner)?;
-        let up = self.dir.join(&rel);
+        let up = self.dir.join(to_path(&rel));
         if let Ok(m) = fs::symlink_metadata(&up) {
             if m.is_dir() {
                 bail!("cannot write file {path}: it is a directory");
@@ -429,7 +441,7 @@ impl<'a> Upper<'a> {
             rel
         };
         self.ensure_dir(Self::parent_of(&rel), owner)?;
-        let up = self.dir.join(&rel);
+        let up = self.dir.join(to_path(&rel));
         if let Ok(m) = fs::symlink_metadata(&up) {
             if m.is_dir() {
                 bail!("cannot write file {dest}: it is a directory");
@@ -481,15 +493,33 @@ fn parents_path(src: &str, matched: &str) -> String {
     }
 }
 
-/// Expands a COPY source into the matching entries (relative path and entry), following
-/// symlinks in the path itself. No match is an error naming the source.
-pub fn expand_source(source: &dyn SourceFs, src: &str) -> Result<Vec<(String, Entry)>> {
+/// One entry a COPY source selects.
+#[derive(Debug)]
+pub struct Source {
+    /// Its path in the source tree, symlinks resolved.
+    pub rel: String,
+    /// The entry at `rel`.
+    pub entry: Entry,
+    /// The name it is copied under: the last component of the path as written or
+    /// matched, before a final symlink is followed (`/bin/sh` is copied as `sh` even
+    /// when it links to `busybox`).
+    pub name: String,
+}
+
+/// Expands a COPY source into the matching entries, following symlinks in the path
+/// itself. No match is an error naming the source.
+pub fn expand_source(source: &dyn SourceFs, src: &str) -> Result<Vec<Source>> {
     let cleaned =
         clean_rel(src).ok_or_else(|| anyhow!("forbidden path outside the build context: {src}"))?;
+    let last_name = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
     if !glob::has_wildcard(&cleaned) {
         let rel = resolve(source, &cleaned, true)?;
         return match source.lstat(&rel) {
-            Some(e) => Ok(vec![(rel, e)]),
+            Some(entry) => Ok(vec![Source {
+                name: last_name(&cleaned),
+                rel,
+                entry,
+            }]),
             None => Err(anyhow!("{src:?} not found in {}", source.describe())),
         };
     }
@@ -499,7 +529,7 @@ pub fn expand_source(source: &dyn SourceFs, src: &str) -> Result<Vec<(String, En
         for dir in &current {
             if glob::has_wildcard(comp) {
                 for name in source.list(dir) {
-                    if glob::matches(comp, &name).map_err(anyhow::Error::msg)? {
+                    if glob::matches(comp, &for_matching(&name)).map_err(anyhow::Error::msg)? {
                         next.push(join(dir, &name));
                     }
                 }
@@ -513,11 +543,16 @@ pub fn expand_source(source: &dyn SourceFs, src: &str) -> Result<Vec<(String, En
         }
         current = next;
     }
-    let out: Vec<(String, Entry)> = current
+    let out: Vec<Source> = current
         .into_iter()
-        .filter_map(|rel| {
-            let rel = resolve(source, &rel, true).ok()?;
-            source.lstat(&rel).map(|e| (rel, e))
+        .filter_map(|matched| {
+            let rel = resolve(source, &matched, true).ok()?;
+            let entry = source.lstat(&rel)?;
+            Some(Source {
+                name: last_name(&matched),
+                rel,
+                entry,
+            })
         })
         .collect();
     if out.is_empty() {

@@ -3,7 +3,8 @@
 
 pub mod copy;
 pub mod glob;
+pub mod name;
 pub mod view;
 
-pub use copy::{CopyOptions, Ids, Upper, apply_chmod, expand_source, resolve_chown};
+pub use copy::{CopyOptions, Ids, Source, Upper, apply_chmod, expand_source, resolve_chown};
 pub use view::{ContextFs, Entry, LayeredFs, SourceFs, resolve};

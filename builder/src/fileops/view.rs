@@ -7,8 +7,10 @@ use std::fs::Metadata;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use kiln_frontend::dockerignore::PatternMatcher;
+
+use super::name::{encode, for_matching, to_path};
 
 /// An entry found in a view: where its bytes are on disk and its metadata.
 #[derive(Debug, Clone)]
@@ -71,7 +73,7 @@ pub fn resolve(fs: &dyn SourceFs, rel: &str, follow_last: bool) -> Result<String
                     bail!("too many levels of symbolic links resolving /{rel}");
                 }
                 let target = std::fs::read_link(&e.path)?;
-                let target = target.to_string_lossy().into_owned();
+                let target = encode(target.as_os_str()).into_owned();
                 if target.starts_with('/') {
                     done.clear();
                 }
@@ -107,7 +109,7 @@ impl ContextFs {
 
     /// Whether `.dockerignore` leaves `rel` out of the context.
     pub fn excluded(&self, rel: &str) -> bool {
-        !rel.is_empty() && self.ignore.matches_walk(rel)
+        !rel.is_empty() && self.ignore.matches_walk(&for_matching(rel))
     }
 
     /// Whether `rel` is not part of the context. An excluded directory stays visible when
@@ -118,8 +120,75 @@ impl ContextFs {
 
     /// Whether a walker may skip the whole directory `rel`.
     pub fn can_skip_dir(&self, rel: &str) -> bool {
-        !rel.is_empty() && self.ignore.can_skip_dir(rel)
+        !rel.is_empty() && self.ignore.can_skip_dir(&for_matching(rel))
     }
+}
+
+impl ContextFs {
+    /// Writes into `out` (an empty directory) a layer of whiteouts (0/0 character
+    /// devices) for what `.dockerignore` leaves out of the context, so that `out` over
+    /// the context directory (an overlay, or a [`LayeredFs`]) shows exactly what COPY
+    /// sees. Only a walk of names (no file is read or copied), and only the directories
+    /// on the way to a hidden entry are created, with the context's own metadata (the
+    /// top layer's directory is the one an overlay shows).
+    pub fn write_whiteouts(&self, out: &Path) -> Result<()> {
+        copy_dir_meta(&self.root, out)?;
+        self.whiteouts_in(Path::new(""), "", out)
+    }
+
+    fn whiteouts_in(&self, rel: &Path, rel_str: &str, out: &Path) -> Result<()> {
+        let dir = self.root.join(rel);
+        let rd = std::fs::read_dir(&dir)
+            .with_context(|| format!("reading the build context at {}", dir.display()))?;
+        for dent in rd {
+            let dent = dent.with_context(|| format!("reading {}", dir.display()))?;
+            let name = dent.file_name();
+            let child = rel.join(&name);
+            // Patterns match a lossy form of a non-UTF-8 name; paths stay byte-exact.
+            let child_str = join(rel_str, &encode(&name));
+            let is_dir = dent.file_type().is_ok_and(|t| t.is_dir());
+            if self.hidden(&child_str, is_dir) {
+                self.make_parents(rel, out)?;
+                let wh = out.join(&child);
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    &wh,
+                    rustix::fs::FileType::CharacterDevice,
+                    rustix::fs::Mode::empty(),
+                    0,
+                )
+                .with_context(|| format!("creating the whiteout {}", wh.display()))?;
+            } else if is_dir {
+                self.whiteouts_in(&child, &child_str, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates `out/rel` and its missing parents with the context directories' metadata.
+    fn make_parents(&self, rel: &Path, out: &Path) -> Result<()> {
+        let mut cur = PathBuf::new();
+        for comp in rel.components() {
+            cur.push(comp);
+            let o = out.join(&cur);
+            if std::fs::symlink_metadata(&o).is_err() {
+                std::fs::create_dir(&o).with_context(|| format!("mkdir {}", o.display()))?;
+                copy_dir_meta(&self.root.join(&cur), &o)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Gives directory `to` the mode, owner and times of directory `from`.
+fn copy_dir_meta(from: &Path, to: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let m = std::fs::metadata(from).with_context(|| format!("stat {}", from.display()))?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+    std::os::unix::fs::lchown(to, Some(m.uid()), Some(m.gid()))?;
+    let t = filetime::FileTime::from_last_modification_time(&m);
+    filetime::set_file_times(to, t, t)?;
+    Ok(())
 }
 
 impl SourceFs for ContextFs {
@@ -127,7 +196,7 @@ impl SourceFs for ContextFs {
         let path = if rel.is_empty() {
             self.root.clone()
         } else {
-            self.root.join(rel)
+            self.root.join(to_path(rel))
         };
         let meta = std::fs::symlink_metadata(&path).ok()?;
         if self.hidden(rel, meta.is_dir()) {
@@ -140,18 +209,18 @@ impl SourceFs for ContextFs {
         let dir = if rel.is_empty() {
             self.root.clone()
         } else {
-            self.root.join(rel)
+            self.root.join(to_path(rel))
         };
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .into_iter()
             .flatten()
             .flatten()
             .filter(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
+                let name = encode(&e.file_name()).into_owned();
                 let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
                 !self.hidden(&join(rel, &name), is_dir)
             })
-            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .map(|e| encode(&e.file_name()).into_owned())
             .collect();
         names.sort();
         names
@@ -212,10 +281,10 @@ impl LayeredFs {
         let mut p = layer.to_path_buf();
         let mut opaque = false;
         for (i, c) in comps.iter().enumerate() {
-            if std::fs::symlink_metadata(p.join(format!(".wh.{c}"))).is_ok() {
+            if std::fs::symlink_metadata(p.join(to_path(&format!(".wh.{c}")))).is_ok() {
                 return Some(Found::Hidden);
             }
-            p.push(c);
+            p.push(to_path(c));
             let Ok(meta) = std::fs::symlink_metadata(&p) else {
                 return opaque.then_some(Found::Hidden);
             };
@@ -271,7 +340,7 @@ impl SourceFs for LayeredFs {
                 }
             };
             for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
+                let name = encode(&entry.file_name()).into_owned();
                 if name == ".wh..wh..opq" {
                     continue;
                 }
@@ -363,6 +432,58 @@ mod tests {
         assert_eq!(resolve(&v, "bin/tool", true).unwrap(), "usr/bin/tool");
         assert_eq!(resolve(&v, "escape/usr", true).unwrap(), "usr");
         assert_eq!(resolve(&v, "bin", false).unwrap(), "bin");
+    }
+
+    /// Issue 9, finding 6: the whiteout layer over the context hides exactly what COPY
+    /// does not see, also inside an excluded directory an exception keeps.
+    #[test]
+    fn whiteouts_hide_what_dockerignore_excludes() {
+        let t = tempfile::tempdir().unwrap();
+        let root = layer(
+            t.path(),
+            "ctx",
+            &[
+                ("keep", ""),
+                (".env", "SECRET=1"),
+                (".git/credentials", "token"),
+                ("docs/a.md", ""),
+                ("docs/keep.md", ""),
+                ("src/main.rs", ""),
+            ],
+        );
+        let c = ContextFs::new(
+            &root,
+            &[
+                ".env".into(),
+                ".git/".into(),
+                "docs".into(),
+                "!docs/keep.md".into(),
+            ],
+        )
+        .unwrap();
+        let wh = t.path().join("wh");
+        fs::create_dir(&wh).unwrap();
+        c.write_whiteouts(&wh).unwrap();
+        let merged = LayeredFs::new(vec![root.clone(), wh], "ctx");
+        fn walk(v: &dyn SourceFs, rel: &str, out: &mut Vec<String>) {
+            for n in v.list(rel) {
+                let r = join(rel, &n);
+                out.push(r.clone());
+                if v.lstat(&r).unwrap().meta.is_dir() {
+                    walk(v, &r, out);
+                }
+            }
+        }
+        let (mut seen, mut want) = (Vec::new(), Vec::new());
+        walk(&merged, "", &mut seen);
+        walk(&c, "", &mut want);
+        // ContextFs is a SourceFs too: same walk, same answer.
+        assert_eq!(seen, want);
+        assert_eq!(seen, ["docs", "docs/keep.md", "keep", "src", "src/main.rs"]);
+        assert!(
+            !t.path().join("wh/src").exists(),
+            "only dirs on the way to a whiteout"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use rustix::fs::{AtFlags, CWD, FileType, Gid, Mode, Uid};
 
+use crate::fileops::name::{encode, to_path};
 use crate::fileops::{LayeredFs, SourceFs};
 use crate::layer::is_overlay_xattr;
 
@@ -96,7 +97,7 @@ fn materialize_dir(view: &LayeredFs, rel: &str, dest: &Path) -> io::Result<()> {
     for name in view.list(rel) {
         let r = join(rel, &name);
         let Some(e) = view.lstat(&r) else { continue };
-        let d = dest.join(&name);
+        let d = dest.join(to_path(&name));
         if e.meta.is_dir() {
             fs::create_dir(&d)?;
             materialize_dir(view, &r, &d)?;
@@ -181,9 +182,9 @@ impl Differ<'_> {
         let comps: Vec<&str> = rel.split('/').collect();
         for c in &comps[..comps.len() - 1] {
             cur = join(&cur, c);
-            let o = self.out.join(&cur);
+            let o = self.out.join(to_path(&cur));
             if fs::symlink_metadata(&o).is_err() {
-                let t = self.tree.join(&cur);
+                let t = self.tree.join(to_path(&cur));
                 let m = fs::symlink_metadata(&t)?;
                 fs::create_dir(&o)?;
                 copy_meta(&t, &m, &o)?;
@@ -196,10 +197,10 @@ impl Differ<'_> {
         let tdir = if rel.is_empty() {
             self.tree.to_path_buf()
         } else {
-            self.tree.join(rel)
+            self.tree.join(to_path(rel))
         };
         let mut new_names: Vec<String> = fs::read_dir(&tdir)?
-            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .map(|e| e.map(|e| encode(&e.file_name()).into_owned()))
             .collect::<io::Result<_>>()?;
         new_names.sort();
         let old_is_dir = self.base.lstat(rel).is_some_and(|e| e.meta.is_dir());
@@ -210,7 +211,7 @@ impl Differ<'_> {
                     self.parents(&r)?;
                     rustix::fs::mknodat(
                         CWD,
-                        self.out.join(&r),
+                        self.out.join(to_path(&r)),
                         FileType::CharacterDevice,
                         Mode::empty(),
                         0,
@@ -221,7 +222,7 @@ impl Differ<'_> {
         }
         for name in new_names {
             let r = join(rel, &name);
-            let np = self.tree.join(&r);
+            let np = self.tree.join(to_path(&r));
             let nm = fs::symlink_metadata(&np)?;
             let old = if old_is_dir {
                 self.base.lstat(&r)
@@ -235,7 +236,7 @@ impl Differ<'_> {
             if nm.is_dir() {
                 if differs {
                     self.parents(&r)?;
-                    let o = self.out.join(&r);
+                    let o = self.out.join(to_path(&r));
                     if fs::symlink_metadata(&o).is_err() {
                         fs::create_dir(&o)?;
                     }
@@ -244,13 +245,13 @@ impl Differ<'_> {
                 }
                 self.dir(&r)?;
                 // Children may have changed the directory's own mtime in `out`.
-                let o = self.out.join(&r);
+                let o = self.out.join(to_path(&r));
                 if fs::symlink_metadata(&o).is_ok() {
                     copy_meta(&np, &nm, &o)?;
                 }
             } else if differs {
                 self.parents(&r)?;
-                let o = self.out.join(&r);
+                let o = self.out.join(to_path(&r));
                 if nm.file_type().is_socket() {
                     continue;
                 }
@@ -288,7 +289,7 @@ pub fn prune_copied_up(upper: &Path, candidates: &[PathBuf], base: &LayeredFs) {
         if super::beneath::is_opaque(&fd) {
             continue;
         }
-        let Some(old) = base.lstat(&rel.to_string_lossy()) else {
+        let Some(old) = base.lstat(&encode(rel.as_os_str())) else {
             continue;
         };
         if old.meta.is_dir()

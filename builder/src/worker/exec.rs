@@ -207,23 +207,7 @@ impl BuildWorker<'_> {
                 let sub = m.source.clone().unwrap_or_default();
                 match input {
                     Some(Output::Context) => {
-                        let root = self.context.root();
-                        let rel = sandbox::resolve_in_root(root, &sub)?;
-                        let source = root.join(rel);
-                        if !source.exists() {
-                            bail!("bind mount source {sub:?} not found in the build context");
-                        }
-                        if m.readonly {
-                            MountSpec::Bind {
-                                source,
-                                target,
-                                readonly: true,
-                            }
-                        } else {
-                            // Writes to a context mount are thrown away, never reaching
-                            // the user's files.
-                            self.rw_tree(vec![source], "", target, false, run, held)?
-                        }
+                        self.context_mount(&sub, target, m.readonly, run, held)?
                     }
                     Some(out) => {
                         let lowers = self.lowers_top_first(out)?;
@@ -285,6 +269,39 @@ impl BuildWorker<'_> {
         }))
     }
 
+    /// A bind mount of the build context (`sub` inside it) that shows exactly what COPY
+    /// sees: the context under a layer of whiteouts for what `.dockerignore` excludes
+    /// (an overlay, or with the copy snapshotter a filtered copy). Writes, when allowed,
+    /// are thrown away and never reach the user's files.
+    fn context_mount(
+        &self,
+        sub: &str,
+        target: String,
+        readonly: bool,
+        run: &Path,
+        held: &mut Held,
+    ) -> Result<MountSpec> {
+        let root = self.context.root();
+        let rel = sandbox::resolve_in_root(root, sub)?;
+        let visible = rel
+            .to_str()
+            .is_some_and(|r| self.context.lstat(r).is_some());
+        if !visible || !root.join(&rel).exists() {
+            bail!("bind mount source {sub:?} not found in the build context");
+        }
+        let whiteouts = self.temp(held, "ctx-whiteouts")?;
+        self.context.write_whiteouts(&whiteouts)?;
+        let sub = rel.to_string_lossy().into_owned();
+        self.rw_tree(
+            vec![whiteouts, root.to_path_buf()],
+            &sub,
+            target,
+            readonly,
+            run,
+            held,
+        )
+    }
+
     /// A view of `lowers` of its own: with the copy snapshotter a copied tree, otherwise
     /// an overlay whose writes (unless `readonly`) go to a throw-away upper dir.
     fn rw_tree(
@@ -330,7 +347,7 @@ impl BuildWorker<'_> {
         input: Option<&Output>,
         held: &mut Held,
     ) -> Result<PathBuf> {
-        let key = kiln_frontend::graph::sha256_digest(id.as_bytes());
+        let key = kiln_frontend::graph::sha256_digest(cache_mount_key(id, m, input).as_bytes());
         let hex = key.trim_start_matches("sha256:");
         let base = self.store.root().join("cache-mounts");
         fs::create_dir_all(&base)?;
@@ -389,6 +406,24 @@ impl BuildWorker<'_> {
         )
         .map_err(|e| anyhow!("chown of a cache mount: {e}"))?;
         Ok(())
+    }
+}
+
+/// What a cache mount's directory is keyed on: its id, and with `from=` the source's
+/// layer chain and subpath too. BuildKit keys a cache on its id plus the `from` ref
+/// (`getRefCacheDir`: `id + ":" + ref.ID()`), so the same id seeded from another source
+/// gets its own cache instead of silently reusing the first one's.
+fn cache_mount_key(id: &str, m: &Mount, input: Option<&Output>) -> String {
+    match input {
+        Some(out @ Output::Fs { layers, .. }) if !layers.is_empty() => {
+            let chain: Vec<&str> = out.layers().iter().map(|l| l.diff_id.as_str()).collect();
+            format!(
+                "{id}:{}:{}",
+                chain.join(","),
+                m.source.as_deref().unwrap_or_default()
+            )
+        }
+        _ => id.to_string(),
     }
 }
 

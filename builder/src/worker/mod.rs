@@ -144,8 +144,8 @@ impl<'a> BuildWorker<'a> {
     fn context_checksum(&self, sources: &[&str]) -> Result<String> {
         let mut entries: Vec<(String, Entry)> = Vec::new();
         for src in sources {
-            for (rel, entry) in expand_source(&self.context, src)? {
-                walk(&self.context, &rel, entry, &mut entries);
+            for m in expand_source(&self.context, src)? {
+                walk(&self.context, &m.rel, m.entry, &mut entries);
             }
         }
         let tree: Vec<TreeEntry> = entries
@@ -190,7 +190,7 @@ impl<'a> BuildWorker<'a> {
                     (None, read_xattrs())
                 };
                 Ok(TreeEntry {
-                    path: rel.into(),
+                    path: crate::fileops::name::to_path(rel).into_owned(),
                     kind,
                     mode: e.meta.mode() & 0o7777,
                     uid: 0,

@@ -351,3 +351,27 @@ fn scratch_stage_starts_empty() {
     assert!(matches!(&p.graph.vertex(root).op, Op::File(f) if !f.has_base));
     assert!(images(&p).is_empty());
 }
+
+/// Issue 9: several sources to a destination without a trailing `/` are accepted, as
+/// BuildKit does (the classic builder's error is not BuildKit's); each source becomes
+/// its own copy to that destination.
+#[test]
+fn several_sources_without_trailing_slash_are_accepted() {
+    for df in [
+        "FROM x\nCOPY a b /dest\n",
+        "FROM x\nADD a b /dest\n",
+        "FROM x\nCOPY *.txt /dest\n",
+    ] {
+        let p = plan_with(df, &[], None).unwrap_or_else(|e| panic!("{df}: {e}"));
+        let root = p.target_stage().root.unwrap();
+        let Op::File(f) = &p.graph.vertex(root).op else {
+            panic!("{df}: not a file op");
+        };
+        assert!(
+            f.actions
+                .iter()
+                .all(|a| matches!(a, FileAction::Copy { dest, .. } if dest == "/dest")),
+            "{df}"
+        );
+    }
+}

@@ -297,3 +297,139 @@ fn add_extracts_local_archives() {
         .unwrap();
     assert!(f.upper.join("raw/app.tar.gz").is_file());
 }
+
+// ---- issue 9: COPY semantics ----
+
+/// Finding 11: a directory COPY leaves an existing target's mode and owner alone and
+/// creates a missing one 0755 (owned by --chown or root); what is inside keeps its modes.
+#[test]
+fn directory_copy_keeps_the_target_metadata() {
+    let f = fixture();
+    fs::create_dir_all(f.ctx.join("d/sub")).unwrap();
+    write(&f.ctx, "d/sub/x", "x");
+    fs::set_permissions(f.ctx.join("d"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::set_permissions(f.ctx.join("d/sub"), fs::Permissions::from_mode(0o750)).unwrap();
+    fs::create_dir_all(f.base.join("tmp")).unwrap();
+    fs::set_permissions(f.base.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    let mode = |rel: &str| fs::metadata(f.upper.join(rel)).unwrap().mode() & 0o7777;
+
+    run(&f, "d", "/tmp", CopyOptions::default()).unwrap();
+    assert_eq!(mode("tmp"), 0o1777, "an existing target keeps its mode");
+    assert_eq!(
+        mode("tmp/sub"),
+        0o750,
+        "a copied subdirectory keeps its own mode"
+    );
+    assert!(f.upper.join("tmp/sub/x").is_file());
+
+    run(&f, "d", "/new", CopyOptions::default()).unwrap();
+    assert_eq!(mode("new"), 0o755, "a new target is created 0755");
+    assert_eq!(mode("new/sub"), 0o750);
+
+    let owner = Some(Ids { uid: 7, gid: 8 });
+    run(
+        &f,
+        "d",
+        "/owned",
+        CopyOptions {
+            owner,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let m = fs::metadata(f.upper.join("owned")).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o755, 7, 8));
+    assert_eq!(fs::metadata(f.upper.join("owned/sub")).unwrap().uid(), 7);
+}
+
+/// Finding 12: a symlink source is copied under its own name, with its target's content.
+#[test]
+fn symlink_source_keeps_its_name() {
+    let f = fixture();
+    let stage = f.base.join("../stage");
+    write(&stage, "bin/busybox", "busybox binary");
+    std::os::unix::fs::symlink("busybox", stage.join("bin/sh")).unwrap();
+    let source = LayeredFs::new(vec![stage], "stage base");
+    let base = LayeredFs::new(vec![f.base.clone()], "base");
+    let mut up = Upper::new(&f.upper, &base);
+    let opts = CopyOptions::default();
+    up.copy(&source, "/bin/sh", "/bin2/", &opts, false).unwrap();
+    up.copy(&source, "/bin/s?", "/bin3/", &opts, false).unwrap();
+    up.copy(&source, "/bin/sh", "/bin4", &opts, false).unwrap();
+    up.finish().unwrap();
+    assert_eq!(
+        tree(&f.upper),
+        ["bin2", "bin2/sh", "bin3", "bin3/sh", "bin4"]
+    );
+    for p in ["bin2/sh", "bin3/sh", "bin4"] {
+        let m = fs::symlink_metadata(f.upper.join(p)).unwrap();
+        assert!(m.is_file(), "{p} is the followed content");
+        assert_eq!(
+            fs::read_to_string(f.upper.join(p)).unwrap(),
+            "busybox binary"
+        );
+    }
+}
+
+/// Several sources to a destination without a trailing `/`: as in BuildKit, literal
+/// sources and wildcard matches alike go into an existing directory, and to the name
+/// itself otherwise (the last one stays), never an error nor a new directory.
+#[test]
+fn several_sources_without_trailing_slash_follow_buildkit() {
+    let f = fixture();
+    let ctx = ContextFs::new(&f.ctx, &[]).unwrap();
+    let base = LayeredFs::new(vec![f.base.clone()], "base");
+    let mut up = Upper::new(&f.upper, &base);
+    let opts = CopyOptions::default();
+    // COPY a.txt b.txt /lit
+    up.copy(&ctx, "a.txt", "/lit", &opts, false).unwrap();
+    up.copy(&ctx, "b.txt", "/lit", &opts, false).unwrap();
+    // COPY *.txt /glob
+    up.copy(&ctx, "*.txt", "/glob", &opts, false).unwrap();
+    // COPY *.txt /usr (an existing directory) and through the /bin -> usr/bin symlink
+    up.copy(&ctx, "*.txt", "/usr", &opts, false).unwrap();
+    up.copy(&ctx, "a.txt", "/bin", &opts, false).unwrap();
+    up.finish().unwrap();
+    assert_eq!(fs::read_to_string(f.upper.join("lit")).unwrap(), "B");
+    assert_eq!(fs::read_to_string(f.upper.join("glob")).unwrap(), "B");
+    assert!(f.upper.join("usr/a.txt").is_file() && f.upper.join("usr/b.txt").is_file());
+    assert!(f.upper.join("usr/bin/a.txt").is_file());
+}
+
+/// Finding 7: names that are not valid UTF-8 are copied byte-exact, from the context
+/// and from a stage, never dropped or renamed.
+#[test]
+fn non_utf8_names_are_copied_byte_exact() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let f = fixture();
+    let latin1 = OsStr::from_bytes(b"caf\xe9");
+    fs::write(f.ctx.join(latin1), "latin-1").unwrap();
+    fs::create_dir_all(f.ctx.join("sub")).unwrap();
+    fs::write(f.ctx.join("sub").join(latin1), "in a subdir").unwrap();
+    fs::write(f.ctx.join("caf\u{e9}"), "utf-8").unwrap();
+    let ctx = ContextFs::new(&f.ctx, &[]).unwrap();
+    let base = LayeredFs::new(vec![f.base.clone()], "base");
+    let mut up = Upper::new(&f.upper, &base);
+    up.copy(&ctx, ".", "/dst/", &CopyOptions::default(), false)
+        .unwrap();
+    up.copy(&ctx, "caf*", "/glob/", &CopyOptions::default(), false)
+        .unwrap();
+    up.finish().unwrap();
+    let read = |p: &Path| fs::read_to_string(p).unwrap();
+    assert_eq!(read(&f.upper.join("dst").join(latin1)), "latin-1");
+    assert_eq!(read(&f.upper.join("dst/sub").join(latin1)), "in a subdir");
+    assert_eq!(read(&f.upper.join("dst/caf\u{e9}")), "utf-8");
+    assert_eq!(read(&f.upper.join("glob").join(latin1)), "latin-1");
+    assert_eq!(read(&f.upper.join("glob/caf\u{e9}")), "utf-8");
+    // COPY --from: the upper dir as a stage.
+    let stage = LayeredFs::new(vec![f.upper.clone()], "stage");
+    let again = f.upper.join("../again");
+    fs::create_dir_all(&again).unwrap();
+    let mut up = Upper::new(&again, &base);
+    up.copy(&stage, "/dst", "/out/", &CopyOptions::default(), false)
+        .unwrap();
+    up.finish().unwrap();
+    assert_eq!(read(&again.join("out").join(latin1)), "latin-1");
+    assert_eq!(read(&again.join("out/sub").join(latin1)), "in a subdir");
+}

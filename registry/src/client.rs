@@ -27,6 +27,7 @@ use reqwest::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use crate::auth::{Challenge, TokenCache, TokenResponse};
 use crate::credentials::{self, Credential};
 use crate::error::{RegistryError, Result, chain, registry_message};
+use crate::net::Timeouts;
 use crate::reference::{api_host, normalize_registry};
 
 /// Options for [`Client::new`].
@@ -53,8 +54,10 @@ pub struct ClientOptions {
     pub retries: u32,
     /// First backoff delay; doubled after each retry, capped at 10 s.
     pub retry_delay: Duration,
-    /// Connect timeout per request.
-    pub connect_timeout: Duration,
+    /// Connect, no-progress and minimum-rate timeouts of every request
+    /// (see [`crate::net`]); a stalled request is retried like a dropped
+    /// connection.
+    pub timeouts: Timeouts,
 }
 
 impl Default for ClientOptions {
@@ -68,7 +71,7 @@ impl Default for ClientOptions {
             chunk_size: 16 << 20,
             retries: 3,
             retry_delay: Duration::from_millis(500),
-            connect_timeout: Duration::from_secs(30),
+            timeouts: Timeouts::default(),
         }
     }
 }
@@ -100,6 +103,8 @@ pub(crate) struct Ctx<'a> {
     pub reference: String,
     pub registry: &'a str,
     pub scopes: Vec<String>,
+    /// The client's timeouts, to watch bodies and name stalls in errors.
+    pub timeouts: Timeouts,
 }
 
 impl Ctx<'_> {
@@ -112,7 +117,22 @@ impl Ctx<'_> {
         }
     }
 
-    pub(crate) fn transport(&self, e: &dyn std::error::Error) -> RegistryError {
+    pub(crate) fn stalled(&self, detail: String) -> RegistryError {
+        RegistryError::Stalled {
+            action: self.action,
+            reference: self.reference.clone(),
+            registry: self.registry.to_owned(),
+            attempts: 1,
+            detail,
+        }
+    }
+
+    /// A failed request or body read: [`RegistryError::Stalled`] if it timed
+    /// out, else [`RegistryError::Transport`].
+    pub(crate) fn transport(&self, e: &(dyn std::error::Error + 'static)) -> RegistryError {
+        if let Some(detail) = self.timeouts.stalled(e) {
+            return self.stalled(detail);
+        }
         RegistryError::Transport {
             action: self.action,
             reference: self.reference.clone(),
@@ -139,12 +159,12 @@ impl Client {
         // reqwest is built without a default crypto provider: ring builds
         // faster than aws-lc. Installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = reqwest::blocking::Client::builder()
+        // Layers can take minutes, so no total timeout: a peer must keep
+        // the transfer moving instead (see `net`).
+        let mut builder = opts
+            .timeouts
+            .apply(reqwest::blocking::Client::builder())
             .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
-            // Layers can take minutes; a dead peer is caught by keepalive
-            // and connection errors instead of a total timeout.
-            .timeout(None)
-            .connect_timeout(opts.connect_timeout)
             .tcp_keepalive(Duration::from_secs(30))
             .pool_max_idle_per_host(opts.max_concurrent.max(1) * 2);
         if let Some(path) = &opts.ca_file {
@@ -341,7 +361,7 @@ impl Client {
         };
         let resp = req.send().map_err(|e| ctx.transport(&e))?;
         let status = resp.status();
-        let body = read_capped(resp, 1 << 20).map_err(|e| ctx.transport(&e))?;
+        let body = read_capped(ctx, resp, 1 << 20).map_err(|e| ctx.transport(&e))?;
         if !status.is_success() {
             let mut message = registry_message(status.as_u16(), &body);
             message = format!("token service {realm}: {message}");
@@ -377,7 +397,15 @@ impl Client {
             if let Some(h) = &sent {
                 req = req.header(AUTHORIZATION, h);
             }
-            let resp = req.send().map_err(|e| ctx.transport(&e))?;
+            let req = req.build().map_err(|e| ctx.transport(&e))?;
+            // Uploads carry their own total deadline (see `net`).
+            let deadline = req.timeout().copied();
+            let resp = self.http.execute(req).map_err(|e| match deadline {
+                Some(d) if e.is_timeout() && !e.is_connect() => {
+                    ctx.stalled(format!("request not done within {d:.1?}"))
+                }
+                _ => ctx.transport(&e),
+            })?;
             if resp.status() == StatusCode::UNAUTHORIZED && !challenged {
                 let challenge = resp
                     .headers()
@@ -441,6 +469,21 @@ impl Client {
                         detail,
                     });
                 }
+                Err(RegistryError::Stalled {
+                    action,
+                    reference,
+                    registry,
+                    detail,
+                    ..
+                }) => {
+                    return Err(RegistryError::Stalled {
+                        action,
+                        reference,
+                        registry,
+                        attempts: attempt,
+                        detail,
+                    });
+                }
                 other => return other,
             }
         }
@@ -458,6 +501,7 @@ impl Client {
             reference: registry.clone(),
             registry: &registry,
             scopes: Vec::new(),
+            timeouts: self.opts.timeouts,
         };
         let url = format!("{}/v2/", self.base_url(&registry));
         let resp = self.with_retries(|| {
@@ -518,7 +562,7 @@ impl Client {
 /// bounded amount of) its body for the registry's message.
 pub(crate) fn error_from(ctx: &Ctx, resp: Response) -> RegistryError {
     let status = resp.status().as_u16();
-    let body = read_capped(resp, 64 << 10).unwrap_or_default();
+    let body = read_capped(ctx, resp, 64 << 10).unwrap_or_default();
     ctx.http_error(status, &body)
 }
 
@@ -548,10 +592,11 @@ impl Client {
     }
 }
 
-/// Read at most `cap` bytes of a body (the rest is dropped).
-pub(crate) fn read_capped(resp: Response, cap: u64) -> std::io::Result<Vec<u8>> {
+/// Read at most `cap` bytes of a body (the rest is dropped), under the
+/// minimum-rate rule.
+pub(crate) fn read_capped(ctx: &Ctx, resp: Response, cap: u64) -> std::io::Result<Vec<u8>> {
     let mut body = Vec::new();
-    resp.take(cap).read_to_end(&mut body)?;
+    ctx.timeouts.watch(resp).take(cap).read_to_end(&mut body)?;
     Ok(body)
 }
 

@@ -407,11 +407,7 @@ impl Client {
                 _ => ctx.transport(&e),
             })?;
             if resp.status() == StatusCode::UNAUTHORIZED && !challenged {
-                let challenge = resp
-                    .headers()
-                    .get(WWW_AUTHENTICATE)
-                    .and_then(|h| h.to_str().ok())
-                    .and_then(Challenge::parse);
+                let challenge = challenge_of(ctx, &resp)?;
                 if let Some(ch) = challenge {
                     let mut st = self.state.lock().unwrap();
                     // Drop the token only if it is the one refused: a
@@ -517,45 +513,64 @@ impl Client {
         };
         match resp.status() {
             s if s.is_success() => {}
-            StatusCode::UNAUTHORIZED => {
-                let challenge = resp
-                    .headers()
-                    .get(WWW_AUTHENTICATE)
-                    .and_then(|h| h.to_str().ok())
-                    .and_then(Challenge::parse);
-                match challenge {
-                    Some(Challenge::Bearer { realm, service, .. }) => {
-                        let (token, _) =
-                            self.fetch_token(&ctx, &realm, service.as_deref(), Some(&cred))?;
-                        let r = self
-                            .http
-                            .get(&url)
-                            .header(AUTHORIZATION, format!("Bearer {token}"))
-                            .send()
-                            .map_err(|e| ctx.transport(&e))?;
-                        if !r.status().is_success() {
-                            return Err(error_from(&ctx, r));
-                        }
+            StatusCode::UNAUTHORIZED => match challenge_of(&ctx, &resp)? {
+                Some(Challenge::Bearer { realm, service, .. }) => {
+                    let (token, _) =
+                        self.fetch_token(&ctx, &realm, service.as_deref(), Some(&cred))?;
+                    let r = self
+                        .http
+                        .get(&url)
+                        .header(AUTHORIZATION, format!("Bearer {token}"))
+                        .send()
+                        .map_err(|e| ctx.transport(&e))?;
+                    if !r.status().is_success() {
+                        return Err(error_from(&ctx, r));
                     }
-                    Some(Challenge::Basic) => {
-                        let r = self
-                            .http
-                            .get(&url)
-                            .header(AUTHORIZATION, basic(username, password))
-                            .send()
-                            .map_err(|e| ctx.transport(&e))?;
-                        if !r.status().is_success() {
-                            return Err(error_from(&ctx, r));
-                        }
-                    }
-                    None => return Err(error_from(&ctx, resp)),
                 }
-            }
+                Some(Challenge::Basic) => {
+                    let r = self
+                        .http
+                        .get(&url)
+                        .header(AUTHORIZATION, basic(username, password))
+                        .send()
+                        .map_err(|e| ctx.transport(&e))?;
+                    if !r.status().is_success() {
+                        return Err(error_from(&ctx, r));
+                    }
+                }
+                None => return Err(error_from(&ctx, resp)),
+            },
             _ => return Err(error_from(&ctx, resp)),
         }
         self.set_credential(&registry, Some(cred));
         Ok(())
     }
+}
+
+/// The challenge of a 401 response: `None` if it has no `WWW-Authenticate`
+/// header, an error naming the registry and the header if kiln cannot answer
+/// it (an unknown scheme, a bearer challenge without a realm).
+fn challenge_of(ctx: &Ctx, resp: &Response) -> Result<Option<Challenge>> {
+    let Some(header) = resp.headers().get(WWW_AUTHENTICATE) else {
+        return Ok(None);
+    };
+    let text = String::from_utf8_lossy(header.as_bytes());
+    if let Some(c) = Challenge::parse(&text) {
+        return Ok(Some(c));
+    }
+    let mut shown: String = text.chars().take(200).collect();
+    if shown.len() < text.len() {
+        shown.push_str("...");
+    }
+    Err(RegistryError::Auth {
+        action: ctx.action,
+        reference: ctx.reference.clone(),
+        detail: format!(
+            "registry {} returned an unsupported WWW-Authenticate challenge: {shown:?} \
+             (kiln answers Basic, and Bearer with a realm)",
+            ctx.registry
+        ),
+    })
 }
 
 /// Turn an unexpected response into [`RegistryError::Http`], reading (a
@@ -578,12 +593,14 @@ impl Client {
         } = &mut e
             && ctx.action != "login to"
         {
-            let known = self.state.lock().unwrap().creds.get(ctx.registry).cloned();
+            // Looked up here if no challenge made the client read them yet,
+            // so saved credentials are never reported missing.
+            let known = self.credential(ctx.registry).ok().flatten();
             let hint = match known {
-                Some(Some(_)) if *status == 401 => {
+                Some(_) if *status == 401 => {
                     format!("the credentials for {} were refused", ctx.registry)
                 }
-                Some(Some(_)) => "access denied for these credentials".to_owned(),
+                Some(_) => "access denied for these credentials".to_owned(),
                 _ => format!("no credentials for {0}; run `kiln login {0}`", ctx.registry),
             };
             message.push_str(&format!(" ({hint})"));
@@ -665,6 +682,71 @@ pub(crate) fn run_parallel<T: Sync, R: Send>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server on 127.0.0.1 answering every request with a 401 carrying
+    /// `challenge` (if any); at most 10 connections. Returns its host.
+    fn unauthorized(challenge: Option<&'static str>) -> String {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().take(10) {
+                let Ok(mut conn) = conn else { return };
+                let mut head = [0u8; 4096];
+                let _ = conn.read(&mut head);
+                let header = challenge
+                    .map(|c| format!("WWW-Authenticate: {c}\r\n"))
+                    .unwrap_or_default();
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 401 Unauthorized\r\n{header}Content-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        host
+    }
+
+    /// Fetches a manifest from `host` with credentials saved for it.
+    fn fetch_with_saved_credentials(host: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        credentials::save(Some(dir.path()), host, "kiln", "s3cret").unwrap();
+        let c = Client::new(ClientOptions {
+            docker_config_dir: Some(dir.path().to_path_buf()),
+            retries: 0,
+            ..Default::default()
+        })
+        .unwrap();
+        let r = crate::Reference::parse(&format!("{host}/app:1")).unwrap();
+        let Err(e) = c.fetch_manifest(&r, "1") else {
+            panic!("a 401 must fail")
+        };
+        e.to_string()
+    }
+
+    #[test]
+    fn issue9_unsupported_challenge_is_named_not_missing_credentials() {
+        let host = unauthorized(Some(r#"Negotiate abc, Bearer service="x""#));
+        let e = fetch_with_saved_credentials(&host);
+        assert_eq!(
+            e,
+            format!(
+                "pull {host}/app:1: authentication failed: registry {host} returned an \
+                 unsupported WWW-Authenticate challenge: \"Negotiate abc, Bearer service=\\\"x\\\"\" \
+                 (kiln answers Basic, and Bearer with a realm)"
+            )
+        );
+        let host = unauthorized(Some(r#"Bearer service="no realm""#));
+        let e = fetch_with_saved_credentials(&host);
+        assert!(e.contains("unsupported WWW-Authenticate challenge"), "{e}");
+        // No challenge at all: the saved credentials are not reported missing.
+        let host = unauthorized(None);
+        let e = fetch_with_saved_credentials(&host);
+        assert!(e.contains("HTTP 401"), "{e}");
+        assert!(
+            e.contains(&format!("the credentials for {host} were refused")),
+            "{e}"
+        );
+    }
 
     #[test]
     fn plain_http_for_loopback_and_insecure() {

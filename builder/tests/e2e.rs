@@ -1614,3 +1614,93 @@ fn issue9_add_url_from_a_trickling_server_ends_with_a_clear_error() {
     assert!(stderr.contains("(gave up after 3 attempts)"), "{stderr}");
     assert!(took < std::time::Duration::from_secs(20), "took {took:?}");
 }
+
+/// Writes an OCI layout (FROM scratch + one file) with `kiln build -o type=oci` and
+/// returns it with its layer blob's path.
+fn issue9_layout(env: &Env) -> (PathBuf, PathBuf) {
+    let ctx = env.context("layout-src", "FROM scratch\nCOPY hello.txt /hello.txt\n");
+    fs::write(ctx.join("hello.txt"), "hello\n").unwrap();
+    let layout = env.path("layout");
+    env.build(
+        &["--output", &format!("type=oci,dest={}", layout.display())],
+        &ctx,
+    );
+    let index: Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let hex = |d: &Value| d["digest"].as_str().unwrap()[7..].to_string();
+    let manifest: Value = serde_json::from_slice(
+        &fs::read(
+            layout
+                .join("blobs/sha256")
+                .join(hex(&index["manifests"][0])),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let blob = layout
+        .join("blobs/sha256")
+        .join(hex(&manifest["layers"][0]));
+    (layout, blob)
+}
+
+/// Builds `FROM oci-layout://LAYOUT` in a fresh store (so every blob is read from the
+/// layout): it must fail in time, with `want` in its error.
+fn issue9_build_from_layout_fails(layout: &Path, want: &str) {
+    let env = Env::new();
+    let ctx = env.context(
+        "from-layout",
+        &format!("FROM oci-layout://{}\n", layout.display()),
+    );
+    let start = std::time::Instant::now();
+    let out = env
+        .kiln()
+        .args(["build", "--progress", "plain"])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(want), "{stderr}\nwanted: {want}");
+    // Reading /dev/zero until memory runs out takes far longer than this.
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+}
+
+#[test]
+fn issue9_layout_index_symlinked_to_dev_zero_is_refused() {
+    let env = Env::new();
+    let (layout, _) = issue9_layout(&env);
+    fs::remove_file(layout.join("index.json")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", layout.join("index.json")).unwrap();
+    issue9_build_from_layout_fails(
+        &layout,
+        &format!(
+            "{}/index.json is or goes through a symbolic link",
+            layout.display()
+        ),
+    );
+}
+
+#[test]
+fn issue9_layout_blob_symlinked_to_dev_zero_is_refused() {
+    let env = Env::new();
+    let (layout, blob) = issue9_layout(&env);
+    fs::remove_file(&blob).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &blob).unwrap();
+    issue9_build_from_layout_fails(
+        &layout,
+        &format!("{} is or goes through a symbolic link", blob.display()),
+    );
+}
+
+#[test]
+fn issue9_layout_blob_larger_than_its_descriptor_is_refused() {
+    let env = Env::new();
+    let (layout, blob) = issue9_layout(&env);
+    let mut f = fs::OpenOptions::new().append(true).open(&blob).unwrap();
+    std::io::Write::write_all(&mut f, &[0u8; 1 << 20]).unwrap();
+    issue9_build_from_layout_fails(
+        &layout,
+        &format!("{} is larger than its descriptor's", blob.display()),
+    );
+}

@@ -282,6 +282,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         .collect();
     let worker = BuildWorker::new(&store, context, &images, layer_opts, exec)?
         .with_reporter(&progress)
+        .with_network_timeouts(req.registry.timeouts)
         .with_lazy_snapshots(leaves);
     let cancel: &AtomicBool = crate::interrupt::flag();
     let results = solver::solve(

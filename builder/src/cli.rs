@@ -29,6 +29,18 @@ struct Cli {
     /// Extra CA certificates (PEM) to trust for registries.
     #[arg(long = "registry-ca", global = true)]
     registry_ca: Option<PathBuf>,
+    /// Give up a registry request or `ADD <url>` download (then retry it) after this long
+    /// without a byte, or when it averages under 16 KiB/s over that long: `30s`, `2m`,
+    /// `500ms`, or seconds.
+    #[arg(
+        long = "network-timeout",
+        global = true,
+        env = "KILN_NETWORK_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "30s",
+        value_parser = parse_timeout
+    )]
+    network_timeout: std::time::Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -204,6 +216,30 @@ enum PlanFormat {
     Dot,
 }
 
+/// `--network-timeout`: `500ms`, `30s`, `2m`, `1h`, or a number of seconds; above zero.
+fn parse_timeout(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let scale = match unit {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("invalid duration {s:?}: use e.g. 30s, 2m or 500ms")),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: use e.g. 30s, 2m or 500ms"))?;
+    let d = std::time::Duration::try_from_secs_f64(n * scale)
+        .map_err(|e| format!("invalid duration {s:?}: {e}"))?;
+    if d.is_zero() {
+        return Err(format!("invalid duration {s:?}: must be above zero"));
+    }
+    Ok(d)
+}
+
 /// Runs the CLI.
 pub fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
@@ -215,6 +251,7 @@ pub fn run() -> Result<ExitCode> {
         insecure: cli.insecure_registries.clone(),
         ca_file: cli.registry_ca.clone(),
         always_pull: false,
+        timeouts: kiln_registry::net::Timeouts::new(cli.network_timeout),
     };
     match cli.command {
         Command::Parse { dump: _, file } => parse_cmd(&file),
@@ -513,4 +550,23 @@ fn parse_secrets(
         out.push((id, path));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn network_timeouts_parse() {
+        assert_eq!(parse_timeout("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_timeout("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_timeout("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_timeout("1.5s"), Ok(Duration::from_millis(1500)));
+        for bad in ["", "0", "0s", "-1s", "10x", "s", "1e9h"] {
+            let e = parse_timeout(bad).unwrap_err();
+            assert!(e.starts_with("invalid duration"), "{bad}: {e}");
+        }
+    }
 }

@@ -1,14 +1,17 @@
 //! `ADD <url>`: downloads into the store's temp area, hashed as they stream, verified
 //! against `--checksum`, kept for the rest of the build so the cache key and the step
-//! share one download.
+//! share one download. Requests follow the registry client's timeouts
+//! ([`kiln_registry::net`]): a server that stalls or trickles is given up, retried, then
+//! reported as stalled.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
+use kiln_registry::net::Timeouts;
 use sha2::{Digest as _, Sha256};
 
 /// A finished download.
@@ -28,7 +31,9 @@ pub struct Downloaded {
 pub struct Downloads {
     dir: PathBuf,
     done: Mutex<HashMap<String, Arc<Downloaded>>>,
-    client: reqwest::blocking::Client,
+    timeouts: Timeouts,
+    /// Made on the first download: most builds have none.
+    client: OnceLock<std::result::Result<reqwest::blocking::Client, String>>,
 }
 
 /// The file name `ADD` gives a URL's content when the destination is a directory.
@@ -45,18 +50,45 @@ pub fn url_filename(url: &str) -> String {
 impl Downloads {
     /// Downloads into `dir` (a directory of the store, so files can be moved cheaply).
     pub fn new(dir: PathBuf) -> Result<Downloads> {
-        crate::tls::install_crypto_provider();
-        let client = reqwest::blocking::Client::builder()
-            .connect_timeout(Duration::from_secs(30))
-            .timeout(Duration::from_secs(3600))
-            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("creating the HTTP client")?;
         Ok(Downloads {
             dir,
             done: Mutex::new(HashMap::new()),
-            client,
+            timeouts: Timeouts::default(),
+            client: OnceLock::new(),
         })
+    }
+
+    /// Uses `timeouts` (`--network-timeout`) for the downloads to come.
+    pub fn set_timeouts(&mut self, timeouts: Timeouts) {
+        self.timeouts = timeouts;
+        self.client = OnceLock::new();
+    }
+
+    fn client(&self) -> std::result::Result<&reqwest::blocking::Client, (bool, anyhow::Error)> {
+        self.client
+            .get_or_init(|| {
+                crate::tls::install_crypto_provider();
+                self.timeouts
+                    .apply(reqwest::blocking::Client::builder())
+                    .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(|e| format!("creating the HTTP client: {e}"))
+            })
+            .as_ref()
+            .map_err(|e| (false, anyhow!("{e}")))
+    }
+
+    /// An error of a request to `url`: a stall says so, in one line.
+    fn net_error(
+        &self,
+        url: &str,
+        what: &str,
+        e: &(dyn std::error::Error + 'static),
+    ) -> anyhow::Error {
+        match self.timeouts.stalled(e) {
+            Some(detail) => anyhow!("ADD {url}: server stalled: {detail}"),
+            None => anyhow!("ADD {url}: {what}{e}"),
+        }
     }
 
     /// Fetches `url` once per build; checks `checksum` (`sha256:<hex>`) when given.
@@ -66,7 +98,9 @@ impl Downloads {
             return Ok(d.clone());
         }
         let mut last_err = None;
+        let mut attempts = 0;
         for attempt in 0..3 {
+            attempts = attempt + 1;
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(500 << attempt));
             }
@@ -88,15 +122,19 @@ impl Downloads {
                 }
             }
         }
-        Err(last_err.unwrap_or_else(|| anyhow!("download of {url} failed")))
+        Err(match last_err {
+            Some(e) if attempts > 1 => anyhow!("{e} (gave up after {attempts} attempts)"),
+            Some(e) => e,
+            None => anyhow!("download of {url} failed"),
+        })
     }
 
     fn try_fetch(&self, url: &str) -> std::result::Result<Downloaded, (bool, anyhow::Error)> {
-        let mut resp = self
-            .client
+        let resp = self
+            .client()?
             .get(url)
             .send()
-            .map_err(|e| (true, anyhow!("ADD {url}: {e}")))?;
+            .map_err(|e| (true, self.net_error(url, "", &e)))?;
         let status = resp.status();
         if !status.is_success() {
             return Err((
@@ -115,12 +153,13 @@ impl Downloads {
             .prefix(&format!("{}.download-", std::process::id()))
             .tempfile_in(&self.dir)
             .map_err(|e| (false, e.into()))?;
+        let mut resp = self.timeouts.watch(resp);
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 16];
         loop {
             let n = resp
                 .read(&mut buf)
-                .map_err(|e| (true, anyhow!("ADD {url}: reading the body: {e}")))?;
+                .map_err(|e| (true, self.net_error(url, "reading the body: ", &e)))?;
             if n == 0 {
                 break;
             }
@@ -174,5 +213,70 @@ mod tests {
             "{e}"
         );
         assert!(verify("u", "sha256:aa", Some("sha512:aa")).is_err());
+    }
+
+    /// Issue 9, finding 5: a server on 127.0.0.1 that answers every connection with
+    /// `serve` (for at most 20 s); returns its port.
+    fn server(serve: fn(&mut std::net::TcpStream)) -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().take(10) {
+                let Ok(mut conn) = conn else { return };
+                std::thread::spawn(move || {
+                    let mut head = [0u8; 4096];
+                    let _ = conn.read(&mut head);
+                    serve(&mut conn);
+                });
+            }
+        });
+        port
+    }
+
+    fn stalled_download(serve: fn(&mut std::net::TcpStream)) -> (String, Duration) {
+        let port = server(serve);
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Downloads::new(dir.path().to_path_buf()).unwrap();
+        d.set_timeouts(Timeouts::new(Duration::from_secs(1)));
+        let start = std::time::Instant::now();
+        let url = format!("http://127.0.0.1:{port}/file");
+        let e = d.fetch(&url, None).expect_err("a stalled download fails");
+        let msg = format!("{e:#}");
+        eprintln!("{msg}");
+        assert!(
+            msg.starts_with(&format!("ADD {url}: server stalled: ")),
+            "{msg}"
+        );
+        assert!(msg.ends_with("(gave up after 3 attempts)"), "{msg}");
+        (msg, start.elapsed())
+    }
+
+    #[test]
+    fn issue9_stalled_url_download_ends() {
+        let (msg, took) = stalled_download(|conn| {
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nabc");
+            std::thread::sleep(Duration::from_secs(20));
+        });
+        assert!(msg.contains("no data for 1s"), "{msg}");
+        // Three attempts of a second, and 1 s + 2 s of backoff.
+        assert!(took < Duration::from_secs(12), "{took:?}");
+        let (msg, took) = stalled_download(|_| std::thread::sleep(Duration::from_secs(20)));
+        assert!(msg.contains("no response for 1s"), "{msg}");
+        assert!(took < Duration::from_secs(12), "{took:?}");
+    }
+
+    #[test]
+    fn issue9_trickled_url_download_ends() {
+        let (msg, took) = stalled_download(|conn| {
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n");
+            for _ in 0..60 {
+                if conn.write_all(b"x").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        assert!(msg.contains("bytes/s"), "{msg}");
+        assert!(took < Duration::from_secs(15), "{took:?}");
     }
 }

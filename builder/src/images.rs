@@ -2,7 +2,6 @@
 //! resolved for `FROM` and `COPY --from`. Registry pulls come with the registry crate.
 
 use std::collections::HashMap;
-use std::fs;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -16,6 +15,7 @@ use kiln_frontend::instructions::HealthConfig;
 use crate::image::{self, ParsedConfig};
 use crate::remote::{LineProgress, Remote};
 use crate::snapshots::{LayerRef, chain_id};
+use crate::untrusted::{Layout, MAX_LAYOUT_JSON};
 
 /// The largest manifest or config kiln reads (they are small JSON documents).
 const MAX_JSON: u64 = 4 << 20;
@@ -218,10 +218,21 @@ impl ImageStore {
             _ => (spec, None),
         };
         let dir = Path::new(dir);
-        let index: serde_json::Value = serde_json::from_slice(
-            &fs::read(dir.join("index.json"))
-                .with_context(|| format!("{} is not an OCI layout", dir.display()))?,
-        )?;
+        // Not written by kiln: read with caps, regular files only (see `untrusted`).
+        let layout =
+            Layout::open(dir).with_context(|| format!("{} is not an OCI layout", dir.display()))?;
+        let index_bytes = match layout.read_capped("index.json", MAX_LAYOUT_JSON) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                bail!(
+                    "{} is not an OCI layout: it has no index.json",
+                    dir.display()
+                )
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let index: serde_json::Value = serde_json::from_slice(&index_bytes)
+            .with_context(|| format!("{}/index.json is not JSON", dir.display()))?;
         let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
         let chosen = match tag {
             Some(t) => manifests
@@ -239,41 +250,61 @@ impl ImageStore {
             .as_str()
             .ok_or_else(|| anyhow!("index entry without digest"))?
             .to_string();
-        self.import_blob_tree(dir, &digest)?;
+        self.import_blob_tree(&layout, chosen)?;
         Ok(digest)
     }
 
-    fn import_blob(&self, dir: &Path, digest: &str) -> Result<()> {
+    /// Copies the blob `desc` (a descriptor) names into the store: exactly its size
+    /// (at most `cap` bytes when given), digest-checked.
+    fn import_blob(
+        &self,
+        layout: &Layout,
+        desc: &serde_json::Value,
+        cap: Option<u64>,
+    ) -> Result<()> {
+        let dir = layout.path().display();
+        let digest = desc["digest"]
+            .as_str()
+            .ok_or_else(|| anyhow!("{dir}: a descriptor without digest"))?;
+        let size = desc["size"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("{dir}: the descriptor of {digest} has no size"))?;
         let d = Digest::parse(digest)?;
-        if self.store.has_blob(&d) {
+        if let Some(cap) = cap
+            && size > cap
+        {
+            bail!("{dir}: {digest} is {size} bytes: too large for a manifest or config");
+        }
+        if self.store.blob_size(&d).ok() == Some(size) {
             return Ok(());
         }
-        let path = dir.join("blobs").join(d.algorithm()).join(d.hex());
-        let mut f =
-            fs::File::open(&path).with_context(|| format!("missing blob {}", path.display()))?;
+        let mut f = layout.blob(d.algorithm(), d.hex(), size).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                anyhow!("{dir}: missing blob {digest}")
+            } else {
+                anyhow!(e)
+            }
+        })?;
         let mut w = self.store.blob_writer()?;
-        std::io::copy(&mut f, &mut w)?;
+        std::io::copy(&mut f, &mut w).with_context(|| format!("{dir}: importing blob {digest}"))?;
         w.commit(Some(&d))
-            .with_context(|| format!("importing {}", path.display()))?;
+            .with_context(|| format!("{dir}: importing blob {digest}"))?;
         Ok(())
     }
 
-    fn import_blob_tree(&self, dir: &Path, digest: &str) -> Result<()> {
-        self.import_blob(dir, digest)?;
+    fn import_blob_tree(&self, layout: &Layout, desc: &serde_json::Value) -> Result<()> {
+        self.import_blob(layout, desc, Some(MAX_LAYOUT_JSON))?;
+        let digest = desc["digest"].as_str().unwrap_or_default();
         let v: serde_json::Value = serde_json::from_slice(&read_json_blob(&self.store, digest)?)?;
         for m in v["manifests"].as_array().into_iter().flatten() {
-            if let Some(d) = m["digest"].as_str() {
-                // Other platforms' manifests are optional in a layout.
-                let _ = self.import_blob_tree(dir, d);
-            }
+            // Other platforms' manifests are optional in a layout.
+            let _ = self.import_blob_tree(layout, m);
         }
-        if let Some(c) = v["config"]["digest"].as_str() {
-            self.import_blob(dir, c)?;
+        if v["config"].is_object() {
+            self.import_blob(layout, &v["config"], Some(MAX_LAYOUT_JSON))?;
         }
         for l in v["layers"].as_array().into_iter().flatten() {
-            if let Some(d) = l["digest"].as_str() {
-                self.import_blob(dir, d)?;
-            }
+            self.import_blob(layout, l, None)?;
         }
         Ok(())
     }

@@ -20,4 +20,5 @@ pub mod sandbox;
 pub mod snapshots;
 pub mod solver;
 pub mod tls;
+pub mod untrusted;
 pub mod worker;

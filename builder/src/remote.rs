@@ -19,6 +19,9 @@ pub struct RegistrySettings {
     pub ca_file: Option<PathBuf>,
     /// `--pull`: look in the registry even when the store has the tag.
     pub always_pull: bool,
+    /// `--network-timeout`: connect and no-progress timeouts of registry requests and
+    /// `ADD <url>` downloads.
+    pub timeouts: kiln_registry::net::Timeouts,
 }
 
 /// A lazily created client: nothing touches the network until an image must be pulled.
@@ -92,6 +95,7 @@ impl Remote {
                 Client::new(ClientOptions {
                     insecure_registries: self.settings.insecure.clone(),
                     ca_file: self.settings.ca_file.clone(),
+                    timeouts: self.settings.timeouts,
                     ..ClientOptions::default()
                 })
                 .map_err(|e| e.to_string())

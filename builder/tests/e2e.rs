@@ -2095,3 +2095,172 @@ fn non_utf8_names_round_trip_into_layers() {
         "nested"
     );
 }
+
+// ---- issue 9: network and untrusted layouts ----
+
+/// A server on 127.0.0.1 that reads each request's head and hands the connection to
+/// `serve` (threads end within 20 s); returns its port.
+fn issue9_server(serve: fn(&str, &mut std::net::TcpStream)) -> u16 {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(20) {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut head = [0u8; 8192];
+                let n = conn.read(&mut head).unwrap_or(0);
+                let head = String::from_utf8_lossy(&head[..n]).to_string();
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                serve(&path, &mut conn);
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn issue9_pull_from_a_stalled_registry_ends_with_a_clear_error() {
+    let port = issue9_server(|_, _| std::thread::sleep(std::time::Duration::from_secs(20)));
+    let env = Env::new();
+    let start = std::time::Instant::now();
+    let out = env
+        .kiln()
+        .env("KILN_NETWORK_TIMEOUT", "1s")
+        .args(["pull", "-q", &format!("127.0.0.1:{port}/stall/app:1")])
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let want = format!(
+        "pull 127.0.0.1:{port}/stall/app:1: registry 127.0.0.1:{port} stalled: \
+         no response for 1s (gave up after 4 attempt(s))"
+    );
+    assert!(stderr.contains(&want), "{stderr}\nwanted: {want}");
+    // Four attempts of a second and 3.5 s of backoff.
+    assert!(took < std::time::Duration::from_secs(15), "took {took:?}");
+}
+
+#[test]
+fn issue9_add_url_from_a_trickling_server_ends_with_a_clear_error() {
+    use std::io::Write;
+    let port = issue9_server(|_, conn| {
+        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n");
+        for _ in 0..60 {
+            if conn.write_all(b"x").is_err() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    });
+    let env = Env::new();
+    let url = format!("http://127.0.0.1:{port}/slow.bin");
+    let ctx = env.context("addslow", &format!("FROM scratch\nADD {url} /slow.bin\n"));
+    let start = std::time::Instant::now();
+    let out = env
+        .kiln()
+        .args(["--network-timeout", "1s", "build", "--progress", "plain"])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("ADD {url}: server stalled: only ")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("(gave up after 3 attempts)"), "{stderr}");
+    assert!(took < std::time::Duration::from_secs(20), "took {took:?}");
+}
+
+/// Writes an OCI layout (FROM scratch + one file) with `kiln build -o type=oci` and
+/// returns it with its layer blob's path.
+fn issue9_layout(env: &Env) -> (PathBuf, PathBuf) {
+    let ctx = env.context("layout-src", "FROM scratch\nCOPY hello.txt /hello.txt\n");
+    fs::write(ctx.join("hello.txt"), "hello\n").unwrap();
+    let layout = env.path("layout");
+    env.build(
+        &["--output", &format!("type=oci,dest={}", layout.display())],
+        &ctx,
+    );
+    let index: Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let hex = |d: &Value| d["digest"].as_str().unwrap()[7..].to_string();
+    let manifest: Value = serde_json::from_slice(
+        &fs::read(
+            layout
+                .join("blobs/sha256")
+                .join(hex(&index["manifests"][0])),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let blob = layout
+        .join("blobs/sha256")
+        .join(hex(&manifest["layers"][0]));
+    (layout, blob)
+}
+
+/// Builds `FROM oci-layout://LAYOUT` in a fresh store (so every blob is read from the
+/// layout): it must fail in time, with `want` in its error.
+fn issue9_build_from_layout_fails(layout: &Path, want: &str) {
+    let env = Env::new();
+    let ctx = env.context(
+        "from-layout",
+        &format!("FROM oci-layout://{}\n", layout.display()),
+    );
+    let start = std::time::Instant::now();
+    let out = env
+        .kiln()
+        .args(["build", "--progress", "plain"])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(want), "{stderr}\nwanted: {want}");
+    // Reading /dev/zero until memory runs out takes far longer than this.
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+}
+
+#[test]
+fn issue9_layout_index_symlinked_to_dev_zero_is_refused() {
+    let env = Env::new();
+    let (layout, _) = issue9_layout(&env);
+    fs::remove_file(layout.join("index.json")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", layout.join("index.json")).unwrap();
+    issue9_build_from_layout_fails(
+        &layout,
+        &format!(
+            "{}/index.json is or goes through a symbolic link",
+            layout.display()
+        ),
+    );
+}
+
+#[test]
+fn issue9_layout_blob_symlinked_to_dev_zero_is_refused() {
+    let env = Env::new();
+    let (layout, blob) = issue9_layout(&env);
+    fs::remove_file(&blob).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &blob).unwrap();
+    issue9_build_from_layout_fails(
+        &layout,
+        &format!("{} is or goes through a symbolic link", blob.display()),
+    );
+}
+
+#[test]
+fn issue9_layout_blob_larger_than_its_descriptor_is_refused() {
+    let env = Env::new();
+    let (layout, blob) = issue9_layout(&env);
+    let mut f = fs::OpenOptions::new().append(true).open(&blob).unwrap();
+    std::io::Write::write_all(&mut f, &[0u8; 1 << 20]).unwrap();
+    issue9_build_from_layout_fails(
+        &layout,
+        &format!("{} is larger than its descriptor's", blob.display()),
+    );
+}

@@ -27,6 +27,7 @@ use reqwest::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use crate::auth::{Challenge, TokenCache, TokenResponse};
 use crate::credentials::{self, Credential};
 use crate::error::{RegistryError, Result, chain, registry_message};
+use crate::net::Timeouts;
 use crate::reference::{api_host, normalize_registry};
 
 /// Options for [`Client::new`].
@@ -53,8 +54,10 @@ pub struct ClientOptions {
     pub retries: u32,
     /// First backoff delay; doubled after each retry, capped at 10 s.
     pub retry_delay: Duration,
-    /// Connect timeout per request.
-    pub connect_timeout: Duration,
+    /// Connect, no-progress and minimum-rate timeouts of every request
+    /// (see [`crate::net`]); a stalled request is retried like a dropped
+    /// connection.
+    pub timeouts: Timeouts,
 }
 
 impl Default for ClientOptions {
@@ -68,7 +71,7 @@ impl Default for ClientOptions {
             chunk_size: 16 << 20,
             retries: 3,
             retry_delay: Duration::from_millis(500),
-            connect_timeout: Duration::from_secs(30),
+            timeouts: Timeouts::default(),
         }
     }
 }
@@ -100,6 +103,8 @@ pub(crate) struct Ctx<'a> {
     pub reference: String,
     pub registry: &'a str,
     pub scopes: Vec<String>,
+    /// The client's timeouts, to watch bodies and name stalls in errors.
+    pub timeouts: Timeouts,
 }
 
 impl Ctx<'_> {
@@ -112,7 +117,22 @@ impl Ctx<'_> {
         }
     }
 
-    pub(crate) fn transport(&self, e: &dyn std::error::Error) -> RegistryError {
+    pub(crate) fn stalled(&self, detail: String) -> RegistryError {
+        RegistryError::Stalled {
+            action: self.action,
+            reference: self.reference.clone(),
+            registry: self.registry.to_owned(),
+            attempts: 1,
+            detail,
+        }
+    }
+
+    /// A failed request or body read: [`RegistryError::Stalled`] if it timed
+    /// out, else [`RegistryError::Transport`].
+    pub(crate) fn transport(&self, e: &(dyn std::error::Error + 'static)) -> RegistryError {
+        if let Some(detail) = self.timeouts.stalled(e) {
+            return self.stalled(detail);
+        }
         RegistryError::Transport {
             action: self.action,
             reference: self.reference.clone(),
@@ -139,12 +159,12 @@ impl Client {
         // reqwest is built without a default crypto provider: ring builds
         // faster than aws-lc. Installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = reqwest::blocking::Client::builder()
+        // Layers can take minutes, so no total timeout: a peer must keep
+        // the transfer moving instead (see `net`).
+        let mut builder = opts
+            .timeouts
+            .apply(reqwest::blocking::Client::builder())
             .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
-            // Layers can take minutes; a dead peer is caught by keepalive
-            // and connection errors instead of a total timeout.
-            .timeout(None)
-            .connect_timeout(opts.connect_timeout)
             .tcp_keepalive(Duration::from_secs(30))
             .pool_max_idle_per_host(opts.max_concurrent.max(1) * 2);
         if let Some(path) = &opts.ca_file {
@@ -341,7 +361,7 @@ impl Client {
         };
         let resp = req.send().map_err(|e| ctx.transport(&e))?;
         let status = resp.status();
-        let body = read_capped(resp, 1 << 20).map_err(|e| ctx.transport(&e))?;
+        let body = read_capped(ctx, resp, 1 << 20).map_err(|e| ctx.transport(&e))?;
         if !status.is_success() {
             let mut message = registry_message(status.as_u16(), &body);
             message = format!("token service {realm}: {message}");
@@ -377,13 +397,17 @@ impl Client {
             if let Some(h) = &sent {
                 req = req.header(AUTHORIZATION, h);
             }
-            let resp = req.send().map_err(|e| ctx.transport(&e))?;
+            let req = req.build().map_err(|e| ctx.transport(&e))?;
+            // Uploads carry their own total deadline (see `net`).
+            let deadline = req.timeout().copied();
+            let resp = self.http.execute(req).map_err(|e| match deadline {
+                Some(d) if e.is_timeout() && !e.is_connect() => {
+                    ctx.stalled(format!("request not done within {d:.1?}"))
+                }
+                _ => ctx.transport(&e),
+            })?;
             if resp.status() == StatusCode::UNAUTHORIZED && !challenged {
-                let challenge = resp
-                    .headers()
-                    .get(WWW_AUTHENTICATE)
-                    .and_then(|h| h.to_str().ok())
-                    .and_then(Challenge::parse);
+                let challenge = challenge_of(ctx, &resp)?;
                 if let Some(ch) = challenge {
                     let mut st = self.state.lock().unwrap();
                     // Drop the token only if it is the one refused: a
@@ -441,6 +465,21 @@ impl Client {
                         detail,
                     });
                 }
+                Err(RegistryError::Stalled {
+                    action,
+                    reference,
+                    registry,
+                    detail,
+                    ..
+                }) => {
+                    return Err(RegistryError::Stalled {
+                        action,
+                        reference,
+                        registry,
+                        attempts: attempt,
+                        detail,
+                    });
+                }
                 other => return other,
             }
         }
@@ -458,6 +497,7 @@ impl Client {
             reference: registry.clone(),
             registry: &registry,
             scopes: Vec::new(),
+            timeouts: self.opts.timeouts,
         };
         let url = format!("{}/v2/", self.base_url(&registry));
         let resp = self.with_retries(|| {
@@ -473,40 +513,33 @@ impl Client {
         };
         match resp.status() {
             s if s.is_success() => {}
-            StatusCode::UNAUTHORIZED => {
-                let challenge = resp
-                    .headers()
-                    .get(WWW_AUTHENTICATE)
-                    .and_then(|h| h.to_str().ok())
-                    .and_then(Challenge::parse);
-                match challenge {
-                    Some(Challenge::Bearer { realm, service, .. }) => {
-                        let (token, _) =
-                            self.fetch_token(&ctx, &realm, service.as_deref(), Some(&cred))?;
-                        let r = self
-                            .http
-                            .get(&url)
-                            .header(AUTHORIZATION, format!("Bearer {token}"))
-                            .send()
-                            .map_err(|e| ctx.transport(&e))?;
-                        if !r.status().is_success() {
-                            return Err(error_from(&ctx, r));
-                        }
+            StatusCode::UNAUTHORIZED => match challenge_of(&ctx, &resp)? {
+                Some(Challenge::Bearer { realm, service, .. }) => {
+                    let (token, _) =
+                        self.fetch_token(&ctx, &realm, service.as_deref(), Some(&cred))?;
+                    let r = self
+                        .http
+                        .get(&url)
+                        .header(AUTHORIZATION, format!("Bearer {token}"))
+                        .send()
+                        .map_err(|e| ctx.transport(&e))?;
+                    if !r.status().is_success() {
+                        return Err(error_from(&ctx, r));
                     }
-                    Some(Challenge::Basic) => {
-                        let r = self
-                            .http
-                            .get(&url)
-                            .header(AUTHORIZATION, basic(username, password))
-                            .send()
-                            .map_err(|e| ctx.transport(&e))?;
-                        if !r.status().is_success() {
-                            return Err(error_from(&ctx, r));
-                        }
-                    }
-                    None => return Err(error_from(&ctx, resp)),
                 }
-            }
+                Some(Challenge::Basic) => {
+                    let r = self
+                        .http
+                        .get(&url)
+                        .header(AUTHORIZATION, basic(username, password))
+                        .send()
+                        .map_err(|e| ctx.transport(&e))?;
+                    if !r.status().is_success() {
+                        return Err(error_from(&ctx, r));
+                    }
+                }
+                None => return Err(error_from(&ctx, resp)),
+            },
             _ => return Err(error_from(&ctx, resp)),
         }
         self.set_credential(&registry, Some(cred));
@@ -514,11 +547,37 @@ impl Client {
     }
 }
 
+/// The challenge of a 401 response: `None` if it has no `WWW-Authenticate`
+/// header, an error naming the registry and the header if kiln cannot answer
+/// it (an unknown scheme, a bearer challenge without a realm).
+fn challenge_of(ctx: &Ctx, resp: &Response) -> Result<Option<Challenge>> {
+    let Some(header) = resp.headers().get(WWW_AUTHENTICATE) else {
+        return Ok(None);
+    };
+    let text = String::from_utf8_lossy(header.as_bytes());
+    if let Some(c) = Challenge::parse(&text) {
+        return Ok(Some(c));
+    }
+    let mut shown: String = text.chars().take(200).collect();
+    if shown.len() < text.len() {
+        shown.push_str("...");
+    }
+    Err(RegistryError::Auth {
+        action: ctx.action,
+        reference: ctx.reference.clone(),
+        detail: format!(
+            "registry {} returned an unsupported WWW-Authenticate challenge: {shown:?} \
+             (kiln answers Basic, and Bearer with a realm)",
+            ctx.registry
+        ),
+    })
+}
+
 /// Turn an unexpected response into [`RegistryError::Http`], reading (a
 /// bounded amount of) its body for the registry's message.
 pub(crate) fn error_from(ctx: &Ctx, resp: Response) -> RegistryError {
     let status = resp.status().as_u16();
-    let body = read_capped(resp, 64 << 10).unwrap_or_default();
+    let body = read_capped(ctx, resp, 64 << 10).unwrap_or_default();
     ctx.http_error(status, &body)
 }
 
@@ -534,12 +593,14 @@ impl Client {
         } = &mut e
             && ctx.action != "login to"
         {
-            let known = self.state.lock().unwrap().creds.get(ctx.registry).cloned();
+            // Looked up here if no challenge made the client read them yet,
+            // so saved credentials are never reported missing.
+            let known = self.credential(ctx.registry).ok().flatten();
             let hint = match known {
-                Some(Some(_)) if *status == 401 => {
+                Some(_) if *status == 401 => {
                     format!("the credentials for {} were refused", ctx.registry)
                 }
-                Some(Some(_)) => "access denied for these credentials".to_owned(),
+                Some(_) => "access denied for these credentials".to_owned(),
                 _ => format!("no credentials for {0}; run `kiln login {0}`", ctx.registry),
             };
             message.push_str(&format!(" ({hint})"));
@@ -548,10 +609,11 @@ impl Client {
     }
 }
 
-/// Read at most `cap` bytes of a body (the rest is dropped).
-pub(crate) fn read_capped(resp: Response, cap: u64) -> std::io::Result<Vec<u8>> {
+/// Read at most `cap` bytes of a body (the rest is dropped), under the
+/// minimum-rate rule.
+pub(crate) fn read_capped(ctx: &Ctx, resp: Response, cap: u64) -> std::io::Result<Vec<u8>> {
     let mut body = Vec::new();
-    resp.take(cap).read_to_end(&mut body)?;
+    ctx.timeouts.watch(resp).take(cap).read_to_end(&mut body)?;
     Ok(body)
 }
 
@@ -620,6 +682,71 @@ pub(crate) fn run_parallel<T: Sync, R: Send>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server on 127.0.0.1 answering every request with a 401 carrying
+    /// `challenge` (if any); at most 10 connections. Returns its host.
+    fn unauthorized(challenge: Option<&'static str>) -> String {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().take(10) {
+                let Ok(mut conn) = conn else { return };
+                let mut head = [0u8; 4096];
+                let _ = conn.read(&mut head);
+                let header = challenge
+                    .map(|c| format!("WWW-Authenticate: {c}\r\n"))
+                    .unwrap_or_default();
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 401 Unauthorized\r\n{header}Content-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        host
+    }
+
+    /// Fetches a manifest from `host` with credentials saved for it.
+    fn fetch_with_saved_credentials(host: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        credentials::save(Some(dir.path()), host, "kiln", "s3cret").unwrap();
+        let c = Client::new(ClientOptions {
+            docker_config_dir: Some(dir.path().to_path_buf()),
+            retries: 0,
+            ..Default::default()
+        })
+        .unwrap();
+        let r = crate::Reference::parse(&format!("{host}/app:1")).unwrap();
+        let Err(e) = c.fetch_manifest(&r, "1") else {
+            panic!("a 401 must fail")
+        };
+        e.to_string()
+    }
+
+    #[test]
+    fn issue9_unsupported_challenge_is_named_not_missing_credentials() {
+        let host = unauthorized(Some(r#"Negotiate abc, Bearer service="x""#));
+        let e = fetch_with_saved_credentials(&host);
+        assert_eq!(
+            e,
+            format!(
+                "pull {host}/app:1: authentication failed: registry {host} returned an \
+                 unsupported WWW-Authenticate challenge: \"Negotiate abc, Bearer service=\\\"x\\\"\" \
+                 (kiln answers Basic, and Bearer with a realm)"
+            )
+        );
+        let host = unauthorized(Some(r#"Bearer service="no realm""#));
+        let e = fetch_with_saved_credentials(&host);
+        assert!(e.contains("unsupported WWW-Authenticate challenge"), "{e}");
+        // No challenge at all: the saved credentials are not reported missing.
+        let host = unauthorized(None);
+        let e = fetch_with_saved_credentials(&host);
+        assert!(e.contains("HTTP 401"), "{e}");
+        assert!(
+            e.contains(&format!("the credentials for {host} were refused")),
+            "{e}"
+        );
+    }
 
     #[test]
     fn plain_http_for_loopback_and_insecure() {

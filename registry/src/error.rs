@@ -60,6 +60,24 @@ pub enum RegistryError {
         detail: String,
     },
 
+    /// The registry (or its token service) stopped sending or accepting
+    /// data for longer than the network timeout, on every attempt.
+    #[error(
+        "{action} {reference}: registry {registry} stalled: {detail} (gave up after {attempts} attempt(s))"
+    )]
+    Stalled {
+        /// What was being done.
+        action: &'static str,
+        /// The image reference concerned.
+        reference: String,
+        /// The registry host.
+        registry: String,
+        /// How many attempts were made.
+        attempts: u32,
+        /// What stalled and for how long (`no data for 30s`).
+        detail: String,
+    },
+
     /// Authentication with the registry or its token service failed.
     #[error("{action} {reference}: authentication failed: {detail}")]
     Auth {
@@ -167,7 +185,7 @@ impl RegistryError {
     /// 5xx, 429).
     pub fn is_retryable(&self) -> bool {
         match self {
-            RegistryError::Transport { .. } => true,
+            RegistryError::Transport { .. } | RegistryError::Stalled { .. } => true,
             RegistryError::Http { status, .. } => *status >= 500 || *status == 429,
             _ => false,
         }

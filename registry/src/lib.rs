@@ -10,6 +10,8 @@
 //! * [`credentials`]: `~/.docker/config.json` (`auths`, `credsStore`,
 //!   `credHelpers`), as read by `docker login` and written by `kiln login`.
 //! * [`Progress`]: per-blob progress callbacks; only the CLI draws them.
+//! * [`net`]: the connect, no-progress and minimum-rate timeouts of every
+//!   request (shared with the builder's `ADD <url>` downloads).
 //!
 //! The client speaks the distribution API directly over `reqwest`'s blocking
 //! client (which owns its tokio runtime); see `client.rs` for why this does
@@ -24,6 +26,7 @@ mod auth;
 mod client;
 pub mod credentials;
 mod error;
+pub mod net;
 mod platform;
 mod progress;
 mod pull;

@@ -157,7 +157,7 @@ impl Client {
     /// GET a manifest by tag or digest, size-limited and verified: against
     /// `by` when it is a digest, else against `Docker-Content-Digest`.
     pub(crate) fn fetch_manifest(&self, reference: &Reference, by: &str) -> Result<Fetched> {
-        let ctx = pull_ctx(reference);
+        let ctx = self.pull_ctx(reference);
         let url = format!(
             "{}/v2/{}/manifests/{by}",
             self.base_url(&reference.registry),
@@ -222,14 +222,15 @@ impl Client {
             return Ok(0);
         }
         progress.blob_started(digest, blob.size, "download");
-        let ctx = pull_ctx(reference);
+        let ctx = self.pull_ctx(reference);
         let url = format!(
             "{}/v2/{}/blobs/{digest}",
             self.base_url(&reference.registry),
             reference.repository
         );
         let result = self.with_retries(|| {
-            let mut resp = self.send_expect(&ctx, &[StatusCode::OK], &|h| h.get(&url))?;
+            let resp = self.send_expect(&ctx, &[StatusCode::OK], &|h| h.get(&url))?;
+            let mut resp = ctx.timeouts.watch(resp);
             let mut w = store.blob_writer()?;
             let mut buf = vec![0u8; 256 << 10];
             let mut total = 0u64;
@@ -322,7 +323,9 @@ pub(crate) fn read_limited(ctx: &Ctx, resp: Response, limit: u64, what: &str) ->
         return Err(too_large());
     }
     let mut body = Vec::new();
-    resp.take(limit + 1)
+    ctx.timeouts
+        .watch(resp)
+        .take(limit + 1)
         .read_to_end(&mut body)
         .map_err(|e| ctx.transport(&e))?;
     if body.len() as u64 > limit {
@@ -377,13 +380,16 @@ pub(crate) fn media_type_of(
     Ok(mt)
 }
 
-/// The request context of a pull from `reference`'s repository.
-fn pull_ctx(reference: &Reference) -> Ctx<'_> {
-    Ctx {
-        action: "pull",
-        reference: reference.to_string(),
-        registry: &reference.registry,
-        scopes: vec![pull_scope(&reference.repository)],
+impl Client {
+    /// The request context of a pull from `reference`'s repository.
+    fn pull_ctx<'a>(&self, reference: &'a Reference) -> Ctx<'a> {
+        Ctx {
+            action: "pull",
+            reference: reference.to_string(),
+            registry: &reference.registry,
+            scopes: vec![pull_scope(&reference.repository)],
+            timeouts: self.opts.timeouts,
+        }
     }
 }
 

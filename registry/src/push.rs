@@ -192,6 +192,7 @@ impl Client {
         let resp = self.with_retries(|| {
             self.send_expect(&ctx, &[StatusCode::CREATED, StatusCode::OK], &|h| {
                 h.put(&url)
+                    .timeout(ctx.timeouts.upload_deadline(bytes.len() as u64))
                     .header(CONTENT_TYPE, media_type)
                     .body(bytes.clone())
             })
@@ -221,6 +222,7 @@ impl Client {
             reference: target.to_string(),
             registry: &target.registry,
             scopes,
+            timeouts: self.opts.timeouts,
         }
     }
 
@@ -306,6 +308,7 @@ impl Client {
                     let b = body.lock().unwrap().take();
                     let req = h
                         .put(&url)
+                        .timeout(ctx.timeouts.upload_deadline(blob.size))
                         .header(CONTENT_TYPE, "application/octet-stream")
                         .header(CONTENT_LENGTH, blob.size);
                     match b {
@@ -327,6 +330,7 @@ impl Client {
                     let resp = self.send_expect(&ctx, &[StatusCode::ACCEPTED], &|h| {
                         let req = h
                             .patch(&loc)
+                            .timeout(ctx.timeouts.upload_deadline(len))
                             .header(CONTENT_TYPE, "application/octet-stream")
                             .header("Content-Range", &range)
                             .header(CONTENT_LENGTH, len);

@@ -11,6 +11,7 @@ use oci_spec::image::{ANNOTATION_REF_NAME, Descriptor, ImageIndex, ImageIndexBui
 use super::util::{Source, atomic_write, io_err, link_or_copy_layer, write_archive, write_blob};
 use super::{BlobPath, ExportError, ImageRef, Result, blob_rel_path, digest_hex, parse_tags};
 use crate::image::{BuiltImage, canonical_json};
+use crate::untrusted::{Layout, MAX_LAYOUT_JSON};
 
 /// containerd's annotation for an image's full name.
 pub(crate) const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
@@ -102,7 +103,14 @@ fn existing_index(dir: &Path) -> Result<Option<ImageIndex>> {
         path: path.to_path_buf(),
         reason,
     };
-    let layout = match fs::read(&layout_path) {
+    // Whatever is at `dir` was not necessarily written by kiln: read it with a cap,
+    // regular files only (see `untrusted`).
+    let untrusted = match Layout::open(dir) {
+        Ok(l) => l,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("opening", dir)(e)),
+    };
+    let layout = match untrusted.read_capped("oci-layout", MAX_LAYOUT_JSON) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if index_path.exists() {
@@ -129,7 +137,7 @@ fn existing_index(dir: &Path) -> Result<Option<ImageIndex>> {
             ));
         }
     }
-    match fs::read(&index_path) {
+    match untrusted.read_capped("index.json", MAX_LAYOUT_JSON) {
         Ok(bytes) => serde_json::from_slice::<ImageIndex>(&bytes)
             .map(Some)
             .map_err(|e| not_layout(&index_path, e.to_string())),

@@ -115,6 +115,12 @@ impl<'a> BuildWorker<'a> {
         self
     }
 
+    /// Uses `timeouts` (`--network-timeout`) for `ADD <url>` downloads.
+    pub fn with_network_timeouts(mut self, timeouts: kiln_registry::net::Timeouts) -> Self {
+        self.downloads.set_timeouts(timeouts);
+        self
+    }
+
     /// Sends RUN output to `reporter`.
     pub fn with_reporter(mut self, reporter: &'a dyn Reporter) -> Self {
         self.reporter = Some(reporter);

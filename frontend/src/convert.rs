@@ -1,12 +1,12 @@
 //! Typed instructions -> build graph (BuildKit's `dockerfile2llb`): ARG/ENV scoping and
 //! expansion, stage references, `--target` pruning, and the image config of each stage.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use petgraph::graph::DiGraph;
 
 use crate::config::{HistoryEntry, ImageConfig};
-use crate::error::{Diagnostic, Range};
+use crate::error::{Diagnostic, Range, quoted};
 use crate::graph::{
     BuildGraph, Chown, ExecMount, ExecOp, FileAction, FileOp, Network, Op, Origin, Platform,
     VertexId,
@@ -15,7 +15,7 @@ use crate::instructions::{
     self, AddCmd, ArgDecl, CmdLine, Command, CopyCmd, Dockerfile, Instruction, MountType, RunCmd,
     Stage,
 };
-use crate::shell::{Lex, ShellError};
+use crate::shell::{Env, Lex, ShellError};
 
 /// Build args that Docker passes to RUN without an `ARG` declaration and keeps out of
 /// the history.
@@ -156,15 +156,125 @@ impl Plan {
     }
 }
 
+/// Declared ARGs in declaration order (a re-declared name moves to the end), with their
+/// values (`None`: declared without one, so unset for expansion). Lookups and
+/// re-declarations cost O(log n), so converting n instructions stays linear-ish.
+#[derive(Debug, Clone, Default)]
+struct Vars {
+    /// Declaration number -> (name, value).
+    slots: BTreeMap<u64, (String, Option<String>)>,
+    /// Name -> its declaration number in `slots`.
+    index: HashMap<String, u64>,
+    next: u64,
+}
+
+impl Vars {
+    /// Declares `name` (again), last.
+    fn declare(&mut self, name: String, value: Option<String>) {
+        if let Some(old) = self.index.remove(&name) {
+            self.slots.remove(&old);
+        }
+        self.index.insert(name.clone(), self.next);
+        self.slots.insert(self.next, (name, value));
+        self.next += 1;
+    }
+
+    fn is_declared(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// The value of a declared name (`None` when not declared or declared without one).
+    fn value(&self, name: &str) -> Option<&str> {
+        let n = self.index.get(name)?;
+        self.slots.get(n)?.1.as_deref()
+    }
+
+    /// In declaration order.
+    fn iter(&self) -> impl Iterator<Item = &(String, Option<String>)> {
+        self.slots.values()
+    }
+}
+
+impl Env for Vars {
+    fn get(&self, name: &str) -> Option<String> {
+        self.value(name).map(str::to_owned)
+    }
+}
+
 /// Per-stage dispatch state.
 struct State {
     root: Option<VertexId>,
     config: ImageConfig,
-    /// ARGs declared in this stage, with their values (None: declared, no value).
-    args: Vec<(String, Option<String>)>,
+    /// Key -> position of its (last) `KEY=value` entry in `config.env`. Kept up to date
+    /// by [`State::env_set`], so ENV costs O(1) instead of a scan of the environment.
+    env_index: HashMap<String, usize>,
+    /// ARGs declared in this stage.
+    args: Vars,
     history: Vec<HistoryEntry>,
     platform: Platform,
     cmd_set: bool,
+}
+
+impl State {
+    fn new(
+        root: Option<VertexId>,
+        config: ImageConfig,
+        history: Vec<HistoryEntry>,
+        platform: Platform,
+    ) -> State {
+        let env_index = config
+            .env
+            .iter()
+            .enumerate()
+            .map(|(i, kv)| (env_key(kv).to_string(), i))
+            .collect();
+        State {
+            root,
+            config,
+            env_index,
+            args: Vars::default(),
+            history,
+            platform,
+            cmd_set: false,
+        }
+    }
+
+    /// The value of an ENV variable.
+    fn env_get(&self, key: &str) -> Option<&str> {
+        let kv = &self.config.env[*self.env_index.get(key)?];
+        Some(kv.split_once('=').map_or("", |(_, v)| v))
+    }
+
+    /// Sets an ENV variable, replacing it in place if present.
+    fn env_set(&mut self, key: &str, value: &str) {
+        let entry = format!("{key}={value}");
+        match self.env_index.get(key) {
+            Some(&i) => self.config.env[i] = entry,
+            None => {
+                self.env_index
+                    .insert(key.to_string(), self.config.env.len());
+                self.config.env.push(entry);
+            }
+        }
+    }
+}
+
+/// The name in a `KEY=value` environment entry (an entry without `=` is all name).
+fn env_key(kv: &str) -> &str {
+    kv.split_once('=').map_or(kv, |(k, _)| k)
+}
+
+/// The variables an instruction's words see: the stage's ARGs, overridden by its ENV.
+/// Looked up on demand, not copied per instruction (that made conversion quadratic).
+struct StageEnv<'a>(&'a State);
+
+impl Env for StageEnv<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        match self.0.env_get(name) {
+            Some(v) => Some(v.to_owned()),
+            None => self.0.args.get(name),
+        }
+    }
 }
 
 struct Converter<'a> {
@@ -174,7 +284,7 @@ struct Converter<'a> {
     graph: BuildGraph,
     lex: Lex,
     /// Global ARG values (after build-arg overrides), usable in FROM and re-declared ARGs.
-    meta: Vec<(String, Option<String>)>,
+    meta: Vars,
     done: BTreeMap<usize, StagePlan>,
     context: Option<VertexId>,
     scratch: Option<VertexId>,
@@ -182,7 +292,7 @@ struct Converter<'a> {
 }
 
 fn shell_err(range: Range, word: &str, e: ShellError) -> Diagnostic {
-    Diagnostic::at(range, format!("failed to expand {word:?}: {e}"))
+    Diagnostic::at(range, format!("failed to expand {}: {e}", quoted(word)))
 }
 
 /// Converts a typed Dockerfile into a build graph.
@@ -197,7 +307,7 @@ pub fn convert(
         resolver,
         graph: BuildGraph::default(),
         lex: Lex::new(df.escape),
-        meta: Vec::new(),
+        meta: Vars::default(),
         done: BTreeMap::new(),
         context: None,
         scratch: None,
@@ -251,7 +361,7 @@ pub fn convert(
 }
 
 impl Converter<'_> {
-    fn platform_args(&self) -> Vec<(String, Option<String>)> {
+    fn platform_args(&self) -> Vars {
         let t = &self.opts.target_platform;
         let b = &self.opts.build_platform;
         [
@@ -265,8 +375,10 @@ impl Converter<'_> {
             ("BUILDVARIANT", b.variant.clone()),
         ]
         .into_iter()
-        .map(|(k, v)| (k.to_string(), Some(v)))
-        .collect()
+        .fold(Vars::default(), |mut vars, (k, v)| {
+            vars.declare(k.to_string(), Some(v));
+            vars
+        })
     }
 
     fn init_meta_args(&mut self) -> Result<(), Diagnostic> {
@@ -274,8 +386,7 @@ impl Converter<'_> {
         for (decl, range) in &self.df.meta_args {
             let value = self.arg_value(decl, &meta, *range)?;
             self.used_args.insert(decl.key.clone());
-            meta.retain(|(k, _)| *k != decl.key);
-            meta.push((decl.key.clone(), value));
+            meta.declare(decl.key.clone(), value);
         }
         self.meta = meta;
         Ok(())
@@ -286,7 +397,7 @@ impl Converter<'_> {
     fn arg_value(
         &self,
         decl: &ArgDecl,
-        scope: &[(String, Option<String>)],
+        scope: &dyn Env,
         range: Range,
     ) -> Result<Option<String>, Diagnostic> {
         if let Some(v) = self.opts.build_args.get(&decl.key) {
@@ -294,26 +405,19 @@ impl Converter<'_> {
         }
         match &decl.value {
             Some(default) => {
-                let env = to_env(scope.iter().cloned());
                 let v = self
                     .lex
-                    .process_word(default, &env)
+                    .process_word(default, scope)
                     .map_err(|e| shell_err(range, default, e))?;
                 Ok(Some(v))
             }
-            None => Ok(self
-                .meta
-                .iter()
-                .rev()
-                .find(|(k, _)| *k == decl.key)
-                .and_then(|(_, v)| v.clone())),
+            None => Ok(self.meta.value(&decl.key).map(str::to_owned)),
         }
     }
 
     fn expand_meta(&self, word: &str, range: Range) -> Result<String, Diagnostic> {
-        let env = to_env(self.meta.iter().cloned());
         self.lex
-            .process_word(word, &env)
+            .process_word(word, &self.meta)
             .map_err(|e| shell_err(range, word, e))
     }
 
@@ -551,16 +655,9 @@ impl Converter<'_> {
         if !matches!(base, Base::Stage(_)) {
             history.clear();
         }
-        let mut st = State {
-            root,
-            config,
-            args: Vec::new(),
-            history,
-            platform: platform.clone(),
-            cmd_set: false,
-        };
-        if st.config.env_get("PATH").is_none() {
-            st.config.env_set("PATH", DEFAULT_PATH);
+        let mut st = State::new(root, config, history, platform.clone());
+        if st.env_get("PATH").is_none() {
+            st.env_set("PATH", DEFAULT_PATH);
         }
         // ONBUILD triggers of the base run first, and are not inherited further.
         let triggers = std::mem::take(&mut st.config.on_build);
@@ -606,21 +703,9 @@ impl Converter<'_> {
         })
     }
 
-    /// The variables visible to expansion: stage ARGs, overridden by ENV.
-    fn expansion_env(&self, st: &State) -> BTreeMap<String, String> {
-        let mut env: BTreeMap<String, String> = st
-            .args
-            .iter()
-            .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
-            .collect();
-        env.extend(st.config.env_pairs());
-        env
-    }
-
     fn expand(&self, st: &State, word: &str, range: Range) -> Result<String, Diagnostic> {
-        let env = self.expansion_env(st);
         self.lex
-            .process_word(word, &env)
+            .process_word(word, &StageEnv(st))
             .map_err(|e| shell_err(range, word, e))
     }
 
@@ -702,7 +787,8 @@ impl Converter<'_> {
         let range = cmd.range;
         match &cmd.instruction {
             Instruction::Env(pairs) => {
-                let env = self.expansion_env(st);
+                // Every pair sees the environment from before the instruction.
+                let env = StageEnv(st);
                 let mut expanded = Vec::new();
                 for p in pairs {
                     let k = self
@@ -717,7 +803,7 @@ impl Converter<'_> {
                 }
                 let mut text = Vec::new();
                 for (k, v) in expanded {
-                    st.config.env_set(&k, &v);
+                    st.env_set(&k, &v);
                     text.push(format!("{k}={v}"));
                 }
                 self.history(st, format!("ENV {}", text.join(" ")), None);
@@ -739,16 +825,13 @@ impl Converter<'_> {
             Instruction::Arg(decls) => {
                 let mut text = Vec::new();
                 for d in decls {
-                    let mut scope: Vec<(String, Option<String>)> = st.args.clone();
-                    scope.extend(st.config.env_pairs().into_iter().map(|(k, v)| (k, Some(v))));
-                    let value = self.arg_value(d, &scope, range)?;
+                    let value = self.arg_value(d, &StageEnv(st), range)?;
                     self.used_args.insert(d.key.clone());
-                    st.args.retain(|(k, _)| *k != d.key);
                     text.push(match &value {
                         Some(v) => format!("{}={v}", d.key),
                         None => d.key.clone(),
                     });
-                    st.args.push((d.key.clone(), value));
+                    st.args.declare(d.key.clone(), value);
                 }
                 self.history(st, format!("ARG {}", text.join(" ")), None);
             }
@@ -902,9 +985,9 @@ impl Converter<'_> {
         // proxy build args (passed without declaration).
         let mut env = st.config.env.clone();
         let mut arg_env = Vec::new();
-        for (k, v) in &st.args {
+        for (k, v) in st.args.iter() {
             if let Some(v) = v {
-                if st.config.env_get(k).is_none() {
+                if st.env_get(k).is_none() {
                     env.push(format!("{k}={v}"));
                     arg_env.push(format!("{k}={v}"));
                 }
@@ -912,7 +995,7 @@ impl Converter<'_> {
         }
         for p in PROXY_ARGS {
             if let Some(v) = self.opts.build_args.get(*p) {
-                if !st.args.iter().any(|(k, _)| k == p) {
+                if !st.args.is_declared(p) {
                     env.push(format!("{p}={v}"));
                 }
             }
@@ -1166,8 +1249,7 @@ impl Converter<'_> {
         let mut lex = Lex::new(self.df.escape);
         lex.raw_quotes = true;
         lex.skip_unset_env = false;
-        let env = self.expansion_env(st);
-        lex.process_word(body, &env)
+        lex.process_word(body, &StageEnv(st))
             .map_err(|e| shell_err(range, body, e))
     }
 
@@ -1338,10 +1420,6 @@ fn stage_label(stage: &Stage) -> String {
         .name
         .clone()
         .unwrap_or_else(|| stage.index.to_string())
-}
-
-fn to_env(pairs: impl Iterator<Item = (String, Option<String>)>) -> BTreeMap<String, String> {
-    pairs.filter_map(|(k, v)| v.map(|v| (k, v))).collect()
 }
 
 /// `[a b c]`, as Go prints a string slice.

@@ -314,6 +314,14 @@ pub fn convert(
         used_args: BTreeSet::new(),
     };
     c.init_meta_args()?;
+    // BuildKit checks every stage's COPY --from, needed by the target or not.
+    for stage in &df.stages {
+        for cmd in &stage.commands {
+            if let Instruction::Copy(CopyCmd { from: Some(f), .. }) = &cmd.instruction {
+                c.copy_from_name(f, cmd.range)?;
+            }
+        }
+    }
     let target = c.target_index()?;
     let order = c.stage_order(target)?;
     for idx in &order {
@@ -415,6 +423,26 @@ impl Converter<'_> {
         }
     }
 
+    /// The stage or image `COPY --from` names. As in BuildKit (dockerfile frontend 1.18
+    /// and later), it is not expanded: stage-local ARGs would make the stage graph depend
+    /// on dispatch, so any variable is refused with BuildKit's error, naming the value.
+    fn copy_from_name<'f>(&self, from: &'f str, range: Range) -> Result<&'f str, Diagnostic> {
+        let expanded = self
+            .lex
+            .process_word(from, &Vars::default())
+            .map_err(|e| shell_err(range, from, e))?;
+        if expanded != from {
+            return Err(Diagnostic::at(
+                range,
+                format!(
+                    "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround (--from={})",
+                    quoted(from)
+                ),
+            ));
+        }
+        Ok(from)
+    }
+
     fn expand_meta(&self, word: &str, range: Range) -> Result<String, Diagnostic> {
         self.lex
             .process_word(word, &self.meta)
@@ -493,16 +521,18 @@ impl Converter<'_> {
         }
         for cmd in &stage.commands {
             let froms: Vec<String> = match &cmd.instruction {
-                Instruction::Copy(CopyCmd { from: Some(f), .. }) => vec![f.clone()],
+                Instruction::Copy(CopyCmd { from: Some(f), .. }) => {
+                    vec![self.copy_from_name(f, cmd.range)?.to_string()]
+                }
                 Instruction::Run(run) => run
                     .mounts
                     .iter()
                     .filter_map(|m| instructions::parse_mount(m).ok()?.from)
-                    .collect(),
+                    .map(|f| self.expand_meta(&f, cmd.range))
+                    .collect::<Result<_, _>>()?,
                 _ => Vec::new(),
             };
             for f in froms {
-                let f = self.expand_meta(&f, cmd.range)?;
                 if let Some(i) = self.stage_ref(&f, stage.index, cmd.range)? {
                     if i == stage.index {
                         return Err(Diagnostic::at(
@@ -1011,7 +1041,20 @@ impl Converter<'_> {
             let input = match (&m.kind, &m.from) {
                 (MountType::Bind | MountType::Cache, Some(from)) => {
                     let src = match self.stage_ref(from, stage.index, range)? {
-                        Some(i) => self.done.get(&i).and_then(|p| p.root),
+                        // A stage the dependency scan did not see (its name came from a
+                        // stage-local ARG) must not be mounted as an empty tree.
+                        Some(i) => match self.done.get(&i) {
+                            Some(p) => p.root,
+                            None => {
+                                return Err(Diagnostic::at(
+                                    range,
+                                    format!(
+                                        "cannot mount from stage {from:?} to {:?}, stage needs to be defined before current command",
+                                        m.target
+                                    ),
+                                ));
+                            }
+                        },
                         None => Some(self.image(from, &st.platform, range)?.0),
                     };
                     let src = match src {
@@ -1125,13 +1168,19 @@ impl Converter<'_> {
         let Some(from) = from else {
             return Ok(self.context());
         };
-        let from = self.expand(st, from, range)?;
-        match self.stage_ref(&from, stage.index, range)? {
+        // Checked again: ONBUILD triggers come here without the check in `convert`.
+        let from = self.copy_from_name(from, range)?;
+        match self.stage_ref(from, stage.index, range)? {
             Some(i) => {
                 let Some(plan) = self.done.get(&i) else {
+                    // Only an ONBUILD trigger can get here (stage_order converted every
+                    // stage a COPY of this Dockerfile names); BuildKit's words.
                     return Err(Diagnostic::at(
                         range,
-                        format!("circular dependency detected on stage: {from}"),
+                        format!(
+                            "cannot copy from stage {from:?}, it needs to be defined before current stage {:?}",
+                            stage_label(stage)
+                        ),
                     ));
                 };
                 Ok(match plan.root {
@@ -1146,7 +1195,7 @@ impl Converter<'_> {
                         "--from requires a stage name, index or image",
                     ));
                 }
-                Ok(self.image(&from, &st.platform, range)?.0)
+                Ok(self.image(from, &st.platform, range)?.0)
             }
         }
     }

@@ -431,3 +431,51 @@ fn doubling_env_fails_at_the_expansion_cap() {
     let p = plan(&src);
     assert_eq!(p.target_stage().config.env[1].len(), "A=".len() + (1 << 20));
 }
+
+/// Regression (issue 9, finding 15): a stage-local ARG in `COPY --from` said "circular
+/// dependency detected". BuildKit does not expand `--from` at all and says so, whatever
+/// scope the variable has; kiln now gives its error, naming the value.
+#[test]
+fn copy_from_is_not_expanded() {
+    let want = "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround (--from=\"$SRC\")";
+    for src in [
+        "FROM busybox AS src\nFROM busybox\nARG SRC=src\nCOPY --from=$SRC /x /y\n",
+        "ARG SRC=src\nFROM busybox AS src\nFROM busybox\nCOPY --from=$SRC /x /y\n",
+        // Even in a stage the target does not need.
+        "FROM busybox AS src\nARG SRC=src\nCOPY --from=$SRC /x /y\nFROM scratch\n",
+    ] {
+        let e = plan_with(src, &[], None).unwrap_err();
+        let line = src.lines().position(|l| l.starts_with("COPY")).unwrap() + 1;
+        assert_eq!(e.message, want, "{src}");
+        assert_eq!(e.range.map(|r| r.start.line), Some(line), "{src}");
+    }
+    let e = plan_with(
+        "FROM busybox AS src\nFROM busybox\nCOPY --from=${SRC:-src} /x /y\n",
+        &[],
+        None,
+    )
+    .unwrap_err();
+    assert!(e.message.contains("(--from=\"${SRC:-src}\")"), "{e:?}");
+    // A plain stage name, index or image is used as it is.
+    let p = plan(
+        "FROM busybox AS src\nFROM scratch\nCOPY --from=src /x /y\nCOPY --from=0 /x /z\nCOPY --from=alpine:3 /a /b\n",
+    );
+    assert_eq!(images(&p), ["busybox", "alpine:3"]);
+}
+
+/// A mount `from` that names a stage only through a stage-local ARG was mounted as an
+/// empty tree; it is an error, in BuildKit's words.
+#[test]
+fn run_mount_from_a_stage_not_converted_is_an_error() {
+    let e = plan_with(
+        "FROM busybox AS src\nFROM busybox\nARG SRC=src\nRUN --mount=from=$SRC,target=/m true\n",
+        &[],
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.message,
+        "cannot mount from stage \"src\" to \"/m\", stage needs to be defined before current command"
+    );
+    assert_eq!(e.range.map(|r| r.start.line), Some(4));
+}

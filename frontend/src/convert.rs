@@ -980,6 +980,8 @@ impl Converter<'_> {
         run: &RunCmd,
     ) -> Result<(), Diagnostic> {
         let range = cmd.range;
+        // A lone here-document that starts with `#!`: (name, body), run as a file.
+        let mut script = None;
         let mut args = if run.files.is_empty() || !run.cmd.prepend_shell {
             Self::with_shell(st, &run.cmd)
         } else {
@@ -990,9 +992,17 @@ impl Converter<'_> {
                     .ok()
                     .flatten()
                     .is_some();
-            if lone {
+            let body = run.files[0].body();
+            if lone && body.starts_with("#!") && st.platform.os != "windows" {
+                // As BuildKit: the body becomes an executable file mounted read-only
+                // under /dev/pipes/, and the shell runs that file, so the kernel hands
+                // it to the interpreter its `#!` line names.
+                let name = run.files[0].name.clone();
+                sh.push(format!("{HEREDOC_PIPES}/{name}"));
+                script = Some((name, body));
+            } else if lone {
                 // `RUN <<EOF` alone: the body is the script (BuildKit runs `sh -c BODY`).
-                sh.push(run.files[0].body());
+                sh.push(body);
             } else {
                 // Hand the whole here-document to the shell, which applies the quoting
                 // and `<<-` rules itself.
@@ -1035,6 +1045,26 @@ impl Converter<'_> {
             None => self.scratch(),
         }];
         let mut mounts = Vec::new();
+        if let Some((name, data)) = script {
+            let file = self.graph.add(
+                Op::File(FileOp {
+                    has_base: false,
+                    actions: vec![FileAction::Mkfile {
+                        path: format!("/{name}"),
+                        mode: 0o755,
+                        data,
+                        chown: None,
+                    }],
+                }),
+                Vec::new(),
+                None,
+            );
+            inputs.push(file);
+            mounts.push(ExecMount {
+                spec: heredoc_pipes_mount(),
+                input: Some(inputs.len() - 1),
+            });
+        }
         for spec in &run.mounts {
             let spec = self.expand(st, spec, range)?;
             let m = instructions::parse_mount(&spec).map_err(|e| Diagnostic::at(range, e))?;
@@ -1402,6 +1432,30 @@ impl Converter<'_> {
             },
         );
         Ok(())
+    }
+}
+
+/// Where a `RUN <<EOF` whose body starts with `#!` finds its body as a file (BuildKit's
+/// directory).
+const HEREDOC_PIPES: &str = "/dev/pipes";
+
+/// The read-only bind mount of the tree holding a `#!` here-document at
+/// [`HEREDOC_PIPES`].
+fn heredoc_pipes_mount() -> instructions::Mount {
+    instructions::Mount {
+        kind: MountType::Bind,
+        target: HEREDOC_PIPES.to_string(),
+        source: Some("/".to_string()),
+        from: None,
+        readonly: true,
+        id: None,
+        sharing: instructions::Sharing::Shared,
+        mode: None,
+        uid: None,
+        gid: None,
+        required: false,
+        size: None,
+        env: None,
     }
 }
 

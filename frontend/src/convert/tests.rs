@@ -479,3 +479,55 @@ fn run_mount_from_a_stage_not_converted_is_an_error() {
     );
     assert_eq!(e.range.map(|r| r.start.line), Some(4));
 }
+
+/// Regression (issue 9, finding 14): a `RUN <<EOF` whose body starts with `#!` was run
+/// by `/bin/sh -c BODY`. As in BuildKit, the body is an executable file mounted
+/// read-only at `/dev/pipes/<name>` and the shell runs that file.
+#[test]
+fn heredoc_with_shebang_runs_as_a_file() {
+    let p = plan("FROM x\nRUN <<EOF\n#!/bin/awk -f\nBEGIN { print \"hello\" > \"/out\" }\nEOF\n");
+    let id = p
+        .graph
+        .topo_order()
+        .into_iter()
+        .find(|id| matches!(p.graph.vertex(*id).op, Op::Exec(_)))
+        .unwrap();
+    let v = p.graph.vertex(id);
+    let Op::Exec(e) = &v.op else { unreachable!() };
+    assert_eq!(e.args, ["/bin/sh", "-c", "/dev/pipes/EOF"]);
+    assert_eq!(e.mounts.len(), 1);
+    let m = &e.mounts[0];
+    assert_eq!(m.spec.kind, MountType::Bind);
+    assert_eq!(m.spec.target, "/dev/pipes");
+    assert_eq!(m.spec.source.as_deref(), Some("/"));
+    assert!(m.spec.readonly);
+    let input = v.inputs[m.input.unwrap()];
+    match &p.graph.vertex(input).op {
+        Op::File(f) => {
+            assert!(!f.has_base);
+            assert_eq!(
+                f.actions,
+                [FileAction::Mkfile {
+                    path: "/EOF".to_string(),
+                    mode: 0o755,
+                    data: "#!/bin/awk -f\nBEGIN { print \"hello\" > \"/out\" }\n".to_string(),
+                    chown: None,
+                }]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        p.target_stage().history[0].created_by,
+        "RUN /bin/sh -c /dev/pipes/EOF # buildkit"
+    );
+    // `<<-` strips the tabs first; no `#!`, a heredoc with a command, and other
+    // instructions are unchanged.
+    let p = plan("FROM x\nRUN <<-EOT\n\t#!/bin/sh\n\techo hi\nEOT\n");
+    assert_eq!(execs(&p)[0].args, ["/bin/sh", "-c", "/dev/pipes/EOT"]);
+    let p = plan("FROM x\nRUN <<EOF\necho '#!'\nEOF\nRUN cat <<EOF\n#!/bin/sh\nEOF\n");
+    let e = execs(&p);
+    assert_eq!(e[0].args, ["/bin/sh", "-c", "echo '#!'\n"]);
+    assert_eq!(e[1].args, ["/bin/sh", "-c", "cat <<EOF\n#!/bin/sh\nEOF\n"]);
+    assert!(e.iter().all(|e| e.mounts.is_empty()));
+}

@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use kiln_cache::{Digest, Store, TagRecord};
 use kiln_frontend::convert::{self, Base, ConvertOptions, Plan};
+use kiln_frontend::error::shorten;
 use kiln_frontend::graph::{Op, Platform, VertexId, describe};
 use kiln_frontend::{Diagnostic, dockerignore};
 
@@ -154,7 +155,7 @@ fn step_labels(plan: &Plan) -> HashMap<VertexId, StepLabel> {
                     o.stage_name,
                     i,
                     totals[&o.stage],
-                    o.instruction.trim()
+                    shorten(o.instruction.trim())
                 )
             }
             (None, Op::Image { reference, .. }) => format!("[internal] FROM {reference}"),
@@ -302,7 +303,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
                 o.stage_name,
                 req.dockerfile_name,
                 o.range.start.line,
-                o.instruction.trim()
+                shorten(o.instruction.trim())
             ),
             None => labels
                 .get(&e.vertex)

@@ -2264,3 +2264,37 @@ fn issue9_layout_blob_larger_than_its_descriptor_is_refused() {
         &format!("{} is larger than its descriptor's", blob.display()),
     );
 }
+
+// ---- issue 9: frontend ----
+
+/// Regression (issue 9, finding 14): a `RUN <<EOF` whose body starts with `#!` ran under
+/// `/bin/sh -c`, which fails on an awk program; it is run by the interpreter named, from
+/// a file under `/dev/pipes/` that does not end up in the layer. Both snapshotters.
+#[test]
+fn heredoc_with_shebang_runs_its_interpreter() {
+    let env = Env::new();
+    env.busybox();
+    let ctx = env.context(
+        "shebang",
+        "FROM busybox:kiln-test\nRUN <<EOF\n#!/bin/awk -f\nBEGIN { print \"hello\" > \"/out\" }\nEOF\n",
+    );
+    for snapshotter in ["overlay", "copy"] {
+        let dest = env.path(&format!("shebang-{snapshotter}"));
+        env.build(
+            &[
+                "--snapshotter",
+                snapshotter,
+                "--no-cache",
+                "-o",
+                &format!("type=local,dest={}", dest.display()),
+            ],
+            &ctx,
+        );
+        assert_eq!(
+            fs::read_to_string(dest.join("out")).unwrap(),
+            "hello\n",
+            "{snapshotter}"
+        );
+        assert!(!dest.join("dev/pipes").exists(), "{snapshotter}");
+    }
+}

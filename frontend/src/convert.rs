@@ -1,12 +1,12 @@
 //! Typed instructions -> build graph (BuildKit's `dockerfile2llb`): ARG/ENV scoping and
 //! expansion, stage references, `--target` pruning, and the image config of each stage.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use petgraph::graph::DiGraph;
 
 use crate::config::{HistoryEntry, ImageConfig};
-use crate::error::{Diagnostic, Range};
+use crate::error::{Diagnostic, Range, quoted};
 use crate::graph::{
     BuildGraph, Chown, ExecMount, ExecOp, FileAction, FileOp, Network, Op, Origin, Platform,
     VertexId,
@@ -15,7 +15,7 @@ use crate::instructions::{
     self, AddCmd, ArgDecl, CmdLine, Command, CopyCmd, Dockerfile, Instruction, MountType, RunCmd,
     Stage,
 };
-use crate::shell::{Lex, ShellError};
+use crate::shell::{Env, Lex, ShellError};
 
 /// Build args that Docker passes to RUN without an `ARG` declaration and keeps out of
 /// the history.
@@ -156,15 +156,125 @@ impl Plan {
     }
 }
 
+/// Declared ARGs in declaration order (a re-declared name moves to the end), with their
+/// values (`None`: declared without one, so unset for expansion). Lookups and
+/// re-declarations cost O(log n), so converting n instructions stays linear-ish.
+#[derive(Debug, Clone, Default)]
+struct Vars {
+    /// Declaration number -> (name, value).
+    slots: BTreeMap<u64, (String, Option<String>)>,
+    /// Name -> its declaration number in `slots`.
+    index: HashMap<String, u64>,
+    next: u64,
+}
+
+impl Vars {
+    /// Declares `name` (again), last.
+    fn declare(&mut self, name: String, value: Option<String>) {
+        if let Some(old) = self.index.remove(&name) {
+            self.slots.remove(&old);
+        }
+        self.index.insert(name.clone(), self.next);
+        self.slots.insert(self.next, (name, value));
+        self.next += 1;
+    }
+
+    fn is_declared(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// The value of a declared name (`None` when not declared or declared without one).
+    fn value(&self, name: &str) -> Option<&str> {
+        let n = self.index.get(name)?;
+        self.slots.get(n)?.1.as_deref()
+    }
+
+    /// In declaration order.
+    fn iter(&self) -> impl Iterator<Item = &(String, Option<String>)> {
+        self.slots.values()
+    }
+}
+
+impl Env for Vars {
+    fn get(&self, name: &str) -> Option<String> {
+        self.value(name).map(str::to_owned)
+    }
+}
+
 /// Per-stage dispatch state.
 struct State {
     root: Option<VertexId>,
     config: ImageConfig,
-    /// ARGs declared in this stage, with their values (None: declared, no value).
-    args: Vec<(String, Option<String>)>,
+    /// Key -> position of its (last) `KEY=value` entry in `config.env`. Kept up to date
+    /// by [`State::env_set`], so ENV costs O(1) instead of a scan of the environment.
+    env_index: HashMap<String, usize>,
+    /// ARGs declared in this stage.
+    args: Vars,
     history: Vec<HistoryEntry>,
     platform: Platform,
     cmd_set: bool,
+}
+
+impl State {
+    fn new(
+        root: Option<VertexId>,
+        config: ImageConfig,
+        history: Vec<HistoryEntry>,
+        platform: Platform,
+    ) -> State {
+        let env_index = config
+            .env
+            .iter()
+            .enumerate()
+            .map(|(i, kv)| (env_key(kv).to_string(), i))
+            .collect();
+        State {
+            root,
+            config,
+            env_index,
+            args: Vars::default(),
+            history,
+            platform,
+            cmd_set: false,
+        }
+    }
+
+    /// The value of an ENV variable.
+    fn env_get(&self, key: &str) -> Option<&str> {
+        let kv = &self.config.env[*self.env_index.get(key)?];
+        Some(kv.split_once('=').map_or("", |(_, v)| v))
+    }
+
+    /// Sets an ENV variable, replacing it in place if present.
+    fn env_set(&mut self, key: &str, value: &str) {
+        let entry = format!("{key}={value}");
+        match self.env_index.get(key) {
+            Some(&i) => self.config.env[i] = entry,
+            None => {
+                self.env_index
+                    .insert(key.to_string(), self.config.env.len());
+                self.config.env.push(entry);
+            }
+        }
+    }
+}
+
+/// The name in a `KEY=value` environment entry (an entry without `=` is all name).
+fn env_key(kv: &str) -> &str {
+    kv.split_once('=').map_or(kv, |(k, _)| k)
+}
+
+/// The variables an instruction's words see: the stage's ARGs, overridden by its ENV.
+/// Looked up on demand, not copied per instruction (that made conversion quadratic).
+struct StageEnv<'a>(&'a State);
+
+impl Env for StageEnv<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        match self.0.env_get(name) {
+            Some(v) => Some(v.to_owned()),
+            None => self.0.args.get(name),
+        }
+    }
 }
 
 struct Converter<'a> {
@@ -174,7 +284,7 @@ struct Converter<'a> {
     graph: BuildGraph,
     lex: Lex,
     /// Global ARG values (after build-arg overrides), usable in FROM and re-declared ARGs.
-    meta: Vec<(String, Option<String>)>,
+    meta: Vars,
     done: BTreeMap<usize, StagePlan>,
     context: Option<VertexId>,
     scratch: Option<VertexId>,
@@ -182,7 +292,7 @@ struct Converter<'a> {
 }
 
 fn shell_err(range: Range, word: &str, e: ShellError) -> Diagnostic {
-    Diagnostic::at(range, format!("failed to expand {word:?}: {e}"))
+    Diagnostic::at(range, format!("failed to expand {}: {e}", quoted(word)))
 }
 
 /// Converts a typed Dockerfile into a build graph.
@@ -197,13 +307,21 @@ pub fn convert(
         resolver,
         graph: BuildGraph::default(),
         lex: Lex::new(df.escape),
-        meta: Vec::new(),
+        meta: Vars::default(),
         done: BTreeMap::new(),
         context: None,
         scratch: None,
         used_args: BTreeSet::new(),
     };
     c.init_meta_args()?;
+    // BuildKit checks every stage's COPY --from, needed by the target or not.
+    for stage in &df.stages {
+        for cmd in &stage.commands {
+            if let Instruction::Copy(CopyCmd { from: Some(f), .. }) = &cmd.instruction {
+                c.copy_from_name(f, cmd.range)?;
+            }
+        }
+    }
     let target = c.target_index()?;
     let order = c.stage_order(target)?;
     for idx in &order {
@@ -251,7 +369,7 @@ pub fn convert(
 }
 
 impl Converter<'_> {
-    fn platform_args(&self) -> Vec<(String, Option<String>)> {
+    fn platform_args(&self) -> Vars {
         let t = &self.opts.target_platform;
         let b = &self.opts.build_platform;
         [
@@ -265,8 +383,10 @@ impl Converter<'_> {
             ("BUILDVARIANT", b.variant.clone()),
         ]
         .into_iter()
-        .map(|(k, v)| (k.to_string(), Some(v)))
-        .collect()
+        .fold(Vars::default(), |mut vars, (k, v)| {
+            vars.declare(k.to_string(), Some(v));
+            vars
+        })
     }
 
     fn init_meta_args(&mut self) -> Result<(), Diagnostic> {
@@ -274,8 +394,7 @@ impl Converter<'_> {
         for (decl, range) in &self.df.meta_args {
             let value = self.arg_value(decl, &meta, *range)?;
             self.used_args.insert(decl.key.clone());
-            meta.retain(|(k, _)| *k != decl.key);
-            meta.push((decl.key.clone(), value));
+            meta.declare(decl.key.clone(), value);
         }
         self.meta = meta;
         Ok(())
@@ -286,7 +405,7 @@ impl Converter<'_> {
     fn arg_value(
         &self,
         decl: &ArgDecl,
-        scope: &[(String, Option<String>)],
+        scope: &dyn Env,
         range: Range,
     ) -> Result<Option<String>, Diagnostic> {
         if let Some(v) = self.opts.build_args.get(&decl.key) {
@@ -294,26 +413,39 @@ impl Converter<'_> {
         }
         match &decl.value {
             Some(default) => {
-                let env = to_env(scope.iter().cloned());
                 let v = self
                     .lex
-                    .process_word(default, &env)
+                    .process_word(default, scope)
                     .map_err(|e| shell_err(range, default, e))?;
                 Ok(Some(v))
             }
-            None => Ok(self
-                .meta
-                .iter()
-                .rev()
-                .find(|(k, _)| *k == decl.key)
-                .and_then(|(_, v)| v.clone())),
+            None => Ok(self.meta.value(&decl.key).map(str::to_owned)),
         }
     }
 
+    /// The stage or image `COPY --from` names. As in BuildKit (dockerfile frontend 1.18
+    /// and later), it is not expanded: stage-local ARGs would make the stage graph depend
+    /// on dispatch, so any variable is refused with BuildKit's error, naming the value.
+    fn copy_from_name<'f>(&self, from: &'f str, range: Range) -> Result<&'f str, Diagnostic> {
+        let expanded = self
+            .lex
+            .process_word(from, &Vars::default())
+            .map_err(|e| shell_err(range, from, e))?;
+        if expanded != from {
+            return Err(Diagnostic::at(
+                range,
+                format!(
+                    "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround (--from={})",
+                    quoted(from)
+                ),
+            ));
+        }
+        Ok(from)
+    }
+
     fn expand_meta(&self, word: &str, range: Range) -> Result<String, Diagnostic> {
-        let env = to_env(self.meta.iter().cloned());
         self.lex
-            .process_word(word, &env)
+            .process_word(word, &self.meta)
             .map_err(|e| shell_err(range, word, e))
     }
 
@@ -389,16 +521,18 @@ impl Converter<'_> {
         }
         for cmd in &stage.commands {
             let froms: Vec<String> = match &cmd.instruction {
-                Instruction::Copy(CopyCmd { from: Some(f), .. }) => vec![f.clone()],
+                Instruction::Copy(CopyCmd { from: Some(f), .. }) => {
+                    vec![self.copy_from_name(f, cmd.range)?.to_string()]
+                }
                 Instruction::Run(run) => run
                     .mounts
                     .iter()
                     .filter_map(|m| instructions::parse_mount(m).ok()?.from)
-                    .collect(),
+                    .map(|f| self.expand_meta(&f, cmd.range))
+                    .collect::<Result<_, _>>()?,
                 _ => Vec::new(),
             };
             for f in froms {
-                let f = self.expand_meta(&f, cmd.range)?;
                 if let Some(i) = self.stage_ref(&f, stage.index, cmd.range)? {
                     if i == stage.index {
                         return Err(Diagnostic::at(
@@ -551,16 +685,9 @@ impl Converter<'_> {
         if !matches!(base, Base::Stage(_)) {
             history.clear();
         }
-        let mut st = State {
-            root,
-            config,
-            args: Vec::new(),
-            history,
-            platform: platform.clone(),
-            cmd_set: false,
-        };
-        if st.config.env_get("PATH").is_none() {
-            st.config.env_set("PATH", DEFAULT_PATH);
+        let mut st = State::new(root, config, history, platform.clone());
+        if st.env_get("PATH").is_none() {
+            st.env_set("PATH", DEFAULT_PATH);
         }
         // ONBUILD triggers of the base run first, and are not inherited further.
         let triggers = std::mem::take(&mut st.config.on_build);
@@ -606,21 +733,9 @@ impl Converter<'_> {
         })
     }
 
-    /// The variables visible to expansion: stage ARGs, overridden by ENV.
-    fn expansion_env(&self, st: &State) -> BTreeMap<String, String> {
-        let mut env: BTreeMap<String, String> = st
-            .args
-            .iter()
-            .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
-            .collect();
-        env.extend(st.config.env_pairs());
-        env
-    }
-
     fn expand(&self, st: &State, word: &str, range: Range) -> Result<String, Diagnostic> {
-        let env = self.expansion_env(st);
         self.lex
-            .process_word(word, &env)
+            .process_word(word, &StageEnv(st))
             .map_err(|e| shell_err(range, word, e))
     }
 
@@ -702,7 +817,8 @@ impl Converter<'_> {
         let range = cmd.range;
         match &cmd.instruction {
             Instruction::Env(pairs) => {
-                let env = self.expansion_env(st);
+                // Every pair sees the environment from before the instruction.
+                let env = StageEnv(st);
                 let mut expanded = Vec::new();
                 for p in pairs {
                     let k = self
@@ -717,7 +833,7 @@ impl Converter<'_> {
                 }
                 let mut text = Vec::new();
                 for (k, v) in expanded {
-                    st.config.env_set(&k, &v);
+                    st.env_set(&k, &v);
                     text.push(format!("{k}={v}"));
                 }
                 self.history(st, format!("ENV {}", text.join(" ")), None);
@@ -739,16 +855,13 @@ impl Converter<'_> {
             Instruction::Arg(decls) => {
                 let mut text = Vec::new();
                 for d in decls {
-                    let mut scope: Vec<(String, Option<String>)> = st.args.clone();
-                    scope.extend(st.config.env_pairs().into_iter().map(|(k, v)| (k, Some(v))));
-                    let value = self.arg_value(d, &scope, range)?;
+                    let value = self.arg_value(d, &StageEnv(st), range)?;
                     self.used_args.insert(d.key.clone());
-                    st.args.retain(|(k, _)| *k != d.key);
                     text.push(match &value {
                         Some(v) => format!("{}={v}", d.key),
                         None => d.key.clone(),
                     });
-                    st.args.push((d.key.clone(), value));
+                    st.args.declare(d.key.clone(), value);
                 }
                 self.history(st, format!("ARG {}", text.join(" ")), None);
             }
@@ -867,6 +980,8 @@ impl Converter<'_> {
         run: &RunCmd,
     ) -> Result<(), Diagnostic> {
         let range = cmd.range;
+        // A lone here-document that starts with `#!`: (name, body), run as a file.
+        let mut script = None;
         let mut args = if run.files.is_empty() || !run.cmd.prepend_shell {
             Self::with_shell(st, &run.cmd)
         } else {
@@ -877,9 +992,17 @@ impl Converter<'_> {
                     .ok()
                     .flatten()
                     .is_some();
-            if lone {
+            let body = run.files[0].body();
+            if lone && body.starts_with("#!") && st.platform.os != "windows" {
+                // As BuildKit: the body becomes an executable file mounted read-only
+                // under /dev/pipes/, and the shell runs that file, so the kernel hands
+                // it to the interpreter its `#!` line names.
+                let name = run.files[0].name.clone();
+                sh.push(format!("{HEREDOC_PIPES}/{name}"));
+                script = Some((name, body));
+            } else if lone {
                 // `RUN <<EOF` alone: the body is the script (BuildKit runs `sh -c BODY`).
-                sh.push(run.files[0].body());
+                sh.push(body);
             } else {
                 // Hand the whole here-document to the shell, which applies the quoting
                 // and `<<-` rules itself.
@@ -902,9 +1025,9 @@ impl Converter<'_> {
         // proxy build args (passed without declaration).
         let mut env = st.config.env.clone();
         let mut arg_env = Vec::new();
-        for (k, v) in &st.args {
+        for (k, v) in st.args.iter() {
             if let Some(v) = v {
-                if st.config.env_get(k).is_none() {
+                if st.env_get(k).is_none() {
                     env.push(format!("{k}={v}"));
                     arg_env.push(format!("{k}={v}"));
                 }
@@ -912,7 +1035,7 @@ impl Converter<'_> {
         }
         for p in PROXY_ARGS {
             if let Some(v) = self.opts.build_args.get(*p) {
-                if !st.args.iter().any(|(k, _)| k == p) {
+                if !st.args.is_declared(p) {
                     env.push(format!("{p}={v}"));
                 }
             }
@@ -922,13 +1045,46 @@ impl Converter<'_> {
             None => self.scratch(),
         }];
         let mut mounts = Vec::new();
+        if let Some((name, data)) = script {
+            let file = self.graph.add(
+                Op::File(FileOp {
+                    has_base: false,
+                    actions: vec![FileAction::Mkfile {
+                        path: format!("/{name}"),
+                        mode: 0o755,
+                        data,
+                        chown: None,
+                    }],
+                }),
+                Vec::new(),
+                None,
+            );
+            inputs.push(file);
+            mounts.push(ExecMount {
+                spec: heredoc_pipes_mount(),
+                input: Some(inputs.len() - 1),
+            });
+        }
         for spec in &run.mounts {
             let spec = self.expand(st, spec, range)?;
             let m = instructions::parse_mount(&spec).map_err(|e| Diagnostic::at(range, e))?;
             let input = match (&m.kind, &m.from) {
                 (MountType::Bind | MountType::Cache, Some(from)) => {
                     let src = match self.stage_ref(from, stage.index, range)? {
-                        Some(i) => self.done.get(&i).and_then(|p| p.root),
+                        // A stage the dependency scan did not see (its name came from a
+                        // stage-local ARG) must not be mounted as an empty tree.
+                        Some(i) => match self.done.get(&i) {
+                            Some(p) => p.root,
+                            None => {
+                                return Err(Diagnostic::at(
+                                    range,
+                                    format!(
+                                        "cannot mount from stage {from:?} to {:?}, stage needs to be defined before current command",
+                                        m.target
+                                    ),
+                                ));
+                            }
+                        },
                         None => Some(self.image(from, &st.platform, range)?.0),
                     };
                     let src = match src {
@@ -1042,13 +1198,19 @@ impl Converter<'_> {
         let Some(from) = from else {
             return Ok(self.context());
         };
-        let from = self.expand(st, from, range)?;
-        match self.stage_ref(&from, stage.index, range)? {
+        // Checked again: ONBUILD triggers come here without the check in `convert`.
+        let from = self.copy_from_name(from, range)?;
+        match self.stage_ref(from, stage.index, range)? {
             Some(i) => {
                 let Some(plan) = self.done.get(&i) else {
+                    // Only an ONBUILD trigger can get here (stage_order converted every
+                    // stage a COPY of this Dockerfile names); BuildKit's words.
                     return Err(Diagnostic::at(
                         range,
-                        format!("circular dependency detected on stage: {from}"),
+                        format!(
+                            "cannot copy from stage {from:?}, it needs to be defined before current stage {:?}",
+                            stage_label(stage)
+                        ),
                     ));
                 };
                 Ok(match plan.root {
@@ -1063,7 +1225,7 @@ impl Converter<'_> {
                         "--from requires a stage name, index or image",
                     ));
                 }
-                Ok(self.image(&from, &st.platform, range)?.0)
+                Ok(self.image(from, &st.platform, range)?.0)
             }
         }
     }
@@ -1157,8 +1319,7 @@ impl Converter<'_> {
         let mut lex = Lex::new(self.df.escape);
         lex.raw_quotes = true;
         lex.skip_unset_env = false;
-        let env = self.expansion_env(st);
-        lex.process_word(body, &env)
+        lex.process_word(body, &StageEnv(st))
             .map_err(|e| shell_err(range, body, e))
     }
 
@@ -1260,6 +1421,30 @@ impl Converter<'_> {
     }
 }
 
+/// Where a `RUN <<EOF` whose body starts with `#!` finds its body as a file (BuildKit's
+/// directory).
+const HEREDOC_PIPES: &str = "/dev/pipes";
+
+/// The read-only bind mount of the tree holding a `#!` here-document at
+/// [`HEREDOC_PIPES`].
+fn heredoc_pipes_mount() -> instructions::Mount {
+    instructions::Mount {
+        kind: MountType::Bind,
+        target: HEREDOC_PIPES.to_string(),
+        source: Some("/".to_string()),
+        from: None,
+        readonly: true,
+        id: None,
+        sharing: instructions::Sharing::Shared,
+        mode: None,
+        uid: None,
+        gid: None,
+        required: false,
+        size: None,
+        env: None,
+    }
+}
+
 /// The file actions of one COPY or ADD, before they are attached to the stage.
 struct FileStep {
     link: bool,
@@ -1324,10 +1509,6 @@ fn stage_label(stage: &Stage) -> String {
         .name
         .clone()
         .unwrap_or_else(|| stage.index.to_string())
-}
-
-fn to_env(pairs: impl Iterator<Item = (String, Option<String>)>) -> BTreeMap<String, String> {
-    pairs.filter_map(|(k, v)| v.map(|v| (k, v))).collect()
 }
 
 /// `[a b c]`, as Go prints a string slice.

@@ -55,6 +55,13 @@ pub const DEFAULT_ESCAPE: char = '\\';
 /// under 1 MiB of stack, even in a debug build).
 pub const MAX_NESTING: usize = 100;
 
+/// How long (in bytes) the result of expanding one word may grow before
+/// expansion fails with [`ShellError::TooLong`]: 1 MiB, or the length of the
+/// word as written when that is longer (a long literal never fails). BuildKit
+/// has no such limit; without it `ENV A=$A$A` repeated 26 times takes 1.2 GB,
+/// and one `${A//?/$A}` squares the length of `A`.
+pub const MAX_EXPANSION: usize = 1 << 20;
+
 /// Looks up variables for expansion.
 ///
 /// `None` means the variable is unset; `Some(String::new())` means it is set
@@ -176,6 +183,10 @@ pub enum ShellError {
     /// Expansions nested more than [`MAX_NESTING`] deep.
     #[error("syntax error: substitutions nested more than {0} deep")]
     TooDeeplyNested(usize),
+    /// The result grew past its limit (see [`MAX_EXPANSION`]); the field is
+    /// the limit in bytes.
+    #[error("the expanded word is longer than {0} bytes; expansions are limited to 1 MiB per word")]
+    TooLong(usize),
 }
 
 /// The result of [`Lex::process_word_with_matches`].
@@ -264,10 +275,12 @@ impl Lex {
             rest: skip_bom(word),
             raw_escapes: self.raw_escapes,
             depth: 0,
+            limit: MAX_EXPANSION.max(word.len()),
             matched: BTreeSet::new(),
             unmatched: BTreeSet::new(),
         };
         let (result, words) = expander.process_until(None, self.raw_escapes)?;
+        expander.check_len(result.len())?;
         Ok(Expansion {
             result,
             words,
@@ -344,6 +357,8 @@ struct Expander<'a> {
     /// Whether escape characters are kept; set per nested word.
     raw_escapes: bool,
     depth: usize,
+    /// The longest any (partial) result may get, in bytes.
+    limit: usize,
     matched: BTreeSet<String>,
     unmatched: BTreeSet<String>,
 }
@@ -362,6 +377,16 @@ impl Expander<'_> {
 
     fn at_end(&self) -> bool {
         self.rest.is_empty()
+    }
+
+    /// Fails once a result being built is longer than the limit. Called after every
+    /// append of expanded text, so no result gets much past the limit.
+    fn check_len(&self, len: usize) -> Result<(), ShellError> {
+        if len > self.limit {
+            Err(ShellError::TooLong(self.limit))
+        } else {
+            Ok(())
+        }
     }
 
     fn get_env(&mut self, name: &str) -> Option<String> {
@@ -402,6 +427,7 @@ impl Expander<'_> {
             match ch {
                 '$' => {
                     let value = self.process_dollar()?;
+                    self.check_len(result.len() + value.len())?;
                     words.add_str(&value);
                     result.push_str(&value);
                 }
@@ -412,6 +438,7 @@ impl Expander<'_> {
                 }
                 '"' if quotes => {
                     let value = self.process_double_quote()?;
+                    self.check_len(result.len() + value.len())?;
                     words.add_raw_str(&value);
                     result.push_str(&value);
                 }
@@ -490,6 +517,7 @@ impl Expander<'_> {
                 }
                 Some('$') => {
                     let value = self.process_dollar()?;
+                    self.check_len(out.len() + value.len())?;
                     out.push_str(&value);
                 }
                 Some(ch) => {
@@ -639,10 +667,12 @@ impl Expander<'_> {
                 reason,
             })?;
         if replace_all {
-            return Ok(replace_all_go(&re, &value, &replacement));
+            return replace_all_go(&re, &value, &replacement, self.limit)
+                .ok_or(ShellError::TooLong(self.limit));
         }
         Ok(match re.find(&value) {
             Some(m) => {
+                self.check_len(value.len() - m.len() + replacement.len())?;
                 let mut out = String::with_capacity(value.len() + replacement.len());
                 out.push_str(&value[..m.start()]);
                 out.push_str(&replacement);
@@ -809,8 +839,9 @@ fn reverse_pattern(pattern: &str) -> String {
 
 /// Go's `Regexp.ReplaceAllString`: every match is replaced by `template`
 /// with `$0`/`${0}` standing for the match and `$$` for `$`; an empty match
-/// right after the previous match is not replaced.
-fn replace_all_go(re: &Regex, src: &str, template: &str) -> String {
+/// right after the previous match is not replaced. `None` once the result is longer
+/// than `limit` bytes (`${V//?/$V}` would square `V`'s length).
+fn replace_all_go(re: &Regex, src: &str, template: &str, limit: usize) -> Option<String> {
     let mut out = String::with_capacity(src.len());
     let mut last_end = 0;
     let mut pos = 0;
@@ -819,6 +850,9 @@ fn replace_all_go(re: &Regex, src: &str, template: &str) -> String {
         out.push_str(src.get(last_end..m.start()).unwrap_or_default());
         if m.end() > last_end || m.start() == 0 {
             expand_go_template(&mut out, template, m.as_str());
+            if out.len() > limit {
+                return None;
+            }
         }
         last_end = m.end();
         // Advance past this match, always by at least one character.
@@ -835,7 +869,7 @@ fn replace_all_go(re: &Regex, src: &str, template: &str) -> String {
         }
     }
     out.push_str(src.get(last_end..).unwrap_or_default());
-    out
+    (out.len() <= limit).then_some(out)
 }
 
 /// Go's `Regexp.Expand` for a regex without capture groups.
@@ -1696,6 +1730,50 @@ mod tests {
         assert_eq!(a, Ok("x".to_string()));
         assert_eq!(b, Err(ShellError::TooDeeplyNested(MAX_NESTING)));
         assert_eq!(c, Err(ShellError::TooDeeplyNested(MAX_NESTING)));
+    }
+
+    #[test]
+    fn expansion_size_is_capped() {
+        // Regression (issue 9): `ENV A=$A$A` 26 times took 1.2 GB. Each doubling is
+        // fine until the result passes 1 MiB, then expansion fails.
+        let mut value = "x".to_string();
+        let mut doublings = 0;
+        let error = loop {
+            match word("$A$A", &[("A", &value)]) {
+                Ok(v) => {
+                    value = v;
+                    doublings += 1;
+                }
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(doublings, 20);
+        assert_eq!(value.len(), MAX_EXPANSION);
+        assert_eq!(error, ShellError::TooLong(MAX_EXPANSION));
+        assert!(error.to_string().contains("1 MiB"), "{error}");
+        // Inside quotes, nested words and replacements too.
+        let big = "y".repeat(MAX_EXPANSION / 2 + 1);
+        let env = [("A", big.as_str())];
+        for input in [
+            "\"$A$A\"",
+            "${B:-$A$A}",
+            "${A:+$A$A}",
+            "${A/y/$A}",
+            "${A//y/$A}",
+            "${A//?/yy}",
+        ] {
+            assert_eq!(
+                err(input, &env),
+                ShellError::TooLong(MAX_EXPANSION),
+                "{input}"
+            );
+        }
+        // Up to the limit is fine, and a literal longer than the limit stays as it is.
+        assert_eq!(ok("${A//y/z}", &env).len(), big.len());
+        let literal = "z".repeat(MAX_EXPANSION * 2);
+        assert_eq!(ok(&literal, &[]), literal);
+        let longer = format!("{literal}$A");
+        assert_eq!(err(&longer, &env), ShellError::TooLong(longer.len()));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, anyhow, bail};
 use kiln_frontend::convert::DEFAULT_PATH;
+use kiln_frontend::error::shorten;
 use kiln_frontend::graph::{ExecOp, Network, VertexId};
 use kiln_frontend::instructions::{Mount, MountType, Sharing};
 
@@ -139,7 +140,8 @@ impl BuildWorker<'_> {
             self.exec
                 .runtime
                 .run(&spec, &run, &|line: &str| self.log(id, line), cancel)?;
-        let shown = sandbox::describe_args(&e.args);
+        // Cut, as every error shows it: a RUN of megabytes must not fill the terminal.
+        let shown = shorten(&sandbox::describe_args(&e.args)).into_owned();
         if outcome.result != InitResult::Exited(0) && sandbox::disk_full(&upper) {
             bail!(
                 "process {shown} failed: no space left on device (the store's filesystem at {} is full)",

@@ -375,3 +375,183 @@ fn several_sources_without_trailing_slash_are_accepted() {
         );
     }
 }
+
+// ---- issue 9: frontend ----
+
+/// Regression (issue 9): `--dry-run` of 10,000 `ENV` lines took 25 s. The environment was
+/// copied into a map for every instruction, ENV and ARG scanned the whole environment,
+/// and pruning searched a path from every vertex to every history vertex. Each of those
+/// would take minutes at this size; linear conversion takes well under a second (a few
+/// in a debug build).
+#[test]
+fn long_dockerfiles_convert_in_linear_time() {
+    const N: usize = 20_000;
+    let mut src = String::from("ARG G0=g\n");
+    for i in 1..N {
+        src.push_str(&format!("ARG G{i}=${{G{}}}\n", i - 1));
+    }
+    src.push_str("FROM scratch AS one\n");
+    for i in 0..N {
+        src.push_str(&format!("ENV V{i}=v{i}\nARG A{i}=$V{i}\n"));
+    }
+    src.push_str("ENV LAST=$V0$A19999\nFROM one\n");
+    for i in 0..N {
+        src.push_str(&format!("WORKDIR /w{i}\n"));
+    }
+    src.push_str("ARG G19999\nENV G=$G19999\n");
+    let p = plan(&src);
+    let st = p.target_stage();
+    assert_eq!(st.config.env.len(), N + 3, "PATH, N variables, LAST and G");
+    assert_eq!(st.config.env[N + 1], "LAST=v0v19999");
+    assert_eq!(st.config.env[N + 2], "G=g");
+    assert_eq!(st.config.working_dir, format!("/w{}", N - 1));
+    // One mkdir per WORKDIR, each a history entry with a layer.
+    assert_eq!(p.graph.len(), N);
+    assert_eq!(st.history.iter().filter(|h| h.vertex.is_some()).count(), N);
+}
+
+#[test]
+fn env_and_arg_keep_their_order_and_overrides() {
+    let p = plan("FROM scratch\nARG A=1\nARG B=2\nENV B=env\nARG A=3\nENV C=$A$B D=$C\nRUN true\n");
+    let e = &execs(&p)[0];
+    // ENV first (in order), then ARGs that ENV does not override, in declaration order
+    // (a re-declared ARG moves to the end).
+    assert_eq!(
+        e.env,
+        [
+            format!("PATH={DEFAULT_PATH}"),
+            "B=env".to_string(),
+            "C=3env".to_string(),
+            "D=".to_string(),
+            "A=3".to_string(),
+        ]
+    );
+}
+
+/// Regression (issue 9): `ENV A=$A$A` 26 times took 1.2 GB. The 21st doubling passes
+/// 1 MiB and fails, naming the line.
+#[test]
+fn doubling_env_fails_at_the_expansion_cap() {
+    let mut src = String::from("FROM scratch\nENV A=x\n");
+    for _ in 0..26 {
+        src.push_str("ENV A=$A$A\n");
+    }
+    let e = plan_with(&src, &[], None).unwrap_err();
+    assert_eq!(e.range.map(|r| r.start.line), Some(2 + 21), "{e:?}");
+    assert_eq!(
+        e.message,
+        format!(
+            "failed to expand \"$A$A\": {}",
+            ShellError::TooLong(crate::shell::MAX_EXPANSION)
+        )
+    );
+    let rendered = e.render("Dockerfile", &src);
+    assert!(
+        rendered.starts_with("Dockerfile:23:1: failed to expand"),
+        "{rendered}"
+    );
+    // 20 doublings (exactly 1 MiB) are fine.
+    let src: String = src.lines().take(22).map(|l| format!("{l}\n")).collect();
+    let p = plan(&src);
+    assert_eq!(p.target_stage().config.env[1].len(), "A=".len() + (1 << 20));
+}
+
+/// Regression (issue 9, finding 15): a stage-local ARG in `COPY --from` said "circular
+/// dependency detected". BuildKit does not expand `--from` at all and says so, whatever
+/// scope the variable has; kiln now gives its error, naming the value.
+#[test]
+fn copy_from_is_not_expanded() {
+    let want = "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround (--from=\"$SRC\")";
+    for src in [
+        "FROM busybox AS src\nFROM busybox\nARG SRC=src\nCOPY --from=$SRC /x /y\n",
+        "ARG SRC=src\nFROM busybox AS src\nFROM busybox\nCOPY --from=$SRC /x /y\n",
+        // Even in a stage the target does not need.
+        "FROM busybox AS src\nARG SRC=src\nCOPY --from=$SRC /x /y\nFROM scratch\n",
+    ] {
+        let e = plan_with(src, &[], None).unwrap_err();
+        let line = src.lines().position(|l| l.starts_with("COPY")).unwrap() + 1;
+        assert_eq!(e.message, want, "{src}");
+        assert_eq!(e.range.map(|r| r.start.line), Some(line), "{src}");
+    }
+    let e = plan_with(
+        "FROM busybox AS src\nFROM busybox\nCOPY --from=${SRC:-src} /x /y\n",
+        &[],
+        None,
+    )
+    .unwrap_err();
+    assert!(e.message.contains("(--from=\"${SRC:-src}\")"), "{e:?}");
+    // A plain stage name, index or image is used as it is.
+    let p = plan(
+        "FROM busybox AS src\nFROM scratch\nCOPY --from=src /x /y\nCOPY --from=0 /x /z\nCOPY --from=alpine:3 /a /b\n",
+    );
+    assert_eq!(images(&p), ["busybox", "alpine:3"]);
+}
+
+/// A mount `from` that names a stage only through a stage-local ARG was mounted as an
+/// empty tree; it is an error, in BuildKit's words.
+#[test]
+fn run_mount_from_a_stage_not_converted_is_an_error() {
+    let e = plan_with(
+        "FROM busybox AS src\nFROM busybox\nARG SRC=src\nRUN --mount=from=$SRC,target=/m true\n",
+        &[],
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.message,
+        "cannot mount from stage \"src\" to \"/m\", stage needs to be defined before current command"
+    );
+    assert_eq!(e.range.map(|r| r.start.line), Some(4));
+}
+
+/// Regression (issue 9, finding 14): a `RUN <<EOF` whose body starts with `#!` was run
+/// by `/bin/sh -c BODY`. As in BuildKit, the body is an executable file mounted
+/// read-only at `/dev/pipes/<name>` and the shell runs that file.
+#[test]
+fn heredoc_with_shebang_runs_as_a_file() {
+    let p = plan("FROM x\nRUN <<EOF\n#!/bin/awk -f\nBEGIN { print \"hello\" > \"/out\" }\nEOF\n");
+    let id = p
+        .graph
+        .topo_order()
+        .into_iter()
+        .find(|id| matches!(p.graph.vertex(*id).op, Op::Exec(_)))
+        .unwrap();
+    let v = p.graph.vertex(id);
+    let Op::Exec(e) = &v.op else { unreachable!() };
+    assert_eq!(e.args, ["/bin/sh", "-c", "/dev/pipes/EOF"]);
+    assert_eq!(e.mounts.len(), 1);
+    let m = &e.mounts[0];
+    assert_eq!(m.spec.kind, MountType::Bind);
+    assert_eq!(m.spec.target, "/dev/pipes");
+    assert_eq!(m.spec.source.as_deref(), Some("/"));
+    assert!(m.spec.readonly);
+    let input = v.inputs[m.input.unwrap()];
+    match &p.graph.vertex(input).op {
+        Op::File(f) => {
+            assert!(!f.has_base);
+            assert_eq!(
+                f.actions,
+                [FileAction::Mkfile {
+                    path: "/EOF".to_string(),
+                    mode: 0o755,
+                    data: "#!/bin/awk -f\nBEGIN { print \"hello\" > \"/out\" }\n".to_string(),
+                    chown: None,
+                }]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        p.target_stage().history[0].created_by,
+        "RUN /bin/sh -c /dev/pipes/EOF # buildkit"
+    );
+    // `<<-` strips the tabs first; no `#!`, a heredoc with a command, and other
+    // instructions are unchanged.
+    let p = plan("FROM x\nRUN <<-EOT\n\t#!/bin/sh\n\techo hi\nEOT\n");
+    assert_eq!(execs(&p)[0].args, ["/bin/sh", "-c", "/dev/pipes/EOT"]);
+    let p = plan("FROM x\nRUN <<EOF\necho '#!'\nEOF\nRUN cat <<EOF\n#!/bin/sh\nEOF\n");
+    let e = execs(&p);
+    assert_eq!(e[0].args, ["/bin/sh", "-c", "echo '#!'\n"]);
+    assert_eq!(e[1].args, ["/bin/sh", "-c", "cat <<EOF\n#!/bin/sh\nEOF\n"]);
+    assert!(e.iter().all(|e| e.mounts.is_empty()));
+}

@@ -19,7 +19,14 @@ use rustix::io::Errno;
 /// missing `path` is not an error. Works whatever the depth of the tree.
 pub fn remove_tree(path: &Path) -> io::Result<()> {
     let (parent, name) = match (path.parent(), path.file_name()) {
-        (Some(p), Some(n)) => (if p.as_os_str().is_empty() { Path::new(".") } else { p }, n),
+        (Some(p), Some(n)) => (
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            },
+            n,
+        ),
         _ => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -63,7 +70,9 @@ pub fn remove_all_at(dir: &impl AsFd, name: &OsStr) -> io::Result<()> {
     let mut cur = open_subdir(dir, name)?;
     let mut stack = vec![Level::enter(&cur, name.to_owned())?];
     loop {
-        let top = stack.last_mut().expect("the stack holds the current directory");
+        let top = stack
+            .last_mut()
+            .expect("the stack holds the current directory");
         if let Some(sub) = top.pending.pop() {
             match open_subdir(&cur, &sub) {
                 Ok(fd) => {

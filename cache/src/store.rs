@@ -303,7 +303,10 @@ impl Store {
             let entry = entry.ctx("read directory", &tmp)?;
             let path = entry.path();
             let name = entry.file_name();
-            let owner = name.to_str().and_then(|n| n.split('.').next()).unwrap_or("");
+            let owner = name
+                .to_str()
+                .and_then(|n| n.split('.').next())
+                .unwrap_or("");
             let is_dead = if let Some((pid, _)) = owner.split_once('-') {
                 if pid.parse::<u32>().is_err() {
                     None
@@ -632,13 +635,18 @@ pub(crate) mod tests {
         assert!(!dead_file.exists());
         assert!(!dead_dir.exists());
         assert!(!dead_lock.exists(), "a dead writer's lock file is removed");
-        assert!(!reused.exists(), "a reused pid does not keep a dead writer alive");
+        assert!(
+            !reused.exists(),
+            "a reused pid does not keep a dead writer alive"
+        );
         assert!(live_old.exists(), "its writer holds its lock");
         assert!(live_lock_path.exists());
         assert!(ours.exists());
-        assert!(locks
-            .join(format!("writer-{}.lock", Store::writer()))
-            .exists());
+        assert!(
+            locks
+                .join(format!("writer-{}.lock", Store::writer()))
+                .exists()
+        );
         assert!(!legacy_dead.exists());
         assert!(legacy_live.exists());
         assert!(!junk_old.exists());

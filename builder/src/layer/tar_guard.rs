@@ -122,7 +122,9 @@ impl<R: Read> TarGuard<R> {
                     }
                 }
                 State::Pax { left, pad } => {
-                    let n = usize::try_from(*left).unwrap_or(usize::MAX).min(bytes.len());
+                    let n = usize::try_from(*left)
+                        .unwrap_or(usize::MAX)
+                        .min(bytes.len());
                     self.pax_buf.extend_from_slice(&bytes[..n]);
                     *left -= n as u64;
                     if *left == 0 {
@@ -133,7 +135,9 @@ impl<R: Read> TarGuard<R> {
                     self.advance(n, &mut bytes);
                 }
                 State::Skip { left } => {
-                    let n = usize::try_from(*left).unwrap_or(usize::MAX).min(bytes.len());
+                    let n = usize::try_from(*left)
+                        .unwrap_or(usize::MAX)
+                        .min(bytes.len());
                     *left -= n as u64;
                     if *left == 0 {
                         self.state = State::Header { filled: 0 };

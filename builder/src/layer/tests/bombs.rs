@@ -120,7 +120,10 @@ fn depth_bomb_of_40000_levels_is_refused_quickly() {
             .expect_err("a 80 KB name must be refused");
         assert!(matches!(err, LayerError::TooLarge { .. }), "{err}");
         let msg = err.to_string();
-        assert!(msg.contains("a/a/a/") && msg.contains("80001 bytes"), "{msg}");
+        assert!(
+            msg.contains("a/a/a/") && msg.contains("80001 bytes"),
+            "{msg}"
+        );
         assert!(msg.contains("over the limit of 4096"), "{msg}");
         assert!(msg.len() < 1000, "the error must not echo the whole name");
     }
@@ -147,8 +150,10 @@ fn names_deeper_than_the_limit_are_refused_and_the_limit_itself_unpacks() {
         };
         let err = unpack_layer(tar.as_slice(), dir.path(), &opts).unwrap_err();
         assert!(
-            err.to_string()
-                .contains(&format!("{} components, over the limit of {MAX_PATH_DEPTH}", MAX_PATH_DEPTH + 1)),
+            err.to_string().contains(&format!(
+                "{} components, over the limit of {MAX_PATH_DEPTH}",
+                MAX_PATH_DEPTH + 1
+            )),
             "{err}"
         );
         assert_eq!(fs::read(dir.path().join(&ok)).unwrap(), b"ok");
@@ -215,10 +220,11 @@ fn long_link_target_is_refused() {
     h.set_size(0);
     b.append_link(&mut h, "link", &target).unwrap();
     let tar = b.into_inner().unwrap();
-    let err = unpack_bounded(tar.as_slice(), WhiteoutMode::Oci, Duration::from_secs(10))
-        .unwrap_err();
+    let err =
+        unpack_bounded(tar.as_slice(), WhiteoutMode::Oci, Duration::from_secs(10)).unwrap_err();
     assert!(
-        err.to_string().contains("\"link\"") && err.to_string().contains("link target is 4200 bytes"),
+        err.to_string().contains("\"link\"")
+            && err.to_string().contains("link target is 4200 bytes"),
         "{err}"
     );
 }
@@ -233,7 +239,9 @@ fn guard_follows_pax_size_overrides() {
         let (len, mut r) = pax_record("path", path.len() as u64, b'p');
         let mut rec = Vec::new();
         r.read_to_end(&mut rec).unwrap();
-        let rec = String::from_utf8(rec).unwrap().replace(&"p".repeat(path.len()), path);
+        let rec = String::from_utf8(rec)
+            .unwrap()
+            .replace(&"p".repeat(path.len()), path);
         (len, rec.into_bytes())
     };
     // A PAX header with `size=600` before a file whose ustar size says 0.
@@ -241,14 +249,22 @@ fn guard_follows_pax_size_overrides() {
         let (l, mut r) = pax_record("size", 3, b'0');
         let mut v = Vec::new();
         r.read_to_end(&mut v).unwrap();
-        (l, String::from_utf8(v).unwrap().replace("=000", "=600").into_bytes())
+        (
+            l,
+            String::from_utf8(v)
+                .unwrap()
+                .replace("=000", "=600")
+                .into_bytes(),
+        )
     };
     let build = |second: Box<dyn Read>| -> Box<dyn Read> {
         Box::new(
             io::Cursor::new(header_block("pax", EntryType::XHeader, size_len).to_vec())
                 .chain(io::Cursor::new(size_rec.clone()))
                 .chain(padding(size_len))
-                .chain(io::Cursor::new(header_block("big", EntryType::Regular, 0).to_vec()))
+                .chain(io::Cursor::new(
+                    header_block("big", EntryType::Regular, 0).to_vec(),
+                ))
                 .chain(io::Cursor::new(data.clone()))
                 .chain(padding(600))
                 .chain(second),
@@ -260,10 +276,16 @@ fn guard_follows_pax_size_overrides() {
         .chain(record)
         .chain(padding(len))
         .chain(io::Cursor::new(raw_tar(&[raw_file("f", b"x")])));
-    let err = unpack_bounded(build(Box::new(second)), WhiteoutMode::Oci, Duration::from_secs(10))
-        .unwrap_err();
+    let err = unpack_bounded(
+        build(Box::new(second)),
+        WhiteoutMode::Oci,
+        Duration::from_secs(10),
+    )
+    .unwrap_err();
     assert!(
-        err.to_string().contains(&format!("PAX extended header of {len} bytes (header at byte 2560")),
+        err.to_string().contains(&format!(
+            "PAX extended header of {len} bytes (header at byte 2560"
+        )),
         "{err}"
     );
     // Then a small one: the whole archive unpacks.
@@ -273,7 +295,12 @@ fn guard_follows_pax_size_overrides() {
         .chain(padding(len))
         .chain(io::Cursor::new(raw_tar(&[raw_file("f", b"x")])));
     let dir = tempdir().unwrap();
-    unpack_layer(build(Box::new(second)), dir.path(), &UnpackOptions::default()).unwrap();
+    unpack_layer(
+        build(Box::new(second)),
+        dir.path(),
+        &UnpackOptions::default(),
+    )
+    .unwrap();
     assert_eq!(fs::read(dir.path().join("big")).unwrap(), data);
     assert_eq!(fs::read(dir.path().join("renamed")).unwrap(), b"x");
 }

@@ -59,7 +59,8 @@ pub enum WhiteoutMode {
     /// `dest` is a merged rootfs built up layer by layer: `.wh.NAME` deletes
     /// `NAME` (recursively) and `.wh..wh..opq` deletes what its directory held
     /// before this layer. Entries of this same layer are never deleted by
-    /// its whiteouts, whatever their order in the tar.
+    /// its whiteouts, whatever their order in the tar. As in overlayfs, an
+    /// opaque marker at the layer's root has no effect (in `Overlay` mode too).
     Apply,
 }
 
@@ -538,6 +539,13 @@ impl Unpacker<'_> {
 
     /// Handles `.wh..wh..opq` in directory `dir`.
     fn opaque(&mut self, dir: &[u8], shown: &str) -> Result<(), LayerError> {
+        if dir.is_empty() {
+            // At the layer's root the marker means nothing: overlayfs ignores opaqueness
+            // on a lower layer's root, and RUN steps (and BuildKit's default overlay
+            // snapshotter) see layers through it. Emptying the rootfs here would make
+            // `--output type=local` differ from what every RUN step saw.
+            return Ok(());
+        }
         match self.opts.whiteouts {
             WhiteoutMode::Overlay => {
                 self.open(dir, shown)?;

@@ -148,9 +148,9 @@ impl Downloads {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| httpdate::parse_http_date(v).ok());
         std::fs::create_dir_all(&self.dir).map_err(|e| (false, e.into()))?;
-        // Named `PID.…` so the store's temp cleaner knows the owner.
+        // Named `<writer>.…` so the store's temp cleaner knows the owner (Store::writer).
         let mut file = tempfile::Builder::new()
-            .prefix(&format!("{}.download-", std::process::id()))
+            .prefix(&format!("{}.download-", kiln_cache::Store::writer()))
             .tempfile_in(&self.dir)
             .map_err(|e| (false, e.into()))?;
         let mut resp = self.timeouts.watch(resp);

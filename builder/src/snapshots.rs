@@ -51,7 +51,8 @@ impl Snapshots {
     pub fn temp_dir(&self, prefix: &str) -> Result<tempfile::TempDir> {
         fs::create_dir_all(&self.tmp)?;
         tempfile::Builder::new()
-            .prefix(&format!("{}.{prefix}-", std::process::id()))
+            // `<writer>.` so the store's temp cleaner knows the owner (Store::writer).
+            .prefix(&format!("{}.{prefix}-", Store::writer()))
             .tempdir_in(&self.tmp)
             .context("creating a temporary directory in the store")
     }

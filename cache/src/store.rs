@@ -1,11 +1,12 @@
 //! The store root: layout, versioning, temp files and atomic writes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -15,8 +16,12 @@ use crate::error::{CacheError, IoContext, Result};
 /// Newest on-disk layout version this crate reads and writes.
 pub const LAYOUT_VERSION: u32 = 1;
 
-/// How old a dead writer's temp file must be before [`Store::open`] removes it.
+/// How old a temp entry must be before [`Store::open`] removes it when its name does not
+/// say which process wrote it (a dead writer's entries go whatever their age).
 pub const STALE_TMP_AGE: Duration = Duration::from_secs(60 * 60);
+
+/// Prefix of the lock file each process holds in `locks/` while it may write to `tmp/`.
+const WRITER_LOCK_PREFIX: &str = "writer-";
 
 pub(crate) const BLOBS_DIR: &str = "blobs/sha256";
 pub(crate) const CACHE_DIR: &str = "cache";
@@ -58,10 +63,12 @@ struct StoreMeta {
 /// <root>/images/tags.json    tag -> {manifest, config, created}
 /// <root>/snapshots/          unpacked filesystem snapshots (owned by the builder)
 /// <root>/statmemo/<hex>.json per-build-context stat memo
-/// <root>/tmp/                temp files named <pid>.<seq>.tmp, renamed into place
+/// <root>/tmp/                temp entries named <writer>.<...>, renamed into place
+///                            (<writer> = <pid>-<start time>, see Store::writer)
 /// <root>/containers/         per-RUN container state (owned by the builder)
 /// <root>/volumes/            cache mounts (owned by the builder)
-/// <root>/locks/              per-name locks (Store::lock_named)
+/// <root>/locks/              per-name locks (Store::lock_named), and one
+///                            writer-<writer>.lock per live process (flocked)
 /// ```
 ///
 /// Every file this crate writes goes temp file → fsync → rename → fsync of
@@ -187,8 +194,8 @@ impl Store {
     /// Open (creating if needed) the store at `root`.
     ///
     /// Refuses a store whose `store.json` announces a layout newer than
-    /// [`LAYOUT_VERSION`]. Removes temp files left in `tmp/` by writers that
-    /// died more than [`STALE_TMP_AGE`] ago.
+    /// [`LAYOUT_VERSION`]. Takes this process's writer lock (see [`Store::writer`]),
+    /// then removes what dead writers left in `tmp/`.
     pub fn open(root: impl AsRef<Path>) -> Result<Store> {
         let root = root.as_ref();
         let root = std::path::absolute(root).ctx("resolve store root", root)?;
@@ -228,6 +235,7 @@ impl Store {
             let bytes = serde_json::to_vec_pretty(&meta).expect("StoreMeta serializes");
             store.write_atomic(&meta_path, &bytes)?;
         }
+        store.hold_writer_lock()?;
         // Housekeeping only: a temp file we may not remove (another user's)
         // must not make the store unusable.
         let _ = store.clean_tmp(STALE_TMP_AGE);
@@ -243,14 +251,45 @@ impl Store {
         self.root.join(area)
     }
 
-    /// Remove entries of `tmp/` whose writer process is gone and whose
-    /// modification time is at least `min_age` old. Entries whose name does
-    /// not carry a pid are removed once older than `min_age`. Returns the
-    /// number of entries removed.
-    ///
-    /// Liveness is judged by pid, so a writer in another pid namespace looks
-    /// dead; the age threshold protects such writers as long as they keep
-    /// writing. [`Store::open`] calls this with [`STALE_TMP_AGE`].
+    /// This process's writer name, `<pid>-<start time>`: every entry it creates in `tmp/`
+    /// is named `<writer>.<anything>`. While the process lives it holds an flock on
+    /// `locks/writer-<writer>.lock` (taken by [`Store::open`]), which is how
+    /// [`Store::clean_tmp`] tells a live writer from a dead one: unlike a pid check, this
+    /// cannot be fooled by a reused pid or a writer in another pid namespace.
+    pub fn writer() -> &'static str {
+        static WRITER: OnceLock<String> = OnceLock::new();
+        WRITER.get_or_init(|| format!("{}-{}", std::process::id(), process_start_time()))
+    }
+
+    /// Takes (once per store and process) the flock that marks this process's temp
+    /// entries as live. The lock is held until the process exits.
+    fn hold_writer_lock(&self) -> Result<()> {
+        static HELD: Mutex<Vec<(PathBuf, File)>> = Mutex::new(Vec::new());
+        let path = self
+            .dir(LOCKS_DIR)
+            .join(format!("{WRITER_LOCK_PREFIX}{}.lock", Store::writer()));
+        let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+        if held.iter().any(|(p, _)| *p == path) {
+            return Ok(());
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .ctx("create writer lock", &path)?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(|e| CacheError::io("lock", &path, e.into()))?;
+        held.push((path, file));
+        Ok(())
+    }
+
+    /// Remove the entries of `tmp/` (files or whole trees) whose writer is dead,
+    /// whatever their age, and the lock files dead writers left in `locks/`. A writer is
+    /// alive while it holds its lock (see [`Store::writer`]). Entries named by an older
+    /// kiln (`<pid>.<...>`) go when that pid is gone; entries whose name names no writer
+    /// go once older than `min_age`. Returns the number of `tmp/` entries removed.
+    /// [`Store::open`] calls this with [`STALE_TMP_AGE`].
     pub fn clean_tmp(&self, min_age: Duration) -> Result<u64> {
         let tmp = self.dir(TMP_DIR);
         let entries = match fs::read_dir(&tmp) {
@@ -260,48 +299,105 @@ impl Store {
         };
         let now = SystemTime::now();
         let mut removed = 0;
+        // Writer name -> whether it is alive (a dead one's lock is held until the end).
+        let mut writers: HashMap<String, Writer> = HashMap::new();
         for entry in entries {
             let entry = entry.ctx("read directory", &tmp)?;
             let path = entry.path();
-            let Ok(meta) = fs::symlink_metadata(&path) else {
-                continue; // raced with its owner's rename
-            };
-            let age = meta
-                .modified()
-                .ok()
-                .and_then(|m| now.duration_since(m).ok())
-                .unwrap_or(Duration::ZERO);
-            if age < min_age {
-                continue;
-            }
-            let owner = entry
-                .file_name()
+            let name = entry.file_name();
+            let owner = name
                 .to_str()
                 .and_then(|n| n.split('.').next())
-                .and_then(|p| p.parse::<i32>().ok());
-            if owner.is_some_and(pid_alive) {
+                .unwrap_or("");
+            let is_dead = if let Some((pid, _)) = owner.split_once('-') {
+                if pid.parse::<u32>().is_err() {
+                    None
+                } else {
+                    if !writers.contains_key(owner) {
+                        let w = self.try_writer_lock(owner)?;
+                        writers.insert(owner.to_owned(), w);
+                    }
+                    Some(matches!(writers[owner], Writer::Dead(_)))
+                }
+            } else {
+                owner.parse::<i32>().ok().map(|pid| !pid_alive(pid))
+            };
+            let remove = match is_dead {
+                Some(is_dead) => is_dead,
+                None => {
+                    let Ok(meta) = fs::symlink_metadata(&path) else {
+                        continue; // raced with its owner's rename
+                    };
+                    meta.modified()
+                        .ok()
+                        .and_then(|m| now.duration_since(m).ok())
+                        .unwrap_or(Duration::ZERO)
+                        >= min_age
+                }
+            };
+            if !remove {
                 continue;
             }
-            let res = if meta.is_dir() {
-                fs::remove_dir_all(&path)
-            } else {
-                fs::remove_file(&path)
-            };
-            match res {
+            // Not std's remove_dir_all: a tree a hostile layer nested deeper than the
+            // open-file limit must go too.
+            match crate::remove::remove_tree(&path) {
                 Ok(()) => removed += 1,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(CacheError::io("remove stale temp file", &path, e)),
+                Err(e) => return Err(CacheError::io("remove stale temp entry", &path, e)),
+            }
+        }
+        // Lock files of dead writers, including those that left nothing in tmp/.
+        let locks = self.dir(LOCKS_DIR);
+        if let Ok(entries) = fs::read_dir(&locks) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(owner) = name
+                    .to_str()
+                    .and_then(|n| n.strip_prefix(WRITER_LOCK_PREFIX))
+                    .and_then(|n| n.strip_suffix(".lock"))
+                else {
+                    continue;
+                };
+                if !writers.contains_key(owner) {
+                    let w = self.try_writer_lock(owner)?;
+                    writers.insert(owner.to_owned(), w);
+                }
+                if let Writer::Dead(Some(_)) = writers[owner] {
+                    // Unlinked while we hold its flock: no live writer can be using it.
+                    let _ = fs::remove_file(entry.path());
+                }
             }
         }
         Ok(removed)
     }
 
-    /// Create a new, empty temp file in `tmp/` named `<pid>.<seq>.tmp`.
+    /// Tries to take writer `owner`'s lock to learn whether it is alive. A writer
+    /// without a lock file is dead (it takes its lock before it writes anything).
+    fn try_writer_lock(&self, owner: &str) -> Result<Writer> {
+        let path = self
+            .dir(LOCKS_DIR)
+            .join(format!("{WRITER_LOCK_PREFIX}{owner}.lock"));
+        if owner == Store::writer() {
+            return Ok(Writer::Alive);
+        }
+        let file = match OpenOptions::new().write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Writer::Dead(None)),
+            Err(e) => return Err(CacheError::io("open writer lock", &path, e)),
+        };
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Writer::Dead(Some(file))),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(Writer::Alive),
+            Err(e) => Err(CacheError::io("lock", &path, e.into())),
+        }
+    }
+
+    /// Create a new, empty temp file in `tmp/` named `<writer>.<seq>.tmp`.
     pub(crate) fn create_temp(&self) -> Result<(File, TempPath)> {
-        let pid = std::process::id();
+        let writer = Store::writer();
         loop {
             let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
-            let path = self.dir(TMP_DIR).join(format!("{pid}.{seq}.tmp"));
+            let path = self.dir(TMP_DIR).join(format!("{writer}.{seq}.tmp"));
             match OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(f) => return Ok((f, TempPath(Some(path)))),
                 // A stale file from an earlier process that had our pid.
@@ -358,6 +454,14 @@ impl Store {
     }
 }
 
+/// What [`Store::clean_tmp`] learnt of a writer.
+enum Writer {
+    /// It holds its lock.
+    Alive,
+    /// It is gone; its lock file (if it left one) is held by us until cleaning ends.
+    Dead(Option<File>),
+}
+
 /// A temp file path that is removed on drop unless persisted.
 #[derive(Debug)]
 pub(crate) struct TempPath(Option<PathBuf>);
@@ -406,6 +510,23 @@ pub(crate) fn fsync_parent(path: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .ctx("fsync directory", dir)
+}
+
+/// This process's start time in clock ticks after boot (field 22 of `/proc/self/stat`),
+/// which with the pid names the process uniquely; the current time in nanoseconds if
+/// `/proc` cannot be read.
+fn process_start_time() -> u64 {
+    let from_proc = fs::read_to_string("/proc/self/stat").ok().and_then(|stat| {
+        // The command name (field 2) may hold spaces and parentheses: count after it.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        rest.split_whitespace().nth(19)?.parse().ok()
+    });
+    from_proc.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    })
 }
 
 /// Whether a process with this pid exists (as far as we can see).
@@ -498,11 +619,13 @@ pub(crate) mod tests {
         assert_eq!(fs::read_dir(store.dir(TMP_DIR)).unwrap().count(), 0);
     }
 
+    // Regression (issue 9, finding 10): a kill -9 left gigabytes in tmp/ for an hour.
     #[test]
-    fn clean_tmp_respects_pid_and_age() {
+    fn clean_tmp_removes_dead_writers_entries_whatever_their_age() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let tmp = store.dir(TMP_DIR);
+        let locks = store.dir(LOCKS_DIR);
         let dead = dead_pid();
         let old = SystemTime::now() - Duration::from_secs(2 * 3600);
         let mk = |name: &str, backdate: bool| {
@@ -518,24 +641,68 @@ pub(crate) mod tests {
             }
             p
         };
-        let dead_old = mk(&format!("{dead}.0.tmp"), true);
-        let dead_new = mk(&format!("{dead}.1.tmp"), false);
-        let live_old = mk(&format!("{}.0.tmp", std::process::id()), true);
+        // A dead writer that left its lock file, a file and a directory tree: all fresh.
+        let dead_writer = format!("{dead}-4242");
+        let dead_lock = locks.join(format!("writer-{dead_writer}.lock"));
+        fs::write(&dead_lock, b"").unwrap();
+        let dead_file = mk(&format!("{dead_writer}.0.tmp"), false);
+        let dead_dir = tmp.join(format!("{dead_writer}.unpack-x"));
+        fs::create_dir_all(dead_dir.join("a/b")).unwrap();
+        fs::write(dead_dir.join("a/b/f"), b"x").unwrap();
+        // Our own pid, but another start time and no lock: a dead process whose pid was
+        // reused (by us).
+        let reused = mk(&format!("{}-1.0.tmp", std::process::id()), false);
+        // A live writer in another process (or pid namespace): holds its lock.
+        let live_writer = format!("{dead}-777");
+        let live_lock_path = locks.join(format!("writer-{live_writer}.lock"));
+        let live_lock = File::create(&live_lock_path).unwrap();
+        rustix::fs::flock(&live_lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        let live_old = mk(&format!("{live_writer}.0.tmp"), true);
+        // This process.
+        let ours = mk(&format!("{}.0.tmp", Store::writer()), true);
+        // Names from an older kiln: `<pid>.<seq>.tmp`.
+        let legacy_dead = mk(&format!("{dead}.0.tmp"), false);
+        let legacy_live = mk(&format!("{}.0.tmp", std::process::id()), true);
+        // No writer in the name: judged by age.
         let junk_old = mk("junk", true);
-        let dead_dir = tmp.join(format!("{dead}.2.tmp"));
-        fs::create_dir(&dead_dir).unwrap();
-        fs::write(dead_dir.join("f"), b"x").unwrap();
-        File::open(&dead_dir).unwrap().set_modified(old).unwrap();
+        let junk_new = mk("junk2", false);
 
         Store::open(dir.path()).unwrap();
-        assert!(!dead_old.exists());
-        assert!(dead_new.exists(), "too young to be judged stale");
-        assert!(live_old.exists(), "owner is alive");
-        assert!(!junk_old.exists());
+        assert!(!dead_file.exists());
         assert!(!dead_dir.exists());
-        assert_eq!(store.clean_tmp(Duration::ZERO).unwrap(), 1);
-        assert!(!dead_new.exists());
-        assert!(live_old.exists());
+        assert!(!dead_lock.exists(), "a dead writer's lock file is removed");
+        assert!(
+            !reused.exists(),
+            "a reused pid does not keep a dead writer alive"
+        );
+        assert!(live_old.exists(), "its writer holds its lock");
+        assert!(live_lock_path.exists());
+        assert!(ours.exists());
+        assert!(
+            locks
+                .join(format!("writer-{}.lock", Store::writer()))
+                .exists()
+        );
+        assert!(!legacy_dead.exists());
+        assert!(legacy_live.exists());
+        assert!(!junk_old.exists());
+        assert!(junk_new.exists(), "too young to be judged stale");
+
+        drop(live_lock);
+        assert_eq!(store.clean_tmp(Duration::ZERO).unwrap(), 2);
+        assert!(!live_old.exists(), "its writer died");
+        assert!(!live_lock_path.exists());
+        assert!(!junk_new.exists());
+        assert!(ours.exists());
+    }
+
+    #[test]
+    fn writer_names_this_process() {
+        let w = Store::writer();
+        let (pid, start) = w.split_once('-').unwrap();
+        assert_eq!(pid, std::process::id().to_string());
+        assert!(start.parse::<u64>().unwrap() > 0);
+        assert_eq!(w, Store::writer());
     }
 
     #[test]

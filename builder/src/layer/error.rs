@@ -30,6 +30,16 @@ pub enum LayerError {
         reason: String,
     },
 
+    /// A layer entry (or a tar extension record before it) is over one of the unpacker's
+    /// limits: name length or depth, extension record or xattr size.
+    #[error("refusing layer entry {entry:?}: {reason}")]
+    TooLarge {
+        /// The entry's name as it appears in the tar (shortened if very long).
+        entry: String,
+        /// Which limit, and the size found.
+        reason: String,
+    },
+
     /// A layer entry cannot be represented (writing) or understood (unpacking).
     #[error("unsupported layer entry {entry:?}: {reason}")]
     Unsupported {

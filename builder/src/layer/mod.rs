@@ -12,6 +12,7 @@ mod compression;
 mod digest;
 mod error;
 mod safe_fs;
+mod tar_guard;
 mod unpack;
 mod whiteout;
 mod write;
@@ -23,7 +24,9 @@ pub use compression::{
     Compression, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_TAR_GZIP, MEDIA_TYPE_LAYER_TAR_ZSTD,
 };
 pub use error::LayerError;
-pub use unpack::{UnpackInfo, UnpackOptions, WhiteoutMode, unpack_layer};
+pub use unpack::{
+    MAX_PATH_DEPTH, MAX_PATH_LEN, UnpackInfo, UnpackOptions, WhiteoutMode, unpack_layer,
+};
 pub(crate) use whiteout::is_overlay_xattr;
 pub use whiteout::{OPAQUE_WHITEOUT, WHITEOUT_PREFIX};
 pub use write::{LayerInfo, LayerOptions, SkipFn, is_empty_dir, write_layer};

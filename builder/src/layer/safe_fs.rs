@@ -148,22 +148,7 @@ pub(super) fn list_dir(dir: &OwnedFd) -> io::Result<Vec<(Vec<u8>, FileType)>> {
 }
 
 /// Removes `name` from `dir` if it exists, recursively for directories,
-/// never following symlinks.
+/// never following symlinks, whatever the depth of the tree.
 pub(super) fn remove_all_at(dir: &OwnedFd, name: &[u8]) -> io::Result<()> {
-    match file_type_at(dir, name)? {
-        None => Ok(()),
-        Some(FileType::Directory) => {
-            let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-            let sub = rustix::fs::openat(dir, os(name), flags, Mode::empty())?;
-            for (child, _) in list_dir(&sub)? {
-                remove_all_at(&sub, &child)?;
-            }
-            rustix::fs::unlinkat(dir, os(name), AtFlags::REMOVEDIR)?;
-            Ok(())
-        }
-        Some(_) => {
-            rustix::fs::unlinkat(dir, os(name), AtFlags::empty())?;
-            Ok(())
-        }
-    }
+    kiln_cache::remove_all_at(dir, os(name))
 }

@@ -4,8 +4,14 @@
 //! component at a time with `O_NOFOLLOW`, so a symlink in the layer (or
 //! already in `dest`) is never followed while unpacking: entries whose path
 //! goes through one are refused.
+//!
+//! Memory does not grow with the depth of paths nor with the size of tar extension
+//! records: names are limited to [`MAX_PATH_LEN`] bytes and [`MAX_PATH_DEPTH`]
+//! components, extension records to 1 MiB (checked before the
+//! `tar` crate reads them, see [`TarGuard`]), xattrs to Linux's own limits, and what the
+//! unpacker remembers about paths is kept as a tree of components ([`PathTree`]).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
@@ -21,10 +27,23 @@ use super::error::LayerError;
 use super::safe_fs::{
     OpenDirError, file_type_at, join, list_dir, normalize, open_dir, os, remove_all_at, split_last,
 };
+use super::tar_guard::{ExtensionTooLarge, TarGuard};
 use super::whiteout::{
     META_PREFIX, OPAQUE_WHITEOUT, TRUSTED_OPAQUE_XATTR, USER_OPAQUE_XATTR, WHITEOUT_PREFIX,
     is_overlay_xattr,
 };
+
+/// Longest entry name or link target accepted, in bytes (Linux's `PATH_MAX`).
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// Most components an entry name may have.
+pub const MAX_PATH_DEPTH: usize = 1024;
+
+/// Largest xattr value accepted (Linux's `XATTR_SIZE_MAX`).
+const MAX_XATTR_VALUE: usize = 64 * 1024;
+
+/// Longest xattr name accepted (Linux's `XATTR_NAME_MAX`).
+const MAX_XATTR_NAME: usize = 255;
 
 /// What to do with the OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`) of a layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -40,7 +59,8 @@ pub enum WhiteoutMode {
     /// `dest` is a merged rootfs built up layer by layer: `.wh.NAME` deletes
     /// `NAME` (recursively) and `.wh..wh..opq` deletes what its directory held
     /// before this layer. Entries of this same layer are never deleted by
-    /// its whiteouts, whatever their order in the tar.
+    /// its whiteouts, whatever their order in the tar. As in overlayfs, an
+    /// opaque marker at the layer's root has no effect (in `Overlay` mode too).
     Apply,
 }
 
@@ -98,14 +118,13 @@ pub fn unpack_layer(
         move |source| LayerError::Malformed { reason, source }
     };
     let (_, decoder) = detect(blob).map_err(malformed("cannot read the layer's first bytes"))?;
-    let mut archive = tar::Archive::new(HashingReader::new(decoder));
+    let mut archive = tar::Archive::new(TarGuard::new(HashingReader::new(decoder)));
     let mut unpacker = Unpacker {
         dest,
         root,
         opts,
         is_root: rustix::process::geteuid().is_root(),
-        seen: HashSet::new(),
-        dirs: BTreeMap::new(),
+        tree: PathTree::new(),
         entries: 0,
         buf: vec![0; 128 * 1024],
     };
@@ -113,10 +132,24 @@ pub fn unpack_layer(
         .entries()
         .map_err(malformed("cannot read the tar stream"))?
     {
-        let mut entry = entry.map_err(malformed("cannot read a tar header"))?;
+        let mut entry = entry.map_err(|source| {
+            match source
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<ExtensionTooLarge>())
+            {
+                Some(e) => LayerError::TooLarge {
+                    entry: e.name.clone(),
+                    reason: e.to_string(),
+                },
+                None => LayerError::Malformed {
+                    reason: "cannot read a tar header".into(),
+                    source,
+                },
+            }
+        })?;
         unpacker.entry(&mut entry)?;
     }
-    let mut rest = archive.into_inner();
+    let mut rest = archive.into_inner().into_inner();
     io::copy(&mut rest, &mut io::sink())
         .map_err(malformed("cannot read the data after the tar end marker"))?;
     let (diff_id, bytes) = rest.finish();
@@ -173,11 +206,10 @@ struct Unpacker<'a> {
     root: OwnedFd,
     opts: &'a UnpackOptions,
     is_root: bool,
-    /// [`WhiteoutMode::Apply`]: paths (and their ancestors) this layer has
-    /// entries for, which its own whiteouts must not delete.
-    seen: HashSet<Vec<u8>>,
-    /// Directories whose mode and mtime are set at the end.
-    dirs: BTreeMap<Vec<u8>, (u32, Timespec)>,
+    /// Paths this layer has entries for: in [`WhiteoutMode::Apply`], which paths (and
+    /// their ancestors) its own whiteouts must not delete ([`PathNode::seen`]); and the
+    /// directories whose mode and mtime are set at the end ([`PathNode::dir`]).
+    tree: PathTree,
     entries: u64,
     buf: Vec<u8>,
 }
@@ -185,13 +217,31 @@ struct Unpacker<'a> {
 impl Unpacker<'_> {
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), LayerError> {
         let raw = entry.path_bytes().into_owned();
-        let shown = String::from_utf8_lossy(&raw).into_owned();
+        let shown = shown_name(&raw);
         let etype = entry.header().entry_type();
         if etype.is_pax_global_extensions() {
             return Ok(());
         }
         self.entries += 1;
+        if raw.len() > MAX_PATH_LEN {
+            return Err(LayerError::TooLarge {
+                entry: shown,
+                reason: format!(
+                    "its name is {} bytes long, over the limit of {MAX_PATH_LEN}",
+                    raw.len()
+                ),
+            });
+        }
         let rel = normalize(&raw).map_err(|r| LayerError::unsafe_entry(&shown, r))?;
+        let depth = rel.iter().filter(|b| **b == b'/').count() + 1;
+        if depth > MAX_PATH_DEPTH {
+            return Err(LayerError::TooLarge {
+                entry: shown,
+                reason: format!(
+                    "its name has {depth} components, over the limit of {MAX_PATH_DEPTH}"
+                ),
+            });
+        }
         let (parent, base) = split_last(&rel);
         if self.opts.whiteouts != WhiteoutMode::Oci && base.starts_with(WHITEOUT_PREFIX.as_bytes())
         {
@@ -265,6 +315,15 @@ impl Unpacker<'_> {
                 if target.contains(&0) {
                     return Err(LayerError::unsafe_entry(&shown, "NUL byte in link target"));
                 }
+                if target.len() > MAX_PATH_LEN {
+                    return Err(LayerError::TooLarge {
+                        entry: shown,
+                        reason: format!(
+                            "its link target is {} bytes long, over the limit of {MAX_PATH_LEN}",
+                            target.len()
+                        ),
+                    });
+                }
                 target
             }
             _ => Vec::new(),
@@ -294,7 +353,8 @@ impl Unpacker<'_> {
                 }
                 self.chown_at(&pfd, name, &rel, &meta)?;
                 self.set_xattrs_path(&rel, &meta)?;
-                self.dirs.insert(rel.clone(), (meta.mode, meta.mtime));
+                let id = self.tree.insert(&rel);
+                self.tree.nodes[id].dir = Some((meta.mode, meta.mtime));
             }
             Kind::Symlink => {
                 rustix::fs::symlinkat(os(&link_target), &pfd, os(name))
@@ -403,7 +463,7 @@ impl Unpacker<'_> {
         shown: &str,
     ) -> Result<(OwnedFd, Vec<u8>), LayerError> {
         let refuse = |reason: String| LayerError::unsafe_entry(shown, reason);
-        let target_shown = String::from_utf8_lossy(target).into_owned();
+        let target_shown = shown_name(target);
         let norm = normalize(target)
             .map_err(|r| refuse(format!("hardlink target {target_shown:?}: {r}")))?;
         if norm.is_empty() {
@@ -463,7 +523,7 @@ impl Unpacker<'_> {
             }
             WhiteoutMode::Apply => {
                 // Whiteouts only hide what lower layers have.
-                if self.seen.contains(&target) {
+                if self.tree.is_seen(&target) {
                     return Ok(());
                 }
                 let Some(pfd) = self.open_existing(parent, shown)? else {
@@ -479,6 +539,13 @@ impl Unpacker<'_> {
 
     /// Handles `.wh..wh..opq` in directory `dir`.
     fn opaque(&mut self, dir: &[u8], shown: &str) -> Result<(), LayerError> {
+        if dir.is_empty() {
+            // At the layer's root the marker means nothing: overlayfs ignores opaqueness
+            // on a lower layer's root, and RUN steps (and BuildKit's default overlay
+            // snapshotter) see layers through it. Emptying the rootfs here would make
+            // `--output type=local` differ from what every RUN step saw.
+            return Ok(());
+        }
         match self.opts.whiteouts {
             WhiteoutMode::Overlay => {
                 self.open(dir, shown)?;
@@ -491,8 +558,8 @@ impl Unpacker<'_> {
                     .map_err(|e| self.io_err("mark opaque", dir, e.into()))?;
             }
             WhiteoutMode::Apply => {
-                if let Some(fd) = self.open_existing(dir, shown)? {
-                    self.purge(&fd, dir)
+                if self.open_existing(dir, shown)?.is_some() {
+                    self.purge(dir)
                         .map_err(|e| self.io_err("empty opaque directory", dir, e))?;
                 }
                 self.mark_seen(dir);
@@ -503,35 +570,41 @@ impl Unpacker<'_> {
         Ok(())
     }
 
-    /// Deletes everything under `fd` (directory `path`) that this layer has
-    /// no entry for, keeping (and descending into) what it has.
-    fn purge(&self, fd: &OwnedFd, path: &[u8]) -> io::Result<()> {
-        for (name, _) in list_dir(fd)? {
-            let child = join(path, &name);
-            if !self.seen.contains(&child) {
-                remove_all_at(fd, &name)?;
-            } else if file_type_at(fd, &name)? == Some(FileType::Directory) {
-                let sub = rustix::fs::openat(
-                    fd,
-                    os(&name),
-                    OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )?;
-                self.purge(&sub, &child)?;
+    /// Deletes everything under directory `path` that this layer has no entry for,
+    /// keeping (and descending into) what it has. Iterative: one directory open at a
+    /// time, whatever the depth.
+    fn purge(&mut self, path: &[u8]) -> io::Result<()> {
+        let start = self.tree.insert(path);
+        let mut stack = vec![start];
+        while let Some(id) = stack.pop() {
+            let dir = self.tree.path(id);
+            let fd = match open_dir(&self.root, &dir, false, |_| {}) {
+                Ok(fd) => fd,
+                Err(OpenDirError::Io(e)) => return Err(e),
+                Err(_) => continue,
+            };
+            for (name, _) in list_dir(&fd)? {
+                match self.tree.child(id, &name) {
+                    Some(c) if self.tree.nodes[c].seen => {
+                        if file_type_at(&fd, &name)? == Some(FileType::Directory) {
+                            stack.push(c);
+                        }
+                    }
+                    _ => remove_all_at(&fd, &name)?,
+                }
             }
         }
         Ok(())
     }
 
-    /// Sets the deferred directory modes and mtimes, deepest first.
+    /// Sets the deferred directory modes and mtimes, deepest first (a node is always
+    /// added after its parent, so reverse order visits children first).
     fn finish(&mut self) -> Result<(), LayerError> {
-        let mut dirs: Vec<_> = std::mem::take(&mut self.dirs).into_iter().collect();
-        dirs.sort_by(|(a, _), (b, _)| {
-            let depth =
-                |p: &[u8]| p.iter().filter(|c| **c == b'/').count() + usize::from(!p.is_empty());
-            depth(b).cmp(&depth(a)).then_with(|| b.cmp(a))
-        });
-        for (rel, (mode, mtime)) in dirs {
+        for id in (0..self.tree.nodes.len()).rev() {
+            let Some((mode, mtime)) = self.tree.nodes[id].dir else {
+                continue;
+            };
+            let rel = self.tree.path(id);
             let (parent, base) = split_last(&rel);
             let name: &[u8] = if rel.is_empty() { b"." } else { base };
             // The directory may have been replaced or deleted by a later entry.
@@ -604,7 +677,19 @@ impl Unpacker<'_> {
                 } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
                     // overlayfs' xattrs would forge whiteouts: never taken from a layer.
                     if !name.is_empty() && !is_overlay_xattr(name) && !name.contains(&0) {
-                        xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
+                        let value = ext.value_bytes();
+                        if name.len() > MAX_XATTR_NAME || value.len() > MAX_XATTR_VALUE {
+                            return Err(LayerError::TooLarge {
+                                entry: shown.to_owned(),
+                                reason: format!(
+                                    "xattr {:?} has a {}-byte name and a {}-byte value; Linux allows {MAX_XATTR_NAME} and {MAX_XATTR_VALUE}",
+                                    shown_name(name),
+                                    name.len(),
+                                    value.len()
+                                ),
+                            });
+                        }
+                        xattrs.push((name.to_vec(), value.to_vec()));
                     }
                 }
             }
@@ -620,10 +705,12 @@ impl Unpacker<'_> {
 
     /// Opens directory `path` under `dest`, creating missing components.
     fn open(&mut self, path: &[u8], shown: &str) -> Result<OwnedFd, LayerError> {
-        let mut created = Vec::new();
-        let res = open_dir(&self.root, path, true, |p| created.push(p.to_vec()));
-        for p in created {
-            self.mark_seen(&p);
+        // Created components are consecutive: marking the deepest marks them all (and
+        // copying each one's path would cost memory quadratic in the depth).
+        let mut created = None;
+        let res = open_dir(&self.root, path, true, |p| created = Some(p.len()));
+        if let Some(len) = created {
+            self.mark_seen(&path[..len]);
         }
         self.open_result(res, path, shown)?.ok_or_else(|| {
             self.io_err(
@@ -676,9 +763,11 @@ impl Unpacker<'_> {
         if self.opts.whiteouts != WhiteoutMode::Apply {
             return;
         }
-        let mut p = path;
-        while !p.is_empty() && self.seen.insert(p.to_vec()) {
-            p = split_last(p).0;
+        let mut id = self.tree.insert(path);
+        // Ancestors of a seen node are seen: stop at the first one.
+        while id != PathTree::ROOT && !self.tree.nodes[id].seen {
+            self.tree.nodes[id].seen = true;
+            id = self.tree.nodes[id].parent;
         }
     }
 
@@ -758,6 +847,109 @@ impl Unpacker<'_> {
 
     fn io_err(&self, op: &'static str, rel: &[u8], e: io::Error) -> LayerError {
         LayerError::io(op, self.full_path(rel), e)
+    }
+}
+
+/// An entry name for messages: whole up to 256 bytes, else its start, its end and its
+/// length (an error must not echo a megabyte of name).
+fn shown_name(raw: &[u8]) -> String {
+    const KEEP: usize = 100;
+    if raw.len() <= 256 {
+        return String::from_utf8_lossy(raw).into_owned();
+    }
+    format!(
+        "{}...{} ({} bytes)",
+        String::from_utf8_lossy(&raw[..KEEP]),
+        String::from_utf8_lossy(&raw[raw.len() - KEEP..]),
+        raw.len()
+    )
+}
+
+/// One path component known to the unpacker.
+struct PathNode {
+    parent: usize,
+    name: Box<[u8]>,
+    /// [`WhiteoutMode::Apply`]: this layer has an entry at or under this path.
+    seen: bool,
+    /// A directory entry of this layer: its mode and mtime, set at the end.
+    dir: Option<(u32, Timespec)>,
+}
+
+/// The paths an unpack remembers, as a tree of components: each node holds one name, so
+/// memory grows with the number of paths, never with their depth (a set of whole paths
+/// holds every ancestor's full path: quadratic in the depth).
+struct PathTree {
+    nodes: Vec<PathNode>,
+    children: HashMap<(usize, Box<[u8]>), usize>,
+}
+
+impl PathTree {
+    /// The node of the destination root (the empty path).
+    const ROOT: usize = 0;
+
+    fn new() -> Self {
+        PathTree {
+            nodes: vec![PathNode {
+                parent: Self::ROOT,
+                name: Box::default(),
+                seen: false,
+                dir: None,
+            }],
+            children: HashMap::new(),
+        }
+    }
+
+    fn components(path: &[u8]) -> impl Iterator<Item = &[u8]> {
+        path.split(|b| *b == b'/').filter(|c| !c.is_empty())
+    }
+
+    fn child(&self, parent: usize, name: &[u8]) -> Option<usize> {
+        // A borrowed key cannot look up a `(usize, Box<[u8]>)`: build the owned one.
+        self.children.get(&(parent, Box::from(name))).copied()
+    }
+
+    /// The node of a normalised path, added (with its ancestors) if missing.
+    fn insert(&mut self, path: &[u8]) -> usize {
+        let mut id = Self::ROOT;
+        for comp in Self::components(path) {
+            id = match self.child(id, comp) {
+                Some(c) => c,
+                None => {
+                    let c = self.nodes.len();
+                    self.nodes.push(PathNode {
+                        parent: id,
+                        name: Box::from(comp),
+                        seen: false,
+                        dir: None,
+                    });
+                    self.children.insert((id, Box::from(comp)), c);
+                    c
+                }
+            };
+        }
+        id
+    }
+
+    fn is_seen(&self, path: &[u8]) -> bool {
+        let mut id = Self::ROOT;
+        for comp in Self::components(path) {
+            match self.child(id, comp) {
+                Some(c) => id = c,
+                None => return false,
+            }
+        }
+        self.nodes[id].seen
+    }
+
+    /// The normalised path of a node.
+    fn path(&self, mut id: usize) -> Vec<u8> {
+        let mut comps = Vec::new();
+        while id != Self::ROOT {
+            comps.push(&*self.nodes[id].name);
+            id = self.nodes[id].parent;
+        }
+        comps.reverse();
+        comps.join(&b'/')
     }
 }
 

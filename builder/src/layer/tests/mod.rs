@@ -4,6 +4,7 @@
 //! `geteuid() == 0`; CI and the development machines run as root, so they
 //! run there.
 
+mod bombs;
 mod determinism;
 mod malicious;
 mod roundtrip;

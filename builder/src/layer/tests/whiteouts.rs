@@ -281,3 +281,40 @@ fn overlay_xattrs_in_a_layer_are_ignored() {
         .collect();
     assert_eq!(names, ["user.fine"]);
 }
+
+// Regression (issue 9, finding 9): an opaque marker at a layer's root emptied the
+// rootfs in Apply mode (`--output type=local`) but overlayfs, which RUN steps and
+// BuildKit's default snapshotter see the layer through, ignores opaqueness on a lower
+// layer's root. kiln follows overlayfs: the marker at the root has no effect.
+#[test]
+fn opaque_marker_at_the_root_is_ignored_like_overlayfs() {
+    for mode in [
+        WhiteoutMode::Oci,
+        WhiteoutMode::Overlay,
+        WhiteoutMode::Apply,
+    ] {
+        let rootfs = tempdir().unwrap();
+        write_file(&rootfs.path().join("lower"), b"l");
+        let tar = raw_tar(&[
+            raw_file("a", b"a"),
+            raw_file(".wh..wh..opq", b""),
+            raw_file("b", b"b"),
+            raw_file("sub/c", b"c"),
+        ]);
+        unpack(&tar, rootfs.path(), mode);
+        let snap = snapshot(rootfs.path());
+        let mut keys: Vec<&str> = snap.keys().map(String::as_str).collect();
+        if mode == WhiteoutMode::Oci {
+            // Kept as the plain file it is in the tar.
+            assert_eq!(keys.remove(0), ".wh..wh..opq");
+        }
+        assert_eq!(keys, ["a", "b", "lower", "sub", "sub/c"], "{mode:?}");
+        let attrs: Vec<_> = xattr::list(rootfs.path()).unwrap().collect();
+        assert!(
+            !attrs
+                .iter()
+                .any(|a| a.to_string_lossy().ends_with("overlay.opaque")),
+            "{mode:?}: the root must not be marked opaque: {attrs:?}"
+        );
+    }
+}

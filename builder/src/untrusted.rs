@@ -12,7 +12,7 @@ use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::{FileType, Mode, OFlags};
 
 /// Largest `index.json`, `oci-layout`, manifest or config read from a layout: 4 MiB, the
 /// registries' limit.
@@ -54,27 +54,22 @@ impl Layout {
     /// with an error naming the path. A missing file gives [`io::ErrorKind::NotFound`].
     pub fn open_file(&self, rel: &str) -> io::Result<File> {
         let full = self.path.join(rel);
-        let fd = rustix::fs::openat2(
-            &self.dir,
-            rel,
-            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NOCTTY,
-            Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-        )
-        .map_err(|e| match e {
-            rustix::io::Errno::LOOP | rustix::io::Errno::XDEV => io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{} is or goes through a symbolic link, which an OCI layout kiln \
+        let fd =
+            crate::sandbox::beneath::open_beneath(&self.dir, rel, OFlags::RDONLY | OFlags::NOCTTY)
+                .map_err(|e| match e {
+                    rustix::io::Errno::LOOP | rustix::io::Errno::XDEV => io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "{} is or goes through a symbolic link, which an OCI layout kiln \
                      reads may not hold; refusing it",
-                    full.display()
-                ),
-            ),
-            e => io::Error::new(
-                io::Error::from(e).kind(),
-                format!("cannot open {}: {e}", full.display()),
-            ),
-        })?;
+                            full.display()
+                        ),
+                    ),
+                    e => io::Error::new(
+                        io::Error::from(e).kind(),
+                        format!("cannot open {}: {e}", full.display()),
+                    ),
+                })?;
         let st = rustix::fs::fstat(&fd)?;
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
             return Err(io::Error::new(

@@ -8,15 +8,26 @@
 //! the lookup instead.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
 
-/// The resolution every lookup uses: no symlink (nor magic link) anywhere, nothing
-/// outside the starting directory.
-fn strict() -> ResolveFlags {
-    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
+/// Opens `rel` below the directory `dir` with `oflags`, following no symlink (nor magic
+/// link) anywhere on the way and never leaving `dir`: a symlink gives `ELOOP`, a `..` or
+/// an absolute path that would leave gives `EXDEV`.
+pub fn open_beneath(
+    dir: impl AsFd,
+    rel: impl AsRef<Path>,
+    oflags: OFlags,
+) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat2(
+        dir,
+        rel.as_ref(),
+        oflags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
 }
 
 /// Opens the directory `rel` (relative; empty for `root` itself) below `root`.
@@ -26,13 +37,7 @@ pub fn open_dir(root: &Path, rel: &Path) -> io::Result<OwnedFd> {
     if rel.as_os_str().is_empty() {
         return Ok(root_fd);
     }
-    Ok(rustix::fs::openat2(
-        &root_fd,
-        rel,
-        flags,
-        Mode::empty(),
-        strict(),
-    )?)
+    Ok(open_beneath(&root_fd, rel, flags)?)
 }
 
 /// An entry of a tree, held as its parent directory's descriptor and its name, so that
@@ -62,12 +67,10 @@ impl At {
 
     /// Opens the entry, which must be a directory (not a symlink to one).
     pub fn open_dir(&self) -> io::Result<OwnedFd> {
-        Ok(rustix::fs::openat2(
+        Ok(open_beneath(
             &self.parent,
-            self.name.as_os_str(),
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Mode::empty(),
-            strict(),
+            &self.name,
+            OFlags::RDONLY | OFlags::DIRECTORY,
         )?)
     }
 

@@ -345,6 +345,7 @@ mod tests {
         Op::Exec(ExecOp {
             args: vec![args.to_string()],
             env: vec![],
+            proxy_env: vec![],
             cwd: "/".into(),
             user: String::new(),
             network: Network::Host,

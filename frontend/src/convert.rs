@@ -1033,10 +1033,11 @@ impl Converter<'_> {
                 }
             }
         }
+        let mut proxy_env = Vec::new();
         for p in PROXY_ARGS {
             if let Some(v) = self.opts.build_args.get(*p) {
                 if !st.args.is_declared(p) {
-                    env.push(format!("{p}={v}"));
+                    proxy_env.push(format!("{p}={v}"));
                 }
             }
         }
@@ -1067,7 +1068,7 @@ impl Converter<'_> {
         }
         for spec in &run.mounts {
             let spec = self.expand(st, spec, range)?;
-            let m = instructions::parse_mount(&spec).map_err(|e| Diagnostic::at(range, e))?;
+            let mut m = instructions::parse_mount(&spec).map_err(|e| Diagnostic::at(range, e))?;
             let input = match (&m.kind, &m.from) {
                 (MountType::Bind | MountType::Cache, Some(from)) => {
                     let src = match self.stage_ref(from, stage.index, range)? {
@@ -1101,11 +1102,15 @@ impl Converter<'_> {
                 }
                 _ => None,
             };
+            // The input stands for the stage or image `from` named: the name itself must
+            // not enter the digest (renaming a stage would invalidate the cache).
+            m.from = None;
             mounts.push(ExecMount { spec: m, input });
         }
         let op = ExecOp {
             args: args.clone(),
             env,
+            proxy_env,
             cwd: if st.config.working_dir.is_empty() {
                 "/".to_string()
             } else {

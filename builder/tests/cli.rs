@@ -197,13 +197,7 @@ fn parse_dump_matches_buildkit() {
             .find(|p| p.is_dir())
             .expect("shared/testdata/buildkit next to the repository (or set KILN_SHARED_DIR)"),
     };
-    for case in [
-        "env",
-        "json",
-        "flags",
-        "escape",
-        "continueIndent",
-    ] {
+    for case in ["env", "json", "flags", "escape", "continueIndent"] {
         let dir = shared.join(case);
         assert!(
             dir.is_dir(),

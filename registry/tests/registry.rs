@@ -424,7 +424,7 @@ fn corrupt_blob_in_registry_leaves_nothing_in_store() {
     )
     .unwrap();
     let victim = &img.layers[1];
-    let data = reg.blob_data(&victim.0.hex());
+    let data = reg.blob_data(victim.0.hex());
     let mut bad = std::fs::read(&data).unwrap();
     bad[100] ^= 0xff;
     std::fs::write(&data, bad).unwrap();
@@ -707,7 +707,7 @@ fn push_repairs_a_blob_the_registry_cannot_stat() {
         )
     };
     push().unwrap();
-    let link = reg.blob_link("repair/app", &img.layers[0].0.hex());
+    let link = reg.blob_link("repair/app", img.layers[0].0.hex());
     assert!(link.exists(), "{}", link.display());
     std::fs::write(&link, b"").unwrap();
     let r = push().unwrap_or_else(|e| panic!("{e}\n{}", reg.log()));

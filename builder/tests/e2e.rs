@@ -1,37 +1,51 @@
 //! End-to-end builds: real images written to a temporary store, checked with skopeo, umoci
-//! and oci-image-tool, and by reading back what kiln wrote. They need root (file owners)
-//! and the tools `.ci/install.sh` installs; CI always has both.
+//! and oci-image-tool, and by reading back what kiln wrote. They need root (file owners,
+//! namespaces) and the tools `.ci/install.sh` installs: each test says what it needs
+//! first (`needs!`), which skips it with a message on a developer's machine and fails it
+//! when `CI` is set (CI always has both).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command as Proc;
 
 use assert_cmd::Command;
+use kiln_test_support::registry::{Auth, Registry};
+use kiln_test_support::{
+    FileServer, Workspace, copy_dir, repo_root, require, require_root, require_tool, run_ok, tree,
+    wait,
+};
 use predicates::prelude::*;
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+/// Returns from the test unless it runs as root with `tools` installed: a skip with a
+/// message on a developer's machine, a failure when `CI` is set.
+macro_rules! needs {
+    ($($tool:literal),* $(,)?) => {
+        require_root!();
+        $(require_tool!($tool);)*
+    };
 }
 
+/// A test's workspace and store, and the kiln binary pointed at it.
 struct Env {
-    tmp: tempfile::TempDir,
+    ws: Workspace,
+}
+
+impl std::ops::Deref for Env {
+    type Target = Workspace;
+    fn deref(&self) -> &Workspace {
+        &self.ws
+    }
 }
 
 impl Env {
     fn new() -> Env {
         Env {
-            tmp: tempfile::tempdir().unwrap(),
+            ws: Workspace::new(),
         }
     }
     fn root(&self) -> PathBuf {
-        self.tmp.path().join("store")
-    }
-    fn path(&self, p: &str) -> PathBuf {
-        self.tmp.path().join(p)
+        self.path("store")
     }
     fn kiln(&self) -> Command {
         let mut c = Command::cargo_bin("kiln").unwrap();
@@ -61,13 +75,6 @@ impl Env {
             report,
         )
     }
-    /// A build context directory `name` holding `dockerfile`.
-    fn context(&self, name: &str, dockerfile: &str) -> PathBuf {
-        let ctx = self.path(name);
-        fs::create_dir_all(&ctx).unwrap();
-        fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
-        ctx
-    }
     /// Builds the busybox base as `busybox:kiln-test`.
     fn busybox(&self) {
         self.busybox_at(None)
@@ -75,9 +82,9 @@ impl Env {
     /// Builds the busybox base, with `SOURCE_DATE_EPOCH` when given.
     fn busybox_at(&self, epoch: Option<&str>) {
         let ctx = self.path("busybox");
-        copy_dir(&repo().join("testdata/bases/busybox"), &ctx);
+        copy_dir(&repo_root().join("testdata/bases/busybox"), &ctx);
         let st = Proc::new("bash")
-            .arg(repo().join("testdata/bases/busybox/make-rootfs.sh"))
+            .arg(repo_root().join("testdata/bases/busybox/make-rootfs.sh"))
             .arg(ctx.join("rootfs"))
             .status()
             .unwrap();
@@ -97,34 +104,13 @@ impl Env {
     /// A context for app1 or app2 of the seed scenario.
     fn app(&self, name: &str) -> PathBuf {
         let ctx = self.path(name);
-        let apps = repo().join("testdata/apps");
+        let apps = repo_root().join("testdata/apps");
         fs::create_dir_all(&ctx).unwrap();
         fs::copy(apps.join("Dockerfile"), ctx.join("Dockerfile")).unwrap();
         copy_dir(&apps.join("shared"), &ctx.join("shared"));
         copy_dir(&apps.join(name).join("src"), &ctx.join("src"));
         ctx
     }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    let st = Proc::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(st.success());
-}
-
-fn run_ok(cmd: &mut Proc) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn steps(report: &Value) -> Vec<(String, bool)> {
@@ -143,6 +129,7 @@ fn steps(report: &Value) -> Vec<(String, bool)> {
 
 #[test]
 fn seed_scenario_shares_prefix_layers_between_apps() {
+    needs!("busybox");
     let env = Env::new();
     env.busybox();
     let (_, r1) = env.build(&["-t", "app1:latest"], &env.app("app1"));
@@ -183,6 +170,7 @@ fn seed_scenario_shares_prefix_layers_between_apps() {
 
 #[test]
 fn rebuilds_hit_the_cache_until_content_changes() {
+    needs!("busybox");
     let env = Env::new();
     env.busybox();
     let ctx = env.app("app1");
@@ -214,10 +202,13 @@ fn rebuilds_hit_the_cache_until_content_changes() {
         .collect();
     assert_eq!(rebuilt, ["COPY src/ ./src/"]);
     // An xattr is content too: setting one rebuilds that COPY, even with the file's
-    // stat memo in place (the xattr moves its ctime).
+    // stat memo in place (the xattr moves its ctime). The memo distrusts a file changed
+    // within its racy window (50 ms) of the build's start, and a ctime cannot be set
+    // back: wait until `f` is older than that (the last build usually took longer), so
+    // this build memoizes it.
+    wait::until_ctime_older(&f, std::time::Duration::from_millis(100));
     let (_, r4b) = env.build(&["-t", "a:1"], &ctx);
     assert!(steps(&r4b).iter().all(|(_, c)| *c));
-    std::thread::sleep(std::time::Duration::from_millis(150));
     xattr::set(&f, "user.kiln-test", b"1").unwrap();
     let (_, r4c) = env.build(&["-t", "a:1"], &ctx);
     let rebuilt: Vec<String> = steps(&r4c)
@@ -244,6 +235,7 @@ fn filetime_now_plus(secs: i64) -> String {
 
 #[test]
 fn outputs_validate_with_skopeo_umoci_and_oci_image_tool() {
+    needs!("busybox", "skopeo", "umoci", "oci-image-tool");
     let env = Env::new();
     env.busybox();
     let ctx = env.app("app1");
@@ -352,6 +344,7 @@ fn outputs_validate_with_skopeo_umoci_and_oci_image_tool() {
 
 #[test]
 fn source_date_epoch_makes_builds_reproducible() {
+    needs!("busybox");
     let a = Env::new();
     let b = Env::new();
     let mut digests = Vec::new();
@@ -378,6 +371,7 @@ fn source_date_epoch_makes_builds_reproducible() {
 
 #[test]
 fn images_history_and_inspect() {
+    needs!("busybox");
     let env = Env::new();
     env.busybox();
     env.build(&["-t", "app1:latest"], &env.app("app1"));
@@ -437,6 +431,7 @@ fn images_history_and_inspect() {
 
 #[test]
 fn failing_copy_names_stage_and_line() {
+    needs!();
     let env = Env::new();
     let ctx = env.context("bad", "FROM scratch AS first\nCOPY missing.txt /x\n");
     env.kiln()
@@ -461,6 +456,7 @@ fn failing_copy_names_stage_and_line() {
 
 #[test]
 fn oci_layout_base_and_copy_from_stage() {
+    needs!("busybox");
     let env = Env::new();
     env.busybox();
     let layout = env.path("base-layout");
@@ -489,52 +485,9 @@ fn oci_layout_base_and_copy_from_stage() {
     assert!(local.join("bin/busybox").is_file());
 }
 
-/// A static file server on 127.0.0.1 (python3's http.server), stopped on drop.
-struct FileServer {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl FileServer {
-    fn start(dir: &Path) -> FileServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Proc::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--directory",
-            ])
-            .arg(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        FileServer { child, port }
-    }
-}
-
-impl Drop for FileServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn add_url_with_checksum() {
+    needs!("python3");
     let env = Env::new();
     let served = env.path("served");
     fs::create_dir_all(&served).unwrap();
@@ -620,6 +573,7 @@ fn add_url_with_checksum() {
 
 #[test]
 fn killed_build_leaves_a_usable_store() {
+    needs!();
     let env = Env::new();
     let ctx = env.path("big");
     fs::create_dir_all(&ctx).unwrap();
@@ -684,45 +638,6 @@ snapshotter_matrix!(
     cleanup_never_follows_a_steps_symlinks,
 );
 
-/// One line per entry of a tree: type, mode, owner, size, link target and a content hash.
-fn tree_listing(root: &Path) -> std::collections::BTreeMap<String, String> {
-    use std::hash::{Hash, Hasher};
-    use std::os::unix::fs::MetadataExt;
-    let mut out = std::collections::BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            let m = fs::symlink_metadata(&p).unwrap();
-            let ft = m.file_type();
-            let (kind, extra) = if ft.is_dir() {
-                stack.push(p.clone());
-                ("dir", String::new())
-            } else if ft.is_symlink() {
-                ("symlink", fs::read_link(&p).unwrap().display().to_string())
-            } else if ft.is_file() {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                fs::read(&p).unwrap().hash(&mut h);
-                ("file", format!("{:016x}", h.finish()))
-            } else {
-                ("other", format!("rdev={}", m.rdev()))
-            };
-            let size = if ft.is_file() { m.size() } else { 0 };
-            let rel = p.strip_prefix(root).unwrap().display().to_string();
-            out.insert(
-                rel,
-                format!(
-                    "{kind} {:o} {}:{} {size} {extra}",
-                    m.mode() & 0o7777,
-                    m.uid(),
-                    m.gid()
-                ),
-            );
-        }
-    }
-    out
-}
-
 fn umoci_rootfs(layout: &Path, tag: &str, dest: &Path) -> PathBuf {
     run_ok(
         Proc::new("umoci")
@@ -735,10 +650,7 @@ fn umoci_rootfs(layout: &Path, tag: &str, dest: &Path) -> PathBuf {
 
 /// What buildah adds to every image it builds for its own mounts: empty `/etc/hosts`,
 /// `/etc/resolv.conf`, `/etc/hostname` and an empty `/run`.
-fn drop_buildah_artifacts(
-    listing: &mut std::collections::BTreeMap<String, String>,
-    kiln: &std::collections::BTreeMap<String, String>,
-) {
+fn drop_buildah_artifacts(listing: &mut tree::Listing, kiln: &tree::Listing) {
     for p in ["etc/hosts", "etc/resolv.conf", "etc/hostname", "run"] {
         if !kiln.contains_key(p) {
             if let Some(v) = listing.get(p) {
@@ -762,6 +674,7 @@ fn buildah(args: &[&str], storage: &Path) -> Proc {
 }
 
 fn run_matches_buildah(snapshotter: &str) {
+    needs!("busybox", "umoci", "buildah");
     let env = Env::new();
     env.busybox();
     // buildah wants a lower-case path for an `oci:` reference.
@@ -788,7 +701,7 @@ fn run_matches_buildah(snapshotter: &str) {
         .assert()
         .success();
     let storage = env.path("buildah");
-    let cases = repo().join("testdata/run/compare");
+    let cases = repo_root().join("testdata/run/compare");
     let mut names: Vec<_> = fs::read_dir(&cases)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -835,23 +748,14 @@ fn run_matches_buildah(snapshotter: &str) {
             buildah(&["push", &format!("cmp-{name}")], &storage)
                 .arg(format!("oci:{}:latest", b_out.display())),
         );
-        let k = tree_listing(&umoci_rootfs(&k_out, "k", &env.path(&format!("uk-{name}"))));
-        let mut b = tree_listing(&umoci_rootfs(
+        let k = tree::listing(&umoci_rootfs(&k_out, "k", &env.path(&format!("uk-{name}"))));
+        let mut b = tree::listing(&umoci_rootfs(
             &b_out,
             "latest",
             &env.path(&format!("ub-{name}")),
         ));
         drop_buildah_artifacts(&mut b, &k);
-        let diff: Vec<String> = k
-            .iter()
-            .filter(|(p, v)| b.get(*p) != Some(v))
-            .map(|(p, v)| format!("kiln:   {p}: {v}\nbuildah: {p}: {:?}", b.get(p)))
-            .chain(
-                b.iter()
-                    .filter(|(p, _)| !k.contains_key(*p))
-                    .map(|(p, v)| format!("only in buildah: {p}: {v}")),
-            )
-            .collect();
+        let diff = tree::diff("kiln", &k, "buildah", &b);
         assert!(
             diff.is_empty(),
             "{name}: kiln ({snapshotter}) and buildah differ:\n{}",
@@ -911,6 +815,7 @@ fn layer_names(layout: &Path, tag: &str) -> Vec<Vec<String>> {
 }
 
 fn run_failure_names_stage_line_exit_code_and_output(snapshotter: &str) {
+    needs!("busybox");
     let env = Env::new();
     env.busybox();
     let ctx = env.context("fail", "FROM busybox:kiln-test AS builder\nRUN echo step one\nRUN echo about to fail && echo on stderr >&2 && exit 3\n");
@@ -938,6 +843,7 @@ fn run_failure_names_stage_line_exit_code_and_output(snapshotter: &str) {
 }
 
 fn run_mounts(snapshotter: &str) {
+    needs!("busybox");
     let env = Env::new();
     env.busybox();
     let ctx = env.path("mounts");
@@ -1051,6 +957,7 @@ RUN ls /sys/class/net > /net-host
 /// had every capability, no seccomp filter, a writable /proc/sys, a remountable /sys,
 /// usable device nodes of its own making, and could open host files by handle.
 fn sandbox_confines_a_step_as_docker_does(snapshotter: &str) {
+    needs!("busybox", "gcc", "ip", "setpriv");
     let env = Env::new();
     env.busybox();
     let ctx = env.path("confined");
@@ -1058,7 +965,7 @@ fn sandbox_confines_a_step_as_docker_does(snapshotter: &str) {
     let cc = Proc::new("gcc")
         .args(["-static", "-O1", "-o"])
         .arg(ctx.join("shocker"))
-        .arg(repo().join("testdata/run/escape/shocker.c"))
+        .arg(repo_root().join("testdata/run/escape/shocker.c"))
         .status()
         .expect("gcc is needed to build the escape probe (apt-get install gcc libc6-dev)");
     assert!(cc.success(), "gcc -static failed (is libc6-dev installed?)");
@@ -1185,6 +1092,7 @@ RUN cp /tmp/user-status /r/user-status && rm -f /r/null
 /// and plants symlinks to a host directory in their place made kiln's clean-up delete that
 /// host directory's entries.
 fn cleanup_never_follows_a_steps_symlinks(snapshotter: &str) {
+    needs!("busybox");
     let env = Env::new();
     env.busybox();
     let victim = env.path("victim");
@@ -1216,6 +1124,7 @@ fn cleanup_never_follows_a_steps_symlinks(snapshotter: &str) {
 /// the sandbox's result: EOF while parsing".
 #[test]
 fn run_that_fills_the_disk_says_so() {
+    needs!("busybox");
     let env = Env::new();
     // A 48 MiB tmpfs as the whole store.
     let small = env.path("small");
@@ -1234,10 +1143,10 @@ fn run_that_fills_the_disk_says_so() {
     let _guard = Unmount(small.clone());
     let store = small.join("store");
     let bb = env.path("busybox");
-    copy_dir(&repo().join("testdata/bases/busybox"), &bb);
+    copy_dir(&repo_root().join("testdata/bases/busybox"), &bb);
     run_ok(
         Proc::new("bash")
-            .arg(repo().join("testdata/bases/busybox/make-rootfs.sh"))
+            .arg(repo_root().join("testdata/bases/busybox/make-rootfs.sh"))
             .arg(bb.join("rootfs")),
     );
     env.kiln()
@@ -1289,6 +1198,7 @@ fn mounts_under(root: &Path) -> Vec<String> {
 }
 
 fn interrupted_run_leaves_no_mounts_and_a_usable_store(snapshotter: &str) {
+    needs!("busybox");
     use std::io::BufRead;
     let env = Env::new();
     env.busybox();
@@ -1354,6 +1264,7 @@ fn interrupted_run_leaves_no_mounts_and_a_usable_store(snapshotter: &str) {
 
 #[test]
 fn independent_stages_run_at_the_same_time() {
+    needs!("busybox");
     // Each stage waits (up to 20 s) for the other's marker in a shared cache mount: they
     // can only both succeed if they run at once.
     let env = Env::new();
@@ -1379,6 +1290,7 @@ fn independent_stages_run_at_the_same_time() {
 
 #[test]
 fn cache_mount_sharing_modes() {
+    needs!("busybox");
     // Four stages run at once (see independent_stages_run_at_the_same_time).
     // `locked`: two writers never hold the cache at the same time, so neither finds the
     // other's `busy` directory. `private`: a writer that finds the cache taken gets a
@@ -1416,6 +1328,7 @@ fn cache_mount_sharing_modes() {
 
 #[test]
 fn heredoc_run_and_shell() {
+    needs!("busybox");
     let env = Env::new();
     env.busybox();
     let ctx = env.context("heredoc", "FROM busybox:kiln-test\nARG GREETING=hi\nRUN <<EOT\n  echo heredoc > /heredoc\n  echo \"$GREETING again\" >> /heredoc\nEOT\nRUN <<-'EOT' cat > /quoted\n\tliteral $GREETING\n\tEOT\nSHELL [\"/bin/sh\", \"-e\", \"-c\"]\nRUN echo \"$0 $-\" > /shell\nRUN <<A cat > /a && <<B cat > /b\nfirst\nA\nsecond\nB\n");
@@ -1435,23 +1348,22 @@ fn heredoc_run_and_shell() {
 /// inside RUN over the host network, on both snapshotters.
 #[test]
 fn debian_base_and_apt_get_install() {
-    if std::env::var_os("KILN_TEST_DEBIAN").is_none() {
-        eprintln!(
-            "skipped: set KILN_TEST_DEBIAN=1 to run the Debian tier (needs mmdebstrap and a Debian mirror)"
-        );
-        return;
-    }
+    require!(
+        std::env::var_os("KILN_TEST_DEBIAN").is_some(),
+        "the Debian tier runs with KILN_TEST_DEBIAN=1 (needs mmdebstrap and a Debian mirror; .ci/run sets it)"
+    );
+    needs!("mmdebstrap");
     let env = Env::new();
     let base = env.path("debian");
     fs::create_dir_all(&base).unwrap();
     fs::copy(
-        repo().join("testdata/bases/debian/Dockerfile"),
+        repo_root().join("testdata/bases/debian/Dockerfile"),
         base.join("Dockerfile"),
     )
     .unwrap();
     run_ok(
         Proc::new("bash")
-            .arg(repo().join("testdata/bases/debian/make-rootfs.sh"))
+            .arg(repo_root().join("testdata/bases/debian/make-rootfs.sh"))
             .arg(base.join("rootfs.tar")),
     );
     env.build(&["-t", "debian:kiln-test"], &base);
@@ -1504,6 +1416,7 @@ RUN whoami > /home/builder/me && dpkg -s jq | grep -q 'Status: install ok instal
 
 #[test]
 fn long_layer_chains_mount() {
+    needs!("busybox");
     // 60 layers of ~100-byte snapshot paths: far past the 4 KiB limit of a single
     // `lowerdir=` option string.
     let env = Env::new();
@@ -1524,88 +1437,6 @@ fn long_layer_chains_mount() {
 // ---------------------------------------------------------------------------------------
 // Registries: kiln pushes, pulls and builds FROM images in a real docker-registry.
 
-struct LocalRegistry {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl LocalRegistry {
-    fn start() -> LocalRegistry {
-        Self::start_with(None)
-    }
-    /// With `htpasswd` user and password: basic auth.
-    fn with_basic_auth(user: &str, pass: &str) -> LocalRegistry {
-        let out = Proc::new("htpasswd")
-            .args(["-Bbn", user, pass])
-            .output()
-            .expect("htpasswd (apt-get install apache2-utils)");
-        assert!(out.status.success());
-        Self::start_with(Some(out.stdout))
-    }
-    fn start_with(htpasswd: Option<Vec<u8>>) -> LocalRegistry {
-        let bin = "/usr/bin/docker-registry";
-        assert!(
-            Path::new(bin).exists(),
-            "docker-registry is not installed (apt-get install docker-registry)"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let auth_yaml = match htpasswd {
-            Some(lines) => {
-                let file = dir.path().join("htpasswd");
-                fs::write(&file, lines).unwrap();
-                format!(
-                    "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
-                    file.display()
-                )
-            }
-            None => String::new(),
-        };
-        let config = dir.path().join("config.yml");
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{auth_yaml}",
-                dir.path().join("storage").display()
-            ),
-        )
-        .unwrap();
-        let child = Proc::new(bin)
-            .arg("serve")
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        LocalRegistry {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-    fn name(&self, repo: &str) -> String {
-        format!("127.0.0.1:{}/{repo}", self.port)
-    }
-}
-
-impl Drop for LocalRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn skopeo_digest(reference: &str) -> String {
     let v: Value = serde_json::from_str(&run_ok(Proc::new("skopeo").args([
         "inspect",
@@ -1618,7 +1449,8 @@ fn skopeo_digest(reference: &str) -> String {
 
 #[test]
 fn push_pull_and_build_from_a_registry() {
-    let reg = LocalRegistry::start();
+    needs!("busybox", "skopeo", "docker-registry");
+    let reg = Registry::start(&Auth::None);
     let env = Env::new();
     env.busybox();
     // Push the base under a registry name.
@@ -1721,7 +1553,11 @@ fn push_pull_and_build_from_a_registry() {
 
 #[test]
 fn login_push_and_logout_with_basic_auth() {
-    let reg = LocalRegistry::with_basic_auth("kiln", "s3cret");
+    needs!("busybox", "docker-registry", "htpasswd");
+    let reg = Registry::start(&Auth::Htpasswd {
+        user: "kiln".into(),
+        pass: "s3cret".into(),
+    });
     let env = Env::new();
     env.busybox();
     let host = format!("127.0.0.1:{}", reg.port);
@@ -1804,6 +1640,7 @@ fn assert_blobs_whole(root: &Path) {
 
 #[test]
 fn kill9_campaign_leaves_a_usable_store() {
+    needs!("busybox", "skopeo", "docker-registry");
     let rounds: u64 = std::env::var("KILN_KILL_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -1822,7 +1659,7 @@ fn kill9_campaign_leaves_a_usable_store() {
     let mut rng = Rng(seed);
     let env = Env::new();
     env.busybox();
-    let registry = LocalRegistry::start();
+    let registry = Registry::start(&Auth::None);
     let ctx = env.path("victim");
     fs::create_dir_all(ctx.join("files")).unwrap();
     run_ok(
@@ -1874,23 +1711,20 @@ fn kill9_campaign_leaves_a_usable_store() {
         let _ = child.kill();
         let _ = child.wait();
         // Sandbox processes die with kiln (parent-death signal); give the kernel a moment.
-        let mut left = String::new();
-        for _ in 0..50 {
-            left = run_ok(Proc::new("ps").args(["-eo", "pid,args"]))
+        let sandboxes = || {
+            run_ok(Proc::new("ps").args(["-eo", "pid,args"]))
                 .lines()
                 .filter(|l| {
                     l.contains("__kiln-sandbox-init") && l.contains(&*env.root().to_string_lossy())
                 })
                 .collect::<Vec<_>>()
-                .join("\n");
-            if left.is_empty() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        assert!(
-            left.is_empty(),
-            "round {round} (killed after {delay} ms): sandbox processes left:\n{left}"
+                .join("\n")
+        };
+        wait::until(
+            std::time::Duration::from_secs(5),
+            &format!("round {round} (killed after {delay} ms): sandbox processes to exit"),
+            || sandboxes().is_empty().then_some(()),
+            || format!("left:\n{}", sandboxes()),
         );
         assert_eq!(
             mounts_under(&env.root()),
@@ -1936,6 +1770,7 @@ fn kill9_campaign_leaves_a_usable_store() {
 /// own name (`/bin2/sh`, not `/bin2/busybox`).
 #[test]
 fn copy_keeps_target_modes_and_symlink_names() {
+    needs!("busybox");
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let env = Env::new();
     env.busybox();
@@ -1962,6 +1797,7 @@ fn copy_keeps_target_modes_and_symlink_names() {
 /// id seeded from another stage sees its own seed, not the first build's cache.
 #[test]
 fn cache_mount_from_is_part_of_the_key() {
+    needs!("busybox");
     let env = Env::new();
     env.busybox();
     let dockerfile = |seed: &str| {
@@ -1984,6 +1820,7 @@ fn cache_mount_from_is_part_of_the_key() {
 /// Finding 6: `RUN --mount=type=bind` of the context shows what COPY sees, not what
 /// `.dockerignore` excludes, read-only and rw alike, on both snapshotters.
 fn context_bind_mount_honours_dockerignore(snapshotter: &str) {
+    needs!("busybox");
     let env = Env::new();
     env.busybox();
     let ctx = env.context(
@@ -2054,6 +1891,7 @@ fn context_bind_mount_honours_dockerignore_copy() {
 /// byte-exact through `COPY . /dst/` and a later stage's `COPY --from`, into the layers.
 #[test]
 fn non_utf8_names_round_trip_into_layers() {
+    needs!("busybox", "umoci");
     use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
     let env = Env::new();
@@ -2112,6 +1950,7 @@ fn issue9_server(serve: fn(&str, &mut std::net::TcpStream)) -> u16 {
 
 #[test]
 fn issue9_pull_from_a_stalled_registry_ends_with_a_clear_error() {
+    needs!();
     let port = issue9_server(|_, _| std::thread::sleep(std::time::Duration::from_secs(20)));
     let env = Env::new();
     let start = std::time::Instant::now();
@@ -2135,6 +1974,7 @@ fn issue9_pull_from_a_stalled_registry_ends_with_a_clear_error() {
 
 #[test]
 fn issue9_add_url_from_a_trickling_server_ends_with_a_clear_error() {
+    needs!();
     use std::io::Write;
     let port = issue9_server(|_, conn| {
         let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n");
@@ -2219,6 +2059,7 @@ fn issue9_build_from_layout_fails(layout: &Path, want: &str) {
 
 #[test]
 fn issue9_layout_index_symlinked_to_dev_zero_is_refused() {
+    needs!();
     let env = Env::new();
     let (layout, _) = issue9_layout(&env);
     fs::remove_file(layout.join("index.json")).unwrap();
@@ -2234,6 +2075,7 @@ fn issue9_layout_index_symlinked_to_dev_zero_is_refused() {
 
 #[test]
 fn issue9_layout_blob_symlinked_to_dev_zero_is_refused() {
+    needs!();
     let env = Env::new();
     let (layout, blob) = issue9_layout(&env);
     fs::remove_file(&blob).unwrap();
@@ -2246,6 +2088,7 @@ fn issue9_layout_blob_symlinked_to_dev_zero_is_refused() {
 
 #[test]
 fn issue9_layout_blob_larger_than_its_descriptor_is_refused() {
+    needs!();
     let env = Env::new();
     let (layout, blob) = issue9_layout(&env);
     let mut f = fs::OpenOptions::new().append(true).open(&blob).unwrap();
@@ -2263,6 +2106,7 @@ fn issue9_layout_blob_larger_than_its_descriptor_is_refused() {
 /// a file under `/dev/pipes/` that does not end up in the layer. Both snapshotters.
 #[test]
 fn heredoc_with_shebang_runs_its_interpreter() {
+    needs!("busybox");
     let env = Env::new();
     env.busybox();
     let ctx = env.context(

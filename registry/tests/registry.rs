@@ -1,6 +1,7 @@
 //! kiln-registry against a real registry (CNCF distribution 2.8), checked
 //! with skopeo. Needs `docker-registry`, `skopeo`, `apache2-utils` and
-//! `openssl` installed (see `support::require`).
+//! `openssl` installed: each test checks first, and skips with a message
+//! (or, when `CI` is set, fails) if one is missing.
 
 mod support;
 
@@ -13,6 +14,16 @@ use kiln_registry::{
     media_types,
 };
 use support::*;
+
+/// Returns from the test unless `docker-registry` and `skopeo` are installed (fails
+/// instead when `CI` is set).
+macro_rules! require_registry {
+    ($($extra:literal),*) => {
+        require_tool!("docker-registry");
+        require_tool!("skopeo");
+        $(require_tool!($extra);)*
+    };
+}
 
 fn client(docker_config: &Path) -> Client {
     Client::new(ClientOptions {
@@ -54,6 +65,7 @@ fn small_layers(seed: u64, n: usize) -> Vec<(Vec<u8>, Digest)> {
 
 #[test]
 fn push_skip_and_mount() {
+    require_registry!();
     let reg = Registry::start(&Auth::None);
     let e = env();
     let c = client(&e.docker_config);
@@ -163,6 +175,7 @@ fn push_skip_and_mount() {
 
 #[test]
 fn chunked_push_and_docker_format() {
+    require_registry!();
     let reg = Registry::start(&Auth::None);
     let e = env();
     let c = Client::new(ClientOptions {
@@ -215,6 +228,7 @@ fn chunked_push_and_docker_format() {
 
 #[test]
 fn pull_what_skopeo_pushed_oci_and_v2s2() {
+    require_registry!();
     let reg = Registry::start(&Auth::None);
     let src = env();
     let img = image(&src.store, &small_layers(3, 2), "amd64", "sk");
@@ -309,6 +323,7 @@ fn pull_what_skopeo_pushed_oci_and_v2s2() {
 
 #[test]
 fn index_picks_platform() {
+    require_registry!();
     let reg = Registry::start(&Auth::None);
     let src = env();
     let amd = image(&src.store, &small_layers(4, 1), "amd64", "amd");
@@ -395,6 +410,7 @@ fn index_picks_platform() {
 
 #[test]
 fn corrupt_blob_in_registry_leaves_nothing_in_store() {
+    require_registry!();
     let reg = Registry::start(&Auth::None);
     let e = env();
     let c = client(&e.docker_config);
@@ -408,7 +424,7 @@ fn corrupt_blob_in_registry_leaves_nothing_in_store() {
     )
     .unwrap();
     let victim = &img.layers[1];
-    let data = reg.blob_data(&victim.0);
+    let data = reg.blob_data(victim.0.hex());
     let mut bad = std::fs::read(&data).unwrap();
     bad[100] ^= 0xff;
     std::fs::write(&data, bad).unwrap();
@@ -439,6 +455,7 @@ fn corrupt_blob_in_registry_leaves_nothing_in_store() {
 
 #[test]
 fn htpasswd_basic_auth() {
+    require_registry!("htpasswd");
     let reg = Registry::start(&Auth::Htpasswd {
         user: "kiln".into(),
         pass: "s3cret".into(),
@@ -514,6 +531,7 @@ fn htpasswd_basic_auth() {
 
 #[test]
 fn bearer_token_flow() {
+    require_registry!("openssl");
     let ts = TokenServer::start("tok", "pw");
     let reg = Registry::start(&Auth::Token(ts.clone()));
     let e = env();
@@ -602,6 +620,7 @@ fn bearer_token_flow() {
 
 #[test]
 fn registry_killed_mid_push_then_retry() {
+    require_registry!();
     let reg = Registry::start(&Auth::None);
     let e = env();
     let img = image(
@@ -671,6 +690,7 @@ fn registry_killed_mid_push_then_retry() {
 
 #[test]
 fn push_repairs_a_blob_the_registry_cannot_stat() {
+    require_registry!();
     // A registry killed while writing a blob's link answers HEAD with a 500 for it
     // from then on. The push uploads that blob again, which rewrites the link.
     let reg = Registry::start(&Auth::None);
@@ -687,7 +707,7 @@ fn push_repairs_a_blob_the_registry_cannot_stat() {
         )
     };
     push().unwrap();
-    let link = reg.blob_link("repair/app", &img.layers[0].0);
+    let link = reg.blob_link("repair/app", img.layers[0].0.hex());
     assert!(link.exists(), "{}", link.display());
     std::fs::write(&link, b"").unwrap();
     let r = push().unwrap_or_else(|e| panic!("{e}\n{}", reg.log()));

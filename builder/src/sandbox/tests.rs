@@ -147,10 +147,8 @@ fn users_resolve_through_passwd_and_group() {
 
 #[test]
 fn copy_snapshotter_materializes_and_diffs() {
-    if !crate::snapshots::is_root() {
-        eprintln!("skipped: needs root for whiteout devices");
-        return;
-    }
+    // Whiteouts are device nodes: mknod needs root.
+    kiln_test_support::require_root!();
     let t = tree();
     let base = t.path().join("base");
     fs::create_dir_all(base.join("a/b")).unwrap();

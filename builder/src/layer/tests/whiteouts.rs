@@ -42,10 +42,8 @@ fn overlay_diff(dir: &Path) {
 
 #[test]
 fn overlay_whiteouts_become_wh_entries() {
-    if !is_root() {
-        eprintln!("skipped: needs root (mknod, trusted.* xattrs)");
-        return;
-    }
+    // mknod and trusted.* xattrs need root.
+    kiln_test_support::require_root!();
     let src = tempdir().unwrap();
     overlay_diff(src.path());
     let (info, blob) = write_vec(src.path(), &opts(Compression::Uncompressed, None));
@@ -85,10 +83,8 @@ fn overlay_whiteouts_become_wh_entries() {
 
 #[test]
 fn overlay_mode_recreates_whiteouts() {
-    if !is_root() {
-        eprintln!("skipped: needs root (mknod, trusted.* xattrs)");
-        return;
-    }
+    // mknod and trusted.* xattrs need root.
+    kiln_test_support::require_root!();
     let src = tempdir().unwrap();
     overlay_diff(src.path());
     let epoch = Some(1_500_000_000);
@@ -206,10 +202,8 @@ fn apply_mode_opaque_marker_after_same_layer_entries_keeps_them() {
 
 #[test]
 fn apply_mode_written_layer_on_prepared_rootfs() {
-    if !is_root() {
-        eprintln!("skipped: needs root (mknod, trusted.* xattrs)");
-        return;
-    }
+    // mknod and trusted.* xattrs need root.
+    kiln_test_support::require_root!();
     // A diff with overlay whiteouts, written with write_layer, applied.
     let diff = tempdir().unwrap();
     mknod(&diff.path().join("a"), FileType::CharacterDevice, 0, 0, 0);

@@ -1,0 +1,24 @@
+//! kiln's shared test harness, used by the integration tests of kiln-builder and
+//! kiln-registry and by root-needing unit tests (a dev-dependency only):
+//!
+//! - [`require`]: `require_root!()`, `require_tool!(name)`, `require!(cond, why)`. A
+//!   missing requirement skips the test with a message on a developer's machine and
+//!   fails it when env `CI` is set, so CI never passes a test that did not run.
+//! - [`wait`]: waits for an event (a port, a file's age) that fail with the server's log.
+//! - [`registry`]: the one `docker-registry` launcher (anonymous, htpasswd or token
+//!   auth, with a token server).
+//! - [`server`]: a static file server for `ADD <url>`.
+//! - [`context`]: a temporary workspace for build contexts, fixtures, commands.
+//! - [`tree`]: tree listings and their differences.
+
+pub mod context;
+pub mod registry;
+pub mod require;
+pub mod server;
+pub mod tree;
+pub mod wait;
+
+pub use context::{Workspace, copy_dir, repo_root, run_ok};
+pub use registry::{Auth, Registry, TokenServer};
+pub use require::{in_ci, is_root, tool_path};
+pub use server::FileServer;

@@ -114,12 +114,7 @@ impl Remote {
         progress: &dyn Progress,
     ) -> Result<String> {
         let r = Reference::parse(reference)?;
-        let p = kiln_registry::Platform {
-            os: platform.os.clone(),
-            architecture: platform.architecture.clone(),
-            variant: (!platform.variant.is_empty()).then(|| platform.variant.clone()),
-        };
-        let pulled = self.client()?.pull(&r, &p, store, progress)?;
+        let pulled = self.client()?.pull(&r, platform, store, progress)?;
         if r.digest.is_none() {
             store.tag_set(
                 &normalize_tag(reference),

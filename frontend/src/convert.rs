@@ -374,13 +374,13 @@ impl Converter<'_> {
         let b = &self.opts.build_platform;
         [
             ("TARGETPLATFORM", t.to_string()),
-            ("TARGETOS", t.os.clone()),
-            ("TARGETARCH", t.architecture.clone()),
-            ("TARGETVARIANT", t.variant.clone()),
+            ("TARGETOS", t.os().to_owned()),
+            ("TARGETARCH", t.architecture().to_owned()),
+            ("TARGETVARIANT", t.variant().unwrap_or_default().to_owned()),
             ("BUILDPLATFORM", b.to_string()),
-            ("BUILDOS", b.os.clone()),
-            ("BUILDARCH", b.architecture.clone()),
-            ("BUILDVARIANT", b.variant.clone()),
+            ("BUILDOS", b.os().to_owned()),
+            ("BUILDARCH", b.architecture().to_owned()),
+            ("BUILDVARIANT", b.variant().unwrap_or_default().to_owned()),
         ]
         .into_iter()
         .fold(Vars::default(), |mut vars, (k, v)| {
@@ -639,7 +639,7 @@ impl Converter<'_> {
         let platform = match &stage.platform {
             Some(p) => {
                 let p = self.expand_meta(p, stage.range)?;
-                Platform::parse(&p).map_err(|m| Diagnostic::at(stage.range, m))?
+                Platform::parse(&p).map_err(|e| Diagnostic::at(stage.range, e.to_string()))?
             }
             None => self.opts.target_platform.clone(),
         };
@@ -993,7 +993,7 @@ impl Converter<'_> {
                     .flatten()
                     .is_some();
             let body = run.files[0].body();
-            if lone && body.starts_with("#!") && st.platform.os != "windows" {
+            if lone && body.starts_with("#!") && st.platform.os() != "windows" {
                 // As BuildKit: the body becomes an executable file mounted read-only
                 // under /dev/pipes/, and the shell runs that file, so the kernel hands
                 // it to the interpreter its `#!` line names.

@@ -21,15 +21,6 @@ pub enum RegistryError {
         reason: String,
     },
 
-    /// A platform string could not be parsed.
-    #[error("invalid platform {input:?}: {reason} (expected os/arch[/variant], e.g. linux/arm64)")]
-    InvalidPlatform {
-        /// The rejected input.
-        input: String,
-        /// Why.
-        reason: String,
-    },
-
     /// The registry answered with an HTTP error status.
     #[error("{action} {reference}: registry returned HTTP {status}{}", fmt_message(.message))]
     Http {

@@ -3,7 +3,7 @@
 //! * [`Reference`]: image references with Docker's normalisation
 //!   (`busybox` → `docker.io/library/busybox:latest`).
 //! * [`Platform`]: `os/arch[/variant]`, used to pick an image out of an OCI
-//!   index or a Docker manifest list.
+//!   index or a Docker manifest list (kiln's one platform type, from `kiln-oci`).
 //! * [`Client`]: a blocking client. [`Client::pull`] streams an image into a
 //!   [`kiln_cache::Store`], [`Client::push`] pushes one from it,
 //!   [`Client::check_login`] verifies credentials.
@@ -27,7 +27,6 @@ mod client;
 pub mod credentials;
 mod error;
 pub mod net;
-mod platform;
 mod progress;
 mod pull;
 mod push;
@@ -37,7 +36,7 @@ mod sources;
 pub use auth::Challenge;
 pub use client::{Client, ClientOptions};
 pub use error::{RegistryError, Result};
-pub use platform::Platform;
+pub use kiln_oci::Platform;
 pub use progress::{NoProgress, Progress};
 pub use pull::{Pulled, PulledBlob};
 pub use push::{PushOptions, PushReport};

@@ -100,6 +100,8 @@ impl ImageStore {
         let manifest = if let Some(rest) = reference.strip_prefix("oci-layout://") {
             self.import_layout(rest)?
         } else {
+            crate::remote::parse_name(reference)
+                .map_err(|reason| anyhow!("image {reference:?}: {reason}"))?;
             let tag = normalize_tag(reference);
             let pinned = reference
                 .rsplit_once('@')
@@ -395,6 +397,26 @@ mod tests {
     fn picked(images: &ImageStore, index: &str, platform: &str) -> Result<String> {
         let info = images.load(index, &Platform::parse(platform).unwrap())?;
         Ok(info.config.config.env[0].clone())
+    }
+
+    /// `FROM` names go through the same grammar as `-t`, `tag`, `push` and `pull`.
+    #[test]
+    fn from_refuses_what_docker_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = ImageStore::new(&Store::open(dir.path()).unwrap());
+        let err = images
+            .get("UPPER/case", &Platform::host())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "image \"UPPER/case\": invalid reference format: repository name (UPPER/case) must be lowercase"
+        );
+        let err = images.get("a:b:c", &Platform::host()).unwrap_err();
+        assert!(
+            err.to_string().ends_with(": invalid reference format"),
+            "{err}"
+        );
     }
 
     #[test]

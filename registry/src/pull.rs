@@ -410,8 +410,8 @@ mod tests {
             media_types::OCI_INDEX
         );
         assert_eq!(
-            media_type_of(bare_index, Some(media_types::DOCKER_LIST)).unwrap(),
-            media_types::DOCKER_LIST
+            media_type_of(bare_index, Some(media_types::DOCKER_MANIFEST_LIST)).unwrap(),
+            media_types::DOCKER_MANIFEST_LIST
         );
         let bare = br#"{"schemaVersion":2,"config":{},"layers":[]}"#;
         assert_eq!(

@@ -9,10 +9,12 @@
 //!
 //! * [`Platform`]: `os/arch[/variant]`, normalised as containerd does, and
 //!   [`Platform::pick`], containerd's `platforms.Only` matcher over an index.
+//! * [`media_types`]: every OCI and Docker media type kiln reads or writes.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod media_types;
 mod platform;
 
 pub use platform::{Platform, PlatformError};

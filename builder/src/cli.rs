@@ -56,7 +56,7 @@ enum Command {
         file: PathBuf,
     },
     /// Build an image from a Dockerfile and a context directory.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// List images in the store.
     Images {
         /// Only show image ids.

@@ -3,6 +3,7 @@
 #![deny(missing_docs)]
 
 pub mod build;
+pub mod cachekey;
 pub mod cli;
 pub mod commands;
 pub mod download;

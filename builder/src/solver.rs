@@ -1,9 +1,9 @@
 //! The solver: runs a build graph on a thread pool against a cache.
 //!
 //! It knows nothing about Dockerfiles. Each vertex runs once its inputs are done; its
-//! cache key is `sha256(definition digest, input keys, content key)`, where the content
-//! key is whatever the [`Worker`] says the op's result depends on beyond its definition
-//! (file checksums for COPY, ChainIDs for images). A vertex whose key is in the cache is
+//! cache key is `sha256(definition digest, input keys, content key)` ([`crate::cachekey`]),
+//! where the content key is whatever the [`Worker`] says the op's result depends on beyond
+//! its definition (file checksums for COPY, ChainIDs for images). A vertex whose key is in the cache is
 //! loaded instead of run. Independent vertices run at the same time; the first failure
 //! stops the scheduling of new work and is returned.
 
@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use kiln_frontend::graph::{BuildGraph, Vertex, VertexId, sha256_digest};
+use kiln_frontend::graph::{BuildGraph, Vertex, VertexId};
+
+use crate::cachekey::cache_key;
 
 /// What a worker does for the solver.
 pub trait Worker: Sync {
@@ -263,20 +265,6 @@ fn run_one<W: Worker>(
     Ok(())
 }
 
-/// `sha256` over the definition digest, the input keys in order and the content key.
-pub fn cache_key(definition: &str, inputs: &[String], content: Option<&str>) -> String {
-    let mut buf = String::with_capacity(80 * (inputs.len() + 2));
-    buf.push_str("kiln.v1\0");
-    buf.push_str(definition);
-    for k in inputs {
-        buf.push('\0');
-        buf.push_str(k);
-    }
-    buf.push_str("\0content\0");
-    buf.push_str(content.unwrap_or(""));
-    sha256_digest(buf.as_bytes())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,6 +333,7 @@ mod tests {
         Op::Exec(ExecOp {
             args: vec![args.to_string()],
             env: vec![],
+            proxy_env: vec![],
             cwd: "/".into(),
             user: String::new(),
             network: Network::Host,
@@ -441,13 +430,5 @@ mod tests {
         let err = run(&g, &w, false).unwrap_err();
         assert_eq!(err.vertex, b);
         assert!(!w.executed.lock().unwrap().contains(&"d".to_string()));
-    }
-
-    #[test]
-    fn keys_depend_on_inputs_and_content() {
-        let k = cache_key("sha256:x", &["a".into()], None);
-        assert_ne!(k, cache_key("sha256:x", &["b".into()], None));
-        assert_ne!(k, cache_key("sha256:x", &["a".into()], Some("c")));
-        assert_eq!(k, cache_key("sha256:x", &["a".into()], None));
     }
 }

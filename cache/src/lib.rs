@@ -10,8 +10,8 @@
 //!   say which operations need which lock.
 //! * [`StatMemo`]: remembered file hashes so unchanged build-context files
 //!   are not re-read.
-//! * [`hash_file`], [`checksum_tree`], [`TreeDigest`]: content digests of
-//!   file-tree selections for COPY/ADD cache keys.
+//! * [`hash_file`]: BLAKE3 content hashes of files (what the stat memo keeps; the
+//!   builder's `cachekey` module folds them into COPY/ADD cache keys).
 //!
 //! Every write is temp file → fsync → rename → fsync of the directory; a
 //! crash never leaves a partial file in place. All errors are [`CacheError`].
@@ -22,22 +22,20 @@
 mod blob;
 mod digest;
 mod error;
+mod hash;
 mod index;
 mod lock;
 mod remove;
 mod statmemo;
 mod store;
 mod tags;
-mod tree;
 
 pub use blob::BlobWriter;
 pub use digest::{Digest, Sha256Writer, sha256_of};
 pub use error::{CacheError, Result};
+pub use hash::{MMAP_THRESHOLD, hash_file};
 pub use lock::{LockKind, StoreLock};
 pub use remove::{remove_all_at, remove_tree};
 pub use statmemo::{ContentHash, StatMemo};
 pub use store::{AreaUsage, DiskUsage, LAYOUT_VERSION, STALE_TMP_AGE, Store};
 pub use tags::TagRecord;
-pub use tree::{
-    FileKind, Filter, MMAP_THRESHOLD, TreeChecksum, TreeDigest, TreeEntry, checksum_tree, hash_file,
-};

@@ -100,7 +100,9 @@ pub enum Network {
 /// A mount of an exec, with its input (if any) resolved to a vertex input index.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct ExecMount {
-    /// The mount spec, expanded.
+    /// The mount spec, expanded. Its `from` is always `None`: the stage or image it
+    /// named is `input`, whose digest the definition already covers, so renaming a stage
+    /// does not change the digest (as BuildKit, whose mounts refer to inputs by index).
     pub spec: Mount,
     /// Index into the vertex's inputs for bind/cache `from` (None: the context or empty).
     pub input: Option<usize>,
@@ -113,6 +115,13 @@ pub struct ExecOp {
     pub args: Vec<String>,
     /// `KEY=value`, in order.
     pub env: Vec<String>,
+    /// Proxy build args (`HTTP_PROXY=...`, see `convert::PROXY_ARGS`) given with
+    /// `--build-arg` and not declared by `ARG`: the process gets them after `env`, but
+    /// they are left out of the definition digest, as BuildKit leaves its `ProxyEnv` out
+    /// of the exec's cache key, so a build behind a proxy shares its cache with builds
+    /// that are not.
+    #[serde(skip)]
+    pub proxy_env: Vec<String>,
     /// Working directory.
     pub cwd: String,
     /// User (`name`, `uid`, `uid:gid`, ...), empty for root.

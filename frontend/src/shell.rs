@@ -942,36 +942,8 @@ mod tests {
         }
     }
 
-    fn words(input: &str, env: &[(&str, &str)]) -> Vec<String> {
-        lex()
-            .process_words(input, &env.to_vec())
-            .unwrap_or_else(|e| panic!("{input:?} failed: {e}"))
-    }
-
     fn set(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn plain_words_and_simple_references() {
-        let env = [("V", "value"), ("E", "")];
-        assert_eq!(ok("hello", &env), "hello");
-        assert_eq!(ok("", &env), "");
-        assert_eq!(ok("$V", &env), "value");
-        assert_eq!(ok("${V}", &env), "value");
-        assert_eq!(ok("a${V}b", &env), "avalueb");
-        assert_eq!(ok("$Vx", &env), "");
-        assert_eq!(ok("${V}x", &env), "valuex");
-        assert_eq!(ok("$E|$U|${U}", &env), "||");
-        assert_eq!(ok("$V.$V", &env), "value.value");
-        assert_eq!(ok("$V_x", &env), "");
-        assert_eq!(ok("$", &env), "$");
-        assert_eq!(ok("a$", &env), "a$");
-        assert_eq!(ok("$ a", &env), "$ a");
-        assert_eq!(ok("$.", &env), "$.");
-        assert_eq!(ok("$'V'", &env), "$V");
-        assert_eq!(ok("$\"V\"", &env), "$V");
-        assert_eq!(ok("$$V", &env), "V");
     }
 
     #[test]
@@ -998,86 +970,6 @@ mod tests {
         assert_eq!(e.unmatched, set(&["$", "1", "@"]));
     }
 
-    #[test]
-    fn unicode_names_and_values() {
-        let env = [("KOREAN", "한국어"), ("한국어", "korean"), ("Vé", "accent")];
-        assert_eq!(ok("$KOREAN", &env), "한국어");
-        assert_eq!(ok("안녕$KOREAN!", &env), "안녕한국어!");
-        assert_eq!(ok("$한국어", &env), "korean");
-        assert_eq!(ok("${한국어}x", &env), "koreanx");
-        assert_eq!(ok("$Vé", &env), "accent");
-        assert_eq!(ok("${KOREAN#한}", &env), "국어");
-        assert_eq!(ok("${KOREAN%어}", &env), "한국");
-        assert_eq!(ok("${KOREAN/국/-}", &env), "한-어");
-        assert_eq!(ok("${KOREAN//?/.}", &env), "...");
-        // `µ` (Ll) is a letter, `½` (No) is not a digit.
-        assert_eq!(ok("$µ½", &[("µ", "mu")]), "mu½");
-    }
-
-    #[test]
-    fn default_value() {
-        let env = [("V", "x"), ("E", "")];
-        assert_eq!(ok("${V:-w}", &env), "x");
-        assert_eq!(ok("${E:-w}", &env), "w");
-        assert_eq!(ok("${U:-w}", &env), "w");
-        assert_eq!(ok("${V-w}", &env), "x");
-        assert_eq!(ok("${E-w}", &env), "");
-        assert_eq!(ok("${U-w}", &env), "w");
-        assert_eq!(ok("${U:-}", &env), "");
-        assert_eq!(ok("${U:-a b  c}", &env), "a b  c");
-        assert_eq!(ok("${U:-$V$V}", &env), "xx");
-        assert_eq!(ok("${U:-${E:-${V}}}", &env), "x");
-        assert_eq!(ok("${U:-\"a}b\"}", &env), "a}b");
-        assert_eq!(ok("${U:-'a}b'}", &env), "a}b");
-        assert_eq!(ok("${U:-a\\}b}", &env), "a}b");
-        assert_eq!(ok("${U:-a}b}", &env), "ab}");
-        assert_eq!(ok("${U:-{a}", &env), "{a");
-    }
-
-    #[test]
-    fn alternative_value() {
-        let env = [("V", "x"), ("E", "")];
-        assert_eq!(ok("${V:+w}", &env), "w");
-        assert_eq!(ok("${E:+w}", &env), "");
-        assert_eq!(ok("${U:+w}", &env), "");
-        assert_eq!(ok("${V+w}", &env), "w");
-        assert_eq!(ok("${E+w}", &env), "w");
-        assert_eq!(ok("${U+w}", &env), "");
-        assert_eq!(ok("${V:+[$V]}", &env), "[x]");
-    }
-
-    #[test]
-    fn required_value() {
-        let env = [("V", "x"), ("E", "")];
-        assert_eq!(ok("${V:?m}", &env), "x");
-        assert_eq!(ok("${V?m}", &env), "x");
-        assert_eq!(ok("${E?m}", &env), "");
-        let required = |name: &str, message: &str| ShellError::Required {
-            name: name.into(),
-            message: message.into(),
-        };
-        assert_eq!(err("${E:?m}", &env), required("E", "m"));
-        assert_eq!(err("${U:?m}", &env), required("U", "m"));
-        assert_eq!(err("${U?m}", &env), required("U", "m"));
-        assert_eq!(
-            err("${U?}", &env),
-            required("U", "is not allowed to be unset")
-        );
-        assert_eq!(
-            err("${U:?}", &env),
-            required("U", "is not allowed to be unset")
-        );
-        assert_eq!(
-            err("${E:?}", &env),
-            required("E", "is not allowed to be empty")
-        );
-        assert_eq!(err("${U:?msg $V}", &env).to_string(), "U: msg x");
-        assert_eq!(
-            err("${U:?}", &env).to_string(),
-            "U: is not allowed to be unset"
-        );
-    }
-
     /// BuildKit's TestShellParserMandatoryEnvVars.
     #[test]
     fn buildkit_mandatory_env_vars() {
@@ -1096,78 +988,6 @@ mod tests {
         assert_eq!(l.process_word(no_unset, &empty_envs).unwrap(), "");
         let e = l.process_word(no_unset, &unset_envs).unwrap_err();
         assert!(e.to_string().contains("message herex"), "{e}");
-    }
-
-    #[test]
-    fn prefix_and_suffix_removal() {
-        let env = [("P", "foo/bar/baz.tar.gz")];
-        assert_eq!(ok("${P#*/}", &env), "bar/baz.tar.gz");
-        assert_eq!(ok("${P##*/}", &env), "baz.tar.gz");
-        assert_eq!(ok("${P%.*}", &env), "foo/bar/baz.tar");
-        assert_eq!(ok("${P%%.*}", &env), "foo/bar/baz");
-        assert_eq!(ok("${P%/*}", &env), "foo/bar");
-        assert_eq!(ok("${P%%/*}", &env), "foo");
-        assert_eq!(ok("${P#?}", &env), "oo/bar/baz.tar.gz");
-        assert_eq!(ok("${P%??}", &env), "foo/bar/baz.tar.");
-        assert_eq!(ok("${P#foo}", &env), "/bar/baz.tar.gz");
-        assert_eq!(ok("${P#bar}", &env), "foo/bar/baz.tar.gz");
-        assert_eq!(ok("${P%gz}", &env), "foo/bar/baz.tar.");
-        assert_eq!(ok("${P%tar}", &env), "foo/bar/baz.tar.gz");
-        assert_eq!(ok("${P#}", &env), "foo/bar/baz.tar.gz");
-        assert_eq!(ok("${P##}", &env), "foo/bar/baz.tar.gz");
-        assert_eq!(ok("${P#*}", &env), "foo/bar/baz.tar.gz");
-        assert_eq!(ok("${P##*}", &env), "");
-        assert_eq!(ok("${P%*}", &env), "foo/bar/baz.tar.gz");
-        assert_eq!(ok("${P%%*}", &env), "");
-        assert_eq!(ok("${U#*}", &env), "");
-        assert_eq!(ok("${P#\"*/\"}", &env), "bar/baz.tar.gz");
-        // Regex metacharacters are literal.
-        // (`$` not followed by a name is literal.)
-        let env = [("R", "a.b+c(d)|e^f$.g{h}[i]")];
-        assert_eq!(ok("${R#a.b+c(d)|e^f$.g}", &env), "{h}[i]");
-        assert_eq!(ok("${R%\\}[i]}", &env), "a.b+c(d)|e^f$.g{h");
-        // Brackets are not bracket expressions (as in BuildKit).
-        assert_eq!(ok("${R#[ab]}", &env), "a.b+c(d)|e^f$.g{h}[i]");
-        assert_eq!(ok("${B#[ab]}", &[("B", "[ab]x")]), "x");
-        // Escaped wildcards.
-        let env = [("S", "**a?b\\c")];
-        assert_eq!(ok("${S#\\*}", &env), "*a?b\\c");
-        assert_eq!(ok("${S##\\*}", &env), "*a?b\\c");
-        assert_eq!(ok("${S#*\\?}", &env), "b\\c");
-        assert_eq!(ok("${S%\\\\c}", &env), "**a?b");
-        assert_eq!(ok("${S%\\\\?}", &env), "**a?b");
-    }
-
-    #[test]
-    fn invalid_patterns() {
-        let env = [("V", "abc")];
-        assert_eq!(
-            err("${V#\\x}", &env),
-            ShellError::InvalidPattern {
-                pattern: "\\x".into(),
-                reason: "invalid escape '\\x'".into()
-            }
-        );
-        assert_eq!(
-            err("${V%%a\\b}", &env).to_string(),
-            "invalid pattern (a\\b) in substitution: invalid escape '\\b'"
-        );
-        assert!(matches!(
-            err("${V/\\x/y}", &env),
-            ShellError::InvalidPattern { .. }
-        ));
-        // `\$` is not a pattern escape (BuildKit); a bare `$.` is literal.
-        assert!(matches!(
-            err("${V#\\$}", &env),
-            ShellError::InvalidPattern { .. }
-        ));
-        // Checked even when the variable is unset.
-        assert!(matches!(
-            err("${U#\\x}", &env),
-            ShellError::InvalidPattern { .. }
-        ));
-        // A trailing escape escapes the closing brace instead.
-        assert_eq!(err("${V#a\\}", &env), ShellError::MissingBrace);
     }
 
     #[test]
@@ -1214,249 +1034,10 @@ mod tests {
         }
     }
 
+    /// BuildKit's TestProcessWithMatchesPlatform (TestProcessWithMatches is in
+    /// `tests/data/expansion.txt`).
     #[test]
-    fn replacement() {
-        let env = [("V", "a-b-c"), ("R", "<$0>"), ("D", "a$$b")];
-        assert_eq!(ok("${V/-/+}", &env), "a+b-c");
-        assert_eq!(ok("${V//-/+}", &env), "a+b+c");
-        assert_eq!(ok("${V/x/+}", &env), "a-b-c");
-        assert_eq!(ok("${V//-/}", &env), "abc");
-        assert_eq!(ok("${V/-/}", &env), "ab-c");
-        assert_eq!(ok("${V/?/}", &env), "-b-c");
-        assert_eq!(ok("${V/*/x}", &env), "x");
-        assert_eq!(ok("${V/-*/}", &env), "a");
-        assert_eq!(ok("${V//[-]/+}", &env), "a-b-c");
-        assert_eq!(ok("${U/a/b}", &env), "");
-        assert_eq!(ok("${U//*/x}", &env), "x");
-        assert_eq!(ok("${V//*/x}", &env), "x");
-        // Empty pattern: before the first character / around every one.
-        assert_eq!(ok("${V/$U/>}", &env), ">a-b-c");
-        assert_eq!(ok("${V//$U/.}", &env), ".a.-.b.-.c.");
-        assert_eq!(ok("${V///}", &env), "a-b-c");
-        // Escaped separators.
-        assert_eq!(ok("${P//\\//\\/}", &[("P", "/tmp/f")]), "\\/tmp\\/f");
-        assert_eq!(ok("${P//\\//:}", &[("P", "/tmp/f")]), ":tmp:f");
-        assert_eq!(ok("${P/\\}/x}", &[("P", "a}b")]), "axb");
-        // Replace-all expands Go template references; replace-first does not.
-        assert_eq!(ok("${V//-/$R}", &env), "a<->b<->c");
-        assert_eq!(ok("${V/-/$R}", &env), "a<$0>b-c");
-        assert_eq!(ok("${V//-/$D}", &env), "aa$bba$bc");
-        let template = |t: &str| ok("${V//b/$T}", &[("V", "abc"), ("T", t)]);
-        assert_eq!(template("${0}${0}"), "abbc");
-        assert_eq!(template("$1"), "ac");
-        assert_eq!(template("$name x"), "a xc");
-        assert_eq!(template("$00"), "ac");
-        assert_eq!(template("$"), "a$c");
-        assert_eq!(template("${0"), "a${0c");
-        assert_eq!(template("$-"), "a$-c");
-        assert_eq!(template("$é!"), "a!c");
-        // Matches overlapping an empty match are not replaced twice.
-        assert_eq!(ok("${V//b*/x}", &[("V", "abbc")]), "ax");
-        assert_eq!(ok("${V//?/.}", &[("V", "héllo")]), ".....");
-    }
-
-    /// BuildKit's TestProcessWithMatches and TestProcessWithMatchesPlatform.
-    #[test]
-    fn buildkit_process_with_matches() {
-        struct Case {
-            input: &'static str,
-            env: &'static [(&'static str, &'static str)],
-            expected: Option<&'static str>,
-            matched: &'static [&'static str],
-            unmatched: &'static [&'static str],
-        }
-        const FB: &[(&str, &str)] = &[("FOO", "xxx"), ("BAR", "")];
-        let case = |input, env, expected, matched, unmatched| Case {
-            input,
-            env,
-            expected,
-            matched,
-            unmatched,
-        };
-        let cases = [
-            case("x", &[("DUMMY", "dummy")], Some("x"), &[], &[]),
-            case(
-                "x ${UNUSED}",
-                &[("DUMMY", "dummy")],
-                Some("x "),
-                &[],
-                &["UNUSED"],
-            ),
-            case("x ${FOO}", &[("FOO", "y")], Some("x y"), &["FOO"], &[]),
-            case(
-                "${FOO-aaa} ${BAR-bbb} ${BAZ-ccc}",
-                FB,
-                Some("xxx  ccc"),
-                &["FOO", "BAR"],
-                &["BAZ"],
-            ),
-            case(
-                "${FOO:-aaa} ${BAR:-bbb} ${BAZ:-ccc}",
-                FB,
-                Some("xxx bbb ccc"),
-                &["FOO", "BAR"],
-                &["BAZ"],
-            ),
-            case("${FOO:-}", FB, Some("xxx"), &["FOO"], &[]),
-            case("${FOO:-}", &[], Some(""), &[], &["FOO"]),
-            case(
-                "${FOO+aaa} ${BAR+bbb} ${BAZ+ccc}",
-                FB,
-                Some("aaa bbb "),
-                &["FOO", "BAR"],
-                &["BAZ"],
-            ),
-            case(
-                "${FOO:+aaa} ${BAR:+bbb} ${BAZ:+ccc}",
-                FB,
-                Some("aaa  "),
-                &["FOO", "BAR"],
-                &["BAZ"],
-            ),
-            case("${FOO?aaa}", FB, Some("xxx"), &["FOO"], &[]),
-            case("${BAR?bbb}", FB, Some(""), &["BAR"], &[]),
-            case("${BAZ?ccc}", FB, None, &[], &[]),
-            case("${FOO:?aaa}", FB, Some("xxx"), &["FOO"], &[]),
-            case("${BAR:?bbb}", FB, None, &[], &[]),
-            case("${BAZ:?ccc}", FB, None, &[], &[]),
-            case("${BAZ:?}", FB, None, &[], &[]),
-            case("${FOO=aaa}", FB, None, &[], &[]),
-            case("${FOO=:aaa}", FB, None, &[], &[]),
-            case("${FOO=}", &[], None, &[], &[]),
-            case(
-                "${FOO#()[]{\\}^$.\\*\\?|\\\\}",
-                &[("FOO", "()[]{}^$.*?|\\x")],
-                Some("x"),
-                &["FOO"],
-                &[],
-            ),
-            case(
-                "${FOO%%\\**}",
-                &[("FOO", "xx**")],
-                Some("xx"),
-                &["FOO"],
-                &[],
-            ),
-            case("${FOO#*x*y}", &[("FOO", "xxyy")], Some("y"), &["FOO"], &[]),
-            case("${FOO#*}", &[("FOO", "xxyy")], Some("xxyy"), &["FOO"], &[]),
-            case(
-                "${FOO#$BAR}",
-                &[("FOO", "xxyy"), ("BAR", "x")],
-                Some("xyy"),
-                &["FOO", "BAR"],
-                &[],
-            ),
-            case(
-                "${FOO#$BAR}",
-                &[("FOO", "xxyy"), ("BAR", "")],
-                Some("xxyy"),
-                &["FOO", "BAR"],
-                &[],
-            ),
-            case("${FOO#}", &[("FOO", "xxyy")], Some("xxyy"), &["FOO"], &[]),
-            case("${FOO##*x}", &[("FOO", "xxyy")], Some("yy"), &["FOO"], &[]),
-            case("${FOO##}", &[("FOO", "xxyy")], Some("xxyy"), &["FOO"], &[]),
-            case("${FOO#?\\?}", &[("FOO", "???y")], Some("?y"), &["FOO"], &[]),
-            case(
-                "${ABC:-.}${FOO%x}${ABC:-.}",
-                &[("FOO", "xxyy")],
-                Some(".xxyy."),
-                &["FOO"],
-                &["ABC"],
-            ),
-            case(
-                "${FOO%%\\**\\*}",
-                &[("FOO", "a***yy*")],
-                Some("a"),
-                &["FOO"],
-                &[],
-            ),
-            case("${FOO%}", &[("FOO", "xxyy")], Some("xxyy"), &["FOO"], &[]),
-            case(
-                "${FOO%%$BAR}",
-                &[("FOO", "xxyy"), ("BAR", "")],
-                Some("xxyy"),
-                &["FOO", "BAR"],
-                &[],
-            ),
-            case(
-                "${FOO/$NEEDLE/.} - ${FOO//$NEEDLE/.}",
-                &[("FOO", "/foo*/*/*.txt"), ("NEEDLE", "\\*/")],
-                Some("/foo.*/*.txt - /foo..*.txt"),
-                &["FOO", "NEEDLE"],
-                &[],
-            ),
-            case(
-                "${FOO/$NEEDLE/} - ${FOO//$NEEDLE/}",
-                &[("FOO", "/tmp/tmp/bar.txt"), ("NEEDLE", "/tmp")],
-                Some("/tmp/bar.txt - /bar.txt"),
-                &["FOO", "NEEDLE"],
-                &[],
-            ),
-            case(
-                "${FOO/$NEEDLE/$REPLACEMENT} - ${FOO//$NEEDLE/$REPLACEMENT}",
-                &[
-                    ("FOO", "/a/foo/b/c.txt"),
-                    ("NEEDLE", "/?/"),
-                    ("REPLACEMENT", "/"),
-                ],
-                Some("/foo/b/c.txt - /foo/c.txt"),
-                &["FOO", "NEEDLE", "REPLACEMENT"],
-                &[],
-            ),
-            case(
-                "${FOO/$NEEDLE/$REPLACEMENT}",
-                &[
-                    ("FOO", "http://google.de"),
-                    ("NEEDLE", "http://"),
-                    ("REPLACEMENT", "https://"),
-                ],
-                Some("https://google.de"),
-                &["FOO", "NEEDLE", "REPLACEMENT"],
-                &[],
-            ),
-            case(
-                "${FOO//\\//\\/}",
-                &[("FOO", "/tmp/foo.txt")],
-                Some("\\/tmp\\/foo.txt"),
-                &["FOO"],
-                &[],
-            ),
-            case(
-                "${FOO/$BAR/ww}",
-                &[("FOO", "xxyy"), ("BAR", "")],
-                Some("wwxxyy"),
-                &["FOO", "BAR"],
-                &[],
-            ),
-            case("${FOO//ww}", &[("FOO", "xxyy")], None, &[], &[]),
-            case("${FOO//}", &[("FOO", "xxyy")], None, &[], &[]),
-            case("${FOO///}", &[("FOO", "xxyy")], Some("xxyy"), &["FOO"], &[]),
-            case("${FOO///}", &[], Some(""), &[], &["FOO"]),
-        ];
-        let mut failures = Vec::new();
-        for c in &cases {
-            let env: BTreeMap<&str, &str> = c.env.iter().copied().collect();
-            let got = lex().process_word_with_matches(c.input, &env);
-            match (c.expected, got) {
-                (None, Err(_)) => {}
-                (None, Ok(e)) => failures.push(format!("{:?}: expected error, got {e:?}", c.input)),
-                (Some(expected), Ok(e)) => {
-                    if e.result != expected
-                        || e.matched != set(c.matched)
-                        || e.unmatched != set(c.unmatched)
-                    {
-                        failures.push(format!(
-                            "{:?}: expected {expected:?} matched {:?} unmatched {:?}, got {e:?}",
-                            c.input, c.matched, c.unmatched
-                        ));
-                    }
-                }
-                (Some(_), Err(e)) => failures.push(format!("{:?}: unexpected error {e}", c.input)),
-            }
-        }
-        assert!(failures.is_empty(), "{}", failures.join("\n"));
-
+    fn buildkit_process_with_matches_platform() {
         let release = "something-${VERSION}.${TARGETOS}-${TARGETARCH}${TARGETVARIANT:+-${TARGETVARIANT}}.tar.gz";
         let mut env = BTreeMap::from([
             ("VERSION", "v1.2.3"),
@@ -1483,31 +1064,6 @@ mod tests {
         assert_eq!(e.matched, set(&["A", "E"]));
         assert_eq!(e.unmatched, set(&["U", "W", "X", "Y"]));
         assert_eq!(e.words, vec!["a".to_string()]);
-    }
-
-    #[test]
-    fn quotes_and_escapes() {
-        let env = [("V", "v")];
-        assert_eq!(ok("'a $V \\x'", &env), "a $V \\x");
-        assert_eq!(ok("\"a $V \\x \\\" \\$V \\\\\"", &env), "a v \\x \" $V \\");
-        assert_eq!(ok("\"'$V'\"", &env), "'v'");
-        assert_eq!(ok("'\"'\"'\"", &env), "\"'");
-        assert_eq!(ok("a\\ b\\$V\\'\\\"", &env), "a b$V'\"");
-        assert_eq!(ok("a\\", &env), "a");
-        assert_eq!(ok("a\\\\", &env), "a\\");
-        assert_eq!(ok("''\"\"", &env), "");
-        assert_eq!(err("'abc", &env), ShellError::UnterminatedSingleQuote);
-        assert_eq!(err("\"abc", &env), ShellError::UnterminatedDoubleQuote);
-        assert_eq!(err("\"abc\\\"", &env), ShellError::UnterminatedDoubleQuote);
-        assert_eq!(err("\"abc\\", &env), ShellError::UnterminatedDoubleQuote);
-        assert_eq!(
-            err("'x", &env).to_string(),
-            "unexpected end of statement while looking for matching single-quote"
-        );
-        assert_eq!(
-            err("\"x", &env).to_string(),
-            "unexpected end of statement while looking for matching double-quote"
-        );
     }
 
     #[test]
@@ -1590,94 +1146,6 @@ mod tests {
         );
         assert_eq!(l.process_word("'", &env).unwrap(), "'");
         assert_eq!(l.process_words("'$V'", &env).unwrap(), ["'v", "w'"]);
-    }
-
-    #[test]
-    fn word_splitting() {
-        let env = [("SP", "a  b"), ("LEAD", "  x"), ("E", "")];
-        assert_eq!(words("", &env), Vec::<String>::new());
-        assert_eq!(words("   ", &env), Vec::<String>::new());
-        assert_eq!(words(" a  b\tc\n", &env), ["a", "b", "c"]);
-        assert_eq!(words("x${SP}y", &env), ["xa", "by"]);
-        assert_eq!(words("x\"${SP}\"y", &env), ["xa  by"]);
-        assert_eq!(words("x${LEAD}", &env), ["x", "x"]);
-        assert_eq!(words("a\\ b", &env), ["a b"]);
-        assert_eq!(words("'' \"\" $E a", &env), ["a"]);
-        assert_eq!(words("'a b'c 'd'", &env), ["a bc", "d"]);
-        // White space out of an expansion splits even if it was quoted in
-        // the default word (BuildKit).
-        assert_eq!(words("${U:-\"a b\"}", &env), ["a", "b"]);
-        assert_eq!(words("pre${U:-x}post z", &env), ["prexpost", "z"]);
-        assert_eq!(words("안녕 하세요", &env), ["안녕", "하세요"]);
-        assert_eq!(words("a\u{a0}b\u{3000}c", &env), ["a", "b", "c"]);
-    }
-
-    #[test]
-    fn syntax_errors() {
-        use ShellError::*;
-        let env = [("V", "v")];
-        let unsupported = |s: &str| UnsupportedModifier(s.to_owned());
-        let cases = [
-            ("${}", BadSubstitution),
-            ("${}x", BadSubstitution),
-            ("${:}", BadSubstitution),
-            ("${:-x}", BadSubstitution),
-            ("${{V}", BadSubstitution),
-            ("${", MissingBrace),
-            ("${V", MissingBrace),
-            ("${V:", MissingBrace),
-            ("${V:-", MissingBrace),
-            ("${V:-x", MissingBrace),
-            ("${V:-${V}", MissingBrace),
-            ("${V:-'x}", MissingBrace),
-            ("${V:-\"x}", MissingBrace),
-            ("\"${V:-'x}\"", MissingBrace),
-            ("${V:-a ${foo}", MissingBrace),
-            ("${V/x", MissingSlash),
-            ("${V/x'/", MissingSlash),
-            ("${V/x/y", MissingBrace),
-            ("${V//}", MissingSlash),
-            ("${.}", unsupported(".")),
-            ("${V=x}", unsupported("=")),
-            ("${V:=x}", unsupported(":=")),
-            ("${V:YYY}", unsupported(":Y")),
-            ("${V:0:1}", unsupported(":0")),
-            ("${V:#x}", unsupported(":#")),
-            ("${V:%x}", unsupported(":%")),
-            ("${V:#x", unsupported(":#")),
-            ("${#V}", unsupported("V")),
-            ("${V^^}", unsupported("^")),
-            ("${V:}x}", unsupported(":}")),
-        ];
-        let mut failures = Vec::new();
-        for (input, expected) in cases {
-            match word(input, &env) {
-                Err(e) if e == expected => {}
-                other => failures.push(format!("{input:?}: expected {expected:?}, got {other:?}")),
-            }
-        }
-        assert!(failures.is_empty(), "{}", failures.join("\n"));
-        assert_eq!(
-            BadSubstitution.to_string(),
-            "syntax error: bad substitution"
-        );
-        assert_eq!(MissingBrace.to_string(), "syntax error: missing '}'");
-        assert_eq!(MissingSlash.to_string(), "syntax error: missing '/' in ${}");
-        assert_eq!(
-            unsupported(":=").to_string(),
-            "unsupported modifier (:=) in substitution"
-        );
-        // An error that does not reach the end of the input is kept.
-        assert_eq!(err("${V:-${U:?gone}}", &env).to_string(), "U: gone");
-        assert_eq!(err("${V:-${U:?gone}", &env), MissingBrace);
-    }
-
-    #[test]
-    fn byte_order_mark() {
-        let env = [("V", "v")];
-        assert_eq!(ok("\u{feff}$V", &env), "v");
-        assert_eq!(ok("a\u{feff}", &env), "a\u{feff}");
-        assert_eq!(ok("${P#\u{feff}a}", &[("P", "ab")]), "b");
     }
 
     #[test]
@@ -1781,6 +1249,93 @@ mod tests {
         let input = "a$V b".repeat(50_000);
         let out = ok(&input, &[("V", "x")]);
         assert_eq!(out.len(), "ax b".len() * 50_000);
+    }
+
+    /// `tests/data/expansion.txt`: kiln's table of expansion cases (its header says the
+    /// format). Every failing line is reported, with its line number.
+    #[test]
+    fn expansion_data_file() {
+        use serde_json::Value;
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/expansion.txt");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        let string = |v: &Value| v.as_str().map(str::to_owned);
+        let strings =
+            |v: &Value| -> Option<BTreeSet<String>> { v.as_array()?.iter().map(string).collect() };
+        let mut env: Vec<(String, String)> = Vec::new();
+        let (mut checked, mut failures) = (0, Vec::new());
+        for (index, line) in text.lines().enumerate() {
+            let n = index + 1;
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (kind, rest) = line.split_once(' ').unwrap_or((line, ""));
+            let fields: Result<Vec<Value>, _> = serde_json::Deserializer::from_str(rest)
+                .into_iter()
+                .collect();
+            let fields = match fields {
+                Ok(f) => f,
+                Err(e) => {
+                    failures.push(format!("line {n}: {e}: {line}"));
+                    continue;
+                }
+            };
+            let input = fields.first().and_then(string).unwrap_or_default();
+            let l = lex();
+            let failure = match (kind, fields.as_slice()) {
+                ("env", [Value::Object(m)]) => {
+                    env = m
+                        .iter()
+                        .filter_map(|(k, v)| Some((k.clone(), string(v)?)))
+                        .collect();
+                    continue;
+                }
+                ("word", [_, Value::String(want)]) => match l.process_word(&input, &env) {
+                    Ok(got) if got == *want => None,
+                    got => Some(format!("expected {want:?}, got {got:?}")),
+                },
+                ("error", [_, Value::String(want)]) => match l.process_word(&input, &env) {
+                    Err(e) if e.to_string() == *want => None,
+                    got => Some(format!("expected the error {want:?}, got {got:?}")),
+                },
+                ("words", [_, want @ Value::Array(_)]) => {
+                    let want: Vec<String> =
+                        serde_json::from_value(want.clone()).unwrap_or_default();
+                    match l.process_words(&input, &env) {
+                        Ok(got) if got == want => None,
+                        got => Some(format!("expected {want:?}, got {got:?}")),
+                    }
+                }
+                ("matches", [_, want, matched, unmatched]) => {
+                    let got = l.process_word_with_matches(&input, &env);
+                    match (string(want), strings(matched), strings(unmatched), got) {
+                        (None, _, _, Err(_)) => None,
+                        (Some(w), Some(m), Some(u), Ok(e))
+                            if e.result == w && e.matched == m && e.unmatched == u =>
+                        {
+                            None
+                        }
+                        (w, m, u, got) => Some(format!(
+                            "expected {w:?} matched {m:?} unmatched {u:?}, got {got:?}"
+                        )),
+                    }
+                }
+                _ => Some("not a case: see the format at the top of the file".to_string()),
+            };
+            checked += 1;
+            if let Some(f) = failure {
+                failures.push(format!("line {n}: {input:?}: {f}"));
+            }
+        }
+        assert!(checked >= 230, "only {checked} cases in {}", path.display());
+        assert!(
+            failures.is_empty(),
+            "{} failure(s) in {}:\n{}",
+            failures.len(),
+            path.display(),
+            failures.join("\n")
+        );
     }
 
     // ---- BuildKit's data files ------------------------------------------

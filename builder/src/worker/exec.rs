@@ -64,14 +64,7 @@ impl BuildWorker<'_> {
         });
         let view = self.view(&base, "the image")?;
         let user = sandbox::resolve_user(&e.user, &view)?;
-        let mut env = e.env.clone();
-        if !env.iter().any(|kv| kv.starts_with("PATH=")) {
-            env.push(format!("PATH={DEFAULT_PATH}"));
-        }
-        if !env.iter().any(|kv| kv.starts_with("HOME=")) {
-            let home = user.home.clone().unwrap_or_else(|| "/".into());
-            env.push(format!("HOME={home}"));
-        }
+        let mut env = step_env(e, user.home.as_deref());
 
         let mut held = Held::default();
         let run = self.temp(&mut held, "run")?;
@@ -411,6 +404,20 @@ impl BuildWorker<'_> {
     }
 }
 
+/// The environment of a RUN step: the op's `env`, the proxy build args (which its
+/// definition digest leaves out), and `PATH` and `HOME` when neither set them.
+fn step_env(e: &ExecOp, home: Option<&str>) -> Vec<String> {
+    let mut env = e.env.clone();
+    env.extend(e.proxy_env.iter().cloned());
+    if !env.iter().any(|kv| kv.starts_with("PATH=")) {
+        env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    if !env.iter().any(|kv| kv.starts_with("HOME=")) {
+        env.push(format!("HOME={}", home.unwrap_or("/")));
+    }
+    env
+}
+
 /// What a cache mount's directory is keyed on: its id, and with `from=` the source's
 /// layer chain and subpath too. BuildKit keys a cache on its id plus the `from` ref
 /// (`getRefCacheDir`: `id + ":" + ref.ID()`), so the same id seeded from another source
@@ -440,4 +447,45 @@ fn non_empty(mut lowers: Vec<PathBuf>, run: &Path) -> Result<Vec<PathBuf>> {
         lowers.push(empty);
     }
     Ok(lowers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(env: &[&str], proxy_env: &[&str]) -> ExecOp {
+        ExecOp {
+            args: vec!["true".into()],
+            env: env.iter().map(|s| s.to_string()).collect(),
+            proxy_env: proxy_env.iter().map(|s| s.to_string()).collect(),
+            cwd: "/".into(),
+            user: String::new(),
+            network: Network::Host,
+            insecure: false,
+            mounts: vec![],
+        }
+    }
+
+    /// Proxy build args stay out of the RUN key but must still reach the step.
+    #[test]
+    fn proxy_build_args_reach_the_step() {
+        let env = step_env(&op(&["A=1"], &["HTTP_PROXY=http://p:3128"]), None);
+        assert_eq!(
+            env,
+            [
+                "A=1",
+                "HTTP_PROXY=http://p:3128",
+                &format!("PATH={DEFAULT_PATH}"),
+                "HOME=/"
+            ]
+        );
+    }
+
+    #[test]
+    fn path_and_home_only_when_unset() {
+        let env = step_env(&op(&["PATH=/x", "HOME=/h"], &[]), Some("/root"));
+        assert_eq!(env, ["PATH=/x", "HOME=/h"]);
+        let env = step_env(&op(&[], &[]), Some("/root"));
+        assert_eq!(env, [format!("PATH={DEFAULT_PATH}"), "HOME=/root".into()]);
+    }
 }

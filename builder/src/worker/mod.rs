@@ -5,22 +5,18 @@
 //! so nothing is unpacked twice. Cache records map a cache key to the resulting chain.
 
 use std::collections::HashMap;
-use std::fs;
 use std::io::BufWriter;
-use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, anyhow};
-use kiln_cache::{FileKind, StatMemo, Store, TreeDigest, TreeEntry, hash_file};
-use kiln_frontend::graph::{FileAction, Op, Vertex, VertexId};
-use kiln_frontend::instructions::MountType;
-use rayon::prelude::*;
+use kiln_cache::{StatMemo, Store};
+use kiln_frontend::graph::{FileAction, Op, Platform, Vertex, VertexId};
 use serde::{Deserialize, Serialize};
 
+use crate::cachekey::{self, KeySource};
 use crate::download::Downloads;
 use crate::fileops::{
-    ContextFs, CopyOptions, Entry, LayeredFs, SourceFs, Upper, apply_chmod, expand_source,
-    resolve_chown,
+    ContextFs, CopyOptions, Entry, LayeredFs, SourceFs, Upper, apply_chmod, resolve_chown,
 };
 use crate::images::ImageStore;
 use crate::layer::{self, LayerOptions};
@@ -142,77 +138,6 @@ impl<'a> BuildWorker<'a> {
             self.snapshots.chain(self.store, out.layers())?,
             name,
         ))
-    }
-
-    /// Checksum of what COPY selects from the context: paths, types, modes, owners, sizes,
-    /// link targets, xattrs and contents (never mtimes). Unchanged files are not re-read:
-    /// the stat memo knows their hash.
-    fn context_checksum(&self, sources: &[&str]) -> Result<String> {
-        let mut entries: Vec<(String, Entry)> = Vec::new();
-        for src in sources {
-            for m in expand_source(&self.context, src)? {
-                walk(&self.context, &m.rel, m.entry, &mut entries);
-            }
-        }
-        let tree: Vec<TreeEntry> = entries
-            .par_iter()
-            .map(|(rel, e)| -> Result<TreeEntry> {
-                let ft = e.meta.file_type();
-                let kind = if ft.is_file() {
-                    FileKind::File
-                } else if ft.is_dir() {
-                    FileKind::Dir
-                } else if ft.is_symlink() {
-                    FileKind::Symlink
-                } else {
-                    FileKind::Fifo
-                };
-                let read_xattrs = || -> Vec<(Vec<u8>, Vec<u8>)> {
-                    let mut x: Vec<(Vec<u8>, Vec<u8>)> = xattr::list(&e.path)
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|n| {
-                            let v = xattr::get(&e.path, &n).ok()??;
-                            Some((n.as_encoded_bytes().to_vec(), v))
-                        })
-                        .collect();
-                    x.sort();
-                    x
-                };
-                // A file's memoized hash covers its bytes and its xattrs (an xattr change
-                // moves the ctime, so the memo never returns a stale one): an unchanged
-                // file costs one stat, nothing else.
-                let (content, xattrs) = if ft.is_file() {
-                    let h = match self.memo.get(rel, &e.meta) {
-                        Some(h) => h,
-                        None => {
-                            let h = fold_xattrs(hash_file(&e.path)?, &read_xattrs());
-                            self.memo.insert(rel, &e.meta, h);
-                            h
-                        }
-                    };
-                    (Some(h), Vec::new())
-                } else {
-                    (None, read_xattrs())
-                };
-                Ok(TreeEntry {
-                    path: crate::fileops::name::to_path(rel).into_owned(),
-                    kind,
-                    mode: e.meta.mode() & 0o7777,
-                    uid: 0,
-                    gid: 0,
-                    size: if ft.is_file() { e.meta.len() } else { 0 },
-                    link_target: if ft.is_symlink() {
-                        fs::read_link(&e.path).ok()
-                    } else {
-                        None
-                    },
-                    xattrs,
-                    content,
-                })
-            })
-            .collect::<Result<_>>()?;
-        Ok(TreeDigest::of(&tree).to_string())
     }
 
     /// Runs a file op into a new layer.
@@ -354,20 +279,6 @@ impl<'a> BuildWorker<'a> {
     }
 }
 
-/// Adds `entry` and everything under it (for directories) to `out`.
-fn walk(fs: &dyn SourceFs, rel: &str, entry: Entry, out: &mut Vec<(String, Entry)>) {
-    let is_dir = entry.meta.is_dir();
-    out.push((rel.to_string(), entry));
-    if is_dir {
-        for name in fs.list(rel) {
-            let child = crate::fileops::view::join(rel, &name);
-            if let Some(e) = fs.lstat(&child) {
-                walk(fs, &child, e, out);
-            }
-        }
-    }
-}
-
 /// Borrows the worker's context as a boxed source.
 struct ContextRef<'a>(&'a ContextFs);
 
@@ -386,6 +297,20 @@ impl SourceFs for ContextRef<'_> {
     }
 }
 
+impl KeySource for BuildWorker<'_> {
+    fn chain_id(&self, reference: &str, platform: &Platform) -> Result<String> {
+        Ok(self.images.get(reference, platform)?.chain_id.clone())
+    }
+
+    fn download_digest(&self, url: &str) -> Result<String> {
+        Ok(self.downloads.fetch(url, None)?.digest.clone())
+    }
+
+    fn context_checksum(&self, sources: &[&str]) -> Result<String> {
+        cachekey::context_checksum(&self.context, Some(&self.memo), sources)
+    }
+}
+
 /// What the cache index keeps for a key.
 #[derive(Serialize, Deserialize)]
 struct Record {
@@ -401,66 +326,7 @@ impl Worker for BuildWorker<'_> {
         vertex: &Vertex,
         inputs: &[Output],
     ) -> Result<Option<String>> {
-        match &vertex.op {
-            Op::Image {
-                reference,
-                platform,
-                ..
-            } => {
-                let img = self.images.get(reference, platform)?;
-                Ok(Some(img.chain_id.clone()))
-            }
-            Op::File(f) => {
-                let offset = usize::from(f.has_base);
-                let srcs: Vec<&str> = f
-                    .actions
-                    .iter()
-                    .filter_map(|a| match a {
-                        FileAction::Copy { input, src, .. }
-                            if matches!(inputs.get(*input), Some(Output::Context))
-                                && *input >= offset =>
-                        {
-                            Some(src.as_str())
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                let mut parts = Vec::new();
-                if !srcs.is_empty() {
-                    parts.push(self.context_checksum(&srcs)?);
-                }
-                for a in &f.actions {
-                    if let FileAction::Download { url, checksum, .. } = a {
-                        // With --checksum the content is known without fetching; otherwise
-                        // the download's own digest is the key (and the step reuses it).
-                        parts.push(match checksum {
-                            Some(c) => c.clone(),
-                            None => self.downloads.fetch(url, None)?.digest.clone(),
-                        });
-                    }
-                }
-                Ok((!parts.is_empty()).then(|| parts.join(",")))
-            }
-            Op::Exec(e) => {
-                // What a bind mount of the context shows is part of the step's input.
-                let srcs: Vec<&str> = e
-                    .mounts
-                    .iter()
-                    .filter(|m| {
-                        m.spec.kind == MountType::Bind
-                            && m.input
-                                .is_some_and(|i| matches!(inputs.get(i), Some(Output::Context)))
-                    })
-                    .map(|m| m.spec.source.as_deref().unwrap_or("."))
-                    .collect();
-                if srcs.is_empty() {
-                    Ok(None)
-                } else {
-                    Ok(Some(self.context_checksum(&srcs)?))
-                }
-            }
-            _ => Ok(None),
-        }
+        cachekey::content_key(&vertex.op, inputs, self)
     }
 
     fn load(&self, key: &str, _: &Vertex) -> Result<Option<Output>> {
@@ -524,23 +390,6 @@ impl Worker for BuildWorker<'_> {
             )
             .context("writing the cache record")
     }
-}
-
-/// A file's content hash with its xattrs folded in (the plain hash when it has none).
-fn fold_xattrs(content: blake3::Hash, xattrs: &[(Vec<u8>, Vec<u8>)]) -> blake3::Hash {
-    if xattrs.is_empty() {
-        return content;
-    }
-    let mut h = blake3::Hasher::new();
-    h.update(b"kiln-xattrs\0");
-    h.update(content.as_bytes());
-    for (n, v) in xattrs {
-        h.update(&(n.len() as u64).to_le_bytes());
-        h.update(n);
-        h.update(&(v.len() as u64).to_le_bytes());
-        h.update(v);
-    }
-    h.finalize()
 }
 
 /// Results by vertex, as the solver returns them.

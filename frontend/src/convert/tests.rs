@@ -103,12 +103,68 @@ fn proxy_args_reach_run_without_declaration() {
         None,
     )
     .unwrap();
-    assert!(
-        execs(&p)[0]
-            .env
-            .contains(&"http_proxy=http://p:3128".to_string())
-    );
+    assert_eq!(execs(&p)[0].proxy_env, ["http_proxy=http://p:3128"]);
     assert!(!p.target_stage().history[0].created_by.contains("proxy"));
+}
+
+/// Every vertex digest of a plan, in dependency order.
+fn digests(p: &Plan) -> Vec<String> {
+    p.graph
+        .topo_order()
+        .into_iter()
+        .map(|id| p.graph.vertex(id).digest.clone())
+        .collect()
+}
+
+/// Regression: proxy build args entered RUN's definition digest, so a CI runner behind a
+/// proxy never hit a cache filled elsewhere. BuildKit leaves them out of the key.
+#[test]
+fn proxy_build_args_do_not_change_run_digests() {
+    let src = "FROM a\nRUN apt-get update\nFROM a AS b\nRUN --mount=type=cache,target=/c true\n";
+    let without = plan(src);
+    for args in [
+        &[("HTTP_PROXY", "http://proxy:3128")][..],
+        &[("https_proxy", "http://p:1"), ("NO_PROXY", "localhost")][..],
+        &[("ALL_PROXY", "socks5://p"), ("ftp_proxy", "ftp://p")][..],
+    ] {
+        let with = plan_with(src, args, None).unwrap();
+        assert_eq!(digests(&with), digests(&without), "{args:?}");
+        assert_eq!(execs(&with)[0].proxy_env.len(), args.len());
+    }
+    // A proxy arg declared with ARG is an ordinary ARG: in the environment and the key.
+    let declared = "FROM a\nARG HTTP_PROXY\nRUN true\n";
+    let with = plan_with(declared, &[("HTTP_PROXY", "http://p")], None).unwrap();
+    let e = &execs(&with)[0];
+    assert!(e.env.contains(&"HTTP_PROXY=http://p".to_string()));
+    assert!(e.proxy_env.is_empty());
+    assert_ne!(digests(&with), digests(&plan(declared)));
+}
+
+/// Regression: a stage's name in `RUN --mount=from=NAME` entered the definition digest,
+/// so renaming a stage invalidated the cache of every step that mounted it.
+#[test]
+fn renaming_a_stage_keeps_every_digest() {
+    let df = |name: &str| {
+        format!(
+            "FROM busybox AS {name}\nRUN make\n\
+             FROM busybox\n\
+             COPY --from={name} /out /out\n\
+             RUN --mount=type=bind,from={name},source=/out,target=/o cp -r /o /o2\n\
+             RUN --mount=type=cache,from={name},source=/,target=/cache,id=c true\n"
+        )
+    };
+    let a = plan(&df("builder"));
+    let b = plan(&df("compile"));
+    assert_eq!(digests(&a), digests(&b));
+    // Naming the stage by its index is the same build too.
+    assert_eq!(
+        digests(&plan(&df("builder").replace("from=builder", "from=0"))),
+        digests(&a)
+    );
+    // ...while the mounts still read the stage.
+    let e = execs(&a);
+    assert_eq!(e[1].mounts[0].input, Some(1));
+    assert!(e[1].mounts.iter().all(|m| m.spec.from.is_none()));
 }
 
 #[test]

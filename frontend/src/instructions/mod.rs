@@ -827,6 +827,3 @@ fn parse_healthcheck(ast: &Ast, node: &Node) -> Result<HealthConfig, Diagnostic>
         retries,
     })
 }
-
-#[cfg(test)]
-mod tests;

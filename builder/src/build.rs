@@ -438,9 +438,9 @@ fn assemble(
         });
     }
     let (os, arch, variant) = (
-        target.platform.os.clone(),
-        target.platform.architecture.clone(),
-        (!target.platform.variant.is_empty()).then(|| target.platform.variant.clone()),
+        target.platform.os().to_owned(),
+        target.platform.architecture().to_owned(),
+        target.platform.variant().map(str::to_owned),
     );
     let spec = ImageSpec {
         platform_os: os,

@@ -357,6 +357,12 @@ fn build_cmd(
     mut registry: crate::remote::RegistrySettings,
 ) -> Result<ExitCode> {
     registry.always_pull = args.pull;
+    // As Docker: a bad `-t` fails the command before anything else, with its message.
+    for tag in &args.tags {
+        crate::remote::parse_name(tag).map_err(|reason| {
+            anyhow::anyhow!("invalid argument {tag:?} for \"-t, --tag\" flag: {reason}")
+        })?;
+    }
     let context = &args.context;
     if !context.is_dir() {
         bail!("build context {} is not a directory", context.display());

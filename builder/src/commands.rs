@@ -255,6 +255,8 @@ pub fn tag(root: &Path, source: &str, target: &str) -> Result<ExitCode> {
     let rec = store
         .tag_get(&normalize_tag(source))?
         .ok_or_else(|| anyhow!("no such image: {source}"))?;
+    crate::remote::parse_name(target)
+        .map_err(|reason| anyhow!("{target:?} is not a valid repository/tag: {reason}"))?;
     store.tag_set(
         &normalize_tag(target),
         &kiln_cache::TagRecord::new(rec.manifest, rec.config),
@@ -308,4 +310,32 @@ pub fn logout(server: &str) -> Result<ExitCode> {
         eprintln!("Not logged in to {server}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_cache::TagRecord;
+
+    /// Regression: `kiln tag` stored any name; only `kiln push` refused bad ones.
+    #[test]
+    fn tag_refuses_bad_names_as_docker() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let d = store.put_blob(b"{}").unwrap();
+        store
+            .tag_set("app:1", &TagRecord::new(d.clone(), d))
+            .unwrap();
+        let err = tag(dir.path(), "app:1", "Bad:Tag:x")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "\"Bad:Tag:x\" is not a valid repository/tag: invalid reference format: \
+             repository name (library/Bad) must be lowercase"
+        );
+        tag(dir.path(), "app:1", "app:2").unwrap();
+        let names: Vec<String> = store.tags().unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["app:1", "app:2"]);
+    }
 }

@@ -21,21 +21,15 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-/// Docker schema 2 image manifest media type.
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-/// Docker schema 2 manifest list media type.
-pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-/// Docker image config media type.
-pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-/// Docker gzip-compressed layer media type.
-pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-/// Docker uncompressed layer media type.
-pub const DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
-/// Docker gzip-compressed foreign (non-distributable) layer media type.
-pub const DOCKER_FOREIGN_LAYER_GZIP: &str =
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
-/// Docker uncompressed foreign (non-distributable) layer media type.
-pub const DOCKER_FOREIGN_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar";
+pub use kiln_oci::media_types::{
+    DOCKER_CONFIG, DOCKER_FOREIGN_LAYER_GZIP, DOCKER_FOREIGN_LAYER_TAR, DOCKER_LAYER_GZIP,
+    DOCKER_LAYER_TAR, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST,
+};
+use kiln_oci::media_types::{
+    OCI_CONFIG, OCI_LAYER_GZIP as OCI_GZIP, OCI_LAYER_TAR as OCI_TAR, OCI_LAYER_ZSTD as OCI_ZSTD,
+    OCI_MANIFEST, OCI_ND_LAYER_GZIP as OCI_ND_GZIP, OCI_ND_LAYER_TAR as OCI_ND_TAR,
+    OCI_ND_LAYER_ZSTD as OCI_ND_ZSTD,
+};
 
 /// Errors from assembling an image or reading an image config.
 #[derive(Debug, thiserror::Error)]
@@ -129,7 +123,7 @@ impl MediaTypes {
     /// The manifest's media type.
     pub fn manifest(self) -> &'static str {
         match self {
-            MediaTypes::Oci => "application/vnd.oci.image.manifest.v1+json",
+            MediaTypes::Oci => OCI_MANIFEST,
             MediaTypes::Docker => DOCKER_MANIFEST,
         }
     }
@@ -137,7 +131,7 @@ impl MediaTypes {
     /// The config's media type.
     pub fn config(self) -> &'static str {
         match self {
-            MediaTypes::Oci => "application/vnd.oci.image.config.v1+json",
+            MediaTypes::Oci => OCI_CONFIG,
             MediaTypes::Docker => DOCKER_CONFIG,
         }
     }
@@ -145,12 +139,6 @@ impl MediaTypes {
     /// The media type a layer of type `media_type` (OCI or Docker) has in this set, or
     /// `None` when there is no equivalent (zstd in Docker manifests, unknown types).
     pub fn layer(self, media_type: &str) -> Option<&'static str> {
-        const OCI_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
-        const OCI_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-        const OCI_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
-        const OCI_ND_TAR: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar";
-        const OCI_ND_GZIP: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
-        const OCI_ND_ZSTD: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd";
         match (self, media_type) {
             (MediaTypes::Oci, OCI_TAR | DOCKER_LAYER_TAR) => Some(OCI_TAR),
             (MediaTypes::Oci, OCI_GZIP | DOCKER_LAYER_GZIP) => Some(OCI_GZIP),

@@ -11,6 +11,7 @@ use kiln_frontend::config::ImageConfig;
 use kiln_frontend::convert::{ImageResolver, ResolvedImage};
 use kiln_frontend::graph::Platform;
 use kiln_frontend::instructions::HealthConfig;
+use oci_spec::image::ImageIndex;
 
 use crate::image::{self, ParsedConfig};
 use crate::remote::{LineProgress, Remote};
@@ -99,6 +100,8 @@ impl ImageStore {
         let manifest = if let Some(rest) = reference.strip_prefix("oci-layout://") {
             self.import_layout(rest)?
         } else {
+            crate::remote::parse_name(reference)
+                .map_err(|reason| anyhow!("image {reference:?}: {reason}"))?;
             let tag = normalize_tag(reference);
             let pinned = reference
                 .rsplit_once('@')
@@ -151,25 +154,19 @@ impl ImageStore {
         let v: serde_json::Value = serde_json::from_slice(&bytes)
             .with_context(|| format!("manifest {manifest_digest} is not JSON"))?;
         if v.get("manifests").is_some() {
-            let pick = v["manifests"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|m| {
-                    let p = &m["platform"];
-                    p["os"].as_str() == Some(platform.os.as_str())
-                        && p["architecture"].as_str() == Some(platform.architecture.as_str())
-                })
-                .or_else(|| {
-                    v["manifests"]
-                        .as_array()
-                        .and_then(|a| if a.len() == 1 { a.first() } else { None })
+            let index: ImageIndex = serde_json::from_value(v)
+                .with_context(|| format!("index {manifest_digest} is not an image index"))?;
+            let entries = index.manifests();
+            // An index of one image (as OCI layouts often are) serves any platform.
+            let pick = platform
+                .pick(entries)
+                .or(if entries.len() == 1 {
+                    entries.first()
+                } else {
+                    None
                 })
                 .ok_or_else(|| anyhow!("index {manifest_digest} has no manifest for {platform}"))?;
-            let d = pick["digest"]
-                .as_str()
-                .ok_or_else(|| anyhow!("index entry without digest"))?;
-            return self.load(d, platform);
+            return self.load(pick.digest().as_ref(), platform);
         }
         let config_digest = v["config"]["digest"]
             .as_str()
@@ -352,5 +349,120 @@ impl ImageResolver for ImageStore {
             config,
             history_len: info.config.history.len(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stores an image with no layers for `os/arch[/variant]`; returns its manifest's
+    /// index entry.
+    fn image(store: &Store, platform: &str) -> serde_json::Value {
+        let parts: Vec<&str> = platform.split('/').collect();
+        let mut p = serde_json::json!({"os": parts[0], "architecture": parts[1]});
+        if let Some(v) = parts.get(2) {
+            p["variant"] = (*v).into();
+        }
+        let mut config = p.clone();
+        config["rootfs"] = serde_json::json!({"type": "layers", "diff_ids": []});
+        config["config"] = serde_json::json!({"Env": [format!("PLATFORM={platform}")]});
+        let config = serde_json::to_vec(&config).unwrap();
+        let config_digest = store.put_blob(&config).unwrap();
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest.to_string(), "size": config.len()},
+            "layers": [],
+        }))
+        .unwrap();
+        let digest = store.put_blob(&manifest).unwrap();
+        serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest.to_string(), "size": manifest.len(), "platform": p})
+    }
+
+    fn index(store: &Store, platforms: &[&str]) -> String {
+        let manifests: Vec<_> = platforms.iter().map(|p| image(store, p)).collect();
+        let bytes = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": manifests,
+        }))
+        .unwrap();
+        store.put_blob(&bytes).unwrap().to_string()
+    }
+
+    /// Which image of the index `load` picked, by the `PLATFORM` its config sets.
+    fn picked(images: &ImageStore, index: &str, platform: &str) -> Result<String> {
+        let info = images.load(index, &Platform::parse(platform).unwrap())?;
+        Ok(info.config.config.env[0].clone())
+    }
+
+    /// `FROM` names go through the same grammar as `-t`, `tag`, `push` and `pull`.
+    #[test]
+    fn from_refuses_what_docker_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = ImageStore::new(&Store::open(dir.path()).unwrap());
+        let err = images
+            .get("UPPER/case", &Platform::host())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "image \"UPPER/case\": invalid reference format: repository name (UPPER/case) must be lowercase"
+        );
+        let err = images.get("a:b:c", &Platform::host()).unwrap_err();
+        assert!(
+            err.to_string().ends_with(": invalid reference format"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn stored_index_pick_is_variant_aware() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let images = ImageStore::new(&store);
+        let idx = index(
+            &store,
+            &["linux/arm/v6", "linux/arm/v7", "linux/amd64", "linux/arm64"],
+        );
+        // Before one matcher, the variant was ignored and arm/v7 got the arm/v6 image.
+        assert_eq!(
+            picked(&images, &idx, "linux/arm/v7").unwrap(),
+            "PLATFORM=linux/arm/v7"
+        );
+        assert_eq!(
+            picked(&images, &idx, "linux/arm").unwrap(),
+            "PLATFORM=linux/arm/v7"
+        );
+        assert_eq!(
+            picked(&images, &idx, "linux/arm/v6").unwrap(),
+            "PLATFORM=linux/arm/v6"
+        );
+        assert_eq!(
+            picked(&images, &idx, "linux/arm64/v8").unwrap(),
+            "PLATFORM=linux/arm64"
+        );
+        assert_eq!(
+            picked(&images, &idx, "linux/x86_64").unwrap(),
+            "PLATFORM=linux/amd64"
+        );
+        let err = picked(&images, &idx, "linux/s390x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("has no manifest for linux/s390x"), "{err}");
+
+        // An index of one image serves any platform (OCI layouts of one image).
+        let one = index(&store, &["linux/arm64/v8"]);
+        assert_eq!(
+            picked(&images, &one, "linux/arm64").unwrap(),
+            "PLATFORM=linux/arm64/v8"
+        );
+        assert_eq!(
+            picked(&images, &one, "linux/amd64").unwrap(),
+            "PLATFORM=linux/arm64/v8"
+        );
     }
 }

@@ -8,7 +8,9 @@ use crate::images::normalize_tag;
 use anyhow::{Context, Result, anyhow};
 use kiln_cache::{Digest, Store, TagRecord};
 use kiln_frontend::graph::Platform;
-use kiln_registry::{Client, ClientOptions, Progress, PushOptions, PushReport, Reference};
+use kiln_registry::{
+    Client, ClientOptions, Progress, PushOptions, PushReport, Reference, RegistryError,
+};
 
 /// How kiln talks to registries (global flags).
 #[derive(Debug, Clone, Default)]
@@ -59,6 +61,16 @@ impl Progress for LineProgress {
             eprintln!("{}: {how}", short(digest));
         }
     }
+}
+
+/// Parses an image name given by the user (`-t`, `tag`, `FROM`, `push`, `pull`) with
+/// the one reference grammar, Docker's; the error is Docker's own message
+/// (`invalid reference format: repository name (library/Bad) must be lowercase`).
+pub fn parse_name(name: &str) -> std::result::Result<Reference, String> {
+    Reference::parse(name).map_err(|e| match e {
+        RegistryError::InvalidReference { reason, .. } => reason,
+        e => e.to_string(),
+    })
 }
 
 /// The name a reference is tagged under in the store: Docker's familiar form
@@ -114,12 +126,7 @@ impl Remote {
         progress: &dyn Progress,
     ) -> Result<String> {
         let r = Reference::parse(reference)?;
-        let p = kiln_registry::Platform {
-            os: platform.os.clone(),
-            architecture: platform.architecture.clone(),
-            variant: (!platform.variant.is_empty()).then(|| platform.variant.clone()),
-        };
-        let pulled = self.client()?.pull(&r, &p, store, progress)?;
+        let pulled = self.client()?.pull(&r, platform, store, progress)?;
         if r.digest.is_none() {
             store.tag_set(
                 &normalize_tag(reference),

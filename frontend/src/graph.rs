@@ -16,71 +16,9 @@ use sha2::{Digest as _, Sha256};
 use crate::error::Range;
 use crate::instructions::Mount;
 
-/// A platform (`linux/amd64`, `linux/arm64/v8`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct Platform {
-    /// `linux`.
-    pub os: String,
-    /// `amd64`, `arm64`, ...
-    pub architecture: String,
-    /// `v7`, `v8`, or empty.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub variant: String,
-}
-
-impl Platform {
-    /// The platform kiln runs on.
-    pub fn host() -> Platform {
-        let architecture = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            "x86" => "386",
-            "arm" => "arm",
-            "powerpc64" => "ppc64le",
-            "s390x" => "s390x",
-            "riscv64" => "riscv64",
-            other => other,
-        };
-        Platform {
-            os: "linux".to_string(),
-            architecture: architecture.to_string(),
-            variant: String::new(),
-        }
-    }
-
-    /// Parses `os/arch[/variant]`.
-    pub fn parse(s: &str) -> Result<Platform, String> {
-        let parts: Vec<&str> = s.split('/').collect();
-        match parts.as_slice() {
-            [os, arch] | [os, arch, _] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
-                os: os.to_ascii_lowercase(),
-                architecture: normalize_arch(arch),
-                variant: parts.get(2).map(|v| v.to_string()).unwrap_or_default(),
-            }),
-            _ => Err(format!(
-                "invalid platform {s:?}: expected os/arch[/variant]"
-            )),
-        }
-    }
-}
-
-fn normalize_arch(arch: &str) -> String {
-    match arch.to_ascii_lowercase().as_str() {
-        "x86_64" | "x86-64" => "amd64".to_string(),
-        "aarch64" => "arm64".to_string(),
-        other => other.to_string(),
-    }
-}
-
-impl std::fmt::Display for Platform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if !self.variant.is_empty() {
-            write!(f, "/{}", self.variant)?;
-        }
-        Ok(())
-    }
-}
+/// The build's platforms: kiln's one platform type, shared with the registry client
+/// (see `kiln_oci` for why it lives below both).
+pub use kiln_oci::Platform;
 
 /// `--chown` after expansion: names are resolved against the image at build time.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]

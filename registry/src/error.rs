@@ -12,18 +12,10 @@ pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RegistryError {
-    /// An image reference could not be parsed.
-    #[error("invalid image reference {input:?}: {reason}")]
+    /// An image reference is outside Docker's grammar; `reason` is Docker's own
+    /// message ("invalid reference format[: ...]").
+    #[error("{input:?}: {reason}")]
     InvalidReference {
-        /// The rejected input.
-        input: String,
-        /// Why.
-        reason: String,
-    },
-
-    /// A platform string could not be parsed.
-    #[error("invalid platform {input:?}: {reason} (expected os/arch[/variant], e.g. linux/arm64)")]
-    InvalidPlatform {
         /// The rejected input.
         input: String,
         /// Why.

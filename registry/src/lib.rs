@@ -3,7 +3,7 @@
 //! * [`Reference`]: image references with Docker's normalisation
 //!   (`busybox` → `docker.io/library/busybox:latest`).
 //! * [`Platform`]: `os/arch[/variant]`, used to pick an image out of an OCI
-//!   index or a Docker manifest list.
+//!   index or a Docker manifest list (kiln's one platform type, from `kiln-oci`).
 //! * [`Client`]: a blocking client. [`Client::pull`] streams an image into a
 //!   [`kiln_cache::Store`], [`Client::push`] pushes one from it,
 //!   [`Client::check_login`] verifies credentials.
@@ -27,7 +27,6 @@ mod client;
 pub mod credentials;
 mod error;
 pub mod net;
-mod platform;
 mod progress;
 mod pull;
 mod push;
@@ -37,50 +36,14 @@ mod sources;
 pub use auth::Challenge;
 pub use client::{Client, ClientOptions};
 pub use error::{RegistryError, Result};
-pub use platform::Platform;
+pub use kiln_oci::Platform;
 pub use progress::{NoProgress, Progress};
 pub use pull::{Pulled, PulledBlob};
 pub use push::{PushOptions, PushReport};
 pub use reference::Reference;
 
-/// Media types kiln reads and writes.
-pub mod media_types {
-    /// OCI image manifest.
-    pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-    /// OCI image index.
-    pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-    /// OCI image config.
-    pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-    /// OCI gzip layer.
-    pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-    /// OCI uncompressed layer.
-    pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
-    /// OCI zstd layer.
-    pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
-    /// Docker schema 2 manifest.
-    pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-    /// Docker manifest list.
-    pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-    /// Docker image config.
-    pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-    /// Docker gzip layer.
-    pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-    /// Docker uncompressed layer (accepted by registries, rarely seen).
-    pub const DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
-    /// Docker foreign (non-distributable) gzip layer.
-    pub const DOCKER_FOREIGN_LAYER: &str =
-        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
-
-    /// Whether `mt` is an index / manifest list.
-    pub fn is_index(mt: &str) -> bool {
-        mt == OCI_INDEX || mt == DOCKER_LIST
-    }
-
-    /// Whether `mt` is a single-image manifest.
-    pub fn is_manifest(mt: &str) -> bool {
-        mt == OCI_MANIFEST || mt == DOCKER_MANIFEST
-    }
-}
+/// Media types kiln reads and writes (kiln's one list, from `kiln-oci`).
+pub use kiln_oci::media_types;
 
 /// Largest manifest or index accepted from a registry (or read from the
 /// store to push). Docker and containerd use the same 4 MiB limit.

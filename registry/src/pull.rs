@@ -4,6 +4,7 @@
 use std::io::{Read, Write};
 
 use kiln_cache::{CacheError, Digest, Store, sha256_of};
+use kiln_oci::Platform;
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use reqwest::StatusCode;
 use reqwest::blocking::Response;
@@ -12,7 +13,6 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use crate::client::{Client, Ctx, pull_scope};
 use crate::error::{RegistryError, Result};
 use crate::media_types::{self, is_index, is_manifest};
-use crate::platform::Platform;
 use crate::progress::Progress;
 use crate::reference::Reference;
 use crate::{MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, sources};
@@ -410,8 +410,8 @@ mod tests {
             media_types::OCI_INDEX
         );
         assert_eq!(
-            media_type_of(bare_index, Some(media_types::DOCKER_LIST)).unwrap(),
-            media_types::DOCKER_LIST
+            media_type_of(bare_index, Some(media_types::DOCKER_MANIFEST_LIST)).unwrap(),
+            media_types::DOCKER_MANIFEST_LIST
         );
         let bare = br#"{"schemaVersion":2,"config":{},"layers":[]}"#;
         assert_eq!(

@@ -452,7 +452,7 @@ fn to_docker(bytes: &[u8], target: &Reference) -> Result<Vec<u8>> {
                 Some(mt::OCI_LAYER_GZIP) | Some(mt::DOCKER_LAYER_GZIP) => mt::DOCKER_LAYER_GZIP,
                 Some(mt::OCI_LAYER_TAR) | Some(mt::DOCKER_LAYER_TAR) => mt::DOCKER_LAYER_TAR,
                 Some("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip")
-                | Some(mt::DOCKER_FOREIGN_LAYER) => mt::DOCKER_FOREIGN_LAYER,
+                | Some(mt::DOCKER_FOREIGN_LAYER_GZIP) => mt::DOCKER_FOREIGN_LAYER_GZIP,
                 _ => return Err(refuse(layer)),
             };
             layer["mediaType"] = new.into();

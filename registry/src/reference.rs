@@ -29,66 +29,84 @@ pub struct Reference {
 
 impl Reference {
     /// Parse and normalise a reference, e.g. `busybox`,
-    /// `ghcr.io/o/app:1.2`, `localhost:5000/app@sha256:...`.
+    /// `ghcr.io/o/app:1.2`, `localhost:5000/app@sha256:...`, with Docker's grammar
+    /// and messages (distribution's `ParseNormalizedNamed`): `Bad:1` is refused with
+    /// "invalid reference format: repository name (library/Bad) must be lowercase",
+    /// `bad:1:2` with "invalid reference format". A first component is a registry
+    /// host only if it has a `.` or a `:` or is `localhost` (so `UPPER/case` is an
+    /// uppercase repository, refused, not a host named `UPPER`).
     pub fn parse(input: &str) -> Result<Reference> {
-        let bad = |reason: &str| RegistryError::InvalidReference {
+        let bad = |reason: String| RegistryError::InvalidReference {
             input: input.to_owned(),
-            reason: reason.to_owned(),
+            reason,
         };
+        let format = || bad(FORMAT.to_owned());
         if input.is_empty() {
-            return Err(bad("empty"));
+            return Err(bad(
+                "repository name must have at least one component".into()
+            ));
         }
-        if input.len() > 4096 {
-            return Err(bad("too long"));
+        if input.len() == 64
+            && input
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return Err(bad(format!(
+                "invalid repository name ({input}), cannot specify 64-byte hexadecimal strings"
+            )));
         }
-        let (rest, digest) = match input.split_once('@') {
+        // Docker's splitDockerDomain.
+        let (registry, remainder) = match input.split_once('/') {
+            Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
+                (first, rest.to_owned())
+            }
+            _ => (DOCKER_HUB, input.to_owned()),
+        };
+        let registry = match registry {
+            "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB,
+            r => r,
+        };
+        let remainder = if registry == DOCKER_HUB && !remainder.contains('/') {
+            format!("library/{remainder}")
+        } else {
+            remainder
+        };
+        let remote = remainder.split([':', '@']).next().unwrap_or_default();
+        if remote.to_ascii_lowercase() != remote {
+            return Err(bad(format!(
+                "{FORMAT}: repository name ({remote}) must be lowercase"
+            )));
+        }
+        let (rest, digest) = match remainder.split_once('@') {
             Some((rest, d)) => {
-                kiln_cache::Digest::parse(d).map_err(|e| bad(&e.to_string()))?;
+                kiln_cache::Digest::parse(d).map_err(|e| bad(format!("{FORMAT}: {e}")))?;
                 (rest, Some(d.to_owned()))
             }
-            None => (input, None),
+            None => (remainder.as_str(), None),
         };
-        // A tag is after the last ':' that follows the last '/'.
-        let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
-        let (name, tag) = match rest[last_slash..].rfind(':') {
-            Some(i) => {
-                let i = last_slash + i;
-                (&rest[..i], Some(rest[i + 1..].to_owned()))
-            }
+        let (repository, tag) = match rest.split_once(':') {
+            Some((repo, tag)) => (repo, Some(tag.to_owned())),
             None => (rest, None),
         };
-        if let Some(tag) = &tag {
-            validate_tag(tag).map_err(bad)?;
+        if !valid_host(registry)
+            || !repository.split('/').all(valid_component)
+            || !tag.as_deref().is_none_or(valid_tag)
+        {
+            return Err(format());
         }
-        let (registry, repository) = match name.split_once('/') {
-            Some((first, path))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
-            {
-                (first.to_owned(), path.to_owned())
-            }
-            _ => (DOCKER_HUB.to_owned(), name.to_owned()),
-        };
-        if registry.is_empty() || registry.contains(|c: char| c.is_whitespace() || c == '/') {
-            return Err(bad("invalid registry host"));
+        if registry.len() + 1 + repository.len() > 255 {
+            return Err(bad(
+                "repository name must not be more than 255 characters".into()
+            ));
         }
-        let registry = match registry.as_str() {
-            "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_owned(),
-            _ => registry,
-        };
-        let repository = if registry == DOCKER_HUB && !repository.contains('/') {
-            format!("library/{repository}")
-        } else {
-            repository
-        };
-        validate_repository(&repository).map_err(bad)?;
         let tag = if tag.is_none() && digest.is_none() {
             Some("latest".to_owned())
         } else {
             tag
         };
         Ok(Reference {
-            registry,
-            repository,
+            registry: registry.to_owned(),
+            repository: repository.to_owned(),
             tag,
             digest,
         })
@@ -124,21 +142,27 @@ impl Reference {
     /// Docker's short form: `busybox:latest` for
     /// `docker.io/library/busybox:latest`, `o/app:1` for `docker.io/o/app:1`.
     pub fn familiar(&self) -> String {
-        let mut s = String::new();
-        if self.registry != DOCKER_HUB {
-            s.push_str(&self.registry);
-            s.push('/');
-        }
-        let repo = if self.registry == DOCKER_HUB {
-            self.repository
-                .strip_prefix("library/")
-                .unwrap_or(&self.repository)
-        } else {
-            &self.repository
-        };
-        s.push_str(repo);
+        let mut s = self.familiar_repository();
         self.push_suffix(&mut s);
         s
+    }
+
+    /// The repository as Docker shows it, without tag or digest: `busybox`,
+    /// `o/app`, `ghcr.io/o/app` (a `docker save` `repositories` key).
+    pub fn familiar_repository(&self) -> String {
+        if self.registry != DOCKER_HUB {
+            return format!("{}/{}", self.registry, self.repository);
+        }
+        match self.repository.strip_prefix("library/") {
+            Some(rest) if !rest.contains('/') => rest.to_owned(),
+            _ => self.repository.clone(),
+        }
+    }
+
+    /// The fully qualified repository, without tag or digest:
+    /// `docker.io/library/busybox`.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
     }
 
     /// The host serving the registry API (`registry-1.docker.io` for
@@ -197,59 +221,68 @@ impl FromStr for Reference {
     }
 }
 
-fn validate_tag(tag: &str) -> std::result::Result<(), &'static str> {
-    let ok_first = tag
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !ok_first
-        || tag.len() > 128
-        || !tag
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-    {
-        return Err("invalid tag (allowed: [A-Za-z0-9_][A-Za-z0-9_.-]{0,127})");
-    }
-    Ok(())
+/// Docker's message for anything outside the grammar.
+const FORMAT: &str = "invalid reference format";
+
+/// `[\w][\w.-]{0,127}`.
+fn valid_tag(tag: &str) -> bool {
+    let b = tag.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
-/// Distribution's grammar: components of `[a-z0-9]+` joined by `.`, `_`,
-/// `__` or runs of `-`, separated by `/`.
-fn validate_repository(repo: &str) -> std::result::Result<(), &'static str> {
-    if repo.is_empty() {
-        return Err("empty repository name");
+/// A path component: `[a-z0-9]+` runs joined by `.`, `_`, `__` or runs of `-`.
+fn valid_component(comp: &str) -> bool {
+    let b = comp.as_bytes();
+    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
     }
-    if repo.len() > 255 {
-        return Err("repository name longer than 255 characters");
-    }
-    for comp in repo.split('/') {
-        let bytes = comp.as_bytes();
-        let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-        if bytes.is_empty() || !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
-            return Err("repository components must start and end with [a-z0-9]");
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
         }
-        let mut i = 0;
-        while i < bytes.len() {
-            let b = bytes[i];
-            if alnum(b) {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i < bytes.len() && !alnum(bytes[i]) {
-                i += 1;
-            }
-            let sep = &comp[start..i];
-            let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|c| c == b'-');
-            if !ok {
-                return Err(
-                    "repository names may only contain lowercase letters, digits and single \
-                     separators (., _, __, -)",
-                );
-            }
+        let start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &comp[start..i];
+        if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|c| c == b'-')) {
+            return false;
         }
     }
-    Ok(())
+    true
+}
+
+/// `host[:port]`: a DNS name (components of `[a-zA-Z0-9]` and inner `-`, joined by
+/// `.`), an IPv4 address, or `[IPv6]`.
+fn valid_host(registry: &str) -> bool {
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit());
+    if let Some(rest) = registry.strip_prefix('[') {
+        let Some((v6, port)) = rest.split_once(']') else {
+            return false;
+        };
+        return !v6.is_empty()
+            && v6.bytes().all(|c| c.is_ascii_hexdigit() || c == b':')
+            && (port.is_empty() || port.strip_prefix(':').is_some_and(digits));
+    }
+    let (host, port) = match registry.split_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (registry, None),
+    };
+    port.is_none_or(digits)
+        && host.split('.').all(|c| {
+            let b = c.as_bytes();
+            !b.is_empty()
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.iter().all(|x| x.is_ascii_alphanumeric() || *x == b'-')
+        })
 }
 
 #[cfg(test)]
@@ -319,6 +352,8 @@ mod tests {
             let r = Reference::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
             assert_eq!(r.to_string(), *full, "{input}");
             assert_eq!(r.familiar(), *familiar, "{input}");
+            assert!(familiar.starts_with(&r.familiar_repository()), "{input}");
+            assert!(full.starts_with(&r.name()), "{input}");
             assert_eq!(Reference::parse(full).unwrap(), r, "round trip {full}");
         }
     }
@@ -339,8 +374,6 @@ mod tests {
     #[test]
     fn rejects() {
         for bad in [
-            "",
-            "Busybox",
             "app:",
             "app:-x",
             "a//b",
@@ -351,13 +384,55 @@ mod tests {
             "busybox@md5:abc",
             "ghcr.io/",
             "a b",
+            "bad:tag:x",
+            "ex_ample.com/app",
+            "host:port/app",
+            "[::1/app",
         ] {
-            let err = Reference::parse(bad).unwrap_err();
+            let err = Reference::parse(bad).unwrap_err().to_string();
             assert!(
-                err.to_string().contains("invalid image reference"),
-                "{bad}: {err}"
+                err.starts_with(&format!("{bad:?}: invalid reference format")),
+                "{err}"
             );
         }
+    }
+
+    /// Regression: `kiln build -t Bad:Tag:x` and `-t UPPER/case` were accepted (only
+    /// push refused them); Docker's messages, word for word.
+    #[test]
+    fn docker_messages() {
+        let reason = |s: &str| match Reference::parse(s).unwrap_err() {
+            RegistryError::InvalidReference { reason, .. } => reason,
+            e => panic!("{e}"),
+        };
+        assert_eq!(
+            reason("Bad:Tag:x"),
+            "invalid reference format: repository name (library/Bad) must be lowercase"
+        );
+        assert_eq!(
+            reason("UPPER/case"),
+            "invalid reference format: repository name (UPPER/case) must be lowercase"
+        );
+        assert_eq!(
+            reason("Busybox"),
+            "invalid reference format: repository name (library/Busybox) must be lowercase"
+        );
+        assert_eq!(reason("bad:tag:x"), "invalid reference format");
+        assert_eq!(
+            reason(""),
+            "repository name must have at least one component"
+        );
+        let hex = "a".repeat(64);
+        assert_eq!(
+            reason(&hex),
+            format!("invalid repository name ({hex}), cannot specify 64-byte hexadecimal strings")
+        );
+        assert_eq!(
+            reason(&format!("q.io/{}", "a".repeat(251))),
+            "repository name must not be more than 255 characters"
+        );
+        // An uppercase registry host is a host, as Docker has it.
+        assert_eq!(Reference::parse("Q.io/app").unwrap().registry, "Q.io");
     }
 
     #[test]

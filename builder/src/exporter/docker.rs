@@ -57,7 +57,7 @@ pub fn write_docker_archive(
 
     let manifest = [ManifestEntry {
         config: config_path,
-        repo_tags: refs.iter().map(|r| r.familiar_name()).collect(),
+        repo_tags: refs.iter().map(|r| r.familiar()).collect(),
         layers: layer_paths,
     }];
     let json_err = |source| ExportError::Json {
@@ -77,7 +77,7 @@ pub fn write_docker_archive(
             repositories
                 .entry(r.familiar_repository())
                 .or_default()
-                .insert(r.tag().to_string(), top.to_string());
+                .insert(super::tag_of(r).to_string(), top.to_string());
         }
         if !repositories.is_empty() {
             entries.insert(

@@ -10,7 +10,6 @@
 
 mod docker;
 mod oci;
-mod reference;
 mod util;
 
 #[cfg(test)]
@@ -19,9 +18,10 @@ mod tests;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use kiln_registry::Reference;
+
 pub use docker::write_docker_archive;
 pub use oci::{write_oci_archive, write_oci_layout};
-pub use reference::ImageRef;
 
 /// Gives the path of a blob in the store from its digest (`sha256:<hex>`).
 pub type BlobPath<'a> = &'a dyn Fn(&str) -> PathBuf;
@@ -29,14 +29,12 @@ pub type BlobPath<'a> = &'a dyn Fn(&str) -> PathBuf;
 /// Errors from the exporters; each names the path, digest or reference concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    /// A tag is not a valid `name[:tag]` reference.
-    #[error("invalid image reference {reference:?}: {reason}")]
-    InvalidReference {
-        /// The reference as given.
-        reference: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
+    /// A tag is not a valid `name[:tag]` reference (Docker's grammar, as everywhere).
+    #[error("invalid tag for the export: {0}")]
+    InvalidReference(#[from] kiln_registry::RegistryError),
+    /// A tag names a digest (`name@sha256:...`): an export needs a tag.
+    #[error("invalid tag for the export {0:?}: a digest reference cannot name an export")]
+    DigestReference(String),
     /// A digest is not `sha256:` followed by 64 lowercase hex digits.
     #[error("invalid digest {digest:?}: expected sha256:<64 lowercase hex digits>")]
     InvalidDigest {
@@ -133,15 +131,23 @@ fn blob_rel_path(digest: &str) -> Result<String> {
 
 /// Parses all tags up front, so that a bad one fails the export before anything is
 /// written; duplicates (after normalisation) are dropped.
-fn parse_tags(tags: &[String]) -> Result<Vec<ImageRef>> {
-    let mut refs: Vec<ImageRef> = Vec::with_capacity(tags.len());
+fn parse_tags(tags: &[String]) -> Result<Vec<Reference>> {
+    let mut refs: Vec<Reference> = Vec::with_capacity(tags.len());
     for tag in tags {
-        let r = ImageRef::parse(tag)?;
+        let r = Reference::parse(tag)?;
+        if r.digest.is_some() {
+            return Err(ExportError::DigestReference(tag.clone()));
+        }
         if !refs.contains(&r) {
             refs.push(r);
         }
     }
     Ok(refs)
+}
+
+/// The tag of a reference [`parse_tags`] accepted (`latest` if it had none).
+fn tag_of(r: &Reference) -> &str {
+    r.tag.as_deref().unwrap_or("latest")
 }
 
 /// The directory a destination file lives in (`.` for a bare file name).

@@ -6,10 +6,12 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
+use kiln_registry::Reference;
 use oci_spec::image::{ANNOTATION_REF_NAME, Descriptor, ImageIndex, ImageIndexBuilder, MediaType};
 
 use super::util::{Source, atomic_write, io_err, link_or_copy_layer, write_archive, write_blob};
-use super::{BlobPath, ExportError, ImageRef, Result, blob_rel_path, digest_hex, parse_tags};
+
+use super::{BlobPath, ExportError, Result, blob_rel_path, digest_hex, parse_tags, tag_of};
 use crate::image::{BuiltImage, canonical_json};
 use crate::untrusted::{Layout, MAX_LAYOUT_JSON};
 
@@ -33,7 +35,7 @@ pub(crate) fn check_image_digests(image: &BuiltImage) -> Result<()> {
 /// The index entries for the image: one per tag, annotated with the tag as
 /// `org.opencontainers.image.ref.name` and the full name as `io.containerd.image.name`,
 /// or a single unannotated one when there are no tags.
-fn tagged_descriptors(image: &BuiltImage, refs: &[ImageRef]) -> Vec<Descriptor> {
+fn tagged_descriptors(image: &BuiltImage, refs: &[Reference]) -> Vec<Descriptor> {
     if refs.is_empty() {
         return vec![image.manifest_descriptor.clone()];
     }
@@ -41,8 +43,8 @@ fn tagged_descriptors(image: &BuiltImage, refs: &[ImageRef]) -> Vec<Descriptor> 
         .map(|r| {
             let mut d = image.manifest_descriptor.clone();
             let mut annotations = d.annotations().clone().unwrap_or_default();
-            annotations.insert(ANNOTATION_REF_NAME.to_string(), r.tag().to_string());
-            annotations.insert(ANNOTATION_CONTAINERD_NAME.to_string(), r.full_name());
+            annotations.insert(ANNOTATION_REF_NAME.to_string(), tag_of(r).to_string());
+            annotations.insert(ANNOTATION_CONTAINERD_NAME.to_string(), r.to_string());
             d.set_annotations(Some(annotations));
             d
         })

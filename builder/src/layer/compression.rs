@@ -7,12 +7,10 @@ use flate2::read::MultiGzDecoder;
 
 use super::error::LayerError;
 
-/// Media type of an uncompressed OCI layer.
-pub const MEDIA_TYPE_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
-/// Media type of a gzip-compressed OCI layer.
-pub const MEDIA_TYPE_LAYER_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-/// Media type of a zstd-compressed OCI layer.
-pub const MEDIA_TYPE_LAYER_TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub use kiln_oci::media_types::{
+    OCI_LAYER_GZIP as MEDIA_TYPE_LAYER_TAR_GZIP, OCI_LAYER_TAR as MEDIA_TYPE_LAYER_TAR,
+    OCI_LAYER_ZSTD as MEDIA_TYPE_LAYER_TAR_ZSTD,
+};
 
 /// How a layer's tar stream is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

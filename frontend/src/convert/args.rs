@@ -9,13 +9,13 @@ impl Converter<'_> {
         let b = &self.opts.build_platform;
         [
             ("TARGETPLATFORM", t.to_string()),
-            ("TARGETOS", t.os.clone()),
-            ("TARGETARCH", t.architecture.clone()),
-            ("TARGETVARIANT", t.variant.clone()),
+            ("TARGETOS", t.os().to_owned()),
+            ("TARGETARCH", t.architecture().to_owned()),
+            ("TARGETVARIANT", t.variant().unwrap_or_default().to_owned()),
             ("BUILDPLATFORM", b.to_string()),
-            ("BUILDOS", b.os.clone()),
-            ("BUILDARCH", b.architecture.clone()),
-            ("BUILDVARIANT", b.variant.clone()),
+            ("BUILDOS", b.os().to_owned()),
+            ("BUILDARCH", b.architecture().to_owned()),
+            ("BUILDVARIANT", b.variant().unwrap_or_default().to_owned()),
         ]
         .into_iter()
         .fold(Vars::default(), |mut vars, (k, v)| {

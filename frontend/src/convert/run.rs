@@ -25,7 +25,7 @@ impl Converter<'_> {
                     .flatten()
                     .is_some();
             let body = run.files[0].body();
-            if lone && body.starts_with("#!") && st.platform.os != "windows" {
+            if lone && body.starts_with("#!") && st.platform.os() != "windows" {
                 // As BuildKit: the body becomes an executable file mounted read-only
                 // under /dev/pipes/, and the shell runs that file, so the kernel hands
                 // it to the interpreter its `#!` line names.

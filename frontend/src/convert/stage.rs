@@ -221,7 +221,7 @@ impl Converter<'_> {
         let platform = match &stage.platform {
             Some(p) => {
                 let p = self.expand_meta(p, stage.range)?;
-                Platform::parse(&p).map_err(|m| Diagnostic::at(stage.range, m))?
+                Platform::parse(&p).map_err(|e| Diagnostic::at(stage.range, e.to_string()))?
             }
             None => self.opts.target_platform.clone(),
         };

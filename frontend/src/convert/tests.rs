@@ -172,7 +172,7 @@ fn platform_args() {
     let p = plan(
         "FROM --platform=$BUILDPLATFORM a AS b\nARG TARGETARCH\nARG BUILDARCH\nRUN echo $TARGETARCH $BUILDARCH\n",
     );
-    assert_eq!(p.target_stage().platform.architecture, "arm64");
+    assert_eq!(p.target_stage().platform.architecture(), "arm64");
     let e = &execs(&p)[0];
     assert!(e.env.contains(&"TARGETARCH=amd64".to_string()));
     assert!(e.env.contains(&"BUILDARCH=arm64".to_string()));

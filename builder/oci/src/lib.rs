@@ -1,0 +1,20 @@
+//! kiln's shared OCI and domain types.
+//!
+//! The frontend (which must stay free of network and store code) and the registry
+//! client (which must not know Dockerfiles) both need the same platform type: the
+//! frontend to expand `TARGETPLATFORM` and key `FROM --platform`, the registry to pick
+//! an image out of an index, the builder to pick one out of a stored index or layout.
+//! Two copies normalised differently once (`linux/arm64/v8` did not find an `arm64`
+//! entry), so the type lives here, below all three, over oci-spec's own descriptors.
+//!
+//! * [`Platform`]: `os/arch[/variant]`, normalised as containerd does, and
+//!   [`Platform::pick`], containerd's `platforms.Only` matcher over an index.
+//! * [`media_types`]: every OCI and Docker media type kiln reads or writes.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod media_types;
+mod platform;
+
+pub use platform::{Platform, PlatformError};

@@ -199,7 +199,11 @@ mod tests {
 
     #[test]
     fn unmet_requirements_skip_on_a_developer_machine() {
-        assert!(!gate(false, false, "(self-test of the skip path: nothing is skipped)"));
+        assert!(!gate(
+            false,
+            false,
+            "(self-test of the skip path: nothing is skipped)"
+        ));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use kiln_frontend::convert::{self, Base, ConvertOptions, Plan};
 use kiln_frontend::error::shorten;
 use kiln_frontend::graph::{Op, Platform, VertexId, describe};
 use kiln_frontend::{Diagnostic, dockerignore};
+use kiln_layer::{Compression, LayerOptions, UnpackOptions, WhiteoutMode};
 
 use crate::exporter;
 use crate::fileops::ContextFs;
@@ -18,7 +19,6 @@ use crate::image::{
     self, BuiltImage, HistoryItem, ImageSpec, LayerDesc, MediaTypes, RuntimeConfig,
 };
 use crate::images::{ImageStore, normalize_tag};
-use crate::layer::{Compression, LayerOptions, UnpackOptions, WhiteoutMode};
 use crate::progress::{Progress, ProgressMode, StepLabel};
 use crate::report::{Report, ReportImage, ReportLayer, ReportStep};
 use crate::solver::{self, SolveOptions, Solved};
@@ -477,7 +477,7 @@ fn export_local(store: &Store, built: &BuiltImage, dest: &Path) -> Result<()> {
             whiteouts: WhiteoutMode::Apply,
             allow_devices: crate::snapshots::is_root(),
         };
-        crate::layer::unpack_layer(std::io::BufReader::new(blob), dest, &opts)
+        kiln_layer::unpack_layer(std::io::BufReader::new(blob), dest, &opts)
             .with_context(|| format!("writing layer {} to {}", l.digest, dest.display()))?;
     }
     Ok(())

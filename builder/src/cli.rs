@@ -8,11 +8,11 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::build::{BuildRequest, DockerfileError, OutputSpec, build};
-use crate::layer::Compression;
 use crate::progress::ProgressMode;
 use kiln_frontend::convert::{self, ConvertOptions, NoResolver};
 use kiln_frontend::graph::Platform;
 use kiln_frontend::{Diagnostic, dockerignore, parser};
+use kiln_layer::Compression;
 
 /// kiln: build OCI images from Dockerfiles.
 #[derive(Parser, Debug)]

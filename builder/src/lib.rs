@@ -1,5 +1,6 @@
 //! kiln's builder: the solver, the worker that executes build ops against the store,
-//! layers, exporters, reports, and the `kiln` command line.
+//! layers (written and unpacked by `kiln_layer`), exporters, reports, and the `kiln`
+//! command line.
 #![deny(missing_docs)]
 
 pub mod build;
@@ -12,7 +13,6 @@ pub mod fileops;
 pub mod image;
 pub mod images;
 pub mod interrupt;
-pub mod layer;
 pub mod plan;
 pub mod progress;
 pub mod remote;

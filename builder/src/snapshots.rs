@@ -7,9 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use kiln_cache::{Digest, Store};
+use kiln_layer::{UnpackOptions, WhiteoutMode};
 use serde::{Deserialize, Serialize};
-
-use crate::layer::{self, UnpackOptions, WhiteoutMode};
 
 /// A layer of an image or a build result.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -96,7 +95,7 @@ impl Snapshots {
             },
             allow_devices: is_root(),
         };
-        layer::unpack_layer(std::io::BufReader::new(blob), tmp.path(), &opts)
+        kiln_layer::unpack_layer(std::io::BufReader::new(blob), tmp.path(), &opts)
             .with_context(|| format!("unpacking layer {}", layer_ref.digest))?;
         self.commit(tmp, &layer_ref.diff_id)
     }

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use kiln_builder::layer::{UnpackOptions, WhiteoutMode, unpack_layer};
+use kiln_layer::{UnpackOptions, WhiteoutMode, unpack_layer};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

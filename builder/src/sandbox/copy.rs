@@ -10,11 +10,11 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use kiln_layer::is_overlay_xattr;
 use rustix::fs::{AtFlags, CWD, FileType, Gid, Mode, Uid};
 
 use crate::fileops::name::{encode, to_path};
 use crate::fileops::{LayeredFs, SourceFs};
-use crate::layer::is_overlay_xattr;
 
 fn join(rel: &str, name: &str) -> String {
     if rel.is_empty() {

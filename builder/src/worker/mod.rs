@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, Result, anyhow};
 use kiln_cache::{StatMemo, Store};
 use kiln_frontend::graph::{FileAction, Op, Platform, Vertex, VertexId};
+use kiln_layer::LayerOptions;
 use serde::{Deserialize, Serialize};
 
 use crate::cachekey::{self, KeySource};
@@ -19,7 +20,6 @@ use crate::fileops::{
     ContextFs, CopyOptions, Entry, LayeredFs, SourceFs, Upper, apply_chmod, resolve_chown,
 };
 use crate::images::ImageStore;
-use crate::layer::{self, LayerOptions};
 use crate::sandbox::{Runtime, SnapshotterKind};
 use crate::snapshots::{LayerRef, Snapshots, is_empty_dir};
 use crate::solver::{Reporter, Worker};
@@ -257,7 +257,7 @@ impl<'a> BuildWorker<'a> {
         let mut writer = self.store.blob_writer()?;
         let info = {
             let mut buf = BufWriter::with_capacity(1 << 20, &mut writer);
-            let info = layer::write_layer(dir.path(), &self.layer_opts, &mut buf)?;
+            let info = kiln_layer::write_layer(dir.path(), &self.layer_opts, &mut buf)?;
             std::io::Write::flush(&mut buf)?;
             info
         };

@@ -7,6 +7,12 @@
 //! - [`unpack_layer`] extracts a layer blob under a destination directory
 //!   without ever writing outside it, converting whiteouts as asked
 //!   ([`WhiteoutMode`]).
+//!
+//! It knows nothing about builds: the builder calls it to turn a step's diff
+//! into a blob and a pulled blob into a snapshot.
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod compression;
 mod digest;
@@ -27,6 +33,5 @@ pub use error::LayerError;
 pub use unpack::{
     MAX_PATH_DEPTH, MAX_PATH_LEN, UnpackInfo, UnpackOptions, WhiteoutMode, unpack_layer,
 };
-pub(crate) use whiteout::is_overlay_xattr;
-pub use whiteout::{OPAQUE_WHITEOUT, WHITEOUT_PREFIX};
+pub use whiteout::{OPAQUE_WHITEOUT, WHITEOUT_PREFIX, is_overlay_xattr};
 pub use write::{LayerInfo, LayerOptions, SkipFn, is_empty_dir, write_layer};

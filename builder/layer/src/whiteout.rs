@@ -20,6 +20,6 @@ pub(super) const USER_OPAQUE_XATTR: &str = "user.overlay.opaque";
 
 /// Whether an xattr name belongs to overlayfs' private namespaces, which are
 /// never written to layers nor taken from them.
-pub(crate) fn is_overlay_xattr(name: &[u8]) -> bool {
+pub fn is_overlay_xattr(name: &[u8]) -> bool {
     name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
 }

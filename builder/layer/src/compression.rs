@@ -360,22 +360,31 @@ pub(super) fn detect(mut blob: impl Read) -> io::Result<(Compression, Decoder<im
         }
     }
     let head = &magic[..n];
+    let compression = Compression::sniff(head);
     let stream = io::Cursor::new(head.to_vec()).chain(blob);
-    Ok(if head.starts_with(GZIP_MAGIC) {
-        (
-            Compression::default(),
-            Decoder::Gzip(Box::new(MultiGzDecoder::new(stream))),
-        )
-    } else if head.starts_with(ZSTD_MAGIC) {
-        (
+    let decoder = match compression {
+        Compression::Gzip { .. } => Decoder::Gzip(Box::new(MultiGzDecoder::new(stream))),
+        Compression::Zstd { .. } => Decoder::Zstd(zstd::stream::read::Decoder::new(stream)?),
+        Compression::Uncompressed => Decoder::Plain(stream),
+    };
+    Ok((compression, decoder))
+}
+
+impl Compression {
+    /// The compression of a blob whose first bytes are `head`, by magic number:
+    /// gzip, zstd, or otherwise a plain tar. A stream does not record its level, so
+    /// the level is the default one.
+    pub fn sniff(head: &[u8]) -> Self {
+        if head.starts_with(GZIP_MAGIC) {
+            Compression::default()
+        } else if head.starts_with(ZSTD_MAGIC) {
             Compression::Zstd {
                 level: Compression::DEFAULT_ZSTD_LEVEL,
-            },
-            Decoder::Zstd(zstd::stream::read::Decoder::new(stream)?),
-        )
-    } else {
-        (Compression::Uncompressed, Decoder::Plain(stream))
-    })
+            }
+        } else {
+            Compression::Uncompressed
+        }
+    }
 }
 
 impl<R: Read> Read for Decoder<R> {
@@ -385,6 +394,27 @@ impl<R: Read> Read for Decoder<R> {
             Decoder::Zstd(d) => d.read(buf),
             Decoder::Plain(r) => r.read(buf),
         }
+    }
+}
+
+#[cfg(test)]
+mod sniff_tests {
+    use super::*;
+
+    #[test]
+    fn sniff_reads_magic_numbers() {
+        assert_eq!(
+            Compression::sniff(&[0x1f, 0x8b, 8, 0]),
+            Compression::Gzip { level: 6 }
+        );
+        assert_eq!(
+            Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd]),
+            Compression::Zstd { level: 3 }
+        );
+        // A zstd magic cut short, an empty blob and a tar are all plain.
+        assert_eq!(Compression::sniff(&[0x28, 0xb5]), Compression::Uncompressed);
+        assert_eq!(Compression::sniff(&[]), Compression::Uncompressed);
+        assert_eq!(Compression::sniff(b"etc/\0\0\0"), Compression::Uncompressed);
     }
 }
 

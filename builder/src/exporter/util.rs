@@ -6,6 +6,7 @@ use std::io::{self, BufRead, BufReader, Read, Seek, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use kiln_layer::Compression;
 use sha2::{Digest as _, Sha256};
 use tempfile::NamedTempFile;
 
@@ -220,29 +221,6 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// How a layer blob is compressed, from its first bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Compression {
-    /// A plain tar.
-    None,
-    /// gzip (possibly several members, as pigz writes).
-    Gzip,
-    /// zstd (possibly several frames).
-    Zstd,
-}
-
-/// Sniffs the compression of a blob from its magic number.
-pub(crate) fn sniff<R: BufRead>(r: &mut R) -> io::Result<Compression> {
-    let head = r.fill_buf()?;
-    Ok(if head.starts_with(&[0x1f, 0x8b]) {
-        Compression::Gzip
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Compression::Zstd
-    } else {
-        Compression::None
-    })
-}
-
 /// A layer's uncompressed tar, ready to be appended to an archive.
 pub(crate) struct UncompressedLayer {
     /// The tar's bytes, positioned at the start.
@@ -269,8 +247,8 @@ pub(crate) fn uncompressed_layer(
         source,
     };
     let mut reader = BufReader::with_capacity(256 * 1024, file);
-    let compression = sniff(&mut reader).map_err(blob_err)?;
-    if compression == Compression::None {
+    let compression = Compression::sniff(reader.fill_buf().map_err(blob_err)?);
+    if compression == Compression::Uncompressed {
         let mut file = reader.into_inner();
         file.rewind().map_err(blob_err)?;
         return Ok(UncompressedLayer {
@@ -283,10 +261,13 @@ pub(crate) fn uncompressed_layer(
         .map_err(io_err("creating a temporary file in", scratch_dir))?;
     let mut out = Hashing::new(io::BufWriter::with_capacity(256 * 1024, scratch));
     let size = match compression {
-        Compression::Gzip => io::copy(&mut flate2::bufread::MultiGzDecoder::new(reader), &mut out),
-        Compression::Zstd => zstd::stream::read::Decoder::with_buffer(reader)
+        // gzip may have several members (as pigz writes), zstd several frames.
+        Compression::Gzip { .. } => {
+            io::copy(&mut flate2::bufread::MultiGzDecoder::new(reader), &mut out)
+        }
+        Compression::Zstd { .. } => zstd::stream::read::Decoder::with_buffer(reader)
             .and_then(|mut d| io::copy(&mut d, &mut out)),
-        Compression::None => unreachable!("handled above"),
+        Compression::Uncompressed => unreachable!("handled above"),
     }
     .map_err(blob_err)?;
     let (actual, writer) = out.finish();

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Result, anyhow, bail};
+use kiln_oci::digest::Hashing;
 use kiln_registry::net::Timeouts;
-use sha2::{Digest as _, Sha256};
 
 /// A finished download.
 #[derive(Debug)]
@@ -154,7 +154,7 @@ impl Downloads {
             .tempfile_in(&self.dir)
             .map_err(|e| (false, e.into()))?;
         let mut resp = self.timeouts.watch(resp);
-        let mut hasher = Sha256::new();
+        let mut out = Hashing::new(file.as_file_mut());
         let mut buf = vec![0u8; 1 << 16];
         loop {
             let n = resp
@@ -163,11 +163,10 @@ impl Downloads {
             if n == 0 {
                 break;
             }
-            hasher.update(&buf[..n]);
-            file.write_all(&buf[..n]).map_err(|e| (false, e.into()))?;
+            out.write_all(&buf[..n]).map_err(|e| (false, e.into()))?;
         }
-        file.flush().map_err(|e| (false, e.into()))?;
-        let digest = format!("sha256:{}", crate::image::hex(&hasher.finalize()));
+        out.flush().map_err(|e| (false, e.into()))?;
+        let (_, digest, _) = out.finish();
         Ok(Downloaded {
             path: file.into_temp_path(),
             digest,

@@ -19,7 +19,6 @@ use oci_spec::image::{
 };
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 
 pub use kiln_oci::media_types::{
     DOCKER_CONFIG, DOCKER_FOREIGN_LAYER_GZIP, DOCKER_FOREIGN_LAYER_TAR, DOCKER_LAYER_GZIP,
@@ -302,11 +301,8 @@ pub struct ParsedConfig {
     pub diff_ids: Vec<String>,
 }
 
-/// `sha256:<hex>` of `data`.
-pub fn sha256_digest(data: &[u8]) -> String {
-    use sha2::Digest as _;
-    format!("sha256:{}", hex(&Sha256::digest(data)))
-}
+/// `sha256:<hex>` of `data`: kiln's one sha256.
+pub use kiln_oci::digest::sha256_digest;
 
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {

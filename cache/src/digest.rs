@@ -4,8 +4,8 @@ use std::fmt;
 use std::io::{self, Write};
 use std::str::FromStr;
 
+use kiln_oci::digest::{Hashing, sha256_digest};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use crate::error::{CacheError, Result};
 
@@ -86,13 +86,6 @@ pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
     }
 }
 
-fn finish(hasher: Sha256) -> Digest {
-    let out = hasher.finalize();
-    let mut bytes = [0u8; 32];
-    bytes.copy_from_slice(&out);
-    Digest::from_sha256_bytes(&bytes)
-}
-
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -138,11 +131,9 @@ impl AsRef<str> for Digest {
     }
 }
 
-/// The sha256 digest of `bytes`.
+/// The sha256 digest of `bytes` (hashed by kiln's one sha256, in `kiln_oci::digest`).
 pub fn sha256_of(bytes: &[u8]) -> Digest {
-    let mut h = Sha256::new();
-    h.update(bytes);
-    finish(h)
+    Digest(sha256_digest(bytes))
 }
 
 /// A [`Write`] adapter that sha256-hashes and counts every byte written
@@ -150,64 +141,51 @@ pub fn sha256_of(bytes: &[u8]) -> Digest {
 ///
 /// Only bytes the inner writer accepted are hashed, so partial writes are
 /// accounted for correctly. Use `std::io::sink()` as the inner writer to just
-/// hash a stream (e.g. with `std::io::copy`).
-pub struct Sha256Writer<W: Write> {
-    inner: W,
-    hasher: Sha256,
-    count: u64,
-}
+/// hash a stream (e.g. with `std::io::copy`). A [`Digest`]-typed face over
+/// `kiln_oci::digest::Hashing`, kiln's one hashing writer.
+#[derive(Debug)]
+pub struct Sha256Writer<W: Write>(Hashing<W>);
 
 impl<W: Write> Sha256Writer<W> {
     /// Wrap `inner`.
     pub fn new(inner: W) -> Self {
-        Sha256Writer {
-            inner,
-            hasher: Sha256::new(),
-            count: 0,
-        }
+        Sha256Writer(Hashing::new(inner))
     }
 
     /// Number of bytes written so far.
     pub fn bytes_written(&self) -> u64 {
-        self.count
+        self.0.count()
     }
 
     /// The inner writer.
     pub fn get_ref(&self) -> &W {
-        &self.inner
+        self.0.get_ref()
     }
 
     /// The inner writer, mutably. Bytes written directly to it are not hashed.
     pub fn get_mut(&mut self) -> &mut W {
-        &mut self.inner
+        self.0.get_mut()
     }
 
     /// Finish hashing: returns the inner writer (not flushed), the digest
     /// and the byte count.
     pub fn finish(self) -> (W, Digest, u64) {
-        (self.inner, finish(self.hasher), self.count)
+        let (inner, digest, count) = self.0.finish();
+        (inner, Digest(digest), count)
     }
 }
 
 impl<W: Write> Write for Sha256Writer<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
+        self.0.write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.0.write_all(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-impl<W: Write + fmt::Debug> fmt::Debug for Sha256Writer<W> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sha256Writer")
-            .field("inner", &self.inner)
-            .field("count", &self.count)
-            .finish_non_exhaustive()
+        self.0.flush()
     }
 }
 

@@ -11,7 +11,6 @@ use std::fmt::Write;
 use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
-use sha2::{Digest as _, Sha256};
 
 use crate::error::Range;
 use crate::instructions::Mount;
@@ -383,12 +382,6 @@ impl BuildGraph {
     }
 }
 
-/// `sha256:<hex>` of some bytes.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(71);
-    s.push_str("sha256:");
-    for b in Sha256::digest(bytes).iter() {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
+/// `sha256:<hex>` of some bytes: kiln's one sha256, shared with the cache, layer codec
+/// and builder.
+pub use kiln_oci::digest::sha256_digest;

@@ -15,7 +15,6 @@
 #![forbid(unsafe_code)]
 
 mod compression;
-mod digest;
 mod error;
 mod safe_fs;
 mod tar_guard;

@@ -17,12 +17,12 @@ use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
+use kiln_oci::digest::Hashing;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 use tar::EntryType;
 
 use super::compression::detect;
-use super::digest::HashingReader;
 use super::error::LayerError;
 use super::safe_fs::{
     OpenDirError, file_type_at, join, list_dir, normalize, open_dir, os, remove_all_at, split_last,
@@ -118,7 +118,7 @@ pub fn unpack_layer(
         move |source| LayerError::Malformed { reason, source }
     };
     let (_, decoder) = detect(blob).map_err(malformed("cannot read the layer's first bytes"))?;
-    let mut archive = tar::Archive::new(TarGuard::new(HashingReader::new(decoder)));
+    let mut archive = tar::Archive::new(TarGuard::new(Hashing::new(decoder)));
     let mut unpacker = Unpacker {
         dest,
         root,
@@ -152,7 +152,7 @@ pub fn unpack_layer(
     let mut rest = archive.into_inner().into_inner();
     io::copy(&mut rest, &mut io::sink())
         .map_err(malformed("cannot read the data after the tar end marker"))?;
-    let (diff_id, bytes) = rest.finish();
+    let (_, diff_id, bytes) = rest.finish();
     if let Some(expected) = &opts.expected_diff_id {
         if *expected != diff_id {
             return Err(LayerError::DiffIdMismatch {

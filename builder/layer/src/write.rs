@@ -8,12 +8,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use kiln_oci::digest::Hashing;
 use rustix::fs::{Mode, OFlags};
 use tar::{EntryType, Header};
 use walkdir::WalkDir;
 
 use super::compression::{Compression, Encoder};
-use super::digest::HashingWriter;
 use super::error::LayerError;
 use super::whiteout::{
     OPAQUE_WHITEOUT, TRUSTED_OPAQUE_XATTR, USER_OPAQUE_XATTR, WHITEOUT_PREFIX, is_overlay_xattr,
@@ -140,9 +140,9 @@ pub fn write_layer(
     }
     let items = collect(dir, opts)?;
 
-    let encoder = Encoder::new(opts.compression, HashingWriter::new(out))
+    let encoder = Encoder::new(opts.compression, Hashing::new(out))
         .map_err(|e| LayerError::io("start compressing layer from", dir, e))?;
-    let mut builder = tar::Builder::new(HashingWriter::new(encoder));
+    let mut builder = tar::Builder::new(Hashing::new(encoder));
     let epoch = opts.source_date_epoch;
     let mut entries = 0u64;
     // (dev, ino) -> tar name of the first path with that inode.

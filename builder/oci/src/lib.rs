@@ -10,10 +10,12 @@
 //! * [`Platform`]: `os/arch[/variant]`, normalised as containerd does, and
 //!   [`Platform::pick`], containerd's `platforms.Only` matcher over an index.
 //! * [`media_types`]: every OCI and Docker media type kiln reads or writes.
+//! * [`digest`]: kiln's one sha256, for bytes and for streams.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod digest;
 pub mod media_types;
 mod platform;
 

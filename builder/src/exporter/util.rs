@@ -7,11 +7,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use kiln_layer::Compression;
-use sha2::{Digest as _, Sha256};
+use kiln_oci::digest::Hashing;
 use tempfile::NamedTempFile;
 
 use super::{BlobPath, ExportError, Result, parent_dir};
-use crate::image::{LayerDesc, hex};
+use crate::image::LayerDesc;
 
 /// Mode of the files the exporters create.
 pub(crate) const FILE_MODE: u32 = 0o644;
@@ -177,50 +177,6 @@ impl<R: Read> Read for Counted<R> {
     }
 }
 
-/// A reader or writer that hashes what passes through it.
-pub(crate) struct Hashing<T> {
-    inner: T,
-    hasher: Sha256,
-}
-
-impl<T> Hashing<T> {
-    /// Wraps `inner`.
-    pub(crate) fn new(inner: T) -> Self {
-        Hashing {
-            inner,
-            hasher: Sha256::new(),
-        }
-    }
-
-    /// `sha256:<hex>` of everything so far, and the wrapped value.
-    pub(crate) fn finish(self) -> (String, T) {
-        (
-            format!("sha256:{}", hex(&self.hasher.finalize())),
-            self.inner,
-        )
-    }
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// A layer's uncompressed tar, ready to be appended to an archive.
 pub(crate) struct UncompressedLayer {
     /// The tar's bytes, positioned at the start.
@@ -270,7 +226,7 @@ pub(crate) fn uncompressed_layer(
         Compression::Uncompressed => unreachable!("handled above"),
     }
     .map_err(blob_err)?;
-    let (actual, writer) = out.finish();
+    let (writer, actual, _) = out.finish();
     if actual != layer.diff_id {
         return Err(ExportError::DiffIdMismatch {
             digest: layer.digest.clone(),
@@ -328,7 +284,7 @@ pub(crate) fn write_archive(
                         source,
                     }
                 })?;
-                let (actual, _) = reader.finish();
+                let (_, actual, _) = reader.finish();
                 if actual != layer.digest {
                     return Err(ExportError::DigestMismatch {
                         digest: layer.digest.clone(),
@@ -352,7 +308,7 @@ pub(crate) fn write_archive(
                 }
                 let mut reader = Hashing::new(reader);
                 append_file(&mut tar, name, un.size, &mut reader).map_err(blob_err)?;
-                let (actual, _) = reader.finish();
+                let (_, actual, _) = reader.finish();
                 if actual != layer.diff_id {
                     return Err(ExportError::DiffIdMismatch {
                         digest: layer.digest.clone(),

@@ -7,8 +7,8 @@ use std::path::Path;
 use tempfile::tempdir;
 
 use super::super::compression::Encoder;
-use super::super::digest::digest_bytes;
 use super::*;
+use kiln_oci::digest::sha256_digest as digest_bytes;
 
 const COMPRESSIONS: [Compression; 3] = [
     Compression::Gzip { level: 6 },

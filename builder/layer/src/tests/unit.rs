@@ -5,13 +5,13 @@ use std::io::{self, Read};
 
 use tempfile::tempdir;
 
-use super::super::digest::digest_bytes;
 use super::super::safe_fs::normalize;
 use super::super::{
     LayerError, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_TAR_GZIP, MEDIA_TYPE_LAYER_TAR_ZSTD,
     UnpackOptions, unpack_layer,
 };
 use super::*;
+use kiln_oci::digest::sha256_digest as digest_bytes;
 
 #[test]
 fn compression_parse() {

@@ -3,6 +3,13 @@
 
 use super::*;
 
+/// Where and how COPY or ADD writes its heredoc sources.
+struct HeredocFiles<'a> {
+    dest: &'a str,
+    mode: u32,
+    chown: &'a Option<Chown>,
+}
+
 impl Converter<'_> {
     fn chown(
         &self,
@@ -153,29 +160,23 @@ impl Converter<'_> {
                 exclude: c.exclude.clone(),
             });
         }
-        for doc in &c.paths.source_contents {
-            let data = if doc.expand {
-                self.expand_heredoc(st, &doc.body(), range)?
-            } else {
-                doc.body()
-            };
-            let path = if dest.ends_with('/') {
-                format!("{dest}{}", doc.name)
-            } else {
-                dest.clone()
-            };
-            srcs.push(format!("<<{}", doc.name));
-            let mode = match chmod.as_deref().map(|m| u32::from_str_radix(m, 8)) {
-                Some(Ok(m)) => m,
-                _ => 0o644,
-            };
-            actions.push(FileAction::Mkfile {
-                path,
-                mode,
-                data,
-                chown: chown.clone(),
-            });
-        }
+        let mode = match chmod.as_deref().map(|m| u32::from_str_radix(m, 8)) {
+            Some(Ok(m)) => m,
+            _ => 0o644,
+        };
+        let files = HeredocFiles {
+            dest: &dest,
+            mode,
+            chown: &chown,
+        };
+        self.heredoc_files(
+            st,
+            &c.paths.source_contents,
+            &files,
+            range,
+            &mut srcs,
+            &mut actions,
+        )?;
         let sources = if c.paths.sources.is_empty() {
             Vec::new()
         } else {
@@ -198,6 +199,40 @@ impl Converter<'_> {
                 created_by,
             },
         );
+        Ok(())
+    }
+
+    /// One `Mkfile` per heredoc source of COPY or ADD (`<<EOF`): into `dest/NAME` when
+    /// `dest` ends with `/`, else at `dest`; its `<<NAME` goes into `srcs` for the history.
+    fn heredoc_files(
+        &self,
+        st: &State,
+        docs: &[crate::parser::Heredoc],
+        files: &HeredocFiles<'_>,
+        range: Range,
+        srcs: &mut Vec<String>,
+        actions: &mut Vec<FileAction>,
+    ) -> Result<(), Diagnostic> {
+        let dest = files.dest;
+        for doc in docs {
+            let data = if doc.expand {
+                self.expand_heredoc(st, &doc.body(), range)?
+            } else {
+                doc.body()
+            };
+            let path = if dest.ends_with('/') {
+                format!("{dest}{}", doc.name)
+            } else {
+                dest.to_string()
+            };
+            srcs.push(format!("<<{}", doc.name));
+            actions.push(FileAction::Mkfile {
+                path,
+                mode: files.mode,
+                data,
+                chown: files.chown.clone(),
+            });
+        }
         Ok(())
     }
 
@@ -263,25 +298,19 @@ impl Converter<'_> {
                 });
             }
         }
-        for doc in &a.paths.source_contents {
-            let data = if doc.expand {
-                self.expand_heredoc(st, &doc.body(), range)?
-            } else {
-                doc.body()
-            };
-            let path = if dest.ends_with('/') {
-                format!("{dest}{}", doc.name)
-            } else {
-                dest.clone()
-            };
-            srcs.push(format!("<<{}", doc.name));
-            actions.push(FileAction::Mkfile {
-                path,
-                mode: 0o644,
-                data,
-                chown: chown.clone(),
-            });
-        }
+        let files = HeredocFiles {
+            dest: &dest,
+            mode: 0o644,
+            chown: &chown,
+        };
+        self.heredoc_files(
+            st,
+            &a.paths.source_contents,
+            &files,
+            range,
+            &mut srcs,
+            &mut actions,
+        )?;
         let sources = if uses_context {
             vec![self.context()]
         } else {

@@ -11,10 +11,10 @@ use kiln_frontend::convert::{self, Base, ConvertOptions, Plan};
 use kiln_frontend::error::shorten;
 use kiln_frontend::graph::{Op, Platform, VertexId, describe};
 use kiln_frontend::{Diagnostic, dockerignore};
+use kiln_fs::ContextFs;
 use kiln_layer::{Compression, LayerOptions, UnpackOptions, WhiteoutMode};
 
 use crate::exporter;
-use crate::fileops::ContextFs;
 use crate::image::{
     self, BuiltImage, HistoryItem, ImageSpec, LayerDesc, MediaTypes, RuntimeConfig,
 };

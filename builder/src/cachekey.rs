@@ -17,7 +17,7 @@
 //! `touch` keeps the cache. The build context does not keep owners: COPY from it gives
 //! 0:0 (or `--chown`), and BuildKit's file sync resets its uid and gid to 0 the same way,
 //! so a checkout by another user hits the same cache. `.dockerignore`d paths are not part
-//! of the context ([`ContextFs`](crate::fileops::ContextFs)) and count for nothing.
+//! of the context ([`ContextFs`](kiln_fs::ContextFs)) and count for nothing.
 
 use std::fs::Metadata;
 use std::io::Write;
@@ -29,9 +29,9 @@ use anyhow::Result;
 use kiln_cache::{ContentHash, Sha256Writer, StatMemo, hash_file};
 use kiln_frontend::graph::{FileAction, Op, Platform, sha256_digest};
 use kiln_frontend::instructions::MountType;
+use kiln_fs::{Entry, SourceFs, expand_source};
 use rayon::prelude::*;
 
-use crate::fileops::{Entry, SourceFs, expand_source};
 use crate::worker::Output;
 
 /// `sha256` over the definition digest, the input keys in order and the content key.
@@ -172,7 +172,7 @@ fn tree_entry(rel: &str, e: &Entry, owners: bool, memo: Option<&StatMemo>) -> Re
         (None, read_xattrs())
     };
     Ok(TreeEntry {
-        path: crate::fileops::name::to_path(rel).into_owned(),
+        path: kiln_fs::name::to_path(rel).into_owned(),
         kind,
         mode: e.meta.mode() & 0o7777,
         uid: if owners { e.meta.uid() } else { 0 },
@@ -198,7 +198,7 @@ fn walk(fs: &dyn SourceFs, rel: &str, entry: Entry, out: &mut Vec<(String, Entry
     out.push((rel.to_string(), entry));
     if is_dir {
         for name in fs.list(rel) {
-            let child = crate::fileops::view::join(rel, &name);
+            let child = kiln_fs::view::join(rel, &name);
             if let Some(e) = fs.lstat(&child) {
                 walk(fs, &child, e, out);
             }

@@ -9,7 +9,6 @@ pub mod cli;
 pub mod commands;
 pub mod download;
 pub mod exporter;
-pub mod fileops;
 pub mod image;
 pub mod images;
 pub mod interrupt;

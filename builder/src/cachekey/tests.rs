@@ -7,9 +7,9 @@ use std::path::Path;
 use filetime::FileTime;
 use kiln_cache::Store;
 use kiln_frontend::graph::{ExecMount, ExecOp, FileOp, Network};
+use kiln_fs::ContextFs;
 
 use super::*;
-use crate::fileops::ContextFs;
 
 #[test]
 fn cache_key_depends_on_definition_inputs_and_content() {

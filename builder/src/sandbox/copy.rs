@@ -13,8 +13,8 @@ use anyhow::{Context, Result};
 use kiln_layer::is_overlay_xattr;
 use rustix::fs::{AtFlags, CWD, FileType, Gid, Mode, Uid};
 
-use crate::fileops::name::{encode, to_path};
-use crate::fileops::{LayeredFs, SourceFs};
+use kiln_fs::name::{encode, to_path};
+use kiln_fs::{LayeredFs, SourceFs};
 
 fn join(rel: &str, name: &str) -> String {
     if rel.is_empty() {

@@ -2,9 +2,10 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, symlink};
 use std::path::{Path, PathBuf};
 
+use kiln_fs::LayeredFs;
+
 use super::copy::{diff, materialize, prune_copied_up};
 use super::*;
-use crate::fileops::LayeredFs;
 
 fn tree() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()

@@ -5,7 +5,7 @@ use std::fs;
 
 use anyhow::{Result, bail};
 
-use crate::fileops::{SourceFs, resolve};
+use kiln_fs::{SourceFs, resolve};
 
 /// The ids a step runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]

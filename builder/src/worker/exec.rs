@@ -10,9 +10,9 @@ use kiln_frontend::convert::DEFAULT_PATH;
 use kiln_frontend::error::shorten;
 use kiln_frontend::graph::{ExecOp, Network, VertexId};
 use kiln_frontend::instructions::{Mount, MountType, Sharing};
+use kiln_fs::{LayeredFs, SourceFs};
 
 use super::{BuildWorker, Output};
-use crate::fileops::{LayeredFs, SourceFs};
 use crate::sandbox::{
     self, InitResult, MountSpec, NetworkMode, RootSpec, SnapshotterKind, Spec, Stubs,
 };
@@ -388,7 +388,7 @@ impl BuildWorker<'_> {
         if let Some(out @ Output::Fs { .. }) = input {
             let view = self.view(out, "a stage")?;
             let sub = m.source.clone().unwrap_or_default();
-            let rel = crate::fileops::resolve(&view, &sub, true)?;
+            let rel = kiln_fs::resolve(&view, &sub, true)?;
             if view.lstat(&rel).is_some_and(|e| e.meta.is_dir()) {
                 sandbox::copy::materialize_subtree(&view, &rel, dir)?;
             }

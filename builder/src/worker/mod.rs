@@ -11,14 +11,14 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, Result, anyhow};
 use kiln_cache::{StatMemo, Store};
 use kiln_frontend::graph::{FileAction, Op, Platform, Vertex, VertexId};
+use kiln_fs::{
+    ContextFs, CopyOptions, Entry, LayeredFs, SourceFs, Upper, apply_chmod, resolve_chown,
+};
 use kiln_layer::LayerOptions;
 use serde::{Deserialize, Serialize};
 
 use crate::cachekey::{self, KeySource};
 use crate::download::Downloads;
-use crate::fileops::{
-    ContextFs, CopyOptions, Entry, LayeredFs, SourceFs, Upper, apply_chmod, resolve_chown,
-};
 use crate::images::ImageStore;
 use crate::sandbox::{Runtime, SnapshotterKind};
 use crate::snapshots::{LayerRef, Snapshots, is_empty_dir};

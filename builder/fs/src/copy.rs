@@ -9,13 +9,13 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
 use kiln_frontend::dockerignore::PatternMatcher;
 use kiln_frontend::graph::Chown;
 
-use super::glob;
-use super::name::{for_matching, to_path};
-use super::view::{Entry, SourceFs, join, resolve};
+use crate::error::{FsError, IoContext, Result};
+use crate::glob;
+use crate::name::{for_matching, to_path};
+use crate::view::{Entry, SourceFs, join, resolve};
 
 /// A uid and gid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,12 +46,8 @@ pub fn resolve_chown(chown: &Chown, base: &dyn SourceFs) -> Result<Ids> {
         Ok(uid) => (uid, Some(uid)),
         Err(_) => {
             let passwd = read("etc/passwd");
-            lookup(&passwd, &chown.user, 2).ok_or_else(|| {
-                anyhow!(
-                    "unable to find user {}: no matching entries in passwd file",
-                    chown.user
-                )
-            })?
+            lookup(&passwd, &chown.user, 2)
+                .ok_or_else(|| FsError::UnknownUser(chown.user.clone()))?
         }
     };
     let gid = match &chown.group {
@@ -60,9 +56,9 @@ pub fn resolve_chown(chown: &Chown, base: &dyn SourceFs) -> Result<Ids> {
             Ok(gid) => gid,
             Err(_) => {
                 let group = read("etc/group");
-                lookup(&group, g, 2).map(|(gid, _)| gid).ok_or_else(|| {
-                    anyhow!("unable to find group {g}: no matching entries in group file")
-                })?
+                lookup(&group, g, 2)
+                    .map(|(gid, _)| gid)
+                    .ok_or_else(|| FsError::UnknownGroup(g.clone()))?
             }
         },
     };
@@ -72,13 +68,13 @@ pub fn resolve_chown(chown: &Chown, base: &dyn SourceFs) -> Result<Ids> {
 /// Applies a `--chmod` value (octal or symbolic) to a mode.
 pub fn apply_chmod(spec: &str, mode: u32, is_dir: bool) -> Result<u32> {
     if spec.bytes().all(|b| b.is_ascii_digit()) {
-        return u32::from_str_radix(spec, 8).map_err(|_| anyhow!("invalid chmod {spec:?}"));
+        return u32::from_str_radix(spec, 8).map_err(|_| FsError::InvalidChmod(spec.to_string()));
     }
     let mut m = mode & 0o7777;
     for clause in spec.split(',') {
         let op_at = clause
             .find(['+', '-', '='])
-            .ok_or_else(|| anyhow!("invalid chmod {spec:?}"))?;
+            .ok_or_else(|| FsError::InvalidChmod(spec.to_string()))?;
         let who = &clause[..op_at];
         let op = clause.as_bytes()[op_at];
         let perms = &clause[op_at + 1..];
@@ -91,7 +87,7 @@ pub fn apply_chmod(spec: &str, mode: u32, is_dir: bool) -> Result<u32> {
                     'u' => 0o4700,
                     'g' => 0o2070,
                     'o' => 0o1007,
-                    _ => bail!("invalid chmod {spec:?}"),
+                    _ => return Err(FsError::InvalidChmod(spec.to_string())),
                 };
             }
             w
@@ -106,7 +102,7 @@ pub fn apply_chmod(spec: &str, mode: u32, is_dir: bool) -> Result<u32> {
                 'X' => 0,
                 's' => 0o6000,
                 't' => 0o1000,
-                _ => bail!("invalid chmod {spec:?}"),
+                _ => return Err(FsError::InvalidChmod(spec.to_string())),
             };
         }
         let bits = bits & who_mask;
@@ -385,10 +381,7 @@ impl<'a> Upper<'a> {
                 fs::File::create(&up).with_context(|| format!("writing {}", up.display()))?;
             std::io::copy(&mut from, &mut to)?;
         } else {
-            bail!(
-                "cannot copy {}: unsupported file type (device, socket or fifo)",
-                entry.path.display()
-            );
+            return Err(FsError::UnsupportedFileType(entry.path.clone()));
         }
         lchown(&up, owner)?;
         if !ft.is_symlink() {
@@ -415,7 +408,7 @@ impl<'a> Upper<'a> {
         let up = self.dir.join(to_path(&rel));
         if let Ok(m) = fs::symlink_metadata(&up) {
             if m.is_dir() {
-                bail!("cannot write file {path}: it is a directory");
+                return Err(FsError::IsADirectory(path.to_string()));
             }
             fs::remove_file(&up)?;
         }
@@ -444,7 +437,7 @@ impl<'a> Upper<'a> {
         let up = self.dir.join(to_path(&rel));
         if let Ok(m) = fs::symlink_metadata(&up) {
             if m.is_dir() {
-                bail!("cannot write file {dest}: it is a directory");
+                return Err(FsError::IsADirectory(dest.to_string()));
             }
             fs::remove_file(&up)?;
         }
@@ -509,8 +502,7 @@ pub struct Source {
 /// Expands a COPY source into the matching entries, following symlinks in the path
 /// itself. No match is an error naming the source.
 pub fn expand_source(source: &dyn SourceFs, src: &str) -> Result<Vec<Source>> {
-    let cleaned =
-        clean_rel(src).ok_or_else(|| anyhow!("forbidden path outside the build context: {src}"))?;
+    let cleaned = clean_rel(src).ok_or_else(|| FsError::OutsideContext(src.to_string()))?;
     let last_name = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
     if !glob::has_wildcard(&cleaned) {
         let rel = resolve(source, &cleaned, true)?;
@@ -520,7 +512,10 @@ pub fn expand_source(source: &dyn SourceFs, src: &str) -> Result<Vec<Source>> {
                 rel,
                 entry,
             }]),
-            None => Err(anyhow!("{src:?} not found in {}", source.describe())),
+            None => Err(FsError::NotFound {
+                src: src.to_string(),
+                within: source.describe(),
+            }),
         };
     }
     let mut current = vec![String::new()];
@@ -529,7 +524,7 @@ pub fn expand_source(source: &dyn SourceFs, src: &str) -> Result<Vec<Source>> {
         for dir in &current {
             if glob::has_wildcard(comp) {
                 for name in source.list(dir) {
-                    if glob::matches(comp, &for_matching(&name)).map_err(anyhow::Error::msg)? {
+                    if glob::matches(comp, &for_matching(&name)).map_err(FsError::BadPattern)? {
                         next.push(join(dir, &name));
                     }
                 }
@@ -556,10 +551,10 @@ pub fn expand_source(source: &dyn SourceFs, src: &str) -> Result<Vec<Source>> {
         })
         .collect();
     if out.is_empty() {
-        bail!(
-            "no source files were specified: {src:?} matches nothing in {}",
-            source.describe()
-        );
+        return Err(FsError::NoMatch {
+            src: src.to_string(),
+            within: source.describe(),
+        });
     }
     Ok(out)
 }
@@ -629,10 +624,7 @@ fn extract_archive(path: &Path, dest: &Path, owner: Option<Ids>) -> Result<()> {
             .unpack_in(dest)
             .with_context(|| format!("extracting {}", path.display()))?;
         if !written {
-            bail!(
-                "refusing archive entry outside the destination in {}",
-                path.display()
-            );
+            return Err(FsError::ArchiveEscape(path.to_path_buf()));
         }
         if let Some(ids) = owner {
             let p = dest.join(entry.path()?);

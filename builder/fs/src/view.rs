@@ -7,10 +7,10 @@ use std::fs::Metadata;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
 use kiln_frontend::dockerignore::PatternMatcher;
 
-use super::name::{encode, for_matching, to_path};
+use crate::error::{FsError, IoContext, Result};
+use crate::name::{encode, for_matching, to_path};
 
 /// An entry found in a view: where its bytes are on disk and its metadata.
 #[derive(Debug, Clone)]
@@ -70,7 +70,7 @@ pub fn resolve(fs: &dyn SourceFs, rel: &str, follow_last: bool) -> Result<String
             Some(e) if e.meta.file_type().is_symlink() && (follow_last || !is_last) => {
                 hops += 1;
                 if hops > 40 {
-                    bail!("too many levels of symbolic links resolving /{rel}");
+                    return Err(FsError::SymlinkLoop(rel.to_string()));
                 }
                 let target = std::fs::read_link(&e.path)?;
                 let target = encode(target.as_os_str()).into_owned();
@@ -157,6 +157,7 @@ impl ContextFs {
                     rustix::fs::Mode::empty(),
                     0,
                 )
+                .map_err(std::io::Error::from)
                 .with_context(|| format!("creating the whiteout {}", wh.display()))?;
             } else if is_dir {
                 self.whiteouts_in(&child, &child_str, out)?;

@@ -1,10 +1,16 @@
 //! File operations of the build graph (COPY, ADD, WORKDIR, heredoc files) and the views
-//! of source trees they read from.
+//! of source trees they read from: the build context filtered by `.dockerignore`
+//! ([`ContextFs`]) and stacks of unpacked layers merged as overlayfs merges them
+//! ([`LayeredFs`]).
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod copy;
+mod error;
 pub mod glob;
 pub mod name;
 pub mod view;
 
 pub use copy::{CopyOptions, Ids, Source, Upper, apply_chmod, expand_source, resolve_chown};
+pub use error::{FsError, Result};
 pub use view::{ContextFs, Entry, LayeredFs, SourceFs, resolve};

@@ -3,7 +3,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::fileops::view::{ContextFs, LayeredFs};
+use crate::view::{ContextFs, LayeredFs};
 
 struct Fixture {
     _t: tempfile::TempDir,
@@ -48,7 +48,7 @@ fn fixture() -> Fixture {
     }
 }
 
-fn run(f: &Fixture, src: &str, dest: &str, opts: CopyOptions) -> anyhow::Result<()> {
+fn run(f: &Fixture, src: &str, dest: &str, opts: CopyOptions) -> Result<()> {
     let ctx = ContextFs::new(&f.ctx, &[]).unwrap();
     let base = LayeredFs::new(vec![f.base.clone()], "base");
     let mut up = Upper::new(&f.upper, &base);

@@ -89,7 +89,7 @@ pub struct BuildRequest {
     /// `--secret`: ids and files.
     pub secrets: Vec<(String, PathBuf)>,
     /// `--snapshotter` (None: detect).
-    pub snapshotter: Option<crate::sandbox::SnapshotterKind>,
+    pub snapshotter: Option<kiln_sandbox::SnapshotterKind>,
     /// Registry settings (`--pull`, insecure registries, CA).
     pub registry: crate::remote::RegistrySettings,
     /// `--push`: push the tags after the build.
@@ -259,7 +259,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
     let snapshotter = match req.snapshotter {
         Some(k) => k,
         None => {
-            let (k, notice) = crate::sandbox::SnapshotterKind::detect(store.root());
+            let (k, notice) = kiln_sandbox::SnapshotterKind::detect(store.root());
             if let Some(n) = notice {
                 if order
                     .iter()
@@ -273,7 +273,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
     };
     let exec = ExecSettings {
         snapshotter,
-        runtime: Box::new(crate::sandbox::LinuxRuntime::new()?),
+        runtime: Box::new(kiln_sandbox::LinuxRuntime::new()?),
         secrets: req.secrets.iter().cloned().collect(),
         allow_insecure: req.allow_insecure,
     };

@@ -185,7 +185,7 @@ struct BuildArgs {
     /// How RUN steps get their filesystem: `overlay` (default where the kernel has it) or
     /// `copy` (a full copy per step, for machines without overlayfs).
     #[arg(long, value_enum)]
-    snapshotter: Option<crate::sandbox::SnapshotterKind>,
+    snapshotter: Option<kiln_sandbox::SnapshotterKind>,
     /// Pull base images from their registries even when the store has them.
     #[arg(long)]
     pull: bool,

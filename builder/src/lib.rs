@@ -2,6 +2,7 @@
 //! layers (written and unpacked by `kiln_layer`), exporters, reports, and the `kiln`
 //! command line.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod build;
 pub mod cachekey;
@@ -16,7 +17,6 @@ pub mod plan;
 pub mod progress;
 pub mod remote;
 pub mod report;
-pub mod sandbox;
 pub mod snapshots;
 pub mod solver;
 pub mod tls;

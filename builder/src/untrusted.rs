@@ -55,7 +55,7 @@ impl Layout {
     pub fn open_file(&self, rel: &str) -> io::Result<File> {
         let full = self.path.join(rel);
         let fd =
-            crate::sandbox::beneath::open_beneath(&self.dir, rel, OFlags::RDONLY | OFlags::NOCTTY)
+            kiln_sandbox::beneath::open_beneath(&self.dir, rel, OFlags::RDONLY | OFlags::NOCTTY)
                 .map_err(|e| match e {
                     rustix::io::Errno::LOOP | rustix::io::Errno::XDEV => io::Error::new(
                         io::ErrorKind::InvalidData,

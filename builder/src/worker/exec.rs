@@ -11,11 +11,11 @@ use kiln_frontend::error::shorten;
 use kiln_frontend::graph::{ExecOp, Network, VertexId};
 use kiln_frontend::instructions::{Mount, MountType, Sharing};
 use kiln_fs::{LayeredFs, SourceFs};
+use kiln_sandbox::{
+    self as sandbox, InitResult, MountSpec, NetworkMode, RootSpec, SnapshotterKind, Spec, Stubs,
+};
 
 use super::{BuildWorker, Output};
-use crate::sandbox::{
-    self, InitResult, MountSpec, NetworkMode, RootSpec, SnapshotterKind, Spec, Stubs,
-};
 use crate::snapshots::is_empty_dir;
 use crate::solver::Event;
 

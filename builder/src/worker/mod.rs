@@ -15,12 +15,12 @@ use kiln_fs::{
     ContextFs, CopyOptions, Entry, LayeredFs, SourceFs, Upper, apply_chmod, resolve_chown,
 };
 use kiln_layer::LayerOptions;
+use kiln_sandbox::{Runtime, SnapshotterKind};
 use serde::{Deserialize, Serialize};
 
 use crate::cachekey::{self, KeySource};
 use crate::download::Downloads;
 use crate::images::ImageStore;
-use crate::sandbox::{Runtime, SnapshotterKind};
 use crate::snapshots::{LayerRef, Snapshots, is_empty_dir};
 use crate::solver::{Reporter, Worker};
 

@@ -3,9 +3,9 @@
 
 use std::fs;
 
-use anyhow::{Result, bail};
-
 use kiln_fs::{SourceFs, resolve};
+
+use crate::error::{Result, SandboxError};
 
 /// The ids a step runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +85,7 @@ pub fn resolve_user(spec: &str, fs: &dyn SourceFs) -> Result<User> {
         (_, Some(p)) => (p.uid, p.gid, Some(p.name), Some(p.home.to_string())),
         (Ok(uid), None) => (uid, 0, None, None),
         (Err(_), None) => {
-            bail!("unable to find user {user}: no matching entries in passwd file")
+            return Err(SandboxError::UnknownUser(user.to_string()));
         }
     };
     let groups_db = read_etc(fs, "etc/group");
@@ -94,7 +94,7 @@ pub fn resolve_user(spec: &str, fs: &dyn SourceFs) -> Result<User> {
             Ok(gid) => gid,
             Err(_) => match group_entries(&groups_db).find(|(n, _, _)| *n == g) {
                 Some((_, gid, _)) => gid,
-                None => bail!("unable to find group {g}: no matching entries in group file"),
+                None => return Err(SandboxError::UnknownGroup(g.to_string())),
             },
         };
     }

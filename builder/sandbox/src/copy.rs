@@ -9,12 +9,12 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use kiln_fs::name::{encode, to_path};
+use kiln_fs::{LayeredFs, SourceFs};
 use kiln_layer::is_overlay_xattr;
 use rustix::fs::{AtFlags, CWD, FileType, Gid, Mode, Uid};
 
-use kiln_fs::name::{encode, to_path};
-use kiln_fs::{LayeredFs, SourceFs};
+use crate::error::{IoContext, Result};
 
 fn join(rel: &str, name: &str) -> String {
     if rel.is_empty() {
@@ -163,7 +163,8 @@ pub fn diff(base: &LayeredFs, tree: &Path, out: &Path) -> Result<DiffStats> {
         stats: DiffStats::default(),
         links: HashMap::new(),
     };
-    d.dir("").context("diffing the step's tree")?;
+    d.dir("")
+        .with_context(|| "diffing the step's tree".into())?;
     Ok(d.stats)
 }
 

@@ -38,7 +38,8 @@ use rustix::mount::{
 use rustix::process::Signal;
 use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
 
-use super::{InitResult, MountSpec, NetworkMode, RootSpec, Spec, Stubs, resolve_in_root, seccomp};
+use crate::mounts::{self, Kind, Mount, Target};
+use crate::{InitResult, NetworkMode, SandboxError, Spec, Stubs, resolve_in_root, seccomp};
 
 /// Docker's (and BuildKit's) default capabilities: a step keeps these, in every set,
 /// and no others (0xa80425fb in `/proc/self/status`).
@@ -56,32 +57,6 @@ pub const DEFAULT_CAPABILITIES: CapabilitySet = CapabilitySet::CHOWN
     .union(CapabilitySet::SYS_CHROOT)
     .union(CapabilitySet::KILL)
     .union(CapabilitySet::AUDIT_WRITE);
-
-/// Paths hidden from a step as runc hides them for Docker (a directory gets an empty
-/// read-only tmpfs, a file `/dev/null`).
-const MASKED_PATHS: &[&str] = &[
-    "proc/asound",
-    "proc/acpi",
-    "proc/interrupts",
-    "proc/kcore",
-    "proc/keys",
-    "proc/latency_stats",
-    "proc/timer_list",
-    "proc/timer_stats",
-    "proc/sched_debug",
-    "proc/scsi",
-    "sys/firmware",
-    "sys/devices/virtual/powercap",
-];
-
-/// Paths a step may read but not write, as with Docker.
-const READONLY_PATHS: &[&str] = &[
-    "proc/bus",
-    "proc/fs",
-    "proc/irq",
-    "proc/sys",
-    "proc/sysrq-trigger",
-];
 
 /// The hidden argument that makes `kiln` act as a sandbox's init process.
 pub const INIT_ARG: &str = "__kiln-sandbox-init";
@@ -122,19 +97,21 @@ pub(super) fn spawn_init(
     cmd.spawn()
 }
 
+/// The exit code of an init process that could not set up the sandbox (as runc's).
+pub const SETUP_ERROR_CODE: u8 = 125;
+
 /// The init process: sets up the tree described by the spec at `spec_path`, runs the
-/// command and records how it ended. Returns the process's exit code.
-pub fn init_main(spec_path: &Path) -> i32 {
-    let spec: Spec = match fs::read(spec_path)
+/// command and records how it ended. Returns the process's exit code; an error only
+/// when the spec cannot be read (nothing is recorded then: the caller prints the error
+/// and exits with [`SETUP_ERROR_CODE`]).
+pub fn init_main(spec_path: &Path) -> Result<i32, SandboxError> {
+    let spec: Spec = fs::read(spec_path)
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-    {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("kiln sandbox: reading {}: {e}", spec_path.display());
-            return 125;
-        }
-    };
+        .map_err(|reason| SandboxError::ReadSpec {
+            path: spec_path.to_path_buf(),
+            reason,
+        })?;
     // Opened now: once the command has called pivot_root, this process sees the
     // sandbox's tree too (it shares the mount namespace), not the host's.
     let result_file = fs::File::create(&spec.result_file);
@@ -145,12 +122,12 @@ pub fn init_main(spec_path: &Path) -> i32 {
     let code = match &result {
         InitResult::Exited(c) => *c,
         InitResult::Signaled(s) => 128 + s,
-        InitResult::SetupError(_) => 125,
+        InitResult::SetupError(_) => i32::from(SETUP_ERROR_CODE),
     };
     if let (Ok(bytes), Ok(mut f)) = (serde_json::to_vec(&result), result_file) {
         let _ = io::Write::write_all(&mut f, &bytes);
     }
-    code
+    Ok(code)
 }
 
 fn ctx(what: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> String {
@@ -172,164 +149,35 @@ fn run_init(spec: &Spec) -> Result<InitResult, String> {
         loopback_up().map_err(ctx(|| "bringing up the loopback interface".into()))?;
     }
 
-    let root = &spec.merged;
-    // Without a device cgroup, `nodev` is what keeps a device node a step makes (it has
-    // CAP_MKNOD, as in Docker) or one that came in a layer from reaching host hardware.
-    let nodev = if spec.privileged {
-        MountFlags::empty()
-    } else {
-        MountFlags::NODEV
-    };
-    match &spec.root {
-        RootSpec::Overlay {
-            lowers,
-            upper,
-            work,
-        } => mount_overlay(lowers, Some((upper, work)), root, !spec.privileged, false)
-            .map_err(ctx(|| "mounting the overlay root filesystem".into()))?,
-        // pivot_root needs the new root to be a mount point.
-        RootSpec::Dir => {
-            bind(root, root, nodev).map_err(ctx(|| format!("bind-mounting {}", root.display())))?
-        }
-    }
-    let ro = |readonly: bool| {
-        if readonly {
-            nodev | MountFlags::RDONLY
-        } else {
-            nodev
-        }
-    };
-
+    let plan = mounts::plan(spec);
     let mut stubs = Stubs::default();
-    let target = |rel: &str, dir: bool, stubs: &mut Stubs| -> Result<PathBuf, String> {
-        let p = resolve_in_root(root, rel).map_err(ctx(|| format!("resolving {rel}")))?;
-        stubs
-            .ensure(root, &p, dir)
-            .map_err(ctx(|| format!("creating mount point {rel}")))?;
-        Ok(root.join(&p))
-    };
-
-    target("proc", true, &mut stubs)?;
-    let dev = target("dev", true, &mut stubs)?;
-    mount_dev(&dev, nodev).map_err(ctx(|| "setting up /dev".into()))?;
-    let sys = target("sys", true, &mut stubs)?;
-    let ro_sys = MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
-    if errno(rustix::mount::mount("sysfs", &sys, "sysfs", ro_sys, None)).is_err() {
-        errno(rustix::mount::mount_bind_recursive("/sys", &sys))
-            .and_then(|()| {
-                errno(rustix::mount::mount_remount(
-                    &sys,
-                    MountFlags::BIND | ro_sys,
-                    c"",
-                ))
-            })
-            .map_err(ctx(|| "mounting /sys".into()))?;
-    }
-
-    let mut n = 0;
-    for m in &spec.mounts {
-        n += 1;
-        match m {
-            MountSpec::Bind {
-                source,
-                target: t,
-                readonly,
-            } => {
-                let dir = fs::metadata(source)
-                    .map_err(ctx(|| format!("mount source {}", source.display())))?
-                    .is_dir();
-                let dest = target(t, dir, &mut stubs)?;
-                bind(source, &dest, ro(*readonly)).map_err(ctx(|| format!("mounting {t}")))?;
-            }
-            MountSpec::Layers {
-                lowers,
-                rw,
-                subpath,
-                target: t,
-                readonly,
-            } => {
-                let tree = spec.scratch.join(format!("m{n}"));
-                fs::create_dir_all(&tree).map_err(ctx(|| "scratch dir".into()))?;
-                mount_overlay(
-                    lowers,
-                    rw.as_ref().map(|(u, w)| (u, w)),
-                    &tree,
-                    !spec.privileged,
-                    rw.is_none(),
-                )
-                .map_err(ctx(|| format!("mounting the source of {t}")))?;
-                let src_rel = resolve_in_root(&tree, subpath)
-                    .map_err(ctx(|| format!("resolving {subpath}")))?;
-                let src = tree.join(src_rel);
-                let dir = fs::metadata(&src)
-                    .map_err(ctx(|| format!("mount source {subpath}")))?
-                    .is_dir();
-                let dest = target(t, dir, &mut stubs)?;
-                bind(&src, &dest, ro(*readonly)).map_err(ctx(|| format!("mounting {t}")))?;
-            }
-            MountSpec::Tmpfs { target: t, size } => {
-                let dest = target(t, true, &mut stubs)?;
-                let data = match size {
-                    Some(s) => CString::new(format!("mode=1777,size={s}")),
-                    None => CString::new("mode=1777"),
+    let mut later = Vec::new();
+    for (i, m) in plan.iter().enumerate() {
+        if m.in_command {
+            // Made by the command, once its pid namespace exists; only a new filesystem
+            // (/proc) needs a mount point, the masks cover what the kernel has.
+            let path = match (&m.kind, &m.target) {
+                (Kind::Fs { .. }, Target::Sandbox(rel)) => {
+                    mount_point(&spec.merged, rel, true, &mut stubs)?
                 }
-                .expect("no NUL");
-                errno(rustix::mount::mount(
-                    "tmpfs",
-                    &dest,
-                    "tmpfs",
-                    MountFlags::NOSUID | MountFlags::NODEV,
-                    data.as_c_str(),
-                ))
-                .map_err(ctx(|| format!("mounting a tmpfs on {t}")))?;
-            }
-            MountSpec::Secret {
-                source,
-                target: t,
-                mode,
-                uid,
-                gid,
-            } => {
-                // The secret is copied into a private tmpfs that exists only in this
-                // mount namespace, then bound read-only onto its target.
-                let holder = spec.scratch.join(format!("s{n}"));
-                fs::create_dir_all(&holder).map_err(ctx(|| "scratch dir".into()))?;
-                errno(rustix::mount::mount(
-                    "tmpfs",
-                    &holder,
-                    "tmpfs",
-                    MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-                    c"mode=0700,size=1m",
-                ))
-                .map_err(ctx(|| "mounting a tmpfs for a secret".into()))?;
-                let file = holder.join("secret");
-                let bytes = fs::read(source).map_err(ctx(|| "reading a secret".into()))?;
-                fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(*mode)
-                    .open(&file)
-                    .and_then(|mut f| io::Write::write_all(&mut f, &bytes))
-                    .and_then(|()| fs::set_permissions(&file, fs::Permissions::from_mode(*mode)))
-                    .map_err(ctx(|| "writing a secret".into()))?;
-                errno(rustix::fs::chown(
-                    &file,
-                    Some(Uid::from_raw(*uid)),
-                    Some(Gid::from_raw(*gid)),
-                ))
-                .map_err(ctx(|| "chown of a secret".into()))?;
-                let dest = target(t, false, &mut stubs)?;
-                bind(&file, &dest, ro(true)).map_err(ctx(|| format!("mounting {t}")))?;
-            }
+                (_, Target::Sandbox(rel)) => spec.merged.join(rel.trim_start_matches('/')),
+                _ => continue,
+            };
+            let data = match &m.kind {
+                Kind::Fs { data: Some(d), .. } => {
+                    Some(CString::new(d.as_str()).map_err(|_| "NUL in mount data".to_string())?)
+                }
+                _ => None,
+            };
+            later.push(LateMount {
+                kind: m.kind.clone(),
+                path,
+                flags: mount_flags(m.flags),
+                data,
+            });
+            continue;
         }
-    }
-    for (host, t) in &spec.host_files {
-        if let Ok(meta) = fs::metadata(host) {
-            if meta.is_file() {
-                let dest = target(t, false, &mut stubs)?;
-                bind(host, &dest, ro(true)).map_err(ctx(|| format!("mounting {t}")))?;
-            }
-        }
+        mount_one(spec, m, plan.get(i + 1), &mut stubs)?;
     }
     fs::write(
         &spec.stubs_file,
@@ -337,11 +185,185 @@ fn run_init(spec: &Spec) -> Result<InitResult, String> {
     )
     .map_err(ctx(|| "recording mount points".into()))?;
 
-    run_command(spec)
+    run_command(spec, later)
+}
+
+/// A mount the command's process makes (see [`Mount::in_command`]), prepared by init.
+struct LateMount {
+    kind: Kind,
+    path: PathBuf,
+    flags: MountFlags,
+    data: Option<CString>,
+}
+
+fn mount_flags(f: mounts::Flags) -> MountFlags {
+    let mut out = MountFlags::empty();
+    for (on, flag) in [
+        (f.readonly, MountFlags::RDONLY),
+        (f.nodev, MountFlags::NODEV),
+        (f.nosuid, MountFlags::NOSUID),
+        (f.noexec, MountFlags::NOEXEC),
+    ] {
+        if on {
+            out |= flag;
+        }
+    }
+    out
+}
+
+/// Resolves `rel` in the tree at `root` as the sandbox will see it and makes sure it
+/// exists (a directory or a file), recording what had to be created.
+fn mount_point(root: &Path, rel: &str, dir: bool, stubs: &mut Stubs) -> Result<PathBuf, String> {
+    let p = resolve_in_root(root, rel).map_err(ctx(|| format!("resolving {rel}")))?;
+    stubs
+        .ensure(root, &p, dir)
+        .map_err(ctx(|| format!("creating mount point {rel}")))?;
+    Ok(root.join(&p))
+}
+
+/// Makes one mount of the plan in the init process. `next` is the mount after it, which
+/// names what a scratch mount is for in error messages.
+fn mount_one(
+    spec: &Spec,
+    m: &Mount,
+    next: Option<&Mount>,
+    stubs: &mut Stubs,
+) -> Result<(), String> {
+    let root = &spec.merged;
+    let flags = mount_flags(m.flags);
+    let t = m.sandbox_path().unwrap_or("/");
+    let dest = |dir: bool, stubs: &mut Stubs| -> Result<PathBuf, String> {
+        match &m.target {
+            Target::Root => Ok(root.clone()),
+            Target::Sandbox(rel) => mount_point(root, rel, dir, stubs),
+            Target::Scratch(p) => {
+                fs::create_dir_all(p).map_err(ctx(|| "scratch dir".into()))?;
+                Ok(p.clone())
+            }
+        }
+    };
+    match &m.kind {
+        Kind::Overlay { lowers, upper } => {
+            let d = dest(true, stubs)?;
+            mount_overlay(
+                lowers,
+                upper.as_ref().map(|(u, w)| (u, w)),
+                &d,
+                m.flags.nodev,
+                m.flags.readonly,
+            )
+            .map_err(ctx(|| match next.and_then(Mount::sandbox_path) {
+                _ if m.target == Target::Root => "mounting the overlay root filesystem".into(),
+                Some(t) => format!("mounting the source of {t}"),
+                None => "mounting a tree of layers".into(),
+            }))
+        }
+        Kind::Bind {
+            source,
+            only_if_file,
+        } => {
+            if m.target == Target::Root {
+                return bind(source, root, flags)
+                    .map_err(ctx(|| format!("bind-mounting {}", root.display())));
+            }
+            let meta = match fs::metadata(source) {
+                Ok(meta) => meta,
+                Err(_) if *only_if_file => return Ok(()),
+                Err(e) => return Err(ctx(|| format!("mount source {}", source.display()))(e)),
+            };
+            if *only_if_file && !meta.is_file() {
+                return Ok(());
+            }
+            let d = dest(meta.is_dir(), stubs)?;
+            bind(source, &d, flags).map_err(ctx(|| format!("mounting {t}")))
+        }
+        Kind::BindFrom { tree, subpath } => {
+            let src_rel =
+                resolve_in_root(tree, subpath).map_err(ctx(|| format!("resolving {subpath}")))?;
+            let src = tree.join(src_rel);
+            let dir = fs::metadata(&src)
+                .map_err(ctx(|| format!("mount source {subpath}")))?
+                .is_dir();
+            let d = dest(dir, stubs)?;
+            bind(&src, &d, flags).map_err(ctx(|| format!("mounting {t}")))
+        }
+        Kind::Fs { fstype, data } => {
+            let d = dest(true, stubs)?;
+            let data = data
+                .as_deref()
+                .map(CString::new)
+                .transpose()
+                .map_err(|_| "NUL in mount data".to_string())?;
+            errno(rustix::mount::mount(
+                *fstype,
+                &d,
+                *fstype,
+                flags,
+                data.as_deref(),
+            ))
+            .map_err(ctx(|| match &m.target {
+                Target::Scratch(_) => "mounting a tmpfs for a secret".into(),
+                _ => format!("mounting a {fstype} on {t}"),
+            }))
+        }
+        Kind::Sysfs => {
+            let sys = dest(true, stubs)?;
+            if errno(rustix::mount::mount("sysfs", &sys, "sysfs", flags, None)).is_err() {
+                errno(rustix::mount::mount_bind_recursive("/sys", &sys))
+                    .and_then(|()| {
+                        errno(rustix::mount::mount_remount(
+                            &sys,
+                            MountFlags::BIND | flags,
+                            c"",
+                        ))
+                    })
+                    .map_err(ctx(|| "mounting /sys".into()))?;
+            }
+            Ok(())
+        }
+        Kind::Dev => {
+            let dev = dest(true, stubs)?;
+            let nodev = if m.flags.nodev {
+                MountFlags::NODEV
+            } else {
+                MountFlags::empty()
+            };
+            mount_dev(&dev, nodev).map_err(ctx(|| "setting up /dev".into()))
+        }
+        Kind::SecretFile {
+            source,
+            file,
+            mode,
+            uid,
+            gid,
+        } => {
+            let bytes = fs::read(source).map_err(ctx(|| "reading a secret".into()))?;
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(*mode)
+                .open(file)
+                .and_then(|mut f| io::Write::write_all(&mut f, &bytes))
+                .and_then(|()| fs::set_permissions(file, fs::Permissions::from_mode(*mode)))
+                .map_err(ctx(|| "writing a secret".into()))?;
+            errno(rustix::fs::chown(
+                file,
+                Some(Uid::from_raw(*uid)),
+                Some(Gid::from_raw(*gid)),
+            ))
+            .map_err(ctx(|| "chown of a secret".into()))?;
+            let d = dest(false, stubs)?;
+            bind(file, &d, flags).map_err(ctx(|| format!("mounting {t}")))
+        }
+        Kind::Mask => mask_path(&root.join(t.trim_start_matches('/')), flags)
+            .map_err(ctx(|| format!("masking {t}"))),
+        Kind::ReadOnly => readonly_path(&root.join(t.trim_start_matches('/')), flags)
+            .map_err(ctx(|| format!("making {t} read-only"))),
+    }
 }
 
 /// Starts the command as the first process of the new pid namespace and waits for it.
-fn run_command(spec: &Spec) -> Result<InitResult, String> {
+fn run_command(spec: &Spec, later: Vec<LateMount>) -> Result<InitResult, String> {
     let root = CString::new(spec.merged.as_os_str().as_encoded_bytes())
         .map_err(|_| "NUL in a path".to_string())?;
     let cwd = CString::new(spec.cwd.as_bytes()).map_err(|_| "NUL in WORKDIR".to_string())?;
@@ -360,35 +382,32 @@ fn run_command(spec: &Spec) -> Result<InitResult, String> {
     }
     cmd.stdin(Stdio::null());
     let cwd_path = PathBuf::from(&spec.cwd);
-    let proc_dir = spec.merged.join("proc");
     let privileged = spec.privileged;
     let filters = if privileged {
         Vec::new()
     } else {
         seccomp::default_profile()?
     };
-    let masked: Vec<PathBuf> = MASKED_PATHS.iter().map(|p| spec.merged.join(p)).collect();
-    let readonly: Vec<PathBuf> = READONLY_PATHS.iter().map(|p| spec.merged.join(p)).collect();
     // SAFETY: the init process is single-threaded, so the forked child may allocate; the
     // hook only makes system calls on data prepared before the fork (and, in
     // `install_seccomp`, hands the kernel a pointer to a filter that outlives the call).
     unsafe {
         cmd.pre_exec(move || {
             rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-            errno(rustix::mount::mount(
-                "proc",
-                &proc_dir,
-                "proc",
-                MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-                None,
-            ))?;
-            if !privileged {
-                // /proc exists only now (it belongs to the new pid namespace).
-                for p in &masked {
-                    mask_path(p)?;
-                }
-                for p in &readonly {
-                    readonly_path(p)?;
+            // /proc, then what is masked or read-only in it (it exists only now: it
+            // belongs to the new pid namespace).
+            for m in &later {
+                match &m.kind {
+                    Kind::Fs { fstype, .. } => errno(rustix::mount::mount(
+                        *fstype,
+                        &m.path,
+                        *fstype,
+                        m.flags,
+                        m.data.as_deref(),
+                    ))?,
+                    Kind::Mask => mask_path(&m.path, m.flags)?,
+                    Kind::ReadOnly => readonly_path(&m.path, m.flags)?,
+                    _ => {}
                 }
             }
             errno(rustix::process::chdir(root.as_c_str()))?;
@@ -560,33 +579,25 @@ fn mount_dev(dev: &Path, nodev: MountFlags) -> io::Result<()> {
     Ok(())
 }
 
-/// Hides `path` (if the kernel has it): an empty read-only tmpfs over a directory,
-/// `/dev/null` over anything else, as runc does for Docker's masked paths.
-fn mask_path(path: &Path) -> io::Result<()> {
+/// Hides `path` (if the kernel has it): an empty tmpfs with `flags` (read-only) over a
+/// directory, `/dev/null` over anything else, as runc does for Docker's masked paths.
+fn mask_path(path: &Path, flags: MountFlags) -> io::Result<()> {
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
         Ok(m) if m.is_dir() => errno(rustix::mount::mount(
-            "tmpfs",
-            path,
-            "tmpfs",
-            MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-            c"size=0",
+            "tmpfs", path, "tmpfs", flags, c"size=0",
         )),
         Ok(_) => errno(rustix::mount::mount_bind("/dev/null", path)),
     }
 }
 
-/// Makes `path` (if the kernel has it) a read-only mount of itself.
-fn readonly_path(path: &Path) -> io::Result<()> {
+/// Makes `path` (if the kernel has it) a mount of itself with `flags` (read-only).
+fn readonly_path(path: &Path, flags: MountFlags) -> io::Result<()> {
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
-        Ok(_) => bind(
-            path,
-            path,
-            MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-        ),
+        Ok(_) => bind(path, path, flags),
     }
 }
 

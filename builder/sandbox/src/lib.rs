@@ -10,10 +10,19 @@
 //! Mount points the sandbox had to create in the tree (`/proc` in an image without one,
 //! `/etc/resolv.conf`, a secret's `/run/secrets/ID`, ...) are recorded as [`Stubs`] and
 //! removed from the step's diff afterwards, so they never reach a layer.
+//!
+//! [`mounts::plan`] turns a [`Spec`] into the ordered list of mounts the Linux runtime
+//! makes, so that their assembly is tested without root; [`fake::RecordingRuntime`] is a
+//! [`Runtime`] that records the specs it is given and touches nothing, for the tests of
+//! code that runs steps.
+#![deny(missing_docs)]
 
 pub mod beneath;
 pub mod copy;
+mod error;
+pub mod fake;
 pub mod linux;
+pub mod mounts;
 mod seccomp;
 mod user;
 
@@ -26,10 +35,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+pub use error::{Result, SandboxError};
 pub use user::{User, resolve_user};
+
+use error::IoContext;
 
 /// Network of a sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,7 +201,7 @@ impl LinuxRuntime {
     pub fn new() -> Result<LinuxRuntime> {
         let exe = match std::env::var_os("KILN_SANDBOX_INIT") {
             Some(p) => PathBuf::from(p),
-            None => std::env::current_exe().context("finding the kiln binary")?,
+            None => std::env::current_exe().with_context(|| "finding the kiln binary".into())?,
         };
         Ok(LinuxRuntime { exe })
     }
@@ -206,14 +217,12 @@ impl Runtime for LinuxRuntime {
         output: &(dyn Fn(&str) + Sync),
         cancel: &AtomicBool,
     ) -> Result<RunOutcome> {
-        if !crate::snapshots::is_root() {
-            bail!(
-                "RUN needs root (kiln uses mount and pid namespaces and overlayfs); run kiln as root"
-            );
+        if !rustix::process::geteuid().is_root() {
+            return Err(SandboxError::NeedsRoot);
         }
         let spec_path = run_dir.join("spec.json");
         fs::write(&spec_path, serde_json::to_vec(spec)?)?;
-        let (reader, writer) = io::pipe().context("creating a pipe")?;
+        let (reader, writer) = io::pipe().with_context(|| "creating a pipe".into())?;
         let mut child =
             linux::spawn_init(&self.exe, &spec_path, spec.network, OwnedFd::from(writer))
                 .with_context(|| format!("starting the sandbox ({})", self.exe.display()))?;
@@ -260,7 +269,7 @@ impl Runtime for LinuxRuntime {
         let status = child.wait();
         let _ = reader_thread.join();
         if cancelled {
-            bail!("cancelled");
+            return Err(SandboxError::Cancelled);
         }
         // The init process records the result in a file; on a full disk it cannot, and
         // its own exit status (the command's, or 125 for a setup error) tells instead.
@@ -283,7 +292,8 @@ impl Runtime for LinuxRuntime {
 }
 
 /// Which snapshotter runs RUN steps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum SnapshotterKind {
     /// overlayfs: snapshots are lower dirs, the step writes to an upper dir.
     Overlay,

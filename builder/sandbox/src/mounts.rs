@@ -1,0 +1,351 @@
+//! The mounts of a sandbox, as data: [`plan`] turns a [`Spec`] into the ordered list of
+//! mounts the Linux runtime makes, and [`linux`](crate::linux) makes exactly those. That
+//! split lets tests check what a step will see (which mounts are read-only, `nodev`,
+//! where secrets go, which paths are masked) without root and without mounting anything.
+
+use std::path::PathBuf;
+
+use crate::{MountSpec, RootSpec, Spec};
+
+/// Paths hidden from a step as runc hides them for Docker (a directory gets an empty
+/// read-only tmpfs, a file `/dev/null`).
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Paths a step may read but not write, as with Docker.
+pub const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Where a mount goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The sandbox's root ([`Spec::merged`]).
+    Root,
+    /// An absolute path inside the sandbox, resolved in the tree (its symlinks followed,
+    /// never leaving it) and created as a stub if missing.
+    Sandbox(String),
+    /// A host directory of the init process's own ([`Spec::scratch`]), created if missing:
+    /// the tree a `--mount=type=bind,from=...` binds from, a secret's tmpfs.
+    Scratch(PathBuf),
+}
+
+/// What is mounted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// overlayfs of `lowers` (top first), writable into `upper` (with its work dir) when
+    /// given.
+    Overlay {
+        /// Lower directories, top first.
+        lowers: Vec<PathBuf>,
+        /// Upper and work directories.
+        upper: Option<(PathBuf, PathBuf)>,
+    },
+    /// A recursive bind (`rbind`) of a host path, then a remount with the flags. With
+    /// `only_if_file`, skipped unless the host has a regular file there (`/etc/hosts`).
+    Bind {
+        /// Host path.
+        source: PathBuf,
+        /// Skip unless `source` is a regular file.
+        only_if_file: bool,
+    },
+    /// A recursive bind of `subpath` (resolved inside `tree`, which an earlier
+    /// [`Kind::Overlay`] mounted), then a remount with the flags.
+    BindFrom {
+        /// The mounted tree (a [`Target::Scratch`] directory).
+        tree: PathBuf,
+        /// Path inside it.
+        subpath: String,
+    },
+    /// A new filesystem of type `fstype` (`tmpfs`, `proc`) with mount data.
+    Fs {
+        /// Filesystem type.
+        fstype: &'static str,
+        /// Mount data (`mode=1777,size=...`).
+        data: Option<String>,
+    },
+    /// `/sys`: sysfs, or where the kernel refuses a new one, a bind of the host's.
+    Sysfs,
+    /// The minimal `/dev`: a tmpfs with the host's null, zero, full, random, urandom and
+    /// tty bound in, a private devpts and `/dev/shm`.
+    Dev,
+    /// A secret: `source` copied to `file` (in a private tmpfs) with the mode and owner,
+    /// then bound (not recursively) onto the target.
+    SecretFile {
+        /// The secret on the host.
+        source: PathBuf,
+        /// The copy in the init process's tmpfs.
+        file: PathBuf,
+        /// File mode.
+        mode: u32,
+        /// Owner.
+        uid: u32,
+        /// Group.
+        gid: u32,
+    },
+    /// A masked path: an empty read-only tmpfs over a directory, `/dev/null` over a file;
+    /// nothing when the kernel has no such path.
+    Mask,
+    /// A path bound onto itself read-only; nothing when the kernel has no such path.
+    ReadOnly,
+}
+
+/// Flags of a mount.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flags {
+    /// `ro`.
+    pub readonly: bool,
+    /// `nodev`: device nodes cannot be opened.
+    pub nodev: bool,
+    /// `nosuid`.
+    pub nosuid: bool,
+    /// `noexec`.
+    pub noexec: bool,
+}
+
+/// One mount of a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// What is mounted.
+    pub kind: Kind,
+    /// Where.
+    pub target: Target,
+    /// Its flags.
+    pub flags: Flags,
+    /// Made by the command's process, once the new pid namespace exists (`/proc` and the
+    /// masks and read-only paths under `/proc` and `/sys`), rather than by init.
+    pub in_command: bool,
+}
+
+impl Mount {
+    fn new(kind: Kind, target: Target, flags: Flags) -> Mount {
+        Mount {
+            kind,
+            target,
+            flags,
+            in_command: false,
+        }
+    }
+
+    /// The target inside the sandbox, if it is there (not the root, not scratch).
+    pub fn sandbox_path(&self) -> Option<&str> {
+        match &self.target {
+            Target::Sandbox(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Whether it is a bind mount (rather than a new filesystem).
+    pub fn is_bind(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Bind { .. } | Kind::BindFrom { .. } | Kind::SecretFile { .. } | Kind::ReadOnly
+        )
+    }
+}
+
+/// The mounts the Linux runtime makes for `spec`, in order: the root, `/proc`, `/dev`,
+/// `/sys`, the step's mounts, the host files (`/etc/resolv.conf`, `/etc/hosts`) and
+/// (unless [`Spec::privileged`]) the masked and read-only paths. The init process makes
+/// every mount point in that order and the mounts not [`Mount::in_command`]; the
+/// command's process then mounts the others, in order.
+///
+/// Every mount but the devices of `/dev` is `nodev` unless the spec is privileged: without
+/// a device cgroup, that is what keeps a device node a step makes from reaching the
+/// host's hardware.
+pub fn plan(spec: &Spec) -> Vec<Mount> {
+    let nodev = !spec.privileged;
+    let rw = Flags {
+        nodev,
+        ..Flags::default()
+    };
+    let ro = Flags {
+        readonly: true,
+        ..rw
+    };
+    let ro_if = |readonly: bool| if readonly { ro } else { rw };
+    // Every flag: what the kernel's own views (/sys, /proc, the masks) get.
+    let locked = Flags {
+        readonly: true,
+        nodev: true,
+        nosuid: true,
+        noexec: true,
+    };
+    let mut out = Vec::new();
+    out.push(match &spec.root {
+        RootSpec::Overlay {
+            lowers,
+            upper,
+            work,
+        } => Mount::new(
+            Kind::Overlay {
+                lowers: lowers.clone(),
+                upper: Some((upper.clone(), work.clone())),
+            },
+            Target::Root,
+            rw,
+        ),
+        // pivot_root needs the new root to be a mount point.
+        RootSpec::Dir => Mount::new(
+            Kind::Bind {
+                source: spec.merged.clone(),
+                only_if_file: false,
+            },
+            Target::Root,
+            rw,
+        ),
+    });
+    // /proc belongs to the new pid namespace: the command mounts it, but its mount point
+    // is made first, with the others.
+    out.push(Mount {
+        in_command: true,
+        ..Mount::new(
+            Kind::Fs {
+                fstype: "proc",
+                data: None,
+            },
+            Target::Sandbox("/proc".into()),
+            Flags {
+                readonly: false,
+                ..locked
+            },
+        )
+    });
+    out.push(Mount::new(
+        Kind::Dev,
+        Target::Sandbox("/dev".into()),
+        Flags { nosuid: true, ..rw },
+    ));
+    out.push(Mount::new(
+        Kind::Sysfs,
+        Target::Sandbox("/sys".into()),
+        locked,
+    ));
+    for (i, m) in spec.mounts.iter().enumerate() {
+        let n = i + 1;
+        match m {
+            MountSpec::Bind {
+                source,
+                target,
+                readonly,
+            } => out.push(Mount::new(
+                Kind::Bind {
+                    source: source.clone(),
+                    only_if_file: false,
+                },
+                Target::Sandbox(target.clone()),
+                ro_if(*readonly),
+            )),
+            MountSpec::Layers {
+                lowers,
+                rw: upper,
+                subpath,
+                target,
+                readonly,
+            } => {
+                let tree = spec.scratch.join(format!("m{n}"));
+                out.push(Mount::new(
+                    Kind::Overlay {
+                        lowers: lowers.clone(),
+                        upper: upper.clone(),
+                    },
+                    Target::Scratch(tree.clone()),
+                    ro_if(upper.is_none()),
+                ));
+                out.push(Mount::new(
+                    Kind::BindFrom {
+                        tree,
+                        subpath: subpath.clone(),
+                    },
+                    Target::Sandbox(target.clone()),
+                    ro_if(*readonly),
+                ));
+            }
+            MountSpec::Tmpfs { target, size } => out.push(Mount::new(
+                Kind::Fs {
+                    fstype: "tmpfs",
+                    data: Some(match size {
+                        Some(s) => format!("mode=1777,size={s}"),
+                        None => "mode=1777".into(),
+                    }),
+                },
+                Target::Sandbox(target.clone()),
+                Flags {
+                    nodev: true,
+                    nosuid: true,
+                    ..Flags::default()
+                },
+            )),
+            MountSpec::Secret {
+                source,
+                target,
+                mode,
+                uid,
+                gid,
+            } => {
+                // The secret is copied into a private tmpfs that exists only in this
+                // mount namespace, then bound read-only onto its target.
+                let holder = spec.scratch.join(format!("s{n}"));
+                out.push(Mount::new(
+                    Kind::Fs {
+                        fstype: "tmpfs",
+                        data: Some("mode=0700,size=1m".into()),
+                    },
+                    Target::Scratch(holder.clone()),
+                    Flags {
+                        readonly: false,
+                        ..locked
+                    },
+                ));
+                out.push(Mount::new(
+                    Kind::SecretFile {
+                        source: source.clone(),
+                        file: holder.join("secret"),
+                        mode: *mode,
+                        uid: *uid,
+                        gid: *gid,
+                    },
+                    Target::Sandbox(target.clone()),
+                    ro,
+                ));
+            }
+        }
+    }
+    for (host, target) in &spec.host_files {
+        out.push(Mount::new(
+            Kind::Bind {
+                source: host.clone(),
+                only_if_file: true,
+            },
+            Target::Sandbox(target.clone()),
+            ro,
+        ));
+    }
+    if !spec.privileged {
+        for (paths, kind) in [(MASKED_PATHS, Kind::Mask), (READONLY_PATHS, Kind::ReadOnly)] {
+            for p in paths {
+                out.push(Mount {
+                    in_command: true,
+                    ..Mount::new(kind.clone(), Target::Sandbox((*p).into()), locked)
+                });
+            }
+        }
+    }
+    out
+}

@@ -190,6 +190,20 @@ pub trait Runtime: Sync {
     ) -> Result<RunOutcome>;
 }
 
+/// A shared runtime runs as the runtime it shares (a test keeps one handle on a
+/// [`fake::RecordingRuntime`] while the worker owns another).
+impl<R: Runtime + Send + ?Sized> Runtime for std::sync::Arc<R> {
+    fn run(
+        &self,
+        spec: &Spec,
+        run_dir: &Path,
+        output: &(dyn Fn(&str) + Sync),
+        cancel: &AtomicBool,
+    ) -> Result<RunOutcome> {
+        (**self).run(spec, run_dir, output, cancel)
+    }
+}
+
 /// The namespace-and-`pivot_root` runtime: kiln re-executes itself as the init process.
 #[derive(Debug, Clone)]
 pub struct LinuxRuntime {

@@ -187,8 +187,7 @@ pub fn plan(spec: &Spec) -> Vec<Mount> {
         nosuid: true,
         noexec: true,
     };
-    let mut out = Vec::new();
-    out.push(match &spec.root {
+    let root = match &spec.root {
         RootSpec::Overlay {
             lowers,
             upper,
@@ -210,10 +209,10 @@ pub fn plan(spec: &Spec) -> Vec<Mount> {
             Target::Root,
             rw,
         ),
-    });
+    };
     // /proc belongs to the new pid namespace: the command mounts it, but its mount point
     // is made first, with the others.
-    out.push(Mount {
+    let proc = Mount {
         in_command: true,
         ..Mount::new(
             Kind::Fs {
@@ -226,17 +225,17 @@ pub fn plan(spec: &Spec) -> Vec<Mount> {
                 ..locked
             },
         )
-    });
-    out.push(Mount::new(
-        Kind::Dev,
-        Target::Sandbox("/dev".into()),
-        Flags { nosuid: true, ..rw },
-    ));
-    out.push(Mount::new(
-        Kind::Sysfs,
-        Target::Sandbox("/sys".into()),
-        locked,
-    ));
+    };
+    let mut out = vec![
+        root,
+        proc,
+        Mount::new(
+            Kind::Dev,
+            Target::Sandbox("/dev".into()),
+            Flags { nosuid: true, ..rw },
+        ),
+        Mount::new(Kind::Sysfs, Target::Sandbox("/sys".into()), locked),
+    ];
     for (i, m) in spec.mounts.iter().enumerate() {
         let n = i + 1;
         match m {
@@ -348,4 +347,297 @@ pub fn plan(spec: &Spec) -> Vec<Mount> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NetworkMode;
+
+    fn spec(mounts: Vec<MountSpec>) -> Spec {
+        Spec {
+            root: RootSpec::Overlay {
+                lowers: vec!["/s/l2".into(), "/s/l1".into()],
+                upper: "/r/upper".into(),
+                work: "/r/work".into(),
+            },
+            merged: "/r/merged".into(),
+            scratch: "/r/scratch".into(),
+            args: vec!["sh".into()],
+            env: vec![],
+            cwd: "/".into(),
+            uid: 0,
+            gid: 0,
+            groups: vec![0],
+            network: NetworkMode::Host,
+            hostname: "kiln".into(),
+            privileged: false,
+            mounts,
+            host_files: vec![("/etc/hosts".into(), "/etc/hosts".into())],
+            stubs_file: "/r/stubs".into(),
+            result_file: "/r/result".into(),
+        }
+    }
+
+    fn at<'a>(plan: &'a [Mount], target: &str) -> Vec<&'a Mount> {
+        plan.iter()
+            .filter(|m| m.sandbox_path() == Some(target))
+            .collect()
+    }
+
+    fn one<'a>(plan: &'a [Mount], target: &str) -> &'a Mount {
+        let found = at(plan, target);
+        assert_eq!(found.len(), 1, "one mount at {target}: {plan:#?}");
+        found[0]
+    }
+
+    const RW_NODEV: Flags = Flags {
+        readonly: false,
+        nodev: true,
+        nosuid: false,
+        noexec: false,
+    };
+    const RO_NODEV: Flags = Flags {
+        readonly: true,
+        ..RW_NODEV
+    };
+
+    #[test]
+    fn root_is_a_writable_nodev_overlay_of_the_snapshots() {
+        let plan = plan(&spec(vec![]));
+        assert_eq!(plan[0].target, Target::Root);
+        assert_eq!(
+            plan[0].kind,
+            Kind::Overlay {
+                lowers: vec!["/s/l2".into(), "/s/l1".into()],
+                upper: Some(("/r/upper".into(), "/r/work".into())),
+            }
+        );
+        assert_eq!(plan[0].flags, RW_NODEV);
+        let mut dir = spec(vec![]);
+        dir.root = RootSpec::Dir;
+        let plan = super::plan(&dir);
+        assert_eq!(
+            plan[0].kind,
+            Kind::Bind {
+                source: "/r/merged".into(),
+                only_if_file: false
+            }
+        );
+        assert_eq!(plan[0].flags, RW_NODEV);
+    }
+
+    #[test]
+    fn a_cache_mount_is_writable_and_nodev() {
+        let plan = plan(&spec(vec![MountSpec::Bind {
+            source: "/store/cache/abc".into(),
+            target: "/root/.cache".into(),
+            readonly: false,
+        }]));
+        let m = one(&plan, "/root/.cache");
+        assert!(m.is_bind());
+        assert_eq!(
+            m.kind,
+            Kind::Bind {
+                source: "/store/cache/abc".into(),
+                only_if_file: false
+            }
+        );
+        assert_eq!(m.flags, RW_NODEV);
+        assert!(!m.in_command);
+    }
+
+    #[test]
+    fn a_bind_from_a_stage_is_read_only_unless_rw() {
+        let layers = |rw: bool| MountSpec::Layers {
+            lowers: vec!["/s/b".into()],
+            rw: rw.then(|| ("/r/mu".into(), "/r/mw".into())),
+            subpath: "out".into(),
+            target: "/src".into(),
+            readonly: !rw,
+        };
+        let plan = plan(&spec(vec![layers(false)]));
+        let i = plan
+            .iter()
+            .position(|m| m.sandbox_path() == Some("/src"))
+            .unwrap();
+        // The stage's tree is mounted (read-only) in scratch, then its subpath bound.
+        assert_eq!(plan[i - 1].target, Target::Scratch("/r/scratch/m1".into()));
+        assert_eq!(
+            plan[i - 1].kind,
+            Kind::Overlay {
+                lowers: vec!["/s/b".into()],
+                upper: None
+            }
+        );
+        assert_eq!(plan[i - 1].flags, RO_NODEV);
+        assert_eq!(
+            plan[i].kind,
+            Kind::BindFrom {
+                tree: "/r/scratch/m1".into(),
+                subpath: "out".into()
+            }
+        );
+        assert_eq!(plan[i].flags, RO_NODEV);
+
+        let plan = super::plan(&spec(vec![layers(true)]));
+        let m = one(&plan, "/src");
+        assert_eq!(m.flags, RW_NODEV);
+        let tree = plan
+            .iter()
+            .find(|m| m.target == Target::Scratch("/r/scratch/m1".into()))
+            .unwrap();
+        assert_eq!(tree.flags, RW_NODEV);
+        assert!(matches!(&tree.kind, Kind::Overlay { upper: Some(_), .. }));
+    }
+
+    #[test]
+    fn secrets_are_read_only_files_under_run_secrets() {
+        let plan = plan(&spec(vec![MountSpec::Secret {
+            source: "/home/me/token".into(),
+            target: "/run/secrets/token".into(),
+            mode: 0o400,
+            uid: 0,
+            gid: 0,
+        }]));
+        let m = one(&plan, "/run/secrets/token");
+        assert_eq!(
+            m.kind,
+            Kind::SecretFile {
+                source: "/home/me/token".into(),
+                file: "/r/scratch/s1/secret".into(),
+                mode: 0o400,
+                uid: 0,
+                gid: 0,
+            }
+        );
+        assert_eq!(m.flags, RO_NODEV);
+        // Its copy lives in a private tmpfs, never in the tree.
+        let holder = plan
+            .iter()
+            .find(|m| m.target == Target::Scratch("/r/scratch/s1".into()))
+            .unwrap();
+        assert_eq!(
+            holder.kind,
+            Kind::Fs {
+                fstype: "tmpfs",
+                data: Some("mode=0700,size=1m".into())
+            }
+        );
+        assert!(holder.flags.noexec && holder.flags.nodev && holder.flags.nosuid);
+    }
+
+    #[test]
+    fn tmpfs_mounts_have_their_size() {
+        let plan = plan(&spec(vec![
+            MountSpec::Tmpfs {
+                target: "/tmp".into(),
+                size: Some(65536),
+            },
+            MountSpec::Tmpfs {
+                target: "/scratch".into(),
+                size: None,
+            },
+        ]));
+        let sized = one(&plan, "/tmp");
+        assert_eq!(
+            sized.kind,
+            Kind::Fs {
+                fstype: "tmpfs",
+                data: Some("mode=1777,size=65536".into())
+            }
+        );
+        assert!(sized.flags.nodev && sized.flags.nosuid && !sized.flags.readonly);
+        assert_eq!(
+            one(&plan, "/scratch").kind,
+            Kind::Fs {
+                fstype: "tmpfs",
+                data: Some("mode=1777".into())
+            }
+        );
+    }
+
+    #[test]
+    fn proc_sys_dev_masks_and_read_only_paths() {
+        let plan = plan(&spec(vec![]));
+        let proc = one(&plan, "/proc");
+        assert!(proc.in_command);
+        assert_eq!(
+            proc.kind,
+            Kind::Fs {
+                fstype: "proc",
+                data: None
+            }
+        );
+        assert!(proc.flags.nodev && proc.flags.nosuid && proc.flags.noexec);
+        let sys = one(&plan, "/sys");
+        assert_eq!(sys.kind, Kind::Sysfs);
+        assert!(sys.flags.readonly && sys.flags.nodev);
+        let dev = one(&plan, "/dev");
+        assert_eq!(dev.kind, Kind::Dev);
+        assert!(dev.flags.nodev && dev.flags.nosuid);
+        for p in [
+            "/proc/kcore",
+            "/proc/keys",
+            "/proc/timer_list",
+            "/sys/firmware",
+        ] {
+            let m = one(&plan, p);
+            assert_eq!(m.kind, Kind::Mask, "{p}");
+            assert!(m.in_command && m.flags.readonly, "{p}");
+        }
+        for p in [
+            "/proc/sys",
+            "/proc/sysrq-trigger",
+            "/proc/irq",
+            "/proc/bus",
+            "/proc/fs",
+        ] {
+            let m = one(&plan, p);
+            assert_eq!(m.kind, Kind::ReadOnly, "{p}");
+            assert!(m.in_command && m.flags.readonly && m.flags.nodev, "{p}");
+        }
+        // /proc is mounted before what is masked in it.
+        let pos = |t: &str| plan.iter().position(|m| m.sandbox_path() == Some(t));
+        assert!(pos("/proc") < pos("/proc/kcore"));
+        let hosts = one(&plan, "/etc/hosts");
+        assert_eq!(
+            hosts.kind,
+            Kind::Bind {
+                source: "/etc/hosts".into(),
+                only_if_file: true
+            }
+        );
+        assert_eq!(hosts.flags, RO_NODEV);
+    }
+
+    #[test]
+    fn security_insecure_drops_the_masks_and_nodev() {
+        let mut s = spec(vec![
+            MountSpec::Bind {
+                source: "/store/cache/abc".into(),
+                target: "/cache".into(),
+                readonly: false,
+            },
+            MountSpec::Bind {
+                source: "/ctx".into(),
+                target: "/ctx".into(),
+                readonly: true,
+            },
+        ]);
+        s.privileged = true;
+        let plan = plan(&s);
+        assert!(
+            !plan
+                .iter()
+                .any(|m| matches!(m.kind, Kind::Mask | Kind::ReadOnly))
+        );
+        assert!(!plan[0].flags.nodev, "root");
+        assert!(!one(&plan, "/cache").flags.nodev);
+        assert!(!one(&plan, "/dev").flags.nodev);
+        let ctx = one(&plan, "/ctx").flags;
+        assert!(ctx.readonly && !ctx.nodev);
+        // /proc itself is still there, and the kernel's views stay locked.
+        assert!(at(&plan, "/proc").len() == 1 && one(&plan, "/sys").flags.readonly);
+    }
 }

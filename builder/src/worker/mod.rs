@@ -395,3 +395,6 @@ impl Worker for BuildWorker<'_> {
 /// Results by vertex, as the solver returns them.
 pub type Results = HashMap<VertexId, crate::solver::Solved<Output>>;
 mod exec;
+
+#[cfg(test)]
+mod tests;

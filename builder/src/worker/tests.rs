@@ -1,0 +1,313 @@
+//! RUN through the worker with a recording runtime: the spec the worker gives the sandbox
+//! (mounts, env, cwd, user, network) and what the Linux runtime would mount for it, checked
+//! without root: nothing is run or mounted, the base is a tiny layer written to a
+//! temporary store.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use kiln_cache::Store;
+use kiln_frontend::convert::DEFAULT_PATH;
+use kiln_frontend::graph::{ExecMount, ExecOp, Network, VertexId};
+use kiln_frontend::instructions::parse_mount;
+use kiln_fs::ContextFs;
+use kiln_layer::LayerOptions;
+use kiln_sandbox::fake::RecordingRuntime;
+use kiln_sandbox::mounts::{self, Flags, Kind};
+use kiln_sandbox::{MountSpec, NetworkMode, RootSpec, SnapshotterKind, Spec};
+
+use super::{BuildWorker, ExecSettings, Output};
+use crate::images::ImageStore;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    store: Store,
+    images: ImageStore,
+    runtime: Arc<RecordingRuntime>,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("ctx")).unwrap();
+    fs::write(dir.path().join("token"), "s3cret\n").unwrap();
+    let store = Store::open(dir.path().join("store")).unwrap();
+    let images = ImageStore::new(&store);
+    Fixture {
+        dir,
+        store,
+        images,
+        runtime: Arc::new(RecordingRuntime::new()),
+    }
+}
+
+impl Fixture {
+    fn worker(&self, snapshotter: SnapshotterKind) -> BuildWorker<'_> {
+        let secrets = HashMap::from([("token".to_string(), self.dir.path().join("token"))]);
+        let exec = ExecSettings {
+            snapshotter,
+            runtime: Box::new(self.runtime.clone()),
+            secrets,
+            allow_insecure: false,
+        };
+        let context = ContextFs::new(&self.dir.path().join("ctx"), &[]).unwrap();
+        BuildWorker::new(
+            &self.store,
+            context,
+            &self.images,
+            LayerOptions::default(),
+            exec,
+        )
+        .unwrap()
+    }
+}
+
+/// A one-layer image with `files` (`path`, contents).
+fn image(w: &BuildWorker, files: &[(&str, &str)]) -> Output {
+    let dir = w.snapshots.temp_dir("layer").unwrap();
+    for (path, data) in files {
+        let p = dir.path().join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, data).unwrap();
+    }
+    let layer = w.commit_layer(VertexId::new(0), dir).unwrap();
+    Output::Fs {
+        layers: vec![layer],
+        added: true,
+    }
+}
+
+const BASE: &[(&str, &str)] = &[
+    (
+        "etc/passwd",
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+    ),
+    ("etc/group", "root:x:0:\napp:x:1000:\nextra:x:2000:app\n"),
+];
+
+fn exec(mounts: &[(&str, Option<usize>)]) -> ExecOp {
+    ExecOp {
+        args: vec!["/bin/sh".into(), "-c".into(), "make".into()],
+        env: vec!["A=1".into()],
+        proxy_env: vec!["HTTP_PROXY=http://proxy:3128".into()],
+        cwd: "/work".into(),
+        user: "app".into(),
+        network: Network::None,
+        insecure: false,
+        mounts: mounts
+            .iter()
+            .map(|(m, input)| ExecMount {
+                spec: parse_mount(m).unwrap(),
+                input: *input,
+            })
+            .collect(),
+    }
+}
+
+/// Runs `e` over `inputs` and returns the spec the runtime got.
+fn run(f: &Fixture, w: &BuildWorker, e: &ExecOp, inputs: &[Output]) -> Spec {
+    let before = f.runtime.calls().len();
+    w.exec_op(VertexId::new(1), e, inputs, &AtomicBool::new(false))
+        .unwrap();
+    let calls = f.runtime.calls();
+    assert_eq!(calls.len(), before + 1);
+    let call = calls.last().unwrap();
+    assert_eq!(Some(call.run_dir.as_path()), call.spec.merged.parent());
+    call.spec.clone()
+}
+
+fn plan_at(spec: &Spec, target: &str) -> mounts::Mount {
+    let plan = mounts::plan(spec);
+    let found: Vec<_> = plan
+        .iter()
+        .filter(|m| m.sandbox_path() == Some(target))
+        .collect();
+    assert_eq!(found.len(), 1, "one mount at {target}: {plan:#?}");
+    found[0].clone()
+}
+
+const RW_NODEV: Flags = Flags {
+    readonly: false,
+    nodev: true,
+    nosuid: false,
+    noexec: false,
+};
+const RO_NODEV: Flags = Flags {
+    readonly: true,
+    ..RW_NODEV
+};
+
+#[test]
+fn run_gets_env_with_proxy_args_last_cwd_user_and_network() {
+    let f = fixture();
+    let w = f.worker(SnapshotterKind::Copy);
+    let base = image(&w, BASE);
+    let spec = run(&f, &w, &exec(&[]), &[base]);
+    assert_eq!(spec.args, ["/bin/sh", "-c", "make"]);
+    // The proxy args come after the op's env; PATH and HOME (the user's) fill in.
+    assert_eq!(
+        spec.env,
+        [
+            "A=1".to_string(),
+            "HTTP_PROXY=http://proxy:3128".into(),
+            format!("PATH={DEFAULT_PATH}"),
+            "HOME=/home/app".into(),
+        ]
+    );
+    assert_eq!(spec.cwd, "/work");
+    assert_eq!((spec.uid, spec.gid), (1000, 1000));
+    assert_eq!(spec.groups, [1000, 2000]);
+    assert_eq!(spec.network, NetworkMode::None);
+    assert!(!spec.privileged);
+    assert!(spec.mounts.is_empty());
+    // The copy snapshotter hands the runtime a full copy of the image as the root.
+    assert!(matches!(spec.root, RootSpec::Dir));
+    assert_eq!(
+        spec.host_files,
+        [
+            ("/etc/resolv.conf".into(), "/etc/resolv.conf".to_string()),
+            ("/etc/hosts".into(), "/etc/hosts".to_string())
+        ]
+    );
+}
+
+#[test]
+fn run_mounts_become_the_sandbox_mounts() {
+    let f = fixture();
+    let w = f.worker(SnapshotterKind::Overlay);
+    let base = image(&w, BASE);
+    let stage = image(&w, &[("out/app", "binary")]);
+    let uid = rustix::process::geteuid().as_raw();
+    let gid = rustix::process::getegid().as_raw();
+    let cache = format!("type=cache,target=/root/.cache,uid={uid},gid={gid}");
+    let e = exec(&[
+        (&cache, None),
+        ("type=bind,from=build,source=/out,target=/src", Some(1)),
+        ("type=bind,from=build,target=/scratch,rw", Some(1)),
+        ("type=secret,id=token", None),
+        ("type=tmpfs,target=/tmp,size=65536", None),
+    ]);
+    let spec = run(&f, &w, &e, &[base, stage]);
+    assert!(matches!(&spec.root, RootSpec::Overlay { lowers, .. } if lowers.len() == 1));
+    assert_eq!(mounts::plan(&spec)[0].flags, RW_NODEV, "root");
+
+    let [cache, from, from_rw, secret, tmpfs] = &spec.mounts[..] else {
+        panic!("five mounts: {:#?}", spec.mounts)
+    };
+    // A cache mount: a writable, nodev bind of a directory of the store.
+    let MountSpec::Bind {
+        source,
+        target,
+        readonly: false,
+    } = cache
+    else {
+        panic!("cache: {cache:?}")
+    };
+    assert!(
+        source.starts_with(f.store.root().join("cache-mounts")),
+        "{source:?}"
+    );
+    assert_eq!(target, "/root/.cache");
+    assert_eq!(plan_at(&spec, "/root/.cache").flags, RW_NODEV);
+
+    // A bind from a stage: its layers, read-only...
+    let MountSpec::Layers {
+        lowers,
+        rw: None,
+        subpath,
+        readonly: true,
+        ..
+    } = from
+    else {
+        panic!("bind from a stage: {from:?}")
+    };
+    assert_eq!(lowers.len(), 1);
+    assert!(lowers[0].join("out/app").is_file());
+    assert_eq!(subpath, "/out");
+    let m = plan_at(&spec, "/src");
+    assert!(matches!(m.kind, Kind::BindFrom { .. }));
+    assert_eq!(m.flags, RO_NODEV);
+    // ...unless rw, whose writes go to a throw-away upper dir.
+    assert!(matches!(
+        from_rw,
+        MountSpec::Layers {
+            rw: Some(_),
+            readonly: false,
+            ..
+        }
+    ));
+    assert_eq!(plan_at(&spec, "/scratch").flags, RW_NODEV);
+
+    // A secret: a read-only file under /run/secrets.
+    assert!(matches!(
+        secret,
+        MountSpec::Secret { target, mode: 0o400, uid: 0, gid: 0, source }
+            if target == "/run/secrets/token" && source == &f.dir.path().join("token")
+    ));
+    let m = plan_at(&spec, "/run/secrets/token");
+    assert!(matches!(m.kind, Kind::SecretFile { .. }));
+    assert_eq!(m.flags, RO_NODEV);
+    // The secret never enters the env.
+    assert!(!spec.env.iter().any(|kv| kv.contains("s3cret")));
+
+    // A tmpfs, with its size.
+    assert!(matches!(
+        tmpfs,
+        MountSpec::Tmpfs { target, size: Some(65536) } if target == "/tmp"
+    ));
+    assert_eq!(
+        plan_at(&spec, "/tmp").kind,
+        Kind::Fs {
+            fstype: "tmpfs",
+            data: Some("mode=1777,size=65536".into())
+        }
+    );
+}
+
+#[test]
+fn copy_snapshotter_binds_a_copy_of_the_stage_read_only() {
+    let f = fixture();
+    let w = f.worker(SnapshotterKind::Copy);
+    let stage = image(&w, &[("out/app", "binary")]);
+    let e = exec(&[("type=bind,from=build,source=/out,target=/src", Some(1))]);
+    let spec = run(&f, &w, &e, &[image(&w, BASE), stage]);
+    let [
+        MountSpec::Bind {
+            source,
+            readonly: true,
+            ..
+        },
+    ] = &spec.mounts[..]
+    else {
+        panic!("one read-only bind: {:#?}", spec.mounts)
+    };
+    // The copy is gone with the step; it held the stage's subpath.
+    assert!(source.ends_with("out"), "{source:?}");
+    assert!(!Path::new(source).exists());
+    assert_eq!(plan_at(&spec, "/src").flags, RO_NODEV);
+}
+
+#[test]
+fn a_failed_run_names_the_command_exit_code_and_output() {
+    let f = fixture();
+    let w = f.worker(SnapshotterKind::Copy);
+    let base = image(&w, BASE);
+    f.runtime
+        .exit_code(2)
+        .output(["cc: error", "make: *** failed"]);
+    let err = w
+        .exec_op(
+            VertexId::new(1),
+            &exec(&[]),
+            &[base],
+            &AtomicBool::new(false),
+        )
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "process [\"/bin/sh\",\"-c\",\"make\"] did not complete successfully: exit code: 2\n\
+         last output:\ncc: error\nmake: *** failed"
+    );
+}

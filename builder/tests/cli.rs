@@ -218,3 +218,16 @@ fn parse_dump_matches_buildkit() {
         .join("testfiles-negative/env_no_value/Dockerfile");
     kiln().args(["parse", "--dump"]).arg(neg).assert().failure();
 }
+
+/// The sandbox's init process reports a spec it cannot read through `main` (the library
+/// prints nothing) and exits with runc's setup-error code.
+#[test]
+fn sandbox_init_without_a_spec_says_why_and_exits_125() {
+    kiln()
+        .args([kiln_sandbox::linux::INIT_ARG, "/nonexistent/spec.json"])
+        .assert()
+        .code(i32::from(kiln_sandbox::linux::SETUP_ERROR_CODE))
+        .stderr(predicates::str::starts_with(
+            "kiln sandbox: reading /nonexistent/spec.json: No such file or directory",
+        ));
+}

@@ -86,3 +86,38 @@ impl<T> IoContext<T> for io::Result<T> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::*;
+
+    /// The messages users saw when these were `anyhow` errors: the context first, the
+    /// system's error as its source (what `{:#}` in the binary prints after a colon).
+    #[test]
+    fn messages_are_unchanged() {
+        let e = Err::<(), _>(io::Error::from(io::ErrorKind::NotFound))
+            .with_context(|| "mkdir /x".into())
+            .unwrap_err();
+        assert_eq!(e.to_string(), "mkdir /x");
+        assert_eq!(e.source().unwrap().to_string(), "entity not found");
+        let e = FsError::NotFound {
+            src: "a.txt".into(),
+            within: "the build context".into(),
+        };
+        assert_eq!(e.to_string(), "\"a.txt\" not found in the build context");
+        let e = FsError::NoMatch {
+            src: "*.c".into(),
+            within: "stage builder".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "no source files were specified: \"*.c\" matches nothing in stage builder"
+        );
+        assert_eq!(
+            FsError::InvalidChmod("u+q".into()).to_string(),
+            "invalid chmod \"u+q\""
+        );
+    }
+}

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use kiln_frontend::graph::{BuildGraph, Vertex, VertexId};
+use kiln_ops::{BuildGraph, Vertex, VertexId};
 
 use crate::cachekey::cache_key;
 
@@ -268,7 +268,7 @@ fn run_one<W: Worker>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_frontend::graph::{ExecOp, Network, Op};
+    use kiln_ops::{ExecOp, Network, Op};
     use std::sync::atomic::AtomicUsize;
 
     /// A worker over fake ops that counts executions and cache hits, as BuildKit's

@@ -10,8 +10,8 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, anyhow};
 use kiln_cache::{StatMemo, Store};
-use kiln_frontend::graph::{FileAction, Op, Platform, Vertex, VertexId};
 use kiln_layer::LayerOptions;
+use kiln_ops::{FileAction, Op, Platform, Vertex, VertexId};
 use serde::{Deserialize, Serialize};
 
 use crate::cachekey::{self, KeySource};
@@ -141,12 +141,7 @@ impl<'a> BuildWorker<'a> {
     }
 
     /// Runs a file op into a new layer.
-    fn file_op(
-        &self,
-        id: VertexId,
-        f: &kiln_frontend::graph::FileOp,
-        inputs: &[Output],
-    ) -> Result<Output> {
+    fn file_op(&self, id: VertexId, f: &kiln_ops::FileOp, inputs: &[Output]) -> Result<Output> {
         let base_out = if f.has_base {
             inputs.first().cloned()
         } else {
@@ -168,7 +163,7 @@ impl<'a> BuildWorker<'a> {
             .collect::<Result<_>>()?;
         let upper_dir = self.snapshots.temp_dir("layer")?;
         let mut upper = Upper::new(upper_dir.path(), &base_view);
-        let owner_of = |chown: &Option<kiln_frontend::graph::Chown>| {
+        let owner_of = |chown: &Option<kiln_ops::Chown>| {
             chown
                 .as_ref()
                 .map(|c| resolve_chown(c, &base_view))

@@ -34,8 +34,8 @@ impl Snapshots {
     /// The snapshots of `store`.
     pub fn new(store: &Store) -> Snapshots {
         Snapshots {
-            dir: store.root().join("snapshots"),
-            tmp: store.root().join("tmp"),
+            dir: store.snapshots_dir(),
+            tmp: store.tmp_dir(),
         }
     }
 

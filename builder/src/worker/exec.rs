@@ -364,7 +364,7 @@ impl BuildWorker<'_> {
     ) -> Result<PathBuf> {
         let key = kiln_ops::sha256_digest(cache_mount_key(id, seed).as_bytes());
         let hex = key.trim_start_matches("sha256:");
-        let base = self.store.root().join("cache-mounts");
+        let base = self.store.cache_mounts_dir();
         fs::create_dir_all(&base)?;
         let dir = base.join(&hex[..32]);
         let lock_path = base.join(format!("{}.lock", &hex[..32]));

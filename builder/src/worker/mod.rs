@@ -97,7 +97,7 @@ impl<'a> BuildWorker<'a> {
             memo,
             images,
             layer_opts,
-            downloads: Downloads::new(store.root().join("tmp"))?,
+            downloads: Downloads::new(store.tmp_dir())?,
             exec,
             reporter: None,
             lazy: Default::default(),

@@ -9,10 +9,10 @@ use anyhow::{Context, Result, anyhow, bail};
 use kiln_cache::{Digest, Store, TagRecord};
 use kiln_frontend::convert::{self, Base, ConvertOptions, Plan};
 use kiln_frontend::error::shorten;
-use kiln_frontend::graph::{Op, Platform, VertexId, describe};
 use kiln_frontend::{Diagnostic, dockerignore};
 use kiln_fs::ContextFs;
 use kiln_layer::{Compression, LayerOptions, UnpackOptions, WhiteoutMode};
+use kiln_ops::{Op, Platform, VertexId, describe};
 
 use crate::exporter;
 use crate::image::{
@@ -385,7 +385,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
     })
 }
 
-fn report_step(origin: &kiln_frontend::graph::Origin, solved: &Solved<Output>) -> ReportStep {
+fn report_step(origin: &kiln_ops::Origin, solved: &Solved<Output>) -> ReportStep {
     let layer = match &solved.output {
         Output::Fs {
             layers,

@@ -1,10 +1,10 @@
 //! Cache keys: the one place that decides what a build step's cache key covers.
 //!
 //! A vertex's key is [`cache_key`]: sha256 over
-//! * its **definition digest** (`kiln_frontend::graph`): the op as canonical JSON and its
+//! * its **definition digest** (`kiln_ops`): the op as canonical JSON and its
 //!   inputs' definition digests. Two things are deliberately not in it: proxy build args
 //!   (`ExecOp::proxy_env`, as BuildKit leaves `ProxyEnv` out of the exec key) and stage
-//!   names (`ExecMount::spec.from` is cleared: the mount's input is the stage);
+//!   names (an `ExecMount` names its source only by input index);
 //! * its **inputs' keys**, in order, so a step is rebuilt when anything under it changed;
 //! * its **content key** ([`content_key`]), what the op reads that its definition does not
 //!   show: an image's ChainID; the [`context_checksum`] of the context files a COPY or ADD
@@ -27,9 +27,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use kiln_cache::{ContentHash, Sha256Writer, StatMemo, hash_file};
-use kiln_frontend::graph::{FileAction, Op, Platform, sha256_digest};
-use kiln_frontend::instructions::MountType;
 use kiln_fs::{Entry, SourceFs, expand_source};
+use kiln_ops::{FileAction, MountKind, Op, Platform, sha256_digest};
 use rayon::prelude::*;
 
 use crate::worker::Output;
@@ -104,8 +103,11 @@ pub fn content_key(op: &Op, inputs: &[Output], source: &dyn KeySource) -> Result
             let srcs: Vec<&str> = e
                 .mounts
                 .iter()
-                .filter(|m| m.spec.kind == MountType::Bind && m.input.is_some_and(is_context))
-                .map(|m| m.spec.source.as_deref().unwrap_or("."))
+                .filter(|m| m.input.is_some_and(is_context))
+                .filter_map(|m| match &m.kind {
+                    MountKind::Bind { source, .. } => Some(source.as_deref().unwrap_or(".")),
+                    _ => None,
+                })
                 .collect();
             if srcs.is_empty() {
                 Ok(None)

@@ -10,9 +10,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::build::{BuildRequest, DockerfileError, OutputSpec, build};
 use crate::progress::ProgressMode;
 use kiln_frontend::convert::{self, ConvertOptions, NoResolver};
-use kiln_frontend::graph::Platform;
 use kiln_frontend::{Diagnostic, dockerignore, parser};
 use kiln_layer::Compression;
+use kiln_ops::Platform;
 
 /// kiln: build OCI images from Dockerfiles.
 #[derive(Parser, Debug)]

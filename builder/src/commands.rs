@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Result, anyhow};
 use kiln_cache::Store;
-use kiln_frontend::graph::Platform;
+use kiln_ops::Platform;
 
 use crate::images::{ImageInfo, ImageStore, normalize_tag};
 use crate::report::human_bytes;

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use kiln_frontend::convert::{Base, Plan};
-use kiln_frontend::graph::{VertexId, describe};
 use kiln_frontend::instructions::Dockerfile;
+use kiln_ops::{VertexId, describe};
 
 /// Renders stages, vertices (with dependencies) and the levels that can run in parallel.
 pub fn render(plan: &Plan, df: &Dockerfile, file: &str) -> String {

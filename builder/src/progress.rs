@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use kiln_frontend::graph::VertexId;
+use kiln_ops::VertexId;
 
 use crate::solver::{Event, Reporter};
 

@@ -34,8 +34,8 @@ impl Snapshots {
     /// The snapshots of `store`.
     pub fn new(store: &Store) -> Snapshots {
         Snapshots {
-            dir: store.root().join("snapshots"),
-            tmp: store.root().join("tmp"),
+            dir: store.snapshots_dir(),
+            tmp: store.tmp_dir(),
         }
     }
 
@@ -115,10 +115,10 @@ pub fn is_root() -> bool {
 pub fn chain_id(diff_ids: &[String]) -> String {
     let mut chain = match diff_ids.first() {
         Some(first) => first.clone(),
-        None => return kiln_frontend::graph::sha256_digest(b""),
+        None => return kiln_ops::sha256_digest(b""),
     };
     for d in &diff_ids[1..] {
-        chain = kiln_frontend::graph::sha256_digest(format!("{chain} {d}").as_bytes());
+        chain = kiln_ops::sha256_digest(format!("{chain} {d}").as_bytes());
     }
     chain
 }
@@ -141,7 +141,7 @@ mod tests {
         assert_eq!(chain_id(std::slice::from_ref(&a)), a);
         assert_eq!(
             chain_id(&[a.clone(), b.clone()]),
-            kiln_frontend::graph::sha256_digest(b"sha256:aaaa sha256:bbbb")
+            kiln_ops::sha256_digest(b"sha256:aaaa sha256:bbbb")
         );
     }
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use kiln_frontend::graph::{BuildGraph, Vertex, VertexId};
+use kiln_ops::{BuildGraph, Vertex, VertexId};
 
 use crate::cachekey::cache_key;
 
@@ -268,7 +268,8 @@ fn run_one<W: Worker>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_frontend::graph::{ExecOp, Network, Op};
+    use kiln_ops::{ExecOp, Network, Op};
+    use std::sync::Condvar;
     use std::sync::atomic::AtomicUsize;
 
     /// A worker over fake ops that counts executions and cache hits, as BuildKit's
@@ -281,6 +282,41 @@ mod tests {
         max_running: AtomicUsize,
         fail_on: Option<String>,
         content: Mutex<HashMap<String, String>>,
+        together: Option<Rendezvous>,
+    }
+
+    /// Vertices that must all be running at once before any of them finishes: the
+    /// proof that the solver runs them in parallel, with no sleep hoping they overlap.
+    struct Rendezvous {
+        names: Vec<&'static str>,
+        arrived: Mutex<usize>,
+        all_here: Condvar,
+    }
+
+    impl Rendezvous {
+        fn of(names: &[&'static str]) -> Rendezvous {
+            Rendezvous {
+                names: names.to_vec(),
+                arrived: Mutex::new(0),
+                all_here: Condvar::new(),
+            }
+        }
+
+        /// Waits, if `name` is one of them, until all of them are running. A solver
+        /// that ran them one at a time would never let the others arrive: give up after
+        /// a while (the test then fails on `max_running`) rather than hang.
+        fn wait(&self, name: &str) {
+            if !self.names.contains(&name) {
+                return;
+            }
+            let mut arrived = self.arrived.lock().unwrap();
+            *arrived += 1;
+            self.all_here.notify_all();
+            let _ = self
+                .all_here
+                .wait_timeout_while(arrived, Duration::from_secs(10), |n| *n < self.names.len())
+                .unwrap();
+        }
     }
 
     fn name(v: &Vertex) -> String {
@@ -312,7 +348,9 @@ mod tests {
         ) -> anyhow::Result<String> {
             let n = self.running.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_running.fetch_max(n, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(50));
+            if let Some(r) = &self.together {
+                r.wait(&name(v));
+            }
             self.running.fetch_sub(1, Ordering::SeqCst);
             if self.fail_on.as_deref() == Some(name(v).as_str()) {
                 anyhow::bail!("boom");
@@ -377,7 +415,10 @@ mod tests {
     #[test]
     fn runs_each_vertex_once_and_in_parallel() {
         let (g, [_, _, _, d]) = diamond();
-        let w = Counting::default();
+        let w = Counting {
+            together: Some(Rendezvous::of(&["b", "c"])),
+            ..Default::default()
+        };
         let r = run(&g, &w, false).unwrap();
         let mut ex = w.executed.lock().unwrap().clone();
         ex.sort();

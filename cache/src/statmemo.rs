@@ -160,11 +160,26 @@ impl StatMemo {
     /// Load the memo for `context_dir` (canonicalized, so the same directory
     /// reached by different paths shares one memo).
     pub fn load(store: &Store, context_dir: impl AsRef<Path>) -> Result<StatMemo> {
+        StatMemo::load_at(store, context_dir, SystemTime::now())
+    }
+
+    /// [`StatMemo::load`] with the load time given: the clock against which
+    /// [`StatMemo::insert`] judges a file too freshly changed to memoize.
+    ///
+    /// For tests, which would otherwise sleep to let the files they just wrote age
+    /// past that window: a load time a few seconds ahead says they are old enough.
+    /// Anywhere else, pass the real time (or call [`StatMemo::load`]): a later one
+    /// lets a file rewritten within one timestamp tick keep a stale hash.
+    pub fn load_at(
+        store: &Store,
+        context_dir: impl AsRef<Path>,
+        loaded_at: SystemTime,
+    ) -> Result<StatMemo> {
         let context_dir = context_dir.as_ref();
         let context = fs::canonicalize(context_dir).ctx("resolve build context", context_dir)?;
         let key = sha256_of(context.as_os_str().as_bytes());
         let path = store.dir(STATMEMO_DIR).join(format!("{}.memo", key.hex()));
-        let loaded_at_ns = SystemTime::now()
+        let loaded_at_ns = loaded_at
             .duration_since(UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
             .unwrap_or(0);
@@ -282,10 +297,10 @@ pub(crate) mod tests {
     use super::*;
     use std::time::Duration;
 
-    /// Wait until files written so far are old enough to be memoized by a
-    /// memo loaded afterwards.
-    pub(crate) fn settle() {
-        std::thread::sleep(Duration::from_millis(120));
+    /// A memo loaded as if the files written so far were old enough to be memoized
+    /// (past even the whole-second margin), instead of sleeping until they are.
+    fn load_later(store: &Store, ctx: impl AsRef<Path>) -> StatMemo {
+        StatMemo::load_at(store, ctx, SystemTime::now() + Duration::from_secs(3)).unwrap()
     }
 
     #[test]
@@ -296,9 +311,8 @@ pub(crate) mod tests {
         fs::create_dir(&ctx).unwrap();
         let f = ctx.join("a.txt");
         fs::write(&f, b"hello").unwrap();
-        settle();
 
-        let memo = StatMemo::load(&store, &ctx).unwrap();
+        let memo = load_later(&store, &ctx);
         assert!(memo.is_empty());
         assert!(!memo.save().unwrap(), "nothing to save");
         let meta = fs::symlink_metadata(&f).unwrap();
@@ -310,7 +324,7 @@ pub(crate) mod tests {
         assert!(!memo.save().unwrap(), "unchanged since last save");
 
         // Reload through a different spelling of the same directory.
-        let memo = StatMemo::load(&store, ctx.join("..").join("ctx")).unwrap();
+        let memo = load_later(&store, ctx.join("..").join("ctx"));
         assert_eq!(memo.len(), 1);
         assert_eq!(memo.get("a.txt", &meta), Some(h));
         assert!(memo.insert("a.txt", &meta, h));
@@ -323,8 +337,36 @@ pub(crate) mod tests {
         fs::write(&f, b"world").unwrap();
         let meta2 = fs::symlink_metadata(&f).unwrap();
         assert_eq!(memo.get("a.txt", &meta2), None);
-        // ...and too fresh to be memoized by this memo.
+        // ...and too fresh to be memoized by a memo loaded now.
+        let memo = StatMemo::load(&store, &ctx).unwrap();
         assert!(!memo.insert("a.txt", &meta2, blake3::hash(b"world")));
+        assert_eq!(memo.get("a.txt", &meta2), None);
+    }
+
+    /// The racily-clean window, judged against the memo's clock: a file changed just
+    /// before the load is hashed again next time, an older one is remembered.
+    #[test]
+    fn files_changed_just_before_the_load_are_not_memoized() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let f = dir.path().join("f");
+        fs::write(&f, b"x").unwrap();
+        let meta = fs::symlink_metadata(&f).unwrap();
+        let changed = UNIX_EPOCH + Duration::new(meta.ctime() as u64, meta.ctime_nsec() as u32);
+        let h = blake3::hash(b"x");
+        for (after, memoized) in [
+            (Duration::ZERO, false),
+            (Duration::from_millis(10), false),
+            (Duration::from_secs(5), true),
+        ] {
+            let memo = StatMemo::load_at(&store, dir.path(), changed + after).unwrap();
+            assert_eq!(
+                memo.insert("f", &meta, h),
+                memoized,
+                "loaded {after:?} later"
+            );
+            assert_eq!(memo.get("f", &meta), memoized.then_some(h));
+        }
     }
 
     #[test]
@@ -333,8 +375,7 @@ pub(crate) mod tests {
         let store = Store::open(dir.path().join("store")).unwrap();
         let ctx = dir.path();
         fs::write(ctx.join("f"), b"x").unwrap();
-        settle();
-        let memo = StatMemo::load(&store, ctx).unwrap();
+        let memo = load_later(&store, ctx);
         let meta = fs::symlink_metadata(ctx.join("f")).unwrap();
         memo.insert("f", &meta, blake3::hash(b"x"));
         memo.save().unwrap();
@@ -367,8 +408,7 @@ pub(crate) mod tests {
         for i in 0..200 {
             fs::write(ctx.join(i.to_string()), i.to_string()).unwrap();
         }
-        settle();
-        let memo = StatMemo::load(&store, &ctx).unwrap();
+        let memo = load_later(&store, &ctx);
         (0..200).into_par_iter().for_each(|i| {
             let rel = i.to_string();
             let meta = fs::symlink_metadata(ctx.join(&rel)).unwrap();

@@ -32,6 +32,8 @@ pub(crate) const TMP_DIR: &str = "tmp";
 pub(crate) const CONTAINERS_DIR: &str = "containers";
 pub(crate) const VOLUMES_DIR: &str = "volumes";
 pub(crate) const LOCKS_DIR: &str = "locks";
+/// Made by the builder on first use, not by [`Store::open`].
+pub(crate) const CACHE_MOUNTS_DIR: &str = "cache-mounts";
 const STORE_JSON: &str = "store.json";
 
 const LAYOUT_DIRS: &[&str] = &[
@@ -66,10 +68,15 @@ struct StoreMeta {
 /// <root>/tmp/                temp entries named <writer>.<...>, renamed into place
 ///                            (<writer> = <pid>-<start time>, see Store::writer)
 /// <root>/containers/         per-RUN container state (owned by the builder)
-/// <root>/volumes/            cache mounts (owned by the builder)
+/// <root>/volumes/            reserved for volumes (unused so far)
+/// <root>/cache-mounts/       RUN --mount=type=cache directories and their locks
+///                            (owned by the builder, made on first use)
 /// <root>/locks/              per-name locks (Store::lock_named), and one
 ///                            writer-<writer>.lock per live process (flocked)
 /// ```
+///
+/// Other crates ask for the areas they own by name ([`Store::snapshots_dir`],
+/// [`Store::tmp_dir`], [`Store::cache_mounts_dir`]), never by joining paths on the root.
 ///
 /// Every file this crate writes goes temp file → fsync → rename → fsync of
 /// the directory, so a crash at any point leaves either the old or the new
@@ -249,6 +256,24 @@ impl Store {
 
     pub(crate) fn dir(&self, area: &str) -> PathBuf {
         self.root.join(area)
+    }
+
+    /// `snapshots/`: unpacked layers, one directory per diff_id (the builder's).
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.dir(SNAPSHOTS_DIR)
+    }
+
+    /// `tmp/`: temporary files and directories, on the store's filesystem so that they
+    /// can be renamed into place. Entries must be named `<writer>.<anything>` (see
+    /// [`Store::writer`]) for [`Store::clean_tmp`] to know whose they are.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.dir(TMP_DIR)
+    }
+
+    /// `cache-mounts/`: the directories of `RUN --mount=type=cache` and their lock files
+    /// (the builder's). Not made by [`Store::open`]: the builder creates it on first use.
+    pub fn cache_mounts_dir(&self) -> PathBuf {
+        self.dir(CACHE_MOUNTS_DIR)
     }
 
     /// This process's writer name, `<pid>-<start time>`: every entry it creates in `tmp/`
@@ -555,6 +580,34 @@ pub(crate) mod tests {
         assert!(meta.contains("\"layout_version\": 1"), "{meta}");
         Store::open(dir.path()).unwrap();
         assert!(store.root().is_absolute());
+    }
+
+    /// The areas other crates ask for are where earlier kilns put them: the layout is
+    /// part of the on-disk format.
+    #[test]
+    fn areas_other_crates_use_keep_their_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let root = store.root().to_path_buf();
+        assert_eq!(store.snapshots_dir(), root.join("snapshots"));
+        assert_eq!(store.tmp_dir(), root.join("tmp"));
+        assert_eq!(store.cache_mounts_dir(), root.join("cache-mounts"));
+        assert!(store.snapshots_dir().is_dir() && store.tmp_dir().is_dir());
+        assert!(
+            !store.cache_mounts_dir().exists(),
+            "made by the builder on first use"
+        );
+        // Temp files this crate makes land in tmp_dir, named for their writer.
+        let (_, tmp) = store.create_temp().unwrap();
+        assert_eq!(tmp.path().parent(), Some(store.tmp_dir().as_path()));
+        assert!(
+            tmp.path()
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with(&format!("{}.", Store::writer()))
+        );
     }
 
     #[test]

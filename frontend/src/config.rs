@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::graph::VertexId;
 use crate::instructions::HealthConfig;
+use kiln_ops::VertexId;
 
 /// The runtime configuration of an image.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -2,7 +2,6 @@
 //! `Dockerfile:12:5: message`, then the offending line and a caret.
 
 use std::borrow::Cow;
-use std::fmt;
 
 /// How many characters of a source line or of a quoted word an error shows; the rest is
 /// cut (a 16 MiB instruction must not be echoed whole, let alone several times).
@@ -55,45 +54,9 @@ fn elide_middle(message: String) -> String {
     )
 }
 
-/// A position in a Dockerfile: 1-based line, 1-based column (0 when unknown).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Position {
-    /// 1-based line number.
-    pub line: usize,
-    /// 1-based column, or 0 when only the line is known.
-    pub column: usize,
-}
-
-/// A range of lines (inclusive) in a Dockerfile, with an optional start column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct Range {
-    /// Where the range begins.
-    pub start: Position,
-    /// Where the range ends (line inclusive).
-    pub end: Position,
-}
-
-impl Range {
-    /// A range covering whole lines `start..=end`.
-    pub fn lines(start: usize, end: usize) -> Range {
-        Range {
-            start: Position {
-                line: start,
-                column: 0,
-            },
-            end: Position {
-                line: end.max(start),
-                column: 0,
-            },
-        }
-    }
-
-    /// The same range with a start column.
-    pub fn with_column(mut self, column: usize) -> Range {
-        self.start.column = column;
-        self
-    }
-}
+/// Source locations live with the ops graph (an op's `Origin` carries one); the
+/// frontend's errors use the same type.
+pub use kiln_ops::{Position, Range};
 
 /// An error in a Dockerfile, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -151,12 +114,6 @@ impl Diagnostic {
             }
         }
         out
-    }
-}
-
-impl fmt::Display for Range {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.start.line, self.start.column.max(1))
     }
 }
 

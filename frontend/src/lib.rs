@@ -11,12 +11,14 @@ pub mod config;
 pub mod convert;
 pub mod dockerignore;
 pub mod error;
-pub mod graph;
 pub mod instructions;
 pub mod parser;
 pub mod shell;
 
 pub use error::{Diagnostic, Position, Range};
+/// The ops graph [`convert`] produces: the `kiln-ops` crate, which knows nothing of
+/// Dockerfiles, under the path it had when it lived here.
+pub use kiln_ops as graph;
 
 /// Parses and type-checks a Dockerfile.
 pub fn load(source: &str) -> Result<(parser::Ast, instructions::Dockerfile), Diagnostic> {

@@ -10,7 +10,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use kiln_frontend::dockerignore::PatternMatcher;
-use kiln_frontend::graph::Chown;
+use kiln_ops::Chown;
 
 use crate::error::{FsError, IoContext, Result};
 use crate::glob;

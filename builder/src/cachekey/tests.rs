@@ -6,8 +6,8 @@ use std::path::Path;
 
 use filetime::FileTime;
 use kiln_cache::Store;
-use kiln_frontend::graph::{ExecMount, ExecOp, FileOp, Network};
 use kiln_fs::ContextFs;
+use kiln_ops::{ExecMount, ExecOp, FileOp, MountKind, Network};
 
 use super::*;
 
@@ -318,10 +318,10 @@ fn the_stat_memo_gives_the_same_key() {
     let store_dir = tempfile::tempdir().unwrap();
     let store = Store::open(store_dir.path()).unwrap();
     // The memo does not trust a file whose ctime is too close to its load time, and a
-    // ctime cannot be set back: wait out that margin once.
-    std::thread::sleep(std::time::Duration::from_millis(120));
+    // ctime cannot be set back: the memo is loaded as if a few seconds later instead.
     let memo_sum = || {
-        let memo = StatMemo::load(&store, c.dir.path()).unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3);
+        let memo = StatMemo::load_at(&store, c.dir.path(), later).unwrap();
         let sum = context_checksum(&c.fs(), Some(&memo), &["."]).unwrap();
         memo.save().unwrap();
         (sum, memo.len())
@@ -441,9 +441,18 @@ fn content_key_of_file_ops() {
 
 #[test]
 fn content_key_of_run_is_what_context_bind_mounts_show() {
-    let mount = |spec: &str, input| ExecMount {
-        spec: kiln_frontend::instructions::parse_mount(spec).unwrap(),
+    let bind = |source: Option<&str>, input| ExecMount {
+        target: "/m".into(),
         input,
+        kind: MountKind::Bind {
+            source: source.map(Into::into),
+            readonly: true,
+        },
+    };
+    let other = |kind| ExecMount {
+        target: "/m".into(),
+        input: None,
+        kind,
     };
     let exec = |mounts| {
         Op::Exec(ExecOp {
@@ -459,11 +468,19 @@ fn content_key_of_run_is_what_context_bind_mounts_show() {
     };
     assert_eq!(key(&exec(vec![]), &[fs_out()]), (None, vec![]));
     let op = exec(vec![
-        mount("type=bind,target=/all", Some(1)),
-        mount("type=bind,source=src,target=/src", Some(1)),
-        mount("type=bind,source=/,target=/stage", Some(2)),
-        mount("type=cache,target=/cache", None),
-        mount("type=tmpfs,target=/tmp", None),
+        bind(None, Some(1)),
+        bind(Some("src"), Some(1)),
+        bind(Some("/"), Some(2)),
+        other(MountKind::Cache {
+            id: "/cache".into(),
+            sharing: kiln_ops::Sharing::Shared,
+            readonly: false,
+            source: None,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        }),
+        other(MountKind::Tmpfs { size: None }),
     ]);
     let (k, asked) = key(&op, &[fs_out(), Output::Context, fs_out()]);
     assert_eq!(k.as_deref(), Some("sum(. src)"));

@@ -8,9 +8,8 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, Result, anyhow, bail};
 use kiln_frontend::convert::DEFAULT_PATH;
 use kiln_frontend::error::shorten;
-use kiln_frontend::graph::{ExecOp, Network, VertexId};
-use kiln_frontend::instructions::{Mount, MountType, Sharing};
 use kiln_fs::{LayeredFs, SourceFs};
+use kiln_ops::{ExecMount, ExecOp, MountKind, Network, Sharing, VertexId};
 use kiln_sandbox::{
     self as sandbox, InitResult, MountSpec, NetworkMode, RootSpec, SnapshotterKind, Spec, Stubs,
 };
@@ -95,7 +94,7 @@ impl BuildWorker<'_> {
         let mut mounts = Vec::new();
         for m in &e.mounts {
             let input = m.input.and_then(|i| inputs.get(i));
-            if let Some(spec) = self.mount_spec(&m.spec, input, &run, &mut held, &mut env)? {
+            if let Some(spec) = self.mount_spec(m, input, &run, &mut held, &mut env)? {
                 mounts.push(spec);
             }
         }
@@ -189,7 +188,7 @@ impl BuildWorker<'_> {
     /// was not given).
     fn mount_spec(
         &self,
-        m: &Mount,
+        m: &ExecMount,
         input: Option<&Output>,
         run: &Path,
         held: &mut Held,
@@ -197,17 +196,18 @@ impl BuildWorker<'_> {
     ) -> Result<Option<MountSpec>> {
         let copy_mode = self.exec.snapshotter == SnapshotterKind::Copy;
         let target = m.target.clone();
-        Ok(Some(match m.kind {
-            MountType::Bind => {
-                let sub = m.source.clone().unwrap_or_default();
+        Ok(Some(match &m.kind {
+            MountKind::Bind { source, readonly } => {
+                let sub = source.clone().unwrap_or_default();
+                let readonly = *readonly;
                 match input {
                     Some(Output::Context) => {
-                        self.context_mount(&sub, target, m.readonly, run, held)?
+                        self.context_mount(&sub, target, readonly, run, held)?
                     }
                     Some(out) => {
                         let lowers = self.lowers_top_first(out)?;
-                        if copy_mode || !m.readonly {
-                            self.rw_tree(lowers, &sub, target, m.readonly, run, held)?
+                        if copy_mode || !readonly {
+                            self.rw_tree(lowers, &sub, target, readonly, run, held)?
                         } else {
                             MountSpec::Layers {
                                 lowers: non_empty(lowers, run)?,
@@ -221,28 +221,48 @@ impl BuildWorker<'_> {
                     None => bail!("bind mount of {target} has no source"),
                 }
             }
-            MountType::Cache => {
-                let id = m.id.clone().unwrap_or_else(|| m.target.clone());
-                let dir = self.cache_mount_dir(&id, m, input, held)?;
+            MountKind::Cache {
+                id,
+                sharing,
+                readonly,
+                source,
+                mode,
+                uid,
+                gid,
+            } => {
+                let seed = CacheSeed {
+                    input,
+                    source: source.as_deref().unwrap_or_default(),
+                    mode: *mode,
+                    uid: *uid,
+                    gid: *gid,
+                };
+                let dir = self.cache_mount_dir(id, *sharing, &seed, held)?;
                 MountSpec::Bind {
                     source: dir,
                     target,
-                    readonly: m.readonly,
+                    readonly: *readonly,
                 }
             }
-            MountType::Tmpfs => MountSpec::Tmpfs {
+            MountKind::Tmpfs { size } => MountSpec::Tmpfs {
                 target,
-                size: m.size,
+                size: *size,
             },
-            MountType::Secret => {
-                let id = m.id.clone().unwrap_or_default();
-                let Some(src) = self.exec.secrets.get(&id) else {
-                    if m.required {
+            MountKind::Secret {
+                id,
+                env: var,
+                required,
+                mode,
+                uid,
+                gid,
+            } => {
+                let Some(src) = self.exec.secrets.get(id) else {
+                    if *required {
                         bail!("secret {id} not provided (kiln build --secret id={id},src=FILE)");
                     }
                     return Ok(None);
                 };
-                if let Some(var) = &m.env {
+                if let Some(var) = var {
                     let value =
                         fs::read_to_string(src).with_context(|| format!("reading secret {id}"))?;
                     env.push(format!("{var}={}", value.trim_end_matches('\n')));
@@ -253,12 +273,12 @@ impl BuildWorker<'_> {
                 MountSpec::Secret {
                     source: src.clone(),
                     target,
-                    mode: m.mode.unwrap_or(0o400),
-                    uid: m.uid.unwrap_or(0),
-                    gid: m.gid.unwrap_or(0),
+                    mode: *mode,
+                    uid: *uid,
+                    gid: *gid,
                 }
             }
-            MountType::Ssh => {
+            MountKind::Ssh { .. } => {
                 bail!("RUN --mount=type=ssh is not supported by kiln yet")
             }
         }))
@@ -332,19 +352,19 @@ impl BuildWorker<'_> {
         })
     }
 
-    /// The directory of a cache mount, created (from `from` when given) the first time;
+    /// The directory of a cache mount, created (from `seed` when given) the first time;
     /// `sharing=locked` waits for other users, `private` takes a fresh directory when
     /// another build holds it.
     fn cache_mount_dir(
         &self,
         id: &str,
-        m: &Mount,
-        input: Option<&Output>,
+        sharing: Sharing,
+        seed: &CacheSeed<'_>,
         held: &mut Held,
     ) -> Result<PathBuf> {
-        let key = kiln_frontend::graph::sha256_digest(cache_mount_key(id, m, input).as_bytes());
+        let key = kiln_ops::sha256_digest(cache_mount_key(id, seed).as_bytes());
         let hex = key.trim_start_matches("sha256:");
-        let base = self.store.root().join("cache-mounts");
+        let base = self.store.cache_mounts_dir();
         fs::create_dir_all(&base)?;
         let dir = base.join(&hex[..32]);
         let lock_path = base.join(format!("{}.lock", &hex[..32]));
@@ -353,7 +373,7 @@ impl BuildWorker<'_> {
             .truncate(false)
             .write(true)
             .open(&lock_path)?;
-        match m.sharing {
+        match sharing {
             Sharing::Shared => {
                 rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockShared)?;
                 held.locks.push(lock);
@@ -367,7 +387,7 @@ impl BuildWorker<'_> {
                     .is_err()
                 {
                     let fresh = self.temp(held, "cache")?;
-                    self.init_cache_dir(&fresh, m, input)?;
+                    self.init_cache_dir(&fresh, seed)?;
                     return Ok(fresh);
                 }
                 held.locks.push(lock);
@@ -375,7 +395,7 @@ impl BuildWorker<'_> {
         }
         if !dir.exists() {
             let tmp = self.snapshots.temp_dir("cache")?;
-            self.init_cache_dir(tmp.path(), m, input)?;
+            self.init_cache_dir(tmp.path(), seed)?;
             let p = tmp.keep();
             if fs::rename(&p, &dir).is_err() {
                 let _ = fs::remove_dir_all(&p);
@@ -384,24 +404,33 @@ impl BuildWorker<'_> {
         Ok(dir)
     }
 
-    fn init_cache_dir(&self, dir: &Path, m: &Mount, input: Option<&Output>) -> Result<()> {
-        if let Some(out @ Output::Fs { .. }) = input {
+    fn init_cache_dir(&self, dir: &Path, seed: &CacheSeed<'_>) -> Result<()> {
+        if let Some(out @ Output::Fs { .. }) = seed.input {
             let view = self.view(out, "a stage")?;
-            let sub = m.source.clone().unwrap_or_default();
-            let rel = kiln_fs::resolve(&view, &sub, true)?;
+            let rel = kiln_fs::resolve(&view, seed.source, true)?;
             if view.lstat(&rel).is_some_and(|e| e.meta.is_dir()) {
                 sandbox::copy::materialize_subtree(&view, &rel, dir)?;
             }
         }
-        fs::set_permissions(dir, fs::Permissions::from_mode(m.mode.unwrap_or(0o755)))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(seed.mode))?;
         rustix::fs::chown(
             dir,
-            Some(rustix::fs::Uid::from_raw(m.uid.unwrap_or(0))),
-            Some(rustix::fs::Gid::from_raw(m.gid.unwrap_or(0))),
+            Some(rustix::fs::Uid::from_raw(seed.uid)),
+            Some(rustix::fs::Gid::from_raw(seed.gid)),
         )
         .map_err(|e| anyhow!("chown of a cache mount: {e}"))?;
         Ok(())
     }
+}
+
+/// What a new cache directory starts as: a copy of `source` in `input` (a `from=`
+/// tree), owned and permissioned as the mount says.
+struct CacheSeed<'a> {
+    input: Option<&'a Output>,
+    source: &'a str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
 }
 
 /// The environment of a RUN step: the op's `env`, the proxy build args (which its
@@ -422,15 +451,11 @@ fn step_env(e: &ExecOp, home: Option<&str>) -> Vec<String> {
 /// layer chain and subpath too. BuildKit keys a cache on its id plus the `from` ref
 /// (`getRefCacheDir`: `id + ":" + ref.ID()`), so the same id seeded from another source
 /// gets its own cache instead of silently reusing the first one's.
-fn cache_mount_key(id: &str, m: &Mount, input: Option<&Output>) -> String {
-    match input {
+fn cache_mount_key(id: &str, seed: &CacheSeed<'_>) -> String {
+    match seed.input {
         Some(out @ Output::Fs { layers, .. }) if !layers.is_empty() => {
             let chain: Vec<&str> = out.layers().iter().map(|l| l.diff_id.as_str()).collect();
-            format!(
-                "{id}:{}:{}",
-                chain.join(","),
-                m.source.as_deref().unwrap_or_default()
-            )
+            format!("{id}:{}:{}", chain.join(","), seed.source)
         }
         _ => id.to_string(),
     }

@@ -10,11 +10,11 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, anyhow};
 use kiln_cache::{StatMemo, Store};
-use kiln_frontend::graph::{FileAction, Op, Platform, Vertex, VertexId};
 use kiln_fs::{
     ContextFs, CopyOptions, Entry, LayeredFs, SourceFs, Upper, apply_chmod, resolve_chown,
 };
 use kiln_layer::LayerOptions;
+use kiln_ops::{FileAction, Op, Platform, Vertex, VertexId};
 use kiln_sandbox::{Runtime, SnapshotterKind};
 use serde::{Deserialize, Serialize};
 
@@ -97,7 +97,7 @@ impl<'a> BuildWorker<'a> {
             memo,
             images,
             layer_opts,
-            downloads: Downloads::new(store.root().join("tmp"))?,
+            downloads: Downloads::new(store.tmp_dir())?,
             exec,
             reporter: None,
             lazy: Default::default(),
@@ -141,12 +141,7 @@ impl<'a> BuildWorker<'a> {
     }
 
     /// Runs a file op into a new layer.
-    fn file_op(
-        &self,
-        id: VertexId,
-        f: &kiln_frontend::graph::FileOp,
-        inputs: &[Output],
-    ) -> Result<Output> {
+    fn file_op(&self, id: VertexId, f: &kiln_ops::FileOp, inputs: &[Output]) -> Result<Output> {
         let base_out = if f.has_base {
             inputs.first().cloned()
         } else {
@@ -168,7 +163,7 @@ impl<'a> BuildWorker<'a> {
             .collect::<Result<_>>()?;
         let upper_dir = self.snapshots.temp_dir("layer")?;
         let mut upper = Upper::new(upper_dir.path(), &base_view);
-        let owner_of = |chown: &Option<kiln_frontend::graph::Chown>| {
+        let owner_of = |chown: &Option<kiln_ops::Chown>| {
             chown
                 .as_ref()
                 .map(|c| resolve_chown(c, &base_view))

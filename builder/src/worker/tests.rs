@@ -11,10 +11,11 @@ use std::sync::atomic::AtomicBool;
 
 use kiln_cache::Store;
 use kiln_frontend::convert::DEFAULT_PATH;
-use kiln_frontend::graph::{ExecMount, ExecOp, Network, VertexId};
+use kiln_frontend::convert::exec_mount;
 use kiln_frontend::instructions::parse_mount;
 use kiln_fs::ContextFs;
 use kiln_layer::LayerOptions;
+use kiln_ops::{ExecOp, Network, VertexId};
 use kiln_sandbox::fake::RecordingRuntime;
 use kiln_sandbox::mounts::{self, Flags, Kind};
 use kiln_sandbox::{MountSpec, NetworkMode, RootSpec, SnapshotterKind, Spec};
@@ -98,10 +99,7 @@ fn exec(mounts: &[(&str, Option<usize>)]) -> ExecOp {
         insecure: false,
         mounts: mounts
             .iter()
-            .map(|(m, input)| ExecMount {
-                spec: parse_mount(m).unwrap(),
-                input: *input,
-            })
+            .map(|(m, input)| exec_mount(parse_mount(m).unwrap(), *input))
             .collect(),
     }
 }

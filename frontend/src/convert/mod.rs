@@ -18,17 +18,18 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::config::{HistoryEntry, ImageConfig};
 use crate::error::{Diagnostic, Range, quoted};
-use crate::graph::{
-    BuildGraph, Chown, ExecMount, ExecOp, FileAction, FileOp, Network, Op, Origin, Platform,
-    VertexId,
-};
 use crate::instructions::{
     self, AddCmd, ArgDecl, CmdLine, Command, CopyCmd, Dockerfile, Instruction, MountType, RunCmd,
     Stage,
 };
 use crate::shell::{Env, Lex, ShellError};
+use kiln_ops::{
+    BuildGraph, Chown, ExecMount, ExecOp, FileAction, FileOp, Network, Op, Origin, Platform,
+    VertexId,
+};
 
 pub use dispatch::{expand_port_spec, validate_signal};
+pub use runmount::exec_mount;
 
 /// Build args that Docker passes to RUN without an `ARG` declaration and keeps out of
 /// the history.

@@ -1,6 +1,8 @@
 //! RUN (BuildKit's `dispatchRun`): the command line, here-documents, the environment
 //! (proxy build args kept apart) and the exec op.
 
+use kiln_ops::MountKind;
+
 use super::*;
 
 impl Converter<'_> {
@@ -93,10 +95,7 @@ impl Converter<'_> {
                 None,
             );
             inputs.push(file);
-            mounts.push(ExecMount {
-                spec: heredoc_pipes_mount(),
-                input: Some(inputs.len() - 1),
-            });
+            mounts.push(heredoc_pipes_mount(inputs.len() - 1));
         }
         self.dispatch_run_mounts(stage, st, run, range, &mut inputs, &mut mounts)?;
         let op = ExecOp {
@@ -140,22 +139,15 @@ impl Converter<'_> {
 /// directory).
 const HEREDOC_PIPES: &str = "/dev/pipes";
 
-/// The read-only bind mount of the tree holding a `#!` here-document at
+/// The read-only bind mount of the tree holding a `#!` here-document (input `input`) at
 /// [`HEREDOC_PIPES`].
-fn heredoc_pipes_mount() -> instructions::Mount {
-    instructions::Mount {
-        kind: MountType::Bind,
+fn heredoc_pipes_mount(input: usize) -> ExecMount {
+    ExecMount {
         target: HEREDOC_PIPES.to_string(),
-        source: Some("/".to_string()),
-        from: None,
-        readonly: true,
-        id: None,
-        sharing: instructions::Sharing::Shared,
-        mode: None,
-        uid: None,
-        gid: None,
-        required: false,
-        size: None,
-        env: None,
+        input: Some(input),
+        kind: MountKind::Bind {
+            source: Some("/".to_string()),
+            readonly: true,
+        },
     }
 }

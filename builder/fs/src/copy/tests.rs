@@ -121,7 +121,7 @@ fn chown_by_name_and_id_and_chmod() {
     let f = fixture();
     let base = LayeredFs::new(vec![f.base.clone()], "base");
     let ids = resolve_chown(
-        &kiln_frontend::graph::Chown {
+        &kiln_ops::Chown {
             user: "app".into(),
             group: Some("staff".into()),
         },
@@ -130,7 +130,7 @@ fn chown_by_name_and_id_and_chmod() {
     .unwrap();
     assert_eq!(ids, Ids { uid: 1000, gid: 50 });
     let ids2 = resolve_chown(
-        &kiln_frontend::graph::Chown {
+        &kiln_ops::Chown {
             user: "app".into(),
             group: None,
         },
@@ -145,7 +145,7 @@ fn chown_by_name_and_id_and_chmod() {
         }
     );
     let ids3 = resolve_chown(
-        &kiln_frontend::graph::Chown {
+        &kiln_ops::Chown {
             user: "42".into(),
             group: None,
         },
@@ -155,7 +155,7 @@ fn chown_by_name_and_id_and_chmod() {
     assert_eq!(ids3, Ids { uid: 42, gid: 42 });
     assert!(
         resolve_chown(
-            &kiln_frontend::graph::Chown {
+            &kiln_ops::Chown {
                 user: "ghost".into(),
                 group: None
             },

@@ -12,8 +12,7 @@ use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
 
-use crate::error::Range;
-use crate::instructions::Mount;
+use crate::{ExecMount, Range};
 
 /// The build's platforms: kiln's one platform type, shared with the registry client
 /// (see `kiln_oci` for why it lives below both).
@@ -94,17 +93,6 @@ pub enum Network {
     Host,
     /// A private network namespace with only loopback.
     None,
-}
-
-/// A mount of an exec, with its input (if any) resolved to a vertex input index.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-pub struct ExecMount {
-    /// The mount spec, expanded. Its `from` is always `None`: the stage or image it
-    /// named is `input`, whose digest the definition already covers, so renaming a stage
-    /// does not change the digest (as BuildKit, whose mounts refer to inputs by index).
-    pub spec: Mount,
-    /// Index into the vertex's inputs for bind/cache `from` (None: the context or empty).
-    pub input: Option<usize>,
 }
 
 /// A process run in the rootfs of input 0.
@@ -369,7 +357,7 @@ impl BuildGraph {
                 s,
                 "  v{} [label={}];",
                 id.index(),
-                crate::parser::go_quote(&format!("{label}\n{short}"))
+                dot_quote(&format!("{label}\n{short}"))
             );
         }
         for id in self.topo_order() {
@@ -380,6 +368,27 @@ impl BuildGraph {
         s.push_str("}\n");
         s
     }
+}
+
+/// `text` as a Graphviz quoted string: `"` and `\` escaped, a newline as `\n` (a line
+/// break in a label), other control characters as `\xNN` so that the output stays one
+/// line per vertex.
+fn dot_quote(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// `sha256:<hex>` of some bytes: kiln's one sha256, shared with the cache, layer codec

@@ -241,7 +241,6 @@ mod tests {
         let url = format!("http://127.0.0.1:{port}/file");
         let e = d.fetch(&url, None).expect_err("a stalled download fails");
         let msg = format!("{e:#}");
-        eprintln!("{msg}");
         assert!(
             msg.starts_with(&format!("ADD {url}: server stalled: ")),
             "{msg}"

@@ -1,5 +1,7 @@
 //! Local images: tags in the store and OCI layout directories (`oci-layout://DIR[:TAG]`),
-//! resolved for `FROM` and `COPY --from`. Registry pulls come with the registry crate.
+//! resolved for `FROM` and `COPY --from`. A registry image is resolved (manifest and
+//! config) when the Dockerfile is converted; its layers are fetched by
+//! [`ImageStore::ensure_layers`] when a step, an exporter or a push needs their bytes.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,7 +16,10 @@ use kiln_frontend::instructions::HealthConfig;
 use oci_spec::image::ImageIndex;
 
 use crate::image::{self, ParsedConfig};
-use crate::remote::{LineProgress, Remote};
+use crate::remote::{BlobReporter, Remote};
+use crate::solver::{Event, NoReporter, Reporter};
+use kiln_frontend::graph::VertexId;
+use kiln_registry::PulledBlob;
 use crate::snapshots::{LayerRef, chain_id};
 use crate::untrusted::{Layout, MAX_LAYOUT_JSON};
 
@@ -42,7 +47,7 @@ pub struct ImageStore {
     store: Store,
     resolved: Mutex<HashMap<String, Arc<ImageInfo>>>,
     remote: Option<Arc<Remote>>,
-    quiet: bool,
+    reporter: Arc<dyn Reporter + Send + Sync>,
 }
 
 /// The local tag of a reference: Docker's familiar name with `:latest` unless a tag or
@@ -80,15 +85,58 @@ impl ImageStore {
             store: store.clone(),
             resolved: Mutex::new(HashMap::new()),
             remote: None,
-            quiet: false,
+            reporter: Arc::new(NoReporter),
         }
     }
 
-    /// Pulls what the store lacks (or everything, with `--pull`) through `remote`.
-    pub fn with_remote(mut self, remote: Arc<Remote>, quiet: bool) -> ImageStore {
+    /// Resolves what the store lacks (or everything, with `--pull`) through `remote`,
+    /// reporting to `reporter`.
+    pub fn with_remote(
+        mut self,
+        remote: Arc<Remote>,
+        reporter: Arc<dyn Reporter + Send + Sync>,
+    ) -> ImageStore {
         self.remote = Some(remote);
-        self.quiet = quiet;
+        self.reporter = reporter;
         self
+    }
+
+    /// Whether the blob of `layer` is in the store or can be fetched into it.
+    pub fn layer_available(&self, layer: &LayerRef) -> Result<bool> {
+        let d = Digest::parse(&layer.digest)?;
+        Ok(self.store.has_blob(&d) || kiln_registry::fetchable(&self.store, &d))
+    }
+
+    /// Makes the blobs of `layers` present in the store, fetching those of resolved
+    /// images from their registry (several at once), with progress as blob events of
+    /// `vertex`.
+    pub fn ensure_layers<'l>(
+        &self,
+        layers: impl IntoIterator<Item = &'l LayerRef>,
+        vertex: Option<VertexId>,
+    ) -> Result<()> {
+        let mut missing = Vec::new();
+        for l in layers {
+            let digest = Digest::parse(&l.digest)?;
+            if self.store.blob_size(&digest).ok() != Some(l.size) {
+                missing.push(PulledBlob {
+                    digest,
+                    size: l.size,
+                    media_type: l.media_type.clone(),
+                });
+            }
+        }
+        let Some(first) = missing.first() else {
+            return Ok(());
+        };
+        let Some(remote) = &self.remote else {
+            bail!("layer {} is not in the store", first.digest);
+        };
+        remote.fetch_missing(
+            &self.store,
+            &missing,
+            &BlobReporter::new(&*self.reporter, vertex),
+        )
     }
 
     /// The image a reference names, for a platform.
@@ -119,15 +167,15 @@ impl ImageStore {
             match (local, &self.remote) {
                 (Some(m), _) => m,
                 (None, Some(remote)) => {
-                    if !self.quiet {
-                        eprintln!("pulling {reference}");
-                    }
+                    self.reporter.event(&Event::Pull {
+                        reference: reference.to_string(),
+                    });
                     remote
-                        .pull(
+                        .resolve(
                             &self.store,
                             reference,
                             platform,
-                            &LineProgress::new(self.quiet),
+                            &BlobReporter::new(&*self.reporter, None),
                         )
                         .with_context(|| format!("pulling {reference}"))?
                 }

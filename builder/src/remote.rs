@@ -1,5 +1,6 @@
 //! Registries from the builder's side: pulling bases into the store (and tagging them),
-//! pushing local images, `kiln login`/`logout`, with plain progress lines.
+//! fetching the layers of resolved images when they are needed, pushing local images,
+//! `kiln login`/`logout`. Progress goes to the solver's [`Reporter`] as typed events.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -8,9 +9,13 @@ use crate::images::normalize_tag;
 use anyhow::{Context, Result, anyhow};
 use kiln_cache::{Digest, Store, TagRecord};
 use kiln_frontend::graph::Platform;
+use kiln_frontend::graph::VertexId;
 use kiln_registry::{
-    Client, ClientOptions, Progress, PushOptions, PushReport, Reference, RegistryError,
+    BlobEvent, Client, ClientOptions, Progress, PulledBlob, PushOptions, PushReport, Reference,
+    RegistryError,
 };
+
+use crate::solver::{BlobState, Event, Reporter};
 
 /// How kiln talks to registries (global flags).
 #[derive(Debug, Clone, Default)]
@@ -32,34 +37,38 @@ pub struct Remote {
     client: OnceLock<std::result::Result<Client, String>>,
 }
 
-/// Progress lines on stderr, one per blob.
-pub struct LineProgress {
-    quiet: bool,
+/// Carries a registry's blob progress into the solver's reporter, as typed
+/// [`Event::Blob`]s of `vertex`.
+pub struct BlobReporter<'a> {
+    reporter: &'a dyn Reporter,
+    vertex: Option<VertexId>,
 }
 
-impl LineProgress {
-    /// Lines unless `quiet`.
-    pub fn new(quiet: bool) -> LineProgress {
-        LineProgress { quiet }
+impl<'a> BlobReporter<'a> {
+    /// Blob events of `vertex` (none: outside a build step) to `reporter`.
+    pub fn new(reporter: &'a dyn Reporter, vertex: Option<VertexId>) -> BlobReporter<'a> {
+        BlobReporter { reporter, vertex }
     }
 }
 
-fn short(d: &str) -> &str {
-    let hex = d.strip_prefix("sha256:").unwrap_or(d);
-    &hex[..hex.len().min(12)]
-}
-
-impl Progress for LineProgress {
-    fn blob_started(&self, digest: &str, size: u64, action: &str) {
-        if !self.quiet {
-            eprintln!("{}: {action} ({size} bytes)", short(digest));
-        }
-    }
-    fn blob_progress(&self, _: &str, _: u64) {}
-    fn blob_done(&self, digest: &str, how: &str) {
-        if !self.quiet {
-            eprintln!("{}: {how}", short(digest));
-        }
+impl Progress for BlobReporter<'_> {
+    fn blob(&self, event: &BlobEvent<'_>) {
+        let (digest, done, total, state) = match *event {
+            BlobEvent::Started { digest, size, kind } => (digest, 0, size, BlobState::Started(kind)),
+            BlobEvent::Progress {
+                digest,
+                done,
+                total,
+            } => (digest, done, total, BlobState::Transferring),
+            BlobEvent::Done { digest, size, how } => (digest, size, size, BlobState::Done(how)),
+        };
+        self.reporter.event(&Event::Blob {
+            vertex: self.vertex,
+            digest: digest.to_string(),
+            done,
+            total,
+            state,
+        });
     }
 }
 
@@ -136,6 +145,49 @@ impl Remote {
         Ok(pulled.manifest_digest.to_string())
     }
 
+    /// Resolves `reference` for `platform` into `store` (manifest and config; the layers
+    /// are fetched by [`Remote::fetch_missing`] when needed) and tags it under its local
+    /// name; returns the manifest digest.
+    pub fn resolve(
+        &self,
+        store: &Store,
+        reference: &str,
+        platform: &Platform,
+        progress: &dyn Progress,
+    ) -> Result<String> {
+        let r = Reference::parse(reference)?;
+        let resolved = self.client()?.resolve(&r, platform, store, progress)?;
+        if r.digest.is_none() {
+            store.tag_set(
+                &normalize_tag(reference),
+                &TagRecord::new(
+                    resolved.manifest_digest.clone(),
+                    resolved.config.digest.clone(),
+                ),
+            )?;
+        }
+        Ok(resolved.manifest_digest.to_string())
+    }
+
+    /// Makes `blobs` present in `store`, fetching the missing ones from the registries
+    /// known to hold them; no client is made when none is missing. The one way a blob
+    /// of a resolved image becomes present (the worker, the exporters, pushes).
+    pub fn fetch_missing(
+        &self,
+        store: &Store,
+        blobs: &[PulledBlob],
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        if blobs
+            .iter()
+            .all(|b| store.blob_size(&b.digest).ok() == Some(b.size))
+        {
+            return Ok(());
+        }
+        self.client()?.fetch_missing(store, blobs, progress)?;
+        Ok(())
+    }
+
     /// Pushes the local image `name` to the registry it names (its tag, `latest` if none).
     pub fn push(
         &self,
@@ -152,6 +204,8 @@ impl Remote {
             target = target.with_tag("latest");
         }
         let digest = Digest::parse(rec.manifest.as_str())?;
+        // Layers of a resolved base are fetched now: the push reads them from the store.
+        self.fetch_missing(store, &manifest_layers(store, &digest)?, progress)?;
         self.client()?
             .push(
                 store,
@@ -162,4 +216,23 @@ impl Remote {
             )
             .with_context(|| format!("pushing {name}"))
     }
+}
+
+/// The layers a stored image manifest lists (none for an index).
+pub fn manifest_layers(store: &Store, manifest: &Digest) -> Result<Vec<PulledBlob>> {
+    let bytes = store.read_blob(manifest)?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
+        .with_context(|| format!("manifest {manifest} is not JSON"))?;
+    v["layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            Ok(PulledBlob {
+                digest: Digest::parse(l["digest"].as_str().unwrap_or_default())?,
+                size: l["size"].as_u64().unwrap_or(0),
+                media_type: l["mediaType"].as_str().unwrap_or_default().to_string(),
+            })
+        })
+        .collect()
 }

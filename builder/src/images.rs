@@ -17,11 +17,11 @@ use oci_spec::image::ImageIndex;
 
 use crate::image::{self, ParsedConfig};
 use crate::remote::{BlobReporter, Remote};
+use crate::snapshots::{LayerRef, chain_id};
 use crate::solver::{Event, NoReporter, Reporter};
+use crate::untrusted::{Layout, MAX_LAYOUT_JSON};
 use kiln_frontend::graph::VertexId;
 use kiln_registry::PulledBlob;
-use crate::snapshots::{LayerRef, chain_id};
-use crate::untrusted::{Layout, MAX_LAYOUT_JSON};
 
 /// The largest manifest or config kiln reads (they are small JSON documents).
 const MAX_JSON: u64 = 4 << 20;

@@ -54,7 +54,9 @@ impl<'a> BlobReporter<'a> {
 impl Progress for BlobReporter<'_> {
     fn blob(&self, event: &BlobEvent<'_>) {
         let (digest, done, total, state) = match *event {
-            BlobEvent::Started { digest, size, kind } => (digest, 0, size, BlobState::Started(kind)),
+            BlobEvent::Started { digest, size, kind } => {
+                (digest, 0, size, BlobState::Started(kind))
+            }
             BlobEvent::Progress {
                 digest,
                 done,

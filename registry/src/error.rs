@@ -13,7 +13,9 @@ pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum RegistryError {
     /// A blob the store lacks, and no registry is known to hold it.
-    #[error("blob {digest} is not in the store and no registry is known to hold it: pull its image again")]
+    #[error(
+        "blob {digest} is not in the store and no registry is known to hold it: pull its image again"
+    )]
     BlobUnavailable {
         /// The blob.
         digest: String,

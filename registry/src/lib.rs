@@ -38,10 +38,10 @@ pub use client::{Client, ClientOptions};
 pub use error::{RegistryError, Result};
 pub use kiln_oci::Platform;
 pub use progress::{BlobDone, BlobEvent, BlobKind, NoProgress, Progress};
-pub use sources::fetchable;
 pub use pull::{Pulled, PulledBlob};
 pub use push::{PushOptions, PushReport};
 pub use reference::Reference;
+pub use sources::fetchable;
 
 /// Media types kiln reads and writes (kiln's one list, from `kiln-oci`).
 pub use kiln_oci::media_types;

@@ -746,7 +746,10 @@ fn resolve_then_fetch_missing_layers() {
         .unwrap();
     assert_eq!(p.manifest_digest, img.manifest);
     assert!(e2.store.has_blob(&p.manifest_digest));
-    assert_eq!(e2.store.read_blob(&p.config.digest).unwrap(), img.config_bytes);
+    assert_eq!(
+        e2.store.read_blob(&p.config.digest).unwrap(),
+        img.config_bytes
+    );
     assert_eq!(
         rec.done.lock().unwrap().keys().collect::<Vec<_>>(),
         [p.config.digest.as_str()],
@@ -769,7 +772,10 @@ fn resolve_then_fetch_missing_layers() {
     }
     // Present now: nothing to fetch, even with the registry gone.
     reg.kill();
-    assert_eq!(c.fetch_missing(&e2.store, &p.layers, &NoProgress).unwrap(), 0);
+    assert_eq!(
+        c.fetch_missing(&e2.store, &p.layers, &NoProgress).unwrap(),
+        0
+    );
 
     // A blob nobody is known to hold is refused with one clear line.
     let unknown = kiln_registry::PulledBlob {
@@ -780,6 +786,9 @@ fn resolve_then_fetch_missing_layers() {
     let err = c
         .fetch_missing(&e2.store, &[unknown], &NoProgress)
         .unwrap_err();
-    assert!(matches!(err, RegistryError::BlobUnavailable { .. }), "{err}");
+    assert!(
+        matches!(err, RegistryError::BlobUnavailable { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("pull its image again"), "{err}");
 }

@@ -205,9 +205,9 @@ impl Remote {
         if target.tag.is_none() {
             target = target.with_tag("latest");
         }
+        // Layers of a resolved base the store lacks are mounted from their repository,
+        // or fetched (Client::fetch_missing) before they are uploaded.
         let digest = Digest::parse(rec.manifest.as_str())?;
-        // Layers of a resolved base are fetched now: the push reads them from the store.
-        self.fetch_missing(store, &manifest_layers(store, &digest)?, progress)?;
         self.client()?
             .push(
                 store,
@@ -218,23 +218,4 @@ impl Remote {
             )
             .with_context(|| format!("pushing {name}"))
     }
-}
-
-/// The layers a stored image manifest lists (none for an index).
-pub fn manifest_layers(store: &Store, manifest: &Digest) -> Result<Vec<PulledBlob>> {
-    let bytes = store.read_blob(manifest)?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes)
-        .with_context(|| format!("manifest {manifest} is not JSON"))?;
-    v["layers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|l| {
-            Ok(PulledBlob {
-                digest: Digest::parse(l["digest"].as_str().unwrap_or_default())?,
-                size: l["size"].as_u64().unwrap_or(0),
-                media_type: l["mediaType"].as_str().unwrap_or_default().to_string(),
-            })
-        })
-        .collect()
 }

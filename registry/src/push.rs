@@ -16,6 +16,7 @@ use crate::client::{Client, Ctx, pull_scope, push_scope};
 use crate::error::{RegistryError, Result};
 use crate::media_types::{self as mt, is_index, is_manifest};
 use crate::progress::{BlobDone, BlobEvent, BlobKind, Progress};
+use crate::pull::PulledBlob;
 use crate::pull::media_type_of;
 use crate::reference::Reference;
 use crate::{MAX_MANIFEST_SIZE, sources};
@@ -154,7 +155,12 @@ impl Client {
         for d in std::iter::once(manifest.config()).chain(manifest.layers()) {
             let digest =
                 Digest::parse(d.digest().as_ref()).map_err(|e| invalid(target, e.to_string()))?;
-            let size = store.blob_size(&digest)?;
+            // A layer of a resolved (not pulled) base may be missing: it is mounted
+            // from the repository it came from, or fetched before it is uploaded.
+            let size = match store.blob_size(&digest) {
+                Err(_) if sources::fetchable(store, &digest) => d.size(),
+                size => size?,
+            };
             if size != d.size() {
                 return Err(invalid(
                     target,
@@ -272,6 +278,14 @@ impl Client {
                     }
                     _ => {} // e.g. no pull access to `from`: just upload
                 }
+            }
+            if store.blob_size(&blob.digest).ok() != Some(blob.size) {
+                let missing = PulledBlob {
+                    digest: blob.digest.clone(),
+                    size: blob.size,
+                    media_type: String::new(),
+                };
+                self.fetch_missing(store, std::slice::from_ref(&missing), progress)?;
             }
             progress.blob(&BlobEvent::Started {
                 digest: &blob.digest,

@@ -770,6 +770,47 @@ fn resolve_then_fetch_missing_layers() {
         assert_eq!(&e2.store.read_blob(d).unwrap(), bytes);
         assert_eq!(rec.done.lock().unwrap()[d.as_str()], "downloaded");
     }
+    // Pushing a resolved image: its layers are mounted from the repository they came
+    // from (not fetched); to another registry they are fetched, then uploaded.
+    let e3 = env();
+    let p3 = c
+        .resolve(
+            &reg.reference("lazy/app:1"),
+            &Platform::default(),
+            &e3.store,
+            &NoProgress,
+        )
+        .unwrap();
+    let r = c
+        .push(
+            &e3.store,
+            &p3.manifest_digest,
+            &reg.reference("lazy/copy:1"),
+            &PushOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+    assert_eq!((r.blobs_mounted, r.blobs_uploaded), (3, 0), "{r:?}");
+    for (d, _) in &img.layers {
+        assert!(!e3.store.has_blob(d), "layer {d} fetched to be mounted");
+    }
+    let reg2 = Registry::start(&Auth::None);
+    let r = c
+        .push(
+            &e3.store,
+            &p3.manifest_digest,
+            &reg2.reference("elsewhere/app:1"),
+            &PushOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+    assert_eq!((r.blobs_mounted, r.blobs_uploaded), (0, 3), "{r:?}");
+    for (d, bytes) in &img.layers {
+        assert_eq!(&e3.store.read_blob(d).unwrap(), bytes);
+    }
+    let info = inspect(&format!("{}/elsewhere/app:1", reg2.host()), false, None);
+    assert_eq!(info["Digest"], img.manifest.as_str());
+
     // Present now: nothing to fetch, even with the registry gone.
     reg.kill();
     assert_eq!(

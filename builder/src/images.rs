@@ -136,7 +136,8 @@ impl ImageStore {
             &self.store,
             &missing,
             &BlobReporter::new(&*self.reporter, vertex),
-        )
+        )?;
+        Ok(())
     }
 
     /// The image a reference names, for a platform.

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use crate::images::normalize_tag;
-use anyhow::{Context, Result, anyhow};
 use kiln_cache::{Digest, Store, TagRecord};
 use kiln_frontend::graph::Platform;
 use kiln_frontend::graph::VertexId;
@@ -16,6 +15,37 @@ use kiln_registry::{
 };
 
 use crate::solver::{BlobState, Event, Reporter};
+
+/// Why a registry operation failed; each renders as the one line the CLI prints.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The registry client could not be made (bad `--registry-ca`, ...).
+    #[error("{0}")]
+    Client(String),
+    /// The registry or the transfer failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] kiln_cache::CacheError),
+    /// `kiln push` of a name the store has no image for.
+    #[error("image {name:?} not found in the local store")]
+    NotFound {
+        /// The name given.
+        name: String,
+    },
+    /// A push failed.
+    #[error("pushing {name}")]
+    Push {
+        /// The name given.
+        name: String,
+        /// Why.
+        #[source]
+        source: RegistryError,
+    },
+}
+
+type Result<T, E = RemoteError> = std::result::Result<T, E>;
 
 /// How kiln talks to registries (global flags).
 #[derive(Debug, Clone, Default)]
@@ -124,7 +154,7 @@ impl Remote {
                 .map_err(|e| e.to_string())
             })
             .as_ref()
-            .map_err(|e| anyhow!("{e}"))
+            .map_err(|e| RemoteError::Client(e.clone()))
     }
 
     /// Pulls `reference` for `platform` into `store` and tags it under its local name;
@@ -200,7 +230,9 @@ impl Remote {
     ) -> Result<PushReport> {
         let rec = store
             .tag_get(&normalize_tag(name))?
-            .ok_or_else(|| anyhow!("image {name:?} not found in the local store"))?;
+            .ok_or_else(|| RemoteError::NotFound {
+                name: name.to_owned(),
+            })?;
         let mut target = Reference::parse(name)?;
         if target.tag.is_none() {
             target = target.with_tag("latest");
@@ -216,6 +248,9 @@ impl Remote {
                 &PushOptions { docker_format },
                 progress,
             )
-            .with_context(|| format!("pushing {name}"))
+            .map_err(|source| RemoteError::Push {
+                name: name.to_owned(),
+                source,
+            })
     }
 }

@@ -21,7 +21,7 @@ impl BuildWorker<'_> {
             .flat_map(|o| o.layers())
             .filter(|l| !self.snapshots.path(&l.diff_id).is_dir())
             .collect();
-        self.images.ensure_layers(need, Some(id))
+        Ok(self.images.ensure_layers(need, Some(id))?)
     }
 
     /// Whether every layer of a cached result is present or can be fetched: a record

@@ -185,6 +185,9 @@ pub struct ImageStore {
     resolved: Mutex<HashMap<String, Arc<ImageInfo>>>,
     remote: Option<Arc<Remote>>,
     reporter: Arc<dyn Reporter + Send + Sync>,
+    /// One lock per blob being fetched, so that two steps needing the same base layer
+    /// at the same time download it once.
+    fetching: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
 }
 
 /// The local tag of a reference: Docker's familiar name with `:latest` unless a tag or
@@ -230,6 +233,7 @@ impl ImageStore {
             resolved: Mutex::new(HashMap::new()),
             remote: None,
             reporter: Arc::new(NoReporter),
+            fetching: Mutex::new(HashMap::new()),
         }
     }
 
@@ -278,6 +282,22 @@ impl ImageStore {
                 digest: first.digest.clone(),
             });
         };
+        // Locked in digest order (no deadlock between two steps), then checked again:
+        // another step may have fetched them meanwhile.
+        missing.sort_by(|a, b| a.digest.cmp(&b.digest));
+        missing.dedup_by(|a, b| a.digest == b.digest);
+        let locks: Vec<Arc<Mutex<()>>> = {
+            let mut f = self.fetching.lock().expect("fetch lock");
+            missing
+                .iter()
+                .map(|b| f.entry(b.digest.clone()).or_default().clone())
+                .collect()
+        };
+        let _held: Vec<_> = locks
+            .iter()
+            .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()))
+            .collect();
+        missing.retain(|b| self.store.blob_size(&b.digest).ok() != Some(b.size));
         remote.fetch_missing(
             &self.store,
             &missing,
@@ -652,6 +672,32 @@ mod tests {
         assert!(
             err.to_string().ends_with(": invalid reference format"),
             "{err}"
+        );
+    }
+
+    /// Present layers need no registry; a missing one without a registry to fetch it
+    /// from is named.
+    #[test]
+    fn ensure_layers_without_a_remote() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let images = ImageStore::new(&store);
+        let present = store.put_blob(b"layer").unwrap();
+        let layer = |digest: String, size| LayerRef {
+            digest,
+            diff_id: present.to_string(),
+            size,
+            media_type: String::new(),
+        };
+        let ok = layer(present.to_string(), 5);
+        images.ensure_layers([&ok], None).unwrap();
+        assert!(images.layer_available(&ok).unwrap());
+        let gone = layer(kiln_cache::sha256_of(b"gone").to_string(), 4);
+        assert!(!images.layer_available(&gone).unwrap());
+        let err = images.ensure_layers([&ok, &gone], None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("layer {} is not in the store", gone.digest)
         );
     }
 

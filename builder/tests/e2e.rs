@@ -2246,4 +2246,29 @@ fn issue10_registry_layers_are_fetched_only_when_needed() {
             "no blob line for {l}:\n{err}"
         );
     }
+
+    // Two stages on the same base run at the same time: the base is fetched once.
+    let env4 = Env::new();
+    let ctx = env4.context(
+        "twice",
+        &format!(
+            "FROM {base} AS a\nRUN echo a > /a\nFROM {base} AS b\nRUN echo b > /b\n\
+             FROM scratch\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n"
+        ),
+    );
+    let out = env4
+        .kiln()
+        .args(["build", "--progress", "plain"])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    for l in &layers {
+        let fetched = err
+            .lines()
+            .filter(|line| line.contains(l.as_str()) && line.ends_with(" done"))
+            .count();
+        assert_eq!(fetched, 1, "{l} fetched {fetched} times:\n{err}");
+    }
 }

@@ -455,6 +455,22 @@ mod tests {
         assert!(lines[1].get("step").is_none());
     }
 
+    /// Bars go to the terminal, not to the line output; every blob state is drawn
+    /// without a panic, a blob finished without a bar included.
+    #[test]
+    fn tty_draws_blob_bars() {
+        let out = render(
+            ProgressMode::Tty,
+            &[
+                blob(Some(2), 0, BlobState::Started(BlobKind::Download)),
+                blob(Some(2), 1_000, BlobState::Transferring),
+                blob(Some(2), 45_600_000, BlobState::Done(BlobDone::Downloaded)),
+                blob(None, 0, BlobState::Done(BlobDone::Exists)),
+            ],
+        );
+        assert_eq!(out, "");
+    }
+
     #[test]
     fn quiet_shows_no_blob() {
         let out = render(

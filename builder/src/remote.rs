@@ -254,3 +254,58 @@ impl Remote {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_registry::{BlobDone, BlobKind};
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Events(Mutex<Vec<Event>>);
+
+    impl Reporter for Events {
+        fn event(&self, e: &Event) {
+            self.0.lock().unwrap().push(e.clone());
+        }
+    }
+
+    /// A registry's typed blob events become the solver's, for the step that asked.
+    #[test]
+    fn blob_events_reach_the_reporter_typed() {
+        let events = Events::default();
+        let vertex = Some(VertexId::new(4));
+        let p = BlobReporter::new(&events, vertex);
+        let digest = kiln_cache::sha256_of(b"layer");
+        p.blob(&BlobEvent::Started {
+            digest: &digest,
+            size: 10,
+            kind: BlobKind::Download,
+        });
+        p.blob(&BlobEvent::Progress {
+            digest: &digest,
+            done: 4,
+            total: 10,
+        });
+        p.blob(&BlobEvent::Done {
+            digest: &digest,
+            size: 10,
+            how: BlobDone::Downloaded,
+        });
+        let blob = |done, state| Event::Blob {
+            vertex,
+            digest: digest.to_string(),
+            done,
+            total: 10,
+            state,
+        };
+        assert_eq!(
+            *events.0.lock().unwrap(),
+            [
+                blob(0, BlobState::Started(BlobKind::Download)),
+                blob(4, BlobState::Transferring),
+                blob(10, BlobState::Done(BlobDone::Downloaded)),
+            ]
+        );
+    }
+}

@@ -231,7 +231,9 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         .unwrap_or_default();
     let remote = std::sync::Arc::new(crate::remote::Remote::new(req.registry.clone()));
     let quiet = matches!(req.progress, ProgressMode::Quiet | ProgressMode::Json);
-    let images = ImageStore::new(&store).with_remote(remote.clone(), quiet);
+    // Made before conversion, which resolves `FROM`s through it; steps are named after.
+    let progress = std::sync::Arc::new(Progress::new(req.progress, HashMap::new()));
+    let images = ImageStore::new(&store).with_remote(remote.clone(), progress.clone());
     let opts = ConvertOptions {
         build_args: req.build_args.clone(),
         target: req.target.clone(),
@@ -244,7 +246,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         check_entitlements(&plan).map_err(located)?;
     }
     let labels = step_labels(&plan);
-    let progress = Progress::new(req.progress, labels.clone());
+    progress.set_labels(labels.clone());
     for w in &plan.warnings {
         progress.message(&format!("WARNING: {w}"));
     }
@@ -282,14 +284,14 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         .filter(|id| plan.graph.dependents(*id).is_empty())
         .collect();
     let worker = BuildWorker::new(&store, context, &images, layer_opts, exec)?
-        .with_reporter(&progress)
+        .with_reporter(&*progress)
         .with_network_timeouts(req.registry.timeouts)
         .with_lazy_snapshots(leaves);
     let cancel: &AtomicBool = crate::interrupt::flag();
     let results = solver::solve(
         &plan.graph,
         &worker,
-        &progress,
+        &*progress,
         SolveOptions {
             no_cache: req.no_cache,
         },
@@ -333,7 +335,12 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
     if req.push {
         for tag in &req.tags {
             let r = remote
-                .push(&store, tag, false, &crate::remote::LineProgress::new(quiet))
+                .push(
+                    &store,
+                    tag,
+                    false,
+                    &crate::remote::BlobReporter::new(&*progress, None),
+                )
                 .with_context(|| format!("pushing {tag}"))?;
             if !quiet {
                 progress.message(&format!(
@@ -342,6 +349,10 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
                 ));
             }
         }
+    }
+    if !req.outputs.is_empty() {
+        // The exporters read every layer: those of a resolved base are fetched now.
+        images.ensure_layers(&results_layers(&built), None)?;
     }
     for out in &req.outputs {
         match out {
@@ -465,6 +476,20 @@ fn assemble(
     store.put_blob(&built.config_json)?;
     store.put_blob(&built.manifest_json)?;
     Ok(built)
+}
+
+/// The layers of a built image, as the store knows them.
+fn results_layers(built: &BuiltImage) -> Vec<crate::snapshots::LayerRef> {
+    built
+        .layers
+        .iter()
+        .map(|l| crate::snapshots::LayerRef {
+            digest: l.digest.clone(),
+            diff_id: l.diff_id.clone(),
+            size: l.size,
+            media_type: l.media_type.clone(),
+        })
+        .collect()
 }
 
 /// Writes the image's filesystem to a directory (`--output type=local`).

@@ -197,6 +197,17 @@ pub fn history(root: &Path, name: &str, flags: HistoryFlags) -> Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
+/// The display of `kiln pull` and `kiln push`: the build's, showing blob events.
+fn blob_display(quiet: bool) -> crate::progress::Progress {
+    use crate::progress::{Progress, ProgressMode};
+    let mode = if quiet {
+        ProgressMode::Quiet
+    } else {
+        ProgressMode::Auto
+    };
+    Progress::new(mode, std::collections::HashMap::new())
+}
+
 /// `kiln pull REF`: pulls into the store and tags it; prints the manifest digest.
 pub fn pull(
     root: &Path,
@@ -208,11 +219,12 @@ pub fn pull(
     let store = Store::open(root)?;
     let _lock = store.lock_shared()?;
     let remote = crate::remote::Remote::new(registry);
+    let progress = blob_display(quiet);
     let digest = remote.pull(
         &store,
         reference,
         platform,
-        &crate::remote::LineProgress::new(quiet),
+        &crate::remote::BlobReporter::new(&progress, None),
     )?;
     if !quiet {
         eprintln!("pulled {reference}");
@@ -232,11 +244,12 @@ pub fn push(
     let store = Store::open(root)?;
     let _lock = store.lock_shared()?;
     let remote = crate::remote::Remote::new(registry);
+    let progress = blob_display(quiet);
     let r = remote.push(
         &store,
         name,
         docker_format,
-        &crate::remote::LineProgress::new(quiet),
+        &crate::remote::BlobReporter::new(&progress, None),
     )?;
     if !quiet {
         eprintln!(

@@ -10,9 +10,73 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Result, anyhow, bail};
 use kiln_oci::digest::Hashing;
 use kiln_registry::net::Timeouts;
+
+/// Why an `ADD <url>` download failed: one line naming the URL.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// The HTTP client could not be made.
+    #[error("creating the HTTP client: {0}")]
+    Client(String),
+    /// The server stopped sending (or trickled) for longer than the network timeout.
+    #[error("ADD {url}: server stalled: {detail}")]
+    Stalled {
+        /// The URL.
+        url: String,
+        /// What stalled and for how long.
+        detail: String,
+    },
+    /// The request failed.
+    #[error("ADD {url}: {what}{detail}")]
+    Request {
+        /// The URL.
+        url: String,
+        /// What was being done (`reading the body: `), or empty.
+        what: &'static str,
+        /// The underlying error, as one line.
+        detail: String,
+    },
+    /// The server answered with an error status.
+    #[error("ADD {url}: HTTP {status}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The status.
+        status: reqwest::StatusCode,
+    },
+    /// `--checksum` names another algorithm than sha256.
+    #[error("ADD {url}: only sha256 checksums are supported, got {checksum}")]
+    Algorithm {
+        /// The URL.
+        url: String,
+        /// The checksum given.
+        checksum: String,
+    },
+    /// The content does not match `--checksum`.
+    #[error("ADD {url}: checksum mismatch: expected {expected}, got {actual}")]
+    Checksum {
+        /// The URL.
+        url: String,
+        /// The checksum given.
+        expected: String,
+        /// The content's.
+        actual: String,
+    },
+    /// Retried failures: the last one.
+    #[error("{last} (gave up after {attempts} attempts)")]
+    GaveUp {
+        /// The last attempt's error.
+        last: Box<DownloadError>,
+        /// How many attempts were made.
+        attempts: u32,
+    },
+    /// Writing the download into the store's temp area failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+type Result<T, E = DownloadError> = std::result::Result<T, E>;
 
 /// A finished download.
 #[derive(Debug)]
@@ -64,7 +128,7 @@ impl Downloads {
         self.client = OnceLock::new();
     }
 
-    fn client(&self) -> std::result::Result<&reqwest::blocking::Client, (bool, anyhow::Error)> {
+    fn client(&self) -> Result<&reqwest::blocking::Client, (bool, DownloadError)> {
         self.client
             .get_or_init(|| {
                 crate::tls::install_crypto_provider();
@@ -72,22 +136,29 @@ impl Downloads {
                     .apply(reqwest::blocking::Client::builder())
                     .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
                     .build()
-                    .map_err(|e| format!("creating the HTTP client: {e}"))
+                    .map_err(|e| e.to_string())
             })
             .as_ref()
-            .map_err(|e| (false, anyhow!("{e}")))
+            .map_err(|e| (false, DownloadError::Client(e.clone())))
     }
 
     /// An error of a request to `url`: a stall says so, in one line.
     fn net_error(
         &self,
         url: &str,
-        what: &str,
+        what: &'static str,
         e: &(dyn std::error::Error + 'static),
-    ) -> anyhow::Error {
+    ) -> DownloadError {
         match self.timeouts.stalled(e) {
-            Some(detail) => anyhow!("ADD {url}: server stalled: {detail}"),
-            None => anyhow!("ADD {url}: {what}{e}"),
+            Some(detail) => DownloadError::Stalled {
+                url: url.to_owned(),
+                detail,
+            },
+            None => DownloadError::Request {
+                url: url.to_owned(),
+                what,
+                detail: e.to_string(),
+            },
         }
     }
 
@@ -122,14 +193,18 @@ impl Downloads {
                 }
             }
         }
-        Err(match last_err {
-            Some(e) if attempts > 1 => anyhow!("{e} (gave up after {attempts} attempts)"),
-            Some(e) => e,
-            None => anyhow!("download of {url} failed"),
+        let last = last_err.expect("at least one attempt");
+        Err(if attempts > 1 {
+            DownloadError::GaveUp {
+                last: Box::new(last),
+                attempts,
+            }
+        } else {
+            last
         })
     }
 
-    fn try_fetch(&self, url: &str) -> std::result::Result<Downloaded, (bool, anyhow::Error)> {
+    fn try_fetch(&self, url: &str) -> Result<Downloaded, (bool, DownloadError)> {
         let resp = self
             .client()?
             .get(url)
@@ -139,7 +214,10 @@ impl Downloads {
         if !status.is_success() {
             return Err((
                 status.is_server_error(),
-                anyhow!("ADD {url}: HTTP {status}"),
+                DownloadError::Status {
+                    url: url.to_owned(),
+                    status,
+                },
             ));
         }
         let last_modified = resp
@@ -178,10 +256,15 @@ impl Downloads {
 
 fn verify(url: &str, got: &str, want: Option<&str>) -> Result<()> {
     match want {
-        Some(w) if !w.starts_with("sha256:") => {
-            bail!("ADD {url}: only sha256 checksums are supported, got {w}")
-        }
-        Some(w) if w != got => bail!("ADD {url}: checksum mismatch: expected {w}, got {got}"),
+        Some(w) if !w.starts_with("sha256:") => Err(DownloadError::Algorithm {
+            url: url.to_owned(),
+            checksum: w.to_owned(),
+        }),
+        Some(w) if w != got => Err(DownloadError::Checksum {
+            url: url.to_owned(),
+            expected: w.to_owned(),
+            actual: got.to_owned(),
+        }),
         _ => Ok(()),
     }
 }
@@ -241,7 +324,6 @@ mod tests {
         let url = format!("http://127.0.0.1:{port}/file");
         let e = d.fetch(&url, None).expect_err("a stalled download fails");
         let msg = format!("{e:#}");
-        eprintln!("{msg}");
         assert!(
             msg.starts_with(&format!("ADD {url}: server stalled: ")),
             "{msg}"

@@ -1,11 +1,12 @@
 //! Local images: tags in the store and OCI layout directories (`oci-layout://DIR[:TAG]`),
-//! resolved for `FROM` and `COPY --from`. Registry pulls come with the registry crate.
+//! resolved for `FROM` and `COPY --from`. A registry image is resolved (manifest and
+//! config) when the Dockerfile is converted; its layers are fetched by
+//! [`ImageStore::ensure_layers`] when a step, an exporter or a push needs their bytes.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result, anyhow, bail};
 use kiln_cache::{Digest, Store};
 use kiln_frontend::config::ImageConfig;
 use kiln_frontend::convert::{ImageResolver, ResolvedImage};
@@ -14,12 +15,153 @@ use kiln_frontend::instructions::HealthConfig;
 use oci_spec::image::ImageIndex;
 
 use crate::image::{self, ParsedConfig};
-use crate::remote::{LineProgress, Remote};
+use crate::remote::{BlobReporter, Remote, RemoteError};
 use crate::snapshots::{LayerRef, chain_id};
+use crate::solver::{Event, NoReporter, Reporter};
 use crate::untrusted::{Layout, MAX_LAYOUT_JSON};
+use kiln_frontend::graph::VertexId;
+use kiln_registry::PulledBlob;
 
 /// The largest manifest or config kiln reads (they are small JSON documents).
 const MAX_JSON: u64 = 4 << 20;
+
+/// Why an image could not be found, resolved, loaded or imported: one line (with its
+/// causes) naming the image, blob or layout concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageStoreError {
+    /// The name is outside Docker's reference grammar.
+    #[error("image {reference:?}: {reason}")]
+    Reference {
+        /// The name as written.
+        reference: String,
+        /// Docker's message.
+        reason: String,
+    },
+    /// Neither in the store nor resolvable (no registry access).
+    #[error("image {reference:?} not found in the local store ({})", .root.display())]
+    NotFound {
+        /// The name as written.
+        reference: String,
+        /// The store.
+        root: std::path::PathBuf,
+    },
+    /// Resolving in the registry failed.
+    #[error("pulling {reference}")]
+    Pull {
+        /// The name as written.
+        reference: String,
+        /// Why.
+        #[source]
+        source: Box<RemoteError>,
+    },
+    /// The stored image is unreadable.
+    #[error("loading image {reference}")]
+    Load {
+        /// The name as written.
+        reference: String,
+        /// Why.
+        #[source]
+        source: Box<ImageStoreError>,
+    },
+    /// A manifest or config the image needs is not in the store.
+    #[error("blob {digest} is not in the store")]
+    MissingBlob {
+        /// Its digest.
+        digest: String,
+        /// The store's error.
+        #[source]
+        source: kiln_cache::CacheError,
+    },
+    /// A layer blob is missing and no registry is set to fetch it from.
+    #[error("layer {digest} is not in the store")]
+    MissingLayer {
+        /// Its digest.
+        digest: Digest,
+    },
+    /// A manifest or config above [`MAX_JSON`] (or the layout cap).
+    #[error("{prefix}{digest} is {size} bytes: too large for a manifest or config")]
+    TooLarge {
+        /// `DIR: ` for a layout, else empty.
+        prefix: String,
+        /// Its digest.
+        digest: String,
+        /// Its size.
+        size: u64,
+    },
+    /// A JSON document of the image does not parse as what it should be.
+    #[error("{what}")]
+    Json {
+        /// What it is and what it should be (`manifest sha256:... is not JSON`).
+        what: String,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The image is not consistent (no config, no manifest for the platform, ...).
+    #[error("{0}")]
+    Invalid(String),
+    /// The config does not parse.
+    #[error("config {digest}")]
+    Config {
+        /// Its digest.
+        digest: String,
+        /// Why.
+        #[source]
+        source: image::ImageError,
+    },
+    /// Reading an OCI layout failed.
+    #[error("{what}")]
+    Layout {
+        /// What was being read.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Copying a layout's blob into the store failed.
+    #[error("{what}")]
+    Import {
+        /// Which blob of which layout.
+        what: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] kiln_cache::CacheError),
+    /// Fetching layers failed.
+    #[error(transparent)]
+    Remote(Box<RemoteError>),
+    /// An I/O error without more to say than itself.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+type Result<T, E = ImageStoreError> = std::result::Result<T, E>;
+
+impl From<RemoteError> for ImageStoreError {
+    fn from(e: RemoteError) -> ImageStoreError {
+        ImageStoreError::Remote(Box::new(e))
+    }
+}
+
+/// `Invalid` with a message.
+fn invalid(message: String) -> ImageStoreError {
+    ImageStoreError::Invalid(message)
+}
+
+/// An error with its causes, `outer: inner: ...`, as `{:#}` of anyhow shows them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
 
 /// An image known locally.
 #[derive(Debug, Clone)]
@@ -42,7 +184,10 @@ pub struct ImageStore {
     store: Store,
     resolved: Mutex<HashMap<String, Arc<ImageInfo>>>,
     remote: Option<Arc<Remote>>,
-    quiet: bool,
+    reporter: Arc<dyn Reporter + Send + Sync>,
+    /// One lock per blob being fetched, so that two steps needing the same base layer
+    /// at the same time download it once.
+    fetching: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
 }
 
 /// The local tag of a reference: Docker's familiar name with `:latest` unless a tag or
@@ -66,9 +211,16 @@ fn read_json_blob(store: &Store, digest: &str) -> Result<Vec<u8>> {
     let d = Digest::parse(digest)?;
     let size = store
         .blob_size(&d)
-        .with_context(|| format!("blob {digest} is not in the store"))?;
+        .map_err(|source| ImageStoreError::MissingBlob {
+            digest: digest.to_owned(),
+            source,
+        })?;
     if size > MAX_JSON {
-        bail!("{digest} is {size} bytes: too large for a manifest or config");
+        return Err(ImageStoreError::TooLarge {
+            prefix: String::new(),
+            digest: digest.to_owned(),
+            size,
+        });
     }
     Ok(store.read_blob(&d)?)
 }
@@ -80,15 +232,78 @@ impl ImageStore {
             store: store.clone(),
             resolved: Mutex::new(HashMap::new()),
             remote: None,
-            quiet: false,
+            reporter: Arc::new(NoReporter),
+            fetching: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Pulls what the store lacks (or everything, with `--pull`) through `remote`.
-    pub fn with_remote(mut self, remote: Arc<Remote>, quiet: bool) -> ImageStore {
+    /// Resolves what the store lacks (or everything, with `--pull`) through `remote`,
+    /// reporting to `reporter`.
+    pub fn with_remote(
+        mut self,
+        remote: Arc<Remote>,
+        reporter: Arc<dyn Reporter + Send + Sync>,
+    ) -> ImageStore {
         self.remote = Some(remote);
-        self.quiet = quiet;
+        self.reporter = reporter;
         self
+    }
+
+    /// Whether the blob of `layer` is in the store or can be fetched into it.
+    pub fn layer_available(&self, layer: &LayerRef) -> Result<bool> {
+        let d = Digest::parse(&layer.digest)?;
+        Ok(self.store.has_blob(&d) || kiln_registry::fetchable(&self.store, &d))
+    }
+
+    /// Makes the blobs of `layers` present in the store, fetching those of resolved
+    /// images from their registry (several at once), with progress as blob events of
+    /// `vertex`.
+    pub fn ensure_layers<'l>(
+        &self,
+        layers: impl IntoIterator<Item = &'l LayerRef>,
+        vertex: Option<VertexId>,
+    ) -> Result<()> {
+        let mut missing = Vec::new();
+        for l in layers {
+            let digest = Digest::parse(&l.digest)?;
+            if self.store.blob_size(&digest).ok() != Some(l.size) {
+                missing.push(PulledBlob {
+                    digest,
+                    size: l.size,
+                    media_type: l.media_type.clone(),
+                });
+            }
+        }
+        let Some(first) = missing.first() else {
+            return Ok(());
+        };
+        let Some(remote) = &self.remote else {
+            return Err(ImageStoreError::MissingLayer {
+                digest: first.digest.clone(),
+            });
+        };
+        // Locked in digest order (no deadlock between two steps), then checked again:
+        // another step may have fetched them meanwhile.
+        missing.sort_by(|a, b| a.digest.cmp(&b.digest));
+        missing.dedup_by(|a, b| a.digest == b.digest);
+        let locks: Vec<Arc<Mutex<()>>> = {
+            let mut f = self.fetching.lock().expect("fetch lock");
+            missing
+                .iter()
+                .map(|b| f.entry(b.digest.clone()).or_default().clone())
+                .collect()
+        };
+        let _held: Vec<_> = locks
+            .iter()
+            .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()))
+            .collect();
+        missing.retain(|b| self.store.blob_size(&b.digest).ok() != Some(b.size));
+        remote.fetch_missing(
+            &self.store,
+            &missing,
+            &BlobReporter::new(&*self.reporter, vertex),
+        )?;
+        Ok(())
     }
 
     /// The image a reference names, for a platform.
@@ -100,8 +315,10 @@ impl ImageStore {
         let manifest = if let Some(rest) = reference.strip_prefix("oci-layout://") {
             self.import_layout(rest)?
         } else {
-            crate::remote::parse_name(reference)
-                .map_err(|reason| anyhow!("image {reference:?}: {reason}"))?;
+            crate::remote::parse_name(reference).map_err(|reason| ImageStoreError::Reference {
+                reference: reference.to_owned(),
+                reason,
+            })?;
             let tag = normalize_tag(reference);
             let pinned = reference
                 .rsplit_once('@')
@@ -119,28 +336,37 @@ impl ImageStore {
             match (local, &self.remote) {
                 (Some(m), _) => m,
                 (None, Some(remote)) => {
-                    if !self.quiet {
-                        eprintln!("pulling {reference}");
-                    }
+                    self.reporter.event(&Event::Pull {
+                        reference: reference.to_string(),
+                    });
                     remote
-                        .pull(
+                        .resolve(
                             &self.store,
                             reference,
                             platform,
-                            &LineProgress::new(self.quiet),
+                            &BlobReporter::new(&*self.reporter, None),
                         )
-                        .with_context(|| format!("pulling {reference}"))?
+                        .map_err(|source| ImageStoreError::Pull {
+                            reference: reference.to_owned(),
+                            source: Box::new(source),
+                        })?
                 }
-                (None, None) => bail!(
-                    "image {reference:?} not found in the local store ({})",
-                    self.store.root().display()
-                ),
+                (None, None) => {
+                    return Err(ImageStoreError::NotFound {
+                        reference: reference.to_owned(),
+                        root: self.store.root().to_path_buf(),
+                    });
+                }
             }
         };
-        let info = Arc::new(
-            self.load(&manifest, platform)
-                .with_context(|| format!("loading image {reference}"))?,
-        );
+        let info =
+            Arc::new(
+                self.load(&manifest, platform)
+                    .map_err(|source| ImageStoreError::Load {
+                        reference: reference.to_owned(),
+                        source: Box::new(source),
+                    })?,
+            );
         self.resolved
             .lock()
             .expect("image lock")
@@ -151,11 +377,17 @@ impl ImageStore {
     /// Reads a manifest (or an index, picking `platform`) and its config from the store.
     pub fn load(&self, manifest_digest: &str, platform: &Platform) -> Result<ImageInfo> {
         let bytes = read_json_blob(&self.store, manifest_digest)?;
-        let v: serde_json::Value = serde_json::from_slice(&bytes)
-            .with_context(|| format!("manifest {manifest_digest} is not JSON"))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|source| ImageStoreError::Json {
+                what: format!("manifest {manifest_digest} is not JSON"),
+                source,
+            })?;
         if v.get("manifests").is_some() {
-            let index: ImageIndex = serde_json::from_value(v)
-                .with_context(|| format!("index {manifest_digest} is not an image index"))?;
+            let index: ImageIndex =
+                serde_json::from_value(v).map_err(|source| ImageStoreError::Json {
+                    what: format!("index {manifest_digest} is not an image index"),
+                    source,
+                })?;
             let entries = index.manifests();
             // An index of one image (as OCI layouts often are) serves any platform.
             let pick = platform
@@ -165,23 +397,30 @@ impl ImageStore {
                 } else {
                     None
                 })
-                .ok_or_else(|| anyhow!("index {manifest_digest} has no manifest for {platform}"))?;
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "index {manifest_digest} has no manifest for {platform}"
+                    ))
+                })?;
             return self.load(pick.digest().as_ref(), platform);
         }
         let config_digest = v["config"]["digest"]
             .as_str()
-            .ok_or_else(|| anyhow!("manifest {manifest_digest} has no config"))?
+            .ok_or_else(|| invalid(format!("manifest {manifest_digest} has no config")))?
             .to_string();
         let config_bytes = read_json_blob(&self.store, &config_digest)?;
-        let config = image::parse_config(&config_bytes)
-            .with_context(|| format!("config {config_digest}"))?;
+        let config =
+            image::parse_config(&config_bytes).map_err(|source| ImageStoreError::Config {
+                digest: config_digest.clone(),
+                source,
+            })?;
         let manifest_layers = v["layers"].as_array().cloned().unwrap_or_default();
         if manifest_layers.len() != config.diff_ids.len() {
-            bail!(
+            return Err(invalid(format!(
                 "image {manifest_digest}: the manifest lists {} layers but the config {} diff_ids",
                 manifest_layers.len(),
                 config.diff_ids.len()
-            );
+            )));
         }
         let layers = manifest_layers
             .iter()
@@ -190,7 +429,7 @@ impl ImageStore {
                 Ok(LayerRef {
                     digest: l["digest"]
                         .as_str()
-                        .ok_or_else(|| anyhow!("layer without digest"))?
+                        .ok_or_else(|| invalid("layer without digest".into()))?
                         .to_string(),
                     diff_id: diff_id.clone(),
                     size: l["size"].as_u64().unwrap_or(0),
@@ -216,36 +455,43 @@ impl ImageStore {
         };
         let dir = Path::new(dir);
         // Not written by kiln: read with caps, regular files only (see `untrusted`).
-        let layout =
-            Layout::open(dir).with_context(|| format!("{} is not an OCI layout", dir.display()))?;
+        let layout = Layout::open(dir).map_err(|source| ImageStoreError::Layout {
+            what: format!("{} is not an OCI layout", dir.display()),
+            source,
+        })?;
         let index_bytes = match layout.read_capped("index.json", MAX_LAYOUT_JSON) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                bail!(
+                return Err(invalid(format!(
                     "{} is not an OCI layout: it has no index.json",
                     dir.display()
-                )
+                )));
             }
             Err(e) => return Err(e.into()),
         };
-        let index: serde_json::Value = serde_json::from_slice(&index_bytes)
-            .with_context(|| format!("{}/index.json is not JSON", dir.display()))?;
+        let index: serde_json::Value =
+            serde_json::from_slice(&index_bytes).map_err(|source| ImageStoreError::Json {
+                what: format!("{}/index.json is not JSON", dir.display()),
+                source,
+            })?;
         let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
         let chosen = match tag {
             Some(t) => manifests
                 .iter()
                 .find(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str() == Some(t))
-                .ok_or_else(|| anyhow!("no image tagged {t:?} in {}", dir.display()))?,
+                .ok_or_else(|| invalid(format!("no image tagged {t:?} in {}", dir.display())))?,
             None if manifests.len() == 1 => &manifests[0],
-            None => bail!(
-                "{} holds {} images: name one with oci-layout://DIR:TAG",
-                dir.display(),
-                manifests.len()
-            ),
+            None => {
+                return Err(invalid(format!(
+                    "{} holds {} images: name one with oci-layout://DIR:TAG",
+                    dir.display(),
+                    manifests.len()
+                )));
+            }
         };
         let digest = chosen["digest"]
             .as_str()
-            .ok_or_else(|| anyhow!("index entry without digest"))?
+            .ok_or_else(|| invalid("index entry without digest".into()))?
             .to_string();
         self.import_blob_tree(&layout, chosen)?;
         Ok(digest)
@@ -262,37 +508,49 @@ impl ImageStore {
         let dir = layout.path().display();
         let digest = desc["digest"]
             .as_str()
-            .ok_or_else(|| anyhow!("{dir}: a descriptor without digest"))?;
+            .ok_or_else(|| invalid(format!("{dir}: a descriptor without digest")))?;
         let size = desc["size"]
             .as_u64()
-            .ok_or_else(|| anyhow!("{dir}: the descriptor of {digest} has no size"))?;
+            .ok_or_else(|| invalid(format!("{dir}: the descriptor of {digest} has no size")))?;
         let d = Digest::parse(digest)?;
         if let Some(cap) = cap
             && size > cap
         {
-            bail!("{dir}: {digest} is {size} bytes: too large for a manifest or config");
+            return Err(ImageStoreError::TooLarge {
+                prefix: format!("{dir}: "),
+                digest: digest.to_owned(),
+                size,
+            });
         }
         if self.store.blob_size(&d).ok() == Some(size) {
             return Ok(());
         }
         let mut f = layout.blob(d.algorithm(), d.hex(), size).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                anyhow!("{dir}: missing blob {digest}")
+                invalid(format!("{dir}: missing blob {digest}"))
             } else {
-                anyhow!(e)
+                ImageStoreError::Io(e)
             }
         })?;
         let mut w = self.store.blob_writer()?;
-        std::io::copy(&mut f, &mut w).with_context(|| format!("{dir}: importing blob {digest}"))?;
-        w.commit(Some(&d))
-            .with_context(|| format!("{dir}: importing blob {digest}"))?;
+        let importing =
+            |source: Box<dyn std::error::Error + Send + Sync>| ImageStoreError::Import {
+                what: format!("{dir}: importing blob {digest}"),
+                source,
+            };
+        std::io::copy(&mut f, &mut w).map_err(|e| importing(e.into()))?;
+        w.commit(Some(&d)).map_err(|e| importing(e.into()))?;
         Ok(())
     }
 
     fn import_blob_tree(&self, layout: &Layout, desc: &serde_json::Value) -> Result<()> {
         self.import_blob(layout, desc, Some(MAX_LAYOUT_JSON))?;
         let digest = desc["digest"].as_str().unwrap_or_default();
-        let v: serde_json::Value = serde_json::from_slice(&read_json_blob(&self.store, digest)?)?;
+        let v: serde_json::Value = serde_json::from_slice(&read_json_blob(&self.store, digest)?)
+            .map_err(|source| ImageStoreError::Json {
+                what: format!("{digest} is not JSON"),
+                source,
+            })?;
         for m in v["manifests"].as_array().into_iter().flatten() {
             // Other platforms' manifests are optional in a layout.
             let _ = self.import_blob_tree(layout, m);
@@ -339,9 +597,7 @@ impl ImageResolver for ImageStore {
         reference: &str,
         platform: &Platform,
     ) -> Result<Option<ResolvedImage>, String> {
-        let info = self
-            .get(reference, platform)
-            .map_err(|e| format!("{e:#}"))?;
+        let info = self.get(reference, platform).map_err(|e| chain(&e))?;
         let mut config = frontend_config(&info.config.config);
         config.author = info.config.author.clone();
         Ok(Some(ResolvedImage {
@@ -416,6 +672,32 @@ mod tests {
         assert!(
             err.to_string().ends_with(": invalid reference format"),
             "{err}"
+        );
+    }
+
+    /// Present layers need no registry; a missing one without a registry to fetch it
+    /// from is named.
+    #[test]
+    fn ensure_layers_without_a_remote() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let images = ImageStore::new(&store);
+        let present = store.put_blob(b"layer").unwrap();
+        let layer = |digest: String, size| LayerRef {
+            digest,
+            diff_id: present.to_string(),
+            size,
+            media_type: String::new(),
+        };
+        let ok = layer(present.to_string(), 5);
+        images.ensure_layers([&ok], None).unwrap();
+        assert!(images.layer_available(&ok).unwrap());
+        let gone = layer(kiln_cache::sha256_of(b"gone").to_string(), 4);
+        assert!(!images.layer_available(&gone).unwrap());
+        let err = images.ensure_layers([&ok, &gone], None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("layer {} is not in the store", gone.digest)
         );
     }
 

@@ -1,16 +1,51 @@
 //! Registries from the builder's side: pulling bases into the store (and tagging them),
-//! pushing local images, `kiln login`/`logout`, with plain progress lines.
+//! fetching the layers of resolved images when they are needed, pushing local images,
+//! `kiln login`/`logout`. Progress goes to the solver's [`Reporter`] as typed events.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use crate::images::normalize_tag;
-use anyhow::{Context, Result, anyhow};
 use kiln_cache::{Digest, Store, TagRecord};
 use kiln_frontend::graph::Platform;
+use kiln_frontend::graph::VertexId;
 use kiln_registry::{
-    Client, ClientOptions, Progress, PushOptions, PushReport, Reference, RegistryError,
+    BlobEvent, Client, ClientOptions, Progress, PulledBlob, PushOptions, PushReport, Reference,
+    RegistryError,
 };
+
+use crate::solver::{BlobState, Event, Reporter};
+
+/// Why a registry operation failed; each renders as the one line the CLI prints.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The registry client could not be made (bad `--registry-ca`, ...).
+    #[error("{0}")]
+    Client(String),
+    /// The registry or the transfer failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] kiln_cache::CacheError),
+    /// `kiln push` of a name the store has no image for.
+    #[error("image {name:?} not found in the local store")]
+    NotFound {
+        /// The name given.
+        name: String,
+    },
+    /// A push failed.
+    #[error("pushing {name}")]
+    Push {
+        /// The name given.
+        name: String,
+        /// Why.
+        #[source]
+        source: RegistryError,
+    },
+}
+
+type Result<T, E = RemoteError> = std::result::Result<T, E>;
 
 /// How kiln talks to registries (global flags).
 #[derive(Debug, Clone, Default)]
@@ -32,34 +67,40 @@ pub struct Remote {
     client: OnceLock<std::result::Result<Client, String>>,
 }
 
-/// Progress lines on stderr, one per blob.
-pub struct LineProgress {
-    quiet: bool,
+/// Carries a registry's blob progress into the solver's reporter, as typed
+/// [`Event::Blob`]s of `vertex`.
+pub struct BlobReporter<'a> {
+    reporter: &'a dyn Reporter,
+    vertex: Option<VertexId>,
 }
 
-impl LineProgress {
-    /// Lines unless `quiet`.
-    pub fn new(quiet: bool) -> LineProgress {
-        LineProgress { quiet }
+impl<'a> BlobReporter<'a> {
+    /// Blob events of `vertex` (none: outside a build step) to `reporter`.
+    pub fn new(reporter: &'a dyn Reporter, vertex: Option<VertexId>) -> BlobReporter<'a> {
+        BlobReporter { reporter, vertex }
     }
 }
 
-fn short(d: &str) -> &str {
-    let hex = d.strip_prefix("sha256:").unwrap_or(d);
-    &hex[..hex.len().min(12)]
-}
-
-impl Progress for LineProgress {
-    fn blob_started(&self, digest: &str, size: u64, action: &str) {
-        if !self.quiet {
-            eprintln!("{}: {action} ({size} bytes)", short(digest));
-        }
-    }
-    fn blob_progress(&self, _: &str, _: u64) {}
-    fn blob_done(&self, digest: &str, how: &str) {
-        if !self.quiet {
-            eprintln!("{}: {how}", short(digest));
-        }
+impl Progress for BlobReporter<'_> {
+    fn blob(&self, event: &BlobEvent<'_>) {
+        let (digest, done, total, state) = match *event {
+            BlobEvent::Started { digest, size, kind } => {
+                (digest, 0, size, BlobState::Started(kind))
+            }
+            BlobEvent::Progress {
+                digest,
+                done,
+                total,
+            } => (digest, done, total, BlobState::Transferring),
+            BlobEvent::Done { digest, size, how } => (digest, size, size, BlobState::Done(how)),
+        };
+        self.reporter.event(&Event::Blob {
+            vertex: self.vertex,
+            digest: digest.to_string(),
+            done,
+            total,
+            state,
+        });
     }
 }
 
@@ -113,7 +154,7 @@ impl Remote {
                 .map_err(|e| e.to_string())
             })
             .as_ref()
-            .map_err(|e| anyhow!("{e}"))
+            .map_err(|e| RemoteError::Client(e.clone()))
     }
 
     /// Pulls `reference` for `platform` into `store` and tags it under its local name;
@@ -136,6 +177,49 @@ impl Remote {
         Ok(pulled.manifest_digest.to_string())
     }
 
+    /// Resolves `reference` for `platform` into `store` (manifest and config; the layers
+    /// are fetched by [`Remote::fetch_missing`] when needed) and tags it under its local
+    /// name; returns the manifest digest.
+    pub fn resolve(
+        &self,
+        store: &Store,
+        reference: &str,
+        platform: &Platform,
+        progress: &dyn Progress,
+    ) -> Result<String> {
+        let r = Reference::parse(reference)?;
+        let resolved = self.client()?.resolve(&r, platform, store, progress)?;
+        if r.digest.is_none() {
+            store.tag_set(
+                &normalize_tag(reference),
+                &TagRecord::new(
+                    resolved.manifest_digest.clone(),
+                    resolved.config.digest.clone(),
+                ),
+            )?;
+        }
+        Ok(resolved.manifest_digest.to_string())
+    }
+
+    /// Makes `blobs` present in `store`, fetching the missing ones from the registries
+    /// known to hold them; no client is made when none is missing. The one way a blob
+    /// of a resolved image becomes present (the worker, the exporters, pushes).
+    pub fn fetch_missing(
+        &self,
+        store: &Store,
+        blobs: &[PulledBlob],
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        if blobs
+            .iter()
+            .all(|b| store.blob_size(&b.digest).ok() == Some(b.size))
+        {
+            return Ok(());
+        }
+        self.client()?.fetch_missing(store, blobs, progress)?;
+        Ok(())
+    }
+
     /// Pushes the local image `name` to the registry it names (its tag, `latest` if none).
     pub fn push(
         &self,
@@ -146,11 +230,15 @@ impl Remote {
     ) -> Result<PushReport> {
         let rec = store
             .tag_get(&normalize_tag(name))?
-            .ok_or_else(|| anyhow!("image {name:?} not found in the local store"))?;
+            .ok_or_else(|| RemoteError::NotFound {
+                name: name.to_owned(),
+            })?;
         let mut target = Reference::parse(name)?;
         if target.tag.is_none() {
             target = target.with_tag("latest");
         }
+        // Layers of a resolved base the store lacks are mounted from their repository,
+        // or fetched (Client::fetch_missing) before they are uploaded.
         let digest = Digest::parse(rec.manifest.as_str())?;
         self.client()?
             .push(
@@ -160,6 +248,64 @@ impl Remote {
                 &PushOptions { docker_format },
                 progress,
             )
-            .with_context(|| format!("pushing {name}"))
+            .map_err(|source| RemoteError::Push {
+                name: name.to_owned(),
+                source,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_registry::{BlobDone, BlobKind};
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Events(Mutex<Vec<Event>>);
+
+    impl Reporter for Events {
+        fn event(&self, e: &Event) {
+            self.0.lock().unwrap().push(e.clone());
+        }
+    }
+
+    /// A registry's typed blob events become the solver's, for the step that asked.
+    #[test]
+    fn blob_events_reach_the_reporter_typed() {
+        let events = Events::default();
+        let vertex = Some(VertexId::new(4));
+        let p = BlobReporter::new(&events, vertex);
+        let digest = kiln_cache::sha256_of(b"layer");
+        p.blob(&BlobEvent::Started {
+            digest: &digest,
+            size: 10,
+            kind: BlobKind::Download,
+        });
+        p.blob(&BlobEvent::Progress {
+            digest: &digest,
+            done: 4,
+            total: 10,
+        });
+        p.blob(&BlobEvent::Done {
+            digest: &digest,
+            size: 10,
+            how: BlobDone::Downloaded,
+        });
+        let blob = |done, state| Event::Blob {
+            vertex,
+            digest: digest.to_string(),
+            done,
+            total: 10,
+            state,
+        };
+        assert_eq!(
+            *events.0.lock().unwrap(),
+            [
+                blob(0, BlobState::Started(BlobKind::Download)),
+                blob(4, BlobState::Transferring),
+                blob(10, BlobState::Done(BlobDone::Downloaded)),
+            ]
+        );
     }
 }

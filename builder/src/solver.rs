@@ -80,6 +80,35 @@ pub enum Event {
         /// Why.
         message: String,
     },
+    /// An image is being resolved in a registry (its manifest and config fetched).
+    Pull {
+        /// The reference as written.
+        reference: String,
+    },
+    /// A blob moving between a registry and the store (a pull, a lazy layer, a push).
+    Blob {
+        /// The vertex that needed it; none for `kiln pull`/`push` and `FROM` resolution.
+        vertex: Option<VertexId>,
+        /// The blob's digest.
+        digest: String,
+        /// Bytes done so far.
+        done: u64,
+        /// The blob's size.
+        total: u64,
+        /// Where it stands.
+        state: BlobState,
+    },
+}
+
+/// Where a blob transfer stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobState {
+    /// Started: a download or an upload.
+    Started(kiln_registry::BlobKind),
+    /// Bytes moved (`done` of `total`).
+    Transferring,
+    /// Finished, and how.
+    Done(kiln_registry::BlobDone),
 }
 
 /// Receives progress events; implemented by the CLI's progress displays.

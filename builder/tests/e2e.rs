@@ -2133,3 +2133,142 @@ fn heredoc_with_shebang_runs_its_interpreter() {
         assert!(!dest.join("dev/pipes").exists(), "{snapshotter}");
     }
 }
+
+/// Issue 10: resolving a `FROM` fetches its manifest and config only. A build whose steps
+/// never read the base's bytes (`COPY --link`, output to the store) downloads no layer,
+/// neither does the same build all cached; a push, and a RUN, fetch the layers, shown as
+/// BuildKit-like blob lines by `--progress plain`.
+#[test]
+fn issue10_registry_layers_are_fetched_only_when_needed() {
+    needs!("busybox", "skopeo", "docker-registry");
+    let reg = Registry::start(&Auth::None);
+    let env = Env::new();
+    env.busybox();
+    let base = format!("{}:1", reg.name("lazy/busybox"));
+    env.kiln()
+        .args(["tag", "busybox:kiln-test", &base])
+        .assert()
+        .success();
+    env.kiln().args(["push", &base]).assert().success();
+    let manifest: Value = serde_json::from_str(&run_ok(Proc::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{base}"),
+    ])))
+    .unwrap();
+    let digest = |v: &Value| kiln_cache::Digest::parse(v["digest"].as_str().unwrap()).unwrap();
+    let layers: Vec<kiln_cache::Digest> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(digest)
+        .collect();
+    assert!(!layers.is_empty());
+    let config = digest(&manifest["config"]);
+
+    let env2 = Env::new();
+    let store = || kiln_cache::Store::open(env2.root()).unwrap();
+    let ctx = env2.context("lazy", &format!("FROM {base}\nCOPY --link f /f\n"));
+    fs::write(ctx.join("f"), "f\n").unwrap();
+    let app = format!("{}:1", reg.name("lazy/app"));
+    let build = |ctx: &Path| {
+        let out = env2
+            .kiln()
+            .args(["build", "--progress", "plain", "-t", &app])
+            .arg(ctx)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        err
+    };
+    let err = build(&ctx);
+    assert!(err.contains(&format!("pulling {base}")), "{err}");
+    assert!(store().has_blob(&config), "the config is fetched");
+    for l in &layers {
+        assert!(!store().has_blob(l), "layer {l} was downloaded:\n{err}");
+        assert!(!err.contains(l.as_str()), "{err}");
+    }
+    // The same build again: all cached (a record over the unfetched base is a hit),
+    // still no layer.
+    let (_, report) = env2.build(&["-t", &app], &ctx);
+    let steps = steps(&report);
+    assert!(
+        !steps.is_empty() && steps.iter().all(|(_, cached)| *cached),
+        "{steps:?}"
+    );
+    for l in &layers {
+        assert!(!store().has_blob(l), "layer {l} was downloaded");
+    }
+
+    // Pushing the image to the same registry mounts the base's layers from their
+    // repository: still not downloaded; the registry serves what kiln computed.
+    let out = env2.kiln().args(["push", &app]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        skopeo_digest(&app)
+    );
+    for l in &layers {
+        assert!(!store().has_blob(l), "push downloaded {l}:\n{err}");
+        assert!(
+            err.contains(&format!("{l} mounted")),
+            "no blob line for {l}:\n{err}"
+        );
+    }
+    // Exporting needs the bytes: fetched now.
+    let oci = env2.path("app.tar");
+    env2.build(&["-o", &format!("type=oci,dest={}", oci.display())], &ctx);
+    for l in &layers {
+        assert!(store().has_blob(l), "the export did not fetch {l}");
+    }
+
+    // A RUN needs the base's bytes: its step fetches them, with blob lines.
+    let env3 = Env::new();
+    let ctx = env3.context("run", &format!("FROM {base}\nRUN echo ran > /ran\n"));
+    let out = env3
+        .kiln()
+        .args(["build", "--progress", "plain"])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let store3 = kiln_cache::Store::open(env3.root()).unwrap();
+    for l in &layers {
+        assert!(store3.has_blob(l), "{l} not fetched");
+        assert!(
+            err.lines().any(|line| line.starts_with('#')
+                && line.contains(l.as_str())
+                && line.ends_with(" done")),
+            "no blob line for {l}:\n{err}"
+        );
+    }
+
+    // Two stages on the same base run at the same time: the base is fetched once.
+    let env4 = Env::new();
+    let ctx = env4.context(
+        "twice",
+        &format!(
+            "FROM {base} AS a\nRUN echo a > /a\nFROM {base} AS b\nRUN echo b > /b\n\
+             FROM scratch\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n"
+        ),
+    );
+    let out = env4
+        .kiln()
+        .args(["build", "--progress", "plain"])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    for l in &layers {
+        let fetched = err
+            .lines()
+            .filter(|line| line.contains(l.as_str()) && line.ends_with(" done"))
+            .count();
+        assert_eq!(fetched, 1, "{l} fetched {fetched} times:\n{err}");
+    }
+}

@@ -12,6 +12,15 @@ pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RegistryError {
+    /// A blob the store lacks, and no registry is known to hold it.
+    #[error(
+        "blob {digest} is not in the store and no registry is known to hold it: pull its image again"
+    )]
+    BlobUnavailable {
+        /// The blob.
+        digest: String,
+    },
+
     /// An image reference is outside Docker's grammar; `reason` is Docker's own
     /// message ("invalid reference format[: ...]").
     #[error("{input:?}: {reason}")]

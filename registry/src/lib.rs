@@ -5,11 +5,15 @@
 //! * [`Platform`]: `os/arch[/variant]`, used to pick an image out of an OCI
 //!   index or a Docker manifest list (kiln's one platform type, from `kiln-oci`).
 //! * [`Client`]: a blocking client. [`Client::pull`] streams an image into a
-//!   [`kiln_cache::Store`], [`Client::push`] pushes one from it,
-//!   [`Client::check_login`] verifies credentials.
+//!   [`kiln_cache::Store`]; [`Client::resolve`] stores only its manifest and
+//!   config, and [`Client::fetch_missing`] fetches the layers later from the
+//!   repository recorded for each blob; [`Client::push`] pushes one from the
+//!   store (mounting or fetching the layers it lacks); [`Client::check_login`]
+//!   verifies credentials.
 //! * [`credentials`]: `~/.docker/config.json` (`auths`, `credsStore`,
 //!   `credHelpers`), as read by `docker login` and written by `kiln login`.
-//! * [`Progress`]: per-blob progress callbacks; only the CLI draws them.
+//! * [`Progress`]: typed per-blob progress events ([`BlobEvent`]); only the
+//!   CLI draws them.
 //! * [`net`]: the connect, no-progress and minimum-rate timeouts of every
 //!   request (shared with the builder's `ADD <url>` downloads).
 //!
@@ -37,10 +41,11 @@ pub use auth::Challenge;
 pub use client::{Client, ClientOptions};
 pub use error::{RegistryError, Result};
 pub use kiln_oci::Platform;
-pub use progress::{NoProgress, Progress};
+pub use progress::{BlobDone, BlobEvent, BlobKind, NoProgress, Progress};
 pub use pull::{Pulled, PulledBlob};
 pub use push::{PushOptions, PushReport};
 pub use reference::Reference;
+pub use sources::fetchable;
 
 /// Media types kiln reads and writes (kiln's one list, from `kiln-oci`).
 pub use kiln_oci::media_types;

@@ -1,5 +1,6 @@
 //! Pull: resolve a reference to a manifest (through an index if need be) and
-//! stream its config and layers into the store.
+//! stream its config and layers into the store; or resolve only (manifest and
+//! config) and fetch the layers later, when they are needed.
 
 use std::io::{Read, Write};
 
@@ -13,7 +14,7 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use crate::client::{Client, Ctx, pull_scope};
 use crate::error::{RegistryError, Result};
 use crate::media_types::{self, is_index, is_manifest};
-use crate::progress::Progress;
+use crate::progress::{BlobDone, BlobEvent, BlobKind, Progress};
 use crate::reference::Reference;
 use crate::{MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, sources};
 
@@ -60,12 +61,21 @@ pub(crate) struct Fetched {
     pub digest: Digest,
 }
 
+/// A platform manifest found for a reference, not stored yet.
+struct Found {
+    /// The index the reference pointed at, if it did.
+    index: Option<Fetched>,
+    manifest: Fetched,
+    config: PulledBlob,
+    layers: Vec<PulledBlob>,
+}
+
 impl Client {
     /// Pull `reference` for `platform` into `store`: the manifest (and the
     /// index, if the reference names one) byte for byte, the config and
     /// the layers, several at once. Every blob is digest-checked before it
     /// lands in the store; the manifest is stored last, so a failed pull
-    /// leaves no manifest referring to missing blobs.
+    /// leaves no manifest referring to blobs that cannot be fetched.
     pub fn pull(
         &self,
         reference: &Reference,
@@ -73,6 +83,77 @@ impl Client {
         store: &Store,
         progress: &dyn Progress,
     ) -> Result<Pulled> {
+        let found = self.find(reference, platform)?;
+        let mut todo: Vec<&PulledBlob> = Vec::new();
+        for b in std::iter::once(&found.config).chain(&found.layers) {
+            if !todo.iter().any(|t| t.digest == b.digest) {
+                todo.push(b);
+            }
+        }
+        let fetched = crate::client::run_parallel(self.opts.max_concurrent, &todo, |b| {
+            self.fetch_blob(reference, b, store, progress)
+        })?;
+        self.store_found(reference, found, store, fetched.iter().sum())
+    }
+
+    /// Resolve `reference` for `platform` into `store` without its layers: the
+    /// manifest (and index) byte for byte and the config. The store remembers
+    /// where the layers can be fetched from, and [`Client::fetch_missing`]
+    /// fetches them when they are needed (BuildKit's lazy blobs).
+    pub fn resolve(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+        store: &Store,
+        progress: &dyn Progress,
+    ) -> Result<Pulled> {
+        let found = self.find(reference, platform)?;
+        let fetched = self.fetch_blob(reference, &found.config, store, progress)?;
+        self.store_found(reference, found, store, fetched)
+    }
+
+    /// Make `blobs` present in `store`: those missing are fetched, several at
+    /// once and digest- and size-checked, from a repository known to hold them
+    /// (recorded by [`Client::resolve`], [`Client::pull`] and pushes). Returns
+    /// the bytes downloaded; nothing touches the network when all are present.
+    pub fn fetch_missing(
+        &self,
+        store: &Store,
+        blobs: &[PulledBlob],
+        progress: &dyn Progress,
+    ) -> Result<u64> {
+        let mut todo: Vec<&PulledBlob> = Vec::new();
+        for b in blobs {
+            if store.blob_size(&b.digest).ok() != Some(b.size)
+                && !todo.iter().any(|t| t.digest == b.digest)
+            {
+                todo.push(b);
+            }
+        }
+        let fetched = crate::client::run_parallel(self.opts.max_concurrent, &todo, |b| {
+            let mut last = None;
+            for (registry, repository) in sources::all(store, &b.digest) {
+                let from = Reference {
+                    registry,
+                    repository,
+                    tag: None,
+                    digest: Some(b.digest.to_string()),
+                };
+                match self.fetch_blob(&from, b, store, progress) {
+                    Ok(n) => return Ok(n),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| RegistryError::BlobUnavailable {
+                digest: b.digest.to_string(),
+            }))
+        })?;
+        Ok(fetched.iter().sum())
+    }
+
+    /// The platform manifest of `reference` (through an index if need be), its
+    /// config and layers, checked but not stored.
+    fn find(&self, reference: &Reference, platform: &Platform) -> Result<Found> {
         let mut m = self.fetch_manifest(reference, reference.manifest_ref())?;
         let mut index = None;
         if is_index(&m.media_type) {
@@ -125,23 +206,35 @@ impl Client {
             .iter()
             .map(|d| blob_of(reference, d))
             .collect::<Result<Vec<_>>>()?;
+        Ok(Found {
+            index,
+            manifest: m,
+            config,
+            layers,
+        })
+    }
 
-        let mut todo: Vec<&PulledBlob> = Vec::new();
-        for b in std::iter::once(&config).chain(&layers) {
-            if !todo.iter().any(|t| t.digest == b.digest) {
-                todo.push(b);
-            }
-        }
-        let fetched = crate::client::run_parallel(self.opts.max_concurrent, &todo, |b| {
-            self.fetch_blob(reference, b, store, progress)
-        })?;
-
+    /// Stores the index and manifest of `found` (its config is stored already)
+    /// and remembers that `reference`'s repository holds its blobs.
+    fn store_found(
+        &self,
+        reference: &Reference,
+        found: Found,
+        store: &Store,
+        bytes_downloaded: u64,
+    ) -> Result<Pulled> {
+        let Found {
+            index,
+            manifest: m,
+            config,
+            layers,
+        } = found;
         if let Some(idx) = &index {
             store.put_blob(&idx.bytes)?;
         }
         let stored = store.put_blob(&m.bytes)?;
         debug_assert_eq!(stored, m.digest);
-        for b in &todo {
+        for b in std::iter::once(&config).chain(&layers) {
             sources::add(store, &b.digest, &reference.registry, &reference.repository);
         }
         Ok(Pulled {
@@ -150,7 +243,7 @@ impl Client {
             config,
             layers,
             index_digest: index.map(|i| i.digest),
-            bytes_downloaded: fetched.iter().sum(),
+            bytes_downloaded,
         })
     }
 
@@ -218,10 +311,18 @@ impl Client {
     ) -> Result<u64> {
         let digest = blob.digest.as_str();
         if store.blob_size(&blob.digest).ok() == Some(blob.size) {
-            progress.blob_done(digest, "cached");
+            progress.blob(&BlobEvent::Done {
+                digest: &blob.digest,
+                size: blob.size,
+                how: BlobDone::Cached,
+            });
             return Ok(0);
         }
-        progress.blob_started(digest, blob.size, "download");
+        progress.blob(&BlobEvent::Started {
+            digest: &blob.digest,
+            size: blob.size,
+            kind: BlobKind::Download,
+        });
         let ctx = self.pull_ctx(reference);
         let url = format!(
             "{}/v2/{}/blobs/{digest}",
@@ -256,7 +357,11 @@ impl Client {
                         source: e,
                     })
                 })?;
-                progress.blob_progress(digest, total);
+                progress.blob(&BlobEvent::Progress {
+                    digest: &blob.digest,
+                    done: total,
+                    total: blob.size,
+                });
             }
             if total != blob.size {
                 return Err(RegistryError::InvalidManifest {
@@ -280,14 +385,15 @@ impl Client {
                 Err(e) => Err(e.into()),
             }
         });
-        progress.blob_done(
-            digest,
-            if result.is_ok() {
-                "downloaded"
+        progress.blob(&BlobEvent::Done {
+            digest: &blob.digest,
+            size: blob.size,
+            how: if result.is_ok() {
+                BlobDone::Downloaded
             } else {
-                "failed"
+                BlobDone::Failed
             },
-        );
+        });
         result
     }
 }

@@ -15,7 +15,8 @@ use serde_json::Value;
 use crate::client::{Client, Ctx, pull_scope, push_scope};
 use crate::error::{RegistryError, Result};
 use crate::media_types::{self as mt, is_index, is_manifest};
-use crate::progress::Progress;
+use crate::progress::{BlobDone, BlobEvent, BlobKind, Progress};
+use crate::pull::PulledBlob;
 use crate::pull::media_type_of;
 use crate::reference::Reference;
 use crate::{MAX_MANIFEST_SIZE, sources};
@@ -154,7 +155,12 @@ impl Client {
         for d in std::iter::once(manifest.config()).chain(manifest.layers()) {
             let digest =
                 Digest::parse(d.digest().as_ref()).map_err(|e| invalid(target, e.to_string()))?;
-            let size = store.blob_size(&digest)?;
+            // A layer of a resolved (not pulled) base may be missing: it is mounted
+            // from the repository it came from, or fetched before it is uploaded.
+            let size = match store.blob_size(&digest) {
+                Err(_) if sources::fetchable(store, &digest) => d.size(),
+                size => size?,
+            };
             if size != d.size() {
                 return Err(invalid(
                     target,
@@ -242,7 +248,7 @@ impl Client {
         let result = self.with_retries(|| {
             let head = self.send(&ctx, &|h| h.head(&blob_url))?;
             match head.status() {
-                StatusCode::OK => return Ok("exists"),
+                StatusCode::OK => return Ok(BlobDone::Exists),
                 StatusCode::NOT_FOUND => {}
                 // The existence check is only a shortcut. A registry that cannot answer
                 // it (a 5xx: e.g. a blob link left half-written when it crashed) is sent
@@ -264,7 +270,7 @@ impl Client {
                     h.post(mount_url.clone()).header(CONTENT_LENGTH, 0)
                 })?;
                 match resp.status() {
-                    StatusCode::CREATED => return Ok("mounted"),
+                    StatusCode::CREATED => return Ok(BlobDone::Mounted),
                     // Not mountable: the registry opened an upload instead.
                     StatusCode::ACCEPTED => {
                         location = Some(self.location(&ctx, &resp)?);
@@ -273,7 +279,19 @@ impl Client {
                     _ => {} // e.g. no pull access to `from`: just upload
                 }
             }
-            progress.blob_started(digest, blob.size, "upload");
+            if store.blob_size(&blob.digest).ok() != Some(blob.size) {
+                let missing = PulledBlob {
+                    digest: blob.digest.clone(),
+                    size: blob.size,
+                    media_type: String::new(),
+                };
+                self.fetch_missing(store, std::slice::from_ref(&missing), progress)?;
+            }
+            progress.blob(&BlobEvent::Started {
+                digest: &blob.digest,
+                size: blob.size,
+                kind: BlobKind::Upload,
+            });
             let mut location = match location {
                 Some(l) => l,
                 None => {
@@ -341,7 +359,11 @@ impl Client {
                     })?;
                     location = self.location(&ctx, &resp)?;
                     offset += len;
-                    progress.blob_progress(digest, offset);
+                    progress.blob(&BlobEvent::Progress {
+                        digest: &blob.digest,
+                        done: offset,
+                        total: blob.size,
+                    });
                 }
                 let url = with_digest(&location, digest);
                 self.send_expect(&ctx, &[StatusCode::CREATED], &|h| {
@@ -349,23 +371,35 @@ impl Client {
                 })?;
             }
             stats.bytes.fetch_add(blob.size, Ordering::Relaxed);
-            progress.blob_progress(digest, blob.size);
-            Ok("uploaded")
+            progress.blob(&BlobEvent::Progress {
+                digest: &blob.digest,
+                done: blob.size,
+                total: blob.size,
+            });
+            Ok(BlobDone::Uploaded)
         });
         match result {
             Ok(how) => {
                 let counter = match how {
-                    "exists" => &stats.skipped,
-                    "mounted" => &stats.mounted,
+                    BlobDone::Exists => &stats.skipped,
+                    BlobDone::Mounted => &stats.mounted,
                     _ => &stats.uploaded,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 sources::add(store, &blob.digest, &target.registry, &target.repository);
-                progress.blob_done(digest, how);
+                progress.blob(&BlobEvent::Done {
+                    digest: &blob.digest,
+                    size: blob.size,
+                    how,
+                });
                 Ok(())
             }
             Err(e) => {
-                progress.blob_done(digest, "failed");
+                progress.blob(&BlobEvent::Done {
+                    digest: &blob.digest,
+                    size: blob.size,
+                    how: BlobDone::Failed,
+                });
                 Err(e)
             }
         }

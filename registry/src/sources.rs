@@ -29,6 +29,23 @@ pub(crate) fn get(store: &Store, blob: &Digest, registry: &str) -> Vec<String> {
     }
 }
 
+/// Every `(registry, repository)` known to hold `blob`, to fetch it from.
+pub(crate) fn all(store: &Store, blob: &Digest) -> Vec<(String, String)> {
+    match store.cache_get_as::<Sources>(&key(blob)) {
+        Ok(Some(s)) => s
+            .into_iter()
+            .flat_map(|(reg, repos)| repos.into_iter().map(move |r| (reg.clone(), r)))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Whether some registry is known to hold `blob`, so that
+/// [`crate::Client::fetch_missing`] can fetch it when the store lacks it.
+pub fn fetchable(store: &Store, blob: &Digest) -> bool {
+    !all(store, blob).is_empty()
+}
+
 /// Remember that `registry/repository` holds `blob`. Failures are ignored:
 /// this is only a hint.
 pub(crate) fn add(store: &Store, blob: &Digest, registry: &str, repository: &str) {
@@ -65,5 +82,15 @@ mod tests {
         assert_eq!(get(&store, &b, "r:1"), ["a/x", "b/y"]);
         assert_eq!(get(&store, &b, "q"), ["z"]);
         assert!(get(&store, &sha256_of(b"other"), "q").is_empty());
+        assert_eq!(
+            all(&store, &b),
+            [
+                ("q".to_owned(), "z".to_owned()),
+                ("r:1".to_owned(), "a/x".to_owned()),
+                ("r:1".to_owned(), "b/y".to_owned())
+            ]
+        );
+        assert!(fetchable(&store, &b));
+        assert!(!fetchable(&store, &sha256_of(b"other")));
     }
 }

@@ -715,3 +715,121 @@ fn push_repairs_a_blob_the_registry_cannot_stat() {
     let info = inspect(&format!("{}/repair/app:1", reg.host()), false, None);
     assert_eq!(info["Digest"], img.manifest.as_str());
 }
+
+/// Resolving fetches the manifest and the config only; `fetch_missing` fetches the
+/// layers later, from the repository the resolve recorded, and only once.
+#[test]
+fn resolve_then_fetch_missing_layers() {
+    require_registry!();
+    let reg = Registry::start(&Auth::None);
+    let e = env();
+    let c = client(&e.docker_config);
+    let img = image(&e.store, &small_layers(5, 2), "amd64", "lazy");
+    c.push(
+        &e.store,
+        &img.manifest,
+        &reg.reference("lazy/app:1"),
+        &PushOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+
+    let e2 = env();
+    let rec = Recorder::default();
+    let p = c
+        .resolve(
+            &reg.reference("lazy/app:1"),
+            &Platform::default(),
+            &e2.store,
+            &rec,
+        )
+        .unwrap();
+    assert_eq!(p.manifest_digest, img.manifest);
+    assert!(e2.store.has_blob(&p.manifest_digest));
+    assert_eq!(
+        e2.store.read_blob(&p.config.digest).unwrap(),
+        img.config_bytes
+    );
+    assert_eq!(
+        rec.done.lock().unwrap().keys().collect::<Vec<_>>(),
+        [p.config.digest.as_str()],
+        "only the config is fetched"
+    );
+    for (d, _) in &img.layers {
+        assert!(!e2.store.has_blob(d), "layer {d} fetched by resolve");
+        assert!(kiln_registry::fetchable(&e2.store, d));
+    }
+
+    let rec = Recorder::default();
+    let n = c.fetch_missing(&e2.store, &p.layers, &rec).unwrap();
+    assert_eq!(
+        n,
+        img.layers.iter().map(|(_, b)| b.len() as u64).sum::<u64>()
+    );
+    for (d, bytes) in &img.layers {
+        assert_eq!(&e2.store.read_blob(d).unwrap(), bytes);
+        assert_eq!(rec.done.lock().unwrap()[d.as_str()], "downloaded");
+    }
+    // Pushing a resolved image: its layers are mounted from the repository they came
+    // from (not fetched); to another registry they are fetched, then uploaded.
+    let e3 = env();
+    let p3 = c
+        .resolve(
+            &reg.reference("lazy/app:1"),
+            &Platform::default(),
+            &e3.store,
+            &NoProgress,
+        )
+        .unwrap();
+    let r = c
+        .push(
+            &e3.store,
+            &p3.manifest_digest,
+            &reg.reference("lazy/copy:1"),
+            &PushOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+    assert_eq!((r.blobs_mounted, r.blobs_uploaded), (3, 0), "{r:?}");
+    for (d, _) in &img.layers {
+        assert!(!e3.store.has_blob(d), "layer {d} fetched to be mounted");
+    }
+    let reg2 = Registry::start(&Auth::None);
+    let r = c
+        .push(
+            &e3.store,
+            &p3.manifest_digest,
+            &reg2.reference("elsewhere/app:1"),
+            &PushOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+    assert_eq!((r.blobs_mounted, r.blobs_uploaded), (0, 3), "{r:?}");
+    for (d, bytes) in &img.layers {
+        assert_eq!(&e3.store.read_blob(d).unwrap(), bytes);
+    }
+    let info = inspect(&format!("{}/elsewhere/app:1", reg2.host()), false, None);
+    assert_eq!(info["Digest"], img.manifest.as_str());
+
+    // Present now: nothing to fetch, even with the registry gone.
+    reg.kill();
+    assert_eq!(
+        c.fetch_missing(&e2.store, &p.layers, &NoProgress).unwrap(),
+        0
+    );
+
+    // A blob nobody is known to hold is refused with one clear line.
+    let unknown = kiln_registry::PulledBlob {
+        digest: kiln_cache::sha256_of(b"nowhere"),
+        size: 7,
+        media_type: media_types::OCI_LAYER_GZIP.to_owned(),
+    };
+    let err = c
+        .fetch_missing(&e2.store, &[unknown], &NoProgress)
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::BlobUnavailable { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("pull its image again"), "{err}");
+}

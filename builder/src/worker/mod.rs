@@ -328,11 +328,9 @@ impl Worker for BuildWorker<'_> {
         let Some(rec) = self.store.cache_get_as::<Record>(key)? else {
             return Ok(None);
         };
-        // A record whose blobs are gone is a miss.
-        for l in rec.output.layers() {
-            if !self.store.has_blob(&kiln_cache::Digest::parse(&l.digest)?) {
-                return Ok(None);
-            }
+        // A record whose blobs are gone (and cannot be fetched) is a miss.
+        if !self.layers_available(&rec.output)? {
+            return Ok(None);
         }
         Ok(Some(rec.output))
     }
@@ -357,7 +355,10 @@ impl Worker for BuildWorker<'_> {
                 })
             }
             Op::Context { .. } => Ok(Output::Context),
-            Op::File(f) => self.file_op(id, f, inputs),
+            Op::File(f) => {
+                self.fetch_input_layers(id, inputs)?;
+                self.file_op(id, f, inputs)
+            }
             Op::Merge => {
                 let mut layers = Vec::new();
                 for i in inputs {
@@ -368,7 +369,10 @@ impl Worker for BuildWorker<'_> {
                     added: false,
                 })
             }
-            Op::Exec(e) => self.exec_op(id, e, inputs, cancel),
+            Op::Exec(e) => {
+                self.fetch_input_layers(id, inputs)?;
+                self.exec_op(id, e, inputs, cancel)
+            }
         }
     }
 
@@ -390,6 +394,7 @@ impl Worker for BuildWorker<'_> {
 /// Results by vertex, as the solver returns them.
 pub type Results = HashMap<VertexId, crate::solver::Solved<Output>>;
 mod exec;
+mod image;
 
 #[cfg(test)]
 mod tests;

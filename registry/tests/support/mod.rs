@@ -165,16 +165,20 @@ pub struct Recorder<'a> {
 }
 
 impl kiln_registry::Progress for Recorder<'_> {
-    fn blob_started(&self, _: &str, _: u64, _: &str) {}
-    fn blob_progress(&self, digest: &str, bytes: u64) {
-        if let Some(f) = &self.on_progress {
-            f(digest, bytes);
+    fn blob(&self, event: &kiln_registry::BlobEvent<'_>) {
+        match event {
+            kiln_registry::BlobEvent::Started { .. } => {}
+            kiln_registry::BlobEvent::Progress { digest, done, .. } => {
+                if let Some(f) = &self.on_progress {
+                    f(digest.as_str(), *done);
+                }
+            }
+            kiln_registry::BlobEvent::Done { digest, how, .. } => {
+                self.done
+                    .lock()
+                    .unwrap()
+                    .insert(digest.to_string(), how.as_str().to_owned());
+            }
         }
-    }
-    fn blob_done(&self, digest: &str, how: &str) {
-        self.done
-            .lock()
-            .unwrap()
-            .insert(digest.to_owned(), how.to_owned());
     }
 }

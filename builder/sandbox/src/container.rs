@@ -9,7 +9,7 @@
 //! # Processes
 //!
 //! [`ContainerRuntime::start`] runs the same init process as a RUN step (`kiln
-//! __kiln-sandbox-init SPEC`, see [`linux`](crate::linux)) in new mount, pid, uts and ipc
+//! __kiln-sandbox-init SPEC`, see [`linux`]) in new mount, pid, uts and ipc
 //! (and with [`NetworkMode::None`](crate::NetworkMode::None), network) namespaces. It
 //! sets up the tree and starts the container's **pid 1**: the command itself, or with
 //! [`ContainerSpec::init`] kiln's minimal init (a fork of the init process, which forwards

@@ -19,6 +19,15 @@
 //! All mounts live in the init process's private mount namespace: when it and the command
 //! are gone (normally, killed, or because kiln died: both have a parent-death signal),
 //! the kernel drops every mount, so nothing is ever left mounted on the host.
+//!
+//! A container ([`crate::container`]) runs the same init process, which also reports the
+//! command's host pid (or why it did not start) on an inherited socket, with a pty's
+//! master allocated from the container's own devpts; with `--init`, pid 1 is a fork of
+//! the init process running `init_loop` rather than the command. Two more hidden entry
+//! points, dispatched by [`hidden_main`]: the **exec helper** (`kiln
+//! __kiln-sandbox-exec`), single-threaded so it may `setns` into the container's mount
+//! namespace, whose child (only children enter a pid namespace) is the exec'd command;
+//! and a detached container's **monitor** (`kiln __kiln-container-monitor`).
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
@@ -331,8 +340,8 @@ pub const SETUP_ERROR_CODE: u8 = 125;
 /// when the spec cannot be read (nothing is recorded then: the caller prints the error
 /// and exits with [`SETUP_ERROR_CODE`]).
 ///
-/// A container's spec ([`InitConfig`] with options) also names the socket to report the
-/// start on (pid 1's host pid and a pty's master, or why it could not start).
+/// A container's spec (`InitConfig`: a `Spec` with options) also names the socket to
+/// report the start on (pid 1's host pid and a pty's master, or why it could not start).
 pub fn init_main(spec_path: &Path) -> Result<i32, SandboxError> {
     let config: InitConfig = fs::read(spec_path)
         .map_err(|e| e.to_string())

@@ -440,7 +440,8 @@ impl ContainerRuntime {
     }
 }
 
-/// A running container, owned by the process that started it.
+/// A running container, owned by the process that started it. Dropped without
+/// [`wait`](Container::wait), it is killed (an error path never leaves one behind).
 #[derive(Debug)]
 pub struct Container {
     pid: i32,

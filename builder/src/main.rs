@@ -3,11 +3,10 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    // The sandbox re-executes kiln as its init process (see `kiln_sandbox::linux`).
-    let mut args = std::env::args_os();
-    if args.nth(1).as_deref() == Some(std::ffi::OsStr::new(kiln_sandbox::linux::INIT_ARG)) {
-        let spec = args.next().unwrap_or_default();
-        return match kiln_sandbox::linux::init_main(std::path::Path::new(&spec)) {
+    // The sandbox re-executes kiln as its init process, exec helper and container
+    // monitor (see `kiln_sandbox::linux`).
+    if let Some(r) = kiln_sandbox::linux::hidden_main() {
+        return match r {
             Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
             Err(e) => {
                 eprintln!("kiln sandbox: {e}");

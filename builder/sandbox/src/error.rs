@@ -41,9 +41,29 @@ pub enum SandboxError {
     /// `USER` names a group the image's `/etc/group` does not have.
     #[error("unable to find group {0}: no matching entries in group file")]
     UnknownGroup(String),
+    /// A container's (or exec'd) command did not start: `exec: "nope": executable file
+    /// not found in $PATH` (127), cannot be executed (126), or the runtime failed (125).
+    #[error("{message}")]
+    Start {
+        /// Docker's exit code for it.
+        code: i32,
+        /// What failed, one line.
+        message: String,
+    },
     /// An error a runtime gives as a message only (the recording fake's answer).
     #[error("{0}")]
     Message(String),
+}
+
+impl SandboxError {
+    /// The exit status `kiln run` gives for this error, as Docker and podman do: 126 or
+    /// 127 for a command that cannot be executed or is not found, else 125.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            SandboxError::Start { code, .. } => *code,
+            _ => 125,
+        }
+    }
 }
 
 /// A result with [`SandboxError`].

@@ -15,9 +15,13 @@
 //! makes, so that their assembly is tested without root; [`fake::RecordingRuntime`] is a
 //! [`Runtime`] that records the specs it is given and touches nothing, for the tests of
 //! code that runs steps.
+//!
+//! [`container`] runs the same sandbox as a long-lived container (`kiln run`, `exec`):
+//! stdio, ptys, an optional init, signals, exit statuses as Docker reports them.
 #![deny(missing_docs)]
 
 pub mod beneath;
+pub mod container;
 pub mod copy;
 mod error;
 pub mod fake;

@@ -319,17 +319,10 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         let _tags_lock = store.lock_shared()?;
         store.tag_set(
             &normalize_tag(tag),
-            &TagRecord::new(
-                Digest::parse(&built.manifest_digest)?,
-                Digest::parse(&built.config_digest)?,
-            ),
+            &TagRecord::new(built.manifest_digest.clone(), built.config_digest.clone()),
         )?;
     }
-    let blob_path = |d: &str| -> PathBuf {
-        Digest::parse(d)
-            .map(|d| store.blob_path(&d))
-            .unwrap_or_default()
-    };
+    let blob_path = |d: &Digest| -> PathBuf { store.blob_path(d) };
     if req.push {
         for tag in &req.tags {
             let r = remote
@@ -368,8 +361,8 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
     }
     let report = Report::new(
         ReportImage {
-            digest: built.manifest_digest.clone(),
-            config: built.config_digest.clone(),
+            digest: built.manifest_digest.to_string(),
+            config: built.config_digest.to_string(),
             tags: req.tags.clone(),
         },
         steps,
@@ -391,7 +384,7 @@ fn report_step(origin: &kiln_frontend::graph::Origin, solved: &Solved<Output>) -
             layers,
             added: true,
         } => layers.last().map(|l| ReportLayer {
-            digest: l.digest.clone(),
+            digest: l.digest.to_string(),
             size: l.size,
         }),
         _ => None,
@@ -471,7 +464,7 @@ fn assemble(
 fn export_local(store: &Store, built: &BuiltImage, dest: &Path) -> Result<()> {
     std::fs::create_dir_all(dest)?;
     for l in &built.layers {
-        let blob = store.open_blob(&Digest::parse(&l.digest)?)?;
+        let blob = store.open_blob(&l.digest)?;
         let opts = UnpackOptions {
             expected_diff_id: Some(l.diff_id.clone()),
             whiteouts: WhiteoutMode::Apply,

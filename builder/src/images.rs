@@ -25,13 +25,13 @@ const MAX_JSON: u64 = 4 << 20;
 #[derive(Debug, Clone)]
 pub struct ImageInfo {
     /// Manifest digest.
-    pub manifest_digest: String,
+    pub manifest_digest: Digest,
     /// Config digest.
-    pub config_digest: String,
+    pub config_digest: Digest,
     /// Layers, bottom first.
     pub layers: Vec<LayerRef>,
     /// ChainID of the layers' diff_ids: the image's cache identity.
-    pub chain_id: String,
+    pub chain_id: Digest,
     /// Parsed config.
     pub config: ParsedConfig,
 }
@@ -188,10 +188,11 @@ impl ImageStore {
             .zip(&config.diff_ids)
             .map(|(l, diff_id)| -> Result<LayerRef> {
                 Ok(LayerRef {
-                    digest: l["digest"]
-                        .as_str()
-                        .ok_or_else(|| anyhow!("layer without digest"))?
-                        .to_string(),
+                    digest: Digest::parse(
+                        l["digest"]
+                            .as_str()
+                            .ok_or_else(|| anyhow!("layer without digest"))?,
+                    )?,
                     diff_id: diff_id.clone(),
                     size: l["size"].as_u64().unwrap_or(0),
                     media_type: l["mediaType"].as_str().unwrap_or("").to_string(),
@@ -199,8 +200,8 @@ impl ImageStore {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(ImageInfo {
-            manifest_digest: manifest_digest.to_string(),
-            config_digest,
+            manifest_digest: Digest::parse(manifest_digest)?,
+            config_digest: Digest::parse(&config_digest)?,
             chain_id: chain_id(&config.diff_ids),
             layers,
             config,
@@ -345,7 +346,7 @@ impl ImageResolver for ImageStore {
         let mut config = frontend_config(&info.config.config);
         config.author = info.config.author.clone();
         Ok(Some(ResolvedImage {
-            digest: Some(info.chain_id.clone()),
+            digest: Some(info.chain_id.to_string()),
             config,
             history_len: info.config.history.len(),
         }))

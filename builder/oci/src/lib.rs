@@ -10,7 +10,8 @@
 //! * [`Platform`]: `os/arch[/variant]`, normalised as containerd does, and
 //!   [`Platform::pick`], containerd's `platforms.Only` matcher over an index.
 //! * [`media_types`]: every OCI and Docker media type kiln reads or writes.
-//! * [`digest`]: kiln's one sha256, for bytes and for streams.
+//! * [`Digest`]: kiln's one digest type (validated `sha256:<hex>`, converting to and
+//!   from oci-spec's), and in [`digest`] kiln's one sha256, for bytes and for streams.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -19,4 +20,5 @@ pub mod digest;
 pub mod media_types;
 mod platform;
 
+pub use digest::{Digest, DigestError};
 pub use platform::{Platform, PlatformError};

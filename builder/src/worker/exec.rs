@@ -343,7 +343,7 @@ impl BuildWorker<'_> {
         held: &mut Held,
     ) -> Result<PathBuf> {
         let key = kiln_frontend::graph::sha256_digest(cache_mount_key(id, m, input).as_bytes());
-        let hex = key.trim_start_matches("sha256:");
+        let hex = key.hex();
         let base = self.store.root().join("cache-mounts");
         fs::create_dir_all(&base)?;
         let dir = base.join(&hex[..32]);

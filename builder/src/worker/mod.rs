@@ -9,7 +9,7 @@ use std::io::BufWriter;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, anyhow};
-use kiln_cache::{StatMemo, Store};
+use kiln_cache::{Digest, StatMemo, Store};
 use kiln_frontend::graph::{FileAction, Op, Platform, Vertex, VertexId};
 use kiln_layer::LayerOptions;
 use serde::{Deserialize, Serialize};
@@ -261,8 +261,7 @@ impl<'a> BuildWorker<'a> {
             std::io::Write::flush(&mut buf)?;
             info
         };
-        let expected = kiln_cache::Digest::parse(&info.digest)?;
-        writer.commit(Some(&expected))?;
+        writer.commit(Some(&info.digest))?;
         if self.lazy.contains(&id) {
             // Deleted before the kernel writes it back, the tree costs no disk writes.
             let handle = std::thread::spawn(move || drop(dir));
@@ -298,15 +297,15 @@ impl SourceFs for ContextRef<'_> {
 }
 
 impl KeySource for BuildWorker<'_> {
-    fn chain_id(&self, reference: &str, platform: &Platform) -> Result<String> {
+    fn chain_id(&self, reference: &str, platform: &Platform) -> Result<Digest> {
         Ok(self.images.get(reference, platform)?.chain_id.clone())
     }
 
-    fn download_digest(&self, url: &str) -> Result<String> {
+    fn download_digest(&self, url: &str) -> Result<Digest> {
         Ok(self.downloads.fetch(url, None)?.digest.clone())
     }
 
-    fn context_checksum(&self, sources: &[&str]) -> Result<String> {
+    fn context_checksum(&self, sources: &[&str]) -> Result<Digest> {
         cachekey::context_checksum(&self.context, Some(&self.memo), sources)
     }
 }
@@ -335,7 +334,7 @@ impl Worker for BuildWorker<'_> {
         };
         // A record whose blobs are gone is a miss.
         for l in rec.output.layers() {
-            if !self.store.has_blob(&kiln_cache::Digest::parse(&l.digest)?) {
+            if !self.store.has_blob(&l.digest) {
                 return Ok(None);
             }
         }

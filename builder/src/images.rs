@@ -11,11 +11,12 @@ use kiln_frontend::config::ImageConfig;
 use kiln_frontend::convert::{ImageResolver, ResolvedImage};
 use kiln_frontend::graph::Platform;
 use kiln_frontend::instructions::HealthConfig;
+use kiln_oci::chain_id;
 use oci_spec::image::ImageIndex;
 
 use crate::image::{self, ParsedConfig};
 use crate::remote::{LineProgress, Remote};
-use crate::snapshots::{LayerRef, chain_id};
+use crate::snapshots::LayerRef;
 use crate::untrusted::{Layout, MAX_LAYOUT_JSON};
 
 /// The largest manifest or config kiln reads (they are small JSON documents).

@@ -109,37 +109,9 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// The OCI ChainID of a list of diff_ids.
-pub fn chain_id(diff_ids: &[Digest]) -> Digest {
-    let mut chain = match diff_ids.first() {
-        Some(first) => first.clone(),
-        None => return kiln_frontend::graph::sha256_digest(b""),
-    };
-    for d in &diff_ids[1..] {
-        chain = kiln_frontend::graph::sha256_digest(format!("{chain} {d}").as_bytes());
-    }
-    chain
-}
-
 /// Whether `dir` has no entries.
 pub fn is_empty_dir(dir: &Path) -> bool {
     fs::read_dir(dir)
         .map(|mut d| d.next().is_none())
         .unwrap_or(true)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chain_ids_follow_the_spec() {
-        let a = Digest::from_sha256_bytes(&[0xaa; 32]);
-        let b = Digest::from_sha256_bytes(&[0xbb; 32]);
-        assert_eq!(chain_id(std::slice::from_ref(&a)), a);
-        assert_eq!(
-            chain_id(&[a.clone(), b.clone()]),
-            kiln_frontend::graph::sha256_digest(format!("{a} {b}").as_bytes())
-        );
-    }
 }

@@ -4,7 +4,8 @@
 //! the builder's layers, configs, manifests and ChainIDs are typed by it, and it
 //! converts to and from `oci_spec::image::Digest` where oci-spec's descriptors are
 //! built or read. [`sha256_digest`] hashes bytes in memory and [`Hashing`] streams;
-//! both format a digest one way only.
+//! both format a digest one way only. [`chain_id`] is the OCI ChainID of a layer stack,
+//! computed here only.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -189,6 +190,18 @@ impl TryFrom<oci_spec::image::Digest> for Digest {
     }
 }
 
+/// The OCI ChainID of a stack of layers given by their diff_ids, bottom first: the
+/// first diff_id, then `sha256(parent + " " + diff_id)` for each layer above (OCI
+/// image-spec, config.md, "Layer ChainID"). An empty stack has the digest of no bytes.
+pub fn chain_id(diff_ids: &[Digest]) -> Digest {
+    let Some((first, rest)) = diff_ids.split_first() else {
+        return sha256_digest(b"");
+    };
+    rest.iter().fold(first.clone(), |chain, d| {
+        sha256_digest(format!("{chain} {d}").as_bytes())
+    })
+}
+
 /// `sha256:` followed by the lowercase hex of `hasher`'s result.
 fn format(hasher: Sha256) -> String {
     let mut out = String::with_capacity(SHA256_PREFIX.len() + SHA256_HEX_LEN);
@@ -358,6 +371,23 @@ mod tests {
             err.to_string().contains("kiln only supports sha256"),
             "{err}"
         );
+    }
+
+    /// The image-spec's definition (config.md, "Layer ChainID"): ChainID(A) = DiffID(A),
+    /// ChainID(A|B) = Digest(ChainID(A) + " " + DiffID(B)), and so on; the expected
+    /// values were computed with `printf '%s %s' A B | sha256sum`.
+    #[test]
+    fn chain_id_follows_the_image_spec() {
+        let a = Digest::parse(EMPTY).unwrap();
+        let b = Digest::parse(ABC).unwrap();
+        let ab = "sha256:a893da35bd22286079f2f3931516d3423eb9b4945f2379e0f8a501ec3d665dd6";
+        let aba = "sha256:c7aee1adee42d4db4910137e5f81f051269d58787a1f676ee50078fd0c689280";
+        assert_eq!(chain_id(std::slice::from_ref(&a)), a);
+        assert_eq!(chain_id(&[a.clone(), b.clone()]), ab);
+        assert_eq!(chain_id(&[a.clone(), b.clone(), a.clone()]), aba);
+        // Order matters.
+        assert_ne!(chain_id(&[b, a.clone()]), ab);
+        assert_eq!(chain_id(&[]), EMPTY);
     }
 
     #[test]

@@ -20,5 +20,5 @@ pub mod digest;
 pub mod media_types;
 mod platform;
 
-pub use digest::{Digest, DigestError};
+pub use digest::{Digest, DigestError, chain_id};
 pub use platform::{Platform, PlatformError};

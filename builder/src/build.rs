@@ -15,9 +15,7 @@ use kiln_layer::{Compression, LayerOptions, UnpackOptions, WhiteoutMode};
 
 use crate::exporter;
 use crate::fileops::ContextFs;
-use crate::image::{
-    self, BuiltImage, HistoryItem, ImageSpec, LayerDesc, MediaTypes, RuntimeConfig,
-};
+use crate::image::{self, BuiltImage, HistoryItem, ImageSpec, LayerDesc, MediaTypes};
 use crate::images::{ImageStore, normalize_tag};
 use crate::progress::{Progress, ProgressMode, StepLabel};
 use crate::report::{Report, ReportImage, ReportLayer, ReportStep};
@@ -171,31 +169,6 @@ fn step_labels(plan: &Plan) -> HashMap<VertexId, StepLabel> {
         );
     }
     labels
-}
-
-fn runtime_config(c: &kiln_frontend::config::ImageConfig) -> RuntimeConfig {
-    RuntimeConfig {
-        user: c.user.clone(),
-        env: c.env.clone(),
-        cmd: c.cmd.clone(),
-        entrypoint: c.entrypoint.clone(),
-        working_dir: c.working_dir.clone(),
-        exposed_ports: c.exposed_ports.clone(),
-        volumes: c.volumes.clone(),
-        labels: c.labels.clone(),
-        stop_signal: c.stop_signal.clone(),
-        healthcheck: c.healthcheck.as_ref().map(|h| image::Healthcheck {
-            test: h.test.clone(),
-            interval: h.interval,
-            timeout: h.timeout,
-            start_period: h.start_period,
-            start_interval: h.start_interval,
-            retries: h.retries,
-        }),
-        shell: c.shell.clone(),
-        on_build: c.on_build.clone(),
-        args_escaped: false,
-    }
 }
 
 /// The history of a stage's base, recursively through stages.
@@ -440,8 +413,8 @@ fn assemble(
         platform_arch: arch,
         platform_variant: variant,
         created,
-        author: target.config.author.clone(),
-        config: runtime_config(&target.config),
+        author: target.author.clone(),
+        config: target.config.clone(),
         history,
         layers: layers
             .iter()

@@ -9,11 +9,12 @@
 //! The manifest uses `oci-spec`'s types and is written as canonical JSON (object keys
 //! sorted, no whitespace), since `oci-spec` keeps annotations in hash maps.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use kiln_oci::Digest;
+pub use kiln_oci::config::{Healthcheck, ImageConfig};
 use oci_spec::image::{Arch, Descriptor, ImageManifestBuilder, MediaType, Os, PlatformBuilder};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
@@ -165,54 +166,6 @@ impl MediaTypes {
     }
 }
 
-/// `HEALTHCHECK` settings (Docker's `HealthConfig`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Healthcheck {
-    /// `["NONE"]`, `["CMD", argv...]` or `["CMD-SHELL", line]`.
-    pub test: Vec<String>,
-    /// Time between checks.
-    pub interval: Option<Duration>,
-    /// Time after which a check is considered hung.
-    pub timeout: Option<Duration>,
-    /// Start-up grace period.
-    pub start_period: Option<Duration>,
-    /// Time between checks during the start period.
-    pub start_interval: Option<Duration>,
-    /// Consecutive failures needed to report unhealthy.
-    pub retries: Option<u32>,
-}
-
-/// The runtime part of an image config (`config` in the JSON).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RuntimeConfig {
-    /// `User`.
-    pub user: String,
-    /// `Env`, as `KEY=value`, in order.
-    pub env: Vec<String>,
-    /// `Cmd`.
-    pub cmd: Option<Vec<String>>,
-    /// `Entrypoint`.
-    pub entrypoint: Option<Vec<String>>,
-    /// `WorkingDir`.
-    pub working_dir: String,
-    /// `ExposedPorts`, as `80/tcp`.
-    pub exposed_ports: BTreeSet<String>,
-    /// `Volumes`.
-    pub volumes: BTreeSet<String>,
-    /// `Labels`.
-    pub labels: BTreeMap<String, String>,
-    /// `StopSignal`.
-    pub stop_signal: Option<String>,
-    /// `Healthcheck` (Docker extension).
-    pub healthcheck: Option<Healthcheck>,
-    /// `Shell` (Docker extension).
-    pub shell: Option<Vec<String>>,
-    /// `OnBuild` triggers (Docker extension).
-    pub on_build: Vec<String>,
-    /// `ArgsEscaped` (Windows-only in Docker; written only when true).
-    pub args_escaped: bool,
-}
-
 /// One history entry of an image config.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HistoryItem {
@@ -253,7 +206,7 @@ pub struct ImageSpec {
     /// `author` (`MAINTAINER`).
     pub author: Option<String>,
     /// The runtime config.
-    pub config: RuntimeConfig,
+    pub config: ImageConfig,
     /// The history, one entry per step.
     pub history: Vec<HistoryItem>,
     /// The layers, base first.
@@ -294,7 +247,7 @@ pub struct ParsedConfig {
     /// `author`.
     pub author: Option<String>,
     /// The runtime config.
-    pub config: RuntimeConfig,
+    pub config: ImageConfig,
     /// The history.
     pub history: Vec<HistoryItem>,
     /// `rootfs.diff_ids`.
@@ -724,7 +677,7 @@ pub fn parse_config(json: &[u8]) -> Result<ParsedConfig> {
             .filter(|n| *n > 0)
             .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
     });
-    let config = RuntimeConfig {
+    let config = ImageConfig {
         user: r.user.unwrap_or_default(),
         env: flatten(r.env),
         cmd: r.cmd.map(StrSlice::into_vec),
@@ -787,7 +740,7 @@ mod tests {
             platform_variant: Some("v8".into()),
             created: Some(Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap()),
             author: Some("kiln".into()),
-            config: RuntimeConfig {
+            config: ImageConfig {
                 user: "app".into(),
                 env: vec!["PATH=/usr/bin:/bin".into(), "A=b".into()],
                 cmd: Some(vec!["serve".into()]),

@@ -7,10 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, anyhow, bail};
 use kiln_cache::{Digest, Store};
-use kiln_frontend::config::ImageConfig;
 use kiln_frontend::convert::{ImageResolver, ResolvedImage};
 use kiln_frontend::graph::Platform;
-use kiln_frontend::instructions::HealthConfig;
 use kiln_oci::chain_id;
 use oci_spec::image::ImageIndex;
 
@@ -309,32 +307,6 @@ impl ImageStore {
     }
 }
 
-/// The frontend's view of an image config.
-pub fn frontend_config(c: &image::RuntimeConfig) -> ImageConfig {
-    ImageConfig {
-        user: c.user.clone(),
-        env: c.env.clone(),
-        cmd: c.cmd.clone(),
-        entrypoint: c.entrypoint.clone(),
-        working_dir: c.working_dir.clone(),
-        exposed_ports: c.exposed_ports.clone(),
-        volumes: c.volumes.clone(),
-        labels: c.labels.clone(),
-        stop_signal: c.stop_signal.clone(),
-        healthcheck: c.healthcheck.as_ref().map(|h| HealthConfig {
-            test: h.test.clone(),
-            interval: h.interval,
-            timeout: h.timeout,
-            start_period: h.start_period,
-            start_interval: h.start_interval,
-            retries: h.retries,
-        }),
-        shell: c.shell.clone(),
-        on_build: c.on_build.clone(),
-        author: None,
-    }
-}
-
 impl ImageResolver for ImageStore {
     fn resolve(
         &self,
@@ -344,11 +316,13 @@ impl ImageResolver for ImageStore {
         let info = self
             .get(reference, platform)
             .map_err(|e| format!("{e:#}"))?;
-        let mut config = frontend_config(&info.config.config);
-        config.author = info.config.author.clone();
+        let mut config = info.config.config.clone();
+        // Windows-only in Docker: a Linux image kiln builds never inherits it.
+        config.args_escaped = false;
         Ok(Some(ResolvedImage {
             digest: Some(info.chain_id.to_string()),
             config,
+            author: info.config.author.clone(),
             history_len: info.config.history.len(),
         }))
     }
@@ -466,5 +440,41 @@ mod tests {
             picked(&images, &one, "linux/amd64").unwrap(),
             "PLATFORM=linux/arm64/v8"
         );
+    }
+
+    /// Base images reach the frontend as kiln's one `ImageConfig`, with their author;
+    /// the Windows-only `ArgsEscaped` is dropped (kiln never wrote it for a Linux image).
+    #[test]
+    fn resolve_gives_the_base_config_and_author() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let config = serde_json::to_vec(&serde_json::json!({
+            "os": "linux", "architecture": "amd64", "author": "someone",
+            "rootfs": {"type": "layers", "diff_ids": []},
+            "config": {"Env": ["A=1"], "ArgsEscaped": true,
+                "Healthcheck": {"Test": ["CMD", "true"], "Retries": 2}},
+        }))
+        .unwrap();
+        let config_digest = store.put_blob(&config).unwrap();
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest.to_string(), "size": config.len()},
+            "layers": [],
+        }))
+        .unwrap();
+        let digest = store.put_blob(&manifest).unwrap();
+        let images = ImageStore::new(&store);
+        let platform = Platform::parse("linux/amd64").unwrap();
+        let r = images
+            .resolve(&format!("base@{digest}"), &platform)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.author.as_deref(), Some("someone"));
+        assert_eq!(r.config.env, ["A=1"]);
+        assert_eq!(r.config.healthcheck.unwrap().retries, Some(2));
+        assert!(!r.config.args_escaped);
+        assert_eq!(r.digest, Some(kiln_oci::chain_id(&[]).to_string()));
     }
 }

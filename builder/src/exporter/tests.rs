@@ -10,7 +10,7 @@ use std::process::Command;
 
 use super::*;
 use crate::image::{
-    BuiltImage, HistoryItem, ImageSpec, LayerDesc, MediaTypes, RuntimeConfig, build_image,
+    BuiltImage, HistoryItem, ImageConfig, ImageSpec, LayerDesc, MediaTypes, build_image,
     sha256_digest,
 };
 
@@ -91,7 +91,7 @@ fn spec_with(layers: Vec<LayerDesc>, env: &str) -> ImageSpec {
         platform_variant: None,
         created: Some(chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap()),
         author: None,
-        config: RuntimeConfig {
+        config: ImageConfig {
             env: vec!["PATH=/usr/bin:/bin".into(), env.to_string()],
             cmd: Some(vec!["/app/run.sh".into()]),
             working_dir: "/app".into(),

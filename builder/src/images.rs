@@ -343,7 +343,15 @@ mod tests {
         let mut config = p.clone();
         config["rootfs"] = serde_json::json!({"type": "layers", "diff_ids": []});
         config["config"] = serde_json::json!({"Env": [format!("PLATFORM={platform}")]});
-        let config = serde_json::to_vec(&config).unwrap();
+        let (digest, size) = put_image(store, &config);
+        serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest.to_string(), "size": size, "platform": p})
+    }
+
+    /// Stores `config` and a manifest with no layers over it; returns the manifest's
+    /// digest and size.
+    fn put_image(store: &Store, config: &serde_json::Value) -> (Digest, usize) {
+        let config = serde_json::to_vec(config).unwrap();
         let config_digest = store.put_blob(&config).unwrap();
         let manifest = serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,
@@ -353,9 +361,7 @@ mod tests {
             "layers": [],
         }))
         .unwrap();
-        let digest = store.put_blob(&manifest).unwrap();
-        serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": digest.to_string(), "size": manifest.len(), "platform": p})
+        (store.put_blob(&manifest).unwrap(), manifest.len())
     }
 
     fn index(store: &Store, platforms: &[&str]) -> String {
@@ -448,23 +454,13 @@ mod tests {
     fn resolve_gives_the_base_config_and_author() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let config = serde_json::to_vec(&serde_json::json!({
+        let config = serde_json::json!({
             "os": "linux", "architecture": "amd64", "author": "someone",
             "rootfs": {"type": "layers", "diff_ids": []},
             "config": {"Env": ["A=1"], "ArgsEscaped": true,
                 "Healthcheck": {"Test": ["CMD", "true"], "Retries": 2}},
-        }))
-        .unwrap();
-        let config_digest = store.put_blob(&config).unwrap();
-        let manifest = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": config_digest.to_string(), "size": config.len()},
-            "layers": [],
-        }))
-        .unwrap();
-        let digest = store.put_blob(&manifest).unwrap();
+        });
+        let (digest, _) = put_image(&store, &config);
         let images = ImageStore::new(&store);
         let platform = Platform::parse("linux/amd64").unwrap();
         let r = images

@@ -334,8 +334,8 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
     }
     let report = Report::new(
         ReportImage {
-            digest: built.manifest_digest.to_string(),
-            config: built.config_digest.to_string(),
+            digest: built.manifest_digest.clone(),
+            config: built.config_digest.clone(),
             tags: req.tags.clone(),
         },
         steps,
@@ -357,7 +357,7 @@ fn report_step(origin: &kiln_frontend::graph::Origin, solved: &Solved<Output>) -
             layers,
             added: true,
         } => layers.last().map(|l| ReportLayer {
-            digest: l.digest.to_string(),
+            digest: l.digest.clone(),
             size: l.size,
         }),
         _ => None,

@@ -26,11 +26,11 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
 
 use anyhow::Result;
-use kiln_cache::{ContentHash, Sha256Writer, StatMemo, hash_file};
+use kiln_cache::{ContentHash, StatMemo, hash_file};
 use kiln_frontend::graph::{FileAction, Op, Platform};
 use kiln_frontend::instructions::MountType;
 use kiln_oci::Digest;
-use kiln_oci::digest::sha256_digest;
+use kiln_oci::digest::{Hashing, sha256_digest};
 use rayon::prelude::*;
 
 use crate::fileops::{Entry, SourceFs, expand_source};
@@ -320,7 +320,7 @@ impl TreeDigest {
                 .as_bytes()
                 .cmp(b.path.as_os_str().as_bytes())
         });
-        let mut h = Sha256Writer::new(std::io::sink());
+        let mut h = Hashing::new(std::io::sink());
         let mut put = |b: &[u8]| h.write_all(b).expect("a sink never fails");
         put(b"kiln-tree-v1\0");
         let bytes = |put: &mut dyn FnMut(&[u8]), b: &[u8]| {

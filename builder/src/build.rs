@@ -15,9 +15,7 @@ use kiln_layer::{Compression, LayerOptions, UnpackOptions, WhiteoutMode};
 use kiln_ops::{Op, Platform, VertexId, describe};
 
 use crate::exporter;
-use crate::image::{
-    self, BuiltImage, HistoryItem, ImageSpec, LayerDesc, MediaTypes, RuntimeConfig,
-};
+use crate::image::{self, BuiltImage, HistoryItem, ImageSpec, LayerDesc, MediaTypes};
 use crate::images::{ImageStore, normalize_tag};
 use crate::progress::{Progress, ProgressMode, StepLabel};
 use crate::report::{Report, ReportImage, ReportLayer, ReportStep};
@@ -173,31 +171,6 @@ fn step_labels(plan: &Plan) -> HashMap<VertexId, StepLabel> {
     labels
 }
 
-fn runtime_config(c: &kiln_frontend::config::ImageConfig) -> RuntimeConfig {
-    RuntimeConfig {
-        user: c.user.clone(),
-        env: c.env.clone(),
-        cmd: c.cmd.clone(),
-        entrypoint: c.entrypoint.clone(),
-        working_dir: c.working_dir.clone(),
-        exposed_ports: c.exposed_ports.clone(),
-        volumes: c.volumes.clone(),
-        labels: c.labels.clone(),
-        stop_signal: c.stop_signal.clone(),
-        healthcheck: c.healthcheck.as_ref().map(|h| image::Healthcheck {
-            test: h.test.clone(),
-            interval: h.interval,
-            timeout: h.timeout,
-            start_period: h.start_period,
-            start_interval: h.start_interval,
-            retries: h.retries,
-        }),
-        shell: c.shell.clone(),
-        on_build: c.on_build.clone(),
-        args_escaped: false,
-    }
-}
-
 /// The history of a stage's base, recursively through stages.
 fn base_history(plan: &Plan, images: &ImageStore, stage_index: usize) -> Result<Vec<HistoryItem>> {
     let Some(st) = plan.stages.iter().find(|s| s.index == stage_index) else {
@@ -321,17 +294,10 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         let _tags_lock = store.lock_shared()?;
         store.tag_set(
             &normalize_tag(tag),
-            &TagRecord::new(
-                Digest::parse(&built.manifest_digest)?,
-                Digest::parse(&built.config_digest)?,
-            ),
+            &TagRecord::new(built.manifest_digest.clone(), built.config_digest.clone()),
         )?;
     }
-    let blob_path = |d: &str| -> PathBuf {
-        Digest::parse(d)
-            .map(|d| store.blob_path(&d))
-            .unwrap_or_default()
-    };
+    let blob_path = |d: &Digest| -> PathBuf { store.blob_path(d) };
     if req.push {
         for tag in &req.tags {
             let r = remote
@@ -458,8 +424,8 @@ fn assemble(
         platform_arch: arch,
         platform_variant: variant,
         created,
-        author: target.config.author.clone(),
-        config: runtime_config(&target.config),
+        author: target.author.clone(),
+        config: target.config.clone(),
         history,
         layers: layers
             .iter()
@@ -496,7 +462,7 @@ fn results_layers(built: &BuiltImage) -> Vec<crate::snapshots::LayerRef> {
 fn export_local(store: &Store, built: &BuiltImage, dest: &Path) -> Result<()> {
     std::fs::create_dir_all(dest)?;
     for l in &built.layers {
-        let blob = store.open_blob(&Digest::parse(&l.digest)?)?;
+        let blob = store.open_blob(&l.digest)?;
         let opts = UnpackOptions {
             expected_diff_id: Some(l.diff_id.clone()),
             whiteouts: WhiteoutMode::Apply,

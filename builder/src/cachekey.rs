@@ -26,15 +26,17 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
 
 use anyhow::Result;
-use kiln_cache::{ContentHash, Sha256Writer, StatMemo, hash_file};
+use kiln_cache::{ContentHash, StatMemo, hash_file};
 use kiln_fs::{Entry, SourceFs, expand_source};
-use kiln_ops::{FileAction, MountKind, Op, Platform, sha256_digest};
+use kiln_oci::Digest;
+use kiln_oci::digest::{Hashing, sha256_digest};
+use kiln_ops::{FileAction, MountKind, Op, Platform};
 use rayon::prelude::*;
 
 use crate::worker::Output;
 
 /// `sha256` over the definition digest, the input keys in order and the content key.
-pub fn cache_key(definition: &str, inputs: &[String], content: Option<&str>) -> String {
+pub fn cache_key(definition: &str, inputs: &[String], content: Option<&str>) -> Digest {
     let mut buf = String::with_capacity(80 * (inputs.len() + 2));
     buf.push_str("kiln.v1\0");
     buf.push_str(definition);
@@ -51,11 +53,11 @@ pub fn cache_key(definition: &str, inputs: &[String], content: Option<&str>) -> 
 /// or the context.
 pub trait KeySource {
     /// The ChainID of a base image.
-    fn chain_id(&self, reference: &str, platform: &Platform) -> Result<String>;
+    fn chain_id(&self, reference: &str, platform: &Platform) -> Result<Digest>;
     /// The digest of what `url` serves (an `ADD <url>` without `--checksum`).
-    fn download_digest(&self, url: &str) -> Result<String>;
+    fn download_digest(&self, url: &str) -> Result<Digest>;
     /// The [`context_checksum`] of `sources` in the build context.
-    fn context_checksum(&self, sources: &[&str]) -> Result<String>;
+    fn context_checksum(&self, sources: &[&str]) -> Result<Digest>;
 }
 
 /// The part of an op's cache key its definition does not show (see the module docs);
@@ -67,7 +69,7 @@ pub fn content_key(op: &Op, inputs: &[Output], source: &dyn KeySource) -> Result
             reference,
             platform,
             ..
-        } => Ok(Some(source.chain_id(reference, platform)?)),
+        } => Ok(Some(source.chain_id(reference, platform)?.into())),
         Op::File(f) => {
             let offset = usize::from(f.has_base);
             let srcs: Vec<&str> = f
@@ -84,7 +86,7 @@ pub fn content_key(op: &Op, inputs: &[Output], source: &dyn KeySource) -> Result
                 .collect();
             let mut parts = Vec::new();
             if !srcs.is_empty() {
-                parts.push(source.context_checksum(&srcs)?);
+                parts.push(source.context_checksum(&srcs)?.into());
             }
             for a in &f.actions {
                 if let FileAction::Download { url, checksum, .. } = a {
@@ -92,7 +94,7 @@ pub fn content_key(op: &Op, inputs: &[Output], source: &dyn KeySource) -> Result
                     // the download's own digest is the key (and the step reuses it).
                     parts.push(match checksum {
                         Some(c) => c.clone(),
-                        None => source.download_digest(url)?,
+                        None => source.download_digest(url)?.into(),
                     });
                 }
             }
@@ -112,7 +114,7 @@ pub fn content_key(op: &Op, inputs: &[Output], source: &dyn KeySource) -> Result
             if srcs.is_empty() {
                 Ok(None)
             } else {
-                Ok(Some(source.context_checksum(&srcs)?))
+                Ok(Some(source.context_checksum(&srcs)?.into()))
             }
         }
         Op::Context { .. } | Op::Merge => Ok(None),
@@ -126,7 +128,7 @@ pub fn context_checksum(
     fs: &dyn SourceFs,
     memo: Option<&StatMemo>,
     sources: &[&str],
-) -> Result<String> {
+) -> Result<Digest> {
     let mut entries: Vec<(String, Entry)> = Vec::new();
     for src in sources {
         for m in expand_source(fs, src)? {
@@ -312,7 +314,7 @@ pub struct TreeDigest;
 
 impl TreeDigest {
     /// The digest of `entries` (in any order).
-    pub fn of(entries: &[TreeEntry]) -> String {
+    pub fn of(entries: &[TreeEntry]) -> Digest {
         let mut sorted: Vec<&TreeEntry> = entries.iter().collect();
         sorted.sort_by(|a, b| {
             a.path
@@ -320,7 +322,7 @@ impl TreeDigest {
                 .as_bytes()
                 .cmp(b.path.as_os_str().as_bytes())
         });
-        let mut h = Sha256Writer::new(std::io::sink());
+        let mut h = Hashing::new(std::io::sink());
         let mut put = |b: &[u8]| h.write_all(b).expect("a sink never fails");
         put(b"kiln-tree-v1\0");
         let bytes = |put: &mut dyn FnMut(&[u8]), b: &[u8]| {
@@ -355,7 +357,7 @@ impl TreeDigest {
             }
         }
         put(&(sorted.len() as u64).to_le_bytes());
-        h.finish().1.to_string()
+        h.finish().1
     }
 }
 

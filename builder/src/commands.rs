@@ -97,9 +97,7 @@ pub fn images(root: &Path, quiet: bool, no_trunc: bool) -> Result<ExitCode> {
 pub fn inspect(root: &Path, name: &str) -> Result<ExitCode> {
     let store = Store::open(root)?;
     let (info, tags) = find(&store, name)?;
-    let config: serde_json::Value = serde_json::from_slice(
-        &store.read_blob(&kiln_cache::Digest::parse(&info.config_digest)?)?,
-    )?;
+    let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&info.config_digest)?)?;
     let out = serde_json::json!([{
         "Id": info.config_digest,
         "RepoTags": tags,
@@ -155,7 +153,7 @@ pub fn history(root: &Path, name: &str, flags: HistoryFlags) -> Result<ExitCode>
         // Only the newest entry is the image itself; the others are `<missing>`, as for
         // images built by BuildKit.
         let id = if i == 0 {
-            short_id(&info.config_digest, flags.no_trunc)
+            short_id(info.config_digest.as_str(), flags.no_trunc)
         } else {
             "<missing>".to_string()
         };

@@ -83,8 +83,8 @@ type Result<T, E = DownloadError> = std::result::Result<T, E>;
 pub struct Downloaded {
     /// The file (removed when the build ends).
     pub path: tempfile::TempPath,
-    /// `sha256:` of the content.
-    pub digest: String,
+    /// Digest of the content.
+    pub digest: kiln_oci::Digest,
     /// `Last-Modified`, used as the file's mtime as Docker does.
     pub last_modified: Option<SystemTime>,
     /// The last path segment of the URL (the name `ADD url dir/` gives the file).
@@ -254,16 +254,16 @@ impl Downloads {
     }
 }
 
-fn verify(url: &str, got: &str, want: Option<&str>) -> Result<()> {
+fn verify(url: &str, got: &kiln_oci::Digest, want: Option<&str>) -> Result<()> {
     match want {
         Some(w) if !w.starts_with("sha256:") => Err(DownloadError::Algorithm {
             url: url.to_owned(),
             checksum: w.to_owned(),
         }),
-        Some(w) if w != got => Err(DownloadError::Checksum {
+        Some(w) if w != got.as_str() => Err(DownloadError::Checksum {
             url: url.to_owned(),
             expected: w.to_owned(),
-            actual: got.to_owned(),
+            actual: got.to_string(),
         }),
         _ => Ok(()),
     }
@@ -285,16 +285,15 @@ mod tests {
 
     #[test]
     fn checksums() {
-        assert!(verify("u", "sha256:aa", Some("sha256:aa")).is_ok());
-        assert!(verify("u", "sha256:aa", None).is_ok());
-        let e = verify("u", "sha256:aa", Some("sha256:bb"))
-            .unwrap_err()
-            .to_string();
+        let aa = kiln_oci::digest::sha256_digest(b"aa");
+        assert!(verify("u", &aa, Some(aa.as_str())).is_ok());
+        assert!(verify("u", &aa, None).is_ok());
+        let e = verify("u", &aa, Some("sha256:bb")).unwrap_err().to_string();
         assert!(
-            e.contains("checksum mismatch: expected sha256:bb, got sha256:aa"),
+            e.contains(&format!("checksum mismatch: expected sha256:bb, got {aa}")),
             "{e}"
         );
-        assert!(verify("u", "sha256:aa", Some("sha512:aa")).is_err());
+        assert!(verify("u", &aa, Some("sha512:aa")).is_err());
     }
 
     /// Issue 9, finding 5: a server on 127.0.0.1 that answers every connection with

@@ -9,14 +9,13 @@
 //! The manifest uses `oci-spec`'s types and is written as canonical JSON (object keys
 //! sorted, no whitespace), since `oci-spec` keeps annotations in hash maps.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::str::FromStr;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use oci_spec::image::{
-    Arch, Descriptor, Digest, ImageManifestBuilder, MediaType, Os, PlatformBuilder,
-};
+use kiln_oci::Digest;
+pub use kiln_oci::config::{Healthcheck, ImageConfig};
+use oci_spec::image::{Arch, Descriptor, ImageManifestBuilder, MediaType, Os, PlatformBuilder};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
@@ -50,19 +49,21 @@ pub enum ImageError {
         /// Layers.
         layers: usize,
     },
-    /// A digest is not `sha256:` followed by 64 lowercase hex digits.
-    #[error("invalid {what} digest {digest:?}: expected sha256:<64 lowercase hex digits>")]
+    /// A digest in an image config is not `sha256:` followed by 64 lowercase hex
+    /// digits.
+    #[error("image config: invalid {what}: {source}")]
     InvalidDigest {
-        /// What the digest names (`layer`, `diff_id`, ...).
+        /// What the digest names (`diff_id`).
         what: &'static str,
-        /// The digest as given.
-        digest: String,
+        /// Why it was refused.
+        #[source]
+        source: kiln_oci::DigestError,
     },
     /// A layer's media type has no equivalent in the chosen media type set.
     #[error("layer {digest}: media type {media_type} cannot be used in {target} manifests")]
     UnsupportedLayerMediaType {
         /// The layer's digest.
-        digest: String,
+        digest: Digest,
         /// Its media type.
         media_type: String,
         /// `OCI` or `Docker schema 2`.
@@ -165,54 +166,6 @@ impl MediaTypes {
     }
 }
 
-/// `HEALTHCHECK` settings (Docker's `HealthConfig`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Healthcheck {
-    /// `["NONE"]`, `["CMD", argv...]` or `["CMD-SHELL", line]`.
-    pub test: Vec<String>,
-    /// Time between checks.
-    pub interval: Option<Duration>,
-    /// Time after which a check is considered hung.
-    pub timeout: Option<Duration>,
-    /// Start-up grace period.
-    pub start_period: Option<Duration>,
-    /// Time between checks during the start period.
-    pub start_interval: Option<Duration>,
-    /// Consecutive failures needed to report unhealthy.
-    pub retries: Option<u32>,
-}
-
-/// The runtime part of an image config (`config` in the JSON).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RuntimeConfig {
-    /// `User`.
-    pub user: String,
-    /// `Env`, as `KEY=value`, in order.
-    pub env: Vec<String>,
-    /// `Cmd`.
-    pub cmd: Option<Vec<String>>,
-    /// `Entrypoint`.
-    pub entrypoint: Option<Vec<String>>,
-    /// `WorkingDir`.
-    pub working_dir: String,
-    /// `ExposedPorts`, as `80/tcp`.
-    pub exposed_ports: BTreeSet<String>,
-    /// `Volumes`.
-    pub volumes: BTreeSet<String>,
-    /// `Labels`.
-    pub labels: BTreeMap<String, String>,
-    /// `StopSignal`.
-    pub stop_signal: Option<String>,
-    /// `Healthcheck` (Docker extension).
-    pub healthcheck: Option<Healthcheck>,
-    /// `Shell` (Docker extension).
-    pub shell: Option<Vec<String>>,
-    /// `OnBuild` triggers (Docker extension).
-    pub on_build: Vec<String>,
-    /// `ArgsEscaped` (Windows-only in Docker; written only when true).
-    pub args_escaped: bool,
-}
-
 /// One history entry of an image config.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HistoryItem {
@@ -231,12 +184,12 @@ pub struct HistoryItem {
 pub struct LayerDesc {
     /// The blob's media type.
     pub media_type: String,
-    /// `sha256:<hex>` of the (compressed) blob.
-    pub digest: String,
+    /// Digest of the (compressed) blob.
+    pub digest: Digest,
     /// The blob's size in bytes.
     pub size: u64,
-    /// `sha256:<hex>` of the uncompressed tar.
-    pub diff_id: String,
+    /// Digest of the uncompressed tar.
+    pub diff_id: Digest,
 }
 
 /// Everything an image is built from.
@@ -253,7 +206,7 @@ pub struct ImageSpec {
     /// `author` (`MAINTAINER`).
     pub author: Option<String>,
     /// The runtime config.
-    pub config: RuntimeConfig,
+    pub config: ImageConfig,
     /// The history, one entry per step.
     pub history: Vec<HistoryItem>,
     /// The layers, base first.
@@ -267,12 +220,12 @@ pub struct ImageSpec {
 pub struct BuiltImage {
     /// The config JSON.
     pub config_json: Vec<u8>,
-    /// `sha256:<hex>` of [`Self::config_json`].
-    pub config_digest: String,
+    /// Digest of [`Self::config_json`].
+    pub config_digest: Digest,
     /// The manifest JSON.
     pub manifest_json: Vec<u8>,
-    /// `sha256:<hex>` of [`Self::manifest_json`].
-    pub manifest_digest: String,
+    /// Digest of [`Self::manifest_json`].
+    pub manifest_digest: Digest,
     /// A descriptor of the manifest (media type, digest, size, platform), as an index
     /// lists it.
     pub manifest_descriptor: Descriptor,
@@ -294,32 +247,15 @@ pub struct ParsedConfig {
     /// `author`.
     pub author: Option<String>,
     /// The runtime config.
-    pub config: RuntimeConfig,
+    pub config: ImageConfig,
     /// The history.
     pub history: Vec<HistoryItem>,
     /// `rootfs.diff_ids`.
-    pub diff_ids: Vec<String>,
+    pub diff_ids: Vec<Digest>,
 }
 
 /// `sha256:<hex>` of `data`: kiln's one sha256.
 pub use kiln_oci::digest::sha256_digest;
-
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    out
-}
-
-/// The hex part of `digest` if it is `sha256:` followed by 64 lowercase hex digits.
-pub fn sha256_hex(digest: &str) -> Option<&str> {
-    let hex = digest.strip_prefix("sha256:")?;
-    (hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then_some(hex)
-}
 
 /// Serializes `value` as canonical JSON: object keys sorted at every level, no
 /// whitespace. Used for manifests and indexes, whose `oci-spec` types keep annotations
@@ -344,21 +280,6 @@ pub fn canonical_json<T: Serialize>(value: &T) -> serde_json::Result<Vec<u8>> {
 /// RFC 3339 in UTC with `Z`, fractional seconds only when present.
 fn rfc3339(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
-
-fn check_digest(what: &'static str, digest: &str) -> Result<()> {
-    match sha256_hex(digest) {
-        Some(_) => Ok(()),
-        None => Err(ImageError::InvalidDigest {
-            what,
-            digest: digest.to_string(),
-        }),
-    }
-}
-
-fn spec_digest(what: &'static str, digest: &str) -> Result<Digest> {
-    check_digest(what, digest)?;
-    Digest::from_str(digest).map_err(|source| ImageError::Spec { what, source })
 }
 
 // ---- config JSON, as written -------------------------------------------------------
@@ -526,7 +447,7 @@ fn config_json(spec: &ImageSpec) -> Result<Vec<u8>> {
 
 /// Builds the config and manifest of an image.
 ///
-/// Checks that the platform is complete, that digests are `sha256:<hex>`, that the
+/// Checks that the platform is complete, that the
 /// history has one non-empty entry per layer, and maps the layers' media types to
 /// `media` (Docker has no zstd layer type: such layers are an error, as are manifest
 /// annotations with Docker media types).
@@ -554,8 +475,6 @@ pub fn build_image(spec: &ImageSpec, media: MediaTypes) -> Result<BuiltImage> {
     let mut layers = Vec::with_capacity(spec.layers.len());
     let mut layer_descs = Vec::with_capacity(spec.layers.len());
     for layer in &spec.layers {
-        let digest = spec_digest("layer", &layer.digest)?;
-        check_digest("diff_id", &layer.diff_id)?;
         let media_type = media.layer(&layer.media_type).ok_or_else(|| {
             ImageError::UnsupportedLayerMediaType {
                 digest: layer.digest.clone(),
@@ -566,7 +485,7 @@ pub fn build_image(spec: &ImageSpec, media: MediaTypes) -> Result<BuiltImage> {
         layer_descs.push(Descriptor::new(
             MediaType::from(media_type),
             layer.size,
-            digest,
+            &layer.digest,
         ));
         layers.push(LayerDesc {
             media_type: media_type.to_string(),
@@ -579,7 +498,7 @@ pub fn build_image(spec: &ImageSpec, media: MediaTypes) -> Result<BuiltImage> {
     let config_desc = Descriptor::new(
         MediaType::from(media.config()),
         config_json.len() as u64,
-        spec_digest("config", &config_digest)?,
+        &config_digest,
     );
 
     let mut builder = ImageManifestBuilder::default()
@@ -618,7 +537,7 @@ pub fn build_image(spec: &ImageSpec, media: MediaTypes) -> Result<BuiltImage> {
     let mut manifest_descriptor = Descriptor::new(
         MediaType::from(media.manifest()),
         manifest_json.len() as u64,
-        spec_digest("manifest", &manifest_digest)?,
+        &manifest_digest,
     );
     manifest_descriptor.set_platform(Some(platform));
 
@@ -734,6 +653,17 @@ fn flatten(v: Option<Vec<Option<String>>>) -> Vec<String> {
 /// `Shell` may be a string or an array, as Docker accepts.
 pub fn parse_config(json: &[u8]) -> Result<ParsedConfig> {
     let c: ConfigIn = serde_json::from_slice(json).map_err(ImageError::Parse)?;
+    let diff_ids = c
+        .rootfs
+        .and_then(|r| r.diff_ids)
+        .unwrap_or_default()
+        .iter()
+        .map(|d| Digest::parse(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| ImageError::InvalidDigest {
+            what: "diff_id",
+            source,
+        })?;
     let r = c.config.unwrap_or_default();
     let healthcheck = r.healthcheck.map(|h| Healthcheck {
         test: h.test.map(StrSlice::into_vec).unwrap_or_default(),
@@ -747,7 +677,7 @@ pub fn parse_config(json: &[u8]) -> Result<ParsedConfig> {
             .filter(|n| *n > 0)
             .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
     });
-    let config = RuntimeConfig {
+    let config = ImageConfig {
         user: r.user.unwrap_or_default(),
         env: flatten(r.env),
         cmd: r.cmd.map(StrSlice::into_vec),
@@ -785,7 +715,7 @@ pub fn parse_config(json: &[u8]) -> Result<ParsedConfig> {
                 empty_layer: h.empty_layer.unwrap_or(false),
             })
             .collect(),
-        diff_ids: c.rootfs.and_then(|r| r.diff_ids).unwrap_or_default(),
+        diff_ids,
     })
 }
 
@@ -797,9 +727,9 @@ mod tests {
     fn layer(n: u8) -> LayerDesc {
         LayerDesc {
             media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-            digest: format!("sha256:{}", hex(&[n; 32])),
+            digest: Digest::from_sha256_bytes(&[n; 32]),
             size: 100 + u64::from(n),
-            diff_id: format!("sha256:{}", hex(&[n + 100; 32])),
+            diff_id: Digest::from_sha256_bytes(&[n + 100; 32]),
         }
     }
 
@@ -810,7 +740,7 @@ mod tests {
             platform_variant: Some("v8".into()),
             created: Some(Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap()),
             author: Some("kiln".into()),
-            config: RuntimeConfig {
+            config: ImageConfig {
                 user: "app".into(),
                 env: vec!["PATH=/usr/bin:/bin".into(), "A=b".into()],
                 cmd: Some(vec!["serve".into()]),
@@ -930,7 +860,7 @@ mod tests {
             assert_eq!(build_image(&s, MediaTypes::Oci).unwrap(), img);
         }
         let d = &img.manifest_descriptor;
-        assert_eq!(d.digest().to_string(), img.manifest_digest);
+        assert_eq!(d.digest().to_string(), img.manifest_digest.as_str());
         assert_eq!(d.size(), img.manifest_json.len() as u64);
         let p = d.platform().as_ref().unwrap();
         assert_eq!(p.architecture().to_string(), "arm64");
@@ -955,7 +885,10 @@ mod tests {
         zstd.layers[1].media_type = "application/vnd.oci.image.layer.v1.tar+zstd".into();
         let err = build_image(&zstd, MediaTypes::Docker).unwrap_err();
         assert!(matches!(err, ImageError::UnsupportedLayerMediaType { .. }));
-        assert!(err.to_string().contains(&zstd.layers[1].digest), "{err}");
+        assert!(
+            err.to_string().contains(zstd.layers[1].digest.as_str()),
+            "{err}"
+        );
         assert!(build_image(&zstd, MediaTypes::Oci).is_ok());
 
         let mut annotated = spec();
@@ -1009,20 +942,27 @@ mod tests {
     }
 
     #[test]
-    fn bad_digests_and_platform_are_rejected() {
-        let mut s = spec();
-        s.layers[0].digest = "sha256:../../etc/passwd".into();
-        let err = build_image(&s, MediaTypes::Oci).unwrap_err();
-        assert!(err.to_string().contains("../../etc/passwd"), "{err}");
-        let mut s = spec();
-        s.layers[1].diff_id = "sha256:ABC".into();
-        assert!(matches!(
-            build_image(&s, MediaTypes::Oci),
-            Err(ImageError::InvalidDigest {
-                what: "diff_id",
-                ..
-            })
-        ));
+    fn bad_diff_ids_and_platform_are_rejected() {
+        // Digests in an ImageSpec are typed; a config read back is checked.
+        let img = build_image(&spec(), MediaTypes::Oci).unwrap();
+        let mut v = json(&img.config_json);
+        v["rootfs"]["diff_ids"][1] = "sha256:ABC".into();
+        let err = parse_config(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImageError::InvalidDigest {
+                    what: "diff_id",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains(r#"invalid diff_id: invalid digest "sha256:ABC""#),
+            "{err}"
+        );
         let mut s = spec();
         s.platform_arch.clear();
         assert!(matches!(
@@ -1056,7 +996,7 @@ mod tests {
         assert_eq!(p.variant.as_deref(), Some("v8"));
         assert_eq!(p.created, s.created);
         assert_eq!(p.author.as_deref(), Some("kiln"));
-        let diff_ids: Vec<String> = s.layers.iter().map(|l| l.diff_id.clone()).collect();
+        let diff_ids: Vec<Digest> = s.layers.iter().map(|l| l.diff_id.clone()).collect();
         assert_eq!(p.diff_ids, diff_ids);
 
         // Building again from what was parsed gives the same config.
@@ -1097,7 +1037,7 @@ mod tests {
             "history": [{"created": "2023-05-06T07:08:09Z", "created_by": "/bin/sh"},
                         {"created_by": "CMD", "empty_layer": true}],
             "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": ["sha256:aa"]}
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"]}
         }"##;
         let p = parse_config(json).unwrap();
         assert_eq!(p.architecture, "amd64");
@@ -1123,7 +1063,7 @@ mod tests {
         );
         assert_eq!(p.history.len(), 2);
         assert!(p.history[1].empty_layer);
-        assert_eq!(p.diff_ids, vec!["sha256:aa"]);
+        assert_eq!(p.diff_ids, vec![sha256_digest(b"")]);
 
         // A minimal OCI config and an empty object both parse.
         let p = parse_config(br#"{"architecture":"arm","os":"linux","variant":"v7"}"#).unwrap();
@@ -1139,15 +1079,9 @@ mod tests {
             String::from_utf8(canonical_json(&v).unwrap()).unwrap(),
             r#"{"a":{"x":true,"y":null},"b":[{"a":2,"z":1}]}"#
         );
-        assert_eq!(hex(&[0x00, 0xff, 0x5a]), "00ff5a");
         assert_eq!(
             sha256_digest(b""),
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
-        assert!(
-            sha256_hex("sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
-                .is_some()
-        );
-        assert!(sha256_hex("sha512:e3").is_none());
     }
 }

@@ -8,15 +8,14 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use kiln_cache::{Digest, Store};
-use kiln_frontend::config::ImageConfig;
 use kiln_frontend::convert::{ImageResolver, ResolvedImage};
 use kiln_frontend::graph::Platform;
-use kiln_frontend::instructions::HealthConfig;
+use kiln_oci::chain_id;
 use oci_spec::image::ImageIndex;
 
 use crate::image::{self, ParsedConfig};
 use crate::remote::{BlobReporter, Remote, RemoteError};
-use crate::snapshots::{LayerRef, chain_id};
+use crate::snapshots::LayerRef;
 use crate::solver::{Event, NoReporter, Reporter};
 use crate::untrusted::{Layout, MAX_LAYOUT_JSON};
 use kiln_frontend::graph::VertexId;
@@ -29,6 +28,9 @@ const MAX_JSON: u64 = 4 << 20;
 /// causes) naming the image, blob or layout concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageStoreError {
+    /// A digest in a manifest, index or record is malformed.
+    #[error(transparent)]
+    Digest(#[from] kiln_oci::DigestError),
     /// The name is outside Docker's reference grammar.
     #[error("image {reference:?}: {reason}")]
     Reference {
@@ -167,13 +169,13 @@ fn chain(e: &dyn std::error::Error) -> String {
 #[derive(Debug, Clone)]
 pub struct ImageInfo {
     /// Manifest digest.
-    pub manifest_digest: String,
+    pub manifest_digest: Digest,
     /// Config digest.
-    pub config_digest: String,
+    pub config_digest: Digest,
     /// Layers, bottom first.
     pub layers: Vec<LayerRef>,
     /// ChainID of the layers' diff_ids: the image's cache identity.
-    pub chain_id: String,
+    pub chain_id: Digest,
     /// Parsed config.
     pub config: ParsedConfig,
 }
@@ -251,8 +253,8 @@ impl ImageStore {
 
     /// Whether the blob of `layer` is in the store or can be fetched into it.
     pub fn layer_available(&self, layer: &LayerRef) -> Result<bool> {
-        let d = Digest::parse(&layer.digest)?;
-        Ok(self.store.has_blob(&d) || kiln_registry::fetchable(&self.store, &d))
+        let d = &layer.digest;
+        Ok(self.store.has_blob(d) || kiln_registry::fetchable(&self.store, d))
     }
 
     /// Makes the blobs of `layers` present in the store, fetching those of resolved
@@ -265,7 +267,7 @@ impl ImageStore {
     ) -> Result<()> {
         let mut missing = Vec::new();
         for l in layers {
-            let digest = Digest::parse(&l.digest)?;
+            let digest = l.digest.clone();
             if self.store.blob_size(&digest).ok() != Some(l.size) {
                 missing.push(PulledBlob {
                     digest,
@@ -427,10 +429,12 @@ impl ImageStore {
             .zip(&config.diff_ids)
             .map(|(l, diff_id)| -> Result<LayerRef> {
                 Ok(LayerRef {
-                    digest: l["digest"]
-                        .as_str()
-                        .ok_or_else(|| invalid("layer without digest".into()))?
-                        .to_string(),
+                    digest: Digest::parse(
+                        l["digest"]
+                            .as_str()
+                            .ok_or_else(|| invalid("layer without digest".into()))?,
+                    )
+                    .map_err(|e| invalid(e.to_string()))?,
                     diff_id: diff_id.clone(),
                     size: l["size"].as_u64().unwrap_or(0),
                     media_type: l["mediaType"].as_str().unwrap_or("").to_string(),
@@ -438,8 +442,8 @@ impl ImageStore {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(ImageInfo {
-            manifest_digest: manifest_digest.to_string(),
-            config_digest,
+            manifest_digest: Digest::parse(manifest_digest)?,
+            config_digest: Digest::parse(&config_digest)?,
             chain_id: chain_id(&config.diff_ids),
             layers,
             config,
@@ -565,32 +569,6 @@ impl ImageStore {
     }
 }
 
-/// The frontend's view of an image config.
-pub fn frontend_config(c: &image::RuntimeConfig) -> ImageConfig {
-    ImageConfig {
-        user: c.user.clone(),
-        env: c.env.clone(),
-        cmd: c.cmd.clone(),
-        entrypoint: c.entrypoint.clone(),
-        working_dir: c.working_dir.clone(),
-        exposed_ports: c.exposed_ports.clone(),
-        volumes: c.volumes.clone(),
-        labels: c.labels.clone(),
-        stop_signal: c.stop_signal.clone(),
-        healthcheck: c.healthcheck.as_ref().map(|h| HealthConfig {
-            test: h.test.clone(),
-            interval: h.interval,
-            timeout: h.timeout,
-            start_period: h.start_period,
-            start_interval: h.start_interval,
-            retries: h.retries,
-        }),
-        shell: c.shell.clone(),
-        on_build: c.on_build.clone(),
-        author: None,
-    }
-}
-
 impl ImageResolver for ImageStore {
     fn resolve(
         &self,
@@ -598,11 +576,13 @@ impl ImageResolver for ImageStore {
         platform: &Platform,
     ) -> Result<Option<ResolvedImage>, String> {
         let info = self.get(reference, platform).map_err(|e| chain(&e))?;
-        let mut config = frontend_config(&info.config.config);
-        config.author = info.config.author.clone();
+        let mut config = info.config.config.clone();
+        // Windows-only in Docker: a Linux image kiln builds never inherits it.
+        config.args_escaped = false;
         Ok(Some(ResolvedImage {
-            digest: Some(info.chain_id.clone()),
+            digest: Some(info.chain_id.to_string()),
             config,
+            author: info.config.author.clone(),
             history_len: info.config.history.len(),
         }))
     }
@@ -623,7 +603,15 @@ mod tests {
         let mut config = p.clone();
         config["rootfs"] = serde_json::json!({"type": "layers", "diff_ids": []});
         config["config"] = serde_json::json!({"Env": [format!("PLATFORM={platform}")]});
-        let config = serde_json::to_vec(&config).unwrap();
+        let (digest, size) = put_image(store, &config);
+        serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest.to_string(), "size": size, "platform": p})
+    }
+
+    /// Stores `config` and a manifest with no layers over it; returns the manifest's
+    /// digest and size.
+    fn put_image(store: &Store, config: &serde_json::Value) -> (Digest, usize) {
+        let config = serde_json::to_vec(config).unwrap();
         let config_digest = store.put_blob(&config).unwrap();
         let manifest = serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,
@@ -633,9 +621,7 @@ mod tests {
             "layers": [],
         }))
         .unwrap();
-        let digest = store.put_blob(&manifest).unwrap();
-        serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": digest.to_string(), "size": manifest.len(), "platform": p})
+        (store.put_blob(&manifest).unwrap(), manifest.len())
     }
 
     fn index(store: &Store, platforms: &[&str]) -> String {
@@ -683,16 +669,16 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let images = ImageStore::new(&store);
         let present = store.put_blob(b"layer").unwrap();
-        let layer = |digest: String, size| LayerRef {
+        let layer = |digest: Digest, size| LayerRef {
             digest,
-            diff_id: present.to_string(),
+            diff_id: present.clone(),
             size,
             media_type: String::new(),
         };
-        let ok = layer(present.to_string(), 5);
+        let ok = layer(present.clone(), 5);
         images.ensure_layers([&ok], None).unwrap();
         assert!(images.layer_available(&ok).unwrap());
-        let gone = layer(kiln_cache::sha256_of(b"gone").to_string(), 4);
+        let gone = layer(kiln_cache::sha256_of(b"gone"), 4);
         assert!(!images.layer_available(&gone).unwrap());
         let err = images.ensure_layers([&ok, &gone], None).unwrap_err();
         assert_eq!(
@@ -746,5 +732,31 @@ mod tests {
             picked(&images, &one, "linux/amd64").unwrap(),
             "PLATFORM=linux/arm64/v8"
         );
+    }
+
+    /// Base images reach the frontend as kiln's one `ImageConfig`, with their author;
+    /// the Windows-only `ArgsEscaped` is dropped (kiln never wrote it for a Linux image).
+    #[test]
+    fn resolve_gives_the_base_config_and_author() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let config = serde_json::json!({
+            "os": "linux", "architecture": "amd64", "author": "someone",
+            "rootfs": {"type": "layers", "diff_ids": []},
+            "config": {"Env": ["A=1"], "ArgsEscaped": true,
+                "Healthcheck": {"Test": ["CMD", "true"], "Retries": 2}},
+        });
+        let (digest, _) = put_image(&store, &config);
+        let images = ImageStore::new(&store);
+        let platform = Platform::parse("linux/amd64").unwrap();
+        let r = images
+            .resolve(&format!("base@{digest}"), &platform)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.author.as_deref(), Some("someone"));
+        assert_eq!(r.config.env, ["A=1"]);
+        assert_eq!(r.config.healthcheck.unwrap().retries, Some(2));
+        assert!(!r.config.args_escaped);
+        assert_eq!(r.digest, Some(kiln_oci::chain_id(&[]).to_string()));
     }
 }

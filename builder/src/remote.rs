@@ -28,6 +28,9 @@ pub enum RemoteError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] kiln_cache::CacheError),
+    /// A digest recorded in the store is malformed.
+    #[error(transparent)]
+    Digest(#[from] kiln_oci::DigestError),
     /// `kiln push` of a name the store has no image for.
     #[error("image {name:?} not found in the local store")]
     NotFound {

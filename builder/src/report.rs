@@ -1,13 +1,14 @@
 //! The cache-hit report: a summary line at the end of every build and, with
 //! `--report FILE.json`, a machine-readable record of every step for CI.
 
+use kiln_oci::Digest;
 use serde::Serialize;
 
 /// A built layer in the report.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ReportLayer {
     /// Blob digest.
-    pub digest: String,
+    pub digest: Digest,
     /// Blob size in bytes.
     pub size: u64,
 }
@@ -35,9 +36,9 @@ pub struct ReportStep {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ReportImage {
     /// Manifest digest.
-    pub digest: String,
+    pub digest: Digest,
     /// Config digest (Docker's image id).
-    pub config: String,
+    pub config: Digest,
     /// Tags given with `-t`.
     pub tags: Vec<String>,
 }
@@ -140,7 +141,7 @@ mod tests {
             cached,
             duration_ms: 1,
             layer: size.map(|size| ReportLayer {
-                digest: "sha256:l".into(),
+                digest: kiln_oci::digest::sha256_digest(b"l"),
                 size,
             }),
         }
@@ -149,8 +150,8 @@ mod tests {
     #[test]
     fn totals() {
         let img = ReportImage {
-            digest: "sha256:m".into(),
-            config: "sha256:c".into(),
+            digest: kiln_oci::digest::sha256_digest(b"m"),
+            config: kiln_oci::digest::sha256_digest(b"c"),
             tags: vec!["a:1".into()],
         };
         let r = Report::new(
@@ -172,5 +173,7 @@ mod tests {
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["steps"][2]["layer"], serde_json::Value::Null);
         assert_eq!(json["image"]["tags"][0], "a:1");
+        // Digests are written as their sha256:<hex> strings.
+        assert_eq!(json["image"]["digest"], r.image.digest.as_str());
     }
 }

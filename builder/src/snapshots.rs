@@ -14,9 +14,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct LayerRef {
     /// Digest of the blob (compressed).
-    pub digest: String,
+    pub digest: Digest,
     /// Digest of the uncompressed tar.
-    pub diff_id: String,
+    pub diff_id: Digest,
     /// Blob size.
     pub size: u64,
     /// Blob media type.
@@ -40,9 +40,8 @@ impl Snapshots {
     }
 
     /// Where the snapshot of a diff_id lives.
-    pub fn path(&self, diff_id: &str) -> PathBuf {
-        let hex = diff_id.split_once(':').map(|(_, h)| h).unwrap_or(diff_id);
-        self.dir.join(hex)
+    pub fn path(&self, diff_id: &Digest) -> PathBuf {
+        self.dir.join(diff_id.hex())
     }
 
     /// A fresh temporary directory in the store's temp area (same filesystem, so it can
@@ -58,7 +57,7 @@ impl Snapshots {
 
     /// Moves a finished directory into place as the snapshot of `diff_id`. If another
     /// build got there first, ours is dropped.
-    pub fn commit(&self, dir: tempfile::TempDir, diff_id: &str) -> Result<PathBuf> {
+    pub fn commit(&self, dir: tempfile::TempDir, diff_id: &Digest) -> Result<PathBuf> {
         let dest = self.path(diff_id);
         if dest.exists() {
             return Ok(dest);
@@ -81,9 +80,8 @@ impl Snapshots {
         if dest.is_dir() {
             return Ok(dest);
         }
-        let digest = Digest::parse(&layer_ref.digest)?;
         let blob = store
-            .open_blob(&digest)
+            .open_blob(&layer_ref.digest)
             .with_context(|| format!("layer {} is not in the store", layer_ref.digest))?;
         let tmp = self.temp_dir("unpack")?;
         let opts = UnpackOptions {
@@ -111,37 +109,9 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// The OCI ChainID of a list of diff_ids.
-pub fn chain_id(diff_ids: &[String]) -> String {
-    let mut chain = match diff_ids.first() {
-        Some(first) => first.clone(),
-        None => return kiln_ops::sha256_digest(b""),
-    };
-    for d in &diff_ids[1..] {
-        chain = kiln_ops::sha256_digest(format!("{chain} {d}").as_bytes());
-    }
-    chain
-}
-
 /// Whether `dir` has no entries.
 pub fn is_empty_dir(dir: &Path) -> bool {
     fs::read_dir(dir)
         .map(|mut d| d.next().is_none())
         .unwrap_or(true)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chain_ids_follow_the_spec() {
-        let a = "sha256:aaaa".to_string();
-        let b = "sha256:bbbb".to_string();
-        assert_eq!(chain_id(std::slice::from_ref(&a)), a);
-        assert_eq!(
-            chain_id(&[a.clone(), b.clone()]),
-            kiln_ops::sha256_digest(b"sha256:aaaa sha256:bbbb")
-        );
-    }
 }

@@ -255,7 +255,7 @@ fn run_one<W: Worker>(
             .unzip()
     };
     let content = worker.content_key(id, vertex, &inputs)?;
-    let key = cache_key(&vertex.digest, &input_keys, content.as_deref());
+    let key = cache_key(&vertex.digest, &input_keys, content.as_deref()).to_string();
     if !opts.no_cache {
         if let Some(output) = worker.load(&key, vertex)? {
             reporter.event(&Event::Cached {

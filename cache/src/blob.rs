@@ -4,7 +4,9 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::digest::{Digest, Sha256Writer, sha256_of};
+use kiln_oci::digest::Hashing;
+
+use crate::digest::{Digest, sha256_of};
 use crate::error::{CacheError, IoContext, Result};
 use crate::store::{BLOBS_DIR, Store, TempPath, fsync_parent};
 
@@ -18,14 +20,14 @@ use crate::store::{BLOBS_DIR, Store, TempPath, fsync_parent};
 #[derive(Debug)]
 pub struct BlobWriter {
     store: Store,
-    inner: Sha256Writer<BufWriter<File>>,
+    inner: Hashing<BufWriter<File>>,
     tmp: TempPath,
 }
 
 impl BlobWriter {
     /// Bytes written so far.
     pub fn bytes_written(&self) -> u64 {
-        self.inner.bytes_written()
+        self.inner.count()
     }
 
     /// Finish the blob: flush and fsync it, check it against `expected` (if
@@ -125,7 +127,7 @@ impl Store {
         let (file, tmp) = self.create_temp()?;
         Ok(BlobWriter {
             store: self.clone(),
-            inner: Sha256Writer::new(BufWriter::with_capacity(256 * 1024, file)),
+            inner: Hashing::new(BufWriter::with_capacity(256 * 1024, file)),
             tmp,
         })
     }
@@ -135,7 +137,7 @@ impl Store {
     pub fn verify_blob(&self, digest: &Digest) -> Result<()> {
         let path = self.blob_path(digest);
         let mut file = self.open_blob(digest)?;
-        let mut hasher = Sha256Writer::new(io::sink());
+        let mut hasher = Hashing::new(io::sink());
         copy_into(&mut file, &mut hasher, &path)?;
         let (_, actual, _) = hasher.finish();
         if actual != *digest {

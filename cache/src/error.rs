@@ -14,13 +14,8 @@ pub type Result<T, E = CacheError> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum CacheError {
     /// A string is not a valid `sha256:<64 lowercase hex>` digest.
-    #[error("invalid digest {input:?}: {reason}")]
-    InvalidDigest {
-        /// The rejected input.
-        input: String,
-        /// Why it was rejected.
-        reason: String,
-    },
+    #[error(transparent)]
+    InvalidDigest(#[from] kiln_oci::DigestError),
 
     /// An I/O operation on a path failed.
     #[error("failed to {op} {}: {source}", path.display())]

@@ -1,6 +1,6 @@
 //! kiln's on-disk store.
 //!
-//! * [`Digest`], [`sha256_of`], [`Sha256Writer`]: `sha256:<hex>` digests.
+//! * [`Digest`], [`sha256_of`]: `sha256:<hex>` digests (kiln_oci's, re-exported).
 //! * [`Store`]: the store root and its layout ([`Store::open`],
 //!   [`Store::default_root`], [`Store::disk_usage`]), content-addressed blobs
 //!   ([`Store::put_blob`], [`Store::blob_writer`], ...), the cache index
@@ -31,7 +31,7 @@ mod store;
 mod tags;
 
 pub use blob::BlobWriter;
-pub use digest::{Digest, Sha256Writer, sha256_of};
+pub use digest::{Digest, sha256_of};
 pub use error::{CacheError, Result};
 pub use hash::{MMAP_THRESHOLD, hash_file};
 pub use lock::{LockKind, StoreLock};

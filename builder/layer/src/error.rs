@@ -65,9 +65,9 @@ pub enum LayerError {
     )]
     DiffIdMismatch {
         /// The diff_id the caller expected (from the image config).
-        expected: String,
+        expected: kiln_oci::Digest,
         /// The sha256 of the uncompressed stream actually read.
-        actual: String,
+        actual: kiln_oci::Digest,
     },
 
     /// An unknown compression name or an out-of-range level.

@@ -17,6 +17,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
+use kiln_oci::Digest;
 use kiln_oci::digest::Hashing;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
@@ -76,14 +77,14 @@ pub struct UnpackOptions {
     /// The layer's diff_id from the image config: a mismatch with the
     /// uncompressed stream's sha256 is an error (and `dest` must then be
     /// discarded, as it has been written).
-    pub expected_diff_id: Option<String>,
+    pub expected_diff_id: Option<Digest>,
 }
 
 /// What [`unpack_layer`] read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnpackInfo {
     /// `sha256:<hex>` of the uncompressed stream, every byte of it.
-    pub diff_id: String,
+    pub diff_id: Digest,
     /// Number of tar entries (PAX and GNU extension headers not counted).
     pub entries: u64,
     /// Size of the uncompressed stream.

@@ -8,6 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use kiln_oci::Digest;
 use kiln_oci::digest::Hashing;
 use rustix::fs::{Mode, OFlags};
 use tar::{EntryType, Header};
@@ -52,9 +53,9 @@ impl fmt::Debug for LayerOptions {
 pub struct LayerInfo {
     /// `sha256:<hex>` of the blob as written to the output (the layer's
     /// descriptor digest).
-    pub digest: String,
+    pub digest: Digest,
     /// `sha256:<hex>` of the uncompressed tar (the config's `rootfs.diff_ids`).
-    pub diff_id: String,
+    pub diff_id: Digest,
     /// Size of the blob as written to the output.
     pub size: u64,
     /// Size of the uncompressed tar.

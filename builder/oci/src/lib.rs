@@ -9,14 +9,20 @@
 //!
 //! * [`Platform`]: `os/arch[/variant]`, normalised as containerd does, and
 //!   [`Platform::pick`], containerd's `platforms.Only` matcher over an index.
+//! * [`config`]: the image's runtime config ([`config::ImageConfig`], with Docker's
+//!   extensions), one type for the frontend that builds it and the builder that writes
+//!   and reads it.
 //! * [`media_types`]: every OCI and Docker media type kiln reads or writes.
-//! * [`digest`]: kiln's one sha256, for bytes and for streams.
+//! * [`Digest`]: kiln's one digest type (validated `sha256:<hex>`, converting to and
+//!   from oci-spec's), and in [`digest`] kiln's one sha256, for bytes and for streams.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod config;
 pub mod digest;
 pub mod media_types;
 mod platform;
 
+pub use digest::{Digest, DigestError, chain_id};
 pub use platform::{Platform, PlatformError};

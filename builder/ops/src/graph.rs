@@ -212,7 +212,7 @@ impl BuildGraph {
                     .collect(),
             };
             let bytes = serde_json::to_vec(&def).expect("ops serialize");
-            sha256_digest(&bytes)
+            sha256_digest(&bytes).to_string()
         };
         if let Some(&id) = self.by_digest.get(&digest) {
             if let Some(o) = origin {

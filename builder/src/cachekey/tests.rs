@@ -141,7 +141,7 @@ impl Ctx {
     }
 
     /// The checksum of `COPY . /`.
-    fn sum(&self) -> String {
+    fn sum(&self) -> Digest {
         context_checksum(&self.fs(), None, &["."]).unwrap()
     }
 }
@@ -336,28 +336,33 @@ fn the_stat_memo_gives_the_same_key() {
     assert_ne!(c.sum(), plain);
 }
 
-/// Answers [`content_key`]'s lookups and records them.
+/// What [`Fake`] answers for a lookup: a digest of its description.
+fn fake(what: &str) -> Digest {
+    sha256_digest(what.as_bytes())
+}
+
+/// Answers [`content_key`]'s lookups (with [`fake`] digests) and records them.
 #[derive(Default)]
 struct Fake {
     asked: std::cell::RefCell<Vec<String>>,
 }
 
 impl KeySource for Fake {
-    fn chain_id(&self, reference: &str, platform: &Platform) -> Result<String> {
+    fn chain_id(&self, reference: &str, platform: &Platform) -> Result<Digest> {
         self.asked
             .borrow_mut()
             .push(format!("image {reference} {platform}"));
-        Ok(format!("chain({reference})"))
+        Ok(fake(&format!("chain({reference})")))
     }
-    fn download_digest(&self, url: &str) -> Result<String> {
+    fn download_digest(&self, url: &str) -> Result<Digest> {
         self.asked.borrow_mut().push(format!("download {url}"));
-        Ok(format!("digest({url})"))
+        Ok(fake(&format!("digest({url})")))
     }
-    fn context_checksum(&self, sources: &[&str]) -> Result<String> {
+    fn context_checksum(&self, sources: &[&str]) -> Result<Digest> {
         self.asked
             .borrow_mut()
             .push(format!("context {}", sources.join(" ")));
-        Ok(format!("sum({})", sources.join(" ")))
+        Ok(fake(&format!("sum({})", sources.join(" "))))
     }
 }
 
@@ -404,7 +409,7 @@ fn content_key_of_images_is_their_chain_id() {
         platform: Platform::parse("linux/amd64").unwrap(),
         digest: None,
     };
-    assert_eq!(key(&op, &[]).0.as_deref(), Some("chain(busybox)"));
+    assert_eq!(key(&op, &[]).0, Some(fake("chain(busybox)").into()));
 }
 
 #[test]
@@ -413,19 +418,20 @@ fn content_key_of_file_ops() {
     // COPY from the context over a base: the context's files.
     let op = file(true, vec![copy(1, "a"), copy(1, "b/*")]);
     let (k, asked) = key(&op, &[fs_out(), Output::Context]);
-    assert_eq!(k.as_deref(), Some("sum(a b/*)"));
+    assert_eq!(k, Some(fake("sum(a b/*)").into()));
     assert_eq!(asked, ["context a b/*"]);
     // COPY --from a stage: its key is an input key already.
     assert_eq!(key(&op, &[fs_out(), fs_out()]), (None, vec![]));
     // FROM scratch + COPY: input 0 is the context, not a base.
     let op = file(false, vec![copy(0, ".")]);
-    assert_eq!(key(&op, &[Output::Context]).0.as_deref(), Some("sum(.)"));
+    assert_eq!(key(&op, &[Output::Context]).0, Some(fake("sum(.)").into()));
     // ADD <url>: the --checksum, without a fetch; otherwise the download's digest.
     let op = file(true, vec![download("https://x/a", Some("sha256:aa"))]);
     assert_eq!(key(&op, &[fs_out()]), (Some("sha256:aa".into()), vec![]));
     let op = file(true, vec![copy(1, "a"), download("https://x/b", None)]);
     let (k, asked) = key(&op, &[fs_out(), Output::Context]);
-    assert_eq!(k.as_deref(), Some("sum(a),digest(https://x/b)"));
+    let both = format!("{},{}", fake("sum(a)"), fake("digest(https://x/b)"));
+    assert_eq!(k, Some(both));
     assert_eq!(asked, ["context a", "download https://x/b"]);
     // WORKDIR, heredoc files: the definition says it all.
     let op = file(
@@ -483,6 +489,6 @@ fn content_key_of_run_is_what_context_bind_mounts_show() {
         other(MountKind::Tmpfs { size: None }),
     ]);
     let (k, asked) = key(&op, &[fs_out(), Output::Context, fs_out()]);
-    assert_eq!(k.as_deref(), Some("sum(. src)"));
+    assert_eq!(k, Some(fake("sum(. src)").into()));
     assert_eq!(asked, ["context . src"]);
 }

@@ -6,9 +6,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::oci::check_image_digests;
 use super::util::{Source, write_archive};
-use super::{BlobPath, ExportError, Result, blob_rel_path, digest_hex, parse_tags};
+use super::{BlobPath, ExportError, Result, blob_rel_path, parse_tags};
 use crate::image::BuiltImage;
 
 /// One entry of `manifest.json`, in Docker's field order.
@@ -36,19 +35,18 @@ pub fn write_docker_archive(
     tags: &[String],
 ) -> Result<()> {
     let refs = parse_tags(tags)?;
-    check_image_digests(image)?;
 
     let mut entries: BTreeMap<String, Source<'_>> = BTreeMap::new();
     entries.insert("blobs/".into(), Source::Dir);
     entries.insert("blobs/sha256/".into(), Source::Dir);
-    let config_path = blob_rel_path(&image.config_digest)?;
+    let config_path = blob_rel_path(&image.config_digest);
     entries.insert(
         config_path.clone(),
         Source::Bytes(image.config_json.clone()),
     );
     let mut layer_paths = Vec::with_capacity(image.layers.len());
     for layer in &image.layers {
-        let path = blob_rel_path(&layer.diff_id)?;
+        let path = blob_rel_path(&layer.diff_id);
         entries
             .entry(path.clone())
             .or_insert(Source::Uncompressed(layer));
@@ -71,7 +69,7 @@ pub fn write_docker_archive(
 
     // The legacy `repositories` file: repository -> tag -> top layer.
     if let Some(top) = image.layers.last() {
-        let top = digest_hex(&top.diff_id)?;
+        let top = top.diff_id.hex();
         let mut repositories: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
         for r in &refs {
             repositories

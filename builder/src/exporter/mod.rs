@@ -18,13 +18,14 @@ mod tests;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use kiln_oci::Digest;
 use kiln_registry::Reference;
 
 pub use docker::write_docker_archive;
 pub use oci::{write_oci_archive, write_oci_layout};
 
-/// Gives the path of a blob in the store from its digest (`sha256:<hex>`).
-pub type BlobPath<'a> = &'a dyn Fn(&str) -> PathBuf;
+/// Gives the path of a blob in the store from its digest.
+pub type BlobPath<'a> = &'a dyn Fn(&Digest) -> PathBuf;
 
 /// Errors from the exporters; each names the path, digest or reference concerned.
 #[derive(Debug, thiserror::Error)]
@@ -35,12 +36,6 @@ pub enum ExportError {
     /// A tag names a digest (`name@sha256:...`): an export needs a tag.
     #[error("invalid tag for the export {0:?}: a digest reference cannot name an export")]
     DigestReference(String),
-    /// A digest is not `sha256:` followed by 64 lowercase hex digits.
-    #[error("invalid digest {digest:?}: expected sha256:<64 lowercase hex digits>")]
-    InvalidDigest {
-        /// The digest as given.
-        digest: String,
-    },
     /// A filesystem operation failed.
     #[error("{op} {}: {source}", path.display())]
     Io {
@@ -56,7 +51,7 @@ pub enum ExportError {
     #[error("layer {digest} at {}: {source}", path.display())]
     Blob {
         /// The layer's digest.
-        digest: String,
+        digest: Digest,
         /// Its path in the store.
         path: PathBuf,
         /// The error.
@@ -67,7 +62,7 @@ pub enum ExportError {
     #[error("layer {digest} at {}: size is {actual} bytes, descriptor says {expected}", path.display())]
     BlobSize {
         /// The layer's digest.
-        digest: String,
+        digest: Digest,
         /// Its path in the store.
         path: PathBuf,
         /// Size from the descriptor.
@@ -79,21 +74,21 @@ pub enum ExportError {
     #[error("layer {digest} at {}: content hashes to {actual}", path.display())]
     DigestMismatch {
         /// The layer's digest.
-        digest: String,
+        digest: Digest,
         /// Its path in the store.
         path: PathBuf,
         /// The digest of what was read.
-        actual: String,
+        actual: Digest,
     },
     /// A layer's uncompressed content does not hash to its diff_id.
     #[error("layer {digest}: uncompressed content is {actual}, expected diff_id {diff_id}")]
     DiffIdMismatch {
         /// The layer's digest.
-        digest: String,
+        digest: Digest,
         /// The expected diff_id.
-        diff_id: String,
+        diff_id: Digest,
         /// The digest of what was read.
-        actual: String,
+        actual: Digest,
     },
     /// The destination holds something that is not a usable OCI layout.
     #[error("{} is not a usable OCI image layout: {reason}", path.display())]
@@ -117,16 +112,10 @@ pub enum ExportError {
 /// Result type of the exporters.
 pub type Result<T, E = ExportError> = std::result::Result<T, E>;
 
-/// The hex part of a `sha256:<hex>` digest, checked so that it is safe in a path.
-fn digest_hex(digest: &str) -> Result<&str> {
-    crate::image::sha256_hex(digest).ok_or_else(|| ExportError::InvalidDigest {
-        digest: digest.to_string(),
-    })
-}
-
-/// `blobs/sha256/<hex>` for a digest.
-fn blob_rel_path(digest: &str) -> Result<String> {
-    Ok(format!("blobs/sha256/{}", digest_hex(digest)?))
+/// `blobs/sha256/<hex>` for a digest (a [`Digest`] is validated, so this cannot escape
+/// `blobs/sha256/`).
+fn blob_rel_path(digest: &Digest) -> String {
+    format!("blobs/sha256/{}", digest.hex())
 }
 
 /// Parses all tags up front, so that a bad one fails the export before anything is

@@ -11,7 +11,7 @@ use oci_spec::image::{ANNOTATION_REF_NAME, Descriptor, ImageIndex, ImageIndexBui
 
 use super::util::{Source, atomic_write, io_err, link_or_copy_layer, write_archive, write_blob};
 
-use super::{BlobPath, ExportError, Result, blob_rel_path, digest_hex, parse_tags, tag_of};
+use super::{BlobPath, ExportError, Result, blob_rel_path, parse_tags, tag_of};
 use crate::image::{BuiltImage, canonical_json};
 use crate::untrusted::{Layout, MAX_LAYOUT_JSON};
 
@@ -20,17 +20,6 @@ pub(crate) const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
 
 /// The `oci-layout` file's content.
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
-
-/// Checks every digest the image names, so that none can escape `blobs/sha256/`.
-pub(crate) fn check_image_digests(image: &BuiltImage) -> Result<()> {
-    digest_hex(&image.config_digest)?;
-    digest_hex(&image.manifest_digest)?;
-    for layer in &image.layers {
-        digest_hex(&layer.digest)?;
-        digest_hex(&layer.diff_id)?;
-    }
-    Ok(())
-}
 
 /// The index entries for the image: one per tag, annotated with the tag as
 /// `org.opencontainers.image.ref.name` and the full name as `io.containerd.image.name`,
@@ -165,21 +154,20 @@ pub fn write_oci_layout(
     tags: &[String],
 ) -> Result<()> {
     let refs = parse_tags(tags)?;
-    check_image_digests(image)?;
     let existing = existing_index(dest_dir)?;
 
     let blobs = dest_dir.join("blobs").join("sha256");
     fs::create_dir_all(&blobs).map_err(io_err("creating directory", &blobs))?;
     for layer in &image.layers {
-        let dest = dest_dir.join(blob_rel_path(&layer.digest)?);
+        let dest = dest_dir.join(blob_rel_path(&layer.digest));
         link_or_copy_layer(layer, blob_path, &dest)?;
     }
     write_blob(
-        &dest_dir.join(blob_rel_path(&image.config_digest)?),
+        &dest_dir.join(blob_rel_path(&image.config_digest)),
         &image.config_json,
     )?;
     write_blob(
-        &dest_dir.join(blob_rel_path(&image.manifest_digest)?),
+        &dest_dir.join(blob_rel_path(&image.manifest_digest)),
         &image.manifest_json,
     )?;
 
@@ -210,7 +198,6 @@ pub fn write_oci_archive(
     tags: &[String],
 ) -> Result<()> {
     let refs = parse_tags(tags)?;
-    check_image_digests(image)?;
     let index = index_json(tagged_descriptors(image, &refs), None, dest_file)?;
     let mut entries: BTreeMap<String, Source<'_>> = BTreeMap::new();
     entries.insert("blobs/".into(), Source::Dir);
@@ -218,14 +205,14 @@ pub fn write_oci_archive(
     entries.insert("oci-layout".into(), Source::Bytes(OCI_LAYOUT.to_vec()));
     entries.insert("index.json".into(), Source::Bytes(index));
     for layer in &image.layers {
-        entries.insert(blob_rel_path(&layer.digest)?, Source::Blob(layer));
+        entries.insert(blob_rel_path(&layer.digest), Source::Blob(layer));
     }
     entries.insert(
-        blob_rel_path(&image.config_digest)?,
+        blob_rel_path(&image.config_digest),
         Source::Bytes(image.config_json.clone()),
     );
     entries.insert(
-        blob_rel_path(&image.manifest_digest)?,
+        blob_rel_path(&image.manifest_digest),
         Source::Bytes(image.manifest_json.clone()),
     );
     write_archive(dest_file, &entries, blob_path)

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use super::*;
 use crate::image::{
-    BuiltImage, HistoryItem, ImageSpec, LayerDesc, MediaTypes, RuntimeConfig, build_image, hex,
+    BuiltImage, HistoryItem, ImageConfig, ImageSpec, LayerDesc, MediaTypes, build_image,
     sha256_digest,
 };
 
@@ -29,9 +29,8 @@ impl Store {
         }
     }
 
-    fn path(&self, digest: &str) -> PathBuf {
-        let hex = digest.strip_prefix("sha256:").unwrap();
-        self.dir.path().join("blobs/sha256").join(hex)
+    fn path(&self, digest: &Digest) -> PathBuf {
+        self.dir.path().join("blobs/sha256").join(digest.hex())
     }
 
     /// Stores a layer made of `files` (path, mode, content), compressed as
@@ -92,7 +91,7 @@ fn spec_with(layers: Vec<LayerDesc>, env: &str) -> ImageSpec {
         platform_variant: None,
         created: Some(chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap()),
         author: None,
-        config: RuntimeConfig {
+        config: ImageConfig {
             env: vec!["PATH=/usr/bin:/bin".into(), env.to_string()],
             cmd: Some(vec!["/app/run.sh".into()]),
             working_dir: "/app".into(),
@@ -220,7 +219,7 @@ fn oci_layout_is_read_by_skopeo() {
     assert_eq!(m["platform"]["architecture"], "amd64");
     assert_eq!(m["platform"]["os"], "linux");
     // Layers are hard links into the store (same filesystem here).
-    let blob = dir.join(blob_rel_path(&image.layers[0].digest).unwrap());
+    let blob = dir.join(blob_rel_path(&image.layers[0].digest));
     assert_eq!(
         fs::metadata(&blob).unwrap().ino(),
         fs::metadata(store.path(&image.layers[0].digest))
@@ -353,7 +352,7 @@ fn oci_archive_is_deterministic_and_read_by_skopeo() {
         let want = if name.ends_with('/') { 0o755 } else { 0o644 };
         assert_eq!(h.mode().unwrap(), want, "{name}");
         if let Some(hex) = name.strip_prefix("blobs/sha256/").filter(|h| !h.is_empty()) {
-            assert_eq!(sha256_digest(data), format!("sha256:{hex}"));
+            assert_eq!(sha256_digest(data).hex(), hex);
         }
     }
     assert_eq!(fs::metadata(&file).unwrap().mode() & 0o777, 0o644);
@@ -399,7 +398,7 @@ fn docker_archive_is_read_by_skopeo() {
     let by_name: BTreeMap<&str, &Vec<u8>> =
         entries.iter().map(|(n, _, d)| (n.as_str(), d)).collect();
     let manifest: serde_json::Value = serde_json::from_slice(by_name["manifest.json"]).unwrap();
-    let config_path = format!("blobs/sha256/{}", &image.config_digest[7..]);
+    let config_path = format!("blobs/sha256/{}", image.config_digest.hex());
     assert_eq!(manifest[0]["Config"], config_path.as_str());
     assert_eq!(
         manifest[0]["RepoTags"],
@@ -416,7 +415,7 @@ fn docker_archive_is_read_by_skopeo() {
         assert_eq!(sha256_digest(data), layer.diff_id, "{path}");
     }
     let repositories: serde_json::Value = serde_json::from_slice(by_name["repositories"]).unwrap();
-    let top = &image.layers[3].diff_id[7..];
+    let top = image.layers[3].diff_id.hex();
     assert_eq!(
         repositories,
         serde_json::json!({"app": {"1": top, "latest": top}, "ghcr.io/org/app": {"2": top}})
@@ -460,7 +459,7 @@ fn docker_media_type_image_exports_everywhere() {
         index["manifests"][0]["mediaType"],
         crate::image::DOCKER_MANIFEST
     );
-    let manifest = fs::read(dir.join(blob_rel_path(&image.manifest_digest).unwrap())).unwrap();
+    let manifest = fs::read(dir.join(blob_rel_path(&image.manifest_digest))).unwrap();
     assert_eq!(manifest, image.manifest_json);
     let file = out.path().join("docker.tar");
     write_docker_archive(&image, &|d| store.path(d), &file, &tags(&["app:d"])).unwrap();
@@ -478,7 +477,7 @@ fn layouts_merge_tags() {
     assert_ne!(one.manifest_digest, two.manifest_digest);
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("layout");
-    let bp = |d: &str| store.path(d);
+    let bp = |d: &Digest| store.path(d);
     write_oci_layout(&one, &bp, &dir, &tags(&["app:1"])).unwrap();
     write_oci_layout(&two, &bp, &dir, &tags(&["app:2"])).unwrap();
 
@@ -501,10 +500,7 @@ fn layouts_merge_tags() {
     for m in manifests {
         assert_eq!(m["digest"], two.manifest_digest.as_str());
     }
-    assert!(
-        dir.join(blob_rel_path(&one.manifest_digest).unwrap())
-            .exists()
-    );
+    assert!(dir.join(blob_rel_path(&one.manifest_digest)).exists());
 
     // Writing the same thing again changes nothing.
     let before = fs::read(dir.join("index.json")).unwrap();
@@ -532,7 +528,7 @@ fn copies_when_links_fail_and_replaces_bad_blobs() {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("layout");
     // A stale, truncated blob in the way is replaced.
-    let stale = dir.join(blob_rel_path(&image.layers[1].digest).unwrap());
+    let stale = dir.join(blob_rel_path(&image.layers[1].digest));
     fs::create_dir_all(stale.parent().unwrap()).unwrap();
     fs::write(&stale, b"junk").unwrap();
     // /dev/shm is usually another filesystem than the temp dir: hard links fail there.
@@ -540,17 +536,17 @@ fn copies_when_links_fail_and_replaces_bad_blobs() {
     let shm_store = shm.as_ref().map(|d| d.path().to_path_buf());
     if let Some(root) = &shm_store {
         for l in &image.layers {
-            let to = root.join(&l.digest[7..]);
+            let to = root.join(l.digest.hex());
             fs::copy(store.path(&l.digest), to).unwrap();
         }
     }
-    let bp = |d: &str| match &shm_store {
-        Some(root) => root.join(&d[7..]),
+    let bp = |d: &Digest| match &shm_store {
+        Some(root) => root.join(d.hex()),
         None => store.path(d),
     };
     write_oci_layout(&image, &bp, &dir, &tags(&["app:1"])).unwrap();
     for l in &image.layers {
-        let blob = dir.join(blob_rel_path(&l.digest).unwrap());
+        let blob = dir.join(blob_rel_path(&l.digest));
         assert_eq!(sha256_digest(&fs::read(&blob).unwrap()), l.digest);
         assert_eq!(fs::metadata(&blob).unwrap().mode() & 0o777, 0o644);
         if shm_store.is_some() {
@@ -570,7 +566,7 @@ fn errors_name_what_failed() {
     let store = Store::new();
     let image = tiny_image(&store, "A=b");
     let out = tempfile::tempdir().unwrap();
-    let bp = |d: &str| store.path(d);
+    let bp = |d: &Digest| store.path(d);
 
     // A bad tag fails before anything is written.
     let dir = out.path().join("bad-tag");
@@ -585,7 +581,7 @@ fn errors_name_what_failed() {
     let file = out.path().join("x.tar");
     let err = write_oci_archive(&image, &bp, &file, &[]).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains(&missing.digest), "{msg}");
+    assert!(msg.contains(missing.digest.as_str()), "{msg}");
     assert!(msg.contains(s(&store.path(&missing.digest))), "{msg}");
     assert!(!file.exists());
     fs::rename(&moved, store.path(&missing.digest)).unwrap();
@@ -598,26 +594,24 @@ fn errors_name_what_failed() {
 
     // A wrong diff_id is caught while writing a Docker archive.
     let mut wrong = image.clone();
-    wrong.layers[1].diff_id = format!("sha256:{}", hex(&[7; 32]));
+    wrong.layers[1].diff_id = Digest::from_sha256_bytes(&[7; 32]);
     let err = write_docker_archive(&wrong, &bp, &file, &[]).unwrap_err();
     assert!(matches!(err, ExportError::DiffIdMismatch { .. }), "{err}");
-    assert!(err.to_string().contains(&wrong.layers[1].digest));
+    assert!(err.to_string().contains(wrong.layers[1].digest.as_str()));
     assert!(!file.exists());
 
     // A blob whose content does not match its digest, in an OCI archive.
     let mut wrong = image.clone();
-    let fake = format!("sha256:{}", hex(&[9; 32]));
+    let fake = Digest::from_sha256_bytes(&[9; 32]);
     fs::copy(store.path(&image.layers[0].digest), store.path(&fake)).unwrap();
     wrong.layers[0].digest = fake.clone();
     let err = write_oci_archive(&wrong, &bp, &file, &[]).unwrap_err();
     assert!(matches!(err, ExportError::DigestMismatch { .. }), "{err}");
-    assert!(err.to_string().contains(&fake));
+    assert!(err.to_string().contains(fake.as_str()));
 
-    // A digest that would escape blobs/sha256.
-    let mut wrong = image.clone();
-    wrong.layers[0].digest = "sha256:../../../etc/passwd".into();
-    let err = write_oci_layout(&wrong, &bp, &out.path().join("l2"), &[]).unwrap_err();
-    assert!(matches!(err, ExportError::InvalidDigest { .. }), "{err}");
+    // A digest that would escape blobs/sha256 cannot even be a layer's digest.
+    let err = Digest::parse("sha256:../../../etc/passwd").unwrap_err();
+    assert!(err.to_string().contains("etc/passwd"), "{err}");
 
     // An index.json that is not part of a layout is not overwritten.
     let dir = out.path().join("not-layout");

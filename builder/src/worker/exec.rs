@@ -362,8 +362,8 @@ impl BuildWorker<'_> {
         seed: &CacheSeed<'_>,
         held: &mut Held,
     ) -> Result<PathBuf> {
-        let key = kiln_ops::sha256_digest(cache_mount_key(id, seed).as_bytes());
-        let hex = key.trim_start_matches("sha256:");
+        let key = kiln_oci::digest::sha256_digest(cache_mount_key(id, seed).as_bytes());
+        let hex = key.hex();
         let base = self.store.cache_mounts_dir();
         fs::create_dir_all(&base)?;
         let dir = base.join(&hex[..32]);

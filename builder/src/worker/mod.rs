@@ -9,7 +9,7 @@ use std::io::BufWriter;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, anyhow};
-use kiln_cache::{StatMemo, Store};
+use kiln_cache::{Digest, StatMemo, Store};
 use kiln_fs::{
     ContextFs, CopyOptions, Entry, LayeredFs, SourceFs, Upper, apply_chmod, resolve_chown,
 };
@@ -256,8 +256,7 @@ impl<'a> BuildWorker<'a> {
             std::io::Write::flush(&mut buf)?;
             info
         };
-        let expected = kiln_cache::Digest::parse(&info.digest)?;
-        writer.commit(Some(&expected))?;
+        writer.commit(Some(&info.digest))?;
         if self.lazy.contains(&id) {
             // Deleted before the kernel writes it back, the tree costs no disk writes.
             let handle = std::thread::spawn(move || drop(dir));
@@ -293,15 +292,15 @@ impl SourceFs for ContextRef<'_> {
 }
 
 impl KeySource for BuildWorker<'_> {
-    fn chain_id(&self, reference: &str, platform: &Platform) -> Result<String> {
+    fn chain_id(&self, reference: &str, platform: &Platform) -> Result<Digest> {
         Ok(self.images.get(reference, platform)?.chain_id.clone())
     }
 
-    fn download_digest(&self, url: &str) -> Result<String> {
+    fn download_digest(&self, url: &str) -> Result<Digest> {
         Ok(self.downloads.fetch(url, None)?.digest.clone())
     }
 
-    fn context_checksum(&self, sources: &[&str]) -> Result<String> {
+    fn context_checksum(&self, sources: &[&str]) -> Result<Digest> {
         cachekey::context_checksum(&self.context, Some(&self.memo), sources)
     }
 }

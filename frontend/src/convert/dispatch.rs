@@ -45,7 +45,7 @@ impl Converter<'_> {
                 self.history(st, format!("LABEL {}", text.join(" ")), None);
             }
             Instruction::Maintainer(m) => {
-                st.config.author = Some(m.clone());
+                st.author = Some(m.clone());
                 self.history(st, format!("MAINTAINER {m}"), None);
             }
             Instruction::Arg(decls) => {

@@ -56,8 +56,10 @@ const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
 pub struct ResolvedImage {
     /// Content digest (manifest digest or ChainID), when known.
     pub digest: Option<String>,
-    /// Its configuration.
+    /// Its runtime configuration.
     pub config: ImageConfig,
+    /// Its `author`.
+    pub author: Option<String>,
     /// Its history entry count and layers are the builder's business; the frontend only
     /// needs the config.
     pub history_len: usize,
@@ -140,8 +142,10 @@ pub struct StagePlan {
     pub platform: Platform,
     /// The final filesystem (`None`: empty).
     pub root: Option<VertexId>,
-    /// The image config at the end of the stage.
+    /// The image's runtime config at the end of the stage.
     pub config: ImageConfig,
+    /// The image's `author`: the last `MAINTAINER`, else the base's.
+    pub author: Option<String>,
     /// History added by this stage (the base's own history is the builder's).
     pub history: Vec<HistoryEntry>,
     /// Stages this one needs (FROM, COPY --from, RUN --mount from).
@@ -219,6 +223,8 @@ impl Env for Vars {
 struct State {
     root: Option<VertexId>,
     config: ImageConfig,
+    /// `MAINTAINER`, else the base image's author.
+    author: Option<String>,
     /// Key -> position of its (last) `KEY=value` entry in `config.env`. Kept up to date
     /// by [`State::env_set`], so ENV costs O(1) instead of a scan of the environment.
     env_index: HashMap<String, usize>,
@@ -245,6 +251,7 @@ impl State {
         State {
             root,
             config,
+            author: None,
             env_index,
             args: Vars::default(),
             history,

@@ -233,7 +233,7 @@ impl Converter<'_> {
             ));
         }
         let mut depends_on = self.stage_deps(stage)?;
-        let (base, root, config, mut history) =
+        let (base, root, config, author, mut history) =
             match self.find_stage(&base_name).filter(|i| *i < stage.index) {
                 Some(i) => {
                     let prev = &self.done[&i];
@@ -241,17 +241,22 @@ impl Converter<'_> {
                         Base::Stage(i),
                         prev.root,
                         prev.config.clone(),
+                        prev.author.clone(),
                         prev.history.clone(),
                     )
                 }
-                None if base_name.eq_ignore_ascii_case("scratch") => {
-                    (Base::Scratch, None, ImageConfig::default(), Vec::new())
-                }
+                None if base_name.eq_ignore_ascii_case("scratch") => (
+                    Base::Scratch,
+                    None,
+                    ImageConfig::default(),
+                    None,
+                    Vec::new(),
+                ),
                 None => {
                     let (id, resolved) = self.image(&base_name, &platform, stage.range)?;
-                    let config = resolved
+                    let (config, author) = resolved
                         .as_ref()
-                        .map(|r| r.config.clone())
+                        .map(|r| (r.config.clone(), r.author.clone()))
                         .unwrap_or_default();
                     (
                         Base::Image {
@@ -260,6 +265,7 @@ impl Converter<'_> {
                         },
                         Some(id),
                         config,
+                        author,
                         Vec::new(),
                     )
                 }
@@ -268,6 +274,7 @@ impl Converter<'_> {
             history.clear();
         }
         let mut st = State::new(root, config, history, platform.clone());
+        st.author = author;
         if st.env_get("PATH").is_none() {
             st.env_set("PATH", DEFAULT_PATH);
         }
@@ -309,6 +316,7 @@ impl Converter<'_> {
             platform,
             root: st.root,
             config: st.config,
+            author: st.author,
             history: st.history,
             depends_on,
             range: stage.range,

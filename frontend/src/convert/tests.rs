@@ -293,7 +293,7 @@ fn metadata_folds_into_config() {
     assert_eq!(hc.test, ["CMD-SHELL", "curl -f localhost"]);
     assert_eq!(hc.interval, Some(std::time::Duration::from_secs(30)));
     assert_eq!(c.on_build, ["RUN echo child"]);
-    assert_eq!(c.author.as_deref(), Some("me"));
+    assert_eq!(p.target_stage().author.as_deref(), Some("me"));
     assert!(p.graph.is_empty() || images(&p).len() == 1);
     assert!(p.target_stage().history.iter().all(|h| h.vertex.is_none()));
 }
@@ -385,6 +385,7 @@ impl ImageResolver for OnbuildResolver {
         Ok(Some(ResolvedImage {
             digest: Some(format!("sha256:{reference}")),
             config,
+            author: Some(format!("author of {reference}")),
             history_len: 1,
         }))
     }
@@ -398,6 +399,25 @@ fn onbuild_triggers_of_the_base_run_first() {
     assert_eq!(args, ["echo triggered", "echo mine"]);
     assert!(p.target_stage().config.on_build.is_empty());
     assert!(execs(&p)[0].env.contains(&"FROMBASE=1".to_string()));
+}
+
+/// The image's author is the base's, through stages, until a MAINTAINER replaces it;
+/// scratch has none.
+#[test]
+fn author_comes_from_the_base_or_maintainer() {
+    let author = |src: &str| {
+        let (_, df) = crate::load(src).unwrap();
+        let p = convert(&df, &ConvertOptions::default(), &OnbuildResolver).unwrap();
+        p.target_stage().author.clone()
+    };
+    assert_eq!(
+        author("FROM base AS a\nFROM a\nRUN true\n").as_deref(),
+        Some("author of base")
+    );
+    let me = Some("me".to_string());
+    assert_eq!(author("FROM base AS a\nMAINTAINER me\nFROM a\n"), me);
+    assert_eq!(author("FROM base\nMAINTAINER me\n"), me);
+    assert_eq!(author("FROM base\nMAINTAINER me\nFROM scratch\n"), None);
 }
 
 #[test]

@@ -11,6 +11,7 @@ pub use runmount::{Mount, MountType, Sharing, parse_mount};
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use kiln_oci::config::Healthcheck;
 use regex::Regex;
 
 use crate::error::{Diagnostic, Range};
@@ -131,23 +132,6 @@ pub struct RunCmd {
     pub security: Option<String>,
 }
 
-/// `HEALTHCHECK`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthConfig {
-    /// `["NONE"]`, `["CMD", argv...]` or `["CMD-SHELL", line]`.
-    pub test: Vec<String>,
-    /// `--interval`.
-    pub interval: Option<Duration>,
-    /// `--timeout`.
-    pub timeout: Option<Duration>,
-    /// `--start-period`.
-    pub start_period: Option<Duration>,
-    /// `--start-interval`.
-    pub start_interval: Option<Duration>,
-    /// `--retries`.
-    pub retries: Option<u32>,
-}
-
 /// One typed instruction inside a stage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Instruction {
@@ -166,7 +150,7 @@ pub enum Instruction {
     /// `EXPOSE`.
     Expose(Vec<String>),
     /// `HEALTHCHECK`.
-    Healthcheck(HealthConfig),
+    Healthcheck(Healthcheck),
     /// `LABEL`.
     Label(Vec<KeyValue>),
     /// `MAINTAINER`.
@@ -760,7 +744,7 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(total).map_err(|e| e.to_string())
 }
 
-fn parse_healthcheck(ast: &Ast, node: &Node) -> Result<HealthConfig, Diagnostic> {
+fn parse_healthcheck(ast: &Ast, node: &Node) -> Result<Healthcheck, Diagnostic> {
     let f = flags(
         ast,
         node,
@@ -784,7 +768,7 @@ fn parse_healthcheck(ast: &Ast, node: &Node) -> Result<HealthConfig, Diagnostic>
         if !node.flags.is_empty() {
             return Err(err("HEALTHCHECK NONE does not take options"));
         }
-        return Ok(HealthConfig {
+        return Ok(Healthcheck {
             test: vec!["NONE".to_string()],
             interval: None,
             timeout: None,
@@ -818,7 +802,7 @@ fn parse_healthcheck(ast: &Ast, node: &Node) -> Result<HealthConfig, Diagnostic>
             )
         })?),
     };
-    Ok(HealthConfig {
+    Ok(Healthcheck {
         test,
         interval: parse_duration_flag(ast, node, &f, "interval")?,
         timeout: parse_duration_flag(ast, node, &f, "timeout")?,

@@ -104,7 +104,10 @@ fn diff_id_mismatch_is_an_error() {
     let err = unpack_layer(tar.as_slice(), dest.path(), &opts).unwrap_err();
     assert!(matches!(err, LayerError::DiffIdMismatch { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains(&right) && msg.contains(&wrong), "{msg}");
+    assert!(
+        msg.contains(right.as_str()) && msg.contains(wrong.as_str()),
+        "{msg}"
+    );
 
     let dest = tempdir().unwrap();
     let opts = UnpackOptions {

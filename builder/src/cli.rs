@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::build::{BuildRequest, DockerfileError, OutputSpec, build};
-use crate::progress::ProgressMode;
+use kiln_builder::build::{BuildRequest, DockerfileError, OutputSpec, build};
+use kiln_builder::progress::ProgressMode;
 use kiln_frontend::convert::{self, ConvertOptions, NoResolver};
 use kiln_frontend::{Diagnostic, dockerignore, parser};
 use kiln_layer::Compression;
@@ -247,7 +247,7 @@ pub fn run() -> Result<ExitCode> {
         Some(r) => r,
         None => kiln_cache::Store::default_root()?,
     };
-    let registry = crate::remote::RegistrySettings {
+    let registry = kiln_builder::remote::RegistrySettings {
         insecure: cli.insecure_registries.clone(),
         ca_file: cli.registry_ca.clone(),
         always_pull: false,
@@ -354,12 +354,12 @@ fn parse_build_args(raw: &[String]) -> Result<BTreeMap<String, String>> {
 fn build_cmd(
     args: &BuildArgs,
     root: &Path,
-    mut registry: crate::remote::RegistrySettings,
+    mut registry: kiln_builder::remote::RegistrySettings,
 ) -> Result<ExitCode> {
     registry.always_pull = args.pull;
     // As Docker: a bad `-t` fails the command before anything else, with its message.
     for tag in &args.tags {
-        crate::remote::parse_name(tag).map_err(|reason| {
+        kiln_builder::remote::parse_name(tag).map_err(|reason| {
             anyhow::anyhow!("invalid argument {tag:?} for \"-t, --tag\" flag: {reason}")
         })?;
     }
@@ -418,7 +418,7 @@ fn build_cmd(
     match args.format {
         PlanFormat::Text => print!(
             "{}",
-            crate::plan::render(&plan, &df, &shown.display().to_string())
+            kiln_builder::plan::render(&plan, &df, &shown.display().to_string())
         ),
         PlanFormat::Dot => print!("{}", plan.graph.to_dot()),
     }
@@ -442,7 +442,7 @@ fn real_build(
     file: &Path,
     shown: &Path,
     opts: ConvertOptions,
-    registry: crate::remote::RegistrySettings,
+    registry: kiln_builder::remote::RegistrySettings,
 ) -> Result<ExitCode> {
     let outputs = args
         .outputs
@@ -471,7 +471,7 @@ fn real_build(
         push: args.push,
         allow_insecure: args.allow.iter().any(|a| a == "security.insecure"),
     };
-    crate::interrupt::install();
+    kiln_builder::interrupt::install();
     // RUN steps block a worker thread while their process runs: keep enough threads for
     // independent stages to run side by side even on a small machine.
     let threads = std::thread::available_parallelism().map_or(4, |n| n.get().max(4));
@@ -496,7 +496,7 @@ fn real_build(
                 eprintln!("{}", d.rendered);
                 Ok(ExitCode::FAILURE)
             }
-            None if crate::interrupt::interrupted() => {
+            None if kiln_builder::interrupt::interrupted() => {
                 eprintln!("error: interrupted: {e:#}");
                 Ok(ExitCode::from(130))
             }

@@ -7,8 +7,8 @@ use anyhow::{Result, anyhow};
 use kiln_cache::Store;
 use kiln_ops::Platform;
 
-use crate::images::{ImageInfo, ImageStore, normalize_tag};
-use crate::report::human_bytes;
+use kiln_builder::images::{ImageInfo, ImageStore, normalize_tag};
+use kiln_builder::report::human_bytes;
 
 fn short_id(digest: &str, no_trunc: bool) -> String {
     if no_trunc {
@@ -196,8 +196,8 @@ pub fn history(root: &Path, name: &str, flags: HistoryFlags) -> Result<ExitCode>
 }
 
 /// The display of `kiln pull` and `kiln push`: the build's, showing blob events.
-fn blob_display(quiet: bool) -> crate::progress::Progress {
-    use crate::progress::{Progress, ProgressMode};
+fn blob_display(quiet: bool) -> kiln_builder::progress::Progress {
+    use kiln_builder::progress::{Progress, ProgressMode};
     let mode = if quiet {
         ProgressMode::Quiet
     } else {
@@ -209,20 +209,20 @@ fn blob_display(quiet: bool) -> crate::progress::Progress {
 /// `kiln pull REF`: pulls into the store and tags it; prints the manifest digest.
 pub fn pull(
     root: &Path,
-    registry: crate::remote::RegistrySettings,
+    registry: kiln_builder::remote::RegistrySettings,
     reference: &str,
     platform: &Platform,
     quiet: bool,
 ) -> Result<ExitCode> {
     let store = Store::open(root)?;
     let _lock = store.lock_shared()?;
-    let remote = crate::remote::Remote::new(registry);
+    let remote = kiln_builder::remote::Remote::new(registry);
     let progress = blob_display(quiet);
     let digest = remote.pull(
         &store,
         reference,
         platform,
-        &crate::remote::BlobReporter::new(&progress, None),
+        &kiln_builder::remote::BlobReporter::new(&progress, None),
     )?;
     if !quiet {
         eprintln!("pulled {reference}");
@@ -234,20 +234,20 @@ pub fn pull(
 /// `kiln push NAME[:TAG]`: prints the pushed manifest digest.
 pub fn push(
     root: &Path,
-    registry: crate::remote::RegistrySettings,
+    registry: kiln_builder::remote::RegistrySettings,
     name: &str,
     docker_format: bool,
     quiet: bool,
 ) -> Result<ExitCode> {
     let store = Store::open(root)?;
     let _lock = store.lock_shared()?;
-    let remote = crate::remote::Remote::new(registry);
+    let remote = kiln_builder::remote::Remote::new(registry);
     let progress = blob_display(quiet);
     let r = remote.push(
         &store,
         name,
         docker_format,
-        &crate::remote::BlobReporter::new(&progress, None),
+        &kiln_builder::remote::BlobReporter::new(&progress, None),
     )?;
     if !quiet {
         eprintln!(
@@ -266,7 +266,7 @@ pub fn tag(root: &Path, source: &str, target: &str) -> Result<ExitCode> {
     let rec = store
         .tag_get(&normalize_tag(source))?
         .ok_or_else(|| anyhow!("no such image: {source}"))?;
-    crate::remote::parse_name(target)
+    kiln_builder::remote::parse_name(target)
         .map_err(|reason| anyhow!("{target:?} is not a valid repository/tag: {reason}"))?;
     store.tag_set(
         &normalize_tag(target),
@@ -277,7 +277,7 @@ pub fn tag(root: &Path, source: &str, target: &str) -> Result<ExitCode> {
 
 /// `kiln login`: checks the credentials against the registry, then saves them.
 pub fn login(
-    registry: crate::remote::RegistrySettings,
+    registry: kiln_builder::remote::RegistrySettings,
     server: &str,
     username: Option<String>,
     password: Option<String>,
@@ -306,7 +306,7 @@ pub fn login(
         }
         (None, false) => read_line("Password: ")?,
     };
-    let remote = crate::remote::Remote::new(registry);
+    let remote = kiln_builder::remote::Remote::new(registry);
     remote.client()?.check_login(server, &username, &password)?;
     let path = kiln_registry::credentials::save(None, server, &username, &password)?;
     eprintln!("Login Succeeded (credentials saved in {})", path.display());

@@ -1,13 +1,11 @@
 //! kiln's builder: the solver, the worker that executes build ops against the store,
-//! layers (written and unpacked by `kiln_layer`), exporters, reports, and the `kiln`
-//! command line.
+//! layers (written and unpacked by `kiln_layer`), exporters and reports. The `kiln`
+//! command line (`cli`, `commands`) is the binary's own (`src/main.rs`).
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod build;
 pub mod cachekey;
-pub mod cli;
-pub mod commands;
 pub mod download;
 pub mod exporter;
 pub mod image;

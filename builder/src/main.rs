@@ -2,6 +2,11 @@
 
 use std::process::ExitCode;
 
+// The command line is the binary's own: it alone reports errors with `anyhow`; the
+// library (`kiln_builder`) and the crates below it return typed errors.
+mod cli;
+mod commands;
+
 fn main() -> ExitCode {
     // The sandbox re-executes kiln as its init process, exec helper and container
     // monitor (see `kiln_sandbox::linux`).
@@ -14,7 +19,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    match kiln_builder::cli::run() {
+    match cli::run() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -5,22 +5,128 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use anyhow::{Context, Result, anyhow, bail};
-use kiln_cache::{Digest, Store, TagRecord};
+use kiln_cache::{CacheError, Digest, Store, TagRecord};
 use kiln_frontend::convert::{self, Base, ConvertOptions, Plan};
 use kiln_frontend::error::shorten;
 use kiln_frontend::{Diagnostic, dockerignore};
 use kiln_fs::ContextFs;
-use kiln_layer::{Compression, LayerOptions, UnpackOptions, WhiteoutMode};
+use kiln_layer::{Compression, LayerError, LayerOptions, UnpackOptions, WhiteoutMode};
 use kiln_ops::{Op, Platform, VertexId, describe};
 
-use crate::exporter;
-use crate::image::{self, BuiltImage, HistoryItem, ImageSpec, LayerDesc, MediaTypes};
-use crate::images::{ImageStore, normalize_tag};
+use crate::exporter::{self, ExportError};
+use crate::image::{self, BuiltImage, HistoryItem, ImageError, ImageSpec, LayerDesc, MediaTypes};
+use crate::images::{ImageStore, ImageStoreError, normalize_tag};
 use crate::progress::{Progress, ProgressMode, StepLabel};
+use crate::remote::RemoteError;
 use crate::report::{Report, ReportImage, ReportLayer, ReportStep};
-use crate::solver::{self, SolveOptions, Solved};
-use crate::worker::{BuildWorker, ExecSettings, Output};
+use crate::solver::{self, SolveOptions, Solved, StepError};
+use crate::worker::{BuildWorker, ExecSettings, Output, WorkerError};
+
+/// Why a build failed. Each variant's message is one line; its source (if any) follows
+/// after a colon where the binary prints the chain (`error: a: b: c`).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The Dockerfile is wrong (rendered with its location and source line).
+    #[error(transparent)]
+    Dockerfile(#[from] DockerfileError),
+    /// `--output` is not `type=...,dest=...`.
+    #[error("invalid --output {0:?}: expected type=oci|docker|local,dest=PATH")]
+    OutputSyntax(String),
+    /// `--output` has no `dest=`.
+    #[error("--output {0:?} needs dest=PATH")]
+    OutputDest(String),
+    /// `--output` names an unknown type.
+    #[error("unsupported output type {0:?}: expected oci, docker or local")]
+    OutputType(Option<String>),
+    /// The store could not be opened.
+    #[error("opening the store at {}", root.display())]
+    OpenStore {
+        /// Its root.
+        root: PathBuf,
+        /// Why.
+        #[source]
+        source: CacheError,
+    },
+    /// The Dockerfile could not be read.
+    #[error("reading {}", path.display())]
+    ReadDockerfile {
+        /// Its path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `.dockerignore` could not be read.
+    #[error("reading .dockerignore of {}", context.display())]
+    Dockerignore {
+        /// The build context.
+        context: PathBuf,
+        /// Why.
+        #[source]
+        source: dockerignore::IgnoreError,
+    },
+    /// A step failed.
+    #[error("{step}")]
+    Step {
+        /// The step: `stage NAME, Dockerfile:LINE: INSTRUCTION`, or its label.
+        step: String,
+        /// Why.
+        #[source]
+        source: StepError<WorkerError>,
+    },
+    /// Pushing a tag failed.
+    #[error("pushing {tag}")]
+    Push {
+        /// The tag.
+        tag: String,
+        /// Why.
+        #[source]
+        source: Box<RemoteError>,
+    },
+    /// `--output type=local` could not write a layer.
+    #[error("writing layer {digest} to {}", dest.display())]
+    ExportLocal {
+        /// The layer's blob.
+        digest: Digest,
+        /// The destination.
+        dest: PathBuf,
+        /// Why.
+        #[source]
+        source: LayerError,
+    },
+    /// The worker failed outside a step (setting up, saving the stat memo).
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    /// A base image could not be read.
+    #[error(transparent)]
+    Images(#[from] Box<ImageStoreError>),
+    /// The image config or manifest could not be made.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// An exporter failed.
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    /// The build context could not be read.
+    #[error(transparent)]
+    Fs(#[from] kiln_fs::FsError),
+    /// The sandbox could not be set up.
+    #[error(transparent)]
+    Sandbox(#[from] kiln_sandbox::SandboxError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] CacheError),
+    /// An I/O error without more to say than itself.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl From<ImageStoreError> for BuildError {
+    fn from(e: ImageStoreError) -> BuildError {
+        BuildError::Images(Box::new(e))
+    }
+}
+
+type Result<T, E = BuildError> = std::result::Result<T, E>;
 
 /// Where `--output` writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,15 +148,15 @@ impl OutputSpec {
             match part.split_once('=') {
                 Some(("type", v)) => kind = Some(v.to_string()),
                 Some(("dest", v)) => dest = Some(PathBuf::from(v)),
-                _ => bail!("invalid --output {s:?}: expected type=oci|docker|local,dest=PATH"),
+                _ => return Err(BuildError::OutputSyntax(s.to_string())),
             }
         }
-        let dest = dest.ok_or_else(|| anyhow!("--output {s:?} needs dest=PATH"))?;
+        let dest = dest.ok_or_else(|| BuildError::OutputDest(s.to_string()))?;
         match kind.as_deref() {
             Some("oci") => Ok(OutputSpec::Oci(dest)),
             Some("docker") => Ok(OutputSpec::Docker(dest)),
             Some("local") => Ok(OutputSpec::Local(dest)),
-            other => bail!("unsupported output type {other:?}: expected oci, docker or local"),
+            _ => Err(BuildError::OutputType(kind)),
         }
     }
 }
@@ -188,18 +294,25 @@ fn base_history(plan: &Plan, images: &ImageStore, stage_index: usize) -> Result<
 /// Runs a build.
 pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
     let started = Instant::now();
-    let store = Store::open(&req.root)
-        .with_context(|| format!("opening the store at {}", req.root.display()))?;
+    let store = Store::open(&req.root).map_err(|source| BuildError::OpenStore {
+        root: req.root.clone(),
+        source,
+    })?;
     let _lock = store.lock_shared()?;
-    let source = std::fs::read(&req.dockerfile)
-        .with_context(|| format!("reading {}", req.dockerfile.display()))?;
+    let source = std::fs::read(&req.dockerfile).map_err(|source| BuildError::ReadDockerfile {
+        path: req.dockerfile.clone(),
+        source,
+    })?;
     let source = String::from_utf8_lossy(&source).into_owned();
     let located = |e: Diagnostic| DockerfileError {
         rendered: e.render(&req.dockerfile_name, &source),
     };
     let (_, df) = kiln_frontend::load(&source).map_err(located)?;
     let excludes = dockerignore::load_for(&req.context, &req.dockerfile)
-        .with_context(|| format!("reading .dockerignore of {}", req.context.display()))?
+        .map_err(|source| BuildError::Dockerignore {
+            context: req.context.clone(),
+            source,
+        })?
         .map(|(_, p)| p)
         .unwrap_or_default();
     let remote = std::sync::Arc::new(crate::remote::Remote::new(req.registry.clone()));
@@ -285,7 +398,10 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
                 .map(|l| l.name.clone())
                 .unwrap_or_default(),
         };
-        e.error.context(what)
+        BuildError::Step {
+            step: what,
+            source: e.error,
+        }
     })?;
     worker.finish()?;
 
@@ -307,7 +423,10 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
                     false,
                     &crate::remote::BlobReporter::new(&*progress, None),
                 )
-                .with_context(|| format!("pushing {tag}"))?;
+                .map_err(|source| BuildError::Push {
+                    tag: tag.clone(),
+                    source: Box::new(source),
+                })?;
             if !quiet {
                 progress.message(&format!(
                     "pushed {tag}: {} ({} bytes uploaded, {} blobs skipped, {} mounted)",
@@ -468,8 +587,13 @@ fn export_local(store: &Store, built: &BuiltImage, dest: &Path) -> Result<()> {
             whiteouts: WhiteoutMode::Apply,
             allow_devices: crate::snapshots::is_root(),
         };
-        kiln_layer::unpack_layer(std::io::BufReader::new(blob), dest, &opts)
-            .with_context(|| format!("writing layer {} to {}", l.digest, dest.display()))?;
+        kiln_layer::unpack_layer(std::io::BufReader::new(blob), dest, &opts).map_err(|source| {
+            BuildError::ExportLocal {
+                digest: l.digest.clone(),
+                dest: dest.to_path_buf(),
+                source,
+            }
+        })?;
     }
     Ok(())
 }

@@ -25,15 +25,47 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
 
-use anyhow::Result;
-use kiln_cache::{ContentHash, StatMemo, hash_file};
-use kiln_fs::{Entry, SourceFs, expand_source};
+use kiln_cache::{CacheError, ContentHash, StatMemo, hash_file};
+use kiln_fs::{Entry, FsError, SourceFs, expand_source};
 use kiln_oci::Digest;
 use kiln_oci::digest::{Hashing, sha256_digest};
 use kiln_ops::{FileAction, MountKind, Op, Platform};
 use rayon::prelude::*;
 
+use crate::download::DownloadError;
+use crate::images::ImageStoreError;
 use crate::worker::Output;
+
+/// Why a content key could not be formed: a lookup of its [`KeySource`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// A base image could not be resolved.
+    #[error(transparent)]
+    Image(#[from] Box<ImageStoreError>),
+    /// An `ADD <url>` could not be fetched.
+    #[error(transparent)]
+    Download(#[from] Box<DownloadError>),
+    /// A COPY source does not match or could not be read.
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    /// A file could not be hashed.
+    #[error(transparent)]
+    Hash(#[from] CacheError),
+}
+
+impl From<ImageStoreError> for KeyError {
+    fn from(e: ImageStoreError) -> KeyError {
+        KeyError::Image(Box::new(e))
+    }
+}
+
+impl From<DownloadError> for KeyError {
+    fn from(e: DownloadError) -> KeyError {
+        KeyError::Download(Box::new(e))
+    }
+}
+
+type Result<T, E = KeyError> = std::result::Result<T, E>;
 
 /// `sha256` over the definition digest, the input keys in order and the content key.
 pub fn cache_key(definition: &str, inputs: &[String], content: Option<&str>) -> Digest {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use kiln_builder::build::{BuildRequest, DockerfileError, OutputSpec, build};
+use kiln_builder::build::{BuildError, BuildRequest, OutputSpec, build};
 use kiln_builder::progress::ProgressMode;
 use kiln_frontend::convert::{self, ConvertOptions, NoResolver};
 use kiln_frontend::{Diagnostic, dockerignore, parser};
@@ -448,7 +448,7 @@ fn real_build(
         .outputs
         .iter()
         .map(|o| OutputSpec::parse(o))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     let mut secret_files = Vec::new();
     let req = BuildRequest {
         root: root.to_path_buf(),
@@ -491,17 +491,15 @@ fn real_build(
             println!("{}", outcome.report.image.digest);
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) => match e.downcast_ref::<DockerfileError>() {
-            Some(d) => {
-                eprintln!("{}", d.rendered);
-                Ok(ExitCode::FAILURE)
-            }
-            None if kiln_builder::interrupt::interrupted() => {
-                eprintln!("error: interrupted: {e:#}");
-                Ok(ExitCode::from(130))
-            }
-            None => Err(e),
-        },
+        Err(BuildError::Dockerfile(d)) => {
+            eprintln!("{}", d.rendered);
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) if kiln_builder::interrupt::interrupted() => {
+            eprintln!("error: interrupted: {:#}", anyhow::Error::from(e));
+            Ok(ExitCode::from(130))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -16,7 +16,7 @@ use oci_spec::image::ImageIndex;
 use crate::image::{self, ParsedConfig};
 use crate::remote::{BlobReporter, Remote, RemoteError};
 use crate::snapshots::LayerRef;
-use crate::solver::{Event, NoReporter, Reporter};
+use crate::solver::{Event, NoReporter, Reporter, error_chain as chain};
 use crate::untrusted::{Layout, MAX_LAYOUT_JSON};
 use kiln_frontend::graph::VertexId;
 use kiln_registry::PulledBlob;
@@ -151,18 +151,6 @@ impl From<RemoteError> for ImageStoreError {
 /// `Invalid` with a message.
 fn invalid(message: String) -> ImageStoreError {
     ImageStoreError::Invalid(message)
-}
-
-/// An error with its causes, `outer: inner: ...`, as `{:#}` of anyhow shows them.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// An image known locally.

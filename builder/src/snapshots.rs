@@ -5,10 +5,49 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use kiln_cache::{Digest, Store};
-use kiln_layer::{UnpackOptions, WhiteoutMode};
+use kiln_cache::{CacheError, Digest, Store};
+use kiln_layer::{LayerError, UnpackOptions, WhiteoutMode};
 use serde::{Deserialize, Serialize};
+
+/// Why a snapshot could not be made or found.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The store's temp area refused a new directory.
+    #[error("creating a temporary directory in the store")]
+    TempDir(#[source] std::io::Error),
+    /// A finished snapshot could not be renamed into place.
+    #[error("moving snapshot to {}", dest.display())]
+    Move {
+        /// Where it was going.
+        dest: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The layer's blob is not in the store.
+    #[error("layer {digest} is not in the store")]
+    MissingBlob {
+        /// The blob.
+        digest: Digest,
+        /// Why it could not be opened.
+        #[source]
+        source: CacheError,
+    },
+    /// The layer's blob did not unpack.
+    #[error("unpacking layer {digest}")]
+    Unpack {
+        /// The blob.
+        digest: Digest,
+        /// Why.
+        #[source]
+        source: LayerError,
+    },
+    /// An I/O error without more to say than itself.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+type Result<T, E = SnapshotError> = std::result::Result<T, E>;
 
 /// A layer of an image or a build result.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -52,7 +91,7 @@ impl Snapshots {
             // `<writer>.` so the store's temp cleaner knows the owner (Store::writer).
             .prefix(&format!("{}.{prefix}-", Store::writer()))
             .tempdir_in(&self.tmp)
-            .context("creating a temporary directory in the store")
+            .map_err(SnapshotError::TempDir)
     }
 
     /// Moves a finished directory into place as the snapshot of `diff_id`. If another
@@ -70,7 +109,7 @@ impl Snapshots {
                 let _ = fs::remove_dir_all(&src);
                 Ok(dest)
             }
-            Err(e) => Err(e).with_context(|| format!("moving snapshot to {}", dest.display())),
+            Err(source) => Err(SnapshotError::Move { dest, source }),
         }
     }
 
@@ -80,9 +119,13 @@ impl Snapshots {
         if dest.is_dir() {
             return Ok(dest);
         }
-        let blob = store
-            .open_blob(&layer_ref.digest)
-            .with_context(|| format!("layer {} is not in the store", layer_ref.digest))?;
+        let blob =
+            store
+                .open_blob(&layer_ref.digest)
+                .map_err(|source| SnapshotError::MissingBlob {
+                    digest: layer_ref.digest.clone(),
+                    source,
+                })?;
         let tmp = self.temp_dir("unpack")?;
         let opts = UnpackOptions {
             expected_diff_id: Some(layer_ref.diff_id.clone()),
@@ -93,8 +136,12 @@ impl Snapshots {
             },
             allow_devices: is_root(),
         };
-        kiln_layer::unpack_layer(std::io::BufReader::new(blob), tmp.path(), &opts)
-            .with_context(|| format!("unpacking layer {}", layer_ref.digest))?;
+        kiln_layer::unpack_layer(std::io::BufReader::new(blob), tmp.path(), &opts).map_err(
+            |source| SnapshotError::Unpack {
+                digest: layer_ref.digest.clone(),
+                source,
+            },
+        )?;
         self.commit(tmp, &layer_ref.diff_id)
     }
 

@@ -20,6 +20,8 @@ use crate::cachekey::cache_key;
 pub trait Worker: Sync {
     /// The result of a vertex (for example a chain of layers).
     type Output: Clone + Send + Sync;
+    /// Why an op failed.
+    type Error: std::error::Error + Send + Sync + 'static;
 
     /// The part of the cache key the definition does not show (may read the inputs).
     fn content_key(
@@ -27,10 +29,10 @@ pub trait Worker: Sync {
         id: VertexId,
         vertex: &Vertex,
         inputs: &[Self::Output],
-    ) -> anyhow::Result<Option<String>>;
+    ) -> Result<Option<String>, Self::Error>;
 
     /// Loads a cached result.
-    fn load(&self, key: &str, vertex: &Vertex) -> anyhow::Result<Option<Self::Output>>;
+    fn load(&self, key: &str, vertex: &Vertex) -> Result<Option<Self::Output>, Self::Error>;
 
     /// Runs the op.
     fn execute(
@@ -39,10 +41,10 @@ pub trait Worker: Sync {
         vertex: &Vertex,
         inputs: &[Self::Output],
         cancel: &AtomicBool,
-    ) -> anyhow::Result<Self::Output>;
+    ) -> Result<Self::Output, Self::Error>;
 
     /// Records a result under its key.
-    fn save(&self, key: &str, vertex: &Vertex, output: &Self::Output) -> anyhow::Result<()>;
+    fn save(&self, key: &str, vertex: &Vertex, output: &Self::Output) -> Result<(), Self::Error>;
 }
 
 /// Progress events, in the order they happen for each vertex.
@@ -137,13 +139,40 @@ pub struct Solved<O> {
     pub duration: Duration,
 }
 
+/// The outcome of every vertex of a graph.
+pub type Solution<O> = HashMap<VertexId, Solved<O>>;
+
+/// Why a vertex did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError<E> {
+    /// The build was cancelled or another vertex failed first.
+    #[error("cancelled")]
+    Cancelled,
+    /// The worker failed.
+    #[error(transparent)]
+    Worker(E),
+}
+
 /// A failed solve: which vertex and why.
 #[derive(Debug)]
-pub struct SolveError {
+pub struct SolveError<E> {
     /// The vertex that failed.
     pub vertex: VertexId,
     /// The error.
-    pub error: anyhow::Error,
+    pub error: StepError<E>,
+}
+
+/// An error with its causes on one line, `outer: inner: ...`: what the binary prints
+/// after `error: `, and what [`Event::Failed`] carries.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// Solver options.
@@ -160,7 +189,7 @@ pub fn solve<W: Worker>(
     reporter: &dyn Reporter,
     opts: SolveOptions,
     cancel: &AtomicBool,
-) -> Result<HashMap<VertexId, Solved<W::Output>>, SolveError> {
+) -> Result<Solution<W::Output>, SolveError<W::Error>> {
     let order = graph.topo_order();
     let mut waiting: HashMap<VertexId, usize> = order
         .iter()
@@ -173,8 +202,8 @@ pub fn solve<W: Worker>(
         .collect();
     let results: Mutex<HashMap<VertexId, Solved<W::Output>>> = Mutex::new(HashMap::new());
     let failed = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = mpsc::channel::<(VertexId, anyhow::Result<()>)>();
-    let mut first_error: Option<SolveError> = None;
+    let (tx, rx) = mpsc::channel::<(VertexId, Result<(), StepError<W::Error>>)>();
+    let mut first_error: Option<SolveError<W::Error>> = None;
 
     rayon::in_place_scope(|scope| {
         let mut running = 0usize;
@@ -185,9 +214,10 @@ pub fn solve<W: Worker>(
             let failed = failed.clone();
             scope.spawn(move |_| {
                 let r = if failed.load(Ordering::SeqCst) || cancel.load(Ordering::SeqCst) {
-                    Err(anyhow::anyhow!("cancelled"))
+                    Err(StepError::Cancelled)
                 } else {
                     run_one(graph, worker, reporter, opts, cancel, id, results)
+                        .map_err(StepError::Worker)
                 };
                 let _ = tx.send((id, r));
             });
@@ -220,7 +250,7 @@ pub fn solve<W: Worker>(
                     if !failed.swap(true, Ordering::SeqCst) {
                         reporter.event(&Event::Failed {
                             id,
-                            message: format!("{error:#}"),
+                            message: error_chain(&error),
                         });
                         first_error = Some(SolveError { vertex: id, error });
                     }
@@ -242,7 +272,7 @@ fn run_one<W: Worker>(
     cancel: &AtomicBool,
     id: VertexId,
     results: &Mutex<HashMap<VertexId, Solved<W::Output>>>,
-) -> anyhow::Result<()> {
+) -> Result<(), W::Error> {
     let start = Instant::now();
     let vertex = graph.vertex(id);
     reporter.event(&Event::Started(id));
@@ -355,17 +385,23 @@ mod tests {
         }
     }
 
+    /// The fake worker's failure.
+    #[derive(Debug, thiserror::Error)]
+    #[error("boom")]
+    struct Boom;
+
     impl Worker for Counting {
         type Output = String;
+        type Error = Boom;
         fn content_key(
             &self,
             _: VertexId,
             v: &Vertex,
             _: &[String],
-        ) -> anyhow::Result<Option<String>> {
+        ) -> Result<Option<String>, Boom> {
             Ok(self.content.lock().unwrap().get(&name(v)).cloned())
         }
-        fn load(&self, key: &str, _: &Vertex) -> anyhow::Result<Option<String>> {
+        fn load(&self, key: &str, _: &Vertex) -> Result<Option<String>, Boom> {
             Ok(self.cache.lock().unwrap().get(key).cloned())
         }
         fn execute(
@@ -374,7 +410,7 @@ mod tests {
             v: &Vertex,
             inputs: &[String],
             _: &AtomicBool,
-        ) -> anyhow::Result<String> {
+        ) -> Result<String, Boom> {
             let n = self.running.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_running.fetch_max(n, Ordering::SeqCst);
             if let Some(r) = &self.together {
@@ -382,12 +418,12 @@ mod tests {
             }
             self.running.fetch_sub(1, Ordering::SeqCst);
             if self.fail_on.as_deref() == Some(name(v).as_str()) {
-                anyhow::bail!("boom");
+                return Err(Boom);
             }
             self.executed.lock().unwrap().push(name(v));
             Ok(format!("{}({})", name(v), inputs.join(",")))
         }
-        fn save(&self, key: &str, _: &Vertex, out: &String) -> anyhow::Result<()> {
+        fn save(&self, key: &str, _: &Vertex, out: &String) -> Result<(), Boom> {
             self.cache
                 .lock()
                 .unwrap()
@@ -423,7 +459,7 @@ mod tests {
         g: &BuildGraph,
         w: &Counting,
         no_cache: bool,
-    ) -> Result<HashMap<VertexId, Solved<String>>, SolveError> {
+    ) -> Result<HashMap<VertexId, Solved<String>>, SolveError<Boom>> {
         // A pool of its own: the global one is shared with the tests running alongside,
         // which could keep b and c from running at the same time.
         let pool = rayon::ThreadPoolBuilder::new()
@@ -499,6 +535,7 @@ mod tests {
         };
         let err = run(&g, &w, false).unwrap_err();
         assert_eq!(err.vertex, b);
+        assert!(matches!(err.error, StepError::Worker(Boom)));
         assert!(!w.executed.lock().unwrap().contains(&"d".to_string()));
     }
 }

@@ -93,7 +93,7 @@ mod tests {
 
     use super::*;
 
-    /// The messages users saw when these were `anyhow` errors: the context first, the
+    /// The messages users saw before these were typed errors: the context first, the
     /// system's error as its source (what `{:#}` in the binary prints after a colon).
     #[test]
     fn messages_are_unchanged() {

@@ -5,7 +5,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use anyhow::{Context, Result, anyhow, bail};
 use kiln_frontend::convert::DEFAULT_PATH;
 use kiln_frontend::error::shorten;
 use kiln_fs::{LayeredFs, SourceFs};
@@ -14,9 +13,90 @@ use kiln_sandbox::{
     self as sandbox, InitResult, MountSpec, NetworkMode, RootSpec, SnapshotterKind, Spec, Stubs,
 };
 
-use super::{BuildWorker, Output};
+use super::{BuildWorker, Output, Result};
 use crate::snapshots::is_empty_dir;
 use crate::solver::Event;
+
+/// Why a RUN step failed, beyond the errors of the sandbox and the store.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The step failed and the store's filesystem is full.
+    #[error(
+        "process {shown} failed: no space left on device (the store's filesystem at {} is full)",
+        store.display()
+    )]
+    DiskFull {
+        /// The command, as messages show it.
+        shown: String,
+        /// The store's root.
+        store: PathBuf,
+    },
+    /// The process exited with a non-zero code.
+    #[error(
+        "process {shown} did not complete successfully: exit code: {code}{}",
+        last_output(tail)
+    )]
+    Exited {
+        /// The command, as messages show it.
+        shown: String,
+        /// Its exit code.
+        code: i32,
+        /// Its last lines of output.
+        tail: String,
+    },
+    /// The process was killed by a signal.
+    #[error("process {shown} was killed by signal {signal}")]
+    Signaled {
+        /// The command, as messages show it.
+        shown: String,
+        /// The signal.
+        signal: i32,
+    },
+    /// The sandbox could not start the process.
+    #[error("could not run {shown}: {message}")]
+    Setup {
+        /// The command, as messages show it.
+        shown: String,
+        /// What the sandbox's init said.
+        message: String,
+    },
+    /// A bind mount with no input.
+    #[error("bind mount of {0} has no source")]
+    NoBindSource(String),
+    /// A bind mount of a context path that is not there (or is `.dockerignore`d).
+    #[error("bind mount source {0:?} not found in the build context")]
+    NoContextSource(String),
+    /// A required secret was not given to the build.
+    #[error("secret {0} not provided (kiln build --secret id={0},src=FILE)")]
+    SecretMissing(String),
+    /// A secret's file could not be read.
+    #[error("reading secret {id}")]
+    ReadSecret {
+        /// The secret's id.
+        id: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `RUN --mount=type=ssh`.
+    #[error("RUN --mount=type=ssh is not supported by kiln yet")]
+    Ssh,
+    /// A cache mount's directory could not be given its owner.
+    #[error("chown of a cache mount: {0}")]
+    ChownCache(rustix::io::Errno),
+    /// Locking a cache mount failed.
+    #[error(transparent)]
+    Lock(#[from] rustix::io::Errno),
+}
+
+/// The `last output:` part of [`ExecError::Exited`] (nothing when there was none).
+fn last_output(tail: &str) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("\nlast output:\n{tail}")
+    }
+}
 
 /// Holds what a run needs until it is over: temp dirs and cache-mount locks.
 #[derive(Default)]
@@ -135,28 +215,24 @@ impl BuildWorker<'_> {
         // Cut, as every error shows it: a RUN of megabytes must not fill the terminal.
         let shown = shorten(&sandbox::describe_args(&e.args)).into_owned();
         if outcome.result != InitResult::Exited(0) && sandbox::disk_full(&upper) {
-            bail!(
-                "process {shown} failed: no space left on device (the store's filesystem at {} is full)",
-                self.store.root().display()
-            );
+            return Err(ExecError::DiskFull {
+                shown,
+                store: self.store.root().to_path_buf(),
+            }
+            .into());
         }
         match outcome.result {
             InitResult::Exited(0) => {}
             InitResult::Exited(code) => {
                 let tail = outcome.tail.join("\n");
-                bail!(
-                    "process {shown} did not complete successfully: exit code: {code}{}",
-                    if tail.is_empty() {
-                        String::new()
-                    } else {
-                        format!("\nlast output:\n{tail}")
-                    }
-                )
+                return Err(ExecError::Exited { shown, code, tail }.into());
             }
-            InitResult::Signaled(sig) => {
-                bail!("process {shown} was killed by signal {sig}")
+            InitResult::Signaled(signal) => {
+                return Err(ExecError::Signaled { shown, signal }.into());
             }
-            InitResult::SetupError(msg) => bail!("could not run {shown}: {msg}"),
+            InitResult::SetupError(message) => {
+                return Err(ExecError::Setup { shown, message }.into());
+            }
         }
         drop(held.locks.drain(..));
 
@@ -218,7 +294,7 @@ impl BuildWorker<'_> {
                             }
                         }
                     }
-                    None => bail!("bind mount of {target} has no source"),
+                    None => return Err(ExecError::NoBindSource(target).into()),
                 }
             }
             MountKind::Cache {
@@ -258,13 +334,16 @@ impl BuildWorker<'_> {
             } => {
                 let Some(src) = self.exec.secrets.get(id) else {
                     if *required {
-                        bail!("secret {id} not provided (kiln build --secret id={id},src=FILE)");
+                        return Err(ExecError::SecretMissing(id.clone()).into());
                     }
                     return Ok(None);
                 };
                 if let Some(var) = var {
                     let value =
-                        fs::read_to_string(src).with_context(|| format!("reading secret {id}"))?;
+                        fs::read_to_string(src).map_err(|source| ExecError::ReadSecret {
+                            id: id.clone(),
+                            source,
+                        })?;
                     env.push(format!("{var}={}", value.trim_end_matches('\n')));
                     if m.target.is_empty() {
                         return Ok(None);
@@ -279,7 +358,7 @@ impl BuildWorker<'_> {
                 }
             }
             MountKind::Ssh { .. } => {
-                bail!("RUN --mount=type=ssh is not supported by kiln yet")
+                return Err(ExecError::Ssh.into());
             }
         }))
     }
@@ -302,7 +381,7 @@ impl BuildWorker<'_> {
             .to_str()
             .is_some_and(|r| self.context.lstat(r).is_some());
         if !visible || !root.join(&rel).exists() {
-            bail!("bind mount source {sub:?} not found in the build context");
+            return Err(ExecError::NoContextSource(sub.to_string()).into());
         }
         let whiteouts = self.temp(held, "ctx-whiteouts")?;
         self.context.write_whiteouts(&whiteouts)?;
@@ -375,11 +454,13 @@ impl BuildWorker<'_> {
             .open(&lock_path)?;
         match sharing {
             Sharing::Shared => {
-                rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockShared)?;
+                rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockShared)
+                    .map_err(ExecError::Lock)?;
                 held.locks.push(lock);
             }
             Sharing::Locked => {
-                rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)?;
+                rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+                    .map_err(ExecError::Lock)?;
                 held.locks.push(lock);
             }
             Sharing::Private => {
@@ -418,7 +499,7 @@ impl BuildWorker<'_> {
             Some(rustix::fs::Uid::from_raw(seed.uid)),
             Some(rustix::fs::Gid::from_raw(seed.gid)),
         )
-        .map_err(|e| anyhow!("chown of a cache mount: {e}"))?;
+        .map_err(ExecError::ChownCache)?;
         Ok(())
     }
 }

@@ -7,10 +7,9 @@
 //! vertices, reporting them as blob events of its own vertex. A build whose steps are
 //! all cache hits, with its output in the store, downloads no layer.
 
-use anyhow::Result;
-use kiln_frontend::graph::VertexId;
+use kiln_ops::VertexId;
 
-use super::{BuildWorker, Output};
+use super::{BuildWorker, Output, Result};
 use crate::snapshots::LayerRef;
 
 impl BuildWorker<'_> {

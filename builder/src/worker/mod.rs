@@ -8,8 +8,7 @@ use std::collections::HashMap;
 use std::io::BufWriter;
 use std::sync::atomic::AtomicBool;
 
-use anyhow::{Context, Result, anyhow};
-use kiln_cache::{Digest, StatMemo, Store};
+use kiln_cache::{CacheError, Digest, StatMemo, Store};
 use kiln_fs::{
     ContextFs, CopyOptions, Entry, LayeredFs, SourceFs, Upper, apply_chmod, resolve_chown,
 };
@@ -18,11 +17,68 @@ use kiln_ops::{FileAction, Op, Platform, Vertex, VertexId};
 use kiln_sandbox::{Runtime, SnapshotterKind};
 use serde::{Deserialize, Serialize};
 
-use crate::cachekey::{self, KeySource};
-use crate::download::Downloads;
-use crate::images::ImageStore;
-use crate::snapshots::{LayerRef, Snapshots, is_empty_dir};
+use crate::cachekey::{self, KeyError, KeySource};
+use crate::download::{DownloadError, Downloads};
+use crate::images::{ImageStore, ImageStoreError};
+use crate::snapshots::{LayerRef, SnapshotError, Snapshots, is_empty_dir};
 use crate::solver::{Reporter, Worker};
+
+pub use exec::ExecError;
+
+/// Why a build op failed (what the solver reports for its vertex).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A RUN step failed.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    /// A file op refers to an input the vertex does not have.
+    #[error("file op refers to a missing input")]
+    MissingInput,
+    /// The cache record could not be written.
+    #[error("writing the cache record")]
+    CacheRecord(#[source] CacheError),
+    /// The cache key could not be formed.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A base image could not be resolved or its layers fetched.
+    #[error(transparent)]
+    Image(#[from] Box<ImageStoreError>),
+    /// An `ADD <url>` failed.
+    #[error(transparent)]
+    Download(#[from] Box<DownloadError>),
+    /// A snapshot could not be made.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// Copying files (COPY, ADD, WORKDIR, heredocs) failed.
+    #[error(transparent)]
+    Fs(#[from] kiln_fs::FsError),
+    /// Writing a layer failed.
+    #[error(transparent)]
+    Layer(#[from] kiln_layer::LayerError),
+    /// The sandbox failed.
+    #[error(transparent)]
+    Sandbox(#[from] kiln_sandbox::SandboxError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] CacheError),
+    /// An I/O error without more to say than itself.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl From<ImageStoreError> for WorkerError {
+    fn from(e: ImageStoreError) -> WorkerError {
+        WorkerError::Image(Box::new(e))
+    }
+}
+
+impl From<DownloadError> for WorkerError {
+    fn from(e: DownloadError) -> WorkerError {
+        WorkerError::Download(Box::new(e))
+    }
+}
+
+type Result<T, E = WorkerError> = std::result::Result<T, E>;
 
 /// The result of a vertex.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,7 +239,7 @@ impl<'a> BuildWorker<'a> {
                 } => {
                     let source = sources
                         .get(*input - usize::from(f.has_base))
-                        .ok_or_else(|| anyhow!("file op refers to a missing input"))?;
+                        .ok_or(WorkerError::MissingInput)?;
                     let owner = owner_of(chown)?;
                     let opts = CopyOptions {
                         owner,
@@ -292,15 +348,15 @@ impl SourceFs for ContextRef<'_> {
 }
 
 impl KeySource for BuildWorker<'_> {
-    fn chain_id(&self, reference: &str, platform: &Platform) -> Result<Digest> {
+    fn chain_id(&self, reference: &str, platform: &Platform) -> Result<Digest, KeyError> {
         Ok(self.images.get(reference, platform)?.chain_id.clone())
     }
 
-    fn download_digest(&self, url: &str) -> Result<Digest> {
+    fn download_digest(&self, url: &str) -> Result<Digest, KeyError> {
         Ok(self.downloads.fetch(url, None)?.digest.clone())
     }
 
-    fn context_checksum(&self, sources: &[&str]) -> Result<Digest> {
+    fn context_checksum(&self, sources: &[&str]) -> Result<Digest, KeyError> {
         cachekey::context_checksum(&self.context, Some(&self.memo), sources)
     }
 }
@@ -313,6 +369,7 @@ struct Record {
 
 impl Worker for BuildWorker<'_> {
     type Output = Output;
+    type Error = WorkerError;
 
     fn content_key(
         &self,
@@ -320,7 +377,7 @@ impl Worker for BuildWorker<'_> {
         vertex: &Vertex,
         inputs: &[Output],
     ) -> Result<Option<String>> {
-        cachekey::content_key(&vertex.op, inputs, self)
+        Ok(cachekey::content_key(&vertex.op, inputs, self)?)
     }
 
     fn load(&self, key: &str, _: &Vertex) -> Result<Option<Output>> {
@@ -386,7 +443,7 @@ impl Worker for BuildWorker<'_> {
                     output: output.clone(),
                 },
             )
-            .context("writing the cache record")
+            .map_err(WorkerError::CacheRecord)
     }
 }
 

@@ -19,8 +19,8 @@ use crate::images::{ImageStore, ImageStoreError, normalize_tag};
 use crate::progress::{Progress, ProgressMode, StepLabel};
 use crate::remote::RemoteError;
 use crate::report::{Report, ReportImage, ReportLayer, ReportStep};
-use crate::solver::{self, SolveOptions, Solved, StepError};
 use crate::worker::{BuildWorker, ExecSettings, Output, WorkerError};
+use kiln_solver::{SolveOptions, Solved, StepError};
 
 /// Why a build failed. Each variant's message is one line; its source (if any) follows
 /// after a colon where the binary prints the chain (`error: a: b: c`).
@@ -374,7 +374,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         .with_network_timeouts(req.registry.timeouts)
         .with_lazy_snapshots(leaves);
     let cancel: &AtomicBool = crate::interrupt::flag();
-    let results = solver::solve(
+    let results = kiln_solver::solve(
         &plan.graph,
         &worker,
         &*progress,

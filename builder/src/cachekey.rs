@@ -1,6 +1,7 @@
 //! Cache keys: the one place that decides what a build step's cache key covers.
 //!
-//! A vertex's key is [`cache_key`]: sha256 over
+//! A vertex's key is [`cache_key`] (the solver applies it; it lives in `kiln_solver`,
+//! which must not depend on the store or the file views this module reads): sha256 over
 //! * its **definition digest** (`kiln_ops`): the op as canonical JSON and its
 //!   inputs' definition digests. Two things are deliberately not in it: proxy build args
 //!   (`ExecOp::proxy_env`, as BuildKit leaves `ProxyEnv` out of the exec key) and stage
@@ -28,7 +29,7 @@ use std::path::PathBuf;
 use kiln_cache::{CacheError, ContentHash, StatMemo, hash_file};
 use kiln_fs::{Entry, FsError, SourceFs, expand_source};
 use kiln_oci::Digest;
-use kiln_oci::digest::{Hashing, sha256_digest};
+use kiln_oci::digest::Hashing;
 use kiln_ops::{FileAction, MountKind, Op, Platform};
 use rayon::prelude::*;
 
@@ -67,19 +68,8 @@ impl From<DownloadError> for KeyError {
 
 type Result<T, E = KeyError> = std::result::Result<T, E>;
 
-/// `sha256` over the definition digest, the input keys in order and the content key.
-pub fn cache_key(definition: &str, inputs: &[String], content: Option<&str>) -> Digest {
-    let mut buf = String::with_capacity(80 * (inputs.len() + 2));
-    buf.push_str("kiln.v1\0");
-    buf.push_str(definition);
-    for k in inputs {
-        buf.push('\0');
-        buf.push_str(k);
-    }
-    buf.push_str("\0content\0");
-    buf.push_str(content.unwrap_or(""));
-    sha256_digest(buf.as_bytes())
-}
+/// The formula that combines the parts below, applied by the solver to every vertex.
+pub use kiln_solver::cache_key;
 
 /// What [`content_key`] asks of the build: the lookups that need the store, the network
 /// or the context.

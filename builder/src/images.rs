@@ -16,10 +16,10 @@ use oci_spec::image::ImageIndex;
 use crate::image::{self, ParsedConfig};
 use crate::remote::{BlobReporter, Remote, RemoteError};
 use crate::snapshots::LayerRef;
-use crate::solver::{Event, NoReporter, Reporter, error_chain as chain};
 use crate::untrusted::{Layout, MAX_LAYOUT_JSON};
 use kiln_frontend::graph::VertexId;
 use kiln_registry::PulledBlob;
+use kiln_solver::{Event, NoReporter, Reporter, error_chain as chain};
 
 /// The largest manifest or config kiln reads (they are small JSON documents).
 const MAX_JSON: u64 = 4 << 20;

@@ -1,6 +1,7 @@
-//! kiln's builder: the solver, the worker that executes build ops against the store,
-//! layers (written and unpacked by `kiln_layer`), exporters and reports. The `kiln`
-//! command line (`cli`, `commands`) is the binary's own (`src/main.rs`).
+//! kiln's builder: the worker that executes build ops against the store for the solver
+//! (`kiln_solver`), layers (written and unpacked by `kiln_layer`), exporters and
+//! reports. The `kiln` command line (`cli`, `commands`) is the binary's own
+//! (`src/main.rs`).
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -16,7 +17,6 @@ pub mod progress;
 pub mod remote;
 pub mod report;
 pub mod snapshots;
-pub mod solver;
 pub mod tls;
 pub mod untrusted;
 pub mod worker;

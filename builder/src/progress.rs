@@ -9,8 +9,8 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use kiln_ops::VertexId;
 
-use crate::solver::{BlobState, Event, Reporter};
 use kiln_registry::{BlobDone, BlobKind};
+use kiln_solver::{BlobState, Event, Reporter};
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

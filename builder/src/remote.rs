@@ -14,7 +14,7 @@ use kiln_registry::{
     RegistryError,
 };
 
-use crate::solver::{BlobState, Event, Reporter};
+use kiln_solver::{BlobState, Event, Reporter};
 
 /// Why a registry operation failed; each renders as the one line the CLI prints.
 #[derive(Debug, thiserror::Error)]

@@ -2,45 +2,9 @@
 
 use kiln_cache::Digest;
 
-/// What is being done with a blob.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BlobKind {
-    /// Fetched from a registry into the store.
-    Download,
-    /// Sent from the store to a registry.
-    Upload,
-}
-
-/// How work on a blob ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BlobDone {
-    /// Fetched from the registry.
-    Downloaded,
-    /// Already in the store: nothing fetched.
-    Cached,
-    /// Sent to the registry.
-    Uploaded,
-    /// Already in the target repository: nothing sent.
-    Exists,
-    /// Mounted from another repository of the same registry.
-    Mounted,
-    /// Failed (the error is returned by the call).
-    Failed,
-}
-
-impl BlobDone {
-    /// The word progress displays show (`downloaded`, `exists`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BlobDone::Downloaded => "downloaded",
-            BlobDone::Cached => "cached",
-            BlobDone::Uploaded => "uploaded",
-            BlobDone::Exists => "exists",
-            BlobDone::Mounted => "mounted",
-            BlobDone::Failed => "failed",
-        }
-    }
-}
+// The blob kinds and outcomes live in kiln-oci: the solver's events carry them too, and
+// the solver must not depend on the registry client.
+pub use kiln_oci::transfer::{BlobDone, BlobKind};
 
 /// One step of the work on a blob, in this order for each blob: `Started`, any number
 /// of `Progress`, `Done` (blobs that need no transfer get only `Done`).

@@ -15,6 +15,8 @@
 //! * [`media_types`]: every OCI and Docker media type kiln reads or writes.
 //! * [`Digest`]: kiln's one digest type (validated `sha256:<hex>`, converting to and
 //!   from oci-spec's), and in [`digest`] kiln's one sha256, for bytes and for streams.
+//! * [`transfer`]: how a blob transfer between a registry and the store stands
+//!   ([`transfer::BlobKind`], [`transfer::BlobDone`]).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -23,6 +25,7 @@ pub mod config;
 pub mod digest;
 pub mod media_types;
 mod platform;
+pub mod transfer;
 
 pub use digest::{Digest, DigestError, chain_id};
 pub use platform::{Platform, PlatformError};

@@ -15,7 +15,7 @@ use kiln_sandbox::{
 
 use super::{BuildWorker, Output, Result};
 use crate::snapshots::is_empty_dir;
-use crate::solver::Event;
+use kiln_solver::Event;
 
 /// Why a RUN step failed, beyond the errors of the sandbox and the store.
 #[derive(Debug, thiserror::Error)]

@@ -21,7 +21,7 @@ use crate::cachekey::{self, KeyError, KeySource};
 use crate::download::{DownloadError, Downloads};
 use crate::images::{ImageStore, ImageStoreError};
 use crate::snapshots::{LayerRef, SnapshotError, Snapshots, is_empty_dir};
-use crate::solver::{Reporter, Worker};
+use kiln_solver::{Reporter, Worker};
 
 pub use exec::ExecError;
 
@@ -448,7 +448,7 @@ impl Worker for BuildWorker<'_> {
 }
 
 /// Results by vertex, as the solver returns them.
-pub type Results = HashMap<VertexId, crate::solver::Solved<Output>>;
+pub type Results = HashMap<VertexId, kiln_solver::Solved<Output>>;
 mod exec;
 mod image;
 

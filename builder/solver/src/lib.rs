@@ -1,20 +1,41 @@
-//! The solver: runs a build graph on a thread pool against a cache.
+//! kiln's solver: runs a build graph (`kiln_ops`) on a thread pool against a cache.
 //!
-//! It knows nothing about Dockerfiles. Each vertex runs once its inputs are done; its
-//! cache key is `sha256(definition digest, input keys, content key)` ([`crate::cachekey`]),
-//! where the content key is whatever the [`Worker`] says the op's result depends on beyond
-//! its definition (file checksums for COPY, ChainIDs for images). A vertex whose key is in the cache is
-//! loaded instead of run. Independent vertices run at the same time; the first failure
-//! stops the scheduling of new work and is returned.
+//! It knows nothing about Dockerfiles, the store or the sandbox: a [`Worker`] executes
+//! ops, loads and saves results, and says what an op reads beyond its definition. Each
+//! vertex runs once its inputs are done; its cache key is [`cache_key`]`(definition
+//! digest, input keys, content key)`, where the content key is whatever the worker says
+//! the op's result depends on beyond its definition (file checksums for COPY, ChainIDs
+//! for images: the builder's `cachekey` module forms those). A vertex whose key is in
+//! the cache is loaded instead of run. Independent vertices run at the same time; the
+//! first failure stops the scheduling of new work and is returned. Progress goes to a
+//! [`Reporter`] as [`Event`]s, which only the command line draws.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use kiln_oci::Digest;
+use kiln_oci::digest::sha256_digest;
+use kiln_oci::transfer::{BlobDone, BlobKind};
 use kiln_ops::{BuildGraph, Vertex, VertexId};
 
-use crate::cachekey::cache_key;
+/// A vertex's cache key: `sha256` over its definition digest, its inputs' keys in order
+/// and its content key (what the worker says it reads beyond its definition).
+pub fn cache_key(definition: &str, inputs: &[String], content: Option<&str>) -> Digest {
+    let mut buf = String::with_capacity(80 * (inputs.len() + 2));
+    buf.push_str("kiln.v1\0");
+    buf.push_str(definition);
+    for k in inputs {
+        buf.push('\0');
+        buf.push_str(k);
+    }
+    buf.push_str("\0content\0");
+    buf.push_str(content.unwrap_or(""));
+    sha256_digest(buf.as_bytes())
+}
 
 /// What a worker does for the solver.
 pub trait Worker: Sync {
@@ -106,11 +127,11 @@ pub enum Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlobState {
     /// Started: a download or an upload.
-    Started(kiln_registry::BlobKind),
+    Started(BlobKind),
     /// Bytes moved (`done` of `total`).
     Transferring,
     /// Finished, and how.
-    Done(kiln_registry::BlobDone),
+    Done(BlobDone),
 }
 
 /// Receives progress events; implemented by the CLI's progress displays.
@@ -475,6 +496,16 @@ mod tests {
                 &AtomicBool::new(false),
             )
         })
+    }
+
+    #[test]
+    fn cache_key_covers_definition_inputs_and_content() {
+        let k = cache_key("sha256:x", &["a".into()], None);
+        assert_eq!(k, cache_key("sha256:x", &["a".into()], None));
+        assert_ne!(k, cache_key("sha256:y", &["a".into()], None));
+        assert_ne!(k, cache_key("sha256:x", &["b".into()], None));
+        assert_ne!(k, cache_key("sha256:x", &["a".into()], Some("c")));
+        assert_ne!(k, cache_key("sha256:x", &[], None));
     }
 
     #[test]

@@ -569,4 +569,58 @@ mod tests {
         assert!(matches!(err.error, StepError::Worker(Boom)));
         assert!(!w.executed.lock().unwrap().contains(&"d".to_string()));
     }
+
+    /// What the binary prints after `error: ` and what `Event::Failed` carries: every
+    /// cause, outermost first, as the context chains of the untyped errors did.
+    #[test]
+    fn error_chain_joins_the_causes() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("stage a, Dockerfile:2: RUN x")]
+        struct Outer(#[source] StepError<std::io::Error>);
+        let e = Outer(StepError::Worker(std::io::Error::other("disk on fire")));
+        assert_eq!(
+            error_chain(&e),
+            "stage a, Dockerfile:2: RUN x: disk on fire"
+        );
+        assert_eq!(error_chain(&StepError::<Boom>::Cancelled), "cancelled");
+    }
+
+    /// The failure event carries the whole chain of the worker's error.
+    #[test]
+    fn failed_event_carries_the_error_chain() {
+        struct Events(Mutex<Vec<Event>>);
+        impl Reporter for Events {
+            fn event(&self, e: &Event) {
+                self.0.lock().unwrap().push(e.clone());
+            }
+        }
+        let (g, [_, b, _, _]) = diamond();
+        let w = Counting {
+            fail_on: Some("b".into()),
+            ..Default::default()
+        };
+        let events = Events(Mutex::new(Vec::new()));
+        solve(
+            &g,
+            &w,
+            &events,
+            SolveOptions::default(),
+            &AtomicBool::new(false),
+        )
+        .unwrap_err();
+        let failed: Vec<Event> = events
+            .0
+            .into_inner()
+            .unwrap()
+            .into_iter()
+            .filter(|e| matches!(e, Event::Failed { .. }))
+            .collect();
+        assert_eq!(
+            failed,
+            [Event::Failed {
+                id: b,
+                message: "boom".into()
+            }]
+        );
+    }
 }

@@ -568,7 +568,7 @@ impl ImageResolver for ImageStore {
         // Windows-only in Docker: a Linux image kiln builds never inherits it.
         config.args_escaped = false;
         Ok(Some(ResolvedImage {
-            digest: Some(info.chain_id.to_string()),
+            digest: Some(info.chain_id.clone()),
             config,
             author: info.config.author.clone(),
             history_len: info.config.history.len(),
@@ -745,6 +745,6 @@ mod tests {
         assert_eq!(r.config.env, ["A=1"]);
         assert_eq!(r.config.healthcheck.unwrap().retries, Some(2));
         assert!(!r.config.args_escaped);
-        assert_eq!(r.digest, Some(kiln_oci::chain_id(&[]).to_string()));
+        assert_eq!(r.digest, Some(kiln_oci::chain_id(&[])));
     }
 }

@@ -73,7 +73,7 @@ pub fn render(plan: &Plan, df: &Dockerfile, file: &str) -> String {
             s,
             "  #{:<3} {} {what}{}",
             numbers[id],
-            &v.digest[7..19],
+            &v.digest.hex()[..12],
             if deps.is_empty() {
                 String::new()
             } else {

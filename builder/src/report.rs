@@ -23,7 +23,7 @@ pub struct ReportStep {
     /// The instruction as written.
     pub instruction: String,
     /// Cache key.
-    pub key: String,
+    pub key: Digest,
     /// Found in the cache.
     pub cached: bool,
     /// Time spent.
@@ -137,7 +137,7 @@ mod tests {
             stage: "0".into(),
             line,
             instruction: format!("COPY {line}"),
-            key: "sha256:k".into(),
+            key: kiln_oci::digest::sha256_digest(b"k"),
             cached,
             duration_ms: 1,
             layer: size.map(|size| ReportLayer {

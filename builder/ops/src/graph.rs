@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write;
 
+use kiln_oci::Digest;
 use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
@@ -141,7 +142,7 @@ pub enum Op {
         /// The platform to pick.
         platform: Platform,
         /// The content digest when the resolver knew it.
-        digest: Option<String>,
+        digest: Option<Digest>,
     },
     /// The local build context (its files are checksummed at solve time).
     Context {
@@ -182,7 +183,7 @@ pub struct Vertex {
     /// Inputs, in the order the op refers to them.
     pub inputs: Vec<VertexId>,
     /// `sha256:` of the canonical JSON of the op and its inputs' digests.
-    pub digest: String,
+    pub digest: Digest,
     /// Every Dockerfile place that produced this vertex (several when merged).
     pub origins: Vec<Origin>,
 }
@@ -191,7 +192,7 @@ pub struct Vertex {
 #[derive(Debug, Clone, Default)]
 pub struct BuildGraph {
     graph: DiGraph<Vertex, usize>,
-    by_digest: HashMap<String, VertexId>,
+    by_digest: HashMap<Digest, VertexId>,
 }
 
 #[derive(Serialize)]
@@ -212,7 +213,7 @@ impl BuildGraph {
                     .collect(),
             };
             let bytes = serde_json::to_vec(&def).expect("ops serialize");
-            sha256_digest(&bytes).to_string()
+            sha256_digest(&bytes)
         };
         if let Some(&id) = self.by_digest.get(&digest) {
             if let Some(o) = origin {
@@ -352,7 +353,7 @@ impl BuildGraph {
                 Some(o) => format!("[{}] {}", o.stage_name, o.instruction),
                 None => describe(&v.op),
             };
-            let short = &v.digest[7..19];
+            let short = &v.digest.hex()[..12];
             let _ = writeln!(
                 s,
                 "  v{} [label={}];",

@@ -1,4 +1,5 @@
 use super::*;
+use kiln_oci::Digest;
 
 fn exec(mounts: Vec<ExecMount>) -> Op {
     Op::Exec(ExecOp {
@@ -21,7 +22,7 @@ fn context() -> Op {
 }
 
 /// The definition digest of `op` over one input (the context).
-fn digest(op: Op) -> String {
+fn digest(op: Op) -> Digest {
     let mut g = BuildGraph::default();
     let ctx = g.add(context(), vec![], None);
     let other = g.add(Op::Merge, vec![ctx], None);
@@ -100,7 +101,7 @@ fn the_same_op_has_the_same_digest() {
         ]
     };
     assert_eq!(digest(exec(m())), digest(exec(m())));
-    assert!(digest(exec(m())).starts_with("sha256:"));
+    assert!(digest(exec(m())).as_str().starts_with("sha256:"));
     // One graph merges the two into one vertex.
     let mut g = BuildGraph::default();
     let a = g.add(exec(m()), vec![], None);
@@ -165,7 +166,7 @@ fn every_field_of_a_mount_changes_the_digest() {
         ssh("default", false, (0o600, 0, 1)),
     ];
     mounts.extend(kinds.into_iter().map(mount));
-    let mut digests: Vec<String> = mounts.into_iter().map(|m| digest(exec(vec![m]))).collect();
+    let mut digests: Vec<Digest> = mounts.into_iter().map(|m| digest(exec(vec![m]))).collect();
     let n = digests.len();
     digests.sort();
     digests.dedup();
@@ -272,4 +273,18 @@ fn dot_labels_are_quoted() {
         "{dot}"
     );
     assert_eq!(dot.lines().count(), 5, "one line per vertex: {dot}");
+}
+
+/// A typed digest enters the definition as the same string it was before it was
+/// typed, so definition digests (and every cache key over them) stay as they were.
+#[test]
+fn image_digest_is_defined_as_its_string() {
+    let d = kiln_oci::digest::sha256_digest(b"manifest");
+    let op = Op::Image {
+        reference: "busybox".into(),
+        platform: Platform::host(),
+        digest: Some(d.clone()),
+    };
+    let json = serde_json::to_string(&op).unwrap();
+    assert!(json.contains(&format!("\"digest\":\"{d}\"")), "{json}");
 }

@@ -24,13 +24,13 @@ use kiln_ops::{BuildGraph, Vertex, VertexId};
 
 /// A vertex's cache key: `sha256` over its definition digest, its inputs' keys in order
 /// and its content key (what the worker says it reads beyond its definition).
-pub fn cache_key(definition: &str, inputs: &[String], content: Option<&str>) -> Digest {
+pub fn cache_key(definition: &Digest, inputs: &[Digest], content: Option<&str>) -> Digest {
     let mut buf = String::with_capacity(80 * (inputs.len() + 2));
     buf.push_str("kiln.v1\0");
-    buf.push_str(definition);
+    buf.push_str(definition.as_str());
     for k in inputs {
         buf.push('\0');
-        buf.push_str(k);
+        buf.push_str(k.as_str());
     }
     buf.push_str("\0content\0");
     buf.push_str(content.unwrap_or(""));
@@ -53,7 +53,7 @@ pub trait Worker: Sync {
     ) -> Result<Option<String>, Self::Error>;
 
     /// Loads a cached result.
-    fn load(&self, key: &str, vertex: &Vertex) -> Result<Option<Self::Output>, Self::Error>;
+    fn load(&self, key: &Digest, vertex: &Vertex) -> Result<Option<Self::Output>, Self::Error>;
 
     /// Runs the op.
     fn execute(
@@ -65,7 +65,8 @@ pub trait Worker: Sync {
     ) -> Result<Self::Output, Self::Error>;
 
     /// Records a result under its key.
-    fn save(&self, key: &str, vertex: &Vertex, output: &Self::Output) -> Result<(), Self::Error>;
+    fn save(&self, key: &Digest, vertex: &Vertex, output: &Self::Output)
+    -> Result<(), Self::Error>;
 }
 
 /// Progress events, in the order they happen for each vertex.
@@ -78,14 +79,14 @@ pub enum Event {
         /// Which.
         id: VertexId,
         /// Its cache key.
-        key: String,
+        key: Digest,
     },
     /// Executed.
     Done {
         /// Which.
         id: VertexId,
         /// Its cache key.
-        key: String,
+        key: Digest,
         /// How long it took.
         duration: Duration,
     },
@@ -153,7 +154,7 @@ pub struct Solved<O> {
     /// The result.
     pub output: O,
     /// The cache key.
-    pub key: String,
+    pub key: Digest,
     /// Whether it came from the cache.
     pub cached: bool,
     /// Time spent (key, load or execute).
@@ -297,7 +298,7 @@ fn run_one<W: Worker>(
     let start = Instant::now();
     let vertex = graph.vertex(id);
     reporter.event(&Event::Started(id));
-    let (inputs, input_keys): (Vec<W::Output>, Vec<String>) = {
+    let (inputs, input_keys): (Vec<W::Output>, Vec<Digest>) = {
         let r = results.lock().expect("no poisoned lock");
         vertex
             .inputs
@@ -306,7 +307,7 @@ fn run_one<W: Worker>(
             .unzip()
     };
     let content = worker.content_key(id, vertex, &inputs)?;
-    let key = cache_key(&vertex.digest, &input_keys, content.as_deref()).to_string();
+    let key = cache_key(&vertex.digest, &input_keys, content.as_deref());
     if !opts.no_cache {
         if let Some(output) = worker.load(&key, vertex)? {
             reporter.event(&Event::Cached {
@@ -357,7 +358,7 @@ mod tests {
     #[derive(Default)]
     struct Counting {
         executed: Mutex<Vec<String>>,
-        cache: Mutex<HashMap<String, String>>,
+        cache: Mutex<HashMap<Digest, String>>,
         running: AtomicUsize,
         max_running: AtomicUsize,
         fail_on: Option<String>,
@@ -422,7 +423,7 @@ mod tests {
         ) -> Result<Option<String>, Boom> {
             Ok(self.content.lock().unwrap().get(&name(v)).cloned())
         }
-        fn load(&self, key: &str, _: &Vertex) -> Result<Option<String>, Boom> {
+        fn load(&self, key: &Digest, _: &Vertex) -> Result<Option<String>, Boom> {
             Ok(self.cache.lock().unwrap().get(key).cloned())
         }
         fn execute(
@@ -444,11 +445,8 @@ mod tests {
             self.executed.lock().unwrap().push(name(v));
             Ok(format!("{}({})", name(v), inputs.join(",")))
         }
-        fn save(&self, key: &str, _: &Vertex, out: &String) -> Result<(), Boom> {
-            self.cache
-                .lock()
-                .unwrap()
-                .insert(key.to_string(), out.clone());
+        fn save(&self, key: &Digest, _: &Vertex, out: &String) -> Result<(), Boom> {
+            self.cache.lock().unwrap().insert(key.clone(), out.clone());
             Ok(())
         }
     }
@@ -500,12 +498,17 @@ mod tests {
 
     #[test]
     fn cache_key_covers_definition_inputs_and_content() {
-        let k = cache_key("sha256:x", &["a".into()], None);
-        assert_eq!(k, cache_key("sha256:x", &["a".into()], None));
-        assert_ne!(k, cache_key("sha256:y", &["a".into()], None));
-        assert_ne!(k, cache_key("sha256:x", &["b".into()], None));
-        assert_ne!(k, cache_key("sha256:x", &["a".into()], Some("c")));
-        assert_ne!(k, cache_key("sha256:x", &[], None));
+        let [x, y, a, b] = [b"x", b"y", b"a", b"b"].map(|s| sha256_digest(s));
+        let k = cache_key(&x, std::slice::from_ref(&a), None);
+        assert_eq!(k, cache_key(&x, std::slice::from_ref(&a), None));
+        assert_ne!(k, cache_key(&y, std::slice::from_ref(&a), None));
+        assert_ne!(k, cache_key(&x, &[b], None));
+        assert_ne!(k, cache_key(&x, &[a], Some("c")));
+        assert_ne!(k, cache_key(&x, &[], None));
+        // The formula over the digests' strings: keys recorded before they were typed
+        // still hit.
+        let expected = sha256_digest(format!("kiln.v1\0{x}\0content\0").as_bytes());
+        assert_eq!(cache_key(&x, &[], None), expected);
     }
 
     #[test]

@@ -380,8 +380,8 @@ impl Worker for BuildWorker<'_> {
         Ok(cachekey::content_key(&vertex.op, inputs, self)?)
     }
 
-    fn load(&self, key: &str, _: &Vertex) -> Result<Option<Output>> {
-        let Some(rec) = self.store.cache_get_as::<Record>(key)? else {
+    fn load(&self, key: &Digest, _: &Vertex) -> Result<Option<Output>> {
+        let Some(rec) = self.store.cache_get_as::<Record>(key.as_str())? else {
             return Ok(None);
         };
         // A record whose blobs are gone (and cannot be fetched) is a miss.
@@ -432,13 +432,13 @@ impl Worker for BuildWorker<'_> {
         }
     }
 
-    fn save(&self, key: &str, vertex: &Vertex, output: &Output) -> Result<()> {
+    fn save(&self, key: &Digest, vertex: &Vertex, output: &Output) -> Result<()> {
         if matches!(vertex.op, Op::Context { .. }) {
             return Ok(());
         }
         self.store
             .cache_put_as(
-                key,
+                key.as_str(),
                 &Record {
                     output: output.clone(),
                 },

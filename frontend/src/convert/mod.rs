@@ -55,7 +55,7 @@ const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResolvedImage {
     /// Content digest (manifest digest or ChainID), when known.
-    pub digest: Option<String>,
+    pub digest: Option<kiln_oci::Digest>,
     /// Its runtime configuration.
     pub config: ImageConfig,
     /// Its `author`.

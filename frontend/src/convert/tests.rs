@@ -108,7 +108,7 @@ fn proxy_args_reach_run_without_declaration() {
 }
 
 /// Every vertex digest of a plan, in dependency order.
-fn digests(p: &Plan) -> Vec<String> {
+fn digests(p: &Plan) -> Vec<kiln_oci::Digest> {
     p.graph
         .topo_order()
         .into_iter()
@@ -231,7 +231,7 @@ fn digests_are_stable_and_input_sensitive() {
     assert_eq!(one, two);
     let three = d(&plan_with(src, &[("A", "9")], None).unwrap());
     assert_ne!(one, three);
-    assert!(one.starts_with("sha256:") && one.len() == 71);
+    assert!(one.as_str().starts_with("sha256:") && one.as_str().len() == 71);
 }
 
 #[test]
@@ -383,7 +383,7 @@ impl ImageResolver for OnbuildResolver {
             config.on_build = vec!["RUN echo triggered".to_string()];
         }
         Ok(Some(ResolvedImage {
-            digest: Some(format!("sha256:{reference}")),
+            digest: Some(kiln_oci::digest::sha256_digest(reference.as_bytes())),
             config,
             author: Some(format!("author of {reference}")),
             history_len: 1,

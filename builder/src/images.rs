@@ -9,15 +9,15 @@ use std::sync::{Arc, Mutex};
 
 use kiln_cache::{Digest, Store};
 use kiln_frontend::convert::{ImageResolver, ResolvedImage};
-use kiln_frontend::graph::Platform;
 use kiln_oci::chain_id;
+use kiln_ops::Platform;
 use oci_spec::image::ImageIndex;
 
 use crate::image::{self, ParsedConfig};
 use crate::remote::{BlobReporter, Remote, RemoteError};
 use crate::snapshots::LayerRef;
 use crate::untrusted::{Layout, MAX_LAYOUT_JSON};
-use kiln_frontend::graph::VertexId;
+use kiln_ops::VertexId;
 use kiln_registry::PulledBlob;
 use kiln_solver::{Event, NoReporter, Reporter, error_chain as chain};
 

@@ -7,8 +7,7 @@ use std::sync::OnceLock;
 
 use crate::images::normalize_tag;
 use kiln_cache::{Digest, Store, TagRecord};
-use kiln_frontend::graph::Platform;
-use kiln_frontend::graph::VertexId;
+use kiln_ops::{Platform, VertexId};
 use kiln_registry::{
     BlobEvent, Client, ClientOptions, Progress, PulledBlob, PushOptions, PushReport, Reference,
     RegistryError,

@@ -2,8 +2,9 @@
 //!
 //! The pipeline follows BuildKit's: [`parser`] (syntax tree with line ranges) ->
 //! [`instructions`] (typed, validated commands) -> [`shell`] (word expansion, used by
-//! [`convert`]) -> [`convert`] (stages -> [`graph::BuildGraph`]). It does no I/O beyond
-//! reading files it is pointed at.
+//! [`convert`]) -> [`convert`] (stages -> a `kiln_ops::BuildGraph`, the ops graph the
+//! solver runs, which knows nothing of Dockerfiles). It does no I/O beyond reading
+//! files it is pointed at.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -16,9 +17,6 @@ pub mod parser;
 pub mod shell;
 
 pub use error::{Diagnostic, Position, Range};
-/// The ops graph [`convert`] produces: the `kiln-ops` crate, which knows nothing of
-/// Dockerfiles, under the path it had when it lived here.
-pub use kiln_ops as graph;
 
 /// Parses and type-checks a Dockerfile.
 pub fn load(source: &str) -> Result<(parser::Ast, instructions::Dockerfile), Diagnostic> {

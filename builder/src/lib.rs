@@ -19,4 +19,5 @@ pub mod snapshots;
 pub mod solver;
 pub mod tls;
 pub mod untrusted;
+pub mod volumes;
 pub mod worker;

@@ -7,6 +7,7 @@
 pub mod build;
 pub mod cachekey;
 pub mod changes;
+pub mod commit;
 pub mod download;
 pub mod exporter;
 pub mod image;

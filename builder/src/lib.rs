@@ -6,6 +6,7 @@
 
 pub mod build;
 pub mod cachekey;
+pub mod containers;
 pub mod download;
 pub mod exporter;
 pub mod image;

@@ -8,6 +8,7 @@ pub mod build;
 pub mod cachekey;
 pub mod changes;
 pub mod commit;
+pub mod containers;
 pub mod download;
 pub mod exporter;
 pub mod image;

@@ -271,6 +271,12 @@ impl Store {
         self.dir(TMP_DIR)
     }
 
+    /// `containers/`: one directory per container (`containers/<64-hex id>/`: its
+    /// config, state, writable layer and log; the builder's).
+    pub fn containers_dir(&self) -> PathBuf {
+        self.dir(CONTAINERS_DIR)
+    }
+
     /// `cache-mounts/`: the directories of `RUN --mount=type=cache` and their lock files
     /// (the builder's). Not made by [`Store::open`]: the builder creates it on first use.
     pub fn cache_mounts_dir(&self) -> PathBuf {

@@ -22,5 +22,6 @@ pub mod snapshots;
 pub mod solver;
 pub mod tls;
 pub mod untrusted;
+pub mod usage;
 pub mod volumes;
 pub mod worker;

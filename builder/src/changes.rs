@@ -188,6 +188,24 @@ pub fn image_size(snapshots: &[PathBuf]) -> Result<u64> {
     snapshots.iter().map(|s| size(s)).sum()
 }
 
+/// A container's size and virtual size, as `ps -s` shows them: the bytes of its writable
+/// layer `upper`, and those plus its image's unpacked size (the snapshots of `layers`,
+/// those not unpacked counted as empty).
+pub fn container_size(
+    store: &kiln_cache::Store,
+    upper: &Path,
+    layers: &[crate::snapshots::LayerRef],
+) -> Result<(u64, u64)> {
+    let size = size(upper)?;
+    let snapshots = crate::snapshots::Snapshots::new(store);
+    let dirs: Vec<PathBuf> = layers
+        .iter()
+        .map(|l| snapshots.path(&l.diff_id))
+        .filter(|p| p.is_dir())
+        .collect();
+    Ok((size, size + image_size(&dirs)?))
+}
+
 /// `3MB (virtual 55MB)`: the SIZE column of `docker ps -s`.
 pub fn ps_size(size: u64, virtual_size: u64) -> String {
     format!(

@@ -183,10 +183,7 @@ pub fn system_df(store: &Store) -> Result<SystemDf> {
         }
     }
     for img in &mut images {
-        img.containers = image_containers
-            .get(img.id.as_str())
-            .copied()
-            .unwrap_or(0);
+        img.containers = image_containers.get(img.id.as_str()).copied().unwrap_or(0);
     }
 
     // Paths owned by each image (blob files, snapshot dirs); a path several images
@@ -259,8 +256,8 @@ pub fn system_df(store: &Store) -> Result<SystemDf> {
             let a = Area::Container(i);
             stack.push((containers_dir.join(&containers[i].id), a, Vec::new()));
             (a, Vec::new())
-        } else if let Some(i) = first_component(path, &volumes_dir)
-            .and_then(|n| volume_index.get(n.as_str()).copied())
+        } else if let Some(i) =
+            first_component(path, &volumes_dir).and_then(|n| volume_index.get(n.as_str()).copied())
         {
             let a = Area::Volume(i);
             stack.push((volumes_dir.join(&volumes[i].name), a, Vec::new()));

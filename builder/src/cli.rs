@@ -66,11 +66,81 @@ enum Command {
         #[arg(long)]
         no_trunc: bool,
     },
-    /// Show an image's configuration as JSON.
+    /// Show containers' or images' configuration as JSON (containers first, as Docker).
     Inspect {
-        /// Image name, or id (prefix).
-        image: String,
+        /// Container name or id, or image name or id (prefix).
+        #[arg(required = true)]
+        names: Vec<String>,
     },
+    /// Run a command in a new container (host or no network: no bridge networks, no
+    /// port publishing).
+    #[command(disable_help_flag = true)]
+    Run(Box<crate::container_commands::RunArgs>),
+    /// List containers.
+    Ps {
+        /// Show all containers (default: running ones).
+        #[arg(short, long)]
+        all: bool,
+        /// Only show container ids.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Do not truncate output.
+        #[arg(long)]
+        no_trunc: bool,
+    },
+    /// Start stopped containers.
+    Start {
+        /// Attach its output and signals (and exit with its code).
+        #[arg(short, long)]
+        attach: bool,
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Stop running containers: their StopSignal (SIGTERM), then SIGKILL after a grace
+    /// period.
+    Stop {
+        /// Seconds to wait before killing.
+        #[arg(short = 't', long = "time", alias = "timeout", default_value_t = 10)]
+        time: u64,
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Send a signal to running containers.
+    Kill {
+        /// The signal (name or number).
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Show a container's output.
+    Logs {
+        /// Follow the output while the container runs.
+        #[arg(short, long)]
+        follow: bool,
+        /// Container.
+        container: String,
+    },
+    /// Run a command in a running container.
+    Exec(crate::container_commands::ExecArgs),
+    /// Remove containers (and their writable layers).
+    Rm {
+        /// Kill and remove a running container.
+        #[arg(short, long)]
+        force: bool,
+        /// Remove the container's anonymous volumes too.
+        #[arg(short, long)]
+        volumes: bool,
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Manage containers.
+    #[command(subcommand)]
+    Container(ContainerCommand),
     /// Show the history of an image.
     History(HistoryArgs),
     /// Pull an image from a registry into the store.
@@ -229,6 +299,16 @@ enum ImageCommand {
         /// Remove all images not used by a container.
         #[arg(short, long)]
         all: bool,
+        /// Do not prompt for confirmation.
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ContainerCommand {
+    /// Remove all stopped containers.
+    Prune {
         /// Do not prompt for confirmation.
         #[arg(short, long)]
         force: bool,
@@ -429,7 +509,37 @@ pub fn run() -> Result<ExitCode> {
             crate::storage_cmds::image_prune(&root, all, force)
         }
         Command::Images { quiet, no_trunc } => crate::commands::images(&root, quiet, no_trunc),
-        Command::Inspect { image } => crate::commands::inspect(&root, &image),
+        Command::Inspect { names } => containers(crate::container_commands::inspect(&root, &names)),
+        Command::Run(args) => containers(crate::container_commands::run(&root, registry, &args)),
+        Command::Ps {
+            all,
+            quiet,
+            no_trunc,
+        } => containers(crate::container_commands::ps(&root, all, quiet, no_trunc)),
+        Command::Start {
+            attach,
+            containers: names,
+        } => containers(crate::container_commands::start(&root, attach, &names)),
+        Command::Stop {
+            time,
+            containers: names,
+        } => containers(crate::container_commands::stop(&root, time, &names)),
+        Command::Kill {
+            signal,
+            containers: names,
+        } => containers(crate::container_commands::kill(&root, &signal, &names)),
+        Command::Logs { follow, container } => {
+            containers(crate::container_commands::logs(&root, follow, &container))
+        }
+        Command::Exec(args) => containers(crate::container_commands::exec(&root, &args)),
+        Command::Rm {
+            force,
+            volumes: _,
+            containers: names,
+        } => containers(crate::container_commands::rm(&root, force, &names)),
+        Command::Container(ContainerCommand::Prune { force }) => {
+            containers(crate::container_commands::prune(&root, force))
+        }
         Command::History(h) => crate::commands::history(
             &root,
             &h.image,
@@ -441,6 +551,11 @@ pub fn run() -> Result<ExitCode> {
             },
         ),
     }
+}
+
+/// The container commands fail with Docker's 125 (or the runtime's 126, 127).
+fn containers(r: Result<ExitCode>) -> Result<ExitCode> {
+    Ok(r.unwrap_or_else(crate::container_commands::fail))
 }
 
 fn read_source(file: &Path) -> Result<String> {

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 // library (`kiln_builder`) and the crates below it return typed errors.
 mod cli;
 mod commands;
+mod container_commands;
 mod storage_cmds;
 
 fn main() -> ExitCode {

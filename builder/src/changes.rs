@@ -96,8 +96,15 @@ fn is_excluded(path: &Path, excluded: &[PathBuf]) -> bool {
 /// The changes of writable layer `upper` over the image `lower`, in `docker diff`'s
 /// order (the upper dir walked in name order, a parent before its children). Paths in
 /// `exclude` (absolute container paths, e.g. the mount points the runtime had to create)
-/// and below them are left out.
-pub fn diff(upper: &Path, lower: &LayeredFs, exclude: &[PathBuf]) -> Result<Vec<Change>> {
+/// and below them are left out; paths in `hide` (directories the runtime made or copied
+/// up only to hold such mount points) are not reported themselves, but what is below
+/// them is.
+pub fn diff(
+    upper: &Path,
+    lower: &LayeredFs,
+    exclude: &[PathBuf],
+    hide: &[PathBuf],
+) -> Result<Vec<Change>> {
     let mut changes = Vec::new();
     let mut changed_dirs: HashSet<PathBuf> = HashSet::new();
     let walk = walkdir::WalkDir::new(upper)
@@ -116,6 +123,9 @@ pub fn diff(upper: &Path, lower: &LayeredFs, exclude: &[PathBuf]) -> Result<Vec<
             continue;
         }
         let meta = entry.metadata().map_err(|e| walk_err(upper, e))?;
+        if meta.is_dir() && hide.contains(&path) {
+            continue;
+        }
         let deleted = is_whiteout(&meta) || (meta.is_dir() && is_opaque_dir(entry.path()));
         let kind = if deleted {
             ChangeKind::Deleted
@@ -337,7 +347,7 @@ mod tests {
                     .unwrap();
             }
         }
-        let got: Vec<String> = diff(u, &image, &[PathBuf::from("/proc")])
+        let got: Vec<String> = diff(u, &image, &[PathBuf::from("/proc")], &[])
             .unwrap()
             .iter()
             .map(|c| c.to_string())

@@ -87,6 +87,10 @@ enum Command {
         /// Do not truncate output.
         #[arg(long)]
         no_trunc: bool,
+        /// Display total file sizes: the writable layer's, and with the image's
+        /// (`virtual`).
+        #[arg(short, long)]
+        size: bool,
     },
     /// Start stopped containers.
     Start {
@@ -515,7 +519,10 @@ pub fn run() -> Result<ExitCode> {
             all,
             quiet,
             no_trunc,
-        } => containers(crate::container_commands::ps(&root, all, quiet, no_trunc)),
+            size,
+        } => containers(crate::container_commands::ps(
+            &root, all, quiet, no_trunc, size,
+        )),
         Command::Start {
             attach,
             containers: names,
@@ -534,9 +541,9 @@ pub fn run() -> Result<ExitCode> {
         Command::Exec(args) => containers(crate::container_commands::exec(&root, &args)),
         Command::Rm {
             force,
-            volumes: _,
+            volumes,
             containers: names,
-        } => containers(crate::container_commands::rm(&root, force, &names)),
+        } => containers(crate::container_commands::rm(&root, force, volumes, &names)),
         Command::Container(ContainerCommand::Prune { force }) => {
             containers(crate::container_commands::prune(&root, force))
         }

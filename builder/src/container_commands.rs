@@ -65,12 +65,13 @@ pub struct RunArgs {
     /// repeatable.
     #[arg(long = "env-file")]
     pub env_file: Vec<PathBuf>,
-    /// Bind mount a host path (`/host:/ctr[:ro|rw]`, the host path created if missing);
-    /// repeatable. Named and anonymous volumes are not supported yet.
+    /// Bind mount a host path (`/host:/ctr[:ro|rw]`, the host path created if missing),
+    /// mount a named volume (`NAME:/ctr[:ro|rw|nocopy]`, created if missing) or an
+    /// anonymous one (`/ctr`); repeatable.
     #[arg(short = 'v', long = "volume")]
     pub volumes: Vec<String>,
-    /// Attach a mount: `type=bind|tmpfs,source=PATH,target=PATH[,readonly]` (a missing
-    /// bind source is an error); repeatable.
+    /// Attach a mount: `type=bind|volume|tmpfs,source=PATH|NAME,target=PATH[,readonly]
+    /// [,volume-nocopy]` (a missing bind source is an error); repeatable.
     #[arg(long = "mount")]
     pub mounts: Vec<String>,
     /// Working directory inside the container (created if missing).
@@ -184,15 +185,21 @@ fn parse_volume(v: &str) -> Result<MountConfig> {
     if !dst.starts_with('/') {
         bail!("invalid volume specification: '{v}': the container path must be absolute");
     }
-    if src.is_empty() {
-        bail!(
-            "-v {v}: anonymous volumes are not supported yet (use -v /host/path:{dst} or --mount type=tmpfs,target={dst})"
-        );
-    }
     if !src.starts_with('/') {
-        bail!(
-            "-v {v}: named volumes are not supported yet (use an absolute host path for a bind mount)"
-        );
+        // A named volume, or (no source) an anonymous one.
+        if !src.is_empty() && !kiln_builder::volumes::valid_name(src) {
+            bail!(
+                "create {src}: \"{src}\" includes invalid characters for a local volume name, only \"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed. If you intended to pass a host directory, use absolute path"
+            );
+        }
+        return Ok(MountConfig {
+            kind: MountKind::Volume,
+            source: src.to_string(),
+            target: dst.to_string(),
+            readonly,
+            anonymous: src.is_empty(),
+            size: None,
+        });
     }
     let source = Path::new(src);
     if !source.exists() {
@@ -238,7 +245,7 @@ fn parse_mount(spec: &str) -> Result<MountConfig> {
                         .map_err(|_| anyhow!("invalid tmpfs-size in --mount {spec}: {v}"))?,
                 )
             }
-            "bind-propagation" | "consistency" | "tmpfs-mode" => {}
+            "bind-propagation" | "consistency" | "tmpfs-mode" | "volume-nocopy" => {}
             _ => bail!("unexpected key '{k}' in '{field}'"),
         }
     }
@@ -279,8 +286,22 @@ fn parse_mount(spec: &str) -> Result<MountConfig> {
                 size,
             })
         }
-        "volume" => bail!("--mount {spec}: volumes are not supported yet"),
-        other => bail!("invalid mount type {other:?} in --mount {spec}: use bind or tmpfs"),
+        "volume" => {
+            if !source.is_empty() && !kiln_builder::volumes::valid_name(&source) {
+                bail!("invalid mount config for type \"volume\": invalid volume name {source:?}");
+            }
+            Ok(MountConfig {
+                kind: MountKind::Volume,
+                anonymous: source.is_empty(),
+                source,
+                target,
+                readonly,
+                size: None,
+            })
+        }
+        other => {
+            bail!("invalid mount type {other:?} in --mount {spec}: use bind, volume or tmpfs")
+        }
     }
 }
 
@@ -300,11 +321,25 @@ pub fn run(
     }
     env.extend(args.env.iter().filter_map(|e| resolve_env(e)));
     let mut mounts = Vec::new();
+    // Targets of volumes not to fill from the image (`nocopy`, `volume-nocopy`).
+    let mut nocopy = Vec::new();
     for v in &args.volumes {
-        mounts.push(parse_volume(v)?);
+        let m = parse_volume(v)?;
+        let opts = v.split(':').nth(2).unwrap_or("");
+        if opts.split(',').any(|o| o == "nocopy") {
+            nocopy.push(m.target.clone());
+        }
+        mounts.push(m);
     }
-    for m in &args.mounts {
-        mounts.push(parse_mount(m)?);
+    for spec in &args.mounts {
+        let m = parse_mount(spec)?;
+        let flag = spec
+            .split(',')
+            .find_map(|f| f.strip_prefix("volume-nocopy"));
+        if matches!(flag, Some("" | "=true" | "=1")) {
+            nocopy.push(m.target.clone());
+        }
+        mounts.push(m);
     }
     let opts = RunOptions {
         name: args.name.clone().unwrap_or_default(),
@@ -342,7 +377,7 @@ pub fn run(
         let image = spec::find_image(&store, &images, &args.image)
             .with_context(|| format!("Unable to find image '{}'", args.image))?;
         images.ensure_layers(&image.layers, None)?;
-        let config = spec::container_config(&args.image, &image, &opts)?;
+        let mut config = spec::container_config(&args.image, &image, &opts)?;
         // A bad `-u` fails before anything is made (Docker checks it at create).
         let view = kiln_fs::LayeredFs::new(
             spec::layer_dirs(&store, &config)?,
@@ -350,20 +385,20 @@ pub fn run(
         );
         kiln_sandbox::resolve_user(&config.process.user, &view)
             .with_context(|| format!("unable to find user {}", config.process.user))?;
-        if !image.config.config.volumes.is_empty() {
-            let v: Vec<&str> = image
-                .config
-                .config
-                .volumes
-                .iter()
-                .map(String::as_str)
-                .collect();
-            eprintln!(
-                "warning: the image's VOLUME {} stay in the container's writable layer (volumes are not supported yet)",
-                v.join(", ")
-            );
+        let volumes = crate::storage_cmds::attach_volumes(
+            &store,
+            &mut config,
+            &image.config.config.volumes,
+            &view,
+            &nocopy,
+        )?;
+        match containers.create(config) {
+            Ok(c) => c,
+            Err(e) => {
+                crate::storage_cmds::drop_volumes(&store, &volumes);
+                return Err(e.into());
+            }
         }
-        containers.create(config)?
     };
     if args.detach {
         start_detached(root, &store, &containers, &container)?;
@@ -372,7 +407,7 @@ pub fn run(
     } else {
         let c = start_attached(&store, &containers, &container, args.interactive)?;
         if container.config.auto_remove {
-            containers.remove(&container.id, true)?;
+            crate::storage_cmds::remove_container(&store, &containers, &container, true, true)?;
         }
         Ok(code(c))
     }
@@ -436,6 +471,7 @@ fn start_detached(
             root.display().to_string(),
             "rm".into(),
             "-f".into(),
+            "-v".into(),
             c.id.clone(),
         ]
     } else {
@@ -452,7 +488,7 @@ fn start_detached(
         Err(e) => {
             containers.mark_exited(&c.id, e.exit_code(), Some(e.to_string()))?;
             if c.config.auto_remove {
-                containers.remove(&c.id, true)?;
+                crate::storage_cmds::remove_container(store, containers, c, true, true)?;
             }
             Err(e.into())
         }
@@ -477,7 +513,7 @@ pub fn start(root: &Path, attach: bool, names: &[String]) -> Result<ExitCode> {
         if attach {
             let code = start_attached(&store, &containers, &c, false)?;
             if c.config.auto_remove {
-                containers.remove(&c.id, true)?;
+                crate::storage_cmds::remove_container(&store, &containers, &c, true, true)?;
             }
             return Ok(self::code(code));
         }
@@ -641,14 +677,14 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<ExitCode> {
 
 /// `kiln rm [-f] [-v] CONTAINER...`: removes each; the first failure is the error (the
 /// others are still removed), as Docker does.
-pub fn rm(root: &Path, force: bool, names: &[String]) -> Result<ExitCode> {
+pub fn rm(root: &Path, force: bool, volumes: bool, names: &[String]) -> Result<ExitCode> {
     let store = Store::open(root)?;
     let containers = Containers::open(&store)?;
     let mut failed = None;
     for name in names {
-        let r = containers
-            .get(name)
-            .and_then(|c| containers.remove(&c.id, force));
+        let r = containers.get(name).and_then(|c| {
+            crate::storage_cmds::remove_container(&store, &containers, &c, force, volumes)
+        });
         match r {
             Ok(()) => println!("{name}"),
             Err(e) => {
@@ -802,7 +838,7 @@ fn command_text(c: &Container, no_trunc: bool) -> String {
 }
 
 /// `kiln ps [-a] [-q] [--no-trunc]`.
-pub fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool) -> Result<ExitCode> {
+pub fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool, size: bool) -> Result<ExitCode> {
     let store = Store::open(root)?;
     let containers = Containers::open(&store)?;
     let list: Vec<Container> = containers
@@ -816,7 +852,7 @@ pub fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool) -> Result<ExitCod
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let mut rows = vec![[
+    let mut rows = vec![vec![
         "CONTAINER ID".to_string(),
         "IMAGE".into(),
         "COMMAND".into(),
@@ -825,13 +861,16 @@ pub fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool) -> Result<ExitCod
         "PORTS".into(),
         "NAMES".into(),
     ]];
+    if size {
+        rows[0].push("SIZE".into());
+    }
     for c in &list {
         let image = if c.config.image.starts_with("sha256:") && !no_trunc {
             c.config.image[7..].chars().take(12).collect()
         } else {
             c.config.image.clone()
         };
-        rows.push([
+        let mut row = vec![
             if no_trunc {
                 c.id.clone()
             } else {
@@ -846,7 +885,16 @@ pub fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool) -> Result<ExitCod
             status_text(c),
             String::new(),
             c.name.clone(),
-        ]);
+        ];
+        if size {
+            let (rw, virt) = kiln_builder::changes::container_size(
+                &store,
+                &containers.upper_dir(&c.id),
+                &c.config.layers,
+            )?;
+            row.push(kiln_builder::changes::ps_size(rw, virt));
+        }
+        rows.push(row);
     }
     print!("{}", table(&rows));
     Ok(ExitCode::SUCCESS)
@@ -854,18 +902,19 @@ pub fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool) -> Result<ExitCod
 
 /// Docker's tabwriter: each column as wide as its widest cell plus 3 (at least 20),
 /// the last one unpadded.
-fn table<const N: usize>(rows: &[[String; N]]) -> String {
-    let mut widths = [0usize; N];
+fn table<R: AsRef<[String]>>(rows: &[R]) -> String {
+    let n = rows.first().map_or(0, |r| r.as_ref().len());
+    let mut widths = vec![0usize; n];
     for r in rows {
-        for (i, cell) in r.iter().enumerate() {
+        for (i, cell) in r.as_ref().iter().enumerate() {
             widths[i] = widths[i].max(cell.chars().count() + 3).max(20);
         }
     }
     let mut out = String::new();
     for r in rows {
         let mut line = String::new();
-        for (i, cell) in r.iter().enumerate() {
-            if i + 1 == N {
+        for (i, cell) in r.as_ref().iter().enumerate() {
+            if i + 1 == n {
                 line.push_str(cell);
             } else {
                 line.push_str(cell);
@@ -1016,18 +1065,21 @@ mod tests {
         ))
         .unwrap();
         assert!(m.readonly);
+        let m = parse_volume("data:/x:ro").unwrap();
+        assert_eq!(
+            (m.kind, m.source.as_str(), m.readonly, m.anonymous),
+            (MountKind::Volume, "data", true, false)
+        );
+        let m = parse_volume("/x").unwrap();
+        assert_eq!((m.kind, m.anonymous), (MountKind::Volume, true));
         assert!(
-            parse_volume("data:/x")
+            parse_volume("b@d:/x")
                 .unwrap_err()
                 .to_string()
-                .contains("named volumes")
+                .contains("includes invalid characters for a local volume name")
         );
-        assert!(
-            parse_volume("/x")
-                .unwrap_err()
-                .to_string()
-                .contains("anonymous volumes")
-        );
+        let m = parse_mount("type=volume,source=v1,target=/v,volume-nocopy").unwrap();
+        assert_eq!((m.kind, m.source.as_str()), (MountKind::Volume, "v1"));
         assert!(parse_volume("/a:rel").is_err());
     }
 

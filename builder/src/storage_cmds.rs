@@ -36,6 +36,104 @@ fn volume_users(store: &Store) -> Result<HashMap<String, Vec<String>>> {
     Ok(users)
 }
 
+/// Gives container `config` its volumes, before it is created: an anonymous volume for
+/// each of the image's `VOLUME`s no mount covers and for each `-v /path`, named volumes
+/// created if missing, and each volume filled from the image on its first mount unless
+/// its target is in `nocopy`. Returns the anonymous volumes made (to drop if the
+/// container cannot be created).
+pub fn attach_volumes(
+    store: &Store,
+    config: &mut kiln_builder::containers::ContainerConfig,
+    image_volumes: &std::collections::BTreeSet<String>,
+    image: &LayeredFs,
+    nocopy: &[String],
+) -> Result<Vec<String>> {
+    let clean = |p: &str| {
+        let t = p.trim_end_matches('/');
+        if t.is_empty() {
+            "/".to_string()
+        } else {
+            t.to_string()
+        }
+    };
+    for v in image_volumes {
+        let target = clean(v);
+        if !config.mounts.iter().any(|m| clean(&m.target) == target) {
+            config.mounts.push(kiln_builder::containers::MountConfig {
+                kind: MountKind::Volume,
+                source: String::new(),
+                target,
+                readonly: false,
+                anonymous: true,
+                size: None,
+            });
+        }
+    }
+    let vols = Volumes::open(store);
+    let mut made = Vec::new();
+    let result = (|| -> Result<()> {
+        for m in config
+            .mounts
+            .iter_mut()
+            .filter(|m| m.kind == MountKind::Volume)
+        {
+            if m.source.is_empty() {
+                m.source = vols.create(None)?.name;
+                made.push(m.source.clone());
+            } else {
+                vols.create(Some(&m.source))?;
+            }
+            if !nocopy.iter().any(|t| clean(t) == clean(&m.target)) {
+                vols.populate_once(&m.source, image, &m.target)?;
+            }
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(made),
+        Err(e) => {
+            drop_volumes(store, &made);
+            Err(e)
+        }
+    }
+}
+
+/// Removes the anonymous volumes [`attach_volumes`] made for a container that was not
+/// created (best effort).
+pub fn drop_volumes(store: &Store, names: &[String]) {
+    let vols = Volumes::open(store);
+    for n in names {
+        let _ = vols.remove(n, &[]);
+    }
+}
+
+/// Removes container `c` and, with `volumes` (`rm -v`, `--rm`), its anonymous volumes
+/// that no other container uses. Named volumes always stay.
+pub fn remove_container(
+    store: &Store,
+    containers: &Containers,
+    c: &Container,
+    force: bool,
+    volumes: bool,
+) -> kiln_builder::containers::Result<()> {
+    containers.remove(&c.id, force)?;
+    if !volumes {
+        return Ok(());
+    }
+    let users = volume_users(store)
+        .map_err(|e| kiln_builder::containers::ContainerError::Invalid(format!("{e:#}")))?;
+    let vols = Volumes::open(store);
+    for m in &c.config.mounts {
+        if m.kind == MountKind::Volume && m.anonymous && !users.contains_key(&m.source) {
+            match vols.remove(&m.source, &[]) {
+                Ok(()) | Err(VolumeError::NotFound { .. }) => {}
+                Err(e) => eprintln!("warning: container {}: {e}", c.name),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Asks `question [y/N]` on stderr, unless `force`.
 fn confirm(force: bool, warning: &str) -> Result<bool> {
     if force {
@@ -160,13 +258,41 @@ fn image_view(store: &Store, c: &Container) -> Result<LayeredFs> {
     Ok(LayeredFs::new(dirs, format!("the image of {}", c.name)))
 }
 
-/// Container paths that are not the container's own writes: its mount targets.
-fn mount_targets(c: &Container) -> Vec<PathBuf> {
-    c.config
+/// Container paths that are not the container's own writes: its mount targets and the
+/// mount points the runtime created for them and for `/etc/hosts`, `/etc/resolv.conf`,
+/// ... (its stubs; Docker keeps those in a separate init layer), with everything below
+/// them; and the directories that only hold such mount points (not themselves
+/// reported, though the container may have written below them too).
+fn excluded_paths(containers: &Containers, c: &Container) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let stubs = kiln_sandbox::Stubs::load(&containers.run_dir(&c.id).join("stubs.json"));
+    let abs = |rel: &Path| Path::new("/").join(rel);
+    let mut exclude: Vec<PathBuf> = c
+        .config
         .mounts
         .iter()
         .map(|m| PathBuf::from(&m.target))
-        .collect()
+        .collect();
+    let mut hide = Vec::new();
+    for (rel, _) in &stubs.created {
+        let is_parent = stubs
+            .created
+            .iter()
+            .any(|(other, _)| other != rel && other.starts_with(rel));
+        if is_parent {
+            hide.push(abs(rel));
+        } else {
+            exclude.push(abs(rel));
+        }
+    }
+    // Parents of the mount points that the image has: copied up to make the stubs.
+    for target in exclude.clone() {
+        let mut p = target.parent();
+        while let Some(d) = p.filter(|d| *d != Path::new("/")) {
+            hide.push(d.to_path_buf());
+            p = d.parent();
+        }
+    }
+    (exclude, hide)
 }
 
 /// `kiln diff CONTAINER`.
@@ -176,7 +302,8 @@ pub fn diff(root: &Path, container: &str) -> Result<ExitCode> {
     let c = containers.get(container)?;
     let view = image_view(&store, &c)?;
     let upper = containers.upper_dir(&c.id);
-    for change in changes::diff(&upper, &view, &mount_targets(&c))? {
+    let (exclude, hide) = excluded_paths(&containers, &c);
+    for change in changes::diff(&upper, &view, &exclude, &hide)? {
         println!("{change}");
     }
     Ok(ExitCode::SUCCESS)
@@ -221,7 +348,7 @@ pub fn commit_cmd(
         upper: &containers.upper_dir(&c.id),
         image: &image,
         config,
-        exclude: mount_targets(&c),
+        exclude: excluded_paths(&containers, &c).0,
         changes: flags.changes,
         comment: flags.message,
         author: flags.author,

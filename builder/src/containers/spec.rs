@@ -289,12 +289,18 @@ pub fn sandbox_spec(
                 target: m.target.clone(),
                 size: m.size,
             },
-            MountKind::Volume => {
-                return Err(ContainerError::Invalid(format!(
-                    "container {}: volume {} at {}: volumes are not supported yet",
-                    c.name, m.source, m.target
-                )));
-            }
+            MountKind::Volume => MountSpec::Bind {
+                source: crate::volumes::Volumes::open(store)
+                    .data_dir(&m.source)
+                    .map_err(|e| {
+                        ContainerError::Invalid(format!(
+                            "container {}: volume at {}: {e}",
+                            c.name, m.target
+                        ))
+                    })?,
+                target: m.target.clone(),
+                readonly: m.readonly,
+            },
         });
     }
     Ok(ContainerSpec {

@@ -192,6 +192,117 @@ enum Command {
         /// Registry host.
         server: String,
     },
+    /// Manage volumes.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+    /// List the changes to files in a container's filesystem (A added, C changed,
+    /// D deleted).
+    Diff {
+        /// Container name or id.
+        container: String,
+    },
+    /// Create a new image from a container's changes.
+    Commit {
+        /// Apply a Dockerfile instruction to the image (CMD, ENTRYPOINT, ENV, EXPOSE,
+        /// LABEL, ONBUILD, USER, VOLUME, WORKDIR, STOPSIGNAL); repeatable.
+        #[arg(short, long = "change")]
+        change: Vec<String>,
+        /// Commit message.
+        #[arg(short, long)]
+        message: Option<String>,
+        /// Author (e.g. "Jane <jane@example.com>").
+        #[arg(short, long)]
+        author: Option<String>,
+        /// Container name or id.
+        container: String,
+        /// `NAME[:TAG]` for the new image.
+        name: Option<String>,
+    },
+    /// Show disk usage (`system df`).
+    #[command(subcommand)]
+    System(SystemCommand),
+    /// Remove one or more images.
+    Rmi {
+        /// Remove even if a container uses the image (it is untagged only).
+        #[arg(short, long)]
+        force: bool,
+        /// Image names or ids.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Manage images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+/// `kiln volume ...`.
+#[derive(Subcommand, Debug)]
+enum VolumeCommand {
+    /// Create a volume (anonymous, with a random name, if NAME is not given).
+    Create {
+        /// Set metadata (`KEY=VALUE`); repeatable.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Volume name.
+        name: Option<String>,
+    },
+    /// List volumes.
+    #[command(alias = "list")]
+    Ls {
+        /// Only display volume names.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Display detailed information on one or more volumes.
+    Inspect {
+        /// Volume names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove one or more volumes (never one a container uses).
+    #[command(alias = "remove")]
+    Rm {
+        /// Do not fail for a volume that does not exist.
+        #[arg(short, long)]
+        force: bool,
+        /// Volume names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove unused anonymous volumes (all unused volumes with -a).
+    Prune {
+        /// Remove all unused volumes, not just anonymous ones.
+        #[arg(short, long)]
+        all: bool,
+        /// Do not prompt for confirmation.
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+/// `kiln system ...`.
+#[derive(Subcommand, Debug)]
+enum SystemCommand {
+    /// Show what images, containers, volumes and the build cache take in the store.
+    Df {
+        /// Show detailed information on space usage.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+}
+
+/// `kiln image ...`.
+#[derive(Subcommand, Debug)]
+enum ImageCommand {
+    /// Remove unused images (kiln keeps no dangling ones: use -a).
+    Prune {
+        /// Remove all images not used by a container.
+        #[arg(short, long)]
+        all: bool,
+        /// Do not prompt for confirmation.
+        #[arg(short, long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -360,6 +471,43 @@ pub fn run() -> Result<ExitCode> {
             server,
         } => crate::commands::login(registry, &server, username, password, password_stdin),
         Command::Logout { server } => crate::commands::logout(&server),
+        Command::Volume(v) => match v {
+            VolumeCommand::Create { labels, name } => {
+                crate::storage_cmds::volume_create(&root, name.as_deref(), &labels)
+            }
+            VolumeCommand::Ls { quiet } => crate::storage_cmds::volume_ls(&root, quiet),
+            VolumeCommand::Inspect { names } => crate::storage_cmds::volume_inspect(&root, &names),
+            VolumeCommand::Rm { force, names } => {
+                crate::storage_cmds::volume_rm(&root, force, &names)
+            }
+            VolumeCommand::Prune { all, force } => {
+                crate::storage_cmds::volume_prune(&root, force, all)
+            }
+        },
+        Command::Diff { container } => crate::storage_cmds::diff(&root, &container),
+        Command::Commit {
+            change,
+            message,
+            author,
+            container,
+            name,
+        } => crate::storage_cmds::commit_cmd(
+            &root,
+            &container,
+            name.as_deref(),
+            crate::storage_cmds::CommitFlags {
+                changes: change,
+                message,
+                author,
+            },
+        ),
+        Command::System(SystemCommand::Df { verbose }) => {
+            crate::storage_cmds::system_df(&root, verbose)
+        }
+        Command::Rmi { force, images } => crate::storage_cmds::rmi(&root, force, &images),
+        Command::Image(ImageCommand::Prune { all, force }) => {
+            crate::storage_cmds::image_prune(&root, all, force)
+        }
         Command::Images { quiet, no_trunc } => crate::commands::images(&root, quiet, no_trunc),
         Command::Inspect { names } => containers(crate::container_commands::inspect(&root, &names)),
         Command::Run(args) => containers(crate::container_commands::run(&root, registry, &args)),

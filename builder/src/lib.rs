@@ -6,6 +6,8 @@
 
 pub mod build;
 pub mod cachekey;
+pub mod changes;
+pub mod commit;
 pub mod containers;
 pub mod download;
 pub mod exporter;
@@ -20,4 +22,6 @@ pub mod snapshots;
 pub mod solver;
 pub mod tls;
 pub mod untrusted;
+pub mod usage;
+pub mod volumes;
 pub mod worker;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 mod cli;
 mod commands;
 mod container_commands;
+mod storage_cmds;
 
 fn main() -> ExitCode {
     // The sandbox re-executes kiln as its init process, exec helper and container

@@ -68,7 +68,8 @@ struct StoreMeta {
 /// <root>/tmp/                temp entries named <writer>.<...>, renamed into place
 ///                            (<writer> = <pid>-<start time>, see Store::writer)
 /// <root>/containers/         per-RUN container state (owned by the builder)
-/// <root>/volumes/            reserved for volumes (unused so far)
+/// <root>/volumes/            volumes of `kiln run`: NAME/_data and NAME's metadata
+///                            (owned by the builder)
 /// <root>/cache-mounts/       RUN --mount=type=cache directories and their locks
 ///                            (owned by the builder, made on first use)
 /// <root>/locks/              per-name locks (Store::lock_named), and one
@@ -280,6 +281,12 @@ impl Store {
     /// (the builder's). Not made by [`Store::open`]: the builder creates it on first use.
     pub fn cache_mounts_dir(&self) -> PathBuf {
         self.dir(CACHE_MOUNTS_DIR)
+    }
+
+    /// `volumes/`: the volumes of `kiln run`, one directory per volume name (the
+    /// builder's).
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.dir(VOLUMES_DIR)
     }
 
     /// This process's writer name, `<pid>-<start time>`: every entry it creates in `tmp/`
@@ -598,6 +605,7 @@ pub(crate) mod tests {
         assert_eq!(store.snapshots_dir(), root.join("snapshots"));
         assert_eq!(store.tmp_dir(), root.join("tmp"));
         assert_eq!(store.cache_mounts_dir(), root.join("cache-mounts"));
+        assert_eq!(store.volumes_dir(), root.join("volumes"));
         assert!(store.snapshots_dir().is_dir() && store.tmp_dir().is_dir());
         assert!(
             !store.cache_mounts_dir().exists(),

@@ -110,14 +110,17 @@ impl Env {
             .collect()
     }
 
-    /// Processes whose root is in the store (a container's).
+    /// Processes of a container of the store: those whose mount namespace has a mount
+    /// from the store (the container's overlay, over snapshots and its upper dir).
     fn processes_in_store(&self) -> Vec<String> {
-        let root = self.root();
+        let root = self.root().display().to_string();
         fs::read_dir("/proc")
             .unwrap()
             .filter_map(|e| e.ok())
             .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-            .filter(|e| fs::read_link(e.path().join("root")).is_ok_and(|r| r.starts_with(&root)))
+            .filter(|e| {
+                fs::read_to_string(e.path().join("mountinfo")).is_ok_and(|m| m.contains(&root))
+            })
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect()
     }
@@ -333,12 +336,31 @@ fn detached_logs_exec_kill_and_rm_force() {
 fn detached_rm_flag_removes_the_container_when_it_ends() {
     needs!();
     let env = Env::new();
-    env.ok(&["run", "-d", "--rm", IMAGE, "sh", "-c", "sleep 0.2"]);
+    env.ok(&[
+        "run",
+        "-d",
+        "--rm",
+        "-v",
+        "/anon",
+        IMAGE,
+        "sh",
+        "-c",
+        "sleep 0.2",
+    ]);
     wait::until(
         Duration::from_secs(20),
-        "the --rm container to be removed",
-        || env.container_ids().is_empty().then_some(()),
-        || format!("{:?}", env.container_ids()),
+        "the --rm container and its anonymous volume to be removed",
+        || {
+            (env.container_ids().is_empty() && env.ok(&["volume", "ls", "-q"]).is_empty())
+                .then_some(())
+        },
+        || {
+            format!(
+                "{:?} {}",
+                env.container_ids(),
+                env.ok(&["volume", "ls", "-q"])
+            )
+        },
     );
 }
 
@@ -358,6 +380,10 @@ fn kill_9_of_a_foreground_run_leaves_no_mount_or_process() {
         "the container to run",
         || (!env.ok(&["ps", "-q"]).is_empty()).then_some(()),
         || env.ok(&["ps", "-a"]),
+    );
+    assert!(
+        !env.processes_in_store().is_empty(),
+        "the check sees a running container"
     );
     child.kill().unwrap();
     child.wait().unwrap();
@@ -545,4 +571,127 @@ fn bad_input_is_one_line_and_125() {
     }
     assert_eq!(env.container_ids(), ids, "nothing left behind");
     assert!(!missing.exists());
+}
+
+#[test]
+fn named_volumes_outlive_containers_and_rm_flag_removes_anonymous_ones() {
+    needs!();
+    let env = Env::new();
+    env.ok(&[
+        "run",
+        "--name",
+        "w1",
+        "-v",
+        "data:/data",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo kept > /data/f",
+    ]);
+    env.ok(&["rm", "-v", "w1"]);
+    assert_eq!(
+        env.ok(&["volume", "ls", "-q"]),
+        "data",
+        "named volumes survive rm -v"
+    );
+    assert_eq!(
+        env.ok(&[
+            "run",
+            "--rm",
+            "--mount",
+            "type=volume,source=data,target=/d",
+            IMAGE,
+            "cat",
+            "/d/f"
+        ]),
+        "kept"
+    );
+    // --rm removes the anonymous volumes only.
+    env.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "/anon",
+        "-v",
+        "data:/data",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo x > /anon/f",
+    ]);
+    assert_eq!(env.ok(&["volume", "ls", "-q"]), "data");
+    // Without -v, rm keeps them (as Docker); with -v they go.
+    env.ok(&["run", "--name", "a1", "-v", "/anon", IMAGE, "true"]);
+    let anon = env.inspect("a1")["Mounts"][0]["Name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(anon.len(), 64);
+    env.ok(&["rm", "a1"]);
+    assert!(env.ok(&["volume", "ls", "-q"]).contains(&anon));
+    env.ok(&["run", "--name", "a2", "-v", "/anon", IMAGE, "true"]);
+    let anon2 = env.inspect("a2")["Mounts"][0]["Name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.ok(&["rm", "-v", "a2"]);
+    assert!(!env.ok(&["volume", "ls", "-q"]).contains(&anon2));
+}
+
+#[test]
+fn the_images_volumes_are_anonymous_volumes_filled_from_the_image() {
+    needs!();
+    let env = Env::new();
+    let ctx = env.ws.context(
+        "withvol",
+        "FROM busybox:kiln-test\nRUN mkdir -p /var/app && echo seed > /var/app/seed\nVOLUME /var/app\n",
+    );
+    env.kiln()
+        .args(["build", "--progress", "quiet", "-t", "withvol"])
+        .arg(&ctx)
+        .assert()
+        .success();
+    env.ok(&[
+        "run",
+        "--name",
+        "v1",
+        "withvol",
+        "sh",
+        "-c",
+        "echo new > /var/app/new",
+    ]);
+    let c = env.inspect("v1");
+    let upper = PathBuf::from(c["GraphDriver"]["Data"]["UpperDir"].as_str().unwrap());
+    assert!(
+        !upper.join("var/app/new").exists(),
+        "written to the volume, not the layer"
+    );
+    let name = c["Mounts"][0]["Name"].as_str().unwrap().to_string();
+    let data = env.root().join("volumes").join(&name).join("_data");
+    assert_eq!(fs::read_to_string(data.join("seed")).unwrap(), "seed\n");
+    assert_eq!(fs::read_to_string(data.join("new")).unwrap(), "new\n");
+    // A named volume is filled from the image once.
+    env.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "filled:/var/app",
+        "withvol",
+        "rm",
+        "/var/app/seed",
+    ]);
+    assert_eq!(
+        env.ok(&[
+            "run",
+            "--rm",
+            "-v",
+            "filled:/var/app",
+            "withvol",
+            "ls",
+            "/var/app"
+        ]),
+        ""
+    );
+    env.ok(&["rm", "-v", "v1"]);
+    assert!(!data.exists());
 }

@@ -204,6 +204,7 @@ pub fn system_df(store: &Store) -> Result<SystemDf> {
         }
     }
     let containers_dir = store.containers_dir();
+    let images_dir = store.images_dir();
     let volumes_dir = store.volumes_dir();
     let container_index: HashMap<&str, usize> = containers
         .iter()
@@ -233,12 +234,10 @@ pub fn system_df(store: &Store) -> Result<SystemDf> {
     let mut images_area = 0u64;
 
     let mut seen: HashSet<(u64, u64)> = HashSet::new();
-    let mut walk = walkdir::WalkDir::new(store.root())
-        .follow_links(false)
-        .into_iter();
+    let walk = walkdir::WalkDir::new(store.root()).follow_links(false);
     // The owner of the tree being walked: entries below an owned path inherit it.
     let mut stack: Vec<(PathBuf, Area, Vec<usize>)> = Vec::new();
-    while let Some(entry) = walk.next() {
+    for entry in walk {
         let Ok(entry) = entry else { continue };
         let path = entry.path();
         while stack.last().is_some_and(|(p, _, _)| !path.starts_with(p)) {
@@ -267,10 +266,8 @@ pub fn system_df(store: &Store) -> Result<SystemDf> {
             (Area::Container(usize::MAX), Vec::new())
         } else if path.starts_with(&volumes_dir) && path != volumes_dir {
             (Area::Volume(usize::MAX), Vec::new())
-        } else if path.parent() == Some(store.root()) && entry.file_name() == "images"
-            || path.parent().and_then(Path::file_name) == Some("images".as_ref())
-                && path.parent().and_then(Path::parent) == Some(store.root())
-        {
+        } else if path.starts_with(&images_dir) {
+            // The tags file.
             (Area::Image(usize::MAX), Vec::new())
         } else {
             (Area::Other, Vec::new())

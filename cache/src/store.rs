@@ -283,6 +283,12 @@ impl Store {
         self.dir(CACHE_MOUNTS_DIR)
     }
 
+    /// `images/`: the tag file and its lock (this crate's; for tools that account for
+    /// the store's space, e.g. `system df`).
+    pub fn images_dir(&self) -> PathBuf {
+        self.dir(IMAGES_DIR)
+    }
+
     /// `volumes/`: the volumes of `kiln run`, one directory per volume name (the
     /// builder's).
     pub fn volumes_dir(&self) -> PathBuf {
@@ -606,6 +612,7 @@ pub(crate) mod tests {
         assert_eq!(store.tmp_dir(), root.join("tmp"));
         assert_eq!(store.cache_mounts_dir(), root.join("cache-mounts"));
         assert_eq!(store.volumes_dir(), root.join("volumes"));
+        assert_eq!(store.images_dir(), root.join("images"));
         assert!(store.snapshots_dir().is_dir() && store.tmp_dir().is_dir());
         assert!(
             !store.cache_mounts_dir().exists(),

@@ -66,11 +66,85 @@ enum Command {
         #[arg(long)]
         no_trunc: bool,
     },
-    /// Show an image's configuration as JSON.
+    /// Show containers' or images' configuration as JSON (containers first, as Docker).
     Inspect {
-        /// Image name, or id (prefix).
-        image: String,
+        /// Container name or id, or image name or id (prefix).
+        #[arg(required = true)]
+        names: Vec<String>,
     },
+    /// Run a command in a new container (host or no network: no bridge networks, no
+    /// port publishing).
+    #[command(disable_help_flag = true)]
+    Run(Box<crate::container_commands::RunArgs>),
+    /// List containers.
+    Ps {
+        /// Show all containers (default: running ones).
+        #[arg(short, long)]
+        all: bool,
+        /// Only show container ids.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Do not truncate output.
+        #[arg(long)]
+        no_trunc: bool,
+        /// Display total file sizes: the writable layer's, and with the image's
+        /// (`virtual`).
+        #[arg(short, long)]
+        size: bool,
+    },
+    /// Start stopped containers.
+    Start {
+        /// Attach its output and signals (and exit with its code).
+        #[arg(short, long)]
+        attach: bool,
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Stop running containers: their StopSignal (SIGTERM), then SIGKILL after a grace
+    /// period.
+    Stop {
+        /// Seconds to wait before killing.
+        #[arg(short = 't', long = "time", alias = "timeout", default_value_t = 10)]
+        time: u64,
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Send a signal to running containers.
+    Kill {
+        /// The signal (name or number).
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Show a container's output.
+    Logs {
+        /// Follow the output while the container runs.
+        #[arg(short, long)]
+        follow: bool,
+        /// Container.
+        container: String,
+    },
+    /// Run a command in a running container.
+    Exec(crate::container_commands::ExecArgs),
+    /// Remove containers (and their writable layers).
+    Rm {
+        /// Kill and remove a running container.
+        #[arg(short, long)]
+        force: bool,
+        /// Remove the container's anonymous volumes too.
+        #[arg(short, long)]
+        volumes: bool,
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Manage containers.
+    #[command(subcommand)]
+    Container(ContainerCommand),
     /// Show the history of an image.
     History(HistoryArgs),
     /// Pull an image from a registry into the store.
@@ -121,6 +195,127 @@ enum Command {
     Logout {
         /// Registry host.
         server: String,
+    },
+    /// Manage volumes.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+    /// List the changes to files in a container's filesystem (A added, C changed,
+    /// D deleted).
+    Diff {
+        /// Container name or id.
+        container: String,
+    },
+    /// Create a new image from a container's changes.
+    Commit {
+        /// Apply a Dockerfile instruction to the image (CMD, ENTRYPOINT, ENV, EXPOSE,
+        /// LABEL, ONBUILD, USER, VOLUME, WORKDIR, STOPSIGNAL); repeatable.
+        #[arg(short, long = "change")]
+        change: Vec<String>,
+        /// Commit message.
+        #[arg(short, long)]
+        message: Option<String>,
+        /// Author (e.g. "Jane <jane@example.com>").
+        #[arg(short, long)]
+        author: Option<String>,
+        /// Container name or id.
+        container: String,
+        /// `NAME[:TAG]` for the new image.
+        name: Option<String>,
+    },
+    /// Show disk usage (`system df`).
+    #[command(subcommand)]
+    System(SystemCommand),
+    /// Remove one or more images.
+    Rmi {
+        /// Remove even if a container uses the image (it is untagged only).
+        #[arg(short, long)]
+        force: bool,
+        /// Image names or ids.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Manage images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+/// `kiln volume ...`.
+#[derive(Subcommand, Debug)]
+enum VolumeCommand {
+    /// Create a volume (anonymous, with a random name, if NAME is not given).
+    Create {
+        /// Set metadata (`KEY=VALUE`); repeatable.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Volume name.
+        name: Option<String>,
+    },
+    /// List volumes.
+    #[command(alias = "list")]
+    Ls {
+        /// Only display volume names.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Display detailed information on one or more volumes.
+    Inspect {
+        /// Volume names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove one or more volumes (never one a container uses).
+    #[command(alias = "remove")]
+    Rm {
+        /// Do not fail for a volume that does not exist.
+        #[arg(short, long)]
+        force: bool,
+        /// Volume names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove unused anonymous volumes (all unused volumes with -a).
+    Prune {
+        /// Remove all unused volumes, not just anonymous ones.
+        #[arg(short, long)]
+        all: bool,
+        /// Do not prompt for confirmation.
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+/// `kiln system ...`.
+#[derive(Subcommand, Debug)]
+enum SystemCommand {
+    /// Show what images, containers, volumes and the build cache take in the store.
+    Df {
+        /// Show detailed information on space usage.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+}
+
+/// `kiln image ...`.
+#[derive(Subcommand, Debug)]
+enum ImageCommand {
+    /// Remove unused images (kiln keeps no dangling ones: use -a).
+    Prune {
+        /// Remove all images not used by a container.
+        #[arg(short, long)]
+        all: bool,
+        /// Do not prompt for confirmation.
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ContainerCommand {
+    /// Remove all stopped containers.
+    Prune {
+        /// Do not prompt for confirmation.
+        #[arg(short, long)]
+        force: bool,
     },
 }
 
@@ -280,8 +475,78 @@ pub fn run() -> Result<ExitCode> {
             server,
         } => crate::commands::login(registry, &server, username, password, password_stdin),
         Command::Logout { server } => crate::commands::logout(&server),
+        Command::Volume(v) => match v {
+            VolumeCommand::Create { labels, name } => {
+                crate::storage_cmds::volume_create(&root, name.as_deref(), &labels)
+            }
+            VolumeCommand::Ls { quiet } => crate::storage_cmds::volume_ls(&root, quiet),
+            VolumeCommand::Inspect { names } => crate::storage_cmds::volume_inspect(&root, &names),
+            VolumeCommand::Rm { force, names } => {
+                crate::storage_cmds::volume_rm(&root, force, &names)
+            }
+            VolumeCommand::Prune { all, force } => {
+                crate::storage_cmds::volume_prune(&root, force, all)
+            }
+        },
+        Command::Diff { container } => crate::storage_cmds::diff(&root, &container),
+        Command::Commit {
+            change,
+            message,
+            author,
+            container,
+            name,
+        } => crate::storage_cmds::commit_cmd(
+            &root,
+            &container,
+            name.as_deref(),
+            crate::storage_cmds::CommitFlags {
+                changes: change,
+                message,
+                author,
+            },
+        ),
+        Command::System(SystemCommand::Df { verbose }) => {
+            crate::storage_cmds::system_df(&root, verbose)
+        }
+        Command::Rmi { force, images } => crate::storage_cmds::rmi(&root, force, &images),
+        Command::Image(ImageCommand::Prune { all, force }) => {
+            crate::storage_cmds::image_prune(&root, all, force)
+        }
         Command::Images { quiet, no_trunc } => crate::commands::images(&root, quiet, no_trunc),
-        Command::Inspect { image } => crate::commands::inspect(&root, &image),
+        Command::Inspect { names } => containers(crate::container_commands::inspect(&root, &names)),
+        Command::Run(args) => containers(crate::container_commands::run(&root, registry, &args)),
+        Command::Ps {
+            all,
+            quiet,
+            no_trunc,
+            size,
+        } => containers(crate::container_commands::ps(
+            &root, all, quiet, no_trunc, size,
+        )),
+        Command::Start {
+            attach,
+            containers: names,
+        } => containers(crate::container_commands::start(&root, attach, &names)),
+        Command::Stop {
+            time,
+            containers: names,
+        } => containers(crate::container_commands::stop(&root, time, &names)),
+        Command::Kill {
+            signal,
+            containers: names,
+        } => containers(crate::container_commands::kill(&root, &signal, &names)),
+        Command::Logs { follow, container } => {
+            containers(crate::container_commands::logs(&root, follow, &container))
+        }
+        Command::Exec(args) => containers(crate::container_commands::exec(&root, &args)),
+        Command::Rm {
+            force,
+            volumes,
+            containers: names,
+        } => containers(crate::container_commands::rm(&root, force, volumes, &names)),
+        Command::Container(ContainerCommand::Prune { force }) => {
+            containers(crate::container_commands::prune(&root, force))
+        }
         Command::History(h) => crate::commands::history(
             &root,
             &h.image,
@@ -293,6 +558,11 @@ pub fn run() -> Result<ExitCode> {
             },
         ),
     }
+}
+
+/// The container commands fail with Docker's 125 (or the runtime's 126, 127).
+fn containers(r: Result<ExitCode>) -> Result<ExitCode> {
+    Ok(r.unwrap_or_else(crate::container_commands::fail))
 }
 
 fn read_source(file: &Path) -> Result<String> {

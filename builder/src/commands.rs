@@ -93,12 +93,11 @@ pub fn images(root: &Path, quiet: bool, no_trunc: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `kiln inspect IMAGE`: Docker-like JSON.
-pub fn inspect(root: &Path, name: &str) -> Result<ExitCode> {
-    let store = Store::open(root)?;
-    let (info, tags) = find(&store, name)?;
+/// An image as `docker inspect` shows it.
+pub fn inspect_image(store: &Store, name: &str) -> Result<serde_json::Value> {
+    let (info, tags) = find(store, name)?;
     let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&info.config_digest)?)?;
-    let out = serde_json::json!([{
+    Ok(serde_json::json!({
         "Id": info.config_digest,
         "RepoTags": tags,
         "Digest": info.manifest_digest,
@@ -111,9 +110,7 @@ pub fn inspect(root: &Path, name: &str) -> Result<ExitCode> {
         "RootFS": { "Type": "layers", "Layers": info.config.diff_ids },
         "Layers": info.layers.iter().map(|l| &l.digest).collect::<Vec<_>>(),
         "History": config.get("history"),
-    }]);
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(ExitCode::SUCCESS)
+    }))
 }
 
 /// Flags of `kiln history`.

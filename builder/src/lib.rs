@@ -7,6 +7,9 @@
 
 pub mod build;
 pub mod cachekey;
+pub mod changes;
+pub mod commit;
+pub mod containers;
 pub mod download;
 pub mod exporter;
 pub mod image;
@@ -19,4 +22,6 @@ pub mod report;
 pub mod snapshots;
 pub mod tls;
 pub mod untrusted;
+pub mod usage;
+pub mod volumes;
 pub mod worker;

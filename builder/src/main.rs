@@ -6,6 +6,8 @@ use std::process::ExitCode;
 // library (`kiln_builder`) and the crates below it return typed errors.
 mod cli;
 mod commands;
+mod container_commands;
+mod storage_cmds;
 
 fn main() -> ExitCode {
     // The sandbox re-executes kiln as its init process, exec helper and container

@@ -79,6 +79,30 @@ impl Store {
         self.write_atomic(&path, &bytes)
     }
 
+    /// The keys of every cache record (`sha256:<hex>`), in no particular order: what
+    /// `system df`, `rmi` and garbage collection walk to learn which blobs and snapshots
+    /// the build cache still references.
+    pub fn cache_keys(&self) -> Result<Vec<String>> {
+        let dir = self.dir(CACHE_DIR);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(CacheError::io("read directory", &dir, e)),
+        };
+        let mut keys = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| CacheError::io("read directory", &dir, e))?;
+            let name = entry.file_name();
+            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            if let Ok(d) = Digest::parse(&format!("sha256:{hex}")) {
+                keys.push(d.to_string());
+            }
+        }
+        Ok(keys)
+    }
+
     /// Remove a cache record; returns whether it existed.
     pub fn cache_remove(&self, key: &str) -> Result<bool> {
         let (_, path) = self.cache_path(key)?;
@@ -98,6 +122,23 @@ mod tests {
     use super::*;
     use crate::digest::sha256_of;
     use serde_json::json;
+
+    #[test]
+    fn cache_keys_lists_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.cache_keys().unwrap().is_empty());
+        let k1 = sha256_of(b"one").to_string();
+        let k2 = sha256_of(b"two").to_string();
+        store.cache_put(&k1, &json!({"a": 1})).unwrap();
+        store.cache_put(&k2, &json!({"b": 2})).unwrap();
+        fs::write(store.dir(CACHE_DIR).join("junk.txt"), b"x").unwrap();
+        let mut keys = store.cache_keys().unwrap();
+        keys.sort();
+        let mut want = vec![k1, k2];
+        want.sort();
+        assert_eq!(keys, want);
+    }
 
     #[test]
     fn put_get_remove() {

@@ -68,7 +68,8 @@ struct StoreMeta {
 /// <root>/tmp/                temp entries named <writer>.<...>, renamed into place
 ///                            (<writer> = <pid>-<start time>, see Store::writer)
 /// <root>/containers/         per-RUN container state (owned by the builder)
-/// <root>/volumes/            reserved for volumes (unused so far)
+/// <root>/volumes/            volumes of `kiln run`: NAME/_data and NAME's metadata
+///                            (owned by the builder)
 /// <root>/cache-mounts/       RUN --mount=type=cache directories and their locks
 ///                            (owned by the builder, made on first use)
 /// <root>/locks/              per-name locks (Store::lock_named), and one
@@ -270,10 +271,28 @@ impl Store {
         self.dir(TMP_DIR)
     }
 
+    /// `containers/`: one directory per container (`containers/<64-hex id>/`: its
+    /// config, state, writable layer and log; the builder's).
+    pub fn containers_dir(&self) -> PathBuf {
+        self.dir(CONTAINERS_DIR)
+    }
+
     /// `cache-mounts/`: the directories of `RUN --mount=type=cache` and their lock files
     /// (the builder's). Not made by [`Store::open`]: the builder creates it on first use.
     pub fn cache_mounts_dir(&self) -> PathBuf {
         self.dir(CACHE_MOUNTS_DIR)
+    }
+
+    /// `images/`: the tag file and its lock (this crate's; for tools that account for
+    /// the store's space, e.g. `system df`).
+    pub fn images_dir(&self) -> PathBuf {
+        self.dir(IMAGES_DIR)
+    }
+
+    /// `volumes/`: the volumes of `kiln run`, one directory per volume name (the
+    /// builder's).
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.dir(VOLUMES_DIR)
     }
 
     /// This process's writer name, `<pid>-<start time>`: every entry it creates in `tmp/`
@@ -592,6 +611,8 @@ pub(crate) mod tests {
         assert_eq!(store.snapshots_dir(), root.join("snapshots"));
         assert_eq!(store.tmp_dir(), root.join("tmp"));
         assert_eq!(store.cache_mounts_dir(), root.join("cache-mounts"));
+        assert_eq!(store.volumes_dir(), root.join("volumes"));
+        assert_eq!(store.images_dir(), root.join("images"));
         assert!(store.snapshots_dir().is_dir() && store.tmp_dir().is_dir());
         assert!(
             !store.cache_mounts_dir().exists(),

@@ -243,6 +243,9 @@ pub(crate) struct MonitorConfig {
     pub container: ContainerSpec,
     pub status_file: PathBuf,
     pub sync_fd: i32,
+    /// Arguments to run the runtime's binary with once the record is written.
+    #[serde(default)]
+    pub then: Vec<String>,
 }
 
 /// How a detached container ended, as the monitor records it in its status file.
@@ -397,6 +400,18 @@ impl ContainerRuntime {
     /// [`ExitRecord`] to `status_file` (atomically) when it ends. Returns once the
     /// container runs, with the pids; errors as [`start`](Self::start)'s.
     pub fn spawn_monitor(&self, spec: &ContainerSpec, status_file: &Path) -> Result<Monitor> {
+        self.spawn_monitor_then(spec, status_file, &[])
+    }
+
+    /// [`spawn_monitor`](Self::spawn_monitor), and once the status file is written the
+    /// monitor runs the runtime's binary (kiln) with `then` as its arguments, when not
+    /// empty: `kiln run -d --rm` has the container removed this way.
+    pub fn spawn_monitor_then(
+        &self,
+        spec: &ContainerSpec,
+        status_file: &Path,
+        then: &[String],
+    ) -> Result<Monitor> {
         if !rustix::process::geteuid().is_root() {
             return Err(SandboxError::NeedsRoot);
         }
@@ -408,6 +423,7 @@ impl ContainerRuntime {
             container,
             status_file: status_file.to_path_buf(),
             sync_fd: raw(&theirs),
+            then: then.to_vec(),
         };
         let child = linux::spawn_helper(
             &self.exe,
@@ -967,6 +983,14 @@ pub(crate) fn monitor_main(config: MonitorConfig, sync: OwnedFd) -> i32 {
         if fs::write(&tmp, bytes).is_ok() {
             let _ = fs::rename(&tmp, &config.status_file);
         }
+    }
+    if !config.then.is_empty() {
+        let _ = std::process::Command::new(&runtime.exe)
+            .args(&config.then)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
     }
     exit_code
 }

@@ -370,7 +370,7 @@ pub fn run(
                 registry.always_pull = policy == PullPolicy::Always;
                 ImageStore::new(&store).with_remote(
                     Arc::new(kiln_builder::remote::Remote::new(registry)),
-                    Arc::new(kiln_builder::solver::NoReporter),
+                    Arc::new(kiln_solver::NoReporter),
                 )
             }
         };

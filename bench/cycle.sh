@@ -176,4 +176,5 @@ for step in cold warm; do
       "$(median "${R[$step,$t]}")" "$c" "$(echo "scale=3; $kc / $c" | bc)"
   done
 done
+for k in "${!C[@]}"; do echo "raw $k: build${B[$k]}; run${R[$k]}; cycle${C[$k]}"; done | sort >>"$LOG"
 echo "(medians of $RUNS; cycle = build + run of the same round; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg))"

@@ -216,7 +216,11 @@ impl Template {
             out.push_str(&self.execute(Ok(r)));
             out.push('\n');
         }
-        if self.table { tabwrite(&out, 10, 3) } else { out }
+        if self.table {
+            tabwrite(&out, 10, 3)
+        } else {
+            out
+        }
     }
 
     /// Runs the template on a record, or on the headers (`Err(kind)`), where functions
@@ -258,7 +262,9 @@ fn operand<'a>(op: &Operand, on: Result<&'a Record, &Kind>) -> Value<'a> {
     match (op, on) {
         (Operand::Dot, Ok(r)) => Value::Record(r),
         (Operand::Dot, Err(_)) => Value::Str(String::new()),
-        (Operand::Field(f), Ok(r)) => Value::Str(r.fields.get(f.as_str()).cloned().unwrap_or_default()),
+        (Operand::Field(f), Ok(r)) => {
+            Value::Str(r.fields.get(f.as_str()).cloned().unwrap_or_default())
+        }
         (Operand::Field(f), Err(kind)) => Value::Str(kind.header(f).unwrap_or_default().into()),
         (Operand::Label(k), Ok(r)) => Value::Str(r.labels.get(k).cloned().unwrap_or_default()),
         (Operand::Label(_), Err(_)) => Value::Str("LABEL".into()),
@@ -268,9 +274,7 @@ fn operand<'a>(op: &Operand, on: Result<&'a Record, &Kind>) -> Value<'a> {
 fn apply(f: Func, v: Value) -> String {
     match (f, v) {
         (Func::Json, Value::Record(r)) => r.json(),
-        (Func::Json, Value::Str(s)) => {
-            go_json(&serde_json::to_string(&s).unwrap_or_default())
-        }
+        (Func::Json, Value::Str(s)) => go_json(&serde_json::to_string(&s).unwrap_or_default()),
         (f, Value::Record(r)) => apply(f, Value::Str(r.json())),
         (Func::Upper, Value::Str(s)) => s.to_uppercase(),
         (Func::Lower, Value::Str(s)) => s.to_lowercase(),
@@ -406,10 +410,7 @@ fn parse_pipeline(
                 Some(Operand::Field(field.to_string()))
             }
             [(at, w), ..] => {
-                return Err(parse_err(
-                    base + at,
-                    format!("unexpected {w:?} in command"),
-                ));
+                return Err(parse_err(base + at, format!("unexpected {w:?} in command")));
             }
         };
         if i > 0 && operand.is_some() && func.is_some() {
@@ -470,7 +471,15 @@ pub fn tabwrite(text: &str, minwidth: usize, padding: usize) -> String {
         .collect();
     let mut out = String::new();
     let mut widths = Vec::new();
-    format_block(&lines, &mut widths, 0, lines.len(), minwidth, padding, &mut out);
+    format_block(
+        &lines,
+        &mut widths,
+        0,
+        lines.len(),
+        minwidth,
+        padding,
+        &mut out,
+    );
     out
 }
 
@@ -505,13 +514,7 @@ fn format_block(
     write_lines(lines, widths, line0, line1, out);
 }
 
-fn write_lines(
-    lines: &[Vec<&str>],
-    widths: &[usize],
-    from: usize,
-    to: usize,
-    out: &mut String,
-) {
+fn write_lines(lines: &[Vec<&str>], widths: &[usize], from: usize, to: usize, out: &mut String) {
     for line in &lines[from..to] {
         for (j, cell) in line.iter().enumerate() {
             out.push_str(cell);
@@ -537,7 +540,9 @@ mod tests {
     }
 
     fn ps(src: &str, rows: &[Record]) -> String {
-        Template::parse(src, &CONTAINERS).unwrap().render(&CONTAINERS, rows)
+        Template::parse(src, &CONTAINERS)
+            .unwrap()
+            .render(&CONTAINERS, rows)
     }
 
     #[test]
@@ -554,8 +559,16 @@ mod tests {
     #[test]
     fn table_prints_dockers_headers_aligned_as_tabwriter_10_1_3() {
         let rows = [
-            rec(&[("ID", "4bed76d3ad42"), ("Image", "nginx:alpine"), ("Names", "test")]),
-            rec(&[("ID", "b0318bca5aef"), ("Image", "busybox:latest"), ("Names", "x")]),
+            rec(&[
+                ("ID", "4bed76d3ad42"),
+                ("Image", "nginx:alpine"),
+                ("Names", "test"),
+            ]),
+            rec(&[
+                ("ID", "b0318bca5aef"),
+                ("Image", "busybox:latest"),
+                ("Names", "x"),
+            ]),
         ];
         assert_eq!(
             ps("table {{.ID}}\\t{{.Image}}\\t{{.Names}}", &rows),
@@ -592,7 +605,10 @@ mod tests {
     fn labels_and_trim_markers() {
         let mut r = rec(&[("ID", "abc")]);
         r.labels.insert("app".into(), "web".into());
-        assert_eq!(ps("{{.Label \"app\"}}|{{.Label \"no\"}}|", &[r.clone()]), "web||\n");
+        assert_eq!(
+            ps("{{.Label \"app\"}}|{{.Label \"no\"}}|", &[r.clone()]),
+            "web||\n"
+        );
         assert_eq!(ps("a  {{- .ID -}}  b", &[r]), "aabcb\n");
     }
 
@@ -604,7 +620,10 @@ mod tests {
             "failed to execute template: template: :1:2: executing \"\" at <.Foo>: can't evaluate field Foo in type *formatter.ContainerContext"
         );
         let e = Template::parse("table {{.ID}}\\t{{json .Nope}}", &CONTAINERS).unwrap_err();
-        assert!(matches!(e, FormatError::UnknownField { ref field, col: 22, .. } if field == "Nope"), "{e}");
+        assert!(
+            matches!(e, FormatError::UnknownField { ref field, col: 22, .. } if field == "Nope"),
+            "{e}"
+        );
         let e = Template::parse("{{.Repository}}", &CONTAINERS).unwrap_err();
         assert!(e.to_string().contains("can't evaluate field Repository"));
         assert!(Template::parse("{{.Repository}}", &IMAGES).is_ok());
@@ -614,7 +633,10 @@ mod tests {
             "failed to parse template: template: :1: function \"nope\" not defined"
         );
         let e = Template::parse("{{.ID", &CONTAINERS).unwrap_err();
-        assert_eq!(e.to_string(), "failed to parse template: template: :1: unclosed action");
+        assert_eq!(
+            e.to_string(),
+            "failed to parse template: template: :1: unclosed action"
+        );
     }
 
     #[test]

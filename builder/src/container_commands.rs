@@ -18,7 +18,7 @@ use kiln_builder::format::{Record, Template};
 use kiln_builder::images::ImageStore;
 use kiln_cache::Store;
 use kiln_sandbox::SandboxError;
-use kiln_sandbox::container::{ContainerRuntime, ExecSpec, Stdio, TtySize, forward_signals};
+use kiln_sandbox::container::{ContainerRuntime, ExecSpec, SignalForwarding, Stdio, TtySize};
 
 /// A failure of a container command: printed as one line, exit code 125 unless the
 /// runtime says otherwise (126, 127).
@@ -432,6 +432,8 @@ fn start_attached(
     };
     let spec = spec::sandbox_spec(containers, store, c, stdio)?;
     let runtime = ContainerRuntime::new()?;
+    // Caught from before the start: a signal that comes while it starts waits for pid 1.
+    let forwarding = SignalForwarding::pending();
     let mut running = match runtime.start(&spec) {
         Ok(r) => r,
         Err(e) => {
@@ -441,8 +443,8 @@ fn start_attached(
             return Ok(code);
         }
     };
+    forwarding.target(running.pid());
     containers.mark_running(&c.id, running.pid(), running.start_time(), false)?;
-    let forwarding = forward_signals(running.pid());
     let code = running.wait()?;
     drop(forwarding);
     containers.mark_exited(&c.id, code, None)?;
@@ -669,8 +671,9 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<ExitCode> {
         },
     };
     let runtime = ContainerRuntime::new()?;
+    let forwarding = SignalForwarding::pending();
     let mut process = runtime.exec(c.state.pid, c.state.start_time, &spec)?;
-    let forwarding = forward_signals(process.pid());
+    forwarding.target(process.pid());
     let status = process.wait()?;
     drop(forwarding);
     Ok(code(status))

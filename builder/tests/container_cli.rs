@@ -193,3 +193,229 @@ fn ps_and_images_format_as_docker() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("can't evaluate field Names in type *formatter.ImageContext"));
 }
+
+/// The path of the kiln binary under test, for shells that `script` runs.
+fn kiln_bin() -> String {
+    assert_cmd::cargo::cargo_bin("kiln").display().to_string()
+}
+
+/// Runs `cmd` (a shell command line) under `script`, on a real pty of its own, with
+/// `input` typed on its terminal; its exit status and what the terminal showed.
+fn in_terminal(env: &Env, cmd: &str, input: &str) -> (Option<i32>, String) {
+    let mut child = Proc::new("script")
+        .args(["-qfec", cmd, "/dev/null"])
+        .env("KILN_ROOT", env.root())
+        .env("TERM", "xterm")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.as_bytes()).unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    let shown = String::from_utf8_lossy(&o.stdout).replace('\r', "");
+    (o.status.code(), shown + &String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn run_it_on_a_real_terminal() {
+    needs!();
+    require_tool!("script");
+    let env = Env::new();
+    let kiln = kiln_bin();
+    // The container gets a terminal of its own, of the outer terminal's size; the
+    // outer terminal's mode is the same after kiln exits.
+    let (code, shown) = in_terminal(
+        &env,
+        &format!(
+            "stty rows 40 cols 100; before=$(stty -g); \
+             {kiln} run -it --rm {IMAGE} sh -c 'echo TTY=$(tty); echo SIZE=$(stty size)'; \
+             rc=$?; after=$(stty -g); \
+             [ \"$before\" = \"$after\" ] && echo MODE=restored || echo MODE=changed; exit $rc"
+        ),
+        "",
+    );
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(shown.contains("TTY=/dev/pts/0\n"), "{shown}");
+    assert!(shown.contains("SIZE=40 100\n"), "{shown}");
+    assert!(shown.contains("MODE=restored"), "{shown}");
+    // What is typed reaches the container's shell; its exit code is kiln's.
+    let (code, shown) = in_terminal(
+        &env,
+        &format!("{kiln} run -it --rm {IMAGE} sh"),
+        "echo hi-$((40+2))\nexit 3\n",
+    );
+    assert_eq!(code, Some(3), "{shown}");
+    assert!(shown.contains("hi-42"), "{shown}");
+}
+
+#[test]
+fn exec_it_on_a_real_terminal() {
+    needs!();
+    require_tool!("script");
+    let env = Env::new();
+    let kiln = kiln_bin();
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "tty-x",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo ready; exec sleep 1000",
+    ]);
+    let (code, shown) = in_terminal(
+        &env,
+        &format!(
+            "stty rows 33 cols 77; before=$(stty -g); \
+             {kiln} exec -it tty-x sh -c 'echo TTY=$(tty); echo SIZE=$(stty size)'; \
+             rc=$?; after=$(stty -g); \
+             [ \"$before\" = \"$after\" ] && echo MODE=restored || echo MODE=changed; exit $rc"
+        ),
+        "",
+    );
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(shown.contains("TTY=/dev/pts/"), "{shown}");
+    assert!(shown.contains("SIZE=33 77\n"), "{shown}");
+    assert!(shown.contains("MODE=restored"), "{shown}");
+    let (code, shown) = in_terminal(
+        &env,
+        &format!("{kiln} exec -it tty-x sh"),
+        "echo hi-$((40+2))\nexit 4\n",
+    );
+    assert_eq!(code, Some(4), "{shown}");
+    assert!(shown.contains("hi-42"), "{shown}");
+    env.ok(&["rm", "-f", "tty-x"]);
+}
+
+/// A foreground `kiln run` with its output piped: waits until it printed `ready`.
+struct Foreground {
+    child: std::process::Child,
+    out: BufReader<std::process::ChildStdout>,
+    seen: String,
+}
+
+impl Foreground {
+    fn start(env: &Env, args: &[&str]) -> Foreground {
+        let mut child = Proc::new(kiln_bin())
+            .env("KILN_ROOT", env.root())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let mut f = Foreground {
+            child,
+            out,
+            seen: String::new(),
+        };
+        f.wait_line("ready");
+        f
+    }
+
+    /// Reads output lines until one is `text` (the container's own readiness).
+    fn wait_line(&mut self, text: &str) {
+        loop {
+            let mut line = String::new();
+            let n = self.out.read_line(&mut line).unwrap();
+            assert!(n > 0, "output ended before {text:?}: {}", self.seen);
+            self.seen.push_str(&line);
+            if line.trim_end() == text {
+                return;
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let st = Proc::new("kill")
+            .args(["-s", sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// Waits for kiln's exit (20 s at most); its code and all its output.
+    fn finish(mut self) -> (Option<i32>, String) {
+        let mut child = self.child;
+        let status = wait::until(
+            Duration::from_secs(20),
+            "kiln run to exit",
+            || child.try_wait().unwrap(),
+            || self.seen.clone(),
+        );
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut self.out, &mut rest).unwrap();
+        (status.code(), self.seen + &rest)
+    }
+}
+
+#[test]
+fn signals_to_a_foreground_run_reach_the_container() {
+    needs!();
+    let env = Env::new();
+    // SIGTERM goes to the container's pid 1, whose trap decides the exit code.
+    let f = Foreground::start(
+        &env,
+        &[
+            "run",
+            "--rm",
+            IMAGE,
+            "sh",
+            "-c",
+            "trap 'echo got TERM; exit 7' TERM; echo ready; while :; do sleep 0.1; done",
+        ],
+    );
+    f.signal("TERM");
+    let (code, out) = f.finish();
+    assert_eq!(code, Some(7), "{out}");
+    assert!(out.contains("got TERM"), "{out}");
+
+    // With --init, one SIGINT ends a command that has no handler: sleep dies by it.
+    let f = Foreground::start(
+        &env,
+        &[
+            "run",
+            "--rm",
+            "--init",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo ready; exec sleep 100",
+        ],
+    );
+    f.signal("INT");
+    let (code, out) = f.finish();
+    assert_eq!(code, Some(130), "{out}");
+
+    // Without init, a pid 1 that handles SIGINT survives the first Ctrl-C; the second
+    // one kills it (SIGKILL: 137).
+    let mut f = Foreground::start(
+        &env,
+        &[
+            "run",
+            "--rm",
+            IMAGE,
+            "sh",
+            "-c",
+            "trap 'echo got INT' INT; echo ready; while :; do sleep 0.1; done",
+        ],
+    );
+    f.signal("INT");
+    f.wait_line("got INT");
+    assert_eq!(
+        f.child.try_wait().unwrap(),
+        None,
+        "the first SIGINT ended it"
+    );
+    f.signal("INT");
+    let (code, out) = f.finish();
+    assert_eq!(code, Some(137), "{out}");
+    assert_eq!(env.ok(&["ps", "-a", "-q"]), "", "--rm removed them all");
+}

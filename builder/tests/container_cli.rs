@@ -10,6 +10,7 @@ use std::process::{Command as Proc, Output, Stdio};
 use std::time::Duration;
 
 use assert_cmd::Command;
+use kiln_test_support::registry::{Auth, Registry};
 use kiln_test_support::{Workspace, copy_dir, repo_root, require_root, require_tool, wait};
 
 macro_rules! needs {
@@ -45,6 +46,13 @@ impl Env {
             .assert()
             .success();
         env
+    }
+
+    /// An empty store.
+    fn empty() -> Env {
+        Env {
+            ws: Workspace::new(),
+        }
     }
 
     fn root(&self) -> PathBuf {
@@ -418,4 +426,72 @@ fn signals_to_a_foreground_run_reach_the_container() {
     let (code, out) = f.finish();
     assert_eq!(code, Some(137), "{out}");
     assert_eq!(env.ok(&["ps", "-a", "-q"]), "", "--rm removed them all");
+}
+
+#[test]
+fn run_pull_policies_against_a_registry() {
+    needs!();
+    require_tool!("docker-registry");
+    let reg = Registry::start(&Auth::None);
+    let env = Env::new();
+    let name = format!("{}:1", reg.name("pull/busybox"));
+    env.ok(&["tag", IMAGE, &name]);
+    env.ok(&["push", &name]);
+
+    let fresh = Env::empty();
+    // never: a missing image is one line and 125, and nothing is pulled.
+    let o = fresh.out(&["run", "--rm", "--pull", "never", &name, "true"]);
+    assert_eq!(o.status.code(), Some(125));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&name), "{err}");
+    assert_eq!(fresh.ok(&["images", "-q"]), "");
+    // missing (the default): pulled, then listed.
+    assert_eq!(
+        fresh.ok(&["run", "--rm", &name, "echo", "pulled"]),
+        "pulled\n"
+    );
+    assert_eq!(
+        fresh.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]),
+        format!("{name}\n")
+    );
+    // Once: with the registry gone, missing and never run the store's copy...
+    reg.kill();
+    assert_eq!(
+        fresh.ok(&["run", "--rm", "--pull", "missing", &name, "true"]),
+        ""
+    );
+    assert_eq!(
+        fresh.ok(&["run", "--rm", "--pull", "never", &name, "true"]),
+        ""
+    );
+    // ...and always asks the registry (so fails without it: one line, 125).
+    let o = fresh.out(&["run", "--rm", "--pull", "always", &name, "true"]);
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    reg.restart();
+    assert_eq!(
+        fresh.ok(&["run", "--rm", "--pull", "always", &name, "echo", "again"]),
+        "again\n"
+    );
+    assert_eq!(fresh.ok(&["ps", "-a", "-q"]), "");
+}
+
+#[test]
+fn a_freshly_built_image_runs_with_no_load_step() {
+    needs!();
+    let env = Env::new();
+    let ctx = env.ws.context(
+        "fresh",
+        "FROM busybox:kiln-test\nRUN echo built > /built\nCMD [\"cat\", \"/built\"]\n",
+    );
+    env.kiln()
+        .args(["build", "--progress", "quiet", "-t", "fresh-x"])
+        .arg(&ctx)
+        .assert()
+        .success();
+    assert_eq!(
+        env.ok(&["run", "--rm", "--pull", "never", "fresh-x"]),
+        "built\n"
+    );
 }

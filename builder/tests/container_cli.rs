@@ -495,3 +495,76 @@ fn a_freshly_built_image_runs_with_no_load_step() {
         "built\n"
     );
 }
+
+/// The Debian tier (`KILN_TEST_DEBIAN=1`, as e2e's): containers on a Debian base made
+/// with mmdebstrap and imported by kiln.
+#[test]
+fn containers_on_the_debian_base() {
+    kiln_test_support::require!(
+        std::env::var_os("KILN_TEST_DEBIAN").is_some(),
+        "the Debian tier runs with KILN_TEST_DEBIAN=1 (needs mmdebstrap and a Debian mirror; .ci/run sets it)"
+    );
+    require_root!();
+    require_tool!("mmdebstrap");
+    let env = Env::empty();
+    let base = env.ws.path("debian");
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::copy(
+        repo_root().join("testdata/bases/debian/Dockerfile"),
+        base.join("Dockerfile"),
+    )
+    .unwrap();
+    kiln_test_support::run_ok(
+        Proc::new("bash")
+            .arg(repo_root().join("testdata/bases/debian/make-rootfs.sh"))
+            .arg(base.join("rootfs.tar")),
+    );
+    env.kiln()
+        .args(["build", "--progress", "quiet", "-t", "debian:kiln-test"])
+        .arg(&base)
+        .assert()
+        .success();
+    let deb = "debian:kiln-test";
+    let version = env.ok(&["run", "--rm", deb, "cat", "/etc/debian_version"]);
+    assert!(version.starts_with("12."), "{version}");
+    assert_eq!(
+        env.ok(&["run", "--rm", "-u", "nobody", deb, "id"]),
+        "uid=65534(nobody) gid=65534(nogroup) groups=65534(nogroup)\n"
+    );
+    // A named volume mounted first on /etc/apt is filled from the image's /etc/apt; a
+    // second container sees that content elsewhere.
+    let in_image = env.ok(&["run", "--rm", deb, "ls", "-A", "/etc/apt"]);
+    assert!(in_image.contains("sources.list"), "{in_image}");
+    assert_eq!(
+        env.ok(&[
+            "run",
+            "--rm",
+            "-v",
+            "apt:/etc/apt",
+            deb,
+            "ls",
+            "-A",
+            "/etc/apt"
+        ]),
+        in_image
+    );
+    assert_eq!(
+        env.ok(&["run", "--rm", "-v", "apt:/copy", deb, "ls", "-A", "/copy"]),
+        in_image
+    );
+    // A write shows in diff; the image is unchanged.
+    env.ok(&[
+        "run",
+        "--name",
+        "deb-w",
+        deb,
+        "sh",
+        "-c",
+        "echo x > /etc/kiln-test",
+    ]);
+    let diff = env.ok(&["diff", "deb-w"]);
+    assert!(diff.lines().any(|l| l == "A /etc/kiln-test"), "{diff}");
+    env.ok(&["rm", "deb-w"]);
+    let o = env.out(&["run", "--rm", deb, "test", "-e", "/etc/kiln-test"]);
+    assert_eq!(o.status.code(), Some(1));
+}

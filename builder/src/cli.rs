@@ -65,6 +65,12 @@ enum Command {
         /// Do not truncate ids.
         #[arg(long)]
         no_trunc: bool,
+        /// Format output using a Go template (Docker's fields: `{{.Repository}}`,
+        /// `{{.Tag}}`, `{{.ID}}`, `{{.CreatedSince}}`, `{{.CreatedAt}}`, `{{.Size}}`,
+        /// `{{.Digest}}`); `table TEMPLATE` adds headers and aligns columns, `json`
+        /// prints each image as JSON.
+        #[arg(long)]
+        format: Option<String>,
     },
     /// Show containers' or images' configuration as JSON (containers first, as Docker).
     Inspect {
@@ -91,6 +97,14 @@ enum Command {
         /// (`virtual`).
         #[arg(short, long)]
         size: bool,
+        /// Format output using a Go template (Docker's fields: `{{.ID}}`, `{{.Names}}`,
+        /// `{{.Image}}`, `{{.Command}}`, `{{.CreatedAt}}`, `{{.RunningFor}}`,
+        /// `{{.Status}}`, `{{.State}}`, `{{.Size}}`, `{{.Mounts}}`, `{{.Ports}}`,
+        /// `{{.Labels}}`, `{{.Label "KEY"}}`, `{{.Networks}}`, `{{.LocalVolumes}}`);
+        /// `table TEMPLATE` adds headers and aligns columns, `json` prints each
+        /// container as JSON.
+        #[arg(long)]
+        format: Option<String>,
     },
     /// Start stopped containers.
     Start {
@@ -512,7 +526,11 @@ pub fn run() -> Result<ExitCode> {
         Command::Image(ImageCommand::Prune { all, force }) => {
             crate::storage_cmds::image_prune(&root, all, force)
         }
-        Command::Images { quiet, no_trunc } => crate::commands::images(&root, quiet, no_trunc),
+        Command::Images {
+            quiet,
+            no_trunc,
+            format,
+        } => crate::commands::images(&root, quiet, no_trunc, format.as_deref()),
         Command::Inspect { names } => containers(crate::container_commands::inspect(&root, &names)),
         Command::Run(args) => containers(crate::container_commands::run(&root, registry, &args)),
         Command::Ps {
@@ -520,8 +538,16 @@ pub fn run() -> Result<ExitCode> {
             quiet,
             no_trunc,
             size,
+            format,
         } => containers(crate::container_commands::ps(
-            &root, all, quiet, no_trunc, size,
+            &root,
+            &crate::container_commands::PsFlags {
+                all,
+                quiet,
+                no_trunc,
+                size,
+                format,
+            },
         )),
         Command::Start {
             attach,

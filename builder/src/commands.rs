@@ -7,6 +7,8 @@ use anyhow::{Result, anyhow};
 use kiln_cache::Store;
 use kiln_ops::Platform;
 
+use kiln_builder::format::Record;
+use kiln_builder::format::Template;
 use kiln_builder::images::{ImageInfo, ImageStore, normalize_tag};
 use kiln_builder::report::human_bytes;
 
@@ -44,35 +46,45 @@ fn find(store: &Store, name: &str) -> Result<(ImageInfo, Vec<String>)> {
     Ok((info, names))
 }
 
+/// `docker images`'s CREATED: go-units' duration and "ago".
 fn since(created: Option<chrono::DateTime<chrono::Utc>>) -> String {
-    let Some(c) = created else {
-        return "N/A".to_string();
-    };
-    let secs = (chrono::Utc::now() - c).num_seconds().max(0);
-    match secs {
-        0..=59 => format!("{secs} seconds ago"),
-        60..=3599 => format!("{} minutes ago", secs / 60),
-        3600..=86399 => format!("{} hours ago", secs / 3600),
-        _ => format!("{} days ago", secs / 86400),
+    match created {
+        Some(c) => format!(
+            "{} ago",
+            crate::container_commands::human_duration(
+                (chrono::Utc::now() - c).max(chrono::Duration::zero())
+            )
+        ),
+        None => "N/A".to_string(),
     }
 }
 
-/// `kiln images`.
-pub fn images(root: &Path, quiet: bool, no_trunc: bool) -> Result<ExitCode> {
+/// `kiln images [-q] [--no-trunc] [--format TEMPLATE]`: Docker's default table
+/// (`REPOSITORY TAG IMAGE ID CREATED SIZE`) or a template (see `kiln ps --format`).
+pub fn images(root: &Path, quiet: bool, no_trunc: bool, format: Option<&str>) -> Result<ExitCode> {
+    let kind = &kiln_builder::format::IMAGES;
+    let format = match (format, quiet) {
+        (Some(f), false) => f,
+        (Some(_), true) => {
+            eprintln!(
+                "WARNING: Ignoring custom format, because both --format and --quiet are set."
+            );
+            "{{.ID}}"
+        }
+        (None, true) => "{{.ID}}",
+        (None, false) => "table",
+    };
+    let template = match Template::parse(format, kind) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     let store = Store::open(root)?;
     let imgs = ImageStore::new(&store);
-    if !quiet {
-        println!(
-            "{:<40} {:<16} {:<14} {:<20} SIZE",
-            "REPOSITORY", "TAG", "IMAGE ID", "CREATED"
-        );
-    }
+    let mut records = Vec::new();
     for (name, rec) in store.tags()? {
-        let id = short_id(rec.config.as_str(), no_trunc);
-        if quiet {
-            println!("{id}");
-            continue;
-        }
         let (repo, tag) = name
             .rsplit_once(':')
             .filter(|(_, t)| !t.contains('/'))
@@ -84,12 +96,22 @@ pub fn images(root: &Path, quiet: bool, no_trunc: bool) -> Result<ExitCode> {
             ),
             Err(_) => (0, None),
         };
-        println!(
-            "{repo:<40} {tag:<16} {id:<14} {:<20} {}",
-            since(created),
-            human_bytes(size)
-        );
+        let mut r = Record::default();
+        r.set("Repository", repo)
+            .set("Tag", tag)
+            .set("ID", short_id(rec.config.as_str(), no_trunc))
+            .set("Digest", rec.manifest.as_str())
+            .set("CreatedSince", since(created))
+            .set(
+                "CreatedAt",
+                created.map_or_else(String::new, |c| {
+                    c.format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string()
+                }),
+            )
+            .set("Size", crate::container_commands::docker_size(size));
+        records.push(r);
     }
+    print!("{}", template.render(kind, &records));
     Ok(ExitCode::SUCCESS)
 }
 

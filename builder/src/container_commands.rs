@@ -14,10 +14,11 @@ use kiln_builder::containers::{
     Container, Containers, MountConfig, MountKind, Network, Status, kill_and_wait, signal_number,
     wait_gone,
 };
+use kiln_builder::format::{Record, Template};
 use kiln_builder::images::ImageStore;
 use kiln_cache::Store;
 use kiln_sandbox::SandboxError;
-use kiln_sandbox::container::{ContainerRuntime, ExecSpec, Stdio, TtySize, forward_signals};
+use kiln_sandbox::container::{ContainerRuntime, ExecSpec, SignalForwarding, Stdio, TtySize};
 
 /// A failure of a container command: printed as one line, exit code 125 unless the
 /// runtime says otherwise (126, 127).
@@ -431,6 +432,8 @@ fn start_attached(
     };
     let spec = spec::sandbox_spec(containers, store, c, stdio)?;
     let runtime = ContainerRuntime::new()?;
+    // Caught from before the start: a signal that comes while it starts waits for pid 1.
+    let forwarding = SignalForwarding::pending();
     let mut running = match runtime.start(&spec) {
         Ok(r) => r,
         Err(e) => {
@@ -440,8 +443,8 @@ fn start_attached(
             return Ok(code);
         }
     };
+    forwarding.target(running.pid());
     containers.mark_running(&c.id, running.pid(), running.start_time(), false)?;
-    let forwarding = forward_signals(running.pid());
     let code = running.wait()?;
     drop(forwarding);
     containers.mark_exited(&c.id, code, None)?;
@@ -668,8 +671,9 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<ExitCode> {
         },
     };
     let runtime = ContainerRuntime::new()?;
+    let forwarding = SignalForwarding::pending();
     let mut process = runtime.exec(c.state.pid, c.state.start_time, &spec)?;
-    let forwarding = forward_signals(process.pid());
+    forwarding.target(process.pid());
     let status = process.wait()?;
     drop(forwarding);
     Ok(code(status))
@@ -837,94 +841,144 @@ fn command_text(c: &Container, no_trunc: bool) -> String {
     format!("\"{cmd}\"")
 }
 
-/// `kiln ps [-a] [-q] [--no-trunc]`.
-pub fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool, size: bool) -> Result<ExitCode> {
+/// Flags of `kiln ps`.
+pub struct PsFlags {
+    /// `-a`.
+    pub all: bool,
+    /// `-q`.
+    pub quiet: bool,
+    /// `--no-trunc`.
+    pub no_trunc: bool,
+    /// `-s`.
+    pub size: bool,
+    /// `--format`.
+    pub format: Option<String>,
+}
+
+/// `kiln ps [-a] [-q] [-s] [--no-trunc] [--format TEMPLATE]`, as `docker ps`: the
+/// default table is Docker's template, `-q` wins over `--format` (with Docker's
+/// warning), a template that shows `.Size` computes sizes without `-s`, and a bad
+/// template fails (exit 1, Docker's message) before anything is listed.
+pub fn ps(root: &Path, flags: &PsFlags) -> Result<ExitCode> {
+    let kind = &kiln_builder::format::CONTAINERS;
+    let format = match (&flags.format, flags.quiet) {
+        (Some(f), false) => f.clone(),
+        (Some(_), true) => {
+            eprintln!(
+                "WARNING: Ignoring custom format, because both --format and --quiet are set."
+            );
+            "{{.ID}}".to_string()
+        }
+        (None, true) => "{{.ID}}".to_string(),
+        (None, false) if flags.size => format!("{}\\t{{{{.Size}}}}", kind.default_table),
+        (None, false) => "table".to_string(),
+    };
+    let template = match Template::parse(&format, kind) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let size = !flags.quiet && (flags.size || template.uses("Size"));
     let store = Store::open(root)?;
     let containers = Containers::open(&store)?;
-    let list: Vec<Container> = containers
-        .list()?
-        .into_iter()
-        .filter(|c| all || c.state.running())
-        .collect();
-    if quiet {
-        for c in &list {
-            println!("{}", if no_trunc { &c.id } else { c.short_id() });
+    let mut records = Vec::new();
+    for c in containers.list()? {
+        if flags.all || c.state.running() {
+            records.push(ps_record(&store, &containers, &c, flags.no_trunc, size)?);
         }
-        return Ok(ExitCode::SUCCESS);
     }
-    let mut rows = vec![vec![
-        "CONTAINER ID".to_string(),
-        "IMAGE".into(),
-        "COMMAND".into(),
-        "CREATED".into(),
-        "STATUS".into(),
-        "PORTS".into(),
-        "NAMES".into(),
-    ]];
-    if size {
-        rows[0].push("SIZE".into());
-    }
-    for c in &list {
-        let image = if c.config.image.starts_with("sha256:") && !no_trunc {
-            c.config.image[7..].chars().take(12).collect()
+    print!("{}", template.render(kind, &records));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One container's fields for `ps --format`, as Docker's `ContainerContext` shows them.
+fn ps_record(
+    store: &Store,
+    containers: &Containers,
+    c: &Container,
+    no_trunc: bool,
+    size: bool,
+) -> Result<Record> {
+    let trunc = |s: &str| -> String {
+        if no_trunc {
+            s.to_string()
         } else {
-            c.config.image.clone()
-        };
-        let mut row = vec![
-            if no_trunc {
-                c.id.clone()
-            } else {
-                c.short_id().to_string()
-            },
-            image,
-            command_text(c, no_trunc),
+            s.trim_start_matches("sha256:").chars().take(12).collect()
+        }
+    };
+    let image = if c.config.image.starts_with("sha256:") {
+        trunc(&c.config.image)
+    } else {
+        c.config.image.clone()
+    };
+    let created = chrono::DateTime::parse_from_rfc3339(&c.config.created).ok();
+    let mut r = Record::default();
+    r.set("ID", trunc(&c.id))
+        .set("Names", c.name.clone())
+        .set("Image", image)
+        .set("Command", command_text(c, no_trunc))
+        .set(
+            "CreatedAt",
+            created.map_or_else(String::new, |t| {
+                t.with_timezone(&chrono::Utc)
+                    .format("%Y-%m-%d %H:%M:%S +0000 UTC")
+                    .to_string()
+            }),
+        )
+        .set(
+            "RunningFor",
             format!(
                 "{} ago",
                 human_duration(ago(Some(&c.config.created)).unwrap_or_default())
             ),
-            status_text(c),
-            String::new(),
-            c.name.clone(),
-        ];
-        if size {
-            let (rw, virt) = kiln_builder::changes::container_size(
-                &store,
-                &containers.upper_dir(&c.id),
-                &c.config.layers,
-            )?;
-            row.push(kiln_builder::changes::ps_size(rw, virt));
-        }
-        rows.push(row);
-    }
-    print!("{}", table(&rows));
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Docker's tabwriter: each column as wide as its widest cell plus 3 (at least 20),
-/// the last one unpadded.
-fn table<R: AsRef<[String]>>(rows: &[R]) -> String {
-    let n = rows.first().map_or(0, |r| r.as_ref().len());
-    let mut widths = vec![0usize; n];
-    for r in rows {
-        for (i, cell) in r.as_ref().iter().enumerate() {
-            widths[i] = widths[i].max(cell.chars().count() + 3).max(20);
-        }
-    }
-    let mut out = String::new();
-    for r in rows {
-        let mut line = String::new();
-        for (i, cell) in r.as_ref().iter().enumerate() {
-            if i + 1 == n {
-                line.push_str(cell);
-            } else {
-                line.push_str(cell);
-                line.extend(std::iter::repeat_n(' ', widths[i] - cell.chars().count()));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+        )
+        .set("Status", status_text(c))
+        .set("State", c.state.status.as_str())
+        .set("Ports", "")
+        .set("Networks", c.config.process.network.as_str())
+        .set(
+            "LocalVolumes",
+            c.config
+                .mounts
+                .iter()
+                .filter(|m| m.kind == MountKind::Volume)
+                .count()
+                .to_string(),
+        )
+        .set(
+            "Mounts",
+            c.config
+                .mounts
+                .iter()
+                .filter(|m| m.kind != MountKind::Tmpfs)
+                .map(|m| trunc(&m.source))
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+        .set(
+            "Labels",
+            c.config
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+    let size_text = if size {
+        let (rw, virt) = kiln_builder::changes::container_size(
+            store,
+            &containers.upper_dir(&c.id),
+            &c.config.layers,
+        )?;
+        kiln_builder::changes::ps_size(rw, virt)
+    } else {
+        "0B".to_string()
+    };
+    r.set("Size", size_text);
+    r.labels = c.config.labels.clone();
+    Ok(r)
 }
 
 /// A container as `docker inspect` shows it.
@@ -1081,17 +1135,5 @@ mod tests {
         let m = parse_mount("type=volume,source=v1,target=/v,volume-nocopy").unwrap();
         assert_eq!((m.kind, m.source.as_str()), (MountKind::Volume, "v1"));
         assert!(parse_volume("/a:rel").is_err());
-    }
-
-    #[test]
-    fn ps_table_pads_as_docker() {
-        let rows = vec![
-            ["CONTAINER ID".to_string(), "NAMES".to_string()],
-            ["abc".to_string(), "x".to_string()],
-        ];
-        assert_eq!(
-            table(&rows),
-            "CONTAINER ID        NAMES\nabc                 x\n"
-        );
     }
 }

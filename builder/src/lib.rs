@@ -12,6 +12,7 @@ pub mod commit;
 pub mod containers;
 pub mod download;
 pub mod exporter;
+pub mod format;
 pub mod image;
 pub mod images;
 pub mod interrupt;

@@ -1178,34 +1178,106 @@ pub const FORWARDED_SIGNALS: &[i32] = &[
 /// While it lives, kiln's SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 go to a
 /// foreground container's pid 1 (instead of ending kiln); a second SIGINT (Ctrl-C)
 /// sends SIGKILL instead.
+///
+/// It can be set up before the container exists ([`SignalForwarding::pending`]): a
+/// signal that comes while the container starts (its output may already be out) is
+/// kept and sent once [`SignalForwarding::target`] names the process, instead of
+/// killing kiln halfway through the start.
 #[derive(Debug)]
 pub struct SignalForwarding {
     ids: Vec<signal_hook::SigId>,
+    shared: std::sync::Arc<Forwarding>,
+}
+
+/// What the handlers share: the target (0 while unknown) and the signals kept until
+/// it is known (one flag per [`FORWARDED_SIGNALS`] entry, then one for SIGKILL).
+#[derive(Debug)]
+struct Forwarding {
+    pid: std::sync::atomic::AtomicI32,
+    interrupts: std::sync::atomic::AtomicUsize,
+    pending: [std::sync::atomic::AtomicBool; FORWARDED_SIGNALS.len() + 1],
+}
+
+fn signal_of(slot: usize) -> i32 {
+    FORWARDED_SIGNALS
+        .get(slot)
+        .copied()
+        .unwrap_or(libc::SIGKILL)
+}
+
+impl Forwarding {
+    /// Sends slot's signal to the target if it is known, else keeps it. Only atomics
+    /// and kill(2): async-signal-safe.
+    fn deliver(&self, slot: usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let pid = self.pid.load(SeqCst);
+        if pid > 0 {
+            // SAFETY: kill(2) has no memory effects.
+            unsafe { libc::kill(pid, signal_of(slot)) };
+            return;
+        }
+        self.pending[slot].store(true, SeqCst);
+        // The target may have been set since the load: whoever clears the flag sends.
+        let pid = self.pid.load(SeqCst);
+        if pid > 0 && self.pending[slot].swap(false, SeqCst) {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, signal_of(slot)) };
+        }
+    }
 }
 
 /// Starts forwarding signals to `pid` (see [`SignalForwarding`]).
 pub fn forward_signals(pid: i32) -> SignalForwarding {
-    let interrupts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut ids = Vec::new();
-    for &sig in FORWARDED_SIGNALS {
-        let interrupts = interrupts.clone();
-        // SAFETY: the action bumps an atomic and calls kill(2): async-signal-safe.
-        let id = unsafe {
-            signal_hook::low_level::register(sig, move || {
-                let mut send = sig;
-                if sig == libc::SIGINT
-                    && interrupts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1
-                {
-                    send = libc::SIGKILL;
-                }
-                libc::kill(pid, send);
-            })
-        };
-        if let Ok(id) = id {
-            ids.push(id);
+    let f = SignalForwarding::pending();
+    f.target(pid);
+    f
+}
+
+impl SignalForwarding {
+    /// Catches the forwarded signals now, keeping them until [`Self::target`].
+    pub fn pending() -> SignalForwarding {
+        let shared = std::sync::Arc::new(Forwarding {
+            pid: std::sync::atomic::AtomicI32::new(0),
+            interrupts: std::sync::atomic::AtomicUsize::new(0),
+            pending: Default::default(),
+        });
+        let mut ids = Vec::new();
+        for (slot, &sig) in FORWARDED_SIGNALS.iter().enumerate() {
+            let shared = shared.clone();
+            // SAFETY: the action only uses atomics and kill(2) (`Forwarding::deliver`):
+            // async-signal-safe.
+            let id = unsafe {
+                signal_hook::low_level::register(sig, move || {
+                    let mut slot = slot;
+                    if sig == libc::SIGINT
+                        && shared
+                            .interrupts
+                            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                            >= 1
+                    {
+                        slot = FORWARDED_SIGNALS.len();
+                    }
+                    shared.deliver(slot);
+                })
+            };
+            if let Ok(id) = id {
+                ids.push(id);
+            }
+        }
+        SignalForwarding { ids, shared }
+    }
+
+    /// Names the process the signals go to, and sends it those kept so far.
+    pub fn target(&self, pid: i32) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.shared.pid.store(pid, SeqCst);
+        for (slot, flag) in self.shared.pending.iter().enumerate() {
+            if flag.swap(false, SeqCst) {
+                // SAFETY: kill(2) has no memory effects.
+                unsafe { libc::kill(pid, signal_of(slot)) };
+            }
         }
     }
-    SignalForwarding { ids }
 }
 
 impl Drop for SignalForwarding {

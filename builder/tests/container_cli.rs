@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use assert_cmd::Command;
 use kiln_test_support::registry::{Auth, Registry};
-use kiln_test_support::{Workspace, copy_dir, repo_root, require_root, require_tool, wait};
+use kiln_test_support::{Workspace, busybox_context, repo_root, require_root, require_tool, wait};
 
 macro_rules! needs {
     () => {
@@ -33,13 +33,7 @@ impl Env {
             ws: Workspace::new(),
         };
         let ctx = env.ws.path("busybox");
-        copy_dir(&repo_root().join("testdata/bases/busybox"), &ctx);
-        let st = Proc::new("bash")
-            .arg(repo_root().join("testdata/bases/busybox/make-rootfs.sh"))
-            .arg(ctx.join("rootfs"))
-            .status()
-            .unwrap();
-        assert!(st.success(), "make-rootfs.sh failed");
+        busybox_context(&ctx);
         env.kiln()
             .args(["build", "--progress", "quiet", "-t", IMAGE])
             .arg(&ctx)

@@ -11,8 +11,8 @@ use std::process::Command as Proc;
 use assert_cmd::Command;
 use kiln_test_support::registry::{Auth, Registry};
 use kiln_test_support::{
-    FileServer, Workspace, copy_dir, repo_root, require, require_root, require_tool, run_ok, tree,
-    wait,
+    FileServer, Workspace, busybox_context, copy_dir, repo_root, require, require_root,
+    require_tool, run_ok, tree, wait,
 };
 use predicates::prelude::*;
 use serde_json::Value;
@@ -82,16 +82,7 @@ impl Env {
     /// Builds the busybox base, with `SOURCE_DATE_EPOCH` when given.
     fn busybox_at(&self, epoch: Option<&str>) {
         let ctx = self.path("busybox");
-        copy_dir(&repo_root().join("testdata/bases/busybox"), &ctx);
-        let st = Proc::new("bash")
-            .arg(repo_root().join("testdata/bases/busybox/make-rootfs.sh"))
-            .arg(ctx.join("rootfs"))
-            .status()
-            .unwrap();
-        assert!(
-            st.success(),
-            "make-rootfs.sh failed (is busybox-static installed?)"
-        );
+        busybox_context(&ctx);
         let mut cmd = self.kiln();
         if let Some(e) = epoch {
             cmd.env("SOURCE_DATE_EPOCH", e);
@@ -1143,12 +1134,7 @@ fn run_that_fills_the_disk_says_so() {
     let _guard = Unmount(small.clone());
     let store = small.join("store");
     let bb = env.path("busybox");
-    copy_dir(&repo_root().join("testdata/bases/busybox"), &bb);
-    run_ok(
-        Proc::new("bash")
-            .arg(repo_root().join("testdata/bases/busybox/make-rootfs.sh"))
-            .arg(bb.join("rootfs")),
-    );
+    busybox_context(&bb);
     env.kiln()
         .env("KILN_ROOT", &store)
         .args(["build", "--progress", "quiet", "-t", "busybox:kiln-test"])

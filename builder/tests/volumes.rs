@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command as Proc, Output};
 
 use assert_cmd::Command;
-use kiln_test_support::{Workspace, copy_dir, repo_root, require_root, require_tool};
+use kiln_test_support::{Workspace, busybox_context, require_root, require_tool};
 
 macro_rules! needs {
     () => {
@@ -29,13 +29,7 @@ impl Env {
             ws: Workspace::new(),
         };
         let ctx = env.ws.path("busybox");
-        copy_dir(&repo_root().join("testdata/bases/busybox"), &ctx);
-        let st = Proc::new("bash")
-            .arg(repo_root().join("testdata/bases/busybox/make-rootfs.sh"))
-            .arg(ctx.join("rootfs"))
-            .status()
-            .unwrap();
-        assert!(st.success(), "make-rootfs.sh failed");
+        busybox_context(&ctx);
         env.ok(&[
             "build",
             "--progress",

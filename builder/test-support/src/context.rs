@@ -61,6 +61,23 @@ pub fn copy_dir(from: &Path, to: &Path) {
     run_ok(Command::new("cp").arg("-a").arg(from).arg(to));
 }
 
+/// Makes at `dest` the build context of the busybox base (`testdata/bases/busybox`: its
+/// Dockerfile and a root filesystem made from the host's busybox-static); panics naming
+/// what is missing.
+pub fn busybox_context(dest: &Path) {
+    let base = repo_root().join("testdata/bases/busybox");
+    copy_dir(&base, dest);
+    let st = Command::new("bash")
+        .arg(base.join("make-rootfs.sh"))
+        .arg(dest.join("rootfs"))
+        .status()
+        .expect("running make-rootfs.sh");
+    assert!(
+        st.success(),
+        "make-rootfs.sh failed (is busybox-static installed?)"
+    );
+}
+
 /// Runs `cmd`; panics with its output unless it succeeds; returns its stdout.
 pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));

@@ -18,7 +18,7 @@ pub mod server;
 pub mod tree;
 pub mod wait;
 
-pub use context::{Workspace, copy_dir, repo_root, run_ok};
+pub use context::{Workspace, busybox_context, copy_dir, repo_root, run_ok};
 pub use registry::{Auth, Registry, TokenServer};
 pub use require::{in_ci, is_root, tool_path};
 pub use server::FileServer;

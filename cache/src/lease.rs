@@ -110,7 +110,12 @@ fn write_info(store: &Store, path: &Path, info: &LeaseInfo) -> Result<()> {
         what: format!("lease {}", path.display()),
         source,
     })?;
-    store.write_atomic(path, &bytes)
+    // Atomic but not fsynced: a lease does not outlive its holder, so a crash that
+    // loses it loses nothing (and builds add to theirs at every cache hit).
+    let (mut file, tmp) = store.create_temp()?;
+    io::Write::write_all(&mut file, &bytes).ctx("write", tmp.path())?;
+    drop(file);
+    tmp.rename_to(path)
 }
 
 pub(crate) fn now_secs() -> u64 {

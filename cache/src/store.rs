@@ -515,6 +515,15 @@ impl TempPath {
         self.0.as_deref().expect("TempPath used after persist")
     }
 
+    /// Rename into `dest`, without fsync.
+    pub(crate) fn rename_to(mut self, dest: &Path) -> Result<()> {
+        let tmp = self.0.take().expect("TempPath persisted twice");
+        fs::rename(&tmp, dest).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            CacheError::io("rename temp file into", dest, e)
+        })
+    }
+
     /// Rename into `dest` and fsync `dest`'s directory.
     pub(crate) fn persist(mut self, dest: &Path) -> Result<()> {
         let tmp = self.0.take().expect("TempPath persisted twice");

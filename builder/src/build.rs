@@ -482,6 +482,15 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
     // Over budget: least recently used records go. This build's lease is still held,
     // so what it just used stays.
     match crate::usage::gc_if_over_budget(&store) {
+        Ok(Some(r)) if r.plan.freed == 0 => {
+            let (budget, used, _) = r.budget.expect("budgeted");
+            progress.message(&format!(
+                "WARNING: store over budget ({} used, max {}, min free {}) but nothing can be removed: builds, containers or tagged images use it all",
+                crate::changes::human_size(used),
+                crate::changes::human_size(budget.max_used),
+                crate::changes::human_size(budget.min_free),
+            ));
+        }
         Ok(Some(r)) => {
             let (budget, used, _) = r.budget.expect("budgeted");
             progress.message(&format!(

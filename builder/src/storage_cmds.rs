@@ -653,12 +653,12 @@ pub fn du(root: &Path, verbose: bool) -> Result<ExitCode> {
         }
     } else {
         println!(
-            "{:<14}{:<13}{:<12}{:<20}DESCRIPTION",
+            "{:<14}{:<13}{:<12}{:<26}DESCRIPTION",
             "ID", "RECLAIMABLE", "SIZE", "LAST ACCESSED"
         );
         for r in &u.records {
             println!(
-                "{:<14}{:<13}{:<12}{:<20}{}",
+                "{:<14}{:<13}{:<12}{:<26}{}",
                 short_key(&r.key),
                 r.reclaimable,
                 human_size(r.size),

@@ -398,10 +398,6 @@ pub fn system_df(store: &Store) -> Result<SystemDf> {
 // Build cache: per-record usage (`kiln du`) and garbage collection (`kiln prune`, and
 // the collection after a build when the store is over budget).
 
-/// How much older than the oldest live lease content must be for the collector to take
-/// it: file times are kept at a second or coarser on some filesystems.
-const FRESH_SLACK: Duration = Duration::from_secs(2);
-
 /// One cache record, as `kiln du` shows it.
 #[derive(Debug, Clone)]
 pub struct CacheRecordUsage {
@@ -522,12 +518,9 @@ pub fn collect(
     let mut paths = HashMap::new();
     let mtime = |p: &Path| kiln_cache::modified(p);
     let leases = store.leases()?;
-    // Content newer than the oldest live lease may be a running build's: kept.
-    let fresh_from = leases
-        .iter()
-        .map(|l| l.started_at())
-        .min()
-        .map(|t| t - FRESH_SLACK);
+    // Content newer than the oldest live lease may be a running build's: kept. (Lease
+    // times are their lock files' times: the clock of the other files' times.)
+    let fresh_from = leases.iter().map(|l| l.started_at()).min();
     let is_fresh = |t: Option<SystemTime>| match (t, fresh_from) {
         (Some(t), Some(from)) => t >= from,
         _ => false,
@@ -747,14 +740,27 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport> {
             .collect();
         report.kept_in_use.sort();
         if !opts.dry_run {
+            // Test hook: a pause after each step, so that the kill -9 campaign
+            // (builder/tests/gc.rs) lands between any two of them.
+            let pause = std::env::var("KILN_TEST_GC_PAUSE_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_millis);
+            let step = || {
+                if let Some(p) = pause {
+                    std::thread::sleep(p);
+                }
+            };
             // Records first: a kill after this leaves blobs nothing references, never
             // a record whose blobs are gone.
             for (r, _, _) in &report.plan.records {
                 trash.extend(store.trash(&store.cache_record_path(&r.key)?)?);
+                step();
             }
             for (x, _, _) in &report.plan.refs {
                 if let Some(p) = c.paths.get(x) {
                     trash.extend(store.trash(p)?);
+                    step();
                 }
             }
         }

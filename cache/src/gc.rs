@@ -373,7 +373,7 @@ pub struct GcPlan {
 
 /// Decides what a collection removes: unreferenced blobs and snapshots always; then the
 /// eligible records (not pinned; older than `until` if given), least recently used
-/// first and, among records last used at the same second, larger first, until
+/// first and, among records last used at the same time, larger first, until
 /// `free_at_least` bytes are freed (all of them without a budget). A blob or snapshot
 /// goes with the last record referencing it, unless pinned.
 pub fn plan(u: &GcUniverse, policy: &GcPolicy, now: SystemTime) -> GcPlan {
@@ -414,14 +414,9 @@ pub fn plan(u: &GcUniverse, policy: &GcPolicy, now: SystemTime) -> GcPlan {
         })
         .map(|r| (r, private(r, &count)))
         .collect();
-    let secs = |t: SystemTime| {
-        t.duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    };
     candidates.sort_by(|(a, sa), (b, sb)| {
-        secs(a.last_used)
-            .cmp(&secs(b.last_used))
+        a.last_used
+            .cmp(&b.last_used)
             .then(sb.cmp(sa))
             .then(a.key.cmp(&b.key))
     });

@@ -43,8 +43,9 @@ static LEASE_SEQ: AtomicU64 = AtomicU64::new(0);
 pub struct LeaseInfo {
     /// Who holds it (`build`, `container <id>`, ...), for `kiln prune --verbose`.
     pub holder: String,
-    /// When it was taken (seconds since the epoch).
-    pub started: u64,
+    /// When it was taken (nanoseconds since the epoch): as [`Store::leases`] returns it,
+    /// the time of its lock file, so that what the holder wrote since is newer.
+    pub started_ns: u64,
     /// The references it protects.
     pub refs: BTreeSet<String>,
 }
@@ -52,7 +53,7 @@ pub struct LeaseInfo {
 impl LeaseInfo {
     /// When it was taken.
     pub fn started_at(&self) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(self.started)
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(self.started_ns)
     }
 }
 
@@ -118,10 +119,10 @@ fn write_info(store: &Store, path: &Path, info: &LeaseInfo) -> Result<()> {
     tmp.rename_to(path)
 }
 
-pub(crate) fn now_secs() -> u64 {
+fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
 }
 
@@ -158,7 +159,7 @@ impl Store {
             .map_err(|e| CacheError::io("lock", &lock_path, e.into()))?;
         let info = LeaseInfo {
             holder: holder.to_owned(),
-            started: now_secs(),
+            started_ns: now_ns(),
             refs: refs.iter().cloned().collect(),
         };
         {
@@ -207,8 +208,15 @@ impl Store {
                     // A lease being taken has its lock before its json: it protects
                     // nothing yet, and what it adds is checked after.
                     if let Ok(bytes) = fs::read(&json_path)
-                        && let Ok(info) = serde_json::from_slice::<LeaseInfo>(&bytes)
+                        && let Ok(mut info) = serde_json::from_slice::<LeaseInfo>(&bytes)
                     {
+                        // The lock file's time, from the same (coarse) kernel clock as
+                        // the times of the files the holder writes after it.
+                        if let Ok(t) = file.metadata().and_then(|m| m.modified())
+                            && let Ok(d) = t.duration_since(SystemTime::UNIX_EPOCH)
+                        {
+                            info.started_ns = info.started_ns.min(d.as_nanos() as u64);
+                        }
                         out.push(info);
                     }
                 }
@@ -281,7 +289,7 @@ mod tests {
         let lock = leases.join("1-2-0.lock");
         let json = leases.join("1-2-0.json");
         fs::write(&lock, b"").unwrap();
-        fs::write(&json, br#"{"holder":"build","started":1,"refs":["sha256:cc"]}"#).unwrap();
+        fs::write(&json, br#"{"holder":"build","started_ns":1,"refs":["sha256:cc"]}"#).unwrap();
         assert!(lock.exists() && json.exists());
         assert!(store.leases().unwrap().is_empty());
         assert!(!lock.exists() && !json.exists());

@@ -394,8 +394,11 @@ struct Record {
 
 /// `[stage] INSTRUCTION` of a vertex's first origin, at most 100 characters.
 fn describe(vertex: &Vertex) -> Option<String> {
-    let o = vertex.origins.first()?;
-    let text = format!("[{}] {}", o.stage_name, o.instruction.trim());
+    let text = match (vertex.origins.first(), &vertex.op) {
+        (Some(o), _) => format!("[{}] {}", o.stage_name, o.instruction.trim()),
+        (None, Op::Image { reference, .. }) => format!("FROM {reference}"),
+        (None, _) => return None,
+    };
     Some(match text.char_indices().nth(100) {
         Some((i, _)) => format!("{}...", &text[..i]),
         None => text,

@@ -625,10 +625,7 @@ fn last_used(t: std::time::SystemTime) -> String {
         .duration_since(t)
         .unwrap_or_default();
     let age = chrono::Duration::from_std(age).unwrap_or_default();
-    format!(
-        "{} ago",
-        crate::container_commands::human_duration(age)
-    )
+    format!("{} ago", crate::container_commands::human_duration(age))
 }
 
 /// `kiln du [--verbose]`: the build cache per record (most recently used first), then
@@ -706,9 +703,10 @@ pub fn prune(root: &Path, flags: PruneFlags) -> Result<ExitCode> {
     for f in &flags.filters {
         match f.split_once('=') {
             Some(("until", d)) => {
-                opts.until = Some(humantime::parse_duration(d).map_err(|e| {
-                    anyhow!("invalid filter {f:?}: {e} (expected e.g. until=24h)")
-                })?)
+                opts.until =
+                    Some(humantime::parse_duration(d).map_err(|e| {
+                        anyhow!("invalid filter {f:?}: {e} (expected e.g. until=24h)")
+                    })?)
             }
             _ => bail!("invalid filter {f:?}: kiln prune supports until=DURATION"),
         }
@@ -761,7 +759,15 @@ pub fn prune(root: &Path, flags: PruneFlags) -> Result<ExitCode> {
     }
     if flags.verbose || flags.dry_run {
         for (x, size, why) in &r.plan.refs {
-            println!("{} {x} ({}): {why}", if flags.dry_run { "would remove" } else { "removed" }, human_size(*size));
+            println!(
+                "{} {x} ({}): {why}",
+                if flags.dry_run {
+                    "would remove"
+                } else {
+                    "removed"
+                },
+                human_size(*size)
+            );
         }
     }
     if flags.verbose {

@@ -18,9 +18,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use kiln_cache::{
-    Budget, Digest, GcPlan, GcPolicy, GcRecord, GcRef, GcUniverse, SizeSpec, Store,
-};
+use kiln_cache::{Budget, Digest, GcPlan, GcPolicy, GcRecord, GcRef, GcUniverse, SizeSpec, Store};
 use kiln_ops::Platform;
 
 use crate::containers::{Container, Containers, MountKind};
@@ -632,7 +630,12 @@ pub fn build_cache_usage(store: &Store) -> Result<BuildCacheUsage> {
         let mut mine: Vec<&GcRef> = r.refs.iter().filter(|x| u.sizes.contains_key(*x)).collect();
         mine.sort();
         mine.dedup();
-        let size = r.size + mine.iter().filter(|x| alone(x)).map(|x| size_of(x)).sum::<u64>();
+        let size = r.size
+            + mine
+                .iter()
+                .filter(|x| alone(x))
+                .map(|x| size_of(x))
+                .sum::<u64>();
         let shared: Vec<&GcRef> = mine.into_iter().filter(|x| !alone(x)).collect();
         out.private += size;
         let in_use = u.pinned_records.get(&r.key).cloned();
@@ -694,9 +697,8 @@ pub struct PruneReport {
 /// whole, and `tmp/` is cleaned by the next [`Store::open`].
 pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport> {
     let mut report = PruneReport::default();
-    let budgeted = opts.budget_from_config
-        || opts.max_used_space.is_some()
-        || opts.min_free_space.is_some();
+    let budgeted =
+        opts.budget_from_config || opts.max_used_space.is_some() || opts.min_free_space.is_some();
     let mut policy = GcPolicy {
         until: opts.until,
         free_at_least: None,

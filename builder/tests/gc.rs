@@ -38,7 +38,14 @@ impl Env {
             .status()
             .unwrap();
         assert!(st.success(), "make-rootfs.sh failed");
-        env.ok(&["build", "--progress", "quiet", "-t", "busybox:kiln-test", ctx.to_str().unwrap()]);
+        env.ok(&[
+            "build",
+            "--progress",
+            "quiet",
+            "-t",
+            "busybox:kiln-test",
+            ctx.to_str().unwrap(),
+        ]);
         env
     }
 
@@ -132,7 +139,10 @@ fn assert_records_whole(root: &Path) {
         };
         for l in v["output"]["Fs"]["layers"].as_array().into_iter().flatten() {
             let d = kiln_cache::Digest::parse(l["digest"].as_str().unwrap()).unwrap();
-            assert!(store.has_blob(&d), "record {key} references missing blob {d}");
+            assert!(
+                store.has_blob(&d),
+                "record {key} references missing blob {d}"
+            );
         }
     }
 }
@@ -160,18 +170,41 @@ fn du_counts_the_whole_store_like_du_sb() {
     let out = env.ok(&["du"]);
     let lines: Vec<&str> = out.lines().collect();
     assert!(
-        lines[0].starts_with("ID") && lines[0].contains("RECLAIMABLE") && lines[0].contains("LAST ACCESSED"),
+        lines[0].starts_with("ID")
+            && lines[0].contains("RECLAIMABLE")
+            && lines[0].contains("LAST ACCESSED"),
         "{out}"
     );
     // Three apps: COPY big and RUN each (the base's records besides).
-    let runs = lines.iter().filter(|l| l.contains("[0] RUN echo $N")).count();
+    let runs = lines
+        .iter()
+        .filter(|l| l.contains("[0] RUN echo $N"))
+        .count();
     assert_eq!(runs, 3, "{out}");
-    assert!(lines.iter().any(|l| l.contains("true") && l.contains("[0] COPY big /big")), "{out}");
-    for want in ["Shared:", "Private:", "Reclaimable:", "Total:", "Blobs:", "Snapshots:", "Cache records:", "Stat memos:", "Temp files:"] {
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("true") && l.contains("[0] COPY big /big")),
+        "{out}"
+    );
+    for want in [
+        "Shared:",
+        "Private:",
+        "Reclaimable:",
+        "Total:",
+        "Blobs:",
+        "Snapshots:",
+        "Cache records:",
+        "Stat memos:",
+        "Temp files:",
+    ] {
         assert!(out.contains(want), "no {want} in\n{out}");
     }
     let verbose = env.ok(&["du", "--verbose"]);
-    assert!(verbose.contains("Description:\t[0] RUN echo $N"), "{verbose}");
+    assert!(
+        verbose.contains("Description:\t[0] RUN echo $N"),
+        "{verbose}"
+    );
 }
 
 #[test]
@@ -199,7 +232,10 @@ fn gc_keeps_the_store_under_a_small_cap_and_the_last_build_cached() {
     let used = env.du_sb();
     assert!(used <= cap, "store {used} bytes over its cap {cap}");
     let cached = env.build(&last, &["--build-arg", "N=9"]);
-    assert!(cached.iter().all(|c| *c), "last build not fully cached: {cached:?}");
+    assert!(
+        cached.iter().all(|c| *c),
+        "last build not fully cached: {cached:?}"
+    );
     assert_records_whole(&env.root());
     // The base image is whole: a build from it works.
     let again = env.context("again", APP, &[("big", &random(300_000, 77))]);
@@ -258,22 +294,44 @@ fn prune_never_removes_a_running_containers_snapshots() {
         "FROM busybox:kiln-test\nCOPY f /f\nCMD [\"sleep\", \"600\"]\n",
         &[("f", b"x")],
     );
-    env.ok(&["build", "--progress", "quiet", "-t", "app:1", ctx.to_str().unwrap()]);
-    let id = env.ok(&["run", "-d", "--name", "gcrun", "app:1"]).trim().to_string();
+    env.ok(&[
+        "build",
+        "--progress",
+        "quiet",
+        "-t",
+        "app:1",
+        ctx.to_str().unwrap(),
+    ]);
+    let id = env
+        .ok(&["run", "-d", "--name", "gcrun", "app:1"])
+        .trim()
+        .to_string();
     let store = Store::open(env.root()).unwrap();
     let c = kiln_builder::containers::Containers::open(&store)
         .unwrap()
         .get(&id)
         .unwrap();
     let snapshots = kiln_builder::snapshots::Snapshots::new(&store);
-    let dirs: Vec<PathBuf> = c.config.layers.iter().map(|l| snapshots.path(&l.diff_id)).collect();
+    let dirs: Vec<PathBuf> = c
+        .config
+        .layers
+        .iter()
+        .map(|l| snapshots.path(&l.diff_id))
+        .collect();
     assert!(dirs.iter().all(|d| d.is_dir()));
     // --all removes tagged images' snapshots, but not those a container uses.
     let dry = env.ok(&["prune", "--all", "--dry-run"]);
-    assert!(dry.starts_with("Would delete build cache objects:"), "{dry}");
+    assert!(
+        dry.starts_with("Would delete build cache objects:"),
+        "{dry}"
+    );
     env.ok(&["prune", "--all"]);
     for d in &dirs {
-        assert!(d.is_dir(), "{} removed under a running container", d.display());
+        assert!(
+            d.is_dir(),
+            "{} removed under a running container",
+            d.display()
+        );
     }
     env.ok(&["exec", "gcrun", "cat", "/f"]);
     env.ok(&["rm", "-f", "gcrun"]);
@@ -326,7 +384,10 @@ fn kill9_during_prune_leaves_a_usable_store() {
         assert_records_whole(&env.root());
         // The build works whatever the kill left (env.build asserts its success).
         let cached = env.build(&ctx, &["--build-arg", &format!("N={round}-2")]);
-        assert!(!cached.is_empty(), "round {round} (killed after {delay} ms)");
+        assert!(
+            !cached.is_empty(),
+            "round {round} (killed after {delay} ms)"
+        );
         env.ok(&["du"]);
     }
     let tmp: Vec<_> = fs::read_dir(env.root().join("tmp")).unwrap().collect();

@@ -182,9 +182,7 @@ impl Store {
     /// the next [`Store::open`] removes it.
     pub fn trash(&self, path: &Path) -> Result<Option<PathBuf>> {
         let seq = TRASH_SEQ.fetch_add(1, Ordering::Relaxed);
-        let dest = self
-            .tmp_dir()
-            .join(format!("{}.gc-{seq}", Store::writer()));
+        let dest = self.tmp_dir().join(format!("{}.gc-{seq}", Store::writer()));
         match fs::rename(path, &dest) {
             Ok(()) => Ok(Some(dest)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -340,11 +338,9 @@ impl fmt::Display for GcReason {
             GcReason::Unreferenced => f.write_str("not referenced by any cache record or image"),
             GcReason::LastReferenceGone => f.write_str("only pruned cache records used it"),
             GcReason::Pruned => f.write_str("build cache"),
-            GcReason::OlderThan(d) => write!(
-                f,
-                "unused for more than {}",
-                humantime::format_duration(*d)
-            ),
+            GcReason::OlderThan(d) => {
+                write!(f, "unused for more than {}", humantime::format_duration(*d))
+            }
             GcReason::OverBudget => f.write_str("least recently used, over budget"),
         }
     }
@@ -407,10 +403,9 @@ pub fn plan(u: &GcUniverse, policy: &GcPolicy, now: SystemTime) -> GcPlan {
         .iter()
         .filter(|r| !u.pinned_records.contains_key(&r.key))
         .filter(|r| {
-            policy.until.is_none_or(|d| {
-                now.duration_since(r.last_used)
-                    .is_ok_and(|age| age > d)
-            })
+            policy
+                .until
+                .is_none_or(|d| now.duration_since(r.last_used).is_ok_and(|age| age > d))
         })
         .map(|r| (r, private(r, &count)))
         .collect();
@@ -458,7 +453,10 @@ mod tests {
     #[test]
     fn sizes_parse_like_dockers_flags() {
         assert_eq!(SizeSpec::parse("10GB").unwrap(), SizeSpec::Bytes(10 << 30));
-        assert_eq!(SizeSpec::parse("512mb").unwrap(), SizeSpec::Bytes(512 << 20));
+        assert_eq!(
+            SizeSpec::parse("512mb").unwrap(),
+            SizeSpec::Bytes(512 << 20)
+        );
         assert_eq!(SizeSpec::parse("1.5G").unwrap(), SizeSpec::Bytes(3 << 29));
         assert_eq!(SizeSpec::parse("1024").unwrap(), SizeSpec::Bytes(1024));
         assert_eq!(SizeSpec::parse("100KiB").unwrap(), SizeSpec::Bytes(102400));
@@ -499,7 +497,10 @@ mod tests {
         assert_eq!(cfg.max_used_space, Some(SizeSpec::Bytes(10 << 30)));
         assert_eq!(cfg.min_free_space, Some(SizeSpec::Percent(20.0)));
         let e = parse_gc_config("[gc]\nmax-used = \"1GB\"\n").unwrap_err();
-        assert!(e.contains("line 2") && e.contains("unknown key \"max-used\""), "{e}");
+        assert!(
+            e.contains("line 2") && e.contains("unknown key \"max-used\""),
+            "{e}"
+        );
         let e = parse_gc_config("[gc]\nmin-free-space = \"lots\"\n").unwrap_err();
         assert!(e.contains("min-free-space") && e.contains("lots"), "{e}");
         let dir = tempfile::tempdir().unwrap();
@@ -535,7 +536,14 @@ mod tests {
             ],
             ..Default::default()
         };
-        for (r, s) in [("base", 1000), ("a", 10), ("s", 5), ("b", 50), ("n", 7), ("orphan", 3)] {
+        for (r, s) in [
+            ("base", 1000),
+            ("a", 10),
+            ("s", 5),
+            ("b", 50),
+            ("n", 7),
+            ("orphan", 3),
+        ] {
             u.sizes.insert(GcRef::Blob(r.into()), s);
         }
         u.pinned
@@ -560,8 +568,15 @@ mod tests {
         let keys: Vec<&str> = p.records.iter().map(|(r, _, _)| r.key.as_str()).collect();
         assert_eq!(keys, ["older-big"], "orphan 3 + big 51 >= 50");
         assert_eq!(p.freed, 3 + 51);
-        assert_eq!(p.refs[0], (GcRef::Blob("orphan".into()), 3, GcReason::Unreferenced));
-        assert!(p.refs.iter().all(|(r, _, _)| *r != GcRef::Blob("base".into())));
+        assert_eq!(
+            p.refs[0],
+            (GcRef::Blob("orphan".into()), 3, GcReason::Unreferenced)
+        );
+        assert!(
+            p.refs
+                .iter()
+                .all(|(r, _, _)| *r != GcRef::Blob("base".into()))
+        );
         let p = plan(
             &u,
             &GcPolicy {
@@ -591,8 +606,11 @@ mod tests {
         let mut keys: Vec<&str> = p.records.iter().map(|(r, _, _)| r.key.as_str()).collect();
         keys.sort();
         assert_eq!(keys, ["old", "older-big"]);
-        assert!(p.records.iter().all(|(_, _, why)| *why
-            == GcReason::OlderThan(Duration::from_secs(50))));
+        assert!(
+            p.records
+                .iter()
+                .all(|(_, _, why)| *why == GcReason::OlderThan(Duration::from_secs(50)))
+        );
         // A blob two records share goes only with the second.
         let mut u = universe();
         u.records.push(rec("twin", 1, &["a"]));

@@ -289,7 +289,11 @@ mod tests {
         let lock = leases.join("1-2-0.lock");
         let json = leases.join("1-2-0.json");
         fs::write(&lock, b"").unwrap();
-        fs::write(&json, br#"{"holder":"build","started_ns":1,"refs":["sha256:cc"]}"#).unwrap();
+        fs::write(
+            &json,
+            br#"{"holder":"build","started_ns":1,"refs":["sha256:cc"]}"#,
+        )
+        .unwrap();
         assert!(lock.exists() && json.exists());
         assert!(store.leases().unwrap().is_empty());
         assert!(!lock.exists() && !json.exists());

@@ -425,7 +425,10 @@ impl Worker for BuildWorker<'_> {
         // Leased first, then checked: a collector either sees the lease or has already
         // moved the record, which is then a miss. Marking it used is its last-use time.
         self.lease_layers(rec.output.layers(), &[key.as_str()])?;
-        if !self.store.mark_used(&self.store.cache_record_path(key.as_str())?)? {
+        if !self
+            .store
+            .mark_used(&self.store.cache_record_path(key.as_str())?)?
+        {
             return Ok(None);
         }
         // A record whose blobs are gone (and cannot be fetched) is a miss.

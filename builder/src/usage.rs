@@ -755,15 +755,26 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport> {
             };
             // Records first: a kill after this leaves blobs nothing references, never
             // a record whose blobs are gone.
+            // (Durable in that order too: the records' directory is synced before any
+            // blob or snapshot moves.)
+            let mut cache_dir = None;
             for (r, _, _) in &report.plan.records {
-                trash.extend(store.trash(&store.cache_record_path(&r.key)?)?);
+                let path = store.cache_record_path(&r.key)?;
+                trash.extend(store.trash(&path)?);
+                cache_dir = path.parent().map(Path::to_path_buf);
                 step();
+            }
+            if let Some(d) = &cache_dir {
+                store.sync_dirs(&[d])?;
             }
             for (x, _, _) in &report.plan.refs {
                 if let Some(p) = c.paths.get(x) {
                     trash.extend(store.trash(p)?);
                     step();
                 }
+            }
+            if !report.plan.refs.is_empty() {
+                store.sync_dirs(&[&store.blobs_dir(), &store.snapshots_dir()])?;
             }
         }
         report.lock_held = locked.elapsed();

@@ -179,21 +179,29 @@ impl Store {
     /// Moves `path` (a cache record, blob or snapshot) out of place into `tmp/`, in one
     /// rename; `None` if it is already gone. Delete the result with
     /// [`crate::remove_tree`] once the GC lock is released; if the process dies first,
-    /// the next [`Store::open`] removes it.
+    /// the next [`Store::open`] removes it. Not made durable here (one fsync per entry
+    /// would hold the GC lock for seconds per thousand): call [`Store::sync_dirs`] on
+    /// the directories concerned after each batch whose order matters.
     pub fn trash(&self, path: &Path) -> Result<Option<PathBuf>> {
         let seq = TRASH_SEQ.fetch_add(1, Ordering::Relaxed);
-        let dest = self.tmp_dir().join(format!("{}.gc-{seq}", Store::writer()));
+        let dest = self
+            .tmp_dir()
+            .join(format!("{}.gc-{seq}", Store::writer()));
         match fs::rename(path, &dest) {
             Ok(()) => Ok(Some(dest)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(CacheError::io("move to the trash", path, e)),
         }
-        .and_then(|r| {
-            if r.is_some() {
-                crate::store::fsync_parent(path)?;
-            }
-            Ok(r)
-        })
+    }
+
+    /// fsyncs directories (after renames out of them), and `tmp/`.
+    pub fn sync_dirs(&self, dirs: &[&Path]) -> Result<()> {
+        for d in dirs.iter().copied().chain([self.tmp_dir().as_path()]) {
+            fs::File::open(d)
+                .and_then(|f| f.sync_all())
+                .ctx("fsync directory", d)?;
+        }
+        Ok(())
     }
 }
 

@@ -718,7 +718,8 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport> {
             report.budget = Some((budget, fs_used, 0));
             return Ok(report);
         }
-        let used = store.disk_usage()?.total().bytes;
+        // As `du -sb` counts (directories too), like `system df`.
+        let used = system_df(store)?.total();
         let excess = budget.excess(used, disk);
         report.budget = Some((budget, used, excess));
         if excess == 0 {

@@ -152,7 +152,7 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(GcConfig::default()),
             Err(e) => return Err(CacheError::io("read", &path, e)),
         };
-        parse_gc_config(&text).map_err(|reason| CacheError::CorruptFile { path, reason })
+        parse_gc_config(&text).map_err(|reason| CacheError::Config { path, reason })
     }
 
     /// Size and free space of the store's filesystem.
@@ -184,9 +184,7 @@ impl Store {
     /// the directories concerned after each batch whose order matters.
     pub fn trash(&self, path: &Path) -> Result<Option<PathBuf>> {
         let seq = TRASH_SEQ.fetch_add(1, Ordering::Relaxed);
-        let dest = self
-            .tmp_dir()
-            .join(format!("{}.gc-{seq}", Store::writer()));
+        let dest = self.tmp_dir().join(format!("{}.gc-{seq}", Store::writer()));
         match fs::rename(path, &dest) {
             Ok(()) => Ok(Some(dest)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -521,7 +519,10 @@ mod tests {
         );
         fs::write(store.config_path(), "[gc\n").unwrap();
         let e = store.gc_config().unwrap_err().to_string();
-        assert!(e.contains("config.toml") && e.contains("line 1"), "{e}");
+        assert!(
+            e.starts_with("invalid ") && e.contains("config.toml: line 1"),
+            "{e}"
+        );
     }
 
     fn rec(key: &str, age: u64, refs: &[&str]) -> GcRecord {

@@ -448,6 +448,9 @@ fn print_df_verbose(df: &usage::SystemDf) {
         println!("{name:<66} {links:<6} {}", human_size(*size));
     }
     println!("\nBuild cache usage: {}", human_size(df.build_cache.size));
+    for (label, bytes) in &df.build_cache_areas {
+        println!("  {:<16}{}", format!("{label}:"), human_size(*bytes));
+    }
 }
 
 /// `kiln rmi [-f] IMAGE...`: untags; when no tag is left on the image, deletes its

@@ -200,6 +200,11 @@ fn du_counts_the_whole_store_like_du_sb() {
     ] {
         assert!(out.contains(want), "no {want} in\n{out}");
     }
+    let df = env.ok(&["system", "df", "-v"]);
+    assert!(
+        df.contains("Build cache usage:") && df.contains("  Build records:"),
+        "{df}"
+    );
     let verbose = env.ok(&["du", "--verbose"]);
     assert!(
         verbose.contains("Description:\t[0] RUN echo $N"),

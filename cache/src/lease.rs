@@ -149,14 +149,12 @@ impl Store {
         let id = format!("{}-{seq}", Store::writer());
         let lock_path = dir.join(format!("{id}.lock"));
         let json_path = dir.join(format!("{id}.json"));
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .ctx("create lease", &lock_path)?;
+        // Made and locked in tmp/ (cleaned there if we die), then renamed into place:
+        // a collector never sees it unlocked, which would read as a dead holder's.
+        let (file, tmp) = self.create_temp()?;
         flock(&file, FlockOperation::NonBlockingLockExclusive)
-            .map_err(|e| CacheError::io("lock", &lock_path, e.into()))?;
+            .map_err(|e| CacheError::io("lock", tmp.path(), e.into()))?;
+        tmp.rename_to(&lock_path)?;
         let info = LeaseInfo {
             holder: holder.to_owned(),
             started_ns: now_ns(),

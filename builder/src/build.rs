@@ -299,6 +299,9 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         source,
     })?;
     let _lock = store.lock_shared()?;
+    // What this build uses is added to its lease as it goes (the worker's job); what
+    // it writes is newer than the lease, which a collector keeps too.
+    let lease = store.lease(&format!("build of {}", req.dockerfile.display()), &[])?;
     let source = std::fs::read(&req.dockerfile).map_err(|source| BuildError::ReadDockerfile {
         path: req.dockerfile.clone(),
         source,
@@ -372,7 +375,8 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
     let worker = BuildWorker::new(&store, context, &images, layer_opts, exec)?
         .with_reporter(&*progress)
         .with_network_timeouts(req.registry.timeouts)
-        .with_lazy_snapshots(leaves);
+        .with_lazy_snapshots(leaves)
+        .with_lease(&lease);
     let cancel: &AtomicBool = crate::interrupt::flag();
     let results = kiln_solver::solve(
         &plan.graph,
@@ -474,6 +478,33 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
     progress.message(&format!("writing image {} done", built.manifest_digest));
     for t in &req.tags {
         progress.message(&format!("naming to {} done", normalize_tag(t)));
+    }
+    // Over budget: least recently used records go. This build's lease is still held,
+    // so what it just used stays.
+    match crate::usage::gc_if_over_budget(&store) {
+        Ok(Some(r)) if r.plan.freed == 0 => {
+            let (budget, used, _) = r.budget.expect("budgeted");
+            progress.message(&format!(
+                "WARNING: store over budget ({} used, max {}, min free {}) but nothing can be removed: builds, containers or tagged images use it all",
+                crate::changes::human_size(used),
+                crate::changes::human_size(budget.max_used),
+                crate::changes::human_size(budget.min_free),
+            ));
+        }
+        Ok(Some(r)) => {
+            let (budget, used, _) = r.budget.expect("budgeted");
+            progress.message(&format!(
+                "store over budget ({} used, max {}, min free {}): removed {} cache records, {} blobs and snapshots, freed {}",
+                crate::changes::human_size(used),
+                crate::changes::human_size(budget.max_used),
+                crate::changes::human_size(budget.min_free),
+                r.plan.records.len(),
+                r.plan.refs.len(),
+                crate::changes::human_size(r.plan.freed)
+            ));
+        }
+        Ok(None) => {}
+        Err(e) => progress.message(&format!("WARNING: garbage collection failed: {e}")),
     }
     Ok(BuildOutcome {
         report,

@@ -251,6 +251,35 @@ enum Command {
     /// Manage images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Show the build cache's disk usage, per cache record.
+    Du {
+        /// One block per record, with its description and why it is kept.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Remove build cache (least recently used first when pruning to a size).
+    Prune {
+        /// Also remove the unpacked snapshots of tagged images (their blobs stay).
+        #[arg(short, long)]
+        all: bool,
+        /// Filter: `until=DURATION` (e.g. `until=24h`): only records unused for longer.
+        #[arg(long = "filter")]
+        filters: Vec<String>,
+        /// Prune least recently used records until the store uses at most this much
+        /// (`10GB`, `20%` of the disk).
+        #[arg(long)]
+        max_used_space: Option<String>,
+        /// Prune least recently used records until this much of the disk is free
+        /// (`10GB`, `10%`).
+        #[arg(long)]
+        min_free_space: Option<String>,
+        /// Show what would be removed, and why, without removing it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also list the blobs and snapshots removed and the records kept in use.
+        #[arg(short, long)]
+        verbose: bool,
+    },
 }
 
 /// `kiln volume ...`.
@@ -523,6 +552,25 @@ pub fn run() -> Result<ExitCode> {
             crate::storage_cmds::system_df(&root, verbose)
         }
         Command::Rmi { force, images } => crate::storage_cmds::rmi(&root, force, &images),
+        Command::Du { verbose } => crate::storage_cmds::du(&root, verbose),
+        Command::Prune {
+            all,
+            filters,
+            max_used_space,
+            min_free_space,
+            dry_run,
+            verbose,
+        } => crate::storage_cmds::prune(
+            &root,
+            crate::storage_cmds::PruneFlags {
+                all,
+                filters,
+                max_used_space,
+                min_free_space,
+                dry_run,
+                verbose,
+            },
+        ),
         Command::Image(ImageCommand::Prune { all, force }) => {
             crate::storage_cmds::image_prune(&root, all, force)
         }

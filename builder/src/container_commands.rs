@@ -377,6 +377,20 @@ pub fn run(
         };
         let image = spec::find_image(&store, &images, &args.image)
             .with_context(|| format!("Unable to find image '{}'", args.image))?;
+        // Until the container exists (which pins its layers), a lease keeps a concurrent
+        // `kiln prune` off the image's blobs and snapshots; they are made present after.
+        let _lease = store.lease(
+            &format!("kiln run {}", args.image),
+            &image
+                .layers
+                .iter()
+                .flat_map(|l| [l.digest.to_string(), l.diff_id.to_string()])
+                .chain([
+                    image.manifest_digest.to_string(),
+                    image.config_digest.to_string(),
+                ])
+                .collect::<Vec<_>>(),
+        )?;
         images.ensure_layers(&image.layers, None)?;
         let mut config = spec::container_config(&args.image, &image, &opts)?;
         // A bad `-u` fails before anything is made (Docker checks it at create).

@@ -42,6 +42,9 @@ pub enum SnapshotError {
         #[source]
         source: LayerError,
     },
+    /// The store refused (marking a snapshot used).
+    #[error(transparent)]
+    Store(#[from] CacheError),
     /// An I/O error without more to say than itself.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -65,6 +68,7 @@ pub struct LayerRef {
 /// The snapshot area of a store.
 #[derive(Debug, Clone)]
 pub struct Snapshots {
+    store: Store,
     dir: PathBuf,
     tmp: PathBuf,
 }
@@ -73,6 +77,7 @@ impl Snapshots {
     /// The snapshots of `store`.
     pub fn new(store: &Store) -> Snapshots {
         Snapshots {
+            store: store.clone(),
             dir: store.snapshots_dir(),
             tmp: store.tmp_dir(),
         }
@@ -98,7 +103,9 @@ impl Snapshots {
     /// build got there first, ours is dropped.
     pub fn commit(&self, dir: tempfile::TempDir, diff_id: &Digest) -> Result<PathBuf> {
         let dest = self.path(diff_id);
-        if dest.exists() {
+        // Reused: marked used so that a running collector keeps it (gone since: ours
+        // takes its place).
+        if dest.exists() && self.store.mark_used(&dest)? {
             return Ok(dest);
         }
         fs::create_dir_all(&self.dir)?;

@@ -1,5 +1,5 @@
-//! `kiln volume ...`, `kiln diff`, `kiln commit`, `kiln system df`, `kiln rmi` and
-//! `kiln image prune`: the commands over what containers leave on disk, with Docker's
+//! `kiln volume ...`, `kiln diff`, `kiln commit`, `kiln system df`, `kiln rmi`,
+//! `kiln image prune`, `kiln du` and `kiln prune`: the commands over what containers leave on disk, with Docker's
 //! flags, columns and messages.
 
 use std::collections::{HashMap, HashSet};
@@ -448,6 +448,9 @@ fn print_df_verbose(df: &usage::SystemDf) {
         println!("{name:<66} {links:<6} {}", human_size(*size));
     }
     println!("\nBuild cache usage: {}", human_size(df.build_cache.size));
+    for (label, bytes) in &df.build_cache_areas {
+        println!("  {:<16}{}", format!("{label}:"), human_size(*bytes));
+    }
 }
 
 /// `kiln rmi [-f] IMAGE...`: untags; when no tag is left on the image, deletes its
@@ -612,5 +615,174 @@ pub fn image_prune(root: &Path, all: bool, force: bool) -> Result<ExitCode> {
         "Total reclaimed space: {}",
         human_size(before.saturating_sub(after))
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn short_key(key: &str) -> &str {
+    let hex = key.strip_prefix("sha256:").unwrap_or(key);
+    &hex[..hex.len().min(12)]
+}
+
+fn last_used(t: std::time::SystemTime) -> String {
+    let age = std::time::SystemTime::now()
+        .duration_since(t)
+        .unwrap_or_default();
+    let age = chrono::Duration::from_std(age).unwrap_or_default();
+    format!("{} ago", crate::container_commands::human_duration(age))
+}
+
+/// `kiln du [--verbose]`: the build cache per record (most recently used first), then
+/// the totals and the Build Cache row of `system df` by kind.
+pub fn du(root: &Path, verbose: bool) -> Result<ExitCode> {
+    let store = Store::open(root)?;
+    let u = usage::build_cache_usage(&store)?;
+    if verbose {
+        for r in &u.records {
+            println!("ID:\t\t{}", r.key);
+            println!("Reclaimable:\t{}", r.reclaimable);
+            println!("Shared:\t\t{}", r.shared);
+            println!("Size:\t\t{}", human_size(r.size));
+            if let Some(d) = &r.description {
+                println!("Description:\t{d}");
+            }
+            if let Some(why) = &r.in_use {
+                println!("In use:\t\t{why}");
+            }
+            println!("Last used:\t{}", last_used(r.last_used));
+            println!();
+        }
+    } else {
+        println!(
+            "{:<14}{:<13}{:<12}{:<26}DESCRIPTION",
+            "ID", "RECLAIMABLE", "SIZE", "LAST ACCESSED"
+        );
+        for r in &u.records {
+            println!(
+                "{:<14}{:<13}{:<12}{:<26}{}",
+                short_key(&r.key),
+                r.reclaimable,
+                human_size(r.size),
+                last_used(r.last_used),
+                r.description.as_deref().unwrap_or("")
+            );
+        }
+    }
+    println!("Shared:\t\t{}", human_size(u.shared));
+    println!("Private:\t{}", human_size(u.private));
+    println!("Reclaimable:\t{}", human_size(u.reclaimable));
+    println!("Total:\t\t{}", human_size(u.total));
+    println!();
+    println!("Build cache by kind:");
+    for (label, bytes) in &u.areas {
+        println!("  {:<16}{}", format!("{label}:"), human_size(*bytes));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Flags of `kiln prune`.
+pub struct PruneFlags {
+    /// `--all`.
+    pub all: bool,
+    /// `--filter`.
+    pub filters: Vec<String>,
+    /// `--max-used-space`.
+    pub max_used_space: Option<String>,
+    /// `--min-free-space`.
+    pub min_free_space: Option<String>,
+    /// `--dry-run`.
+    pub dry_run: bool,
+    /// `--verbose`.
+    pub verbose: bool,
+}
+
+/// `kiln prune`: Docker's `builder prune` output (`Deleted build cache objects:`, one id a
+/// line, `Total reclaimed space:`); `--dry-run` says what would go and why.
+pub fn prune(root: &Path, flags: PruneFlags) -> Result<ExitCode> {
+    let mut opts = usage::PruneOptions {
+        all: flags.all,
+        dry_run: flags.dry_run,
+        ..Default::default()
+    };
+    for f in &flags.filters {
+        match f.split_once('=') {
+            Some(("until", d)) => {
+                opts.until =
+                    Some(humantime::parse_duration(d).map_err(|e| {
+                        anyhow!("invalid filter {f:?}: {e} (expected e.g. until=24h)")
+                    })?)
+            }
+            _ => bail!("invalid filter {f:?}: kiln prune supports until=DURATION"),
+        }
+    }
+    let size = |flag: &str, v: &Option<String>| -> Result<Option<kiln_cache::SizeSpec>> {
+        v.as_deref()
+            .map(|s| kiln_cache::SizeSpec::parse(s).with_context(|| format!("--{flag}")))
+            .transpose()
+    };
+    opts.max_used_space = size("max-used-space", &flags.max_used_space)?;
+    opts.min_free_space = size("min-free-space", &flags.min_free_space)?;
+    let store = Store::open(root)?;
+    let r = usage::prune(&store, &opts)?;
+    if let Some((budget, used, excess)) = r.budget {
+        if excess == 0 {
+            println!(
+                "Within budget: the store uses {} (max {}), at least {} free (min {}): nothing to prune",
+                human_size(used),
+                human_size(budget.max_used),
+                human_size(store.disk_space()?.available),
+                human_size(budget.min_free)
+            );
+        } else if flags.verbose || flags.dry_run {
+            println!(
+                "Over budget by {}: the store uses {} (max {}, min free {})",
+                human_size(excess),
+                human_size(used),
+                human_size(budget.max_used),
+                human_size(budget.min_free)
+            );
+        }
+    }
+    if flags.dry_run {
+        println!("Would delete build cache objects:");
+        for (rec, size, why) in &r.plan.records {
+            println!(
+                "{:<14}{:<12}{:<40}{}",
+                short_key(&rec.key),
+                human_size(*size),
+                why.to_string(),
+                rec.description.as_deref().unwrap_or("")
+            );
+        }
+    } else if !r.plan.records.is_empty() {
+        println!("Deleted build cache objects:");
+        for (rec, _, _) in &r.plan.records {
+            println!("{}", short_key(&rec.key));
+        }
+        println!();
+    }
+    if flags.verbose || flags.dry_run {
+        for (x, size, why) in &r.plan.refs {
+            println!(
+                "{} {x} ({}): {why}",
+                if flags.dry_run {
+                    "would remove"
+                } else {
+                    "removed"
+                },
+                human_size(*size)
+            );
+        }
+    }
+    if flags.verbose {
+        for (key, why) in &r.kept_in_use {
+            println!("kept {}: {why}", short_key(key));
+        }
+        println!("GC lock held {} ms", r.lock_held.as_millis());
+    }
+    if flags.dry_run {
+        println!("Total reclaimable space: {}", human_size(r.plan.freed));
+    } else {
+        println!("Total reclaimed space: {}", human_size(r.plan.freed));
+    }
     Ok(ExitCode::SUCCESS)
 }

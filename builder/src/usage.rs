@@ -16,8 +16,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
-use kiln_cache::{Digest, Store};
+use kiln_cache::{Budget, Digest, GcPlan, GcPolicy, GcRecord, GcRef, GcUniverse, SizeSpec, Store};
 use kiln_ops::Platform;
 
 use crate::containers::{Container, Containers, MountKind};
@@ -90,6 +91,9 @@ pub struct SystemDf {
     pub container_list: Vec<(Container, u64)>,
     /// Per volume: name, containers using it, size (for `-v`).
     pub volume_list: Vec<(String, usize, u64)>,
+    /// The Build Cache row by kind: blobs, snapshots, cache records, cache mounts,
+    /// build records, stat memos, temp files, other (locks, store.json, leases).
+    pub build_cache_areas: Vec<(&'static str, u64)>,
 }
 
 impl SystemDf {
@@ -155,6 +159,19 @@ pub fn cache_references(store: &Store) -> Result<HashSet<String>> {
     }
     Ok(out)
 }
+
+/// The kinds of the Build Cache row: the store directory (first path component) and
+/// its label; the last is everything else.
+const BUILD_CACHE_AREAS: &[(&str, &str)] = &[
+    ("blobs", "Blobs"),
+    ("snapshots", "Snapshots"),
+    ("cache", "Cache records"),
+    ("cache-mounts", "Cache mounts"),
+    ("records", "Build records"),
+    ("statmemo", "Stat memos"),
+    ("tmp", "Temp files"),
+    ("", "Other"),
+];
 
 /// Which row a path of the store belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -231,6 +248,10 @@ pub fn system_df(store: &Store) -> Result<SystemDf> {
     let mut container_bytes = vec![0u64; containers.len()];
     let mut volume_bytes = vec![0u64; volumes.len()];
     let mut other = 0u64;
+    let mut other_areas: Vec<(&'static str, u64)> = BUILD_CACHE_AREAS
+        .iter()
+        .map(|(_, label)| (*label, 0))
+        .collect();
     let mut images_area = 0u64;
 
     let mut seen: HashSet<(u64, u64)> = HashSet::new();
@@ -291,10 +312,21 @@ pub fn system_df(store: &Store) -> Result<SystemDf> {
                     unique_to_unused += n;
                 }
             }
-            Area::Container(usize::MAX) | Area::Volume(usize::MAX) => other += n,
+            Area::Container(usize::MAX) | Area::Volume(usize::MAX) => {
+                other += n;
+                other_areas.last_mut().expect("other").1 += n;
+            }
             Area::Container(i) => container_bytes[i] += n,
             Area::Volume(i) => volume_bytes[i] += n,
-            Area::Other => other += n,
+            Area::Other => {
+                other += n;
+                let first = first_component(path, store.root()).unwrap_or_default();
+                let i = BUILD_CACHE_AREAS
+                    .iter()
+                    .position(|(dir, _)| *dir == first)
+                    .unwrap_or(BUILD_CACHE_AREAS.len() - 1);
+                other_areas[i].1 += n;
+            }
         }
     }
     for (i, img) in images.iter_mut().enumerate() {
@@ -355,6 +387,420 @@ pub fn system_df(store: &Store) -> Result<SystemDf> {
                 )
             })
             .collect(),
+        build_cache_areas: other_areas,
     };
     Ok(df)
+}
+
+// ---------------------------------------------------------------------------------------
+// Build cache: per-record usage (`kiln du`) and garbage collection (`kiln prune`, and
+// the collection after a build when the store is over budget).
+
+/// One cache record, as `kiln du` shows it.
+#[derive(Debug, Clone)]
+pub struct CacheRecordUsage {
+    /// Its key.
+    pub key: String,
+    /// Whether `kiln prune` may remove it now (no build uses it).
+    pub reclaimable: bool,
+    /// Whether it shares content with another record or an image.
+    pub shared: bool,
+    /// Bytes only it holds: its record file and what no other record or image uses.
+    pub size: u64,
+    /// When it was last used (written, or hit by a build).
+    pub last_used: SystemTime,
+    /// The step that made it, if known.
+    pub description: Option<String>,
+    /// Why it is kept, if it is ("leased by build ...").
+    pub in_use: Option<String>,
+}
+
+/// What `kiln du` reports.
+#[derive(Debug, Clone, Default)]
+pub struct BuildCacheUsage {
+    /// Per cache record, most recently used first.
+    pub records: Vec<CacheRecordUsage>,
+    /// Bytes of blobs and snapshots records share (with each other or with images),
+    /// counted once.
+    pub shared: u64,
+    /// Bytes records hold alone.
+    pub private: u64,
+    /// Bytes `kiln prune` would free now.
+    pub reclaimable: u64,
+    /// The Build Cache row of `system df`, by kind.
+    pub areas: Vec<(&'static str, u64)>,
+    /// The Build Cache row's size (the sum of `areas`).
+    pub total: u64,
+}
+
+/// The references of a cache record's value: each layer's blob (`digest`) and
+/// snapshot (`diff_id`).
+fn record_refs(v: &serde_json::Value, out: &mut Vec<GcRef>) {
+    match v {
+        serde_json::Value::Object(o) => {
+            for (k, v) in o {
+                match (k.as_str(), v.as_str()) {
+                    ("digest", Some(d)) if d.starts_with("sha256:") => {
+                        out.push(GcRef::Blob(d.to_owned()))
+                    }
+                    ("diff_id", Some(d)) if d.starts_with("sha256:") => {
+                        out.push(GcRef::Snapshot(d.to_owned()))
+                    }
+                    _ => record_refs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| record_refs(v, out)),
+        _ => {}
+    }
+}
+
+/// Bytes of a tree as `du -sb` counts them (directories included, hard links once).
+fn tree_size(path: &Path) -> u64 {
+    let mut seen = HashSet::new();
+    walkdir::WalkDir::new(path)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.nlink() <= 1 || m.is_dir() || seen.insert((m.dev(), m.ino())))
+        .map(|m| m.len())
+        .sum()
+}
+
+/// The entries of a store area named `<64 hex>`, as digests, with their paths.
+fn digest_entries(dir: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let d = Digest::parse(&format!("sha256:{name}")).ok()?;
+            Some((d.to_string(), e.path()))
+        })
+        .collect()
+}
+
+/// Sizes of the snapshots (walked outside the GC lock: the slow part).
+pub fn snapshot_sizes(store: &Store) -> HashMap<String, u64> {
+    digest_entries(&store.snapshots_dir())
+        .into_iter()
+        .map(|(d, p)| {
+            let size = tree_size(&p);
+            (d, size)
+        })
+        .collect()
+}
+
+/// The collector's view of the store, and where each blob and snapshot is.
+pub struct Collected {
+    /// What [`kiln_cache::plan`] decides on.
+    pub universe: GcUniverse,
+    /// Path of each blob and snapshot.
+    pub paths: HashMap<GcRef, PathBuf>,
+    /// The live leases.
+    pub leases: Vec<kiln_cache::LeaseInfo>,
+}
+
+/// Reads the store for the collector: records, blobs, snapshots and what pins them.
+/// `all`: tagged images' snapshots are not pinned (their blobs always are). Call under
+/// the GC lock (exclusive) when acting on the answer.
+pub fn collect(
+    store: &Store,
+    snapshot_sizes: &HashMap<String, u64>,
+    all: bool,
+) -> Result<Collected> {
+    let mut u = GcUniverse::default();
+    let mut paths = HashMap::new();
+    let mtime = |p: &Path| kiln_cache::modified(p);
+    let leases = store.leases()?;
+    // Content newer than the oldest live lease may be a running build's: kept. (Lease
+    // times are their lock files' times: the clock of the other files' times.)
+    let fresh_from = leases.iter().map(|l| l.started_at()).min();
+    let is_fresh = |t: Option<SystemTime>| match (t, fresh_from) {
+        (Some(t), Some(from)) => t >= from,
+        _ => false,
+    };
+    for (d, p) in digest_entries(&store.blobs_dir()) {
+        let r = GcRef::Blob(d);
+        let meta = std::fs::symlink_metadata(&p).ok();
+        if is_fresh(meta.as_ref().and_then(|m| m.modified().ok())) {
+            u.pinned.insert(r.clone(), "made by a running build".into());
+        }
+        u.sizes.insert(r.clone(), meta.map_or(0, |m| m.len()));
+        paths.insert(r, p);
+    }
+    for (d, p) in digest_entries(&store.snapshots_dir()) {
+        let size = match snapshot_sizes.get(&d) {
+            Some(s) => *s,
+            None => tree_size(&p),
+        };
+        let r = GcRef::Snapshot(d);
+        if is_fresh(mtime(&p)?) {
+            u.pinned.insert(r.clone(), "made by a running build".into());
+        }
+        u.sizes.insert(r.clone(), size);
+        paths.insert(r, p);
+    }
+    for key in store.cache_keys()? {
+        let path = store.cache_record_path(&key)?;
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let Some(value) = store.cache_get(&key)? else {
+            continue;
+        };
+        let mut refs = Vec::new();
+        record_refs(&value, &mut refs);
+        let last_used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        if is_fresh(Some(last_used)) {
+            u.pinned_records
+                .insert(key.clone(), "used by a running build".into());
+        }
+        u.records.push(GcRecord {
+            key,
+            last_used,
+            size: meta.len(),
+            refs,
+            description: value
+                .get("description")
+                .and_then(|d| d.as_str())
+                .map(str::to_owned),
+        });
+    }
+    for img in tagged_images(store)? {
+        let why = format!("tagged image {}", img.tags.join(", "));
+        for b in &img.blobs {
+            u.pinned.insert(GcRef::Blob(b.to_string()), why.clone());
+        }
+        if !all {
+            for d in &img.diff_ids {
+                u.pinned.insert(GcRef::Snapshot(d.to_string()), why.clone());
+            }
+        }
+    }
+    for c in Containers::open(store)?.list()? {
+        let why = format!("container {}", c.name);
+        for d in [&c.config.manifest_digest, &c.image_id] {
+            u.pinned.insert(GcRef::Blob(d.clone()), why.clone());
+        }
+        for l in &c.config.layers {
+            u.pinned
+                .insert(GcRef::Blob(l.digest.to_string()), why.clone());
+            u.pinned
+                .insert(GcRef::Snapshot(l.diff_id.to_string()), why.clone());
+        }
+    }
+    for l in &leases {
+        let why = format!("leased by {}", l.holder);
+        for r in &l.refs {
+            u.pinned.insert(GcRef::Blob(r.clone()), why.clone());
+            u.pinned.insert(GcRef::Snapshot(r.clone()), why.clone());
+            u.pinned_records.insert(r.clone(), why.clone());
+        }
+    }
+    Ok(Collected {
+        universe: u,
+        paths,
+        leases,
+    })
+}
+
+/// `kiln du`: the build cache per record, and the Build Cache row by kind.
+pub fn build_cache_usage(store: &Store) -> Result<BuildCacheUsage> {
+    let sizes = snapshot_sizes(store);
+    let c = collect(store, &sizes, false)?;
+    let u = &c.universe;
+    let mut owners: HashMap<&GcRef, usize> = HashMap::new();
+    for r in &u.records {
+        let mut mine: Vec<&GcRef> = r.refs.iter().collect();
+        mine.sort();
+        mine.dedup();
+        for x in mine {
+            *owners.entry(x).or_default() += 1;
+        }
+    }
+    let size_of = |x: &GcRef| u.sizes.get(x).copied().unwrap_or(0);
+    let alone = |x: &GcRef| owners.get(x) == Some(&1) && !u.pinned.contains_key(x);
+    let mut out = BuildCacheUsage::default();
+    let mut shared_refs: HashSet<&GcRef> = HashSet::new();
+    for r in &u.records {
+        let mut mine: Vec<&GcRef> = r.refs.iter().filter(|x| u.sizes.contains_key(*x)).collect();
+        mine.sort();
+        mine.dedup();
+        let size = r.size
+            + mine
+                .iter()
+                .filter(|x| alone(x))
+                .map(|x| size_of(x))
+                .sum::<u64>();
+        let shared: Vec<&GcRef> = mine.into_iter().filter(|x| !alone(x)).collect();
+        out.private += size;
+        let in_use = u.pinned_records.get(&r.key).cloned();
+        out.records.push(CacheRecordUsage {
+            key: r.key.clone(),
+            reclaimable: in_use.is_none(),
+            shared: !shared.is_empty(),
+            size,
+            last_used: r.last_used,
+            description: r.description.clone(),
+            in_use,
+        });
+        shared_refs.extend(shared);
+    }
+    out.shared = shared_refs.iter().map(|x| size_of(x)).sum();
+    out.reclaimable = kiln_cache::plan(u, &GcPolicy::default(), SystemTime::now()).freed;
+    out.records
+        .sort_by(|a, b| b.last_used.cmp(&a.last_used).then(a.key.cmp(&b.key)));
+    let df = system_df(store)?;
+    out.areas = df.build_cache_areas.clone();
+    out.total = df.build_cache.size;
+    Ok(out)
+}
+
+/// What `kiln prune` is asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct PruneOptions {
+    /// `--all`: tagged images' snapshots go too (their blobs stay: the image needs them).
+    pub all: bool,
+    /// `--filter until=DURATION`.
+    pub until: Option<Duration>,
+    /// `--max-used-space`: prune only down to this (least recently used first).
+    pub max_used_space: Option<SizeSpec>,
+    /// `--min-free-space`: prune only until this much of the disk is free.
+    pub min_free_space: Option<SizeSpec>,
+    /// `--dry-run`: say what would go, remove nothing.
+    pub dry_run: bool,
+    /// Use `config.toml`'s budget ([`gc_if_over_budget`]).
+    pub budget_from_config: bool,
+}
+
+/// What a prune did (or, dry, would do).
+#[derive(Debug, Clone, Default)]
+pub struct PruneReport {
+    /// What went (or would go), in order.
+    pub plan: GcPlan,
+    /// The budget, the store's size before, and the bytes over it, when pruning to a
+    /// budget.
+    pub budget: Option<(Budget, u64, u64)>,
+    /// Records kept because a build uses them, with why.
+    pub kept_in_use: Vec<(String, String)>,
+    /// How long the GC lock was held.
+    pub lock_held: Duration,
+}
+
+/// Prunes the build cache: under the GC lock, reads what pins what and moves the
+/// chosen records, then what only they used, out of place (renames into `tmp/`); then,
+/// the lock released, deletes them. A kill at any point leaves every remaining record
+/// whole, and `tmp/` is cleaned by the next [`Store::open`].
+pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport> {
+    let mut report = PruneReport::default();
+    let budgeted =
+        opts.budget_from_config || opts.max_used_space.is_some() || opts.min_free_space.is_some();
+    let mut policy = GcPolicy {
+        until: opts.until,
+        free_at_least: None,
+    };
+    if budgeted {
+        let mut cfg = store.gc_config()?;
+        if opts.max_used_space.is_some() || opts.min_free_space.is_some() {
+            cfg.max_used_space = opts.max_used_space.or(cfg.max_used_space);
+            cfg.min_free_space = opts.min_free_space.or(cfg.min_free_space);
+        }
+        let disk = store.disk_space()?;
+        let budget = Budget::new(&cfg, disk);
+        // The filesystem's use bounds the store's: when even that is within budget, the
+        // store need not be walked (this runs after every build).
+        let fs_used = disk.total.saturating_sub(disk.available);
+        if budget.excess(fs_used, disk) == 0 {
+            report.budget = Some((budget, fs_used, 0));
+            return Ok(report);
+        }
+        // As `du -sb` counts (directories too), like `system df`.
+        let used = system_df(store)?.total();
+        let excess = budget.excess(used, disk);
+        report.budget = Some((budget, used, excess));
+        if excess == 0 {
+            return Ok(report);
+        }
+        policy.free_at_least = Some(excess);
+    }
+    let sizes = snapshot_sizes(store);
+    let mut trash = Vec::new();
+    {
+        let locked = std::time::Instant::now();
+        let _gc = store.lock_gc(kiln_cache::LockKind::Exclusive)?;
+        let c = collect(store, &sizes, opts.all)?;
+        report.plan = kiln_cache::plan(&c.universe, &policy, SystemTime::now());
+        report.kept_in_use = c
+            .universe
+            .pinned_records
+            .iter()
+            .filter(|(k, _)| c.universe.records.iter().any(|r| &r.key == *k))
+            .map(|(k, w)| (k.clone(), w.clone()))
+            .collect();
+        report.kept_in_use.sort();
+        if !opts.dry_run {
+            // Test hook: a pause after each step, so that the kill -9 campaign
+            // (builder/tests/gc.rs) lands between any two of them.
+            let pause = std::env::var("KILN_TEST_GC_PAUSE_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_millis);
+            let step = || {
+                if let Some(p) = pause {
+                    std::thread::sleep(p);
+                }
+            };
+            // Records first: a kill after this leaves blobs nothing references, never
+            // a record whose blobs are gone.
+            // (Durable in that order too: the records' directory is synced before any
+            // blob or snapshot moves.)
+            let mut cache_dir = None;
+            for (r, _, _) in &report.plan.records {
+                let path = store.cache_record_path(&r.key)?;
+                trash.extend(store.trash(&path)?);
+                cache_dir = path.parent().map(Path::to_path_buf);
+                step();
+            }
+            if let Some(d) = &cache_dir {
+                store.sync_dirs(&[d])?;
+            }
+            for (x, _, _) in &report.plan.refs {
+                if let Some(p) = c.paths.get(x) {
+                    trash.extend(store.trash(p)?);
+                    step();
+                }
+            }
+            if !report.plan.refs.is_empty() {
+                store.sync_dirs(&[&store.blobs_dir(), &store.snapshots_dir()])?;
+            }
+        }
+        report.lock_held = locked.elapsed();
+    }
+    for t in trash {
+        kiln_cache::remove_tree(&t).map_err(|e| {
+            UsageError::Store(kiln_cache::CacheError::Io {
+                op: "remove",
+                path: t.clone(),
+                source: e,
+            })
+        })?;
+    }
+    Ok(report)
+}
+
+/// The collection after a build: prunes least recently used records while the store is
+/// over the budget of `config.toml` (or its defaults). `None` when within budget.
+pub fn gc_if_over_budget(store: &Store) -> Result<Option<PruneReport>> {
+    let report = prune(
+        store,
+        &PruneOptions {
+            budget_from_config: true,
+            ..Default::default()
+        },
+    )?;
+    Ok(report.budget.filter(|b| b.2 > 0).map(|_| report))
 }

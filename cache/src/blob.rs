@@ -49,7 +49,11 @@ impl BlobWriter {
             });
         }
         let dest = store.blob_path(&digest);
-        if fs::metadata(&dest).is_ok_and(|m| m.is_file() && m.len() == size) {
+        // Marked used so that a running collector keeps it (see `lease`); gone since
+        // the check, it is written anew.
+        if fs::metadata(&dest).is_ok_and(|m| m.is_file() && m.len() == size)
+            && store.mark_used(&dest)?
+        {
             return Ok((digest, size)); // `tmp` removes the temp file
         }
         file.sync_all().ctx("fsync", tmp.path())?;
@@ -104,7 +108,9 @@ impl Store {
     /// already stored.
     pub fn put_blob(&self, bytes: &[u8]) -> Result<Digest> {
         let digest = sha256_of(bytes);
-        if self.blob_size(&digest).ok() == Some(bytes.len() as u64) {
+        if self.blob_size(&digest).ok() == Some(bytes.len() as u64)
+            && self.mark_used(&self.blob_path(&digest))?
+        {
             return Ok(digest);
         }
         let mut w = self.blob_writer()?;

@@ -104,6 +104,15 @@ pub enum CacheError {
         reason: &'static str,
     },
 
+    /// The store's `config.toml` does not parse.
+    #[error("invalid {}: {reason}", path.display())]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with its line.
+        reason: String,
+    },
+
     /// No store root could be derived from the environment.
     #[error(
         "cannot determine kiln's store root: none of KILN_ROOT, XDG_DATA_HOME or HOME is set; \

@@ -8,6 +8,8 @@
 //!   ([`Store::tag_set`], [`TagRecord`]) and locks ([`Store::lock_shared`],
 //!   [`Store::lock_exclusive`], [`Store::lock_named`]). The [`Store`] docs
 //!   say which operations need which lock.
+//! * [`Lease`]: what a running build or container uses; [`plan`] and [`Store::trash`]:
+//!   garbage collection within a [`Budget`] (`config.toml`'s `[gc]`).
 //! * [`StatMemo`]: remembered file hashes so unchanged build-context files
 //!   are not re-read.
 //! * [`hash_file`]: BLAKE3 content hashes of files (what the stat memo keeps; the
@@ -22,8 +24,10 @@
 mod blob;
 mod digest;
 mod error;
+mod gc;
 mod hash;
 mod index;
+mod lease;
 mod lock;
 mod remove;
 mod statmemo;
@@ -33,7 +37,12 @@ mod tags;
 pub use blob::BlobWriter;
 pub use digest::{Digest, sha256_of};
 pub use error::{CacheError, Result};
+pub use gc::{
+    Budget, DEFAULT_MAX_USED_CAP, DiskSpace, GcConfig, GcPlan, GcPolicy, GcReason, GcRecord, GcRef,
+    GcUniverse, SizeSpec, modified, plan,
+};
 pub use hash::{MMAP_THRESHOLD, hash_file};
+pub use lease::{Lease, LeaseInfo};
 pub use lock::{LockKind, StoreLock};
 pub use remove::{remove_all_at, remove_tree};
 pub use statmemo::{ContentHash, StatMemo};

@@ -45,7 +45,7 @@ impl StoreLock {
     }
 }
 
-fn acquire(path: PathBuf, kind: LockKind, block: bool) -> Result<Option<StoreLock>> {
+pub(crate) fn acquire(path: PathBuf, kind: LockKind, block: bool) -> Result<Option<StoreLock>> {
     let file = OpenOptions::new()
         .write(true)
         .create(true)

@@ -72,8 +72,10 @@ struct StoreMeta {
 ///                            (owned by the builder)
 /// <root>/cache-mounts/       RUN --mount=type=cache directories and their locks
 ///                            (owned by the builder, made on first use)
-/// <root>/locks/              per-name locks (Store::lock_named), and one
-///                            writer-<writer>.lock per live process (flocked)
+/// <root>/locks/              per-name locks (Store::lock_named), one
+///                            writer-<writer>.lock per live process (flocked),
+///                            gc.lock (Store::lock_gc) and leases/ (Store::lease)
+/// <root>/config.toml         settings: [gc] max-used-space, min-free-space
 /// ```
 ///
 /// Other crates ask for the areas they own by name ([`Store::snapshots_dir`],
@@ -93,10 +95,13 @@ struct StoreMeta {
 /// * Tag updates ([`Store::tag_set`], [`Store::tag_remove`]) are
 ///   read-modify-write and serialize themselves on an internal tags lock;
 ///   callers need nothing more.
-/// * Anything that *deletes* shared data ([`Store::delete_blob`], garbage
-///   collection, prune) must hold [`Store::lock_exclusive`], while builds,
-///   pulls and pushes hold [`Store::lock_shared`] for their whole run so
+/// * [`Store::delete_blob`] (`rmi`) must hold [`Store::lock_exclusive`], while
+///   builds, pulls and pushes hold [`Store::lock_shared`] for their whole run so
 ///   nothing they reference disappears under them.
+/// * Garbage collection (`kiln prune`, and the collection after a build) does not
+///   wait for builds: it holds [`Store::lock_gc`] exclusively for the moment it reads
+///   the leases ([`crate::Lease`]) and moves what it deletes out of place, and keeps
+///   what a lease names or what is newer than the oldest live lease.
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
@@ -513,6 +518,15 @@ pub(crate) struct TempPath(Option<PathBuf>);
 impl TempPath {
     pub(crate) fn path(&self) -> &Path {
         self.0.as_deref().expect("TempPath used after persist")
+    }
+
+    /// Rename into `dest`, without fsync.
+    pub(crate) fn rename_to(mut self, dest: &Path) -> Result<()> {
+        let tmp = self.0.take().expect("TempPath persisted twice");
+        fs::rename(&tmp, dest).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            CacheError::io("rename temp file into", dest, e)
+        })
     }
 
     /// Rename into `dest` and fsync `dest`'s directory.

@@ -122,6 +122,9 @@ pub struct BuildWorker<'a> {
     lazy: std::collections::HashSet<VertexId>,
     /// Diff directories being deleted in the background.
     trash: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// The build's lease: every cache record it hits and every layer it uses is added
+    /// before use, so a concurrent `kiln prune` leaves them.
+    lease: Option<&'a kiln_cache::Lease>,
 }
 
 /// What RUN steps need beyond the store.
@@ -158,6 +161,7 @@ impl<'a> BuildWorker<'a> {
             reporter: None,
             lazy: Default::default(),
             trash: Default::default(),
+            lease: None,
         })
     }
 
@@ -171,6 +175,24 @@ impl<'a> BuildWorker<'a> {
     pub fn with_network_timeouts(mut self, timeouts: kiln_registry::net::Timeouts) -> Self {
         self.downloads.set_timeouts(timeouts);
         self
+    }
+
+    /// Adds what the build uses to `lease` (see [`kiln_cache::Lease`]).
+    pub fn with_lease(mut self, lease: &'a kiln_cache::Lease) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// Adds `layers` (their blobs and snapshots) and `extra` to the build's lease.
+    fn lease_layers(&self, layers: &[LayerRef], extra: &[&str]) -> Result<()> {
+        if let Some(lease) = self.lease {
+            let refs = layers
+                .iter()
+                .flat_map(|l| [l.digest.to_string(), l.diff_id.to_string()])
+                .chain(extra.iter().map(|s| s.to_string()));
+            lease.add(refs)?;
+        }
+        Ok(())
     }
 
     /// Sends RUN output to `reporter`.
@@ -365,6 +387,22 @@ impl KeySource for BuildWorker<'_> {
 #[derive(Serialize, Deserialize)]
 struct Record {
     output: Output,
+    /// The step that made it (`[stage] INSTRUCTION`), for `kiln du`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+}
+
+/// `[stage] INSTRUCTION` of a vertex's first origin, at most 100 characters.
+fn describe(vertex: &Vertex) -> Option<String> {
+    let text = match (vertex.origins.first(), &vertex.op) {
+        (Some(o), _) => format!("[{}] {}", o.stage_name, o.instruction.trim()),
+        (None, Op::Image { reference, .. }) => format!("FROM {reference}"),
+        (None, _) => return None,
+    };
+    Some(match text.char_indices().nth(100) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text,
+    })
 }
 
 impl Worker for BuildWorker<'_> {
@@ -384,6 +422,15 @@ impl Worker for BuildWorker<'_> {
         let Some(rec) = self.store.cache_get_as::<Record>(key.as_str())? else {
             return Ok(None);
         };
+        // Leased first, then checked: a collector either sees the lease or has already
+        // moved the record, which is then a miss. Marking it used is its last-use time.
+        self.lease_layers(rec.output.layers(), &[key.as_str()])?;
+        if !self
+            .store
+            .mark_used(&self.store.cache_record_path(key.as_str())?)?
+        {
+            return Ok(None);
+        }
         // A record whose blobs are gone (and cannot be fetched) is a miss.
         if !self.layers_available(&rec.output)? {
             return Ok(None);
@@ -405,6 +452,10 @@ impl Worker for BuildWorker<'_> {
                 ..
             } => {
                 let img = self.images.get(reference, platform)?;
+                self.lease_layers(
+                    &img.layers,
+                    &[img.manifest_digest.as_str(), img.config_digest.as_str()],
+                )?;
                 Ok(Output::Fs {
                     layers: img.layers.clone(),
                     added: false,
@@ -436,11 +487,13 @@ impl Worker for BuildWorker<'_> {
         if matches!(vertex.op, Op::Context { .. }) {
             return Ok(());
         }
+        self.lease_layers(output.layers(), &[key.as_str()])?;
         self.store
             .cache_put_as(
                 key.as_str(),
                 &Record {
                     output: output.clone(),
+                    description: describe(vertex),
                 },
             )
             .map_err(WorkerError::CacheRecord)

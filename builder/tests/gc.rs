@@ -1,0 +1,400 @@
+//! Disk accounting and garbage collection for real: `kiln du` against `du -sb`, the
+//! collection after each build keeping a store under a small cap, `kiln prune` while a
+//! build runs and while a container runs, and kill -9 at random points of a prune. They
+//! need root and busybox-static (`require_root!`, `require_tool!`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command as Proc, Output, Stdio};
+use std::time::Duration;
+
+use assert_cmd::Command;
+use kiln_cache::Store;
+use kiln_test_support::{Workspace, copy_dir, repo_root, require_root, require_tool, run_ok, wait};
+use serde_json::Value;
+
+macro_rules! needs {
+    () => {
+        require_root!();
+        require_tool!("busybox");
+    };
+}
+
+struct Env {
+    ws: Workspace,
+}
+
+impl Env {
+    /// A workspace whose store holds `busybox:kiln-test`.
+    fn new() -> Env {
+        let env = Env {
+            ws: Workspace::new(),
+        };
+        let ctx = env.ws.path("busybox");
+        copy_dir(&repo_root().join("testdata/bases/busybox"), &ctx);
+        let st = Proc::new("bash")
+            .arg(repo_root().join("testdata/bases/busybox/make-rootfs.sh"))
+            .arg(ctx.join("rootfs"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "make-rootfs.sh failed");
+        env.ok(&[
+            "build",
+            "--progress",
+            "quiet",
+            "-t",
+            "busybox:kiln-test",
+            ctx.to_str().unwrap(),
+        ]);
+        env
+    }
+
+    fn root(&self) -> PathBuf {
+        self.ws.path("store")
+    }
+
+    fn kiln(&self) -> Command {
+        let mut c = Command::cargo_bin("kiln").unwrap();
+        c.env("KILN_ROOT", self.root())
+            .env_remove("SOURCE_DATE_EPOCH");
+        c
+    }
+
+    fn proc(&self) -> Proc {
+        let mut c = Proc::new(assert_cmd::cargo::cargo_bin("kiln"));
+        c.env("KILN_ROOT", self.root())
+            .env_remove("SOURCE_DATE_EPOCH");
+        c
+    }
+
+    fn out(&self, args: &[&str]) -> Output {
+        self.kiln().args(args).output().unwrap()
+    }
+
+    /// Runs kiln, which must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.out(args);
+        assert!(
+            o.status.success(),
+            "kiln {args:?} failed ({}):\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// A context with `Dockerfile` and `files`.
+    fn context(&self, name: &str, dockerfile: &str, files: &[(&str, &[u8])]) -> PathBuf {
+        let ctx = self.ws.path(name);
+        fs::create_dir_all(&ctx).unwrap();
+        fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+        for (f, bytes) in files {
+            fs::write(ctx.join(f), bytes).unwrap();
+        }
+        ctx
+    }
+
+    /// Builds `ctx` with `args`; whether each step was cached.
+    fn build(&self, ctx: &Path, args: &[&str]) -> Vec<bool> {
+        let report = self.ws.path("report.json");
+        let mut all = vec!["build", "--progress", "plain", "--report"];
+        all.push(report.to_str().unwrap());
+        all.extend(args);
+        all.push(ctx.to_str().unwrap());
+        self.ok(&all);
+        let r: Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
+        r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["cached"].as_bool().unwrap())
+            .collect()
+    }
+
+    /// `du -sb` of the store.
+    fn du_sb(&self) -> u64 {
+        let out = run_ok(Proc::new("du").arg("-sb").arg(self.root()));
+        out.split_whitespace().next().unwrap().parse().unwrap()
+    }
+}
+
+fn random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Every cache record's blobs are in the store (a record is never left dangling).
+fn assert_records_whole(root: &Path) {
+    let store = Store::open(root).unwrap();
+    for key in store.cache_keys().unwrap() {
+        let Some(v) = store.cache_get(&key).unwrap() else {
+            continue;
+        };
+        for l in v["output"]["Fs"]["layers"].as_array().into_iter().flatten() {
+            let d = kiln_cache::Digest::parse(l["digest"].as_str().unwrap()).unwrap();
+            assert!(
+                store.has_blob(&d),
+                "record {key} references missing blob {d}"
+            );
+        }
+    }
+}
+
+const APP: &str = "FROM busybox:kiln-test\nCOPY big /big\nARG N=0\nRUN echo $N > /n && head -c 100000 /big > /part\n";
+
+#[test]
+fn du_counts_the_whole_store_like_du_sb() {
+    needs!();
+    let env = Env::new();
+    for i in 0..3 {
+        let ctx = env.context(&format!("app{i}"), APP, &[("big", &random(300_000, i))]);
+        env.build(&ctx, &["--build-arg", &format!("N={i}")]);
+    }
+    let store = Store::open(env.root()).unwrap();
+    let df = kiln_builder::usage::system_df(&store).unwrap();
+    drop(store);
+    let du = env.du_sb();
+    let ours = df.total();
+    let diff = ours.abs_diff(du) as f64 / du as f64;
+    assert!(diff < 0.01, "system df total {ours} vs du -sb {du}");
+    let areas: u64 = df.build_cache_areas.iter().map(|(_, b)| b).sum();
+    assert_eq!(areas, df.build_cache.size, "{:?}", df.build_cache_areas);
+
+    let out = env.ok(&["du"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("ID")
+            && lines[0].contains("RECLAIMABLE")
+            && lines[0].contains("LAST ACCESSED"),
+        "{out}"
+    );
+    // Three apps: COPY big and RUN each (the base's records besides).
+    let runs = lines
+        .iter()
+        .filter(|l| l.contains("[0] RUN echo $N"))
+        .count();
+    assert_eq!(runs, 3, "{out}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("true") && l.contains("[0] COPY big /big")),
+        "{out}"
+    );
+    for want in [
+        "Shared:",
+        "Private:",
+        "Reclaimable:",
+        "Total:",
+        "Blobs:",
+        "Snapshots:",
+        "Cache records:",
+        "Stat memos:",
+        "Temp files:",
+    ] {
+        assert!(out.contains(want), "no {want} in\n{out}");
+    }
+    let df = env.ok(&["system", "df", "-v"]);
+    assert!(
+        df.contains("Build cache usage:") && df.contains("  Build records:"),
+        "{df}"
+    );
+    let verbose = env.ok(&["du", "--verbose"]);
+    assert!(
+        verbose.contains("Description:\t[0] RUN echo $N"),
+        "{verbose}"
+    );
+}
+
+#[test]
+fn gc_keeps_the_store_under_a_small_cap_and_the_last_build_cached() {
+    needs!();
+    let env = Env::new();
+    // The base as builds use it (its snapshot unpacked), without build cache.
+    let first = env.context("first", APP, &[("big", &random(300_000, 100))]);
+    env.build(&first, &[]);
+    env.ok(&["prune"]);
+    let base = env.du_sb();
+    // Each build adds about 700 kB (blob and snapshot of a 300 kB file, and a RUN layer).
+    let cap = base + 2_500_000;
+    fs::write(
+        env.root().join("config.toml"),
+        format!("[gc]\nmax-used-space = \"{cap}\"\nmin-free-space = \"0\"\n"),
+    )
+    .unwrap();
+    let mut last = PathBuf::new();
+    for i in 0..10u64 {
+        last = env.context(&format!("app{i}"), APP, &[("big", &random(300_000, i))]);
+        let cached = env.build(&last, &["--build-arg", &format!("N={i}")]);
+        assert!(cached.iter().skip(1).all(|c| !c), "build {i}: {cached:?}");
+    }
+    let used = env.du_sb();
+    assert!(used <= cap, "store {used} bytes over its cap {cap}");
+    let cached = env.build(&last, &["--build-arg", "N=9"]);
+    assert!(
+        cached.iter().all(|c| *c),
+        "last build not fully cached: {cached:?}"
+    );
+    assert_records_whole(&env.root());
+    // The base image is whole: a build from it works.
+    let again = env.context("again", APP, &[("big", &random(300_000, 77))]);
+    env.build(&again, &[]);
+}
+
+#[test]
+fn prune_while_a_build_runs_leaves_the_build_whole() {
+    needs!();
+    let env = Env::new();
+    let df = "FROM busybox:kiln-test\nCOPY big /big\nARG N=0\nRUN sleep 3 && echo $N > /n\nCOPY small /small\n";
+    let ctx = env.context("app", df, &[("big", &random(500_000, 1)), ("small", b"s")]);
+    env.build(&ctx, &["--build-arg", "N=1"]);
+    let mut child = env
+        .proc()
+        .args(["build", "--progress", "plain", "--build-arg", "N=2"])
+        .arg(&ctx)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its RUN runs: it has hit the base's and the COPY's records (leased) by then.
+    wait::until(
+        Duration::from_secs(30),
+        "the build's RUN to start",
+        || {
+            run_ok(Proc::new("ps").args(["-eo", "args"]))
+                .contains("sleep 3 && echo")
+                .then_some(())
+        },
+        String::new,
+    );
+    let out = env.ok(&["prune", "--all", "--verbose"]);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "prune waited for the build to end:\n{out}"
+    );
+    assert!(out.contains("leased by build of"), "{out}");
+    let status = child.wait_with_output().unwrap();
+    assert!(
+        status.status.success(),
+        "build failed after a concurrent prune:\n{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert_records_whole(&env.root());
+    let cached = env.build(&ctx, &["--build-arg", "N=2"]);
+    assert!(cached.iter().all(|c| *c), "{cached:?}");
+}
+
+#[test]
+fn prune_never_removes_a_running_containers_snapshots() {
+    needs!();
+    let env = Env::new();
+    let ctx = env.context(
+        "app",
+        "FROM busybox:kiln-test\nCOPY f /f\nCMD [\"sleep\", \"600\"]\n",
+        &[("f", b"x")],
+    );
+    env.ok(&[
+        "build",
+        "--progress",
+        "quiet",
+        "-t",
+        "app:1",
+        ctx.to_str().unwrap(),
+    ]);
+    let id = env
+        .ok(&["run", "-d", "--name", "gcrun", "app:1"])
+        .trim()
+        .to_string();
+    let store = Store::open(env.root()).unwrap();
+    let c = kiln_builder::containers::Containers::open(&store)
+        .unwrap()
+        .get(&id)
+        .unwrap();
+    let snapshots = kiln_builder::snapshots::Snapshots::new(&store);
+    let dirs: Vec<PathBuf> = c
+        .config
+        .layers
+        .iter()
+        .map(|l| snapshots.path(&l.diff_id))
+        .collect();
+    assert!(dirs.iter().all(|d| d.is_dir()));
+    // --all removes tagged images' snapshots, but not those a container uses.
+    let dry = env.ok(&["prune", "--all", "--dry-run"]);
+    assert!(
+        dry.starts_with("Would delete build cache objects:"),
+        "{dry}"
+    );
+    env.ok(&["prune", "--all"]);
+    for d in &dirs {
+        assert!(
+            d.is_dir(),
+            "{} removed under a running container",
+            d.display()
+        );
+    }
+    env.ok(&["exec", "gcrun", "cat", "/f"]);
+    env.ok(&["rm", "-f", "gcrun"]);
+    // Without the container, they may go; the image still runs (unpacked again).
+    env.ok(&["prune", "--all"]);
+    assert!(dirs.iter().any(|d| !d.exists()));
+    assert_eq!(env.ok(&["run", "--rm", "app:1", "cat", "/f"]), "x");
+}
+
+#[test]
+fn kill9_during_prune_leaves_a_usable_store() {
+    needs!();
+    let rounds: u64 = std::env::var("KILN_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("kill -9 during prune: {rounds} rounds, seed {seed}");
+    let mut rng = seed;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let env = Env::new();
+    let ctx = env.context("app", APP, &[("big", &random(200_000, 3))]);
+    for round in 0..rounds {
+        for n in 0..3 {
+            env.build(&ctx, &["--build-arg", &format!("N={round}-{n}")]);
+        }
+        let pause = 20;
+        let mut child = env
+            .proc()
+            .env("KILN_TEST_GC_PAUSE_MS", pause.to_string())
+            .args(["prune", "--all"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Some 10 to 20 steps of 20 ms: kills land before, within and after them.
+        let delay = next() % 400;
+        std::thread::sleep(Duration::from_millis(delay));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_records_whole(&env.root());
+        // The build works whatever the kill left (env.build asserts its success).
+        let cached = env.build(&ctx, &["--build-arg", &format!("N={round}-2")]);
+        assert!(
+            !cached.is_empty(),
+            "round {round} (killed after {delay} ms)"
+        );
+        env.ok(&["du"]);
+    }
+    let tmp: Vec<_> = fs::read_dir(env.root().join("tmp")).unwrap().collect();
+    assert!(tmp.is_empty(), "trash left in tmp/: {tmp:?}");
+}

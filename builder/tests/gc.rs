@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use assert_cmd::Command;
 use kiln_cache::Store;
-use kiln_test_support::{Workspace, copy_dir, repo_root, require_root, require_tool, run_ok, wait};
+use kiln_test_support::{Workspace, busybox_context, require_root, require_tool, run_ok, wait};
 use serde_json::Value;
 
 macro_rules! needs {
@@ -31,13 +31,7 @@ impl Env {
             ws: Workspace::new(),
         };
         let ctx = env.ws.path("busybox");
-        copy_dir(&repo_root().join("testdata/bases/busybox"), &ctx);
-        let st = Proc::new("bash")
-            .arg(repo_root().join("testdata/bases/busybox/make-rootfs.sh"))
-            .arg(ctx.join("rootfs"))
-            .status()
-            .unwrap();
-        assert!(st.success(), "make-rootfs.sh failed");
+        busybox_context(&ctx);
         env.ok(&[
             "build",
             "--progress",

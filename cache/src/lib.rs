@@ -10,6 +10,8 @@
 //!   say which operations need which lock.
 //! * [`StatMemo`]: remembered file hashes so unchanged build-context files
 //!   are not re-read.
+//! * [`BuildRecord`]: build records in `records/` ([`Store::record_put`], ...), what
+//!   miss explanations compare against.
 //! * [`hash_file`]: BLAKE3 content hashes of files (what the stat memo keeps; the
 //!   builder's `cachekey` module folds them into COPY/ADD cache keys).
 //!
@@ -25,6 +27,7 @@ mod error;
 mod hash;
 mod index;
 mod lock;
+mod records;
 mod remove;
 mod statmemo;
 mod store;
@@ -35,6 +38,10 @@ pub use digest::{Digest, sha256_of};
 pub use error::{CacheError, Result};
 pub use hash::{MMAP_THRESHOLD, hash_file};
 pub use lock::{LockKind, StoreLock};
+pub use records::{
+    BaseInput, BuildRecord, BuildStatus, FileEntry, FileSet, HitSource, Miss, RECORD_VERSION,
+    RecordLimits, StepInputs, StepRecord, StepStatus, decode_record, encode_record, new_record_id,
+};
 pub use remove::{remove_all_at, remove_tree};
 pub use statmemo::{ContentHash, StatMemo};
 pub use store::{AreaUsage, DiskUsage, LAYOUT_VERSION, STALE_TMP_AGE, Store};

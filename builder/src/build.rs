@@ -333,7 +333,11 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         source,
     })?;
     let _lock = store.lock_shared()?;
-    let against = req.explain_against.as_deref().map(read_against).transpose()?;
+    let against = req
+        .explain_against
+        .as_deref()
+        .map(read_against)
+        .transpose()?;
     // Made before conversion, which resolves `FROM`s through it; steps are named after.
     let progress = std::sync::Arc::new(Progress::new(req.progress, HashMap::new()));
     let header = BuildRecord {
@@ -617,6 +621,7 @@ fn step_meta(plan: &Plan, labels: &HashMap<VertexId, StepLabel>) -> HashMap<Vert
             definition: v.digest.to_string(),
             inputs: v.inputs.clone(),
             is_context: matches!(v.op, Op::Context { .. }),
+            is_image: matches!(v.op, Op::Image { .. }),
             ..StepMeta::default()
         };
         if let Some(o) = v.origins.first() {

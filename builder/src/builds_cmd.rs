@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Result, anyhow};
-use kiln_cache::{BuildRecord, Store, StepStatus};
+use kiln_cache::{BuildRecord, StepStatus, Store};
 
 /// `2 minutes ago`, as `docker ps` says it.
 fn ago(ms: u64) -> String {
@@ -60,7 +60,10 @@ pub fn ls(root: &Path, quiet: bool) -> Result<ExitCode> {
             "{:<17}   {:<18}   {:<10}   {:<11}   {:<5}   {:<6}   {}",
             r.id,
             ago(r.started_ms),
-            format!("{:.2}s", r.ended_ms.saturating_sub(r.started_ms) as f64 / 1000.0),
+            format!(
+                "{:.2}s",
+                r.ended_ms.saturating_sub(r.started_ms) as f64 / 1000.0
+            ),
             status,
             r.steps.len(),
             cached,
@@ -91,7 +94,10 @@ pub fn inspect(root: &Path, id: &str, json: bool) -> Result<ExitCode> {
     println!(
         "Status:     {}{}",
         r.status.map(|s| s.as_str()).unwrap_or("running"),
-        r.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+        r.error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default()
     );
     println!("Started:    {}", ago(r.started_ms));
     println!(

@@ -51,6 +51,9 @@ pub struct StepMeta {
     pub inputs: Vec<VertexId>,
     /// The build context: never explained, never a cause.
     pub is_context: bool,
+    /// A base image: a cause of its dependents' misses only when its digest changed
+    /// (resolving a base for the first time is no reason to rebuild what is on it).
+    pub is_image: bool,
 }
 
 #[derive(Debug, Default)]
@@ -170,7 +173,10 @@ impl Recorder {
                 }
             }
         }
-        self.inputs.lock().expect("recorder lock").insert(id, inputs);
+        self.inputs
+            .lock()
+            .expect("recorder lock")
+            .insert(id, inputs);
     }
 
     /// `load` found the cache record of `key`, made by build `build`.
@@ -229,7 +235,16 @@ impl Recorder {
             Some(r) => std::slice::from_ref(r),
             None => self.previous(),
         };
-        let prev = find_previous(records, meta);
+        let (dockerfile, context) = {
+            let h = self.header.lock().expect("recorder lock");
+            (h.dockerfile.clone(), h.context.clone())
+        };
+        // A record from another store (`--explain-against`) is of the same Dockerfile
+        // whatever its paths; in this store, only one of the same path and context is.
+        let against = self.against.is_some();
+        let same_file =
+            |r: &BuildRecord| against || (r.dockerfile == dockerfile && r.context == context);
+        let prev = find_previous(records, meta, &same_file);
         if let Some((rec, p)) = prev {
             let arg_names: BTreeSet<String> = self
                 .args
@@ -252,7 +267,12 @@ impl Recorder {
                 if pm.is_context {
                     continue;
                 }
-                if let Some(ps) = st.get(i).filter(|s| s.miss.is_some()) {
+                let cause = |s: &&StepState| {
+                    s.miss
+                        .as_ref()
+                        .is_some_and(|m| !pm.is_image || m.kind == "base")
+                };
+                if let Some(ps) = st.get(i).filter(cause) {
                     let root = ps.chain_root.unwrap_or(pm.number);
                     return (miss("parent", format!("after step #{root}")), Some(root));
                 }
@@ -263,8 +283,7 @@ impl Recorder {
             return (
                 miss(
                     "gone",
-                    "cache key unchanged, but its result is gone (a layer blob is missing)"
-                        .into(),
+                    "cache key unchanged, but its result is gone (a layer blob is missing)".into(),
                 ),
                 None,
             );
@@ -287,7 +306,10 @@ impl Recorder {
             Some((rec, _)) => (
                 miss(
                     "other",
-                    format!("cache key changed since build {} (no recorded input differs)", rec.id),
+                    format!(
+                        "cache key changed since build {} (no recorded input differs)",
+                        rec.id
+                    ),
                 ),
                 None,
             ),
@@ -325,11 +347,7 @@ impl Recorder {
 
     /// Writes the record (once; later calls do nothing) and trims old ones.
     pub fn finish(&self, status: BuildStatus, error: Option<String>) {
-        if self
-            .written
-            .swap(true, std::sync::atomic::Ordering::SeqCst)
-            || !self.enabled
-        {
+        if self.written.swap(true, std::sync::atomic::Ordering::SeqCst) || !self.enabled {
             return;
         }
         let record = self.record(status, error);
@@ -478,11 +496,12 @@ fn keyword(instruction: &str) -> String {
 }
 
 /// The most recent step of `records` that is the same step as `meta`: same definition
-/// digest, or (in a record of the same Dockerfile, which come first) same stage, position
-/// in it and instruction keyword.
+/// digest, or (in a record `same_file` accepts as one of the same Dockerfile) same stage,
+/// position in it and instruction keyword.
 pub fn find_previous<'r>(
     records: &'r [BuildRecord],
     meta: &StepMeta,
+    same_file: &dyn Fn(&BuildRecord) -> bool,
 ) -> Option<(&'r BuildRecord, &'r StepRecord)> {
     let ran = |s: &&StepRecord| s.key.is_some();
     for r in records {
@@ -494,14 +513,21 @@ pub fn find_previous<'r>(
         {
             return Some((r, s));
         }
-        if meta.position > 0 {
-            if let Some(s) = r.steps.iter().filter(ran).find(|s| {
+        if !same_file(r) {
+            continue;
+        }
+        let same_place = |s: &&StepRecord| {
+            if meta.position > 0 {
                 s.stage == meta.stage
                     && s.position == meta.position
                     && keyword(&s.instruction) == keyword(&meta.instruction)
-            }) {
-                return Some((r, s));
+            } else {
+                // An internal vertex (a base image): by its name.
+                s.position == 0 && s.name == meta.name
             }
+        };
+        if let Some(s) = r.steps.iter().filter(ran).find(same_place) {
+            return Some((r, s));
         }
     }
     None

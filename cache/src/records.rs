@@ -630,7 +630,10 @@ mod tests {
     #[test]
     fn garbage_is_a_corrupt_file() {
         let e = decode_record(b"nope", "records/x.json.zst".as_ref()).unwrap_err();
-        assert!(e.to_string().starts_with("records/x.json.zst is corrupt"), "{e}");
+        assert!(
+            e.to_string().starts_with("records/x.json.zst is corrupt"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -665,7 +668,10 @@ mod tests {
         let removed = store.records_trim(limits, now).unwrap();
         assert_eq!(removed, ids[..3].to_vec());
         assert_eq!(store.record_ids().unwrap(), ids[3..].to_vec());
-        assert_eq!(store.record_resolve(&ids[5][..16]).unwrap(), Some(ids[5].clone()));
+        assert_eq!(
+            store.record_resolve(&ids[5][..16]).unwrap(),
+            Some(ids[5].clone())
+        );
         assert!(store.record_remove(&ids[5]).unwrap());
         assert_eq!(store.record_get(&ids[5]).unwrap(), None);
     }
@@ -678,7 +684,10 @@ mod tests {
         .unwrap();
         assert_eq!(l.max_count, 5);
         assert_eq!(l.max_age, Duration::from_secs(2 * 24 * 3600));
-        assert_eq!(RecordLimits::from_config("").unwrap(), RecordLimits::default());
+        assert_eq!(
+            RecordLimits::from_config("").unwrap(),
+            RecordLimits::default()
+        );
         assert!(RecordLimits::from_config("[records]\nmax-age = \"soon\"").is_err());
     }
 }

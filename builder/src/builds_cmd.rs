@@ -87,6 +87,7 @@ pub fn inspect(root: &Path, id: &str, json: bool) -> Result<ExitCode> {
     let store = Store::open(root)?;
     let r = find(&store, id)?;
     if json {
+        let r = store.record_export(&r.id)?.unwrap_or(r);
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -114,7 +115,8 @@ pub fn inspect(root: &Path, id: &str, json: bool) -> Result<ExitCode> {
     if let Some(i) = &r.image {
         println!("Image:      {i}");
     }
-    println!("Record:     {} bytes", store.record_size(&r.id)?);
+    let (own, files) = store.record_size(&r.id)?;
+    println!("Record:     {own} bytes (+ {files} bytes of file sets)");
     println!("Steps:");
     for s in &r.steps {
         let status = match s.status {
@@ -159,6 +161,7 @@ pub fn rm(root: &Path, ids: &[String], all: bool) -> Result<ExitCode> {
             }
         }
     }
+    store.filesets_trim()?;
     Ok(if failed {
         ExitCode::FAILURE
     } else {

@@ -254,7 +254,19 @@ impl Recorder {
                 .chain(rec.build_args.keys())
                 .cloned()
                 .collect();
-            if let Some(m) = diff_inputs(meta, &cur, p, &arg_names, &self.secrets) {
+            let load = |i: &StepInputs| -> FileSet {
+                match (&i.files, &i.files_id) {
+                    (Some(f), _) => f.clone(),
+                    (None, Some(id)) => self
+                        .store
+                        .fileset_get(id)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default(),
+                    (None, None) => FileSet::default(),
+                }
+            };
+            if let Some(m) = diff_inputs(meta, &cur, p, &arg_names, &self.secrets, &load) {
                 return (m, None);
             }
         }
@@ -554,6 +566,7 @@ pub fn diff_inputs(
     prev: &StepRecord,
     arg_names: &BTreeSet<String>,
     secrets: &BTreeSet<String>,
+    load_files: &dyn Fn(&StepInputs) -> FileSet,
 ) -> Option<Miss> {
     let old = &prev.inputs;
     if let (Some(a), Some(b)) = (&old.base, &cur.base) {
@@ -620,13 +633,13 @@ pub fn diff_inputs(
     if cur.mounts != old.mounts || cur.network != old.network {
         return Some(miss("instruction", "mounts or network changed".into()));
     }
-    let empty = FileSet::default();
-    let (fa, fb) = (
-        old.files.as_ref().unwrap_or(&empty),
-        cur.files.as_ref().unwrap_or(&empty),
-    );
-    if let Some(d) = diff_files(fa, fb) {
-        return Some(miss("files", d));
+    // The same set id is the same files: nothing to read.
+    let same_set = old.files_id.is_some() && old.files_id == cur.files_id;
+    let has = |i: &StepInputs| i.files.is_some() || i.files_id.is_some();
+    if !same_set && (has(old) || has(cur)) {
+        if let Some(d) = diff_files(&load_files(old), &load_files(cur)) {
+            return Some(miss("files", d));
+        }
     }
     if cur.content != old.content {
         return Some(miss("files", "downloaded content changed".into()));

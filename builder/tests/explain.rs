@@ -442,6 +442,20 @@ fn records_are_kept_within_the_configured_count_and_can_be_turned_off() {
         env.build_ok(&ctx, &[]);
     }
     assert_eq!(env.stdout(&["builds", "ls", "-q"]).lines().count(), 2);
+    // The same files are kept once, however many builds read them.
+    let sets = || {
+        fs::read_dir(env.root().join("records/files"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(sets(), 1);
+    fs::write(ctx.join("src/a"), "b").unwrap();
+    env.build_ok(&ctx, &[]);
+    assert_eq!(sets(), 2);
+    // The old set's last record is trimmed, and the set with it.
+    fs::write(env.root().join("config.toml"), "[records]\nmax-count = 1\n").unwrap();
+    env.build_ok(&ctx, &[]);
+    assert_eq!(sets(), 1);
     let before = env.stdout(&["builds", "ls", "-q"]);
     env.build_ok(&ctx, &["--no-record"]);
     assert_eq!(env.stdout(&["builds", "ls", "-q"]), before);

@@ -25,6 +25,7 @@ use crate::store::Store;
 pub const RECORD_VERSION: u32 = 1;
 const RECORDS_DIR: &str = "records";
 const SUFFIX: &str = ".json.zst";
+const FILES_DIR: &str = "files";
 
 /// How a build ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,7 +180,13 @@ pub struct StepInputs {
     /// `FROM`: the reference and the resolved digest (ChainID).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<BaseInput>,
-    /// COPY/ADD (and `RUN --mount=type=bind` of the context): the selected files.
+    /// COPY/ADD (and `RUN --mount=type=bind` of the context): the id of the selected
+    /// files' set (their tree digest), kept once per store in `records/files/`, so that
+    /// a rebuild over the same files adds nothing but this id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_id: Option<String>,
+    /// The selected files themselves: in memory until the record is written, and in an
+    /// exported record (`kiln builds inspect --format json`), which must stand alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<FileSet>,
     /// RUN: the command.
@@ -446,12 +453,113 @@ impl Store {
         }
     }
 
-    /// Writes `record` (atomically, replacing an earlier version of the same id).
+    /// Writes `record` (atomically, replacing an earlier version of the same id). The
+    /// file sets of its steps go to `records/files/` (once per id), the record keeps
+    /// their ids.
     pub fn record_put(&self, record: &BuildRecord) -> Result<()> {
         let dir = self.records_dir();
         std::fs::create_dir_all(&dir).ctx("create directory", &dir)?;
-        let bytes = encode_record(record)?;
+        let mut record = record.clone();
+        for s in &mut record.steps {
+            if let (Some(id), Some(files)) = (&s.inputs.files_id, s.inputs.files.take()) {
+                self.fileset_put(id, &files)?;
+            }
+        }
+        let bytes = encode_record(&record)?;
         self.write_atomic(&dir.join(format!("{}{SUFFIX}", record.id)), &bytes)
+    }
+
+    fn fileset_path(&self, id: &str) -> PathBuf {
+        let name: String = id
+            .rsplit(':')
+            .next()
+            .unwrap_or(id)
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
+        self.records_dir()
+            .join(FILES_DIR)
+            .join(format!("{name}{SUFFIX}"))
+    }
+
+    /// Whether the file set `id` is stored (one stat: what a no-op rebuild costs).
+    pub fn fileset_exists(&self, id: &str) -> bool {
+        self.fileset_path(id).exists()
+    }
+
+    /// Stores the file set `id` unless it is there already.
+    pub fn fileset_put(&self, id: &str, files: &FileSet) -> Result<()> {
+        let path = self.fileset_path(id);
+        if path.exists() {
+            return Ok(());
+        }
+        let dir = self.records_dir().join(FILES_DIR);
+        std::fs::create_dir_all(&dir).ctx("create directory", &dir)?;
+        let json = serde_json::to_vec(files).map_err(|source| CacheError::Serialize {
+            what: format!("file set {id}"),
+            source,
+        })?;
+        let bytes =
+            zstd::bulk::compress(&json, 3).map_err(|e| CacheError::io("compress", &path, e))?;
+        self.write_atomic(&path, &bytes)
+    }
+
+    /// The file set `id` (None if it is not stored).
+    pub fn fileset_get(&self, id: &str) -> Result<Option<FileSet>> {
+        let path = self.fileset_path(id);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(CacheError::io("read", &path, e)),
+        };
+        let corrupt = |reason: String| CacheError::CorruptFile {
+            path: path.clone(),
+            reason,
+        };
+        let json =
+            zstd::stream::decode_all(&bytes[..]).map_err(|e| corrupt(format!("not zstd ({e})")))?;
+        serde_json::from_slice(&json)
+            .map(Some)
+            .map_err(|e| corrupt(format!("not a file set ({e})")))
+    }
+
+    /// Removes the file sets no record refers to any more.
+    pub fn filesets_trim(&self) -> Result<()> {
+        let mut used = std::collections::HashSet::new();
+        for id in self.record_ids()? {
+            // An unreadable record keeps nothing alive; it is useless anyway.
+            if let Ok(Some(r)) = self.record_get(&id) {
+                for s in r.steps {
+                    if let Some(f) = s.inputs.files_id {
+                        used.insert(self.fileset_path(&f));
+                    }
+                }
+            }
+        }
+        let dir = self.records_dir().join(FILES_DIR);
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        for e in rd.filter_map(|e| e.ok()) {
+            if !used.contains(&e.path()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// Record `id` with its file sets inline: what `kiln builds inspect --format json`
+    /// exports and `--explain-against` reads back on another machine.
+    pub fn record_export(&self, id: &str) -> Result<Option<BuildRecord>> {
+        let Some(mut r) = self.record_get(id)? else {
+            return Ok(None);
+        };
+        for s in &mut r.steps {
+            if let Some(f) = &s.inputs.files_id {
+                s.inputs.files = self.fileset_get(f)?;
+            }
+        }
+        Ok(Some(r))
     }
 
     /// Every record id, oldest first.
@@ -503,10 +611,21 @@ impl Store {
         }
     }
 
-    /// Size in bytes of record `id` as stored.
-    pub fn record_size(&self, id: &str) -> Result<u64> {
+    /// Size in bytes of record `id` as stored, and of the file sets it refers to (which
+    /// later records of the same files share).
+    pub fn record_size(&self, id: &str) -> Result<(u64, u64)> {
         let path = self.records_dir().join(format!("{id}{SUFFIX}"));
-        Ok(std::fs::metadata(&path).ctx("stat", &path)?.len())
+        let own = std::fs::metadata(&path).ctx("stat", &path)?.len();
+        let mut sets = std::collections::BTreeSet::new();
+        if let Some(r) = self.record_get(id)? {
+            sets.extend(r.steps.into_iter().filter_map(|s| s.inputs.files_id));
+        }
+        let files = sets
+            .iter()
+            .filter_map(|f| std::fs::metadata(self.fileset_path(f)).ok())
+            .map(|m| m.len())
+            .sum();
+        Ok((own, files))
     }
 
     /// Every readable record, newest first (an unreadable one is skipped: records are
@@ -550,6 +669,9 @@ impl Store {
             if (i < excess || ms < cutoff) && self.record_remove(id)? {
                 removed.push(id.clone());
             }
+        }
+        if !removed.is_empty() {
+            self.filesets_trim()?;
         }
         Ok(removed)
     }
@@ -674,6 +796,31 @@ mod tests {
         );
         assert!(store.record_remove(&ids[5]).unwrap());
         assert_eq!(store.record_get(&ids[5]).unwrap(), None);
+    }
+
+    #[test]
+    fn file_sets_are_stored_once_exported_inline_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut r = record(10);
+        let files = r.steps[0].inputs.files.clone().unwrap();
+        r.steps[0].inputs.files_id = Some("sha256:00ff".into());
+        store.record_put(&r).unwrap();
+        let stored = store.record_get(&r.id).unwrap().unwrap();
+        assert_eq!(stored.steps[0].inputs.files, None);
+        assert!(store.fileset_exists("sha256:00ff"));
+        assert_eq!(
+            store.record_export(&r.id).unwrap().unwrap().steps[0]
+                .inputs
+                .files,
+            Some(files)
+        );
+        let limits = RecordLimits {
+            max_count: 0,
+            ..RecordLimits::default()
+        };
+        store.records_trim(limits, SystemTime::now()).unwrap();
+        assert!(!store.fileset_exists("sha256:00ff"));
     }
 
     #[test]

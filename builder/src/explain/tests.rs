@@ -38,6 +38,10 @@ fn prev(instruction: &str, inputs: StepInputs) -> StepRecord {
     }
 }
 
+fn inline(i: &StepInputs) -> FileSet {
+    i.files.clone().unwrap_or_default()
+}
+
 fn none() -> BTreeSet<String> {
     BTreeSet::new()
 }
@@ -104,6 +108,7 @@ fn the_base_comes_first() {
         &prev("FROM debian:bookworm", old),
         &none(),
         &none(),
+        &inline,
     )
     .unwrap();
     assert_eq!(m.kind, "base");
@@ -122,6 +127,7 @@ fn instruction_flags_then_command_then_text() {
             &prev(a, StepInputs::default()),
             &none(),
             &none(),
+            &inline,
         )
         .map(|m| (m.kind, m.details))
     };
@@ -161,6 +167,7 @@ fn args_env_and_secrets() {
             &prev("RUN x", with(k, a)),
             &args,
             &secrets,
+            &inline,
         )
         .unwrap();
         (m.kind, m.details)

@@ -384,6 +384,7 @@ struct Record {
 struct Capturing<'w, 'a> {
     worker: &'w BuildWorker<'a>,
     trees: std::sync::Mutex<Vec<cachekey::TreeEntry>>,
+    digests: std::sync::Mutex<Vec<Digest>>,
 }
 
 impl KeySource for Capturing<'_, '_> {
@@ -399,6 +400,10 @@ impl KeySource for Capturing<'_, '_> {
         let tree = cachekey::context_tree(&self.worker.context, Some(&self.worker.memo), sources)?;
         let digest = cachekey::TreeDigest::of(&tree);
         self.trees.lock().expect("capture lock").extend(tree);
+        self.digests
+            .lock()
+            .expect("capture lock")
+            .push(digest.clone());
         Ok(digest)
     }
 }
@@ -419,12 +424,30 @@ impl Worker for BuildWorker<'_> {
         let capture = Capturing {
             worker: self,
             trees: Default::default(),
+            digests: Default::default(),
         };
         let key = cachekey::content_key(&vertex.op, inputs, &capture)?;
         let mut captured = crate::explain::op_inputs(&vertex.op);
-        let trees = capture.trees.into_inner().expect("capture lock");
-        if !trees.is_empty() {
-            captured.files = Some(crate::explain::file_set(&trees));
+        let digests = capture.digests.into_inner().expect("capture lock");
+        if !digests.is_empty() {
+            // The set's id is its tree digest (the files' part of the cache key): a set
+            // the store already keeps costs one stat, not a copy of 20,000 entries.
+            let id = match digests.as_slice() {
+                [one] => one.to_string(),
+                many => kiln_cache::sha256_of(
+                    many.iter()
+                        .map(|d| d.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                        .as_bytes(),
+                )
+                .to_string(),
+            };
+            if !self.store.fileset_exists(&id) {
+                let trees = capture.trees.into_inner().expect("capture lock");
+                captured.files = Some(crate::explain::file_set(&trees));
+            }
+            captured.files_id = Some(id);
         }
         match &vertex.op {
             Op::Image { reference, .. } => {

@@ -514,3 +514,59 @@ fn misses_are_explained_against_an_exported_record() {
         out.stderr
     );
 }
+
+#[test]
+fn an_interrupted_build_leaves_a_record() {
+    needs!();
+    let env = Env::new();
+    let ctx = env.app(
+        "FROM busybox:kiln-test\nRUN echo started && sleep 60\n",
+        &[],
+    );
+    let log = env.ws.path("build.log");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("kiln"))
+        .env("KILN_ROOT", env.root())
+        .args(["build", "--progress", "plain"])
+        .arg(&ctx)
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    kiln_test_support::wait::until(
+        std::time::Duration::from_secs(30),
+        "the RUN step to start",
+        || {
+            fs::read_to_string(&log)
+                .ok()
+                .filter(|l| l.contains("#2 started"))
+        },
+        || fs::read_to_string(&log).unwrap_or_default(),
+    );
+    let st = Proc::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    let ls = env.stdout(&["builds", "ls"]);
+    let newest = ls.lines().nth(1).unwrap();
+    assert!(newest.contains("   interrupted   "), "{ls}");
+    let id = newest.split_whitespace().next().unwrap();
+    let rec: Value =
+        serde_json::from_str(&env.stdout(&["builds", "inspect", "--format", "json", id])).unwrap();
+    let run = rec["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["line"] == 2)
+        .unwrap();
+    assert!(
+        run["status"] == "failed" || run["status"] == "cancelled",
+        "{run}"
+    );
+    assert_eq!(
+        run["inputs"]["command"][2], "echo started && sleep 60",
+        "{run}"
+    );
+}

@@ -347,7 +347,15 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         target: req.target.clone(),
         platform: req.platform.to_string(),
         tags: req.tags.clone(),
-        outputs: req.outputs.iter().map(|o| format!("{o:?}")).collect(),
+        outputs: req
+            .outputs
+            .iter()
+            .map(|o| match o {
+                OutputSpec::Oci(d) => format!("type=oci,dest={}", d.display()),
+                OutputSpec::Docker(d) => format!("type=docker,dest={}", d.display()),
+                OutputSpec::Local(d) => format!("type=local,dest={}", d.display()),
+            })
+            .collect(),
         ..BuildRecord::default()
     };
     let recorder = Recorder::new(

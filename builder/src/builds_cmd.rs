@@ -112,6 +112,9 @@ pub fn inspect(root: &Path, id: &str, json: bool) -> Result<ExitCode> {
     for (k, v) in &r.build_args {
         println!("Build arg:  {k}={v}");
     }
+    for o in &r.outputs {
+        println!("Output:     {o}");
+    }
     if let Some(i) = &r.image {
         println!("Image:      {i}");
     }

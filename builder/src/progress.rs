@@ -421,6 +421,25 @@ mod tests {
     }
 
     #[test]
+    fn a_miss_is_one_line_with_its_reason() {
+        let miss = [Event::Miss {
+            id: VertexId::new(2),
+            reason: "1 file changed: src/a (content)".into(),
+        }];
+        assert_eq!(
+            render(ProgressMode::Plain, &miss),
+            "#3 MISS: 1 file changed: src/a (content)\n"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(render(ProgressMode::Json, &miss).trim()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"step": 3, "name": "[1/2] RUN make", "status": "miss",
+                "reason": "1 file changed: src/a (content)"})
+        );
+    }
+
+    #[test]
     fn plain_blob_lines() {
         let out = render(
             ProgressMode::Plain,

@@ -164,7 +164,8 @@ pub fn rm(root: &Path, ids: &[String], all: bool) -> Result<ExitCode> {
             }
         }
     }
-    store.filesets_trim()?;
+    // Asked for: the file sets no record needs go now.
+    store.filesets_trim(std::time::Duration::ZERO)?;
     Ok(if failed {
         ExitCode::FAILURE
     } else {

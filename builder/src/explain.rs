@@ -254,16 +254,11 @@ impl Recorder {
                 .chain(rec.build_args.keys())
                 .cloned()
                 .collect();
-            let load = |i: &StepInputs| -> FileSet {
+            let load = |i: &StepInputs| -> Option<FileSet> {
                 match (&i.files, &i.files_id) {
-                    (Some(f), _) => f.clone(),
-                    (None, Some(id)) => self
-                        .store
-                        .fileset_get(id)
-                        .ok()
-                        .flatten()
-                        .unwrap_or_default(),
-                    (None, None) => FileSet::default(),
+                    (Some(f), _) => Some(f.clone()),
+                    (None, Some(id)) => self.store.fileset_get(id).ok().flatten(),
+                    (None, None) => Some(FileSet::default()),
                 }
             };
             if let Some(m) = diff_inputs(meta, &cur, p, &arg_names, &self.secrets, &load) {
@@ -566,7 +561,7 @@ pub fn diff_inputs(
     prev: &StepRecord,
     arg_names: &BTreeSet<String>,
     secrets: &BTreeSet<String>,
-    load_files: &dyn Fn(&StepInputs) -> FileSet,
+    load_files: &dyn Fn(&StepInputs) -> Option<FileSet>,
 ) -> Option<Miss> {
     let old = &prev.inputs;
     if let (Some(a), Some(b)) = (&old.base, &cur.base) {
@@ -637,8 +632,11 @@ pub fn diff_inputs(
     let same_set = old.files_id.is_some() && old.files_id == cur.files_id;
     let has = |i: &StepInputs| i.files.is_some() || i.files_id.is_some();
     if !same_set && (has(old) || has(cur)) {
-        if let Some(d) = diff_files(&load_files(old), &load_files(cur)) {
-            return Some(miss("files", d));
+        // A set that cannot be read (removed by hand) compares with nothing.
+        if let (Some(a), Some(b)) = (load_files(old), load_files(cur)) {
+            if let Some(d) = diff_files(&a, &b) {
+                return Some(miss("files", d));
+            }
         }
     }
     if cur.content != old.content {

@@ -39,8 +39,9 @@ pub use error::{CacheError, Result};
 pub use hash::{MMAP_THRESHOLD, hash_file};
 pub use lock::{LockKind, StoreLock};
 pub use records::{
-    BaseInput, BuildRecord, BuildStatus, FileEntry, FileSet, HitSource, Miss, RECORD_VERSION,
-    RecordLimits, StepInputs, StepRecord, StepStatus, decode_record, encode_record, new_record_id,
+    BaseInput, BuildRecord, BuildStatus, FILESET_GRACE, FileEntry, FileSet, HitSource, Miss,
+    RECORD_VERSION, RecordLimits, StepInputs, StepRecord, StepStatus, decode_record, encode_record,
+    new_record_id,
 };
 pub use remove::{remove_all_at, remove_tree};
 pub use statmemo::{ContentHash, StatMemo};

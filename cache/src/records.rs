@@ -26,6 +26,9 @@ pub const RECORD_VERSION: u32 = 1;
 const RECORDS_DIR: &str = "records";
 const SUFFIX: &str = ".json.zst";
 const FILES_DIR: &str = "files";
+/// How long a file set no record refers to is kept after its last use by a build
+/// (whose record, not yet written, may refer to it).
+pub const FILESET_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// How a build ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -482,9 +485,15 @@ impl Store {
             .join(format!("{name}{SUFFIX}"))
     }
 
-    /// Whether the file set `id` is stored (one stat: what a no-op rebuild costs).
-    pub fn fileset_exists(&self, id: &str) -> bool {
-        self.fileset_path(id).exists()
+    /// Whether the file set `id` is stored; if so, marks it as just used, so that a
+    /// trim running beside this build (which will refer to it) leaves it alone for
+    /// [`FILESET_GRACE`]. One open and a time update: what a no-op rebuild costs.
+    pub fn fileset_reuse(&self, id: &str) -> bool {
+        std::fs::File::options()
+            .write(true)
+            .open(self.fileset_path(id))
+            .and_then(|f| f.set_modified(SystemTime::now()))
+            .is_ok()
     }
 
     /// Stores the file set `id` unless it is there already.
@@ -523,8 +532,9 @@ impl Store {
             .map_err(|e| corrupt(format!("not a file set ({e})")))
     }
 
-    /// Removes the file sets no record refers to any more.
-    pub fn filesets_trim(&self) -> Result<()> {
+    /// Removes the file sets no record refers to any more and that were not used in
+    /// the last `min_age` (a running build may use one before its record is written).
+    pub fn filesets_trim(&self, min_age: Duration) -> Result<()> {
         let mut used = std::collections::HashSet::new();
         for id in self.record_ids()? {
             // An unreadable record keeps nothing alive; it is useless anyway.
@@ -540,8 +550,15 @@ impl Store {
         let Ok(rd) = std::fs::read_dir(&dir) else {
             return Ok(());
         };
+        let now = SystemTime::now();
         for e in rd.filter_map(|e| e.ok()) {
-            if !used.contains(&e.path()) {
+            let age = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .unwrap_or_default();
+            if !used.contains(&e.path()) && age >= min_age {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -671,7 +688,7 @@ impl Store {
             }
         }
         if !removed.is_empty() {
-            self.filesets_trim()?;
+            self.filesets_trim(FILESET_GRACE)?;
         }
         Ok(removed)
     }
@@ -808,19 +825,24 @@ mod tests {
         store.record_put(&r).unwrap();
         let stored = store.record_get(&r.id).unwrap().unwrap();
         assert_eq!(stored.steps[0].inputs.files, None);
-        assert!(store.fileset_exists("sha256:00ff"));
+        assert!(store.fileset_path("sha256:00ff").exists());
         assert_eq!(
             store.record_export(&r.id).unwrap().unwrap().steps[0]
                 .inputs
                 .files,
             Some(files)
         );
+        assert!(store.fileset_reuse("sha256:00ff"));
+        assert!(!store.fileset_reuse("sha256:0000"));
         let limits = RecordLimits {
             max_count: 0,
             ..RecordLimits::default()
         };
         store.records_trim(limits, SystemTime::now()).unwrap();
-        assert!(!store.fileset_exists("sha256:00ff"));
+        // Just used: a build running beside may refer to it.
+        assert!(store.fileset_reuse("sha256:00ff"));
+        store.filesets_trim(Duration::ZERO).unwrap();
+        assert!(!store.fileset_reuse("sha256:00ff"));
     }
 
     #[test]

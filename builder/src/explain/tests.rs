@@ -38,8 +38,8 @@ fn prev(instruction: &str, inputs: StepInputs) -> StepRecord {
     }
 }
 
-fn inline(i: &StepInputs) -> FileSet {
-    i.files.clone().unwrap_or_default()
+fn inline(i: &StepInputs) -> Option<FileSet> {
+    Some(i.files.clone().unwrap_or_default())
 }
 
 fn none() -> BTreeSet<String> {

@@ -443,7 +443,7 @@ impl Worker for BuildWorker<'_> {
                 )
                 .to_string(),
             };
-            if !self.store.fileset_exists(&id) {
+            if !self.store.fileset_reuse(&id) {
                 let trees = capture.trees.into_inner().expect("capture lock");
                 captured.files = Some(crate::explain::file_set(&trees));
             }

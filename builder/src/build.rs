@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use kiln_cache::{CacheError, Digest, Store, TagRecord};
+use kiln_cache::{BuildRecord, BuildStatus, CacheError, Digest, Store, TagRecord};
 use kiln_frontend::convert::{self, Base, ConvertOptions, Plan};
 use kiln_frontend::error::shorten;
 use kiln_frontend::{Diagnostic, dockerignore};
@@ -13,6 +13,7 @@ use kiln_fs::ContextFs;
 use kiln_layer::{Compression, LayerError, LayerOptions, UnpackOptions, WhiteoutMode};
 use kiln_ops::{Op, Platform, VertexId, describe};
 
+use crate::explain::{Recorder, StepMeta};
 use crate::exporter::{self, ExportError};
 use crate::image::{self, BuiltImage, HistoryItem, ImageError, ImageSpec, LayerDesc, MediaTypes};
 use crate::images::{ImageStore, ImageStoreError, normalize_tag};
@@ -93,6 +94,15 @@ pub enum BuildError {
         /// Why.
         #[source]
         source: LayerError,
+    },
+    /// `--explain-against` could not be read.
+    #[error("reading the build record {}", path.display())]
+    ExplainAgainst {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The worker failed outside a step (setting up, saving the stat memo).
     #[error(transparent)]
@@ -200,6 +210,11 @@ pub struct BuildRequest {
     pub push: bool,
     /// `--allow security.insecure`: `RUN --security=insecure` may run privileged.
     pub allow_insecure: bool,
+    /// Write a build record (`--no-record` or `KILN_NO_RECORD=1` turn it off).
+    pub record: bool,
+    /// `--explain-against RECORD.json`: explain misses against this exported record
+    /// instead of this store's records.
+    pub explain_against: Option<PathBuf>,
 }
 
 /// What a build produced.
@@ -291,14 +306,92 @@ fn base_history(plan: &Plan, images: &ImageStore, stage_index: usize) -> Result<
     }
 }
 
-/// Runs a build.
+/// Writes the record of a build that ends without saying how (a panic) as failed.
+struct FinishOnDrop<'a>(&'a Recorder);
+
+impl Drop for FinishOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0
+            .finish(BuildStatus::Failed, Some("the build panicked".into()));
+    }
+}
+
+/// Reads a record exported by `kiln builds inspect --format json`.
+fn read_against(path: &Path) -> Result<BuildRecord> {
+    let err = |source: Box<dyn std::error::Error + Send + Sync>| BuildError::ExplainAgainst {
+        path: path.to_path_buf(),
+        source,
+    };
+    let bytes = std::fs::read(path).map_err(|e| err(Box::new(e)))?;
+    serde_json::from_slice(&bytes).map_err(|e| err(Box::new(e)))
+}
+
+/// Runs a build, and writes its record (whatever the outcome) unless `req.record` is off.
 pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
-    let started = Instant::now();
     let store = Store::open(&req.root).map_err(|source| BuildError::OpenStore {
         root: req.root.clone(),
         source,
     })?;
     let _lock = store.lock_shared()?;
+    let against = req
+        .explain_against
+        .as_deref()
+        .map(read_against)
+        .transpose()?;
+    // Made before conversion, which resolves `FROM`s through it; steps are named after.
+    let progress = std::sync::Arc::new(Progress::new(req.progress, HashMap::new()));
+    let header = BuildRecord {
+        context: req.context.display().to_string(),
+        dockerfile: req.dockerfile.display().to_string(),
+        build_args: req.build_args.clone(),
+        target: req.target.clone(),
+        platform: req.platform.to_string(),
+        tags: req.tags.clone(),
+        outputs: req
+            .outputs
+            .iter()
+            .map(|o| match o {
+                OutputSpec::Oci(d) => format!("type=oci,dest={}", d.display()),
+                OutputSpec::Docker(d) => format!("type=docker,dest={}", d.display()),
+                OutputSpec::Local(d) => format!("type=local,dest={}", d.display()),
+            })
+            .collect(),
+        ..BuildRecord::default()
+    };
+    let recorder = Recorder::new(
+        store.clone(),
+        header,
+        progress.clone(),
+        against,
+        req.no_cache,
+        req.secrets.iter().map(|(id, _)| id.clone()).collect(),
+        req.record,
+    );
+    let guard = FinishOnDrop(&recorder);
+    let r = build_inner(req, &store, &progress, &recorder);
+    match &r {
+        Ok(_) => recorder.finish(BuildStatus::Completed, None),
+        Err(e) => {
+            let status = if crate::interrupt::interrupted() {
+                BuildStatus::Interrupted
+            } else {
+                BuildStatus::Failed
+            };
+            recorder.finish(status, Some(kiln_solver::error_chain(e)));
+        }
+    }
+    drop(guard);
+    r
+}
+
+fn build_inner(
+    req: &BuildRequest,
+    store: &Store,
+    progress: &std::sync::Arc<Progress>,
+    recorder: &Recorder,
+) -> Result<BuildOutcome> {
+    let started = Instant::now();
+    let store = store.clone();
     // What this build uses is added to its lease as it goes (the worker's job); what
     // it writes is newer than the lease, which a collector keeps too.
     let lease = store.lease(&format!("build of {}", req.dockerfile.display()), &[])?;
@@ -306,6 +399,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         path: req.dockerfile.clone(),
         source,
     })?;
+    recorder.set_dockerfile_digest(&kiln_cache::sha256_of(&source));
     let source = String::from_utf8_lossy(&source).into_owned();
     let located = |e: Diagnostic| DockerfileError {
         rendered: e.render(&req.dockerfile_name, &source),
@@ -320,8 +414,6 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         .unwrap_or_default();
     let remote = std::sync::Arc::new(crate::remote::Remote::new(req.registry.clone()));
     let quiet = matches!(req.progress, ProgressMode::Quiet | ProgressMode::Json);
-    // Made before conversion, which resolves `FROM`s through it; steps are named after.
-    let progress = std::sync::Arc::new(Progress::new(req.progress, HashMap::new()));
     let images = ImageStore::new(&store).with_remote(remote.clone(), progress.clone());
     let opts = ConvertOptions {
         build_args: req.build_args.clone(),
@@ -336,6 +428,10 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
     }
     let labels = step_labels(&plan);
     progress.set_labels(labels.clone());
+    recorder.set_plan(
+        step_meta(&plan, &labels),
+        crate::explain::dockerfile_args(&source, &req.build_args),
+    );
     for w in &plan.warnings {
         progress.message(&format!("WARNING: {w}"));
     }
@@ -373,7 +469,8 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         .filter(|id| plan.graph.dependents(*id).is_empty())
         .collect();
     let worker = BuildWorker::new(&store, context, &images, layer_opts, exec)?
-        .with_reporter(&*progress)
+        .with_reporter(recorder)
+        .with_recorder(recorder)
         .with_network_timeouts(req.registry.timeouts)
         .with_lazy_snapshots(leaves)
         .with_lease(&lease);
@@ -381,7 +478,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
     let results = kiln_solver::solve(
         &plan.graph,
         &worker,
-        &*progress,
+        recorder,
         SolveOptions {
             no_cache: req.no_cache,
         },
@@ -410,6 +507,19 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
     worker.finish()?;
 
     let built = assemble(req, &store, &images, &plan, &results)?;
+    recorder.set_results(
+        &built.manifest_digest,
+        results
+            .iter()
+            .filter_map(|(id, s)| match &s.output {
+                Output::Fs {
+                    layers,
+                    added: true,
+                } => layers.last().map(|l| (*id, l.digest.clone())),
+                _ => None,
+            })
+            .collect(),
+    );
     for tag in &req.tags {
         let _tags_lock = store.lock_shared()?;
         store.tag_set(
@@ -425,7 +535,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
                     &store,
                     tag,
                     false,
-                    &crate::remote::BlobReporter::new(&*progress, None),
+                    &crate::remote::BlobReporter::new(&**progress, None),
                 )
                 .map_err(|source| BuildError::Push {
                     tag: tag.clone(),
@@ -464,7 +574,9 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         let Some(origin) = v.origins.first() else {
             continue;
         };
-        steps.push(report_step(origin, solved));
+        let mut step = report_step(origin, solved);
+        step.miss = recorder.miss_of(*id);
+        steps.push(step);
     }
     let report = Report::new(
         ReportImage {
@@ -531,7 +643,39 @@ fn report_step(origin: &kiln_ops::Origin, solved: &Solved<Output>) -> ReportStep
         cached: solved.cached,
         duration_ms: solved.duration.as_millis() as u64,
         layer,
+        miss: None,
     }
+}
+
+/// What the recorder needs to know of each vertex (see [`StepMeta`]).
+fn step_meta(plan: &Plan, labels: &HashMap<VertexId, StepLabel>) -> HashMap<VertexId, StepMeta> {
+    let mut per_stage: HashMap<usize, usize> = HashMap::new();
+    let mut out = HashMap::new();
+    for id in plan.graph.topo_order() {
+        let v = plan.graph.vertex(id);
+        let label = labels.get(&id);
+        let mut m = StepMeta {
+            number: label.map(|l| l.number).unwrap_or(id.index() + 1),
+            name: label.map(|l| l.name.clone()).unwrap_or_default(),
+            definition: v.digest.to_string(),
+            inputs: v.inputs.clone(),
+            is_context: matches!(v.op, Op::Context { .. }),
+            is_image: matches!(v.op, Op::Image { .. }),
+            ..StepMeta::default()
+        };
+        if let Some(o) = v.origins.first() {
+            let i = per_stage.entry(o.stage).or_default();
+            *i += 1;
+            m.stage = o.stage_name.clone();
+            m.position = *i;
+            m.line = o.range.start.line;
+            m.instruction = o.instruction.trim().to_string();
+        } else {
+            m.instruction = m.name.clone();
+        }
+        out.insert(id, m);
+    }
+    out
 }
 
 /// Builds the target stage's config and manifest and stores them as blobs.

@@ -151,6 +151,16 @@ pub fn context_checksum(
     memo: Option<&StatMemo>,
     sources: &[&str],
 ) -> Result<Digest> {
+    Ok(TreeDigest::of(&context_tree(fs, memo, sources)?))
+}
+
+/// The [`TreeEntry`]s whose [`TreeDigest`] is the [`context_checksum`]: what a build
+/// record keeps of a COPY's files, taken from the one walk the cache key needs.
+pub fn context_tree(
+    fs: &dyn SourceFs,
+    memo: Option<&StatMemo>,
+    sources: &[&str],
+) -> Result<Vec<TreeEntry>> {
     let mut entries: Vec<(String, Entry)> = Vec::new();
     for src in sources {
         for m in expand_source(fs, src)? {
@@ -162,7 +172,7 @@ pub fn context_checksum(
         .par_iter()
         .map(|(rel, e)| tree_entry(rel, e, owners, memo))
         .collect::<Result<_>>()?;
-    Ok(TreeDigest::of(&tree))
+    Ok(tree)
 }
 
 /// The [`TreeEntry`] of one selected path.

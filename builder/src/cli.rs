@@ -280,6 +280,39 @@ enum Command {
         #[arg(short, long)]
         verbose: bool,
     },
+    /// Build records: what each build did and why steps missed the cache.
+    #[command(subcommand)]
+    Builds(BuildsCommand),
+}
+
+/// `kiln builds ...`.
+#[derive(Subcommand, Debug)]
+enum BuildsCommand {
+    /// List build records, newest first.
+    #[command(alias = "list")]
+    Ls {
+        /// Only display ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show a build record (`--format json` exports it for `build --explain-against`).
+    Inspect {
+        /// Output format.
+        #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+        format: String,
+        /// Record id (or a unique prefix).
+        id: String,
+    },
+    /// Remove build records.
+    #[command(alias = "remove")]
+    Rm {
+        /// Remove every record.
+        #[arg(short, long, conflicts_with = "ids")]
+        all: bool,
+        /// Record ids (or unique prefixes).
+        #[arg(required_unless_present = "all")]
+        ids: Vec<String>,
+    },
 }
 
 /// `kiln volume ...`.
@@ -435,6 +468,13 @@ struct BuildArgs {
     /// `network.host` is accepted (host networking is the default); repeatable.
     #[arg(long = "allow", value_parser = ["security.insecure", "network.host"])]
     allow: Vec<String>,
+    /// Write no build record (also `KILN_NO_RECORD=1`); misses are still explained.
+    #[arg(long)]
+    no_record: bool,
+    /// Explain cache misses against this record (`kiln builds inspect --format json`,
+    /// e.g. from another machine) instead of this store's records.
+    #[arg(long, value_name = "RECORD.json")]
+    explain_against: Option<PathBuf>,
     /// Run the frontend only (parse, check, expand, plan) and print the plan.
     #[arg(long)]
     dry_run: bool,
@@ -621,6 +661,13 @@ pub fn run() -> Result<ExitCode> {
         Command::Container(ContainerCommand::Prune { force }) => {
             containers(crate::container_commands::prune(&root, force))
         }
+        Command::Builds(b) => match b {
+            BuildsCommand::Ls { quiet } => crate::builds_cmd::ls(&root, quiet),
+            BuildsCommand::Inspect { format, id } => {
+                crate::builds_cmd::inspect(&root, &id, format == "json")
+            }
+            BuildsCommand::Rm { all, ids } => crate::builds_cmd::rm(&root, &ids, all),
+        },
         Command::History(h) => crate::commands::history(
             &root,
             &h.image,
@@ -814,6 +861,9 @@ fn real_build(
         registry,
         push: args.push,
         allow_insecure: args.allow.iter().any(|a| a == "security.insecure"),
+        record: !args.no_record
+            && std::env::var("KILN_NO_RECORD").map_or(true, |v| v.is_empty() || v == "0"),
+        explain_against: args.explain_against.clone(),
     };
     kiln_builder::interrupt::install();
     // RUN steps block a worker thread while their process runs: keep enough threads for
@@ -831,6 +881,9 @@ fn real_build(
             }
             if args.progress != ProgressMode::Quiet {
                 eprintln!("{}", outcome.report.summary());
+                for m in outcome.report.misses() {
+                    eprintln!("  {m}");
+                }
             }
             println!("{}", outcome.report.image.digest);
             Ok(ExitCode::SUCCESS)

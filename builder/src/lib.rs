@@ -11,6 +11,7 @@ pub mod changes;
 pub mod commit;
 pub mod containers;
 pub mod download;
+pub mod explain;
 pub mod exporter;
 pub mod format;
 pub mod image;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 // The command line is the binary's own: it alone reports errors with `anyhow`; the
 // library (`kiln_builder`) and the crates below it return typed errors.
+mod builds_cmd;
 mod cli;
 mod commands;
 mod container_commands;

@@ -256,6 +256,9 @@ impl Reporter for Progress {
                         (*id, "error", serde_json::json!({ "error": message }))
                     }
                     Event::Log { id, line } => (*id, "log", serde_json::json!({ "line": line })),
+                    Event::Miss { id, reason } => {
+                        (*id, "miss", serde_json::json!({ "reason": reason }))
+                    }
                     Event::Pull { .. } | Event::Blob { .. } => unreachable!("handled above"),
                 };
                 let l = self.label(id);
@@ -280,6 +283,9 @@ impl Reporter for Progress {
                         format!("#{} ERROR: {message}", self.label(*id).number)
                     }
                     Event::Log { id, line } => format!("#{} {line}", self.label(*id).number),
+                    Event::Miss { id, reason } => {
+                        format!("#{} MISS: {reason}", self.label(*id).number)
+                    }
                     Event::Pull { reference } => format!("pulling {reference}"),
                     Event::Blob {
                         vertex,
@@ -311,6 +317,13 @@ impl Reporter for Progress {
                     Event::Log { id, line } => {
                         let _ = multi.println(format!("#{} {line}", self.label(*id).number));
                     }
+                    Event::Miss { id, reason } => {
+                        let l = self.label(*id);
+                        let _ = multi.println(format!("#{} MISS: {reason}", l.number));
+                        if let Some(bar) = bars.get(id) {
+                            bar.set_message(format!("#{} {} (MISS: {reason})", l.number, l.name));
+                        }
+                    }
                     Event::Started(id) => {
                         let l = self.label(*id);
                         let bar = multi.add(ProgressBar::new_spinner());
@@ -332,6 +345,7 @@ impl Reporter for Progress {
                             Event::Failed { message, .. } => format!("ERROR: {message}"),
                             Event::Started(_)
                             | Event::Log { .. }
+                            | Event::Miss { .. }
                             | Event::Pull { .. }
                             | Event::Blob { .. } => unreachable!(),
                         };
@@ -404,6 +418,25 @@ mod tests {
         assert_eq!(human_size(45_600_000), "45.6MB");
         assert_eq!(human_size(123_456_789), "123.5MB");
         assert_eq!(human_size(2_000_000_000), "2GB");
+    }
+
+    #[test]
+    fn a_miss_is_one_line_with_its_reason() {
+        let miss = [Event::Miss {
+            id: VertexId::new(2),
+            reason: "1 file changed: src/a (content)".into(),
+        }];
+        assert_eq!(
+            render(ProgressMode::Plain, &miss),
+            "#3 MISS: 1 file changed: src/a (content)\n"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(render(ProgressMode::Json, &miss).trim()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"step": 3, "name": "[1/2] RUN make", "status": "miss",
+                "reason": "1 file changed: src/a (content)"})
+        );
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub struct ReportStep {
     pub duration_ms: u64,
     /// The layer this step added, if any.
     pub layer: Option<ReportLayer>,
+    /// Why it missed the cache (`{kind, details}`), for a step that ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub miss: Option<kiln_cache::Miss>,
 }
 
 /// The built image.
@@ -110,6 +113,23 @@ impl Report {
             t.duration_ms as f64 / 1000.0
         )
     }
+
+    /// One line per step that missed the cache, with why (for the end-of-build
+    /// summary): `line 5: COPY . /app: MISS: 1 file changed: app.py (content)`.
+    pub fn misses(&self) -> Vec<String> {
+        self.steps
+            .iter()
+            .filter_map(|s| {
+                let m = s.miss.as_ref().filter(|m| m.kind != "no-cache")?;
+                Some(format!(
+                    "line {}: {}: MISS: {}",
+                    s.line,
+                    kiln_frontend::error::shorten(&s.instruction),
+                    m.details
+                ))
+            })
+            .collect()
+    }
 }
 
 /// `1.5 MiB`-style sizes.
@@ -144,6 +164,7 @@ mod tests {
                 digest: kiln_oci::digest::sha256_digest(b"l"),
                 size,
             }),
+            miss: None,
         }
     }
 

@@ -139,22 +139,6 @@ impl Budget {
 }
 
 impl Store {
-    /// `config.toml`: the store's settings (`[gc]`).
-    pub fn config_path(&self) -> PathBuf {
-        self.root().join("config.toml")
-    }
-
-    /// The `[gc]` table of [`Store::config_path`] (empty when the file does not exist).
-    pub fn gc_config(&self) -> Result<GcConfig> {
-        let path = self.config_path();
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(GcConfig::default()),
-            Err(e) => return Err(CacheError::io("read", &path, e)),
-        };
-        parse_gc_config(&text).map_err(|reason| CacheError::Config { path, reason })
-    }
-
     /// Size and free space of the store's filesystem.
     pub fn disk_space(&self) -> Result<DiskSpace> {
         let st = rustix::fs::statvfs(self.root())
@@ -210,70 +194,6 @@ pub fn modified(path: &Path) -> Result<Option<SystemTime>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(CacheError::io("stat", path, e)),
     }
-}
-
-/// Parses the `[gc]` table of a config file: a small subset of TOML (tables, `key =
-/// "string"`, `key = 'string'`, `key = number`, comments). Unknown keys in `[gc]` are
-/// errors (a typo must not silently disable the budget); other tables are ignored.
-fn parse_gc_config(text: &str) -> std::result::Result<GcConfig, String> {
-    let mut cfg = GcConfig::default();
-    let mut table = String::new();
-    for (n, raw) in text.lines().enumerate() {
-        let line = strip_comment(raw).trim();
-        if line.is_empty() {
-            continue;
-        }
-        let at = |msg: String| format!("line {}: {msg}", n + 1);
-        if let Some(t) = line.strip_prefix('[') {
-            let t = t
-                .strip_suffix(']')
-                .ok_or_else(|| at(format!("unterminated table header {line:?}")))?;
-            table = t.trim().to_owned();
-            continue;
-        }
-        let (key, value) = line
-            .split_once('=')
-            .ok_or_else(|| at(format!("expected `key = value`, found {line:?}")))?;
-        let key = key.trim().trim_matches('"');
-        let value = value.trim();
-        let value = if let Some(v) = value.strip_prefix('"') {
-            v.strip_suffix('"')
-                .ok_or_else(|| at(format!("unterminated string {value}")))?
-        } else if let Some(v) = value.strip_prefix('\'') {
-            v.strip_suffix('\'')
-                .ok_or_else(|| at(format!("unterminated string {value}")))?
-        } else {
-            value
-        };
-        if table != "gc" {
-            continue;
-        }
-        let size = || SizeSpec::parse(value).map_err(|e| at(format!("{key}: {e}")));
-        match key {
-            "max-used-space" => cfg.max_used_space = Some(size()?),
-            "min-free-space" => cfg.min_free_space = Some(size()?),
-            _ => {
-                return Err(at(format!(
-                    "unknown key {key:?} in [gc] (known: max-used-space, min-free-space)"
-                )));
-            }
-        }
-    }
-    Ok(cfg)
-}
-
-/// `line` without a `#` comment (a `#` inside quotes is kept).
-fn strip_comment(line: &str) -> &str {
-    let mut quote = None;
-    for (i, c) in line.char_indices() {
-        match (quote, c) {
-            (None, '"' | '\'') => quote = Some(c),
-            (Some(q), c) if c == q => quote = None,
-            (None, '#') => return &line[..i],
-            _ => {}
-        }
-    }
-    line
 }
 
 /// Something a cache record references: a blob or a snapshot, by digest.
@@ -492,37 +412,6 @@ mod tests {
         assert_eq!(b.max_used, 8 * GB);
         assert_eq!(b.excess(9 * GB, small), GB);
         assert_eq!(b.excess(GB, small), 0);
-    }
-
-    #[test]
-    fn config_reads_the_gc_table() {
-        let cfg = parse_gc_config(
-            "# kiln\n[other]\nx = 1\n\n[gc]\nmax-used-space = \"10GB\" # cap\nmin-free-space = '20%'\n",
-        )
-        .unwrap();
-        assert_eq!(cfg.max_used_space, Some(SizeSpec::Bytes(10 << 30)));
-        assert_eq!(cfg.min_free_space, Some(SizeSpec::Percent(20.0)));
-        let e = parse_gc_config("[gc]\nmax-used = \"1GB\"\n").unwrap_err();
-        assert!(
-            e.contains("line 2") && e.contains("unknown key \"max-used\""),
-            "{e}"
-        );
-        let e = parse_gc_config("[gc]\nmin-free-space = \"lots\"\n").unwrap_err();
-        assert!(e.contains("min-free-space") && e.contains("lots"), "{e}");
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.gc_config().unwrap(), GcConfig::default());
-        fs::write(store.config_path(), "[gc]\nmax-used-space = 1MB\n").unwrap();
-        assert_eq!(
-            store.gc_config().unwrap().max_used_space,
-            Some(SizeSpec::Bytes(1 << 20))
-        );
-        fs::write(store.config_path(), "[gc\n").unwrap();
-        let e = store.gc_config().unwrap_err().to_string();
-        assert!(
-            e.starts_with("invalid ") && e.contains("config.toml: line 1"),
-            "{e}"
-        );
     }
 
     fn rec(key: &str, age: u64, refs: &[&str]) -> GcRecord {

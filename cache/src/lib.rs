@@ -12,6 +12,8 @@
 //!   garbage collection within a [`Budget`] (`config.toml`'s `[gc]`).
 //! * [`StatMemo`]: remembered file hashes so unchanged build-context files
 //!   are not re-read.
+//! * [`BuildRecord`]: build records in `records/` ([`Store::record_put`], ...), what
+//!   miss explanations compare against.
 //! * [`hash_file`]: BLAKE3 content hashes of files (what the stat memo keeps; the
 //!   builder's `cachekey` module folds them into COPY/ADD cache keys).
 //!
@@ -22,6 +24,7 @@
 #![deny(missing_docs)]
 
 mod blob;
+mod config;
 mod digest;
 mod error;
 mod gc;
@@ -29,6 +32,7 @@ mod hash;
 mod index;
 mod lease;
 mod lock;
+mod records;
 mod remove;
 mod statmemo;
 mod store;
@@ -44,6 +48,11 @@ pub use gc::{
 pub use hash::{MMAP_THRESHOLD, hash_file};
 pub use lease::{Lease, LeaseInfo};
 pub use lock::{LockKind, StoreLock};
+pub use records::{
+    BaseInput, BuildRecord, BuildStatus, FILESET_GRACE, FileEntry, FileSet, HitSource, Miss,
+    RECORD_VERSION, RecordLimits, StepInputs, StepRecord, StepStatus, decode_record, encode_record,
+    new_record_id,
+};
 pub use remove::{remove_all_at, remove_tree};
 pub use statmemo::{ContentHash, StatMemo};
 pub use store::{AreaUsage, DiskUsage, LAYOUT_VERSION, STALE_TMP_AGE, Store};

@@ -67,6 +67,10 @@ pub trait Worker: Sync {
     /// Records a result under its key.
     fn save(&self, key: &Digest, vertex: &Vertex, output: &Self::Output)
     -> Result<(), Self::Error>;
+
+    /// Told that a vertex missed the cache (or `--no-cache` ignores it) just before it
+    /// runs: where a worker explains why. Its inputs are done by then.
+    fn missed(&self, _id: VertexId, _vertex: &Vertex, _key: &Digest) {}
 }
 
 /// Progress events, in the order they happen for each vertex.
@@ -89,6 +93,13 @@ pub enum Event {
         key: Digest,
         /// How long it took.
         duration: Duration,
+    },
+    /// Why a vertex missed the cache (sent by the worker before it runs the vertex).
+    Miss {
+        /// Which.
+        id: VertexId,
+        /// What differed, in words (`src/main.py changed`).
+        reason: String,
     },
     /// A line of output of a running step.
     Log {
@@ -326,6 +337,7 @@ fn run_one<W: Worker>(
             return Ok(());
         }
     }
+    worker.missed(id, vertex, &key);
     let output = worker.execute(id, vertex, &inputs, cancel)?;
     worker.save(&key, vertex, &output)?;
     let duration = start.elapsed();

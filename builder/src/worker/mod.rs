@@ -116,6 +116,8 @@ pub struct BuildWorker<'a> {
     /// How RUN steps run.
     pub(crate) exec: ExecSettings,
     reporter: Option<&'a dyn Reporter>,
+    /// Keeps the build record and explains misses.
+    recorder: Option<&'a crate::explain::Recorder>,
     /// Vertices no other vertex reads: their layers' snapshots are not kept (the blob
     /// is), which spares writing the tree to disk a second time; a later build that
     /// needs one unpacks it from the blob.
@@ -159,6 +161,7 @@ impl<'a> BuildWorker<'a> {
             downloads: Downloads::new(store.tmp_dir())?,
             exec,
             reporter: None,
+            recorder: None,
             lazy: Default::default(),
             trash: Default::default(),
             lease: None,
@@ -198,6 +201,12 @@ impl<'a> BuildWorker<'a> {
     /// Sends RUN output to `reporter`.
     pub fn with_reporter(mut self, reporter: &'a dyn Reporter) -> Self {
         self.reporter = Some(reporter);
+        self
+    }
+
+    /// Captures each step's key inputs into `recorder` and tells it of hits and misses.
+    pub fn with_recorder(mut self, recorder: &'a crate::explain::Recorder) -> Self {
+        self.recorder = Some(recorder);
         self
     }
 
@@ -390,6 +399,9 @@ struct Record {
     /// The step that made it (`[stage] INSTRUCTION`), for `kiln du`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     description: Option<String>,
+    /// The build record id of the build that made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    build: Option<String>,
 }
 
 /// `[stage] INSTRUCTION` of a vertex's first origin, at most 100 characters.
@@ -405,17 +417,96 @@ fn describe(vertex: &Vertex) -> Option<String> {
     })
 }
 
+/// A [`KeySource`] that keeps the file entries it checksums: a build record's inputs,
+/// from the same walk as the key.
+struct Capturing<'w, 'a> {
+    worker: &'w BuildWorker<'a>,
+    trees: std::sync::Mutex<Vec<cachekey::TreeEntry>>,
+    digests: std::sync::Mutex<Vec<Digest>>,
+}
+
+impl KeySource for Capturing<'_, '_> {
+    fn chain_id(&self, reference: &str, platform: &Platform) -> Result<Digest, KeyError> {
+        self.worker.chain_id(reference, platform)
+    }
+
+    fn download_digest(&self, url: &str) -> Result<Digest, KeyError> {
+        self.worker.download_digest(url)
+    }
+
+    fn context_checksum(&self, sources: &[&str]) -> Result<Digest, KeyError> {
+        let tree = cachekey::context_tree(&self.worker.context, Some(&self.worker.memo), sources)?;
+        let digest = cachekey::TreeDigest::of(&tree);
+        self.trees.lock().expect("capture lock").extend(tree);
+        self.digests
+            .lock()
+            .expect("capture lock")
+            .push(digest.clone());
+        Ok(digest)
+    }
+}
+
 impl Worker for BuildWorker<'_> {
     type Output = Output;
     type Error = WorkerError;
 
     fn content_key(
         &self,
-        _: VertexId,
+        id: VertexId,
         vertex: &Vertex,
         inputs: &[Output],
     ) -> Result<Option<String>> {
-        Ok(cachekey::content_key(&vertex.op, inputs, self)?)
+        let Some(rec) = self.recorder else {
+            return Ok(cachekey::content_key(&vertex.op, inputs, self)?);
+        };
+        let capture = Capturing {
+            worker: self,
+            trees: Default::default(),
+            digests: Default::default(),
+        };
+        let key = cachekey::content_key(&vertex.op, inputs, &capture)?;
+        let mut captured = crate::explain::op_inputs(&vertex.op);
+        let digests = capture.digests.into_inner().expect("capture lock");
+        if !digests.is_empty() {
+            // The set's id is its tree digest (the files' part of the cache key): a set
+            // the store already keeps costs one stat, not a copy of 20,000 entries.
+            let id = match digests.as_slice() {
+                [one] => one.to_string(),
+                many => kiln_cache::sha256_of(
+                    many.iter()
+                        .map(|d| d.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                        .as_bytes(),
+                )
+                .to_string(),
+            };
+            if !self.store.fileset_reuse(&id) {
+                let trees = capture.trees.into_inner().expect("capture lock");
+                captured.files = Some(crate::explain::file_set(&trees));
+            }
+            captured.files_id = Some(id);
+        }
+        match &vertex.op {
+            Op::Image { reference, .. } => {
+                if let Some(k) = &key {
+                    captured.base = Some(kiln_cache::BaseInput {
+                        reference: reference.clone(),
+                        digest: k.clone(),
+                    });
+                }
+            }
+            Op::File(f)
+                if f.actions
+                    .iter()
+                    .any(|a| matches!(a, FileAction::Download { .. })) =>
+            {
+                captured.content = key.clone();
+            }
+            _ => {}
+        }
+        rec.capture(id, captured);
+        Ok(key)
     }
 
     fn load(&self, key: &Digest, _: &Vertex) -> Result<Option<Output>> {
@@ -433,9 +524,21 @@ impl Worker for BuildWorker<'_> {
         }
         // A record whose blobs are gone (and cannot be fetched) is a miss.
         if !self.layers_available(&rec.output)? {
+            if let Some(r) = self.recorder {
+                r.result_gone(key);
+            }
             return Ok(None);
         }
+        if let Some(r) = self.recorder {
+            r.found(key, rec.build);
+        }
         Ok(Some(rec.output))
+    }
+
+    fn missed(&self, id: VertexId, _: &Vertex, key: &Digest) {
+        if let Some(r) = self.recorder {
+            r.missed(id, key);
+        }
     }
 
     fn execute(
@@ -494,6 +597,7 @@ impl Worker for BuildWorker<'_> {
                 &Record {
                     output: output.clone(),
                     description: describe(vertex),
+                    build: self.recorder.map(|r| r.id()),
                 },
             )
             .map_err(WorkerError::CacheRecord)

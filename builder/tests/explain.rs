@@ -1,0 +1,586 @@
+//! Build records and miss explanations, end to end: builds on a busybox base made from
+//! the host's busybox-static, in a store of the test's own, no network. Each kind of
+//! explanation has a test that asserts its exact words, in plain progress, the
+//! end-of-build summary and the `--report` JSON. They need root (RUN steps, file owners)
+//! and busybox-static (`require_root!`, `require_tool!`).
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command as Proc;
+
+use assert_cmd::Command;
+use kiln_test_support::{Workspace, copy_dir, repo_root, require_root, require_tool};
+use serde_json::Value;
+
+macro_rules! needs {
+    () => {
+        require_root!();
+        require_tool!("busybox");
+    };
+}
+
+const BASE: &str = "busybox:kiln-test";
+
+struct Env {
+    ws: Workspace,
+}
+
+/// What one build printed and reported.
+struct Built {
+    ok: bool,
+    stderr: String,
+    report: Option<Value>,
+}
+
+impl Built {
+    /// The `#N MISS: ...` line of step `n`, without the `#N MISS: `.
+    fn miss(&self, n: usize) -> Option<String> {
+        let prefix = format!("#{n} MISS: ");
+        self.stderr
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+    }
+    /// The report's `miss` of the step on Dockerfile line `line`.
+    fn report_miss(&self, line: u64) -> Value {
+        let r = self.report.as_ref().expect("a report");
+        r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["line"] == line)
+            .unwrap_or_else(|| panic!("no step on line {line}: {r}"))["miss"]
+            .clone()
+    }
+}
+
+impl Env {
+    /// A store holding the busybox base.
+    fn new() -> Env {
+        let env = Env {
+            ws: Workspace::new(),
+        };
+        env.base(None);
+        env
+    }
+
+    /// (Re)builds the base, with an extra file when `extra` is given.
+    fn base(&self, extra: Option<&str>) {
+        let ctx = self.ws.path("busybox");
+        if !ctx.exists() {
+            copy_dir(&repo_root().join("testdata/bases/busybox"), &ctx);
+            let st = Proc::new("bash")
+                .arg(repo_root().join("testdata/bases/busybox/make-rootfs.sh"))
+                .arg(ctx.join("rootfs"))
+                .status()
+                .unwrap();
+            assert!(st.success(), "make-rootfs.sh failed");
+        }
+        if let Some(x) = extra {
+            fs::write(ctx.join("rootfs/extra"), x).unwrap();
+        }
+        self.kiln()
+            .args(["build", "--progress", "quiet", "-t", BASE])
+            .arg(&ctx)
+            .assert()
+            .success();
+    }
+
+    fn root(&self) -> PathBuf {
+        self.ws.path("store")
+    }
+
+    fn kiln(&self) -> Command {
+        let mut c = Command::cargo_bin("kiln").unwrap();
+        c.env("KILN_ROOT", self.root())
+            .env_remove("SOURCE_DATE_EPOCH")
+            .env_remove("KILN_NO_RECORD");
+        c
+    }
+
+    /// A context `app` with `files` and this Dockerfile.
+    fn app(&self, dockerfile: &str, files: &[(&str, &str)]) -> PathBuf {
+        let ctx = self.ws.context("app", dockerfile);
+        for (p, c) in files {
+            let path = ctx.join(p);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, c).unwrap();
+        }
+        ctx
+    }
+
+    fn build(&self, ctx: &Path, args: &[&str]) -> Built {
+        let report = self.ws.path("report.json");
+        let _ = fs::remove_file(&report);
+        let out = self
+            .kiln()
+            .args(["build", "--progress", "plain", "--report"])
+            .arg(&report)
+            .args(args)
+            .arg(ctx)
+            .output()
+            .unwrap();
+        Built {
+            ok: out.status.success(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            report: fs::read(&report)
+                .ok()
+                .map(|b| serde_json::from_slice(&b).unwrap()),
+        }
+    }
+
+    fn build_ok(&self, ctx: &Path, args: &[&str]) -> Built {
+        let b = self.build(ctx, args);
+        assert!(b.ok, "kiln build {args:?} failed:\n{}", b.stderr);
+        b
+    }
+
+    fn stdout(&self, args: &[&str]) -> String {
+        let out = self.kiln().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "kiln {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+// Steps of these Dockerfiles: #1 FROM, #2 the build context, #3 line 3, #4 line 4, ...
+const APP: &str = "FROM busybox:kiln-test\nARG VERSION=1.2\nCOPY src /src\nRUN echo v=$VERSION > /v\nRUN cat /v\n";
+
+#[test]
+fn first_build_has_no_earlier_record() {
+    needs!();
+    let env = Env::new();
+    let ctx = env.app(APP, &[("src/a", "a")]);
+    let b = env.build_ok(&ctx, &[]);
+    assert_eq!(
+        b.miss(3).as_deref(),
+        Some("no earlier build of this step in this store")
+    );
+    assert_eq!(
+        b.report_miss(3),
+        serde_json::json!({"kind": "no-record", "details": "no earlier build of this step in this store"})
+    );
+    // The base was resolved for the first time: not a reason for what is on it.
+    assert_eq!(
+        b.miss(1).as_deref(),
+        Some("no earlier build of this step in this store")
+    );
+    // Its RUN steps missed because COPY did: the chain is named once, by its first step.
+    assert_eq!(b.miss(4).as_deref(), Some("after step #3"));
+    assert_eq!(b.miss(5).as_deref(), Some("after step #3"));
+    assert!(
+        b.stderr
+            .contains("  line 4: RUN echo v=$VERSION > /v: MISS: after step #3"),
+        "{}",
+        b.stderr
+    );
+    // A no-op rebuild: everything cached, nothing to explain.
+    let again = env.build_ok(&ctx, &[]);
+    assert!(!again.stderr.contains("MISS"), "{}", again.stderr);
+}
+
+#[test]
+fn changed_files_are_named_with_what_changed() {
+    needs!();
+    let env = Env::new();
+    let ctx = env.app(APP, &[("src/a", "a"), ("src/b", "b"), ("src/gone", "x")]);
+    env.build_ok(&ctx, &[]);
+    fs::write(ctx.join("src/a"), "changed").unwrap();
+    fs::set_permissions(ctx.join("src/b"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(ctx.join("src/new"), "n").unwrap();
+    fs::remove_file(ctx.join("src/gone")).unwrap();
+    let b = env.build_ok(&ctx, &[]);
+    let words = "2 files changed: src/a (content), src/b (mode 644 -> 755); 1 added: src/new; \
+                 1 removed: src/gone";
+    assert_eq!(b.miss(3).as_deref(), Some(words));
+    assert_eq!(
+        b.report_miss(3),
+        serde_json::json!({"kind": "files", "details": words})
+    );
+    assert_eq!(b.miss(4).as_deref(), Some("after step #3"));
+}
+
+#[test]
+fn many_changed_files_are_counted_past_five() {
+    needs!();
+    let env = Env::new();
+    let files: Vec<(String, &str)> = (0..8).map(|i| (format!("src/f{i}"), "x")).collect();
+    let refs: Vec<(&str, &str)> = files.iter().map(|(p, c)| (p.as_str(), *c)).collect();
+    let ctx = env.app(APP, &refs);
+    env.build_ok(&ctx, &[]);
+    for (p, _) in &files {
+        fs::write(ctx.join(p), "y").unwrap();
+    }
+    let b = env.build_ok(&ctx, &[]);
+    assert_eq!(
+        b.miss(3).as_deref(),
+        Some(
+            "8 files changed: src/f0 (content), src/f1 (content), src/f2 (content), \
+             src/f3 (content), src/f4 (content) and 3 more"
+        )
+    );
+}
+
+#[test]
+fn a_build_arg_change_is_named_with_its_values() {
+    needs!();
+    let env = Env::new();
+    let ctx = env.app(APP, &[("src/a", "a")]);
+    env.build_ok(&ctx, &[]);
+    let b = env.build_ok(&ctx, &["--build-arg", "VERSION=1.3"]);
+    assert!(
+        b.miss(3).is_none(),
+        "COPY does not use VERSION: {}",
+        b.stderr
+    );
+    assert_eq!(b.miss(4).as_deref(), Some("ARG VERSION: 1.2 -> 1.3"));
+    assert_eq!(
+        b.report_miss(4),
+        serde_json::json!({"kind": "arg", "details": "ARG VERSION: 1.2 -> 1.3"})
+    );
+}
+
+#[test]
+fn an_env_change_is_named_with_its_values() {
+    needs!();
+    let env = Env::new();
+    let df = |v: &str| format!("FROM busybox:kiln-test\nENV MODE={v}\nRUN echo $MODE > /m\n");
+    let ctx = env.app(&df("fast"), &[]);
+    env.build_ok(&ctx, &[]);
+    fs::write(ctx.join("Dockerfile"), df("slow")).unwrap();
+    let b = env.build_ok(&ctx, &[]);
+    // #1 FROM, #2 RUN (no context is read).
+    assert_eq!(b.miss(2).as_deref(), Some("ENV MODE: fast -> slow"));
+    assert_eq!(b.report_miss(3)["kind"], "env");
+}
+
+#[test]
+fn instruction_flags_and_commands_are_named() {
+    needs!();
+    let env = Env::new();
+    let df = |chmod: &str, cmd: &str| {
+        format!("FROM busybox:kiln-test\n\nCOPY --chmod={chmod} src /src\nRUN {cmd}\n")
+    };
+    let ctx = env.app(&df("644", "true"), &[("src/a", "a")]);
+    env.build_ok(&ctx, &[]);
+    fs::write(ctx.join("Dockerfile"), df("755", "true")).unwrap();
+    let b = env.build_ok(&ctx, &[]);
+    assert_eq!(b.miss(3).as_deref(), Some("--chmod changed"));
+    assert_eq!(b.report_miss(3)["kind"], "instruction");
+    assert_eq!(b.miss(4).as_deref(), Some("after step #3"));
+    fs::write(ctx.join("Dockerfile"), df("755", "echo hi")).unwrap();
+    let b = env.build_ok(&ctx, &[]);
+    assert!(b.miss(3).is_none(), "{}", b.stderr);
+    assert_eq!(b.miss(4).as_deref(), Some("command changed"));
+}
+
+#[test]
+fn a_new_base_image_is_named_with_both_digests() {
+    needs!();
+    let env = Env::new();
+    let ctx = env.app(APP, &[("src/a", "a")]);
+    env.build_ok(&ctx, &[]);
+    env.base(Some("new"));
+    let b = env.build_ok(&ctx, &[]);
+    let m = b.miss(1).unwrap_or_else(|| panic!("{}", b.stderr));
+    let rest = m
+        .strip_prefix("FROM busybox:kiln-test: sha256:")
+        .unwrap_or_else(|| panic!("{m}"));
+    let (old, new) = rest
+        .split_once("… -> sha256:")
+        .unwrap_or_else(|| panic!("{m}"));
+    assert_eq!(old.len(), 12, "{m}");
+    assert_eq!(new.len(), 12 + "…".len(), "{m}");
+    assert_ne!(old, &new[..12]);
+    assert_eq!(b.miss(3).as_deref(), Some("after step #1"));
+    assert_eq!(b.miss(5).as_deref(), Some("after step #1"));
+}
+
+#[test]
+fn a_missing_result_is_not_a_key_change() {
+    needs!();
+    let env = Env::new();
+    let ctx = env.app(APP, &[("src/a", "a")]);
+    let first = env.build_ok(&ctx, &[]);
+    let layer = first.report_layer(3);
+    // The blob of COPY's layer is gone (a GC or a hand): its key still matches.
+    fs::remove_file(
+        env.root()
+            .join("blobs/sha256")
+            .join(layer.trim_start_matches("sha256:")),
+    )
+    .unwrap();
+    let b = env.build_ok(&ctx, &[]);
+    assert_eq!(
+        b.miss(3).as_deref(),
+        Some("cache key unchanged, but its result is gone (a layer blob is missing)")
+    );
+    assert_eq!(b.report_miss(3)["kind"], "gone");
+    // Cache records evicted: the key matches the last build's.
+    let last = env.stdout(&["builds", "ls", "-q"]);
+    let last = last.lines().next().unwrap().to_string();
+    for e in fs::read_dir(env.root().join("cache")).unwrap() {
+        fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let b = env.build_ok(&ctx, &[]);
+    assert_eq!(
+        b.miss(3),
+        Some(format!(
+            "cache key unchanged since build {last}, but its result is gone (evicted)"
+        ))
+    );
+}
+
+impl Built {
+    fn report_layer(&self, line: u64) -> String {
+        let r = self.report.as_ref().unwrap();
+        r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["line"] == line)
+            .unwrap()["layer"]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+#[test]
+fn builds_are_listed_inspected_exported_and_removed() {
+    needs!();
+    let env = Env::new();
+    let ctx = env.app(APP, &[("src/a", "a")]);
+    env.build_ok(&ctx, &["-t", "app:1"]);
+    env.build_ok(&ctx, &["-t", "app:1"]);
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!("{APP}RUN echo boom && false\n"),
+    )
+    .unwrap();
+    assert!(!env.build(&ctx, &[]).ok);
+    let ls = env.stdout(&["builds", "ls"]);
+    let lines: Vec<&str> = ls.lines().collect();
+    assert!(
+        lines[0].starts_with("ID                  STARTED              DURATION     STATUS        STEPS   CACHED   TARGET/TAGS"),
+        "{ls}"
+    );
+    // Newest first: the failed one, two of app:1, the base.
+    assert_eq!(lines.len(), 5, "{ls}");
+    let cols = |l: &str| {
+        l.split("   ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let failed = cols(lines[1]);
+    assert_eq!(failed[3], "failed", "{ls}");
+    let second = cols(lines[2]);
+    assert_eq!(&second[3..], ["completed", "4", "4", "app:1"], "{ls}");
+    let first = cols(lines[3]);
+    assert_eq!(&first[3..], ["completed", "4", "0", "app:1"], "{ls}");
+
+    // The second build's hits name the first build.
+    let json: Value =
+        serde_json::from_str(&env.stdout(&["builds", "inspect", "--format", "json", &second[0]]))
+            .unwrap();
+    let copy = json["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["line"] == 3)
+        .unwrap();
+    assert_eq!(copy["status"], "cached");
+    assert_eq!(
+        copy["source"],
+        serde_json::json!({"kind": "store", "build": first[0]})
+    );
+    assert_eq!(copy["inputs"]["files"][0][1], "src", "{copy}");
+    let failed_json: Value =
+        serde_json::from_str(&env.stdout(&["builds", "inspect", "--format", "json", &failed[0]]))
+            .unwrap();
+    assert_eq!(failed_json["status"], "failed");
+    assert!(
+        failed_json["error"]
+            .as_str()
+            .unwrap()
+            .contains("RUN echo boom && false"),
+        "{failed_json}"
+    );
+    let text = env.stdout(&["builds", "inspect", &failed[0][..12]]);
+    assert!(text.contains("Status:     failed: "), "{text}");
+
+    env.kiln()
+        .args(["builds", "rm", &failed[0]])
+        .assert()
+        .success()
+        .stdout(format!("{}\n", failed[0]));
+    env.kiln()
+        .args(["builds", "rm", &failed[0]])
+        .assert()
+        .failure()
+        .stderr(format!("error: no such build record: {}\n", failed[0]));
+    assert_eq!(env.stdout(&["builds", "ls", "-q"]).lines().count(), 3);
+    env.kiln()
+        .args(["builds", "rm", "--all"])
+        .assert()
+        .success();
+    assert_eq!(env.stdout(&["builds", "ls", "-q"]), "");
+}
+
+#[test]
+fn records_are_kept_within_the_configured_count_and_can_be_turned_off() {
+    needs!();
+    let env = Env::new();
+    // Not the base's record and file set: only the app's are counted below.
+    env.kiln()
+        .args(["builds", "rm", "--all"])
+        .assert()
+        .success();
+    fs::write(env.root().join("config.toml"), "[records]\nmax-count = 2\n").unwrap();
+    let ctx = env.app(APP, &[("src/a", "a")]);
+    for _ in 0..3 {
+        env.build_ok(&ctx, &[]);
+    }
+    assert_eq!(env.stdout(&["builds", "ls", "-q"]).lines().count(), 2);
+    // The same files are kept once, however many builds read them.
+    let sets = || {
+        fs::read_dir(env.root().join("records/files"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(sets(), 1);
+    fs::write(ctx.join("src/a"), "b").unwrap();
+    env.build_ok(&ctx, &[]);
+    assert_eq!(sets(), 2);
+    // The old set's last record is trimmed; the set, used a moment ago, stays for a
+    // while (a build running beside may refer to it), unless asked for.
+    fs::write(env.root().join("config.toml"), "[records]\nmax-count = 1\n").unwrap();
+    env.build_ok(&ctx, &[]);
+    assert_eq!(env.stdout(&["builds", "ls", "-q"]).lines().count(), 1);
+    assert_eq!(sets(), 2);
+    let last = env.stdout(&["builds", "ls", "-q"]);
+    env.kiln()
+        .args(["builds", "rm", "no-such"])
+        .assert()
+        .failure();
+    assert_eq!(sets(), 1);
+    assert_eq!(env.stdout(&["builds", "ls", "-q"]), last);
+    let before = env.stdout(&["builds", "ls", "-q"]);
+    env.build_ok(&ctx, &["--no-record"]);
+    assert_eq!(env.stdout(&["builds", "ls", "-q"]), before);
+}
+
+#[test]
+fn misses_are_explained_against_an_exported_record() {
+    needs!();
+    // From scratch: the two stores' busybox bases differ (their configs' times), and a
+    // different base would be the first thing named.
+    const SCRATCH: &str = "FROM scratch\n\nCOPY src /src\n";
+    let a = Env::new();
+    let ctx = a.app(SCRATCH, &[("src/a", "a")]);
+    a.build_ok(&ctx, &[]);
+    let id = a
+        .stdout(&["builds", "ls", "-q"])
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    let export = a.ws.path("exported.json");
+    fs::write(
+        &export,
+        a.stdout(&["builds", "inspect", "--format", "json", &id]),
+    )
+    .unwrap();
+    // Another machine: its own store, its own checkout with one file changed.
+    let b = Env::new();
+    let ctx_b = b.app(SCRATCH, &[("src/a", "A")]);
+    let built = b.build_ok(&ctx_b, &["--explain-against", export.to_str().unwrap()]);
+    assert_eq!(
+        built.miss(2).as_deref(),
+        Some("1 file changed: src/a (content)")
+    );
+    // Same files: the keys match, but this store has no result for them.
+    fs::write(ctx_b.join("src/a"), "a").unwrap();
+    let c = Env::new();
+    let ctx_c = c.app(SCRATCH, &[("src/a", "a")]);
+    let built = c.build_ok(&ctx_c, &["--explain-against", export.to_str().unwrap()]);
+    assert_eq!(
+        built.miss(2),
+        Some(format!(
+            "cache key matches build {id}, but this store does not have its result"
+        ))
+    );
+    let bad = c.ws.path("bad.json");
+    fs::write(&bad, "{").unwrap();
+    let out = c.build(&ctx_c, &["--explain-against", bad.to_str().unwrap()]);
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains(&format!(
+            "error: reading the build record {}: ",
+            bad.display()
+        )),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn an_interrupted_build_leaves_a_record() {
+    needs!();
+    let env = Env::new();
+    let ctx = env.app(
+        "FROM busybox:kiln-test\nRUN echo started && sleep 60\n",
+        &[],
+    );
+    let log = env.ws.path("build.log");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("kiln"))
+        .env("KILN_ROOT", env.root())
+        .args(["build", "--progress", "plain"])
+        .arg(&ctx)
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    kiln_test_support::wait::until(
+        std::time::Duration::from_secs(30),
+        "the RUN step to start",
+        || {
+            fs::read_to_string(&log)
+                .ok()
+                .filter(|l| l.contains("#2 started"))
+        },
+        || fs::read_to_string(&log).unwrap_or_default(),
+    );
+    let st = Proc::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    let ls = env.stdout(&["builds", "ls"]);
+    let newest = ls.lines().nth(1).unwrap();
+    assert!(newest.contains("   interrupted   "), "{ls}");
+    let id = newest.split_whitespace().next().unwrap();
+    let rec: Value =
+        serde_json::from_str(&env.stdout(&["builds", "inspect", "--format", "json", id])).unwrap();
+    let run = rec["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["line"] == 2)
+        .unwrap();
+    assert!(
+        run["status"] == "failed" || run["status"] == "cancelled",
+        "{run}"
+    );
+    assert_eq!(
+        run["inputs"]["command"][2], "echo started && sleep 60",
+        "{run}"
+    );
+}

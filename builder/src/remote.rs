@@ -170,13 +170,13 @@ impl Remote {
     ) -> Result<String> {
         let r = Reference::parse(reference)?;
         let pulled = self.client()?.pull(&r, platform, store, progress)?;
-        if r.digest.is_none() {
-            store.tag_set(
-                &normalize_tag(reference),
-                &TagRecord::new(pulled.manifest_digest.clone(), pulled.config.digest.clone()),
-            )?;
-        }
-        Ok(pulled.manifest_digest.to_string())
+        tag_fetched(
+            store,
+            reference,
+            &r,
+            &pulled.manifest_digest,
+            &pulled.config.digest,
+        )
     }
 
     /// Resolves `reference` for `platform` into `store` (manifest and config; the layers
@@ -191,16 +191,13 @@ impl Remote {
     ) -> Result<String> {
         let r = Reference::parse(reference)?;
         let resolved = self.client()?.resolve(&r, platform, store, progress)?;
-        if r.digest.is_none() {
-            store.tag_set(
-                &normalize_tag(reference),
-                &TagRecord::new(
-                    resolved.manifest_digest.clone(),
-                    resolved.config.digest.clone(),
-                ),
-            )?;
-        }
-        Ok(resolved.manifest_digest.to_string())
+        tag_fetched(
+            store,
+            reference,
+            &r,
+            &resolved.manifest_digest,
+            &resolved.config.digest,
+        )
     }
 
     /// Makes `blobs` present in `store`, fetching the missing ones from the registries
@@ -255,6 +252,24 @@ impl Remote {
                 source,
             })
     }
+}
+
+/// Tags an image just pulled or resolved under its local name (unless it was named by
+/// digest, as Docker leaves those untagged); returns its manifest digest.
+fn tag_fetched(
+    store: &Store,
+    reference: &str,
+    r: &Reference,
+    manifest: &kiln_cache::Digest,
+    config: &kiln_cache::Digest,
+) -> Result<String> {
+    if r.digest.is_none() {
+        store.tag_set(
+            &normalize_tag(reference),
+            &TagRecord::new(manifest.clone(), config.clone()),
+        )?;
+    }
+    Ok(manifest.to_string())
 }
 
 #[cfg(test)]

@@ -213,7 +213,7 @@ fn gc_keeps_the_store_under_a_small_cap_and_the_last_build_cached() {
     // The base as builds use it (its snapshot unpacked), without build cache.
     let first = env.context("first", APP, &[("big", &random(300_000, 100))]);
     env.build(&first, &[]);
-    env.ok(&["prune"]);
+    env.ok(&["prune", "-f"]);
     let base = env.du_sb();
     // Each build adds about 700 kB (blob and snapshot of a 300 kB file, and a RUN layer).
     let cap = base + 2_500_000;
@@ -267,7 +267,7 @@ fn prune_while_a_build_runs_leaves_the_build_whole() {
         },
         String::new,
     );
-    let out = env.ok(&["prune", "--all", "--verbose"]);
+    let out = env.ok(&["prune", "-f", "--all", "--verbose"]);
     assert!(
         child.try_wait().unwrap().is_none(),
         "prune waited for the build to end:\n{out}"
@@ -324,7 +324,7 @@ fn prune_never_removes_a_running_containers_snapshots() {
         dry.starts_with("Would delete build cache objects:"),
         "{dry}"
     );
-    env.ok(&["prune", "--all"]);
+    env.ok(&["prune", "-f", "--all"]);
     for d in &dirs {
         assert!(
             d.is_dir(),
@@ -335,7 +335,7 @@ fn prune_never_removes_a_running_containers_snapshots() {
     env.ok(&["exec", "gcrun", "cat", "/f"]);
     env.ok(&["rm", "-f", "gcrun"]);
     // Without the container, they may go; the image still runs (unpacked again).
-    env.ok(&["prune", "--all"]);
+    env.ok(&["prune", "-f", "--all"]);
     assert!(dirs.iter().any(|d| !d.exists()));
     assert_eq!(env.ok(&["run", "--rm", "app:1", "cat", "/f"]), "x");
 }
@@ -370,7 +370,7 @@ fn kill9_during_prune_leaves_a_usable_store() {
         let mut child = env
             .proc()
             .env("KILN_TEST_GC_PAUSE_MS", pause.to_string())
-            .args(["prune", "--all"])
+            .args(["prune", "-f", "--all"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

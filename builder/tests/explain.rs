@@ -66,6 +66,11 @@ impl Env {
 
     /// (Re)builds the base, with an extra file when `extra` is given.
     fn base(&self, extra: Option<&str>) {
+        self.base_as(BASE, extra);
+    }
+
+    /// Builds the base as `tag`, with an extra file when `extra` is given.
+    fn base_as(&self, tag: &str, extra: Option<&str>) {
         let ctx = self.ws.path("busybox");
         if !ctx.exists() {
             copy_dir(&repo_root().join("testdata/bases/busybox"), &ctx);
@@ -80,10 +85,21 @@ impl Env {
             fs::write(ctx.join("rootfs/extra"), x).unwrap();
         }
         self.kiln()
-            .args(["build", "--progress", "quiet", "-t", BASE])
+            .args(["build", "--progress", "quiet", "-t", tag])
             .arg(&ctx)
             .assert()
             .success();
+    }
+
+    /// The manifest digest `tag` names in this store.
+    fn manifest_of(&self, tag: &str) -> String {
+        let store = kiln_cache::Store::open(self.root()).unwrap();
+        let tags = store.tags().unwrap();
+        let (_, rec) = tags
+            .iter()
+            .find(|(t, _)| t.ends_with(&format!("/{tag}")) || t == tag)
+            .unwrap_or_else(|| panic!("no tag {tag} in {tags:?}"));
+        rec.manifest.to_string()
     }
 
     fn root(&self) -> PathBuf {
@@ -583,4 +599,49 @@ fn an_interrupted_build_leaves_a_record() {
         run["inputs"]["command"][2], "echo started && sleep 60",
         "{run}"
     );
+}
+
+/// The base is named by its manifest digests, as users know images (`docker images
+/// --digests`), not by the ChainIDs that key the cache.
+#[test]
+fn a_retagged_base_is_named_by_its_manifest_digests() {
+    needs!();
+    let env = Env::new();
+    let ctx = env.app(APP, &[("src/a", "a")]);
+    env.build_ok(&ctx, &[]);
+    let old = env.manifest_of(BASE);
+    // Another image, then the base's tag moved to it.
+    env.base_as("busybox:other", Some("other"));
+    env.kiln()
+        .args(["tag", "busybox:other", BASE])
+        .assert()
+        .success();
+    let new = env.manifest_of(BASE);
+    assert_ne!(old, new);
+    assert_eq!(new, env.manifest_of("busybox:other"));
+    let b = env.build_ok(&ctx, &[]);
+    let short = |d: &str| format!("{}…", &d[..("sha256:".len() + 12)]);
+    let words = format!("FROM busybox:kiln-test: {} -> {}", short(&old), short(&new));
+    assert_eq!(b.miss(1), Some(words.clone()), "{}", b.stderr);
+    assert_eq!(b.miss(3).as_deref(), Some("after step #1"));
+    // The record keeps both digests of the base.
+    let id = env.stdout(&["builds", "ls", "-q"]);
+    let id = id.lines().next().unwrap();
+    let rec: Value =
+        serde_json::from_str(&env.stdout(&["builds", "inspect", "--format", "json", id])).unwrap();
+    let from = rec["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["number"] == 1)
+        .unwrap();
+    assert_eq!(from["inputs"]["base"]["manifest"], new.as_str(), "{from}");
+    assert!(
+        from["inputs"]["base"]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:"),
+        "{from}"
+    );
+    assert_ne!(from["inputs"]["base"]["digest"], new.as_str(), "{from}");
 }

@@ -645,3 +645,87 @@ fn a_retagged_base_is_named_by_its_manifest_digests() {
     );
     assert_ne!(from["inputs"]["base"]["digest"], new.as_str(), "{from}");
 }
+
+/// On a terminal (`--progress tty`, run under `script` for a real pty), a miss is shown
+/// with its explanation, and the end-of-build summary lists the misses.
+#[test]
+fn the_tty_display_shows_misses_and_the_summary_lists_them() {
+    needs!();
+    let script = kiln_test_support::require_tool!("script");
+    let env = Env::new();
+    let ctx = env.app(APP, &[("src/a", "a")]);
+    env.build_ok(&ctx, &[]);
+    fs::write(ctx.join("src/a"), "changed").unwrap();
+    let kiln = assert_cmd::cargo::cargo_bin("kiln");
+    let cmd = format!(
+        "stty cols 200 rows 50; {} build --progress tty {}",
+        kiln.display(),
+        ctx.display()
+    );
+    let out = Proc::new(script)
+        .args(["-qefc", &cmd, "/dev/null"])
+        .env("KILN_ROOT", env.root())
+        .env("TERM", "xterm")
+        .env_remove("SOURCE_DATE_EPOCH")
+        .env_remove("KILN_NO_RECORD")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kiln build under script failed:\n{shown}"
+    );
+    // Lines without their terminal controls.
+    let lines: Vec<String> = shown
+        .split(['\n', '\r'])
+        .map(|l| strip_controls(l).trim_end().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    // A line the display wrote whole: at the start of a line or after the padding of
+    // the one before (the terminal wraps at its width), and ended or padded.
+    let has = |want: &str| {
+        lines.iter().any(|l| {
+            l.match_indices(want).any(|(i, _)| {
+                (i == 0 || l[..i].ends_with(' '))
+                    && matches!(l[i + want.len()..].chars().next(), None | Some(' '))
+            })
+        })
+    };
+    for want in [
+        "#3 MISS: 1 file changed: src/a (content)",
+        "#4 MISS: after step #3",
+        "#5 MISS: after step #3",
+        "  line 3: COPY src /src: MISS: 1 file changed: src/a (content)",
+        "  line 4: RUN echo v=$VERSION > /v: MISS: after step #3",
+        "  line 5: RUN cat /v: MISS: after step #3",
+    ] {
+        assert!(has(want), "no line {want:?} in the tty output:\n{lines:#?}");
+    }
+    // The tty display, not plain lines.
+    assert!(!has("#3 DONE"), "{lines:#?}");
+    assert!(shown.contains('\u{1b}'), "no terminal controls:\n{shown}");
+}
+
+/// `text` without ANSI escape sequences (CSI `ESC [ ... letter`, and two-byte ones).
+fn strip_controls(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+            continue;
+        }
+        if chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            chars.next();
+        }
+    }
+    out
+}

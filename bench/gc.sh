@@ -46,11 +46,11 @@ total=$(awk '/^Total:/ {print $2}' "$WORK/du.txt")
 used=$(du -sb "$KILN_ROOT" | cut -f1)
 half=$((used / 3))
 t0=$(ms)
-out=$("$KILN" prune --verbose --min-free-space 0 --max-used-space "$half")
+out=$("$KILN" prune -f --verbose --min-free-space 0 --max-used-space "$half")
 t1=$(ms)
 echo "lru (to $half of $used bytes; build cache $total): $((t1 - t0)) ms, $(grep -c '^[0-9a-f]\{12\}$' <<<"$out") records removed, $(grep 'Total reclaimed' <<<"$out"), $(grep 'GC lock held' <<<"$out")"
 t0=$(ms)
-out=$("$KILN" prune --verbose)
+out=$("$KILN" prune -f --verbose)
 t1=$(ms)
 echo "all: $((t1 - t0)) ms, $(grep -c '^[0-9a-f]\{12\}$' <<<"$out") records removed, $(grep 'Total reclaimed' <<<"$out"), $(grep 'GC lock held' <<<"$out")"
 echo "left: $(find "$KILN_ROOT/cache" -name '*.json' | wc -l) records, $(du -sb "$KILN_ROOT" | cut -f1) bytes"

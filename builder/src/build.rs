@@ -333,6 +333,10 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         source,
     })?;
     let _lock = store.lock_shared()?;
+    // Leases of builds killed with -9 protect nothing: dropped now (one readdir) rather
+    // than at the next `du` or `prune`, so that the collector after this build does
+    // not keep what they named.
+    store.drop_dead_leases()?;
     let against = req
         .explain_against
         .as_deref()
@@ -381,7 +385,42 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         }
     }
     drop(guard);
+    // After every build, failed and interrupted ones too: a build that fails again and
+    // again must not grow the store past its budget. The build's lease was released
+    // with `build_inner`: it no longer runs, so what it used may go like anything else
+    // (least recently used first, so its records go last).
+    collect_if_over_budget(&store, &progress);
     r
+}
+
+/// The collection after a build: when the store is over budget, least recently used
+/// records go, and the build's output says what went.
+fn collect_if_over_budget(store: &Store, progress: &Progress) {
+    match crate::usage::gc_if_over_budget(store) {
+        Ok(Some(r)) if r.plan.freed == 0 => {
+            let (budget, used, _) = r.budget.expect("budgeted");
+            progress.message(&format!(
+                "WARNING: store over budget ({} used, max {}, min free {}) but nothing can be removed: builds, containers or tagged images use it all",
+                crate::changes::human_size(used),
+                crate::changes::human_size(budget.max_used),
+                crate::changes::human_size(budget.min_free),
+            ));
+        }
+        Ok(Some(r)) => {
+            let (budget, used, _) = r.budget.expect("budgeted");
+            progress.message(&format!(
+                "store over budget ({} used, max {}, min free {}): removed {} cache records, {} blobs and snapshots, freed {}",
+                crate::changes::human_size(used),
+                crate::changes::human_size(budget.max_used),
+                crate::changes::human_size(budget.min_free),
+                r.plan.records.len(),
+                r.plan.refs.len(),
+                crate::changes::human_size(r.plan.freed)
+            ));
+        }
+        Ok(None) => {}
+        Err(e) => progress.message(&format!("WARNING: garbage collection failed: {e}")),
+    }
 }
 
 fn build_inner(
@@ -590,33 +629,6 @@ fn build_inner(
     progress.message(&format!("writing image {} done", built.manifest_digest));
     for t in &req.tags {
         progress.message(&format!("naming to {} done", normalize_tag(t)));
-    }
-    // Over budget: least recently used records go. This build's lease is still held,
-    // so what it just used stays.
-    match crate::usage::gc_if_over_budget(&store) {
-        Ok(Some(r)) if r.plan.freed == 0 => {
-            let (budget, used, _) = r.budget.expect("budgeted");
-            progress.message(&format!(
-                "WARNING: store over budget ({} used, max {}, min free {}) but nothing can be removed: builds, containers or tagged images use it all",
-                crate::changes::human_size(used),
-                crate::changes::human_size(budget.max_used),
-                crate::changes::human_size(budget.min_free),
-            ));
-        }
-        Ok(Some(r)) => {
-            let (budget, used, _) = r.budget.expect("budgeted");
-            progress.message(&format!(
-                "store over budget ({} used, max {}, min free {}): removed {} cache records, {} blobs and snapshots, freed {}",
-                crate::changes::human_size(used),
-                crate::changes::human_size(budget.max_used),
-                crate::changes::human_size(budget.min_free),
-                r.plan.records.len(),
-                r.plan.refs.len(),
-                crate::changes::human_size(r.plan.freed)
-            ));
-        }
-        Ok(None) => {}
-        Err(e) => progress.message(&format!("WARNING: garbage collection failed: {e}")),
     }
     Ok(BuildOutcome {
         report,

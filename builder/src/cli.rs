@@ -279,6 +279,9 @@ enum Command {
         /// Also list the blobs and snapshots removed and the records kept in use.
         #[arg(short, long)]
         verbose: bool,
+        /// Do not prompt for confirmation.
+        #[arg(short, long)]
+        force: bool,
     },
     /// Build records: what each build did and why steps missed the cache.
     #[command(subcommand)]
@@ -600,6 +603,7 @@ pub fn run() -> Result<ExitCode> {
             min_free_space,
             dry_run,
             verbose,
+            force,
         } => crate::storage_cmds::prune(
             &root,
             crate::storage_cmds::PruneFlags {
@@ -609,6 +613,7 @@ pub fn run() -> Result<ExitCode> {
                 min_free_space,
                 dry_run,
                 verbose,
+                force,
             },
         ),
         Command::Image(ImageCommand::Prune { all, force }) => {

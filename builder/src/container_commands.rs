@@ -758,15 +758,8 @@ pub fn docker_size(n: u64) -> String {
 
 /// `kiln container prune [-f]`.
 pub fn prune(root: &Path, force: bool) -> Result<ExitCode> {
-    if !force {
-        eprint!(
-            "WARNING! This will remove all stopped containers.\nAre you sure you want to continue? [y/N] "
-        );
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer)?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            return Ok(ExitCode::SUCCESS);
-        }
+    if !crate::storage_cmds::confirm(force, crate::storage_cmds::warnings::CONTAINERS)? {
+        return Ok(ExitCode::SUCCESS);
     }
     let store = Store::open(root)?;
     let containers = Containers::open(&store)?;

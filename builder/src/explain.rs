@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use kiln_cache::{
-    BaseInput, BuildRecord, BuildStatus, Digest, FileEntry, FileSet, HitSource, Miss, StepInputs,
-    StepRecord, StepStatus, Store,
+    BuildRecord, BuildStatus, Digest, FileEntry, FileSet, HitSource, Miss, StepInputs, StepRecord,
+    StepStatus, Store,
 };
 use kiln_ops::{Op, VertexId};
 use kiln_solver::{Event, Reporter};
@@ -566,14 +566,15 @@ pub fn diff_inputs(
     let old = &prev.inputs;
     if let (Some(a), Some(b)) = (&old.base, &cur.base) {
         if a.digest != b.digest {
+            // The manifest digests, as users know their images; the ChainIDs (the key)
+            // when a record has none (written before they were kept).
+            let (from, to) = match (&a.manifest, &b.manifest) {
+                (Some(x), Some(y)) if x != y => (x, y),
+                _ => (&a.digest, &b.digest),
+            };
             return Some(miss(
                 "base",
-                format!(
-                    "FROM {}: {} -> {}",
-                    b.reference,
-                    short(&a.digest),
-                    short(&b.digest)
-                ),
+                format!("FROM {}: {} -> {}", b.reference, short(from), short(to)),
             ));
         }
     }
@@ -806,14 +807,6 @@ pub fn op_inputs(op: &Op) -> StepInputs {
             .and_then(|v| v.as_str().map(str::to_owned));
     }
     i
-}
-
-/// The base input of an image op.
-pub fn base_input(reference: &str, digest: &Digest) -> BaseInput {
-    BaseInput {
-        reference: reference.to_string(),
-        digest: digest.to_string(),
-    }
 }
 
 /// The ARG names a Dockerfile declares and their defaults (`ARG A=1 B`), with the

@@ -134,16 +134,46 @@ pub fn remove_container(
     Ok(())
 }
 
-/// Asks `question [y/N]` on stderr, unless `force`.
-fn confirm(force: bool, warning: &str) -> Result<bool> {
+/// Asks `prompt [y/N] ` on stderr and reads the answer from stdin, unless `force`:
+/// every prune command's confirmation (Docker's `PromptForConfirmation`). `prompt` is
+/// Docker's text, its question included.
+pub(crate) fn confirm(force: bool, prompt: &str) -> Result<bool> {
     if force {
         return Ok(true);
     }
-    eprint!("{warning}\nAre you sure you want to continue? [y/N] ");
-    std::io::stderr().flush()?;
+    confirm_with(prompt, &mut std::io::stdin().lock(), &mut std::io::stderr())
+}
+
+/// [`confirm`] over any input and output: only `y` (or `yes`) proceeds; an empty
+/// line or end of input (no terminal, `</dev/null`) is a no.
+fn confirm_with(prompt: &str, input: &mut dyn BufRead, out: &mut dyn Write) -> Result<bool> {
+    write!(out, "{prompt} [y/N] ")?;
+    out.flush()?;
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
+    input.read_line(&mut line)?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
+}
+
+/// Docker's prune warnings, each with its question.
+pub(crate) mod warnings {
+    /// `docker builder prune`.
+    pub const BUILD_CACHE: &str =
+        "WARNING! This will remove all dangling build cache. Are you sure you want to continue?";
+    /// `docker builder prune --all`.
+    pub const BUILD_CACHE_ALL: &str =
+        "WARNING! This will remove all build cache. Are you sure you want to continue?";
+    /// `docker container prune`.
+    pub const CONTAINERS: &str =
+        "WARNING! This will remove all stopped containers.\nAre you sure you want to continue?";
+    /// `docker volume prune`.
+    pub const VOLUMES: &str = "WARNING! This will remove anonymous local volumes not used by at least one container.\nAre you sure you want to continue?";
+    /// `docker volume prune --all`.
+    pub const VOLUMES_ALL: &str = "WARNING! This will remove all local volumes not used by at least one container.\nAre you sure you want to continue?";
+    /// `docker image prune`.
+    pub const IMAGES: &str =
+        "WARNING! This will remove all dangling images.\nAre you sure you want to continue?";
+    /// `docker image prune --all`.
+    pub const IMAGES_ALL: &str = "WARNING! This will remove all images without at least one container associated to them.\nAre you sure you want to continue?";
 }
 
 /// `kiln volume create [--label K=V]... [NAME]`: prints the name.
@@ -230,9 +260,9 @@ pub fn volume_rm(root: &Path, force: bool, names: &[String]) -> Result<ExitCode>
 pub fn volume_prune(root: &Path, force: bool, all: bool) -> Result<ExitCode> {
     let store = Store::open(root)?;
     let warning = if all {
-        "WARNING! This will remove all local volumes not used by at least one container."
+        warnings::VOLUMES_ALL
     } else {
-        "WARNING! This will remove anonymous local volumes not used by at least one container."
+        warnings::VOLUMES
     };
     if !confirm(force, warning)? {
         return Ok(ExitCode::SUCCESS);
@@ -588,9 +618,9 @@ fn delete_unreferenced(store: &Store, rec: &TagRecord, containers: &[Container])
 /// nothing to prune; with `-a`, every image no container uses is removed as `rmi` does.
 pub fn image_prune(root: &Path, all: bool, force: bool) -> Result<ExitCode> {
     let warning = if all {
-        "WARNING! This will remove all images without at least one container associated to them."
+        warnings::IMAGES_ALL
     } else {
-        "WARNING! This will remove all dangling images."
+        warnings::IMAGES
     };
     if !confirm(force, warning)? {
         return Ok(ExitCode::SUCCESS);
@@ -693,6 +723,8 @@ pub struct PruneFlags {
     pub dry_run: bool,
     /// `--verbose`.
     pub verbose: bool,
+    /// `--force`: no confirmation.
+    pub force: bool,
 }
 
 /// `kiln prune`: Docker's `builder prune` output (`Deleted build cache objects:`, one id a
@@ -721,6 +753,15 @@ pub fn prune(root: &Path, flags: PruneFlags) -> Result<ExitCode> {
     };
     opts.max_used_space = size("max-used-space", &flags.max_used_space)?;
     opts.min_free_space = size("min-free-space", &flags.min_free_space)?;
+    // A dry run removes nothing: nothing to confirm.
+    let warning = if flags.all {
+        warnings::BUILD_CACHE_ALL
+    } else {
+        warnings::BUILD_CACHE
+    };
+    if !flags.dry_run && !confirm(flags.force, warning)? {
+        return Ok(ExitCode::SUCCESS);
+    }
     let store = Store::open(root)?;
     let r = usage::prune(&store, &opts)?;
     if let Some((budget, used, excess)) = r.budget {
@@ -785,4 +826,31 @@ pub fn prune(root: &Path, flags: PruneFlags) -> Result<ExitCode> {
         println!("Total reclaimed space: {}", human_size(r.plan.freed));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ask(prompt: &str, answer: &str) -> (bool, String) {
+        let mut out = Vec::new();
+        let yes = confirm_with(prompt, &mut answer.as_bytes(), &mut out).unwrap();
+        (yes, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn confirm_asks_dockers_question_and_takes_only_yes() {
+        let (yes, shown) = ask(warnings::BUILD_CACHE, "y\n");
+        assert!(yes);
+        assert_eq!(
+            shown,
+            "WARNING! This will remove all dangling build cache. Are you sure you want to continue? [y/N] "
+        );
+        for no in ["", "\n", "n\n", "N\n", "no\n", "maybe\n"] {
+            assert!(!ask(warnings::CONTAINERS, no).0, "{no:?}");
+        }
+        assert!(ask(warnings::CONTAINERS, "yes\n").0);
+        assert!(ask(warnings::CONTAINERS, " Y \n").0);
+        assert!(confirm(true, warnings::BUILD_CACHE_ALL).unwrap());
+    }
 }

@@ -231,3 +231,52 @@ fn sandbox_init_without_a_spec_says_why_and_exits_125() {
             "kiln sandbox: reading /nonexistent/spec.json: No such file or directory",
         ));
 }
+
+/// Every prune command asks Docker's question through one helper, and a no (or no
+/// answer: stdin closed) removes nothing and succeeds.
+#[test]
+fn every_prune_command_asks_dockers_question() {
+    let root = tempfile::tempdir().unwrap();
+    let cases: [(&[&str], &str); 7] = [
+        (
+            &["prune"],
+            "WARNING! This will remove all dangling build cache. Are you sure you want to continue? [y/N] ",
+        ),
+        (
+            &["prune", "--all"],
+            "WARNING! This will remove all build cache. Are you sure you want to continue? [y/N] ",
+        ),
+        (
+            &["container", "prune"],
+            "WARNING! This will remove all stopped containers.\nAre you sure you want to continue? [y/N] ",
+        ),
+        (
+            &["volume", "prune"],
+            "WARNING! This will remove anonymous local volumes not used by at least one container.\nAre you sure you want to continue? [y/N] ",
+        ),
+        (
+            &["volume", "prune", "-a"],
+            "WARNING! This will remove all local volumes not used by at least one container.\nAre you sure you want to continue? [y/N] ",
+        ),
+        (
+            &["image", "prune"],
+            "WARNING! This will remove all dangling images.\nAre you sure you want to continue? [y/N] ",
+        ),
+        (
+            &["image", "prune", "-a"],
+            "WARNING! This will remove all images without at least one container associated to them.\nAre you sure you want to continue? [y/N] ",
+        ),
+    ];
+    for (args, prompt) in cases {
+        for answer in ["n\n", ""] {
+            kiln()
+                .env("KILN_ROOT", root.path())
+                .args(args)
+                .write_stdin(answer)
+                .assert()
+                .success()
+                .stdout("")
+                .stderr(prompt.to_string());
+        }
+    }
+}

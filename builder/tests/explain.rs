@@ -66,6 +66,11 @@ impl Env {
 
     /// (Re)builds the base, with an extra file when `extra` is given.
     fn base(&self, extra: Option<&str>) {
+        self.base_as(BASE, extra);
+    }
+
+    /// Builds the base as `tag`, with an extra file when `extra` is given.
+    fn base_as(&self, tag: &str, extra: Option<&str>) {
         let ctx = self.ws.path("busybox");
         if !ctx.exists() {
             copy_dir(&repo_root().join("testdata/bases/busybox"), &ctx);
@@ -80,10 +85,21 @@ impl Env {
             fs::write(ctx.join("rootfs/extra"), x).unwrap();
         }
         self.kiln()
-            .args(["build", "--progress", "quiet", "-t", BASE])
+            .args(["build", "--progress", "quiet", "-t", tag])
             .arg(&ctx)
             .assert()
             .success();
+    }
+
+    /// The manifest digest `tag` names in this store.
+    fn manifest_of(&self, tag: &str) -> String {
+        let store = kiln_cache::Store::open(self.root()).unwrap();
+        let tags = store.tags().unwrap();
+        let (_, rec) = tags
+            .iter()
+            .find(|(t, _)| t.ends_with(&format!("/{tag}")) || t == tag)
+            .unwrap_or_else(|| panic!("no tag {tag} in {tags:?}"));
+        rec.manifest.to_string()
     }
 
     fn root(&self) -> PathBuf {
@@ -583,4 +599,133 @@ fn an_interrupted_build_leaves_a_record() {
         run["inputs"]["command"][2], "echo started && sleep 60",
         "{run}"
     );
+}
+
+/// The base is named by its manifest digests, as users know images (`docker images
+/// --digests`), not by the ChainIDs that key the cache.
+#[test]
+fn a_retagged_base_is_named_by_its_manifest_digests() {
+    needs!();
+    let env = Env::new();
+    let ctx = env.app(APP, &[("src/a", "a")]);
+    env.build_ok(&ctx, &[]);
+    let old = env.manifest_of(BASE);
+    // Another image, then the base's tag moved to it.
+    env.base_as("busybox:other", Some("other"));
+    env.kiln()
+        .args(["tag", "busybox:other", BASE])
+        .assert()
+        .success();
+    let new = env.manifest_of(BASE);
+    assert_ne!(old, new);
+    assert_eq!(new, env.manifest_of("busybox:other"));
+    let b = env.build_ok(&ctx, &[]);
+    let short = |d: &str| format!("{}…", &d[..("sha256:".len() + 12)]);
+    let words = format!("FROM busybox:kiln-test: {} -> {}", short(&old), short(&new));
+    assert_eq!(b.miss(1), Some(words.clone()), "{}", b.stderr);
+    assert_eq!(b.miss(3).as_deref(), Some("after step #1"));
+    // The record keeps both digests of the base.
+    let id = env.stdout(&["builds", "ls", "-q"]);
+    let id = id.lines().next().unwrap();
+    let rec: Value =
+        serde_json::from_str(&env.stdout(&["builds", "inspect", "--format", "json", id])).unwrap();
+    let from = rec["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["number"] == 1)
+        .unwrap();
+    assert_eq!(from["inputs"]["base"]["manifest"], new.as_str(), "{from}");
+    assert!(
+        from["inputs"]["base"]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:"),
+        "{from}"
+    );
+    assert_ne!(from["inputs"]["base"]["digest"], new.as_str(), "{from}");
+}
+
+/// On a terminal (`--progress tty`, run under `script` for a real pty), a miss is shown
+/// with its explanation, and the end-of-build summary lists the misses.
+#[test]
+fn the_tty_display_shows_misses_and_the_summary_lists_them() {
+    needs!();
+    let script = kiln_test_support::require_tool!("script");
+    let env = Env::new();
+    let ctx = env.app(APP, &[("src/a", "a")]);
+    env.build_ok(&ctx, &[]);
+    fs::write(ctx.join("src/a"), "changed").unwrap();
+    let kiln = assert_cmd::cargo::cargo_bin("kiln");
+    let cmd = format!(
+        "stty cols 200 rows 50; {} build --progress tty {}",
+        kiln.display(),
+        ctx.display()
+    );
+    let out = Proc::new(script)
+        .args(["-qefc", &cmd, "/dev/null"])
+        .env("KILN_ROOT", env.root())
+        .env("TERM", "xterm")
+        .env_remove("SOURCE_DATE_EPOCH")
+        .env_remove("KILN_NO_RECORD")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kiln build under script failed:\n{shown}"
+    );
+    // Lines without their terminal controls.
+    let lines: Vec<String> = shown
+        .split(['\n', '\r'])
+        .map(|l| strip_controls(l).trim_end().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    // A line the display wrote whole: at the start of a line or after the padding of
+    // the one before (the terminal wraps at its width), and ended or padded.
+    let has = |want: &str| {
+        lines.iter().any(|l| {
+            l.match_indices(want).any(|(i, _)| {
+                (i == 0 || l[..i].ends_with(' '))
+                    && matches!(l[i + want.len()..].chars().next(), None | Some(' '))
+            })
+        })
+    };
+    for want in [
+        "#3 MISS: 1 file changed: src/a (content)",
+        "#4 MISS: after step #3",
+        "#5 MISS: after step #3",
+        "  line 3: COPY src /src: MISS: 1 file changed: src/a (content)",
+        "  line 4: RUN echo v=$VERSION > /v: MISS: after step #3",
+        "  line 5: RUN cat /v: MISS: after step #3",
+    ] {
+        assert!(has(want), "no line {want:?} in the tty output:\n{lines:#?}");
+    }
+    // The tty display, not plain lines.
+    assert!(!has("#3 DONE"), "{lines:#?}");
+    assert!(shown.contains('\u{1b}'), "no terminal controls:\n{shown}");
+}
+
+/// `text` without ANSI escape sequences (CSI `ESC [ ... letter`, and two-byte ones).
+fn strip_controls(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+            continue;
+        }
+        if chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            chars.next();
+        }
+    }
+    out
 }

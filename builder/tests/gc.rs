@@ -213,7 +213,7 @@ fn gc_keeps_the_store_under_a_small_cap_and_the_last_build_cached() {
     // The base as builds use it (its snapshot unpacked), without build cache.
     let first = env.context("first", APP, &[("big", &random(300_000, 100))]);
     env.build(&first, &[]);
-    env.ok(&["prune"]);
+    env.ok(&["prune", "-f"]);
     let base = env.du_sb();
     // Each build adds about 700 kB (blob and snapshot of a 300 kB file, and a RUN layer).
     let cap = base + 2_500_000;
@@ -267,7 +267,7 @@ fn prune_while_a_build_runs_leaves_the_build_whole() {
         },
         String::new,
     );
-    let out = env.ok(&["prune", "--all", "--verbose"]);
+    let out = env.ok(&["prune", "-f", "--all", "--verbose"]);
     assert!(
         child.try_wait().unwrap().is_none(),
         "prune waited for the build to end:\n{out}"
@@ -324,7 +324,7 @@ fn prune_never_removes_a_running_containers_snapshots() {
         dry.starts_with("Would delete build cache objects:"),
         "{dry}"
     );
-    env.ok(&["prune", "--all"]);
+    env.ok(&["prune", "-f", "--all"]);
     for d in &dirs {
         assert!(
             d.is_dir(),
@@ -335,7 +335,7 @@ fn prune_never_removes_a_running_containers_snapshots() {
     env.ok(&["exec", "gcrun", "cat", "/f"]);
     env.ok(&["rm", "-f", "gcrun"]);
     // Without the container, they may go; the image still runs (unpacked again).
-    env.ok(&["prune", "--all"]);
+    env.ok(&["prune", "-f", "--all"]);
     assert!(dirs.iter().any(|d| !d.exists()));
     assert_eq!(env.ok(&["run", "--rm", "app:1", "cat", "/f"]), "x");
 }
@@ -370,7 +370,7 @@ fn kill9_during_prune_leaves_a_usable_store() {
         let mut child = env
             .proc()
             .env("KILN_TEST_GC_PAUSE_MS", pause.to_string())
-            .args(["prune", "--all"])
+            .args(["prune", "-f", "--all"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -391,4 +391,133 @@ fn kill9_during_prune_leaves_a_usable_store() {
     }
     let tmp: Vec<_> = fs::read_dir(env.root().join("tmp")).unwrap().collect();
     assert!(tmp.is_empty(), "trash left in tmp/: {tmp:?}");
+}
+
+/// The collection runs after a build that fails too: a store over its budget ends under
+/// it, and the build's output says what went.
+#[test]
+fn gc_runs_after_a_failed_build() {
+    needs!();
+    let env = Env::new();
+    let first = env.context("first", APP, &[("big", &random(300_000, 200))]);
+    env.build(&first, &[]);
+    env.ok(&["prune", "-f"]);
+    let base = env.du_sb();
+    for i in 0..4u64 {
+        let ctx = env.context(&format!("app{i}"), APP, &[("big", &random(300_000, i))]);
+        env.build(&ctx, &["--build-arg", &format!("N={i}")]);
+    }
+    // Over a cap set only now: nothing has collected yet.
+    let cap = base + 1_000_000;
+    assert!(env.du_sb() > cap);
+    fs::write(
+        env.root().join("config.toml"),
+        format!("[gc]\nmax-used-space = \"{cap}\"\nmin-free-space = \"0\"\n"),
+    )
+    .unwrap();
+    let failing = env.context(
+        "failing",
+        "FROM busybox:kiln-test\nCOPY small /small\nRUN echo failing && false\n",
+        &[("small", b"s")],
+    );
+    let out = env
+        .kiln()
+        .args(["build", "--progress", "plain"])
+        .arg(&failing)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the build should fail:\n{stderr}");
+    let said = stderr
+        .lines()
+        .find(|l| l.starts_with("store over budget ("))
+        .unwrap_or_else(|| panic!("no collection after the failed build:\n{stderr}"));
+    let removed = said
+        .split_once("): removed ")
+        .unwrap_or_else(|| panic!("{said}"))
+        .1;
+    let records: usize = removed.split(' ').next().unwrap().parse().unwrap();
+    assert!(
+        records > 0 && removed.contains(" cache records, ") && removed.contains(", freed "),
+        "{said}"
+    );
+    let used = env.du_sb();
+    assert!(
+        used <= cap,
+        "store {used} bytes over its cap {cap}:\n{stderr}"
+    );
+    assert_records_whole(&env.root());
+}
+
+/// A lease left by a build killed with -9 (its holder gone, its flock with it) is
+/// dropped when the next build starts, not only at the next `du` or `prune`.
+#[test]
+fn a_dead_builds_lease_is_dropped_when_a_build_starts() {
+    needs!();
+    let env = Env::new();
+    let leases = Store::open(env.root()).unwrap().leases_dir();
+    fs::create_dir_all(&leases).unwrap();
+    // A pid that is gone: a child that has exited.
+    let mut child = Proc::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    let lock = leases.join(format!("{pid}-1-0.lock"));
+    let json = leases.join(format!("{pid}-1-0.json"));
+    fs::write(&lock, b"").unwrap();
+    fs::write(
+        &json,
+        br#"{"holder":"build of /gone/Dockerfile","started_ns":1,"refs":["sha256:aa"]}"#,
+    )
+    .unwrap();
+    let ctx = env.context("app", "FROM busybox:kiln-test\nCOPY f /f\n", &[("f", b"f")]);
+    env.build(&ctx, &[]);
+    assert!(!lock.exists(), "{} left after a build", lock.display());
+    assert!(!json.exists(), "{} left after a build", json.display());
+}
+
+/// `kiln prune` asks Docker's question unless `-f`, and removes nothing on a no.
+#[test]
+fn prune_asks_for_confirmation_unless_forced() {
+    needs!();
+    let env = Env::new();
+    let ctx = env.context("app", "FROM busybox:kiln-test\nCOPY f /f\n", &[("f", b"f")]);
+    env.build(&ctx, &[]);
+    let records = || Store::open(env.root()).unwrap().cache_keys().unwrap().len();
+    let before = records();
+    assert!(before > 0);
+    for (args, warning) in [
+        (
+            &["prune"][..],
+            "WARNING! This will remove all dangling build cache. Are you sure you want to continue? [y/N] ",
+        ),
+        (
+            &["prune", "--all"][..],
+            "WARNING! This will remove all build cache. Are you sure you want to continue? [y/N] ",
+        ),
+    ] {
+        for answer in ["n\n", "", "\n"] {
+            let out = env.kiln().args(args).write_stdin(answer).output().unwrap();
+            assert!(out.status.success());
+            assert_eq!(String::from_utf8_lossy(&out.stderr), warning);
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+            assert_eq!(records(), before, "{args:?} answered {answer:?}");
+        }
+    }
+    // A dry run removes nothing: no question.
+    let dry = env.ok(&["prune", "--dry-run"]);
+    assert!(
+        dry.starts_with("Would delete build cache objects:"),
+        "{dry}"
+    );
+    let out = env.kiln().arg("prune").write_stdin("y\n").output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("Deleted build cache objects:"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(records() < before);
+    env.build(&ctx, &[]);
+    let out = env.ok(&["prune", "--force"]);
+    assert!(out.starts_with("Deleted build cache objects:"), "{out}");
 }

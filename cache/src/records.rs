@@ -180,7 +180,7 @@ pub struct StepRecord {
 /// The inputs of a step's cache key, in a form that can be compared with a later build.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepInputs {
-    /// `FROM`: the reference and the resolved digest (ChainID).
+    /// `FROM`: the reference and what it resolved to (ChainID and manifest digest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<BaseInput>,
     /// COPY/ADD (and `RUN --mount=type=bind` of the context): the id of the selected
@@ -217,8 +217,12 @@ pub struct StepInputs {
 pub struct BaseInput {
     /// The reference as written.
     pub reference: String,
-    /// What it resolved to.
+    /// What it resolved to: the ChainID of its layers (the cache key of the image).
     pub digest: String,
+    /// The manifest digest it resolved to, as users know the image (`docker images
+    /// --digests`); absent in records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
 }
 
 /// One file a COPY selected: what its cache key covers.

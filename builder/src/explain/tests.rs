@@ -1,4 +1,5 @@
 use super::*;
+use kiln_cache::BaseInput;
 
 fn f(path: &str, mode: u32, uid: u32, content: u8) -> FileEntry {
     FileEntry {
@@ -96,6 +97,7 @@ fn the_base_comes_first() {
         base: Some(BaseInput {
             reference: "debian:bookworm".into(),
             digest: d.into(),
+            manifest: None,
         }),
         ..StepInputs::default()
     };
@@ -116,6 +118,46 @@ fn the_base_comes_first() {
         m.details,
         "FROM debian:bookworm: sha256:aaaaaaaaaaaa… -> sha256:bbbbbbbbbbbb…"
     );
+}
+
+/// With both manifest digests recorded, those are named (as `docker images --digests`
+/// shows them), not the ChainIDs; a record without one falls back to the ChainIDs.
+#[test]
+fn the_base_is_named_by_manifest_digest_when_both_records_have_it() {
+    let base = |chain: char, manifest: Option<char>| StepInputs {
+        base: Some(BaseInput {
+            reference: "debian:bookworm".into(),
+            digest: format!("sha256:{}", chain.to_string().repeat(64)),
+            manifest: manifest.map(|m| format!("sha256:{}", m.to_string().repeat(64))),
+        }),
+        ..StepInputs::default()
+    };
+    let said = |old: StepInputs, new: StepInputs| {
+        diff_inputs(
+            &meta("FROM debian:bookworm"),
+            &new,
+            &prev("FROM debian:bookworm", old),
+            &none(),
+            &none(),
+            &inline,
+        )
+        .unwrap()
+        .details
+    };
+    assert_eq!(
+        said(base('a', Some('1')), base('b', Some('2'))),
+        "FROM debian:bookworm: sha256:111111111111… -> sha256:222222222222…"
+    );
+    assert_eq!(
+        said(base('a', None), base('b', Some('2'))),
+        "FROM debian:bookworm: sha256:aaaaaaaaaaaa… -> sha256:bbbbbbbbbbbb…"
+    );
+    // An old record (no `manifest` field) still reads.
+    let old: kiln_cache::StepInputs = serde_json::from_str(
+        r#"{"base": {"reference": "debian:bookworm", "digest": "sha256:aa"}}"#,
+    )
+    .unwrap();
+    assert_eq!(old.base.unwrap().manifest, None);
 }
 
 #[test]

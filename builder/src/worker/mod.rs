@@ -488,11 +488,22 @@ impl Worker for BuildWorker<'_> {
             captured.files_id = Some(id);
         }
         match &vertex.op {
-            Op::Image { reference, .. } => {
+            Op::Image {
+                reference,
+                platform,
+                ..
+            } => {
                 if let Some(k) = &key {
+                    // Resolved a moment ago for the key: `get` answers from memory.
+                    let manifest = self
+                        .images
+                        .get(reference, platform)
+                        .ok()
+                        .map(|i| i.manifest_digest.to_string());
                     captured.base = Some(kiln_cache::BaseInput {
                         reference: reference.clone(),
                         digest: k.clone(),
+                        manifest,
                     });
                 }
             }

@@ -139,18 +139,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         assert!(store.tags().unwrap().is_empty());
+        // Each record made once: `created` is the time of making, so two calls a second
+        // apart differ.
+        let (r1, r2, r3) = (rec(1), rec(2), rec(3));
         assert_eq!(
-            store
-                .tag_set("docker.io/library/app:latest", &rec(1))
-                .unwrap(),
+            store.tag_set("docker.io/library/app:latest", &r1).unwrap(),
             None
         );
-        assert_eq!(store.tag_set("app:latest", &rec(2)).unwrap(), None);
-        assert_eq!(store.tag_set("app:latest", &rec(3)).unwrap(), Some(rec(2)));
-        assert_eq!(store.tag_get("app:latest").unwrap(), Some(rec(3)));
+        assert_eq!(store.tag_set("app:latest", &r2).unwrap(), None);
+        assert_eq!(store.tag_set("app:latest", &r3).unwrap(), Some(r2));
+        assert_eq!(store.tag_get("app:latest").unwrap(), Some(r3.clone()));
         let names: Vec<_> = store.tags().unwrap().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["app:latest", "docker.io/library/app:latest"]);
-        assert_eq!(store.tag_remove("app:latest").unwrap(), Some(rec(3)));
+        assert_eq!(store.tag_remove("app:latest").unwrap(), Some(r3));
         assert_eq!(store.tag_remove("app:latest").unwrap(), None);
         assert_eq!(store.tag_get("app:latest").unwrap(), None);
         assert!(store.tag_set("", &rec(1)).is_err());

@@ -405,7 +405,7 @@ struct Record {
 }
 
 /// `[stage] INSTRUCTION` of a vertex's first origin, at most 100 characters.
-fn describe(vertex: &Vertex) -> Option<String> {
+pub fn describe(vertex: &Vertex) -> Option<String> {
     let text = match (vertex.origins.first(), &vertex.op) {
         (Some(o), _) => format!("[{}] {}", o.stage_name, o.instruction.trim()),
         (None, Op::Image { reference, .. }) => format!("FROM {reference}"),

@@ -594,7 +594,9 @@ fn build_inner(
         }
     }
     for spec in &req.cache_to {
-        export_cache(req, &store, &remote, progress, recorder, &plan, &results, spec)?;
+        export_cache(
+            req, &store, &remote, progress, recorder, &plan, &results, spec,
+        )?;
     }
 
     let mut steps = Vec::new();

@@ -8,8 +8,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use kiln_builder::build::{BuildError, BuildRequest, OutputSpec, build};
-use kiln_builder::remote_cache::{CacheToSpec, parse_cache_from};
 use kiln_builder::progress::ProgressMode;
+use kiln_builder::remote_cache::{CacheToSpec, parse_cache_from};
 use kiln_frontend::convert::{self, ConvertOptions, NoResolver};
 use kiln_frontend::{Diagnostic, dockerignore, parser};
 use kiln_layer::Compression;

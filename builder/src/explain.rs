@@ -274,9 +274,7 @@ impl Recorder {
         // whatever its paths; in this store, only one of the same path and context is.
         let against = self.against.is_some();
         let same_file = |r: &BuildRecord| {
-            against
-                || (r.dockerfile == dockerfile && r.context == context)
-                || self.is_imported(r)
+            against || (r.dockerfile == dockerfile && r.context == context) || self.is_imported(r)
         };
         let prev = find_previous(records.iter().copied(), meta, &same_file);
         if let Some((rec, p)) = prev {

@@ -144,11 +144,7 @@ fn app(m: &Machine, base: &str, files: &[(&str, &str)]) -> PathBuf {
     ctx
 }
 
-const FILES: &[(&str, &str)] = &[
-    ("src/a.txt", "a"),
-    ("src/b.txt", "b"),
-    ("conf", "c=1"),
-];
+const FILES: &[(&str, &str)] = &[("src/a.txt", "a"), ("src/b.txt", "b"), ("conf", "c=1")];
 
 /// `skopeo inspect --raw` (the manifest) or `--config --raw` of `reference`.
 fn skopeo_raw(reference: &str, config: bool) -> Value {
@@ -159,6 +155,21 @@ fn skopeo_raw(reference: &str, config: bool) -> Value {
     }
     cmd.arg(format!("docker://{reference}"));
     serde_json::from_str(&run_ok(&mut cmd)).unwrap()
+}
+
+/// The cache config of the OCI layout `dir`.
+fn layout_config(dir: &Path) -> Value {
+    let read = |rel: String| -> Value {
+        serde_json::from_slice(&fs::read(dir.join(rel)).unwrap()).unwrap()
+    };
+    let blob = |d: &Value| format!("blobs/sha256/{}", &d.as_str().unwrap()[7..]);
+    let index = read("index.json".into());
+    let manifest = read(blob(&index["manifests"][0]["digest"]));
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.kiln.cache.config.v1+json"
+    );
+    read(blob(&manifest["config"]["digest"]))
 }
 
 /// Digests of the blobs fetched (GET) among `requests`.
@@ -181,7 +192,9 @@ fn machine_b_hits_everything_from_the_registry_and_pushes_without_downloading() 
         &["--cache-to", &format!("type=registry,ref={cache},mode=max")],
     );
     assert!(
-        first.stderr.contains(&format!("exported cache to {cache}: ")),
+        first
+            .stderr
+            .contains(&format!("exported cache to {cache}: ")),
         "{}",
         first.stderr
     );
@@ -217,7 +230,10 @@ fn machine_b_hits_everything_from_the_registry_and_pushes_without_downloading() 
     for s in hit.steps() {
         assert_eq!(s["cached"], true, "{s} ran on B:\n{}", hit.stderr);
     }
-    assert_eq!(hit.report["image"]["digest"], first.report["image"]["digest"]);
+    assert_eq!(
+        hit.report["image"]["digest"],
+        first.report["image"]["digest"]
+    );
     // Every step's hit came from the registry cache, none executed.
     let rec = b.last_record();
     for s in rec["steps"].as_array().unwrap() {
@@ -243,7 +259,10 @@ fn machine_b_hits_everything_from_the_registry_and_pushes_without_downloading() 
         "{gets:?}"
     );
     for d in gets {
-        assert!(configs.contains(&Value::from(d.clone())), "B fetched blob {d}");
+        assert!(
+            configs.contains(&Value::from(d.clone())),
+            "B fetched blob {d}"
+        );
     }
 
     // Pushing the result to the same registry downloads nothing: every layer is
@@ -334,15 +353,25 @@ fn reexport_uploads_no_layer_and_branches_merge() {
         .filter(|(m, p, _)| m == "POST" && p.contains("/blobs/uploads/"))
         .count();
     assert_eq!(uploads, 1, "only the config: {reqs:?}\n{}", again.stderr);
-    assert!(again.stderr.contains("1 blobs uploaded"), "{}", again.stderr);
+    assert!(
+        again.stderr.contains("1 blobs uploaded"),
+        "{}",
+        again.stderr
+    );
 
     // Another branch (conf differs) exports to the same ref: both are in it.
     fs::write(ctx.join("conf"), "c=2").unwrap();
     let branch = a.build_ok(&ctx, &["--cache-to", &to]);
     let config = skopeo_raw(&cache, true);
     for b in [&main, &branch] {
-        let key = b.step("COPY conf /conf")["key"].as_str().unwrap().to_string();
-        assert!(config["records"].get(&key).is_some(), "{key} lost in the merge");
+        let key = b.step("COPY conf /conf")["key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            config["records"].get(&key).is_some(),
+            "{key} lost in the merge"
+        );
     }
     assert!(
         config["builds"].as_array().unwrap().len() >= 3,
@@ -363,7 +392,9 @@ fn a_cache_config_over_one_mib_round_trips() {
     fs::create_dir_all(&dir).unwrap();
     for i in 0..12_000 {
         fs::write(
-            dir.join(format!("a-rather-long-file-name-to-make-the-set-big-{i:05}.txt")),
+            dir.join(format!(
+                "a-rather-long-file-name-to-make-the-set-big-{i:05}.txt"
+            )),
             i.to_string(),
         )
         .unwrap();
@@ -372,7 +403,9 @@ fn a_cache_config_over_one_mib_round_trips() {
         &ctx,
         &["--cache-to", &format!("type=registry,ref={cache},mode=max")],
     );
-    let size = skopeo_raw(&cache, false)["config"]["size"].as_u64().unwrap();
+    let size = skopeo_raw(&cache, false)["config"]["size"]
+        .as_u64()
+        .unwrap();
     assert!(size > 1 << 20, "config is only {size} bytes");
     let b = Machine::new();
     let ctx_b = b.ws.path("big");
@@ -446,9 +479,29 @@ fn a_local_cache_directory_is_shared_the_same_way() {
     let ctx_a = app(&a, &base, FILES);
     a.build_ok(
         &ctx_a,
-        &["--cache-to", &format!("type=local,dest={},mode=max", dir.display())],
+        &[
+            "--cache-to",
+            &format!("type=local,dest={},mode=max", dir.display()),
+        ],
     );
     assert!(dir.join("index.json").is_file() && dir.join("oci-layout").is_file());
+    // mode=min (the default) keeps only the final image's chain: not the build stage.
+    let min = a.ws.path("min-cache");
+    let again = a.build_ok(
+        &ctx_a,
+        &["--cache-to", &format!("type=local,dest={}", min.display())],
+    );
+    let config = layout_config(&min);
+    let keys: Vec<&String> = config["records"].as_object().unwrap().keys().collect();
+    for s in again.steps() {
+        let in_final = !s["instruction"].as_str().unwrap().contains("/src");
+        assert_eq!(
+            keys.contains(&&s["key"].as_str().unwrap().to_string()),
+            in_final,
+            "{}",
+            s["instruction"]
+        );
+    }
     let b = Machine::new();
     let ctx_b = app(&b, &base, FILES);
     let hit = b.build_ok(
@@ -459,7 +512,10 @@ fn a_local_cache_directory_is_shared_the_same_way() {
         assert_eq!(s["cached"], true, "{s}");
     }
     // B's image is A's, and its layers are in B's store (copied from the directory).
-    assert_eq!(hit.report["image"]["digest"], a.build_ok(&ctx_a, &[]).report["image"]["digest"]);
+    assert_eq!(
+        hit.report["image"]["digest"],
+        a.build_ok(&ctx_a, &[]).report["image"]["digest"]
+    );
     let out = b.ws.path("out");
     b.kiln()
         .args(["build", "--progress", "quiet", "--cache-from"])

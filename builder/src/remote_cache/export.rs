@@ -181,28 +181,24 @@ pub fn export(
                 target = target.with_tag("latest");
             }
             let client = remote.client()?;
-            let (old, old_builds) = match client.fetch_artifact(
-                &target,
-                CONFIG_MEDIA_TYPE,
-                MAX_CONFIG,
-                store,
-            )? {
-                Some(a) => {
-                    let c = CacheConfig::parse(&a.config)?;
-                    // What the old manifest lists is in the target repository: the push
-                    // finds it there (HEAD) instead of needing it in the store.
-                    for l in c.layers.iter().filter(|l| l.sources.is_empty()) {
-                        kiln_registry::remember_source(
-                            store,
-                            &l.digest,
-                            &target.registry,
-                            &target.repository,
-                        );
+            let (old, old_builds) =
+                match client.fetch_artifact(&target, CONFIG_MEDIA_TYPE, MAX_CONFIG, store)? {
+                    Some(a) => {
+                        let c = CacheConfig::parse(&a.config)?;
+                        // What the old manifest lists is in the target repository: the push
+                        // finds it there (HEAD) instead of needing it in the store.
+                        for l in c.layers.iter().filter(|l| l.sources.is_empty()) {
+                            kiln_registry::remember_source(
+                                store,
+                                &l.digest,
+                                &target.registry,
+                                &target.repository,
+                            );
+                        }
+                        (c.entries(), c.builds)
                     }
-                    (c.entries(), c.builds)
-                }
-                None => Default::default(),
-            };
+                    None => Default::default(),
+                };
             let new = place(store, cands, Some(&target.registry), build_id.as_deref());
             let exported = new.len();
             let merged = merge(old, new, spec.max_records);
@@ -250,7 +246,10 @@ pub fn export(
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory.
-fn write_file_atomic(path: &Path, write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> std::io::Result<()> {
+fn write_file_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     write(tmp.as_file_mut())?;
@@ -266,9 +265,7 @@ fn write_layout(
     dir: &Path,
     config: &CacheConfig,
 ) -> Result<ExportReport, RemoteCacheError> {
-    let io = |what: String| {
-        move |source: std::io::Error| RemoteCacheError::Layout { what, source }
-    };
+    let io = |what: String| move |source: std::io::Error| RemoteCacheError::Layout { what, source };
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).map_err(io(format!("creating {}", blobs.display())))?;
     let mut report = ExportReport::default();
@@ -301,8 +298,10 @@ fn write_layout(
     put_bytes(&manifest_digest, &manifest)?;
     let layout = dir.join("oci-layout");
     if !layout.exists() {
-        write_file_atomic(&layout, |f| f.write_all(br#"{"imageLayoutVersion":"1.0.0"}"#))
-            .map_err(io(format!("writing {}", layout.display())))?;
+        write_file_atomic(&layout, |f| {
+            f.write_all(br#"{"imageLayoutVersion":"1.0.0"}"#)
+        })
+        .map_err(io(format!("writing {}", layout.display())))?;
     }
     let index = serde_json::json!({
         "schemaVersion": 2,

@@ -22,7 +22,10 @@ use crate::untrusted::{Layout, MAX_LAYOUT_JSON};
 #[derive(Debug)]
 enum Blobs {
     /// In this registry's repository.
-    Registry { registry: String, repository: String },
+    Registry {
+        registry: String,
+        repository: String,
+    },
     /// In this OCI layout.
     Local(PathBuf),
 }
@@ -87,7 +90,7 @@ impl Imported {
             .iter()
             .flat_map(|c| c.builds.iter().cloned())
             .collect();
-        all.sort_by(|a, b| b.started_ms.cmp(&a.started_ms));
+        all.sort_by_key(|b| std::cmp::Reverse(b.started_ms));
         all
     }
 }
@@ -159,10 +162,12 @@ fn read(
     let (blobs, bytes) = match loc {
         CacheLocation::Registry(r) => {
             let reference = Reference::parse(r)?;
-            let Some(a) =
-                remote
-                    .client()?
-                    .fetch_artifact(&reference, CONFIG_MEDIA_TYPE, MAX_CONFIG, store)?
+            let Some(a) = remote.client()?.fetch_artifact(
+                &reference,
+                CONFIG_MEDIA_TYPE,
+                MAX_CONFIG,
+                store,
+            )?
             else {
                 return Ok(None);
             };

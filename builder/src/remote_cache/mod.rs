@@ -10,7 +10,7 @@ pub mod import;
 pub mod spec;
 
 pub use export::{ExportReport, export};
-pub use import::{ImportedCache, Imported};
+pub use import::{Imported, ImportedCache};
 pub use spec::{CacheLocation, CacheMode, CacheToSpec, parse_cache_from};
 
 /// Why a cache could not be read or written: one line naming the reference or

@@ -146,11 +146,10 @@ impl CacheToSpec {
                         .map_err(|_| err(format!("ignore-error={v}: expected true or false")))?
                 }
                 "max-records" => {
-                    spec.max_records = v
-                        .parse()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| err(format!("max-records={v}: expected a positive count")))?
+                    spec.max_records =
+                        v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                            err(format!("max-records={v}: expected a positive count"))
+                        })?
                 }
                 "compression" => spec.compression = Some(v.clone()),
                 // Accepted for BuildKit compatibility; kiln's format needs neither.

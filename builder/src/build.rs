@@ -686,7 +686,9 @@ fn export_cache(
     );
     match r {
         Ok(r) => {
-            progress.message(&r.line(&spec.location));
+            if !matches!(req.progress, ProgressMode::Quiet | ProgressMode::Json) {
+                progress.message(&r.line(&spec.location));
+            }
             Ok(())
         }
         Err(e) if spec.ignore_error => {

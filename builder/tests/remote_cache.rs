@@ -450,6 +450,24 @@ fn a_missing_or_unreachable_cache_is_one_warning() {
         "{}",
         w[0]
     );
+    // kiln compresses layers once, at build time: another compression is refused.
+    let zstd = a.build(
+        &ctx,
+        &[
+            "--cache-to",
+            &format!("type=registry,ref={missing},compression=zstd"),
+        ],
+    );
+    assert!(!zstd.ok);
+    assert!(
+        zstd.stderr.contains(
+            "error: --cache-to compression=zstd: kiln compresses layers once, when a step \
+             writes them, and this build's layers are gzip; pass --compression zstd to the \
+             build instead"
+        ),
+        "{}",
+        zstd.stderr
+    );
     // A failed export: an error, or with ignore-error=true one warning and success.
     let to = format!("type=registry,ref={nowhere}");
     let failed = a.build(&ctx, &["--cache-to", &to]);

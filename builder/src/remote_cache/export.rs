@@ -320,3 +320,73 @@ fn write_layout(
     .map_err(io(format!("writing {}", index_path.display())))?;
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(store: &Store, name: &[u8], local: bool) -> LayerRef {
+        let digest = if local {
+            store.put_blob(name).unwrap()
+        } else {
+            kiln_cache::sha256_of(name)
+        };
+        LayerRef {
+            digest,
+            diff_id: kiln_cache::sha256_of(&[name, b"-diff"].concat()),
+            size: name.len() as u64,
+            media_type: kiln_registry::media_types::OCI_LAYER_GZIP.into(),
+        }
+    }
+
+    fn cand(layers: Vec<LayerRef>) -> Candidate {
+        Candidate {
+            layers,
+            added: true,
+            description: None,
+        }
+    }
+
+    /// Where each layer of an exported record goes: in the cache when the store or the
+    /// cache's registry has it, left where a base came from when another registry has
+    /// it, and a record with a layer that is nowhere is dropped.
+    #[test]
+    fn layers_are_placed_by_where_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let built = layer(&store, b"built here", true);
+        let same = layer(&store, b"in the cache registry", false);
+        kiln_registry::remember_source(&store, &same.digest, "reg:5000", "apps/app");
+        let base = layer(&store, b"a docker.io base", true);
+        kiln_registry::remember_source(&store, &base.digest, "docker.io", "library/debian");
+        let nowhere = layer(&store, b"gone", false);
+        let mut cands = BTreeMap::new();
+        cands.insert(
+            "k1".to_string(),
+            cand(vec![base.clone(), same.clone(), built.clone()]),
+        );
+        cands.insert("k2".to_string(), cand(vec![built.clone(), nowhere.clone()]));
+        let placed = place(&store, cands.clone(), Some("reg:5000"), Some("b1"));
+        assert_eq!(placed.keys().collect::<Vec<_>>(), ["k1"], "k2 is dropped");
+        let sources: Vec<&Vec<(String, String)>> =
+            placed["k1"].layers.iter().map(|l| &l.sources).collect();
+        assert_eq!(
+            sources,
+            [
+                &vec![("docker.io".to_string(), "library/debian".to_string())],
+                &vec![],
+                &vec![],
+            ]
+        );
+        assert_eq!(placed["k1"].build.as_deref(), Some("b1"));
+        // A directory cache copies what the store has, and keeps the rest's sources.
+        let placed = place(&store, cands, None, None);
+        assert_eq!(placed.keys().collect::<Vec<_>>(), ["k1"]);
+        let in_dir: Vec<bool> = placed["k1"]
+            .layers
+            .iter()
+            .map(|l| l.sources.is_empty())
+            .collect();
+        assert_eq!(in_dir, [true, false, true]);
+    }
+}

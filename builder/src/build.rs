@@ -104,6 +104,18 @@ pub enum BuildError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A `--cache-to` option the build cannot honour.
+    #[error("{0}")]
+    CacheTo(String),
+    /// `--cache-to` failed (without `ignore-error=true`).
+    #[error("exporting the cache to {to}")]
+    CacheExport {
+        /// The reference or directory.
+        to: String,
+        /// Why.
+        #[source]
+        source: Box<crate::remote_cache::RemoteCacheError>,
+    },
     /// The worker failed outside a step (setting up, saving the stat memo).
     #[error(transparent)]
     Worker(#[from] WorkerError),
@@ -215,6 +227,10 @@ pub struct BuildRequest {
     /// `--explain-against RECORD.json`: explain misses against this exported record
     /// instead of this store's records.
     pub explain_against: Option<PathBuf>,
+    /// `--cache-to`: where to export the cache after the build.
+    pub cache_to: Vec<crate::remote_cache::CacheToSpec>,
+    /// `--cache-from`: caches to look keys up in, in order.
+    pub cache_from: Vec<crate::remote_cache::CacheLocation>,
 }
 
 /// What a build produced.
@@ -430,6 +446,10 @@ fn build_inner(
     recorder: &Recorder,
 ) -> Result<BuildOutcome> {
     let started = Instant::now();
+    for c in &req.cache_to {
+        c.check_compression(req.compression.name())
+            .map_err(BuildError::CacheTo)?;
+    }
     let store = store.clone();
     // What this build uses is added to its lease as it goes (the worker's job); what
     // it writes is newer than the lease, which a collector keeps too.
@@ -507,7 +527,13 @@ fn build_inner(
         .into_iter()
         .filter(|id| plan.graph.dependents(*id).is_empty())
         .collect();
+    // Each cache is read once, before solving; one that cannot be read is a warning.
+    let imported = crate::remote_cache::Imported::load(&store, &remote, &req.cache_from, &|l| {
+        progress.message(&l)
+    });
+    recorder.set_imported(imported.builds());
     let worker = BuildWorker::new(&store, context, &images, layer_opts, exec)?
+        .with_imported(&imported)
         .with_reporter(recorder)
         .with_recorder(recorder)
         .with_network_timeouts(req.registry.timeouts)
@@ -606,6 +632,11 @@ fn build_inner(
             OutputSpec::Local(dest) => export_local(&store, &built, dest)?,
         }
     }
+    for spec in &req.cache_to {
+        export_cache(
+            req, &store, &remote, progress, recorder, &plan, &results, spec,
+        )?;
+    }
 
     let mut steps = Vec::new();
     for (id, solved) in &results {
@@ -634,6 +665,57 @@ fn build_inner(
         report,
         warnings: plan.warnings.clone(),
     })
+}
+
+/// `--cache-to`: exports this build's records (and its build record, with its file
+/// sets, so another machine can explain its misses) to `spec`'s location.
+#[allow(clippy::too_many_arguments)]
+fn export_cache(
+    req: &BuildRequest,
+    store: &Store,
+    remote: &crate::remote::Remote,
+    progress: &Progress,
+    recorder: &Recorder,
+    plan: &Plan,
+    results: &HashMap<VertexId, Solved<Output>>,
+    spec: &crate::remote_cache::CacheToSpec,
+) -> Result<()> {
+    let cands = crate::remote_cache::export::candidates(plan, results, spec.mode);
+    let mut record = recorder.record(BuildStatus::Completed, None);
+    for s in &mut record.steps {
+        if let (None, Some(id)) = (&s.inputs.files, &s.inputs.files_id) {
+            s.inputs.files = store.fileset_get(id).ok().flatten();
+        }
+    }
+    let record = req.record.then_some(record);
+    let r = crate::remote_cache::export(
+        store,
+        remote,
+        spec,
+        cands,
+        record,
+        &crate::remote::BlobReporter::new(progress, None),
+    );
+    match r {
+        Ok(r) => {
+            if !matches!(req.progress, ProgressMode::Quiet | ProgressMode::Json) {
+                progress.message(&r.line(&spec.location));
+            }
+            Ok(())
+        }
+        Err(e) if spec.ignore_error => {
+            progress.message(&format!(
+                "WARNING: cache export to {}: {}",
+                spec.location,
+                kiln_solver::error_chain(&e)
+            ));
+            Ok(())
+        }
+        Err(e) => Err(BuildError::CacheExport {
+            to: spec.location.to_string(),
+            source: Box::new(e),
+        }),
+    }
 }
 
 fn report_step(origin: &kiln_ops::Origin, solved: &Solved<Output>) -> ReportStep {

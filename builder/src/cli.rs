@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use kiln_builder::build::{BuildError, BuildRequest, OutputSpec, build};
 use kiln_builder::progress::ProgressMode;
+use kiln_builder::remote_cache::{CacheToSpec, parse_cache_from};
 use kiln_frontend::convert::{self, ConvertOptions, NoResolver};
 use kiln_frontend::{Diagnostic, dockerignore, parser};
 use kiln_layer::Compression;
@@ -478,6 +479,15 @@ struct BuildArgs {
     /// e.g. from another machine) instead of this store's records.
     #[arg(long, value_name = "RECORD.json")]
     explain_against: Option<PathBuf>,
+    /// Export the build cache: `type=registry,ref=IMAGE[,mode=min|max][,ignore-error=true]
+    /// [,max-records=N]` or `type=local,dest=DIR[,...]`; repeatable. Merged with what
+    /// is there.
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    cache_to: Vec<String>,
+    /// Use a build cache: `type=registry,ref=IMAGE` or `type=local,src=DIR`; repeatable
+    /// (looked in in order).
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    cache_from: Vec<String>,
     /// Run the frontend only (parse, check, expand, plan) and print the plan.
     #[arg(long)]
     dry_run: bool,
@@ -869,6 +879,16 @@ fn real_build(
         record: !args.no_record
             && std::env::var("KILN_NO_RECORD").map_or(true, |v| v.is_empty() || v == "0"),
         explain_against: args.explain_against.clone(),
+        cache_to: args
+            .cache_to
+            .iter()
+            .map(|s| CacheToSpec::parse(s))
+            .collect::<Result<_, _>>()?,
+        cache_from: args
+            .cache_from
+            .iter()
+            .map(|s| parse_cache_from(s))
+            .collect::<Result<_, _>>()?,
     };
     kiln_builder::interrupt::install();
     // RUN steps block a worker thread while their process runs: keep enough threads for

@@ -86,6 +86,10 @@ pub struct Recorder {
     gone: Mutex<HashSet<String>>,
     previous: OnceLock<Vec<BuildRecord>>,
     against: Option<BuildRecord>,
+    /// Keys found in a `--cache-from` cache, and its name.
+    remote_hits: Mutex<HashMap<String, String>>,
+    /// The build records of the `--cache-from` caches: candidates after this store's.
+    imported: OnceLock<Vec<BuildRecord>>,
     no_cache: bool,
     started: Instant,
     written: std::sync::atomic::AtomicBool,
@@ -129,6 +133,8 @@ impl Recorder {
             gone: Mutex::default(),
             previous: OnceLock::new(),
             against,
+            remote_hits: Mutex::default(),
+            imported: OnceLock::new(),
             no_cache,
             started: Instant::now(),
             written: Default::default(),
@@ -187,6 +193,27 @@ impl Recorder {
             .insert(key.to_string(), build);
     }
 
+    /// `load` found `key` in the `--cache-from` cache `reference`.
+    pub fn found_remote(&self, key: &Digest, reference: &str) {
+        self.remote_hits
+            .lock()
+            .expect("recorder lock")
+            .insert(key.to_string(), reference.to_string());
+    }
+
+    /// The build records of the `--cache-from` caches (newest first): misses are
+    /// explained against them after this store's own records, whatever their paths
+    /// (they come from other machines).
+    pub fn set_imported(&self, records: Vec<BuildRecord>) {
+        let _ = self.imported.set(records);
+    }
+
+    fn is_imported(&self, r: &BuildRecord) -> bool {
+        self.imported
+            .get()
+            .is_some_and(|i| i.iter().any(|x| std::ptr::eq(x, r)))
+    }
+
     /// `load` found the cache record of `key` but not its result (a blob is missing).
     pub fn result_gone(&self, key: &Digest) {
         self.gone
@@ -231,9 +258,13 @@ impl Recorder {
             .get(&id)
             .cloned()
             .unwrap_or_default();
-        let records: &[BuildRecord] = match &self.against {
-            Some(r) => std::slice::from_ref(r),
-            None => self.previous(),
+        let records: Vec<&BuildRecord> = match &self.against {
+            Some(r) => vec![r],
+            None => self
+                .previous()
+                .iter()
+                .chain(self.imported.get().into_iter().flatten())
+                .collect(),
         };
         let (dockerfile, context) = {
             let h = self.header.lock().expect("recorder lock");
@@ -242,9 +273,10 @@ impl Recorder {
         // A record from another store (`--explain-against`) is of the same Dockerfile
         // whatever its paths; in this store, only one of the same path and context is.
         let against = self.against.is_some();
-        let same_file =
-            |r: &BuildRecord| against || (r.dockerfile == dockerfile && r.context == context);
-        let prev = find_previous(records, meta, &same_file);
+        let same_file = |r: &BuildRecord| {
+            against || (r.dockerfile == dockerfile && r.context == context) || self.is_imported(r)
+        };
+        let prev = find_previous(records.iter().copied(), meta, &same_file);
         if let Some((rec, p)) = prev {
             let arg_names: BTreeSet<String> = self
                 .args
@@ -375,7 +407,7 @@ impl Recorder {
         r.error = error;
         r.ended_ms = r.started_ms + self.started.elapsed().as_millis() as u64;
         let st = self.state.lock().expect("recorder lock");
-        let mut inputs = self.inputs.lock().expect("recorder lock");
+        let inputs = self.inputs.lock().expect("recorder lock");
         if let Some(meta) = self.meta.get() {
             let mut steps: Vec<StepRecord> = meta
                 .iter()
@@ -396,7 +428,7 @@ impl Recorder {
                         miss: s.and_then(|s| s.miss.clone()),
                         duration_ms: s.map(|s| s.duration_ms).unwrap_or(0),
                         layer: s.and_then(|s| s.layer.clone()),
-                        inputs: inputs.remove(id).unwrap_or_default(),
+                        inputs: inputs.get(id).cloned().unwrap_or_default(),
                     }
                 })
                 .collect();
@@ -434,10 +466,19 @@ impl Reporter for Recorder {
                         .get(key.as_str())
                         .cloned()
                         .flatten();
+                    let remote = self
+                        .remote_hits
+                        .lock()
+                        .expect("recorder lock")
+                        .get(key.as_str())
+                        .cloned();
                     let s = st.entry(*id).or_default();
                     s.key = Some(key.to_string());
                     s.status = Some(StepStatus::Cached);
-                    s.source = Some(HitSource::Store { build });
+                    s.source = Some(match remote {
+                        Some(reference) => HitSource::Registry { reference },
+                        None => HitSource::Store { build },
+                    });
                     s.duration_ms = s
                         .started
                         .map(|t| t.elapsed().as_millis() as u64)
@@ -506,7 +547,7 @@ fn keyword(instruction: &str) -> String {
 /// digest, or (in a record `same_file` accepts as one of the same Dockerfile) same stage,
 /// position in it and instruction keyword.
 pub fn find_previous<'r>(
-    records: &'r [BuildRecord],
+    records: impl IntoIterator<Item = &'r BuildRecord>,
     meta: &StepMeta,
     same_file: &dyn Fn(&BuildRecord) -> bool,
 ) -> Option<(&'r BuildRecord, &'r StepRecord)> {

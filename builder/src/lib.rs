@@ -20,6 +20,7 @@ pub mod interrupt;
 pub mod plan;
 pub mod progress;
 pub mod remote;
+pub mod remote_cache;
 pub mod report;
 pub mod snapshots;
 pub mod tls;

@@ -120,9 +120,9 @@ pub enum HitSource {
         /// Its record id.
         build: Option<String>,
     },
-    /// A registry cache (not made by kiln yet; the place is kept for it).
+    /// A `--cache-from` cache (a registry's or a directory's).
     Registry {
-        /// The cache reference.
+        /// The cache reference (or directory) as given.
         reference: String,
     },
 }

@@ -42,10 +42,11 @@ pub use client::{Client, ClientOptions};
 pub use error::{RegistryError, Result};
 pub use kiln_oci::Platform;
 pub use progress::{BlobDone, BlobEvent, BlobKind, NoProgress, Progress};
+pub use pull::Artifact;
 pub use pull::{Pulled, PulledBlob};
 pub use push::{PushOptions, PushReport};
 pub use reference::Reference;
-pub use sources::fetchable;
+pub use sources::{fetchable, known as known_sources, remember as remember_source};
 
 /// Media types kiln reads and writes (kiln's one list, from `kiln-oci`).
 pub use kiln_oci::media_types;

@@ -48,6 +48,17 @@ pub struct Pulled {
     pub bytes_downloaded: u64,
 }
 
+/// An artifact read by [`Client::fetch_artifact`]: one image manifest and its config.
+#[derive(Clone, Debug)]
+pub struct Artifact {
+    /// Digest of the manifest.
+    pub manifest_digest: Digest,
+    /// The manifest.
+    pub manifest: ImageManifest,
+    /// The config blob's bytes (digest-checked).
+    pub config: Vec<u8>,
+}
+
 /// Every manifest type kiln understands, for the `Accept` header.
 const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, \
      application/vnd.docker.distribution.manifest.list.v2+json, \
@@ -149,6 +160,58 @@ impl Client {
             }))
         })?;
         Ok(fetched.iter().sum())
+    }
+
+    /// Reads the artifact at `reference` (a registry cache): its image manifest, whose
+    /// config must have the media type `config_media_type` and be at most
+    /// `max_config` bytes, and that config, streamed into `store` (a temporary file,
+    /// digest-checked when committed) before it is read back. `Ok(None)` when the
+    /// registry has nothing at `reference` (404). Layers are not fetched, and the
+    /// store is not told where they are (a caller does that for the ones it uses).
+    pub fn fetch_artifact(
+        &self,
+        reference: &Reference,
+        config_media_type: &str,
+        max_config: u64,
+        store: &Store,
+    ) -> Result<Option<Artifact>> {
+        let m = match self.fetch_manifest(reference, reference.manifest_ref()) {
+            Ok(m) => m,
+            Err(e) if e.status() == Some(404) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if !is_manifest(&m.media_type) || is_index(&m.media_type) {
+            return Err(RegistryError::InvalidManifest {
+                reference: reference.to_string(),
+                reason: format!("expected an image manifest, found a {}", m.media_type),
+            });
+        }
+        let manifest: ImageManifest =
+            serde_json::from_slice(&m.bytes).map_err(|e| invalid(reference, e))?;
+        let config = blob_of(reference, manifest.config())?;
+        if config.media_type != config_media_type {
+            return Err(RegistryError::InvalidManifest {
+                reference: reference.to_string(),
+                reason: format!(
+                    "its config has media type {}, not {config_media_type}",
+                    config.media_type
+                ),
+            });
+        }
+        if config.size > max_config {
+            return Err(RegistryError::TooLarge {
+                reference: reference.to_string(),
+                what: format!("config {}", config.digest),
+                limit: max_config,
+            });
+        }
+        self.fetch_blob(reference, &config, store, &crate::progress::NoProgress)?;
+        let bytes = store.read_blob(&config.digest)?;
+        Ok(Some(Artifact {
+            manifest_digest: m.digest,
+            manifest,
+            config: bytes,
+        }))
     }
 
     /// The platform manifest of `reference` (through an index if need be), its

@@ -46,6 +46,19 @@ pub fn fetchable(store: &Store, blob: &Digest) -> bool {
     !all(store, blob).is_empty()
 }
 
+/// Every `(registry, repository)` known to hold `blob` (what a push mounts from and
+/// [`crate::Client::fetch_missing`] fetches from).
+pub fn known(store: &Store, blob: &Digest) -> Vec<(String, String)> {
+    all(store, blob)
+}
+
+/// Remember that `registry/repository` holds `blob` (e.g. a registry cache's layer on
+/// a hit), so that a later fetch or push finds it there. Failures are ignored: this is
+/// only a hint.
+pub fn remember(store: &Store, blob: &Digest, registry: &str, repository: &str) {
+    add(store, blob, registry, repository)
+}
+
 /// Remember that `registry/repository` holds `blob`. Failures are ignored:
 /// this is only a hint.
 pub(crate) fn add(store: &Store, blob: &Digest, registry: &str, repository: &str) {

@@ -61,6 +61,9 @@ pub enum WorkerError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] CacheError),
+    /// A `--cache-from` cache could not give a result it has a record of.
+    #[error(transparent)]
+    RemoteCache(#[from] Box<crate::remote_cache::RemoteCacheError>),
     /// An I/O error without more to say than itself.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -127,6 +130,8 @@ pub struct BuildWorker<'a> {
     /// The build's lease: every cache record it hits and every layer it uses is added
     /// before use, so a concurrent `kiln prune` leaves them.
     lease: Option<&'a kiln_cache::Lease>,
+    /// The `--cache-from` caches, looked in when the store has no record of a key.
+    imported: Option<&'a crate::remote_cache::Imported>,
 }
 
 /// What RUN steps need beyond the store.
@@ -165,6 +170,7 @@ impl<'a> BuildWorker<'a> {
             lazy: Default::default(),
             trash: Default::default(),
             lease: None,
+            imported: None,
         })
     }
 
@@ -184,6 +190,44 @@ impl<'a> BuildWorker<'a> {
     pub fn with_lease(mut self, lease: &'a kiln_cache::Lease) -> Self {
         self.lease = Some(lease);
         self
+    }
+
+    /// Looks keys the store has no record of up in `imported` (`--cache-from`).
+    pub fn with_imported(mut self, imported: &'a crate::remote_cache::Imported) -> Self {
+        self.imported = Some(imported);
+        self
+    }
+
+    /// A key found in a `--cache-from` cache: its layers are made known to the store
+    /// (a registry's fetched only when their bytes are needed), the record is saved in
+    /// the store (the next build hits there), and the hit is recorded as the cache's.
+    fn load_imported(&self, key: &Digest) -> Result<Option<Output>> {
+        let Some((cache, entry)) = self.imported.and_then(|i| i.lookup(key.as_str())) else {
+            return Ok(None);
+        };
+        cache.materialize(self.store, entry).map_err(Box::new)?;
+        let output = Output::Fs {
+            layers: entry.layers.iter().map(|l| l.layer_ref()).collect(),
+            added: entry.added,
+        };
+        self.lease_layers(output.layers(), &[key.as_str()])?;
+        if !self.layers_available(&output)? {
+            return Ok(None);
+        }
+        self.store
+            .cache_put_as(
+                key.as_str(),
+                &Record {
+                    output: output.clone(),
+                    description: entry.description.clone(),
+                    build: entry.build.clone(),
+                },
+            )
+            .map_err(WorkerError::CacheRecord)?;
+        if let Some(r) = self.recorder {
+            r.found_remote(key, &cache.name);
+        }
+        Ok(Some(output))
     }
 
     /// Adds `layers` (their blobs and snapshots) and `extra` to the build's lease.
@@ -405,7 +449,7 @@ struct Record {
 }
 
 /// `[stage] INSTRUCTION` of a vertex's first origin, at most 100 characters.
-fn describe(vertex: &Vertex) -> Option<String> {
+pub fn describe(vertex: &Vertex) -> Option<String> {
     let text = match (vertex.origins.first(), &vertex.op) {
         (Some(o), _) => format!("[{}] {}", o.stage_name, o.instruction.trim()),
         (None, Op::Image { reference, .. }) => format!("FROM {reference}"),
@@ -522,7 +566,7 @@ impl Worker for BuildWorker<'_> {
 
     fn load(&self, key: &Digest, _: &Vertex) -> Result<Option<Output>> {
         let Some(rec) = self.store.cache_get_as::<Record>(key.as_str())? else {
-            return Ok(None);
+            return self.load_imported(key);
         };
         // Leased first, then checked: a collector either sees the lease or has already
         // moved the record, which is then a miss. Marking it used is its last-use time.

@@ -60,6 +60,16 @@ impl Registry {
     /// Starts a registry with `auth`; returns once it accepts connections, or panics
     /// with its log.
     pub fn start(auth: &Auth) -> Registry {
+        Registry::start_with(auth, false)
+    }
+
+    /// Starts a registry with `auth` that logs every request (see
+    /// [`Registry::requests`]).
+    pub fn start_logged(auth: &Auth) -> Registry {
+        Registry::start_with(auth, true)
+    }
+
+    fn start_with(auth: &Auth, access_log: bool) -> Registry {
         tool_path(DOCKER_REGISTRY);
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -96,9 +106,10 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  \
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: {}\nstorage:\n  \
                  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  \
                  addr: 127.0.0.1:{port}\n{auth_yaml}",
+                !access_log,
                 storage.display()
             ),
         )
@@ -126,6 +137,23 @@ impl Registry {
     /// What the registry logged since its last (re)start.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// The requests logged since the last (re)start of a registry started with
+    /// [`Registry::start_logged`], as `(METHOD, PATH, STATUS)` in order.
+    pub fn requests(&self) -> Vec<(String, String, u16)> {
+        self.log()
+            .lines()
+            .filter_map(|l| {
+                // Apache combined format: ... "GET /v2/x/blobs/sha256:.. HTTP/1.1" 200 ...
+                let (_, rest) = l.split_once('"')?;
+                let (req, after) = rest.split_once('"')?;
+                let mut r = req.split_whitespace();
+                let (method, path) = (r.next()?, r.next()?);
+                let status = after.split_whitespace().next()?.parse().ok()?;
+                Some((method.to_owned(), path.to_owned(), status))
+            })
+            .collect()
     }
 
     /// Kill the registry process (storage is kept).

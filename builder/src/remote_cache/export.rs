@@ -96,11 +96,19 @@ pub struct ExportReport {
     pub mounted: usize,
     /// Bytes sent.
     pub bytes: u64,
+    /// The destination already held every result of this build: nothing was written.
+    pub up_to_date: bool,
 }
 
 impl ExportReport {
     /// The progress line.
     pub fn line(&self, to: &CacheLocation) -> String {
+        if self.up_to_date {
+            return format!(
+                "cache at {to} is up to date: {} records, {} from this build",
+                self.records, self.exported
+            );
+        }
         format!(
             "exported cache to {to}: {} records ({} from this build), {} blobs uploaded, {} skipped, {} mounted, {} bytes",
             self.records, self.exported, self.uploaded, self.skipped, self.mounted, self.bytes
@@ -164,6 +172,21 @@ fn place(
     out
 }
 
+/// Whether `old` already holds every record of `new` with the same result: a no-op
+/// build then writes nothing (its build record adds nothing to explain against either).
+fn up_to_date(old: &BTreeMap<String, Entry>, new: &BTreeMap<String, Entry>) -> bool {
+    new.iter().all(|(k, e)| {
+        old.get(k).is_some_and(|o| {
+            o.added == e.added
+                && o.layers.len() == e.layers.len()
+                && o.layers
+                    .iter()
+                    .zip(&e.layers)
+                    .all(|(a, b)| a.digest == b.digest)
+        })
+    })
+}
+
 /// Exports `cands` and `build` (a self-contained build record) to `spec`'s location.
 pub fn export(
     store: &Store,
@@ -201,6 +224,14 @@ pub fn export(
                 };
             let new = place(store, cands, Some(&target.registry), build_id.as_deref());
             let exported = new.len();
+            if !old.is_empty() && up_to_date(&old, &new) {
+                return Ok(ExportReport {
+                    records: old.len(),
+                    exported,
+                    up_to_date: true,
+                    ..ExportReport::default()
+                });
+            }
             let merged = merge(old, new, spec.max_records);
             let builds = merge_builds(old_builds, build.into_iter().collect(), MAX_BUILDS);
             let config = CacheConfig::from_entries(&merged, builds);
@@ -222,6 +253,7 @@ pub fn export(
                 skipped: pushed.blobs_skipped,
                 mounted: pushed.blobs_mounted,
                 bytes: pushed.bytes_uploaded,
+                up_to_date: false,
             })
         }
         CacheLocation::Local(dir) => {
@@ -234,6 +266,14 @@ pub fn export(
             };
             let new = place(store, cands, None, build_id.as_deref());
             let exported = new.len();
+            if !old.is_empty() && up_to_date(&old, &new) {
+                return Ok(ExportReport {
+                    records: old.len(),
+                    exported,
+                    up_to_date: true,
+                    ..ExportReport::default()
+                });
+            }
             let merged = merge(old, new, spec.max_records);
             let builds = merge_builds(old_builds, build.into_iter().collect(), MAX_BUILDS);
             let config = CacheConfig::from_entries(&merged, builds);

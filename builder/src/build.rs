@@ -215,6 +215,17 @@ pub struct BuildRequest {
     /// `--explain-against RECORD.json`: explain misses against this exported record
     /// instead of this store's records.
     pub explain_against: Option<PathBuf>,
+    /// `--label K=V`: labels set on the image's config (over the Dockerfile's), as
+    /// `docker build --label`.
+    pub labels: BTreeMap<String, String>,
+    /// `--network`: the network of RUN steps that do not choose one (None: the host's).
+    pub run_network: Option<kiln_ops::Network>,
+    /// `--add-host`: entries for every RUN step's `/etc/hosts`.
+    pub extra_hosts: Vec<kiln_ops::ExtraHost>,
+    /// `--shm-size`: every RUN step's `/dev/shm` size in bytes.
+    pub shm_size: Option<u64>,
+    /// `--trace FILE.json`: write the build's timeline as Chrome trace events.
+    pub trace: Option<PathBuf>,
 }
 
 /// What a build produced.
@@ -224,6 +235,10 @@ pub struct BuildOutcome {
     pub report: Report,
     /// Warnings from the frontend.
     pub warnings: Vec<String>,
+    /// The manifest's media type (for `containerimage.descriptor`).
+    pub manifest_media_type: String,
+    /// The manifest's size in bytes.
+    pub manifest_size: u64,
 }
 
 /// A Dockerfile error, rendered as `FILE:LINE:COL: message` plus the source excerpt.
@@ -460,6 +475,9 @@ fn build_inner(
         target_platform: req.platform.clone(),
         build_platform: Platform::host(),
         context_excludes: excludes.clone(),
+        run_network: req.run_network,
+        extra_hosts: req.extra_hosts.clone(),
+        shm_size: req.shm_size,
     };
     let plan = convert::convert(&df, &opts, &images).map_err(located)?;
     if !req.allow_insecure {
@@ -626,13 +644,22 @@ fn build_inner(
         steps,
         started.elapsed().as_millis() as u64,
     );
-    progress.message(&format!("writing image {} done", built.manifest_digest));
+    // As BuildKit's image exporter: the manifest and config by their digests, then the
+    // image ID (the config digest, which `kiln images` shows).
+    progress.message(&format!(
+        "exporting manifest {} done",
+        built.manifest_digest
+    ));
+    progress.message(&format!("exporting config {} done", built.config_digest));
+    progress.message(&format!("writing image {} done", built.config_digest));
     for t in &req.tags {
         progress.message(&format!("naming to {} done", normalize_tag(t)));
     }
     Ok(BuildOutcome {
         report,
         warnings: plan.warnings.clone(),
+        manifest_media_type: MediaTypes::Oci.manifest().to_string(),
+        manifest_size: built.manifest_json.len() as u64,
     })
 }
 
@@ -725,13 +752,18 @@ fn assemble(
         target.platform.architecture().to_owned(),
         target.platform.variant().map(str::to_owned),
     );
+    let mut config = target.config.clone();
+    // `--label` wins over the Dockerfile's LABEL, as with `docker build --label`.
+    config
+        .labels
+        .extend(req.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
     let spec = ImageSpec {
         platform_os: os,
         platform_arch: arch,
         platform_variant: variant,
         created,
         author: target.author.clone(),
-        config: target.config.clone(),
+        config,
         history,
         layers: layers
             .iter()

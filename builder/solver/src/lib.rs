@@ -471,6 +471,8 @@ mod tests {
             cwd: "/".into(),
             user: String::new(),
             network: Network::Host,
+            extra_hosts: vec![],
+            shm_size: None,
             insecure: false,
             mounts: vec![],
         })

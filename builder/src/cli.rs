@@ -286,6 +286,13 @@ enum Command {
     /// Build records: what each build did and why steps missed the cache.
     #[command(subcommand)]
     Builds(BuildsCommand),
+    /// Print the shell completion script for kiln (e.g. `kiln completion bash >
+    /// /etc/bash_completion.d/kiln`, or `source <(kiln completion zsh)`).
+    Completion {
+        /// The shell.
+        #[arg(value_parser = ["bash", "zsh", "fish"])]
+        shell: String,
+    },
 }
 
 /// `kiln builds ...`.
@@ -805,6 +812,19 @@ pub fn run() -> Result<ExitCode> {
             }
             BuildsCommand::Rm { all, ids } => crate::builds_cmd::rm(&root, &ids, all),
         },
+        Command::Completion { shell } => {
+            let shell = match shell.as_str() {
+                "bash" => clap_complete::Shell::Bash,
+                "zsh" => clap_complete::Shell::Zsh,
+                _ => clap_complete::Shell::Fish,
+            };
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            // Into a buffer first: clap_complete panics on a failed write (`| head`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "kiln", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::History(h) => crate::commands::history(
             &root,
             &h.image,

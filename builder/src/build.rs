@@ -20,8 +20,9 @@ use crate::images::{ImageStore, ImageStoreError, normalize_tag};
 use crate::progress::{Progress, ProgressMode, StepLabel};
 use crate::remote::RemoteError;
 use crate::report::{Report, ReportImage, ReportLayer, ReportStep};
+use crate::trace::Trace;
 use crate::worker::{BuildWorker, ExecSettings, Output, WorkerError};
-use kiln_solver::{SolveOptions, Solved, StepError};
+use kiln_solver::{Reporter, SolveOptions, Solved, StepError};
 
 /// Why a build failed. Each variant's message is one line; its source (if any) follows
 /// after a colon where the binary prints the chain (`error: a: b: c`).
@@ -103,6 +104,15 @@ pub enum BuildError {
         /// Why.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// `--trace` could not be written.
+    #[error("writing the trace to {}", path.display())]
+    Trace {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// The worker failed outside a step (setting up, saving the stat memo).
     #[error(transparent)]
@@ -359,6 +369,15 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         .transpose()?;
     // Made before conversion, which resolves `FROM`s through it; steps are named after.
     let progress = std::sync::Arc::new(Progress::new(req.progress, HashMap::new()));
+    // `--trace`: the timeline sees every event before the display does.
+    let trace = req
+        .trace
+        .as_ref()
+        .map(|_| std::sync::Arc::new(Trace::new(progress.clone())));
+    let events: std::sync::Arc<dyn Reporter + Send + Sync> = match &trace {
+        Some(t) => t.clone(),
+        None => progress.clone(),
+    };
     let header = BuildRecord {
         context: req.context.display().to_string(),
         dockerfile: req.dockerfile.display().to_string(),
@@ -380,14 +399,24 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
     let recorder = Recorder::new(
         store.clone(),
         header,
-        progress.clone(),
+        events.clone(),
         against,
         req.no_cache,
         req.secrets.iter().map(|(id, _)| id.clone()).collect(),
         req.record,
     );
     let guard = FinishOnDrop(&recorder);
-    let r = build_inner(req, &store, &progress, &recorder);
+    let mut r = build_inner(req, &store, &progress, &recorder, trace.as_deref(), &events);
+    if let (Some(t), Some(path)) = (&trace, &req.trace) {
+        // Failed and interrupted builds too: the timeline shows where they stopped.
+        let written = t.write(path, &|id| recorder.miss_of(id).map(|m| m.kind));
+        if let (Err(source), true) = (written, r.is_ok()) {
+            r = Err(BuildError::Trace {
+                path: path.clone(),
+                source,
+            });
+        }
+    }
     match &r {
         Ok(_) => recorder.finish(BuildStatus::Completed, None),
         Err(e) => {
@@ -438,11 +467,21 @@ fn collect_if_over_budget(store: &Store, progress: &Progress) {
     }
 }
 
+/// Runs `f` as a span of the trace, if there is one.
+fn traced<T>(trace: Option<&Trace>, name: &str, cat: &str, f: impl FnOnce() -> T) -> T {
+    match trace {
+        Some(t) => t.span(name, cat, f),
+        None => f(),
+    }
+}
+
 fn build_inner(
     req: &BuildRequest,
     store: &Store,
     progress: &std::sync::Arc<Progress>,
     recorder: &Recorder,
+    trace: Option<&Trace>,
+    events: &std::sync::Arc<dyn Reporter + Send + Sync>,
 ) -> Result<BuildOutcome> {
     let started = Instant::now();
     let store = store.clone();
@@ -468,7 +507,7 @@ fn build_inner(
         .unwrap_or_default();
     let remote = std::sync::Arc::new(crate::remote::Remote::new(req.registry.clone()));
     let quiet = matches!(req.progress, ProgressMode::Quiet | ProgressMode::Json);
-    let images = ImageStore::new(&store).with_remote(remote.clone(), progress.clone());
+    let images = ImageStore::new(&store).with_remote(remote.clone(), events.clone());
     let opts = ConvertOptions {
         build_args: req.build_args.clone(),
         target: req.target.clone(),
@@ -485,6 +524,9 @@ fn build_inner(
     }
     let labels = step_labels(&plan);
     progress.set_labels(labels.clone());
+    if let Some(t) = trace {
+        t.set_labels(labels.clone());
+    }
     recorder.set_plan(
         step_meta(&plan, &labels),
         crate::explain::dockerfile_args(&source, &req.build_args),
@@ -563,7 +605,9 @@ fn build_inner(
     })?;
     worker.finish()?;
 
-    let built = assemble(req, &store, &images, &plan, &results)?;
+    let built = traced(trace, "assemble image", "export", || {
+        assemble(req, &store, &images, &plan, &results)
+    })?;
     recorder.set_results(
         &built.manifest_digest,
         results
@@ -584,20 +628,20 @@ fn build_inner(
             &TagRecord::new(built.manifest_digest.clone(), built.config_digest.clone()),
         )?;
     }
-    let blob_path = |d: &Digest| -> PathBuf { store.blob_path(d) };
     if req.push {
         for tag in &req.tags {
-            let r = remote
-                .push(
+            let r = traced(trace, &format!("push {tag}"), "push", || {
+                remote.push(
                     &store,
                     tag,
                     false,
-                    &crate::remote::BlobReporter::new(&**progress, None),
+                    &crate::remote::BlobReporter::new(&**events, None),
                 )
-                .map_err(|source| BuildError::Push {
-                    tag: tag.clone(),
-                    source: Box::new(source),
-                })?;
+            })
+            .map_err(|source| BuildError::Push {
+                tag: tag.clone(),
+                source: Box::new(source),
+            })?;
             if !quiet {
                 progress.message(&format!(
                     "pushed {tag}: {} ({} bytes uploaded, {} blobs skipped, {} mounted)",
@@ -611,18 +655,14 @@ fn build_inner(
         images.ensure_layers(&results_layers(&built), None)?;
     }
     for out in &req.outputs {
-        match out {
-            OutputSpec::Oci(dest) if dest.extension().is_some_and(|e| e == "tar") => {
-                exporter::write_oci_archive(&built, &blob_path, dest, &req.tags)?
-            }
-            OutputSpec::Oci(dest) => {
-                exporter::write_oci_layout(&built, &blob_path, dest, &req.tags)?
-            }
-            OutputSpec::Docker(dest) => {
-                exporter::write_docker_archive(&built, &blob_path, dest, &req.tags)?
-            }
-            OutputSpec::Local(dest) => export_local(&store, &built, dest)?,
-        }
+        let name = match out {
+            OutputSpec::Oci(d) => format!("export type=oci,dest={}", d.display()),
+            OutputSpec::Docker(d) => format!("export type=docker,dest={}", d.display()),
+            OutputSpec::Local(d) => format!("export type=local,dest={}", d.display()),
+        };
+        traced(trace, &name, "export", || {
+            export_one(req, &store, &built, out)
+        })?;
     }
 
     let mut steps = Vec::new();
@@ -794,6 +834,27 @@ fn results_layers(built: &BuiltImage) -> Vec<crate::snapshots::LayerRef> {
             media_type: l.media_type.clone(),
         })
         .collect()
+}
+
+/// Runs one `--output`.
+fn export_one(
+    req: &BuildRequest,
+    store: &Store,
+    built: &BuiltImage,
+    out: &OutputSpec,
+) -> Result<()> {
+    let blob_path = |d: &Digest| -> PathBuf { store.blob_path(d) };
+    match out {
+        OutputSpec::Oci(dest) if dest.extension().is_some_and(|e| e == "tar") => {
+            exporter::write_oci_archive(built, &blob_path, dest, &req.tags)?
+        }
+        OutputSpec::Oci(dest) => exporter::write_oci_layout(built, &blob_path, dest, &req.tags)?,
+        OutputSpec::Docker(dest) => {
+            exporter::write_docker_archive(built, &blob_path, dest, &req.tags)?
+        }
+        OutputSpec::Local(dest) => export_local(store, built, dest)?,
+    }
+    Ok(())
 }
 
 /// Writes the image's filesystem to a directory (`--output type=local`).

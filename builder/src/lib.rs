@@ -23,6 +23,7 @@ pub mod remote;
 pub mod report;
 pub mod snapshots;
 pub mod tls;
+pub mod trace;
 pub mod untrusted;
 pub mod usage;
 pub mod volumes;

@@ -125,7 +125,10 @@ fn test_sh_installs_as_root() {
     let out = copy.check_tools(false);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.starts_with("test.sh: missing skopeo (skopeo), "), "{err}");
+    assert!(
+        err.starts_with("test.sh: missing skopeo (skopeo), "),
+        "{err}"
+    );
     assert!(err.ends_with(": running .ci/install.sh\n"), "{err}");
     assert_eq!(
         fs::read_to_string(copy.root().join("installed")).unwrap(),

@@ -105,6 +105,8 @@ fn colour_only_on_a_terminal_without_no_color() {
             "/dev/null",
         ])
         .env("KILN_ROOT", ws.path("store"))
+        // A terminal that has colours (without TERM, none is assumed).
+        .env("TERM", "xterm")
         .env_remove("CLICOLOR_FORCE")
         .env_remove("CLICOLOR");
         if no_color {

@@ -358,17 +358,19 @@ impl ImageStore {
                     self.reporter.event(&Event::Pull {
                         reference: reference.to_string(),
                     });
-                    remote
-                        .resolve(
-                            &self.store,
-                            reference,
-                            platform,
-                            &BlobReporter::new(&*self.reporter, None),
-                        )
-                        .map_err(|source| ImageStoreError::Pull {
-                            reference: reference.to_owned(),
-                            source: Box::new(source),
-                        })?
+                    let resolved = remote.resolve(
+                        &self.store,
+                        reference,
+                        platform,
+                        &BlobReporter::new(&*self.reporter, None),
+                    );
+                    self.reporter.event(&Event::Resolved {
+                        reference: reference.to_string(),
+                    });
+                    resolved.map_err(|source| ImageStoreError::Pull {
+                        reference: reference.to_owned(),
+                        source: Box::new(source),
+                    })?
                 }
                 (None, None) => {
                     return Err(ImageStoreError::NotFound {

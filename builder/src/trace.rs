@@ -5,10 +5,9 @@
 //! build started) on the thread that did the work (`tid`, the kernel's thread id): one per
 //! build step, named as the progress display names it, with its cache state in `args`
 //! (`hit`, or `miss` and the miss kind the explainer found); one per blob downloaded or
-//! uploaded; and one per export, push and the image assembly. Independent stages run on
-//! different threads at once, so their spans overlap in the viewer. A registry lookup of a
-//! base image shows as an instant event (`"ph": "i"`) where it began, its layers as blob
-//! spans.
+//! uploaded, one per registry lookup of a base image (`resolve REF`), and one per export,
+//! push and the image assembly. Independent stages run on different threads at once, so
+//! their spans overlap in the viewer.
 //!
 //! [`Trace`] is a [`Reporter`] that sits in front of the progress display: it keeps the
 //! start of each open span and forwards every event.
@@ -57,6 +56,8 @@ pub struct Trace {
     labels: RwLock<HashMap<VertexId, StepLabel>>,
     steps_open: Mutex<HashMap<VertexId, Open>>,
     blobs_open: Mutex<HashMap<String, (Open, BlobKind)>>,
+    /// Registry lookups of base images, by reference.
+    resolves_open: Mutex<HashMap<String, Open>>,
     steps: Mutex<Vec<StepSpan>>,
     /// Finished spans other than steps, and instant events.
     other: Mutex<Vec<Value>>,
@@ -76,6 +77,7 @@ impl Trace {
             labels: RwLock::default(),
             steps_open: Mutex::default(),
             blobs_open: Mutex::default(),
+            resolves_open: Mutex::default(),
             steps: Mutex::default(),
             other: Mutex::default(),
         }
@@ -201,10 +203,28 @@ impl Trace {
                 });
             }
             Event::Pull { reference } => {
-                self.other.lock().expect("trace lock").push(json!({
-                    "name": format!("resolve {reference}"), "cat": "pull", "ph": "i",
-                    "s": "t", "ts": now, "pid": std::process::id(), "tid": tid(),
-                }));
+                let open = Open {
+                    ts: now,
+                    tid: tid(),
+                };
+                self.resolves_open
+                    .lock()
+                    .expect("trace lock")
+                    .insert(reference.clone(), open);
+            }
+            Event::Resolved { reference } => {
+                let opened = self
+                    .resolves_open
+                    .lock()
+                    .expect("trace lock")
+                    .remove(reference);
+                if let Some(open) = opened {
+                    self.other.lock().expect("trace lock").push(json!({
+                        "name": format!("resolve {reference}"), "cat": "pull", "ph": "X",
+                        "ts": open.ts, "dur": now - open.ts, "pid": std::process::id(),
+                        "tid": open.tid,
+                    }));
+                }
             }
             Event::Blob {
                 vertex,

@@ -37,6 +37,12 @@ impl Env {
             .arg(&ctx)
             .assert()
             .success();
+        // No collection after a build on a nearly full disk: rebuilds must hit.
+        fs::write(
+            env.ws.path("store/config.toml"),
+            "[gc]\nmin-free-space = \"0\"\n",
+        )
+        .unwrap();
         env
     }
 

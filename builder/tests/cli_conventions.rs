@@ -85,7 +85,10 @@ fn closed_pipe_after_history() {
         .env("KILN_ROOT", ws.path("store"))
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "rc=141\n");
+    // 141 when kiln wrote after head exited, 0 when its lines fit in the pipe before:
+    // which one is a race; quiet either way.
+    let rc = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(rc == "rc=141\n" || rc == "rc=0\n", "{rc}");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
 }
 

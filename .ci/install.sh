@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Installs the tools the end-to-end tests use: skopeo, umoci and oci-image-tool check what
-# kiln writes; busybox-static and mmdebstrap make the test base images; buildah is the
-# reference builder RUN results are compared with; docker-registry (the CNCF distribution
-# registry) and apache2-utils (htpasswd) serve the registry tests; gcc and libc6-dev build the
-# static escape probe the sandbox tests run inside RUN, and iproute2 checks the host's
-# loopback after it. Idempotent.
+# Installs the tools the end-to-end tests use (listed with their commands in
+# .ci/tools.txt): skopeo, umoci and oci-image-tool check what kiln writes; busybox-static
+# and mmdebstrap make the test base images; buildah is the reference builder RUN results
+# are compared with; docker-registry (the CNCF distribution registry) and apache2-utils
+# (htpasswd) serve the registry tests; gcc and libc6-dev build the static escape probe the
+# sandbox tests run inside RUN, and iproute2 checks the host's loopback after it; docker.io
+# (dockerd and the docker client) runs kiln's images in the Docker acceptance test.
+# Idempotent.
 set -euo pipefail
+cd "$(dirname "$0")"
 need=()
-for pkg in skopeo umoci oci-image-tool busybox-static mmdebstrap buildah docker-registry apache2-utils gcc libc6-dev iproute2; do
+for pkg in $(grep -v '^#' tools.txt | awk 'NF { print $2 }' | sort -u) libc6-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

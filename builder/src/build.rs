@@ -20,8 +20,9 @@ use crate::images::{ImageStore, ImageStoreError, normalize_tag};
 use crate::progress::{Progress, ProgressMode, StepLabel};
 use crate::remote::RemoteError;
 use crate::report::{Report, ReportImage, ReportLayer, ReportStep};
+use crate::trace::Trace;
 use crate::worker::{BuildWorker, ExecSettings, Output, WorkerError};
-use kiln_solver::{SolveOptions, Solved, StepError};
+use kiln_solver::{Reporter, SolveOptions, Solved, StepError};
 
 /// Why a build failed. Each variant's message is one line; its source (if any) follows
 /// after a colon where the binary prints the chain (`error: a: b: c`).
@@ -115,6 +116,15 @@ pub enum BuildError {
         /// Why.
         #[source]
         source: Box<crate::remote_cache::RemoteCacheError>,
+    },
+    /// `--trace` could not be written.
+    #[error("writing the trace to {}", path.display())]
+    Trace {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// The worker failed outside a step (setting up, saving the stat memo).
     #[error(transparent)]
@@ -231,6 +241,17 @@ pub struct BuildRequest {
     pub cache_to: Vec<crate::remote_cache::CacheToSpec>,
     /// `--cache-from`: caches to look keys up in, in order.
     pub cache_from: Vec<crate::remote_cache::CacheLocation>,
+    /// `--label K=V`: labels set on the image's config (over the Dockerfile's), as
+    /// `docker build --label`.
+    pub labels: BTreeMap<String, String>,
+    /// `--network`: the network of RUN steps that do not choose one (None: the host's).
+    pub run_network: Option<kiln_ops::Network>,
+    /// `--add-host`: entries for every RUN step's `/etc/hosts`.
+    pub extra_hosts: Vec<kiln_ops::ExtraHost>,
+    /// `--shm-size`: every RUN step's `/dev/shm` size in bytes.
+    pub shm_size: Option<u64>,
+    /// `--trace FILE.json`: write the build's timeline as Chrome trace events.
+    pub trace: Option<PathBuf>,
 }
 
 /// What a build produced.
@@ -240,6 +261,10 @@ pub struct BuildOutcome {
     pub report: Report,
     /// Warnings from the frontend.
     pub warnings: Vec<String>,
+    /// The manifest's media type (for `containerimage.descriptor`).
+    pub manifest_media_type: String,
+    /// The manifest's size in bytes.
+    pub manifest_size: u64,
 }
 
 /// A Dockerfile error, rendered as `FILE:LINE:COL: message` plus the source excerpt.
@@ -360,6 +385,15 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         .transpose()?;
     // Made before conversion, which resolves `FROM`s through it; steps are named after.
     let progress = std::sync::Arc::new(Progress::new(req.progress, HashMap::new()));
+    // `--trace`: the timeline sees every event before the display does.
+    let trace = req
+        .trace
+        .as_ref()
+        .map(|_| std::sync::Arc::new(Trace::new(progress.clone())));
+    let events: std::sync::Arc<dyn Reporter + Send + Sync> = match &trace {
+        Some(t) => t.clone(),
+        None => progress.clone(),
+    };
     let header = BuildRecord {
         context: req.context.display().to_string(),
         dockerfile: req.dockerfile.display().to_string(),
@@ -381,14 +415,24 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
     let recorder = Recorder::new(
         store.clone(),
         header,
-        progress.clone(),
+        events.clone(),
         against,
         req.no_cache,
         req.secrets.iter().map(|(id, _)| id.clone()).collect(),
         req.record,
     );
     let guard = FinishOnDrop(&recorder);
-    let r = build_inner(req, &store, &progress, &recorder);
+    let mut r = build_inner(req, &store, &progress, &recorder, trace.as_deref(), &events);
+    if let (Some(t), Some(path)) = (&trace, &req.trace) {
+        // Failed and interrupted builds too: the timeline shows where they stopped.
+        let written = t.write(path, &|id| recorder.miss_of(id).map(|m| m.kind));
+        if let (Err(source), true) = (written, r.is_ok()) {
+            r = Err(BuildError::Trace {
+                path: path.clone(),
+                source,
+            });
+        }
+    }
     match &r {
         Ok(_) => recorder.finish(BuildStatus::Completed, None),
         Err(e) => {
@@ -439,11 +483,21 @@ fn collect_if_over_budget(store: &Store, progress: &Progress) {
     }
 }
 
+/// Runs `f` as a span of the trace, if there is one.
+fn traced<T>(trace: Option<&Trace>, name: &str, cat: &str, f: impl FnOnce() -> T) -> T {
+    match trace {
+        Some(t) => t.span(name, cat, f),
+        None => f(),
+    }
+}
+
 fn build_inner(
     req: &BuildRequest,
     store: &Store,
     progress: &std::sync::Arc<Progress>,
     recorder: &Recorder,
+    trace: Option<&Trace>,
+    events: &std::sync::Arc<dyn Reporter + Send + Sync>,
 ) -> Result<BuildOutcome> {
     let started = Instant::now();
     for c in &req.cache_to {
@@ -473,13 +527,16 @@ fn build_inner(
         .unwrap_or_default();
     let remote = std::sync::Arc::new(crate::remote::Remote::new(req.registry.clone()));
     let quiet = matches!(req.progress, ProgressMode::Quiet | ProgressMode::Json);
-    let images = ImageStore::new(&store).with_remote(remote.clone(), progress.clone());
+    let images = ImageStore::new(&store).with_remote(remote.clone(), events.clone());
     let opts = ConvertOptions {
         build_args: req.build_args.clone(),
         target: req.target.clone(),
         target_platform: req.platform.clone(),
         build_platform: Platform::host(),
         context_excludes: excludes.clone(),
+        run_network: req.run_network,
+        extra_hosts: req.extra_hosts.clone(),
+        shm_size: req.shm_size,
     };
     let plan = convert::convert(&df, &opts, &images).map_err(located)?;
     if !req.allow_insecure {
@@ -487,6 +544,9 @@ fn build_inner(
     }
     let labels = step_labels(&plan);
     progress.set_labels(labels.clone());
+    if let Some(t) = trace {
+        t.set_labels(labels.clone());
+    }
     recorder.set_plan(
         step_meta(&plan, &labels),
         crate::explain::dockerfile_args(&source, &req.build_args),
@@ -528,8 +588,11 @@ fn build_inner(
         .filter(|id| plan.graph.dependents(*id).is_empty())
         .collect();
     // Each cache is read once, before solving; one that cannot be read is a warning.
-    let imported = crate::remote_cache::Imported::load(&store, &remote, &req.cache_from, &|l| {
-        progress.message(&l)
+    let import_trace = trace.filter(|_| !req.cache_from.is_empty());
+    let imported = traced(import_trace, "import cache", "pull", || {
+        crate::remote_cache::Imported::load(&store, &remote, &req.cache_from, &|l| {
+            progress.message(&l)
+        })
     });
     recorder.set_imported(imported.builds());
     let worker = BuildWorker::new(&store, context, &images, layer_opts, exec)?
@@ -571,7 +634,9 @@ fn build_inner(
     })?;
     worker.finish()?;
 
-    let built = assemble(req, &store, &images, &plan, &results)?;
+    let built = traced(trace, "assemble image", "export", || {
+        assemble(req, &store, &images, &plan, &results)
+    })?;
     recorder.set_results(
         &built.manifest_digest,
         results
@@ -592,20 +657,20 @@ fn build_inner(
             &TagRecord::new(built.manifest_digest.clone(), built.config_digest.clone()),
         )?;
     }
-    let blob_path = |d: &Digest| -> PathBuf { store.blob_path(d) };
     if req.push {
         for tag in &req.tags {
-            let r = remote
-                .push(
+            let r = traced(trace, &format!("push {tag}"), "push", || {
+                remote.push(
                     &store,
                     tag,
                     false,
-                    &crate::remote::BlobReporter::new(&**progress, None),
+                    &crate::remote::BlobReporter::new(&**events, None),
                 )
-                .map_err(|source| BuildError::Push {
-                    tag: tag.clone(),
-                    source: Box::new(source),
-                })?;
+            })
+            .map_err(|source| BuildError::Push {
+                tag: tag.clone(),
+                source: Box::new(source),
+            })?;
             if !quiet {
                 progress.message(&format!(
                     "pushed {tag}: {} ({} bytes uploaded, {} blobs skipped, {} mounted)",
@@ -619,22 +684,25 @@ fn build_inner(
         images.ensure_layers(&results_layers(&built), None)?;
     }
     for out in &req.outputs {
-        match out {
-            OutputSpec::Oci(dest) if dest.extension().is_some_and(|e| e == "tar") => {
-                exporter::write_oci_archive(&built, &blob_path, dest, &req.tags)?
-            }
-            OutputSpec::Oci(dest) => {
-                exporter::write_oci_layout(&built, &blob_path, dest, &req.tags)?
-            }
-            OutputSpec::Docker(dest) => {
-                exporter::write_docker_archive(&built, &blob_path, dest, &req.tags)?
-            }
-            OutputSpec::Local(dest) => export_local(&store, &built, dest)?,
-        }
+        let name = match out {
+            OutputSpec::Oci(d) => format!("export type=oci,dest={}", d.display()),
+            OutputSpec::Docker(d) => format!("export type=docker,dest={}", d.display()),
+            OutputSpec::Local(d) => format!("export type=local,dest={}", d.display()),
+        };
+        traced(trace, &name, "export", || {
+            export_one(req, &store, &built, out)
+        })?;
     }
     for spec in &req.cache_to {
-        export_cache(
-            req, &store, &remote, progress, recorder, &plan, &results, spec,
+        traced(
+            trace,
+            &format!("export cache {}", spec.location),
+            "export",
+            || {
+                export_cache(
+                    req, &store, &remote, progress, recorder, &plan, &results, spec,
+                )
+            },
         )?;
     }
 
@@ -657,13 +725,22 @@ fn build_inner(
         steps,
         started.elapsed().as_millis() as u64,
     );
-    progress.message(&format!("writing image {} done", built.manifest_digest));
+    // As BuildKit's image exporter: the manifest and config by their digests, then the
+    // image ID (the config digest, which `kiln images` shows).
+    progress.message(&format!(
+        "exporting manifest {} done",
+        built.manifest_digest
+    ));
+    progress.message(&format!("exporting config {} done", built.config_digest));
+    progress.message(&format!("writing image {} done", built.config_digest));
     for t in &req.tags {
         progress.message(&format!("naming to {} done", normalize_tag(t)));
     }
     Ok(BuildOutcome {
         report,
         warnings: plan.warnings.clone(),
+        manifest_media_type: MediaTypes::Oci.manifest().to_string(),
+        manifest_size: built.manifest_json.len() as u64,
     })
 }
 
@@ -807,13 +884,18 @@ fn assemble(
         target.platform.architecture().to_owned(),
         target.platform.variant().map(str::to_owned),
     );
+    let mut config = target.config.clone();
+    // `--label` wins over the Dockerfile's LABEL, as with `docker build --label`.
+    config
+        .labels
+        .extend(req.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
     let spec = ImageSpec {
         platform_os: os,
         platform_arch: arch,
         platform_variant: variant,
         created,
         author: target.author.clone(),
-        config: target.config.clone(),
+        config,
         history,
         layers: layers
             .iter()
@@ -844,6 +926,27 @@ fn results_layers(built: &BuiltImage) -> Vec<crate::snapshots::LayerRef> {
             media_type: l.media_type.clone(),
         })
         .collect()
+}
+
+/// Runs one `--output`.
+fn export_one(
+    req: &BuildRequest,
+    store: &Store,
+    built: &BuiltImage,
+    out: &OutputSpec,
+) -> Result<()> {
+    let blob_path = |d: &Digest| -> PathBuf { store.blob_path(d) };
+    match out {
+        OutputSpec::Oci(dest) if dest.extension().is_some_and(|e| e == "tar") => {
+            exporter::write_oci_archive(built, &blob_path, dest, &req.tags)?
+        }
+        OutputSpec::Oci(dest) => exporter::write_oci_layout(built, &blob_path, dest, &req.tags)?,
+        OutputSpec::Docker(dest) => {
+            exporter::write_docker_archive(built, &blob_path, dest, &req.tags)?
+        }
+        OutputSpec::Local(dest) => export_local(store, built, dest)?,
+    }
+    Ok(())
 }
 
 /// Writes the image's filesystem to a directory (`--output type=local`).

@@ -287,6 +287,13 @@ enum Command {
     /// Build records: what each build did and why steps missed the cache.
     #[command(subcommand)]
     Builds(BuildsCommand),
+    /// Print the shell completion script for kiln (e.g. `kiln completion bash >
+    /// /etc/bash_completion.d/kiln`, or `source <(kiln completion zsh)`).
+    Completion {
+        /// The shell.
+        #[arg(value_parser = ["bash", "zsh", "fish"])]
+        shell: String,
+    },
 }
 
 /// `kiln builds ...`.
@@ -469,7 +476,7 @@ struct BuildArgs {
     push: bool,
     /// Grant an entitlement, as buildx does: `security.insecure` lets `RUN
     /// --security=insecure` run with every privilege (no seccomp, all capabilities);
-    /// `network.host` is accepted (host networking is the default); repeatable.
+    /// `network.host` allows `--network host`; repeatable.
     #[arg(long = "allow", value_parser = ["security.insecure", "network.host"])]
     allow: Vec<String>,
     /// Write no build record (also `KILN_NO_RECORD=1`); misses are still explained.
@@ -494,8 +501,140 @@ struct BuildArgs {
     /// Format of the --dry-run plan.
     #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
     format: PlanFormat,
+    /// Suppress the build output and print the image ID (`sha256:<config digest>`) on
+    /// success, as `docker build -q`.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Write the image ID (`sha256:<config digest>`) to this file.
+    #[arg(long, value_name = "FILE")]
+    iidfile: Option<PathBuf>,
+    /// Write the build result metadata as JSON to this file (buildx's keys:
+    /// `containerimage.digest`, `containerimage.config.digest`, `containerimage.descriptor`,
+    /// `image.name`, and kiln's `kiln.cache`).
+    #[arg(long, value_name = "FILE")]
+    metadata_file: Option<PathBuf>,
+    /// Set metadata for the image (`KEY=VALUE`); repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// Add a custom host-to-IP mapping to RUN steps' /etc/hosts (`HOST:IP`); repeatable.
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    add_hosts: Vec<String>,
+    /// Size of RUN steps' /dev/shm (`64m`, `1g`, or bytes; default 64m).
+    #[arg(long, value_name = "SIZE", value_parser = parse_shm_size)]
+    shm_size: Option<u64>,
+    /// The network of RUN steps without `--network`: `default` (kiln's: the host's
+    /// network), `none` (loopback only), or `host` (needs `--allow network.host`).
+    #[arg(long, value_parser = ["default", "none", "host"])]
+    network: Option<String>,
+    /// Write the build's timeline as Chrome trace events (JSON) to this file; open it in
+    /// Perfetto or chrome://tracing.
+    #[arg(long, value_name = "FILE.json")]
+    trace: Option<PathBuf>,
     /// The build context directory.
     context: PathBuf,
+}
+
+/// `--shm-size`: Docker's `RAMInBytes`: a number with an optional binary unit (`b`, `k`,
+/// `m`, `g`, `t`, `p`, optionally followed by `b` or `ib`), case-insensitive; above zero.
+fn parse_shm_size(s: &str) -> std::result::Result<u64, String> {
+    let bad = || format!("invalid size {s:?}: use e.g. 64m, 1g or a number of bytes");
+    let t = s.trim().to_ascii_lowercase();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let unit = unit
+        .strip_suffix("ib")
+        .or_else(|| unit.strip_suffix('b').filter(|u| !u.is_empty()))
+        .unwrap_or(unit);
+    let shift = match unit {
+        "" | "b" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        "p" => 50,
+        _ => return Err(bad()),
+    };
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let bytes = n * (1u64 << shift) as f64;
+    if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
+/// `--add-host HOST:IP` (or `HOST=IP`; an IPv6 address may be in brackets).
+fn parse_add_host(s: &str) -> Result<kiln_ops::ExtraHost> {
+    let (host, ip) = s
+        .split_once('=')
+        .or_else(|| s.split_once(':'))
+        .filter(|(h, i)| !h.is_empty() && !i.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("invalid --add-host {s:?}: expected HOST:IP"))?;
+    if ip == "host-gateway" {
+        bail!(
+            "invalid --add-host {s:?}: kiln has no host gateway (RUN steps use the host's \
+             network, where the host is 127.0.0.1): give an IP address"
+        );
+    }
+    let ip = ip.trim_start_matches('[').trim_end_matches(']');
+    let ip = ip
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid --add-host {s:?}: {ip:?} is not an IP address"))?;
+    Ok(kiln_ops::ExtraHost {
+        host: host.to_string(),
+        ip,
+    })
+}
+
+/// `--label KEY=VALUE` (`KEY` alone: an empty value, as Docker).
+fn parse_labels(raw: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for l in raw {
+        let (k, v) = l.split_once('=').unwrap_or((l, ""));
+        if k.is_empty() {
+            bail!("invalid --label {l:?}: the key is empty");
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+/// `--network`: the RUN default, with buildx's entitlement rule for `host`.
+fn parse_network(args: &BuildArgs) -> Result<Option<kiln_ops::Network>> {
+    match args.network.as_deref() {
+        None | Some("default") => Ok(None),
+        Some("none") => Ok(Some(kiln_ops::Network::None)),
+        Some("host") => {
+            if !args.allow.iter().any(|a| a == "network.host") {
+                bail!(
+                    "--network host needs the network.host entitlement: pass --allow network.host"
+                );
+            }
+            Ok(Some(kiln_ops::Network::Host))
+        }
+        Some(other) => bail!("invalid --network {other:?}: expected default, none or host"),
+    }
+}
+
+/// buildx's `--metadata-file` object for a built image, with kiln's cache summary.
+fn build_metadata(
+    outcome: &kiln_builder::build::BuildOutcome,
+    tags: &[String],
+) -> serde_json::Value {
+    let image = &outcome.report.image;
+    let t = &outcome.report.totals;
+    serde_json::json!({
+        "containerimage.digest": image.digest,
+        "containerimage.config.digest": image.config,
+        "containerimage.descriptor": {
+            "mediaType": outcome.manifest_media_type,
+            "digest": image.digest,
+            "size": outcome.manifest_size,
+        },
+        "image.name": tags.join(","),
+        "kiln.cache": { "steps": t.steps, "cached": t.cached, "missed": t.built },
+    })
 }
 
 /// How `--dry-run` prints the plan.
@@ -683,6 +822,19 @@ pub fn run() -> Result<ExitCode> {
             }
             BuildsCommand::Rm { all, ids } => crate::builds_cmd::rm(&root, &ids, all),
         },
+        Command::Completion { shell } => {
+            let shell = match shell.as_str() {
+                "bash" => clap_complete::Shell::Bash,
+                "zsh" => clap_complete::Shell::Zsh,
+                _ => clap_complete::Shell::Fish,
+            };
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            // Into a buffer first: clap_complete panics on a failed write (`| head`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "kiln", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::History(h) => crate::commands::history(
             &root,
             &h.image,
@@ -810,6 +962,13 @@ fn build_cmd(
         target_platform,
         build_platform: Platform::host(),
         context_excludes: excludes,
+        run_network: parse_network(args)?,
+        extra_hosts: args
+            .add_hosts
+            .iter()
+            .map(|h| parse_add_host(h))
+            .collect::<Result<_>>()?,
+        shm_size: args.shm_size,
     };
     if !args.dry_run {
         return real_build(args, root, &file, &shown, opts, registry);
@@ -866,7 +1025,11 @@ fn real_build(
         target: opts.target,
         platform: opts.target_platform,
         no_cache: args.no_cache,
-        progress: args.progress,
+        progress: if args.quiet {
+            ProgressMode::Quiet
+        } else {
+            args.progress
+        },
         outputs,
         compression: Compression::parse(&args.compression, args.compression_level)
             .map_err(anyhow::Error::msg)?,
@@ -889,6 +1052,11 @@ fn real_build(
             .iter()
             .map(|s| parse_cache_from(s))
             .collect::<Result<_, _>>()?,
+        labels: parse_labels(&args.labels)?,
+        run_network: opts.run_network,
+        extra_hosts: opts.extra_hosts,
+        shm_size: opts.shm_size,
+        trace: args.trace.clone(),
     };
     kiln_builder::interrupt::install();
     // RUN steps block a worker thread while their process runs: keep enough threads for
@@ -904,13 +1072,24 @@ fn real_build(
                 std::fs::write(path, json)
                     .with_context(|| format!("writing the report to {}", path.display()))?;
             }
-            if args.progress != ProgressMode::Quiet {
+            let image_id = outcome.report.image.config.to_string();
+            if let Some(path) = &args.iidfile {
+                std::fs::write(path, &image_id)
+                    .with_context(|| format!("writing the image ID to {}", path.display()))?;
+            }
+            if let Some(path) = &args.metadata_file {
+                let json = serde_json::to_vec_pretty(&build_metadata(&outcome, &args.tags))?;
+                std::fs::write(path, json)
+                    .with_context(|| format!("writing the metadata to {}", path.display()))?;
+            }
+            if args.progress != ProgressMode::Quiet && !args.quiet {
                 eprintln!("{}", outcome.report.summary());
                 for m in outcome.report.misses() {
                     eprintln!("  {m}");
                 }
             }
-            println!("{}", outcome.report.image.digest);
+            // The image ID, as `docker build -q` prints it (and as `kiln images` shows it).
+            println!("{image_id}");
             Ok(ExitCode::SUCCESS)
         }
         Err(BuildError::Dockerfile(d)) => {

@@ -24,6 +24,16 @@ fn short_id(digest: &str, no_trunc: bool) -> String {
     }
 }
 
+/// ` (did you mean "demo:latest"?)` when the store has a tag close to `name` (a typo),
+/// else nothing: the end of every unknown-image error.
+pub fn did_you_mean(store: &Store, name: &str) -> String {
+    let tags = store.tags().unwrap_or_default();
+    match kiln_builder::images::closest_tag(name, tags.iter().map(|(t, _)| t.as_str())) {
+        Some(t) => format!(" (did you mean {t:?}?)"),
+        None => String::new(),
+    }
+}
+
 /// Finds an image by tag, id prefix or manifest digest; returns its tags too.
 fn find(store: &Store, name: &str) -> Result<(ImageInfo, Vec<String>)> {
     let tags = store.tags()?;
@@ -36,7 +46,8 @@ fn find(store: &Store, name: &str) -> Result<(ImageInfo, Vec<String>)> {
             r.config.hex().starts_with(prefix) || r.manifest.hex().starts_with(prefix)
         })
     });
-    let (_, rec) = hit.ok_or_else(|| anyhow!("no such image: {name}"))?;
+    let (_, rec) =
+        hit.ok_or_else(|| anyhow!("no such image: {name}{}", did_you_mean(store, name)))?;
     let info = images.load(rec.manifest.as_str(), &Platform::host())?;
     let names = tags
         .iter()
@@ -284,7 +295,7 @@ pub fn tag(root: &Path, source: &str, target: &str) -> Result<ExitCode> {
     let _lock = store.lock_shared()?;
     let rec = store
         .tag_get(&normalize_tag(source))?
-        .ok_or_else(|| anyhow!("no such image: {source}"))?;
+        .ok_or_else(|| anyhow!("no such image: {source}{}", did_you_mean(&store, source)))?;
     kiln_builder::remote::parse_name(target)
         .map_err(|reason| anyhow!("{target:?} is not a valid repository/tag: {reason}"))?;
     store.tag_set(

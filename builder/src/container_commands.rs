@@ -375,8 +375,14 @@ pub fn run(
                 )
             }
         };
-        let image = spec::find_image(&store, &images, &args.image)
-            .with_context(|| format!("Unable to find image '{}'", args.image))?;
+        let image = spec::find_image(&store, &images, &args.image).map_err(|e| {
+            anyhow!(
+                "Unable to find image '{}': {}{}",
+                args.image,
+                kiln_solver::error_chain(&e),
+                crate::commands::did_you_mean(&store, &args.image)
+            )
+        })?;
         // Until the container exists (which pins its layers), a lease keeps a concurrent
         // `kiln prune` off the image's blobs and snapshots; they are made present after.
         let _lease = store.lease(
@@ -1066,8 +1072,12 @@ pub fn inspect(root: &Path, names: &[String]) -> Result<ExitCode> {
         match containers.get(name) {
             Ok(c) => out.push(inspect_json(&containers, &c)),
             Err(kiln_builder::containers::ContainerError::NotFound(_)) => {
-                let image = crate::commands::inspect_image(&store, name)
-                    .map_err(|_| anyhow!("No such object: {name}"))?;
+                let image = crate::commands::inspect_image(&store, name).map_err(|_| {
+                    anyhow!(
+                        "No such object: {name}{}",
+                        crate::commands::did_you_mean(&store, name)
+                    )
+                })?;
                 out.push(image);
             }
             Err(e) => return Err(e.into()),

@@ -197,6 +197,35 @@ pub fn normalize_tag(reference: &str) -> String {
     }
 }
 
+/// The tag among `tags` closest to `name` (after [`normalize_tag`]), when it is close
+/// enough to be a slip of the keyboard: at most 3 edits, and fewer than a third of the
+/// name's length (`demo:lates` -> `demo:latest`, `dmeo` -> `demo:latest`).
+pub fn closest_tag<'a>(name: &str, tags: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let wanted = normalize_tag(name);
+    let limit = (wanted.chars().count() / 3).clamp(1, 3);
+    tags.into_iter()
+        .map(|t| (edit_distance(&wanted, t), t))
+        .filter(|(d, _)| *d > 0 && *d <= limit)
+        .min()
+        .map(|(_, t)| t)
+}
+
+/// Levenshtein distance (insertions, deletions, substitutions), by characters.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let up = row[j + 1];
+            row[j + 1] = (diag + usize::from(ca != *cb)).min(up + 1).min(row[j] + 1);
+            diag = up;
+        }
+    }
+    row[b.len()]
+}
+
 fn read_json_blob(store: &Store, digest: &str) -> Result<Vec<u8>> {
     let d = Digest::parse(digest)?;
     let size = store
@@ -329,17 +358,19 @@ impl ImageStore {
                     self.reporter.event(&Event::Pull {
                         reference: reference.to_string(),
                     });
-                    remote
-                        .resolve(
-                            &self.store,
-                            reference,
-                            platform,
-                            &BlobReporter::new(&*self.reporter, None),
-                        )
-                        .map_err(|source| ImageStoreError::Pull {
-                            reference: reference.to_owned(),
-                            source: Box::new(source),
-                        })?
+                    let resolved = remote.resolve(
+                        &self.store,
+                        reference,
+                        platform,
+                        &BlobReporter::new(&*self.reporter, None),
+                    );
+                    self.reporter.event(&Event::Resolved {
+                        reference: reference.to_string(),
+                    });
+                    resolved.map_err(|source| ImageStoreError::Pull {
+                        reference: reference.to_owned(),
+                        source: Box::new(source),
+                    })?
                 }
                 (None, None) => {
                     return Err(ImageStoreError::NotFound {
@@ -579,6 +610,21 @@ impl ImageResolver for ImageStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn close_tags_are_suggested() {
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("same", "same"), 0);
+        let tags = ["demo:latest", "busybox:kiln", "app:1"];
+        assert_eq!(closest_tag("demo:lates", tags), Some("demo:latest"));
+        assert_eq!(closest_tag("dmeo", tags), Some("demo:latest"));
+        assert_eq!(closest_tag("busybox:klin", tags), Some("busybox:kiln"));
+        assert_eq!(closest_tag("app:2", tags), Some("app:1"));
+        // Too far, or the very name (found, not misspelt).
+        assert_eq!(closest_tag("nginx", tags), None);
+        assert_eq!(closest_tag("demo", tags), None);
+    }
 
     /// Stores an image with no layers for `os/arch[/variant]`; returns its manifest's
     /// index entry.

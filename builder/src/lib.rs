@@ -24,6 +24,7 @@ pub mod remote_cache;
 pub mod report;
 pub mod snapshots;
 pub mod tls;
+pub mod trace;
 pub mod untrusted;
 pub mod usage;
 pub mod volumes;

@@ -213,6 +213,8 @@ impl Reporter for Progress {
     fn event(&self, event: &Event) {
         match self.mode {
             ProgressMode::Quiet | ProgressMode::Auto => {}
+            // Only a trace shows where a lookup ended; its blobs have their own lines.
+            _ if matches!(event, Event::Resolved { .. }) => {}
             ProgressMode::Json => {
                 if let Event::Pull { reference } = event {
                     let obj = serde_json::json!({ "status": "pulling", "reference": reference });
@@ -259,7 +261,9 @@ impl Reporter for Progress {
                     Event::Miss { id, reason } => {
                         (*id, "miss", serde_json::json!({ "reason": reason }))
                     }
-                    Event::Pull { .. } | Event::Blob { .. } => unreachable!("handled above"),
+                    Event::Pull { .. } | Event::Resolved { .. } | Event::Blob { .. } => {
+                        unreachable!("handled above")
+                    }
                 };
                 let l = self.label(id);
                 let mut obj =
@@ -287,6 +291,7 @@ impl Reporter for Progress {
                         format!("#{} MISS: {reason}", self.label(*id).number)
                     }
                     Event::Pull { reference } => format!("pulling {reference}"),
+                    Event::Resolved { .. } => return,
                     Event::Blob {
                         vertex,
                         digest,
@@ -313,7 +318,7 @@ impl Reporter for Progress {
                     Event::Pull { reference } => {
                         let _ = multi.println(format!("pulling {reference}"));
                     }
-                    Event::Blob { .. } => {}
+                    Event::Blob { .. } | Event::Resolved { .. } => {}
                     Event::Log { id, line } => {
                         let _ = multi.println(format!("#{} {line}", self.label(*id).number));
                     }
@@ -347,6 +352,7 @@ impl Reporter for Progress {
                             | Event::Log { .. }
                             | Event::Miss { .. }
                             | Event::Pull { .. }
+                            | Event::Resolved { .. }
                             | Event::Blob { .. } => unreachable!(),
                         };
                         if let Some(bar) = bars.remove(id) {

@@ -518,7 +518,12 @@ fn rmi_one(store: &Store, containers: &[Container], force: bool, name: &str) -> 
                         .find(|(_, r)| r.config.hex().starts_with(prefix))
                 })
                 .flatten();
-            let (_, r) = hit.ok_or_else(|| anyhow!("No such image: {name}"))?;
+            let (_, r) = hit.ok_or_else(|| {
+                anyhow!(
+                    "No such image: {name}{}",
+                    crate::commands::did_you_mean(store, name)
+                )
+            })?;
             let all: Vec<String> = tags
                 .iter()
                 .filter(|(_, o)| o.manifest == r.manifest)

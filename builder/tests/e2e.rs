@@ -1474,7 +1474,17 @@ fn push_pull_and_build_from_a_registry() {
     let err = String::from_utf8_lossy(&first.stderr);
     assert!(first.status.success(), "{err}");
     assert!(err.contains(&format!("pulling {base}")), "{err}");
-    let built = String::from_utf8_lossy(&first.stdout).trim().to_string();
+    // stdout is the image ID (the config digest); the registry has the manifest.
+    let image_id = String::from_utf8_lossy(&first.stdout).trim().to_string();
+    let inspect: Value =
+        serde_json::from_slice(&env2.kiln().args(["inspect", &app]).output().unwrap().stdout)
+            .unwrap();
+    assert_eq!(inspect[0]["Id"], image_id);
+    let built = inspect[0]["Digest"].as_str().unwrap().to_string();
+    assert!(
+        err.contains(&format!("exporting manifest {built} done")),
+        "{err}"
+    );
     assert_eq!(built, skopeo_digest(&app), "--push pushed the built image");
     assert!(err.contains("mounted") || err.contains("skipped"), "{err}");
     let second = env2

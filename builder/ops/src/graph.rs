@@ -120,6 +120,24 @@ pub struct ExecOp {
     pub insecure: bool,
     /// Extra mounts.
     pub mounts: Vec<ExecMount>,
+    /// `--add-host HOST:IP` lines added to the step's `/etc/hosts`, as BuildKit's
+    /// `ExtraHosts`: part of the definition (a step that reads them must not hit a
+    /// result made with others), left out of it when empty so that existing keys hold.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<ExtraHost>,
+    /// `--shm-size`: the size of the step's `/dev/shm` in bytes (None: 64 MiB, Docker's
+    /// default); part of the definition when set, as BuildKit's `ShmSize`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<u64>,
+}
+
+/// One `--add-host` entry: a name and the address it resolves to in `/etc/hosts`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct ExtraHost {
+    /// Host name.
+    pub host: String,
+    /// IPv4 or IPv6 address.
+    pub ip: std::net::IpAddr,
 }
 
 /// One or more file actions applied on top of input 0 (or on an empty tree).

@@ -9,6 +9,8 @@ fn exec(mounts: Vec<ExecMount>) -> Op {
         cwd: "/src".into(),
         user: String::new(),
         network: Network::Host,
+        extra_hosts: vec![],
+        shm_size: None,
         insecure: false,
         mounts,
     })

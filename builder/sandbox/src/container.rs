@@ -1034,6 +1034,7 @@ mod tests {
             hostname: "kiln".into(),
             privileged: false,
             mounts: vec![],
+            shm_size: None,
             host_files: vec![],
             stubs_file: "/r/stubs".into(),
             result_file: "/r/result".into(),

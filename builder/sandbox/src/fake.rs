@@ -137,6 +137,7 @@ mod tests {
             hostname: "kiln".into(),
             privileged: false,
             mounts: vec![],
+            shm_size: None,
             host_files: vec![],
             stubs_file: "/nonexistent/stubs".into(),
             result_file: "/nonexistent/result".into(),

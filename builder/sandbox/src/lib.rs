@@ -151,6 +151,9 @@ pub struct Spec {
     pub privileged: bool,
     /// Mounts, in order.
     pub mounts: Vec<MountSpec>,
+    /// Size of `/dev/shm` in bytes (None: [`mounts::SHM_SIZE_DEFAULT`], Docker's 64 MiB).
+    #[serde(default)]
+    pub shm_size: Option<u64>,
     /// Host files bound read-only at a path when the host has them (`/etc/resolv.conf`,
     /// `/etc/hosts`).
     pub host_files: Vec<(PathBuf, String)>,

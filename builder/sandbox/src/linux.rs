@@ -626,14 +626,14 @@ fn mount_one(
             }
             Ok(())
         }
-        Kind::Dev => {
+        Kind::Dev { shm_size } => {
             let dev = dest(true, stubs)?;
             let nodev = if m.flags.nodev {
                 MountFlags::NODEV
             } else {
                 MountFlags::empty()
             };
-            mount_dev(&dev, nodev).map_err(ctx(|| "setting up /dev".into()))
+            mount_dev(&dev, nodev, *shm_size).map_err(ctx(|| "setting up /dev".into()))
         }
         Kind::SecretFile {
             source,
@@ -1372,7 +1372,7 @@ fn bind(src: &Path, dest: &Path, flags: MountFlags) -> io::Result<()> {
 /// bound in, a private devpts, `/dev/shm` and the usual symlinks. With `nodev` the tmpfs
 /// itself is `nodev`: the bound devices are mounts of their own and keep working, but a
 /// node a step makes there cannot be opened.
-fn mount_dev(dev: &Path, nodev: MountFlags) -> io::Result<()> {
+fn mount_dev(dev: &Path, nodev: MountFlags, shm_size: u64) -> io::Result<()> {
     errno(rustix::mount::mount(
         "tmpfs",
         dev,
@@ -1402,7 +1402,9 @@ fn mount_dev(dev: &Path, nodev: MountFlags) -> io::Result<()> {
         &shm,
         "tmpfs",
         MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-        c"mode=1777,size=65536k",
+        std::ffi::CString::new(format!("mode=1777,size={shm_size}"))
+            .expect("no NUL in numbers")
+            .as_c_str(),
     ))?;
     for (link, target) in [
         ("fd", "/proc/self/fd"),

@@ -33,6 +33,9 @@ pub const READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
+/// The size of `/dev/shm` unless `--shm-size` says otherwise: Docker's 64 MiB.
+pub const SHM_SIZE_DEFAULT: u64 = 64 << 20;
+
 /// Where a mount goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -83,8 +86,11 @@ pub enum Kind {
     /// `/sys`: sysfs, or where the kernel refuses a new one, a bind of the host's.
     Sysfs,
     /// The minimal `/dev`: a tmpfs with the host's null, zero, full, random, urandom and
-    /// tty bound in, a private devpts and `/dev/shm`.
-    Dev,
+    /// tty bound in, a private devpts and `/dev/shm` (a tmpfs of `shm_size` bytes).
+    Dev {
+        /// The size of `/dev/shm`.
+        shm_size: u64,
+    },
     /// A secret: `source` copied to `file` (in a private tmpfs) with the mode and owner,
     /// then bound (not recursively) onto the target.
     SecretFile {
@@ -230,7 +236,9 @@ pub fn plan(spec: &Spec) -> Vec<Mount> {
         root,
         proc,
         Mount::new(
-            Kind::Dev,
+            Kind::Dev {
+                shm_size: spec.shm_size.unwrap_or(SHM_SIZE_DEFAULT),
+            },
             Target::Sandbox("/dev".into()),
             Flags { nosuid: true, ..rw },
         ),
@@ -373,6 +381,7 @@ mod tests {
             hostname: "kiln".into(),
             privileged: false,
             mounts,
+            shm_size: None,
             host_files: vec![("/etc/hosts".into(), "/etc/hosts".into())],
             stubs_file: "/r/stubs".into(),
             result_file: "/r/result".into(),
@@ -574,7 +583,17 @@ mod tests {
         assert_eq!(sys.kind, Kind::Sysfs);
         assert!(sys.flags.readonly && sys.flags.nodev);
         let dev = one(&plan, "/dev");
-        assert_eq!(dev.kind, Kind::Dev);
+        assert_eq!(
+            dev.kind,
+            Kind::Dev {
+                shm_size: SHM_SIZE_DEFAULT
+            }
+        );
+        let sized = super::plan(&Spec {
+            shm_size: Some(1 << 30),
+            ..spec(vec![])
+        });
+        assert_eq!(one(&sized, "/dev").kind, Kind::Dev { shm_size: 1 << 30 });
         assert!(dev.flags.nodev && dev.flags.nosuid);
         for p in [
             "/proc/kcore",

@@ -86,6 +86,7 @@ impl Ctr {
                 hostname: "ctr".into(),
                 privileged: false,
                 mounts: vec![],
+                shm_size: None,
                 host_files: vec![],
                 stubs_file: self.path("stubs.json"),
                 result_file: self.path("result.json"),

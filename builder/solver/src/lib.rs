@@ -120,6 +120,11 @@ pub enum Event {
         /// The reference as written.
         reference: String,
     },
+    /// The lookup a [`Event::Pull`] announced ended (resolved or failed): its span ends.
+    Resolved {
+        /// The reference as written.
+        reference: String,
+    },
     /// A blob moving between a registry and the store (a pull, a lazy layer, a push).
     Blob {
         /// The vertex that needed it; none for `kiln pull`/`push` and `FROM` resolution.
@@ -471,6 +476,8 @@ mod tests {
             cwd: "/".into(),
             user: String::new(),
             network: Network::Host,
+            extra_hosts: vec![],
+            shm_size: None,
             insecure: false,
             mounts: vec![],
         })

@@ -458,6 +458,8 @@ fn content_key_of_run_is_what_context_bind_mounts_show() {
             cwd: "/".into(),
             user: String::new(),
             network: Network::Host,
+            extra_hosts: vec![],
+            shm_size: None,
             insecure: false,
             mounts,
         })

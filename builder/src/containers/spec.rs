@@ -325,6 +325,7 @@ pub fn sandbox_spec(
             hostname: p.hostname.clone(),
             privileged: false,
             mounts,
+            shm_size: None,
             host_files: etc_files(containers, c)?,
             stubs_file: run.join("stubs.json"),
             result_file: containers.result_path(&c.id),

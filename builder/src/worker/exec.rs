@@ -1,6 +1,7 @@
 //! RUN: an exec op in the sandbox over the input's snapshots; its diff becomes a layer.
 
 use std::fs;
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -201,9 +202,10 @@ impl BuildWorker<'_> {
             // The build checked the entitlement before it started; this is the backstop.
             privileged: e.insecure && self.exec.allow_insecure,
             mounts,
+            shm_size: e.shm_size,
             host_files: vec![
                 ("/etc/resolv.conf".into(), "/etc/resolv.conf".into()),
-                ("/etc/hosts".into(), "/etc/hosts".into()),
+                (hosts_file(&run, &e.extra_hosts)?, "/etc/hosts".into()),
             ],
             stubs_file: run.join("stubs.json"),
             result_file: run.join("result.json"),
@@ -555,9 +557,52 @@ fn non_empty(mut lowers: Vec<PathBuf>, run: &Path) -> Result<Vec<PathBuf>> {
     Ok(lowers)
 }
 
+/// The step's `/etc/hosts`: the host's, bound read-only as it is, or with `--add-host`
+/// entries a copy of it in the step's run directory with `IP\tHOST` lines after it (as
+/// Docker writes them).
+fn hosts_file(run: &Path, extra: &[kiln_ops::ExtraHost]) -> io::Result<PathBuf> {
+    let host = PathBuf::from("/etc/hosts");
+    if extra.is_empty() {
+        return Ok(host);
+    }
+    let mut text = match fs::read_to_string(&host) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    for h in extra {
+        text.push_str(&format!("{}\t{}\n", h.ip, h.host));
+    }
+    let path = run.join("hosts");
+    fs::write(&path, text)?;
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn add_host_lines_follow_the_hosts_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            hosts_file(dir.path(), &[]).unwrap(),
+            PathBuf::from("/etc/hosts")
+        );
+        let extra = [kiln_ops::ExtraHost {
+            host: "db.internal".into(),
+            ip: "10.1.2.3".parse().unwrap(),
+        }];
+        let p = hosts_file(dir.path(), &extra).unwrap();
+        let text = fs::read_to_string(p).unwrap();
+        assert!(
+            text.ends_with("\n10.1.2.3\tdb.internal\n") || text == "10.1.2.3\tdb.internal\n",
+            "{text:?}"
+        );
+    }
 
     fn op(env: &[&str], proxy_env: &[&str]) -> ExecOp {
         ExecOp {
@@ -567,6 +612,8 @@ mod tests {
             cwd: "/".into(),
             user: String::new(),
             network: Network::Host,
+            extra_hosts: vec![],
+            shm_size: None,
             insecure: false,
             mounts: vec![],
         }

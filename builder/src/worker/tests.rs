@@ -96,6 +96,8 @@ fn exec(mounts: &[(&str, Option<usize>)]) -> ExecOp {
         cwd: "/work".into(),
         user: "app".into(),
         network: Network::None,
+        extra_hosts: vec![],
+        shm_size: None,
         insecure: false,
         mounts: mounts
             .iter()

@@ -39,6 +39,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     ("ip", "iproute2"),
     ("python3", "python3"),
+    ("dockerd", "docker.io"),
+    ("docker", "docker.io"),
 ];
 
 /// How to install `tool`: `apt-get install -y PACKAGE`, from the table of the tools the

@@ -99,6 +99,13 @@ pub struct ConvertOptions {
     pub build_platform: Platform,
     /// `.dockerignore` patterns for the context source.
     pub context_excludes: Vec<String>,
+    /// `--network`: the network of a `RUN` without `--network` (or with
+    /// `--network=default`); None: the host's, kiln's default.
+    pub run_network: Option<Network>,
+    /// `--add-host`: entries every `RUN` gets in its `/etc/hosts`.
+    pub extra_hosts: Vec<kiln_ops::ExtraHost>,
+    /// `--shm-size`: the size of every `RUN`'s `/dev/shm`, in bytes.
+    pub shm_size: Option<u64>,
 }
 
 impl Default for ConvertOptions {
@@ -109,6 +116,9 @@ impl Default for ConvertOptions {
             target_platform: Platform::host(),
             build_platform: Platform::host(),
             context_excludes: Vec::new(),
+            run_network: None,
+            extra_hosts: Vec::new(),
+            shm_size: None,
         }
     }
 }

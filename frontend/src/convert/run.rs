@@ -108,11 +108,14 @@ impl Converter<'_> {
                 st.config.working_dir.clone()
             },
             user: st.config.user.clone(),
-            network: if run.network.as_deref() == Some("none") {
-                Network::None
-            } else {
-                Network::Host
+            network: match run.network.as_deref() {
+                Some("none") => Network::None,
+                Some("host") => Network::Host,
+                // `default` or nothing: the build's `--network`.
+                _ => self.opts.run_network.unwrap_or(Network::Host),
             },
+            extra_hosts: self.opts.extra_hosts.clone(),
+            shm_size: self.opts.shm_size,
             insecure: run.security.as_deref() == Some("insecure"),
             mounts,
         };

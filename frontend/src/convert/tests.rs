@@ -12,6 +12,7 @@ fn plan_with(src: &str, args: &[(&str, &str)], target: Option<&str>) -> Result<P
         target_platform: Platform::parse("linux/amd64").unwrap(),
         build_platform: Platform::parse("linux/arm64").unwrap(),
         context_excludes: vec![],
+        ..ConvertOptions::default()
     };
     convert(&df, &opts, &NoResolver)
 }
@@ -372,6 +373,60 @@ fn run_mounts_and_network() {
     assert_eq!(e.mounts.len(), 2);
     assert_eq!(e.mounts[0].input, None);
     assert_eq!(e.mounts[1].input, Some(1));
+}
+
+/// `--network`, `--add-host` and `--shm-size` reach every RUN: `--network` only those
+/// without their own (or with `--network=default`); each changes the definition digest,
+/// and none of them does when unset (earlier keys hold).
+#[test]
+fn build_wide_run_settings() {
+    let src =
+        "FROM x\nRUN a\nRUN --network=default b\nRUN --network=host c\nRUN --network=none d\n";
+    let (_, df) = crate::load(src).unwrap();
+    let with = |o: ConvertOptions| convert(&df, &o, &NoResolver).unwrap();
+    let base = with(ConvertOptions::default());
+    let nets: Vec<Network> = execs(&base).iter().map(|e| e.network).collect();
+    assert_eq!(
+        nets,
+        [Network::Host, Network::Host, Network::Host, Network::None]
+    );
+    let none = with(ConvertOptions {
+        run_network: Some(Network::None),
+        ..ConvertOptions::default()
+    });
+    let nets: Vec<Network> = execs(&none).iter().map(|e| e.network).collect();
+    assert_eq!(
+        nets,
+        [Network::None, Network::None, Network::Host, Network::None]
+    );
+    let host = kiln_ops::ExtraHost {
+        host: "db".into(),
+        ip: "10.0.0.5".parse().unwrap(),
+    };
+    let hosts = with(ConvertOptions {
+        extra_hosts: vec![host.clone()],
+        shm_size: Some(1 << 30),
+        ..ConvertOptions::default()
+    });
+    for e in execs(&hosts) {
+        assert_eq!(e.extra_hosts, std::slice::from_ref(&host));
+        assert_eq!(e.shm_size, Some(1 << 30));
+    }
+    let digest = |p: &Plan| {
+        p.graph
+            .vertex(p.target_stage().root.unwrap())
+            .digest
+            .clone()
+    };
+    assert_ne!(digest(&base), digest(&hosts));
+    assert_ne!(digest(&base), digest(&none));
+    // Unset, the new fields leave the serialized definition as it was.
+    let e = &execs(&base)[0];
+    let json = serde_json::to_string(e).unwrap();
+    assert!(
+        !json.contains("extra_hosts") && !json.contains("shm_size"),
+        "{json}"
+    );
 }
 
 struct OnbuildResolver;

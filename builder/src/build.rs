@@ -422,7 +422,19 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         req.record,
     );
     let guard = FinishOnDrop(&recorder);
-    let mut r = build_inner(req, &store, &progress, &recorder, trace.as_deref(), &events);
+    // What this build uses is added to its lease as it goes (the worker's job); what
+    // it writes is newer than the lease, which a collector keeps too. Held through the
+    // collection below, so the build that just ran stays cached.
+    let lease = store.lease(&format!("build of {}", req.dockerfile.display()), &[])?;
+    let mut r = build_inner(
+        req,
+        &store,
+        &lease,
+        &progress,
+        &recorder,
+        trace.as_deref(),
+        &events,
+    );
     if let (Some(t), Some(path)) = (&trace, &req.trace) {
         // Failed and interrupted builds too: the timeline shows where they stopped.
         let written = t.write(path, &|id| recorder.miss_of(id).map(|m| m.kind));
@@ -446,10 +458,11 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
     }
     drop(guard);
     // After every build, failed and interrupted ones too: a build that fails again and
-    // again must not grow the store past its budget. The build's lease was released
-    // with `build_inner`: it no longer runs, so what it used may go like anything else
-    // (least recently used first, so its records go last).
+    // again must not grow the store past its budget. The build's lease is still held:
+    // what it used stays (issue 12: "the most recent build still fully cached"), the
+    // least recently used rest goes.
     collect_if_over_budget(&store, &progress);
+    drop(lease);
     r
 }
 
@@ -494,6 +507,7 @@ fn traced<T>(trace: Option<&Trace>, name: &str, cat: &str, f: impl FnOnce() -> T
 fn build_inner(
     req: &BuildRequest,
     store: &Store,
+    lease: &kiln_cache::Lease,
     progress: &std::sync::Arc<Progress>,
     recorder: &Recorder,
     trace: Option<&Trace>,
@@ -505,9 +519,6 @@ fn build_inner(
             .map_err(BuildError::CacheTo)?;
     }
     let store = store.clone();
-    // What this build uses is added to its lease as it goes (the worker's job); what
-    // it writes is newer than the lease, which a collector keeps too.
-    let lease = store.lease(&format!("build of {}", req.dockerfile.display()), &[])?;
     let source = std::fs::read(&req.dockerfile).map_err(|source| BuildError::ReadDockerfile {
         path: req.dockerfile.clone(),
         source,
@@ -601,7 +612,7 @@ fn build_inner(
         .with_recorder(recorder)
         .with_network_timeouts(req.registry.timeouts)
         .with_lazy_snapshots(leaves)
-        .with_lease(&lease);
+        .with_lease(lease);
     let cancel: &AtomicBool = crate::interrupt::flag();
     let results = kiln_solver::solve(
         &plan.graph,

@@ -274,6 +274,10 @@ enum Command {
         /// (`10GB`, `10%`).
         #[arg(long)]
         min_free_space: Option<String>,
+        /// With `--min-free-space`: keep at least this much build cache however little
+        /// of the disk is free (`10GB`, `5%`; default min(10% of the disk, 10GB)).
+        #[arg(long)]
+        reserved_space: Option<String>,
         /// Show what would be removed, and why, without removing it.
         #[arg(long)]
         dry_run: bool,
@@ -750,6 +754,7 @@ pub fn run() -> Result<ExitCode> {
             filters,
             max_used_space,
             min_free_space,
+            reserved_space,
             dry_run,
             verbose,
             force,
@@ -760,6 +765,7 @@ pub fn run() -> Result<ExitCode> {
                 filters,
                 max_used_space,
                 min_free_space,
+                reserved_space,
                 dry_run,
                 verbose,
                 force,

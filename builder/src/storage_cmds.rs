@@ -724,6 +724,8 @@ pub struct PruneFlags {
     pub max_used_space: Option<String>,
     /// `--min-free-space`.
     pub min_free_space: Option<String>,
+    /// `--reserved-space`.
+    pub reserved_space: Option<String>,
     /// `--dry-run`.
     pub dry_run: bool,
     /// `--verbose`.
@@ -758,6 +760,7 @@ pub fn prune(root: &Path, flags: PruneFlags) -> Result<ExitCode> {
     };
     opts.max_used_space = size("max-used-space", &flags.max_used_space)?;
     opts.min_free_space = size("min-free-space", &flags.min_free_space)?;
+    opts.reserved_space = size("reserved-space", &flags.reserved_space)?;
     // A dry run removes nothing: nothing to confirm.
     let warning = if flags.all {
         warnings::BUILD_CACHE_ALL

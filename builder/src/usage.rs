@@ -671,6 +671,8 @@ pub struct PruneOptions {
     pub max_used_space: Option<SizeSpec>,
     /// `--min-free-space`: prune only until this much of the disk is free.
     pub min_free_space: Option<SizeSpec>,
+    /// `--reserved-space`: pruning for free space keeps at least this much.
+    pub reserved_space: Option<SizeSpec>,
     /// `--dry-run`: say what would go, remove nothing.
     pub dry_run: bool,
     /// Use `config.toml`'s budget ([`gc_if_over_budget`]).
@@ -697,18 +699,19 @@ pub struct PruneReport {
 /// whole, and `tmp/` is cleaned by the next [`Store::open`].
 pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport> {
     let mut report = PruneReport::default();
-    let budgeted =
-        opts.budget_from_config || opts.max_used_space.is_some() || opts.min_free_space.is_some();
+    let flagged = opts.max_used_space.is_some() || opts.min_free_space.is_some();
+    let budgeted = opts.budget_from_config || flagged;
     let mut policy = GcPolicy {
         until: opts.until,
         free_at_least: None,
     };
     if budgeted {
         let mut cfg = store.gc_config()?;
-        if opts.max_used_space.is_some() || opts.min_free_space.is_some() {
+        if flagged {
             cfg.max_used_space = opts.max_used_space.or(cfg.max_used_space);
             cfg.min_free_space = opts.min_free_space.or(cfg.min_free_space);
         }
+        cfg.reserved_space = opts.reserved_space.or(cfg.reserved_space);
         let disk = store.disk_space()?;
         let budget = Budget::new(&cfg, disk);
         // The filesystem's use bounds the store's: when even that is within budget, the

@@ -521,3 +521,47 @@ fn prune_asks_for_confirmation_unless_forced() {
     let out = env.ok(&["prune", "--force"]);
     assert!(out.starts_with("Deleted build cache objects:"), "{out}");
 }
+
+/// A disk short of free space because of other files does not wipe the cache: the
+/// collection for `min-free-space` stops at `reserved-space`, so earlier builds stay
+/// cached; with no reserve, the same shortage removes them.
+#[test]
+fn a_full_disk_keeps_the_reserved_cache() {
+    needs!();
+    let env = Env::new();
+    let apps: Vec<PathBuf> = (0..3u64)
+        .map(|i| {
+            env.context(
+                &format!("app{i}"),
+                APP,
+                &[("big", &random(300_000, 300 + i))],
+            )
+        })
+        .collect();
+    // No disk is ever 100% free: every build ends short of free space.
+    fs::write(
+        env.root().join("config.toml"),
+        "[gc]\nmin-free-space = \"100%\"\nreserved-space = \"1GB\"\n",
+    )
+    .unwrap();
+    for ctx in &apps {
+        env.build(ctx, &[]);
+    }
+    for ctx in &apps {
+        assert!(
+            env.build(ctx, &[]).iter().all(|c| *c),
+            "{} should be fully cached within the reserve",
+            ctx.display()
+        );
+    }
+    fs::write(
+        env.root().join("config.toml"),
+        "[gc]\nmin-free-space = \"100%\"\nreserved-space = \"0\"\n",
+    )
+    .unwrap();
+    env.build(&apps[2], &[]);
+    assert!(
+        !env.build(&apps[0], &[]).iter().all(|c| *c),
+        "without a reserve the shortage collects the older builds"
+    );
+}

@@ -30,6 +30,7 @@ struct StoreConfig {
 struct GcTable {
     max_used_space: Option<String>,
     min_free_space: Option<String>,
+    reserved_space: Option<String>,
 }
 
 /// `[records]`.
@@ -61,6 +62,7 @@ fn gc_config(cfg: &GcTable) -> std::result::Result<GcConfig, String> {
     Ok(GcConfig {
         max_used_space: size("max-used-space", &cfg.max_used_space)?,
         min_free_space: size("min-free-space", &cfg.min_free_space)?,
+        reserved_space: size("reserved-space", &cfg.reserved_space)?,
     })
 }
 

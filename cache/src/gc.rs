@@ -23,6 +23,8 @@ use crate::store::{CACHE_DIR, Store};
 
 /// `max-used-space`'s ceiling when not configured: 100 GB.
 pub const DEFAULT_MAX_USED_CAP: u64 = 100 * GB;
+/// The default reserve: 10% of the disk, at most this.
+pub const DEFAULT_RESERVED_CAP: u64 = 10 * GB;
 const GB: u64 = 1 << 30;
 static TRASH_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -96,6 +98,10 @@ pub struct GcConfig {
     pub max_used_space: Option<SizeSpec>,
     /// `min-free-space`: the free space below which a build ends with a collection.
     pub min_free_space: Option<SizeSpec>,
+    /// `reserved-space`: the build cache a shortage of free space never shrinks the
+    /// store below (BuildKit's `reservedSpace`): other files filling the disk do not
+    /// wipe the cache at every build.
+    pub reserved_space: Option<SizeSpec>,
 }
 
 /// The store's filesystem: its size and the space left.
@@ -114,11 +120,14 @@ pub struct Budget {
     pub max_used: u64,
     /// The filesystem must keep at least this much free.
     pub min_free: u64,
+    /// Collecting for free space stops when the store is down to this much.
+    pub reserved: u64,
 }
 
 impl Budget {
     /// The budget from a config (or flags), with the defaults for what it leaves out:
-    /// `max-used-space` min(80% of the disk, 100 GB), `min-free-space` 10% of the disk.
+    /// `max-used-space` min(80% of the disk, 100 GB), `min-free-space` 10% of the disk,
+    /// `reserved-space` min(10% of the disk, 10 GB) (BuildKit's default).
     pub fn new(cfg: &GcConfig, disk: DiskSpace) -> Budget {
         Budget {
             max_used: cfg.max_used_space.map_or_else(
@@ -128,13 +137,21 @@ impl Budget {
             min_free: cfg
                 .min_free_space
                 .map_or(disk.total / 10, |s| s.bytes(disk.total)),
+            reserved: cfg.reserved_space.map_or_else(
+                || (disk.total / 10).min(DEFAULT_RESERVED_CAP),
+                |s| s.bytes(disk.total),
+            ),
         }
     }
 
-    /// Bytes to free for a store of `used` bytes on `disk` to be within budget (0: it is).
+    /// Bytes to free for a store of `used` bytes on `disk` to be within budget (0: it is):
+    /// down to `max_used`, and for free space down to `reserved` at most.
     pub fn excess(&self, used: u64, disk: DiskSpace) -> u64 {
-        used.saturating_sub(self.max_used)
-            .max(self.min_free.saturating_sub(disk.available))
+        let for_free_space = self
+            .min_free
+            .saturating_sub(disk.available)
+            .min(used.saturating_sub(self.reserved));
+        used.saturating_sub(self.max_used).max(for_free_space)
     }
 }
 
@@ -403,7 +420,18 @@ mod tests {
         let b = Budget::new(&GcConfig::default(), disk);
         assert_eq!(b.max_used, DEFAULT_MAX_USED_CAP, "80% capped at 100GB");
         assert_eq!(b.min_free, 100 * GB);
-        assert_eq!(b.excess(10 * GB, disk), 50 * GB, "free space short by 50GB");
+        assert_eq!(b.reserved, 10 * GB, "10% capped at 10GB");
+        assert_eq!(
+            b.excess(100 * GB, disk),
+            50 * GB,
+            "free space short by 50GB"
+        );
+        assert_eq!(
+            b.excess(30 * GB, disk),
+            20 * GB,
+            "free space short by 50GB, but the store keeps its reserved 10GB"
+        );
+        assert_eq!(b.excess(5 * GB, disk), 0, "within the reserve: kept");
         let small = DiskSpace {
             total: 10 * GB,
             available: 5 * GB,
@@ -412,6 +440,14 @@ mod tests {
         assert_eq!(b.max_used, 8 * GB);
         assert_eq!(b.excess(9 * GB, small), GB);
         assert_eq!(b.excess(GB, small), 0);
+        // The reserve bounds only the collection for free space, not max-used-space.
+        let cfg = GcConfig {
+            max_used_space: Some(SizeSpec::Bytes(GB)),
+            reserved_space: Some(SizeSpec::Bytes(4 * GB)),
+            ..GcConfig::default()
+        };
+        let b = Budget::new(&cfg, small);
+        assert_eq!(b.excess(3 * GB, small), 2 * GB);
     }
 
     fn rec(key: &str, age: u64, refs: &[&str]) -> GcRecord {

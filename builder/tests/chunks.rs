@@ -69,8 +69,8 @@ impl Env {
     }
 }
 
-/// The layer digests of the single image in an OCI layout.
-fn layer_digests(layout: &Path) -> Vec<String> {
+/// The layer descriptors of the single image in an OCI layout.
+fn layers(layout: &Path) -> Vec<Value> {
     let blob = |d: &str| -> Value {
         let hex = d.strip_prefix("sha256:").unwrap();
         serde_json::from_slice(&fs::read(layout.join("blobs/sha256").join(hex)).unwrap()).unwrap()
@@ -78,9 +78,12 @@ fn layer_digests(layout: &Path) -> Vec<String> {
     let index: Value =
         serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
     let manifest = blob(index["manifests"][0]["digest"].as_str().unwrap());
-    manifest["layers"]
-        .as_array()
-        .unwrap()
+    manifest["layers"].as_array().unwrap().clone()
+}
+
+/// The layer digests of the single image in an OCI layout.
+fn layer_digests(layout: &Path) -> Vec<String> {
+    layers(layout)
         .iter()
         .map(|l| l["digest"].as_str().unwrap().to_owned())
         .collect()
@@ -232,7 +235,9 @@ fn skopeo_umoci_and_buildah_read_chunked_layers() {
     for compression in ["gzip", "zstd"] {
         let layout = lower.join(format!("oci-{compression}"));
         let out = layout.to_str().unwrap();
-        env.build("store", &ctx, out, &["--compression", compression], &[]);
+        // A store each: the build cache does not key layers by compression.
+        let store = format!("store-{compression}");
+        env.build(&store, &ctx, out, &["--compression", compression], &[]);
         // skopeo: inspect, and copy (which reads and checks every blob).
         let inspect: Value = serde_json::from_str(&run_ok(
             Proc::new("skopeo")
@@ -241,6 +246,10 @@ fn skopeo_umoci_and_buildah_read_chunked_layers() {
         ))
         .unwrap();
         assert_eq!(inspect["Layers"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            layers(&layout)[0]["mediaType"],
+            format!("application/vnd.oci.image.layer.v1.tar+{compression}")
+        );
         run_ok(
             Proc::new("skopeo")
                 .arg("copy")
@@ -250,9 +259,12 @@ fn skopeo_umoci_and_buildah_read_chunked_layers() {
                     env.path(&format!("dir-{compression}")).display()
                 )),
         );
-        // umoci: every file as in the context.
-        let rootfs = umoci_rootfs(&layout, &env.path(&format!("umoci-{compression}")));
-        same_files(&ctx, &rootfs.join("data"));
+        // umoci: every file as in the context. (Debian's umoci 0.4.7 reads no zstd
+        // layer at all, chunked or not.)
+        if compression == "gzip" {
+            let rootfs = umoci_rootfs(&layout, &env.path(&format!("umoci-{compression}")));
+            same_files(&ctx, &rootfs.join("data"));
+        }
         // buildah: pulls the image and mounts it.
         let storage = env.path(&format!("buildah-{compression}"));
         let buildah = |args: &[&str]| -> String {

@@ -310,6 +310,14 @@ fn the_chunk_index_is_counted_and_keeps_no_blob() {
         .unwrap()
         .1;
     assert!(chunk_area > 0);
+    // Everything counted, the index included: within 1% of du -sb.
+    let out = run_ok(Proc::new("du").arg("-sb").arg(&root));
+    let du_sb: u64 = out.split_whitespace().next().unwrap().parse().unwrap();
+    let ours = df.total();
+    assert!(
+        ours.abs_diff(du_sb) as f64 / (du_sb as f64) < 0.01,
+        "system df total {ours} vs du -sb {du_sb}"
+    );
     drop(store);
     // No tag, no cache: prune takes the layer's blob, and its index entries with it.
     env.kiln("store")

@@ -37,6 +37,8 @@ pub struct ChunkEntry {
     pub offset: u64,
     /// Length of its compressed bytes.
     pub len: u64,
+    /// BLAKE3 of its compressed bytes, checked when they are read back.
+    pub packed_hash: ChunkHash,
 }
 
 /// Where a chunk's compressed bytes are.
@@ -48,6 +50,8 @@ pub struct ChunkLocation {
     pub offset: u64,
     /// Length.
     pub len: u64,
+    /// BLAKE3 of the bytes.
+    pub packed_hash: ChunkHash,
 }
 
 /// The chunks of one codec, from every index file of the store
@@ -79,8 +83,9 @@ impl ChunkIndex {
 struct IndexFile {
     blob: String,
     codec: String,
-    /// `[hash hex, size, offset, len]` per chunk, in blob order.
-    chunks: Vec<(String, u64, u64, u64)>,
+    /// `[hash hex, size, offset, len, compressed bytes' hash hex]` per chunk, in blob
+    /// order.
+    chunks: Vec<(String, u64, u64, u64, String)>,
 }
 
 fn hex(hash: &ChunkHash) -> String {
@@ -139,7 +144,7 @@ impl Store {
             codec: codec.to_owned(),
             chunks: chunks
                 .iter()
-                .map(|c| (hex(&c.hash), c.size, c.offset, c.len))
+                .map(|c| (hex(&c.hash), c.size, c.offset, c.len, hex(&c.packed_hash)))
                 .collect(),
         };
         let bytes = serde_json::to_vec(&file).map_err(|source| CacheError::Serialize {
@@ -176,20 +181,23 @@ impl Store {
             {
                 continue;
             }
-            for (h, size, offset, len) in file.chunks {
-                let Some(hash) = unhex(&h) else { continue };
+            for (h, size, offset, len, packed) in file.chunks {
+                let (Some(hash), Some(packed_hash)) = (unhex(&h), unhex(&packed)) else {
+                    continue;
+                };
                 index.map.entry((hash, size)).or_insert(ChunkLocation {
                     blob: blob.clone(),
                     offset,
                     len,
+                    packed_hash,
                 });
             }
         }
         Ok(index)
     }
 
-    /// The compressed bytes at `loc`, or `None` if its blob is gone or too short (a
-    /// stale entry: a miss).
+    /// The compressed bytes at `loc`, or `None` if its blob is gone, too short or
+    /// does not hold the bytes recorded there (a stale or damaged entry: a miss).
     pub fn read_chunk(&self, loc: &ChunkLocation) -> Option<Vec<u8>> {
         let file = fs::File::open(self.blob_path(&loc.blob)).ok()?;
         let end = loc.offset.checked_add(loc.len)?;
@@ -198,7 +206,8 @@ impl Store {
         }
         let mut buf = vec![0u8; usize::try_from(loc.len).ok()?];
         file.read_exact_at(&mut buf, loc.offset).ok()?;
-        Some(buf)
+        // A damaged blob must not spread into new ones: the bytes are checked.
+        (blake3::hash(&buf).as_bytes() == &loc.packed_hash).then_some(buf)
     }
 
     /// Removes the index files of blob `blob` (every codec). Best effort.
@@ -249,12 +258,15 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn entry(n: u8, offset: u64, len: u64) -> ChunkEntry {
+    /// An entry for `bytes[offset..offset + len]`.
+    fn entry(n: u8, bytes: &[u8], offset: u64, len: u64) -> ChunkEntry {
+        let packed = &bytes[offset as usize..(offset + len) as usize];
         ChunkEntry {
             hash: [n; 32],
             size: 1000 + u64::from(n),
             offset,
             len,
+            packed_hash: *blake3::hash(packed).as_bytes(),
         }
     }
 
@@ -267,7 +279,11 @@ mod tests {
             .record_chunks(
                 "gzip-6-c1",
                 &blob,
-                &[entry(1, 0, 4), entry(2, 4, 6), entry(3, 10, 2)],
+                &[
+                    entry(1, b"aaaabbbbbbcc", 0, 4),
+                    entry(2, b"aaaabbbbbbcc", 4, 6),
+                    entry(3, b"aaaabbbbbbcc", 10, 2),
+                ],
             )
             .unwrap();
         let index = store.chunk_index("gzip-6-c1").unwrap();
@@ -279,11 +295,18 @@ mod tests {
         assert!(store.chunk_index("zstd-3-c1").unwrap().is_empty());
         // A location past the blob's end is a miss, not an error.
         let past = ChunkLocation {
-            blob: blob.clone(),
             offset: 10,
             len: 5,
+            ..loc.clone()
         };
         assert!(store.read_chunk(&past).is_none());
+        // Bytes that are not the ones recorded (a damaged blob): a miss too.
+        let other = ChunkLocation {
+            offset: 0,
+            len: 6,
+            ..loc.clone()
+        };
+        assert!(store.read_chunk(&other).is_none());
         assert!(store.record_chunks("../x", &blob, &[]).is_err());
     }
 
@@ -294,10 +317,10 @@ mod tests {
         let a = store.put_blob(b"first blob").unwrap();
         let b = store.put_blob(b"second blob").unwrap();
         store
-            .record_chunks("zstd-3-c1", &a, &[entry(1, 0, 5)])
+            .record_chunks("zstd-3-c1", &a, &[entry(1, b"first blob", 0, 5)])
             .unwrap();
         store
-            .record_chunks("zstd-3-c1", &b, &[entry(2, 0, 6)])
+            .record_chunks("zstd-3-c1", &b, &[entry(2, b"second blob", 0, 6)])
             .unwrap();
         let loc = store
             .chunk_index("zstd-3-c1")

@@ -64,6 +64,9 @@ pub struct ChunkInfo {
     pub len: u64,
     /// Length of its uncompressed bytes (a slice of the tar).
     pub uncompressed_len: u64,
+    /// BLAKE3 of its compressed bytes (for a cache to check them when it reads
+    /// them back).
+    pub packed_key: ChunkKey,
     /// Whether its compressed bytes came from a [`ChunkCache`].
     pub reused: bool,
 }
@@ -194,24 +197,29 @@ impl<W: Write> Chunker<W> {
         let compression = self.compression;
         let codec = self.codec.as_str();
         let cache = self.cache.as_deref();
-        let done: Vec<io::Result<(ChunkKey, Vec<u8>, bool)>> = chunks
+        let done: Vec<io::Result<(ChunkKey, Vec<u8>, bool, ChunkKey)>> = chunks
             .par_iter()
             .map(|data| {
                 let key = *blake3::hash(data).as_bytes();
-                if let Some(bytes) = cache.and_then(|c| c.find(codec, &key, data.len() as u64)) {
-                    return Ok((key, bytes, true));
-                }
-                Ok((key, compress_chunk(compression, data)?, false))
+                let found = cache.and_then(|c| c.find(codec, &key, data.len() as u64));
+                let reused = found.is_some();
+                let bytes = match found {
+                    Some(bytes) => bytes,
+                    None => compress_chunk(compression, data)?,
+                };
+                let packed_key = *blake3::hash(&bytes).as_bytes();
+                Ok((key, bytes, reused, packed_key))
             })
             .collect();
         for (data, result) in chunks.iter().zip(done) {
-            let (key, bytes, reused) = result?;
+            let (key, bytes, reused, packed_key) = result?;
             self.out.write_all(&bytes)?;
             self.chunks.push(ChunkInfo {
                 key,
                 offset: self.offset,
                 len: bytes.len() as u64,
                 uncompressed_len: data.len() as u64,
+                packed_key,
                 reused,
             });
             self.offset += bytes.len() as u64;

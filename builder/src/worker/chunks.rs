@@ -50,6 +50,7 @@ pub(super) fn entries(chunks: &[ChunkInfo]) -> Vec<ChunkEntry> {
             size: c.uncompressed_len,
             offset: c.offset,
             len: c.len,
+            packed_hash: c.packed_key,
         })
         .collect()
 }

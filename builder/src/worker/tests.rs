@@ -367,6 +367,23 @@ fn a_committed_layer_s_chunks_are_found_in_the_store_by_the_next_one() {
     assert_eq!(reused, info.chunks.len() - 1, "{:?}", info.chunks);
     assert_ne!(info.digest, first.digest);
 
+    // A damaged byte in the first blob: the chunk holding it is a miss (compressed
+    // again), the others are still copied, and the bytes are right.
+    let blob = f.store.blob_path(&first.digest);
+    let mut bytes = fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(&blob, bytes).unwrap();
+    let opts = LayerOptions {
+        chunk_cache: Some(Arc::new(super::chunks::StoreChunks::new(&f.store))),
+        ..LayerOptions::default()
+    };
+    let mut damaged = Vec::new();
+    let info = kiln_layer::write_layer(edited.path(), &opts, &mut damaged).unwrap();
+    assert_eq!(damaged, fresh);
+    let reused = info.chunks.iter().filter(|c| c.reused).count();
+    assert_eq!(reused, info.chunks.len() - 2, "{:?}", info.chunks);
+
     // The first blob collected behind the index's back: every chunk is a miss.
     fs::remove_file(f.store.blob_path(&first.digest)).unwrap();
     let opts = LayerOptions {

@@ -113,6 +113,14 @@ fn name_allows_cut(name: &[u8]) -> bool {
     u64::from_le_bytes(low) % CUT_ODDS == 0
 }
 
+/// One chunk ready to be written: compressed, or found in the cache.
+struct Packed {
+    key: ChunkKey,
+    bytes: Vec<u8>,
+    reused: bool,
+    packed_key: ChunkKey,
+}
+
 /// A writer of the tar stream that cuts it into chunks (told of entry boundaries by
 /// [`Chunker::begin_entry`] and [`Chunker::end_entry`]) and writes each compressed
 /// chunk, or the same bytes from the cache, to `out`.
@@ -197,7 +205,7 @@ impl<W: Write> Chunker<W> {
         let compression = self.compression;
         let codec = self.codec.as_str();
         let cache = self.cache.as_deref();
-        let done: Vec<io::Result<(ChunkKey, Vec<u8>, bool, ChunkKey)>> = chunks
+        let done: Vec<io::Result<Packed>> = chunks
             .par_iter()
             .map(|data| {
                 let key = *blake3::hash(data).as_bytes();
@@ -208,11 +216,21 @@ impl<W: Write> Chunker<W> {
                     None => compress_chunk(compression, data)?,
                 };
                 let packed_key = *blake3::hash(&bytes).as_bytes();
-                Ok((key, bytes, reused, packed_key))
+                Ok(Packed {
+                    key,
+                    bytes,
+                    reused,
+                    packed_key,
+                })
             })
             .collect();
         for (data, result) in chunks.iter().zip(done) {
-            let (key, bytes, reused, packed_key) = result?;
+            let Packed {
+                key,
+                bytes,
+                reused,
+                packed_key,
+            } = result?;
             self.out.write_all(&bytes)?;
             self.chunks.push(ChunkInfo {
                 key,

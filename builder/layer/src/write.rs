@@ -213,7 +213,10 @@ pub fn write_layer(
 
     let boundary_err = |path: &Path, e| LayerError::io("write layer entry for", path, e);
     for item in &items {
-        let size = if item.kind == Kind::File {
+        // A second path of an inode is a hardlink entry, with no data.
+        let is_link =
+            item.meta.nlink() > 1 && links.contains_key(&(item.meta.dev(), item.meta.ino()));
+        let size = if item.kind == Kind::File && !is_link {
             item.meta.len()
         } else {
             0

@@ -256,3 +256,16 @@ fn chunked_output_does_not_depend_on_the_thread_count() {
         assert!(one_blob == blob, "{compression:?}: one thread, other bytes");
     }
 }
+
+#[test]
+fn a_hardlink_to_a_big_file_does_not_make_a_chunk_of_its_own() {
+    let src = tempdir().unwrap();
+    write_file(&src.path().join("a/big.bin"), &noise(5 << 20, 11));
+    fs::hard_link(src.path().join("a/big.bin"), src.path().join("b-link.bin")).unwrap();
+    write_file(&src.path().join("c.txt"), b"after the link\n");
+    let (info, _) = write_vec(src.path(), &opts(Compression::default(), Some(0)));
+    // "a/", the big file's first piece and its rest, then the link (a header, no
+    // data) and c.txt together.
+    let sizes: Vec<u64> = info.chunks.iter().map(|c| c.uncompressed_len).collect();
+    assert_eq!(sizes, [512, BIG_SPLIT, (1 << 20) + 512, 512 + 1024 + 1024]);
+}

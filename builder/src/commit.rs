@@ -223,6 +223,7 @@ pub fn commit(store: &Store, req: &CommitRequest) -> Result<BuiltImage> {
         skip: Some(Box::new(move |rel: &Path| {
             exclude.iter().any(|e| rel.starts_with(e))
         })),
+        chunk_cache: None,
     };
     let layer_err = |source| CommitError::Layer {
         upper: req.upper.to_path_buf(),

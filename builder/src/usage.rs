@@ -170,6 +170,7 @@ const BUILD_CACHE_AREAS: &[(&str, &str)] = &[
     ("records", "Build records"),
     ("statmemo", "Stat memos"),
     ("tmp", "Temp files"),
+    ("chunks", "Chunk index"),
     ("", "Other"),
 ];
 
@@ -779,6 +780,8 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport> {
             }
             if !report.plan.refs.is_empty() {
                 store.sync_dirs(&[&store.blobs_dir(), &store.snapshots_dir()])?;
+                // The chunk index keeps no blob: the entries of those that went go too.
+                store.prune_chunk_index()?;
             }
         }
         report.lock_held = locked.elapsed();

@@ -156,9 +156,10 @@ impl Store {
         Ok(())
     }
 
-    /// Delete a stored blob; returns whether it existed. Callers must hold
-    /// [`Store::lock_exclusive`] so no concurrent build still needs it.
+    /// Delete a stored blob (and its chunk index files); returns whether it existed.
+    /// Callers must hold [`Store::lock_exclusive`] so no concurrent build still needs it.
     pub fn delete_blob(&self, digest: &Digest) -> Result<bool> {
+        self.forget_chunks(digest);
         let path = self.blob_path(digest);
         match fs::remove_file(&path) {
             Ok(()) => {

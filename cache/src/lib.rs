@@ -14,6 +14,8 @@
 //!   are not re-read.
 //! * [`BuildRecord`]: build records in `records/` ([`Store::record_put`], ...), what
 //!   miss explanations compare against.
+//! * The chunk index ([`Store::record_chunks`], [`Store::chunk_index`]): where the
+//!   compressed chunks of layer blobs are, for rebuilds to copy instead of compress.
 //! * [`hash_file`]: BLAKE3 content hashes of files (what the stat memo keeps; the
 //!   builder's `cachekey` module folds them into COPY/ADD cache keys).
 //!
@@ -24,6 +26,7 @@
 #![deny(missing_docs)]
 
 mod blob;
+mod chunks;
 mod config;
 mod digest;
 mod error;
@@ -39,6 +42,7 @@ mod store;
 mod tags;
 
 pub use blob::BlobWriter;
+pub use chunks::{ChunkEntry, ChunkHash, ChunkIndex, ChunkLocation};
 pub use digest::{Digest, sha256_of};
 pub use error::{CacheError, Result};
 pub use gc::{

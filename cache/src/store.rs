@@ -32,6 +32,8 @@ pub(crate) const TMP_DIR: &str = "tmp";
 pub(crate) const CONTAINERS_DIR: &str = "containers";
 pub(crate) const VOLUMES_DIR: &str = "volumes";
 pub(crate) const LOCKS_DIR: &str = "locks";
+/// Made on first use (by [`Store::record_chunks`]), not by [`Store::open`].
+pub(crate) const CHUNKS_DIR: &str = "chunks";
 /// Made by the builder on first use, not by [`Store::open`].
 pub(crate) const CACHE_MOUNTS_DIR: &str = "cache-mounts";
 const STORE_JSON: &str = "store.json";
@@ -70,6 +72,8 @@ struct StoreMeta {
 /// <root>/containers/         per-RUN container state (owned by the builder)
 /// <root>/volumes/            volumes of `kiln run`: NAME/_data and NAME's metadata
 ///                            (owned by the builder)
+/// <root>/chunks/<codec>/<hex>.json  where the compressed chunks of blob <hex> are
+///                            (Store::record_chunks; made on first use; keeps no blob)
 /// <root>/cache-mounts/       RUN --mount=type=cache directories and their locks
 ///                            (owned by the builder, made on first use)
 /// <root>/locks/              per-name locks (Store::lock_named), one
@@ -135,13 +139,15 @@ pub struct DiskUsage {
     pub containers: AreaUsage,
     /// `volumes/`
     pub volumes: AreaUsage,
+    /// `chunks/` (the chunk index)
+    pub chunks: AreaUsage,
     /// Everything else (`store.json`, locks, unknown entries).
     pub other: AreaUsage,
 }
 
 impl DiskUsage {
     /// Each area with its directory name, in a fixed order.
-    pub fn areas(&self) -> [(&'static str, AreaUsage); 9] {
+    pub fn areas(&self) -> [(&'static str, AreaUsage); 10] {
         [
             ("blobs", self.blobs),
             ("cache", self.cache),
@@ -151,6 +157,7 @@ impl DiskUsage {
             ("tmp", self.tmp),
             ("containers", self.containers),
             ("volumes", self.volumes),
+            ("chunks", self.chunks),
             ("other", self.other),
         ]
     }
@@ -175,6 +182,7 @@ impl DiskUsage {
             "tmp" => &mut self.tmp,
             "containers" => &mut self.containers,
             "volumes" => &mut self.volumes,
+            "chunks" => &mut self.chunks,
             _ => &mut self.other,
         }
     }

@@ -191,7 +191,7 @@ fn deflate_block(level: u32, dict: &[u8], input: &[u8], last: bool) -> io::Resul
 }
 
 impl<W: Write> ParGzEncoder<W> {
-    fn new(out: W, level: u32) -> Self {
+    pub(super) fn new(out: W, level: u32) -> Self {
         ParGzEncoder {
             out,
             level,
@@ -240,7 +240,7 @@ impl<W: Write> ParGzEncoder<W> {
         Ok(())
     }
 
-    fn finish(mut self) -> io::Result<W> {
+    pub(super) fn finish(mut self) -> io::Result<W> {
         if self.size == 0 {
             self.header()?;
         }

@@ -3,7 +3,9 @@
 //!
 //! - [`write_layer`] turns a diff directory (the files a build step added or
 //!   changed, with overlayfs-style whiteouts) into a `tar`, `tar+gzip` or
-//!   `tar+zstd` layer, computing its digest and diff_id in the same pass.
+//!   `tar+zstd` layer, computing its digest and diff_id in the same pass. gzip and
+//!   zstd layers are cut into chunks compressed on their own, which a rebuild can
+//!   copy from an earlier blob ([`ChunkCache`]; see the `chunk` module).
 //! - [`unpack_layer`] extracts a layer blob under a destination directory
 //!   without ever writing outside it, converting whiteouts as asked
 //!   ([`WhiteoutMode`]).
@@ -14,6 +16,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod chunk;
 mod compression;
 mod error;
 mod safe_fs;
@@ -25,6 +28,10 @@ mod write;
 #[cfg(test)]
 mod tests;
 
+pub use chunk::{
+    BIG_FILE, BIG_SPLIT, CHUNK_MAX, CHUNK_MIN, CUT_ODDS, ChunkCache, ChunkInfo, ChunkKey,
+    chunk_codec,
+};
 pub use compression::{
     Compression, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_TAR_GZIP, MEDIA_TYPE_LAYER_TAR_ZSTD,
 };

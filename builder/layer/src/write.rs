@@ -7,6 +7,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use kiln_oci::Digest;
 use kiln_oci::digest::Hashing;
@@ -14,6 +15,7 @@ use rustix::fs::{Mode, OFlags};
 use tar::{EntryType, Header};
 use walkdir::WalkDir;
 
+use super::chunk::{ChunkCache, ChunkInfo, Chunker};
 use super::compression::{Compression, Encoder};
 use super::error::LayerError;
 use super::whiteout::{
@@ -36,6 +38,10 @@ pub struct LayerOptions {
     /// this returns true are left out; a skipped directory's whole subtree
     /// is left out.
     pub skip: Option<Box<SkipFn>>,
+    /// Compressed chunks of earlier layers that may be reused. gzip and zstd layers
+    /// are written as chunks either way; with a cache, the chunks it holds are copied
+    /// instead of compressed, which gives the same bytes.
+    pub chunk_cache: Option<Arc<dyn ChunkCache>>,
 }
 
 impl fmt::Debug for LayerOptions {
@@ -44,6 +50,7 @@ impl fmt::Debug for LayerOptions {
             .field("compression", &self.compression)
             .field("source_date_epoch", &self.source_date_epoch)
             .field("skip", &self.skip.as_ref().map(|_| "<fn>"))
+            .field("chunk_cache", &self.chunk_cache.as_ref().map(|_| "<cache>"))
             .finish()
     }
 }
@@ -65,6 +72,55 @@ pub struct LayerInfo {
     /// Number of tar entries (PAX extension headers not counted; whiteout
     /// and opaque markers counted).
     pub entries: u64,
+    /// The blob's chunks, in order (empty for an uncompressed layer). Each one is a
+    /// gzip member or zstd frame of its own; see [`crate::ChunkInfo`].
+    pub chunks: Vec<ChunkInfo>,
+}
+
+/// Where the tar stream goes: a chunker for gzip and zstd, the plain output for an
+/// uncompressed layer.
+enum Sink<W: Write> {
+    Chunked(Chunker<W>),
+    Plain(Encoder<W>),
+}
+
+impl<W: Write> Sink<W> {
+    fn begin_entry(&mut self, size: u64) -> io::Result<()> {
+        match self {
+            Sink::Chunked(c) => c.begin_entry(size),
+            Sink::Plain(_) => Ok(()),
+        }
+    }
+
+    fn end_entry(&mut self, name: &[u8]) -> io::Result<()> {
+        match self {
+            Sink::Chunked(c) => c.end_entry(name),
+            Sink::Plain(_) => Ok(()),
+        }
+    }
+
+    fn finish(self) -> io::Result<(W, Vec<ChunkInfo>)> {
+        match self {
+            Sink::Chunked(c) => c.finish(),
+            Sink::Plain(e) => Ok((e.finish()?, Vec::new())),
+        }
+    }
+}
+
+impl<W: Write> Write for Sink<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::Chunked(c) => c.write(buf),
+            Sink::Plain(e) => e.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::Chunked(c) => c.flush(),
+            Sink::Plain(e) => e.flush(),
+        }
+    }
 }
 
 /// Whether `dir` has no entries at all, i.e. a step changed nothing and its
@@ -141,15 +197,70 @@ pub fn write_layer(
     }
     let items = collect(dir, opts)?;
 
-    let encoder = Encoder::new(opts.compression, Hashing::new(out))
-        .map_err(|e| LayerError::io("start compressing layer from", dir, e))?;
-    let mut builder = tar::Builder::new(Hashing::new(encoder));
+    let hashed_out = Hashing::new(out);
+    let sink = match opts.compression {
+        Compression::Uncompressed => Sink::Plain(
+            Encoder::new(Compression::Uncompressed, hashed_out)
+                .map_err(|e| LayerError::io("start writing layer from", dir, e))?,
+        ),
+        c => Sink::Chunked(Chunker::new(c, opts.chunk_cache.clone(), hashed_out)),
+    };
+    let mut builder = tar::Builder::new(Hashing::new(sink));
     let epoch = opts.source_date_epoch;
     let mut entries = 0u64;
     // (dev, ino) -> tar name of the first path with that inode.
     let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
 
+    let boundary_err = |path: &Path, e| LayerError::io("write layer entry for", path, e);
     for item in &items {
+        // A second path of an inode is a hardlink entry, with no data.
+        let is_link =
+            item.meta.nlink() > 1 && links.contains_key(&(item.meta.dev(), item.meta.ino()));
+        let size = if item.kind == Kind::File && !is_link {
+            item.meta.len()
+        } else {
+            0
+        };
+        builder
+            .get_mut()
+            .get_mut()
+            .begin_entry(size)
+            .map_err(|e| boundary_err(&item.path, e))?;
+        entries += write_item(&mut builder, item, epoch, &mut links)?;
+        builder
+            .get_mut()
+            .get_mut()
+            .end_entry(&item.name)
+            .map_err(|e| boundary_err(&item.path, e))?;
+    }
+
+    let finish_err = |e| LayerError::io("finish writing layer from", dir, e);
+    let tar_out = builder.into_inner().map_err(finish_err)?;
+    let (sink, diff_id, uncompressed_size) = tar_out.finish();
+    let (hashed_out, chunks) = sink.finish().map_err(finish_err)?;
+    let (mut out, digest, size) = hashed_out.finish();
+    out.flush().map_err(finish_err)?;
+    Ok(LayerInfo {
+        digest,
+        diff_id,
+        size,
+        uncompressed_size,
+        media_type: opts.compression.media_type(),
+        entries,
+        chunks,
+    })
+}
+
+/// Writes one item (a hardlink entry for a second path of an inode; an opaque
+/// directory with its marker) and returns the number of entries written.
+fn write_item<W: Write>(
+    builder: &mut tar::Builder<W>,
+    item: &Item,
+    epoch: Option<i64>,
+    links: &mut HashMap<(u64, u64), Vec<u8>>,
+) -> Result<u64, LayerError> {
+    let mut entries = 0u64;
+    {
         let mtime = clamp_mtime(item.meta.mtime(), epoch);
         let mut spec = Spec {
             name: &item.name,
@@ -172,9 +283,8 @@ pub fn write_layer(
                     link: Some(first),
                     ..spec
                 };
-                append(&mut builder, &spec, io::empty(), &item.path)?;
-                entries += 1;
-                continue;
+                append(builder, &spec, io::empty(), &item.path)?;
+                return Ok(1);
             }
             links.insert(hardlink_key, item.name.clone());
         }
@@ -190,11 +300,11 @@ pub fn write_layer(
                     inner: file.take(spec.size),
                     remaining: spec.size,
                 };
-                append(&mut builder, &spec, reader, &item.path)?;
+                append(builder, &spec, reader, &item.path)?;
             }
             Kind::Dir { opaque } => {
                 spec.kind = EntryType::Directory;
-                append(&mut builder, &spec, io::empty(), &item.path)?;
+                append(builder, &spec, io::empty(), &item.path)?;
                 if opaque {
                     entries += 1;
                     let mut marker = item.name.clone();
@@ -208,7 +318,7 @@ pub fn write_layer(
                         xattrs: BTreeMap::new(),
                         ..spec
                     };
-                    append(&mut builder, &spec, io::empty(), &item.path)?;
+                    append(builder, &spec, io::empty(), &item.path)?;
                 }
             }
             Kind::Symlink => {
@@ -216,11 +326,11 @@ pub fn write_layer(
                     .map_err(|e| LayerError::io("read symlink", &item.path, e))?;
                 spec.kind = EntryType::Symlink;
                 spec.link = Some(target.as_os_str().as_bytes());
-                append(&mut builder, &spec, io::empty(), &item.path)?;
+                append(builder, &spec, io::empty(), &item.path)?;
             }
             Kind::Fifo => {
                 spec.kind = EntryType::Fifo;
-                append(&mut builder, &spec, io::empty(), &item.path)?;
+                append(builder, &spec, io::empty(), &item.path)?;
             }
             Kind::Char | Kind::Block => {
                 spec.kind = if item.kind == Kind::Char {
@@ -230,7 +340,7 @@ pub fn write_layer(
                 };
                 let rdev = item.meta.rdev();
                 spec.dev = Some((rustix::fs::major(rdev), rustix::fs::minor(rdev)));
-                append(&mut builder, &spec, io::empty(), &item.path)?;
+                append(builder, &spec, io::empty(), &item.path)?;
             }
             Kind::Whiteout => {
                 // `.wh.NAME`: an empty regular file owned by 0:0, mode 0.
@@ -240,26 +350,12 @@ pub fn write_layer(
                     gid: 0,
                     ..spec
                 };
-                append(&mut builder, &spec, io::empty(), &item.path)?;
+                append(builder, &spec, io::empty(), &item.path)?;
             }
         }
         entries += 1;
     }
-
-    let finish_err = |e| LayerError::io("finish writing layer from", dir, e);
-    let tar_out = builder.into_inner().map_err(finish_err)?;
-    let (encoder, diff_id, uncompressed_size) = tar_out.finish();
-    let hashed_out = encoder.finish().map_err(finish_err)?;
-    let (mut out, digest, size) = hashed_out.finish();
-    out.flush().map_err(finish_err)?;
-    Ok(LayerInfo {
-        digest,
-        diff_id,
-        size,
-        uncompressed_size,
-        media_type: opts.compression.media_type(),
-        entries,
-    })
+    Ok(entries)
 }
 
 /// `min(mtime, epoch)`, and never before 1970 (tar mtimes are unsigned here).

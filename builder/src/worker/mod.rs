@@ -152,10 +152,13 @@ impl<'a> BuildWorker<'a> {
         store: &'a Store,
         context: ContextFs,
         images: &'a ImageStore,
-        layer_opts: LayerOptions,
+        mut layer_opts: LayerOptions,
         exec: ExecSettings,
     ) -> Result<Self> {
         let memo = StatMemo::load(store, context.root())?;
+        if layer_opts.chunk_cache.is_none() {
+            layer_opts.chunk_cache = Some(std::sync::Arc::new(chunks::StoreChunks::new(store)));
+        }
         Ok(BuildWorker {
             store,
             snapshots: Snapshots::new(store),
@@ -388,6 +391,14 @@ impl<'a> BuildWorker<'a> {
             info
         };
         writer.commit(Some(&info.digest))?;
+        // A layer of one chunk is only ever reused whole, through the cache record.
+        if let (Some(codec), true) = (
+            kiln_layer::chunk_codec(self.layer_opts.compression),
+            info.chunks.len() > 1,
+        ) {
+            self.store
+                .record_chunks(&codec, &info.digest, &chunks::entries(&info.chunks))?;
+        }
         if self.lazy.contains(&id) {
             // Deleted before the kernel writes it back, the tree costs no disk writes.
             let handle = std::thread::spawn(move || drop(dir));
@@ -661,6 +672,7 @@ impl Worker for BuildWorker<'_> {
 
 /// Results by vertex, as the solver returns them.
 pub type Results = HashMap<VertexId, kiln_solver::Solved<Output>>;
+mod chunks;
 mod exec;
 mod image;
 

@@ -311,3 +311,89 @@ fn a_failed_run_names_the_command_exit_code_and_output() {
          last output:\ncc: error\nmake: *** failed"
     );
 }
+
+/// A tree of 1,500 small files and a 9 MiB file of pseudo-random bytes: several chunks.
+fn chunky_tree(dir: &Path, edit: &str) {
+    for i in 0..1500 {
+        let p = dir.join(format!("small/d{:02}/f{i:04}.txt", i / 100));
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let mut text = format!("file {i}\n").repeat(1 + i % 300);
+        if i == 700 {
+            text.push_str(edit);
+        }
+        fs::write(p, text).unwrap();
+    }
+    let mut x: u64 = 5;
+    let big: Vec<u8> = (0..(9 << 20) / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    fs::write(dir.join("big.bin"), big).unwrap();
+    let t = filetime::FileTime::from_unix_time(1_700_000_000, 0);
+    for e in walkdir::WalkDir::new(dir) {
+        filetime::set_symlink_file_times(e.unwrap().path(), t, t).unwrap();
+    }
+}
+
+#[test]
+fn a_committed_layer_s_chunks_are_found_in_the_store_by_the_next_one() {
+    let f = fixture();
+    let w = f.worker(SnapshotterKind::Copy);
+    let dir = w.snapshots.temp_dir("layer").unwrap();
+    chunky_tree(dir.path(), "");
+    let first = w.commit_layer(VertexId::new(0), dir).unwrap();
+    let codec = kiln_layer::chunk_codec(kiln_layer::Compression::default()).unwrap();
+    let index = f.store.chunk_index(&codec).unwrap();
+    assert!(index.len() >= 4, "{}", index.len());
+
+    // The same tree with one small file edited, written with the store's chunks.
+    let edited = tempfile::tempdir().unwrap();
+    chunky_tree(edited.path(), "edited\n");
+    let opts = LayerOptions {
+        chunk_cache: Some(Arc::new(super::chunks::StoreChunks::new(&f.store))),
+        ..LayerOptions::default()
+    };
+    let mut with_cache = Vec::new();
+    let info = kiln_layer::write_layer(edited.path(), &opts, &mut with_cache).unwrap();
+    let fresh = {
+        let mut out = Vec::new();
+        kiln_layer::write_layer(edited.path(), &LayerOptions::default(), &mut out).unwrap();
+        out
+    };
+    assert_eq!(with_cache, fresh, "copied chunks, same bytes");
+    let reused = info.chunks.iter().filter(|c| c.reused).count();
+    assert_eq!(reused, info.chunks.len() - 1, "{:?}", info.chunks);
+    assert_ne!(info.digest, first.digest);
+
+    // A damaged byte in the first blob: the chunk holding it is a miss (compressed
+    // again), the others are still copied, and the bytes are right.
+    let blob = f.store.blob_path(&first.digest);
+    let mut bytes = fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(&blob, bytes).unwrap();
+    let opts = LayerOptions {
+        chunk_cache: Some(Arc::new(super::chunks::StoreChunks::new(&f.store))),
+        ..LayerOptions::default()
+    };
+    let mut damaged = Vec::new();
+    let info = kiln_layer::write_layer(edited.path(), &opts, &mut damaged).unwrap();
+    assert_eq!(damaged, fresh);
+    let reused = info.chunks.iter().filter(|c| c.reused).count();
+    assert_eq!(reused, info.chunks.len() - 2, "{:?}", info.chunks);
+
+    // The first blob collected behind the index's back: every chunk is a miss.
+    fs::remove_file(f.store.blob_path(&first.digest)).unwrap();
+    let opts = LayerOptions {
+        chunk_cache: Some(Arc::new(super::chunks::StoreChunks::new(&f.store))),
+        ..LayerOptions::default()
+    };
+    let mut again = Vec::new();
+    let info = kiln_layer::write_layer(edited.path(), &opts, &mut again).unwrap();
+    assert!(info.chunks.iter().all(|c| !c.reused));
+    assert_eq!(again, fresh);
+}

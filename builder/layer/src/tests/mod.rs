@@ -5,6 +5,7 @@
 //! run there.
 
 mod bombs;
+mod chunks;
 mod determinism;
 mod malicious;
 mod roundtrip;
@@ -39,6 +40,7 @@ fn opts(compression: Compression, epoch: Option<i64>) -> LayerOptions {
         compression,
         source_date_epoch: epoch,
         skip: None,
+        chunk_cache: None,
     }
 }
 

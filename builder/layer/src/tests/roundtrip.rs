@@ -226,6 +226,7 @@ fn skip_leaves_out_paths_and_subtrees() {
         skip: Some(Box::new(|p: &Path| {
             p == Path::new("cache") || p == Path::new("keep/skipme")
         })),
+        chunk_cache: None,
     };
     let (info, blob) = write_vec(src.path(), &opts);
     let names: Vec<String> = tar_entries(&blob).into_iter().map(|e| e.name).collect();

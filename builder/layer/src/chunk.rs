@@ -1,0 +1,278 @@
+//! Chunked layers: the tar stream cut into chunks chosen from its content alone, each
+//! compressed on its own (a gzip member, a zstd frame), so that a rebuild after a small
+//! edit can copy the compressed bytes of every unchanged chunk from an earlier blob.
+//!
+//! The blob is the concatenation of the compressed chunks: a valid multi-member gzip
+//! or multi-frame zstd stream whose uncompressed bytes are exactly the tar, so the
+//! diff_id does not depend on the chunking. Where the cuts fall:
+//!
+//! - After an entry, when the chunk holds at least [`CHUNK_MIN`] bytes and a hash of the
+//!   entry's name has its low bits zero (one name in [`CUT_ODDS`]), or when it holds
+//!   [`CHUNK_MAX`] bytes or more. Names, not positions, decide: an edited file changes
+//!   its own chunk, and the cuts after it fall where they fell before.
+//! - Around a file of [`BIG_FILE`] bytes or more: it starts a chunk, is split every
+//!   [`BIG_SPLIT`] bytes from its header on, and its last piece ends a chunk.
+//!
+//! A layer that makes one chunk (under [`CHUNK_MIN`] of tar and no big file) is
+//! compressed exactly as an unchunked stream would be. Chunks are compressed in
+//! parallel on the rayon pool and written in order; every chunk's compressed bytes
+//! depend only on its uncompressed bytes and the [`Compression`], never on the number
+//! of threads or on whether they came from a [`ChunkCache`].
+
+use std::io::{self, Write};
+use std::sync::Arc;
+
+use super::compression::{Compression, ParGzEncoder};
+
+/// A chunk ends after the entry that brings it to this size if the entry's name
+/// hash allows it.
+pub const CHUNK_MIN: u64 = 1 << 20;
+/// A chunk ends after the entry that brings it to this size, whatever its name.
+pub const CHUNK_MAX: u64 = 8 << 20;
+/// Files at least this big get chunks of their own.
+pub const BIG_FILE: u64 = 4 << 20;
+/// Pieces of a big file's entry (header included) are this big, the last one aside.
+pub const BIG_SPLIT: u64 = 4 << 20;
+/// One entry name in this many ends a chunk (past [`CHUNK_MIN`]).
+pub const CUT_ODDS: u64 = 256;
+/// Uncompressed bytes gathered before a batch of chunks is compressed in parallel.
+const BATCH_BYTES: u64 = 16 << 20;
+/// Version of the chunking and per-chunk encoding. Part of [`chunk_codec`]: a kiln
+/// that cuts or compresses chunks differently must not reuse an older one's chunks.
+const CHUNK_FORMAT: u32 = 1;
+
+/// The identity of a chunk: the BLAKE3 hash of its uncompressed bytes.
+pub type ChunkKey = [u8; 32];
+
+/// Compressed chunks of earlier blobs, by key. The builder implements it over the
+/// store's chunk index.
+pub trait ChunkCache: Send + Sync {
+    /// The compressed bytes of a chunk of `uncompressed_len` bytes whose key is `key`,
+    /// compressed as `codec` says ([`chunk_codec`]), if some stored blob still holds
+    /// them. Any failure (blob gone, short read) is a miss: `None`.
+    fn find(&self, codec: &str, key: &ChunkKey, uncompressed_len: u64) -> Option<Vec<u8>>;
+}
+
+/// One chunk of a written layer blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkInfo {
+    /// BLAKE3 of the chunk's uncompressed bytes.
+    pub key: ChunkKey,
+    /// Where its compressed bytes start in the blob.
+    pub offset: u64,
+    /// Length of its compressed bytes.
+    pub len: u64,
+    /// Length of its uncompressed bytes (a slice of the tar).
+    pub uncompressed_len: u64,
+    /// BLAKE3 of its compressed bytes (for a cache to check them when it reads
+    /// them back).
+    pub packed_key: ChunkKey,
+    /// Whether its compressed bytes came from a [`ChunkCache`].
+    pub reused: bool,
+}
+
+/// The name chunks compressed as `compression` are remembered under: the algorithm,
+/// the level and [`CHUNK_FORMAT`] (`gzip-6-c1`). `None` for an uncompressed layer,
+/// which is not chunked.
+pub fn chunk_codec(compression: Compression) -> Option<String> {
+    match compression {
+        Compression::Gzip { level } => Some(format!("gzip-{level}-c{CHUNK_FORMAT}")),
+        Compression::Zstd { level } => Some(format!("zstd-{level}-c{CHUNK_FORMAT}")),
+        Compression::Uncompressed => None,
+    }
+}
+
+/// Compresses one chunk on its own: one gzip member (the same bytes as the unchunked
+/// parallel gzip writer gives for this input) or one zstd frame with a checksum.
+pub(super) fn compress_chunk(compression: Compression, data: &[u8]) -> io::Result<Vec<u8>> {
+    match compression {
+        Compression::Gzip { level } => {
+            let mut enc = ParGzEncoder::new(Vec::with_capacity(data.len() / 2 + 64), level);
+            enc.write_all(data)?;
+            enc.finish()
+        }
+        Compression::Zstd { level } => {
+            let mut enc = zstd::stream::write::Encoder::new(Vec::new(), level)?;
+            enc.include_checksum(true)?;
+            // One worker: zstd's multi-threaded output is the same for any worker count
+            // >= 1, and the chunks themselves run in parallel.
+            enc.multithread(1)?;
+            enc.write_all(data)?;
+            enc.finish()
+        }
+        Compression::Uncompressed => Ok(data.to_vec()),
+    }
+}
+
+/// Whether a chunk may end after the entry named `name`: its hash is one in
+/// [`CUT_ODDS`].
+fn name_allows_cut(name: &[u8]) -> bool {
+    let h = blake3::hash(name);
+    let mut low = [0u8; 8];
+    low.copy_from_slice(&h.as_bytes()[..8]);
+    u64::from_le_bytes(low) % CUT_ODDS == 0
+}
+
+/// One chunk ready to be written: compressed, or found in the cache.
+struct Packed {
+    key: ChunkKey,
+    bytes: Vec<u8>,
+    reused: bool,
+    packed_key: ChunkKey,
+}
+
+/// A writer of the tar stream that cuts it into chunks (told of entry boundaries by
+/// [`Chunker::begin_entry`] and [`Chunker::end_entry`]) and writes each compressed
+/// chunk, or the same bytes from the cache, to `out`.
+pub(super) struct Chunker<W: Write> {
+    out: W,
+    compression: Compression,
+    codec: String,
+    cache: Option<Arc<dyn ChunkCache>>,
+    cur: Vec<u8>,
+    pending: Vec<Vec<u8>>,
+    pending_bytes: u64,
+    /// In a big file's entry: the bytes of it written so far.
+    big: Option<u64>,
+    offset: u64,
+    chunks: Vec<ChunkInfo>,
+}
+
+impl<W: Write> Chunker<W> {
+    /// A chunker for a gzip or zstd layer (an uncompressed one is not chunked: its
+    /// chunks would be plain copies, which the cache would not spare).
+    pub(super) fn new(
+        compression: Compression,
+        cache: Option<Arc<dyn ChunkCache>>,
+        out: W,
+    ) -> Self {
+        let codec = chunk_codec(compression).unwrap_or_else(|| "tar".to_owned());
+        Chunker {
+            out,
+            compression,
+            codec,
+            cache,
+            cur: Vec::new(),
+            pending: Vec::new(),
+            pending_bytes: 0,
+            big: None,
+            offset: 0,
+            chunks: Vec::new(),
+        }
+    }
+
+    /// An entry whose data is `size` bytes starts.
+    pub(super) fn begin_entry(&mut self, size: u64) -> io::Result<()> {
+        if size >= BIG_FILE {
+            self.cut()?;
+            self.big = Some(0);
+        }
+        Ok(())
+    }
+
+    /// The entry named `name` (its tar name) has been written, padding included.
+    pub(super) fn end_entry(&mut self, name: &[u8]) -> io::Result<()> {
+        let len = self.cur.len() as u64;
+        if self.big.take().is_some()
+            || len >= CHUNK_MAX
+            || (len >= CHUNK_MIN && name_allows_cut(name))
+        {
+            self.cut()?;
+        }
+        Ok(())
+    }
+
+    /// Ends the current chunk (if it has any bytes).
+    fn cut(&mut self) -> io::Result<()> {
+        if self.cur.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.cur, Vec::with_capacity(CHUNK_MIN as usize));
+        self.pending_bytes += chunk.len() as u64;
+        self.pending.push(chunk);
+        if self.pending_bytes >= BATCH_BYTES {
+            self.flush_pending()?;
+        }
+        Ok(())
+    }
+
+    /// Compresses (or finds in the cache) the pending chunks in parallel and writes
+    /// them in order.
+    fn flush_pending(&mut self) -> io::Result<()> {
+        use rayon::prelude::*;
+        let chunks = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        let compression = self.compression;
+        let codec = self.codec.as_str();
+        let cache = self.cache.as_deref();
+        let done: Vec<io::Result<Packed>> = chunks
+            .par_iter()
+            .map(|data| {
+                let key = *blake3::hash(data).as_bytes();
+                let found = cache.and_then(|c| c.find(codec, &key, data.len() as u64));
+                let reused = found.is_some();
+                let bytes = match found {
+                    Some(bytes) => bytes,
+                    None => compress_chunk(compression, data)?,
+                };
+                let packed_key = *blake3::hash(&bytes).as_bytes();
+                Ok(Packed {
+                    key,
+                    bytes,
+                    reused,
+                    packed_key,
+                })
+            })
+            .collect();
+        for (data, result) in chunks.iter().zip(done) {
+            let Packed {
+                key,
+                bytes,
+                reused,
+                packed_key,
+            } = result?;
+            self.out.write_all(&bytes)?;
+            self.chunks.push(ChunkInfo {
+                key,
+                offset: self.offset,
+                len: bytes.len() as u64,
+                uncompressed_len: data.len() as u64,
+                packed_key,
+                reused,
+            });
+            self.offset += bytes.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Writes the last chunks and returns the output with the list of chunks.
+    pub(super) fn finish(mut self) -> io::Result<(W, Vec<ChunkInfo>)> {
+        self.cut()?;
+        self.flush_pending()?;
+        Ok((self.out, self.chunks))
+    }
+}
+
+impl<W: Write> Write for Chunker<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = match self.big {
+            Some(written) => {
+                // Cut lazily at a split point, so that no chunk is empty.
+                if written > 0 && written % BIG_SPLIT == 0 {
+                    self.cut()?;
+                }
+                let room = BIG_SPLIT - written % BIG_SPLIT;
+                let n = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+                self.big = Some(written + n as u64);
+                n
+            }
+            None => buf.len(),
+        };
+        self.cur.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

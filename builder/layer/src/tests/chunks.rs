@@ -1,0 +1,271 @@
+//! Chunked layers: where the cuts fall, that every chunk stands alone, that chunks from
+//! a cache give the same bytes, and that the thread count changes nothing.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tempfile::tempdir;
+
+use super::super::compression::Encoder;
+use super::super::{BIG_FILE, BIG_SPLIT, CHUNK_MAX, ChunkCache, ChunkKey, chunk_codec};
+use super::*;
+use kiln_oci::digest::sha256_digest;
+
+const CHUNKED: [Compression; 2] = [
+    Compression::Gzip { level: 6 },
+    Compression::Zstd { level: 3 },
+];
+
+/// Incompressible bytes (xorshift).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A context like the anchors' bigcopy, scaled down: 3,000 small text files in 30
+/// directories (about 6 MiB of tar), a 9 MiB random file and a 6 MiB file of zeros.
+fn build_big_tree(dir: &Path) {
+    for d in 0..30 {
+        for f in 0..100 {
+            let data = pseudo_random(500 + (d * 7 + f * 13) % 8 * 400, (d * 100 + f) as u64);
+            write_file(&dir.join(format!("small/d{d:03}/f{f:03}.txt")), &data);
+        }
+    }
+    write_file(&dir.join("big/blob.bin"), &noise(9 << 20, 7));
+    write_file(&dir.join("big/zeros.bin"), &vec![0u8; 6 << 20]);
+    set_all_mtimes(dir, 1_700_000_000);
+}
+
+/// A [`ChunkCache`] in memory, filled from written blobs.
+#[derive(Default)]
+struct MemCache {
+    chunks: Mutex<HashMap<(String, ChunkKey), Vec<u8>>>,
+    hits: AtomicUsize,
+}
+
+impl MemCache {
+    fn remember(&self, compression: Compression, info: &LayerInfo, blob: &[u8]) {
+        let codec = chunk_codec(compression).unwrap();
+        let mut map = self.chunks.lock().unwrap();
+        for c in &info.chunks {
+            let bytes = blob[c.offset as usize..(c.offset + c.len) as usize].to_vec();
+            map.insert((codec.clone(), c.key), bytes);
+        }
+    }
+}
+
+impl ChunkCache for MemCache {
+    fn find(&self, codec: &str, key: &ChunkKey, _len: u64) -> Option<Vec<u8>> {
+        let got = self
+            .chunks
+            .lock()
+            .unwrap()
+            .get(&(codec.to_owned(), *key))
+            .cloned();
+        if got.is_some() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        got
+    }
+}
+
+fn with_cache(compression: Compression, cache: &Arc<MemCache>) -> LayerOptions {
+    LayerOptions {
+        chunk_cache: Some(cache.clone() as Arc<dyn ChunkCache>),
+        ..opts(compression, Some(1_000_000_000))
+    }
+}
+
+/// Decompresses one chunk on its own.
+fn decompress_one(compression: Compression, bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    match compression {
+        Compression::Gzip { .. } => {
+            // A single member: GzDecoder stops at its end.
+            flate2::read::GzDecoder::new(bytes)
+                .read_to_end(&mut out)
+                .unwrap();
+        }
+        _ => {
+            zstd::stream::read::Decoder::new(bytes)
+                .unwrap()
+                .single_frame()
+                .read_to_end(&mut out)
+                .unwrap();
+        }
+    }
+    out
+}
+
+#[test]
+fn big_layers_are_cut_into_chunks_that_each_stand_alone() {
+    let src = tempdir().unwrap();
+    build_big_tree(src.path());
+    for compression in CHUNKED {
+        let (info, blob) = write_vec(src.path(), &opts(compression, Some(0)));
+        let tar = decompress(&blob);
+        assert_eq!(info.diff_id, sha256_digest(&tar), "{compression:?}");
+        assert_eq!(info.digest, sha256_digest(&blob));
+        // Small files (~6 MiB) make at least one chunk; the 9 MiB file three
+        // (4 + 4 + 1 MiB), the 6 MiB one two.
+        assert!(info.chunks.len() >= 6, "{:?}", info.chunks.len());
+        let mut offset = 0;
+        let mut tar_offset = 0usize;
+        for c in &info.chunks {
+            assert_eq!(c.offset, offset, "chunks are contiguous");
+            assert!(!c.reused);
+            assert!(c.uncompressed_len <= CHUNK_MAX + BIG_FILE, "{c:?}");
+            let bytes = &blob[c.offset as usize..(c.offset + c.len) as usize];
+            let plain = decompress_one(compression, bytes);
+            assert_eq!(plain.len() as u64, c.uncompressed_len);
+            assert_eq!(plain, tar[tar_offset..tar_offset + plain.len()]);
+            assert_eq!(&c.key, blake3::hash(&plain).as_bytes());
+            offset += c.len;
+            tar_offset += plain.len();
+        }
+        assert_eq!(offset, info.size);
+        assert_eq!(tar_offset, tar.len());
+        // The random file is split at BIG_SPLIT from its header on: one chunk of
+        // exactly BIG_SPLIT bytes at least.
+        assert!(
+            info.chunks
+                .iter()
+                .filter(|c| c.uncompressed_len == BIG_SPLIT)
+                .count()
+                >= 3,
+            "{:?}",
+            info.chunks
+                .iter()
+                .map(|c| c.uncompressed_len)
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn a_layer_of_one_chunk_is_the_unchunked_stream() {
+    // Small layers (most of them) are compressed exactly as before chunking: the
+    // pinned digests of small images do not move.
+    let src = tempdir().unwrap();
+    build_rich_tree(src.path());
+    for compression in CHUNKED {
+        let (info, blob) = write_vec(src.path(), &opts(compression, Some(0)));
+        assert_eq!(info.chunks.len(), 1);
+        let tar = decompress(&blob);
+        let mut enc = Encoder::new(compression, Vec::new()).unwrap();
+        enc.write_all(&tar).unwrap();
+        assert_eq!(enc.finish().unwrap(), blob, "{compression:?}");
+    }
+}
+
+#[test]
+fn chunking_costs_little_against_one_stream() {
+    let src = tempdir().unwrap();
+    build_big_tree(src.path());
+    for compression in CHUNKED {
+        let (info, blob) = write_vec(src.path(), &opts(compression, Some(0)));
+        let tar = decompress(&blob);
+        let mut enc = Encoder::new(compression, Vec::new()).unwrap();
+        enc.write_all(&tar).unwrap();
+        let single = enc.finish().unwrap();
+        let cost = blob.len() as f64 / single.len() as f64 - 1.0;
+        eprintln!(
+            "{compression:?}: {} chunks, {} bytes vs {} in one stream ({:+.3}%)",
+            info.chunks.len(),
+            blob.len(),
+            single.len(),
+            cost * 100.0
+        );
+        assert!(cost < 0.03, "{compression:?}: {:.3}%", cost * 100.0);
+    }
+}
+
+#[test]
+fn an_edit_recompresses_one_chunk_and_reused_chunks_give_the_same_bytes() {
+    let src = tempdir().unwrap();
+    build_big_tree(src.path());
+    let edited = src.path().join("small/d013/f042.txt");
+    let original = fs::read(&edited).unwrap();
+    for compression in CHUNKED {
+        let cache = Arc::new(MemCache::default());
+        let (cold, cold_blob) = write_vec(src.path(), &with_cache(compression, &cache));
+        assert_eq!(cache.hits.load(Ordering::Relaxed), 0);
+        cache.remember(compression, &cold, &cold_blob);
+
+        // The same tree again: every chunk from the cache, the same bytes.
+        let (again, again_blob) = write_vec(src.path(), &with_cache(compression, &cache));
+        assert!(again.chunks.iter().all(|c| c.reused));
+        assert_eq!(again_blob, cold_blob, "{compression:?}");
+        assert_eq!(
+            again,
+            LayerInfo {
+                chunks: again.chunks.clone(),
+                ..cold.clone()
+            }
+        );
+
+        // One small file edited: one chunk changes, the others are copied.
+        let mut data = original.clone();
+        data.extend_from_slice(b"one more line\n");
+        fs::write(&edited, &data).unwrap();
+        set_all_mtimes(src.path(), 1_700_000_000);
+        let (edit, edit_blob) = write_vec(src.path(), &with_cache(compression, &cache));
+        let fresh = write_vec(src.path(), &opts(compression, Some(1_000_000_000)));
+        assert_eq!(
+            edit_blob, fresh.1,
+            "{compression:?}: reused chunks, same bytes"
+        );
+        let recompressed: Vec<_> = edit.chunks.iter().filter(|c| !c.reused).collect();
+        assert_eq!(recompressed.len(), 1, "{compression:?}: {recompressed:?}");
+        assert_eq!(edit.chunks.len(), cold.chunks.len());
+        cache.remember(compression, &edit, &edit_blob);
+
+        // Reverted: the cold build's blob, from cached chunks only.
+        fs::write(&edited, &original).unwrap();
+        set_all_mtimes(src.path(), 1_700_000_000);
+        let (revert, revert_blob) = write_vec(src.path(), &with_cache(compression, &cache));
+        assert!(revert.chunks.iter().all(|c| c.reused));
+        assert_eq!(revert_blob, cold_blob);
+        assert_eq!(revert.digest, cold.digest);
+    }
+}
+
+#[test]
+fn chunked_output_does_not_depend_on_the_thread_count() {
+    let src = tempdir().unwrap();
+    build_big_tree(src.path());
+    for compression in CHUNKED {
+        let (info, blob) = write_vec(src.path(), &opts(compression, Some(0)));
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let (one, one_blob) = pool.install(|| write_vec(src.path(), &opts(compression, Some(0))));
+        assert_eq!(one, info, "{compression:?}");
+        assert!(one_blob == blob, "{compression:?}: one thread, other bytes");
+    }
+}
+
+#[test]
+fn a_hardlink_to_a_big_file_does_not_make_a_chunk_of_its_own() {
+    let src = tempdir().unwrap();
+    write_file(&src.path().join("a/big.bin"), &noise(5 << 20, 11));
+    fs::hard_link(src.path().join("a/big.bin"), src.path().join("b-link.bin")).unwrap();
+    write_file(&src.path().join("c.txt"), b"after the link\n");
+    let (info, _) = write_vec(src.path(), &opts(Compression::default(), Some(0)));
+    // "a/", the big file's first piece and its rest, then the link (a header, no
+    // data) and c.txt together.
+    let sizes: Vec<u64> = info.chunks.iter().map(|c| c.uncompressed_len).collect();
+    assert_eq!(sizes, [512, BIG_SPLIT, (1 << 20) + 512, 512 + 1024 + 1024]);
+}

@@ -1,0 +1,56 @@
+//! The store's chunk index as the layer writer's [`ChunkCache`]: a rebuild copies the
+//! compressed chunks an earlier blob already holds instead of compressing them again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use kiln_cache::{ChunkEntry, ChunkIndex, Store};
+use kiln_layer::{ChunkCache, ChunkInfo, ChunkKey};
+
+/// Chunks of the blobs stored when the build started, per codec (each codec's index
+/// is read on first use).
+pub(super) struct StoreChunks {
+    store: Store,
+    indexes: Mutex<HashMap<String, Arc<ChunkIndex>>>,
+}
+
+impl StoreChunks {
+    pub(super) fn new(store: &Store) -> Self {
+        StoreChunks {
+            store: store.clone(),
+            indexes: Mutex::default(),
+        }
+    }
+
+    fn index(&self, codec: &str) -> Arc<ChunkIndex> {
+        let mut indexes = self.indexes.lock().unwrap_or_else(|e| e.into_inner());
+        indexes
+            .entry(codec.to_owned())
+            // An index that cannot be read is an empty one: every chunk is compressed.
+            .or_insert_with(|| Arc::new(self.store.chunk_index(codec).unwrap_or_default()))
+            .clone()
+    }
+}
+
+impl ChunkCache for StoreChunks {
+    fn find(&self, codec: &str, key: &ChunkKey, uncompressed_len: u64) -> Option<Vec<u8>> {
+        let index = self.index(codec);
+        let loc = index.get(key, uncompressed_len)?;
+        // A blob collected since the index was read is a miss.
+        self.store.read_chunk(loc)
+    }
+}
+
+/// What the store records of a blob's chunks.
+pub(super) fn entries(chunks: &[ChunkInfo]) -> Vec<ChunkEntry> {
+    chunks
+        .iter()
+        .map(|c| ChunkEntry {
+            hash: c.key,
+            size: c.uncompressed_len,
+            offset: c.offset,
+            len: c.len,
+            packed_hash: c.packed_key,
+        })
+        .collect()
+}

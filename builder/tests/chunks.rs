@@ -1,0 +1,338 @@
+//! Chunked layers for real: a COPY big enough to make several chunks rebuilds to the same
+//! digest whether its chunks were compressed or copied from an earlier blob, and on one
+//! thread or many; skopeo, umoci and buildah read such layers; the chunk index is
+//! counted by `kiln du` and keeps no blob from `kiln prune`. They need root
+//! (`require_root!`) and the tools they name (`require_tool!`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command as Proc;
+
+use assert_cmd::Command;
+use kiln_cache::Store;
+use kiln_test_support::{Workspace, require_root, require_tool, run_ok};
+use serde_json::Value;
+
+struct Env {
+    ws: Workspace,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            ws: Workspace::new(),
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.ws.path(rel)
+    }
+
+    fn kiln(&self, store: &str) -> Command {
+        // No collection after a build on a nearly full disk: what a test checks stays.
+        let root = self.path(store);
+        if !root.join("config.toml").exists() {
+            fs::create_dir_all(&root).unwrap();
+            fs::write(root.join("config.toml"), "[gc]\nmin-free-space = \"0\"\n").unwrap();
+        }
+        let mut c = Command::cargo_bin("kiln").unwrap();
+        // The layer's bytes depend on the context alone (the /data directory kiln
+        // makes gets this mtime too).
+        c.env("KILN_ROOT", self.path(store))
+            .env("SOURCE_DATE_EPOCH", MTIME.to_string());
+        c
+    }
+
+    /// Builds `ctx` in store `store` into the OCI layout `out`; `extra` are more flags
+    /// (and `env` variables for kiln). Returns the digests of the image's layers.
+    fn build(
+        &self,
+        store: &str,
+        ctx: &Path,
+        out: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Vec<String> {
+        let layout = self.path(out);
+        let mut c = self.kiln(store);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let o = c
+            .args(["build", "--progress", "plain", "-t", "chunky:1"])
+            .args(extra)
+            .arg("-o")
+            .arg(format!("type=oci,dest={}", layout.display()))
+            .arg(ctx)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "kiln build failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        layer_digests(&layout)
+    }
+}
+
+/// The layer descriptors of the single image in an OCI layout.
+fn layers(layout: &Path) -> Vec<Value> {
+    let blob = |d: &str| -> Value {
+        let hex = d.strip_prefix("sha256:").unwrap();
+        serde_json::from_slice(&fs::read(layout.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+    };
+    let index: Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest = blob(index["manifests"][0]["digest"].as_str().unwrap());
+    manifest["layers"].as_array().unwrap().clone()
+}
+
+/// The layer digests of the single image in an OCI layout.
+fn layer_digests(layout: &Path) -> Vec<String> {
+    layers(layout)
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Incompressible bytes (xorshift).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+const MTIME: i64 = 1_700_000_000;
+
+/// A scaled-down bigcopy: 2,000 small text files (about 4 MiB of tar), a 9 MiB random
+/// file and 6 MiB of zeros, every mtime fixed. `FROM scratch`, `COPY . /data`.
+fn bigcopy(dir: &Path) {
+    let line = "lorem ipsum dolor sit amet consectetur adipiscing elit ".repeat(8);
+    for d in 0..20 {
+        for f in 0..100 {
+            let n = (d * 7 + f * 13) % 8 + 1;
+            let text = format!("dir {d} file {f}\n{}", format!("{line}\n").repeat(n));
+            let p = dir.join(format!("small/d{d:03}/f{f:03}.txt"));
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, text).unwrap();
+        }
+    }
+    fs::create_dir_all(dir.join("big")).unwrap();
+    fs::write(dir.join("big/blob.bin"), noise(9 << 20, 3)).unwrap();
+    fs::write(dir.join("big/zeros.bin"), vec![0u8; 6 << 20]).unwrap();
+    fs::write(dir.join("Dockerfile"), "FROM scratch\nCOPY . /data\n").unwrap();
+    set_mtimes(dir);
+}
+
+fn set_mtimes(dir: &Path) {
+    let t = filetime::FileTime::from_unix_time(MTIME, 0);
+    for e in walkdir::WalkDir::new(dir) {
+        let e = e.unwrap();
+        filetime::set_symlink_file_times(e.path(), t, t).unwrap();
+    }
+}
+
+/// How many chunk index files the store holds.
+fn index_files(store: &Path) -> usize {
+    let Ok(codecs) = fs::read_dir(store.join("chunks")) else {
+        return 0;
+    };
+    codecs
+        .map(|c| fs::read_dir(c.unwrap().path()).unwrap().count())
+        .sum()
+}
+
+fn rebuilds_give_the_same_digest(compression: &str) {
+    require_root!();
+    let env = Env::new();
+    let ctx = env.path("ctx");
+    bigcopy(&ctx);
+    let c = ["--compression", compression];
+    let cold = env.build("warm", &ctx, "cold", &c, &[]);
+    assert_eq!(cold.len(), 1);
+    assert_eq!(index_files(&env.path("warm")), 1, "the cold layer's chunks");
+
+    // One small file edited, in the warm store: another layer.
+    let edited = ctx.join("small/d007/f042.txt");
+    let original = fs::read(&edited).unwrap();
+    fs::write(&edited, [original.as_slice(), b"one more line\n"].concat()).unwrap();
+    set_mtimes(&ctx);
+    let edit = env.build("warm", &ctx, "edit", &c, &[]);
+    assert_ne!(edit, cold);
+    assert_eq!(index_files(&env.path("warm")), 2);
+
+    // Reverted, without the build cache: the layer is written again, its chunks copied
+    // from the two blobs before; the bytes are the cold build's.
+    fs::write(&edited, &original).unwrap();
+    set_mtimes(&ctx);
+    let c_nocache = ["--compression", compression, "--no-cache"];
+    let revert = env.build("warm", &ctx, "revert", &c_nocache, &[]);
+    assert_eq!(revert, cold, "edit then revert in a warm store");
+
+    // A fresh store on one thread: the same bytes again.
+    let one = env.build("fresh", &ctx, "one", &c, &[("RAYON_NUM_THREADS", "1")]);
+    assert_eq!(one, cold, "one thread, fresh store");
+}
+
+#[test]
+fn gzip_chunked_rebuilds_give_the_same_digest() {
+    rebuilds_give_the_same_digest("gzip");
+}
+
+#[test]
+fn zstd_chunked_rebuilds_give_the_same_digest() {
+    rebuilds_give_the_same_digest("zstd");
+}
+
+/// The files of an image unpacked by umoci.
+fn umoci_rootfs(layout: &Path, dest: &Path) -> PathBuf {
+    run_ok(
+        Proc::new("umoci")
+            .args(["unpack", "--image"])
+            .arg(format!("{}:1", layout.display()))
+            .arg(dest),
+    );
+    dest.join("rootfs")
+}
+
+/// Whether two trees hold the same files with the same bytes.
+fn same_files(a: &Path, b: &Path) {
+    let out = Proc::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(a)
+        .arg(b)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} and {} differ:\n{}",
+        a.display(),
+        b.display(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn skopeo_umoci_and_buildah_read_chunked_layers() {
+    require_root!();
+    require_tool!("skopeo");
+    require_tool!("umoci");
+    require_tool!("buildah");
+    let env = Env::new();
+    let ctx = env.path("ctx");
+    bigcopy(&ctx);
+    // buildah wants a lower-case path for an `oci:` reference.
+    let lower = PathBuf::from(format!("/tmp/kiln-chunks-{}", std::process::id()));
+    fs::create_dir_all(&lower).unwrap();
+    struct Rm(PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = Rm(lower.clone());
+    for compression in ["gzip", "zstd"] {
+        let layout = lower.join(format!("oci-{compression}"));
+        let out = layout.to_str().unwrap();
+        // A store each: the build cache does not key layers by compression.
+        let store = format!("store-{compression}");
+        env.build(&store, &ctx, out, &["--compression", compression], &[]);
+        // skopeo: inspect, and copy (which reads and checks every blob).
+        let inspect: Value = serde_json::from_str(&run_ok(
+            Proc::new("skopeo")
+                .arg("inspect")
+                .arg(format!("oci:{}:1", layout.display())),
+        ))
+        .unwrap();
+        assert_eq!(inspect["Layers"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            layers(&layout)[0]["mediaType"],
+            format!("application/vnd.oci.image.layer.v1.tar+{compression}")
+        );
+        run_ok(
+            Proc::new("skopeo")
+                .arg("copy")
+                .arg(format!("oci:{}:1", layout.display()))
+                .arg(format!(
+                    "dir:{}",
+                    env.path(&format!("dir-{compression}")).display()
+                )),
+        );
+        // umoci: every file as in the context. (Debian's umoci 0.4.7 reads no zstd
+        // layer at all, chunked or not.)
+        if compression == "gzip" {
+            let rootfs = umoci_rootfs(&layout, &env.path(&format!("umoci-{compression}")));
+            same_files(&ctx, &rootfs.join("data"));
+        }
+        // buildah: pulls the image and mounts it.
+        let storage = env.path(&format!("buildah-{compression}"));
+        let buildah = |args: &[&str]| -> String {
+            run_ok(
+                Proc::new("buildah")
+                    .arg("--root")
+                    .arg(storage.join("root"))
+                    .arg("--runroot")
+                    .arg(storage.join("runroot"))
+                    .args(["--storage-driver", "vfs"])
+                    .args(args),
+            )
+        };
+        let image = format!("oci:{}:1", layout.display());
+        let container = buildah(&["from", "--pull-never", &image]);
+        let container = container.trim();
+        let mount = buildah(&["mount", container]);
+        same_files(&ctx, &Path::new(mount.trim()).join("data"));
+        buildah(&["umount", container]);
+        buildah(&["rm", container]);
+    }
+}
+
+#[test]
+fn the_chunk_index_is_counted_and_keeps_no_blob() {
+    require_root!();
+    let env = Env::new();
+    let ctx = env.path("ctx");
+    bigcopy(&ctx);
+    env.build("store", &ctx, "a", &[], &[]);
+    let root = env.path("store");
+    assert_eq!(index_files(&root), 1);
+    let out = env.kiln("store").arg("du").output().unwrap();
+    let du = String::from_utf8_lossy(&out.stdout);
+    assert!(du.contains("Chunk index:"), "{du}");
+    let store = Store::open(&root).unwrap();
+    assert!(store.disk_usage().unwrap().chunks.bytes > 0);
+    let df = kiln_builder::usage::system_df(&store).unwrap();
+    let chunk_area = df
+        .build_cache_areas
+        .iter()
+        .find(|(l, _)| *l == "Chunk index")
+        .unwrap()
+        .1;
+    assert!(chunk_area > 0);
+    // Everything counted, the index included: within 1% of du -sb.
+    let out = run_ok(Proc::new("du").arg("-sb").arg(&root));
+    let du_sb: u64 = out.split_whitespace().next().unwrap().parse().unwrap();
+    let ours = df.total();
+    assert!(
+        ours.abs_diff(du_sb) as f64 / (du_sb as f64) < 0.01,
+        "system df total {ours} vs du -sb {du_sb}"
+    );
+    drop(store);
+    // No tag, no cache: prune takes the layer's blob, and its index entries with it.
+    env.kiln("store")
+        .args(["rmi", "chunky:1"])
+        .assert()
+        .success();
+    env.kiln("store").args(["prune"]).assert().success();
+    assert_eq!(index_files(&root), 0);
+    // A build after that compresses everything again and gives the same layer.
+    let again = env.build("store", &ctx, "b", &[], &[]);
+    assert_eq!(again, layer_digests(&env.path("a")));
+}

@@ -66,6 +66,25 @@ pub enum BuildError {
         #[source]
         source: dockerignore::IgnoreError,
     },
+    /// `--build-context` is wrong.
+    #[error("invalid --build-context {spec:?}: {reason}")]
+    BuildContext {
+        /// The flag's value.
+        spec: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A named context's `.dockerignore` could not be read.
+    #[error("reading .dockerignore of the named context {name} ({})", dir.display())]
+    NamedDockerignore {
+        /// The context's name.
+        name: String,
+        /// Its directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: dockerignore::IgnoreError,
+    },
     /// A step failed.
     #[error("{step}")]
     Step {
@@ -183,6 +202,53 @@ impl OutputSpec {
     }
 }
 
+/// What a named context (`--build-context NAME=VALUE`) is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContextSource {
+    /// A local directory (read as the build context is, with its own `.dockerignore`).
+    Dir(PathBuf),
+    /// An image: `docker-image://REF` gives REF, `oci-layout://DIR[:TAG]` stays as
+    /// written (kiln resolves it as in `FROM`).
+    Image(String),
+}
+
+impl ContextSource {
+    /// Parses `NAME=VALUE` as buildx does: VALUE is `docker-image://REF`,
+    /// `oci-layout://DIR[:TAG]`, or else a local directory.
+    pub fn parse(spec: &str) -> Result<(String, ContextSource)> {
+        let bad = |reason: &str| BuildError::BuildContext {
+            spec: spec.to_string(),
+            reason: reason.to_string(),
+        };
+        let (name, value) = spec
+            .split_once('=')
+            .ok_or_else(|| bad("expected NAME=VALUE"))?;
+        if name.is_empty() || value.is_empty() {
+            return Err(bad("expected NAME=VALUE"));
+        }
+        if name == crate::worker::MAIN_CONTEXT {
+            return Err(bad("\"context\" is the build context itself"));
+        }
+        let source = if let Some(r) = value.strip_prefix("docker-image://") {
+            crate::remote::parse_name(r).map_err(|e| bad(&e))?;
+            ContextSource::Image(r.to_string())
+        } else if value.starts_with("oci-layout://") {
+            ContextSource::Image(value.to_string())
+        } else if value.contains("://") || value.starts_with("git@") {
+            return Err(bad(
+                "kiln takes a directory, docker-image://REF or oci-layout://DIR[:TAG] (not a URL)",
+            ));
+        } else {
+            let dir = PathBuf::from(value);
+            if !dir.is_dir() {
+                return Err(bad(&format!("{} is not a directory", dir.display())));
+            }
+            ContextSource::Dir(dir)
+        };
+        Ok((name.to_string(), source))
+    }
+}
+
 /// Everything a build needs.
 #[derive(Debug, Clone)]
 pub struct BuildRequest {
@@ -231,6 +297,8 @@ pub struct BuildRequest {
     pub cache_to: Vec<crate::remote_cache::CacheToSpec>,
     /// `--cache-from`: caches to look keys up in, in order.
     pub cache_from: Vec<crate::remote_cache::CacheLocation>,
+    /// `--build-context NAME=VALUE`, in the order given (a later NAME wins).
+    pub named_contexts: Vec<(String, ContextSource)>,
 }
 
 /// What a build produced.
@@ -248,6 +316,38 @@ pub struct BuildOutcome {
 pub struct DockerfileError {
     /// The rendered message.
     pub rendered: String,
+}
+
+/// Adds the named contexts to `opts`, and opens the local ones (each with its own
+/// `.dockerignore`, as BuildKit reads it; the build context's does not apply).
+pub fn with_named_contexts(
+    mut opts: ConvertOptions,
+    contexts: &[(String, ContextSource)],
+) -> Result<(ConvertOptions, Vec<(String, ContextFs)>)> {
+    let mut dirs = BTreeMap::new();
+    for (name, source) in contexts {
+        let ctx = match source {
+            ContextSource::Image(reference) => convert::NamedContext::Image {
+                reference: reference.clone(),
+            },
+            ContextSource::Dir(dir) => {
+                let exclude = dockerignore::load_in(dir)
+                    .map_err(|source| BuildError::NamedDockerignore {
+                        name: name.clone(),
+                        dir: dir.clone(),
+                        source,
+                    })?
+                    .unwrap_or_default();
+                dirs.insert(name.clone(), ContextFs::new(dir, &exclude)?);
+                convert::NamedContext::Local { exclude }
+            }
+        };
+        if !matches!(ctx, convert::NamedContext::Local { .. }) {
+            dirs.remove(name);
+        }
+        opts.named_contexts.insert(name.clone(), ctx);
+    }
+    Ok((opts, dirs.into_iter().collect()))
 }
 
 /// Refuses a build with a `RUN --security=insecure` that `--allow security.insecure`
@@ -294,6 +394,9 @@ fn step_labels(plan: &Plan) -> HashMap<VertexId, StepLabel> {
                 )
             }
             (None, Op::Image { reference, .. }) => format!("[internal] FROM {reference}"),
+            (None, Op::Context { name, .. }) if name != crate::worker::MAIN_CONTEXT => {
+                format!("[context {name}] load from client")
+            }
             (None, Op::Context { .. }) => "[internal] load build context".to_string(),
             (None, op) => format!("[internal] {}", describe(op)),
         };
@@ -315,6 +418,14 @@ fn base_history(plan: &Plan, images: &ImageStore, stage_index: usize) -> Result<
     };
     match &st.base {
         Base::Scratch => Ok(Vec::new()),
+        // The directory's files are one layer no instruction made: described as
+        // BuildKit's exporter describes a layer without history.
+        Base::Context(name) => Ok(vec![HistoryItem {
+            created: None,
+            created_by: format!("[context {name}] load from client"),
+            comment: Some("buildkit.exporter.image.v0".to_string()),
+            empty_layer: false,
+        }]),
         Base::Stage(i) => base_history(plan, images, *i),
         Base::Image { reference, .. } => {
             Ok(images.get(reference, &st.platform)?.config.history.clone())
@@ -480,7 +591,9 @@ fn build_inner(
         target_platform: req.platform.clone(),
         build_platform: Platform::host(),
         context_excludes: excludes.clone(),
+        named_contexts: BTreeMap::new(),
     };
+    let (opts, named_dirs) = with_named_contexts(opts, &req.named_contexts)?;
     let plan = convert::convert(&df, &opts, &images).map_err(located)?;
     if !req.allow_insecure {
         check_entitlements(&plan).map_err(located)?;
@@ -538,7 +651,8 @@ fn build_inner(
         .with_recorder(recorder)
         .with_network_timeouts(req.registry.timeouts)
         .with_lazy_snapshots(leaves)
-        .with_lease(&lease);
+        .with_lease(&lease)
+        .with_named_contexts(named_dirs)?;
     let cancel: &AtomicBool = crate::interrupt::flag();
     let results = kiln_solver::solve(
         &plan.graph,

@@ -457,6 +457,11 @@ struct BuildArgs {
     /// repeatable. Secrets never reach a layer, a cache key or the history.
     #[arg(long = "secret")]
     secrets: Vec<String>,
+    /// A named context (buildx): `NAME=DIR`, `NAME=docker-image://REF` or
+    /// `NAME=oci-layout://DIR[:TAG]`, used for `FROM NAME`, `COPY --from=NAME`,
+    /// `RUN --mount=from=NAME` and in place of a stage named NAME; repeatable.
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    build_contexts: Vec<String>,
     /// How RUN steps get their filesystem: `overlay` (default where the kernel has it) or
     /// `copy` (a full copy per step, for machines without overlayfs).
     #[arg(long, value_enum)]
@@ -810,10 +815,17 @@ fn build_cmd(
         target_platform,
         build_platform: Platform::host(),
         context_excludes: excludes,
+        named_contexts: Default::default(),
     };
+    let named = args
+        .build_contexts
+        .iter()
+        .map(|s| kiln_builder::build::ContextSource::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
     if !args.dry_run {
-        return real_build(args, root, &file, &shown, opts, registry);
+        return real_build(args, root, &file, &shown, opts, named, registry);
     }
+    let (opts, _) = kiln_builder::build::with_named_contexts(opts, &named)?;
     let plan = match convert::convert(&df, &opts, &NoResolver) {
         Ok(p) => p,
         Err(e) => return Ok(report(&shown, &source, &e)),
@@ -848,6 +860,7 @@ fn real_build(
     file: &Path,
     shown: &Path,
     opts: ConvertOptions,
+    named_contexts: Vec<(String, kiln_builder::build::ContextSource)>,
     registry: kiln_builder::remote::RegistrySettings,
 ) -> Result<ExitCode> {
     let outputs = args
@@ -889,6 +902,7 @@ fn real_build(
             .iter()
             .map(|s| parse_cache_from(s))
             .collect::<Result<_, _>>()?,
+        named_contexts,
     };
     kiln_builder::interrupt::install();
     // RUN steps block a worker thread while their process runs: keep enough threads for

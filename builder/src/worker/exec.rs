@@ -277,8 +277,8 @@ impl BuildWorker<'_> {
                 let sub = source.clone().unwrap_or_default();
                 let readonly = *readonly;
                 match input {
-                    Some(Output::Context) => {
-                        self.context_mount(&sub, target, readonly, run, held)?
+                    Some(Output::Context(name)) => {
+                        self.context_mount(name, &sub, target, readonly, run, held)?
                     }
                     Some(out) => {
                         let lowers = self.lowers_top_first(out)?;
@@ -369,22 +369,22 @@ impl BuildWorker<'_> {
     /// are thrown away and never reach the user's files.
     fn context_mount(
         &self,
+        name: &str,
         sub: &str,
         target: String,
         readonly: bool,
         run: &Path,
         held: &mut Held,
     ) -> Result<MountSpec> {
-        let root = self.context.root();
+        let (context, _) = self.context_fs(name)?;
+        let root = context.root();
         let rel = sandbox::resolve_in_root(root, sub)?;
-        let visible = rel
-            .to_str()
-            .is_some_and(|r| self.context.lstat(r).is_some());
+        let visible = rel.to_str().is_some_and(|r| context.lstat(r).is_some());
         if !visible || !root.join(&rel).exists() {
             return Err(ExecError::NoContextSource(sub.to_string()).into());
         }
         let whiteouts = self.temp(held, "ctx-whiteouts")?;
-        self.context.write_whiteouts(&whiteouts)?;
+        context.write_whiteouts(&whiteouts)?;
         let sub = rel.to_string_lossy().into_owned();
         self.rw_tree(
             vec![whiteouts, root.to_path_buf()],

@@ -61,6 +61,9 @@ pub enum WorkerError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] CacheError),
+    /// A named context the build graph reads was not given to the worker.
+    #[error("named context {0:?} was not given (--build-context {0}=DIR)")]
+    NoNamedContext(String),
     /// A `--cache-from` cache could not give a result it has a record of.
     #[error(transparent)]
     RemoteCache(#[from] Box<crate::remote_cache::RemoteCacheError>),
@@ -93,16 +96,20 @@ pub enum Output {
         /// Whether this vertex added the last layer (false: its diff was empty).
         added: bool,
     },
-    /// The local build context.
-    Context,
+    /// A local context: the build context ([`MAIN_CONTEXT`]) or a named one.
+    Context(String),
 }
+
+/// The name of the build context in [`kiln_ops::Op::Context`] (named contexts have
+/// their own names).
+pub const MAIN_CONTEXT: &str = "context";
 
 impl Output {
     /// The layers of a filesystem output.
     pub fn layers(&self) -> &[LayerRef] {
         match self {
             Output::Fs { layers, .. } => layers,
-            Output::Context => &[],
+            Output::Context(_) => &[],
         }
     }
 }
@@ -113,6 +120,8 @@ pub struct BuildWorker<'a> {
     snapshots: Snapshots,
     context: ContextFs,
     memo: StatMemo,
+    /// Named local contexts (`--build-context NAME=DIR`) and their stat memos.
+    named: HashMap<String, (ContextFs, StatMemo)>,
     images: &'a ImageStore,
     layer_opts: LayerOptions,
     downloads: Downloads,
@@ -161,6 +170,7 @@ impl<'a> BuildWorker<'a> {
             snapshots: Snapshots::new(store),
             context,
             memo,
+            named: HashMap::new(),
             images,
             layer_opts,
             downloads: Downloads::new(store.tmp_dir())?,
@@ -172,6 +182,30 @@ impl<'a> BuildWorker<'a> {
             lease: None,
             imported: None,
         })
+    }
+
+    /// Adds named local contexts (`--build-context NAME=DIR`), each with its own stat
+    /// memo, so an unchanged file costs one stat there too.
+    pub fn with_named_contexts(
+        mut self,
+        contexts: impl IntoIterator<Item = (String, ContextFs)>,
+    ) -> Result<Self> {
+        for (name, fs) in contexts {
+            let memo = StatMemo::load(self.store, fs.root())?;
+            self.named.insert(name, (fs, memo));
+        }
+        Ok(self)
+    }
+
+    /// The local context `name` and its stat memo.
+    fn context_fs(&self, name: &str) -> Result<(&ContextFs, &StatMemo)> {
+        if name == MAIN_CONTEXT {
+            return Ok((&self.context, &self.memo));
+        }
+        self.named
+            .get(name)
+            .map(|(fs, memo)| (fs, memo))
+            .ok_or_else(|| WorkerError::NoNamedContext(name.to_string()))
     }
 
     /// Vertices whose results no later vertex of this build reads.
@@ -260,6 +294,9 @@ impl<'a> BuildWorker<'a> {
             let _ = t.join();
         }
         self.memo.save()?;
+        for (_, memo) in self.named.values() {
+            memo.save()?;
+        }
         Ok(())
     }
 
@@ -287,7 +324,7 @@ impl<'a> BuildWorker<'a> {
             .skip(usize::from(f.has_base))
             .map(|o| -> Result<Box<dyn SourceFs + '_>> {
                 Ok(match o {
-                    Output::Context => Box::new(ContextRef(&self.context)),
+                    Output::Context(name) => Box::new(ContextRef(self.context_fs(name)?.0)),
                     fs_out => Box::new(self.view(fs_out, "the source stage or image")?),
                 })
             })
@@ -431,8 +468,11 @@ impl KeySource for BuildWorker<'_> {
         Ok(self.downloads.fetch(url, None)?.digest.clone())
     }
 
-    fn context_checksum(&self, sources: &[&str]) -> Result<Digest, KeyError> {
-        cachekey::context_checksum(&self.context, Some(&self.memo), sources)
+    fn context_checksum(&self, context: &str, sources: &[&str]) -> Result<Digest, KeyError> {
+        let (fs, memo) = self
+            .context_fs(context)
+            .map_err(|_| KeyError::NoNamedContext(context.to_string()))?;
+        cachekey::context_checksum(fs, Some(memo), sources)
     }
 }
 
@@ -478,8 +518,12 @@ impl KeySource for Capturing<'_, '_> {
         self.worker.download_digest(url)
     }
 
-    fn context_checksum(&self, sources: &[&str]) -> Result<Digest, KeyError> {
-        let tree = cachekey::context_tree(&self.worker.context, Some(&self.worker.memo), sources)?;
+    fn context_checksum(&self, context: &str, sources: &[&str]) -> Result<Digest, KeyError> {
+        let (fs, memo) = self
+            .worker
+            .context_fs(context)
+            .map_err(|_| KeyError::NoNamedContext(context.to_string()))?;
+        let tree = cachekey::context_tree(fs, Some(memo), sources)?;
         let digest = cachekey::TreeDigest::of(&tree);
         self.trees.lock().expect("capture lock").extend(tree);
         self.digests
@@ -619,7 +663,7 @@ impl Worker for BuildWorker<'_> {
                     added: false,
                 })
             }
-            Op::Context { .. } => Ok(Output::Context),
+            Op::Context { name, .. } => Ok(Output::Context(name.clone())),
             Op::File(f) => {
                 self.fetch_input_layers(id, inputs)?;
                 self.file_op(id, f, inputs)

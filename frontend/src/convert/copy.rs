@@ -119,6 +119,9 @@ impl Converter<'_> {
                         "--from requires a stage name, index or image",
                     ));
                 }
+                if let Some((name, ctx)) = self.named_context(from) {
+                    return self.context_source(&name, &ctx, &st.platform, range);
+                }
                 Ok(self.image(from, &st.platform, range)?.0)
             }
         }

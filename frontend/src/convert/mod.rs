@@ -8,6 +8,7 @@
 //! [`convert`] itself.
 
 mod args;
+mod context;
 mod copy;
 mod dispatch;
 mod run;
@@ -99,6 +100,27 @@ pub struct ConvertOptions {
     pub build_platform: Platform,
     /// `.dockerignore` patterns for the context source.
     pub context_excludes: Vec<String>,
+    /// `--build-context NAME=VALUE`, by name as given (see [`NamedContext`]).
+    pub named_contexts: BTreeMap<String, NamedContext>,
+}
+
+/// A named context (`--build-context NAME=VALUE`, buildx's meaning): it stands for the
+/// stage, image or `--from` name NAME wherever the Dockerfile uses it (`FROM NAME`,
+/// `COPY --from=NAME`, `RUN --mount=from=NAME`), and replaces a stage named NAME
+/// altogether (its instructions are not run), as BuildKit's `dockerfile2llb` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedContext {
+    /// A local directory, read as the build context is (files owned 0:0, content cache
+    /// keys), less the patterns of its own `.dockerignore`.
+    Local {
+        /// The directory's `.dockerignore` patterns.
+        exclude: Vec<String>,
+    },
+    /// An image: `docker-image://REF` (REF) or `oci-layout://DIR[:TAG]` (as written).
+    Image {
+        /// The reference the builder resolves.
+        reference: String,
+    },
 }
 
 impl Default for ConvertOptions {
@@ -109,6 +131,7 @@ impl Default for ConvertOptions {
             target_platform: Platform::host(),
             build_platform: Platform::host(),
             context_excludes: Vec::new(),
+            named_contexts: BTreeMap::new(),
         }
     }
 }
@@ -127,6 +150,8 @@ pub enum Base {
     },
     /// An earlier stage.
     Stage(usize),
+    /// A named local context (`--build-context NAME=DIR`): its files are the root.
+    Context(String),
 }
 
 /// The result of converting one stage.
@@ -308,6 +333,8 @@ struct Converter<'a> {
     meta: Vars,
     done: BTreeMap<usize, StagePlan>,
     context: Option<VertexId>,
+    /// Named local contexts' source vertices, by name.
+    named: BTreeMap<String, VertexId>,
     scratch: Option<VertexId>,
     used_args: BTreeSet<String>,
 }
@@ -331,6 +358,7 @@ pub fn convert(
         meta: Vars::default(),
         done: BTreeMap::new(),
         context: None,
+        named: BTreeMap::new(),
         scratch: None,
         used_args: BTreeSet::new(),
     };

@@ -47,7 +47,12 @@ impl Converter<'_> {
                                 ));
                             }
                         },
-                        None => Some(self.image(from, &st.platform, range)?.0),
+                        None => match self.named_context(from) {
+                            Some((name, ctx)) => {
+                                Some(self.context_source(&name, &ctx, &st.platform, range)?)
+                            }
+                            None => Some(self.image(from, &st.platform, range)?.0),
+                        },
                     };
                     let src = match src {
                         Some(s) => s,

@@ -12,6 +12,7 @@ fn plan_with(src: &str, args: &[(&str, &str)], target: Option<&str>) -> Result<P
         target_platform: Platform::parse("linux/amd64").unwrap(),
         build_platform: Platform::parse("linux/arm64").unwrap(),
         context_excludes: vec![],
+        named_contexts: BTreeMap::new(),
     };
     convert(&df, &opts, &NoResolver)
 }
@@ -634,4 +635,107 @@ fn heredoc_with_shebang_runs_as_a_file() {
     assert_eq!(e[0].args, ["/bin/sh", "-c", "echo '#!'\n"]);
     assert_eq!(e[1].args, ["/bin/sh", "-c", "cat <<EOF\n#!/bin/sh\nEOF\n"]);
     assert!(e.iter().all(|e| e.mounts.is_empty()));
+}
+
+fn plan_ctx(src: &str, contexts: &[(&str, NamedContext)]) -> Result<Plan, Diagnostic> {
+    let (_, df) = crate::load(src)?;
+    let opts = ConvertOptions {
+        named_contexts: contexts
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+        ..ConvertOptions::default()
+    };
+    convert(&df, &opts, &NoResolver)
+}
+
+fn local() -> NamedContext {
+    NamedContext::Local {
+        exclude: vec!["*.tmp".into()],
+    }
+}
+
+fn contexts(p: &Plan) -> Vec<(String, Vec<String>)> {
+    p.graph
+        .topo_order()
+        .into_iter()
+        .filter_map(|id| match &p.graph.vertex(id).op {
+            Op::Context { name, exclude } => Some((name.clone(), exclude.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn named_context_replaces_from_copy_from_and_mount_from() {
+    let src = "FROM alpine\nCOPY --from=src /a /a\nRUN --mount=from=tools,target=/t true\n";
+    let img = |r: &str| NamedContext::Image {
+        reference: r.into(),
+    };
+    let p = plan_ctx(
+        src,
+        &[
+            ("docker.io/library/alpine:latest", img("busybox:1.36")),
+            ("src", local()),
+            ("tools", img("oci-layout:///l:v1")),
+        ],
+    )
+    .unwrap();
+    assert_eq!(images(&p), ["busybox:1.36", "oci-layout:///l:v1"]);
+    assert_eq!(
+        contexts(&p),
+        [("src".to_string(), vec!["*.tmp".to_string()])]
+    );
+    // The COPY reads the named context, never the main one.
+    let copy = p
+        .graph
+        .topo_order()
+        .into_iter()
+        .find(|id| matches!(p.graph.vertex(*id).op, Op::File(_)))
+        .unwrap();
+    let v = p.graph.vertex(copy);
+    assert!(matches!(&p.graph.vertex(v.inputs[1]).op, Op::Context { name, .. } if name == "src"));
+    // Without contexts: the images and nothing else.
+    let p = plan_ctx(src, &[]).unwrap();
+    assert_eq!(images(&p), ["alpine", "src", "tools"]);
+}
+
+#[test]
+fn named_context_replaces_a_stage_of_that_name() {
+    let src = "FROM alpine AS deps\nRUN exit 1\nCOPY --from=nothing / /\n\
+               FROM scratch\nCOPY --from=deps /x /x\n";
+    let p = plan_ctx(src, &[("deps", local())]).unwrap();
+    // The stage's own instructions are gone: no exec, no alpine, no `nothing` image.
+    assert!(execs(&p).is_empty());
+    assert!(images(&p).is_empty(), "{:?}", images(&p));
+    let deps = p.stages.iter().find(|s| s.index == 0).unwrap();
+    assert_eq!(deps.base, Base::Context("deps".into()));
+    // Its root is the directory's files copied onto an empty tree.
+    let root = p.graph.vertex(deps.root.unwrap());
+    match &root.op {
+        Op::File(f) => {
+            assert!(!f.has_base);
+            assert!(
+                matches!(&f.actions[..], [FileAction::Copy { src, dest, chown: None, .. }]
+                if src == "." && dest == "/")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // A stage name wins over a context in FROM; `scratch` stays scratch.
+    let src = "FROM busybox AS b\nFROM b\nFROM scratch\nCOPY --from=b / /\n";
+    let img = NamedContext::Image {
+        reference: "alpine".into(),
+    };
+    let p = plan_ctx(src, &[("scratch", img.clone())]).unwrap();
+    assert_eq!(images(&p), ["busybox"]);
+    assert_eq!(p.target_stage().base, Base::Scratch);
+}
+
+#[test]
+fn from_a_named_local_context() {
+    let p = plan_ctx("FROM ctx\nRUN true\n", &[("ctx", local())]).unwrap();
+    assert_eq!(p.target_stage().base, Base::Context("ctx".into()));
+    assert_eq!(execs(&p).len(), 1);
+    assert_eq!(contexts(&p).len(), 1);
 }

@@ -10,7 +10,8 @@
 //! * its **content key** ([`content_key`]), what the op reads that its definition does not
 //!   show: an image's ChainID; the [`context_checksum`] of the context files a COPY or ADD
 //!   selects or a `RUN --mount=type=bind` (without `from`) shows; an `ADD <url>`'s
-//!   `--checksum`, or else the downloaded file's digest.
+//!   `--checksum`, or else the downloaded file's digest; a git source's commit (what its
+//!   reference names when the build runs, see [`crate::git`]).
 //!
 //! The context checksum is a [`TreeDigest`] of one [`TreeEntry`] per selected path: its
 //! type, permission bits, size, link target, xattrs and content, and its owner when the
@@ -31,7 +32,7 @@ use kiln_cache::{CacheError, ContentHash, StatMemo, hash_file};
 use kiln_fs::{Entry, FsError, SourceFs, expand_source};
 use kiln_oci::Digest;
 use kiln_oci::digest::Hashing;
-use kiln_ops::{FileAction, MountKind, Op, Platform};
+use kiln_ops::{FileAction, GitSource, MountKind, Op, Platform};
 use rayon::prelude::*;
 
 use crate::download::DownloadError;
@@ -50,6 +51,9 @@ pub enum KeyError {
     /// A COPY source does not match or could not be read.
     #[error(transparent)]
     Fs(#[from] FsError),
+    /// A git reference could not be resolved, or its `--checksum` does not match.
+    #[error(transparent)]
+    Git(#[from] Box<crate::git::GitError>),
     /// A named context the graph reads was not given to the build.
     #[error("named context {0:?} was not given (--build-context {0}=DIR)")]
     NoNamedContext(String),
@@ -85,6 +89,8 @@ pub trait KeySource {
     /// The [`context_checksum`] of `sources` in the local context named `context` (the
     /// build context, [`MAIN_CONTEXT`](crate::worker::MAIN_CONTEXT), or a named one).
     fn context_checksum(&self, context: &str, sources: &[&str]) -> Result<Digest>;
+    /// The commit a git source's reference names now (its `--checksum` checked).
+    fn git_commit(&self, source: &GitSource) -> Result<String>;
 }
 
 /// The part of an op's cache key its definition does not show (see the module docs);
@@ -101,6 +107,9 @@ pub fn content_key(op: &Op, inputs: &[Output], source: &dyn KeySource) -> Result
             platform,
             ..
         } => Ok(Some(source.chain_id(reference, platform)?.into())),
+        // The commit (BuildKit's git cache key); the subdir and `.git` are in the
+        // definition.
+        Op::Git(g) => Ok(Some(format!("git:{}", source.git_commit(g)?))),
         Op::File(f) => {
             let offset = usize::from(f.has_base);
             let srcs = by_context(f.actions.iter().filter_map(|a| match a {

@@ -349,6 +349,12 @@ impl KeySource for Fake {
         self.asked.borrow_mut().push(format!("download {url}"));
         Ok(fake(&format!("digest({url})")))
     }
+    fn git_commit(&self, source: &GitSource) -> Result<String> {
+        self.asked
+            .borrow_mut()
+            .push(format!("git {}", source.remote));
+        Ok(format!("commit-of-{}", source.remote))
+    }
     fn context_checksum(&self, context: &str, sources: &[&str]) -> Result<Digest> {
         // The build context keeps the words it always had; a named one says its name.
         let named = match context {
@@ -536,4 +542,18 @@ fn named_context_checksum_is_content_based() {
     assert_eq!(sum(a.path()), sum(b.path()));
     fs::write(b.path().join("f"), "diff").unwrap();
     assert_ne!(sum(a.path()), sum(b.path()));
+}
+
+#[test]
+fn content_key_of_a_git_source_is_its_commit() {
+    let op = Op::Git(GitSource {
+        remote: "https://h/r.git".into(),
+        reference: Some("main".into()),
+        subdir: None,
+        keep_git_dir: false,
+        checksum: None,
+    });
+    let (k, asked) = key(&op, &[]);
+    assert_eq!(k.as_deref(), Some("git:commit-of-https://h/r.git"));
+    assert_eq!(asked, ["git https://h/r.git"]);
 }

@@ -61,6 +61,9 @@ pub enum WorkerError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] CacheError),
+    /// A git source could not be fetched or checked out.
+    #[error(transparent)]
+    Git(#[from] Box<crate::git::GitError>),
     /// A named context the build graph reads was not given to the worker.
     #[error("named context {0:?} was not given (--build-context {0}=DIR)")]
     NoNamedContext(String),
@@ -122,6 +125,9 @@ pub struct BuildWorker<'a> {
     memo: StatMemo,
     /// Named local contexts (`--build-context NAME=DIR`) and their stat memos.
     named: HashMap<String, (ContextFs, StatMemo)>,
+    /// Git references resolved for cache keys, by remote and reference: the checkout
+    /// takes the very commit the key named.
+    git_commits: std::sync::Mutex<HashMap<(String, Option<String>), crate::git::Resolved>>,
     images: &'a ImageStore,
     layer_opts: LayerOptions,
     downloads: Downloads,
@@ -171,6 +177,7 @@ impl<'a> BuildWorker<'a> {
             context,
             memo,
             named: HashMap::new(),
+            git_commits: Default::default(),
             images,
             layer_opts,
             downloads: Downloads::new(store.tmp_dir())?,
@@ -415,6 +422,45 @@ impl<'a> BuildWorker<'a> {
         })
     }
 
+    /// The commit `source` names, resolved once per build.
+    fn resolve_git(
+        &self,
+        source: &kiln_ops::GitSource,
+    ) -> Result<crate::git::Resolved, crate::git::GitError> {
+        let key = (source.remote.clone(), source.reference.clone());
+        let known = self
+            .git_commits
+            .lock()
+            .expect("git lock")
+            .get(&key)
+            .cloned();
+        if let Some(r) = known {
+            // The same reference with another --checksum is checked on its own.
+            crate::git::check_checksum(source, &r)?;
+            return Ok(r);
+        }
+        let r = crate::git::resolve(source)?;
+        self.git_commits
+            .lock()
+            .expect("git lock")
+            .insert(key, r.clone());
+        Ok(r)
+    }
+
+    /// A git source: its checkout at the resolved commit, as one layer.
+    fn git_op(&self, id: VertexId, source: &kiln_ops::GitSource) -> Result<Output> {
+        let commit = self.resolve_git(source).map_err(Box::new)?.commit;
+        let out = self.snapshots.temp_dir("git")?;
+        let scratch = self.snapshots.temp_dir("git-repo")?;
+        crate::git::checkout(source, &commit, out.path(), scratch.path()).map_err(Box::new)?;
+        drop(scratch);
+        let layer = self.commit_layer(id, out)?;
+        Ok(Output::Fs {
+            layers: vec![layer],
+            added: true,
+        })
+    }
+
     /// Writes a diff directory as a layer blob and keeps the directory as its snapshot.
     fn commit_layer(&self, id: VertexId, dir: tempfile::TempDir) -> Result<LayerRef> {
         let mut writer = self.store.blob_writer()?;
@@ -468,6 +514,10 @@ impl KeySource for BuildWorker<'_> {
         Ok(self.downloads.fetch(url, None)?.digest.clone())
     }
 
+    fn git_commit(&self, source: &kiln_ops::GitSource) -> Result<String, KeyError> {
+        Ok(self.resolve_git(source).map_err(Box::new)?.commit)
+    }
+
     fn context_checksum(&self, context: &str, sources: &[&str]) -> Result<Digest, KeyError> {
         let (fs, memo) = self
             .context_fs(context)
@@ -516,6 +566,10 @@ impl KeySource for Capturing<'_, '_> {
 
     fn download_digest(&self, url: &str) -> Result<Digest, KeyError> {
         self.worker.download_digest(url)
+    }
+
+    fn git_commit(&self, source: &kiln_ops::GitSource) -> Result<String, KeyError> {
+        self.worker.git_commit(source)
     }
 
     fn context_checksum(&self, context: &str, sources: &[&str]) -> Result<Digest, KeyError> {
@@ -664,6 +718,7 @@ impl Worker for BuildWorker<'_> {
                 })
             }
             Op::Context { name, .. } => Ok(Output::Context(name.clone())),
+            Op::Git(g) => self.git_op(id, g),
             Op::File(f) => {
                 self.fetch_input_layers(id, inputs)?;
                 self.file_op(id, f, inputs)

@@ -11,6 +11,7 @@ mod args;
 mod context;
 mod copy;
 mod dispatch;
+pub mod git;
 mod run;
 mod runmount;
 mod stage;

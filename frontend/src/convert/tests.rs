@@ -739,3 +739,60 @@ fn from_a_named_local_context() {
     assert_eq!(execs(&p).len(), 1);
     assert_eq!(contexts(&p).len(), 1);
 }
+
+#[test]
+fn add_git_is_a_git_source_copied_into_dest() {
+    let src = "FROM scratch\nADD --keep-git-dir --checksum=ABCDEF https://h/r.git#v1:sub /src\n\
+               ADD https://h/r.git a.txt /both/\n";
+    let p = plan(src);
+    let gits: Vec<kiln_ops::GitSource> = p
+        .graph
+        .topo_order()
+        .into_iter()
+        .filter_map(|id| match &p.graph.vertex(id).op {
+            Op::Git(g) => Some(g.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gits.len(), 2);
+    assert_eq!(
+        gits[0],
+        kiln_ops::GitSource {
+            remote: "https://h/r.git".into(),
+            reference: Some("v1".into()),
+            subdir: Some("sub".into()),
+            keep_git_dir: true,
+            checksum: Some("abcdef".into()),
+        }
+    );
+    assert_eq!(gits[1].reference, None);
+    // The second ADD reads the repository and the context: one input each.
+    let root = p.graph.vertex(p.target_stage().root.unwrap());
+    match &root.op {
+        Op::File(f) => {
+            let inputs: Vec<usize> = f
+                .actions
+                .iter()
+                .map(|a| match a {
+                    FileAction::Copy { input, .. } => *input,
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            assert_eq!(inputs, [1, 2]);
+            assert!(matches!(p.graph.vertex(root.inputs[1]).op, Op::Git(_)));
+            assert!(matches!(
+                p.graph.vertex(root.inputs[2]).op,
+                Op::Context { .. }
+            ));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A checksum for git is a commit id, not a digest.
+    let e = plan_with(
+        "FROM scratch\nADD --checksum=sha256:aa https://h/r.git /s\n",
+        &[],
+        None,
+    )
+    .unwrap_err();
+    assert!(e.message.contains("expected a commit id"), "{}", e.message);
+}

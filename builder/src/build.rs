@@ -74,6 +74,14 @@ pub enum BuildError {
         /// What is wrong.
         reason: String,
     },
+    /// `--ssh` is wrong.
+    #[error("invalid --ssh {spec:?}: {reason}")]
+    Ssh {
+        /// The flag's value.
+        spec: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A named context's `.dockerignore` could not be read.
     #[error("reading .dockerignore of the named context {name} ({})", dir.display())]
     NamedDockerignore {
@@ -202,6 +210,38 @@ impl OutputSpec {
     }
 }
 
+/// Parses `--ssh default|ID|ID=SOCKET` (buildx's flag): an id and the agent socket it
+/// forwards; `default` or a bare ID take `$SSH_AUTH_SOCK` (`auth_sock`). kiln forwards
+/// agent sockets only (not key files), one per id.
+pub fn parse_ssh(spec: &str, auth_sock: Option<&str>) -> Result<(String, PathBuf)> {
+    let bad = |reason: String| BuildError::Ssh {
+        spec: spec.to_string(),
+        reason,
+    };
+    let (id, path) = match spec.split_once('=') {
+        Some((id, p)) => (id, PathBuf::from(p)),
+        None => match auth_sock.filter(|s| !s.is_empty()) {
+            Some(s) => (spec, PathBuf::from(s)),
+            None => return Err(bad("SSH_AUTH_SOCK is not set: give ID=SOCKET".into())),
+        },
+    };
+    if id.is_empty() || id.contains(',') {
+        return Err(bad("expected default, ID or ID=SOCKET".into()));
+    }
+    if path.as_os_str().to_string_lossy().contains(',') {
+        return Err(bad("kiln forwards one agent socket per id".into()));
+    }
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::metadata(&path) {
+        Ok(m) if m.file_type().is_socket() => Ok((id.to_string(), path)),
+        Ok(_) => Err(bad(format!(
+            "{} is not a socket (kiln forwards agent sockets, not key files: ssh-add the key)",
+            path.display()
+        ))),
+        Err(e) => Err(bad(format!("{}: {e}", path.display()))),
+    }
+}
+
 /// What a named context (`--build-context NAME=VALUE`) is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContextSource {
@@ -299,6 +339,8 @@ pub struct BuildRequest {
     pub cache_from: Vec<crate::remote_cache::CacheLocation>,
     /// `--build-context NAME=VALUE`, in the order given (a later NAME wins).
     pub named_contexts: Vec<(String, ContextSource)>,
+    /// `--ssh`: agent sockets by id (see [`parse_ssh`]).
+    pub ssh: Vec<(String, PathBuf)>,
 }
 
 /// What a build produced.
@@ -635,6 +677,7 @@ fn build_inner(
         runtime: Box::new(kiln_sandbox::LinuxRuntime::new()?),
         secrets: req.secrets.iter().cloned().collect(),
         allow_insecure: req.allow_insecure,
+        ssh: req.ssh.iter().cloned().collect(),
     };
     let leaves: Vec<VertexId> = order
         .into_iter()

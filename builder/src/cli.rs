@@ -462,6 +462,10 @@ struct BuildArgs {
     /// `RUN --mount=from=NAME` and in place of a stage named NAME; repeatable.
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     build_contexts: Vec<String>,
+    /// An SSH agent for `RUN --mount=type=ssh` (and `ADD git@...`): `default` (or `ID`)
+    /// for `$SSH_AUTH_SOCK`, or `ID=SOCKET`; repeatable.
+    #[arg(long = "ssh", value_name = "default|ID=SOCKET")]
+    ssh: Vec<String>,
     /// How RUN steps get their filesystem: `overlay` (default where the kernel has it) or
     /// `copy` (a full copy per step, for machines without overlayfs).
     #[arg(long, value_enum)]
@@ -903,6 +907,13 @@ fn real_build(
             .map(|s| parse_cache_from(s))
             .collect::<Result<_, _>>()?,
         named_contexts,
+        ssh: args
+            .ssh
+            .iter()
+            .map(|s| {
+                kiln_builder::build::parse_ssh(s, std::env::var("SSH_AUTH_SOCK").ok().as_deref())
+            })
+            .collect::<Result<_, _>>()?,
     };
     kiln_builder::interrupt::install();
     // RUN steps block a worker thread while their process runs: keep enough threads for

@@ -13,7 +13,9 @@
 //!   layer is the same wherever and whenever it is made.
 //!
 //! git runs without a terminal prompt (`GIT_TERMINAL_PROMPT=0`) and with
-//! `protocol.file.allow=user` (a repository cannot pull local files in as submodules).
+//! `protocol.file.allow=user` (a repository cannot pull local files in as submodules);
+//! an `ssh` remote (`git@host:repo.git`) uses the agent given as `--ssh default` when
+//! there is one, else the user's own environment.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -98,8 +100,11 @@ fn is_commit_id(s: &str) -> bool {
 }
 
 /// A `git` command with kiln's environment (see the module docs).
-fn git() -> Command {
+fn git(ssh_auth_sock: Option<&Path>) -> Command {
     let mut c = Command::new("git");
+    if let Some(sock) = ssh_auth_sock {
+        c.env("SSH_AUTH_SOCK", sock);
+    }
     c.env("GIT_TERMINAL_PROMPT", "0")
         .env("LC_ALL", "C")
         .env("GIT_CONFIG_NOSYSTEM", "1")
@@ -134,7 +139,7 @@ fn run(mut cmd: Command, what: &'static str, remote: &str) -> Result<String> {
 
 /// The commit `source`'s reference names now (one `git ls-remote`, none for a commit
 /// id), checked against its `--checksum`.
-pub fn resolve(source: &GitSource) -> Result<Resolved> {
+pub fn resolve(source: &GitSource, ssh_auth_sock: Option<&Path>) -> Result<Resolved> {
     let remote = &source.remote;
     let resolved = match source.reference.as_deref() {
         Some(r) if is_commit_id(&r.to_ascii_lowercase()) => Resolved {
@@ -143,7 +148,7 @@ pub fn resolve(source: &GitSource) -> Result<Resolved> {
         },
         r => {
             let reference = r.unwrap_or("HEAD");
-            let mut cmd = git();
+            let mut cmd = git(ssh_auth_sock);
             // The peeled name too: an annotated tag's commit is listed as `NAME^{}`.
             cmd.args([
                 "ls-remote",
@@ -215,7 +220,13 @@ pub fn check_checksum(source: &GitSource, r: &Resolved) -> Result<()> {
 /// Checks `commit` of `source` out into `out` (an empty directory): the tree, or its
 /// `subdir`, with `.git` when kept; files owned 0:0 (as root) and dated at the commit.
 /// `scratch` is an empty directory for the repository when `.git` is not kept.
-pub fn checkout(source: &GitSource, commit: &str, out: &Path, scratch: &Path) -> Result<()> {
+pub fn checkout(
+    source: &GitSource,
+    commit: &str,
+    out: &Path,
+    scratch: &Path,
+    ssh_auth_sock: Option<&Path>,
+) -> Result<()> {
     let remote = &source.remote;
     let io = |source: std::io::Error| GitError::Io {
         remote: remote.clone(),
@@ -228,11 +239,11 @@ pub fn checkout(source: &GitSource, commit: &str, out: &Path, scratch: &Path) ->
         scratch.join("repo.git")
     };
     let with_dir = |args: &[&str]| {
-        let mut c = git();
+        let mut c = git(ssh_auth_sock);
         c.arg("--git-dir").arg(&git_dir).args(args);
         c
     };
-    let mut init = git();
+    let mut init = git(ssh_auth_sock);
     init.args(["init", "-q", "--bare"]).arg(&git_dir);
     run(init, "init", remote)?;
     // By id first (protocol v2 servers allow it), one commit deep; a server that

@@ -78,9 +78,18 @@ pub enum ExecError {
         #[source]
         source: std::io::Error,
     },
-    /// `RUN --mount=type=ssh`.
-    #[error("RUN --mount=type=ssh is not supported by kiln yet")]
-    Ssh,
+    /// A required `RUN --mount=type=ssh` whose agent the build was not given.
+    #[error("no SSH agent {0:?} forwarded (kiln build --ssh {0}=SOCKET, or --ssh default)")]
+    SshMissing(String),
+    /// The agent's proxy socket could not be made.
+    #[error("forwarding the SSH agent {id}")]
+    SshProxy {
+        /// The agent's id.
+        id: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A cache mount's directory could not be given its owner.
     #[error("chown of a cache mount: {0}")]
     ChownCache(rustix::io::Errno),
@@ -103,6 +112,8 @@ fn last_output(tail: &str) -> String {
 struct Held {
     dirs: Vec<tempfile::TempDir>,
     locks: Vec<fs::File>,
+    /// SSH agent proxies, until the process is over.
+    agents: Vec<super::ssh::AgentProxy>,
 }
 
 impl BuildWorker<'_> {
@@ -176,6 +187,20 @@ impl BuildWorker<'_> {
             let input = m.input.and_then(|i| inputs.get(i));
             if let Some(spec) = self.mount_spec(m, input, &run, &mut held, &mut env)? {
                 mounts.push(spec);
+            }
+        }
+        // As BuildKit: SSH_AUTH_SOCK names the first forwarded agent, unless set.
+        let first_agent = e
+            .mounts
+            .iter()
+            .filter(|m| matches!(m.kind, MountKind::Ssh { .. }))
+            .find(|m| match &m.kind {
+                MountKind::Ssh { id, .. } => self.exec.ssh.contains_key(id),
+                _ => false,
+            });
+        if let Some(m) = first_agent {
+            if !env.iter().any(|kv| kv.starts_with("SSH_AUTH_SOCK=")) {
+                env.push(format!("SSH_AUTH_SOCK={}", m.target));
             }
         }
 
@@ -357,8 +382,33 @@ impl BuildWorker<'_> {
                     gid: *gid,
                 }
             }
-            MountKind::Ssh { .. } => {
-                return Err(ExecError::Ssh.into());
+            MountKind::Ssh {
+                id,
+                required,
+                mode,
+                uid,
+                gid,
+            } => {
+                let Some(agent) = self.exec.ssh.get(id) else {
+                    if *required {
+                        return Err(ExecError::SshMissing(id.clone()).into());
+                    }
+                    return Ok(None);
+                };
+                let dir = self.snapshots.temp_dir("ssh")?;
+                let proxy = super::ssh::AgentProxy::start(dir, agent, *mode, *uid, *gid).map_err(
+                    |source| ExecError::SshProxy {
+                        id: id.clone(),
+                        source,
+                    },
+                )?;
+                let source = proxy.path().to_path_buf();
+                held.agents.push(proxy);
+                MountSpec::Bind {
+                    source,
+                    target,
+                    readonly: false,
+                }
             }
         }))
     }

@@ -159,6 +159,9 @@ pub struct ExecSettings {
     pub secrets: HashMap<String, std::path::PathBuf>,
     /// `--allow security.insecure`: `RUN --security=insecure` runs privileged.
     pub allow_insecure: bool,
+    /// `--ssh`: agent sockets by id, for `RUN --mount=type=ssh` (and `default` for
+    /// `ADD git@...`).
+    pub ssh: HashMap<String, std::path::PathBuf>,
 }
 
 impl<'a> BuildWorker<'a> {
@@ -439,7 +442,7 @@ impl<'a> BuildWorker<'a> {
             crate::git::check_checksum(source, &r)?;
             return Ok(r);
         }
-        let r = crate::git::resolve(source)?;
+        let r = crate::git::resolve(source, self.exec.ssh.get("default").map(|p| p.as_path()))?;
         self.git_commits
             .lock()
             .expect("git lock")
@@ -452,7 +455,14 @@ impl<'a> BuildWorker<'a> {
         let commit = self.resolve_git(source).map_err(Box::new)?.commit;
         let out = self.snapshots.temp_dir("git")?;
         let scratch = self.snapshots.temp_dir("git-repo")?;
-        crate::git::checkout(source, &commit, out.path(), scratch.path()).map_err(Box::new)?;
+        crate::git::checkout(
+            source,
+            &commit,
+            out.path(),
+            scratch.path(),
+            self.exec.ssh.get("default").map(|p| p.as_path()),
+        )
+        .map_err(Box::new)?;
         drop(scratch);
         let layer = self.commit_layer(id, out)?;
         Ok(Output::Fs {
@@ -762,6 +772,7 @@ impl Worker for BuildWorker<'_> {
 pub type Results = HashMap<VertexId, kiln_solver::Solved<Output>>;
 mod exec;
 mod image;
+pub mod ssh;
 
 #[cfg(test)]
 mod tests;

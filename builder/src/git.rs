@@ -85,6 +85,17 @@ pub enum GitError {
 
 type Result<T, E = GitError> = std::result::Result<T, E>;
 
+/// How git reaches remotes.
+#[derive(Debug, Clone, Default)]
+pub struct GitOptions {
+    /// The agent an `ssh` remote authenticates with (`--ssh default`); `None` leaves
+    /// the user's environment as it is.
+    pub ssh_auth_sock: Option<PathBuf>,
+    /// An HTTP(S) transfer slower than this many bytes per second for this many seconds
+    /// is aborted (`--network-timeout`'s rate and stall, as `ADD <url>` has them).
+    pub low_speed: Option<(u64, u64)>,
+}
+
 /// What a reference resolved to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
@@ -100,10 +111,16 @@ fn is_commit_id(s: &str) -> bool {
 }
 
 /// A `git` command with kiln's environment (see the module docs).
-fn git(ssh_auth_sock: Option<&Path>) -> Command {
+fn git(opts: &GitOptions) -> Command {
     let mut c = Command::new("git");
-    if let Some(sock) = ssh_auth_sock {
+    if let Some(sock) = &opts.ssh_auth_sock {
         c.env("SSH_AUTH_SOCK", sock);
+    }
+    if let Some((rate, secs)) = opts.low_speed {
+        c.arg("-c")
+            .arg(format!("http.lowSpeedLimit={rate}"))
+            .arg("-c")
+            .arg(format!("http.lowSpeedTime={secs}"));
     }
     c.env("GIT_TERMINAL_PROMPT", "0")
         .env("LC_ALL", "C")
@@ -139,7 +156,7 @@ fn run(mut cmd: Command, what: &'static str, remote: &str) -> Result<String> {
 
 /// The commit `source`'s reference names now (one `git ls-remote`, none for a commit
 /// id), checked against its `--checksum`.
-pub fn resolve(source: &GitSource, ssh_auth_sock: Option<&Path>) -> Result<Resolved> {
+pub fn resolve(source: &GitSource, opts: &GitOptions) -> Result<Resolved> {
     let remote = &source.remote;
     let resolved = match source.reference.as_deref() {
         Some(r) if is_commit_id(&r.to_ascii_lowercase()) => Resolved {
@@ -148,7 +165,7 @@ pub fn resolve(source: &GitSource, ssh_auth_sock: Option<&Path>) -> Result<Resol
         },
         r => {
             let reference = r.unwrap_or("HEAD");
-            let mut cmd = git(ssh_auth_sock);
+            let mut cmd = git(opts);
             // The peeled name too: an annotated tag's commit is listed as `NAME^{}`.
             cmd.args([
                 "ls-remote",
@@ -225,7 +242,7 @@ pub fn checkout(
     commit: &str,
     out: &Path,
     scratch: &Path,
-    ssh_auth_sock: Option<&Path>,
+    opts: &GitOptions,
 ) -> Result<()> {
     let remote = &source.remote;
     let io = |source: std::io::Error| GitError::Io {
@@ -239,11 +256,11 @@ pub fn checkout(
         scratch.join("repo.git")
     };
     let with_dir = |args: &[&str]| {
-        let mut c = git(ssh_auth_sock);
+        let mut c = git(opts);
         c.arg("--git-dir").arg(&git_dir).args(args);
         c
     };
-    let mut init = git(ssh_auth_sock);
+    let mut init = git(opts);
     init.args(["init", "-q", "--bare"]).arg(&git_dir);
     run(init, "init", remote)?;
     // By id first (protocol v2 servers allow it), one commit deep; a server that

@@ -64,8 +64,9 @@ impl Env {
 
     fn kiln(&self) -> Command {
         let mut c = Command::cargo_bin("kiln").unwrap();
+        // Build records on: a miss of a git source is explained by its commits.
         c.env("KILN_ROOT", self.ws.path("store"))
-            .env("KILN_NO_RECORD", "1");
+            .env_remove("KILN_NO_RECORD");
         c
     }
 
@@ -271,6 +272,13 @@ fn add_git_refs_subdirs_and_git_dir() {
     assert!(
         !cached(&report, &format!("ADD {url}#main:sub /sub")),
         "{report}"
+    );
+    let three = env.rev("main");
+    assert!(
+        stderr.contains(&format!(
+            "MISS: the git reference moved from {two} to {three}"
+        )),
+        "{stderr}"
     );
     assert_eq!(read(out.join("kept/a.txt")), "v3\n");
     assert_eq!(read(out.join("commit/a.txt")), "v1\n");

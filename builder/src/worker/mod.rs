@@ -128,6 +128,8 @@ pub struct BuildWorker<'a> {
     /// Git references resolved for cache keys, by remote and reference: the checkout
     /// takes the very commit the key named.
     git_commits: std::sync::Mutex<HashMap<(String, Option<String>), crate::git::Resolved>>,
+    /// `--network-timeout` (also for git's HTTP transfers).
+    network_timeouts: Option<kiln_registry::net::Timeouts>,
     images: &'a ImageStore,
     layer_opts: LayerOptions,
     downloads: Downloads,
@@ -181,6 +183,7 @@ impl<'a> BuildWorker<'a> {
             memo,
             named: HashMap::new(),
             git_commits: Default::default(),
+            network_timeouts: None,
             images,
             layer_opts,
             downloads: Downloads::new(store.tmp_dir())?,
@@ -227,6 +230,7 @@ impl<'a> BuildWorker<'a> {
     /// Uses `timeouts` (`--network-timeout`) for `ADD <url>` downloads.
     pub fn with_network_timeouts(mut self, timeouts: kiln_registry::net::Timeouts) -> Self {
         self.downloads.set_timeouts(timeouts);
+        self.network_timeouts = Some(timeouts);
         self
     }
 
@@ -425,6 +429,16 @@ impl<'a> BuildWorker<'a> {
         })
     }
 
+    /// How git reaches remotes: `--ssh default`'s agent, `--network-timeout`'s limits.
+    fn git_options(&self) -> crate::git::GitOptions {
+        crate::git::GitOptions {
+            ssh_auth_sock: self.exec.ssh.get("default").cloned(),
+            low_speed: self
+                .network_timeouts
+                .map(|t| (t.min_rate.max(1), t.stall.as_secs().max(1))),
+        }
+    }
+
     /// The commit `source` names, resolved once per build.
     fn resolve_git(
         &self,
@@ -442,7 +456,7 @@ impl<'a> BuildWorker<'a> {
             crate::git::check_checksum(source, &r)?;
             return Ok(r);
         }
-        let r = crate::git::resolve(source, self.exec.ssh.get("default").map(|p| p.as_path()))?;
+        let r = crate::git::resolve(source, &self.git_options())?;
         self.git_commits
             .lock()
             .expect("git lock")
@@ -460,7 +474,7 @@ impl<'a> BuildWorker<'a> {
             &commit,
             out.path(),
             scratch.path(),
-            self.exec.ssh.get("default").map(|p| p.as_path()),
+            &self.git_options(),
         )
         .map_err(Box::new)?;
         drop(scratch);
@@ -666,6 +680,8 @@ impl Worker for BuildWorker<'_> {
             {
                 captured.content = key.clone();
             }
+            // The commit the reference named: what a miss is explained by.
+            Op::Git(_) => captured.content = key.clone(),
             _ => {}
         }
         rec.capture(id, captured);

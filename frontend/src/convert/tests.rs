@@ -796,3 +796,24 @@ fn add_git_is_a_git_source_copied_into_dest() {
     .unwrap_err();
     assert!(e.message.contains("expected a commit id"), "{}", e.message);
 }
+
+#[test]
+fn ssh_mounts_without_a_target_are_numbered() {
+    let p = plan(
+        "FROM scratch\nRUN --mount=type=ssh --mount=type=ssh,id=b,target=/s \
+                  --mount=type=ssh,id=c true\n",
+    );
+    let targets: Vec<String> = execs(&p)[0]
+        .mounts
+        .iter()
+        .map(|m| m.target.clone())
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            "/run/buildkit/ssh_agent.0",
+            "/s",
+            "/run/buildkit/ssh_agent.2"
+        ]
+    );
+}

@@ -131,9 +131,11 @@ impl Env {
         );
         let port = free_port();
         let log = self.ws.path("daemon.log");
-        let mut child = Std::new("git")
+        // git-daemon itself, not `git daemon`: the wrapper would leave it running
+        // when the test kills what it started.
+        let exec_path = run_ok(Std::new("git").arg("--exec-path"));
+        let mut child = Std::new(Path::new(exec_path.trim()).join("git-daemon"))
             .args([
-                "daemon",
                 "--reuseaddr",
                 "--export-all",
                 "--listen=127.0.0.1",

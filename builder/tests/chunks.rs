@@ -330,7 +330,7 @@ fn the_chunk_index_is_counted_and_keeps_no_blob() {
         .args(["rmi", "chunky:1"])
         .assert()
         .success();
-    env.kiln("store").args(["prune"]).assert().success();
+    env.kiln("store").args(["prune", "-f"]).assert().success();
     assert_eq!(index_files(&root), 0);
     // A build after that compresses everything again and gives the same layer.
     let again = env.build("store", &ctx, "b", &[], &[]);

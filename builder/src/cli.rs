@@ -298,6 +298,28 @@ enum Command {
         #[arg(value_parser = ["bash", "zsh", "fish"])]
         shell: String,
     },
+    /// Save one or more images to a tar archive (standard output by default): a Docker
+    /// archive (`docker load`-able), or an OCI archive with `--format oci`.
+    Save {
+        /// Write to a file instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// `docker` (docker-archive) or `oci` (oci-archive).
+        #[arg(long, value_parser = ["docker", "oci"], default_value = "docker")]
+        format: String,
+        /// Images (names or ids).
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Load images from a Docker or OCI archive (standard input by default).
+    Load {
+        /// Read from a tar archive file instead of standard input.
+        #[arg(short, long)]
+        input: Option<PathBuf>,
+        /// Suppress the load output.
+        #[arg(short, long)]
+        quiet: bool,
+    },
 }
 
 /// `kiln builds ...`.
@@ -828,6 +850,12 @@ pub fn run() -> Result<ExitCode> {
             }
             BuildsCommand::Rm { all, ids } => crate::builds_cmd::rm(&root, &ids, all),
         },
+        Command::Save {
+            output,
+            format,
+            images,
+        } => crate::commands::save(&root, output.as_deref(), &format, &images),
+        Command::Load { input, quiet } => crate::commands::load(&root, input.as_deref(), quiet),
         Command::Completion { shell } => {
             let shell = match shell.as_str() {
                 "bash" => clap_complete::Shell::Bash,

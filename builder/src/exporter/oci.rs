@@ -197,23 +197,44 @@ pub fn write_oci_archive(
     dest_file: &Path,
     tags: &[String],
 ) -> Result<()> {
-    let refs = parse_tags(tags)?;
-    let index = index_json(tagged_descriptors(image, &refs), None, dest_file)?;
+    write_oci_archive_multi(&[(image, tags)], blob_path, dest_file)
+}
+
+/// Writes several images as one OCI archive: `index.json` lists each image's tagged
+/// entries (as [`write_oci_layout`] does for one), blobs shared by several images are
+/// stored once. Otherwise as [`write_oci_archive`].
+pub fn write_oci_archive_multi(
+    images: &[(&BuiltImage, &[String])],
+    blob_path: BlobPath<'_>,
+    dest_file: &Path,
+) -> Result<()> {
+    let mut manifests = Vec::new();
     let mut entries: BTreeMap<String, Source<'_>> = BTreeMap::new();
     entries.insert("blobs/".into(), Source::Dir);
     entries.insert("blobs/sha256/".into(), Source::Dir);
     entries.insert("oci-layout".into(), Source::Bytes(OCI_LAYOUT.to_vec()));
-    entries.insert("index.json".into(), Source::Bytes(index));
-    for layer in &image.layers {
-        entries.insert(blob_rel_path(&layer.digest), Source::Blob(layer));
+    for (image, tags) in images {
+        let refs = parse_tags(tags)?;
+        // Not `merge`: `app:1` and `other:1` share the ref name `1` and both stay
+        // (`io.containerd.image.name` tells them apart).
+        for d in tagged_descriptors(image, &refs) {
+            if !manifests.contains(&d) {
+                manifests.push(d);
+            }
+        }
+        for layer in &image.layers {
+            entries.insert(blob_rel_path(&layer.digest), Source::Blob(layer));
+        }
+        entries.insert(
+            blob_rel_path(&image.config_digest),
+            Source::Bytes(image.config_json.clone()),
+        );
+        entries.insert(
+            blob_rel_path(&image.manifest_digest),
+            Source::Bytes(image.manifest_json.clone()),
+        );
     }
-    entries.insert(
-        blob_rel_path(&image.config_digest),
-        Source::Bytes(image.config_json.clone()),
-    );
-    entries.insert(
-        blob_rel_path(&image.manifest_digest),
-        Source::Bytes(image.manifest_json.clone()),
-    );
+    let index = index_json(manifests, None, dest_file)?;
+    entries.insert("index.json".into(), Source::Bytes(index));
     write_archive(dest_file, &entries, blob_path)
 }

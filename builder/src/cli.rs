@@ -986,10 +986,10 @@ fn build_cmd(
         Some((_, patterns)) => patterns,
         None => Vec::new(),
     };
-    let target_platform = match &args.platform {
-        Some(p) => Platform::parse(p).map_err(anyhow::Error::msg)?,
-        None => Platform::host(),
-    };
+    // `--platform a,b`: the first for the conversion here (dry runs); `real_build`
+    // builds each.
+    let target_platform =
+        kiln_builder::multiplatform::parse_platforms(args.platform.as_deref())?.swap_remove(0);
     let opts = ConvertOptions {
         build_args: parse_build_args(&args.build_args)?,
         target: args.target.clone(),
@@ -1099,6 +1099,10 @@ fn real_build(
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global();
+    let platforms = kiln_builder::multiplatform::parse_platforms(args.platform.as_deref())?;
+    if platforms.len() > 1 {
+        return multi_platform_build(args, &req, &platforms);
+    }
     match build(&req) {
         Ok(outcome) => {
             if let Some(path) = &args.report {
@@ -1136,6 +1140,53 @@ fn real_build(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// `--platform a,b`: one build per platform, then the image index the tags name. Prints
+/// the index digest (the image's ID, as Docker's containerd store shows a
+/// multi-platform image's), which `--iidfile` gets too.
+fn multi_platform_build(
+    args: &BuildArgs,
+    req: &BuildRequest,
+    platforms: &[Platform],
+) -> Result<ExitCode> {
+    let m = match kiln_builder::multiplatform::build_platforms(req, platforms) {
+        Ok(m) => m,
+        Err(BuildError::Dockerfile(d)) => {
+            eprintln!("{}", d.rendered);
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let quiet = args.progress == ProgressMode::Quiet || args.quiet;
+    if !quiet {
+        for (p, o) in &m.platforms {
+            eprintln!("{p}: {}", o.report.summary());
+        }
+        eprintln!("exporting manifest list {} done", m.index_digest);
+        for t in &args.tags {
+            eprintln!("naming to {} done", kiln_builder::images::normalize_tag(t));
+        }
+    }
+    if let Some(path) = &args.iidfile {
+        std::fs::write(path, m.index_digest.as_str())
+            .with_context(|| format!("writing the image ID to {}", path.display()))?;
+    }
+    if let Some(path) = &args.metadata_file {
+        let json = serde_json::json!({
+            "containerimage.digest": m.index_digest,
+            "containerimage.descriptor": {
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "digest": m.index_digest,
+                "size": m.index_size,
+            },
+            "image.name": args.tags.iter().map(|t| kiln_builder::images::normalize_tag(t)).collect::<Vec<_>>().join(","),
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&json)?)
+            .with_context(|| format!("writing the metadata to {}", path.display()))?;
+    }
+    println!("{}", m.index_digest);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Parses `--secret id=NAME,src=FILE|env=VAR`. Secrets from the environment are written

@@ -353,34 +353,6 @@ pub fn logout(server: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use kiln_cache::TagRecord;
-
-    /// Regression: `kiln tag` stored any name; only `kiln push` refused bad ones.
-    #[test]
-    fn tag_refuses_bad_names_as_docker() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let d = store.put_blob(b"{}").unwrap();
-        store
-            .tag_set("app:1", &TagRecord::new(d.clone(), d))
-            .unwrap();
-        let err = tag(dir.path(), "app:1", "Bad:Tag:x")
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            err,
-            "\"Bad:Tag:x\" is not a valid repository/tag: invalid reference format: \
-             repository name (library/Bad) must be lowercase"
-        );
-        tag(dir.path(), "app:1", "app:2").unwrap();
-        let names: Vec<String> = store.tags().unwrap().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(names, ["app:1", "app:2"]);
-    }
-}
-
 /// The store's manifest digest of an image named by tag or id, and the tags to save it
 /// with: the tag it was named by, none when named by id (as `docker save` does).
 fn save_item(store: &Store, name: &str) -> Result<kiln_builder::archive::SaveItem> {
@@ -496,4 +468,32 @@ pub fn load(root: &Path, input: Option<&Path>, quiet: bool) -> Result<ExitCode> 
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_cache::TagRecord;
+
+    /// Regression: `kiln tag` stored any name; only `kiln push` refused bad ones.
+    #[test]
+    fn tag_refuses_bad_names_as_docker() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let d = store.put_blob(b"{}").unwrap();
+        store
+            .tag_set("app:1", &TagRecord::new(d.clone(), d))
+            .unwrap();
+        let err = tag(dir.path(), "app:1", "Bad:Tag:x")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "\"Bad:Tag:x\" is not a valid repository/tag: invalid reference format: \
+             repository name (library/Bad) must be lowercase"
+        );
+        tag(dir.path(), "app:1", "app:2").unwrap();
+        let names: Vec<String> = store.tags().unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["app:1", "app:2"]);
+    }
 }

@@ -18,6 +18,7 @@ pub mod format;
 pub mod image;
 pub mod images;
 pub mod interrupt;
+pub mod multiplatform;
 pub mod plan;
 pub mod progress;
 pub mod remote;

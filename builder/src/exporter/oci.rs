@@ -238,3 +238,96 @@ pub fn write_oci_archive_multi(
     entries.insert("index.json".into(), Source::Bytes(index));
     write_archive(dest_file, &entries, blob_path)
 }
+
+/// Writes a multi-platform image: the index `index_json` (digest `index_digest`) over
+/// `images`, with all their blobs, as an OCI layout directory (`as_dir`, merged into an
+/// existing one as [`write_oci_layout`] does) or an OCI archive. `index.json` has one
+/// entry per tag for the index, annotated as for one image.
+pub fn write_oci_index(
+    images: &[BuiltImage],
+    index_digest: &kiln_oci::Digest,
+    index_json_bytes: &[u8],
+    blob_path: BlobPath<'_>,
+    dest: &Path,
+    tags: &[String],
+    as_dir: bool,
+) -> Result<()> {
+    let refs = parse_tags(tags)?;
+    let index_desc = Descriptor::new(
+        MediaType::ImageIndex,
+        index_json_bytes.len() as u64,
+        index_digest,
+    );
+    let entries_for = |refs: &[Reference]| -> Vec<Descriptor> {
+        if refs.is_empty() {
+            return vec![index_desc.clone()];
+        }
+        refs.iter()
+            .map(|r| {
+                let mut d = index_desc.clone();
+                let mut a = HashMap::new();
+                a.insert(ANNOTATION_REF_NAME.to_string(), tag_of(r).to_string());
+                a.insert(ANNOTATION_CONTAINERD_NAME.to_string(), r.to_string());
+                d.set_annotations(Some(a));
+                d
+            })
+            .collect()
+    };
+    if as_dir {
+        let existing = existing_index(dest)?;
+        let blobs = dest.join("blobs").join("sha256");
+        fs::create_dir_all(&blobs).map_err(io_err("creating directory", &blobs))?;
+        for image in images {
+            for layer in &image.layers {
+                link_or_copy_layer(layer, blob_path, &dest.join(blob_rel_path(&layer.digest)))?;
+            }
+            write_blob(
+                &dest.join(blob_rel_path(&image.config_digest)),
+                &image.config_json,
+            )?;
+            write_blob(
+                &dest.join(blob_rel_path(&image.manifest_digest)),
+                &image.manifest_json,
+            )?;
+        }
+        write_blob(&dest.join(blob_rel_path(index_digest)), index_json_bytes)?;
+        let layout_path = dest.join("oci-layout");
+        let index_path = dest.join("index.json");
+        let (manifests, annotations) = match existing {
+            Some(index) => (
+                merge(index.manifests().clone(), entries_for(&refs)),
+                index.annotations().clone(),
+            ),
+            None => (entries_for(&refs), None),
+        };
+        if !layout_path.exists() {
+            atomic_write(&layout_path, OCI_LAYOUT)?;
+        }
+        let index = index_json(manifests, annotations, &index_path)?;
+        return atomic_write(&index_path, &index);
+    }
+    let mut entries: BTreeMap<String, Source<'_>> = BTreeMap::new();
+    entries.insert("blobs/".into(), Source::Dir);
+    entries.insert("blobs/sha256/".into(), Source::Dir);
+    entries.insert("oci-layout".into(), Source::Bytes(OCI_LAYOUT.to_vec()));
+    for image in images {
+        for layer in &image.layers {
+            entries.insert(blob_rel_path(&layer.digest), Source::Blob(layer));
+        }
+        entries.insert(
+            blob_rel_path(&image.config_digest),
+            Source::Bytes(image.config_json.clone()),
+        );
+        entries.insert(
+            blob_rel_path(&image.manifest_digest),
+            Source::Bytes(image.manifest_json.clone()),
+        );
+    }
+    entries.insert(
+        blob_rel_path(index_digest),
+        Source::Bytes(index_json_bytes.to_vec()),
+    );
+    let index = index_json(entries_for(&refs), None, dest)?;
+    entries.insert("index.json".into(), Source::Bytes(index));
+    write_archive(dest, &entries, blob_path)
+}

@@ -277,7 +277,7 @@ fn write_oci_index(
     }
     let blob_path = |d: &Digest| store.blob_path(d);
     // As the single-platform exporter: `DEST.tar` is an archive, else a layout.
-    let as_dir = !dest.extension().is_some_and(|e| e == "tar");
+    let as_dir = dest.extension().is_none_or(|e| e != "tar");
     crate::exporter::write_oci_index(&images, index, &bytes, &blob_path, dest, tags, as_dir)
         .map_err(|e| BuildError::Platform(e.to_string()))
 }

@@ -290,3 +290,64 @@ fn run_under_arm64_through_qemu() {
         "linux/arm64 aarch64\n"
     );
 }
+
+/// `--push` pushes the index and each platform's manifest; a fresh store pulls each
+/// platform from it.
+#[test]
+fn push_sends_the_index() {
+    require_root!();
+    require_tool!("docker-registry");
+    let reg = kiln_test_support::Registry::start(&kiln_test_support::Auth::None);
+    let ws = Workspace::new();
+    let store = ws.path("store");
+    let ctx = ws.context(
+        "multi",
+        "FROM scratch\nARG TARGETARCH\nCOPY ${TARGETARCH}.txt /arch.txt\n",
+    );
+    fs::write(ctx.join("amd64.txt"), "amd64\n").unwrap();
+    fs::write(ctx.join("arm64.txt"), "arm64\n").unwrap();
+    let name = format!("{}:1", reg.name("multi/app"));
+    let index = ok(
+        kiln(&store)
+            .args([
+                "build",
+                "-q",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "--push",
+                "-t",
+                &name,
+            ])
+            .arg(&ctx)
+            .output()
+            .unwrap(),
+        "build --push",
+    );
+    let fresh = ws.path("fresh");
+    for (platform, arch) in [("linux/arm64", "arm64"), ("linux/amd64", "amd64")] {
+        ok(
+            kiln(&fresh)
+                .args(["pull", "-q", "--platform", platform, &name])
+                .output()
+                .unwrap(),
+            "pull",
+        );
+        let v: Value = serde_json::from_str(&ok(
+            kiln(&fresh).args(["inspect", &name]).output().unwrap(),
+            "inspect",
+        ))
+        .unwrap();
+        assert_eq!(v[0]["Architecture"], arch);
+    }
+    // The registry serves the very index kiln built.
+    let skopeo = require_tool!("skopeo");
+    let o = std::process::Command::new(skopeo)
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{name}"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(kiln_cache::sha256_of(&o.stdout).to_string(), index.trim());
+    let raw: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(raw["manifests"].as_array().unwrap().len(), 2);
+}

@@ -122,8 +122,70 @@ pub fn stored_image(store: &Store, manifest: &Digest) -> Result<BuiltImage> {
     })
 }
 
-/// Writes `items` as one archive at `dest` (through a temporary file and a rename).
+/// An item ready for the OCI exporter: a multi-platform image's index JSON and every
+/// platform's image, or one image.
+struct Prepared {
+    index_json: Option<Vec<u8>>,
+    images: Vec<BuiltImage>,
+}
+
+/// For an OCI archive: a tag naming an index whose platforms are all in the store is
+/// saved whole (index and every platform); otherwise the host's image only (a pulled
+/// index usually has only the host's platform locally).
+fn prepare_oci(store: &Store, manifest: &Digest) -> Result<Prepared> {
+    let whole = || -> Option<Prepared> {
+        if store.blob_size(manifest).ok()? > MAX_JSON {
+            return None;
+        }
+        let json = store.read_blob(manifest).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&json).ok()?;
+        let mut images = Vec::new();
+        for m in v["manifests"].as_array()? {
+            let d = Digest::parse(m["digest"].as_str()?).ok()?;
+            images.push(stored_image(store, &d).ok()?);
+        }
+        Some(Prepared {
+            index_json: Some(json),
+            images,
+        })
+    };
+    match whole() {
+        Some(p) => Ok(p),
+        None => Ok(Prepared {
+            index_json: None,
+            images: vec![stored_image(store, manifest)?],
+        }),
+    }
+}
+
+/// Writes `items` as one archive at `dest` (through a temporary file and a rename). A
+/// Docker archive holds no index: a multi-platform image is saved as its host
+/// platform's image there; an OCI archive holds it whole.
 pub fn save(store: &Store, items: &[SaveItem], format: ArchiveFormat, dest: &Path) -> Result<()> {
+    let blob_path = |d: &Digest| store.blob_path(d);
+    if format == ArchiveFormat::Oci {
+        let prepared = items
+            .iter()
+            .map(|i| prepare_oci(store, &i.manifest))
+            .collect::<Result<Vec<_>>>()?;
+        let list: Vec<(exporter::ArchiveImage<'_>, &[String])> = prepared
+            .iter()
+            .zip(items)
+            .map(|(p, i)| {
+                let item = match &p.index_json {
+                    Some(json) => exporter::ArchiveImage::Index {
+                        digest: &i.manifest,
+                        json,
+                        images: &p.images,
+                    },
+                    None => exporter::ArchiveImage::Image(&p.images[0]),
+                };
+                (item, i.tags.as_slice())
+            })
+            .collect();
+        exporter::write_oci_archive_items(&list, &blob_path, dest)?;
+        return Ok(());
+    }
     let images = items
         .iter()
         .map(|i| stored_image(store, &i.manifest))
@@ -133,11 +195,7 @@ pub fn save(store: &Store, items: &[SaveItem], format: ArchiveFormat, dest: &Pat
         .zip(items)
         .map(|(img, item)| (img, item.tags.as_slice()))
         .collect();
-    let blob_path = |d: &Digest| store.blob_path(d);
-    match format {
-        ArchiveFormat::Docker => exporter::write_docker_archive_multi(&pairs, &blob_path, dest)?,
-        ArchiveFormat::Oci => exporter::write_oci_archive_multi(&pairs, &blob_path, dest)?,
-    }
+    exporter::write_docker_archive_multi(&pairs, &blob_path, dest)?;
     Ok(())
 }
 

@@ -141,6 +141,63 @@ fn copy_only_platforms_make_an_index() {
         .unwrap();
     assert_eq!(ok(o, "images").trim(), index_digest);
 
+    // `kiln save --format oci` keeps the index whole; `kiln load` brings it back.
+    let saved = ws.path("multi.tar");
+    ok(
+        kiln(&store)
+            .args([
+                "save",
+                "--format",
+                "oci",
+                "-o",
+                saved.to_str().unwrap(),
+                "multi:1",
+            ])
+            .output()
+            .unwrap(),
+        "save",
+    );
+    let fresh = ws.path("fresh");
+    let out = ok(
+        kiln(&fresh)
+            .args(["load", "-i", saved.to_str().unwrap()])
+            .output()
+            .unwrap(),
+        "load",
+    );
+    assert_eq!(out, "Loaded image: multi:1\n");
+    let o = kiln(&fresh)
+        .args(["images", "--format", "{{.Digest}}"])
+        .output()
+        .unwrap();
+    assert_eq!(ok(o, "images").trim(), index_digest);
+    // A Docker archive holds the host's platform only.
+    let docker = ws.path("multi-docker.tar");
+    ok(
+        kiln(&store)
+            .args(["save", "-o", docker.to_str().unwrap(), "multi:1"])
+            .output()
+            .unwrap(),
+        "save",
+    );
+    let fresh2 = ws.path("fresh2");
+    ok(
+        kiln(&fresh2)
+            .args(["load", "-i", docker.to_str().unwrap()])
+            .output()
+            .unwrap(),
+        "load",
+    );
+    let v: Value = serde_json::from_str(&ok(
+        kiln(&fresh2).args(["inspect", "multi:1"]).output().unwrap(),
+        "inspect",
+    ))
+    .unwrap();
+    assert_eq!(
+        v[0]["Architecture"],
+        kiln_ops::Platform::host().architecture()
+    );
+
     // A Docker archive cannot hold an index.
     let o = kiln(&store)
         .args(["build", "--platform", "linux/amd64,linux/arm64", "-o"])

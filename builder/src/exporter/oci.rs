@@ -208,31 +208,95 @@ pub fn write_oci_archive_multi(
     blob_path: BlobPath<'_>,
     dest_file: &Path,
 ) -> Result<()> {
+    let items: Vec<(ArchiveImage<'_>, &[String])> = images
+        .iter()
+        .map(|(i, t)| (ArchiveImage::Image(i), *t))
+        .collect();
+    write_oci_archive_items(&items, blob_path, dest_file)
+}
+
+/// One image of an OCI archive: a single-platform image, or a multi-platform one (an
+/// image index over its platforms' images).
+pub enum ArchiveImage<'a> {
+    /// A single image.
+    Image(&'a BuiltImage),
+    /// An image index.
+    Index {
+        /// The index's digest.
+        digest: &'a kiln_oci::Digest,
+        /// Its JSON.
+        json: &'a [u8],
+        /// The images it lists.
+        images: &'a [BuiltImage],
+    },
+}
+
+/// The descriptor of an index, annotated with each tag as an image's would be.
+fn tagged_index(digest: &kiln_oci::Digest, size: u64, refs: &[Reference]) -> Vec<Descriptor> {
+    let desc = Descriptor::new(MediaType::ImageIndex, size, digest);
+    if refs.is_empty() {
+        return vec![desc];
+    }
+    refs.iter()
+        .map(|r| {
+            let mut d = desc.clone();
+            let mut a = HashMap::new();
+            a.insert(ANNOTATION_REF_NAME.to_string(), tag_of(r).to_string());
+            a.insert(ANNOTATION_CONTAINERD_NAME.to_string(), r.to_string());
+            d.set_annotations(Some(a));
+            d
+        })
+        .collect()
+}
+
+/// Writes single- and multi-platform images as one OCI archive (see
+/// [`write_oci_archive_multi`]).
+pub fn write_oci_archive_items(
+    items: &[(ArchiveImage<'_>, &[String])],
+    blob_path: BlobPath<'_>,
+    dest_file: &Path,
+) -> Result<()> {
     let mut manifests = Vec::new();
     let mut entries: BTreeMap<String, Source<'_>> = BTreeMap::new();
     entries.insert("blobs/".into(), Source::Dir);
     entries.insert("blobs/sha256/".into(), Source::Dir);
     entries.insert("oci-layout".into(), Source::Bytes(OCI_LAYOUT.to_vec()));
-    for (image, tags) in images {
+    for (item, tags) in items {
         let refs = parse_tags(tags)?;
+        let (descriptors, images): (Vec<Descriptor>, &[BuiltImage]) = match item {
+            ArchiveImage::Image(image) => (
+                tagged_descriptors(image, &refs),
+                std::slice::from_ref(*image),
+            ),
+            ArchiveImage::Index {
+                digest,
+                json,
+                images,
+            } => {
+                entries.insert(blob_rel_path(digest), Source::Bytes(json.to_vec()));
+                (tagged_index(digest, json.len() as u64, &refs), images)
+            }
+        };
         // Not `merge`: `app:1` and `other:1` share the ref name `1` and both stay
         // (`io.containerd.image.name` tells them apart).
-        for d in tagged_descriptors(image, &refs) {
+        for d in descriptors {
             if !manifests.contains(&d) {
                 manifests.push(d);
             }
         }
-        for layer in &image.layers {
-            entries.insert(blob_rel_path(&layer.digest), Source::Blob(layer));
+        for image in images {
+            for layer in &image.layers {
+                entries.insert(blob_rel_path(&layer.digest), Source::Blob(layer));
+            }
+            entries.insert(
+                blob_rel_path(&image.config_digest),
+                Source::Bytes(image.config_json.clone()),
+            );
+            entries.insert(
+                blob_rel_path(&image.manifest_digest),
+                Source::Bytes(image.manifest_json.clone()),
+            );
         }
-        entries.insert(
-            blob_rel_path(&image.config_digest),
-            Source::Bytes(image.config_json.clone()),
-        );
-        entries.insert(
-            blob_rel_path(&image.manifest_digest),
-            Source::Bytes(image.manifest_json.clone()),
-        );
     }
     let index = index_json(manifests, None, dest_file)?;
     entries.insert("index.json".into(), Source::Bytes(index));
@@ -253,26 +317,8 @@ pub fn write_oci_index(
     as_dir: bool,
 ) -> Result<()> {
     let refs = parse_tags(tags)?;
-    let index_desc = Descriptor::new(
-        MediaType::ImageIndex,
-        index_json_bytes.len() as u64,
-        index_digest,
-    );
-    let entries_for = |refs: &[Reference]| -> Vec<Descriptor> {
-        if refs.is_empty() {
-            return vec![index_desc.clone()];
-        }
-        refs.iter()
-            .map(|r| {
-                let mut d = index_desc.clone();
-                let mut a = HashMap::new();
-                a.insert(ANNOTATION_REF_NAME.to_string(), tag_of(r).to_string());
-                a.insert(ANNOTATION_CONTAINERD_NAME.to_string(), r.to_string());
-                d.set_annotations(Some(a));
-                d
-            })
-            .collect()
-    };
+    let entries_for =
+        |refs: &[Reference]| tagged_index(index_digest, index_json_bytes.len() as u64, refs);
     if as_dir {
         let existing = existing_index(dest)?;
         let blobs = dest.join("blobs").join("sha256");
@@ -306,28 +352,10 @@ pub fn write_oci_index(
         let index = index_json(manifests, annotations, &index_path)?;
         return atomic_write(&index_path, &index);
     }
-    let mut entries: BTreeMap<String, Source<'_>> = BTreeMap::new();
-    entries.insert("blobs/".into(), Source::Dir);
-    entries.insert("blobs/sha256/".into(), Source::Dir);
-    entries.insert("oci-layout".into(), Source::Bytes(OCI_LAYOUT.to_vec()));
-    for image in images {
-        for layer in &image.layers {
-            entries.insert(blob_rel_path(&layer.digest), Source::Blob(layer));
-        }
-        entries.insert(
-            blob_rel_path(&image.config_digest),
-            Source::Bytes(image.config_json.clone()),
-        );
-        entries.insert(
-            blob_rel_path(&image.manifest_digest),
-            Source::Bytes(image.manifest_json.clone()),
-        );
-    }
-    entries.insert(
-        blob_rel_path(index_digest),
-        Source::Bytes(index_json_bytes.to_vec()),
-    );
-    let index = index_json(entries_for(&refs), None, dest)?;
-    entries.insert("index.json".into(), Source::Bytes(index));
-    write_archive(dest, &entries, blob_path)
+    let item = ArchiveImage::Index {
+        digest: index_digest,
+        json: index_json_bytes,
+        images,
+    };
+    write_oci_archive_items(&[(item, tags)], blob_path, dest)
 }

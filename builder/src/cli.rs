@@ -1180,7 +1180,12 @@ fn multi_platform_build(
                 "digest": m.index_digest,
                 "size": m.index_size,
             },
-            "image.name": args.tags.iter().map(|t| kiln_builder::images::normalize_tag(t)).collect::<Vec<_>>().join(","),
+            "image.name": args.tags.join(","),
+            "kiln.cache": {
+                "steps": m.platforms.iter().map(|(_, o)| o.report.totals.steps).sum::<usize>(),
+                "cached": m.platforms.iter().map(|(_, o)| o.report.totals.cached).sum::<usize>(),
+                "missed": m.platforms.iter().map(|(_, o)| o.report.totals.built).sum::<usize>(),
+            },
         });
         std::fs::write(path, serde_json::to_vec_pretty(&json)?)
             .with_context(|| format!("writing the metadata to {}", path.display()))?;

@@ -66,7 +66,11 @@ fn copy_only_platforms_make_an_index() {
                 "--platform",
                 "linux/amd64,linux/arm64",
             ])
-            .args(["-t", "multi:1", "-o"])
+            .args(["-t", "multi:1", "--iidfile"])
+            .arg(ws.path("iid"))
+            .arg("--metadata-file")
+            .arg(ws.path("meta.json"))
+            .arg("-o")
             .arg(format!("type=oci,dest={}", oci.display()))
             .arg("-o")
             .arg(format!("type=local,dest={}", local.display()))
@@ -77,6 +81,17 @@ fn copy_only_platforms_make_an_index() {
     );
     let index_digest = out.trim().to_string();
     assert!(index_digest.starts_with("sha256:"), "{out}");
+    // The image ID of a multi-platform image is its index's digest (buildx's
+    // containerimage.digest).
+    assert_eq!(fs::read_to_string(ws.path("iid")).unwrap(), index_digest);
+    let meta: Value = serde_json::from_slice(&fs::read(ws.path("meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["containerimage.digest"], index_digest.as_str());
+    assert_eq!(
+        meta["containerimage.descriptor"]["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    assert_eq!(meta["image.name"], "multi:1");
+    assert_eq!(meta["kiln.cache"]["steps"], 2);
     assert_eq!(
         fs::read_to_string(local.join("linux_amd64/arch.txt")).unwrap(),
         "amd64\n"

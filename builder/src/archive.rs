@@ -122,6 +122,34 @@ pub fn stored_image(store: &Store, manifest: &Digest) -> Result<BuiltImage> {
     })
 }
 
+/// Makes every layer of `items` (every platform of an index the store has whole) present
+/// in the store, fetching those of registry bases that builds left lazy through
+/// `remote`.
+pub fn fetch_layers(
+    store: &Store,
+    items: &[SaveItem],
+    remote: std::sync::Arc<crate::remote::Remote>,
+) -> Result<()> {
+    let images =
+        ImageStore::new(store).with_remote(remote, std::sync::Arc::new(kiln_solver::NoReporter));
+    for item in items {
+        let prepared = prepare_oci(store, &item.manifest)?;
+        let layers: Vec<crate::snapshots::LayerRef> = prepared
+            .images
+            .iter()
+            .flat_map(|i| &i.layers)
+            .map(|l| crate::snapshots::LayerRef {
+                digest: l.digest.clone(),
+                diff_id: l.diff_id.clone(),
+                size: l.size,
+                media_type: l.media_type.clone(),
+            })
+            .collect();
+        images.ensure_layers(&layers, None)?;
+    }
+    Ok(())
+}
+
 /// An item ready for the OCI exporter: a multi-platform image's index JSON and every
 /// platform's image, or one image.
 struct Prepared {

@@ -854,7 +854,7 @@ pub fn run() -> Result<ExitCode> {
             output,
             format,
             images,
-        } => crate::commands::save(&root, output.as_deref(), &format, &images),
+        } => crate::commands::save(&root, registry, output.as_deref(), &format, &images),
         Command::Load { input, quiet } => crate::commands::load(&root, input.as_deref(), quiet),
         Command::Completion { shell } => {
             let shell = match shell.as_str() {

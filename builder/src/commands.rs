@@ -387,6 +387,7 @@ fn save_item(store: &Store, name: &str) -> Result<kiln_builder::archive::SaveIte
 /// `kiln save [-o FILE] [--format docker|oci] IMAGE...`.
 pub fn save(
     root: &Path,
+    registry: kiln_builder::remote::RegistrySettings,
     output: Option<&Path>,
     format: &str,
     names: &[String],
@@ -404,6 +405,8 @@ pub fn save(
         ));
     }
     let store = Store::open(root)?;
+    // No collection while the archive is written.
+    let _lock = store.lock_shared()?;
     let mut items: Vec<kiln_builder::archive::SaveItem> = Vec::new();
     for name in names {
         let item = save_item(&store, name)?;
@@ -419,6 +422,9 @@ pub fn save(
             None => items.push(item),
         }
     }
+    // Layers of a registry base a build never needed (kept lazy) are fetched now.
+    let remote = std::sync::Arc::new(kiln_builder::remote::Remote::new(registry));
+    kiln_builder::archive::fetch_layers(&store, &items, remote)?;
     match output {
         Some(path) => save(&store, &items, format, path)?,
         None => {
@@ -441,6 +447,8 @@ pub fn save(
 pub fn load(root: &Path, input: Option<&Path>, quiet: bool) -> Result<ExitCode> {
     use std::io::IsTerminal;
     let store = Store::open(root)?;
+    // No collection between writing a blob and the tag that keeps it.
+    let _lock = store.lock_shared()?;
     let loaded = match input {
         Some(path) => {
             let f = std::fs::File::open(path)

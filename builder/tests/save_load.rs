@@ -249,3 +249,55 @@ fn save_by_id_unknown_names_and_bad_archives() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("neither a Docker archive"), "{err}");
 }
+
+/// Regression: a build over a registry base keeps the base's layers lazy (a COPY-only
+/// build never needs them), so `kiln save` must fetch them first, or the archive
+/// cannot be written.
+#[test]
+fn save_fetches_the_lazy_layers_of_a_registry_base() {
+    needs!();
+    require_tool!("docker-registry");
+    let reg = kiln_test_support::Registry::start(&kiln_test_support::Auth::None);
+    let ws = Workspace::new();
+    let store = two_images(&ws);
+    let base = format!("{}:1", reg.name("base/busybox"));
+    ok(
+        kiln(&store).args(["tag", BASE, &base]).output().unwrap(),
+        "tag",
+    );
+    ok(
+        kiln(&store).args(["push", "-q", &base]).output().unwrap(),
+        "push",
+    );
+    let builder = ws.path("builder");
+    // No step needs the base's filesystem: its layers are never fetched by the build.
+    let app = ws.context("lazy", &format!("FROM {base}\nLABEL lazy=1\n"));
+    ok(
+        kiln(&builder)
+            .args(["build", "--progress", "quiet", "-t", "lazy:1"])
+            .arg(&app)
+            .output()
+            .unwrap(),
+        "build",
+    );
+    let file = ws.path("lazy.tar");
+    ok(
+        kiln(&builder)
+            .args(["save", "-o", file.to_str().unwrap(), "lazy:1"])
+            .output()
+            .unwrap(),
+        "save",
+    );
+    let fresh = ws.path("fresh");
+    ok(
+        kiln(&fresh)
+            .args(["load", "-i", file.to_str().unwrap()])
+            .output()
+            .unwrap(),
+        "load",
+    );
+    assert_eq!(
+        run_cat(&fresh, "lazy:1", "/etc/group").lines().next(),
+        Some("root:x:0:")
+    );
+}

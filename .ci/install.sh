@@ -5,7 +5,9 @@
 # are compared with; docker-registry (the CNCF distribution registry) and apache2-utils
 # (htpasswd) serve the registry tests; gcc and libc6-dev build the static escape probe the
 # sandbox tests run inside RUN, and iproute2 checks the host's loopback after it; docker.io
-# (dockerd and the docker client) runs kiln's images in the Docker acceptance test.
+# (dockerd and the docker client) runs kiln's images in the Docker acceptance test; git
+# (ADD of git repositories, served by git daemon) and openssh-client (ssh-agent for RUN
+# --mount=type=ssh); qemu-user-static runs RUN under arm64 in the multi-platform tests.
 # Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")"

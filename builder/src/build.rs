@@ -67,6 +67,33 @@ pub enum BuildError {
         #[source]
         source: dockerignore::IgnoreError,
     },
+    /// `--build-context` is wrong.
+    #[error("invalid --build-context {spec:?}: {reason}")]
+    BuildContext {
+        /// The flag's value.
+        spec: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `--ssh` is wrong.
+    #[error("invalid --ssh {spec:?}: {reason}")]
+    Ssh {
+        /// The flag's value.
+        spec: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A named context's `.dockerignore` could not be read.
+    #[error("reading .dockerignore of the named context {name} ({})", dir.display())]
+    NamedDockerignore {
+        /// The context's name.
+        name: String,
+        /// Its directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: dockerignore::IgnoreError,
+    },
     /// A step failed.
     #[error("{step}")]
     Step {
@@ -199,6 +226,85 @@ impl OutputSpec {
     }
 }
 
+/// Parses `--ssh default|ID|ID=SOCKET` (buildx's flag): an id and the agent socket it
+/// forwards; `default` or a bare ID take `$SSH_AUTH_SOCK` (`auth_sock`). kiln forwards
+/// agent sockets only (not key files), one per id.
+pub fn parse_ssh(spec: &str, auth_sock: Option<&str>) -> Result<(String, PathBuf)> {
+    let bad = |reason: String| BuildError::Ssh {
+        spec: spec.to_string(),
+        reason,
+    };
+    let (id, path) = match spec.split_once('=') {
+        Some((id, p)) => (id, PathBuf::from(p)),
+        None => match auth_sock.filter(|s| !s.is_empty()) {
+            Some(s) => (spec, PathBuf::from(s)),
+            None => return Err(bad("SSH_AUTH_SOCK is not set: give ID=SOCKET".into())),
+        },
+    };
+    if id.is_empty() || id.contains(',') {
+        return Err(bad("expected default, ID or ID=SOCKET".into()));
+    }
+    if path.as_os_str().to_string_lossy().contains(',') {
+        return Err(bad("kiln forwards one agent socket per id".into()));
+    }
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::metadata(&path) {
+        Ok(m) if m.file_type().is_socket() => Ok((id.to_string(), path)),
+        Ok(_) => Err(bad(format!(
+            "{} is not a socket (kiln forwards agent sockets, not key files: ssh-add the key)",
+            path.display()
+        ))),
+        Err(e) => Err(bad(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// What a named context (`--build-context NAME=VALUE`) is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContextSource {
+    /// A local directory (read as the build context is, with its own `.dockerignore`).
+    Dir(PathBuf),
+    /// An image: `docker-image://REF` gives REF, `oci-layout://DIR[:TAG]` stays as
+    /// written (kiln resolves it as in `FROM`).
+    Image(String),
+}
+
+impl ContextSource {
+    /// Parses `NAME=VALUE` as buildx does: VALUE is `docker-image://REF`,
+    /// `oci-layout://DIR[:TAG]`, or else a local directory.
+    pub fn parse(spec: &str) -> Result<(String, ContextSource)> {
+        let bad = |reason: &str| BuildError::BuildContext {
+            spec: spec.to_string(),
+            reason: reason.to_string(),
+        };
+        let (name, value) = spec
+            .split_once('=')
+            .ok_or_else(|| bad("expected NAME=VALUE"))?;
+        if name.is_empty() || value.is_empty() {
+            return Err(bad("expected NAME=VALUE"));
+        }
+        if name == crate::worker::MAIN_CONTEXT {
+            return Err(bad("\"context\" is the build context itself"));
+        }
+        let source = if let Some(r) = value.strip_prefix("docker-image://") {
+            crate::remote::parse_name(r).map_err(|e| bad(&e))?;
+            ContextSource::Image(r.to_string())
+        } else if value.starts_with("oci-layout://") {
+            ContextSource::Image(value.to_string())
+        } else if value.contains("://") || value.starts_with("git@") {
+            return Err(bad(
+                "kiln takes a directory, docker-image://REF or oci-layout://DIR[:TAG] (not a URL)",
+            ));
+        } else {
+            let dir = PathBuf::from(value);
+            if !dir.is_dir() {
+                return Err(bad(&format!("{} is not a directory", dir.display())));
+            }
+            ContextSource::Dir(dir)
+        };
+        Ok((name.to_string(), source))
+    }
+}
+
 /// Everything a build needs.
 #[derive(Debug, Clone)]
 pub struct BuildRequest {
@@ -258,6 +364,10 @@ pub struct BuildRequest {
     pub shm_size: Option<u64>,
     /// `--trace FILE.json`: write the build's timeline as Chrome trace events.
     pub trace: Option<PathBuf>,
+    /// `--build-context NAME=VALUE`, in the order given (a later NAME wins).
+    pub named_contexts: Vec<(String, ContextSource)>,
+    /// `--ssh`: agent sockets by id (see [`parse_ssh`]).
+    pub ssh: Vec<(String, PathBuf)>,
 }
 
 /// What a build produced.
@@ -279,6 +389,38 @@ pub struct BuildOutcome {
 pub struct DockerfileError {
     /// The rendered message.
     pub rendered: String,
+}
+
+/// Adds the named contexts to `opts`, and opens the local ones (each with its own
+/// `.dockerignore`, as BuildKit reads it; the build context's does not apply).
+pub fn with_named_contexts(
+    mut opts: ConvertOptions,
+    contexts: &[(String, ContextSource)],
+) -> Result<(ConvertOptions, Vec<(String, ContextFs)>)> {
+    let mut dirs = BTreeMap::new();
+    for (name, source) in contexts {
+        let ctx = match source {
+            ContextSource::Image(reference) => convert::NamedContext::Image {
+                reference: reference.clone(),
+            },
+            ContextSource::Dir(dir) => {
+                let exclude = dockerignore::load_in(dir)
+                    .map_err(|source| BuildError::NamedDockerignore {
+                        name: name.clone(),
+                        dir: dir.clone(),
+                        source,
+                    })?
+                    .unwrap_or_default();
+                dirs.insert(name.clone(), ContextFs::new(dir, &exclude)?);
+                convert::NamedContext::Local { exclude }
+            }
+        };
+        if !matches!(ctx, convert::NamedContext::Local { .. }) {
+            dirs.remove(name);
+        }
+        opts.named_contexts.insert(name.clone(), ctx);
+    }
+    Ok((opts, dirs.into_iter().collect()))
 }
 
 /// Refuses a build with a `RUN --security=insecure` that `--allow security.insecure`
@@ -325,6 +467,9 @@ fn step_labels(plan: &Plan) -> HashMap<VertexId, StepLabel> {
                 )
             }
             (None, Op::Image { reference, .. }) => format!("[internal] FROM {reference}"),
+            (None, Op::Context { name, .. }) if name != crate::worker::MAIN_CONTEXT => {
+                format!("[context {name}] load from client")
+            }
             (None, Op::Context { .. }) => "[internal] load build context".to_string(),
             (None, op) => format!("[internal] {}", describe(op)),
         };
@@ -346,6 +491,14 @@ fn base_history(plan: &Plan, images: &ImageStore, stage_index: usize) -> Result<
     };
     match &st.base {
         Base::Scratch => Ok(Vec::new()),
+        // The directory's files are one layer no instruction made: described as
+        // BuildKit's exporter describes a layer without history.
+        Base::Context(name) => Ok(vec![HistoryItem {
+            created: None,
+            created_by: format!("[context {name}] load from client"),
+            comment: Some("buildkit.exporter.image.v0".to_string()),
+            empty_layer: false,
+        }]),
         Base::Stage(i) => base_history(plan, images, *i),
         Base::Image { reference, .. } => {
             Ok(images.get(reference, &st.platform)?.config.history.clone())
@@ -554,7 +707,9 @@ fn build_inner(
         run_network: req.run_network,
         extra_hosts: req.extra_hosts.clone(),
         shm_size: req.shm_size,
+        named_contexts: BTreeMap::new(),
     };
+    let (opts, named_dirs) = with_named_contexts(opts, &req.named_contexts)?;
     let plan = convert::convert(&df, &opts, &images).map_err(located)?;
     if !req.allow_insecure {
         check_entitlements(&plan).map_err(located)?;
@@ -604,6 +759,7 @@ fn build_inner(
         runtime: Box::new(kiln_sandbox::LinuxRuntime::new()?),
         secrets: req.secrets.iter().cloned().collect(),
         allow_insecure: req.allow_insecure,
+        ssh: req.ssh.iter().cloned().collect(),
     };
     let leaves: Vec<VertexId> = order
         .into_iter()
@@ -623,7 +779,8 @@ fn build_inner(
         .with_recorder(recorder)
         .with_network_timeouts(req.registry.timeouts)
         .with_lazy_snapshots(leaves)
-        .with_lease(lease);
+        .with_lease(lease)
+        .with_named_contexts(named_dirs)?;
     let cancel: &AtomicBool = crate::interrupt::flag();
     let results = kiln_solver::solve(
         &plan.graph,

@@ -10,7 +10,8 @@
 //! * its **content key** ([`content_key`]), what the op reads that its definition does not
 //!   show: an image's ChainID; the [`context_checksum`] of the context files a COPY or ADD
 //!   selects or a `RUN --mount=type=bind` (without `from`) shows; an `ADD <url>`'s
-//!   `--checksum`, or else the downloaded file's digest.
+//!   `--checksum`, or else the downloaded file's digest; a git source's commit (what its
+//!   reference names when the build runs, see [`crate::git`]).
 //!
 //! The context checksum is a [`TreeDigest`] of one [`TreeEntry`] per selected path: its
 //! type, permission bits, size, link target, xattrs and content, and its owner when the
@@ -20,6 +21,7 @@
 //! so a checkout by another user hits the same cache. `.dockerignore`d paths are not part
 //! of the context ([`ContextFs`](kiln_fs::ContextFs)) and count for nothing.
 
+use std::collections::BTreeMap;
 use std::fs::Metadata;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -30,7 +32,7 @@ use kiln_cache::{CacheError, ContentHash, StatMemo, hash_file};
 use kiln_fs::{Entry, FsError, SourceFs, expand_source};
 use kiln_oci::Digest;
 use kiln_oci::digest::Hashing;
-use kiln_ops::{FileAction, MountKind, Op, Platform};
+use kiln_ops::{FileAction, GitSource, MountKind, Op, Platform};
 use rayon::prelude::*;
 
 use crate::download::DownloadError;
@@ -49,6 +51,12 @@ pub enum KeyError {
     /// A COPY source does not match or could not be read.
     #[error(transparent)]
     Fs(#[from] FsError),
+    /// A git reference could not be resolved, or its `--checksum` does not match.
+    #[error(transparent)]
+    Git(#[from] Box<crate::git::GitError>),
+    /// A named context the graph reads was not given to the build.
+    #[error("named context {0:?} was not given (--build-context {0}=DIR)")]
+    NoNamedContext(String),
     /// A file could not be hashed.
     #[error(transparent)]
     Hash(#[from] CacheError),
@@ -78,38 +86,39 @@ pub trait KeySource {
     fn chain_id(&self, reference: &str, platform: &Platform) -> Result<Digest>;
     /// The digest of what `url` serves (an `ADD <url>` without `--checksum`).
     fn download_digest(&self, url: &str) -> Result<Digest>;
-    /// The [`context_checksum`] of `sources` in the build context.
-    fn context_checksum(&self, sources: &[&str]) -> Result<Digest>;
+    /// The [`context_checksum`] of `sources` in the local context named `context` (the
+    /// build context, [`MAIN_CONTEXT`](crate::worker::MAIN_CONTEXT), or a named one).
+    fn context_checksum(&self, context: &str, sources: &[&str]) -> Result<Digest>;
+    /// The commit a git source's reference names now (its `--checksum` checked).
+    fn git_commit(&self, source: &GitSource) -> Result<String>;
 }
 
 /// The part of an op's cache key its definition does not show (see the module docs);
 /// `None` when the definition and the inputs' keys say everything.
 pub fn content_key(op: &Op, inputs: &[Output], source: &dyn KeySource) -> Result<Option<String>> {
-    let is_context = |i: usize| matches!(inputs.get(i), Some(Output::Context));
+    // The local context (the build's, or a named one) input `i` is, if it is one.
+    let context_of = |i: usize| match inputs.get(i) {
+        Some(Output::Context(name)) => Some(name.as_str()),
+        _ => None,
+    };
     match op {
         Op::Image {
             reference,
             platform,
             ..
         } => Ok(Some(source.chain_id(reference, platform)?.into())),
+        // The commit (BuildKit's git cache key); the subdir and `.git` are in the
+        // definition.
+        Op::Git(g) => Ok(Some(format!("git:{}", source.git_commit(g)?))),
         Op::File(f) => {
             let offset = usize::from(f.has_base);
-            let srcs: Vec<&str> = f
-                .actions
-                .iter()
-                .filter_map(|a| match a {
-                    FileAction::Copy { input, src, .. }
-                        if *input >= offset && is_context(*input) =>
-                    {
-                        Some(src.as_str())
-                    }
-                    _ => None,
-                })
-                .collect();
-            let mut parts = Vec::new();
-            if !srcs.is_empty() {
-                parts.push(source.context_checksum(&srcs)?.into());
-            }
+            let srcs = by_context(f.actions.iter().filter_map(|a| match a {
+                FileAction::Copy { input, src, .. } if *input >= offset => {
+                    Some((context_of(*input)?, src.as_str()))
+                }
+                _ => None,
+            }));
+            let mut parts = context_parts(&srcs, source)?;
             for a in &f.actions {
                 if let FileAction::Download { url, checksum, .. } = a {
                     // With --checksum the content is known without fetching; otherwise
@@ -123,24 +132,37 @@ pub fn content_key(op: &Op, inputs: &[Output], source: &dyn KeySource) -> Result
             Ok((!parts.is_empty()).then(|| parts.join(",")))
         }
         Op::Exec(e) => {
-            // What a bind mount of the context shows is part of the step's input.
-            let srcs: Vec<&str> = e
-                .mounts
-                .iter()
-                .filter(|m| m.input.is_some_and(is_context))
-                .filter_map(|m| match &m.kind {
-                    MountKind::Bind { source, .. } => Some(source.as_deref().unwrap_or(".")),
-                    _ => None,
-                })
-                .collect();
-            if srcs.is_empty() {
-                Ok(None)
-            } else {
-                Ok(Some(source.context_checksum(&srcs)?.into()))
-            }
+            // What a bind mount of a local context shows is part of the step's input.
+            let srcs = by_context(e.mounts.iter().filter_map(|m| match &m.kind {
+                MountKind::Bind { source, .. } => {
+                    Some((context_of(m.input?)?, source.as_deref().unwrap_or(".")))
+                }
+                _ => None,
+            }));
+            let parts = context_parts(&srcs, source)?;
+            Ok((!parts.is_empty()).then(|| parts.join(",")))
         }
         Op::Context { .. } | Op::Merge => Ok(None),
     }
+}
+
+/// Sources grouped by the local context they are read from, in order of name.
+fn by_context<'a>(
+    pairs: impl Iterator<Item = (&'a str, &'a str)>,
+) -> BTreeMap<&'a str, Vec<&'a str>> {
+    let mut out: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (context, src) in pairs {
+        out.entry(context).or_default().push(src);
+    }
+    out
+}
+
+/// One [`context_checksum`] per local context read. Which context a checksum belongs
+/// to is in the definition already (the context vertex's name is an input's digest).
+fn context_parts(srcs: &BTreeMap<&str, Vec<&str>>, source: &dyn KeySource) -> Result<Vec<String>> {
+    srcs.iter()
+        .map(|(context, s)| Ok(source.context_checksum(context, s)?.into()))
+        .collect()
 }
 
 /// Checksum of what `sources` (COPY sources, wildcards allowed) select in `fs`: one

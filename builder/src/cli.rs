@@ -490,6 +490,15 @@ struct BuildArgs {
     /// repeatable. Secrets never reach a layer, a cache key or the history.
     #[arg(long = "secret")]
     secrets: Vec<String>,
+    /// A named context (buildx): `NAME=DIR`, `NAME=docker-image://REF` or
+    /// `NAME=oci-layout://DIR[:TAG]`, used for `FROM NAME`, `COPY --from=NAME`,
+    /// `RUN --mount=from=NAME` and in place of a stage named NAME; repeatable.
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    build_contexts: Vec<String>,
+    /// An SSH agent for `RUN --mount=type=ssh` (and `ADD git@...`): `default` (or `ID`)
+    /// for `$SSH_AUTH_SOCK`, or `ID=SOCKET`; repeatable.
+    #[arg(long = "ssh", value_name = "default|ID=SOCKET")]
+    ssh: Vec<String>,
     /// How RUN steps get their filesystem: `overlay` (default where the kernel has it) or
     /// `copy` (a full copy per step, for machines without overlayfs).
     #[arg(long, value_enum)]
@@ -1003,10 +1012,17 @@ fn build_cmd(
             .map(|h| parse_add_host(h))
             .collect::<Result<_>>()?,
         shm_size: args.shm_size,
+        named_contexts: Default::default(),
     };
+    let named = args
+        .build_contexts
+        .iter()
+        .map(|s| kiln_builder::build::ContextSource::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
     if !args.dry_run {
-        return real_build(args, root, &file, &shown, opts, registry);
+        return real_build(args, root, &file, &shown, opts, named, registry);
     }
+    let (opts, _) = kiln_builder::build::with_named_contexts(opts, &named)?;
     let plan = match convert::convert(&df, &opts, &NoResolver) {
         Ok(p) => p,
         Err(e) => return Ok(report(&shown, &source, &e)),
@@ -1041,6 +1057,7 @@ fn real_build(
     file: &Path,
     shown: &Path,
     opts: ConvertOptions,
+    named_contexts: Vec<(String, kiln_builder::build::ContextSource)>,
     registry: kiln_builder::remote::RegistrySettings,
 ) -> Result<ExitCode> {
     let outputs = args
@@ -1091,6 +1108,14 @@ fn real_build(
         extra_hosts: opts.extra_hosts,
         shm_size: opts.shm_size,
         trace: args.trace.clone(),
+        named_contexts,
+        ssh: args
+            .ssh
+            .iter()
+            .map(|s| {
+                kiln_builder::build::parse_ssh(s, std::env::var("SSH_AUTH_SOCK").ok().as_deref())
+            })
+            .collect::<Result<_, _>>()?,
     };
     kiln_builder::interrupt::install();
     // RUN steps block a worker thread while their process runs: keep enough threads for

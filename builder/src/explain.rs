@@ -682,7 +682,18 @@ pub fn diff_inputs(
         }
     }
     if cur.content != old.content {
-        return Some(miss("files", "downloaded content changed".into()));
+        // A git source's content key is `git:<commit>`.
+        let commit = |i: &StepInputs| {
+            i.content
+                .as_deref()?
+                .strip_prefix("git:")
+                .map(str::to_owned)
+        };
+        let what = match (commit(old), commit(cur)) {
+            (Some(a), Some(b)) => format!("the git reference moved from {a} to {b}"),
+            _ => "downloaded content changed".into(),
+        };
+        return Some(miss("files", what));
     }
     None
 }

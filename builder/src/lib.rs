@@ -15,6 +15,7 @@ pub mod download;
 pub mod explain;
 pub mod exporter;
 pub mod format;
+pub mod git;
 pub mod image;
 pub mod images;
 pub mod interrupt;

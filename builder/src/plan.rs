@@ -29,6 +29,7 @@ pub fn render(plan: &Plan, df: &Dockerfile, file: &str) -> String {
     for st in &plan.stages {
         let base = match &st.base {
             Base::Scratch => "scratch".to_string(),
+            Base::Context(name) => format!("context {name}"),
             Base::Image { reference, .. } => format!("image {reference}"),
             Base::Stage(i) => format!("stage {}", label(*i)),
         };

@@ -145,6 +145,12 @@ pub fn load_for(
     }))
 }
 
+/// The patterns of `dir/.dockerignore` alone (`None`: there is none): what a named
+/// local context (`--build-context NAME=DIR`) leaves out, as BuildKit reads it.
+pub fn load_in(dir: &Path) -> Result<Option<Vec<String>>, IgnoreError> {
+    Ok(read_optional(&dir.join(DOCKERIGNORE_FILE))?.map(|c| parse_ignore_file(&c)))
+}
+
 fn read_optional(path: &Path) -> Result<Option<String>, IgnoreError> {
     match std::fs::read(path) {
         Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),

@@ -175,12 +175,30 @@ pub enum Op {
         /// `.dockerignore` patterns.
         exclude: Vec<String>,
     },
+    /// A git repository at one commit (`ADD https://host/repo.git#ref:subdir`): its
+    /// files, owned 0:0. Its cache key is the commit the reference resolves to.
+    Git(GitSource),
     /// Run a process.
     Exec(ExecOp),
     /// Change files.
     File(FileOp),
     /// Layer input 1.. on top of input 0 (`COPY --link`).
     Merge,
+}
+
+/// A git source: which repository, which reference, which part of it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct GitSource {
+    /// The repository (`https://host/repo.git`, `git@host:repo.git`, `git://...`).
+    pub remote: String,
+    /// Branch, tag or commit; `None` for the repository's default branch.
+    pub reference: Option<String>,
+    /// The directory of the repository to take; `None` for all of it.
+    pub subdir: Option<String>,
+    /// Keep the `.git` directory (`ADD --keep-git-dir`).
+    pub keep_git_dir: bool,
+    /// A hex prefix the commit (or annotated tag) must have (`ADD --checksum`).
+    pub checksum: Option<String>,
 }
 
 /// Where a vertex came from in the Dockerfile.
@@ -347,6 +365,15 @@ pub fn describe(op: &Op) -> String {
         Op::Context { name, exclude } => {
             format!("local context {name:?} ({} ignore patterns)", exclude.len())
         }
+        Op::Git(g) => format!(
+            "git {}#{}{}",
+            g.remote,
+            g.reference.as_deref().unwrap_or(""),
+            g.subdir
+                .as_deref()
+                .map(|s| format!(":{s}"))
+                .unwrap_or_default()
+        ),
         Op::Exec(e) => format!("exec {:?}", e.args),
         Op::File(f) => {
             let parts: Vec<String> = f

@@ -13,8 +13,8 @@ mod mount;
 mod source;
 
 pub use graph::{
-    BuildGraph, Chown, ExecOp, ExtraHost, FileAction, FileOp, Network, Op, Origin, Platform,
-    Vertex, VertexId, describe, sha256_digest,
+    BuildGraph, Chown, ExecOp, ExtraHost, FileAction, FileOp, GitSource, Network, Op, Origin,
+    Platform, Vertex, VertexId, describe, sha256_digest,
 };
 pub use mount::{ExecMount, MountKind, Sharing};
 pub use source::{Position, Range};

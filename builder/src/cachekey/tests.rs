@@ -10,6 +10,7 @@ use kiln_fs::ContextFs;
 use kiln_ops::{ExecMount, ExecOp, FileOp, MountKind, Network};
 
 use super::*;
+use crate::worker::MAIN_CONTEXT as MAIN;
 
 fn entry(path: &str) -> TreeEntry {
     TreeEntry {
@@ -348,11 +349,22 @@ impl KeySource for Fake {
         self.asked.borrow_mut().push(format!("download {url}"));
         Ok(fake(&format!("digest({url})")))
     }
-    fn context_checksum(&self, sources: &[&str]) -> Result<Digest> {
+    fn git_commit(&self, source: &GitSource) -> Result<String> {
         self.asked
             .borrow_mut()
-            .push(format!("context {}", sources.join(" ")));
-        Ok(fake(&format!("sum({})", sources.join(" "))))
+            .push(format!("git {}", source.remote));
+        Ok(format!("commit-of-{}", source.remote))
+    }
+    fn context_checksum(&self, context: &str, sources: &[&str]) -> Result<Digest> {
+        // The build context keeps the words it always had; a named one says its name.
+        let named = match context {
+            crate::worker::MAIN_CONTEXT => String::new(),
+            n => format!("{n}:"),
+        };
+        self.asked
+            .borrow_mut()
+            .push(format!("context {named}{}", sources.join(" ")));
+        Ok(fake(&format!("sum({named}{})", sources.join(" "))))
     }
 }
 
@@ -407,19 +419,22 @@ fn content_key_of_file_ops() {
     let file = |has_base, actions| Op::File(FileOp { has_base, actions });
     // COPY from the context over a base: the context's files.
     let op = file(true, vec![copy(1, "a"), copy(1, "b/*")]);
-    let (k, asked) = key(&op, &[fs_out(), Output::Context]);
+    let (k, asked) = key(&op, &[fs_out(), Output::Context(MAIN.into())]);
     assert_eq!(k, Some(fake("sum(a b/*)").into()));
     assert_eq!(asked, ["context a b/*"]);
     // COPY --from a stage: its key is an input key already.
     assert_eq!(key(&op, &[fs_out(), fs_out()]), (None, vec![]));
     // FROM scratch + COPY: input 0 is the context, not a base.
     let op = file(false, vec![copy(0, ".")]);
-    assert_eq!(key(&op, &[Output::Context]).0, Some(fake("sum(.)").into()));
+    assert_eq!(
+        key(&op, &[Output::Context(MAIN.into())]).0,
+        Some(fake("sum(.)").into())
+    );
     // ADD <url>: the --checksum, without a fetch; otherwise the download's digest.
     let op = file(true, vec![download("https://x/a", Some("sha256:aa"))]);
     assert_eq!(key(&op, &[fs_out()]), (Some("sha256:aa".into()), vec![]));
     let op = file(true, vec![copy(1, "a"), download("https://x/b", None)]);
-    let (k, asked) = key(&op, &[fs_out(), Output::Context]);
+    let (k, asked) = key(&op, &[fs_out(), Output::Context(MAIN.into())]);
     let both = format!("{},{}", fake("sum(a)"), fake("digest(https://x/b)"));
     assert_eq!(k, Some(both));
     assert_eq!(asked, ["context a", "download https://x/b"]);
@@ -481,7 +496,67 @@ fn content_key_of_run_is_what_context_bind_mounts_show() {
         }),
         other(MountKind::Tmpfs { size: None }),
     ]);
-    let (k, asked) = key(&op, &[fs_out(), Output::Context, fs_out()]);
+    let (k, asked) = key(&op, &[fs_out(), Output::Context(MAIN.into()), fs_out()]);
     assert_eq!(k, Some(fake("sum(. src)").into()));
     assert_eq!(asked, ["context . src"]);
+}
+
+#[test]
+fn content_key_of_named_contexts_is_their_own_checksum() {
+    let op = Op::File(FileOp {
+        has_base: true,
+        actions: vec![copy(1, "a"), copy(2, "b")],
+    });
+    let named = Output::Context("src".into());
+    // Each local context is checksummed on its own, in order of name.
+    let (k, asked) = key(
+        &op,
+        &[fs_out(), Output::Context(MAIN.into()), named.clone()],
+    );
+    assert_eq!(
+        k,
+        Some(format!("{},{}", fake("sum(a)"), fake("sum(src:b)")))
+    );
+    assert_eq!(asked, ["context a", "context src:b"]);
+    // A named context alone: its files, never the build context's.
+    let op = Op::File(FileOp {
+        has_base: false,
+        actions: vec![copy(0, ".")],
+    });
+    let (k, asked) = key(&op, &[named]);
+    assert_eq!(k, Some(fake("sum(src:.)").into()));
+    assert_eq!(asked, ["context src:."]);
+}
+
+#[test]
+fn named_context_checksum_is_content_based() {
+    // Two directories with the same files (other paths, other mtimes) give one
+    // checksum; a changed byte gives another.
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    for d in [a.path(), b.path()] {
+        fs::write(d.join("f"), "same").unwrap();
+    }
+    filetime::set_file_mtime(b.path().join("f"), FileTime::from_unix_time(1, 0)).unwrap();
+    let sum = |d: &Path| {
+        let fs = ContextFs::new(d, &[]).unwrap();
+        context_checksum(&fs, None, &["."]).unwrap()
+    };
+    assert_eq!(sum(a.path()), sum(b.path()));
+    fs::write(b.path().join("f"), "diff").unwrap();
+    assert_ne!(sum(a.path()), sum(b.path()));
+}
+
+#[test]
+fn content_key_of_a_git_source_is_its_commit() {
+    let op = Op::Git(GitSource {
+        remote: "https://h/r.git".into(),
+        reference: Some("main".into()),
+        subdir: None,
+        keep_git_dir: false,
+        checksum: None,
+    });
+    let (k, asked) = key(&op, &[]);
+    assert_eq!(k.as_deref(), Some("git:commit-of-https://h/r.git"));
+    assert_eq!(asked, ["git https://h/r.git"]);
 }

@@ -79,9 +79,18 @@ pub enum ExecError {
         #[source]
         source: std::io::Error,
     },
-    /// `RUN --mount=type=ssh`.
-    #[error("RUN --mount=type=ssh is not supported by kiln yet")]
-    Ssh,
+    /// A required `RUN --mount=type=ssh` whose agent the build was not given.
+    #[error("no SSH agent {0:?} forwarded (kiln build --ssh {0}=SOCKET, or --ssh default)")]
+    SshMissing(String),
+    /// The agent's proxy socket could not be made.
+    #[error("forwarding the SSH agent {id}")]
+    SshProxy {
+        /// The agent's id.
+        id: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A cache mount's directory could not be given its owner.
     #[error("chown of a cache mount: {0}")]
     ChownCache(rustix::io::Errno),
@@ -104,6 +113,8 @@ fn last_output(tail: &str) -> String {
 struct Held {
     dirs: Vec<tempfile::TempDir>,
     locks: Vec<fs::File>,
+    /// SSH agent proxies, until the process is over.
+    agents: Vec<super::ssh::AgentProxy>,
 }
 
 impl BuildWorker<'_> {
@@ -177,6 +188,20 @@ impl BuildWorker<'_> {
             let input = m.input.and_then(|i| inputs.get(i));
             if let Some(spec) = self.mount_spec(m, input, &run, &mut held, &mut env)? {
                 mounts.push(spec);
+            }
+        }
+        // As BuildKit: SSH_AUTH_SOCK names the first forwarded agent, unless set.
+        let first_agent = e
+            .mounts
+            .iter()
+            .filter(|m| matches!(m.kind, MountKind::Ssh { .. }))
+            .find(|m| match &m.kind {
+                MountKind::Ssh { id, .. } => self.exec.ssh.contains_key(id),
+                _ => false,
+            });
+        if let Some(m) = first_agent {
+            if !env.iter().any(|kv| kv.starts_with("SSH_AUTH_SOCK=")) {
+                env.push(format!("SSH_AUTH_SOCK={}", m.target));
             }
         }
 
@@ -279,8 +304,8 @@ impl BuildWorker<'_> {
                 let sub = source.clone().unwrap_or_default();
                 let readonly = *readonly;
                 match input {
-                    Some(Output::Context) => {
-                        self.context_mount(&sub, target, readonly, run, held)?
+                    Some(Output::Context(name)) => {
+                        self.context_mount(name, &sub, target, readonly, run, held)?
                     }
                     Some(out) => {
                         let lowers = self.lowers_top_first(out)?;
@@ -359,8 +384,33 @@ impl BuildWorker<'_> {
                     gid: *gid,
                 }
             }
-            MountKind::Ssh { .. } => {
-                return Err(ExecError::Ssh.into());
+            MountKind::Ssh {
+                id,
+                required,
+                mode,
+                uid,
+                gid,
+            } => {
+                let Some(agent) = self.exec.ssh.get(id) else {
+                    if *required {
+                        return Err(ExecError::SshMissing(id.clone()).into());
+                    }
+                    return Ok(None);
+                };
+                let dir = self.snapshots.temp_dir("ssh")?;
+                let proxy = super::ssh::AgentProxy::start(dir, agent, *mode, *uid, *gid).map_err(
+                    |source| ExecError::SshProxy {
+                        id: id.clone(),
+                        source,
+                    },
+                )?;
+                let source = proxy.path().to_path_buf();
+                held.agents.push(proxy);
+                MountSpec::Bind {
+                    source,
+                    target,
+                    readonly: false,
+                }
             }
         }))
     }
@@ -371,22 +421,22 @@ impl BuildWorker<'_> {
     /// are thrown away and never reach the user's files.
     fn context_mount(
         &self,
+        name: &str,
         sub: &str,
         target: String,
         readonly: bool,
         run: &Path,
         held: &mut Held,
     ) -> Result<MountSpec> {
-        let root = self.context.root();
+        let (context, _) = self.context_fs(name)?;
+        let root = context.root();
         let rel = sandbox::resolve_in_root(root, sub)?;
-        let visible = rel
-            .to_str()
-            .is_some_and(|r| self.context.lstat(r).is_some());
+        let visible = rel.to_str().is_some_and(|r| context.lstat(r).is_some());
         if !visible || !root.join(&rel).exists() {
             return Err(ExecError::NoContextSource(sub.to_string()).into());
         }
         let whiteouts = self.temp(held, "ctx-whiteouts")?;
-        self.context.write_whiteouts(&whiteouts)?;
+        context.write_whiteouts(&whiteouts)?;
         let sub = rel.to_string_lossy().into_owned();
         self.rw_tree(
             vec![whiteouts, root.to_path_buf()],

@@ -61,6 +61,12 @@ pub enum WorkerError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] CacheError),
+    /// A git source could not be fetched or checked out.
+    #[error(transparent)]
+    Git(#[from] Box<crate::git::GitError>),
+    /// A named context the build graph reads was not given to the worker.
+    #[error("named context {0:?} was not given (--build-context {0}=DIR)")]
+    NoNamedContext(String),
     /// A `--cache-from` cache could not give a result it has a record of.
     #[error(transparent)]
     RemoteCache(#[from] Box<crate::remote_cache::RemoteCacheError>),
@@ -93,16 +99,20 @@ pub enum Output {
         /// Whether this vertex added the last layer (false: its diff was empty).
         added: bool,
     },
-    /// The local build context.
-    Context,
+    /// A local context: the build context ([`MAIN_CONTEXT`]) or a named one.
+    Context(String),
 }
+
+/// The name of the build context in [`kiln_ops::Op::Context`] (named contexts have
+/// their own names).
+pub const MAIN_CONTEXT: &str = "context";
 
 impl Output {
     /// The layers of a filesystem output.
     pub fn layers(&self) -> &[LayerRef] {
         match self {
             Output::Fs { layers, .. } => layers,
-            Output::Context => &[],
+            Output::Context(_) => &[],
         }
     }
 }
@@ -113,6 +123,13 @@ pub struct BuildWorker<'a> {
     snapshots: Snapshots,
     context: ContextFs,
     memo: StatMemo,
+    /// Named local contexts (`--build-context NAME=DIR`) and their stat memos.
+    named: HashMap<String, (ContextFs, StatMemo)>,
+    /// Git references resolved for cache keys, by remote and reference: the checkout
+    /// takes the very commit the key named.
+    git_commits: std::sync::Mutex<HashMap<(String, Option<String>), crate::git::Resolved>>,
+    /// `--network-timeout` (also for git's HTTP transfers).
+    network_timeouts: Option<kiln_registry::net::Timeouts>,
     images: &'a ImageStore,
     layer_opts: LayerOptions,
     downloads: Downloads,
@@ -144,6 +161,9 @@ pub struct ExecSettings {
     pub secrets: HashMap<String, std::path::PathBuf>,
     /// `--allow security.insecure`: `RUN --security=insecure` runs privileged.
     pub allow_insecure: bool,
+    /// `--ssh`: agent sockets by id, for `RUN --mount=type=ssh` (and `default` for
+    /// `ADD git@...`).
+    pub ssh: HashMap<String, std::path::PathBuf>,
 }
 
 impl<'a> BuildWorker<'a> {
@@ -164,6 +184,9 @@ impl<'a> BuildWorker<'a> {
             snapshots: Snapshots::new(store),
             context,
             memo,
+            named: HashMap::new(),
+            git_commits: Default::default(),
+            network_timeouts: None,
             images,
             layer_opts,
             downloads: Downloads::new(store.tmp_dir())?,
@@ -177,6 +200,30 @@ impl<'a> BuildWorker<'a> {
         })
     }
 
+    /// Adds named local contexts (`--build-context NAME=DIR`), each with its own stat
+    /// memo, so an unchanged file costs one stat there too.
+    pub fn with_named_contexts(
+        mut self,
+        contexts: impl IntoIterator<Item = (String, ContextFs)>,
+    ) -> Result<Self> {
+        for (name, fs) in contexts {
+            let memo = StatMemo::load(self.store, fs.root())?;
+            self.named.insert(name, (fs, memo));
+        }
+        Ok(self)
+    }
+
+    /// The local context `name` and its stat memo.
+    fn context_fs(&self, name: &str) -> Result<(&ContextFs, &StatMemo)> {
+        if name == MAIN_CONTEXT {
+            return Ok((&self.context, &self.memo));
+        }
+        self.named
+            .get(name)
+            .map(|(fs, memo)| (fs, memo))
+            .ok_or_else(|| WorkerError::NoNamedContext(name.to_string()))
+    }
+
     /// Vertices whose results no later vertex of this build reads.
     pub fn with_lazy_snapshots(mut self, vertices: impl IntoIterator<Item = VertexId>) -> Self {
         self.lazy = vertices.into_iter().collect();
@@ -186,6 +233,7 @@ impl<'a> BuildWorker<'a> {
     /// Uses `timeouts` (`--network-timeout`) for `ADD <url>` downloads.
     pub fn with_network_timeouts(mut self, timeouts: kiln_registry::net::Timeouts) -> Self {
         self.downloads.set_timeouts(timeouts);
+        self.network_timeouts = Some(timeouts);
         self
     }
 
@@ -263,6 +311,9 @@ impl<'a> BuildWorker<'a> {
             let _ = t.join();
         }
         self.memo.save()?;
+        for (_, memo) in self.named.values() {
+            memo.save()?;
+        }
         Ok(())
     }
 
@@ -290,7 +341,7 @@ impl<'a> BuildWorker<'a> {
             .skip(usize::from(f.has_base))
             .map(|o| -> Result<Box<dyn SourceFs + '_>> {
                 Ok(match o {
-                    Output::Context => Box::new(ContextRef(&self.context)),
+                    Output::Context(name) => Box::new(ContextRef(self.context_fs(name)?.0)),
                     fs_out => Box::new(self.view(fs_out, "the source stage or image")?),
                 })
             })
@@ -381,6 +432,62 @@ impl<'a> BuildWorker<'a> {
         })
     }
 
+    /// How git reaches remotes: `--ssh default`'s agent, `--network-timeout`'s limits.
+    fn git_options(&self) -> crate::git::GitOptions {
+        crate::git::GitOptions {
+            ssh_auth_sock: self.exec.ssh.get("default").cloned(),
+            low_speed: self
+                .network_timeouts
+                .map(|t| (t.min_rate.max(1), t.stall.as_secs().max(1))),
+        }
+    }
+
+    /// The commit `source` names, resolved once per build.
+    fn resolve_git(
+        &self,
+        source: &kiln_ops::GitSource,
+    ) -> Result<crate::git::Resolved, crate::git::GitError> {
+        let key = (source.remote.clone(), source.reference.clone());
+        let known = self
+            .git_commits
+            .lock()
+            .expect("git lock")
+            .get(&key)
+            .cloned();
+        if let Some(r) = known {
+            // The same reference with another --checksum is checked on its own.
+            crate::git::check_checksum(source, &r)?;
+            return Ok(r);
+        }
+        let r = crate::git::resolve(source, &self.git_options())?;
+        self.git_commits
+            .lock()
+            .expect("git lock")
+            .insert(key, r.clone());
+        Ok(r)
+    }
+
+    /// A git source: its checkout at the resolved commit, as one layer.
+    fn git_op(&self, id: VertexId, source: &kiln_ops::GitSource) -> Result<Output> {
+        let commit = self.resolve_git(source).map_err(Box::new)?.commit;
+        let out = self.snapshots.temp_dir("git")?;
+        let scratch = self.snapshots.temp_dir("git-repo")?;
+        crate::git::checkout(
+            source,
+            &commit,
+            out.path(),
+            scratch.path(),
+            &self.git_options(),
+        )
+        .map_err(Box::new)?;
+        drop(scratch);
+        let layer = self.commit_layer(id, out)?;
+        Ok(Output::Fs {
+            layers: vec![layer],
+            added: true,
+        })
+    }
+
     /// Writes a diff directory as a layer blob and keeps the directory as its snapshot.
     fn commit_layer(&self, id: VertexId, dir: tempfile::TempDir) -> Result<LayerRef> {
         let mut writer = self.store.blob_writer()?;
@@ -442,8 +549,15 @@ impl KeySource for BuildWorker<'_> {
         Ok(self.downloads.fetch(url, None)?.digest.clone())
     }
 
-    fn context_checksum(&self, sources: &[&str]) -> Result<Digest, KeyError> {
-        cachekey::context_checksum(&self.context, Some(&self.memo), sources)
+    fn git_commit(&self, source: &kiln_ops::GitSource) -> Result<String, KeyError> {
+        Ok(self.resolve_git(source).map_err(Box::new)?.commit)
+    }
+
+    fn context_checksum(&self, context: &str, sources: &[&str]) -> Result<Digest, KeyError> {
+        let (fs, memo) = self
+            .context_fs(context)
+            .map_err(|_| KeyError::NoNamedContext(context.to_string()))?;
+        cachekey::context_checksum(fs, Some(memo), sources)
     }
 }
 
@@ -489,8 +603,16 @@ impl KeySource for Capturing<'_, '_> {
         self.worker.download_digest(url)
     }
 
-    fn context_checksum(&self, sources: &[&str]) -> Result<Digest, KeyError> {
-        let tree = cachekey::context_tree(&self.worker.context, Some(&self.worker.memo), sources)?;
+    fn git_commit(&self, source: &kiln_ops::GitSource) -> Result<String, KeyError> {
+        self.worker.git_commit(source)
+    }
+
+    fn context_checksum(&self, context: &str, sources: &[&str]) -> Result<Digest, KeyError> {
+        let (fs, memo) = self
+            .worker
+            .context_fs(context)
+            .map_err(|_| KeyError::NoNamedContext(context.to_string()))?;
+        let tree = cachekey::context_tree(fs, Some(memo), sources)?;
         let digest = cachekey::TreeDigest::of(&tree);
         self.trees.lock().expect("capture lock").extend(tree);
         self.digests
@@ -569,6 +691,8 @@ impl Worker for BuildWorker<'_> {
             {
                 captured.content = key.clone();
             }
+            // The commit the reference named: what a miss is explained by.
+            Op::Git(_) => captured.content = key.clone(),
             _ => {}
         }
         rec.capture(id, captured);
@@ -630,7 +754,8 @@ impl Worker for BuildWorker<'_> {
                     added: false,
                 })
             }
-            Op::Context { .. } => Ok(Output::Context),
+            Op::Context { name, .. } => Ok(Output::Context(name.clone())),
+            Op::Git(g) => self.git_op(id, g),
             Op::File(f) => {
                 self.fetch_input_layers(id, inputs)?;
                 self.file_op(id, f, inputs)
@@ -675,6 +800,7 @@ pub type Results = HashMap<VertexId, kiln_solver::Solved<Output>>;
 mod chunks;
 mod exec;
 mod image;
+pub mod ssh;
 
 #[cfg(test)]
 mod tests;

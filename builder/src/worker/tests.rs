@@ -52,6 +52,7 @@ impl Fixture {
             runtime: Box::new(self.runtime.clone()),
             secrets,
             allow_insecure: false,
+            ssh: Default::default(),
         };
         let context = ContextFs::new(&self.dir.path().join("ctx"), &[]).unwrap();
         BuildWorker::new(

@@ -119,6 +119,9 @@ impl Converter<'_> {
                         "--from requires a stage name, index or image",
                     ));
                 }
+                if let Some((name, ctx)) = self.named_context(from) {
+                    return self.context_source(&name, &ctx, &st.platform, range);
+                }
                 Ok(self.image(from, &st.platform, range)?.0)
             }
         }
@@ -266,17 +269,39 @@ impl Converter<'_> {
         // destination when it is a directory, to that name otherwise.
         let mut actions = Vec::new();
         let mut srcs = Vec::new();
-        let mut uses_context = false;
+        // The step's source inputs (the context, git repositories), numbered from 1.
+        let mut sources: Vec<VertexId> = Vec::new();
+        let input_of = |v: VertexId, sources: &mut Vec<VertexId>| -> usize {
+            let i = match sources.iter().position(|s| *s == v) {
+                Some(i) => i,
+                None => {
+                    sources.push(v);
+                    sources.len() - 1
+                }
+            };
+            i + 1
+        };
         for s in &a.paths.sources {
             let s = self.expand(st, s, range)?;
             srcs.push(s.clone());
             if instructions::is_git(&s) {
-                return Err(Diagnostic::at(
-                    range,
-                    format!("ADD of a git repository ({s}) is not supported by kiln yet"),
-                ));
-            }
-            if instructions::is_url(&s) {
+                // The repository's files (at the resolved commit) into `dest`, as
+                // BuildKit copies a git source's root.
+                let source = git::parse_git_ref(&s)
+                    .and_then(|g| g.source(a.keep_git_dir, a.checksum.as_deref()))
+                    .map_err(|e| Diagnostic::at(range, e))?;
+                let repo = self.graph.add(Op::Git(source), Vec::new(), None);
+                actions.push(FileAction::Copy {
+                    input: input_of(repo, &mut sources),
+                    src: ".".to_string(),
+                    dest: dest.clone(),
+                    chown: chown.clone(),
+                    chmod: chmod.clone(),
+                    unpack: false,
+                    parents: false,
+                    exclude: a.exclude.clone(),
+                });
+            } else if instructions::is_url(&s) {
                 actions.push(FileAction::Download {
                     url: s,
                     dest: dest.clone(),
@@ -285,9 +310,9 @@ impl Converter<'_> {
                     chmod: chmod.clone(),
                 });
             } else {
-                uses_context = true;
+                let ctx = self.context();
                 actions.push(FileAction::Copy {
-                    input: 1,
+                    input: input_of(ctx, &mut sources),
                     src: s,
                     dest: dest.clone(),
                     chown: chown.clone(),
@@ -311,11 +336,6 @@ impl Converter<'_> {
             &mut srcs,
             &mut actions,
         )?;
-        let sources = if uses_context {
-            vec![self.context()]
-        } else {
-            Vec::new()
-        };
         let created_by = format!(
             "ADD {}{} {} # buildkit",
             flag_text(None, &a.chown, &a.chmod, a.link),

@@ -8,8 +8,10 @@
 //! [`convert`] itself.
 
 mod args;
+mod context;
 mod copy;
 mod dispatch;
+pub mod git;
 mod run;
 mod runmount;
 mod stage;
@@ -106,6 +108,27 @@ pub struct ConvertOptions {
     pub extra_hosts: Vec<kiln_ops::ExtraHost>,
     /// `--shm-size`: the size of every `RUN`'s `/dev/shm`, in bytes.
     pub shm_size: Option<u64>,
+    /// `--build-context NAME=VALUE`, by name as given (see [`NamedContext`]).
+    pub named_contexts: BTreeMap<String, NamedContext>,
+}
+
+/// A named context (`--build-context NAME=VALUE`, buildx's meaning): it stands for the
+/// stage, image or `--from` name NAME wherever the Dockerfile uses it (`FROM NAME`,
+/// `COPY --from=NAME`, `RUN --mount=from=NAME`), and replaces a stage named NAME
+/// altogether (its instructions are not run), as BuildKit's `dockerfile2llb` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedContext {
+    /// A local directory, read as the build context is (files owned 0:0, content cache
+    /// keys), less the patterns of its own `.dockerignore`.
+    Local {
+        /// The directory's `.dockerignore` patterns.
+        exclude: Vec<String>,
+    },
+    /// An image: `docker-image://REF` (REF) or `oci-layout://DIR[:TAG]` (as written).
+    Image {
+        /// The reference the builder resolves.
+        reference: String,
+    },
 }
 
 impl Default for ConvertOptions {
@@ -119,6 +142,7 @@ impl Default for ConvertOptions {
             run_network: None,
             extra_hosts: Vec::new(),
             shm_size: None,
+            named_contexts: BTreeMap::new(),
         }
     }
 }
@@ -137,6 +161,8 @@ pub enum Base {
     },
     /// An earlier stage.
     Stage(usize),
+    /// A named local context (`--build-context NAME=DIR`): its files are the root.
+    Context(String),
 }
 
 /// The result of converting one stage.
@@ -318,6 +344,8 @@ struct Converter<'a> {
     meta: Vars,
     done: BTreeMap<usize, StagePlan>,
     context: Option<VertexId>,
+    /// Named local contexts' source vertices, by name.
+    named: BTreeMap<String, VertexId>,
     scratch: Option<VertexId>,
     used_args: BTreeSet<String>,
 }
@@ -341,6 +369,7 @@ pub fn convert(
         meta: Vars::default(),
         done: BTreeMap::new(),
         context: None,
+        named: BTreeMap::new(),
         scratch: None,
         used_args: BTreeSet::new(),
     };

@@ -27,9 +27,16 @@ impl Converter<'_> {
         inputs: &mut Vec<VertexId>,
         mounts: &mut Vec<ExecMount>,
     ) -> Result<(), Diagnostic> {
+        let mut ssh_mounts = 0;
         for spec in &run.mounts {
             let spec = self.expand(st, spec, range)?;
-            let m = instructions::parse_mount(&spec).map_err(|e| Diagnostic::at(range, e))?;
+            let mut m = instructions::parse_mount(&spec).map_err(|e| Diagnostic::at(range, e))?;
+            if m.kind == MountType::Ssh {
+                if m.default_target {
+                    m.target = format!("/run/buildkit/ssh_agent.{ssh_mounts}");
+                }
+                ssh_mounts += 1;
+            }
             let input = match (&m.kind, &m.from) {
                 (MountType::Bind | MountType::Cache, Some(from)) => {
                     let src = match self.stage_ref(from, stage.index, range)? {
@@ -47,7 +54,12 @@ impl Converter<'_> {
                                 ));
                             }
                         },
-                        None => Some(self.image(from, &st.platform, range)?.0),
+                        None => match self.named_context(from) {
+                            Some((name, ctx)) => {
+                                Some(self.context_source(&name, &ctx, &st.platform, range)?)
+                            }
+                            None => Some(self.image(from, &st.platform, range)?.0),
+                        },
                     };
                     let src = match src {
                         Some(s) => s,

@@ -97,6 +97,10 @@ impl Converter<'_> {
     /// Stage dependencies, known before dispatch (references expanded with global ARGs).
     fn stage_deps(&self, stage: &Stage) -> Result<Vec<usize>, Diagnostic> {
         let mut deps = Vec::new();
+        // A stage a named context replaces runs none of its instructions.
+        if self.replacing_context(stage).is_some() {
+            return Ok(deps);
+        }
         let base = self.expand_meta(&stage.base, stage.range)?;
         if let Some(i) = self.find_stage(&base).filter(|i| *i < stage.index) {
             deps.push(i);
@@ -167,6 +171,11 @@ impl Converter<'_> {
         }
     }
 
+    /// The named context that replaces `stage` (one given under the stage's name).
+    fn replacing_context(&self, stage: &Stage) -> Option<(String, NamedContext)> {
+        self.named_context(stage.name.as_deref()?)
+    }
+
     pub(super) fn scratch(&mut self) -> VertexId {
         *self.scratch.get_or_insert_with(|| {
             self.graph.add(
@@ -233,6 +242,25 @@ impl Converter<'_> {
             ));
         }
         let mut depends_on = self.stage_deps(stage)?;
+        if let Some((name, ctx)) = self.replacing_context(stage) {
+            let b = self.context_base(&name, &ctx, &platform, stage.range)?;
+            return Ok(StagePlan {
+                index: stage.index,
+                name: stage.name.clone(),
+                base: b.base,
+                platform,
+                root: b.root,
+                config: b.config,
+                author: b.author,
+                history: Vec::new(),
+                depends_on,
+                range: stage.range,
+            });
+        }
+        let named = match self.find_stage(&base_name).filter(|i| *i < stage.index) {
+            None if !base_name.eq_ignore_ascii_case("scratch") => self.named_context(&base_name),
+            _ => None,
+        };
         let (base, root, config, author, mut history) =
             match self.find_stage(&base_name).filter(|i| *i < stage.index) {
                 Some(i) => {
@@ -244,6 +272,11 @@ impl Converter<'_> {
                         prev.author.clone(),
                         prev.history.clone(),
                     )
+                }
+                None if named.is_some() => {
+                    let (name, ctx) = named.expect("checked");
+                    let b = self.context_base(&name, &ctx, &platform, stage.range)?;
+                    (b.base, b.root, b.config, b.author, Vec::new())
                 }
                 None if base_name.eq_ignore_ascii_case("scratch") => (
                     Base::Scratch,

@@ -706,3 +706,184 @@ fn heredoc_with_shebang_runs_as_a_file() {
     assert_eq!(e[1].args, ["/bin/sh", "-c", "cat <<EOF\n#!/bin/sh\nEOF\n"]);
     assert!(e.iter().all(|e| e.mounts.is_empty()));
 }
+
+fn plan_ctx(src: &str, contexts: &[(&str, NamedContext)]) -> Result<Plan, Diagnostic> {
+    let (_, df) = crate::load(src)?;
+    let opts = ConvertOptions {
+        named_contexts: contexts
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+        ..ConvertOptions::default()
+    };
+    convert(&df, &opts, &NoResolver)
+}
+
+fn local() -> NamedContext {
+    NamedContext::Local {
+        exclude: vec!["*.tmp".into()],
+    }
+}
+
+fn contexts(p: &Plan) -> Vec<(String, Vec<String>)> {
+    p.graph
+        .topo_order()
+        .into_iter()
+        .filter_map(|id| match &p.graph.vertex(id).op {
+            Op::Context { name, exclude } => Some((name.clone(), exclude.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn named_context_replaces_from_copy_from_and_mount_from() {
+    let src = "FROM alpine\nCOPY --from=src /a /a\nRUN --mount=from=tools,target=/t true\n";
+    let img = |r: &str| NamedContext::Image {
+        reference: r.into(),
+    };
+    let p = plan_ctx(
+        src,
+        &[
+            ("docker.io/library/alpine:latest", img("busybox:1.36")),
+            ("src", local()),
+            ("tools", img("oci-layout:///l:v1")),
+        ],
+    )
+    .unwrap();
+    assert_eq!(images(&p), ["busybox:1.36", "oci-layout:///l:v1"]);
+    assert_eq!(
+        contexts(&p),
+        [("src".to_string(), vec!["*.tmp".to_string()])]
+    );
+    // The COPY reads the named context, never the main one.
+    let copy = p
+        .graph
+        .topo_order()
+        .into_iter()
+        .find(|id| matches!(p.graph.vertex(*id).op, Op::File(_)))
+        .unwrap();
+    let v = p.graph.vertex(copy);
+    assert!(matches!(&p.graph.vertex(v.inputs[1]).op, Op::Context { name, .. } if name == "src"));
+    // Without contexts: the images and nothing else.
+    let p = plan_ctx(src, &[]).unwrap();
+    assert_eq!(images(&p), ["alpine", "src", "tools"]);
+}
+
+#[test]
+fn named_context_replaces_a_stage_of_that_name() {
+    let src = "FROM alpine AS deps\nRUN exit 1\nCOPY --from=nothing / /\n\
+               FROM scratch\nCOPY --from=deps /x /x\n";
+    let p = plan_ctx(src, &[("deps", local())]).unwrap();
+    // The stage's own instructions are gone: no exec, no alpine, no `nothing` image.
+    assert!(execs(&p).is_empty());
+    assert!(images(&p).is_empty(), "{:?}", images(&p));
+    let deps = p.stages.iter().find(|s| s.index == 0).unwrap();
+    assert_eq!(deps.base, Base::Context("deps".into()));
+    // Its root is the directory's files copied onto an empty tree.
+    let root = p.graph.vertex(deps.root.unwrap());
+    match &root.op {
+        Op::File(f) => {
+            assert!(!f.has_base);
+            assert!(
+                matches!(&f.actions[..], [FileAction::Copy { src, dest, chown: None, .. }]
+                if src == "." && dest == "/")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // A stage name wins over a context in FROM; `scratch` stays scratch.
+    let src = "FROM busybox AS b\nFROM b\nFROM scratch\nCOPY --from=b / /\n";
+    let img = NamedContext::Image {
+        reference: "alpine".into(),
+    };
+    let p = plan_ctx(src, &[("scratch", img.clone())]).unwrap();
+    assert_eq!(images(&p), ["busybox"]);
+    assert_eq!(p.target_stage().base, Base::Scratch);
+}
+
+#[test]
+fn from_a_named_local_context() {
+    let p = plan_ctx("FROM ctx\nRUN true\n", &[("ctx", local())]).unwrap();
+    assert_eq!(p.target_stage().base, Base::Context("ctx".into()));
+    assert_eq!(execs(&p).len(), 1);
+    assert_eq!(contexts(&p).len(), 1);
+}
+
+#[test]
+fn add_git_is_a_git_source_copied_into_dest() {
+    let src = "FROM scratch\nADD --keep-git-dir --checksum=ABCDEF https://h/r.git#v1:sub /src\n\
+               ADD https://h/r.git a.txt /both/\n";
+    let p = plan(src);
+    let gits: Vec<kiln_ops::GitSource> = p
+        .graph
+        .topo_order()
+        .into_iter()
+        .filter_map(|id| match &p.graph.vertex(id).op {
+            Op::Git(g) => Some(g.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gits.len(), 2);
+    assert_eq!(
+        gits[0],
+        kiln_ops::GitSource {
+            remote: "https://h/r.git".into(),
+            reference: Some("v1".into()),
+            subdir: Some("sub".into()),
+            keep_git_dir: true,
+            checksum: Some("abcdef".into()),
+        }
+    );
+    assert_eq!(gits[1].reference, None);
+    // The second ADD reads the repository and the context: one input each.
+    let root = p.graph.vertex(p.target_stage().root.unwrap());
+    match &root.op {
+        Op::File(f) => {
+            let inputs: Vec<usize> = f
+                .actions
+                .iter()
+                .map(|a| match a {
+                    FileAction::Copy { input, .. } => *input,
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            assert_eq!(inputs, [1, 2]);
+            assert!(matches!(p.graph.vertex(root.inputs[1]).op, Op::Git(_)));
+            assert!(matches!(
+                p.graph.vertex(root.inputs[2]).op,
+                Op::Context { .. }
+            ));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A checksum for git is a commit id, not a digest.
+    let e = plan_with(
+        "FROM scratch\nADD --checksum=sha256:aa https://h/r.git /s\n",
+        &[],
+        None,
+    )
+    .unwrap_err();
+    assert!(e.message.contains("expected a commit id"), "{}", e.message);
+}
+
+#[test]
+fn ssh_mounts_without_a_target_are_numbered() {
+    let p = plan(
+        "FROM scratch\nRUN --mount=type=ssh --mount=type=ssh,id=b,target=/s \
+                  --mount=type=ssh,id=c true\n",
+    );
+    let targets: Vec<String> = execs(&p)[0]
+        .mounts
+        .iter()
+        .map(|m| m.target.clone())
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            "/run/buildkit/ssh_agent.0",
+            "/s",
+            "/run/buildkit/ssh_agent.2"
+        ]
+    );
+}

@@ -442,7 +442,18 @@ pub fn parse_command(ast: &Ast, node: &Node) -> Result<Command, Diagnostic> {
                             "checksum can't be specified for non-HTTP(S) sources".to_string(),
                         ));
                     }
-                    if !sum.starts_with("sha256:")
+                    // For git sources it is a commit id (prefix), as in BuildKit.
+                    let all_git = paths.sources.iter().all(|s| is_git(s));
+                    if all_git && !crate::convert::git::is_commit_prefix(sum) {
+                        return Err(Diagnostic::at(
+                            at("--checksum"),
+                            format!(
+                                "invalid checksum {sum:?} for a git source: expected a commit id"
+                            ),
+                        ));
+                    }
+                    if !all_git
+                        && !sum.starts_with("sha256:")
                         && !sum.starts_with("sha384:")
                         && !sum.starts_with("sha512:")
                     {

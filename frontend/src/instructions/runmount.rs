@@ -58,6 +58,10 @@ pub struct Mount {
     pub size: Option<u64>,
     /// Secret exposed as this environment variable.
     pub env: Option<String>,
+    /// The target is the default one (an ssh mount's is numbered by its place among
+    /// the RUN's ssh mounts, `/run/buildkit/ssh_agent.N`, as BuildKit does).
+    #[serde(skip)]
+    pub default_target: bool,
 }
 
 fn parse_bool(key: &str, v: Option<&str>) -> Result<bool, String> {
@@ -135,6 +139,7 @@ pub fn parse_mount(spec: &str) -> Result<Mount, String> {
         required: false,
         size: None,
         env: None,
+        default_target: false,
     };
     let fields = split_csv(spec)?;
     // The type decides the defaults of the other keys, so read it first.
@@ -217,6 +222,7 @@ pub fn parse_mount(spec: &str) -> Result<Mount, String> {
                 }
             }
             if m.target.is_empty() && m.env.is_none() {
+                m.default_target = true;
                 m.target = match m.kind {
                     MountType::Secret => format!("/run/secrets/{}", m.id.as_deref().unwrap_or("")),
                     _ => "/run/buildkit/ssh_agent.0".to_string(),

@@ -1,0 +1,354 @@
+//! `ADD` of git repositories end to end, against a `git daemon` on loopback: a ref by
+//! branch, annotated and lightweight tag and commit, the default branch, a subdir,
+//! `--keep-git-dir` on and off, `--checksum` match and mismatch; files owned 0:0 and
+//! dated at the commit; the cache key is the commit (a moved branch is a miss, an
+//! unchanged one a hit). Needs root (file owners) and git.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Std, Stdio};
+use std::time::Duration;
+
+use assert_cmd::Command;
+use kiln_test_support::registry::free_port;
+use kiln_test_support::{Workspace, require_root, require_tool, run_ok, wait};
+use serde_json::Value;
+
+/// A repository served by `git daemon` on a free loopback port.
+struct Daemon {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Env {
+    ws: Workspace,
+}
+
+/// Runs git in `dir` with fixed identities and dates (`when` seconds since the epoch).
+fn git(dir: &Path, when: i64, args: &[&str]) -> String {
+    let date = format!("@{when} +0000");
+    run_ok(
+        Std::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .env("GIT_AUTHOR_DATE", &date)
+            .env("GIT_COMMITTER_DATE", &date)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", dir),
+    )
+    .trim()
+    .to_string()
+}
+
+impl Env {
+    fn new() -> Env {
+        let ws = Workspace::new();
+        // The after-build collection must not depend on the host's free space.
+        ws.write("store/config.toml", "[gc]\nmin-free-space = \"1MB\"\n");
+        Env { ws }
+    }
+
+    fn kiln(&self) -> Command {
+        let mut c = Command::cargo_bin("kiln").unwrap();
+        // Build records on: a miss of a git source is explained by its commits.
+        c.env("KILN_ROOT", self.ws.path("store"))
+            .env_remove("KILN_NO_RECORD");
+        c
+    }
+
+    /// `kiln build`: (success, stderr, report).
+    fn build(&self, ctx: &Path, args: &[&str]) -> (bool, String, Value) {
+        let report = self.ws.path("report.json");
+        let _ = fs::remove_file(&report);
+        let out = self
+            .kiln()
+            .args(["build", "--progress", "plain", "--report"])
+            .arg(&report)
+            .args(args)
+            .arg(ctx)
+            .output()
+            .unwrap();
+        let report = fs::read(&report)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            report,
+        )
+    }
+
+    /// Builds `dockerfile` and exports its filesystem to a new directory.
+    fn build_to(&self, name: &str, dockerfile: &str) -> (PathBuf, Value) {
+        let ctx = self.ws.context(&format!("ctx-{name}"), dockerfile);
+        self.ws
+            .write(&format!("ctx-{name}/local.txt"), "from the context\n");
+        let out = self.ws.path(&format!("out-{name}"));
+        let dest = format!("type=local,dest={}", out.display());
+        let (ok, stderr, report) = self.build(&ctx, &["-o", &dest]);
+        assert!(ok, "build {name} failed:\n{stderr}");
+        (out, report)
+    }
+
+    /// The work repository: two commits on `main` (`v1` annotated and `light` on the
+    /// first), served from a bare copy by `git daemon`.
+    fn serve(&self) -> Daemon {
+        let work = self.ws.path("work");
+        fs::create_dir_all(&work).unwrap();
+        git(&work, 0, &["init", "-q", "-b", "main"]);
+        self.ws.write("work/a.txt", "v1\n");
+        self.ws.write("work/sub/b.txt", "b\n");
+        self.ws.write("work/sub/deep/c.txt", "c\n");
+        std::os::unix::fs::symlink("b.txt", work.join("sub/link")).unwrap();
+        git(&work, 1_600_000_000, &["add", "-A"]);
+        git(&work, 1_600_000_000, &["commit", "-q", "-m", "one"]);
+        git(&work, 1_600_000_000, &["tag", "-a", "-m", "v1", "v1"]);
+        git(&work, 1_600_000_000, &["tag", "light"]);
+        self.ws.write("work/a.txt", "v2\n");
+        git(&work, 1_650_000_000, &["commit", "-q", "-am", "two"]);
+        let srv = self.ws.path("srv");
+        fs::create_dir_all(&srv).unwrap();
+        run_ok(
+            Std::new("git")
+                .args(["clone", "-q", "--bare"])
+                .arg(&work)
+                .arg(srv.join("repo.git")),
+        );
+        let port = free_port();
+        let log = self.ws.path("daemon.log");
+        // git-daemon itself, not `git daemon`: the wrapper would leave it running
+        // when the test kills what it started.
+        let exec_path = run_ok(Std::new("git").arg("--exec-path"));
+        let mut child = Std::new(Path::new(exec_path.trim()).join("git-daemon"))
+            .args([
+                "--reuseaddr",
+                "--export-all",
+                "--listen=127.0.0.1",
+                &format!("--port={port}"),
+                &format!("--base-path={}", srv.display()),
+            ])
+            .arg(&srv)
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("git daemon");
+        let log_text = || fs::read_to_string(self.ws.path("daemon.log")).unwrap_or_default();
+        wait::for_port(
+            &mut child,
+            port,
+            Duration::from_secs(10),
+            "git daemon",
+            log_text,
+        );
+        Daemon {
+            child,
+            url: format!("git://127.0.0.1:{port}/repo.git"),
+            log,
+        }
+    }
+
+    /// Moves `main` of the served repository to a third commit.
+    fn push_third_commit(&self) {
+        let work = self.ws.path("work");
+        self.ws.write("work/a.txt", "v3\n");
+        git(&work, 1_700_000_000, &["commit", "-q", "-am", "three"]);
+        let srv = self.ws.path("srv/repo.git");
+        git(
+            &work,
+            1_700_000_000,
+            &["push", "-q", srv.to_str().unwrap(), "main"],
+        );
+    }
+
+    fn rev(&self, what: &str) -> String {
+        git(&self.ws.path("work"), 0, &["rev-parse", what])
+    }
+}
+
+fn read(p: PathBuf) -> String {
+    fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn cached(report: &Value, instruction: &str) -> bool {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["instruction"] == instruction)
+        .unwrap_or_else(|| panic!("no step {instruction:?}: {report}"))["cached"]
+        .as_bool()
+        .unwrap()
+}
+
+#[test]
+fn add_git_refs_subdirs_and_git_dir() {
+    require_root!();
+    require_tool!("git");
+    let env = Env::new();
+    let d = env.serve();
+    let url = &d.url;
+    let one = env.rev("v1^{commit}");
+    let two = env.rev("main");
+    let df = format!(
+        "FROM scratch\n\
+         ADD {url}#v1 /tag/\n\
+         ADD {url}#light /light\n\
+         ADD {url}#main:sub /sub\n\
+         ADD {url} /default\n\
+         ADD {url}#{one} /commit\n\
+         ADD --keep-git-dir {url}#main /kept\n\
+         ADD --keep-git-dir=true {url}#main:sub/deep /deep\n\
+         ADD --chown=7:8 {url}#v1:sub /owned\n"
+    );
+    let (out, report) = env.build_to("refs", &df);
+    assert_eq!(read(out.join("tag/a.txt")), "v1\n");
+    assert_eq!(read(out.join("light/a.txt")), "v1\n");
+    assert_eq!(read(out.join("default/a.txt")), "v2\n");
+    assert_eq!(read(out.join("commit/a.txt")), "v1\n");
+    assert_eq!(read(out.join("kept/a.txt")), "v2\n");
+    // A subdir: its contents, links kept as links.
+    assert_eq!(read(out.join("sub/b.txt")), "b\n");
+    assert_eq!(read(out.join("sub/deep/c.txt")), "c\n");
+    assert!(!out.join("sub/a.txt").exists());
+    assert_eq!(
+        fs::read_link(out.join("sub/link")).unwrap(),
+        Path::new("b.txt")
+    );
+    // `.git` only with --keep-git-dir and no subdir; a kept one is at the commit.
+    assert!(!out.join("tag/.git").exists());
+    assert!(!out.join("deep/.git").exists());
+    assert_eq!(read(out.join("deep/c.txt")), "c\n");
+    let head = run_ok(
+        Std::new("git")
+            .arg("--git-dir")
+            .arg(out.join("kept/.git"))
+            .args(["rev-parse", "HEAD"]),
+    );
+    assert_eq!(head.trim(), two);
+    // Owned 0:0 (or --chown), dated at the commit.
+    let m = fs::metadata(out.join("tag/a.txt")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (0, 0));
+    assert_eq!(m.mtime(), 1_600_000_000);
+    assert_eq!(
+        fs::metadata(out.join("kept/a.txt")).unwrap().mtime(),
+        1_650_000_000
+    );
+    let m = fs::metadata(out.join("owned/b.txt")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (7, 8));
+    assert!(!cached(&report, &format!("ADD {url}#v1 /tag/")));
+
+    // Unchanged refs hit; a moved branch misses, and brings the new commit.
+    let ctx = env.ws.path("ctx-refs");
+    let (ok, stderr, report) = env.build(&ctx, &[]);
+    assert!(ok, "{stderr}");
+    for step in [
+        format!("ADD {url}#v1 /tag/"),
+        format!("ADD {url}#main:sub /sub"),
+    ] {
+        assert!(cached(&report, &step), "{step}: {report}");
+    }
+    env.push_third_commit();
+    let out = env.ws.path("out-again");
+    let dest = format!("type=local,dest={}", out.display());
+    let (ok, stderr, report) = env.build(&ctx, &["-o", &dest]);
+    assert!(ok, "{stderr}");
+    assert!(
+        cached(&report, &format!("ADD {url}#light /light")),
+        "{report}"
+    );
+    assert!(
+        !cached(&report, &format!("ADD {url}#main:sub /sub")),
+        "{report}"
+    );
+    let three = env.rev("main");
+    assert!(
+        stderr.contains(&format!(
+            "MISS: the git reference moved from {two} to {three}"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(read(out.join("kept/a.txt")), "v3\n");
+    assert_eq!(read(out.join("commit/a.txt")), "v1\n");
+    drop(d);
+}
+
+#[test]
+fn add_git_checksum_and_errors() {
+    require_root!();
+    require_tool!("git");
+    let env = Env::new();
+    let d = env.serve();
+    let url = &d.url;
+    let one = env.rev("v1^{commit}");
+    let tag = env.rev("v1");
+    assert_ne!(one, tag, "v1 is an annotated tag");
+    // The commit (a prefix of it, any case) or the annotated tag object match.
+    let ok_df = format!(
+        "FROM scratch\n\
+         ADD --checksum={} {url}#v1 /a\n\
+         ADD --checksum={tag} {url}#v1 /b\n\
+         ADD --checksum={one} {url}#main~0 /c\n",
+        one[..12].to_ascii_uppercase()
+    );
+    let ctx = env.ws.context("ok", &ok_df);
+    let (ok, stderr, _) = env.build(&ctx, &[]);
+    // `main~0` is no ref name: the error names the repository and the ref.
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("repository {url} does not contain ref main~0")),
+        "{stderr}"
+    );
+    let ok_df = ok_df.replace("#main~0", "#v1");
+    let (out, _) = env.build_to("ok", &ok_df);
+    assert_eq!(read(out.join("a/a.txt")), "v1\n");
+    // Another commit: refused before anything is fetched, naming both.
+    let two = env.rev("main");
+    let bad = format!("FROM scratch\nADD --checksum={two} {url}#v1 /a\n");
+    let ctx = env.ws.context("bad", &bad);
+    let (ok, stderr, _) = env.build(&ctx, &[]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!(
+            "expected checksum to match {two}, got {tag} or {one}"
+        )),
+        "{stderr}"
+    );
+    // A subdir that is not there, a repository that is not there.
+    for (df, says) in [
+        (
+            format!("FROM scratch\nADD {url}#v1:nope /a\n"),
+            "subdir \"nope\" is not a directory".to_string(),
+        ),
+        (
+            format!(
+                "FROM scratch\nADD {}/missing.git /a\n",
+                url.trim_end_matches("/repo.git")
+            ),
+            "git ls-remote of".to_string(),
+        ),
+    ] {
+        let ctx = env.ws.context("err", &df);
+        let (ok, stderr, _) = env.build(&ctx, &[]);
+        assert!(!ok, "{df}");
+        assert!(
+            stderr.contains(&says),
+            "{df}: {stderr}\n{}",
+            read(d.log.clone())
+        );
+    }
+}

@@ -1,0 +1,252 @@
+//! `kiln build --ssh` with `RUN --mount=type=ssh`, against a real `ssh-agent` holding a
+//! fresh key: the agent is reachable at the default target and at a chosen one (with
+//! the mount's owner and mode), `SSH_AUTH_SOCK` names it, a client speaking the agent
+//! protocol (testdata/run/ssh/agent_list.c, built static) lists the key; an optional
+//! agent that was not given is skipped, a required one fails the step; the agent is not
+//! part of the cache key. Needs root, busybox-static, gcc and openssh-client.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Std, Stdio};
+use std::time::Duration;
+
+use assert_cmd::Command;
+use kiln_test_support::{
+    Workspace, busybox_context, repo_root, require_root, require_tool, run_ok, wait,
+};
+use serde_json::Value;
+
+/// An `ssh-agent` in the foreground on its own socket, killed on drop.
+struct Agent {
+    child: Child,
+    sock: PathBuf,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Agent {
+    /// Starts an agent at `sock` and adds a new ed25519 key with comment `comment`.
+    fn start(ws: &Workspace, name: &str, comment: &str) -> Agent {
+        let sock = ws.path(&format!("{name}.sock"));
+        let child = Std::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&sock)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ssh-agent (apt-get install openssh-client)");
+        let agent = Agent { child, sock };
+        wait::until(
+            Duration::from_secs(10),
+            "ssh-agent's socket",
+            || agent.sock.exists().then_some(()),
+            String::new,
+        );
+        let key = ws.path(&format!("{name}.key"));
+        run_ok(
+            Std::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+                .arg(&key),
+        );
+        run_ok(
+            Std::new("ssh-add")
+                .arg(&key)
+                .env("SSH_AUTH_SOCK", &agent.sock),
+        );
+        agent
+    }
+}
+
+struct Env {
+    ws: Workspace,
+}
+
+impl Env {
+    fn new() -> Env {
+        let ws = Workspace::new();
+        ws.write("store/config.toml", "[gc]\nmin-free-space = \"1MB\"\n");
+        Env { ws }
+    }
+
+    fn kiln(&self) -> Command {
+        let mut c = Command::cargo_bin("kiln").unwrap();
+        c.env("KILN_ROOT", self.ws.path("store"))
+            .env("KILN_NO_RECORD", "1")
+            .env_remove("SSH_AUTH_SOCK");
+        c
+    }
+
+    /// `kiln build`: (success, stderr, report).
+    fn build(&self, ctx: &Path, args: &[&str]) -> (bool, String, Value) {
+        let report = self.ws.path("report.json");
+        let _ = fs::remove_file(&report);
+        let out = self
+            .kiln()
+            .args(["build", "--progress", "plain", "--report"])
+            .arg(&report)
+            .args(args)
+            .arg(ctx)
+            .output()
+            .unwrap();
+        let report = fs::read(&report)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            report,
+        )
+    }
+
+    /// The busybox base as `busybox:kiln-test`, and a context holding the agent client.
+    fn setup(&self, dockerfile: &str) -> PathBuf {
+        let bb = self.ws.path("busybox");
+        busybox_context(&bb);
+        let (ok, stderr, _) = self.build(&bb, &["-t", "busybox:kiln-test"]);
+        assert!(ok, "{stderr}");
+        let ctx = self.ws.context("ctx", dockerfile);
+        let cc = Std::new("gcc")
+            .args(["-static", "-O1", "-o"])
+            .arg(ctx.join("agent_list"))
+            .arg(repo_root().join("testdata/run/ssh/agent_list.c"))
+            .status()
+            .expect("gcc builds the agent client (apt-get install gcc libc6-dev)");
+        assert!(cc.success(), "gcc -static failed (is libc6-dev installed?)");
+        ctx
+    }
+}
+
+fn cached(report: &Value, instruction: &str) -> bool {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["instruction"] == instruction)
+        .unwrap_or_else(|| panic!("no step {instruction:?}: {report}"))["cached"]
+        .as_bool()
+        .unwrap()
+}
+
+const DEFAULT_RUN: &str = "RUN --mount=type=ssh test -S /run/buildkit/ssh_agent.0 && \
+     test \"$SSH_AUTH_SOCK\" = /run/buildkit/ssh_agent.0 && /agent_list > /default.txt";
+const APP_RUN: &str = "RUN --mount=type=ssh,id=work,target=/tmp/work.sock,uid=1000,mode=0600 \
+     stat -c %u:%a /tmp/work.sock > /tmp/sock.txt && \
+     echo $SSH_AUTH_SOCK >> /tmp/sock.txt && /agent_list >> /tmp/sock.txt";
+
+#[test]
+fn run_mount_ssh_forwards_the_agent() {
+    require_root!();
+    require_tool!("busybox");
+    require_tool!("gcc");
+    require_tool!("ssh-agent");
+    require_tool!("ssh-add");
+    require_tool!("ssh-keygen");
+    let env = Env::new();
+    let df = format!(
+        "FROM busybox:kiln-test\nCOPY agent_list /agent_list\n{DEFAULT_RUN}\n\
+         RUN --mount=type=ssh,id=absent test ! -e /run/buildkit/ssh_agent.0\n\
+         USER app\n{APP_RUN}\n"
+    );
+    let ctx = env.setup(&df);
+    let one = Agent::start(&env.ws, "one", "kiln-key-one");
+    let two = Agent::start(&env.ws, "two", "kiln-key-two");
+    let out = env.ws.path("out");
+    let args = |default: &Path, out: &Path| -> Vec<String> {
+        vec![
+            "--ssh".into(),
+            format!("default={}", default.display()),
+            "--ssh".into(),
+            format!("work={}", two.sock.display()),
+            "-o".into(),
+            format!("type=local,dest={}", out.display()),
+        ]
+    };
+    let a = args(&one.sock, &out);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let (ok, stderr, report) = env.build(&ctx, &a);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        fs::read_to_string(out.join("default.txt")).unwrap(),
+        "type=12 keys=1\nkiln-key-one\n"
+    );
+    // The chosen target, owned by the step's user with the mount's mode.
+    assert_eq!(
+        fs::read_to_string(out.join("tmp/sock.txt")).unwrap(),
+        "1000:600\n/tmp/work.sock\ntype=12 keys=1\nkiln-key-two\n"
+    );
+    assert!(!out.join("run/buildkit").exists(), "no mount point left");
+    assert!(!cached(&report, DEFAULT_RUN));
+
+    // Another socket for the same ids: the agent is not in the cache key.
+    let link = env.ws.path("elsewhere.sock");
+    std::os::unix::fs::symlink(&two.sock, &link).unwrap();
+    let a = args(&link, &env.ws.path("out2"));
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let (ok, stderr, report) = env.build(&ctx, &a);
+    assert!(ok, "{stderr}");
+    assert!(cached(&report, DEFAULT_RUN), "{report}");
+    assert!(cached(&report, APP_RUN), "{report}");
+    drop(one);
+}
+
+#[test]
+fn required_ssh_agent_and_bad_flags() {
+    require_root!();
+    require_tool!("busybox");
+    require_tool!("gcc");
+    require_tool!("ssh-agent");
+    require_tool!("ssh-add");
+    require_tool!("ssh-keygen");
+    let env = Env::new();
+    let ctx = env.setup("FROM busybox:kiln-test\nRUN --mount=type=ssh,required=true true\n");
+    let (ok, stderr, _) = env.build(&ctx, &[]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("no SSH agent \"default\" forwarded (kiln build --ssh default=SOCKET"),
+        "{stderr}"
+    );
+    // `default` without SSH_AUTH_SOCK, a key file, a missing socket.
+    let key = env.ws.write("id_ed25519", "not a socket");
+    for (flag, says) in [
+        (
+            "default".to_string(),
+            "SSH_AUTH_SOCK is not set".to_string(),
+        ),
+        (
+            format!("default={}", key.display()),
+            "is not a socket (kiln forwards agent sockets, not key files".to_string(),
+        ),
+        (
+            "x=/nope.sock".to_string(),
+            "/nope.sock: No such file".to_string(),
+        ),
+    ] {
+        let (ok, stderr, _) = env.build(&ctx, &["--ssh", &flag]);
+        assert!(!ok, "{flag}");
+        assert!(
+            stderr.contains("invalid --ssh") && stderr.contains(&says),
+            "{flag}: {stderr}"
+        );
+    }
+    // With SSH_AUTH_SOCK, `default` forwards it.
+    let agent = Agent::start(&env.ws, "env", "kiln-env-key");
+    let out = env
+        .kiln()
+        .env("SSH_AUTH_SOCK", &agent.sock)
+        .args(["build", "--progress", "plain", "--ssh", "default"])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

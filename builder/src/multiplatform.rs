@@ -141,6 +141,17 @@ fn dir_name(p: &Platform) -> String {
     s
 }
 
+/// `trace.json` -> `trace.linux_arm64.json`: a file of a multi-platform build, per
+/// platform.
+pub fn per_platform_path(path: &Path, p: &Platform) -> std::path::PathBuf {
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.{}.{}", dir_name(p), ext.to_string_lossy()),
+        None => format!("{stem}.{}", dir_name(p)),
+    };
+    path.with_file_name(name)
+}
+
 /// The result of a multi-platform build.
 #[derive(Debug)]
 pub struct MultiOutcome {
@@ -176,6 +187,9 @@ pub fn build_platforms(
         r.platform = p.clone();
         r.tags = Vec::new();
         r.push = false;
+        // One timeline per platform (each is its own solve): FILE.json ->
+        // FILE.linux_arm64.json.
+        r.trace = req.trace.as_ref().map(|t| per_platform_path(t, p));
         r.outputs = req
             .outputs
             .iter()

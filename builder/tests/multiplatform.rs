@@ -70,6 +70,8 @@ fn copy_only_platforms_make_an_index() {
             .arg(ws.path("iid"))
             .arg("--metadata-file")
             .arg(ws.path("meta.json"))
+            .arg("--trace")
+            .arg(ws.path("trace.json"))
             .arg("-o")
             .arg(format!("type=oci,dest={}", oci.display()))
             .arg("-o")
@@ -91,6 +93,12 @@ fn copy_only_platforms_make_an_index() {
         "application/vnd.oci.image.index.v1+json"
     );
     assert_eq!(meta["image.name"], "multi:1");
+    for p in ["linux_amd64", "linux_arm64"] {
+        let t: Value =
+            serde_json::from_slice(&fs::read(ws.path(&format!("trace.{p}.json"))).unwrap())
+                .unwrap();
+        assert!(t.is_array() || t["traceEvents"].is_array(), "{t}");
+    }
     assert_eq!(meta["kiln.cache"]["steps"], 2);
     assert_eq!(
         fs::read_to_string(local.join("linux_amd64/arch.txt")).unwrap(),

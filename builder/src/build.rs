@@ -177,6 +177,12 @@ pub enum BuildError {
     /// An I/O error without more to say than itself.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// `--platform` is invalid, or a multi-platform build cannot do what was asked.
+    #[error("{0}")]
+    Platform(String),
+    /// A `RUN` for a foreign architecture, and no emulator (checked before running).
+    #[error(transparent)]
+    Emulation(#[from] crate::multiplatform::EmulationError),
 }
 
 impl From<ImageStoreError> for BuildError {
@@ -708,6 +714,11 @@ fn build_inner(
     if !req.allow_insecure {
         check_entitlements(&plan).map_err(located)?;
     }
+    // A RUN for a foreign architecture fails now, not after the steps before it.
+    crate::multiplatform::check_plan_emulation(
+        &plan,
+        Path::new(crate::multiplatform::BINFMT_MISC),
+    )?;
     let labels = step_labels(&plan);
     progress.set_labels(labels.clone());
     if let Some(t) = trace {

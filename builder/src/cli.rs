@@ -298,6 +298,28 @@ enum Command {
         #[arg(value_parser = ["bash", "zsh", "fish"])]
         shell: String,
     },
+    /// Save one or more images to a tar archive (standard output by default): a Docker
+    /// archive (`docker load`-able), or an OCI archive with `--format oci`.
+    Save {
+        /// Write to a file instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// `docker` (docker-archive) or `oci` (oci-archive).
+        #[arg(long, value_parser = ["docker", "oci"], default_value = "docker")]
+        format: String,
+        /// Images (names or ids).
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Load images from a Docker or OCI archive (standard input by default).
+    Load {
+        /// Read from a tar archive file instead of standard input.
+        #[arg(short, long)]
+        input: Option<PathBuf>,
+        /// Suppress the load output.
+        #[arg(short, long)]
+        quiet: bool,
+    },
 }
 
 /// `kiln builds ...`.
@@ -837,6 +859,12 @@ pub fn run() -> Result<ExitCode> {
             }
             BuildsCommand::Rm { all, ids } => crate::builds_cmd::rm(&root, &ids, all),
         },
+        Command::Save {
+            output,
+            format,
+            images,
+        } => crate::commands::save(&root, registry, output.as_deref(), &format, &images),
+        Command::Load { input, quiet } => crate::commands::load(&root, input.as_deref(), quiet),
         Command::Completion { shell } => {
             let shell = match shell.as_str() {
                 "bash" => clap_complete::Shell::Bash,
@@ -967,10 +995,10 @@ fn build_cmd(
         Some((_, patterns)) => patterns,
         None => Vec::new(),
     };
-    let target_platform = match &args.platform {
-        Some(p) => Platform::parse(p).map_err(anyhow::Error::msg)?,
-        None => Platform::host(),
-    };
+    // `--platform a,b`: the first for the conversion here (dry runs); `real_build`
+    // builds each.
+    let target_platform =
+        kiln_builder::multiplatform::parse_platforms(args.platform.as_deref())?.swap_remove(0);
     let opts = ConvertOptions {
         build_args: parse_build_args(&args.build_args)?,
         target: args.target.clone(),
@@ -1096,6 +1124,10 @@ fn real_build(
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global();
+    let platforms = kiln_builder::multiplatform::parse_platforms(args.platform.as_deref())?;
+    if platforms.len() > 1 {
+        return multi_platform_build(args, &req, &platforms);
+    }
     match build(&req) {
         Ok(outcome) => {
             if let Some(path) = &args.report {
@@ -1133,6 +1165,58 @@ fn real_build(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// `--platform a,b`: one build per platform, then the image index the tags name. Prints
+/// the index digest (the image's ID, as Docker's containerd store shows a
+/// multi-platform image's), which `--iidfile` gets too.
+fn multi_platform_build(
+    args: &BuildArgs,
+    req: &BuildRequest,
+    platforms: &[Platform],
+) -> Result<ExitCode> {
+    let m = match kiln_builder::multiplatform::build_platforms(req, platforms) {
+        Ok(m) => m,
+        Err(BuildError::Dockerfile(d)) => {
+            eprintln!("{}", d.rendered);
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let quiet = args.progress == ProgressMode::Quiet || args.quiet;
+    if !quiet {
+        for (p, o) in &m.platforms {
+            eprintln!("{p}: {}", o.report.summary());
+        }
+        eprintln!("exporting manifest list {} done", m.index_digest);
+        for t in &args.tags {
+            eprintln!("naming to {} done", kiln_builder::images::normalize_tag(t));
+        }
+    }
+    if let Some(path) = &args.iidfile {
+        std::fs::write(path, m.index_digest.as_str())
+            .with_context(|| format!("writing the image ID to {}", path.display()))?;
+    }
+    if let Some(path) = &args.metadata_file {
+        let json = serde_json::json!({
+            "containerimage.digest": m.index_digest,
+            "containerimage.descriptor": {
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "digest": m.index_digest,
+                "size": m.index_size,
+            },
+            "image.name": args.tags.join(","),
+            "kiln.cache": {
+                "steps": m.platforms.iter().map(|(_, o)| o.report.totals.steps).sum::<usize>(),
+                "cached": m.platforms.iter().map(|(_, o)| o.report.totals.cached).sum::<usize>(),
+                "missed": m.platforms.iter().map(|(_, o)| o.report.totals.built).sum::<usize>(),
+            },
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&json)?)
+            .with_context(|| format!("writing the metadata to {}", path.display()))?;
+    }
+    println!("{}", m.index_digest);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Parses `--secret id=NAME,src=FILE|env=VAR`. Secrets from the environment are written

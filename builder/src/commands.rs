@@ -353,6 +353,131 @@ pub fn logout(server: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The store's manifest digest of an image named by tag or id, and the tags to save it
+/// with: the tag it was named by, none when named by id (as `docker save` does).
+fn save_item(store: &Store, name: &str) -> Result<kiln_builder::archive::SaveItem> {
+    let tags = store.tags()?;
+    let wanted = normalize_tag(name);
+    if let Some((t, rec)) = tags.iter().find(|(t, _)| *t == wanted) {
+        return Ok(kiln_builder::archive::SaveItem {
+            manifest: rec.manifest.clone(),
+            tags: vec![t.clone()],
+        });
+    }
+    let prefix = name.trim_start_matches("sha256:");
+    let hit = (prefix.len() >= 4)
+        .then(|| {
+            tags.iter().find(|(_, r)| {
+                r.config.hex().starts_with(prefix) || r.manifest.hex().starts_with(prefix)
+            })
+        })
+        .flatten();
+    match hit {
+        Some((_, rec)) => Ok(kiln_builder::archive::SaveItem {
+            manifest: rec.manifest.clone(),
+            tags: Vec::new(),
+        }),
+        None => Err(anyhow!(
+            "no such image: {name}{}",
+            did_you_mean(store, name)
+        )),
+    }
+}
+
+/// `kiln save [-o FILE] [--format docker|oci] IMAGE...`.
+pub fn save(
+    root: &Path,
+    registry: kiln_builder::remote::RegistrySettings,
+    output: Option<&Path>,
+    format: &str,
+    names: &[String],
+) -> Result<ExitCode> {
+    use kiln_builder::archive::{ArchiveFormat, save};
+    use std::io::IsTerminal;
+    let format = if format == "oci" {
+        ArchiveFormat::Oci
+    } else {
+        ArchiveFormat::Docker
+    };
+    if output.is_none() && std::io::stdout().is_terminal() {
+        return Err(anyhow!(
+            "cowardly refusing to save to a terminal. Use the -o flag or redirect"
+        ));
+    }
+    let store = Store::open(root)?;
+    // No collection while the archive is written.
+    let _lock = store.lock_shared()?;
+    let mut items: Vec<kiln_builder::archive::SaveItem> = Vec::new();
+    for name in names {
+        let item = save_item(&store, name)?;
+        // `save app:1 app:1` or a tag and the id of the same image: one entry.
+        match items.iter_mut().find(|i| i.manifest == item.manifest) {
+            Some(i) => {
+                for t in item.tags {
+                    if !i.tags.contains(&t) {
+                        i.tags.push(t);
+                    }
+                }
+            }
+            None => items.push(item),
+        }
+    }
+    // Layers of a registry base a build never needed (kept lazy) are fetched now.
+    let remote = std::sync::Arc::new(kiln_builder::remote::Remote::new(registry));
+    kiln_builder::archive::fetch_layers(&store, &items, remote)?;
+    match output {
+        Some(path) => save(&store, &items, format, path)?,
+        None => {
+            // The exporters write a file and rename it: a temporary one in the store,
+            // then copied out.
+            let dir = tempfile::tempdir_in(store.tmp_dir())?;
+            let path = dir.path().join("archive.tar");
+            save(&store, &items, format, &path)?;
+            let mut f = std::fs::File::open(&path)?;
+            let mut out = std::io::stdout().lock();
+            std::io::copy(&mut f, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln load [-i FILE] [-q]`: Docker's `Loaded image: NAME:TAG` lines (`Loaded image
+/// ID: sha256:...` for an unnamed image).
+pub fn load(root: &Path, input: Option<&Path>, quiet: bool) -> Result<ExitCode> {
+    use std::io::IsTerminal;
+    let store = Store::open(root)?;
+    // No collection between writing a blob and the tag that keeps it.
+    let _lock = store.lock_shared()?;
+    let loaded = match input {
+        Some(path) => {
+            let f = std::fs::File::open(path)
+                .map_err(|e| anyhow!("opening {}: {e}", path.display()))?;
+            kiln_builder::archive::load(&store, std::io::BufReader::new(f))
+                .map_err(|e| anyhow!("loading {}: {e}", path.display()))?
+        }
+        None => {
+            if std::io::stdin().is_terminal() {
+                return Err(anyhow!(
+                    "requested load from stdin, but stdin is empty (use -i FILE or a pipe)"
+                ));
+            }
+            kiln_builder::archive::load(&store, std::io::stdin().lock())?
+        }
+    };
+    if !quiet {
+        for image in &loaded {
+            if image.tags.is_empty() {
+                println!("Loaded image ID: {}", image.config);
+            }
+            for t in &image.tags {
+                println!("Loaded image: {t}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

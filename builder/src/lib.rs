@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod archive;
 pub mod build;
 pub mod cachekey;
 pub mod changes;
@@ -18,6 +19,7 @@ pub mod git;
 pub mod image;
 pub mod images;
 pub mod interrupt;
+pub mod multiplatform;
 pub mod plan;
 pub mod progress;
 pub mod remote;

@@ -1,7 +1,7 @@
 //! Progress displays for the solver's events: BuildKit-like plain lines (CI), one JSON
 //! object per line, or indicatif lines on a terminal.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -41,9 +41,67 @@ pub struct Progress {
     mode: ProgressMode,
     labels: std::sync::RwLock<HashMap<VertexId, StepLabel>>,
     out: Mutex<Box<dyn Write + Send>>,
-    bars: Option<(MultiProgress, Mutex<HashMap<VertexId, ProgressBar>>)>,
+    bars: Option<(MultiProgress, Mutex<HashMap<VertexId, StepBars>>)>,
     /// Tty bars of blobs being transferred, by digest.
     blob_bars: Mutex<HashMap<String, ProgressBar>>,
+}
+
+/// How many of a running step's last output lines a terminal shows under it
+/// (BuildKit's 6).
+pub const TAIL_LINES: usize = 6;
+
+/// `line` made to fit one terminal row of `width` columns: escape sequences and
+/// control characters removed (a `\r`-redrawn progress line keeps its last state), tabs
+/// as spaces, then cut to `width` display columns (wide characters count two) with `…`
+/// marking the cut. A terminal never wraps the result, so a redraw never scrolls.
+pub fn fit_line(line: &str, width: usize) -> String {
+    let line = line.rsplit('\r').find(|p| !p.is_empty()).unwrap_or("");
+    let plain = console::strip_ansi_codes(line);
+    let plain: String = plain
+        .chars()
+        .map(|c| if c == '\t' { ' ' } else { c })
+        .filter(|c| !c.is_control())
+        .collect();
+    console::truncate_str(&plain, width, "…").into_owned()
+}
+
+/// The last [`TAIL_LINES`] lines of a step's output.
+#[derive(Debug, Default)]
+pub struct LogTail {
+    lines: VecDeque<String>,
+}
+
+impl LogTail {
+    /// Adds a line (or several, split at newlines), dropping the oldest beyond
+    /// [`TAIL_LINES`].
+    pub fn push(&mut self, text: &str) {
+        for l in text.split('\n') {
+            self.lines.push_back(l.to_string());
+            if self.lines.len() > TAIL_LINES {
+                self.lines.pop_front();
+            }
+        }
+    }
+
+    /// The lines kept, oldest first, each fitted to `width` columns.
+    pub fn render(&self, width: usize) -> Vec<String> {
+        self.lines.iter().map(|l| fit_line(l, width)).collect()
+    }
+}
+
+/// A running step on a terminal: its spinner line and the rows of its output's tail.
+struct StepBars {
+    bar: ProgressBar,
+    tail: LogTail,
+    tail_bars: Vec<ProgressBar>,
+}
+
+/// The terminal's width in columns (80 when it cannot be told).
+fn term_width() -> usize {
+    match console::Term::stderr().size_checked() {
+        Some((_, cols)) if cols > 0 => usize::from(cols),
+        _ => 80,
+    }
 }
 
 /// A byte count as BuildKit shows it (Docker's `units.HumanSize`: decimal units, four
@@ -316,29 +374,66 @@ impl Reporter for Progress {
                 let mut bars = bars.lock().expect("progress lock");
                 match event {
                     Event::Pull { reference } => {
-                        let _ = multi.println(format!("pulling {reference}"));
+                        let _ =
+                            multi.println(fit_line(&format!("pulling {reference}"), term_width()));
                     }
                     Event::Blob { .. } | Event::Resolved { .. } => {}
                     Event::Log { id, line } => {
-                        let _ = multi.println(format!("#{} {line}", self.label(*id).number));
+                        let width = term_width();
+                        match bars.get_mut(id) {
+                            // BuildKit's display: the step's last lines, dimmed, under it.
+                            Some(step) => {
+                                step.tail.push(line);
+                                let rows = step.tail.render(width.saturating_sub(2));
+                                while step.tail_bars.len() < rows.len() {
+                                    let after = step.tail_bars.last().unwrap_or(&step.bar);
+                                    let row = multi.insert_after(after, ProgressBar::new_spinner());
+                                    row.set_style(
+                                        ProgressStyle::with_template("  {wide_msg:.dim}")
+                                            .expect("static template"),
+                                    );
+                                    step.tail_bars.push(row);
+                                }
+                                for (row, text) in step.tail_bars.iter().zip(rows) {
+                                    row.set_message(text);
+                                }
+                            }
+                            None => {
+                                let number = self.label(*id).number;
+                                let _ =
+                                    multi.println(fit_line(&format!("#{number} {line}"), width));
+                            }
+                        }
                     }
                     Event::Miss { id, reason } => {
                         let l = self.label(*id);
-                        let _ = multi.println(format!("#{} MISS: {reason}", l.number));
-                        if let Some(bar) = bars.get(id) {
-                            bar.set_message(format!("#{} {} (MISS: {reason})", l.number, l.name));
+                        let _ = multi.println(fit_line(
+                            &format!("#{} MISS: {reason}", l.number),
+                            term_width(),
+                        ));
+                        if let Some(step) = bars.get(id) {
+                            step.bar
+                                .set_message(format!("#{} {} (MISS: {reason})", l.number, l.name));
                         }
                     }
                     Event::Started(id) => {
                         let l = self.label(*id);
                         let bar = multi.add(ProgressBar::new_spinner());
+                        // `wide_msg`: the row is cut to the terminal's width, never wrapped.
                         bar.set_style(
-                            ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                            ProgressStyle::with_template("{spinner} {wide_msg} {elapsed}")
                                 .expect("static template"),
                         );
                         bar.set_message(format!("#{} {}", l.number, l.name));
                         bar.enable_steady_tick(Duration::from_millis(120));
-                        bars.insert(*id, bar);
+                        bars.insert(
+                            *id,
+                            StepBars {
+                                bar,
+                                tail: LogTail::default(),
+                                tail_bars: Vec::new(),
+                            },
+                        );
                     }
                     Event::Cached { id, .. }
                     | Event::Done { id, .. }
@@ -355,14 +450,25 @@ impl Reporter for Progress {
                             | Event::Resolved { .. }
                             | Event::Blob { .. } => unreachable!(),
                         };
-                        if let Some(bar) = bars.remove(id) {
-                            bar.set_style(
-                                ProgressStyle::with_template("{msg}").expect("static template"),
+                        if let Some(step) = bars.remove(id) {
+                            let failed = matches!(event, Event::Failed { .. });
+                            for row in step.tail_bars {
+                                // A failed step's last lines stay; the others go, as
+                                // BuildKit's do.
+                                if failed {
+                                    row.finish();
+                                } else {
+                                    row.finish_and_clear();
+                                    multi.remove(&row);
+                                }
+                            }
+                            step.bar.set_style(
+                                ProgressStyle::with_template("{wide_msg} {prefix}")
+                                    .expect("static template"),
                             );
-                            bar.finish_with_message(format!(
-                                "=> #{} {} {status}",
-                                l.number, l.name
-                            ));
+                            step.bar.set_prefix(status);
+                            step.bar
+                                .finish_with_message(format!("=> #{} {}", l.number, l.name));
                         }
                     }
                 }
@@ -508,6 +614,65 @@ mod tests {
             ],
         );
         assert_eq!(out, "");
+    }
+
+    /// Regression (issue 15): a long RUN output line was drawn whole and wrapped over
+    /// several rows on each redraw. Lines are cut to the width, by display columns.
+    #[test]
+    fn lines_are_cut_to_the_terminal_width() {
+        assert_eq!(fit_line("short", 10), "short");
+        assert_eq!(fit_line("0123456789abcdef", 10), "012345678…");
+        assert_eq!(
+            console::measure_text_width(&fit_line(&"x".repeat(500), 80)),
+            80
+        );
+        // Escapes do not count, and are dropped; tabs are spaces; `\r` keeps the last
+        // state of a redrawn line.
+        assert_eq!(fit_line("\x1b[31mred\x1b[0m\tok", 20), "red ok");
+        assert_eq!(fit_line("10%\r50%\r100%\r", 20), "100%");
+        // Wide characters take two columns.
+        let cut = fit_line("漢字漢字漢字", 7);
+        assert!(console::measure_text_width(&cut) <= 7, "{cut}");
+        assert_eq!(fit_line("", 5), "");
+    }
+
+    /// The tail keeps the last six lines, fitted.
+    #[test]
+    fn log_tail_keeps_the_last_lines() {
+        let mut t = LogTail::default();
+        for i in 0..10 {
+            t.push(&format!("line {i} {}", "y".repeat(100)));
+        }
+        t.push("a\nb");
+        let rows = t.render(12);
+        assert_eq!(rows.len(), TAIL_LINES);
+        assert_eq!(rows[0], "line 6 yyyy…");
+        assert_eq!(rows[4], "a");
+        assert_eq!(rows[5], "b");
+        assert!(rows.iter().all(|r| console::measure_text_width(r) <= 12));
+    }
+
+    /// On a tty, steps with output, finished, cached and failed are drawn without a
+    /// panic and nothing goes to the line output.
+    #[test]
+    fn tty_draws_step_tails() {
+        let id = VertexId::new(2);
+        let mut events = vec![Event::Started(id)];
+        for i in 0..9 {
+            events.push(Event::Log {
+                id,
+                line: format!("output {i} {}", "z".repeat(300)),
+            });
+        }
+        events.push(Event::Failed {
+            id,
+            message: "exit code 1".into(),
+        });
+        events.push(Event::Log {
+            id,
+            line: "late".into(),
+        });
+        assert_eq!(render(ProgressMode::Tty, &events), "");
     }
 
     #[test]

@@ -184,6 +184,50 @@ fn docker_loads_and_pulls_what_kiln_builds() {
     let out = docker.ok(&["run", "--rm", "--network", "none", "kiln-accept:1"]);
     assert_eq!(out, "hi built-by-kiln\n");
 
+    // 1b. `kiln save` of two images in one archive: docker loads both; and what
+    // `docker save` writes, `kiln load` takes, into a fresh store, and runs.
+    let two = ws.path("two.tar");
+    kiln(&ws)
+        .args([
+            "save",
+            "-o",
+            two.to_str().unwrap(),
+            "kiln-accept:1",
+            "busybox:kiln-test",
+        ])
+        .assert()
+        .success();
+    docker.ok(&["rmi", "kiln-accept:1"]);
+    let loaded = docker.ok(&["load", "-i", two.to_str().unwrap()]);
+    assert!(loaded.contains("Loaded image: kiln-accept:1"), "{loaded}");
+    assert!(
+        loaded.contains("Loaded image: busybox:kiln-test"),
+        "{loaded}"
+    );
+    let saved = ws.path("docker-saved.tar");
+    docker.ok(&["save", "-o", saved.to_str().unwrap(), "kiln-accept:1"]);
+    let fresh = ws.path("fresh-store");
+    let out = kiln(&ws)
+        .env("KILN_ROOT", &fresh)
+        .args(["load", "-i", saved.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Loaded image: kiln-accept:1\n"
+    );
+    let out = kiln(&ws)
+        .env("KILN_ROOT", &fresh)
+        .args(["run", "--rm", "--pull", "never", "kiln-accept:1"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi built-by-kiln\n");
+
     // 2. kiln push to a registry, docker pull and run: as OCI and as Docker schema 2.
     // The loaded image goes first, and each pulled one after its run, so that every pull
     // downloads.

@@ -129,6 +129,12 @@ pub struct ExecOp {
     /// default); part of the definition when set, as BuildKit's `ShmSize`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shm_size: Option<u64>,
+    /// The platform the process runs for (`linux/arm64`) when it is not the build
+    /// platform's: part of the definition, as BuildKit's exec `Platform`, so that two
+    /// platforms of a multi-platform build never share a RUN's result; left out when
+    /// native so that existing keys hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
 }
 
 /// One `--add-host` entry: a name and the address it resolves to in `/etc/hosts`.

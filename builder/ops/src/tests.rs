@@ -11,6 +11,7 @@ fn exec(mounts: Vec<ExecMount>) -> Op {
         network: Network::Host,
         extra_hosts: vec![],
         shm_size: None,
+        platform: None,
         insecure: false,
         mounts,
     })

@@ -475,6 +475,7 @@ fn content_key_of_run_is_what_context_bind_mounts_show() {
             network: Network::Host,
             extra_hosts: vec![],
             shm_size: None,
+            platform: None,
             insecure: false,
             mounts,
         })

@@ -34,30 +34,54 @@ pub fn write_docker_archive(
     dest_file: &Path,
     tags: &[String],
 ) -> Result<()> {
-    let refs = parse_tags(tags)?;
+    write_docker_archive_multi(&[(image, tags)], blob_path, dest_file)
+}
 
+/// Writes several images as one Docker archive, as `docker save A B` does: one
+/// `manifest.json` entry per image (in the order given), each config and each layer
+/// stored once however many images share it, and one `repositories` file for all the
+/// tags. Otherwise as [`write_docker_archive`].
+pub fn write_docker_archive_multi(
+    images: &[(&BuiltImage, &[String])],
+    blob_path: BlobPath<'_>,
+    dest_file: &Path,
+) -> Result<()> {
     let mut entries: BTreeMap<String, Source<'_>> = BTreeMap::new();
     entries.insert("blobs/".into(), Source::Dir);
     entries.insert("blobs/sha256/".into(), Source::Dir);
-    let config_path = blob_rel_path(&image.config_digest);
-    entries.insert(
-        config_path.clone(),
-        Source::Bytes(image.config_json.clone()),
-    );
-    let mut layer_paths = Vec::with_capacity(image.layers.len());
-    for layer in &image.layers {
-        let path = blob_rel_path(&layer.diff_id);
-        entries
-            .entry(path.clone())
-            .or_insert(Source::Uncompressed(layer));
-        layer_paths.push(path);
+    let mut manifest = Vec::with_capacity(images.len());
+    // The legacy `repositories` file: repository -> tag -> top layer.
+    let mut repositories: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for (image, tags) in images {
+        let refs = parse_tags(tags)?;
+        let config_path = blob_rel_path(&image.config_digest);
+        entries.insert(
+            config_path.clone(),
+            Source::Bytes(image.config_json.clone()),
+        );
+        let mut layer_paths = Vec::with_capacity(image.layers.len());
+        for layer in &image.layers {
+            let path = blob_rel_path(&layer.diff_id);
+            entries
+                .entry(path.clone())
+                .or_insert(Source::Uncompressed(layer));
+            layer_paths.push(path);
+        }
+        manifest.push(ManifestEntry {
+            config: config_path,
+            repo_tags: refs.iter().map(|r| r.familiar()).collect(),
+            layers: layer_paths,
+        });
+        if let Some(top) = image.layers.last() {
+            let top = top.diff_id.hex();
+            for r in &refs {
+                repositories
+                    .entry(r.familiar_repository())
+                    .or_default()
+                    .insert(super::tag_of(r).to_string(), top.to_string());
+            }
+        }
     }
-
-    let manifest = [ManifestEntry {
-        config: config_path,
-        repo_tags: refs.iter().map(|r| r.familiar()).collect(),
-        layers: layer_paths,
-    }];
     let json_err = |source| ExportError::Json {
         path: dest_file.to_path_buf(),
         source,
@@ -66,23 +90,11 @@ pub fn write_docker_archive(
         "manifest.json".into(),
         Source::Bytes(serde_json::to_vec(&manifest).map_err(json_err)?),
     );
-
-    // The legacy `repositories` file: repository -> tag -> top layer.
-    if let Some(top) = image.layers.last() {
-        let top = top.diff_id.hex();
-        let mut repositories: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-        for r in &refs {
-            repositories
-                .entry(r.familiar_repository())
-                .or_default()
-                .insert(super::tag_of(r).to_string(), top.to_string());
-        }
-        if !repositories.is_empty() {
-            entries.insert(
-                "repositories".into(),
-                Source::Bytes(serde_json::to_vec(&repositories).map_err(json_err)?),
-            );
-        }
+    if !repositories.is_empty() {
+        entries.insert(
+            "repositories".into(),
+            Source::Bytes(serde_json::to_vec(&repositories).map_err(json_err)?),
+        );
     }
     write_archive(dest_file, &entries, blob_path)
 }

@@ -21,8 +21,11 @@ use std::path::{Path, PathBuf};
 use kiln_oci::Digest;
 use kiln_registry::Reference;
 
-pub use docker::write_docker_archive;
-pub use oci::{write_oci_archive, write_oci_layout};
+pub use docker::{write_docker_archive, write_docker_archive_multi};
+pub use oci::{
+    ArchiveImage, write_oci_archive, write_oci_archive_items, write_oci_archive_multi,
+    write_oci_index, write_oci_layout,
+};
 
 /// Gives the path of a blob in the store from its digest.
 pub type BlobPath<'a> = &'a dyn Fn(&Digest) -> PathBuf;

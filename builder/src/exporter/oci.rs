@@ -197,23 +197,165 @@ pub fn write_oci_archive(
     dest_file: &Path,
     tags: &[String],
 ) -> Result<()> {
-    let refs = parse_tags(tags)?;
-    let index = index_json(tagged_descriptors(image, &refs), None, dest_file)?;
+    write_oci_archive_multi(&[(image, tags)], blob_path, dest_file)
+}
+
+/// Writes several images as one OCI archive: `index.json` lists each image's tagged
+/// entries (as [`write_oci_layout`] does for one), blobs shared by several images are
+/// stored once. Otherwise as [`write_oci_archive`].
+pub fn write_oci_archive_multi(
+    images: &[(&BuiltImage, &[String])],
+    blob_path: BlobPath<'_>,
+    dest_file: &Path,
+) -> Result<()> {
+    let items: Vec<(ArchiveImage<'_>, &[String])> = images
+        .iter()
+        .map(|(i, t)| (ArchiveImage::Image(i), *t))
+        .collect();
+    write_oci_archive_items(&items, blob_path, dest_file)
+}
+
+/// One image of an OCI archive: a single-platform image, or a multi-platform one (an
+/// image index over its platforms' images).
+pub enum ArchiveImage<'a> {
+    /// A single image.
+    Image(&'a BuiltImage),
+    /// An image index.
+    Index {
+        /// The index's digest.
+        digest: &'a kiln_oci::Digest,
+        /// Its JSON.
+        json: &'a [u8],
+        /// The images it lists.
+        images: &'a [BuiltImage],
+    },
+}
+
+/// The descriptor of an index, annotated with each tag as an image's would be.
+fn tagged_index(digest: &kiln_oci::Digest, size: u64, refs: &[Reference]) -> Vec<Descriptor> {
+    let desc = Descriptor::new(MediaType::ImageIndex, size, digest);
+    if refs.is_empty() {
+        return vec![desc];
+    }
+    refs.iter()
+        .map(|r| {
+            let mut d = desc.clone();
+            let mut a = HashMap::new();
+            a.insert(ANNOTATION_REF_NAME.to_string(), tag_of(r).to_string());
+            a.insert(ANNOTATION_CONTAINERD_NAME.to_string(), r.to_string());
+            d.set_annotations(Some(a));
+            d
+        })
+        .collect()
+}
+
+/// Writes single- and multi-platform images as one OCI archive (see
+/// [`write_oci_archive_multi`]).
+pub fn write_oci_archive_items(
+    items: &[(ArchiveImage<'_>, &[String])],
+    blob_path: BlobPath<'_>,
+    dest_file: &Path,
+) -> Result<()> {
+    let mut manifests = Vec::new();
     let mut entries: BTreeMap<String, Source<'_>> = BTreeMap::new();
     entries.insert("blobs/".into(), Source::Dir);
     entries.insert("blobs/sha256/".into(), Source::Dir);
     entries.insert("oci-layout".into(), Source::Bytes(OCI_LAYOUT.to_vec()));
-    entries.insert("index.json".into(), Source::Bytes(index));
-    for layer in &image.layers {
-        entries.insert(blob_rel_path(&layer.digest), Source::Blob(layer));
+    for (item, tags) in items {
+        let refs = parse_tags(tags)?;
+        let (descriptors, images): (Vec<Descriptor>, &[BuiltImage]) = match item {
+            ArchiveImage::Image(image) => (
+                tagged_descriptors(image, &refs),
+                std::slice::from_ref(*image),
+            ),
+            ArchiveImage::Index {
+                digest,
+                json,
+                images,
+            } => {
+                entries.insert(blob_rel_path(digest), Source::Bytes(json.to_vec()));
+                (tagged_index(digest, json.len() as u64, &refs), images)
+            }
+        };
+        // Not `merge`: `app:1` and `other:1` share the ref name `1` and both stay
+        // (`io.containerd.image.name` tells them apart).
+        for d in descriptors {
+            if !manifests.contains(&d) {
+                manifests.push(d);
+            }
+        }
+        for image in images {
+            for layer in &image.layers {
+                entries.insert(blob_rel_path(&layer.digest), Source::Blob(layer));
+            }
+            entries.insert(
+                blob_rel_path(&image.config_digest),
+                Source::Bytes(image.config_json.clone()),
+            );
+            entries.insert(
+                blob_rel_path(&image.manifest_digest),
+                Source::Bytes(image.manifest_json.clone()),
+            );
+        }
     }
-    entries.insert(
-        blob_rel_path(&image.config_digest),
-        Source::Bytes(image.config_json.clone()),
-    );
-    entries.insert(
-        blob_rel_path(&image.manifest_digest),
-        Source::Bytes(image.manifest_json.clone()),
-    );
+    let index = index_json(manifests, None, dest_file)?;
+    entries.insert("index.json".into(), Source::Bytes(index));
     write_archive(dest_file, &entries, blob_path)
+}
+
+/// Writes a multi-platform image: the index `index_json` (digest `index_digest`) over
+/// `images`, with all their blobs, as an OCI layout directory (`as_dir`, merged into an
+/// existing one as [`write_oci_layout`] does) or an OCI archive. `index.json` has one
+/// entry per tag for the index, annotated as for one image.
+pub fn write_oci_index(
+    images: &[BuiltImage],
+    index_digest: &kiln_oci::Digest,
+    index_json_bytes: &[u8],
+    blob_path: BlobPath<'_>,
+    dest: &Path,
+    tags: &[String],
+    as_dir: bool,
+) -> Result<()> {
+    let refs = parse_tags(tags)?;
+    let entries_for =
+        |refs: &[Reference]| tagged_index(index_digest, index_json_bytes.len() as u64, refs);
+    if as_dir {
+        let existing = existing_index(dest)?;
+        let blobs = dest.join("blobs").join("sha256");
+        fs::create_dir_all(&blobs).map_err(io_err("creating directory", &blobs))?;
+        for image in images {
+            for layer in &image.layers {
+                link_or_copy_layer(layer, blob_path, &dest.join(blob_rel_path(&layer.digest)))?;
+            }
+            write_blob(
+                &dest.join(blob_rel_path(&image.config_digest)),
+                &image.config_json,
+            )?;
+            write_blob(
+                &dest.join(blob_rel_path(&image.manifest_digest)),
+                &image.manifest_json,
+            )?;
+        }
+        write_blob(&dest.join(blob_rel_path(index_digest)), index_json_bytes)?;
+        let layout_path = dest.join("oci-layout");
+        let index_path = dest.join("index.json");
+        let (manifests, annotations) = match existing {
+            Some(index) => (
+                merge(index.manifests().clone(), entries_for(&refs)),
+                index.annotations().clone(),
+            ),
+            None => (entries_for(&refs), None),
+        };
+        if !layout_path.exists() {
+            atomic_write(&layout_path, OCI_LAYOUT)?;
+        }
+        let index = index_json(manifests, annotations, &index_path)?;
+        return atomic_write(&index_path, &index);
+    }
+    let item = ArchiveImage::Index {
+        digest: index_digest,
+        json: index_json_bytes,
+        images,
+    };
+    write_oci_archive_items(&[(item, tags)], blob_path, dest)
 }

@@ -664,6 +664,7 @@ mod tests {
             network: Network::Host,
             extra_hosts: vec![],
             shm_size: None,
+            platform: None,
             insecure: false,
             mounts: vec![],
         }

@@ -99,6 +99,7 @@ fn exec(mounts: &[(&str, Option<usize>)]) -> ExecOp {
         network: Network::None,
         extra_hosts: vec![],
         shm_size: None,
+        platform: None,
         insecure: false,
         mounts: mounts
             .iter()

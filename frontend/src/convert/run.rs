@@ -118,6 +118,7 @@ impl Converter<'_> {
             shm_size: self.opts.shm_size,
             insecure: run.security.as_deref() == Some("insecure"),
             mounts,
+            platform: (st.platform != self.opts.build_platform).then(|| st.platform.to_string()),
         };
         let id = self
             .graph

@@ -179,6 +179,22 @@ fn platform_args() {
     assert!(e.env.contains(&"BUILDARCH=arm64".to_string()));
 }
 
+/// A RUN for the target platform names it in its definition when it is not the build
+/// platform (BuildKit's exec `Platform`): the platforms of a multi-platform build never
+/// share a RUN's result; a native RUN's definition is as before.
+#[test]
+fn foreign_runs_name_their_platform() {
+    let p = plan(
+        "FROM --platform=$BUILDPLATFORM a AS b\nRUN true\nFROM a\nCOPY --from=b / /\nRUN true\n",
+    );
+    let e = execs(&p);
+    assert_eq!(e[0].platform, None);
+    assert_eq!(e[1].platform.as_deref(), Some("linux/amd64"));
+    let json = |e: &ExecOp| serde_json::to_string(e).unwrap();
+    assert!(!json(&e[0]).contains("platform"));
+    assert!(json(&e[1]).contains("\"platform\":\"linux/amd64\""));
+}
+
 #[test]
 fn target_prunes_unneeded_stages() {
     let src =

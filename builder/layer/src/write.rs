@@ -170,7 +170,8 @@ struct Item {
     link: Option<(u64, u64)>,
     /// Given bytes of a file (instead of `path`'s).
     data: Option<Vec<u8>>,
-    /// Given symlink target (instead of reading `path`).
+    /// A symlink's given target (instead of reading `path`'s); for a file, the file
+    /// its bytes are read from when it is not `path`.
     target: Option<PathBuf>,
     /// Whether the xattrs of `path` are the entry's.
     xattrs: bool,
@@ -317,8 +318,8 @@ pub fn write_layer_entries(
                     if !item.xattrs {
                         item.path = from;
                     } else if item.path != from {
-                        // Data and xattrs from different files: data as given bytes
-                        // would cost memory; keep both paths apart.
+                        // Xattrs from one file, bytes from another: `target`
+                        // names the file the bytes are read from.
                         item.target = Some(from);
                     }
                 }

@@ -25,7 +25,9 @@ pub fn hash_file(path: impl AsRef<Path>) -> Result<ContentHash> {
     let size = file.metadata().ctx("stat", path)?.len();
     let mut hasher = blake3::Hasher::new();
     if size >= MMAP_THRESHOLD {
-        let cap = usize::try_from(size).unwrap_or(HASH_WINDOW).min(HASH_WINDOW);
+        let cap = usize::try_from(size)
+            .unwrap_or(HASH_WINDOW)
+            .min(HASH_WINDOW);
         let mut buf = vec![0u8; cap];
         loop {
             // Fill the window (short reads aside), then hash it in parallel.

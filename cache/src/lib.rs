@@ -49,7 +49,7 @@ pub use gc::{
     Budget, DEFAULT_MAX_USED_CAP, DiskSpace, GcConfig, GcPlan, GcPolicy, GcReason, GcRecord, GcRef,
     GcUniverse, SizeSpec, modified, plan,
 };
-pub use hash::{MMAP_THRESHOLD, hash_file};
+pub use hash::{HASH_WINDOW, MMAP_THRESHOLD, hash_file};
 pub use lease::{Lease, LeaseInfo};
 pub use lock::{LockKind, StoreLock};
 pub use records::{

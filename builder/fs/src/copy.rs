@@ -3,10 +3,9 @@
 //! parent directories are created in the upper dir, existing ones are copied up with
 //! their metadata, as overlayfs would.
 
-use std::collections::HashMap;
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use kiln_frontend::dockerignore::PatternMatcher;
@@ -16,6 +15,12 @@ use crate::error::{FsError, IoContext, Result};
 use crate::glob;
 use crate::name::{for_matching, to_path};
 use crate::view::{Entry, SourceFs, join, resolve};
+
+use filetime::FileTime;
+use tree::{DiskTree, MemTree, Tree};
+pub use tree::{Node, NodeKind};
+
+mod tree;
 
 /// A uid and gid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,21 +133,16 @@ pub struct CopyOptions {
     pub parents: bool,
 }
 
-/// Writes file actions into an upper directory.
+/// Writes file actions into an upper directory, or into a list of entries in memory
+/// ([`Upper::in_memory`]) that the layer writer reads the files' bytes from.
 pub struct Upper<'a> {
-    /// The (initially empty) directory that becomes the layer.
-    pub dir: &'a Path,
     /// The tree the actions apply on top of (empty for `--link` and scratch).
     pub base: &'a dyn SourceFs,
-    links: HashMap<(u64, u64), PathBuf>,
-    dir_times: Vec<(PathBuf, filetime::FileTime)>,
+    tree: Box<dyn Tree + 'a>,
 }
 
-fn set_times(path: &Path, meta: &fs::Metadata) -> Result<()> {
-    let t = filetime::FileTime::from_last_modification_time(meta);
-    filetime::set_symlink_file_times(path, t, t)
-        .with_context(|| format!("setting times of {}", path.display()))
-}
+/// What an in-memory [`Upper`] made: entries by view path (see [`crate::name`]).
+pub type Entries = std::collections::BTreeMap<String, Node>;
 
 fn lchown(path: &Path, ids: Ids) -> Result<()> {
     std::os::unix::fs::lchown(path, Some(ids.uid), Some(ids.gid))
@@ -164,13 +164,31 @@ fn copy_xattrs(from: &Path, to: &Path) {
 }
 
 impl<'a> Upper<'a> {
-    /// An upper directory over `base`.
+    /// An upper directory `dir` (initially empty, it becomes the layer) over `base`.
     pub fn new(dir: &'a Path, base: &'a dyn SourceFs) -> Upper<'a> {
         Upper {
-            dir,
             base,
-            links: HashMap::new(),
-            dir_times: Vec::new(),
+            tree: Box::new(DiskTree::new(dir)),
+        }
+    }
+
+    /// An upper kept in memory over `base`: [`Upper::finish_entries`] gives its entries,
+    /// whose files are read from their sources when the layer is written. An action that
+    /// needs a directory fails with [`FsError::NeedsDisk`].
+    pub fn in_memory(base: &'a dyn SourceFs) -> Upper<'a> {
+        Upper {
+            base,
+            tree: Box::new(MemTree::default()),
+        }
+    }
+
+    fn new_dir(mode: u32, owner: Ids, mtime: Option<FileTime>, xattrs: Option<PathBuf>) -> Node {
+        Node {
+            kind: NodeKind::Dir,
+            mode,
+            owner,
+            mtime,
+            xattrs_from: xattrs,
         }
     }
 
@@ -180,32 +198,24 @@ impl<'a> Upper<'a> {
         let mut cur = String::new();
         for comp in rel.split('/').filter(|c| !c.is_empty()) {
             cur = join(&cur, comp);
-            let up = self.dir.join(to_path(&cur));
-            match fs::symlink_metadata(&up) {
-                Ok(m) if m.is_dir() => continue,
-                Ok(_) => fs::remove_file(&up)?,
-                Err(_) => {}
+            match self.tree.kind(&cur) {
+                Some(true) => continue,
+                Some(false) => self.tree.remove(&cur)?,
+                None => {}
             }
-            fs::create_dir(&up).with_context(|| format!("mkdir {}", up.display()))?;
-            match self.base.lstat(&cur).filter(|e| e.meta.is_dir()) {
-                Some(e) => {
-                    fs::set_permissions(&up, fs::Permissions::from_mode(e.meta.mode() & 0o7777))?;
-                    lchown(
-                        &up,
-                        Ids {
-                            uid: e.meta.uid(),
-                            gid: e.meta.gid(),
-                        },
-                    )?;
-                    copy_xattrs(&e.path, &up);
-                    self.dir_times
-                        .push((up, filetime::FileTime::from_last_modification_time(&e.meta)));
-                }
-                None => {
-                    fs::set_permissions(&up, fs::Permissions::from_mode(0o755))?;
-                    lchown(&up, owner.unwrap_or(Ids { uid: 0, gid: 0 }))?;
-                }
-            }
+            let node = match self.base.lstat(&cur).filter(|e| e.meta.is_dir()) {
+                Some(e) => Self::new_dir(
+                    e.meta.mode() & 0o7777,
+                    Ids {
+                        uid: e.meta.uid(),
+                        gid: e.meta.gid(),
+                    },
+                    Some(FileTime::from_last_modification_time(&e.meta)),
+                    Some(e.path.clone()),
+                ),
+                None => Self::new_dir(0o755, owner.unwrap_or(Ids { uid: 0, gid: 0 }), None, None),
+            };
+            self.tree.put(&cur, node)?;
         }
         Ok(())
     }
@@ -216,10 +226,7 @@ impl<'a> Upper<'a> {
 
     /// Whether `rel` is a directory in the upper dir or the base.
     fn is_dir(&self, rel: &str) -> bool {
-        fs::symlink_metadata(self.dir.join(to_path(rel)))
-            .map(|m| m.is_dir())
-            .unwrap_or(false)
-            || self.base.lstat(rel).is_some_and(|e| e.meta.is_dir())
+        self.tree.kind(rel) == Some(true) || self.base.lstat(rel).is_some_and(|e| e.meta.is_dir())
     }
 
     /// Resolves a destination path through the base's symlinks.
@@ -269,8 +276,11 @@ impl<'a> Upper<'a> {
                 continue;
             }
             if unpack && is_archive(&entry.path)? {
+                let Some(dir) = self.tree.disk_dir().map(Path::to_path_buf) else {
+                    return Err(FsError::NeedsDisk);
+                };
                 self.ensure_dir(&dest_rel, opts.owner)?;
-                extract_archive(&entry.path, &self.dir.join(to_path(&dest_rel)), opts.owner)?;
+                extract_archive(&entry.path, &dir.join(to_path(&dest_rel)), opts.owner)?;
                 continue;
             }
             let target = if opts.parents {
@@ -338,17 +348,12 @@ impl<'a> Upper<'a> {
         target: &str,
         opts: &CopyOptions,
     ) -> Result<()> {
-        let up = self.dir.join(to_path(target));
         let meta = &entry.meta;
         let ft = meta.file_type();
-        if let Ok(old) = fs::symlink_metadata(&up) {
-            if !(old.is_dir() && ft.is_dir()) {
-                if old.is_dir() {
-                    fs::remove_dir_all(&up)?;
-                } else {
-                    fs::remove_file(&up)?;
-                }
-            }
+        match self.tree.kind(target) {
+            Some(true) if ft.is_dir() => {}
+            Some(_) => self.tree.remove(target)?,
+            None => {}
         }
         let owner = opts.owner.unwrap_or(if source.keeps_owners() {
             Ids {
@@ -358,63 +363,61 @@ impl<'a> Upper<'a> {
         } else {
             Ids { uid: 0, gid: 0 }
         });
-        if ft.is_dir() {
-            if !up.is_dir() {
-                fs::create_dir(&up).with_context(|| format!("mkdir {}", up.display()))?;
-            }
+        let kind = if ft.is_dir() {
+            NodeKind::Dir
         } else if ft.is_symlink() {
-            let target = fs::read_link(&entry.path)?;
-            std::os::unix::fs::symlink(&target, &up)
-                .with_context(|| format!("symlink {}", up.display()))?;
+            NodeKind::Symlink(fs::read_link(&entry.path)?)
         } else if ft.is_file() {
-            let key = (meta.dev(), meta.ino());
-            if meta.nlink() > 1 {
-                if let Some(first) = self.links.get(&key) {
-                    fs::hard_link(first, &up)?;
-                    return Ok(());
-                }
-                self.links.insert(key, up.clone());
+            NodeKind::File {
+                from: entry.path.clone(),
+                len: meta.len(),
+                link: (meta.nlink() > 1).then(|| (meta.dev(), meta.ino())),
             }
-            let mut from = fs::File::open(&entry.path)
-                .with_context(|| format!("reading {}", entry.path.display()))?;
-            let mut to =
-                fs::File::create(&up).with_context(|| format!("writing {}", up.display()))?;
-            std::io::copy(&mut from, &mut to)?;
         } else {
             return Err(FsError::UnsupportedFileType(entry.path.clone()));
+        };
+        let symlink = ft.is_symlink();
+        let mode = match (&opts.chmod, symlink) {
+            (_, true) => 0o777,
+            (Some(spec), false) => apply_chmod(spec, meta.mode(), ft.is_dir())?,
+            (None, false) => meta.mode() & 0o7777,
+        };
+        self.tree.put(
+            target,
+            Node {
+                kind,
+                mode,
+                owner,
+                mtime: Some(FileTime::from_last_modification_time(meta)),
+                xattrs_from: (!symlink).then(|| entry.path.clone()),
+            },
+        )
+    }
+
+    /// Makes room for a file at `rel`: an error naming `shown` when a directory is there.
+    fn clear_file(&mut self, rel: &str, shown: &str) -> Result<()> {
+        match self.tree.kind(rel) {
+            Some(true) => Err(FsError::IsADirectory(shown.to_string())),
+            Some(false) => self.tree.remove(rel),
+            None => Ok(()),
         }
-        lchown(&up, owner)?;
-        if !ft.is_symlink() {
-            let mode = match &opts.chmod {
-                Some(spec) => apply_chmod(spec, meta.mode(), ft.is_dir())?,
-                None => meta.mode() & 0o7777,
-            };
-            fs::set_permissions(&up, fs::Permissions::from_mode(mode))?;
-            copy_xattrs(&entry.path, &up);
-        }
-        if ft.is_dir() {
-            self.dir_times
-                .push((up, filetime::FileTime::from_last_modification_time(meta)));
-        } else {
-            set_times(&up, meta)?;
-        }
-        Ok(())
     }
 
     /// Creates a file with `data` (heredoc COPY).
     pub fn mkfile(&mut self, path: &str, data: &[u8], mode: u32, owner: Option<Ids>) -> Result<()> {
         let rel = self.resolve_dest(path)?;
         self.ensure_dir(Self::parent_of(&rel), owner)?;
-        let up = self.dir.join(to_path(&rel));
-        if let Ok(m) = fs::symlink_metadata(&up) {
-            if m.is_dir() {
-                return Err(FsError::IsADirectory(path.to_string()));
-            }
-            fs::remove_file(&up)?;
-        }
-        fs::write(&up, data)?;
-        fs::set_permissions(&up, fs::Permissions::from_mode(mode))?;
-        lchown(&up, owner.unwrap_or(Ids { uid: 0, gid: 0 }))
+        self.clear_file(&rel, path)?;
+        self.tree.put(
+            &rel,
+            Node {
+                kind: NodeKind::Data(data.to_vec()),
+                mode,
+                owner: owner.unwrap_or(Ids { uid: 0, gid: 0 }),
+                mtime: None,
+                xattrs_from: None,
+            },
+        )
     }
 
     /// Writes a downloaded file (`ADD <url>`) to `dest` (into it when it ends with `/`).
@@ -434,21 +437,24 @@ impl<'a> Upper<'a> {
             rel
         };
         self.ensure_dir(Self::parent_of(&rel), owner)?;
-        let up = self.dir.join(to_path(&rel));
-        if let Ok(m) = fs::symlink_metadata(&up) {
-            if m.is_dir() {
-                return Err(FsError::IsADirectory(dest.to_string()));
-            }
-            fs::remove_file(&up)?;
-        }
-        fs::copy(from, &up).with_context(|| format!("writing {}", up.display()))?;
-        fs::set_permissions(&up, fs::Permissions::from_mode(mode))?;
-        lchown(&up, owner.unwrap_or(Ids { uid: 0, gid: 0 }))?;
-        if let Some(t) = mtime {
-            let t = filetime::FileTime::from_system_time(t);
-            filetime::set_file_times(&up, t, t)?;
-        }
-        Ok(())
+        self.clear_file(&rel, dest)?;
+        let len = fs::metadata(from)
+            .with_context(|| format!("reading {}", from.display()))?
+            .len();
+        self.tree.put(
+            &rel,
+            Node {
+                kind: NodeKind::File {
+                    from: from.to_path_buf(),
+                    len,
+                    link: None,
+                },
+                mode,
+                owner: owner.unwrap_or(Ids { uid: 0, gid: 0 }),
+                mtime: mtime.map(FileTime::from_system_time),
+                xattrs_from: None,
+            },
+        )
     }
 
     /// Creates a directory and its parents (WORKDIR); an existing one is left alone.
@@ -462,11 +468,14 @@ impl<'a> Upper<'a> {
 
     /// Sets directory times last (writing into a directory changes its mtime).
     pub fn finish(mut self) -> Result<()> {
-        self.dir_times.sort_by(|a, b| b.0.cmp(&a.0));
-        for (path, t) in self.dir_times.drain(..) {
-            filetime::set_symlink_file_times(&path, t, t)?;
-        }
-        Ok(())
+        self.tree.finish()
+    }
+
+    /// The entries of an in-memory upper (`None` for one on disk, which [`Upper::finish`]
+    /// completes).
+    pub fn finish_entries(mut self) -> Result<Option<Entries>> {
+        self.tree.finish()?;
+        Ok(self.tree.into_entries())
     }
 }
 

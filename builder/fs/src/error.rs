@@ -64,6 +64,10 @@ pub enum FsError {
     /// A symlink cycle (or a chain over 40 links).
     #[error("too many levels of symbolic links resolving /{0}")]
     SymlinkLoop(String),
+    /// An in-memory upper met an action that needs a directory on disk (an archive
+    /// to extract): the op is done again over a directory.
+    #[error("this file action needs a directory on disk")]
+    NeedsDisk,
     /// An `ADD` archive entry that would land outside the destination.
     #[error("refusing archive entry outside the destination in {}", .0.display())]
     ArchiveEscape(PathBuf),

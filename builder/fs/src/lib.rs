@@ -11,6 +11,9 @@ pub mod glob;
 pub mod name;
 pub mod view;
 
-pub use copy::{CopyOptions, Ids, Source, Upper, apply_chmod, expand_source, resolve_chown};
+pub use copy::{
+    CopyOptions, Entries, Ids, Node, NodeKind, Source, Upper, apply_chmod, expand_source,
+    resolve_chown,
+};
 pub use error::{FsError, Result};
 pub use view::{ContextFs, Entry, LayeredFs, SourceFs, resolve};

@@ -40,4 +40,7 @@ pub use unpack::{
     MAX_PATH_DEPTH, MAX_PATH_LEN, UnpackInfo, UnpackOptions, WhiteoutMode, unpack_layer,
 };
 pub use whiteout::{OPAQUE_WHITEOUT, WHITEOUT_PREFIX, is_overlay_xattr};
-pub use write::{LayerInfo, LayerOptions, SkipFn, is_empty_dir, write_layer};
+pub use write::{
+    EntryKind, LayerEntry, LayerInfo, LayerOptions, SkipFn, is_empty_dir, write_layer,
+    write_layer_entries,
+};

@@ -151,13 +151,92 @@ enum Kind {
 
 /// One entry to write, collected before sorting.
 struct Item {
-    /// Absolute path on disk.
+    /// Absolute path on disk: the entry itself (a walked directory) or the file its
+    /// data, xattrs and link target are read from (given entries).
     path: PathBuf,
     /// Name in the tar: relative path, `/`-terminated for directories,
     /// `.wh.`-prefixed for whiteouts. Also the sort key.
     name: Vec<u8>,
     kind: Kind,
-    meta: Metadata,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    /// Data length of a file.
+    size: u64,
+    rdev: u64,
+    /// The inode of a file with several links: the later paths of one become
+    /// hardlink entries to the first.
+    link: Option<(u64, u64)>,
+    /// Given bytes of a file (instead of `path`'s).
+    data: Option<Vec<u8>>,
+    /// A symlink's given target (instead of reading `path`'s); for a file, the file
+    /// its bytes are read from when it is not `path`.
+    target: Option<PathBuf>,
+    /// Whether the xattrs of `path` are the entry's.
+    xattrs: bool,
+}
+
+impl Item {
+    fn from_meta(path: PathBuf, name: Vec<u8>, kind: Kind, meta: &Metadata) -> Item {
+        let may_link = !matches!(kind, Kind::Dir { .. } | Kind::Whiteout);
+        Item {
+            path,
+            name,
+            kind,
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mtime: meta.mtime(),
+            size: meta.len(),
+            rdev: meta.rdev(),
+            link: (may_link && meta.nlink() > 1).then(|| (meta.dev(), meta.ino())),
+            data: None,
+            target: None,
+            xattrs: kind != Kind::Whiteout,
+        }
+    }
+}
+
+/// An entry of a layer given by the caller of [`write_layer_entries`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerEntry {
+    /// Its path in the layer, relative, without a trailing `/`.
+    pub path: PathBuf,
+    /// What it is.
+    pub kind: EntryKind,
+    /// Permission bits (with setuid, setgid, sticky).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// A file whose extended attributes (overlayfs' own left out) the entry has.
+    pub xattrs_from: Option<PathBuf>,
+}
+
+/// What a [`LayerEntry`] is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A directory.
+    Dir,
+    /// A regular file with the first `len` bytes of `from` (which must still have
+    /// them when the layer is written).
+    File {
+        /// Where the bytes are read from (a symlink there is refused).
+        from: PathBuf,
+        /// How many.
+        len: u64,
+        /// An inode identity: the entries of one are written as one file and
+        /// hardlinks to it.
+        link: Option<(u64, u64)>,
+    },
+    /// A regular file with these bytes.
+    Data(Vec<u8>),
+    /// A symlink.
+    Symlink(PathBuf),
 }
 
 /// Writes the diff directory `dir` as an OCI layer blob to `out`, returning
@@ -196,7 +275,78 @@ pub fn write_layer(
         ));
     }
     let items = collect(dir, opts)?;
+    write_items(&items, opts, out, dir)
+}
 
+/// Writes the layer made of `entries` (in any order; their parent directories need not
+/// be among them) as [`write_layer`] writes a directory holding them: the same bytes
+/// for the same names, metadata and contents. Files are read from their sources as
+/// they are written, one open and one pass each; nothing is staged.
+/// [`LayerOptions::skip`] does not apply.
+pub fn write_layer_entries(
+    entries: Vec<LayerEntry>,
+    opts: &LayerOptions,
+    out: impl Write,
+) -> Result<LayerInfo, LayerError> {
+    let mut items: Vec<Item> = entries
+        .into_iter()
+        .map(|e| {
+            let mut name = e.path.as_os_str().as_bytes().to_vec();
+            let mut item = Item {
+                path: e.xattrs_from.clone().unwrap_or_default(),
+                name: Vec::new(),
+                kind: Kind::File,
+                mode: e.mode & 0o7777,
+                uid: e.uid,
+                gid: e.gid,
+                mtime: e.mtime,
+                size: 0,
+                rdev: 0,
+                link: None,
+                data: None,
+                target: None,
+                xattrs: e.xattrs_from.is_some(),
+            };
+            match e.kind {
+                EntryKind::Dir => {
+                    name.push(b'/');
+                    item.kind = Kind::Dir { opaque: false };
+                }
+                EntryKind::File { from, len, link } => {
+                    item.size = len;
+                    item.link = link;
+                    if !item.xattrs {
+                        item.path = from;
+                    } else if item.path != from {
+                        // Xattrs from one file, bytes from another: `target`
+                        // names the file the bytes are read from.
+                        item.target = Some(from);
+                    }
+                }
+                EntryKind::Data(bytes) => {
+                    item.size = bytes.len() as u64;
+                    item.data = Some(bytes);
+                }
+                EntryKind::Symlink(target) => {
+                    item.kind = Kind::Symlink;
+                    item.target = Some(target);
+                }
+            }
+            item.name = name;
+            item
+        })
+        .collect();
+    items.sort_by(|a, b| a.name.cmp(&b.name));
+    write_items(&items, opts, out, Path::new("<entries>"))
+}
+
+/// Writes sorted items as a layer; `dir` names the source in errors.
+fn write_items(
+    items: &[Item],
+    opts: &LayerOptions,
+    out: impl Write,
+    dir: &Path,
+) -> Result<LayerInfo, LayerError> {
     let hashed_out = Hashing::new(out);
     let sink = match opts.compression {
         Compression::Uncompressed => Sink::Plain(
@@ -212,12 +362,11 @@ pub fn write_layer(
     let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
 
     let boundary_err = |path: &Path, e| LayerError::io("write layer entry for", path, e);
-    for item in &items {
+    for item in items {
         // A second path of an inode is a hardlink entry, with no data.
-        let is_link =
-            item.meta.nlink() > 1 && links.contains_key(&(item.meta.dev(), item.meta.ino()));
+        let is_link = item.link.is_some_and(|k| links.contains_key(&k));
         let size = if item.kind == Kind::File && !is_link {
-            item.meta.len()
+            item.size
         } else {
             0
         };
@@ -261,22 +410,20 @@ fn write_item<W: Write>(
 ) -> Result<u64, LayerError> {
     let mut entries = 0u64;
     {
-        let mtime = clamp_mtime(item.meta.mtime(), epoch);
+        let mtime = clamp_mtime(item.mtime, epoch);
         let mut spec = Spec {
             name: &item.name,
             link: None,
             kind: EntryType::Regular,
-            mode: item.meta.mode() & 0o7777,
-            uid: u64::from(item.meta.uid()),
-            gid: u64::from(item.meta.gid()),
+            mode: item.mode,
+            uid: u64::from(item.uid),
+            gid: u64::from(item.gid),
             mtime,
             size: 0,
             dev: None,
             xattrs: BTreeMap::new(),
         };
-        let hardlink_key = (item.meta.dev(), item.meta.ino());
-        let may_be_hardlink = !matches!(item.kind, Kind::Dir { .. } | Kind::Whiteout);
-        if may_be_hardlink && item.meta.nlink() > 1 {
+        if let Some(hardlink_key) = item.link {
             if let Some(first) = links.get(&hardlink_key) {
                 let spec = Spec {
                     kind: EntryType::Link,
@@ -288,19 +435,24 @@ fn write_item<W: Write>(
             }
             links.insert(hardlink_key, item.name.clone());
         }
-        if item.kind != Kind::Whiteout {
+        if item.xattrs {
             spec.xattrs = read_xattrs(&item.path)?;
         }
         let target;
         match item.kind {
             Kind::File => {
-                spec.size = item.meta.len();
-                let file = open_nofollow(&item.path)?;
-                let reader = ExactReader {
-                    inner: file.take(spec.size),
-                    remaining: spec.size,
-                };
-                append(builder, &spec, reader, &item.path)?;
+                spec.size = item.size;
+                if let Some(data) = &item.data {
+                    append(builder, &spec, data.as_slice(), &item.path)?;
+                } else {
+                    let from = item.target.as_deref().unwrap_or(&item.path);
+                    let file = open_nofollow(from)?;
+                    let reader = ExactReader {
+                        inner: file.take(spec.size),
+                        remaining: spec.size,
+                    };
+                    append(builder, &spec, reader, from)?;
+                }
             }
             Kind::Dir { opaque } => {
                 spec.kind = EntryType::Directory;
@@ -322,8 +474,11 @@ fn write_item<W: Write>(
                 }
             }
             Kind::Symlink => {
-                target = fs::read_link(&item.path)
-                    .map_err(|e| LayerError::io("read symlink", &item.path, e))?;
+                target = match &item.target {
+                    Some(t) => t.clone(),
+                    None => fs::read_link(&item.path)
+                        .map_err(|e| LayerError::io("read symlink", &item.path, e))?,
+                };
                 spec.kind = EntryType::Symlink;
                 spec.link = Some(target.as_os_str().as_bytes());
                 append(builder, &spec, io::empty(), &item.path)?;
@@ -338,7 +493,7 @@ fn write_item<W: Write>(
                 } else {
                     EntryType::Block
                 };
-                let rdev = item.meta.rdev();
+                let rdev = item.rdev;
                 spec.dev = Some((rustix::fs::major(rdev), rustix::fs::minor(rdev)));
                 append(builder, &spec, io::empty(), &item.path)?;
             }
@@ -424,12 +579,7 @@ fn collect(dir: &Path, opts: &LayerOptions) -> Result<Vec<Item>, LayerError> {
             // Sockets (and anything else tar cannot represent).
             continue;
         };
-        items.push(Item {
-            path,
-            name,
-            kind,
-            meta,
-        });
+        items.push(Item::from_meta(path, name, kind, &meta));
     }
     items.sort_by(|a, b| {
         a.name

@@ -346,14 +346,62 @@ impl<'a> BuildWorker<'a> {
                 })
             })
             .collect::<Result<_>>()?;
-        let upper_dir = self.snapshots.temp_dir("layer")?;
-        let mut upper = Upper::new(upper_dir.path(), &base_view);
         let owner_of = |chown: &Option<kiln_ops::Chown>| {
             chown
                 .as_ref()
                 .map(|c| resolve_chown(c, &base_view))
                 .transpose()
         };
+        let mut layers = base_out.map(|o| o.layers().to_vec()).unwrap_or_default();
+        if self.lazy.contains(&id) {
+            // No later step reads the result as a filesystem: the layer is written from
+            // the sources, with no tree on disk. An archive to extract needs one.
+            let mut upper = Upper::in_memory(&base_view);
+            match self.apply_actions(f, &sources, &mut upper, &owner_of) {
+                Err(WorkerError::Fs(kiln_fs::FsError::NeedsDisk)) => {}
+                Err(e) => return Err(e),
+                Ok(()) => {
+                    let entries = upper.finish_entries()?.unwrap_or_default();
+                    if f.has_base && entries.is_empty() {
+                        return Ok(Output::Fs {
+                            layers,
+                            added: false,
+                        });
+                    }
+                    layers.push(self.commit_entries(entries)?);
+                    return Ok(Output::Fs {
+                        layers,
+                        added: true,
+                    });
+                }
+            }
+        }
+        let upper_dir = self.snapshots.temp_dir("layer")?;
+        let mut upper = Upper::new(upper_dir.path(), &base_view);
+        self.apply_actions(f, &sources, &mut upper, &owner_of)?;
+        upper.finish()?;
+        if f.has_base && is_empty_dir(upper_dir.path()) {
+            return Ok(Output::Fs {
+                layers,
+                added: false,
+            });
+        }
+        let layer = self.commit_layer(id, upper_dir)?;
+        layers.push(layer);
+        Ok(Output::Fs {
+            layers,
+            added: true,
+        })
+    }
+
+    /// Applies a file op's actions to `upper`.
+    fn apply_actions(
+        &self,
+        f: &kiln_ops::FileOp,
+        sources: &[Box<dyn SourceFs + '_>],
+        upper: &mut Upper<'_>,
+        owner_of: &dyn Fn(&Option<kiln_ops::Chown>) -> kiln_fs::Result<Option<kiln_fs::Ids>>,
+    ) -> Result<()> {
         for action in &f.actions {
             match action {
                 FileAction::Copy {
@@ -416,20 +464,7 @@ impl<'a> BuildWorker<'a> {
                 }
             }
         }
-        upper.finish()?;
-        let mut layers = base_out.map(|o| o.layers().to_vec()).unwrap_or_default();
-        if f.has_base && is_empty_dir(upper_dir.path()) {
-            return Ok(Output::Fs {
-                layers,
-                added: false,
-            });
-        }
-        let layer = self.commit_layer(id, upper_dir)?;
-        layers.push(layer);
-        Ok(Output::Fs {
-            layers,
-            added: true,
-        })
+        Ok(())
     }
 
     /// How git reaches remotes: `--ssh default`'s agent, `--network-timeout`'s limits.
@@ -488,12 +523,27 @@ impl<'a> BuildWorker<'a> {
         })
     }
 
-    /// Writes a diff directory as a layer blob and keeps the directory as its snapshot.
-    fn commit_layer(&self, id: VertexId, dir: tempfile::TempDir) -> Result<LayerRef> {
+    /// Writes a file op's result kept in memory as a layer blob, each file read once
+    /// from its source; no snapshot is made (a later build that needs one unpacks it).
+    fn commit_entries(&self, entries: kiln_fs::Entries) -> Result<LayerRef> {
+        let entries = entries
+            .into_iter()
+            .map(|(rel, node)| layer_entry(&rel, node))
+            .collect();
+        self.write_blob(|out| kiln_layer::write_layer_entries(entries, &self.layer_opts, out))
+    }
+
+    /// Writes a layer blob with `write` and records its chunks.
+    fn write_blob(
+        &self,
+        write: impl FnOnce(
+            &mut dyn std::io::Write,
+        ) -> Result<kiln_layer::LayerInfo, kiln_layer::LayerError>,
+    ) -> Result<LayerRef> {
         let mut writer = self.store.blob_writer()?;
         let info = {
             let mut buf = BufWriter::with_capacity(1 << 20, &mut writer);
-            let info = kiln_layer::write_layer(dir.path(), &self.layer_opts, &mut buf)?;
+            let info = write(&mut buf)?;
             std::io::Write::flush(&mut buf)?;
             info
         };
@@ -506,19 +556,47 @@ impl<'a> BuildWorker<'a> {
             self.store
                 .record_chunks(&codec, &info.digest, &chunks::entries(&info.chunks))?;
         }
-        if self.lazy.contains(&id) {
-            // Deleted before the kernel writes it back, the tree costs no disk writes.
-            let handle = std::thread::spawn(move || drop(dir));
-            self.trash.lock().expect("trash lock").push(handle);
-        } else {
-            self.snapshots.commit(dir, &info.diff_id)?;
-        }
         Ok(LayerRef {
             digest: info.digest,
             diff_id: info.diff_id,
             size: info.size,
             media_type: info.media_type.to_string(),
         })
+    }
+
+    /// Writes a diff directory as a layer blob and keeps the directory as its snapshot.
+    fn commit_layer(&self, id: VertexId, dir: tempfile::TempDir) -> Result<LayerRef> {
+        let layer =
+            self.write_blob(|out| kiln_layer::write_layer(dir.path(), &self.layer_opts, out))?;
+        if self.lazy.contains(&id) {
+            // Deleted before the kernel writes it back, the tree costs no disk writes.
+            let handle = std::thread::spawn(move || drop(dir));
+            self.trash.lock().expect("trash lock").push(handle);
+        } else {
+            self.snapshots.commit(dir, &layer.diff_id)?;
+        }
+        Ok(layer)
+    }
+}
+
+/// A file op's entry as the layer writer takes it.
+fn layer_entry(rel: &str, node: kiln_fs::Node) -> kiln_layer::LayerEntry {
+    use kiln_fs::NodeKind;
+    use kiln_layer::EntryKind;
+    kiln_layer::LayerEntry {
+        path: kiln_fs::name::to_path(rel).into_owned(),
+        kind: match node.kind {
+            NodeKind::Dir => EntryKind::Dir,
+            NodeKind::File { from, len, link } => EntryKind::File { from, len, link },
+            NodeKind::Data(bytes) => EntryKind::Data(bytes),
+            NodeKind::Symlink(target) => EntryKind::Symlink(target),
+        },
+        mode: node.mode,
+        uid: node.owner.uid,
+        gid: node.owner.gid,
+        // Set by the in-memory tree for every entry.
+        mtime: node.mtime.map(|t| t.unix_seconds()).unwrap_or_default(),
+        xattrs_from: node.xattrs_from,
     }
 }
 
@@ -802,5 +880,7 @@ mod exec;
 mod image;
 pub mod ssh;
 
+#[cfg(test)]
+mod stream_tests;
 #[cfg(test)]
 mod tests;

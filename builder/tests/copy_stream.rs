@@ -1,0 +1,126 @@
+//! A COPY or ADD no later step reads is written from its sources with no staging tree:
+//! the layer is the one the same step gives when a later step needs its snapshot (and is
+//! staged), for plain COPYs and for an `ADD` of a local archive (which still extracts into
+//! a directory). Needs root (`require_root!`: owners are kept).
+
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use kiln_test_support::{Workspace, require_root};
+use serde_json::Value;
+
+const MTIME: i64 = 1_700_000_000;
+
+/// Builds `ctx` (its Dockerfile, `--target target`) in a store of its own; returns the
+/// layer digests of the result.
+fn build(ws: &Workspace, name: &str, ctx: &Path, target: &str) -> Vec<String> {
+    let root = ws.path(&format!("store-{name}"));
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("config.toml"), "[gc]\nmin-free-space = \"0\"\n").unwrap();
+    let layout = ws.path(&format!("out-{name}"));
+    let o = Command::cargo_bin("kiln")
+        .unwrap()
+        .env("KILN_ROOT", &root)
+        .env("SOURCE_DATE_EPOCH", MTIME.to_string())
+        .args(["build", "--progress", "plain", "--target", target])
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", layout.display()))
+        .arg(ctx)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "kiln build failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let blob = |d: &str| -> Value {
+        let hex = d.strip_prefix("sha256:").unwrap();
+        serde_json::from_slice(&fs::read(layout.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+    };
+    let index: Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest = blob(index["manifests"][0]["digest"].as_str().unwrap());
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn write(path: &Path, data: &[u8], mode: u32) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, data).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A context of files, modes, owners, a symlink and hardlinks, all at [`MTIME`].
+fn context(ws: &Workspace, dockerfile: &str) -> PathBuf {
+    let ctx = ws.path("ctx");
+    write(&ctx.join("app/a.txt"), b"a\n", 0o644);
+    write(&ctx.join("app/bin/tool"), b"#!/bin/sh\n", 0o4755);
+    write(&ctx.join("app/deep/er/b.txt"), &vec![7u8; 3 << 20], 0o600);
+    std::os::unix::fs::lchown(ctx.join("app/deep"), Some(12), Some(34)).unwrap();
+    symlink("a.txt", ctx.join("app/link")).unwrap();
+    fs::hard_link(ctx.join("app/a.txt"), ctx.join("app/a2.txt")).unwrap();
+    {
+        let mut b = tar::Builder::new(fs::File::create(ctx.join("app.tar")).unwrap());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(5);
+        h.set_mode(0o640);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(MTIME as u64);
+        h.set_cksum();
+        b.append_data(&mut h, "inner/file.txt", &b"hello"[..])
+            .unwrap();
+        b.into_inner().unwrap();
+    }
+    fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+    for e in walkdir::WalkDir::new(&ctx) {
+        let t = filetime::FileTime::from_unix_time(MTIME, 0);
+        filetime::set_symlink_file_times(e.unwrap().path(), t, t).unwrap();
+    }
+    ctx
+}
+
+/// Stage `s`'s layer, streamed (`--target s`: its step is the last) and staged (stage
+/// `after` builds on it, so the step's snapshot is needed), must be the same.
+fn same_layer_streamed_and_staged(dockerfile: &str) {
+    let ws = Workspace::new();
+    let ctx = context(&ws, dockerfile);
+    let streamed = build(&ws, "streamed", &ctx, "s");
+    let staged = build(&ws, "staged", &ctx, "after");
+    assert_eq!(streamed.len(), 1, "{streamed:?}");
+    assert_eq!(staged.len(), 2, "{staged:?}");
+    assert_eq!(
+        streamed[0], staged[0],
+        "the streamed layer is the staged one"
+    );
+}
+
+#[test]
+fn a_last_copy_gives_the_layer_it_gives_when_staged() {
+    require_root!();
+    for copy in [
+        "COPY app /data/",
+        "COPY --chown=5:6 --chmod=u+s app/a.txt app/a2.txt app/link app/deep /other/",
+    ] {
+        same_layer_streamed_and_staged(&format!(
+            "FROM scratch AS s\n{copy}\nFROM s AS after\nCOPY app/a.txt /later.txt\n"
+        ));
+    }
+}
+
+#[test]
+fn a_last_add_of_an_archive_gives_the_layer_it_gives_when_staged() {
+    require_root!();
+    same_layer_streamed_and_staged(
+        "FROM scratch AS s\n\
+         ADD app.tar app/a.txt /opt/\n\
+         FROM s AS after\n\
+         COPY app/a.txt /later.txt\n",
+    );
+}

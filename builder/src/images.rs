@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use kiln_cache::{Digest, Store};
 use kiln_frontend::convert::{ImageResolver, ResolvedImage};
+use kiln_frontend::instructions::levenshtein;
 use kiln_oci::chain_id;
 use kiln_ops::Platform;
 use oci_spec::image::ImageIndex;
@@ -204,26 +205,10 @@ pub fn closest_tag<'a>(name: &str, tags: impl IntoIterator<Item = &'a str>) -> O
     let wanted = normalize_tag(name);
     let limit = (wanted.chars().count() / 3).clamp(1, 3);
     tags.into_iter()
-        .map(|t| (edit_distance(&wanted, t), t))
+        .map(|t| (levenshtein(&wanted, t), t))
         .filter(|(d, _)| *d > 0 && *d <= limit)
         .min()
         .map(|(_, t)| t)
-}
-
-/// Levenshtein distance (insertions, deletions, substitutions), by characters.
-pub fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diag = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let up = row[j + 1];
-            row[j + 1] = (diag + usize::from(ca != *cb)).min(up + 1).min(row[j] + 1);
-            diag = up;
-        }
-    }
-    row[b.len()]
 }
 
 fn read_json_blob(store: &Store, digest: &str) -> Result<Vec<u8>> {
@@ -613,9 +598,9 @@ mod tests {
 
     #[test]
     fn close_tags_are_suggested() {
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
-        assert_eq!(edit_distance("", "abc"), 3);
-        assert_eq!(edit_distance("same", "same"), 0);
+        assert_eq!(levenshtein("kitten", "sitting"), 3);
+        assert_eq!(levenshtein("", "abc"), 3);
+        assert_eq!(levenshtein("same", "same"), 0);
         let tags = ["demo:latest", "busybox:kiln", "app:1"];
         assert_eq!(closest_tag("demo:lates", tags), Some("demo:latest"));
         assert_eq!(closest_tag("dmeo", tags), Some("demo:latest"));

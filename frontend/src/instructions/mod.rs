@@ -248,7 +248,9 @@ fn suggest_keyword(word: &str) -> Option<&'static str> {
         .map(|(_, k)| k)
 }
 
-fn levenshtein(a: &str, b: &str) -> usize {
+/// Levenshtein distance (insertions, deletions, substitutions), by characters: the
+/// frontend's "did you mean" for instructions, and the builder's for image names.
+pub fn levenshtein(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {

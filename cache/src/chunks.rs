@@ -13,8 +13,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io;
-use std::os::unix::fs::FileExt;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -204,8 +203,12 @@ impl Store {
         if file.metadata().ok()?.len() < end {
             return None;
         }
-        let mut buf = vec![0u8; usize::try_from(loc.len).ok()?];
-        file.read_exact_at(&mut buf, loc.offset).ok()?;
+        let mut buf = Vec::with_capacity(usize::try_from(loc.len).ok()?);
+        (&file).seek(SeekFrom::Start(loc.offset)).ok()?;
+        (&file).take(loc.len).read_to_end(&mut buf).ok()?;
+        if buf.len() as u64 != loc.len {
+            return None;
+        }
         // A damaged blob must not spread into new ones: the bytes are checked.
         (blake3::hash(&buf).as_bytes() == &loc.packed_hash).then_some(buf)
     }

@@ -20,7 +20,11 @@
 //! of threads or on whether they came from a [`ChunkCache`].
 
 use std::io::{self, Write};
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
+use std::thread;
+
+use kiln_oci::Digest;
+use kiln_oci::digest::Hashing;
 
 use super::compression::{Compression, ParGzEncoder};
 
@@ -49,8 +53,18 @@ pub type ChunkKey = [u8; 32];
 pub trait ChunkCache: Send + Sync {
     /// The compressed bytes of a chunk of `uncompressed_len` bytes whose key is `key`,
     /// compressed as `codec` says ([`chunk_codec`]), if some stored blob still holds
-    /// them. Any failure (blob gone, short read) is a miss: `None`.
-    fn find(&self, codec: &str, key: &ChunkKey, uncompressed_len: u64) -> Option<Vec<u8>>;
+    /// them, checked against the BLAKE3 of the compressed bytes recorded with them. Any
+    /// failure (blob gone, short read, other bytes) is a miss: `None`.
+    fn find(&self, codec: &str, key: &ChunkKey, uncompressed_len: u64) -> Option<CachedChunk>;
+}
+
+/// A chunk's compressed bytes as a [`ChunkCache`] found them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedChunk {
+    /// The compressed bytes.
+    pub bytes: Vec<u8>,
+    /// Their BLAKE3 hash (already checked by the cache: not computed again).
+    pub packed_key: ChunkKey,
 }
 
 /// One chunk of a written layer blob.
@@ -121,14 +135,121 @@ struct Packed {
     packed_key: ChunkKey,
 }
 
+/// The uncompressed bytes of the layer so far, hashed for its diff_id. It moves to the
+/// thread that packs a batch and comes back with the batch's result, so that hashing
+/// the tar overlaps with producing the next batch.
+type TarHash = Hashing<io::Sink>;
+
+/// A batch of chunks handed to the packing thread.
+struct Job {
+    chunks: Vec<Vec<u8>>,
+    hash: TarHash,
+}
+
+/// A packed batch: the chunks' buffers (for reuse), the diff_id hasher with the batch
+/// hashed in, and each chunk's compressed bytes.
+struct Done {
+    chunks: Vec<Vec<u8>>,
+    hash: TarHash,
+    packed: Vec<io::Result<Packed>>,
+}
+
+/// What a batch is packed with.
+#[derive(Clone)]
+struct Packer {
+    compression: Compression,
+    codec: Arc<str>,
+    cache: Option<Arc<dyn ChunkCache>>,
+}
+
+impl Packer {
+    /// Hashes the batch into the diff_id and, at the same time, finds or compresses its
+    /// chunks in parallel on the rayon pool.
+    fn pack(&self, job: Job) -> io::Result<Done> {
+        use rayon::prelude::*;
+        let Job { chunks, mut hash } = job;
+        let (hashed, packed) = rayon::join(
+            || {
+                chunks
+                    .iter()
+                    .try_for_each(|c| hash.write_all(c))
+                    .map(|()| hash)
+            },
+            || chunks.par_iter().map(|data| self.pack_one(data)).collect(),
+        );
+        Ok(Done {
+            chunks,
+            hash: hashed?,
+            packed,
+        })
+    }
+
+    fn pack_one(&self, data: &[u8]) -> io::Result<Packed> {
+        let key = *blake3::hash(data).as_bytes();
+        let found = self
+            .cache
+            .as_deref()
+            .and_then(|c| c.find(&self.codec, &key, data.len() as u64));
+        Ok(match found {
+            Some(CachedChunk { bytes, packed_key }) => Packed {
+                key,
+                bytes,
+                reused: true,
+                packed_key,
+            },
+            None => {
+                let bytes = compress_chunk(self.compression, data)?;
+                let packed_key = *blake3::hash(&bytes).as_bytes();
+                Packed {
+                    key,
+                    bytes,
+                    reused: false,
+                    packed_key,
+                }
+            }
+        })
+    }
+}
+
+/// The thread that packs batches while the tar of the next one is produced (started
+/// for a layer of more than one batch).
+struct PackThread {
+    jobs: mpsc::SyncSender<Job>,
+    done: mpsc::Receiver<io::Result<Done>>,
+    handle: thread::JoinHandle<()>,
+}
+
+impl PackThread {
+    fn start(packer: Packer) -> io::Result<Self> {
+        let (jobs, job_rx) = mpsc::sync_channel::<Job>(1);
+        let (done_tx, done) = mpsc::sync_channel::<io::Result<Done>>(1);
+        let handle = thread::Builder::new()
+            .name("kiln-chunks".into())
+            .spawn(move || {
+                for job in job_rx {
+                    if done_tx.send(packer.pack(job)).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(PackThread { jobs, done, handle })
+    }
+}
+
+fn pack_thread_gone() -> io::Error {
+    io::Error::other("the layer's chunk packing thread stopped")
+}
+
 /// A writer of the tar stream that cuts it into chunks (told of entry boundaries by
-/// [`Chunker::begin_entry`] and [`Chunker::end_entry`]) and writes each compressed
-/// chunk, or the same bytes from the cache, to `out`.
+/// [`Chunker::begin_entry`] and [`Chunker::end_entry`]), hashes it for the diff_id and
+/// writes each compressed chunk, or the same bytes from the cache, to `out`.
+///
+/// Batches of chunks are packed on another thread (and the rayon pool) while the
+/// caller produces the next batch; at most one batch is in flight, and results are
+/// written in order, so the output does not depend on the timing.
 pub(super) struct Chunker<W: Write> {
     out: W,
-    compression: Compression,
-    codec: String,
-    cache: Option<Arc<dyn ChunkCache>>,
+    packer: Packer,
     cur: Vec<u8>,
     pending: Vec<Vec<u8>>,
     pending_bytes: u64,
@@ -136,6 +257,12 @@ pub(super) struct Chunker<W: Write> {
     big: Option<u64>,
     offset: u64,
     chunks: Vec<ChunkInfo>,
+    /// The diff_id hasher, when no batch is in flight (it travels with the batch).
+    hash: Option<TarHash>,
+    thread: Option<PackThread>,
+    in_flight: bool,
+    /// Buffers of written chunks, for the next ones.
+    spare: Vec<Vec<u8>>,
 }
 
 impl<W: Write> Chunker<W> {
@@ -149,15 +276,21 @@ impl<W: Write> Chunker<W> {
         let codec = chunk_codec(compression).unwrap_or_else(|| "tar".to_owned());
         Chunker {
             out,
-            compression,
-            codec,
-            cache,
+            packer: Packer {
+                compression,
+                codec: codec.into(),
+                cache,
+            },
             cur: Vec::new(),
             pending: Vec::new(),
             pending_bytes: 0,
             big: None,
             offset: 0,
             chunks: Vec::new(),
+            hash: Some(Hashing::new(io::sink())),
+            thread: None,
+            in_flight: false,
+            spare: Vec::new(),
         }
     }
 
@@ -187,44 +320,62 @@ impl<W: Write> Chunker<W> {
         if self.cur.is_empty() {
             return Ok(());
         }
-        let chunk = std::mem::replace(&mut self.cur, Vec::with_capacity(CHUNK_MIN as usize));
+        let next = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(CHUNK_MIN as usize));
+        let chunk = std::mem::replace(&mut self.cur, next);
         self.pending_bytes += chunk.len() as u64;
         self.pending.push(chunk);
         if self.pending_bytes >= BATCH_BYTES {
-            self.flush_pending()?;
+            self.submit()?;
         }
         Ok(())
     }
 
-    /// Compresses (or finds in the cache) the pending chunks in parallel and writes
-    /// them in order.
-    fn flush_pending(&mut self) -> io::Result<()> {
-        use rayon::prelude::*;
-        let chunks = std::mem::take(&mut self.pending);
+    /// Hands the pending chunks to the packing thread, after writing the batch before
+    /// them (the one in flight).
+    fn submit(&mut self) -> io::Result<()> {
+        self.collect()?;
+        if self.thread.is_none() {
+            self.thread = Some(PackThread::start(self.packer.clone())?);
+        }
+        let job = self.take_job();
+        let thread = self.thread.as_ref().ok_or_else(pack_thread_gone)?;
+        thread.jobs.send(job).map_err(|_| pack_thread_gone())?;
+        self.in_flight = true;
+        Ok(())
+    }
+
+    fn take_job(&mut self) -> Job {
         self.pending_bytes = 0;
-        let compression = self.compression;
-        let codec = self.codec.as_str();
-        let cache = self.cache.as_deref();
-        let done: Vec<io::Result<Packed>> = chunks
-            .par_iter()
-            .map(|data| {
-                let key = *blake3::hash(data).as_bytes();
-                let found = cache.and_then(|c| c.find(codec, &key, data.len() as u64));
-                let reused = found.is_some();
-                let bytes = match found {
-                    Some(bytes) => bytes,
-                    None => compress_chunk(compression, data)?,
-                };
-                let packed_key = *blake3::hash(&bytes).as_bytes();
-                Ok(Packed {
-                    key,
-                    bytes,
-                    reused,
-                    packed_key,
-                })
-            })
-            .collect();
-        for (data, result) in chunks.iter().zip(done) {
+        Job {
+            chunks: std::mem::take(&mut self.pending),
+            // Only taken while no batch is in flight.
+            hash: self.hash.take().unwrap_or_else(|| Hashing::new(io::sink())),
+        }
+    }
+
+    /// Waits for the batch in flight, if any, and writes it.
+    fn collect(&mut self) -> io::Result<()> {
+        if !self.in_flight {
+            return Ok(());
+        }
+        self.in_flight = false;
+        let thread = self.thread.as_ref().ok_or_else(pack_thread_gone)?;
+        let done = thread.done.recv().map_err(|_| pack_thread_gone())??;
+        self.write_done(done)
+    }
+
+    /// Writes a packed batch in order and keeps its buffers.
+    fn write_done(&mut self, done: Done) -> io::Result<()> {
+        let Done {
+            chunks,
+            hash,
+            packed,
+        } = done;
+        self.hash = Some(hash);
+        for (mut data, result) in chunks.into_iter().zip(packed) {
             let Packed {
                 key,
                 bytes,
@@ -241,16 +392,44 @@ impl<W: Write> Chunker<W> {
                 reused,
             });
             self.offset += bytes.len() as u64;
+            data.clear();
+            self.spare.push(data);
         }
         Ok(())
     }
 
-    /// Writes the last chunks and returns the output with the list of chunks.
-    pub(super) fn finish(mut self) -> io::Result<(W, Vec<ChunkInfo>)> {
+    /// Writes the last chunks and returns the output, the list of chunks, and the
+    /// diff_id and size of the uncompressed tar.
+    pub(super) fn finish(mut self) -> io::Result<Chunked<W>> {
         self.cut()?;
-        self.flush_pending()?;
-        Ok((self.out, self.chunks))
+        self.collect()?;
+        if !self.pending.is_empty() {
+            // The last batch (the only one, for a small layer) is packed here.
+            let job = self.take_job();
+            let done = self.packer.pack(job)?;
+            self.write_done(done)?;
+        }
+        if let Some(thread) = self.thread.take() {
+            drop(thread.jobs);
+            thread.handle.join().map_err(|_| pack_thread_gone())?;
+        }
+        let hash = self.hash.take().ok_or_else(pack_thread_gone)?;
+        let (_, diff_id, uncompressed_size) = hash.finish();
+        Ok(Chunked {
+            out: self.out,
+            chunks: self.chunks,
+            diff_id,
+            uncompressed_size,
+        })
     }
+}
+
+/// What a [`Chunker`] wrote.
+pub(super) struct Chunked<W> {
+    pub(super) out: W,
+    pub(super) chunks: Vec<ChunkInfo>,
+    pub(super) diff_id: Digest,
+    pub(super) uncompressed_size: u64,
 }
 
 impl<W: Write> Write for Chunker<W> {

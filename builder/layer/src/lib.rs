@@ -29,8 +29,8 @@ mod write;
 mod tests;
 
 pub use chunk::{
-    BIG_FILE, BIG_SPLIT, CHUNK_MAX, CHUNK_MIN, CUT_ODDS, ChunkCache, ChunkInfo, ChunkKey,
-    chunk_codec,
+    BIG_FILE, BIG_SPLIT, CHUNK_MAX, CHUNK_MIN, CUT_ODDS, CachedChunk, ChunkCache, ChunkInfo,
+    ChunkKey, chunk_codec,
 };
 pub use compression::{
     Compression, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_TAR_GZIP, MEDIA_TYPE_LAYER_TAR_ZSTD,

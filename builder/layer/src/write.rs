@@ -15,7 +15,7 @@ use rustix::fs::{Mode, OFlags};
 use tar::{EntryType, Header};
 use walkdir::WalkDir;
 
-use super::chunk::{ChunkCache, ChunkInfo, Chunker};
+use super::chunk::{ChunkCache, ChunkInfo, Chunked, Chunker};
 use super::compression::{Compression, Encoder};
 use super::error::LayerError;
 use super::whiteout::{
@@ -78,10 +78,10 @@ pub struct LayerInfo {
 }
 
 /// Where the tar stream goes: a chunker for gzip and zstd, the plain output for an
-/// uncompressed layer.
+/// uncompressed layer. Either hashes the tar for the diff_id.
 enum Sink<W: Write> {
     Chunked(Chunker<W>),
-    Plain(Encoder<W>),
+    Plain(Hashing<Encoder<W>>),
 }
 
 impl<W: Write> Sink<W> {
@@ -99,10 +99,18 @@ impl<W: Write> Sink<W> {
         }
     }
 
-    fn finish(self) -> io::Result<(W, Vec<ChunkInfo>)> {
+    fn finish(self) -> io::Result<Chunked<W>> {
         match self {
             Sink::Chunked(c) => c.finish(),
-            Sink::Plain(e) => Ok((e.finish()?, Vec::new())),
+            Sink::Plain(e) => {
+                let (encoder, diff_id, uncompressed_size) = e.finish();
+                Ok(Chunked {
+                    out: encoder.finish()?,
+                    chunks: Vec::new(),
+                    diff_id,
+                    uncompressed_size,
+                })
+            }
         }
     }
 }
@@ -349,13 +357,13 @@ fn write_items(
 ) -> Result<LayerInfo, LayerError> {
     let hashed_out = Hashing::new(out);
     let sink = match opts.compression {
-        Compression::Uncompressed => Sink::Plain(
+        Compression::Uncompressed => Sink::Plain(Hashing::new(
             Encoder::new(Compression::Uncompressed, hashed_out)
                 .map_err(|e| LayerError::io("start writing layer from", dir, e))?,
-        ),
+        )),
         c => Sink::Chunked(Chunker::new(c, opts.chunk_cache.clone(), hashed_out)),
     };
-    let mut builder = tar::Builder::new(Hashing::new(sink));
+    let mut builder = tar::Builder::new(sink);
     let epoch = opts.source_date_epoch;
     let mut entries = 0u64;
     // (dev, ino) -> tar name of the first path with that inode.
@@ -372,21 +380,23 @@ fn write_items(
         };
         builder
             .get_mut()
-            .get_mut()
             .begin_entry(size)
             .map_err(|e| boundary_err(&item.path, e))?;
         entries += write_item(&mut builder, item, epoch, &mut links)?;
         builder
-            .get_mut()
             .get_mut()
             .end_entry(&item.name)
             .map_err(|e| boundary_err(&item.path, e))?;
     }
 
     let finish_err = |e| LayerError::io("finish writing layer from", dir, e);
-    let tar_out = builder.into_inner().map_err(finish_err)?;
-    let (sink, diff_id, uncompressed_size) = tar_out.finish();
-    let (hashed_out, chunks) = sink.finish().map_err(finish_err)?;
+    let sink = builder.into_inner().map_err(finish_err)?;
+    let Chunked {
+        out: hashed_out,
+        chunks,
+        diff_id,
+        uncompressed_size,
+    } = sink.finish().map_err(finish_err)?;
     let (mut out, digest, size) = hashed_out.finish();
     out.flush().map_err(finish_err)?;
     Ok(LayerInfo {

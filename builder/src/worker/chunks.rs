@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use kiln_cache::{ChunkEntry, ChunkIndex, Store};
-use kiln_layer::{ChunkCache, ChunkInfo, ChunkKey};
+use kiln_layer::{CachedChunk, ChunkCache, ChunkInfo, ChunkKey};
 
 /// Chunks of the blobs stored when the build started, per codec (each codec's index
 /// is read on first use).
@@ -33,11 +33,16 @@ impl StoreChunks {
 }
 
 impl ChunkCache for StoreChunks {
-    fn find(&self, codec: &str, key: &ChunkKey, uncompressed_len: u64) -> Option<Vec<u8>> {
+    fn find(&self, codec: &str, key: &ChunkKey, uncompressed_len: u64) -> Option<CachedChunk> {
         let index = self.index(codec);
         let loc = index.get(key, uncompressed_len)?;
-        // A blob collected since the index was read is a miss.
-        self.store.read_chunk(loc)
+        // A blob collected since the index was read is a miss; `read_chunk` checks
+        // the bytes against `packed_hash`.
+        let bytes = self.store.read_chunk(loc)?;
+        Some(CachedChunk {
+            bytes,
+            packed_key: loc.packed_hash,
+        })
     }
 }
 

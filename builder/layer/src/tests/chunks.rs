@@ -9,8 +9,11 @@ use std::sync::{Arc, Mutex};
 
 use tempfile::tempdir;
 
+use super::super::chunk::compress_chunk;
 use super::super::compression::Encoder;
-use super::super::{BIG_FILE, BIG_SPLIT, CHUNK_MAX, ChunkCache, ChunkKey, chunk_codec};
+use super::super::{
+    BIG_FILE, BIG_SPLIT, CHUNK_MAX, CachedChunk, ChunkCache, ChunkKey, chunk_codec,
+};
 use super::*;
 use kiln_oci::digest::sha256_digest;
 
@@ -66,7 +69,7 @@ impl MemCache {
 }
 
 impl ChunkCache for MemCache {
-    fn find(&self, codec: &str, key: &ChunkKey, _len: u64) -> Option<Vec<u8>> {
+    fn find(&self, codec: &str, key: &ChunkKey, _len: u64) -> Option<CachedChunk> {
         let got = self
             .chunks
             .lock()
@@ -76,7 +79,10 @@ impl ChunkCache for MemCache {
         if got.is_some() {
             self.hits.fetch_add(1, Ordering::Relaxed);
         }
-        got
+        got.map(|bytes| CachedChunk {
+            packed_key: *blake3::hash(&bytes).as_bytes(),
+            bytes,
+        })
     }
 }
 
@@ -268,4 +274,57 @@ fn a_hardlink_to_a_big_file_does_not_make_a_chunk_of_its_own() {
     // data) and c.txt together.
     let sizes: Vec<u64> = info.chunks.iter().map(|c| c.uncompressed_len).collect();
     assert_eq!(sizes, [512, BIG_SPLIT, (1 << 20) + 512, 512 + 1024 + 1024]);
+}
+
+#[test]
+fn a_layer_of_several_batches_is_packed_in_order_on_the_packing_thread() {
+    // More than two batches (16 MiB each) of tar, so that batches are packed on the
+    // packing thread while the next is produced: the blob must still be the chunks'
+    // compressed bytes in order, and the diff_id the uncompressed tar's.
+    let src = tempdir().unwrap();
+    for i in 0..5u8 {
+        let mut data = vec![i; 7 << 20];
+        data[..4096].copy_from_slice(&noise(4096, u64::from(i) + 1));
+        write_file(&src.path().join(format!("big/f{i}.bin")), &data);
+        for f in 0..200 {
+            let name = format!("small/d{i}/f{f:03}.txt");
+            write_file(&src.path().join(name), format!("{i} {f}\n").as_bytes());
+        }
+    }
+    set_all_mtimes(src.path(), 1_700_000_000);
+    let (plain, tar) = write_vec(
+        src.path(),
+        &opts(Compression::Uncompressed, Some(1_000_000_000)),
+    );
+    assert!(plain.uncompressed_size > 32 << 20);
+    assert_eq!(sha256_digest(&tar), plain.diff_id);
+    for compression in CHUNKED {
+        let cache = Arc::new(MemCache::default());
+        let (info, blob) = write_vec(src.path(), &with_cache(compression, &cache));
+        assert_eq!(info.uncompressed_size, plain.uncompressed_size);
+        assert!(decompress(&blob) == tar, "{compression:?}");
+        assert_eq!(info.diff_id, plain.diff_id, "{compression:?}");
+        let mut start = 0usize;
+        let mut expected = Vec::new();
+        for c in &info.chunks {
+            let end = start + c.uncompressed_len as usize;
+            let packed = compress_chunk(compression, &tar[start..end]).unwrap();
+            assert_eq!(c.offset as usize, expected.len());
+            assert_eq!(c.key, *blake3::hash(&tar[start..end]).as_bytes());
+            assert_eq!(c.packed_key, *blake3::hash(&packed).as_bytes());
+            expected.extend_from_slice(&packed);
+            start = end;
+        }
+        assert_eq!(start, tar.len());
+        assert!(blob == expected, "{compression:?}: chunks out of order");
+
+        cache.remember(compression, &info, &blob);
+        let (again, again_blob) = write_vec(src.path(), &with_cache(compression, &cache));
+        assert!(again.chunks.iter().all(|c| c.reused));
+        assert!(
+            again_blob == blob,
+            "{compression:?}: reused chunks, other bytes"
+        );
+        assert_eq!(again.digest, info.digest);
+    }
 }

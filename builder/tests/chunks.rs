@@ -167,6 +167,10 @@ fn rebuilds_give_the_same_digest(compression: &str) {
     let edit = env.build("warm", &ctx, "edit", &c, &[]);
     assert_ne!(edit, cold);
     assert_eq!(index_files(&env.path("warm")), 2);
+    // The warm store resumed after the big files (the same head, SOURCE_DATE_EPOCH
+    // set): the bytes are those a store that never saw the cold build writes.
+    let fresh_edit = env.build("fresh-edit", &ctx, "fresh-edit", &c, &[]);
+    assert_eq!(edit, fresh_edit, "edit in a warm store vs a fresh one");
 
     // Reverted, without the build cache: the layer is written again, its chunks copied
     // from the two blobs before; the bytes are the cold build's.

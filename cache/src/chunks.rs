@@ -13,8 +13,9 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +39,24 @@ pub struct ChunkEntry {
     pub len: u64,
     /// BLAKE3 of its compressed bytes, checked when they are read back.
     pub packed_hash: ChunkHash,
+    /// Where writing a later layer can resume after this chunk (see
+    /// [`ChunkResume`]), if anywhere.
+    pub resume: Option<ChunkResume>,
+}
+
+/// A resume point at the end of a chunk: a layer whose entries have this fingerprint
+/// up to there has the blob's bytes up to there, and its hashes carry on from these
+/// states. Opaque to the store, which only keeps and finds them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkResume {
+    /// The fingerprint of the layer's entries up to the chunk's end.
+    pub fingerprint: ChunkHash,
+    /// Tar entries up to there.
+    pub entries: u64,
+    /// Saved state of the tar's hash.
+    pub tar_state: Vec<u8>,
+    /// Saved state of the blob's hash.
+    pub out_state: Vec<u8>,
 }
 
 /// Where a chunk's compressed bytes are.
@@ -58,12 +77,29 @@ pub struct ChunkLocation {
 #[derive(Clone, Debug, Default)]
 pub struct ChunkIndex {
     map: HashMap<(ChunkHash, u64), ChunkLocation>,
+    /// Every indexed blob's chunks, in order.
+    blobs: HashMap<Digest, Arc<Vec<ChunkEntry>>>,
+    /// Resume fingerprint -> the blob and the index of the chunk it ends.
+    resumes: HashMap<ChunkHash, (Digest, usize)>,
 }
 
 impl ChunkIndex {
     /// Where the chunk with `hash` and `size` uncompressed bytes is, if recorded.
     pub fn get(&self, hash: &ChunkHash, size: u64) -> Option<&ChunkLocation> {
         self.map.get(&(*hash, size))
+    }
+
+    /// The head of a blob ending with the resume point `fingerprint`: the blob and
+    /// its chunks from the first to the one that carries the point.
+    pub fn resume(&self, fingerprint: &ChunkHash) -> Option<(&Digest, &[ChunkEntry])> {
+        let (blob, last) = self.resumes.get(fingerprint)?;
+        let chunks = self.blobs.get(blob)?;
+        Some((blob, chunks.get(..=*last)?))
+    }
+
+    /// Whether any resume point is known.
+    pub fn has_resume_points(&self) -> bool {
+        !self.resumes.is_empty()
     }
 
     /// Number of chunks known.
@@ -85,10 +121,26 @@ struct IndexFile {
     /// `[hash hex, size, offset, len, compressed bytes' hash hex]` per chunk, in blob
     /// order.
     chunks: Vec<(String, u64, u64, u64, String)>,
+    /// `[chunk number, fingerprint hex, entries, tar hash state hex, blob hash state
+    /// hex]` per resume point (absent in older files).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    resume: Vec<(usize, String, u64, String, String)>,
 }
 
-fn hex(hash: &ChunkHash) -> String {
-    hash.iter().map(|b| format!("{b:02x}")).collect()
+/// A saved hash state is a few dozen bytes; anything much longer is not one.
+const MAX_STATE_LEN: usize = 256;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex_vec(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || s.len() > 2 * MAX_STATE_LEN {
+        return None;
+    }
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
 }
 
 fn unhex(s: &str) -> Option<ChunkHash> {
@@ -145,6 +197,20 @@ impl Store {
                 .iter()
                 .map(|c| (hex(&c.hash), c.size, c.offset, c.len, hex(&c.packed_hash)))
                 .collect(),
+            resume: chunks
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| {
+                    let r = c.resume.as_ref()?;
+                    Some((
+                        i,
+                        hex(&r.fingerprint),
+                        r.entries,
+                        hex(&r.tar_state),
+                        hex(&r.out_state),
+                    ))
+                })
+                .collect(),
         };
         let bytes = serde_json::to_vec(&file).map_err(|source| CacheError::Serialize {
             what: format!("chunk index of {blob}"),
@@ -180,9 +246,10 @@ impl Store {
             {
                 continue;
             }
+            let mut chunks = Vec::with_capacity(file.chunks.len());
             for (h, size, offset, len, packed) in file.chunks {
                 let (Some(hash), Some(packed_hash)) = (unhex(&h), unhex(&packed)) else {
-                    continue;
+                    break;
                 };
                 index.map.entry((hash, size)).or_insert(ChunkLocation {
                     blob: blob.clone(),
@@ -190,7 +257,45 @@ impl Store {
                     len,
                     packed_hash,
                 });
+                chunks.push(ChunkEntry {
+                    hash,
+                    size,
+                    offset,
+                    len,
+                    packed_hash,
+                    resume: None,
+                });
             }
+            // Resume points only where the chunks before them are all known and
+            // contiguous from the blob's start.
+            let contiguous = chunks
+                .iter()
+                .scan(0u64, |end, c| {
+                    let ok = c.offset == *end;
+                    *end = c.offset.saturating_add(c.len);
+                    Some(ok)
+                })
+                .take_while(|ok| *ok)
+                .count();
+            for (i, f, entries, tar, out) in file.resume {
+                let point = (|| {
+                    Some(ChunkResume {
+                        fingerprint: unhex(&f)?,
+                        entries,
+                        tar_state: unhex_vec(&tar)?,
+                        out_state: unhex_vec(&out)?,
+                    })
+                })();
+                let Some(point) = point.filter(|_| i < contiguous) else {
+                    continue;
+                };
+                index
+                    .resumes
+                    .entry(point.fingerprint)
+                    .or_insert((blob.clone(), i));
+                chunks[i].resume = Some(point);
+            }
+            index.blobs.insert(blob, Arc::new(chunks));
         }
         Ok(index)
     }
@@ -211,6 +316,43 @@ impl Store {
         }
         // A damaged blob must not spread into new ones: the bytes are checked.
         (blake3::hash(&buf).as_bytes() == &loc.packed_hash).then_some(buf)
+    }
+
+    /// Writes the compressed bytes of `chunks`, the head of blob `blob` from its
+    /// start on (as [`ChunkIndex::resume`] gives them), to `out`, each chunk checked
+    /// against its recorded hash before it is written. A blob that does not hold
+    /// them loses its index files (the next build compresses again) and is an error.
+    pub fn copy_chunks(
+        &self,
+        blob: &Digest,
+        chunks: &[ChunkEntry],
+        out: &mut dyn Write,
+    ) -> io::Result<()> {
+        let path = self.blob_path(blob);
+        let mut file = fs::File::open(&path)?;
+        let mut buf = Vec::new();
+        let mut pos = 0u64;
+        for c in chunks {
+            buf.clear();
+            let good = c.offset == pos
+                && (&mut file).take(c.len).read_to_end(&mut buf).is_ok()
+                && buf.len() as u64 == c.len
+                && blake3::hash(&buf).as_bytes() == &c.packed_hash;
+            if !good {
+                self.forget_chunks(blob);
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "blob {blob} does not hold the chunk recorded at offset {} \
+                         (its chunk index entries are dropped)",
+                        c.offset
+                    ),
+                ));
+            }
+            out.write_all(&buf)?;
+            pos += c.len;
+        }
+        Ok(())
     }
 
     /// Removes the index files of blob `blob` (every codec). Best effort.
@@ -270,7 +412,59 @@ mod tests {
             offset,
             len,
             packed_hash: *blake3::hash(packed).as_bytes(),
+            resume: None,
         }
+    }
+
+    #[test]
+    fn resume_points_are_kept_found_and_their_heads_copied_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let bytes = b"aaaabbbbbbcc";
+        let blob = store.put_blob(bytes).unwrap();
+        let point = |n: u8| ChunkResume {
+            fingerprint: [n; 32],
+            entries: u64::from(n),
+            tar_state: vec![n; 105],
+            out_state: vec![n + 1; 105],
+        };
+        let mut chunks = vec![
+            entry(1, bytes, 0, 4),
+            entry(2, bytes, 4, 6),
+            entry(3, bytes, 10, 2),
+        ];
+        chunks[1].resume = Some(point(9));
+        store.record_chunks("gzip-6-c1", &blob, &chunks).unwrap();
+        let index = store.chunk_index("gzip-6-c1").unwrap();
+        assert!(index.has_resume_points());
+        assert!(index.resume(&[1; 32]).is_none());
+        let (found, head) = index.resume(&[9; 32]).unwrap();
+        assert_eq!(found, &blob);
+        assert_eq!(head, &chunks[..2]);
+        let mut out = Vec::new();
+        store.copy_chunks(&blob, head, &mut out).unwrap();
+        assert_eq!(out, b"aaaabbbbbb");
+
+        // A damaged blob: an error, and its index entries go.
+        let damaged = [entry(1, bytes, 0, 4), entry(2, b"aaaaBBBBBBcc", 4, 6)];
+        let err = store
+            .copy_chunks(&blob, &damaged, &mut Vec::new())
+            .unwrap_err();
+        assert!(err.to_string().contains("offset 4"), "{err}");
+        assert!(!store.chunk_index("gzip-6-c1").unwrap().has_resume_points());
+
+        // A file of an older kiln (no resume points) still reads.
+        let old = store.put_blob(b"older").unwrap();
+        let path = store.chunk_file("gzip-6-c1", &old);
+        let h = hex(blake3::hash(b"older").as_bytes());
+        let text = format!(
+            r#"{{"blob":"{old}","codec":"gzip-6-c1","chunks":[["{}",5,0,5,"{h}"]]}}"#,
+            hex(&[4; 32])
+        );
+        fs::write(path, text).unwrap();
+        let index = store.chunk_index("gzip-6-c1").unwrap();
+        assert!(index.get(&[4; 32], 5).is_some());
+        assert!(!index.has_resume_points());
     }
 
     #[test]

@@ -42,7 +42,7 @@ mod store;
 mod tags;
 
 pub use blob::BlobWriter;
-pub use chunks::{ChunkEntry, ChunkHash, ChunkIndex, ChunkLocation};
+pub use chunks::{ChunkEntry, ChunkHash, ChunkIndex, ChunkLocation, ChunkResume};
 pub use digest::{Digest, sha256_of};
 pub use error::{CacheError, Result};
 pub use gc::{

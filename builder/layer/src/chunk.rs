@@ -56,6 +56,66 @@ pub trait ChunkCache: Send + Sync {
     /// them, checked against the BLAKE3 of the compressed bytes recorded with them. Any
     /// failure (blob gone, short read, other bytes) is a miss: `None`.
     fn find(&self, codec: &str, key: &ChunkKey, uncompressed_len: u64) -> Option<CachedChunk>;
+
+    /// Whether [`ChunkCache::resume`] may find anything for `codec` (when not, a layer
+    /// writer does not stat its entries' sources to fingerprint them for a lookup).
+    fn can_resume(&self, _codec: &str) -> bool {
+        false
+    }
+
+    /// The head of a stored blob compressed as `codec` that ends with the resume point
+    /// `fingerprint`, if any.
+    fn resume(&self, _codec: &str, _fingerprint: &Fingerprint) -> Option<Resume> {
+        None
+    }
+
+    /// Writes the compressed bytes of `resume`'s chunks to `out`, each one checked
+    /// against its `packed_key` before it is written.
+    fn copy_head(&self, resume: &Resume, _out: &mut dyn Write) -> io::Result<()> {
+        Err(io::Error::other(format!(
+            "this chunk cache cannot copy the head of {}",
+            resume.source
+        )))
+    }
+}
+
+/// A rolling fingerprint of a layer's entries: of everything that decides the tar
+/// bytes of the entries so far (names, metadata, the identity and stat of the files
+/// their bytes come from) and of the options. Equal fingerprints, equal tar.
+pub type Fingerprint = [u8; 32];
+
+/// Where writing a layer can resume: at the end of a chunk that ended exactly after
+/// an entry. A later layer whose entries have the same fingerprint up to that entry
+/// has the same tar and blob up to there: it copies the earlier blob's compressed
+/// bytes and carries on from the saved hash states, without reading or hashing the
+/// head again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumePoint {
+    /// The fingerprint of the entries up to the chunk's end.
+    pub fingerprint: Fingerprint,
+    /// Tar entries written up to there.
+    pub entries: u64,
+    /// The sha256 state of the tar up to there (see `Hashing::state`).
+    pub tar_state: Vec<u8>,
+    /// The sha256 state of the blob up to there.
+    pub out_state: Vec<u8>,
+}
+
+/// The head of an earlier blob that a layer can resume from: its chunks from the
+/// start up to one with a [`ResumePoint`], which is the last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    /// Which blob the chunks are in, in the cache's terms.
+    pub source: String,
+    /// The chunks, in order, starting at offset 0.
+    pub chunks: Vec<ChunkInfo>,
+}
+
+impl Resume {
+    /// The resume point at the end of the head.
+    pub fn point(&self) -> Option<&ResumePoint> {
+        self.chunks.last()?.resume.as_ref()
+    }
 }
 
 /// A chunk's compressed bytes as a [`ChunkCache`] found them.
@@ -83,6 +143,9 @@ pub struct ChunkInfo {
     pub packed_key: ChunkKey,
     /// Whether its compressed bytes came from a [`ChunkCache`].
     pub reused: bool,
+    /// Where a later layer can resume after this chunk, when it ended right after an
+    /// entry whose fingerprint the writer knew.
+    pub resume: Option<ResumePoint>,
 }
 
 /// The name chunks compressed as `compression` are remembered under: the algorithm,
@@ -140,16 +203,28 @@ struct Packed {
 /// the tar overlaps with producing the next batch.
 type TarHash = Hashing<io::Sink>;
 
-/// A batch of chunks handed to the packing thread.
+/// What the writer knows at the end of an entry: its fingerprint and the number of
+/// tar entries so far. A chunk that ends there keeps it as a resume point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Mark {
+    pub(super) fingerprint: Fingerprint,
+    pub(super) entries: u64,
+}
+
+/// A batch of chunks handed to the packing thread, with the mark each one ends at.
 struct Job {
     chunks: Vec<Vec<u8>>,
+    marks: Vec<Option<Mark>>,
     hash: TarHash,
 }
 
 /// A packed batch: the chunks' buffers (for reuse), the diff_id hasher with the batch
-/// hashed in, and each chunk's compressed bytes.
+/// hashed in, each chunk's compressed bytes, and the tar's hash state after each
+/// marked chunk.
 struct Done {
     chunks: Vec<Vec<u8>>,
+    marks: Vec<Option<Mark>>,
+    tar_states: Vec<Option<Vec<u8>>>,
     hash: TarHash,
     packed: Vec<io::Result<Packed>>,
 }
@@ -167,19 +242,28 @@ impl Packer {
     /// chunks in parallel on the rayon pool.
     fn pack(&self, job: Job) -> io::Result<Done> {
         use rayon::prelude::*;
-        let Job { chunks, mut hash } = job;
+        let Job {
+            chunks,
+            marks,
+            mut hash,
+        } = job;
         let (hashed, packed) = rayon::join(
-            || {
-                chunks
-                    .iter()
-                    .try_for_each(|c| hash.write_all(c))
-                    .map(|()| hash)
+            || -> io::Result<_> {
+                let mut states = Vec::with_capacity(chunks.len());
+                for (c, mark) in chunks.iter().zip(&marks) {
+                    hash.write_all(c)?;
+                    states.push(mark.is_some().then(|| hash.state()));
+                }
+                Ok((hash, states))
             },
             || chunks.par_iter().map(|data| self.pack_one(data)).collect(),
         );
+        let (hash, tar_states) = hashed?;
         Ok(Done {
             chunks,
-            hash: hashed?,
+            marks,
+            tar_states,
+            hash,
             packed,
         })
     }
@@ -248,10 +332,13 @@ fn pack_thread_gone() -> io::Error {
 /// caller produces the next batch; at most one batch is in flight, and results are
 /// written in order, so the output does not depend on the timing.
 pub(super) struct Chunker<W: Write> {
-    out: W,
+    out: Hashing<W>,
     packer: Packer,
     cur: Vec<u8>,
+    /// The mark of the entry that just ended, until more bytes are written.
+    mark: Option<Mark>,
     pending: Vec<Vec<u8>>,
+    pending_marks: Vec<Option<Mark>>,
     pending_bytes: u64,
     /// In a big file's entry: the bytes of it written so far.
     big: Option<u64>,
@@ -275,14 +362,16 @@ impl<W: Write> Chunker<W> {
     ) -> Self {
         let codec = chunk_codec(compression).unwrap_or_else(|| "tar".to_owned());
         Chunker {
-            out,
+            out: Hashing::new(out),
             packer: Packer {
                 compression,
                 codec: codec.into(),
                 cache,
             },
             cur: Vec::new(),
+            mark: None,
             pending: Vec::new(),
+            pending_marks: Vec::new(),
             pending_bytes: 0,
             big: None,
             offset: 0,
@@ -303,8 +392,48 @@ impl<W: Write> Chunker<W> {
         Ok(())
     }
 
-    /// The entry named `name` (its tar name) has been written, padding included.
-    pub(super) fn end_entry(&mut self, name: &[u8]) -> io::Result<()> {
+    /// The name its chunks are remembered under ([`chunk_codec`]).
+    pub(super) fn codec(&self) -> &str {
+        &self.packer.codec
+    }
+
+    /// Starts the layer with the head of an earlier blob (nothing may have been written
+    /// yet): its compressed bytes are copied through `cache` (checked there) and the
+    /// tar and blob hashes carry on from the saved states. Returns the number of tar
+    /// entries in the head.
+    pub(super) fn resume(&mut self, cache: &dyn ChunkCache, resume: Resume) -> io::Result<u64> {
+        let bad = || {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "bad resume point in chunk cache",
+            )
+        };
+        let point = resume.point().ok_or_else(bad)?.clone();
+        let tar_len: u64 = resume.chunks.iter().map(|c| c.uncompressed_len).sum();
+        let out_len = resume.chunks.last().map_or(0, |c| c.offset + c.len);
+        let mut hash = Hashing::new(io::sink());
+        if self.offset != 0
+            || !self.cur.is_empty()
+            || !hash.restore(&point.tar_state, tar_len)
+            || !self.out.restore(&point.out_state, out_len)
+        {
+            return Err(bad());
+        }
+        self.hash = Some(hash);
+        // Straight to the output: these bytes are already in the restored hash.
+        cache.copy_head(&resume, self.out.get_mut())?;
+        self.offset = out_len;
+        self.chunks = resume.chunks;
+        for c in &mut self.chunks {
+            c.reused = true;
+        }
+        Ok(point.entries)
+    }
+
+    /// The entry named `name` (its tar name) has been written, padding included;
+    /// `mark` is its fingerprint, if the writer has one.
+    pub(super) fn end_entry(&mut self, name: &[u8], mark: Option<Mark>) -> io::Result<()> {
+        self.mark = mark;
         let len = self.cur.len() as u64;
         if self.big.take().is_some()
             || len >= CHUNK_MAX
@@ -327,6 +456,7 @@ impl<W: Write> Chunker<W> {
         let chunk = std::mem::replace(&mut self.cur, next);
         self.pending_bytes += chunk.len() as u64;
         self.pending.push(chunk);
+        self.pending_marks.push(self.mark.take());
         if self.pending_bytes >= BATCH_BYTES {
             self.submit()?;
         }
@@ -351,6 +481,7 @@ impl<W: Write> Chunker<W> {
         self.pending_bytes = 0;
         Job {
             chunks: std::mem::take(&mut self.pending),
+            marks: std::mem::take(&mut self.pending_marks),
             // Only taken while no batch is in flight.
             hash: self.hash.take().unwrap_or_else(|| Hashing::new(io::sink())),
         }
@@ -371,11 +502,14 @@ impl<W: Write> Chunker<W> {
     fn write_done(&mut self, done: Done) -> io::Result<()> {
         let Done {
             chunks,
+            marks,
+            tar_states,
             hash,
             packed,
         } = done;
         self.hash = Some(hash);
-        for (mut data, result) in chunks.into_iter().zip(packed) {
+        let each = chunks.into_iter().zip(marks).zip(tar_states).zip(packed);
+        for (((mut data, mark), tar_state), result) in each {
             let Packed {
                 key,
                 bytes,
@@ -383,6 +517,12 @@ impl<W: Write> Chunker<W> {
                 packed_key,
             } = result?;
             self.out.write_all(&bytes)?;
+            let resume = mark.zip(tar_state).map(|(mark, tar_state)| ResumePoint {
+                fingerprint: mark.fingerprint,
+                entries: mark.entries,
+                tar_state,
+                out_state: self.out.state(),
+            });
             self.chunks.push(ChunkInfo {
                 key,
                 offset: self.offset,
@@ -390,6 +530,7 @@ impl<W: Write> Chunker<W> {
                 uncompressed_len: data.len() as u64,
                 packed_key,
                 reused,
+                resume,
             });
             self.offset += bytes.len() as u64;
             data.clear();
@@ -426,7 +567,8 @@ impl<W: Write> Chunker<W> {
 
 /// What a [`Chunker`] wrote.
 pub(super) struct Chunked<W> {
-    pub(super) out: W,
+    /// The output, with the blob's hash.
+    pub(super) out: Hashing<W>,
     pub(super) chunks: Vec<ChunkInfo>,
     pub(super) diff_id: Digest,
     pub(super) uncompressed_size: u64,
@@ -447,6 +589,9 @@ impl<W: Write> Write for Chunker<W> {
             }
             None => buf.len(),
         };
+        if n > 0 {
+            self.mark = None;
+        }
         self.cur.extend_from_slice(&buf[..n]);
         Ok(n)
     }

@@ -30,7 +30,7 @@ mod tests;
 
 pub use chunk::{
     BIG_FILE, BIG_SPLIT, CHUNK_MAX, CHUNK_MIN, CUT_ODDS, CachedChunk, ChunkCache, ChunkInfo,
-    ChunkKey, chunk_codec,
+    ChunkKey, Fingerprint, Resume, ResumePoint, chunk_codec,
 };
 pub use compression::{
     Compression, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_TAR_GZIP, MEDIA_TYPE_LAYER_TAR_ZSTD,

@@ -15,7 +15,7 @@ use rustix::fs::{Mode, OFlags};
 use tar::{EntryType, Header};
 use walkdir::WalkDir;
 
-use super::chunk::{ChunkCache, ChunkInfo, Chunked, Chunker};
+use super::chunk::{ChunkCache, ChunkInfo, Chunked, Chunker, Fingerprint, Mark};
 use super::compression::{Compression, Encoder};
 use super::error::LayerError;
 use super::whiteout::{
@@ -78,10 +78,11 @@ pub struct LayerInfo {
 }
 
 /// Where the tar stream goes: a chunker for gzip and zstd, the plain output for an
-/// uncompressed layer. Either hashes the tar for the diff_id.
+/// uncompressed layer. Either hashes the tar for the diff_id and the blob for its
+/// digest.
 enum Sink<W: Write> {
-    Chunked(Chunker<W>),
-    Plain(Hashing<Encoder<W>>),
+    Chunked(Box<Chunker<W>>),
+    Plain(Box<Hashing<Encoder<Hashing<W>>>>),
 }
 
 impl<W: Write> Sink<W> {
@@ -92,9 +93,9 @@ impl<W: Write> Sink<W> {
         }
     }
 
-    fn end_entry(&mut self, name: &[u8]) -> io::Result<()> {
+    fn end_entry(&mut self, name: &[u8], mark: Option<Mark>) -> io::Result<()> {
         match self {
-            Sink::Chunked(c) => c.end_entry(name),
+            Sink::Chunked(c) => c.end_entry(name, mark),
             Sink::Plain(_) => Ok(()),
         }
     }
@@ -103,7 +104,7 @@ impl<W: Write> Sink<W> {
         match self {
             Sink::Chunked(c) => c.finish(),
             Sink::Plain(e) => {
-                let (encoder, diff_id, uncompressed_size) = e.finish();
+                let (encoder, diff_id, uncompressed_size) = (*e).finish();
                 Ok(Chunked {
                     out: encoder.finish()?,
                     chunks: Vec::new(),
@@ -355,22 +356,48 @@ fn write_items(
     out: impl Write,
     dir: &Path,
 ) -> Result<LayerInfo, LayerError> {
-    let hashed_out = Hashing::new(out);
-    let sink = match opts.compression {
-        Compression::Uncompressed => Sink::Plain(Hashing::new(
-            Encoder::new(Compression::Uncompressed, hashed_out)
+    let mut sink = match opts.compression {
+        Compression::Uncompressed => Sink::Plain(Box::new(Hashing::new(
+            Encoder::new(Compression::Uncompressed, Hashing::new(out))
                 .map_err(|e| LayerError::io("start writing layer from", dir, e))?,
-        )),
-        c => Sink::Chunked(Chunker::new(c, opts.chunk_cache.clone(), hashed_out)),
+        ))),
+        c => Sink::Chunked(Box::new(Chunker::new(c, opts.chunk_cache.clone(), out))),
     };
-    let mut builder = tar::Builder::new(sink);
     let epoch = opts.source_date_epoch;
     let mut entries = 0u64;
     // (dev, ino) -> tar name of the first path with that inode.
     let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
 
+    // Fingerprints of the entries, for resume points in the chunk index, and the
+    // longest head of an earlier blob with the same entries, if the cache has one.
+    let mut prints = Vec::new();
+    let mut start = 0;
+    if let (Sink::Chunked(chunker), Some(cache)) = (&mut sink, opts.chunk_cache.as_deref()) {
+        let codec = chunker.codec().to_owned();
+        prints = fingerprints(items, epoch, &codec);
+        let found = cache.can_resume(&codec).then(|| {
+            prints
+                .iter()
+                .enumerate()
+                .rev()
+                .find_map(|(i, f)| cache.resume(&codec, f).map(|r| (i, r)))
+        });
+        if let Some((last, resume)) = found.flatten() {
+            entries = chunker
+                .resume(cache, resume)
+                .map_err(|e| LayerError::io("reuse an earlier layer's head for", dir, e))?;
+            for item in &items[..=last] {
+                if let Some(key) = item.link {
+                    links.entry(key).or_insert_with(|| item.name.clone());
+                }
+            }
+            start = last + 1;
+        }
+    }
+
+    let mut builder = tar::Builder::new(sink);
     let boundary_err = |path: &Path, e| LayerError::io("write layer entry for", path, e);
-    for item in items {
+    for (i, item) in items.iter().enumerate().skip(start) {
         // A second path of an inode is a hardlink entry, with no data.
         let is_link = item.link.is_some_and(|k| links.contains_key(&k));
         let size = if item.kind == Kind::File && !is_link {
@@ -383,9 +410,13 @@ fn write_items(
             .begin_entry(size)
             .map_err(|e| boundary_err(&item.path, e))?;
         entries += write_item(&mut builder, item, epoch, &mut links)?;
+        let mark = prints.get(i).map(|&fingerprint| Mark {
+            fingerprint,
+            entries,
+        });
         builder
             .get_mut()
-            .end_entry(&item.name)
+            .end_entry(&item.name, mark)
             .map_err(|e| boundary_err(&item.path, e))?;
     }
 
@@ -408,6 +439,108 @@ fn write_items(
         entries,
         chunks,
     })
+}
+
+/// The rolling fingerprints of `items` (each one covers the items before it too), as
+/// far as they can be made: one per item, fewer if a source cannot be stat'ed. They
+/// cover what decides each item's tar bytes: its name, kind, metadata, given bytes
+/// or link target, and the identity and stat (inode, size, mtime and ctime to the
+/// nanosecond) of the files its bytes and xattrs are read from, as a build context's
+/// stat cache trusts them; plus `codec` and the mtime clamp.
+fn fingerprints(items: &[Item], epoch: Option<i64>, codec: &str) -> Vec<Fingerprint> {
+    let mut h = blake3::Hasher::new();
+    h.update(b"kiln layer resume v1\0");
+    put_bytes(&mut h, codec.as_bytes());
+    h.update(&epoch.map_or([0xff; 8], i64::to_le_bytes));
+    let mut prev = *h.finalize().as_bytes();
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let Some(f) = item_fingerprint(&prev, item, epoch) else {
+            break;
+        };
+        out.push(f);
+        prev = f;
+    }
+    out
+}
+
+fn item_fingerprint(prev: &Fingerprint, item: &Item, epoch: Option<i64>) -> Option<Fingerprint> {
+    let mut h = blake3::Hasher::new();
+    h.update(prev);
+    put_bytes(&mut h, &item.name);
+    let (tag, opaque) = match item.kind {
+        Kind::Dir { opaque } => (0u8, opaque),
+        Kind::File => (1, false),
+        Kind::Symlink => (2, false),
+        Kind::Fifo => (3, false),
+        Kind::Char => (4, false),
+        Kind::Block => (5, false),
+        Kind::Whiteout => (6, false),
+    };
+    h.update(&[tag, u8::from(opaque), u8::from(item.xattrs)]);
+    let nums = [
+        u64::from(item.mode),
+        u64::from(item.uid),
+        u64::from(item.gid),
+        clamp_mtime(item.mtime, epoch),
+        item.size,
+        item.rdev,
+    ];
+    for n in nums {
+        h.update(&n.to_le_bytes());
+    }
+    match item.link {
+        Some((dev, ino)) => h
+            .update(&[1])
+            .update(&dev.to_le_bytes())
+            .update(&ino.to_le_bytes()),
+        None => h.update(&[0]),
+    };
+    match &item.data {
+        Some(data) => h.update(&[1]).update(blake3::hash(data).as_bytes()),
+        None => h.update(&[0]),
+    };
+    match &item.target {
+        Some(target) => {
+            h.update(&[1]);
+            put_bytes(&mut h, target.as_os_str().as_bytes());
+            // A file's bytes come from there; a symlink's target is just text.
+            if item.kind == Kind::File {
+                put_stat(&mut h, target)?;
+            }
+        }
+        None => {
+            h.update(&[0]);
+        }
+    }
+    if !item.path.as_os_str().is_empty() {
+        put_stat(&mut h, &item.path)?;
+    }
+    Some(*h.finalize().as_bytes())
+}
+
+fn put_bytes(h: &mut blake3::Hasher, bytes: &[u8]) {
+    h.update(&(bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
+}
+
+/// Hashes the identity and stat of `path` (not following a symlink).
+fn put_stat(h: &mut blake3::Hasher, path: &Path) -> Option<()> {
+    let m = fs::symlink_metadata(path).ok()?;
+    let nums = [
+        m.dev(),
+        m.ino(),
+        u64::from(m.mode()),
+        m.len(),
+        m.mtime() as u64,
+        m.mtime_nsec() as u64,
+        m.ctime() as u64,
+        m.ctime_nsec() as u64,
+    ];
+    for n in nums {
+        h.update(&n.to_le_bytes());
+    }
+    Some(())
 }
 
 /// Writes one item (a hardlink entry for a second path of an inode; an opaque

@@ -12,6 +12,7 @@ use std::io::{self, Read, Write};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use sha2::digest::common::hazmat::{SerializableState, SerializedState};
 use sha2::{Digest as _, Sha256};
 
 const SHA256_PREFIX: &str = "sha256:";
@@ -254,6 +255,30 @@ impl<T> Hashing<T> {
         &mut self.inner
     }
 
+    /// The state of the hash after the bytes so far (a few dozen bytes), from which
+    /// [`Hashing::restore`] resumes: hashing a stream's head once and its tail
+    /// later gives the digest of the whole stream.
+    pub fn state(&self) -> Vec<u8> {
+        self.hasher.serialize().to_vec()
+    }
+
+    /// Replaces the hash state and count by ones [`Hashing::state`] and
+    /// [`Hashing::count`] gave after some bytes: the bytes hashed from now on
+    /// follow those. `false` (and nothing changed) if `state` is not such a state.
+    pub fn restore(&mut self, state: &[u8], count: u64) -> bool {
+        let Ok(serialized) = SerializedState::<Sha256>::try_from(state) else {
+            return false;
+        };
+        match Sha256::deserialize(&serialized) {
+            Ok(hasher) => {
+                self.hasher = hasher;
+                self.count = count;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Finishes hashing: the wrapped value (not flushed), the digest of
     /// everything so far, and its length.
     pub fn finish(self) -> (T, Digest, u64) {
@@ -295,6 +320,24 @@ impl<T: std::fmt::Debug> std::fmt::Debug for Hashing<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restored_state_hashes_on_where_it_was_saved() {
+        let mut head = Hashing::new(io::sink());
+        head.write_all(&[7u8; 1000]).unwrap();
+        let (state, count) = (head.state(), head.count());
+        let mut tail = Hashing::new(io::sink());
+        assert!(tail.restore(&state, count));
+        tail.write_all(b"and the rest").unwrap();
+        let (_, digest, len) = tail.finish();
+        let mut whole = [7u8; 1000].to_vec();
+        whole.extend_from_slice(b"and the rest");
+        assert_eq!(digest, sha256_digest(&whole));
+        assert_eq!(len, 1012);
+        let mut other = Hashing::new(io::sink());
+        assert!(!other.restore(b"not a state", 5));
+        assert_eq!(other.count(), 0);
+    }
 
     const EMPTY: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
     const ABC: &str = "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";

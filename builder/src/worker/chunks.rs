@@ -4,8 +4,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use kiln_cache::{ChunkEntry, ChunkIndex, Store};
-use kiln_layer::{CachedChunk, ChunkCache, ChunkInfo, ChunkKey};
+use std::io::{self, Write};
+
+use kiln_cache::{ChunkEntry, ChunkIndex, ChunkResume, Digest, Store};
+use kiln_layer::{CachedChunk, ChunkCache, ChunkInfo, ChunkKey, Fingerprint, Resume, ResumePoint};
 
 /// Chunks of the blobs stored when the build started, per codec (each codec's index
 /// is read on first use).
@@ -44,6 +46,47 @@ impl ChunkCache for StoreChunks {
             packed_key: loc.packed_hash,
         })
     }
+
+    fn can_resume(&self, codec: &str) -> bool {
+        self.index(codec).has_resume_points()
+    }
+
+    fn resume(&self, codec: &str, fingerprint: &Fingerprint) -> Option<Resume> {
+        let index = self.index(codec);
+        let (blob, head) = index.resume(fingerprint)?;
+        // A blob collected since the index was read cannot be resumed from.
+        if !self.store.has_blob(blob) {
+            return None;
+        }
+        Some(Resume {
+            source: blob.to_string(),
+            chunks: head.iter().map(info).collect(),
+        })
+    }
+
+    fn copy_head(&self, resume: &Resume, out: &mut dyn Write) -> io::Result<()> {
+        let blob = Digest::parse(&resume.source)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        self.store.copy_chunks(&blob, &entries(&resume.chunks), out)
+    }
+}
+
+/// A recorded chunk as the layer writer knows it.
+fn info(c: &ChunkEntry) -> ChunkInfo {
+    ChunkInfo {
+        key: c.hash,
+        offset: c.offset,
+        len: c.len,
+        uncompressed_len: c.size,
+        packed_key: c.packed_hash,
+        reused: true,
+        resume: c.resume.as_ref().map(|r| ResumePoint {
+            fingerprint: r.fingerprint,
+            entries: r.entries,
+            tar_state: r.tar_state.clone(),
+            out_state: r.out_state.clone(),
+        }),
+    }
 }
 
 /// What the store records of a blob's chunks.
@@ -56,6 +99,12 @@ pub(super) fn entries(chunks: &[ChunkInfo]) -> Vec<ChunkEntry> {
             offset: c.offset,
             len: c.len,
             packed_hash: c.packed_key,
+            resume: c.resume.as_ref().map(|r| ChunkResume {
+                fingerprint: r.fingerprint,
+                entries: r.entries,
+                tar_state: r.tar_state.clone(),
+                out_state: r.out_state.clone(),
+            }),
         })
         .collect()
 }

@@ -2,7 +2,7 @@
 //! a cache give the same bytes, and that the thread count changes nothing.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,7 +12,8 @@ use tempfile::tempdir;
 use super::super::chunk::compress_chunk;
 use super::super::compression::Encoder;
 use super::super::{
-    BIG_FILE, BIG_SPLIT, CHUNK_MAX, CachedChunk, ChunkCache, ChunkKey, chunk_codec,
+    BIG_FILE, BIG_SPLIT, CHUNK_MAX, CachedChunk, ChunkCache, ChunkInfo, ChunkKey, Fingerprint,
+    Resume, chunk_codec,
 };
 use super::*;
 use kiln_oci::digest::sha256_digest;
@@ -55,6 +56,10 @@ fn build_big_tree(dir: &Path) {
 struct MemCache {
     chunks: Mutex<HashMap<(String, ChunkKey), Vec<u8>>>,
     hits: AtomicUsize,
+    /// Remembered blobs by number, and their resume points.
+    blobs: Mutex<Vec<(Vec<ChunkInfo>, Vec<u8>)>>,
+    resumes: Mutex<HashMap<(String, Fingerprint), (usize, usize)>>,
+    resumed: AtomicUsize,
 }
 
 impl MemCache {
@@ -65,6 +70,14 @@ impl MemCache {
             let bytes = blob[c.offset as usize..(c.offset + c.len) as usize].to_vec();
             map.insert((codec.clone(), c.key), bytes);
         }
+        let mut blobs = self.blobs.lock().unwrap();
+        let mut resumes = self.resumes.lock().unwrap();
+        for (i, c) in info.chunks.iter().enumerate() {
+            if let Some(point) = &c.resume {
+                resumes.insert((codec.clone(), point.fingerprint), (blobs.len(), i));
+            }
+        }
+        blobs.push((info.chunks.clone(), blob.to_vec()));
     }
 }
 
@@ -83,6 +96,31 @@ impl ChunkCache for MemCache {
             packed_key: *blake3::hash(&bytes).as_bytes(),
             bytes,
         })
+    }
+
+    fn can_resume(&self, _codec: &str) -> bool {
+        !self.resumes.lock().unwrap().is_empty()
+    }
+
+    fn resume(&self, codec: &str, fingerprint: &Fingerprint) -> Option<Resume> {
+        let (blob, last) = *self
+            .resumes
+            .lock()
+            .unwrap()
+            .get(&(codec.to_owned(), *fingerprint))?;
+        let chunks = self.blobs.lock().unwrap()[blob].0[..=last].to_vec();
+        Some(Resume {
+            source: blob.to_string(),
+            chunks,
+        })
+    }
+
+    fn copy_head(&self, resume: &Resume, out: &mut dyn Write) -> io::Result<()> {
+        self.resumed.fetch_add(1, Ordering::Relaxed);
+        let blobs = self.blobs.lock().unwrap();
+        let bytes = &blobs[resume.source.parse::<usize>().unwrap()].1;
+        let end = resume.chunks.last().map_or(0, |c| c.offset + c.len) as usize;
+        out.write_all(&bytes[..end])
     }
 }
 
@@ -326,5 +364,59 @@ fn a_layer_of_several_batches_is_packed_in_order_on_the_packing_thread() {
             "{compression:?}: reused chunks, other bytes"
         );
         assert_eq!(again.digest, info.digest);
+    }
+}
+
+#[test]
+fn a_layer_with_the_same_head_resumes_from_the_earlier_blob() {
+    // The anchors' bigcopy in small: big files first, then many small ones. An edit
+    // late in the order resumes after the big files: their compressed bytes are
+    // copied and the hashes carry on from the saved states; the blob is the one a
+    // fresh write gives.
+    let src = tempdir().unwrap();
+    build_big_tree(src.path());
+    let late = src.path().join("small/d029/f099.txt");
+    // The first entry: "big/".
+    let early = src.path().join("big");
+    for compression in CHUNKED {
+        let cache = Arc::new(MemCache::default());
+        let (cold, cold_blob) = write_vec(src.path(), &with_cache(compression, &cache));
+        assert!(cold.chunks.iter().any(|c| c.resume.is_some()));
+        cache.remember(compression, &cold, &cold_blob);
+
+        let mut data = fs::read(&late).unwrap();
+        data.extend_from_slice(b"edited\n");
+        fs::write(&late, &data).unwrap();
+        let (edit, edit_blob) = write_vec(src.path(), &with_cache(compression, &cache));
+        assert_eq!(cache.resumed.load(Ordering::Relaxed), 1, "{compression:?}");
+        let (fresh, fresh_blob) = write_vec(src.path(), &opts(compression, Some(1_000_000_000)));
+        assert!(
+            edit_blob == fresh_blob,
+            "{compression:?}: resumed, other bytes"
+        );
+        assert_eq!(
+            edit,
+            LayerInfo {
+                chunks: edit.chunks.clone(),
+                ..fresh.clone()
+            }
+        );
+        // The head came from the earlier blob, the rest was written.
+        let resumed_head = edit.chunks.iter().take_while(|c| c.reused).count();
+        assert!(resumed_head > 2, "{compression:?}: {resumed_head}");
+        let strip =
+            |cs: &[ChunkInfo]| -> Vec<_> { cs.iter().map(|c| (c.key, c.offset, c.len)).collect() };
+        assert_eq!(strip(&edit.chunks), strip(&fresh.chunks));
+        cache.remember(compression, &edit, &edit_blob);
+
+        // The first entry touched (mtime, and ctime with it): no resume point
+        // matches, and the bytes are still the fresh ones.
+        let t = filetime::FileTime::from_unix_time(1_600_000_000, 0);
+        filetime::set_file_mtime(&early, t).unwrap();
+        let (_, again_blob) = write_vec(src.path(), &with_cache(compression, &cache));
+        let (_, fresh_blob) = write_vec(src.path(), &opts(compression, Some(1_000_000_000)));
+        assert_eq!(cache.resumed.load(Ordering::Relaxed), 1, "{compression:?}");
+        assert!(again_blob == fresh_blob, "{compression:?}");
+        set_all_mtimes(src.path(), 1_700_000_000);
     }
 }

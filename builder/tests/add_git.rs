@@ -175,6 +175,49 @@ impl Env {
         );
     }
 
+    /// A repository `srv/NAME.git` with `files` and the submodules `subs` (path, URL,
+    /// commit; gitlinks written directly, nothing is cloned), one commit on `main`; its
+    /// commit id.
+    fn repo(&self, name: &str, files: &[(&str, &str)], subs: &[(&str, &str, &str)]) -> String {
+        let work = self.ws.path(&format!("work-{name}"));
+        fs::create_dir_all(&work).unwrap();
+        git(&work, 0, &["init", "-q", "-b", "main"]);
+        for (path, body) in files {
+            self.ws.write(&format!("work-{name}/{path}"), body);
+        }
+        let mut modules = String::new();
+        for (path, url, _) in subs {
+            modules.push_str(&format!(
+                "[submodule \"{path}\"]\n\tpath = {path}\n\turl = {url}\n"
+            ));
+        }
+        if !subs.is_empty() {
+            self.ws.write(&format!("work-{name}/.gitmodules"), &modules);
+        }
+        git(&work, 1_600_000_000, &["add", "-A"]);
+        // After `add -A`, which would drop gitlinks whose directory is missing.
+        for (path, _, commit) in subs {
+            git(
+                &work,
+                0,
+                &[
+                    "update-index",
+                    "--add",
+                    "--cacheinfo",
+                    &format!("160000,{commit},{path}"),
+                ],
+            );
+        }
+        git(&work, 1_600_000_000, &["commit", "-q", "-m", name]);
+        run_ok(
+            Std::new("git")
+                .args(["clone", "-q", "--bare"])
+                .arg(&work)
+                .arg(self.ws.path(&format!("srv/{name}.git"))),
+        );
+        git(&work, 0, &["rev-parse", "HEAD"])
+    }
+
     fn rev(&self, what: &str) -> String {
         git(&self.ws.path("work"), 0, &["rev-parse", what])
     }
@@ -351,4 +394,101 @@ fn add_git_checksum_and_errors() {
             read(d.log.clone())
         );
     }
+}
+
+#[test]
+fn add_git_fetches_submodules_and_refuses_local_ones() {
+    require_root!();
+    require_tool!("git");
+    let env = Env::new();
+    let d = env.serve();
+    let base = d.url.trim_end_matches("/repo.git").to_string();
+    // super -> vendor/lib (../lib.git, relative to super's URL) -> deep (a full URL).
+    let deep = env.repo("deep", &[("deep.txt", "deep\n")], &[]);
+    let deep_url = format!("{base}/deep.git");
+    let lib = env.repo(
+        "lib",
+        &[("lib.txt", "lib\n")],
+        &[("deep", &deep_url, &deep)],
+    );
+    env.repo(
+        "super",
+        &[("top.txt", "top\n"), ("vendor/README", "vendored\n")],
+        &[("vendor/lib", "../lib.git", &lib)],
+    );
+    let url = format!("{base}/super.git");
+    let df = format!(
+        "FROM scratch\n\
+         ADD {url} /s\n\
+         ADD {url}#main:vendor /v\n\
+         ADD --keep-git-dir {url} /k\n"
+    );
+    let (out, _) = env.build_to("subs", &df);
+    assert_eq!(read(out.join("s/top.txt")), "top\n");
+    assert_eq!(read(out.join("s/vendor/lib/lib.txt")), "lib\n");
+    assert_eq!(read(out.join("s/vendor/lib/deep/deep.txt")), "deep\n");
+    // Without --keep-git-dir no `.git` is left, in the submodules either.
+    assert!(!out.join("s/.git").exists());
+    assert!(!out.join("s/vendor/lib/.git").exists());
+    assert!(!out.join("s/vendor/lib/deep/.git").exists());
+    // A subdir holding a submodule has its files.
+    assert_eq!(read(out.join("v/lib/deep/deep.txt")), "deep\n");
+    assert_eq!(read(out.join("v/README")), "vendored\n");
+    let m = fs::metadata(out.join("s/vendor/lib/deep/deep.txt")).unwrap();
+    assert_eq!((m.uid(), m.mtime()), (0, 1_600_000_000));
+    // Kept: the submodule is a working checkout at its commit.
+    let head = run_ok(
+        Std::new("git")
+            .arg("-C")
+            .arg(out.join("k/vendor/lib"))
+            .args(["rev-parse", "HEAD"]),
+    );
+    assert_eq!(head.trim(), lib);
+
+    // A submodule pointing at the host's files: refused, naming it; nothing copied.
+    env.ws.write("host-secret/secret.txt", "host only\n");
+    let secret = env.ws.path("host-secret");
+    git(&secret, 0, &["init", "-q", "-b", "main"]);
+    git(&secret, 1, &["add", "-A"]);
+    git(&secret, 1, &["commit", "-q", "-m", "s"]);
+    let secret_commit = git(&secret, 0, &["rev-parse", "HEAD"]);
+    for (name, sub_url) in [
+        ("evil-path", secret.display().to_string()),
+        ("evil-file", format!("file://{}", secret.display())),
+    ] {
+        env.repo(name, &[("x", "x\n")], &[("s", &sub_url, &secret_commit)]);
+        let df = format!("FROM scratch\nADD {base}/{name}.git /e\n");
+        let ctx = env.ws.context(&format!("ctx-{name}"), &df);
+        let (ok, stderr, _) = env.build(&ctx, &[]);
+        assert!(!ok, "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "submodule \"s\" has the local URL {sub_url:?}; a repository may not read the host's files"
+            )),
+            "{name}: {stderr}"
+        );
+    }
+    // One level down (the check of the top level does not see it): git's own
+    // `protocol.file.allow=user` refuses it.
+    let inner = env.repo(
+        "evil-inner",
+        &[("y", "y\n")],
+        &[("s", &secret.display().to_string(), &secret_commit)],
+    );
+    env.repo(
+        "evil-outer",
+        &[("z", "z\n")],
+        &[("inner", "../evil-inner.git", &inner)],
+    );
+    let df = format!("FROM scratch\nADD {base}/evil-outer.git /e\n");
+    let ctx = env.ws.context("ctx-evil-outer", &df);
+    let (ok, stderr, _) = env.build(&ctx, &[]);
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "git submodule update of {base}/evil-outer.git failed: fatal: transport 'file' not allowed"
+        )),
+        "{stderr}"
+    );
+    drop(d);
 }

@@ -169,13 +169,19 @@ fn run(mut cmd: Command, what: &'static str, remote: &str) -> Result<String> {
     })?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        let line = err
-            .lines()
-            .find(|l| l.starts_with("fatal:"))
-            .or_else(|| err.lines().rev().find(|l| !l.trim().is_empty()))
-            .unwrap_or("no error output")
-            .trim()
-            .to_string();
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        let line = match lines.iter().position(|l| l.starts_with("fatal:")) {
+            // ssh's reason (`Permission denied (publickey).`, `Connection refused`)
+            // comes before git's generic line.
+            Some(i) if i > 0 && lines[i].contains("Could not read from remote") => {
+                format!("{} ({})", lines[i - 1].trim(), lines[i].trim())
+            }
+            Some(i) => lines[i].trim().to_string(),
+            None => lines
+                .last()
+                .map_or("no error output", |l| l.trim())
+                .to_string(),
+        };
         return Err(GitError::Failed {
             what,
             remote: remote.to_string(),

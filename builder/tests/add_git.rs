@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use assert_cmd::Command;
 use kiln_test_support::registry::free_port;
+use kiln_test_support::ssh::{Agent, Sshd};
 use kiln_test_support::{Workspace, require_root, require_tool, run_ok, wait};
 use serde_json::Value;
 
@@ -65,8 +66,10 @@ impl Env {
     fn kiln(&self) -> Command {
         let mut c = Command::cargo_bin("kiln").unwrap();
         // Build records on: a miss of a git source is explained by its commits.
+        // No agent but the one a test gives with --ssh.
         c.env("KILN_ROOT", self.ws.path("store"))
-            .env_remove("KILN_NO_RECORD");
+            .env_remove("KILN_NO_RECORD")
+            .env_remove("SSH_AUTH_SOCK");
         c
     }
 
@@ -108,6 +111,12 @@ impl Env {
     /// The work repository: two commits on `main` (`v1` annotated and `light` on the
     /// first), served from a bare copy by `git daemon`.
     fn serve(&self) -> Daemon {
+        self.init_repo();
+        self.daemon()
+    }
+
+    /// The work repository (see [`Env::serve`]) and its bare copy `srv/repo.git`.
+    fn init_repo(&self) {
         let work = self.ws.path("work");
         fs::create_dir_all(&work).unwrap();
         git(&work, 0, &["init", "-q", "-b", "main"]);
@@ -129,6 +138,11 @@ impl Env {
                 .arg(&work)
                 .arg(srv.join("repo.git")),
         );
+    }
+
+    /// `git daemon` serving `srv/`.
+    fn daemon(&self) -> Daemon {
+        let srv = self.ws.path("srv");
         let port = free_port();
         let log = self.ws.path("daemon.log");
         // git-daemon itself, not `git daemon`: the wrapper would leave it running
@@ -491,4 +505,75 @@ fn add_git_fetches_submodules_and_refuses_local_ones() {
         "{stderr}"
     );
     drop(d);
+}
+
+#[test]
+fn add_git_over_ssh_with_the_agent() {
+    require_root!();
+    require_tool!("git");
+    require_tool!("sshd");
+    require_tool!("ssh-agent");
+    require_tool!("ssh-add");
+    require_tool!("ssh-keygen");
+    let env = Env::new();
+    env.init_repo();
+    let agent = Agent::start(&env.ws, "agent", "kiln-git-key");
+    let sshd = Sshd::start(&env.ws, "sshd", &[&agent.public_key]);
+    // ssh://USER@HOST:PORT/PATH: the scp-like `git@host:path` form has no port.
+    let url = format!(
+        "ssh://root@127.0.0.1:{}{}",
+        sshd.port,
+        env.ws.path("srv/repo.git").display()
+    );
+    let df = format!(
+        "FROM scratch\n\
+         ADD {url}#v1 /tag/\n\
+         ADD {url}#main:sub /sub\n\
+         ADD --keep-git-dir {url} /kept\n"
+    );
+    let ctx = env.ws.context("ctx-ssh", &df);
+    let out = env.ws.path("out-ssh");
+    let dest = format!("type=local,dest={}", out.display());
+    let sock = format!("default={}", agent.sock.display());
+    let (ok, stderr, _) = env.build(&ctx, &["--ssh", &sock, "-o", &dest]);
+    assert!(ok, "{stderr}\n{}", sshd.log());
+    assert_eq!(read(out.join("tag/a.txt")), "v1\n");
+    assert_eq!(read(out.join("sub/b.txt")), "b\n");
+    assert_eq!(read(out.join("kept/a.txt")), "v2\n");
+    let origin = run_ok(
+        Std::new("git")
+            .arg("--git-dir")
+            .arg(out.join("kept/.git"))
+            .args(["remote", "get-url", "origin"]),
+    );
+    assert_eq!(origin.trim(), url);
+    // The key came from the agent (sshd logs the accepted key's comment-free line).
+    assert!(
+        sshd.log().contains("Accepted publickey for root"),
+        "{}",
+        sshd.log()
+    );
+    // The unknown host key was accepted (BuildKit's StrictHostKeyChecking=no without
+    // known hosts) but not remembered in the user's known_hosts.
+    let known = fs::read_to_string("/root/.ssh/known_hosts").unwrap_or_default();
+    assert!(
+        !known.contains(&format!("[127.0.0.1]:{}", sshd.port)),
+        "{known}"
+    );
+
+    // Without the agent (and none in the environment): one line naming the repository
+    // and ssh's reason.
+    let (ok, stderr, _) = env.build(&ctx, &["--no-cache"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("git ls-remote of {url} failed"))
+            && stderr.contains("Permission denied (publickey)"),
+        "{stderr}"
+    );
+    // An agent holding another key: refused the same way.
+    let other = Agent::start(&env.ws, "other", "not-authorized");
+    let sock = format!("default={}", other.sock.display());
+    let (ok, stderr, _) = env.build(&ctx, &["--no-cache", "--ssh", &sock]);
+    assert!(!ok);
+    assert!(stderr.contains("Permission denied (publickey)"), "{stderr}");
 }

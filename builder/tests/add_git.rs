@@ -577,3 +577,80 @@ fn add_git_over_ssh_with_the_agent() {
     assert!(!ok);
     assert!(stderr.contains("Permission denied (publickey)"), "{stderr}");
 }
+
+/// `ADD git@127.0.0.1:/path/repo.git#ref` (the scp-like form, which has no port): sshd on
+/// port 22 of a network namespace of its own, with a `git` user (uid 0) bind-mounted
+/// into `/etc/passwd` of a mount namespace of its own; kiln runs inside both.
+#[test]
+fn add_git_scp_like_ssh_form() {
+    require_root!();
+    require_tool!("git");
+    require_tool!("sshd");
+    require_tool!("ssh-agent");
+    require_tool!("ssh-add");
+    require_tool!("ssh-keygen");
+    require_tool!("ssh-keyscan");
+    require_tool!("unshare");
+    require_tool!("ip");
+    let env = Env::new();
+    env.init_repo();
+    let agent = Agent::start(&env.ws, "agent", "kiln-git-key");
+    let config = Sshd::config(&env.ws, "sshd", &[&agent.public_key], 22);
+    let passwd = fs::read_to_string("/etc/passwd").unwrap();
+    let passwd = env
+        .ws
+        .write("passwd", format!("{passwd}git:*:0:0:git:/root:/bin/sh\n"));
+    let repo = env.ws.path("srv/repo.git");
+    let df = format!(
+        "FROM scratch\n\
+         ADD git@127.0.0.1:{repo}#v1 /tag/\n\
+         ADD git@127.0.0.1:{repo}#main:sub /sub\n",
+        repo = repo.display()
+    );
+    let ctx = env.ws.context("ctx-scp", &df);
+    let out = env.ws.path("out-scp");
+    let log = env.ws.path("sshd/sshd.log");
+    let script = r#"set -e
+ip link set lo up
+mount --bind "$PASSWD" /etc/passwd
+"$SSHD" -D -e -f "$CONFIG" 2>"$LOG" &
+sshd=$!
+trap 'kill $sshd' EXIT
+n=0
+until ssh-keyscan -T 1 -p 22 127.0.0.1 >/dev/null 2>&1; do
+  n=$((n + 1))
+  if [ $n -gt 100 ]; then echo "sshd did not start" >&2; cat "$LOG" >&2; exit 1; fi
+  sleep 0.1
+done
+"$@"
+"#;
+    let kiln = assert_cmd::cargo::cargo_bin("kiln");
+    let output = Std::new("unshare")
+        .args(["--net", "--mount", "--fork", "--", "sh", "-c", script, "sh"])
+        .arg(&kiln)
+        .args(["build", "--progress", "plain", "--ssh"])
+        .arg(format!("default={}", agent.sock.display()))
+        .arg("-o")
+        .arg(format!("type=local,dest={}", out.display()))
+        .arg(&ctx)
+        .env("PASSWD", &passwd)
+        .env("SSHD", kiln_test_support::tool_path("sshd"))
+        .env("CONFIG", &config)
+        .env("LOG", &log)
+        .env("KILN_ROOT", env.ws.path("store"))
+        .env_remove("SSH_AUTH_SOCK")
+        .output()
+        .unwrap();
+    let sshd_log = fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        output.status.success(),
+        "{}\n{sshd_log}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(read(out.join("tag/a.txt")), "v1\n");
+    assert_eq!(read(out.join("sub/b.txt")), "b\n");
+    assert!(
+        sshd_log.contains("Accepted publickey for git"),
+        "{sshd_log}"
+    );
+}

@@ -90,6 +90,26 @@ impl Sshd {
     /// Starts one; returns once it accepts connections, or panics with its log.
     pub fn start(ws: &Workspace, dir: &str, authorized: &[&str]) -> Sshd {
         let sshd = tool_path("sshd");
+        let port = crate::registry::free_port();
+        let config = Sshd::config(ws, dir, authorized, port);
+        let log = ws.path(&format!("{dir}/sshd.log"));
+        let mut child = Command::new(sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("sshd (apt-get install openssh-server)");
+        let read_log = || fs::read_to_string(&log).unwrap_or_default();
+        wait::for_port(&mut child, port, Duration::from_secs(10), "sshd", read_log);
+        Sshd { child, port, log }
+    }
+
+    /// Writes the configuration (and a new host key) of an sshd listening on
+    /// 127.0.0.1:`port` under `DIR`, for a test that starts sshd itself (in a network
+    /// namespace of its own, say); also makes sshd's privilege separation directory.
+    pub fn config(ws: &Workspace, dir: &str, authorized: &[&str], port: u16) -> PathBuf {
         let host_key = ws.path(&format!("{dir}/host_key"));
         fs::create_dir_all(ws.path(dir)).unwrap();
         run_ok(
@@ -101,7 +121,6 @@ impl Sshd {
             &format!("{dir}/authorized_keys"),
             authorized.join("\n") + "\n",
         );
-        let port = crate::registry::free_port();
         // StrictModes off: the workspace is under a world-writable /tmp.
         let config = ws.write(
             &format!("{dir}/sshd_config"),
@@ -116,18 +135,7 @@ impl Sshd {
         );
         // sshd's privilege separation directory, which a container may not have.
         fs::create_dir_all("/run/sshd").expect("create /run/sshd (needs root)");
-        let log = ws.path(&format!("{dir}/sshd.log"));
-        let mut child = Command::new(sshd)
-            .args(["-D", "-e", "-f"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("sshd (apt-get install openssh-server)");
-        let read_log = || fs::read_to_string(&log).unwrap_or_default();
-        wait::for_port(&mut child, port, Duration::from_secs(10), "sshd", read_log);
-        Sshd { child, port, log }
+        config
     }
 
     /// What sshd logged.

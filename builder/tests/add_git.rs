@@ -578,7 +578,8 @@ fn add_git_over_ssh_with_the_agent() {
     assert!(stderr.contains("Permission denied (publickey)"), "{stderr}");
 }
 
-/// `ADD git@127.0.0.1:/path/repo.git#ref` (the scp-like form, which has no port): sshd on
+/// `ADD git@127.0.0.1:/path/repo.git#ref` (the scp-like form, which has no port), and
+/// `--build-context NAME=git@127.0.0.1:/path/repo.git#ref`: sshd on
 /// port 22 of a network namespace of its own, with a `git` user (uid 0) bind-mounted
 /// into `/etc/passwd` of a mount namespace of its own; kiln runs inside both.
 #[test]
@@ -604,7 +605,8 @@ fn add_git_scp_like_ssh_form() {
     let df = format!(
         "FROM scratch\n\
          ADD git@127.0.0.1:{repo}#v1 /tag/\n\
-         ADD git@127.0.0.1:{repo}#main:sub /sub\n",
+         ADD git@127.0.0.1:{repo}#main:sub /sub\n\
+         COPY --from=viassh a.txt /ctx-a.txt\n",
         repo = repo.display()
     );
     let ctx = env.ws.context("ctx-scp", &df);
@@ -630,6 +632,8 @@ done
         .arg(&kiln)
         .args(["build", "--progress", "plain", "--ssh"])
         .arg(format!("default={}", agent.sock.display()))
+        .arg("--build-context")
+        .arg(format!("viassh=git@127.0.0.1:{}#v1", repo.display()))
         .arg("-o")
         .arg(format!("type=local,dest={}", out.display()))
         .arg(&ctx)
@@ -649,8 +653,107 @@ done
     );
     assert_eq!(read(out.join("tag/a.txt")), "v1\n");
     assert_eq!(read(out.join("sub/b.txt")), "b\n");
+    assert_eq!(read(out.join("ctx-a.txt")), "v1\n");
     assert!(
         sshd_log.contains("Accepted publickey for git"),
         "{sshd_log}"
     );
+}
+
+/// `--build-context NAME=<git repository>` (buildx): a ref and a subdir over `git://`,
+/// a tag over dumb HTTP, used by `FROM`, `COPY --from` and in place of a stage; the
+/// files are the checkout's (owned 0:0, dated at the commit, no `.git`), keyed by the
+/// commit.
+#[test]
+fn build_contexts_from_git_repositories() {
+    require_root!();
+    require_tool!("git");
+    require_tool!("python3");
+    let env = Env::new();
+    let d = env.serve();
+    let url = &d.url;
+    // The same repository over HTTP (git's dumb protocol: static files).
+    run_ok(
+        Std::new("git")
+            .arg("--git-dir")
+            .arg(env.ws.path("srv/repo.git"))
+            .arg("update-server-info"),
+    );
+    let http = kiln_test_support::FileServer::start(&env.ws.path("srv"));
+    let http_url = http.url("repo.git");
+    let df = "FROM scratch AS sub\nCOPY does-not-exist /x\n\
+              FROM tagged\n\
+              COPY --from=sub . /sub/\n\
+              COPY --from=overhttp a.txt /from-http.txt\n";
+    let ctx = env.ws.context("ctx-named", df);
+    let out = env.ws.path("out-named");
+    let args = |out: &Path| -> Vec<String> {
+        vec![
+            "--build-context".into(),
+            format!("tagged={url}#v1"),
+            "--build-context".into(),
+            format!("sub={url}#main:sub"),
+            "--build-context".into(),
+            format!("overhttp={http_url}#light"),
+            "-o".into(),
+            format!("type=local,dest={}", out.display()),
+        ]
+    };
+    let a = args(&out);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let (ok, stderr, report) = env.build(&ctx, &a);
+    assert!(ok, "{stderr}\n{}", http.log());
+    assert_eq!(read(out.join("a.txt")), "v1\n");
+    assert_eq!(read(out.join("sub/b.txt")), "b\n");
+    assert_eq!(read(out.join("sub/deep/c.txt")), "c\n");
+    assert!(!out.join("sub/a.txt").exists() && !out.join(".git").exists());
+    assert_eq!(read(out.join("from-http.txt")), "v1\n");
+    let m = fs::metadata(out.join("a.txt")).unwrap();
+    assert_eq!((m.uid(), m.mtime()), (0, 1_600_000_000));
+    assert!(!cached(&report, "COPY --from=sub . /sub/"));
+    // Same commits: hits. `main` moved: the step reading it misses, with the new files.
+    let (ok, stderr, report) = env.build(&ctx, &a);
+    assert!(ok, "{stderr}");
+    assert!(cached(&report, "COPY --from=sub . /sub/"), "{report}");
+    env.ws.write("work/sub/b.txt", "b2\n");
+    git(
+        &env.ws.path("work"),
+        1_700_000_000,
+        &["commit", "-q", "-am", "b2"],
+    );
+    git(
+        &env.ws.path("work"),
+        0,
+        &[
+            "push",
+            "-q",
+            env.ws.path("srv/repo.git").to_str().unwrap(),
+            "main",
+        ],
+    );
+    let out2 = env.ws.path("out-named2");
+    let a = args(&out2);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let (ok, stderr, report) = env.build(&ctx, &a);
+    assert!(ok, "{stderr}");
+    assert!(!cached(&report, "COPY --from=sub . /sub/"), "{report}");
+    assert_eq!(read(out2.join("sub/b.txt")), "b2\n");
+    // A bad reference is one line naming the context's repository.
+    let (ok, stderr, _) = env.build(
+        &ctx,
+        &[
+            "--build-context",
+            &format!("tagged={url}#nope"),
+            "--build-context",
+            &format!("sub={url}"),
+            "--build-context",
+            &format!("overhttp={url}"),
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("repository {url} does not contain ref nope")),
+        "{stderr}"
+    );
+    drop(d);
 }

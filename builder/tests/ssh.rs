@@ -7,8 +7,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as Std, Stdio};
-use std::time::Duration;
+use std::process::Command as Std;
 
 use assert_cmd::Command;
 use kiln_test_support::ssh::Agent;

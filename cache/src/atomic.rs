@@ -151,7 +151,10 @@ mod tests {
         let n = write_with(&dest, |f| f.write_all(b"two").map(|()| 3)).unwrap();
         assert_eq!(n, 3);
         assert_eq!(fs::read(&dest).unwrap(), b"two");
-        assert_eq!(fs::metadata(&dest).unwrap().permissions().mode() & 0o777, FILE_MODE);
+        assert_eq!(
+            fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+            FILE_MODE
+        );
         assert_eq!(names(dir.path()), ["a.json"]);
     }
 

@@ -468,12 +468,10 @@ impl Store {
     /// store's `tmp/` (named after this process, so a crashed writer's is found).
     pub(crate) fn write_atomic(&self, dest: &Path, bytes: &[u8]) -> Result<()> {
         let (file, tmp) = self.create_temp()?;
-        crate::atomic::finish(file, tmp.path(), dest, |f| f.write_all(bytes)).map_err(|e| {
-            match e {
-                crate::atomic::AtomicError::Write(e) => CacheError::io("write", tmp.path(), e),
-                crate::atomic::AtomicError::Io { op, path, source } => {
-                    CacheError::io(op, &path, source)
-                }
+        crate::atomic::finish(file, tmp.path(), dest, |f| f.write_all(bytes)).map_err(|e| match e {
+            crate::atomic::AtomicError::Write(e) => CacheError::io("write", tmp.path(), e),
+            crate::atomic::AtomicError::Io { op, path, source } => {
+                CacheError::io(op, &path, source)
             }
         })
         // `tmp` (dropped) removes the temporary file if it was not renamed.

@@ -266,11 +266,19 @@ pub enum ContextSource {
     /// An image: `docker-image://REF` gives REF, `oci-layout://DIR[:TAG]` stays as
     /// written (kiln resolves it as in `FROM`).
     Image(String),
+    /// A git repository, as `ADD` takes one (`https://host/repo.git#ref:subdir`,
+    /// `git@host:repo.git`, `ssh://...`, `git://...`).
+    Git(kiln_ops::GitSource),
+    /// Any other `http(s)://` URL: the file, as `/context` of an otherwise empty tree.
+    Http(String),
 }
 
 impl ContextSource {
-    /// Parses `NAME=VALUE` as buildx does: VALUE is `docker-image://REF`,
-    /// `oci-layout://DIR[:TAG]`, or else a local directory.
+    /// Parses `NAME=VALUE` as buildx does (BuildKit's `dockerui` named contexts):
+    /// VALUE is `docker-image://REF`, `oci-layout://DIR[:TAG]`, a git repository (as
+    /// `ADD` tells one: `git@`, `git://`, `ssh://`, or an `http(s)` URL whose path ends
+    /// in `.git`), another `http(s)` URL (a file, kept whole as `/context`: BuildKit
+    /// does not unpack a named context's archive), or else a local directory.
     pub fn parse(spec: &str) -> Result<(String, ContextSource)> {
         let bad = |reason: &str| BuildError::BuildContext {
             spec: spec.to_string(),
@@ -290,9 +298,17 @@ impl ContextSource {
             ContextSource::Image(r.to_string())
         } else if value.starts_with("oci-layout://") {
             ContextSource::Image(value.to_string())
-        } else if value.contains("://") || value.starts_with("git@") {
+        } else if kiln_frontend::instructions::is_git(value) {
+            let source = kiln_frontend::convert::git::parse_git_ref(value)
+                .and_then(|g| g.source(false, None))
+                .map_err(|e| bad(&e))?;
+            ContextSource::Git(source)
+        } else if kiln_frontend::instructions::is_url(value) {
+            ContextSource::Http(value.to_string())
+        } else if value.contains("://") {
             return Err(bad(
-                "kiln takes a directory, docker-image://REF or oci-layout://DIR[:TAG] (not a URL)",
+                "kiln takes a directory, docker-image://REF, oci-layout://DIR[:TAG], \
+                 a git repository or an http(s) URL",
             ));
         } else {
             let dir = PathBuf::from(value);
@@ -403,6 +419,10 @@ pub fn with_named_contexts(
             ContextSource::Image(reference) => convert::NamedContext::Image {
                 reference: reference.clone(),
             },
+            ContextSource::Git(source) => convert::NamedContext::Git {
+                source: source.clone(),
+            },
+            ContextSource::Http(url) => convert::NamedContext::Http { url: url.clone() },
             ContextSource::Dir(dir) => {
                 let exclude = dockerignore::load_in(dir)
                     .map_err(|source| BuildError::NamedDockerignore {

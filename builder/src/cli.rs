@@ -490,9 +490,11 @@ struct BuildArgs {
     /// repeatable. Secrets never reach a layer, a cache key or the history.
     #[arg(long = "secret")]
     secrets: Vec<String>,
-    /// A named context (buildx): `NAME=DIR`, `NAME=docker-image://REF` or
-    /// `NAME=oci-layout://DIR[:TAG]`, used for `FROM NAME`, `COPY --from=NAME`,
-    /// `RUN --mount=from=NAME` and in place of a stage named NAME; repeatable.
+    /// A named context (buildx): `NAME=DIR`, `NAME=docker-image://REF`,
+    /// `NAME=oci-layout://DIR[:TAG]`, a git repository (`NAME=https://host/repo.git#ref`,
+    /// `NAME=git@host:repo.git`) or an http(s) file (as `/context`), used for `FROM
+    /// NAME`, `COPY --from=NAME`, `RUN --mount=from=NAME` and in place of a stage named
+    /// NAME; repeatable.
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     build_contexts: Vec<String>,
     /// An SSH agent for `RUN --mount=type=ssh` (and `ADD git@...`): `default` (or `ID`)

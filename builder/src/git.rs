@@ -12,10 +12,22 @@
 //!   no subdir. Every file is owned 0:0 and gets the commit's time as its mtime, so the
 //!   layer is the same wherever and whenever it is made.
 //!
+//! - **Submodules**: `git submodule update --init --recursive --depth 1` in the checkout,
+//!   as BuildKit does, before the subdir is taken. Relative submodule URLs (`../lib.git`)
+//!   resolve against the repository's own URL (the scratch repository's `origin`). A
+//!   submodule URL that is a local path or `file://` is refused: the repository is
+//!   untrusted and must not read the host's files (the top level's `.gitmodules` is
+//!   checked first for a clear error; `protocol.file.allow=user` stops nested ones).
+//!
 //! git runs without a terminal prompt (`GIT_TERMINAL_PROMPT=0`) and with
-//! `protocol.file.allow=user` (a repository cannot pull local files in as submodules);
-//! an `ssh` remote (`git@host:repo.git`) uses the agent given as `--ssh default` when
-//! there is one, else the user's own environment.
+//! `protocol.file.allow=user` (a repository cannot pull local files in as submodules).
+//! An `ssh` remote (`git@host:repo.git`, `ssh://user@host:port/path`) uses the agent
+//! given as `--ssh default` when there is one, else the user's `SSH_AUTH_SOCK`; ssh runs
+//! as BuildKit runs it (`GIT_SSH_COMMAND`): without the user's `~/.ssh/config` (`-F
+//! /dev/null`) and, since kiln has no known-hosts input (BuildKit's is an LLB attribute
+//! the Dockerfile frontend never sets), with `StrictHostKeyChecking=no`. Unlike BuildKit,
+//! the host key is not written to the user's `known_hosts` either
+//! (`UserKnownHostsFile=/dev/null`), and `BatchMode=yes` keeps ssh from ever prompting.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -51,6 +63,18 @@ pub enum GitError {
         remote: String,
         /// The reference.
         reference: String,
+    },
+    /// A submodule's URL is a local path or `file://` (the host's files).
+    #[error(
+        "{remote}: submodule {path:?} has the local URL {url:?}; a repository may not read the host's files"
+    )]
+    LocalSubmodule {
+        /// The repository.
+        remote: String,
+        /// The submodule's path in the repository.
+        path: String,
+        /// Its URL.
+        url: String,
     },
     /// `--checksum` does not match.
     #[error("{remote}: expected checksum to match {want}, got {got}")]
@@ -110,6 +134,11 @@ fn is_commit_id(s: &str) -> bool {
     (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// How git runs ssh (see the module docs): BuildKit's command without known hosts, plus
+/// no write to the user's `known_hosts` and no prompt.
+const GIT_SSH_COMMAND: &str = "ssh -F /dev/null -o StrictHostKeyChecking=no \
+     -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR";
+
 /// A `git` command with kiln's environment (see the module docs).
 fn git(opts: &GitOptions) -> Command {
     let mut c = Command::new("git");
@@ -123,6 +152,7 @@ fn git(opts: &GitOptions) -> Command {
             .arg(format!("http.lowSpeedTime={secs}"));
     }
     c.env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_SSH_COMMAND", GIT_SSH_COMMAND)
         .env("LC_ALL", "C")
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .args(["-c", "protocol.file.allow=user"])
@@ -130,7 +160,8 @@ fn git(opts: &GitOptions) -> Command {
     c
 }
 
-/// Runs `cmd`; its stdout, or [`GitError::Failed`] with git's last error line.
+/// Runs `cmd`; its stdout, or [`GitError::Failed`] with git's first `fatal:` line (the
+/// cause; a submodule's is followed by retry notes), else its last line.
 fn run(mut cmd: Command, what: &'static str, remote: &str) -> Result<String> {
     let out = cmd.output().map_err(|source| GitError::Spawn {
         remote: remote.to_string(),
@@ -138,13 +169,19 @@ fn run(mut cmd: Command, what: &'static str, remote: &str) -> Result<String> {
     })?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        let line = err
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("no error output")
-            .trim()
-            .to_string();
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        let line = match lines.iter().position(|l| l.starts_with("fatal:")) {
+            // ssh's reason (`Permission denied (publickey).`, `Connection refused`)
+            // comes before git's generic line.
+            Some(i) if i > 0 && lines[i].contains("Could not read from remote") => {
+                format!("{} ({})", lines[i - 1].trim(), lines[i].trim())
+            }
+            Some(i) => lines[i].trim().to_string(),
+            None => lines
+                .last()
+                .map_or("no error output", |l| l.trim())
+                .to_string(),
+        };
         return Err(GitError::Failed {
             what,
             remote: remote.to_string(),
@@ -263,6 +300,13 @@ pub fn checkout(
     let mut init = git(opts);
     init.args(["init", "-q", "--bare"]).arg(&git_dir);
     run(init, "init", remote)?;
+    // `origin`: what relative submodule URLs resolve against (and, with `.git` kept,
+    // what a user fetches from).
+    run(
+        with_dir(&["remote", "add", "origin", remote]),
+        "remote",
+        remote,
+    )?;
     // By id first (protocol v2 servers allow it), one commit deep; a server that
     // refuses gets asked for everything, and the commit is taken from that.
     let shallow = with_dir(&[
@@ -317,6 +361,9 @@ pub fn checkout(
     co.arg(&tree)
         .args(["checkout", "-q", "-f", commit, "--", "."]);
     run(co, "checkout", remote)?;
+    if tree.join(".gitmodules").exists() {
+        submodules(source, &git_dir, &tree, keep, opts)?;
+    }
     if keep {
         // A repository a user can work in: not bare, HEAD at the commit, origin set.
         run(
@@ -327,11 +374,6 @@ pub fn checkout(
         run(
             with_dir(&["update-ref", "--no-deref", "HEAD", commit]),
             "update-ref",
-            remote,
-        )?;
-        run(
-            with_dir(&["remote", "add", "origin", remote]),
-            "remote",
             remote,
         )?;
         let _ = std::fs::remove_file(git_dir.join("FETCH_HEAD"));
@@ -351,6 +393,138 @@ pub fn checkout(
         }
     }
     stamp(out, time).map_err(io)
+}
+
+/// Fetches the submodules of the checkout in `tree` (recursively, one commit deep, as
+/// BuildKit does), after refusing local URLs in its `.gitmodules`. Without `keep`, the
+/// `.git` files that point into the scratch repository are removed.
+fn submodules(
+    source: &GitSource,
+    git_dir: &Path,
+    tree: &Path,
+    keep: bool,
+    opts: &GitOptions,
+) -> Result<()> {
+    let remote = &source.remote;
+    let mut list = git(opts);
+    list.arg("config")
+        .arg("--file")
+        .arg(tree.join(".gitmodules"))
+        .args(["--get-regexp", r"^submodule\..*\.(path|url)$"]);
+    // No entries: git exits 1 and there is nothing to fetch.
+    let listed = run(list, "config", remote).unwrap_or_default();
+    for (path, url) in submodule_urls(&listed) {
+        if is_local_url(&url) {
+            return Err(GitError::LocalSubmodule {
+                remote: remote.clone(),
+                path,
+                url,
+            });
+        }
+    }
+    let update = |depth: &[&str]| {
+        let mut c = git(opts);
+        c.arg("--git-dir")
+            .arg(git_dir)
+            .arg("--work-tree")
+            .arg(tree)
+            .current_dir(tree)
+            .args(["submodule", "update", "-q", "--init", "--recursive"])
+            .args(depth);
+        run(c, "submodule update", remote)
+    };
+    // One commit deep; a server that will not give a commit that way gets asked for
+    // the history (BuildKit retries without `--depth` the same way).
+    if let Err(e) = update(&["--depth=1"]) {
+        match e {
+            GitError::Failed { ref stderr, .. } if stderr.contains("not allowed") => {
+                return Err(e);
+            }
+            _ => {
+                update(&[])?;
+            }
+        }
+    }
+    if !keep {
+        remove_git_links(tree).map_err(|source| GitError::Io {
+            remote: remote.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// `(path, url)` of each submodule in `git config --get-regexp` output of a
+/// `.gitmodules` (keys `submodule.NAME.path` and `submodule.NAME.url`).
+fn submodule_urls(listed: &str) -> Vec<(String, String)> {
+    let mut by_name: Vec<(String, Option<String>, Option<String>)> = Vec::new();
+    for line in listed.lines() {
+        let Some((key, value)) = line.split_once(' ') else {
+            continue;
+        };
+        let Some(rest) = key.strip_prefix("submodule.") else {
+            continue;
+        };
+        let (name, field) = match (rest.strip_suffix(".path"), rest.strip_suffix(".url")) {
+            (Some(n), _) => (n, 0),
+            (_, Some(n)) => (n, 1),
+            _ => continue,
+        };
+        let i = match by_name.iter().position(|(n, _, _)| n == name) {
+            Some(i) => i,
+            None => {
+                by_name.push((name.to_string(), None, None));
+                by_name.len() - 1
+            }
+        };
+        let slot = if field == 0 {
+            &mut by_name[i].1
+        } else {
+            &mut by_name[i].2
+        };
+        *slot = Some(value.to_string());
+    }
+    by_name
+        .into_iter()
+        .filter_map(|(name, path, url)| Some((path.unwrap_or(name), url?)))
+        .collect()
+}
+
+/// Whether a submodule URL reads the local filesystem: `file://`, or neither a URL
+/// (`scheme://`), an scp-like `[user@]host:path`, nor relative to the superproject's
+/// URL (`./`, `../`).
+fn is_local_url(url: &str) -> bool {
+    let url = url.trim();
+    if url.starts_with("./") || url.starts_with("../") {
+        return false;
+    }
+    if let Some((scheme, _)) = url.split_once("://") {
+        return scheme.eq_ignore_ascii_case("file");
+    }
+    // git's rule for the scp-like form: a colon before the first slash.
+    match (url.find(':'), url.find('/')) {
+        (Some(c), Some(s)) => c > s,
+        (Some(_), None) => false,
+        (None, _) => true,
+    }
+}
+
+/// Removes the `.git` files submodule checkouts have (they name the scratch repository,
+/// which is gone once the layer is made).
+fn remove_git_links(root: &Path) -> std::io::Result<()> {
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let ty = e.file_type()?;
+            if ty.is_dir() {
+                dirs.push(e.path());
+            } else if e.file_name() == ".git" && d != root {
+                std::fs::remove_file(e.path())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Owner 0:0 (when root) and mtime `time` for everything under `root`, links included
@@ -406,6 +580,44 @@ mod tests {
         assert_eq!(r("light").unwrap().tag, None);
         assert_eq!(r("refs/tags/v1").unwrap().commit, C);
         assert_eq!(r("nope"), None);
+    }
+
+    #[test]
+    fn local_submodule_urls_are_told_apart() {
+        for url in [
+            "/srv/repo.git",
+            "file:///etc",
+            "FILE://x/y",
+            "sub.git",
+            "a/b:c",
+            "C",
+        ] {
+            assert!(is_local_url(url), "{url}");
+        }
+        for url in [
+            "../lib.git",
+            "./lib",
+            "https://h/r.git",
+            "git://h/r",
+            "ssh://git@h:22/r",
+            "git@h:o/r.git",
+            "host:path",
+        ] {
+            assert!(!is_local_url(url), "{url}");
+        }
+    }
+
+    #[test]
+    fn gitmodules_entries_pair_paths_and_urls() {
+        let listed = "submodule.lib.path vendor/lib\nsubmodule.lib.url ../lib.git\n\
+                      submodule.x.url /etc\nsubmodule.nourl.path p\n";
+        assert_eq!(
+            submodule_urls(listed),
+            vec![
+                ("vendor/lib".to_string(), "../lib.git".to_string()),
+                ("x".to_string(), "/etc".to_string()),
+            ]
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `kiln build --build-context NAME=VALUE` (buildx's named contexts) end to end: a local
-//! directory, `docker-image://REF` and `oci-layout://DIR[:TAG]`, used by `FROM`,
+//! directory, `docker-image://REF`, `oci-layout://DIR[:TAG]` and an `http://` file (git
+//! repositories are in `add_git.rs`), used by `FROM`,
 //! `COPY --from`, `RUN --mount=from=` and in place of a stage of that name; cache keys
 //! of a named directory's files are content-based, and its own `.dockerignore` applies
 //! (the build context's does not). Needs root (file owners, RUN) and busybox-static.
@@ -8,7 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
-use kiln_test_support::{Workspace, busybox_context, require_root, require_tool};
+use kiln_test_support::{FileServer, Workspace, busybox_context, require_root, require_tool};
 use serde_json::Value;
 
 struct Env {
@@ -218,7 +219,11 @@ fn bad_build_context_values_are_one_line_errors() {
     for (value, says) in [
         ("nothing", "expected NAME=VALUE"),
         ("x=/does/not/exist", "/does/not/exist is not a directory"),
-        ("x=https://example.com/r.git", "not a URL"),
+        (
+            "x=ftp://example.com/r.tar",
+            "a git repository or an http(s) URL",
+        ),
+        ("x=https://h/r.git?nope=1", "unknown parameter nope"),
         ("context=.", "the build context itself"),
     ] {
         let (ok, stderr, _) = env.build(&ctx, &["--build-context", value]);
@@ -228,4 +233,54 @@ fn bad_build_context_values_are_one_line_errors() {
             "{value}: {stderr}"
         );
     }
+}
+
+/// `NAME=http://host/file.tar.gz` is the file as `/context` of an otherwise empty tree,
+/// not unpacked (BuildKit's `llb.HTTP(url, Filename("context"))` for named contexts);
+/// the download's digest is the cache key.
+#[test]
+fn an_http_named_context_is_one_file_named_context() {
+    require_root!();
+    require_tool!("python3");
+    let env = Env::new();
+    let ws = &env.ws;
+    let archive = ws.write(
+        "files/data.tar.gz",
+        b"\x1f\x8b not really gzip, kept whole\n",
+    );
+    let server = FileServer::start(&ws.path("files"));
+    let spec = format!("dl={}", server.url("data.tar.gz"));
+    let df = "FROM scratch\nCOPY --from=dl /context /got.tgz\n";
+    let ctx = ws.context("ctx", df);
+    let out = ws.path("out");
+    let dest = format!("type=local,dest={}", out.display());
+    let r = env.build_ok(&ctx, &["--build-context", &spec, "-o", &dest]);
+    assert_eq!(
+        fs::read(out.join("got.tgz")).unwrap(),
+        fs::read(&archive).unwrap()
+    );
+    assert_eq!(fs::read_dir(&out).unwrap().count(), 1);
+    assert!(!cached(&r, "COPY --from=dl /context /got.tgz"));
+    // Unchanged: a hit. Another content at the same URL: a miss, and the new bytes.
+    let r = env.build_ok(&ctx, &["--build-context", &spec]);
+    assert!(cached(&r, "COPY --from=dl /context /got.tgz"), "{r}");
+    ws.write("files/data.tar.gz", "changed\n");
+    let r = env.build_ok(&ctx, &["--build-context", &spec, "-o", &dest]);
+    assert!(!cached(&r, "COPY --from=dl /context /got.tgz"), "{r}");
+    assert_eq!(read(out.join("got.tgz")), "changed\n");
+    // FROM it: the tree holds only `/context`.
+    let ctx = ws.context("ctx-from", "FROM dl\n");
+    let out = ws.path("out-from");
+    let dest = format!("type=local,dest={}", out.display());
+    env.build_ok(&ctx, &["--build-context", &spec, "-o", &dest]);
+    let names: Vec<_> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["context"]);
+    // A URL that is not there: one line naming it.
+    let missing = format!("dl={}", server.url("missing.tar"));
+    let (ok, stderr, _) = env.build(&ctx, &["--build-context", &missing]);
+    assert!(!ok);
+    assert!(stderr.contains(&server.url("missing.tar")), "{stderr}");
 }

@@ -7,61 +7,12 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as Std, Stdio};
-use std::time::Duration;
+use std::process::Command as Std;
 
 use assert_cmd::Command;
-use kiln_test_support::{
-    Workspace, busybox_context, repo_root, require_root, require_tool, run_ok, wait,
-};
+use kiln_test_support::ssh::Agent;
+use kiln_test_support::{Workspace, busybox_context, repo_root, require_root, require_tool};
 use serde_json::Value;
-
-/// An `ssh-agent` in the foreground on its own socket, killed on drop.
-struct Agent {
-    child: Child,
-    sock: PathBuf,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Agent {
-    /// Starts an agent at `sock` and adds a new ed25519 key with comment `comment`.
-    fn start(ws: &Workspace, name: &str, comment: &str) -> Agent {
-        let sock = ws.path(&format!("{name}.sock"));
-        let child = Std::new("ssh-agent")
-            .arg("-D")
-            .arg("-a")
-            .arg(&sock)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ssh-agent (apt-get install openssh-client)");
-        let agent = Agent { child, sock };
-        wait::until(
-            Duration::from_secs(10),
-            "ssh-agent's socket",
-            || agent.sock.exists().then_some(()),
-            String::new,
-        );
-        let key = ws.path(&format!("{name}.key"));
-        run_ok(
-            Std::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
-                .arg(&key),
-        );
-        run_ok(
-            Std::new("ssh-add")
-                .arg(&key)
-                .env("SSH_AUTH_SOCK", &agent.sock),
-        );
-        agent
-    }
-}
 
 struct Env {
     ws: Workspace,

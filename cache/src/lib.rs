@@ -19,12 +19,14 @@
 //! * [`hash_file`]: BLAKE3 content hashes of files (what the stat memo keeps; the
 //!   builder's `cachekey` module folds them into COPY/ADD cache keys).
 //!
-//! Every write is temp file → fsync → rename → fsync of the directory; a
-//! crash never leaves a partial file in place. All errors are [`CacheError`].
+//! Every write is temp file → fsync → rename → fsync of the directory ([`atomic`], which
+//! the builder's exporters and containers use too); a crash never leaves a partial file
+//! in place. All errors are [`CacheError`].
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod atomic;
 mod blob;
 mod chunks;
 mod config;

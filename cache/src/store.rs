@@ -464,14 +464,17 @@ impl Store {
         }
     }
 
-    /// Write `bytes` to `dest` atomically: temp file, fsync, rename, fsync
-    /// of the destination directory.
+    /// Write `bytes` to `dest` atomically ([`crate::atomic`]), the temporary file in the
+    /// store's `tmp/` (named after this process, so a crashed writer's is found).
     pub(crate) fn write_atomic(&self, dest: &Path, bytes: &[u8]) -> Result<()> {
-        let (mut file, tmp) = self.create_temp()?;
-        file.write_all(bytes).ctx("write", tmp.path())?;
-        file.sync_all().ctx("fsync", tmp.path())?;
-        drop(file);
-        tmp.persist(dest)
+        let (file, tmp) = self.create_temp()?;
+        crate::atomic::finish(file, tmp.path(), dest, |f| f.write_all(bytes)).map_err(|e| match e {
+            crate::atomic::AtomicError::Write(e) => CacheError::io("write", tmp.path(), e),
+            crate::atomic::AtomicError::Io { op, path, source } => {
+                CacheError::io(op, &path, source)
+            }
+        })
+        // `tmp` (dropped) removes the temporary file if it was not renamed.
     }
 
     /// Summarise bytes per area. Unreadable entries are skipped; hard-linked

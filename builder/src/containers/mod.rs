@@ -24,7 +24,7 @@ pub mod spec;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use kiln_cache::Store;
@@ -331,26 +331,16 @@ fn random_bytes<const N: usize>() -> Result<[u8; N]> {
     Ok(buf)
 }
 
-/// Writes `value` as JSON to `path` through a temp file in the same directory.
-fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+/// Writes `value` as JSON to `path`, atomically ([`kiln_cache::atomic`]).
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(value).map_err(|source| ContainerError::Corrupt {
         path: path.to_path_buf(),
         source,
     })?;
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let write = || -> io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        ContainerError::Io {
-            what: "writing",
-            path: path.to_path_buf(),
-            source: e,
-        }
+    kiln_cache::atomic::write(path, &bytes).map_err(|e| ContainerError::Io {
+        what: "writing",
+        path: path.to_path_buf(),
+        source: e.into_io(),
     })
 }
 
@@ -604,8 +594,8 @@ impl Containers {
             let upper = tmp.join("upper");
             fs::set_permissions(&upper, fs::Permissions::from_mode(0o755))
                 .map_err(io_err("setting the mode of", &upper))?;
-            write_atomic(&tmp.join("config.json"), &config)?;
-            write_atomic(&tmp.join("state.json"), &State::created())?;
+            write_json(&tmp.join("config.json"), &config)?;
+            write_json(&tmp.join("state.json"), &State::created())?;
             let dest = self.dir(&id);
             fs::rename(&tmp, &dest).map_err(io_err("creating", &dest))
         };
@@ -624,7 +614,7 @@ impl Containers {
 
     /// Records a container's state (atomically).
     pub fn save_state(&self, id: &str, state: &State) -> Result<()> {
-        write_atomic(&self.state_path(id), state)
+        write_json(&self.state_path(id), state)
     }
 
     /// Records that the container runs as `pid` (started at `start_time`), clearing what

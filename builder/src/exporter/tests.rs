@@ -364,7 +364,7 @@ fn oci_archive_is_deterministic_and_read_by_skopeo() {
     let leftovers: Vec<_> = fs::read_dir(out.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
-        .filter(|n| n.to_string_lossy().starts_with(".kiln-tmp-"))
+        .filter(|n| n.to_string_lossy().ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }

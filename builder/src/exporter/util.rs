@@ -1,14 +1,14 @@
-//! Shared pieces of the exporters: atomic writes, linking blobs from the store,
+//! Shared pieces of the exporters: atomic writes (through [`kiln_cache::atomic`]),
+//! linking blobs from the store,
 //! deterministic tar entries, hashing and layer decompression.
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Seek, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use kiln_cache::atomic::{self, AtomicError};
 use kiln_layer::Compression;
 use kiln_oci::digest::Hashing;
-use tempfile::NamedTempFile;
 
 use super::{BlobPath, ExportError, Result, parent_dir};
 use crate::image::LayerDesc;
@@ -24,31 +24,22 @@ pub(crate) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) ->
     move |source| ExportError::Io { op, path, source }
 }
 
-/// A temporary file beside `dest`, to be [`persist`]ed over it.
-pub(crate) fn temp_beside(dest: &Path) -> Result<NamedTempFile> {
-    let dir = parent_dir(dest);
-    tempfile::Builder::new()
-        .prefix(".kiln-tmp-")
-        .tempfile_in(dir)
-        .map_err(io_err("creating a temporary file in", dir))
+/// An atomic write's error as the exporters report it.
+fn atomic_err(e: AtomicError<ExportError>) -> ExportError {
+    match e {
+        AtomicError::Write(e) => e,
+        AtomicError::Io { op, path, source } => ExportError::Io { op, path, source },
+    }
 }
 
-/// Flushes `tmp`, makes it mode 0644 and renames it to `dest`.
-pub(crate) fn persist(tmp: NamedTempFile, dest: &Path) -> Result<()> {
-    let file = tmp.as_file();
-    file.sync_all()
-        .and_then(|()| file.set_permissions(fs::Permissions::from_mode(FILE_MODE)))
-        .map_err(io_err("writing", tmp.path()))?;
-    tmp.persist(dest)
-        .map_err(|e| io_err("renaming a temporary file to", dest)(e.error))?;
-    Ok(())
+/// Writes `dest` atomically ([`kiln_cache::atomic`]) with what `write` puts in it.
+pub(crate) fn write_with(dest: &Path, write: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
+    atomic::write_with(dest, write).map_err(atomic_err)
 }
 
-/// Writes `data` to `dest` through a temporary file and a rename.
+/// Writes `data` to `dest` atomically.
 pub(crate) fn atomic_write(dest: &Path, data: &[u8]) -> Result<()> {
-    let mut tmp = temp_beside(dest)?;
-    tmp.write_all(data).map_err(io_err("writing", tmp.path()))?;
-    persist(tmp, dest)
+    write_with(dest, |f| f.write_all(data).map_err(io_err("writing", dest)))
 }
 
 /// Opens a layer blob in the store and checks its size against the descriptor.
@@ -90,13 +81,14 @@ pub(crate) fn link_or_copy_layer(
     if fs::hard_link(&src_path, dest).is_ok() {
         return Ok(());
     }
-    let mut tmp = temp_beside(dest)?;
-    io::copy(&mut src, tmp.as_file_mut()).map_err(|source| ExportError::Blob {
-        digest: layer.digest.clone(),
-        path: src_path.clone(),
-        source,
-    })?;
-    persist(tmp, dest)
+    write_with(dest, |f| {
+        io::copy(&mut src, f).map_err(|source| ExportError::Blob {
+            digest: layer.digest.clone(),
+            path: src_path.clone(),
+            source,
+        })?;
+        Ok(())
+    })
 }
 
 /// Writes a small content-addressed blob unless an identical one is already there.
@@ -257,22 +249,30 @@ pub(crate) enum Source<'a> {
     Uncompressed(&'a LayerDesc),
 }
 
-/// Writes a deterministic tar of `entries` (in their sorted order) to a temporary
-/// file beside `dest`, then renames it to `dest`.
+/// Writes a deterministic tar of `entries` (in their sorted order) to `dest`,
+/// atomically.
 pub(crate) fn write_archive(
     dest: &Path,
     entries: &std::collections::BTreeMap<String, Source<'_>>,
     blob_path: BlobPath<'_>,
 ) -> Result<()> {
-    let tmp = temp_beside(dest)?;
-    let tmp_path = tmp.path().to_path_buf();
-    let write_err = io_err("writing", &tmp_path);
-    let mut tar = tar::Builder::new(io::BufWriter::with_capacity(256 * 1024, tmp));
+    write_with(dest, |file| write_tar(file, dest, entries, blob_path))
+}
+
+/// The tar of [`write_archive`], into `file` (errors name `dest`).
+fn write_tar(
+    file: &mut File,
+    dest: &Path,
+    entries: &std::collections::BTreeMap<String, Source<'_>>,
+    blob_path: BlobPath<'_>,
+) -> Result<()> {
+    let write_err = io_err("writing", dest);
+    let mut tar = tar::Builder::new(io::BufWriter::with_capacity(256 * 1024, file));
     for (name, source) in entries {
         match source {
-            Source::Dir => append_dir(&mut tar, name).map_err(io_err("writing", &tmp_path))?,
+            Source::Dir => append_dir(&mut tar, name).map_err(io_err("writing", dest))?,
             Source::Bytes(data) => append_file(&mut tar, name, data.len() as u64, &data[..])
-                .map_err(io_err("writing", &tmp_path))?,
+                .map_err(io_err("writing", dest))?,
             Source::Blob(layer) => {
                 let (file, path) = open_layer(layer, blob_path)?;
                 let mut reader = Hashing::new(BufReader::with_capacity(256 * 1024, file));
@@ -318,9 +318,7 @@ pub(crate) fn write_archive(
             }
         }
     }
-    let tmp = tar
-        .into_inner()
-        .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
-        .map_err(write_err)?;
-    persist(tmp, dest)
+    tar.into_inner()
+        .and_then(|w| w.into_inner().map(|_| ()).map_err(|e| e.into_error()))
+        .map_err(write_err)
 }

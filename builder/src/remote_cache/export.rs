@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::Path;
 
+use kiln_cache::atomic::{self, AtomicError};
 use kiln_cache::{BuildRecord, Digest, Store};
 use kiln_frontend::convert::Plan;
 use kiln_ops::VertexId;
@@ -285,19 +286,6 @@ pub fn export(
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory.
-fn write_file_atomic(
-    path: &Path,
-    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
-) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    write(tmp.as_file_mut())?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
-
 /// Writes the cache as an OCI layout in `dir`: the blobs it lacks, the config, the
 /// manifest, then `index.json` (the switch to the new cache).
 fn write_layout(
@@ -306,6 +294,13 @@ fn write_layout(
     config: &CacheConfig,
 ) -> Result<ExportReport, RemoteCacheError> {
     let io = |what: String| move |source: std::io::Error| RemoteCacheError::Layout { what, source };
+    // A file of the layout, written atomically; any failure is the file's.
+    let write_file =
+        |path: &Path, write: &mut dyn FnMut(&mut std::fs::File) -> std::io::Result<()>| {
+            atomic::write_with(path, write)
+                .map_err(AtomicError::into_io)
+                .map_err(io(format!("writing {}", path.display())))
+        };
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).map_err(io(format!("creating {}", blobs.display())))?;
     let mut report = ExportReport::default();
@@ -313,8 +308,7 @@ fn write_layout(
     let put_bytes = |d: &Digest, bytes: &[u8]| -> Result<(), RemoteCacheError> {
         let p = blob_path(d);
         if !p.exists() {
-            write_file_atomic(&p, |f| f.write_all(bytes))
-                .map_err(io(format!("writing {}", p.display())))?;
+            write_file(&p, &mut |f| f.write_all(bytes))?;
         }
         Ok(())
     };
@@ -325,8 +319,7 @@ fn write_layout(
             continue;
         }
         let mut from = store.open_blob(&l.digest)?;
-        write_file_atomic(&p, |f| std::io::copy(&mut from, f).map(|_| ()))
-            .map_err(io(format!("writing {}", p.display())))?;
+        write_file(&p, &mut |f| std::io::copy(&mut from, f).map(|_| ()))?;
         report.uploaded += 1;
         report.bytes += l.size;
     }
@@ -338,10 +331,9 @@ fn write_layout(
     put_bytes(&manifest_digest, &manifest)?;
     let layout = dir.join("oci-layout");
     if !layout.exists() {
-        write_file_atomic(&layout, |f| {
+        write_file(&layout, &mut |f| {
             f.write_all(br#"{"imageLayoutVersion":"1.0.0"}"#)
-        })
-        .map_err(io(format!("writing {}", layout.display())))?;
+        })?;
     }
     let index = serde_json::json!({
         "schemaVersion": 2,
@@ -354,10 +346,9 @@ fn write_layout(
         }],
     });
     let index_path = dir.join("index.json");
-    write_file_atomic(&index_path, |f| {
+    write_file(&index_path, &mut |f| {
         f.write_all(&serde_json::to_vec(&index).expect("index serializes"))
-    })
-    .map_err(io(format!("writing {}", index_path.display())))?;
+    })?;
     Ok(report)
 }
 

@@ -8,6 +8,7 @@
 //! - [`registry`]: the one `docker-registry` launcher (anonymous, htpasswd or token
 //!   auth, with a token server).
 //! - [`server`]: a static file server for `ADD <url>`.
+//! - [`ssh`]: an `ssh-agent` with a fresh key, an `sshd` on loopback.
 //! - [`context`]: a temporary workspace for build contexts, fixtures, commands.
 //! - [`tree`]: tree listings and their differences.
 
@@ -15,6 +16,7 @@ pub mod context;
 pub mod registry;
 pub mod require;
 pub mod server;
+pub mod ssh;
 pub mod tree;
 pub mod wait;
 

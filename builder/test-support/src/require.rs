@@ -39,6 +39,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     ("ip", "iproute2"),
     ("python3", "python3"),
+    ("ssh-agent", "openssh-client"),
+    ("sshd", "openssh-server"),
     ("dockerd", "docker.io"),
     ("docker", "docker.io"),
 ];

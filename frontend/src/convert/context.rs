@@ -68,8 +68,35 @@ impl Converter<'_> {
         id
     }
 
+    /// The source vertex of a named git or HTTP context (one per name): the
+    /// repository's checkout, or a tree holding the download as `/context`.
+    fn named_remote(&mut self, name: &str, ctx: &NamedContext) -> VertexId {
+        if let Some(id) = self.named.get(name) {
+            return *id;
+        }
+        let op = match ctx {
+            NamedContext::Git { source } => Op::Git(source.clone()),
+            NamedContext::Http { url } => Op::File(FileOp {
+                has_base: false,
+                actions: vec![FileAction::Download {
+                    url: url.clone(),
+                    dest: "/context".to_string(),
+                    checksum: None,
+                    chown: None,
+                    chmod: None,
+                }],
+            }),
+            NamedContext::Local { .. } | NamedContext::Image { .. } => {
+                unreachable!("named_remote of a local or image context")
+            }
+        };
+        let id = self.graph.add(op, Vec::new(), None);
+        self.named.insert(name.to_string(), id);
+        id
+    }
+
     /// The tree a `--from` or a mount's `from` reads when it names a context: the
-    /// directory itself, or the image.
+    /// directory itself, the image, the repository's files or the downloaded file.
     pub(super) fn context_source(
         &mut self,
         name: &str,
@@ -80,12 +107,16 @@ impl Converter<'_> {
         match ctx {
             NamedContext::Local { exclude } => Ok(self.named_local(name, exclude)),
             NamedContext::Image { reference } => Ok(self.image(reference, platform, range)?.0),
+            NamedContext::Git { .. } | NamedContext::Http { .. } => {
+                Ok(self.named_remote(name, ctx))
+            }
         }
     }
 
     /// A stage that starts from a named context (`FROM NAME`, or a stage named NAME):
     /// an image's layers and config, or a directory's files as one layer (owned 0:0,
-    /// as `COPY` from the build context makes them) with an empty config.
+    /// as `COPY` from the build context makes them) with an empty config; a git or
+    /// HTTP context's tree is that layer.
     pub(super) fn context_base(
         &mut self,
         name: &str,
@@ -120,6 +151,12 @@ impl Converter<'_> {
                     author: None,
                 })
             }
+            NamedContext::Git { .. } | NamedContext::Http { .. } => Ok(ContextBase {
+                base: Base::Context(name.to_string()),
+                root: Some(self.named_remote(name, ctx)),
+                config: ImageConfig::default(),
+                author: None,
+            }),
             NamedContext::Image { reference } => {
                 let (id, resolved) = self.image(reference, platform, range)?;
                 let (config, author) = resolved

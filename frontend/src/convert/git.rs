@@ -1,6 +1,6 @@
 //! `ADD` of a git repository (BuildKit's `dfgitutil.ParseGitRef` and the git branch of
 //! `dispatchCopy`): `https://host/repo.git#ref:subdir`, `git@host:repo.git#ref`,
-//! `git://host/repo#ref`, and the query form `?ref=..&subdir=..&checksum=..`.
+//! `ssh://user@host:port/repo.git#ref`, `git://host/repo#ref`, and the query form `?ref=..&subdir=..&checksum=..`.
 
 use kiln_ops::GitSource;
 
@@ -143,6 +143,10 @@ mod tests {
         assert_eq!(g.remote, "git@github.com:o/r.git");
         assert_eq!(g.reference.as_deref(), Some("main"));
         assert_eq!(g.subdir, None);
+        let g = p("ssh://git@127.0.0.1:2222/srv/r.git#v1:a");
+        assert_eq!(g.remote, "ssh://git@127.0.0.1:2222/srv/r.git");
+        assert_eq!(g.reference.as_deref(), Some("v1"));
+        assert!(crate::instructions::is_git("ssh://git@h/r"));
         let g = p("git://h/r#:/sub/");
         assert_eq!((g.reference, g.subdir.as_deref()), (None, Some("sub")));
         let g = p("https://h/r.git");

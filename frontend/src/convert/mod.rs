@@ -129,6 +129,18 @@ pub enum NamedContext {
         /// The reference the builder resolves.
         reference: String,
     },
+    /// A git repository (`https://host/repo.git#ref:subdir`, `git@host:repo.git`, ...):
+    /// its files at the commit, as `ADD` of the repository gives them.
+    Git {
+        /// The repository, reference and subdir.
+        source: kiln_ops::GitSource,
+    },
+    /// A file over HTTP(S): a tree holding it as `/context`, not unpacked (BuildKit's
+    /// `llb.HTTP(url, Filename("context"))` for a named context).
+    Http {
+        /// The URL.
+        url: String,
+    },
 }
 
 impl Default for ConvertOptions {

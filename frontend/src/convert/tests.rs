@@ -811,6 +811,65 @@ fn from_a_named_local_context() {
 }
 
 #[test]
+fn git_and_http_named_contexts_are_one_source_each() {
+    let git = NamedContext::Git {
+        source: kiln_ops::GitSource {
+            remote: "https://h/r.git".into(),
+            reference: Some("v1".into()),
+            subdir: Some("sub".into()),
+            keep_git_dir: false,
+            checksum: None,
+        },
+    };
+    let http = NamedContext::Http {
+        url: "https://h/files.tar.gz".into(),
+    };
+    let src = "FROM repo
+COPY --from=repo /a /b
+COPY --from=dl /context /dl.tgz
+               RUN --mount=from=dl,target=/m true
+";
+    let p = plan_ctx(src, &[("repo", git.clone()), ("dl", http)]).unwrap();
+    assert_eq!(p.target_stage().base, Base::Context("repo".into()));
+    let ops: Vec<&Op> = p
+        .graph
+        .topo_order()
+        .into_iter()
+        .map(|id| &p.graph.vertex(id).op)
+        .collect();
+    // One git source (FROM and --from share it), one download into `/context`.
+    let gits: Vec<_> = ops.iter().filter(|o| matches!(o, Op::Git(_))).collect();
+    assert_eq!(gits.len(), 1, "{ops:?}");
+    assert!(matches!(gits[0], Op::Git(g) if g.subdir.as_deref() == Some("sub")));
+    let downloads: Vec<_> = ops
+        .iter()
+        .filter_map(|o| match o {
+            Op::File(f) if !f.has_base => match &f.actions[..] {
+                [FileAction::Download { url, dest, .. }] => Some((url.as_str(), dest.as_str())),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(downloads, [("https://h/files.tar.gz", "/context")]);
+    assert!(images(&p).is_empty() && contexts(&p).is_empty());
+    // A stage of only `FROM repo` is the repository's tree itself.
+    let p = plan_ctx("FROM repo\n", &[("repo", git.clone())]).unwrap();
+    let root = p.graph.vertex(p.target_stage().root.unwrap());
+    assert!(matches!(&root.op, Op::Git(_)), "{:?}", root.op);
+    // A stage of that name is replaced by it.
+    let p = plan_ctx(
+        "FROM alpine AS repo
+RUN exit 1
+FROM repo
+",
+        &[("repo", git)],
+    )
+    .unwrap();
+    assert!(execs(&p).is_empty() && images(&p).is_empty());
+}
+
+#[test]
 fn add_git_is_a_git_source_copied_into_dest() {
     let src = "FROM scratch\nADD --keep-git-dir --checksum=ABCDEF https://h/r.git#v1:sub /src\n\
                ADD https://h/r.git a.txt /both/\n";

@@ -658,6 +658,7 @@ pub fn is_url(s: &str) -> bool {
 pub fn is_git(s: &str) -> bool {
     s.starts_with("git@")
         || s.starts_with("git://")
+        || s.starts_with("ssh://")
         || (is_url(s) && s.split(['?', '#']).next().unwrap_or("").ends_with(".git"))
 }
 

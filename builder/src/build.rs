@@ -368,6 +368,9 @@ pub struct BuildRequest {
     pub named_contexts: Vec<(String, ContextSource)>,
     /// `--ssh`: agent sockets by id (see [`parse_ssh`]).
     pub ssh: Vec<(String, PathBuf)>,
+    /// One platform's build of a multi-platform one: step labels name the platform
+    /// (`[linux/arm64 2/3] RUN ...`), as BuildKit's do.
+    pub multi_platform: bool,
 }
 
 /// What a build produced.
@@ -442,7 +445,11 @@ fn check_entitlements(plan: &Plan) -> Result<(), Diagnostic> {
     Ok(())
 }
 
-fn step_labels(plan: &Plan) -> HashMap<VertexId, StepLabel> {
+fn step_labels(
+    plan: &Plan,
+    dockerfile_stages: usize,
+    multi_platform: Option<&Platform>,
+) -> HashMap<VertexId, StepLabel> {
     let mut labels = HashMap::new();
     let mut per_stage: HashMap<usize, usize> = HashMap::new();
     let total: HashMap<usize, usize> = plan.stages.iter().map(|s| (s.index, 0)).collect();
@@ -458,15 +465,41 @@ fn step_labels(plan: &Plan) -> HashMap<VertexId, StepLabel> {
             (Some(o), _) => {
                 let i = per_stage.entry(o.stage).or_default();
                 *i += 1;
+                let stage = plan.stages.iter().find(|s| s.index == o.stage);
+                let mut head = String::new();
+                if let (Some(target), Some(st)) = (multi_platform, stage) {
+                    head.push_str(&platform_prefix(&st.platform, target));
+                    head.push(' ');
+                }
+                // BuildKit names a stage only when the Dockerfile has several:
+                // `[build 2/3]`, `[stage-1 2/3]`; a single stage is `[2/3]`.
+                if dockerfile_stages > 1 {
+                    match stage.and_then(|s| s.name.as_deref()) {
+                        Some(name) => head.push_str(name),
+                        None => head.push_str(&format!("stage-{}", o.stage)),
+                    }
+                    head.push(' ');
+                }
                 format!(
-                    "[{} {}/{}] {}",
-                    o.stage_name,
-                    i,
+                    "[{head}{i}/{}] {}",
                     totals[&o.stage],
                     shorten(o.instruction.trim())
                 )
             }
-            (None, Op::Image { reference, .. }) => format!("[internal] FROM {reference}"),
+            (
+                None,
+                Op::Image {
+                    reference,
+                    platform,
+                    ..
+                },
+            ) => match multi_platform {
+                Some(target) => format!(
+                    "[{} internal] FROM {reference}",
+                    platform_prefix(platform, target)
+                ),
+                None => format!("[internal] FROM {reference}"),
+            },
             (None, Op::Context { name, .. }) if name != crate::worker::MAIN_CONTEXT => {
                 format!("[context {name}] load from client")
             }
@@ -482,6 +515,24 @@ fn step_labels(plan: &Plan) -> HashMap<VertexId, StepLabel> {
         );
     }
     labels
+}
+
+/// The platform part of a step label in a multi-platform build, as BuildKit's
+/// `prefixCommand` writes it: the stage's platform, and when the stage runs on another
+/// architecture than the one being built (a `FROM --platform=$BUILDPLATFORM` cross
+/// stage), `->` and the target's (`linux/amd64->arm64`; the whole target platform when
+/// the OS differs too).
+fn platform_prefix(stage: &Platform, target: &Platform) -> String {
+    if stage.os() != target.os() {
+        format!("{stage}->{target}")
+    } else if stage.architecture() != target.architecture() {
+        match target.variant() {
+            Some(v) => format!("{stage}->{}/{v}", target.architecture()),
+            None => format!("{stage}->{}", target.architecture()),
+        }
+    } else {
+        stage.to_string()
+    }
 }
 
 /// The history of a stage's base, recursively through stages.
@@ -719,7 +770,11 @@ fn build_inner(
         &plan,
         Path::new(crate::multiplatform::BINFMT_MISC),
     )?;
-    let labels = step_labels(&plan);
+    let labels = step_labels(
+        &plan,
+        df.stages.len(),
+        req.multi_platform.then_some(&req.platform),
+    );
     progress.set_labels(labels.clone());
     if let Some(t) = trace {
         t.set_labels(labels.clone());
@@ -1147,4 +1202,65 @@ fn export_local(store: &Store, built: &BuiltImage, dest: &Path) -> Result<()> {
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_frontend::convert::{ConvertOptions, NoResolver};
+
+    fn labels(dockerfile: &str, target: &str, multi: bool) -> Vec<String> {
+        let (_, df) = kiln_frontend::load(dockerfile).unwrap();
+        let target = Platform::parse(target).unwrap();
+        let opts = ConvertOptions {
+            target_platform: target.clone(),
+            build_platform: Platform::parse("linux/amd64").unwrap(),
+            ..ConvertOptions::default()
+        };
+        let plan = convert::convert(&df, &opts, &NoResolver).unwrap();
+        let mut l: Vec<StepLabel> = step_labels(&plan, df.stages.len(), multi.then_some(&target))
+            .into_values()
+            .collect();
+        l.sort_by_key(|l| l.number);
+        l.into_iter().map(|l| l.name).collect()
+    }
+
+    #[test]
+    fn step_labels_name_the_platform_in_multi_platform_builds() {
+        let single = "FROM busybox\nRUN a\nRUN b\n";
+        assert_eq!(
+            labels(single, "linux/arm64", false),
+            ["[internal] FROM busybox", "[1/2] RUN a", "[2/2] RUN b"]
+        );
+        assert_eq!(
+            labels(single, "linux/arm64", true),
+            [
+                "[linux/arm64 internal] FROM busybox",
+                "[linux/arm64 1/2] RUN a",
+                "[linux/arm64 2/2] RUN b"
+            ]
+        );
+        // A cross stage (`FROM --platform=$BUILDPLATFORM`) says what it builds for;
+        // stages are named when the Dockerfile has several.
+        let cross = "FROM --platform=$BUILDPLATFORM busybox AS build\nRUN make\n\
+                     FROM scratch\nCOPY --from=build /out /out\n";
+        let l = labels(cross, "linux/arm/v7", true);
+        assert!(
+            l.contains(&"[linux/amd64->arm/v7 build 1/1] RUN make".to_string()),
+            "{l:?}"
+        );
+        assert!(
+            l.contains(&"[linux/arm/v7 stage-1 1/1] COPY --from=build /out /out".to_string()),
+            "{l:?}"
+        );
+        let l = labels(cross, "linux/arm64", false);
+        assert!(l.contains(&"[build 1/1] RUN make".to_string()), "{l:?}");
+        assert_eq!(
+            platform_prefix(
+                &Platform::parse("linux/amd64").unwrap(),
+                &Platform::parse("windows/amd64").unwrap()
+            ),
+            "linux/amd64->windows/amd64"
+        );
+    }
 }

@@ -1116,6 +1116,7 @@ fn real_build(
                 kiln_builder::build::parse_ssh(s, std::env::var("SSH_AUTH_SOCK").ok().as_deref())
             })
             .collect::<Result<_, _>>()?,
+        multi_platform: false,
     };
     kiln_builder::interrupt::install();
     // RUN steps block a worker thread while their process runs: keep enough threads for

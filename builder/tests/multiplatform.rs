@@ -443,3 +443,110 @@ fn push_sends_the_index() {
     let raw: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(raw["manifests"].as_array().unwrap().len(), 2);
 }
+
+/// The names of a trace file's complete spans (`ph: X`).
+fn span_names(trace: &Path) -> Vec<String> {
+    let t: Value = serde_json::from_slice(&fs::read(trace).unwrap()).unwrap();
+    let events = if t.is_array() {
+        t.as_array().unwrap().clone()
+    } else {
+        t["traceEvents"].as_array().unwrap().clone()
+    };
+    events
+        .iter()
+        .filter_map(|e| e["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// In a multi-platform build each step's label names its platform, as BuildKit's
+/// (`[linux/arm64 stage-1 1/1] COPY ...`, a cross stage `[linux/amd64->arm64 build 1/1]`),
+/// in the plain progress and in the trace's span names; a single-platform build's
+/// labels name none. A base image of one platform used for another warns
+/// (InvalidBaseImagePlatform) once per base and platform, and the build goes on.
+#[test]
+fn multi_platform_labels_and_base_platform_warning() {
+    require_root!();
+    require_tool!("busybox");
+    require!(
+        kiln_ops::Platform::host().architecture() == "amd64",
+        "the base built here is amd64"
+    );
+    let ws = Workspace::new();
+    let store = ws.path("store");
+    let base = ws.path("busybox");
+    busybox_context(&base);
+    ok(
+        kiln(&store)
+            .args(["build", "-q", "-t", "busybox:kiln-test"])
+            .arg(&base)
+            .output()
+            .unwrap(),
+        "base build",
+    );
+    let ctx = ws.context(
+        "app",
+        "FROM --platform=$BUILDPLATFORM busybox:kiln-test AS build\nCOPY a /a\n\
+         FROM busybox:kiln-test\nCOPY --from=build /a /b\n",
+    );
+    fs::write(ctx.join("a"), "a").unwrap();
+    let o = kiln(&store)
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--trace",
+        ])
+        .arg(ws.path("t.json"))
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    for label in [
+        "[linux/amd64 internal] FROM busybox:kiln-test",
+        "[linux/amd64 build 1/1] COPY a /a",
+        "[linux/amd64 stage-1 1/1] COPY --from=build /a /b",
+        "[linux/arm64 internal] FROM busybox:kiln-test",
+        "[linux/amd64->arm64 build 1/1] COPY a /a",
+        "[linux/arm64 stage-1 1/1] COPY --from=build /a /b",
+    ] {
+        assert!(
+            err.contains(&format!(" {label}\n")),
+            "no {label:?} in:\n{err}"
+        );
+    }
+    let spans = span_names(&ws.path("t.linux_arm64.json"));
+    assert!(
+        spans
+            .iter()
+            .any(|s| s == "[linux/arm64 stage-1 1/1] COPY --from=build /a /b"),
+        "{spans:?}"
+    );
+    // The amd64 base used for arm64 (line 3; the cross stage asks for amd64): one
+    // warning, not an error.
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("WARNING")).collect();
+    assert_eq!(
+        warnings,
+        [
+            "WARNING: InvalidBaseImagePlatform: Base image busybox:kiln-test was pulled with platform \"linux/amd64\", expected \"linux/arm64\" for current build (line 3)"
+        ],
+        "{err}"
+    );
+
+    // One platform: no platform in the labels, no warning for the host's own base.
+    let o = kiln(&store)
+        .args(["build", "--progress", "plain"])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(" [stage-1 1/1] COPY --from=build /a /b\n"),
+        "{err}"
+    );
+    assert!(!err.contains("linux/"), "{err}");
+    assert!(!err.contains("WARNING"), "{err}");
+}

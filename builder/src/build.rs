@@ -75,6 +75,9 @@ pub enum BuildError {
         /// What is wrong.
         reason: String,
     },
+    /// The agent serving `--ssh ID=KEYFILE` failed.
+    #[error(transparent)]
+    SshAgent(#[from] crate::worker::ssh::KeyAgentError),
     /// `--ssh` is wrong.
     #[error("invalid --ssh {spec:?}: {reason}")]
     Ssh {
@@ -226,36 +229,66 @@ impl OutputSpec {
     }
 }
 
-/// Parses `--ssh default|ID|ID=SOCKET` (buildx's flag): an id and the agent socket it
-/// forwards; `default` or a bare ID take `$SSH_AUTH_SOCK` (`auth_sock`). kiln forwards
-/// agent sockets only (not key files), one per id.
-pub fn parse_ssh(spec: &str, auth_sock: Option<&str>) -> Result<(String, PathBuf)> {
+/// What an `--ssh` id forwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SshSource {
+    /// An agent's socket.
+    Socket(PathBuf),
+    /// Private key files, served by an agent kiln runs for the build (see
+    /// [`crate::worker::ssh::KeyAgent`]).
+    Keys(Vec<PathBuf>),
+}
+
+/// Parses `--ssh default|ID|ID=PATH[,PATH...]` (buildx's flag): an id and what it
+/// forwards; `default` or a bare ID take `$SSH_AUTH_SOCK` (`auth_sock`). A PATH that is
+/// a socket is an agent's, and must be the only one; others are private key files.
+pub fn parse_ssh(spec: &str, auth_sock: Option<&str>) -> Result<(String, SshSource)> {
     let bad = |reason: String| BuildError::Ssh {
         spec: spec.to_string(),
         reason,
     };
-    let (id, path) = match spec.split_once('=') {
-        Some((id, p)) => (id, PathBuf::from(p)),
+    let (id, paths) = match spec.split_once('=') {
+        Some((id, p)) => (id, p),
         None => match auth_sock.filter(|s| !s.is_empty()) {
-            Some(s) => (spec, PathBuf::from(s)),
+            Some(s) => (spec, s),
             None => return Err(bad("SSH_AUTH_SOCK is not set: give ID=SOCKET".into())),
         },
     };
     if id.is_empty() || id.contains(',') {
-        return Err(bad("expected default, ID or ID=SOCKET".into()));
+        return Err(bad("expected default, ID or ID=PATH[,PATH...]".into()));
     }
-    if path.as_os_str().to_string_lossy().contains(',') {
-        return Err(bad("kiln forwards one agent socket per id".into()));
+    let paths: Vec<PathBuf> = paths
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    if paths.is_empty() {
+        return Err(bad("no socket or key file given".into()));
     }
     use std::os::unix::fs::FileTypeExt;
-    match std::fs::metadata(&path) {
-        Ok(m) if m.file_type().is_socket() => Ok((id.to_string(), path)),
-        Ok(_) => Err(bad(format!(
-            "{} is not a socket (kiln forwards agent sockets, not key files: ssh-add the key)",
-            path.display()
-        ))),
-        Err(e) => Err(bad(format!("{}: {e}", path.display()))),
+    let mut keys = Vec::new();
+    for path in &paths {
+        match std::fs::metadata(path) {
+            Ok(m) if m.file_type().is_socket() => {
+                if paths.len() > 1 {
+                    return Err(bad(format!(
+                        "{} is an agent socket, which must be the only path of an id",
+                        path.display()
+                    )));
+                }
+                return Ok((id.to_string(), SshSource::Socket(path.clone())));
+            }
+            Ok(m) if m.is_file() => keys.push(path.clone()),
+            Ok(_) => {
+                return Err(bad(format!(
+                    "{} is neither an agent socket nor a key file",
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(bad(format!("{}: {e}", path.display()))),
+        }
     }
+    Ok((id.to_string(), SshSource::Keys(keys)))
 }
 
 /// What a named context (`--build-context NAME=VALUE`) is.
@@ -366,8 +399,8 @@ pub struct BuildRequest {
     pub trace: Option<PathBuf>,
     /// `--build-context NAME=VALUE`, in the order given (a later NAME wins).
     pub named_contexts: Vec<(String, ContextSource)>,
-    /// `--ssh`: agent sockets by id (see [`parse_ssh`]).
-    pub ssh: Vec<(String, PathBuf)>,
+    /// `--ssh`: agent sockets or key files by id (see [`parse_ssh`]).
+    pub ssh: Vec<(String, SshSource)>,
     /// One platform's build of a multi-platform one: step labels name the platform
     /// (`[linux/arm64 2/3] RUN ...`), as BuildKit's do.
     pub multi_platform: bool,
@@ -809,12 +842,38 @@ fn build_inner(
             k
         }
     };
+    // `--ssh ID=KEYFILE`: an agent per id for this build, stopped when it ends (the
+    // agents live until this function returns).
+    let mut key_agents = Vec::new();
+    let mut ssh_sockets = HashMap::new();
+    for (id, source) in &req.ssh {
+        match source {
+            SshSource::Socket(p) => {
+                ssh_sockets.insert(id.clone(), p.clone());
+            }
+            SshSource::Keys(keys) => {
+                let dir = tempfile::Builder::new()
+                    .prefix("ssh-agent-")
+                    .tempdir_in(store.tmp_dir())
+                    .map_err(|e| crate::worker::ssh::KeyAgentError::Start {
+                        id: id.clone(),
+                        reason: format!(
+                            "creating its directory in {}: {e}",
+                            store.tmp_dir().display()
+                        ),
+                    })?;
+                let agent = crate::worker::ssh::KeyAgent::start(dir, id, keys)?;
+                ssh_sockets.insert(id.clone(), agent.socket().to_path_buf());
+                key_agents.push(agent);
+            }
+        }
+    }
     let exec = ExecSettings {
         snapshotter,
         runtime: Box::new(kiln_sandbox::LinuxRuntime::new()?),
         secrets: req.secrets.iter().cloned().collect(),
         allow_insecure: req.allow_insecure,
-        ssh: req.ssh.iter().cloned().collect(),
+        ssh: ssh_sockets,
     };
     let leaves: Vec<VertexId> = order
         .into_iter()

@@ -550,3 +550,100 @@ fn multi_platform_labels_and_base_platform_warning() {
     assert!(!err.contains("linux/"), "{err}");
     assert!(!err.contains("WARNING"), "{err}");
 }
+
+/// The Debian tier (`KILN_TEST_DEBIAN=1`, as e2e's): an amd64 and an arm64 Debian
+/// bookworm minbase made with mmdebstrap (the arm64 one through qemu-user-static; both
+/// cached by testdata/bases/debian/make-rootfs.sh under /var/cache/kiln-test, by day),
+/// imported by kiln as one two-platform base (`ADD rootfs-${TARGETARCH}.tar /`), then a
+/// two-platform build whose RUN asks dpkg for its architecture: each platform's image
+/// says its own, the arm64 one having run under emulation.
+#[test]
+fn debian_minbase_for_amd64_and_arm64() {
+    require!(
+        std::env::var_os("KILN_TEST_DEBIAN").is_some(),
+        "the Debian tier runs with KILN_TEST_DEBIAN=1 (needs mmdebstrap and a Debian mirror; .ci/run sets it)"
+    );
+    require_root!();
+    require_tool!("mmdebstrap");
+    require_tool!("arch-test");
+    require!(
+        fs::read_to_string(Path::new(BINFMT).join("qemu-aarch64"))
+            .is_ok_and(|s| s.starts_with("enabled")),
+        "qemu-aarch64 is not registered in binfmt_misc (apt-get install qemu-user-static; see .ci/install.sh)"
+    );
+    require!(
+        kiln_ops::Platform::host().architecture() == "amd64",
+        "this test builds amd64 natively"
+    );
+    let ws = Workspace::new();
+    let store = ws.path("store");
+    let base = ws.path("debian");
+    fs::create_dir_all(&base).unwrap();
+    for arch in ["amd64", "arm64"] {
+        let started = std::time::Instant::now();
+        kiln_test_support::run_ok(
+            std::process::Command::new("bash")
+                .arg(repo_root().join("testdata/bases/debian/make-rootfs.sh"))
+                .arg(base.join(format!("rootfs-{arch}.tar")))
+                .arg("")
+                .arg(arch),
+        );
+        eprintln!(
+            "debian minbase for {arch}: {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    fs::write(
+        base.join("Dockerfile"),
+        "FROM scratch\nARG TARGETARCH\nADD rootfs-${TARGETARCH}.tar /\n\
+         ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nCMD [\"bash\"]\n",
+    )
+    .unwrap();
+    ok(
+        kiln(&store)
+            .args([
+                "build",
+                "-q",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "-t",
+                "debian:multi",
+            ])
+            .arg(&base)
+            .output()
+            .unwrap(),
+        "base build",
+    );
+    let app = ws.context(
+        "app",
+        "FROM debian:multi\nRUN dpkg --print-architecture > /arch && uname -m >> /arch\n",
+    );
+    let local = ws.path("out");
+    let started = std::time::Instant::now();
+    let o = kiln(&store)
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-o",
+        ])
+        .arg(format!("type=local,dest={}", local.display()))
+        .arg(&app)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    eprintln!("app build: {:.1}s", started.elapsed().as_secs_f64());
+    // An index base gives each platform its own image: no platform warning.
+    assert!(!err.contains("InvalidBaseImagePlatform"), "{err}");
+    assert_eq!(
+        fs::read_to_string(local.join("linux_amd64/arch")).unwrap(),
+        "amd64\nx86_64\n"
+    );
+    assert_eq!(
+        fs::read_to_string(local.join("linux_arm64/arch")).unwrap(),
+        "arm64\naarch64\n"
+    );
+}

@@ -920,6 +920,12 @@ fn build_inner(
                 .map(|l| l.name.clone())
                 .unwrap_or_default(),
         };
+        // Which platform's build failed, in a multi-platform one (its labels say it;
+        // `stage NAME, Dockerfile:LINE` does not).
+        let what = match (req.multi_platform, v.origins.is_empty()) {
+            (true, false) => format!("{}: {what}", req.platform),
+            _ => what,
+        };
         BuildError::Step {
             step: what,
             source: e.error,

@@ -535,6 +535,39 @@ fn multi_platform_labels_and_base_platform_warning() {
         "{err}"
     );
 
+    // A step failing for one platform names it (there is no arm64.txt).
+    fs::write(ctx.join("amd64.txt"), "amd64").unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox:kiln-test\nARG TARGETARCH\nCOPY ${TARGETARCH}.txt /arch.txt\n",
+    )
+    .unwrap();
+    let o = kiln(&store)
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "--platform",
+            "linux/amd64,linux/arm64",
+        ])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        err.contains(
+            "error: linux/arm64: stage 0, Dockerfile:3: COPY ${TARGETARCH}.txt /arch.txt: "
+        ),
+        "{err}"
+    );
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM --platform=$BUILDPLATFORM busybox:kiln-test AS build\nCOPY a /a\n\
+         FROM busybox:kiln-test\nCOPY --from=build /a /b\n",
+    )
+    .unwrap();
+
     // One platform: no platform in the labels, no warning for the host's own base.
     let o = kiln(&store)
         .args(["build", "--progress", "plain"])

@@ -632,6 +632,7 @@ fn debian_minbase_for_amd64_and_arm64() {
          ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nCMD [\"bash\"]\n",
     )
     .unwrap();
+    let started = std::time::Instant::now();
     ok(
         kiln(&store)
             .args([
@@ -647,6 +648,7 @@ fn debian_minbase_for_amd64_and_arm64() {
             .unwrap(),
         "base build",
     );
+    eprintln!("base build: {:.1}s", started.elapsed().as_secs_f64());
     let app = ws.context(
         "app",
         "FROM debian:multi\nRUN dpkg --print-architecture > /arch && uname -m >> /arch\n",

@@ -7,7 +7,9 @@
 # sandbox tests run inside RUN, and iproute2 checks the host's loopback after it; docker.io
 # (dockerd and the docker client) runs kiln's images in the Docker acceptance test; git
 # (ADD of git repositories, served by git daemon) and openssh-client (ssh-agent for RUN
-# --mount=type=ssh); openssh-server (an sshd on loopback serving git over ssh); qemu-user-static runs RUN under arm64 in the multi-platform tests.
+# --mount=type=ssh); openssh-server (an sshd on loopback serving git over ssh); qemu-user-static
+# runs RUN under arm64 in the multi-platform tests, and arch-test lets mmdebstrap make the arm64
+# Debian base through it.
 # Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -75,6 +75,9 @@ pub enum BuildError {
         /// What is wrong.
         reason: String,
     },
+    /// The agent serving `--ssh ID=KEYFILE` failed.
+    #[error(transparent)]
+    SshAgent(#[from] crate::worker::ssh::KeyAgentError),
     /// `--ssh` is wrong.
     #[error("invalid --ssh {spec:?}: {reason}")]
     Ssh {
@@ -226,36 +229,66 @@ impl OutputSpec {
     }
 }
 
-/// Parses `--ssh default|ID|ID=SOCKET` (buildx's flag): an id and the agent socket it
-/// forwards; `default` or a bare ID take `$SSH_AUTH_SOCK` (`auth_sock`). kiln forwards
-/// agent sockets only (not key files), one per id.
-pub fn parse_ssh(spec: &str, auth_sock: Option<&str>) -> Result<(String, PathBuf)> {
+/// What an `--ssh` id forwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SshSource {
+    /// An agent's socket.
+    Socket(PathBuf),
+    /// Private key files, served by an agent kiln runs for the build (see
+    /// [`crate::worker::ssh::KeyAgent`]).
+    Keys(Vec<PathBuf>),
+}
+
+/// Parses `--ssh default|ID|ID=PATH[,PATH...]` (buildx's flag): an id and what it
+/// forwards; `default` or a bare ID take `$SSH_AUTH_SOCK` (`auth_sock`). A PATH that is
+/// a socket is an agent's, and must be the only one; others are private key files.
+pub fn parse_ssh(spec: &str, auth_sock: Option<&str>) -> Result<(String, SshSource)> {
     let bad = |reason: String| BuildError::Ssh {
         spec: spec.to_string(),
         reason,
     };
-    let (id, path) = match spec.split_once('=') {
-        Some((id, p)) => (id, PathBuf::from(p)),
+    let (id, paths) = match spec.split_once('=') {
+        Some((id, p)) => (id, p),
         None => match auth_sock.filter(|s| !s.is_empty()) {
-            Some(s) => (spec, PathBuf::from(s)),
+            Some(s) => (spec, s),
             None => return Err(bad("SSH_AUTH_SOCK is not set: give ID=SOCKET".into())),
         },
     };
     if id.is_empty() || id.contains(',') {
-        return Err(bad("expected default, ID or ID=SOCKET".into()));
+        return Err(bad("expected default, ID or ID=PATH[,PATH...]".into()));
     }
-    if path.as_os_str().to_string_lossy().contains(',') {
-        return Err(bad("kiln forwards one agent socket per id".into()));
+    let paths: Vec<PathBuf> = paths
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    if paths.is_empty() {
+        return Err(bad("no socket or key file given".into()));
     }
     use std::os::unix::fs::FileTypeExt;
-    match std::fs::metadata(&path) {
-        Ok(m) if m.file_type().is_socket() => Ok((id.to_string(), path)),
-        Ok(_) => Err(bad(format!(
-            "{} is not a socket (kiln forwards agent sockets, not key files: ssh-add the key)",
-            path.display()
-        ))),
-        Err(e) => Err(bad(format!("{}: {e}", path.display()))),
+    let mut keys = Vec::new();
+    for path in &paths {
+        match std::fs::metadata(path) {
+            Ok(m) if m.file_type().is_socket() => {
+                if paths.len() > 1 {
+                    return Err(bad(format!(
+                        "{} is an agent socket, which must be the only path of an id",
+                        path.display()
+                    )));
+                }
+                return Ok((id.to_string(), SshSource::Socket(path.clone())));
+            }
+            Ok(m) if m.is_file() => keys.push(path.clone()),
+            Ok(_) => {
+                return Err(bad(format!(
+                    "{} is neither an agent socket nor a key file",
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(bad(format!("{}: {e}", path.display()))),
+        }
     }
+    Ok((id.to_string(), SshSource::Keys(keys)))
 }
 
 /// What a named context (`--build-context NAME=VALUE`) is.
@@ -382,8 +415,11 @@ pub struct BuildRequest {
     pub trace: Option<PathBuf>,
     /// `--build-context NAME=VALUE`, in the order given (a later NAME wins).
     pub named_contexts: Vec<(String, ContextSource)>,
-    /// `--ssh`: agent sockets by id (see [`parse_ssh`]).
-    pub ssh: Vec<(String, PathBuf)>,
+    /// `--ssh`: agent sockets or key files by id (see [`parse_ssh`]).
+    pub ssh: Vec<(String, SshSource)>,
+    /// One platform's build of a multi-platform one: step labels name the platform
+    /// (`[linux/arm64 2/3] RUN ...`), as BuildKit's do.
+    pub multi_platform: bool,
 }
 
 /// What a build produced.
@@ -462,7 +498,11 @@ fn check_entitlements(plan: &Plan) -> Result<(), Diagnostic> {
     Ok(())
 }
 
-fn step_labels(plan: &Plan) -> HashMap<VertexId, StepLabel> {
+fn step_labels(
+    plan: &Plan,
+    dockerfile_stages: usize,
+    multi_platform: Option<&Platform>,
+) -> HashMap<VertexId, StepLabel> {
     let mut labels = HashMap::new();
     let mut per_stage: HashMap<usize, usize> = HashMap::new();
     let total: HashMap<usize, usize> = plan.stages.iter().map(|s| (s.index, 0)).collect();
@@ -478,15 +518,41 @@ fn step_labels(plan: &Plan) -> HashMap<VertexId, StepLabel> {
             (Some(o), _) => {
                 let i = per_stage.entry(o.stage).or_default();
                 *i += 1;
+                let stage = plan.stages.iter().find(|s| s.index == o.stage);
+                let mut head = String::new();
+                if let (Some(target), Some(st)) = (multi_platform, stage) {
+                    head.push_str(&platform_prefix(&st.platform, target));
+                    head.push(' ');
+                }
+                // BuildKit names a stage only when the Dockerfile has several:
+                // `[build 2/3]`, `[stage-1 2/3]`; a single stage is `[2/3]`.
+                if dockerfile_stages > 1 {
+                    match stage.and_then(|s| s.name.as_deref()) {
+                        Some(name) => head.push_str(name),
+                        None => head.push_str(&format!("stage-{}", o.stage)),
+                    }
+                    head.push(' ');
+                }
                 format!(
-                    "[{} {}/{}] {}",
-                    o.stage_name,
-                    i,
+                    "[{head}{i}/{}] {}",
                     totals[&o.stage],
                     shorten(o.instruction.trim())
                 )
             }
-            (None, Op::Image { reference, .. }) => format!("[internal] FROM {reference}"),
+            (
+                None,
+                Op::Image {
+                    reference,
+                    platform,
+                    ..
+                },
+            ) => match multi_platform {
+                Some(target) => format!(
+                    "[{} internal] FROM {reference}",
+                    platform_prefix(platform, target)
+                ),
+                None => format!("[internal] FROM {reference}"),
+            },
             (None, Op::Context { name, .. }) if name != crate::worker::MAIN_CONTEXT => {
                 format!("[context {name}] load from client")
             }
@@ -502,6 +568,24 @@ fn step_labels(plan: &Plan) -> HashMap<VertexId, StepLabel> {
         );
     }
     labels
+}
+
+/// The platform part of a step label in a multi-platform build, as BuildKit's
+/// `prefixCommand` writes it: the stage's platform, and when the stage runs on another
+/// architecture than the one being built (a `FROM --platform=$BUILDPLATFORM` cross
+/// stage), `->` and the target's (`linux/amd64->arm64`; the whole target platform when
+/// the OS differs too).
+fn platform_prefix(stage: &Platform, target: &Platform) -> String {
+    if stage.os() != target.os() {
+        format!("{stage}->{target}")
+    } else if stage.architecture() != target.architecture() {
+        match target.variant() {
+            Some(v) => format!("{stage}->{}/{v}", target.architecture()),
+            None => format!("{stage}->{}", target.architecture()),
+        }
+    } else {
+        stage.to_string()
+    }
 }
 
 /// The history of a stage's base, recursively through stages.
@@ -739,7 +823,11 @@ fn build_inner(
         &plan,
         Path::new(crate::multiplatform::BINFMT_MISC),
     )?;
-    let labels = step_labels(&plan);
+    let labels = step_labels(
+        &plan,
+        df.stages.len(),
+        req.multi_platform.then_some(&req.platform),
+    );
     progress.set_labels(labels.clone());
     if let Some(t) = trace {
         t.set_labels(labels.clone());
@@ -774,12 +862,38 @@ fn build_inner(
             k
         }
     };
+    // `--ssh ID=KEYFILE`: an agent per id for this build, stopped when it ends (the
+    // agents live until this function returns).
+    let mut key_agents = Vec::new();
+    let mut ssh_sockets = HashMap::new();
+    for (id, source) in &req.ssh {
+        match source {
+            SshSource::Socket(p) => {
+                ssh_sockets.insert(id.clone(), p.clone());
+            }
+            SshSource::Keys(keys) => {
+                let dir = tempfile::Builder::new()
+                    .prefix("ssh-agent-")
+                    .tempdir_in(store.tmp_dir())
+                    .map_err(|e| crate::worker::ssh::KeyAgentError::Start {
+                        id: id.clone(),
+                        reason: format!(
+                            "creating its directory in {}: {e}",
+                            store.tmp_dir().display()
+                        ),
+                    })?;
+                let agent = crate::worker::ssh::KeyAgent::start(dir, id, keys)?;
+                ssh_sockets.insert(id.clone(), agent.socket().to_path_buf());
+                key_agents.push(agent);
+            }
+        }
+    }
     let exec = ExecSettings {
         snapshotter,
         runtime: Box::new(kiln_sandbox::LinuxRuntime::new()?),
         secrets: req.secrets.iter().cloned().collect(),
         allow_insecure: req.allow_insecure,
-        ssh: req.ssh.iter().cloned().collect(),
+        ssh: ssh_sockets,
     };
     let leaves: Vec<VertexId> = order
         .into_iter()
@@ -825,6 +939,12 @@ fn build_inner(
                 .get(&e.vertex)
                 .map(|l| l.name.clone())
                 .unwrap_or_default(),
+        };
+        // Which platform's build failed, in a multi-platform one (its labels say it;
+        // `stage NAME, Dockerfile:LINE` does not).
+        let what = match (req.multi_platform, v.origins.is_empty()) {
+            (true, false) => format!("{}: {what}", req.platform),
+            _ => what,
         };
         BuildError::Step {
             step: what,
@@ -1167,4 +1287,65 @@ fn export_local(store: &Store, built: &BuiltImage, dest: &Path) -> Result<()> {
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_frontend::convert::{ConvertOptions, NoResolver};
+
+    fn labels(dockerfile: &str, target: &str, multi: bool) -> Vec<String> {
+        let (_, df) = kiln_frontend::load(dockerfile).unwrap();
+        let target = Platform::parse(target).unwrap();
+        let opts = ConvertOptions {
+            target_platform: target.clone(),
+            build_platform: Platform::parse("linux/amd64").unwrap(),
+            ..ConvertOptions::default()
+        };
+        let plan = convert::convert(&df, &opts, &NoResolver).unwrap();
+        let mut l: Vec<StepLabel> = step_labels(&plan, df.stages.len(), multi.then_some(&target))
+            .into_values()
+            .collect();
+        l.sort_by_key(|l| l.number);
+        l.into_iter().map(|l| l.name).collect()
+    }
+
+    #[test]
+    fn step_labels_name_the_platform_in_multi_platform_builds() {
+        let single = "FROM busybox\nRUN a\nRUN b\n";
+        assert_eq!(
+            labels(single, "linux/arm64", false),
+            ["[internal] FROM busybox", "[1/2] RUN a", "[2/2] RUN b"]
+        );
+        assert_eq!(
+            labels(single, "linux/arm64", true),
+            [
+                "[linux/arm64 internal] FROM busybox",
+                "[linux/arm64 1/2] RUN a",
+                "[linux/arm64 2/2] RUN b"
+            ]
+        );
+        // A cross stage (`FROM --platform=$BUILDPLATFORM`) says what it builds for;
+        // stages are named when the Dockerfile has several.
+        let cross = "FROM --platform=$BUILDPLATFORM busybox AS build\nRUN make\n\
+                     FROM scratch\nCOPY --from=build /out /out\n";
+        let l = labels(cross, "linux/arm/v7", true);
+        assert!(
+            l.contains(&"[linux/amd64->arm/v7 build 1/1] RUN make".to_string()),
+            "{l:?}"
+        );
+        assert!(
+            l.contains(&"[linux/arm/v7 stage-1 1/1] COPY --from=build /out /out".to_string()),
+            "{l:?}"
+        );
+        let l = labels(cross, "linux/arm64", false);
+        assert!(l.contains(&"[build 1/1] RUN make".to_string()), "{l:?}");
+        assert_eq!(
+            platform_prefix(
+                &Platform::parse("linux/amd64").unwrap(),
+                &Platform::parse("windows/amd64").unwrap()
+            ),
+            "linux/amd64->windows/amd64"
+        );
+    }
 }

@@ -498,8 +498,9 @@ struct BuildArgs {
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     build_contexts: Vec<String>,
     /// An SSH agent for `RUN --mount=type=ssh` (and `ADD git@...`): `default` (or `ID`)
-    /// for `$SSH_AUTH_SOCK`, or `ID=SOCKET`; repeatable.
-    #[arg(long = "ssh", value_name = "default|ID=SOCKET")]
+    /// for `$SSH_AUTH_SOCK`, `ID=SOCKET`, or `ID=KEYFILE[,KEYFILE...]` (private keys,
+    /// served by an ssh-agent kiln runs for the build); repeatable.
+    #[arg(long = "ssh", value_name = "default|ID=SOCKET|ID=KEYFILE[,...]")]
     ssh: Vec<String>,
     /// How RUN steps get their filesystem: `overlay` (default where the kernel has it) or
     /// `copy` (a full copy per step, for machines without overlayfs).
@@ -1118,6 +1119,7 @@ fn real_build(
                 kiln_builder::build::parse_ssh(s, std::env::var("SSH_AUTH_SOCK").ok().as_deref())
             })
             .collect::<Result<_, _>>()?,
+        multi_platform: false,
     };
     kiln_builder::interrupt::install();
     // RUN steps block a worker thread while their process runs: keep enough threads for

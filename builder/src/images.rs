@@ -588,6 +588,15 @@ impl ImageResolver for ImageStore {
             config,
             author: info.config.author.clone(),
             history_len: info.config.history.len(),
+            platform: (!info.config.os.is_empty() && !info.config.architecture.is_empty()).then(
+                || {
+                    Platform::new(
+                        &info.config.os,
+                        &info.config.architecture,
+                        info.config.variant.as_deref(),
+                    )
+                },
+            ),
         }))
     }
 }

@@ -187,6 +187,7 @@ pub fn build_platforms(
         r.platform = p.clone();
         r.tags = Vec::new();
         r.push = false;
+        r.multi_platform = true;
         // One timeline per platform (each is its own solve): FILE.json ->
         // FILE.linux_arm64.json.
         r.trace = req.trace.as_ref().map(|t| per_platform_path(t, p));

@@ -443,3 +443,242 @@ fn push_sends_the_index() {
     let raw: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(raw["manifests"].as_array().unwrap().len(), 2);
 }
+
+/// The names of a trace file's complete spans (`ph: X`).
+fn span_names(trace: &Path) -> Vec<String> {
+    let t: Value = serde_json::from_slice(&fs::read(trace).unwrap()).unwrap();
+    let events = if t.is_array() {
+        t.as_array().unwrap().clone()
+    } else {
+        t["traceEvents"].as_array().unwrap().clone()
+    };
+    events
+        .iter()
+        .filter_map(|e| e["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// In a multi-platform build each step's label names its platform, as BuildKit's
+/// (`[linux/arm64 stage-1 1/1] COPY ...`, a cross stage `[linux/amd64->arm64 build 1/1]`),
+/// in the plain progress and in the trace's span names; a single-platform build's
+/// labels name none. A base image of one platform used for another warns
+/// (InvalidBaseImagePlatform) once per base and platform, and the build goes on.
+#[test]
+fn multi_platform_labels_and_base_platform_warning() {
+    require_root!();
+    require_tool!("busybox");
+    require!(
+        kiln_ops::Platform::host().architecture() == "amd64",
+        "the base built here is amd64"
+    );
+    let ws = Workspace::new();
+    let store = ws.path("store");
+    let base = ws.path("busybox");
+    busybox_context(&base);
+    ok(
+        kiln(&store)
+            .args(["build", "-q", "-t", "busybox:kiln-test"])
+            .arg(&base)
+            .output()
+            .unwrap(),
+        "base build",
+    );
+    let ctx = ws.context(
+        "app",
+        "FROM --platform=$BUILDPLATFORM busybox:kiln-test AS build\nCOPY a /a\n\
+         FROM busybox:kiln-test\nCOPY --from=build /a /b\n",
+    );
+    fs::write(ctx.join("a"), "a").unwrap();
+    let o = kiln(&store)
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--trace",
+        ])
+        .arg(ws.path("t.json"))
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    for label in [
+        "[linux/amd64 internal] FROM busybox:kiln-test",
+        "[linux/amd64 build 1/1] COPY a /a",
+        "[linux/amd64 stage-1 1/1] COPY --from=build /a /b",
+        "[linux/arm64 internal] FROM busybox:kiln-test",
+        "[linux/amd64->arm64 build 1/1] COPY a /a",
+        "[linux/arm64 stage-1 1/1] COPY --from=build /a /b",
+    ] {
+        assert!(
+            err.contains(&format!(" {label}\n")),
+            "no {label:?} in:\n{err}"
+        );
+    }
+    let spans = span_names(&ws.path("t.linux_arm64.json"));
+    assert!(
+        spans
+            .iter()
+            .any(|s| s == "[linux/arm64 stage-1 1/1] COPY --from=build /a /b"),
+        "{spans:?}"
+    );
+    // The amd64 base used for arm64 (line 3; the cross stage asks for amd64): one
+    // warning, not an error.
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("WARNING")).collect();
+    assert_eq!(
+        warnings,
+        [
+            "WARNING: InvalidBaseImagePlatform: Base image busybox:kiln-test was pulled with platform \"linux/amd64\", expected \"linux/arm64\" for current build (line 3)"
+        ],
+        "{err}"
+    );
+
+    // A step failing for one platform names it (there is no arm64.txt).
+    fs::write(ctx.join("amd64.txt"), "amd64").unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox:kiln-test\nARG TARGETARCH\nCOPY ${TARGETARCH}.txt /arch.txt\n",
+    )
+    .unwrap();
+    let o = kiln(&store)
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "--platform",
+            "linux/amd64,linux/arm64",
+        ])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        err.contains(
+            "error: linux/arm64: stage 0, Dockerfile:3: COPY ${TARGETARCH}.txt /arch.txt: "
+        ),
+        "{err}"
+    );
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM --platform=$BUILDPLATFORM busybox:kiln-test AS build\nCOPY a /a\n\
+         FROM busybox:kiln-test\nCOPY --from=build /a /b\n",
+    )
+    .unwrap();
+
+    // One platform: no platform in the labels, no warning for the host's own base.
+    let o = kiln(&store)
+        .args(["build", "--progress", "plain"])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(" [stage-1 1/1] COPY --from=build /a /b\n"),
+        "{err}"
+    );
+    assert!(!err.contains("linux/"), "{err}");
+    assert!(!err.contains("WARNING"), "{err}");
+}
+
+/// The Debian tier (`KILN_TEST_DEBIAN=1`, as e2e's): an amd64 and an arm64 Debian
+/// bookworm minbase made with mmdebstrap (the arm64 one through qemu-user-static; both
+/// cached by testdata/bases/debian/make-rootfs.sh under /var/cache/kiln-test, by day),
+/// imported by kiln as one two-platform base (`ADD rootfs-${TARGETARCH}.tar /`), then a
+/// two-platform build whose RUN asks dpkg for its architecture: each platform's image
+/// says its own, the arm64 one having run under emulation.
+#[test]
+fn debian_minbase_for_amd64_and_arm64() {
+    require!(
+        std::env::var_os("KILN_TEST_DEBIAN").is_some(),
+        "the Debian tier runs with KILN_TEST_DEBIAN=1 (needs mmdebstrap and a Debian mirror; .ci/run sets it)"
+    );
+    require_root!();
+    require_tool!("mmdebstrap");
+    require_tool!("arch-test");
+    require!(
+        fs::read_to_string(Path::new(BINFMT).join("qemu-aarch64"))
+            .is_ok_and(|s| s.starts_with("enabled")),
+        "qemu-aarch64 is not registered in binfmt_misc (apt-get install qemu-user-static; see .ci/install.sh)"
+    );
+    require!(
+        kiln_ops::Platform::host().architecture() == "amd64",
+        "this test builds amd64 natively"
+    );
+    let ws = Workspace::new();
+    let store = ws.path("store");
+    let base = ws.path("debian");
+    fs::create_dir_all(&base).unwrap();
+    for arch in ["amd64", "arm64"] {
+        let started = std::time::Instant::now();
+        kiln_test_support::run_ok(
+            std::process::Command::new("bash")
+                .arg(repo_root().join("testdata/bases/debian/make-rootfs.sh"))
+                .arg(base.join(format!("rootfs-{arch}.tar")))
+                .arg("")
+                .arg(arch),
+        );
+        eprintln!(
+            "debian minbase for {arch}: {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    fs::write(
+        base.join("Dockerfile"),
+        "FROM scratch\nARG TARGETARCH\nADD rootfs-${TARGETARCH}.tar /\n\
+         ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nCMD [\"bash\"]\n",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    ok(
+        kiln(&store)
+            .args([
+                "build",
+                "-q",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "-t",
+                "debian:multi",
+            ])
+            .arg(&base)
+            .output()
+            .unwrap(),
+        "base build",
+    );
+    eprintln!("base build: {:.1}s", started.elapsed().as_secs_f64());
+    let app = ws.context(
+        "app",
+        "FROM debian:multi\nRUN dpkg --print-architecture > /arch && uname -m >> /arch\n",
+    );
+    let local = ws.path("out");
+    let started = std::time::Instant::now();
+    let o = kiln(&store)
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-o",
+        ])
+        .arg(format!("type=local,dest={}", local.display()))
+        .arg(&app)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    eprintln!("app build: {:.1}s", started.elapsed().as_secs_f64());
+    // An index base gives each platform its own image: no platform warning.
+    assert!(!err.contains("InvalidBaseImagePlatform"), "{err}");
+    assert_eq!(
+        fs::read_to_string(local.join("linux_amd64/arch")).unwrap(),
+        "amd64\nx86_64\n"
+    );
+    assert_eq!(
+        fs::read_to_string(local.join("linux_arm64/arch")).unwrap(),
+        "arm64\naarch64\n"
+    );
+}

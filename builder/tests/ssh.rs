@@ -172,7 +172,10 @@ fn required_ssh_agent_and_bad_flags() {
         ),
         (
             format!("default={}", key.display()),
-            "is not a socket (kiln forwards agent sockets, not key files".to_string(),
+            format!(
+                "--ssh default: {} is not a usable private key",
+                key.display()
+            ),
         ),
         (
             "x=/nope.sock".to_string(),
@@ -182,7 +185,7 @@ fn required_ssh_agent_and_bad_flags() {
         let (ok, stderr, _) = env.build(&ctx, &["--ssh", &flag]);
         assert!(!ok, "{flag}");
         assert!(
-            stderr.contains("invalid --ssh") && stderr.contains(&says),
+            stderr.contains("--ssh") && stderr.contains(&says),
             "{flag}: {stderr}"
         );
     }
@@ -200,4 +203,107 @@ fn required_ssh_agent_and_bad_flags() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Whether a process whose command line mentions `needle` is running.
+fn process_mentions(needle: &str) -> bool {
+    fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        fs::read(e.path().join("cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(needle))
+            .unwrap_or(false)
+    })
+}
+
+/// `--ssh ID=KEYFILE[,KEYFILE]` (buildx's key files): kiln serves the keys through an
+/// ssh-agent of its own for the build, which the step reaches like any forwarded
+/// agent, and which is gone when the build ends. A key with a passphrase, a socket
+/// among key files, and a file that is no key are refused, naming the file.
+#[test]
+fn ssh_key_files_are_served_by_an_agent_for_the_build() {
+    require_root!();
+    require_tool!("busybox");
+    require_tool!("gcc");
+    require_tool!("ssh-agent");
+    require_tool!("ssh-add");
+    require_tool!("ssh-keygen");
+    let env = Env::new();
+    let ctx = env.setup(
+        "FROM busybox:kiln-test\nCOPY agent_list /agent_list\n\
+         RUN --mount=type=ssh,id=deploy,required=true /agent_list > /keys.txt\n",
+    );
+    let key = |name: &str, passphrase: &str| -> PathBuf {
+        let path = env.ws.path(name);
+        run_ok(
+            Std::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", passphrase, "-C"])
+                .arg(format!("kiln-{name}"))
+                .arg("-f")
+                .arg(&path),
+        );
+        path
+    };
+    let one = key("one", "");
+    let two = key("two", "");
+    let out = env.ws.path("out");
+    let (ok, stderr, _) = env.build(
+        &ctx,
+        &[
+            "--ssh",
+            &format!("deploy={},{}", one.display(), two.display()),
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        fs::read_to_string(out.join("keys.txt")).unwrap(),
+        "type=12 keys=2\nkiln-one\nkiln-two\n"
+    );
+    // The agent went with the build: no process, no socket left in the store.
+    let tmp = env.ws.path("store/tmp");
+    assert!(
+        !process_mentions(tmp.to_str().unwrap()),
+        "a process of the build outlived it"
+    );
+    let left: Vec<_> = fs::read_dir(&tmp)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        !left
+            .iter()
+            .any(|n| n.to_string_lossy().starts_with("ssh-agent")),
+        "{left:?}"
+    );
+
+    // A passphrase kiln cannot ask for; a socket that is not alone; a file that is no key.
+    let locked = key("locked", "secret");
+    let agent = Agent::start(&env.ws, "sock", "kiln-sock-key");
+    let junk = env.ws.write("junk", "not a key");
+    for (flag, says) in [
+        (
+            format!("deploy={}", locked.display()),
+            format!(
+                "--ssh deploy: {} is protected by a passphrase, which kiln cannot ask for",
+                locked.display()
+            ),
+        ),
+        (
+            format!("deploy={},{}", one.display(), agent.sock.display()),
+            format!(
+                "{} is an agent socket, which must be the only path of an id",
+                agent.sock.display()
+            ),
+        ),
+        (
+            format!("deploy={}", junk.display()),
+            format!(
+                "--ssh deploy: {} is not a usable private key",
+                junk.display()
+            ),
+        ),
+    ] {
+        let (ok, stderr, _) = env.build(&ctx, &["--ssh", &flag]);
+        assert!(!ok, "{flag}");
+        assert!(stderr.contains(&says), "{flag}: {stderr}");
+    }
 }

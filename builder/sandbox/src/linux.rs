@@ -1527,3 +1527,20 @@ fn loopback_up() -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Prepares `cmd` to run as one of kiln's helper processes (the `ssh-agent` serving
+/// `--ssh ID=KEYFILE`): in a session of its own, so it has no controlling terminal and
+/// cannot stop to prompt on the user's, and killed when the thread that spawns it ends,
+/// so it never outlives the build, even one killed with `kill -9`.
+pub fn detach_helper(cmd: &mut Command) {
+    // SAFETY: the hook runs in the forked child before exec and makes two system calls
+    // only (no allocation, no locks), which a pre_exec hook may do even when the
+    // parent is multi-threaded.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::setsid()?;
+            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+            Ok(())
+        });
+    }
+}

@@ -31,6 +31,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("buildah", "buildah"),
     ("busybox", "busybox-static"),
     ("mmdebstrap", "mmdebstrap"),
+    ("arch-test", "arch-test"),
     ("docker-registry", "docker-registry"),
     ("/usr/bin/docker-registry", "docker-registry"),
     ("htpasswd", "apache2-utils"),

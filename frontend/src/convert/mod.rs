@@ -65,6 +65,10 @@ pub struct ResolvedImage {
     /// Its history entry count and layers are the builder's business; the frontend only
     /// needs the config.
     pub history_len: usize,
+    /// The platform its config gives (`os`, `architecture`, `variant`), when it names
+    /// one: a base of another platform than the stage's is warned about
+    /// (`InvalidBaseImagePlatform`).
+    pub platform: Option<Platform>,
 }
 
 /// Looks up base images. The builder implements this over its store and registries;
@@ -360,6 +364,10 @@ struct Converter<'a> {
     named: BTreeMap<String, VertexId>,
     scratch: Option<VertexId>,
     used_args: BTreeSet<String>,
+    /// Non-fatal findings made while converting (BuildKit's lint warnings).
+    warnings: Vec<String>,
+    /// Bases already warned about as another platform's: (reference, platform).
+    platform_warned: BTreeSet<(String, Platform)>,
 }
 
 fn shell_err(range: Range, word: &str, e: ShellError) -> Diagnostic {
@@ -384,6 +392,8 @@ pub fn convert(
         named: BTreeMap::new(),
         scratch: None,
         used_args: BTreeSet::new(),
+        warnings: Vec::new(),
+        platform_warned: BTreeSet::new(),
     };
     c.init_meta_args()?;
     // BuildKit checks every stage's COPY --from, needed by the target or not.
@@ -400,7 +410,7 @@ pub fn convert(
         let plan = c.dispatch_stage(&df.stages[*idx])?;
         c.done.insert(*idx, plan);
     }
-    let mut warnings = Vec::new();
+    let mut warnings = std::mem::take(&mut c.warnings);
     let unused: Vec<&String> = opts
         .build_args
         .keys()

@@ -226,6 +226,36 @@ impl Converter<'_> {
         Ok((id, resolved))
     }
 
+    /// BuildKit's `InvalidBaseImagePlatform` warning: the base `reference` resolved to a
+    /// single image of another platform (`actual`) than the stage's (`expected`); the
+    /// build goes on with it. Once per base and platform.
+    fn check_base_platform(
+        &mut self,
+        reference: &str,
+        expected: &Platform,
+        actual: &Platform,
+        range: Range,
+    ) {
+        let variant_differs =
+            expected.variant().is_some() && expected.variant() != actual.variant();
+        if expected.os() == actual.os()
+            && expected.architecture() == actual.architecture()
+            && !variant_differs
+        {
+            return;
+        }
+        if !self
+            .platform_warned
+            .insert((reference.to_string(), expected.clone()))
+        {
+            return;
+        }
+        self.warnings.push(format!(
+            "InvalidBaseImagePlatform: Base image {reference} was pulled with platform \"{actual}\", expected \"{expected}\" for current build (line {})",
+            range.start.line
+        ));
+    }
+
     pub(super) fn dispatch_stage(&mut self, stage: &Stage) -> Result<StagePlan, Diagnostic> {
         let platform = match &stage.platform {
             Some(p) => {
@@ -287,6 +317,9 @@ impl Converter<'_> {
                 ),
                 None => {
                     let (id, resolved) = self.image(&base_name, &platform, stage.range)?;
+                    if let Some(actual) = resolved.as_ref().and_then(|r| r.platform.as_ref()) {
+                        self.check_base_platform(&base_name, &platform, actual, stage.range);
+                    }
                     let (config, author) = resolved
                         .as_ref()
                         .map(|r| (r.config.clone(), r.author.clone()))

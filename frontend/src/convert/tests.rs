@@ -458,6 +458,7 @@ impl ImageResolver for OnbuildResolver {
             config,
             author: Some(format!("author of {reference}")),
             history_len: 1,
+            platform: None,
         }))
     }
 }
@@ -944,5 +945,61 @@ fn ssh_mounts_without_a_target_are_numbered() {
             "/s",
             "/run/buildkit/ssh_agent.2"
         ]
+    );
+}
+
+/// Resolves every reference to a single image of `linux/amd64`, except `multi`, whose
+/// index serves the platform asked for.
+struct AmdOnlyResolver;
+impl ImageResolver for AmdOnlyResolver {
+    fn resolve(&self, reference: &str, p: &Platform) -> Result<Option<ResolvedImage>, String> {
+        Ok(Some(ResolvedImage {
+            platform: Some(if reference == "multi" {
+                p.clone()
+            } else {
+                Platform::parse("linux/amd64").unwrap()
+            }),
+            ..ResolvedImage::default()
+        }))
+    }
+}
+
+#[test]
+fn a_base_of_another_platform_warns_once_per_base() {
+    let (_, df) = crate::load(
+        "FROM amd AS a\nRUN true\nFROM amd AS b\nRUN true\nFROM multi\n\
+         COPY --from=a /x /x\nCOPY --from=b /y /y\n",
+    )
+    .unwrap();
+    let arm = ConvertOptions {
+        target_platform: Platform::parse("linux/arm64").unwrap(),
+        ..ConvertOptions::default()
+    };
+    let p = convert(&df, &arm, &AmdOnlyResolver).unwrap();
+    assert_eq!(
+        p.warnings,
+        [
+            "InvalidBaseImagePlatform: Base image amd was pulled with platform \"linux/amd64\", expected \"linux/arm64\" for current build (line 1)"
+        ]
+    );
+    // The base's own platform: no warning.
+    let amd = ConvertOptions {
+        target_platform: Platform::parse("linux/amd64").unwrap(),
+        ..ConvertOptions::default()
+    };
+    assert!(
+        convert(&df, &amd, &AmdOnlyResolver)
+            .unwrap()
+            .warnings
+            .is_empty()
+    );
+    // `FROM --platform` names the stage's platform.
+    let (_, df) = crate::load("FROM --platform=linux/s390x amd\nRUN true\n").unwrap();
+    let p = convert(&df, &amd, &AmdOnlyResolver).unwrap();
+    assert_eq!(p.warnings.len(), 1);
+    assert!(
+        p.warnings[0].contains("expected \"linux/s390x\""),
+        "{:?}",
+        p.warnings
     );
 }

@@ -11,7 +11,9 @@ use std::process::Command as Std;
 
 use assert_cmd::Command;
 use kiln_test_support::ssh::Agent;
-use kiln_test_support::{Workspace, busybox_context, repo_root, require_root, require_tool};
+use kiln_test_support::{
+    Workspace, busybox_context, repo_root, require_root, require_tool, run_ok,
+};
 use serde_json::Value;
 
 struct Env {

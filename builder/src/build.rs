@@ -610,6 +610,18 @@ fn base_history(plan: &Plan, images: &ImageStore, stage_index: usize) -> Result<
     }
 }
 
+/// How many of the bottom layers of stage `stage_index` come from a base image.
+fn base_layer_count(plan: &Plan, images: &ImageStore, stage_index: usize) -> Result<usize> {
+    let Some(st) = plan.stages.iter().find(|s| s.index == stage_index) else {
+        return Ok(0);
+    };
+    match &st.base {
+        Base::Scratch | Base::Context(_) => Ok(0),
+        Base::Stage(i) => base_layer_count(plan, images, *i),
+        Base::Image { reference, .. } => Ok(images.get(reference, &st.platform)?.layers.len()),
+    }
+}
+
 /// Writes the record of a build that ends without saying how (a panic) as failed.
 struct FinishOnDrop<'a>(&'a Recorder);
 
@@ -1177,10 +1189,24 @@ fn assemble(
     results: &HashMap<VertexId, Solved<Output>>,
 ) -> Result<BuiltImage> {
     let target = plan.target_stage();
-    let layers = match target.root {
+    let mut layers = match target.root {
         Some(r) => results[&r].output.layers().to_vec(),
         None => Vec::new(),
     };
+    // Layers the build made (cache hits included) in `--compression`; a base image's
+    // keep theirs (BuildKit's default, without force-compression).
+    let base_len = base_layer_count(plan, images, target.index)?.min(layers.len());
+    let convert: Vec<crate::snapshots::LayerRef> = layers[base_len..]
+        .iter()
+        .filter(|l| l.media_type != req.compression.media_type())
+        .cloned()
+        .collect();
+    if !convert.is_empty() {
+        images.ensure_layers(&convert, None)?;
+        for l in &mut layers[base_len..] {
+            *l = crate::worker::layer_in_compression(store, l, req.compression)?;
+        }
+    }
     let created = match req.source_date_epoch {
         Some(e) => chrono::DateTime::from_timestamp(e, 0),
         None => Some(chrono::Utc::now()),

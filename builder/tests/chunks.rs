@@ -340,3 +340,36 @@ fn the_chunk_index_is_counted_and_keeps_no_blob() {
     let again = env.build("store", &ctx, "b", &[], &[]);
     assert_eq!(again, layer_digests(&env.path("a")));
 }
+
+#[test]
+fn a_cache_hit_in_another_compression_is_converted_not_rebuilt() {
+    require_root!();
+    let env = Env::new();
+    let ctx = env.path("ctx");
+    bigcopy(&ctx);
+    let gzip = env.build("store", &ctx, "gzip", &["--compression", "gzip"], &[]);
+    // The same build in zstd: the step hits the gzip result; the image's layer is
+    // zstd, byte for byte what a store that never built it in gzip writes.
+    let layout = env.path("zstd");
+    let o = env
+        .kiln("store")
+        .args(["build", "--progress", "plain", "--compression", "zstd"])
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", layout.display()))
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("1 cached, 0 built"), "{stderr}");
+    let zstd = layer_digests(&layout);
+    let fresh = env.build("fresh", &ctx, "fresh", &["--compression", "zstd"], &[]);
+    assert_eq!(zstd, fresh, "converted vs built in zstd");
+    assert_ne!(zstd, gzip);
+    for l in layers(&layout) {
+        assert_eq!(l["mediaType"], "application/vnd.oci.image.layer.v1.tar+zstd");
+    }
+    // And back: gzip from the zstd store is the gzip build's layer.
+    let back = env.build("fresh", &ctx, "back", &["--compression", "gzip"], &[]);
+    assert_eq!(back, gzip);
+}

@@ -18,6 +18,7 @@
 
 mod chunk;
 mod compression;
+mod convert;
 mod error;
 mod safe_fs;
 mod tar_guard;
@@ -35,6 +36,7 @@ pub use chunk::{
 pub use compression::{
     Compression, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_TAR_GZIP, MEDIA_TYPE_LAYER_TAR_ZSTD,
 };
+pub use convert::recompress_layer;
 pub use error::LayerError;
 pub use unpack::{
     MAX_PATH_DEPTH, MAX_PATH_LEN, UnpackInfo, UnpackOptions, WhiteoutMode, unpack_layer,

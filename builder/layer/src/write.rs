@@ -80,20 +80,20 @@ pub struct LayerInfo {
 /// Where the tar stream goes: a chunker for gzip and zstd, the plain output for an
 /// uncompressed layer. Either hashes the tar for the diff_id and the blob for its
 /// digest.
-enum Sink<W: Write> {
+pub(super) enum Sink<W: Write> {
     Chunked(Box<Chunker<W>>),
     Plain(Box<Hashing<Encoder<Hashing<W>>>>),
 }
 
 impl<W: Write> Sink<W> {
-    fn begin_entry(&mut self, size: u64) -> io::Result<()> {
+    pub(super) fn begin_entry(&mut self, size: u64) -> io::Result<()> {
         match self {
             Sink::Chunked(c) => c.begin_entry(size),
             Sink::Plain(_) => Ok(()),
         }
     }
 
-    fn end_entry(&mut self, name: &[u8], mark: Option<Mark>) -> io::Result<()> {
+    pub(super) fn end_entry(&mut self, name: &[u8], mark: Option<Mark>) -> io::Result<()> {
         match self {
             Sink::Chunked(c) => c.end_entry(name, mark),
             Sink::Plain(_) => Ok(()),
@@ -350,19 +350,56 @@ pub fn write_layer_entries(
 }
 
 /// Writes sorted items as a layer; `dir` names the source in errors.
+/// The sink a layer in `opts.compression` is written through; `dir` names the source
+/// in errors.
+pub(super) fn start_sink<W: Write>(
+    opts: &LayerOptions,
+    out: W,
+    dir: &Path,
+) -> Result<Sink<W>, LayerError> {
+    Ok(match opts.compression {
+        Compression::Uncompressed => Sink::Plain(Box::new(Hashing::new(
+            Encoder::new(Compression::Uncompressed, Hashing::new(out))
+                .map_err(|e| LayerError::io("start writing layer from", dir, e))?,
+        ))),
+        c => Sink::Chunked(Box::new(Chunker::new(c, opts.chunk_cache.clone(), out))),
+    })
+}
+
+/// Finishes a layer written through `sink` (the tar's end-of-archive blocks written).
+pub(super) fn finish_sink<W: Write>(
+    sink: Sink<W>,
+    opts: &LayerOptions,
+    entries: u64,
+    dir: &Path,
+) -> Result<LayerInfo, LayerError> {
+    let finish_err = |e| LayerError::io("finish writing layer from", dir, e);
+    let Chunked {
+        out: hashed_out,
+        chunks,
+        diff_id,
+        uncompressed_size,
+    } = sink.finish().map_err(finish_err)?;
+    let (mut out, digest, size) = hashed_out.finish();
+    out.flush().map_err(finish_err)?;
+    Ok(LayerInfo {
+        digest,
+        diff_id,
+        size,
+        uncompressed_size,
+        media_type: opts.compression.media_type(),
+        entries,
+        chunks,
+    })
+}
+
 fn write_items(
     items: &[Item],
     opts: &LayerOptions,
     out: impl Write,
     dir: &Path,
 ) -> Result<LayerInfo, LayerError> {
-    let mut sink = match opts.compression {
-        Compression::Uncompressed => Sink::Plain(Box::new(Hashing::new(
-            Encoder::new(Compression::Uncompressed, Hashing::new(out))
-                .map_err(|e| LayerError::io("start writing layer from", dir, e))?,
-        ))),
-        c => Sink::Chunked(Box::new(Chunker::new(c, opts.chunk_cache.clone(), out))),
-    };
+    let mut sink = start_sink(opts, out, dir)?;
     let epoch = opts.source_date_epoch;
     let mut entries = 0u64;
     // (dev, ino) -> tar name of the first path with that inode.
@@ -420,25 +457,10 @@ fn write_items(
             .map_err(|e| boundary_err(&item.path, e))?;
     }
 
-    let finish_err = |e| LayerError::io("finish writing layer from", dir, e);
-    let sink = builder.into_inner().map_err(finish_err)?;
-    let Chunked {
-        out: hashed_out,
-        chunks,
-        diff_id,
-        uncompressed_size,
-    } = sink.finish().map_err(finish_err)?;
-    let (mut out, digest, size) = hashed_out.finish();
-    out.flush().map_err(finish_err)?;
-    Ok(LayerInfo {
-        digest,
-        diff_id,
-        size,
-        uncompressed_size,
-        media_type: opts.compression.media_type(),
-        entries,
-        chunks,
-    })
+    let sink = builder
+        .into_inner()
+        .map_err(|e| LayerError::io("finish writing layer from", dir, e))?;
+    finish_sink(sink, opts, entries, dir)
 }
 
 /// The rolling fingerprints of `items` (each one covers the items before it too), as

@@ -540,28 +540,7 @@ impl<'a> BuildWorker<'a> {
             &mut dyn std::io::Write,
         ) -> Result<kiln_layer::LayerInfo, kiln_layer::LayerError>,
     ) -> Result<LayerRef> {
-        let mut writer = self.store.blob_writer()?;
-        let info = {
-            let mut buf = BufWriter::with_capacity(1 << 20, &mut writer);
-            let info = write(&mut buf)?;
-            std::io::Write::flush(&mut buf)?;
-            info
-        };
-        writer.commit(Some(&info.digest))?;
-        // A layer of one chunk is only ever reused whole, through the cache record.
-        if let (Some(codec), true) = (
-            kiln_layer::chunk_codec(self.layer_opts.compression),
-            info.chunks.len() > 1,
-        ) {
-            self.store
-                .record_chunks(&codec, &info.digest, &chunks::entries(&info.chunks))?;
-        }
-        Ok(LayerRef {
-            digest: info.digest,
-            diff_id: info.diff_id,
-            size: info.size,
-            media_type: info.media_type.to_string(),
-        })
+        write_layer_blob(self.store, self.layer_opts.compression, write)
     }
 
     /// Writes a diff directory as a layer blob and keeps the directory as its snapshot.
@@ -875,6 +854,71 @@ impl Worker for BuildWorker<'_> {
 
 /// Results by vertex, as the solver returns them.
 pub type Results = HashMap<VertexId, kiln_solver::Solved<Output>>;
+
+/// Writes a layer blob in `compression` with `write` into `store` and records its
+/// chunks.
+fn write_layer_blob(
+    store: &Store,
+    compression: kiln_layer::Compression,
+    write: impl FnOnce(&mut dyn std::io::Write) -> Result<kiln_layer::LayerInfo, kiln_layer::LayerError>,
+) -> Result<LayerRef> {
+    let mut writer = store.blob_writer()?;
+    let info = {
+        let mut buf = BufWriter::with_capacity(1 << 20, &mut writer);
+        let info = write(&mut buf)?;
+        std::io::Write::flush(&mut buf)?;
+        info
+    };
+    writer.commit(Some(&info.digest))?;
+    // A layer of one chunk is only ever reused whole, through the cache record.
+    if let (Some(codec), true) = (kiln_layer::chunk_codec(compression), info.chunks.len() > 1) {
+        store.record_chunks(&codec, &info.digest, &chunks::entries(&info.chunks))?;
+    }
+    Ok(LayerRef {
+        digest: info.digest,
+        diff_id: info.diff_id,
+        size: info.size,
+        media_type: info.media_type.to_string(),
+    })
+}
+
+/// The stored layer `layer` (made by a build step) in `compression`: the same blob if
+/// it has that media type already, else a new blob converted from it, with the bytes
+/// a build writing it in that compression gives (the diff_id is the same). A cache
+/// hit made in another compression is converted this way, as BuildKit converts at
+/// export, instead of running the step again.
+pub fn layer_in_compression(
+    store: &Store,
+    layer: &LayerRef,
+    compression: kiln_layer::Compression,
+) -> Result<LayerRef> {
+    if layer.media_type == compression.media_type() {
+        return Ok(layer.clone());
+    }
+    let path = store.blob_path(&layer.digest);
+    let file = std::fs::File::open(&path).map_err(|source| kiln_layer::LayerError::Io {
+        op: "open layer blob",
+        path: path.clone(),
+        source,
+    })?;
+    let opts = LayerOptions {
+        compression,
+        source_date_epoch: None,
+        skip: None,
+        chunk_cache: Some(std::sync::Arc::new(chunks::StoreChunks::new(store))),
+    };
+    let what = layer.digest.to_string();
+    let converted = write_layer_blob(store, compression, |out| {
+        kiln_layer::recompress_layer(std::io::BufReader::new(file), &opts, out, &what)
+    })?;
+    if converted.diff_id != layer.diff_id {
+        return Err(WorkerError::Layer(kiln_layer::LayerError::DiffIdMismatch {
+            expected: layer.diff_id.clone(),
+            actual: converted.diff_id,
+        }));
+    }
+    Ok(converted)
+}
 mod chunks;
 mod exec;
 mod image;

@@ -420,3 +420,58 @@ fn a_layer_with_the_same_head_resumes_from_the_earlier_blob() {
         set_all_mtimes(src.path(), 1_700_000_000);
     }
 }
+
+#[test]
+fn a_converted_layer_is_the_one_written_in_that_compression() {
+    let src = tempdir().unwrap();
+    build_big_tree(src.path());
+    // Entries that take more than one header or change the chunker's view: an opaque
+    // directory (its marker follows it), a hardlink, a long name (PAX), a symlink.
+    fs::create_dir_all(src.path().join("uopq/inner")).unwrap();
+    write_file(&src.path().join("uopq/inner/f.txt"), b"kept\n");
+    xattr::set(src.path().join("uopq"), "user.overlay.opaque", b"y").unwrap();
+    fs::hard_link(
+        src.path().join("small/d003/f004.txt"),
+        src.path().join("small/d029/link.txt"),
+    )
+    .unwrap();
+    let long = format!("small/d010/{}.txt", "n".repeat(150));
+    write_file(&src.path().join(long), b"a long name\n");
+    std::os::unix::fs::symlink("../big/blob.bin", src.path().join("small/to-blob")).unwrap();
+    set_all_mtimes(src.path(), 1_700_000_000);
+    let all = [
+        Compression::Gzip { level: 6 },
+        Compression::Zstd { level: 3 },
+        Compression::Uncompressed,
+    ];
+    let fresh: Vec<_> = all
+        .iter()
+        .map(|&c| write_vec(src.path(), &opts(c, Some(1_000_000_000))))
+        .collect();
+    for (i, from) in all.iter().enumerate() {
+        for (j, to) in all.iter().enumerate() {
+            let mut out = Vec::new();
+            let info = crate::recompress_layer(
+                fresh[i].1.as_slice(),
+                &opts(*to, Some(1_000_000_000)),
+                &mut out,
+                "test layer",
+            )
+            .unwrap();
+            assert!(out == fresh[j].1, "{from:?} -> {to:?}: other bytes");
+            assert_eq!(info.digest, fresh[j].0.digest, "{from:?} -> {to:?}");
+            assert_eq!(info.diff_id, fresh[j].0.diff_id);
+            assert_eq!(info.entries, fresh[j].0.entries);
+            assert_eq!(info.chunks, fresh[j].0.chunks);
+        }
+    }
+    // Not a tar: an error naming the layer.
+    let err = crate::recompress_layer(
+        &b"not a tar at all"[..],
+        &opts(Compression::default(), None),
+        Vec::new(),
+        "sha256:abc",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("sha256:abc"), "{err}");
+}

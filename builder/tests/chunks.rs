@@ -367,7 +367,10 @@ fn a_cache_hit_in_another_compression_is_converted_not_rebuilt() {
     assert_eq!(zstd, fresh, "converted vs built in zstd");
     assert_ne!(zstd, gzip);
     for l in layers(&layout) {
-        assert_eq!(l["mediaType"], "application/vnd.oci.image.layer.v1.tar+zstd");
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+        );
     }
     // And back: gzip from the zstd store is the gzip build's layer.
     let back = env.build("fresh", &ctx, "back", &["--compression", "gzip"], &[]);

@@ -38,11 +38,7 @@ pub fn recompress_layer(
     // A directory whose entry ended, until the next entry shows whether its opaque
     // marker follows (then both are one entry for the chunker).
     let mut open_dir: Option<Vec<u8>> = None;
-    loop {
-        let Some(head) = read_headers(&mut tar).map_err(|e| malformed("read tar header", e))?
-        else {
-            break;
-        };
+    while let Some(head) = read_headers(&mut tar).map_err(|e| malformed("read tar header", e))? {
         let marker_of_open_dir = open_dir
             .as_ref()
             .is_some_and(|dir| head.name.strip_prefix(dir.as_slice()) == Some(OPAQUE_MARKER));

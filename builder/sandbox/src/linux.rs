@@ -548,11 +548,16 @@ fn mount_one(
         }
     };
     match &m.kind {
-        Kind::Overlay { lowers, upper } => {
+        Kind::Overlay {
+            lowers,
+            upper,
+            volatile,
+        } => {
             let d = dest(true, stubs)?;
             mount_overlay(
                 lowers,
                 upper.as_ref().map(|(u, w)| (u, w)),
+                *volatile,
                 &d,
                 m.flags.nodev,
                 m.flags.readonly,
@@ -1289,10 +1294,12 @@ impl Drop for SignalForwarding {
 }
 
 /// Mounts an overlay of `lowers` (top first) at `target`, one `lowerdir+` per layer so a
-/// long chain never hits the mount options' page-size limit.
+/// long chain never hits the mount options' page-size limit. With `volatile` (and an
+/// upper), overlayfs skips the sync of the upper's filesystem at unmount.
 fn mount_overlay(
     lowers: &[PathBuf],
     upper: Option<(&PathBuf, &PathBuf)>,
+    volatile: bool,
     target: &Path,
     nodev: bool,
     readonly: bool,
@@ -1329,6 +1336,10 @@ fn mount_overlay(
             u,
         ))?;
         errno(rustix::mount::fsconfig_set_string(fs.as_fd(), "workdir", w))?;
+        if volatile {
+            // Linux 5.10+ (lowerdir+ needs 6.7 anyway); without it, the mount still syncs.
+            let _ = rustix::mount::fsconfig_set_flag(fs.as_fd(), "volatile");
+        }
     }
     // Plain copy-up semantics: a changed file is copied whole (no metacopy), a renamed
     // directory is copied (no redirects), so the upper dir is a self-contained diff.

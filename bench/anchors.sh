@@ -166,10 +166,10 @@ if [[ " $BUILDERS " == *" kiln "* ]]; then
     echo "building kiln (cargo build --release -p kiln-builder)" >&2
     (cd "$REPO" && cargo build --release -q -p kiln-builder) || { echo "error: cargo build failed" >&2; exit 2; }
     KILN=${CARGO_TARGET_DIR:-$REPO/target}/release/kiln
+    KILN_COMMIT="release build of $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && git diff --quiet HEAD 2>/dev/null || echo "+dirty")"
   fi
   [ -x "$KILN" ] || { echo "error: kiln binary not found: $KILN" >&2; exit 2; }
   export KILN
-  KILN_COMMIT=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && git diff --quiet HEAD 2>/dev/null || echo "+dirty")
 fi
 
 "$ANCHORS/registry.sh" start >&2 || exit 2
@@ -189,7 +189,7 @@ prep_copy() {
   touch "$gen/.big-$COPY_BIG_MB" "$gen/.complete"
 }
 
-echo "label $LABEL; kiln ${KILN:-(not run)} ${KILN_COMMIT:-}; results in $RESULTS" >&2
+echo "label $LABEL; kiln ${KILN:-(not run)} ${KILN_COMMIT:+($KILN_COMMIT)}; results in $RESULTS" >&2
 for fx in $FIXTURES; do
   for ((r = 1; r <= RUNS; r++)); do
     for b in $BUILDERS; do
@@ -206,5 +206,5 @@ done
 
 T1=$(date +%s)
 echo
-echo "# bench/anchors.sh $LABEL: kiln ${KILN_COMMIT:-} ($KILN), $(date -u +%F), whole run $(( (T1 - T0) / 60 )) min $(( (T1 - T0) % 60 )) s, load average now $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# bench/anchors.sh $LABEL: kiln ${KILN:-(not run)}${KILN_COMMIT:+ ($KILN_COMMIT)}, $(date -u +%F), whole run $(( (T1 - T0) / 60 )) min $(( (T1 - T0) % 60 )) s, load average now $(cut -d' ' -f1-3 /proc/loadavg)"
 report

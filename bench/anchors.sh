@@ -56,23 +56,31 @@ report() {
   /usr/bin/python3 - "$RESULTS" "$LABEL" "$FIXTURES" "$BUILDERS" <<'PY'
 import sys, statistics
 results, label, fixtures, builders = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4].split()
-# rows of this run: run label = LABEL:FIXTURE:rN (FIXTURE as named here: copy is anchors' bigcopy)
-vals, failed = {}, []
+# rows of this run: run label = LABEL:FIXTURE:rN (FIXTURE as named here: copy is anchors' bigcopy);
+# a sequence run again under the same LABEL (e.g. BUILDERS=buildah after a fix) replaces its rows
+runs = {}
 for line in open(results):
     f = line.rstrip("\n").split("\t")
     if len(f) < 6 or not f[3].startswith(label + ":"):
         continue
     _, b, _, run, m, v = f[:6]
-    fx = run.rsplit(":", 2)[1]
-    if v.startswith("FAIL"):
-        failed.append(f"{b} {fx} {run.rsplit(':', 1)[-1]} {m}: {v} (exit {f[6] if len(f) > 6 else '?'})")
-    vals.setdefault((fx, b, m), []).append(v)
+    if m == "du_pruned":  # first row of a sequence: forget an earlier sequence of the same run
+        runs.pop((b, run), None)
+    runs.setdefault((b, run), {})[m] = (v, f[6] if len(f) > 6 else "?")
+vals, failed = {}, []
+for (b, run), ms in runs.items():
+    _, fx, r = run.rsplit(":", 2)
+    for m, (v, rc) in ms.items():
+        if v.startswith("FAIL"):
+            failed.append(f"{b} {fx} {r} {m}: {v} (exit {rc})")
+        vals.setdefault((fx, b, m), []).append(v)
 
 def med(fx, b, m):
     v = vals.get((fx, b, m))
     if not v:
         return None
-    if any(x.startswith("FAIL") for x in v):
+    # a failed build leaves nothing to weigh: its store size is no figure either
+    if any(x.startswith("FAIL") for x in v + (vals.get((fx, b, "cold"), []) if m.startswith("du") else [])):
         return "FAIL"
     return statistics.median(float(x) for x in v)
 
@@ -127,7 +135,7 @@ if goals:
     print("\n## goals of issue 14")
     for fx, what, r, lim in goals:
         state = "n/a (no figure)" if r is None else ("met" if r <= lim else "missed")
-        print(f"{fx:<11} {what:<30} {'-' if r is None else f'{r:.2f}':>6}  <= {lim:<5} {state}")
+        print(f"{fx:<11} {what:<30} {'-' if r is None else f'{r:.3f}':>7}  <= {lim:<5} {state}")
 if failed:
     print("\nFAILED steps (logs under the anchors' ANCHOR_WORK/logs):")
     for f in failed: print("  " + f)
@@ -172,6 +180,14 @@ if [[ " $BUILDERS " == *" kiln "* ]]; then
   export KILN
 fi
 
+# buildah pulls the bases over plain HTTP: the anchors' setup.sh writes this file (with
+# system-wide containers.conf settings this script leaves alone); write it if missing.
+if [[ " $BUILDERS " == *" buildah "* ]] && ! grep -qs '127.0.0.1:5000' /etc/containers/registries.conf.d/*.conf; then
+  echo "writing /etc/containers/registries.conf.d/50-anchor-local.conf (insecure 127.0.0.1:5000, as the anchors' setup.sh)" >&2
+  mkdir -p /etc/containers/registries.conf.d
+  printf '# local anchor-benchmark registry (docker-registry on loopback, plain HTTP)\n[[registry]]\nlocation = "127.0.0.1:5000"\ninsecure = true\n' \
+    > /etc/containers/registries.conf.d/50-anchor-local.conf
+fi
 "$ANCHORS/registry.sh" start >&2 || exit 2
 "$ANCHORS/make-bases.sh" >&2 || { echo "error: make-bases.sh failed" >&2; exit 2; }
 if [[ " $BUILDERS " == *" docker-buildkit "* ]]; then

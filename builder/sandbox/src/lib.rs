@@ -67,14 +67,6 @@ pub enum RootSpec {
         upper: PathBuf,
         /// overlayfs' work directory.
         work: PathBuf,
-        /// Mount with overlayfs' `volatile` option: no sync of the upper directory's
-        /// filesystem when the sandbox's mount namespace goes away (a `syncfs` of the
-        /// whole disk, ~0.3 s with a few MiB written). For a build step's upper, which is
-        /// written out as a blob (fsynced) and never mounted again; never for a
-        /// container's, which is mounted again on restart (overlayfs refuses to reuse a
-        /// volatile upper/work pair).
-        #[serde(default)]
-        volatile: bool,
     },
     /// [`Spec::merged`] already holds the whole tree (copy snapshotter).
     Dir,

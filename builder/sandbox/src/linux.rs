@@ -548,16 +548,11 @@ fn mount_one(
         }
     };
     match &m.kind {
-        Kind::Overlay {
-            lowers,
-            upper,
-            volatile,
-        } => {
+        Kind::Overlay { lowers, upper } => {
             let d = dest(true, stubs)?;
             mount_overlay(
                 lowers,
                 upper.as_ref().map(|(u, w)| (u, w)),
-                *volatile,
                 &d,
                 m.flags.nodev,
                 m.flags.readonly,
@@ -1294,12 +1289,10 @@ impl Drop for SignalForwarding {
 }
 
 /// Mounts an overlay of `lowers` (top first) at `target`, one `lowerdir+` per layer so a
-/// long chain never hits the mount options' page-size limit. With `volatile` (and an
-/// upper), overlayfs skips the sync of the upper's filesystem at unmount.
+/// long chain never hits the mount options' page-size limit.
 fn mount_overlay(
     lowers: &[PathBuf],
     upper: Option<(&PathBuf, &PathBuf)>,
-    volatile: bool,
     target: &Path,
     nodev: bool,
     readonly: bool,
@@ -1336,10 +1329,6 @@ fn mount_overlay(
             u,
         ))?;
         errno(rustix::mount::fsconfig_set_string(fs.as_fd(), "workdir", w))?;
-        if volatile {
-            // Linux 5.10+ (lowerdir+ needs 6.7 anyway); without it, the mount still syncs.
-            let _ = rustix::mount::fsconfig_set_flag(fs.as_fd(), "volatile");
-        }
     }
     // Plain copy-up semantics: a changed file is copied whole (no metacopy), a renamed
     // directory is copied (no redirects), so the upper dir is a self-contained diff.

@@ -59,9 +59,6 @@ pub enum Kind {
         lowers: Vec<PathBuf>,
         /// Upper and work directories.
         upper: Option<(PathBuf, PathBuf)>,
-        /// overlayfs' `volatile` (no sync at unmount): for an upper that is never
-        /// mounted again ([`RootSpec::Overlay::volatile`], a throw-away rw mount's).
-        volatile: bool,
     },
     /// A recursive bind (`rbind`) of a host path, then a remount with the flags. With
     /// `only_if_file`, skipped unless the host has a regular file there (`/etc/hosts`).
@@ -201,12 +198,10 @@ pub fn plan(spec: &Spec) -> Vec<Mount> {
             lowers,
             upper,
             work,
-            volatile,
         } => Mount::new(
             Kind::Overlay {
                 lowers: lowers.clone(),
                 upper: Some((upper.clone(), work.clone())),
-                volatile: *volatile,
             },
             Target::Root,
             rw,
@@ -276,8 +271,6 @@ pub fn plan(spec: &Spec) -> Vec<Mount> {
                     Kind::Overlay {
                         lowers: lowers.clone(),
                         upper: upper.clone(),
-                        // The writes of an rw mount are thrown away.
-                        volatile: true,
                     },
                     Target::Scratch(tree.clone()),
                     ro_if(upper.is_none()),
@@ -375,7 +368,6 @@ mod tests {
                 lowers: vec!["/s/l2".into(), "/s/l1".into()],
                 upper: "/r/upper".into(),
                 work: "/r/work".into(),
-                volatile: true,
             },
             merged: "/r/merged".into(),
             scratch: "/r/scratch".into(),
@@ -428,7 +420,6 @@ mod tests {
             Kind::Overlay {
                 lowers: vec!["/s/l2".into(), "/s/l1".into()],
                 upper: Some(("/r/upper".into(), "/r/work".into())),
-                volatile: true,
             }
         );
         assert_eq!(plan[0].flags, RW_NODEV);
@@ -485,8 +476,7 @@ mod tests {
             plan[i - 1].kind,
             Kind::Overlay {
                 lowers: vec!["/s/b".into()],
-                upper: None,
-                volatile: true,
+                upper: None
             }
         );
         assert_eq!(plan[i - 1].flags, RO_NODEV);

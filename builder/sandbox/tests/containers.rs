@@ -73,7 +73,6 @@ impl Ctr {
                     lowers: vec![rootfs().to_path_buf()],
                     upper: self.path("upper"),
                     work: self.path("work"),
-                    volatile: false,
                 },
                 merged: self.path("merged"),
                 scratch: self.path("scratch"),

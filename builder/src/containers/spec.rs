@@ -309,8 +309,6 @@ pub fn sandbox_spec(
                 lowers,
                 upper: containers.upper_dir(&c.id),
                 work: containers.work_dir(&c.id),
-                // Mounted again when the container restarts.
-                volatile: false,
             },
             merged,
             scratch,

@@ -180,9 +180,6 @@ impl BuildWorker<'_> {
                 lowers: non_empty(lowers, &run)?,
                 upper: upper.clone(),
                 work,
-                // The upper dir is written out as a blob and committed (renamed), never
-                // mounted again: no syncfs of the store's disk when the sandbox exits.
-                volatile: true,
             }
         };
 

@@ -10,6 +10,8 @@
 //! - [`server`]: a static file server for `ADD <url>`.
 //! - [`ssh`]: an `ssh-agent` with a fresh key, an `sshd` on loopback.
 //! - [`context`]: a temporary workspace for build contexts, fixtures, commands.
+//! - [`store`]: [`KilnStore`], a workspace with a store of its own and the kiln binary
+//!   pointed at it (`kiln()`, `build()` with its report).
 //! - [`tree`]: tree listings and their differences.
 
 pub mod context;
@@ -17,6 +19,7 @@ pub mod registry;
 pub mod require;
 pub mod server;
 pub mod ssh;
+pub mod store;
 pub mod tree;
 pub mod wait;
 
@@ -24,3 +27,4 @@ pub use context::{Workspace, busybox_context, copy_dir, repo_root, run_ok};
 pub use registry::{Auth, Registry, TokenServer};
 pub use require::{in_ci, is_root, tool_path};
 pub use server::FileServer;
+pub use store::{BUSYBOX, Built, KilnStore, kiln_bin};

@@ -5,12 +5,12 @@
 //! and busybox-static (`require_root!`, `require_tool!`).
 
 use std::fs;
+use std::ops::Deref;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command as Proc;
 
-use assert_cmd::Command;
-use kiln_test_support::{Workspace, copy_dir, repo_root, require_root, require_tool};
+use kiln_test_support::{Built, KilnStore, busybox_context, kiln_bin, require_root, require_tool};
 use serde_json::Value;
 
 macro_rules! needs {
@@ -22,44 +22,49 @@ macro_rules! needs {
 
 const BASE: &str = "busybox:kiln-test";
 
-struct Env {
-    ws: Workspace,
+/// The test's store, build records on (`KilnStore`'s default).
+struct Env(KilnStore);
+
+impl Deref for Env {
+    type Target = KilnStore;
+    fn deref(&self) -> &KilnStore {
+        &self.0
+    }
 }
 
-/// What one build printed and reported.
-struct Built {
-    ok: bool,
-    stderr: String,
-    report: Option<Value>,
-}
-
-impl Built {
+/// What explain's tests read in a build's output and report.
+trait Explained {
     /// The `#N MISS: ...` line of step `n`, without the `#N MISS: `.
+    fn miss(&self, n: usize) -> Option<String>;
+    /// The report's step on Dockerfile line `line`.
+    fn report_step(&self, line: u64) -> &Value;
+    /// The report's `miss` of the step on Dockerfile line `line`.
+    fn report_miss(&self, line: u64) -> Value {
+        self.report_step(line)["miss"].clone()
+    }
+}
+
+impl Explained for Built {
     fn miss(&self, n: usize) -> Option<String> {
         let prefix = format!("#{n} MISS: ");
         self.stderr
             .lines()
             .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
     }
-    /// The report's `miss` of the step on Dockerfile line `line`.
-    fn report_miss(&self, line: u64) -> Value {
-        let r = self.report.as_ref().expect("a report");
-        r["steps"]
-            .as_array()
-            .unwrap()
+    fn report_step(&self, line: u64) -> &Value {
+        let r = &self.report;
+        assert!(!r.is_null(), "a report");
+        self.steps()
             .iter()
             .find(|s| s["line"] == line)
-            .unwrap_or_else(|| panic!("no step on line {line}: {r}"))["miss"]
-            .clone()
+            .unwrap_or_else(|| panic!("no step on line {line}: {r}"))
     }
 }
 
 impl Env {
     /// A store holding the busybox base.
     fn new() -> Env {
-        let env = Env {
-            ws: Workspace::new(),
-        };
+        let env = Env(KilnStore::new());
         env.base(None);
         env
     }
@@ -71,24 +76,14 @@ impl Env {
 
     /// Builds the base as `tag`, with an extra file when `extra` is given.
     fn base_as(&self, tag: &str, extra: Option<&str>) {
-        let ctx = self.ws.path("busybox");
-        if !ctx.exists() {
-            copy_dir(&repo_root().join("testdata/bases/busybox"), &ctx);
-            let st = Proc::new("bash")
-                .arg(repo_root().join("testdata/bases/busybox/make-rootfs.sh"))
-                .arg(ctx.join("rootfs"))
-                .status()
-                .unwrap();
-            assert!(st.success(), "make-rootfs.sh failed");
-        }
         if let Some(x) = extra {
+            let ctx = self.ws.path("busybox");
+            if !ctx.exists() {
+                busybox_context(&ctx);
+            }
             fs::write(ctx.join("rootfs/extra"), x).unwrap();
         }
-        self.kiln()
-            .args(["build", "--progress", "quiet", "-t", tag])
-            .arg(&ctx)
-            .assert()
-            .success();
+        self.busybox(tag);
     }
 
     /// The manifest digest `tag` names in this store.
@@ -102,18 +97,6 @@ impl Env {
         rec.manifest.to_string()
     }
 
-    fn root(&self) -> PathBuf {
-        self.ws.path("store")
-    }
-
-    fn kiln(&self) -> Command {
-        let mut c = Command::cargo_bin("kiln").unwrap();
-        c.env("KILN_ROOT", self.root())
-            .env_remove("SOURCE_DATE_EPOCH")
-            .env_remove("KILN_NO_RECORD");
-        c
-    }
-
     /// A context `app` with `files` and this Dockerfile.
     fn app(&self, dockerfile: &str, files: &[(&str, &str)]) -> PathBuf {
         let ctx = self.ws.context("app", dockerfile);
@@ -123,42 +106,6 @@ impl Env {
             fs::write(path, c).unwrap();
         }
         ctx
-    }
-
-    fn build(&self, ctx: &Path, args: &[&str]) -> Built {
-        let report = self.ws.path("report.json");
-        let _ = fs::remove_file(&report);
-        let out = self
-            .kiln()
-            .args(["build", "--progress", "plain", "--report"])
-            .arg(&report)
-            .args(args)
-            .arg(ctx)
-            .output()
-            .unwrap();
-        Built {
-            ok: out.status.success(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            report: fs::read(&report)
-                .ok()
-                .map(|b| serde_json::from_slice(&b).unwrap()),
-        }
-    }
-
-    fn build_ok(&self, ctx: &Path, args: &[&str]) -> Built {
-        let b = self.build(ctx, args);
-        assert!(b.ok, "kiln build {args:?} failed:\n{}", b.stderr);
-        b
-    }
-
-    fn stdout(&self, args: &[&str]) -> String {
-        let out = self.kiln().args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "kiln {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
@@ -321,7 +268,7 @@ fn a_missing_result_is_not_a_key_change() {
     let env = Env::new();
     let ctx = env.app(APP, &[("src/a", "a")]);
     let first = env.build_ok(&ctx, &[]);
-    let layer = first.report_layer(3);
+    let layer = report_layer(&first, 3);
     // The blob of COPY's layer is gone (a GC or a hand): its key still matches.
     fs::remove_file(
         env.root()
@@ -336,7 +283,7 @@ fn a_missing_result_is_not_a_key_change() {
     );
     assert_eq!(b.report_miss(3)["kind"], "gone");
     // Cache records evicted: the key matches the last build's.
-    let last = env.stdout(&["builds", "ls", "-q"]);
+    let last = env.ok(&["builds", "ls", "-q"]);
     let last = last.lines().next().unwrap().to_string();
     for e in fs::read_dir(env.root().join("cache")).unwrap() {
         fs::remove_file(e.unwrap().path()).unwrap();
@@ -350,19 +297,12 @@ fn a_missing_result_is_not_a_key_change() {
     );
 }
 
-impl Built {
-    fn report_layer(&self, line: u64) -> String {
-        let r = self.report.as_ref().unwrap();
-        r["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["line"] == line)
-            .unwrap()["layer"]["digest"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
+/// The digest of the layer of the step on Dockerfile line `line`.
+fn report_layer(b: &Built, line: u64) -> String {
+    b.report_step(line)["layer"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
@@ -378,7 +318,7 @@ fn builds_are_listed_inspected_exported_and_removed() {
     )
     .unwrap();
     assert!(!env.build(&ctx, &[]).ok);
-    let ls = env.stdout(&["builds", "ls"]);
+    let ls = env.ok(&["builds", "ls"]);
     let lines: Vec<&str> = ls.lines().collect();
     assert!(
         lines[0].starts_with("ID                  STARTED              DURATION     STATUS        STEPS   CACHED   TARGET/TAGS"),
@@ -402,7 +342,7 @@ fn builds_are_listed_inspected_exported_and_removed() {
 
     // The second build's hits name the first build.
     let json: Value =
-        serde_json::from_str(&env.stdout(&["builds", "inspect", "--format", "json", &second[0]]))
+        serde_json::from_str(&env.ok(&["builds", "inspect", "--format", "json", &second[0]]))
             .unwrap();
     let copy = json["steps"]
         .as_array()
@@ -417,7 +357,7 @@ fn builds_are_listed_inspected_exported_and_removed() {
     );
     assert_eq!(copy["inputs"]["files"][0][1], "src", "{copy}");
     let failed_json: Value =
-        serde_json::from_str(&env.stdout(&["builds", "inspect", "--format", "json", &failed[0]]))
+        serde_json::from_str(&env.ok(&["builds", "inspect", "--format", "json", &failed[0]]))
             .unwrap();
     assert_eq!(failed_json["status"], "failed");
     assert!(
@@ -427,7 +367,7 @@ fn builds_are_listed_inspected_exported_and_removed() {
             .contains("RUN echo boom && false"),
         "{failed_json}"
     );
-    let text = env.stdout(&["builds", "inspect", &failed[0][..12]]);
+    let text = env.ok(&["builds", "inspect", &failed[0][..12]]);
     assert!(text.contains("Status:     failed: "), "{text}");
 
     env.kiln()
@@ -440,12 +380,12 @@ fn builds_are_listed_inspected_exported_and_removed() {
         .assert()
         .failure()
         .stderr(format!("error: no such build record: {}\n", failed[0]));
-    assert_eq!(env.stdout(&["builds", "ls", "-q"]).lines().count(), 3);
+    assert_eq!(env.ok(&["builds", "ls", "-q"]).lines().count(), 3);
     env.kiln()
         .args(["builds", "rm", "--all"])
         .assert()
         .success();
-    assert_eq!(env.stdout(&["builds", "ls", "-q"]), "");
+    assert_eq!(env.ok(&["builds", "ls", "-q"]), "");
 }
 
 #[test]
@@ -462,7 +402,7 @@ fn records_are_kept_within_the_configured_count_and_can_be_turned_off() {
     for _ in 0..3 {
         env.build_ok(&ctx, &[]);
     }
-    assert_eq!(env.stdout(&["builds", "ls", "-q"]).lines().count(), 2);
+    assert_eq!(env.ok(&["builds", "ls", "-q"]).lines().count(), 2);
     // The same files are kept once, however many builds read them.
     let sets = || {
         fs::read_dir(env.root().join("records/files"))
@@ -477,18 +417,18 @@ fn records_are_kept_within_the_configured_count_and_can_be_turned_off() {
     // while (a build running beside may refer to it), unless asked for.
     fs::write(env.root().join("config.toml"), "[records]\nmax-count = 1\n").unwrap();
     env.build_ok(&ctx, &[]);
-    assert_eq!(env.stdout(&["builds", "ls", "-q"]).lines().count(), 1);
+    assert_eq!(env.ok(&["builds", "ls", "-q"]).lines().count(), 1);
     assert_eq!(sets(), 2);
-    let last = env.stdout(&["builds", "ls", "-q"]);
+    let last = env.ok(&["builds", "ls", "-q"]);
     env.kiln()
         .args(["builds", "rm", "no-such"])
         .assert()
         .failure();
     assert_eq!(sets(), 1);
-    assert_eq!(env.stdout(&["builds", "ls", "-q"]), last);
-    let before = env.stdout(&["builds", "ls", "-q"]);
+    assert_eq!(env.ok(&["builds", "ls", "-q"]), last);
+    let before = env.ok(&["builds", "ls", "-q"]);
     env.build_ok(&ctx, &["--no-record"]);
-    assert_eq!(env.stdout(&["builds", "ls", "-q"]), before);
+    assert_eq!(env.ok(&["builds", "ls", "-q"]), before);
 }
 
 #[test]
@@ -501,7 +441,7 @@ fn misses_are_explained_against_an_exported_record() {
     let ctx = a.app(SCRATCH, &[("src/a", "a")]);
     a.build_ok(&ctx, &[]);
     let id = a
-        .stdout(&["builds", "ls", "-q"])
+        .ok(&["builds", "ls", "-q"])
         .lines()
         .next()
         .unwrap()
@@ -509,7 +449,7 @@ fn misses_are_explained_against_an_exported_record() {
     let export = a.ws.path("exported.json");
     fs::write(
         &export,
-        a.stdout(&["builds", "inspect", "--format", "json", &id]),
+        a.ok(&["builds", "inspect", "--format", "json", &id]),
     )
     .unwrap();
     // Another machine: its own store, its own checkout with one file changed.
@@ -554,8 +494,8 @@ fn an_interrupted_build_leaves_a_record() {
         &[],
     );
     let log = env.ws.path("build.log");
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("kiln"))
-        .env("KILN_ROOT", env.root())
+    let mut child = env
+        .proc()
         .args(["build", "--progress", "plain"])
         .arg(&ctx)
         .stdout(std::process::Stdio::null())
@@ -579,12 +519,12 @@ fn an_interrupted_build_leaves_a_record() {
     assert!(st.success());
     let status = child.wait().unwrap();
     assert!(!status.success());
-    let ls = env.stdout(&["builds", "ls"]);
+    let ls = env.ok(&["builds", "ls"]);
     let newest = ls.lines().nth(1).unwrap();
     assert!(newest.contains("   interrupted   "), "{ls}");
     let id = newest.split_whitespace().next().unwrap();
     let rec: Value =
-        serde_json::from_str(&env.stdout(&["builds", "inspect", "--format", "json", id])).unwrap();
+        serde_json::from_str(&env.ok(&["builds", "inspect", "--format", "json", id])).unwrap();
     let run = rec["steps"]
         .as_array()
         .unwrap()
@@ -625,10 +565,10 @@ fn a_retagged_base_is_named_by_its_manifest_digests() {
     assert_eq!(b.miss(1), Some(words.clone()), "{}", b.stderr);
     assert_eq!(b.miss(3).as_deref(), Some("after step #1"));
     // The record keeps both digests of the base.
-    let id = env.stdout(&["builds", "ls", "-q"]);
+    let id = env.ok(&["builds", "ls", "-q"]);
     let id = id.lines().next().unwrap();
     let rec: Value =
-        serde_json::from_str(&env.stdout(&["builds", "inspect", "--format", "json", id])).unwrap();
+        serde_json::from_str(&env.ok(&["builds", "inspect", "--format", "json", id])).unwrap();
     let from = rec["steps"]
         .as_array()
         .unwrap()
@@ -656,7 +596,7 @@ fn the_tty_display_shows_misses_and_the_summary_lists_them() {
     let ctx = env.app(APP, &[("src/a", "a")]);
     env.build_ok(&ctx, &[]);
     fs::write(ctx.join("src/a"), "changed").unwrap();
-    let kiln = assert_cmd::cargo::cargo_bin("kiln");
+    let kiln = kiln_bin();
     let cmd = format!(
         "stty cols 200 rows 50; {} build --progress tty {}",
         kiln.display(),

@@ -3,12 +3,12 @@
 //! and busybox-static (`require_root!`, `require_tool!`).
 
 use std::fs;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::process::{Command as Proc, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use assert_cmd::Command;
-use kiln_test_support::{Workspace, busybox_context, require_root, require_tool, wait};
+use kiln_test_support::{KilnStore, require_root, require_tool, wait};
 
 macro_rules! needs {
     () => {
@@ -17,53 +17,29 @@ macro_rules! needs {
     };
 }
 
-const IMAGE: &str = "busybox:kiln-test";
+const IMAGE: &str = kiln_test_support::BUSYBOX;
 
 /// A workspace with a store holding the busybox image.
-struct Env {
-    ws: Workspace,
+struct Env(KilnStore);
+
+impl Deref for Env {
+    type Target = KilnStore;
+    fn deref(&self) -> &KilnStore {
+        &self.0
+    }
 }
 
 impl Env {
     fn new() -> Env {
-        let env = Env {
-            ws: Workspace::new(),
-        };
-        let ctx = env.ws.path("busybox");
-        busybox_context(&ctx);
-        env.kiln()
-            .args(["build", "--progress", "quiet", "-t", IMAGE])
-            .arg(&ctx)
-            .assert()
-            .success();
+        let env = Env(KilnStore::new());
+        env.busybox(IMAGE);
         env
     }
 
-    fn root(&self) -> PathBuf {
-        self.ws.path("store")
-    }
-
-    fn kiln(&self) -> Command {
-        let mut c = Command::cargo_bin("kiln").unwrap();
-        c.env("KILN_ROOT", self.root());
-        c
-    }
-
-    /// Runs kiln with `args`; its output.
-    fn out(&self, args: &[&str]) -> Output {
-        self.kiln().args(args).output().unwrap()
-    }
-
-    /// Runs kiln with `args`, which must succeed; its stdout, trimmed.
+    /// Runs kiln with `args`, which must succeed; its stdout, trimmed (unlike
+    /// [`KilnStore::ok`]'s).
     fn ok(&self, args: &[&str]) -> String {
-        let o = self.out(args);
-        assert!(
-            o.status.success(),
-            "kiln {args:?} failed ({}):\n{}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).trim().to_string()
+        self.0.ok(args).trim().to_string()
     }
 
     fn containers_dir(&self) -> PathBuf {
@@ -362,8 +338,8 @@ fn detached_rm_flag_removes_the_container_when_it_ends() {
 fn kill_9_of_a_foreground_run_leaves_no_mount_or_process() {
     needs!();
     let env = Env::new();
-    let mut child = Proc::new(assert_cmd::cargo::cargo_bin("kiln"))
-        .env("KILN_ROOT", env.root())
+    let mut child = env
+        .proc()
         .args(["run", "--name", "fg", IMAGE, "sleep", "1000"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

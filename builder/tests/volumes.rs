@@ -3,11 +3,11 @@
 //! `commit`, `system df` and `rmi`. They need root (namespaces, overlayfs) and
 //! busybox-static (`require_root!`, `require_tool!`).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command as Proc, Output};
+use std::ops::Deref;
+use std::path::Path;
+use std::process::Command as Proc;
 
-use assert_cmd::Command;
-use kiln_test_support::{Workspace, busybox_context, require_root, require_tool};
+use kiln_test_support::{KilnStore, require_root, require_tool};
 
 macro_rules! needs {
     () => {
@@ -16,28 +16,22 @@ macro_rules! needs {
     };
 }
 
-const BASE: &str = "busybox:kiln-test";
+const BASE: &str = kiln_test_support::BUSYBOX;
 
-struct Env {
-    ws: Workspace,
+/// A store holding the busybox base.
+struct Env(KilnStore);
+
+impl Deref for Env {
+    type Target = KilnStore;
+    fn deref(&self) -> &KilnStore {
+        &self.0
+    }
 }
 
 impl Env {
-    /// A store holding the busybox base.
     fn new() -> Env {
-        let env = Env {
-            ws: Workspace::new(),
-        };
-        let ctx = env.ws.path("busybox");
-        busybox_context(&ctx);
-        env.ok(&[
-            "build",
-            "--progress",
-            "quiet",
-            "-t",
-            BASE,
-            ctx.to_str().unwrap(),
-        ]);
+        let env = Env(KilnStore::new());
+        env.busybox(BASE);
         env
     }
 
@@ -54,32 +48,10 @@ impl Env {
         ]);
     }
 
-    fn root(&self) -> PathBuf {
-        self.ws.path("store")
-    }
-
-    fn kiln(&self) -> Command {
-        let mut c = Command::cargo_bin("kiln").unwrap();
-        c.env("KILN_ROOT", self.root())
-            .env_remove("SOURCE_DATE_EPOCH");
-        c
-    }
-
-    fn out(&self, args: &[&str]) -> Output {
-        self.kiln().args(args).output().unwrap()
-    }
-
-    /// Runs kiln with `args`, which must succeed; its stdout, trimmed.
+    /// Runs kiln with `args`, which must succeed; its stdout, trimmed (unlike
+    /// [`KilnStore::ok`]'s).
     fn ok(&self, args: &[&str]) -> String {
-        let o = self.out(args);
-        assert!(
-            o.status.success(),
-            "kiln {args:?} failed ({}):\n{}{}",
-            o.status,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).trim().to_string()
+        self.0.ok(args).trim().to_string()
     }
 
     /// Runs kiln with `args`, which must fail; its stderr.

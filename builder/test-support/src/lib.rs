@@ -3,7 +3,8 @@
 //!
 //! - [`require`]: `require_root!()`, `require_tool!(name)`, `require!(cond, why)`. A
 //!   missing requirement skips the test with a message on a developer's machine and
-//!   fails it when env `CI` is set, so CI never passes a test that did not run.
+//!   fails it when env `CI` is set, so CI never passes a test that did not run;
+//!   `needs!(tools...)` is root and those tools.
 //! - [`wait`]: waits for an event (a port, a file's age) that fail with the server's log.
 //! - [`registry`]: the one `docker-registry` launcher (anonymous, htpasswd or token
 //!   auth, with a token server).
@@ -27,4 +28,4 @@ pub use context::{Workspace, busybox_context, copy_dir, repo_root, run_ok};
 pub use registry::{Auth, Registry, TokenServer};
 pub use require::{in_ci, is_root, tool_path};
 pub use server::FileServer;
-pub use store::{BUSYBOX, Built, KilnStore, kiln_bin};
+pub use store::{BUSYBOX, Built, KilnStore, kiln_bin, report_step, step_cached};

@@ -1,8 +1,8 @@
-//! The kiln binary under test pointed at a store of the test's own: what the integration
-//! tests of kiln-builder shared, each in a copy of its own, before this module.
+//! The kiln binary under test pointed at a store of the test's own: the helper that a
+//! dozen integration test files of kiln-builder each had a copy of (`Env`).
 //!
-//! A [`KilnStore`] is a [`Workspace`] (contexts, outputs) with the store at
-//! `<workspace>/store`. Every command it makes ([`KilnStore::kiln`],
+//! A [`KilnStore`] is a [`Workspace`] (contexts, outputs; it derefs to it) with the
+//! store at `<workspace>/store`. Every command it makes ([`KilnStore::kiln`],
 //! [`KilnStore::proc`]) has the same environment, so that the developer's shell does not
 //! leak into a test:
 //!
@@ -19,14 +19,17 @@
 //! after every build, from shrinking a test's small store.
 //!
 //! ```no_run
-//! use kiln_test_support::KilnStore;
-//! let store = KilnStore::new().env("KILN_NO_RECORD", "1");
-//! let base = store.busybox("busybox:kiln-test");
-//! let ctx = store.ws.context("app", "FROM busybox:kiln-test\nRUN true\n");
+//! use kiln_test_support::{BUSYBOX, KilnStore, step_cached};
+//! let store = KilnStore::new()
+//!     .env("KILN_NO_RECORD", "1")
+//!     .with_busybox(BUSYBOX);
+//! let ctx = store.context("app", "FROM busybox:kiln-test\nRUN true\n");
 //! let built = store.build_ok(&ctx, &["-t", "app:1"]);
-//! assert_eq!(built.report["steps"][0]["cached"], false);
-//! # let _ = base;
+//! assert_eq!(built.step("RUN true")["cached"], false);
+//! assert!(step_cached(&store.build_ok(&ctx, &[]).report, "RUN true"));
 //! ```
+//!
+//! A test file with methods of its own wraps the store with [`store_env!`](crate::store_env).
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -35,7 +38,7 @@ use std::process::Output;
 
 use serde_json::Value;
 
-use crate::{Workspace, busybox_context};
+use crate::{Workspace, busybox_context, run_ok};
 
 /// The tag the busybox base is built as in most tests' stores.
 pub const BUSYBOX: &str = "busybox:kiln-test";
@@ -53,6 +56,14 @@ pub struct KilnStore {
     env: Vec<(OsString, Option<OsString>)>,
 }
 
+/// The workspace's methods (`path`, `context`, `write`) on the store itself.
+impl std::ops::Deref for KilnStore {
+    type Target = Workspace;
+    fn deref(&self) -> &Workspace {
+        &self.ws
+    }
+}
+
 impl Default for KilnStore {
     fn default() -> Self {
         Self::new()
@@ -68,7 +79,7 @@ pub struct Built {
     pub stdout: String,
     /// Its stderr (the progress lines and errors).
     pub stderr: String,
-    /// The `--report` JSON, `Value::Null` when kiln wrote none (or a broken one).
+    /// The `--report` JSON, `Value::Null` when kiln wrote none (a broken one panics).
     pub report: Value,
 }
 
@@ -148,15 +159,7 @@ impl KilnStore {
     /// Runs `kiln ARGS`, which must succeed (else panics with its stdout and stderr); its
     /// stdout, untrimmed.
     pub fn ok(&self, args: &[&str]) -> String {
-        let o = self.out(args);
-        assert!(
-            o.status.success(),
-            "kiln {args:?} failed ({}):\n{}{}",
-            o.status,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        run_ok(self.proc().args(args))
     }
 
     /// `kiln build --progress plain --report FILE ARGS CTX`, whatever its outcome.
@@ -180,10 +183,14 @@ impl KilnStore {
             ok: out.status.success(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            report: fs::read(&report)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or(Value::Null),
+            report: fs::read(&report).ok().map_or(Value::Null, |b| {
+                serde_json::from_slice(&b).unwrap_or_else(|e| {
+                    panic!(
+                        "kiln wrote a broken report ({e}): {}",
+                        String::from_utf8_lossy(&b)
+                    )
+                })
+            }),
         }
     }
 
@@ -192,6 +199,12 @@ impl KilnStore {
         let b = self.build(ctx, args);
         assert!(b.ok, "kiln build {args:?} failed:\n{}", b.stderr);
         b
+    }
+
+    /// This store with the busybox base built in it as `tag` ([`KilnStore::busybox`]).
+    pub fn with_busybox(self, tag: &str) -> KilnStore {
+        self.busybox(tag);
+        self
     }
 
     /// Makes the busybox base's context at `busybox` in the workspace (once) and builds
@@ -214,6 +227,57 @@ impl KilnStore {
     }
 }
 
+/// The step of `report` (a `--report` JSON) whose instruction is `instruction`
+/// (`"RUN make"`); panics naming it and the report when there is none.
+pub fn report_step<'a>(report: &'a Value, instruction: &str) -> &'a Value {
+    report["steps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no steps in the report: {report}"))
+        .iter()
+        .find(|s| s["instruction"] == instruction)
+        .unwrap_or_else(|| panic!("no step {instruction:?}: {report}"))
+}
+
+/// Whether the step `instruction` of `report` was a cache hit ([`report_step`]).
+pub fn step_cached(report: &Value, instruction: &str) -> bool {
+    report_step(report, instruction)["cached"]
+        .as_bool()
+        .unwrap_or_else(|| panic!("step {instruction:?} says no `cached`: {report}"))
+}
+
+/// Declares a test file's own `Env`: a tuple struct around a [`KilnStore`] that derefs
+/// to it, for the methods only that file needs (in an `impl Env` next to it).
+///
+/// ```
+/// kiln_test_support::store_env! {
+///     /// The test's store and its git repositories.
+///     struct Env;
+/// }
+/// impl Env {
+///     fn new() -> Env {
+///         Env(kiln_test_support::KilnStore::new())
+///     }
+///     fn repo(&self) -> std::path::PathBuf {
+///         self.path("repo")
+///     }
+/// }
+/// # assert!(Env::new().repo().ends_with("repo"));
+/// ```
+#[macro_export]
+macro_rules! store_env {
+    ($(#[$meta:meta])* struct $name:ident;) => {
+        $(#[$meta])*
+        struct $name($crate::KilnStore);
+
+        impl ::std::ops::Deref for $name {
+            type Target = $crate::KilnStore;
+            fn deref(&self) -> &$crate::KilnStore {
+                &self.0
+            }
+        }
+    };
+}
+
 impl Built {
     /// Whether each step of the report was a cache hit, in order.
     pub fn cached(&self) -> Vec<bool> {
@@ -221,6 +285,11 @@ impl Built {
             .iter()
             .map(|s| s["cached"].as_bool().unwrap())
             .collect()
+    }
+
+    /// The report's step whose instruction is `instruction` ([`report_step`]).
+    pub fn step(&self, instruction: &str) -> &Value {
+        report_step(&self.report, instruction)
     }
 
     /// The report's steps; panics when there is no report.

@@ -5,7 +5,6 @@
 //! unchanged one a hit). Needs root (file owners) and git.
 
 use std::fs;
-use std::ops::Deref;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Std, Stdio};
@@ -13,7 +12,9 @@ use std::time::Duration;
 
 use kiln_test_support::registry::free_port;
 use kiln_test_support::ssh::{Agent, Sshd};
-use kiln_test_support::{Built, KilnStore, kiln_bin, require_root, require_tool, run_ok, wait};
+use kiln_test_support::{
+    Built, KilnStore, kiln_bin, require_root, require_tool, run_ok, step_cached, wait,
+};
 use serde_json::Value;
 
 /// A repository served by `git daemon` on a free loopback port.
@@ -30,16 +31,11 @@ impl Drop for Daemon {
     }
 }
 
-/// The test's store (build records on: a miss of a git source is explained by its
-/// commits; no agent but the one a test gives with --ssh: both are `KilnStore`'s
-/// defaults) and its repositories.
-struct Env(KilnStore);
-
-impl Deref for Env {
-    type Target = KilnStore;
-    fn deref(&self) -> &KilnStore {
-        &self.0
-    }
+kiln_test_support::store_env! {
+    /// The test's store (build records on: a miss of a git source is explained by its
+    /// commits; no agent but the one a test gives with --ssh: both are `KilnStore`'s
+    /// defaults) and its repositories.
+    struct Env;
 }
 
 /// Runs git in `dir` with fixed identities and dates (`when` seconds since the epoch).
@@ -215,17 +211,6 @@ fn read(p: PathBuf) -> String {
     fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-fn cached(report: &Value, instruction: &str) -> bool {
-    report["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["instruction"] == instruction)
-        .unwrap_or_else(|| panic!("no step {instruction:?}: {report}"))["cached"]
-        .as_bool()
-        .unwrap()
-}
-
 #[test]
 fn add_git_refs_subdirs_and_git_dir() {
     require_root!();
@@ -281,7 +266,7 @@ fn add_git_refs_subdirs_and_git_dir() {
     );
     let m = fs::metadata(out.join("owned/b.txt")).unwrap();
     assert_eq!((m.uid(), m.gid()), (7, 8));
-    assert!(!cached(&report, &format!("ADD {url}#v1 /tag/")));
+    assert!(!step_cached(&report, &format!("ADD {url}#v1 /tag/")));
 
     // Unchanged refs hit; a moved branch misses, and brings the new commit.
     let ctx = env.ws.path("ctx-refs");
@@ -293,7 +278,7 @@ fn add_git_refs_subdirs_and_git_dir() {
         format!("ADD {url}#v1 /tag/"),
         format!("ADD {url}#main:sub /sub"),
     ] {
-        assert!(cached(&report, &step), "{step}: {report}");
+        assert!(step_cached(&report, &step), "{step}: {report}");
     }
     env.push_third_commit();
     let out = env.ws.path("out-again");
@@ -303,11 +288,11 @@ fn add_git_refs_subdirs_and_git_dir() {
     } = env.build(&ctx, &["-o", &dest]);
     assert!(ok, "{stderr}");
     assert!(
-        cached(&report, &format!("ADD {url}#light /light")),
+        step_cached(&report, &format!("ADD {url}#light /light")),
         "{report}"
     );
     assert!(
-        !cached(&report, &format!("ADD {url}#main:sub /sub")),
+        !step_cached(&report, &format!("ADD {url}#main:sub /sub")),
         "{report}"
     );
     let three = env.rev("main");
@@ -690,13 +675,13 @@ fn build_contexts_from_git_repositories() {
     assert_eq!(read(out.join("from-http.txt")), "v1\n");
     let m = fs::metadata(out.join("a.txt")).unwrap();
     assert_eq!((m.uid(), m.mtime()), (0, 1_600_000_000));
-    assert!(!cached(&report, "COPY --from=sub . /sub/"));
+    assert!(!step_cached(&report, "COPY --from=sub . /sub/"));
     // Same commits: hits. `main` moved: the step reading it misses, with the new files.
     let Built {
         ok, stderr, report, ..
     } = env.build(&ctx, &a);
     assert!(ok, "{stderr}");
-    assert!(cached(&report, "COPY --from=sub . /sub/"), "{report}");
+    assert!(step_cached(&report, "COPY --from=sub . /sub/"), "{report}");
     env.ws.write("work/sub/b.txt", "b2\n");
     git(
         &env.ws.path("work"),
@@ -720,7 +705,7 @@ fn build_contexts_from_git_repositories() {
         ok, stderr, report, ..
     } = env.build(&ctx, &a);
     assert!(ok, "{stderr}");
-    assert!(!cached(&report, "COPY --from=sub . /sub/"), "{report}");
+    assert!(!step_cached(&report, "COPY --from=sub . /sub/"), "{report}");
     assert_eq!(read(out2.join("sub/b.txt")), "b2\n");
     // A bad reference is one line naming the context's repository.
     let Built { ok, stderr, .. } = env.build(

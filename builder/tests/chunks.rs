@@ -5,7 +5,6 @@
 //! (`require_root!`) and the tools they name (`require_tool!`).
 
 use std::fs;
-use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::Command as Proc;
 
@@ -14,14 +13,9 @@ use kiln_cache::Store;
 use kiln_test_support::{KilnStore, require_root, require_tool, run_ok};
 use serde_json::Value;
 
-/// A workspace whose tests use several stores in it (`warm`, `fresh`, ...).
-struct Env(KilnStore);
-
-impl Deref for Env {
-    type Target = KilnStore;
-    fn deref(&self) -> &KilnStore {
-        &self.0
-    }
+kiln_test_support::store_env! {
+    /// A workspace whose tests use several stores in it (`warm`, `fresh`, ...).
+    struct Env;
 }
 
 impl Env {

@@ -4,35 +4,22 @@
 //! busybox-static, in a store of the test's own: root and busybox (`needs!`).
 
 use std::fs;
-use std::ops::Deref;
 
-use kiln_test_support::{KilnStore, require_root, require_tool};
+use kiln_test_support::{KilnStore, needs};
 use serde_json::Value;
-
-macro_rules! needs {
-    () => {
-        require_root!();
-        require_tool!("busybox");
-    };
-}
 
 const BASE: &str = kiln_test_support::BUSYBOX;
 
-/// A store with the busybox base in it; no build records.
-struct Env(KilnStore);
-
-impl Deref for Env {
-    type Target = KilnStore;
-    fn deref(&self) -> &KilnStore {
-        &self.0
-    }
+kiln_test_support::store_env! {
+    /// A store with the busybox base in it; no build records.
+    struct Env;
 }
 
 impl Env {
     fn new() -> Env {
-        let env = Env(KilnStore::new().env("KILN_NO_RECORD", "1"));
-        env.busybox(BASE);
-        env
+        Env(KilnStore::new()
+            .env("KILN_NO_RECORD", "1")
+            .with_busybox(BASE))
     }
 
     /// Builds `dockerfile` with `args` and `--output type=local`; the file `file` of the
@@ -67,7 +54,7 @@ fn is_image_id(s: &str) -> bool {
 /// metadata file has buildx's keys and kiln's cache summary.
 #[test]
 fn quiet_iidfile_and_metadata_file() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let ctx = env.ws.context(
         "app",
@@ -158,7 +145,7 @@ fn quiet_iidfile_and_metadata_file() {
 /// `--label` sets config labels, over the Dockerfile's, as `docker build --label`.
 #[test]
 fn labels_reach_the_image_config() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let ctx = env
         .ws
@@ -193,7 +180,7 @@ fn labels_reach_the_image_config() {
 /// host list misses the cache; `host-gateway` and a bad address fail with one line.
 #[test]
 fn add_host_reaches_run() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let df = format!("FROM {BASE}\nRUN mkdir /o && cat /etc/hosts > /o/hosts\n");
     let hosts = env.run_file(
@@ -245,7 +232,7 @@ fn add_host_reaches_run() {
 /// default, as Docker, or `--shm-size`.
 #[test]
 fn shm_size_sizes_dev_shm() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let df = format!("FROM {BASE}\nRUN mkdir /o && grep ' /dev/shm ' /proc/mounts > /o/shm\n");
     let shm = env.run_file("shm", &df, &[], "o/shm");
@@ -278,7 +265,7 @@ fn interfaces(dev: &str) -> Vec<String> {
 /// `network.host` entitlement, as with buildx.
 #[test]
 fn network_flag_sets_the_run_default() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let df = format!(
         "FROM {BASE}\nRUN mkdir /o && cat /proc/net/dev > /o/default\n\

@@ -9,22 +9,13 @@ use std::process::{Command as Proc, Output, Stdio};
 use std::time::Duration;
 
 use kiln_test_support::registry::{Auth, Registry};
-use kiln_test_support::{KilnStore, repo_root, require_root, require_tool, wait};
-
-macro_rules! needs {
-    () => {
-        require_root!();
-        require_tool!("busybox");
-    };
-}
+use kiln_test_support::{KilnStore, needs, repo_root, require_root, require_tool, wait};
 
 const IMAGE: &str = kiln_test_support::BUSYBOX;
 
 /// A store holding the busybox image.
 fn store() -> KilnStore {
-    let store = KilnStore::new();
-    store.busybox(IMAGE);
-    store
+    KilnStore::new().with_busybox(IMAGE)
 }
 
 fn stderr(o: &Output) -> String {
@@ -33,7 +24,7 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn ps_and_images_format_as_docker() {
-    needs!();
+    needs!("busybox");
     let env = store();
     env.ok(&[
         "run",
@@ -176,7 +167,7 @@ fn in_terminal(env: &KilnStore, cmd: &str, input: &str) -> (Option<i32>, String)
 
 #[test]
 fn run_it_on_a_real_terminal() {
-    needs!();
+    needs!("busybox");
     require_tool!("script");
     let env = store();
     let kiln = kiln_bin();
@@ -208,7 +199,7 @@ fn run_it_on_a_real_terminal() {
 
 #[test]
 fn exec_it_on_a_real_terminal() {
-    needs!();
+    needs!("busybox");
     require_tool!("script");
     let env = store();
     let kiln = kiln_bin();
@@ -311,7 +302,7 @@ impl Foreground {
 
 #[test]
 fn signals_to_a_foreground_run_reach_the_container() {
-    needs!();
+    needs!("busybox");
     let env = store();
     // SIGTERM goes to the container's pid 1, whose trap decides the exit code.
     let f = Foreground::start(
@@ -375,7 +366,7 @@ fn signals_to_a_foreground_run_reach_the_container() {
 
 #[test]
 fn run_pull_policies_against_a_registry() {
-    needs!();
+    needs!("busybox");
     require_tool!("docker-registry");
     let reg = Registry::start(&Auth::None);
     let env = store();
@@ -424,7 +415,7 @@ fn run_pull_policies_against_a_registry() {
 
 #[test]
 fn a_freshly_built_image_runs_with_no_load_step() {
-    needs!();
+    needs!("busybox");
     let env = store();
     let ctx = env.ws.context(
         "fresh",

@@ -3,37 +3,22 @@
 //! and busybox-static (`require_root!`, `require_tool!`).
 
 use std::fs;
-use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use kiln_test_support::{KilnStore, require_root, require_tool, wait};
-
-macro_rules! needs {
-    () => {
-        require_root!();
-        require_tool!("busybox");
-    };
-}
+use kiln_test_support::{KilnStore, needs, wait};
 
 const IMAGE: &str = kiln_test_support::BUSYBOX;
 
-/// A workspace with a store holding the busybox image.
-struct Env(KilnStore);
-
-impl Deref for Env {
-    type Target = KilnStore;
-    fn deref(&self) -> &KilnStore {
-        &self.0
-    }
+kiln_test_support::store_env! {
+    /// A workspace with a store holding the busybox image.
+    struct Env;
 }
 
 impl Env {
     fn new() -> Env {
-        let env = Env(KilnStore::new());
-        env.busybox(IMAGE);
-        env
+        Env(KilnStore::new().with_busybox(IMAGE))
     }
 
     /// Runs kiln with `args`, which must succeed; its stdout, trimmed (unlike
@@ -134,7 +119,7 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn a_file_written_in_a_container_is_in_its_upper_dir_and_gone_after_rm() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let before = env.image_id();
     env.ok(&[
@@ -183,7 +168,7 @@ fn a_file_written_in_a_container_is_in_its_upper_dir_and_gone_after_rm() {
 
 #[test]
 fn exit_codes_are_dockers() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let code = |args: &[&str]| env.out(args).status.code();
     assert_eq!(code(&["run", "--rm", IMAGE, "true"]), Some(0));
@@ -202,7 +187,7 @@ fn exit_codes_are_dockers() {
 
 #[test]
 fn rm_flag_leaves_no_container_mount_or_process() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let out = env.ok(&["run", "--rm", IMAGE, "sh", "-c", "echo hi > /f; cat /f"]);
     assert_eq!(out, "hi");
@@ -214,7 +199,7 @@ fn rm_flag_leaves_no_container_mount_or_process() {
 
 #[test]
 fn detached_stop_ends_with_the_images_stop_signal() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let ctx = env.ws.context(
         "stopper",
@@ -247,7 +232,7 @@ fn detached_stop_ends_with_the_images_stop_signal() {
 
 #[test]
 fn detached_logs_exec_kill_and_rm_force() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     env.ok(&[
         "run",
@@ -304,7 +289,7 @@ fn detached_logs_exec_kill_and_rm_force() {
 
 #[test]
 fn detached_rm_flag_removes_the_container_when_it_ends() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     env.ok(&[
         "run",
@@ -336,7 +321,7 @@ fn detached_rm_flag_removes_the_container_when_it_ends() {
 
 #[test]
 fn kill_9_of_a_foreground_run_leaves_no_mount_or_process() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let mut child = env
         .proc()
@@ -383,7 +368,7 @@ fn kill_9_of_a_foreground_run_leaves_no_mount_or_process() {
 
 #[test]
 fn two_containers_share_the_image_layers() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     // The first run unpacks the image's layers into snapshots/, once for every container.
     env.ok(&["run", "--rm", IMAGE, "true"]);
@@ -409,7 +394,7 @@ fn two_containers_share_the_image_layers() {
 
 #[test]
 fn bind_mounts_write_to_the_host_and_ro_refuses() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let host = env.ws.path("host-data");
     let v = format!("{}:/data", host.display());
@@ -460,7 +445,7 @@ fn bind_mounts_write_to_the_host_and_ro_refuses() {
 
 #[test]
 fn run_flags_apply_as_docker() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let envfile = env
         .ws
@@ -501,7 +486,7 @@ fn run_flags_apply_as_docker() {
 
 #[test]
 fn bad_input_is_one_line_and_125() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     env.ok(&["run", "--name", "taken", IMAGE, "true"]);
     let ids = env.container_ids();
@@ -545,7 +530,7 @@ fn bad_input_is_one_line_and_125() {
 
 #[test]
 fn named_volumes_outlive_containers_and_rm_flag_removes_anonymous_ones() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     env.ok(&[
         "run",
@@ -610,7 +595,7 @@ fn named_volumes_outlive_containers_and_rm_flag_removes_anonymous_ones() {
 
 #[test]
 fn the_images_volumes_are_anonymous_volumes_filled_from_the_image() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let ctx = env.ws.context(
         "withvol",

@@ -5,31 +5,18 @@
 //! and busybox-static (`require_root!`, `require_tool!`).
 
 use std::fs;
-use std::ops::Deref;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command as Proc;
 
-use kiln_test_support::{Built, KilnStore, busybox_context, kiln_bin, require_root, require_tool};
+use kiln_test_support::{Built, KilnStore, busybox_context, kiln_bin, needs};
 use serde_json::Value;
-
-macro_rules! needs {
-    () => {
-        require_root!();
-        require_tool!("busybox");
-    };
-}
 
 const BASE: &str = "busybox:kiln-test";
 
-/// The test's store, build records on (`KilnStore`'s default).
-struct Env(KilnStore);
-
-impl Deref for Env {
-    type Target = KilnStore;
-    fn deref(&self) -> &KilnStore {
-        &self.0
-    }
+kiln_test_support::store_env! {
+    /// The test's store, build records on (`KilnStore`'s default).
+    struct Env;
 }
 
 /// What explain's tests read in a build's output and report.
@@ -114,7 +101,7 @@ const APP: &str = "FROM busybox:kiln-test\nARG VERSION=1.2\nCOPY src /src\nRUN e
 
 #[test]
 fn first_build_has_no_earlier_record() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let ctx = env.app(APP, &[("src/a", "a")]);
     let b = env.build_ok(&ctx, &[]);
@@ -147,7 +134,7 @@ fn first_build_has_no_earlier_record() {
 
 #[test]
 fn changed_files_are_named_with_what_changed() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let ctx = env.app(APP, &[("src/a", "a"), ("src/b", "b"), ("src/gone", "x")]);
     env.build_ok(&ctx, &[]);
@@ -168,7 +155,7 @@ fn changed_files_are_named_with_what_changed() {
 
 #[test]
 fn many_changed_files_are_counted_past_five() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let files: Vec<(String, &str)> = (0..8).map(|i| (format!("src/f{i}"), "x")).collect();
     let refs: Vec<(&str, &str)> = files.iter().map(|(p, c)| (p.as_str(), *c)).collect();
@@ -189,7 +176,7 @@ fn many_changed_files_are_counted_past_five() {
 
 #[test]
 fn a_build_arg_change_is_named_with_its_values() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let ctx = env.app(APP, &[("src/a", "a")]);
     env.build_ok(&ctx, &[]);
@@ -208,7 +195,7 @@ fn a_build_arg_change_is_named_with_its_values() {
 
 #[test]
 fn an_env_change_is_named_with_its_values() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let df = |v: &str| format!("FROM busybox:kiln-test\nENV MODE={v}\nRUN echo $MODE > /m\n");
     let ctx = env.app(&df("fast"), &[]);
@@ -222,7 +209,7 @@ fn an_env_change_is_named_with_its_values() {
 
 #[test]
 fn instruction_flags_and_commands_are_named() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let df = |chmod: &str, cmd: &str| {
         format!("FROM busybox:kiln-test\n\nCOPY --chmod={chmod} src /src\nRUN {cmd}\n")
@@ -242,7 +229,7 @@ fn instruction_flags_and_commands_are_named() {
 
 #[test]
 fn a_new_base_image_is_named_with_both_digests() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let ctx = env.app(APP, &[("src/a", "a")]);
     env.build_ok(&ctx, &[]);
@@ -264,7 +251,7 @@ fn a_new_base_image_is_named_with_both_digests() {
 
 #[test]
 fn a_missing_result_is_not_a_key_change() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let ctx = env.app(APP, &[("src/a", "a")]);
     let first = env.build_ok(&ctx, &[]);
@@ -307,7 +294,7 @@ fn report_layer(b: &Built, line: u64) -> String {
 
 #[test]
 fn builds_are_listed_inspected_exported_and_removed() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let ctx = env.app(APP, &[("src/a", "a")]);
     env.build_ok(&ctx, &["-t", "app:1"]);
@@ -390,7 +377,7 @@ fn builds_are_listed_inspected_exported_and_removed() {
 
 #[test]
 fn records_are_kept_within_the_configured_count_and_can_be_turned_off() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     // Not the base's record and file set: only the app's are counted below.
     env.kiln()
@@ -433,7 +420,7 @@ fn records_are_kept_within_the_configured_count_and_can_be_turned_off() {
 
 #[test]
 fn misses_are_explained_against_an_exported_record() {
-    needs!();
+    needs!("busybox");
     // From scratch: the two stores' busybox bases differ (their configs' times), and a
     // different base would be the first thing named.
     const SCRATCH: &str = "FROM scratch\n\nCOPY src /src\n";
@@ -487,7 +474,7 @@ fn misses_are_explained_against_an_exported_record() {
 
 #[test]
 fn an_interrupted_build_leaves_a_record() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let ctx = env.app(
         "FROM busybox:kiln-test\nRUN echo started && sleep 60\n",
@@ -545,7 +532,7 @@ fn an_interrupted_build_leaves_a_record() {
 /// --digests`), not by the ChainIDs that key the cache.
 #[test]
 fn a_retagged_base_is_named_by_its_manifest_digests() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let ctx = env.app(APP, &[("src/a", "a")]);
     env.build_ok(&ctx, &[]);
@@ -590,7 +577,7 @@ fn a_retagged_base_is_named_by_its_manifest_digests() {
 /// with its explanation, and the end-of-build summary lists the misses.
 #[test]
 fn the_tty_display_shows_misses_and_the_summary_lists_them() {
-    needs!();
+    needs!("busybox");
     let script = kiln_test_support::require_tool!("script");
     let env = Env::new();
     let ctx = env.app(APP, &[("src/a", "a")]);

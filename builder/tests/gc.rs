@@ -4,36 +4,21 @@
 //! need root and busybox-static (`require_root!`, `require_tool!`).
 
 use std::fs;
-use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Proc, Stdio};
 use std::time::Duration;
 
 use kiln_cache::Store;
-use kiln_test_support::{KilnStore, require_root, require_tool, run_ok, wait};
+use kiln_test_support::{KilnStore, needs, run_ok, wait};
 
-macro_rules! needs {
-    () => {
-        require_root!();
-        require_tool!("busybox");
-    };
-}
-
-/// A workspace whose store holds `busybox:kiln-test`.
-struct Env(KilnStore);
-
-impl Deref for Env {
-    type Target = KilnStore;
-    fn deref(&self) -> &KilnStore {
-        &self.0
-    }
+kiln_test_support::store_env! {
+    /// A workspace whose store holds `busybox:kiln-test`.
+    struct Env;
 }
 
 impl Env {
     fn new() -> Env {
-        let env = Env(KilnStore::new());
-        env.busybox(kiln_test_support::BUSYBOX);
-        env
+        Env(KilnStore::new().with_busybox(kiln_test_support::BUSYBOX))
     }
 
     /// A context with `Dockerfile` and `files`.
@@ -87,7 +72,7 @@ const APP: &str = "FROM busybox:kiln-test\nCOPY big /big\nARG N=0\nRUN echo $N >
 
 #[test]
 fn du_counts_the_whole_store_like_du_sb() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     for i in 0..3 {
         let ctx = env.context(&format!("app{i}"), APP, &[("big", &random(300_000, i))]);
@@ -150,7 +135,7 @@ fn du_counts_the_whole_store_like_du_sb() {
 
 #[test]
 fn gc_keeps_the_store_under_a_small_cap_and_the_last_build_cached() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     // The base as builds use it (its snapshot unpacked), without build cache.
     let first = env.context("first", APP, &[("big", &random(300_000, 100))]);
@@ -187,7 +172,7 @@ fn gc_keeps_the_store_under_a_small_cap_and_the_last_build_cached() {
 
 #[test]
 fn prune_while_a_build_runs_leaves_the_build_whole() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let df = "FROM busybox:kiln-test\nCOPY big /big\nARG N=0\nRUN sleep 3 && echo $N > /n\nCOPY small /small\n";
     let ctx = env.context("app", df, &[("big", &random(500_000, 1)), ("small", b"s")]);
@@ -230,7 +215,7 @@ fn prune_while_a_build_runs_leaves_the_build_whole() {
 
 #[test]
 fn prune_never_removes_a_running_containers_snapshots() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let ctx = env.context(
         "app",
@@ -286,7 +271,7 @@ fn prune_never_removes_a_running_containers_snapshots() {
 
 #[test]
 fn kill9_during_prune_leaves_a_usable_store() {
-    needs!();
+    needs!("busybox");
     let rounds: u64 = std::env::var("KILN_KILL_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -343,7 +328,7 @@ fn kill9_during_prune_leaves_a_usable_store() {
 /// it, and the build's output says what went.
 #[test]
 fn gc_runs_after_a_failed_build() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let first = env.context("first", APP, &[("big", &random(300_000, 200))]);
     env.build_ok(&first, &[]);
@@ -399,7 +384,7 @@ fn gc_runs_after_a_failed_build() {
 /// dropped when the next build starts, not only at the next `du` or `prune`.
 #[test]
 fn a_dead_builds_lease_is_dropped_when_a_build_starts() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let leases = Store::open(env.root()).unwrap().leases_dir();
     fs::create_dir_all(&leases).unwrap();
@@ -424,7 +409,7 @@ fn a_dead_builds_lease_is_dropped_when_a_build_starts() {
 /// `kiln prune` asks Docker's question unless `-f`, and removes nothing on a no.
 #[test]
 fn prune_asks_for_confirmation_unless_forced() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let ctx = env.context("app", "FROM busybox:kiln-test\nCOPY f /f\n", &[("f", b"f")]);
     env.build_ok(&ctx, &[]);
@@ -473,7 +458,7 @@ fn prune_asks_for_confirmation_unless_forced() {
 /// cached; with no reserve, the same shortage removes them.
 #[test]
 fn a_full_disk_keeps_the_reserved_cache() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let apps: Vec<PathBuf> = (0..3u64)
         .map(|i| {

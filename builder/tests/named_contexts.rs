@@ -9,27 +9,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use kiln_test_support::{
-    Built, FileServer, KilnStore, busybox_context, require_root, require_tool,
+    Built, FileServer, KilnStore, busybox_context, require_root, require_tool, step_cached,
 };
-use serde_json::Value;
 
 /// The test's store: no build records, images dated 1700000000.
 fn store() -> KilnStore {
     KilnStore::new()
         .env("SOURCE_DATE_EPOCH", "1700000000")
         .env("KILN_NO_RECORD", "1")
-}
-
-/// Whether the report's step `instruction` was a cache hit.
-fn cached(report: &Value, instruction: &str) -> bool {
-    report["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["instruction"] == instruction)
-        .unwrap_or_else(|| panic!("no step {instruction:?}: {report}"))["cached"]
-        .as_bool()
-        .unwrap()
 }
 
 fn read(p: PathBuf) -> String {
@@ -100,12 +87,12 @@ fn named_contexts_replace_from_copy_from_and_stages() {
     assert!(out.join("all/.dockerignore").exists());
     assert_eq!(read(out.join("deps/lib.txt")), "deps from a directory\n");
     assert_eq!(read(out.join("layout-marker")), "from the layout\n");
-    assert!(!cached(&r, "COPY --from=src . /all/"));
+    assert!(!step_cached(&r, "COPY --from=src . /all/"));
 
     // Again: every step is a hit. A touch (mtime only) and a copy of the directory
     // elsewhere keep the cache (content keys); an ignored file does not count.
     let r = env.build_ok(&ctx, &a).report;
-    assert!(cached(&r, "COPY --from=src . /all/"), "{r}");
+    assert!(step_cached(&r, "COPY --from=src . /all/"), "{r}");
     let moved = ws.path("src-moved");
     fs::create_dir(&moved).unwrap();
     for f in ["a.txt", "skip.tmp", ".dockerignore"] {
@@ -120,13 +107,13 @@ fn named_contexts_replace_from_copy_from_and_stages() {
     let a2 = args(&moved, &ws.path("out2"));
     let a2: Vec<&str> = a2.iter().map(String::as_str).collect();
     let r = env.build_ok(&ctx, &a2).report;
-    assert!(cached(&r, "COPY --from=src . /all/"), "{r}");
+    assert!(step_cached(&r, "COPY --from=src . /all/"), "{r}");
     // A changed byte is a miss, and the new content is copied.
     ws.write("src-moved/a.txt", "named b\n");
     let a3 = args(&moved, &ws.path("out3"));
     let a3: Vec<&str> = a3.iter().map(String::as_str).collect();
     let r = env.build_ok(&ctx, &a3).report;
-    assert!(!cached(&r, "COPY --from=src . /all/"), "{r}");
+    assert!(!step_cached(&r, "COPY --from=src . /all/"), "{r}");
     assert_eq!(read(ws.path("out3/all/a.txt")), "named b\n");
 
     // Without the contexts, the names are images: `base` is not one.
@@ -164,13 +151,13 @@ fn run_from_a_named_directory_and_mount_from_it() {
     assert_eq!(read(out.join("seen")), "hello from data\n");
     assert!(out.join("bin/busybox").exists());
     let run = "RUN --mount=from=data,target=/m cat /m/msg > /seen && test ! -e /m/hidden";
-    assert!(!cached(&r, run));
+    assert!(!step_cached(&r, run));
     // The mounted files are in the RUN's key: a change reruns it.
     let r = env.build_ok(&ctx, &args).report;
-    assert!(cached(&r, run), "{r}");
+    assert!(step_cached(&r, run), "{r}");
     ws.write("data/msg", "changed\n");
     let r = env.build_ok(&ctx, &args).report;
-    assert!(!cached(&r, run), "{r}");
+    assert!(!step_cached(&r, run), "{r}");
 }
 
 #[test]
@@ -223,15 +210,15 @@ fn an_http_named_context_is_one_file_named_context() {
         fs::read(&archive).unwrap()
     );
     assert_eq!(fs::read_dir(&out).unwrap().count(), 1);
-    assert!(!cached(&r, "COPY --from=dl /context /got.tgz"));
+    assert!(!step_cached(&r, "COPY --from=dl /context /got.tgz"));
     // Unchanged: a hit. Another content at the same URL: a miss, and the new bytes.
     let r = env.build_ok(&ctx, &["--build-context", &spec]).report;
-    assert!(cached(&r, "COPY --from=dl /context /got.tgz"), "{r}");
+    assert!(step_cached(&r, "COPY --from=dl /context /got.tgz"), "{r}");
     ws.write("files/data.tar.gz", "changed\n");
     let r = env
         .build_ok(&ctx, &["--build-context", &spec, "-o", &dest])
         .report;
-    assert!(!cached(&r, "COPY --from=dl /context /got.tgz"), "{r}");
+    assert!(!step_cached(&r, "COPY --from=dl /context /got.tgz"), "{r}");
     assert_eq!(read(out.join("got.tgz")), "changed\n");
     // FROM it: the tree holds only `/context`.
     let ctx = ws.context("ctx-from", "FROM dl\n");

@@ -6,22 +6,17 @@
 //! part of the cache key. Needs root, busybox-static, gcc and openssh-client.
 
 use std::fs;
-use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::Command as Std;
 
 use kiln_test_support::ssh::Agent;
-use kiln_test_support::{BUSYBOX, Built, KilnStore, repo_root, require_root, require_tool, run_ok};
-use serde_json::Value;
+use kiln_test_support::{
+    BUSYBOX, Built, KilnStore, repo_root, require_root, require_tool, run_ok, step_cached,
+};
 
-/// The test's store (no build records) and its agent client.
-struct Env(KilnStore);
-
-impl Deref for Env {
-    type Target = KilnStore;
-    fn deref(&self) -> &KilnStore {
-        &self.0
-    }
+kiln_test_support::store_env! {
+    /// The test's store (no build records) and its agent client.
+    struct Env;
 }
 
 impl Env {
@@ -42,17 +37,6 @@ impl Env {
         assert!(cc.success(), "gcc -static failed (is libc6-dev installed?)");
         ctx
     }
-}
-
-fn cached(report: &Value, instruction: &str) -> bool {
-    report["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["instruction"] == instruction)
-        .unwrap_or_else(|| panic!("no step {instruction:?}: {report}"))["cached"]
-        .as_bool()
-        .unwrap()
 }
 
 const DEFAULT_RUN: &str = "RUN --mount=type=ssh test -S /run/buildkit/ssh_agent.0 && \
@@ -105,7 +89,7 @@ fn run_mount_ssh_forwards_the_agent() {
         "1000:600\n/tmp/work.sock\ntype=12 keys=1\nkiln-key-two\n"
     );
     assert!(!out.join("run/buildkit").exists(), "no mount point left");
-    assert!(!cached(&report, DEFAULT_RUN));
+    assert!(!step_cached(&report, DEFAULT_RUN));
 
     // Another socket for the same ids: the agent is not in the cache key.
     let link = env.ws.path("elsewhere.sock");
@@ -116,8 +100,8 @@ fn run_mount_ssh_forwards_the_agent() {
         ok, stderr, report, ..
     } = env.build(&ctx, &a);
     assert!(ok, "{stderr}");
-    assert!(cached(&report, DEFAULT_RUN), "{report}");
-    assert!(cached(&report, APP_RUN), "{report}");
+    assert!(step_cached(&report, DEFAULT_RUN), "{report}");
+    assert!(step_cached(&report, APP_RUN), "{report}");
     drop(one);
 }
 

@@ -3,36 +3,21 @@
 //! `commit`, `system df` and `rmi`. They need root (namespaces, overlayfs) and
 //! busybox-static (`require_root!`, `require_tool!`).
 
-use std::ops::Deref;
 use std::path::Path;
 use std::process::Command as Proc;
 
-use kiln_test_support::{KilnStore, require_root, require_tool};
-
-macro_rules! needs {
-    () => {
-        require_root!();
-        require_tool!("busybox");
-    };
-}
+use kiln_test_support::{KilnStore, needs};
 
 const BASE: &str = kiln_test_support::BUSYBOX;
 
-/// A store holding the busybox base.
-struct Env(KilnStore);
-
-impl Deref for Env {
-    type Target = KilnStore;
-    fn deref(&self) -> &KilnStore {
-        &self.0
-    }
+kiln_test_support::store_env! {
+    /// A store holding the busybox base.
+    struct Env;
 }
 
 impl Env {
     fn new() -> Env {
-        let env = Env(KilnStore::new());
-        env.busybox(BASE);
-        env
+        Env(KilnStore::new().with_busybox(BASE))
     }
 
     /// Builds `dockerfile` as `tag`.
@@ -113,7 +98,7 @@ fn du(dir: &Path) -> u64 {
 
 #[test]
 fn volume_copy_up_fills_an_empty_named_volume_once() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     env.image(
         "seeded:1",
@@ -156,7 +141,7 @@ fn volume_copy_up_fills_an_empty_named_volume_once() {
 
 #[test]
 fn named_volume_outlives_its_container_and_refuses_removal_while_used() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     env.ok(&["volume", "create", "shared"]);
     env.ok(&[
@@ -209,7 +194,7 @@ fn named_volume_outlives_its_container_and_refuses_removal_while_used() {
 
 #[test]
 fn rm_takes_only_anonymous_volumes() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     env.image(
         "withvol:1",
@@ -248,7 +233,7 @@ fn rm_takes_only_anonymous_volumes() {
 
 #[test]
 fn a_written_file_shows_in_diff_and_ps_size() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let image_before = env.ok(&["inspect", BASE]);
     env.ok(&[
@@ -275,7 +260,7 @@ fn a_written_file_shows_in_diff_and_ps_size() {
 
 #[test]
 fn copy_up_of_a_big_file_then_commit_keeps_a_whiteout() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     env.image(
         "big:1",
@@ -332,7 +317,7 @@ fn copy_up_of_a_big_file_then_commit_keeps_a_whiteout() {
 
 #[test]
 fn containers_share_image_layers_and_system_df_adds_up() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     env.image(
         "fat:1",
@@ -399,7 +384,7 @@ fn containers_share_image_layers_and_system_df_adds_up() {
 
 #[test]
 fn rmi_refuses_an_image_a_container_uses() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     env.image("app:1", "FROM busybox:kiln-test\nRUN echo app > /app\n");
     env.ok(&["run", "--name", "user", "app:1", "true"]);

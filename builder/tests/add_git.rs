@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Std, Stdio};
 use std::time::Duration;
 
-use assert_cmd::Command;
 use kiln_test_support::registry::free_port;
 use kiln_test_support::ssh::{Agent, Sshd};
-use kiln_test_support::{Workspace, require_root, require_tool, run_ok, wait};
+use kiln_test_support::{
+    Built, KilnStore, kiln_bin, require_root, require_tool, run_ok, step_cached, wait,
+};
 use serde_json::Value;
 
 /// A repository served by `git daemon` on a free loopback port.
@@ -30,8 +31,11 @@ impl Drop for Daemon {
     }
 }
 
-struct Env {
-    ws: Workspace,
+kiln_test_support::store_env! {
+    /// The test's store (build records on: a miss of a git source is explained by its
+    /// commits; no agent but the one a test gives with --ssh: both are `KilnStore`'s
+    /// defaults) and its repositories.
+    struct Env;
 }
 
 /// Runs git in `dir` with fixed identities and dates (`when` seconds since the epoch).
@@ -57,43 +61,7 @@ fn git(dir: &Path, when: i64, args: &[&str]) -> String {
 
 impl Env {
     fn new() -> Env {
-        let ws = Workspace::new();
-        // The after-build collection must not depend on the host's free space.
-        ws.write("store/config.toml", "[gc]\nmin-free-space = \"1MB\"\n");
-        Env { ws }
-    }
-
-    fn kiln(&self) -> Command {
-        let mut c = Command::cargo_bin("kiln").unwrap();
-        // Build records on: a miss of a git source is explained by its commits.
-        // No agent but the one a test gives with --ssh.
-        c.env("KILN_ROOT", self.ws.path("store"))
-            .env_remove("KILN_NO_RECORD")
-            .env_remove("SSH_AUTH_SOCK");
-        c
-    }
-
-    /// `kiln build`: (success, stderr, report).
-    fn build(&self, ctx: &Path, args: &[&str]) -> (bool, String, Value) {
-        let report = self.ws.path("report.json");
-        let _ = fs::remove_file(&report);
-        let out = self
-            .kiln()
-            .args(["build", "--progress", "plain", "--report"])
-            .arg(&report)
-            .args(args)
-            .arg(ctx)
-            .output()
-            .unwrap();
-        let report = fs::read(&report)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(Value::Null);
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-            report,
-        )
+        Env(KilnStore::new())
     }
 
     /// Builds `dockerfile` and exports its filesystem to a new directory.
@@ -103,7 +71,9 @@ impl Env {
             .write(&format!("ctx-{name}/local.txt"), "from the context\n");
         let out = self.ws.path(&format!("out-{name}"));
         let dest = format!("type=local,dest={}", out.display());
-        let (ok, stderr, report) = self.build(&ctx, &["-o", &dest]);
+        let Built {
+            ok, stderr, report, ..
+        } = self.build(&ctx, &["-o", &dest]);
         assert!(ok, "build {name} failed:\n{stderr}");
         (out, report)
     }
@@ -241,17 +211,6 @@ fn read(p: PathBuf) -> String {
     fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-fn cached(report: &Value, instruction: &str) -> bool {
-    report["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["instruction"] == instruction)
-        .unwrap_or_else(|| panic!("no step {instruction:?}: {report}"))["cached"]
-        .as_bool()
-        .unwrap()
-}
-
 #[test]
 fn add_git_refs_subdirs_and_git_dir() {
     require_root!();
@@ -307,29 +266,33 @@ fn add_git_refs_subdirs_and_git_dir() {
     );
     let m = fs::metadata(out.join("owned/b.txt")).unwrap();
     assert_eq!((m.uid(), m.gid()), (7, 8));
-    assert!(!cached(&report, &format!("ADD {url}#v1 /tag/")));
+    assert!(!step_cached(&report, &format!("ADD {url}#v1 /tag/")));
 
     // Unchanged refs hit; a moved branch misses, and brings the new commit.
     let ctx = env.ws.path("ctx-refs");
-    let (ok, stderr, report) = env.build(&ctx, &[]);
+    let Built {
+        ok, stderr, report, ..
+    } = env.build(&ctx, &[]);
     assert!(ok, "{stderr}");
     for step in [
         format!("ADD {url}#v1 /tag/"),
         format!("ADD {url}#main:sub /sub"),
     ] {
-        assert!(cached(&report, &step), "{step}: {report}");
+        assert!(step_cached(&report, &step), "{step}: {report}");
     }
     env.push_third_commit();
     let out = env.ws.path("out-again");
     let dest = format!("type=local,dest={}", out.display());
-    let (ok, stderr, report) = env.build(&ctx, &["-o", &dest]);
+    let Built {
+        ok, stderr, report, ..
+    } = env.build(&ctx, &["-o", &dest]);
     assert!(ok, "{stderr}");
     assert!(
-        cached(&report, &format!("ADD {url}#light /light")),
+        step_cached(&report, &format!("ADD {url}#light /light")),
         "{report}"
     );
     assert!(
-        !cached(&report, &format!("ADD {url}#main:sub /sub")),
+        !step_cached(&report, &format!("ADD {url}#main:sub /sub")),
         "{report}"
     );
     let three = env.rev("main");
@@ -363,7 +326,7 @@ fn add_git_checksum_and_errors() {
         one[..12].to_ascii_uppercase()
     );
     let ctx = env.ws.context("ok", &ok_df);
-    let (ok, stderr, _) = env.build(&ctx, &[]);
+    let Built { ok, stderr, .. } = env.build(&ctx, &[]);
     // `main~0` is no ref name: the error names the repository and the ref.
     assert!(!ok);
     assert!(
@@ -377,7 +340,7 @@ fn add_git_checksum_and_errors() {
     let two = env.rev("main");
     let bad = format!("FROM scratch\nADD --checksum={two} {url}#v1 /a\n");
     let ctx = env.ws.context("bad", &bad);
-    let (ok, stderr, _) = env.build(&ctx, &[]);
+    let Built { ok, stderr, .. } = env.build(&ctx, &[]);
     assert!(!ok);
     assert!(
         stderr.contains(&format!(
@@ -400,7 +363,7 @@ fn add_git_checksum_and_errors() {
         ),
     ] {
         let ctx = env.ws.context("err", &df);
-        let (ok, stderr, _) = env.build(&ctx, &[]);
+        let Built { ok, stderr, .. } = env.build(&ctx, &[]);
         assert!(!ok, "{df}");
         assert!(
             stderr.contains(&says),
@@ -473,7 +436,7 @@ fn add_git_fetches_submodules_and_refuses_local_ones() {
         env.repo(name, &[("x", "x\n")], &[("s", &sub_url, &secret_commit)]);
         let df = format!("FROM scratch\nADD {base}/{name}.git /e\n");
         let ctx = env.ws.context(&format!("ctx-{name}"), &df);
-        let (ok, stderr, _) = env.build(&ctx, &[]);
+        let Built { ok, stderr, .. } = env.build(&ctx, &[]);
         assert!(!ok, "{name}: {stderr}");
         assert!(
             stderr.contains(&format!(
@@ -496,7 +459,7 @@ fn add_git_fetches_submodules_and_refuses_local_ones() {
     );
     let df = format!("FROM scratch\nADD {base}/evil-outer.git /e\n");
     let ctx = env.ws.context("ctx-evil-outer", &df);
-    let (ok, stderr, _) = env.build(&ctx, &[]);
+    let Built { ok, stderr, .. } = env.build(&ctx, &[]);
     assert!(!ok, "{stderr}");
     assert!(
         stderr.contains(&format!(
@@ -535,7 +498,7 @@ fn add_git_over_ssh_with_the_agent() {
     let out = env.ws.path("out-ssh");
     let dest = format!("type=local,dest={}", out.display());
     let sock = format!("default={}", agent.sock.display());
-    let (ok, stderr, _) = env.build(&ctx, &["--ssh", &sock, "-o", &dest]);
+    let Built { ok, stderr, .. } = env.build(&ctx, &["--ssh", &sock, "-o", &dest]);
     assert!(ok, "{stderr}\n{}", sshd.log());
     assert_eq!(read(out.join("tag/a.txt")), "v1\n");
     assert_eq!(read(out.join("sub/b.txt")), "b\n");
@@ -563,7 +526,7 @@ fn add_git_over_ssh_with_the_agent() {
 
     // Without the agent (and none in the environment): one line naming the repository
     // and ssh's reason.
-    let (ok, stderr, _) = env.build(&ctx, &["--no-cache"]);
+    let Built { ok, stderr, .. } = env.build(&ctx, &["--no-cache"]);
     assert!(!ok);
     assert!(
         stderr.contains(&format!("git ls-remote of {url} failed"))
@@ -573,7 +536,7 @@ fn add_git_over_ssh_with_the_agent() {
     // An agent holding another key: refused the same way.
     let other = Agent::start(&env.ws, "other", "not-authorized");
     let sock = format!("default={}", other.sock.display());
-    let (ok, stderr, _) = env.build(&ctx, &["--no-cache", "--ssh", &sock]);
+    let Built { ok, stderr, .. } = env.build(&ctx, &["--no-cache", "--ssh", &sock]);
     assert!(!ok);
     assert!(stderr.contains("Permission denied (publickey)"), "{stderr}");
 }
@@ -626,7 +589,7 @@ until ssh-keyscan -T 1 -p 22 127.0.0.1 >/dev/null 2>&1; do
 done
 "$@"
 "#;
-    let kiln = assert_cmd::cargo::cargo_bin("kiln");
+    let kiln = kiln_bin();
     let output = Std::new("unshare")
         .args(["--net", "--mount", "--fork", "--", "sh", "-c", script, "sh"])
         .arg(&kiln)
@@ -641,7 +604,7 @@ done
         .env("SSHD", kiln_test_support::tool_path("sshd"))
         .env("CONFIG", &config)
         .env("LOG", &log)
-        .env("KILN_ROOT", env.ws.path("store"))
+        .env("KILN_ROOT", env.root())
         .env_remove("SSH_AUTH_SOCK")
         .output()
         .unwrap();
@@ -701,7 +664,9 @@ fn build_contexts_from_git_repositories() {
     };
     let a = args(&out);
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    let (ok, stderr, report) = env.build(&ctx, &a);
+    let Built {
+        ok, stderr, report, ..
+    } = env.build(&ctx, &a);
     assert!(ok, "{stderr}\n{}", http.log());
     assert_eq!(read(out.join("a.txt")), "v1\n");
     assert_eq!(read(out.join("sub/b.txt")), "b\n");
@@ -710,11 +675,13 @@ fn build_contexts_from_git_repositories() {
     assert_eq!(read(out.join("from-http.txt")), "v1\n");
     let m = fs::metadata(out.join("a.txt")).unwrap();
     assert_eq!((m.uid(), m.mtime()), (0, 1_600_000_000));
-    assert!(!cached(&report, "COPY --from=sub . /sub/"));
+    assert!(!step_cached(&report, "COPY --from=sub . /sub/"));
     // Same commits: hits. `main` moved: the step reading it misses, with the new files.
-    let (ok, stderr, report) = env.build(&ctx, &a);
+    let Built {
+        ok, stderr, report, ..
+    } = env.build(&ctx, &a);
     assert!(ok, "{stderr}");
-    assert!(cached(&report, "COPY --from=sub . /sub/"), "{report}");
+    assert!(step_cached(&report, "COPY --from=sub . /sub/"), "{report}");
     env.ws.write("work/sub/b.txt", "b2\n");
     git(
         &env.ws.path("work"),
@@ -734,12 +701,14 @@ fn build_contexts_from_git_repositories() {
     let out2 = env.ws.path("out-named2");
     let a = args(&out2);
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    let (ok, stderr, report) = env.build(&ctx, &a);
+    let Built {
+        ok, stderr, report, ..
+    } = env.build(&ctx, &a);
     assert!(ok, "{stderr}");
-    assert!(!cached(&report, "COPY --from=sub . /sub/"), "{report}");
+    assert!(!step_cached(&report, "COPY --from=sub . /sub/"), "{report}");
     assert_eq!(read(out2.join("sub/b.txt")), "b2\n");
     // A bad reference is one line naming the context's repository.
-    let (ok, stderr, _) = env.build(
+    let Built { ok, stderr, .. } = env.build(
         &ctx,
         &[
             "--build-context",

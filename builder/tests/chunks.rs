@@ -10,42 +10,33 @@ use std::process::Command as Proc;
 
 use assert_cmd::Command;
 use kiln_cache::Store;
-use kiln_test_support::{Workspace, require_root, require_tool, run_ok};
+use kiln_test_support::{KilnStore, require_root, require_tool, run_ok};
 use serde_json::Value;
 
-struct Env {
-    ws: Workspace,
+kiln_test_support::store_env! {
+    /// A workspace whose tests use several stores in it (`warm`, `fresh`, ...).
+    struct Env;
 }
 
 impl Env {
     fn new() -> Env {
-        Env {
-            ws: Workspace::new(),
-        }
+        // The layer's bytes depend on the context alone (the /data directory kiln
+        // makes gets this mtime too).
+        Env(KilnStore::new().env("SOURCE_DATE_EPOCH", MTIME.to_string()))
     }
 
     fn path(&self, rel: &str) -> PathBuf {
         self.ws.path(rel)
     }
 
-    fn kiln(&self, store: &str) -> Command {
-        // No collection after a build on a nearly full disk: what a test checks stays.
-        let root = self.path(store);
-        if !root.join("config.toml").exists() {
-            fs::create_dir_all(&root).unwrap();
-            fs::write(root.join("config.toml"), "[gc]\nmin-free-space = \"0\"\n").unwrap();
-        }
-        let mut c = Command::cargo_bin("kiln").unwrap();
-        // The layer's bytes depend on the context alone (the /data directory kiln
-        // makes gets this mtime too).
-        c.env("KILN_ROOT", self.path(store))
-            .env("SOURCE_DATE_EPOCH", MTIME.to_string());
-        c
+    /// `kiln` with the store `store` of the workspace.
+    fn kiln_in(&self, store: &str) -> Command {
+        self.kiln_at(&self.path(store))
     }
 
     /// Builds `ctx` in store `store` into the OCI layout `out`; `extra` are more flags
     /// (and `env` variables for kiln). Returns the digests of the image's layers.
-    fn build(
+    fn build_oci(
         &self,
         store: &str,
         ctx: &Path,
@@ -54,7 +45,7 @@ impl Env {
         env: &[(&str, &str)],
     ) -> Vec<String> {
         let layout = self.path(out);
-        let mut c = self.kiln(store);
+        let mut c = self.kiln_in(store);
         for (k, v) in env {
             c.env(k, v);
         }
@@ -155,7 +146,7 @@ fn rebuilds_give_the_same_digest(compression: &str) {
     let ctx = env.path("ctx");
     bigcopy(&ctx);
     let c = ["--compression", compression];
-    let cold = env.build("warm", &ctx, "cold", &c, &[]);
+    let cold = env.build_oci("warm", &ctx, "cold", &c, &[]);
     assert_eq!(cold.len(), 1);
     assert_eq!(index_files(&env.path("warm")), 1, "the cold layer's chunks");
 
@@ -164,12 +155,12 @@ fn rebuilds_give_the_same_digest(compression: &str) {
     let original = fs::read(&edited).unwrap();
     fs::write(&edited, [original.as_slice(), b"one more line\n"].concat()).unwrap();
     set_mtimes(&ctx);
-    let edit = env.build("warm", &ctx, "edit", &c, &[]);
+    let edit = env.build_oci("warm", &ctx, "edit", &c, &[]);
     assert_ne!(edit, cold);
     assert_eq!(index_files(&env.path("warm")), 2);
     // The warm store resumed after the big files (the same head, SOURCE_DATE_EPOCH
     // set): the bytes are those a store that never saw the cold build writes.
-    let fresh_edit = env.build("fresh-edit", &ctx, "fresh-edit", &c, &[]);
+    let fresh_edit = env.build_oci("fresh-edit", &ctx, "fresh-edit", &c, &[]);
     assert_eq!(edit, fresh_edit, "edit in a warm store vs a fresh one");
 
     // Reverted, without the build cache: the layer is written again, its chunks copied
@@ -177,11 +168,11 @@ fn rebuilds_give_the_same_digest(compression: &str) {
     fs::write(&edited, &original).unwrap();
     set_mtimes(&ctx);
     let c_nocache = ["--compression", compression, "--no-cache"];
-    let revert = env.build("warm", &ctx, "revert", &c_nocache, &[]);
+    let revert = env.build_oci("warm", &ctx, "revert", &c_nocache, &[]);
     assert_eq!(revert, cold, "edit then revert in a warm store");
 
     // A fresh store on one thread: the same bytes again.
-    let one = env.build("fresh", &ctx, "one", &c, &[("RAYON_NUM_THREADS", "1")]);
+    let one = env.build_oci("fresh", &ctx, "one", &c, &[("RAYON_NUM_THREADS", "1")]);
     assert_eq!(one, cold, "one thread, fresh store");
 }
 
@@ -247,7 +238,7 @@ fn skopeo_umoci_and_buildah_read_chunked_layers() {
         let out = layout.to_str().unwrap();
         // A store each: the build cache does not key layers by compression.
         let store = format!("store-{compression}");
-        env.build(&store, &ctx, out, &["--compression", compression], &[]);
+        env.build_oci(&store, &ctx, out, &["--compression", compression], &[]);
         // skopeo: inspect, and copy (which reads and checks every blob).
         let inspect: Value = serde_json::from_str(&run_ok(
             Proc::new("skopeo")
@@ -304,10 +295,10 @@ fn the_chunk_index_is_counted_and_keeps_no_blob() {
     let env = Env::new();
     let ctx = env.path("ctx");
     bigcopy(&ctx);
-    env.build("store", &ctx, "a", &[], &[]);
+    env.build_oci("store", &ctx, "a", &[], &[]);
     let root = env.path("store");
     assert_eq!(index_files(&root), 1);
-    let out = env.kiln("store").arg("du").output().unwrap();
+    let out = env.kiln_in("store").arg("du").output().unwrap();
     let du = String::from_utf8_lossy(&out.stdout);
     assert!(du.contains("Chunk index:"), "{du}");
     let store = Store::open(&root).unwrap();
@@ -330,14 +321,17 @@ fn the_chunk_index_is_counted_and_keeps_no_blob() {
     );
     drop(store);
     // No tag, no cache: prune takes the layer's blob, and its index entries with it.
-    env.kiln("store")
+    env.kiln_in("store")
         .args(["rmi", "chunky:1"])
         .assert()
         .success();
-    env.kiln("store").args(["prune", "-f"]).assert().success();
+    env.kiln_in("store")
+        .args(["prune", "-f"])
+        .assert()
+        .success();
     assert_eq!(index_files(&root), 0);
     // A build after that compresses everything again and gives the same layer.
-    let again = env.build("store", &ctx, "b", &[], &[]);
+    let again = env.build_oci("store", &ctx, "b", &[], &[]);
     assert_eq!(again, layer_digests(&env.path("a")));
 }
 

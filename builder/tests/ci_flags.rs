@@ -4,81 +4,28 @@
 //! busybox-static, in a store of the test's own: root and busybox (`needs!`).
 
 use std::fs;
-use std::path::PathBuf;
-use std::process::Output;
 
-use assert_cmd::Command;
-use kiln_test_support::{Workspace, busybox_context, require_root, require_tool};
+use kiln_test_support::{KilnStore, needs};
 use serde_json::Value;
 
-macro_rules! needs {
-    () => {
-        require_root!();
-        require_tool!("busybox");
-    };
-}
+const BASE: &str = kiln_test_support::BUSYBOX;
 
-const BASE: &str = "busybox:kiln-test";
-
-struct Env {
-    ws: Workspace,
+kiln_test_support::store_env! {
+    /// A store with the busybox base in it; no build records.
+    struct Env;
 }
 
 impl Env {
-    /// A store with the busybox base in it.
     fn new() -> Env {
-        let env = Env {
-            ws: Workspace::new(),
-        };
-        let ctx = env.ws.path("busybox");
-        busybox_context(&ctx);
-        env.kiln()
-            .args(["build", "--progress", "quiet", "-t", BASE])
-            .arg(&ctx)
-            .assert()
-            .success();
-        // No collection after a build on a nearly full disk: rebuilds must hit.
-        fs::write(
-            env.ws.path("store/config.toml"),
-            "[gc]\nmin-free-space = \"0\"\n",
-        )
-        .unwrap();
-        env
-    }
-
-    fn kiln(&self) -> Command {
-        let mut c = Command::cargo_bin("kiln").unwrap();
-        c.env("KILN_ROOT", self.ws.path("store"))
+        Env(KilnStore::new()
             .env("KILN_NO_RECORD", "1")
-            .env_remove("SOURCE_DATE_EPOCH");
-        c
-    }
-
-    fn out(&self, args: &[&str]) -> Output {
-        self.kiln().args(args).output().unwrap()
-    }
-
-    /// Runs kiln, which must succeed; its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.out(args);
-        assert!(
-            o.status.success(),
-            "kiln {args:?} failed ({}):\n{}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    /// A build context with this Dockerfile.
-    fn context(&self, name: &str, dockerfile: &str) -> PathBuf {
-        self.ws.context(name, dockerfile)
+            .with_busybox(BASE))
     }
 
     /// Builds `dockerfile` with `args` and `--output type=local`; the file `file` of the
     /// result.
     fn run_file(&self, name: &str, dockerfile: &str, args: &[&str], file: &str) -> String {
-        let ctx = self.context(name, dockerfile);
+        let ctx = self.ws.context(name, dockerfile);
         let dest = self.ws.path(&format!("{name}-out"));
         let mut all = vec!["build", "--progress", "plain"];
         all.extend_from_slice(args);
@@ -107,9 +54,9 @@ fn is_image_id(s: &str) -> bool {
 /// metadata file has buildx's keys and kiln's cache summary.
 #[test]
 fn quiet_iidfile_and_metadata_file() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
-    let ctx = env.context(
+    let ctx = env.ws.context(
         "app",
         &format!("FROM {BASE}\nCOPY a /a\nRUN echo hi > /hi\n"),
     );
@@ -198,9 +145,11 @@ fn quiet_iidfile_and_metadata_file() {
 /// `--label` sets config labels, over the Dockerfile's, as `docker build --label`.
 #[test]
 fn labels_reach_the_image_config() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
-    let ctx = env.context("lab", &format!("FROM {BASE}\nLABEL keep=df over=df\n"));
+    let ctx = env
+        .ws
+        .context("lab", &format!("FROM {BASE}\nLABEL keep=df over=df\n"));
     env.ok(&[
         "build",
         "-q",
@@ -231,7 +180,7 @@ fn labels_reach_the_image_config() {
 /// host list misses the cache; `host-gateway` and a bad address fail with one line.
 #[test]
 fn add_host_reaches_run() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let df = format!("FROM {BASE}\nRUN mkdir /o && cat /etc/hosts > /o/hosts\n");
     let hosts = env.run_file(
@@ -258,7 +207,7 @@ fn add_host_reaches_run() {
     let plain = env.run_file("hosts", &df, &[], "o/hosts");
     assert!(!plain.contains("db.internal"), "{plain}");
 
-    let ctx = env.context("hosts", &df);
+    let ctx = env.ws.context("hosts", &df);
     for (flag, want) in [
         (
             "db:host-gateway",
@@ -283,7 +232,7 @@ fn add_host_reaches_run() {
 /// default, as Docker, or `--shm-size`.
 #[test]
 fn shm_size_sizes_dev_shm() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let df = format!("FROM {BASE}\nRUN mkdir /o && grep ' /dev/shm ' /proc/mounts > /o/shm\n");
     let shm = env.run_file("shm", &df, &[], "o/shm");
@@ -292,7 +241,7 @@ fn shm_size_sizes_dev_shm() {
     assert!(shm.contains("size=131072k"), "{shm}");
     let shm = env.run_file("shm", &df, &["--shm-size", "1GB"], "o/shm");
     assert!(shm.contains("size=1048576k"), "{shm}");
-    let ctx = env.context("shm", &df);
+    let ctx = env.ws.context("shm", &df);
     let o = env.out(&["build", "--shm-size", "lots", ctx.to_str().unwrap()]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
@@ -316,7 +265,7 @@ fn interfaces(dev: &str) -> Vec<String> {
 /// `network.host` entitlement, as with buildx.
 #[test]
 fn network_flag_sets_the_run_default() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let df = format!(
         "FROM {BASE}\nRUN mkdir /o && cat /proc/net/dev > /o/default\n\
@@ -324,7 +273,7 @@ fn network_flag_sets_the_run_default() {
     );
     let host_ifaces = interfaces(&fs::read_to_string("/proc/net/dev").unwrap());
     let read = |args: &[&str]| {
-        let ctx = env.context("net", &df);
+        let ctx = env.ws.context("net", &df);
         let dest = env.ws.path("net-out");
         let _ = fs::remove_dir_all(&dest);
         let mut all = vec!["build", "--progress", "plain"];
@@ -343,7 +292,7 @@ fn network_flag_sets_the_run_default() {
     let (default, _) = read(&["--network", "host", "--allow", "network.host"]);
     assert_eq!(default, host_ifaces);
 
-    let ctx = env.context("net", &df);
+    let ctx = env.ws.context("net", &df);
     let o = env.out(&["build", "--network", "host", ctx.to_str().unwrap()]);
     assert!(!o.status.success());
     assert_eq!(

@@ -5,75 +5,17 @@
 //! in a store of the test's own.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command as Proc, Output, Stdio};
 use std::time::Duration;
 
-use assert_cmd::Command;
 use kiln_test_support::registry::{Auth, Registry};
-use kiln_test_support::{Workspace, busybox_context, repo_root, require_root, require_tool, wait};
+use kiln_test_support::{KilnStore, needs, repo_root, require_root, require_tool, wait};
 
-macro_rules! needs {
-    () => {
-        require_root!();
-        require_tool!("busybox");
-    };
-}
+const IMAGE: &str = kiln_test_support::BUSYBOX;
 
-const IMAGE: &str = "busybox:kiln-test";
-
-struct Env {
-    ws: Workspace,
-}
-
-impl Env {
-    /// A store holding the busybox image.
-    fn new() -> Env {
-        let env = Env {
-            ws: Workspace::new(),
-        };
-        let ctx = env.ws.path("busybox");
-        busybox_context(&ctx);
-        env.kiln()
-            .args(["build", "--progress", "quiet", "-t", IMAGE])
-            .arg(&ctx)
-            .assert()
-            .success();
-        env
-    }
-
-    /// An empty store.
-    fn empty() -> Env {
-        Env {
-            ws: Workspace::new(),
-        }
-    }
-
-    fn root(&self) -> PathBuf {
-        self.ws.path("store")
-    }
-
-    fn kiln(&self) -> Command {
-        let mut c = Command::cargo_bin("kiln").unwrap();
-        c.env("KILN_ROOT", self.root());
-        c
-    }
-
-    fn out(&self, args: &[&str]) -> Output {
-        self.kiln().args(args).output().unwrap()
-    }
-
-    /// Runs kiln with `args`, which must succeed; its stdout (untrimmed: layouts matter).
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.out(args);
-        assert!(
-            o.status.success(),
-            "kiln {args:?} failed ({}):\n{}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
+/// A store holding the busybox image.
+fn store() -> KilnStore {
+    KilnStore::new().with_busybox(IMAGE)
 }
 
 fn stderr(o: &Output) -> String {
@@ -82,8 +24,8 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn ps_and_images_format_as_docker() {
-    needs!();
-    let env = Env::new();
+    needs!("busybox");
+    let env = store();
     env.ok(&[
         "run",
         "--name",
@@ -198,12 +140,12 @@ fn ps_and_images_format_as_docker() {
 
 /// The path of the kiln binary under test, for shells that `script` runs.
 fn kiln_bin() -> String {
-    assert_cmd::cargo::cargo_bin("kiln").display().to_string()
+    kiln_test_support::kiln_bin().display().to_string()
 }
 
 /// Runs `cmd` (a shell command line) under `script`, on a real pty of its own, with
 /// `input` typed on its terminal; its exit status and what the terminal showed.
-fn in_terminal(env: &Env, cmd: &str, input: &str) -> (Option<i32>, String) {
+fn in_terminal(env: &KilnStore, cmd: &str, input: &str) -> (Option<i32>, String) {
     let mut child = Proc::new("script")
         .args(["-qfec", cmd, "/dev/null"])
         .env("KILN_ROOT", env.root())
@@ -225,9 +167,9 @@ fn in_terminal(env: &Env, cmd: &str, input: &str) -> (Option<i32>, String) {
 
 #[test]
 fn run_it_on_a_real_terminal() {
-    needs!();
+    needs!("busybox");
     require_tool!("script");
-    let env = Env::new();
+    let env = store();
     let kiln = kiln_bin();
     // The container gets a terminal of its own, of the outer terminal's size; the
     // outer terminal's mode is the same after kiln exits.
@@ -257,9 +199,9 @@ fn run_it_on_a_real_terminal() {
 
 #[test]
 fn exec_it_on_a_real_terminal() {
-    needs!();
+    needs!("busybox");
     require_tool!("script");
-    let env = Env::new();
+    let env = store();
     let kiln = kiln_bin();
     env.ok(&[
         "run",
@@ -303,9 +245,9 @@ struct Foreground {
 }
 
 impl Foreground {
-    fn start(env: &Env, args: &[&str]) -> Foreground {
-        let mut child = Proc::new(kiln_bin())
-            .env("KILN_ROOT", env.root())
+    fn start(env: &KilnStore, args: &[&str]) -> Foreground {
+        let mut child = env
+            .proc()
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -360,8 +302,8 @@ impl Foreground {
 
 #[test]
 fn signals_to_a_foreground_run_reach_the_container() {
-    needs!();
-    let env = Env::new();
+    needs!("busybox");
+    let env = store();
     // SIGTERM goes to the container's pid 1, whose trap decides the exit code.
     let f = Foreground::start(
         &env,
@@ -424,15 +366,15 @@ fn signals_to_a_foreground_run_reach_the_container() {
 
 #[test]
 fn run_pull_policies_against_a_registry() {
-    needs!();
+    needs!("busybox");
     require_tool!("docker-registry");
     let reg = Registry::start(&Auth::None);
-    let env = Env::new();
+    let env = store();
     let name = format!("{}:1", reg.name("pull/busybox"));
     env.ok(&["tag", IMAGE, &name]);
     env.ok(&["push", &name]);
 
-    let fresh = Env::empty();
+    let fresh = KilnStore::new();
     // never: a missing image is one line and 125, and nothing is pulled.
     let o = fresh.out(&["run", "--rm", "--pull", "never", &name, "true"]);
     assert_eq!(o.status.code(), Some(125));
@@ -473,8 +415,8 @@ fn run_pull_policies_against_a_registry() {
 
 #[test]
 fn a_freshly_built_image_runs_with_no_load_step() {
-    needs!();
-    let env = Env::new();
+    needs!("busybox");
+    let env = store();
     let ctx = env.ws.context(
         "fresh",
         "FROM busybox:kiln-test\nRUN echo built > /built\nCMD [\"cat\", \"/built\"]\n",
@@ -500,7 +442,7 @@ fn containers_on_the_debian_base() {
     );
     require_root!();
     require_tool!("mmdebstrap");
-    let env = Env::empty();
+    let env = KilnStore::new();
     let base = env.ws.path("debian");
     std::fs::create_dir_all(&base).unwrap();
     std::fs::copy(

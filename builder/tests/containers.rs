@@ -4,66 +4,27 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command as Proc, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use assert_cmd::Command;
-use kiln_test_support::{Workspace, busybox_context, require_root, require_tool, wait};
+use kiln_test_support::{KilnStore, needs, wait};
 
-macro_rules! needs {
-    () => {
-        require_root!();
-        require_tool!("busybox");
-    };
-}
+const IMAGE: &str = kiln_test_support::BUSYBOX;
 
-const IMAGE: &str = "busybox:kiln-test";
-
-/// A workspace with a store holding the busybox image.
-struct Env {
-    ws: Workspace,
+kiln_test_support::store_env! {
+    /// A workspace with a store holding the busybox image.
+    struct Env;
 }
 
 impl Env {
     fn new() -> Env {
-        let env = Env {
-            ws: Workspace::new(),
-        };
-        let ctx = env.ws.path("busybox");
-        busybox_context(&ctx);
-        env.kiln()
-            .args(["build", "--progress", "quiet", "-t", IMAGE])
-            .arg(&ctx)
-            .assert()
-            .success();
-        env
+        Env(KilnStore::new().with_busybox(IMAGE))
     }
 
-    fn root(&self) -> PathBuf {
-        self.ws.path("store")
-    }
-
-    fn kiln(&self) -> Command {
-        let mut c = Command::cargo_bin("kiln").unwrap();
-        c.env("KILN_ROOT", self.root());
-        c
-    }
-
-    /// Runs kiln with `args`; its output.
-    fn out(&self, args: &[&str]) -> Output {
-        self.kiln().args(args).output().unwrap()
-    }
-
-    /// Runs kiln with `args`, which must succeed; its stdout, trimmed.
+    /// Runs kiln with `args`, which must succeed; its stdout, trimmed (unlike
+    /// [`KilnStore::ok`]'s).
     fn ok(&self, args: &[&str]) -> String {
-        let o = self.out(args);
-        assert!(
-            o.status.success(),
-            "kiln {args:?} failed ({}):\n{}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).trim().to_string()
+        self.0.ok(args).trim().to_string()
     }
 
     fn containers_dir(&self) -> PathBuf {
@@ -158,7 +119,7 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn a_file_written_in_a_container_is_in_its_upper_dir_and_gone_after_rm() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let before = env.image_id();
     env.ok(&[
@@ -207,7 +168,7 @@ fn a_file_written_in_a_container_is_in_its_upper_dir_and_gone_after_rm() {
 
 #[test]
 fn exit_codes_are_dockers() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let code = |args: &[&str]| env.out(args).status.code();
     assert_eq!(code(&["run", "--rm", IMAGE, "true"]), Some(0));
@@ -226,7 +187,7 @@ fn exit_codes_are_dockers() {
 
 #[test]
 fn rm_flag_leaves_no_container_mount_or_process() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let out = env.ok(&["run", "--rm", IMAGE, "sh", "-c", "echo hi > /f; cat /f"]);
     assert_eq!(out, "hi");
@@ -238,7 +199,7 @@ fn rm_flag_leaves_no_container_mount_or_process() {
 
 #[test]
 fn detached_stop_ends_with_the_images_stop_signal() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let ctx = env.ws.context(
         "stopper",
@@ -271,7 +232,7 @@ fn detached_stop_ends_with_the_images_stop_signal() {
 
 #[test]
 fn detached_logs_exec_kill_and_rm_force() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     env.ok(&[
         "run",
@@ -328,7 +289,7 @@ fn detached_logs_exec_kill_and_rm_force() {
 
 #[test]
 fn detached_rm_flag_removes_the_container_when_it_ends() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     env.ok(&[
         "run",
@@ -360,10 +321,10 @@ fn detached_rm_flag_removes_the_container_when_it_ends() {
 
 #[test]
 fn kill_9_of_a_foreground_run_leaves_no_mount_or_process() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
-    let mut child = Proc::new(assert_cmd::cargo::cargo_bin("kiln"))
-        .env("KILN_ROOT", env.root())
+    let mut child = env
+        .proc()
         .args(["run", "--name", "fg", IMAGE, "sleep", "1000"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -407,7 +368,7 @@ fn kill_9_of_a_foreground_run_leaves_no_mount_or_process() {
 
 #[test]
 fn two_containers_share_the_image_layers() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     // The first run unpacks the image's layers into snapshots/, once for every container.
     env.ok(&["run", "--rm", IMAGE, "true"]);
@@ -433,7 +394,7 @@ fn two_containers_share_the_image_layers() {
 
 #[test]
 fn bind_mounts_write_to_the_host_and_ro_refuses() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let host = env.ws.path("host-data");
     let v = format!("{}:/data", host.display());
@@ -484,7 +445,7 @@ fn bind_mounts_write_to_the_host_and_ro_refuses() {
 
 #[test]
 fn run_flags_apply_as_docker() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let envfile = env
         .ws
@@ -525,7 +486,7 @@ fn run_flags_apply_as_docker() {
 
 #[test]
 fn bad_input_is_one_line_and_125() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     env.ok(&["run", "--name", "taken", IMAGE, "true"]);
     let ids = env.container_ids();
@@ -569,7 +530,7 @@ fn bad_input_is_one_line_and_125() {
 
 #[test]
 fn named_volumes_outlive_containers_and_rm_flag_removes_anonymous_ones() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     env.ok(&[
         "run",
@@ -634,7 +595,7 @@ fn named_volumes_outlive_containers_and_rm_flag_removes_anonymous_ones() {
 
 #[test]
 fn the_images_volumes_are_anonymous_volumes_filled_from_the_image() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let ctx = env.ws.context(
         "withvol",

@@ -8,89 +8,35 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command as Proc;
 
-use assert_cmd::Command;
 use kiln_test_support::registry::{Auth, Registry};
 use kiln_test_support::{
-    FileServer, Workspace, busybox_context, copy_dir, repo_root, require, require_root,
-    require_tool, run_ok, tree, wait,
+    BUSYBOX, FileServer, KilnStore, busybox_context, copy_dir, needs, repo_root, require, run_ok,
+    tree, wait,
 };
 use predicates::prelude::*;
 use serde_json::Value;
 
-/// Returns from the test unless it runs as root with `tools` installed: a skip with a
-/// message on a developer's machine, a failure when `CI` is set.
-macro_rules! needs {
-    ($($tool:literal),* $(,)?) => {
-        require_root!();
-        $(require_tool!($tool);)*
-    };
-}
-
-/// A test's workspace and store, and the kiln binary pointed at it.
-struct Env {
-    ws: Workspace,
-}
-
-impl std::ops::Deref for Env {
-    type Target = Workspace;
-    fn deref(&self) -> &Workspace {
-        &self.ws
-    }
+kiln_test_support::store_env! {
+    /// A test's workspace and store, and the kiln binary pointed at it.
+    struct Env;
 }
 
 impl Env {
     fn new() -> Env {
-        Env {
-            ws: Workspace::new(),
-        }
+        Env(KilnStore::new())
     }
-    fn root(&self) -> PathBuf {
-        self.path("store")
+    /// `kiln build ARGS CONTEXT`, which must succeed and write its report: (stdout
+    /// trimmed, report).
+    fn build_checked(&self, args: &[&str], context: &Path) -> (String, Value) {
+        let b = self.build_ok(context, args);
+        assert!(!b.report.is_null(), "kiln build {args:?} wrote no report");
+        (b.stdout.trim().to_string(), b.report)
     }
-    fn kiln(&self) -> Command {
-        let mut c = Command::cargo_bin("kiln").unwrap();
-        c.env("KILN_ROOT", self.root())
-            .env_remove("SOURCE_DATE_EPOCH");
-        c
-    }
-    /// Builds and returns (stdout, report).
-    fn build(&self, args: &[&str], context: &Path) -> (String, Value) {
-        let report = self.path("report.json");
-        let out = self
-            .kiln()
-            .args(["build", "--progress", "plain", "--report"])
-            .arg(&report)
-            .args(args)
-            .arg(context)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kiln build {args:?} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let report: Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
-        (
-            String::from_utf8_lossy(&out.stdout).trim().to_string(),
-            report,
-        )
-    }
-    /// Builds the busybox base as `busybox:kiln-test`.
-    fn busybox(&self) {
-        self.busybox_at(None)
-    }
-    /// Builds the busybox base, with `SOURCE_DATE_EPOCH` when given.
-    fn busybox_at(&self, epoch: Option<&str>) {
-        let ctx = self.path("busybox");
-        busybox_context(&ctx);
-        let mut cmd = self.kiln();
-        if let Some(e) = epoch {
-            cmd.env("SOURCE_DATE_EPOCH", e);
-        }
-        cmd.args(["build", "--progress", "quiet", "-t", "busybox:kiln-test"])
-            .arg(&ctx)
-            .assert()
-            .success();
+    /// Builds the busybox base as `busybox:kiln-test` with this `SOURCE_DATE_EPOCH`.
+    fn busybox_at(&self, epoch: &str) {
+        let mut kiln = self.kiln();
+        kiln.env("SOURCE_DATE_EPOCH", epoch);
+        self.busybox_with(kiln, BUSYBOX);
     }
     /// A context for app1 or app2 of the seed scenario.
     fn app(&self, name: &str) -> PathBuf {
@@ -122,10 +68,10 @@ fn steps(report: &Value) -> Vec<(String, bool)> {
 fn seed_scenario_shares_prefix_layers_between_apps() {
     needs!("busybox");
     let env = Env::new();
-    env.busybox();
-    let (_, r1) = env.build(&["-t", "app1:latest"], &env.app("app1"));
+    env.busybox(BUSYBOX);
+    let (_, r1) = env.build_checked(&["-t", "app1:latest"], &env.app("app1"));
     assert!(steps(&r1).iter().all(|(_, cached)| !cached), "{r1}");
-    let (_, r2) = env.build(&["-t", "app2:latest"], &env.app("app2"));
+    let (_, r2) = env.build_checked(&["-t", "app2:latest"], &env.app("app2"));
     let s2 = steps(&r2);
     for (instr, cached) in &s2 {
         let shared = !instr.starts_with("COPY src/");
@@ -163,10 +109,10 @@ fn seed_scenario_shares_prefix_layers_between_apps() {
 fn rebuilds_hit_the_cache_until_content_changes() {
     needs!("busybox");
     let env = Env::new();
-    env.busybox();
+    env.busybox(BUSYBOX);
     let ctx = env.app("app1");
-    let (d1, _) = env.build(&["-t", "a:1"], &ctx);
-    let (d2, r2) = env.build(&["-t", "a:1"], &ctx);
+    let (d1, _) = env.build_checked(&["-t", "a:1"], &ctx);
+    let (d2, r2) = env.build_checked(&["-t", "a:1"], &ctx);
     assert!(
         steps(&r2).iter().all(|(_, c)| *c),
         "no-op rebuild is all cached: {r2}"
@@ -178,14 +124,14 @@ fn rebuilds_hit_the_cache_until_content_changes() {
     let f = ctx.join("src/main.txt");
     let t = filetime_now_plus(60);
     run_ok(Proc::new("touch").arg("-d").arg(&t).arg(&f));
-    let (_, r3) = env.build(&["-t", "a:1"], &ctx);
+    let (_, r3) = env.build_checked(&["-t", "a:1"], &ctx);
     assert!(
         steps(&r3).iter().all(|(_, c)| *c),
         "touch keeps the cache: {r3}"
     );
     // Changing one byte rebuilds the COPY of src/ only.
     fs::write(&f, "changed\n").unwrap();
-    let (_, r4) = env.build(&["-t", "a:1"], &ctx);
+    let (_, r4) = env.build_checked(&["-t", "a:1"], &ctx);
     let rebuilt: Vec<String> = steps(&r4)
         .into_iter()
         .filter(|(_, c)| !c)
@@ -198,10 +144,10 @@ fn rebuilds_hit_the_cache_until_content_changes() {
     // back: wait until `f` is older than that (the last build usually took longer), so
     // this build memoizes it.
     wait::until_ctime_older(&f, std::time::Duration::from_millis(100));
-    let (_, r4b) = env.build(&["-t", "a:1"], &ctx);
+    let (_, r4b) = env.build_checked(&["-t", "a:1"], &ctx);
     assert!(steps(&r4b).iter().all(|(_, c)| *c));
     xattr::set(&f, "user.kiln-test", b"1").unwrap();
-    let (_, r4c) = env.build(&["-t", "a:1"], &ctx);
+    let (_, r4c) = env.build_checked(&["-t", "a:1"], &ctx);
     let rebuilt: Vec<String> = steps(&r4c)
         .into_iter()
         .filter(|(_, c)| !c)
@@ -209,7 +155,7 @@ fn rebuilds_hit_the_cache_until_content_changes() {
         .collect();
     assert_eq!(rebuilt, ["COPY src/ ./src/"], "{r4c}");
     // --no-cache rebuilds everything, COPY included.
-    let (_, r5) = env.build(&["--no-cache", "-t", "a:1"], &ctx);
+    let (_, r5) = env.build_checked(&["--no-cache", "-t", "a:1"], &ctx);
     assert!(steps(&r5).iter().all(|(_, c)| !c));
 }
 
@@ -228,13 +174,13 @@ fn filetime_now_plus(secs: i64) -> String {
 fn outputs_validate_with_skopeo_umoci_and_oci_image_tool() {
     needs!("busybox", "skopeo", "umoci", "oci-image-tool");
     let env = Env::new();
-    env.busybox();
+    env.busybox(BUSYBOX);
     let ctx = env.app("app1");
     let layout = env.path("layout");
     let archive = env.path("image.tar");
     let docker = env.path("docker.tar");
     let local = env.path("local");
-    env.build(
+    env.build_checked(
         &[
             "-t",
             "app1:v1",
@@ -340,7 +286,7 @@ fn source_date_epoch_makes_builds_reproducible() {
     let b = Env::new();
     let mut digests = Vec::new();
     for env in [&a, &b] {
-        env.busybox_at(Some("1700000000"));
+        env.busybox_at("1700000000");
         let ctx = env.app("app2");
         let out = env
             .kiln()
@@ -364,8 +310,8 @@ fn source_date_epoch_makes_builds_reproducible() {
 fn images_history_and_inspect() {
     needs!("busybox");
     let env = Env::new();
-    env.busybox();
-    env.build(&["-t", "app1:latest"], &env.app("app1"));
+    env.busybox(BUSYBOX);
+    env.build_checked(&["-t", "app1:latest"], &env.app("app1"));
     let images = String::from_utf8(env.kiln().arg("images").output().unwrap().stdout).unwrap();
     assert!(images.lines().next().unwrap().starts_with("REPOSITORY"));
     assert!(
@@ -449,9 +395,9 @@ fn failing_copy_names_stage_and_line() {
 fn oci_layout_base_and_copy_from_stage() {
     needs!("busybox");
     let env = Env::new();
-    env.busybox();
+    env.busybox(BUSYBOX);
     let layout = env.path("base-layout");
-    env.build(
+    env.build_checked(
         &[
             "--output",
             &format!("type=oci,dest={}", layout.display()),
@@ -465,7 +411,7 @@ fn oci_layout_base_and_copy_from_stage() {
             layout.display()
         ));
     let local = env.path("out");
-    env.build(
+    env.build_checked(
         &["--output", &format!("type=local,dest={}", local.display())],
         &ctx,
     );
@@ -499,7 +445,7 @@ fn add_url_with_checksum() {
         ),
     );
     let local = env.path("out");
-    let (_, r1) = env.build(
+    let (_, r1) = env.build_checked(
         &["--output", &format!("type=local,dest={}", local.display())],
         &ctx,
     );
@@ -525,7 +471,7 @@ fn add_url_with_checksum() {
         0o755
     );
     assert!(steps(&r1).iter().all(|(_, c)| !c));
-    let (_, r2) = env.build(&[], &ctx);
+    let (_, r2) = env.build_checked(&[], &ctx);
     assert!(
         steps(&r2).iter().all(|(_, c)| *c),
         "unchanged remote content is cached: {r2}"
@@ -544,7 +490,7 @@ fn add_url_with_checksum() {
         format!("FROM scratch\nADD {url} /opt/\n"),
     )
     .unwrap();
-    let (_, r3) = env.build(&[], &ctx);
+    let (_, r3) = env.build_checked(&[], &ctx);
     assert!(steps(&r3).iter().all(|(_, c)| !c));
     fs::write(
         ctx.join("Dockerfile"),
@@ -579,8 +525,8 @@ fn killed_build_leaves_a_usable_store() {
     )
     .unwrap();
     for delay in [100u64, 250, 500] {
-        let mut child = Proc::new(assert_cmd::cargo::cargo_bin("kiln"))
-            .env("KILN_ROOT", env.root())
+        let mut child = env
+            .proc()
             .args(["build", "--progress", "quiet", "--no-cache", "-t", "big:1"])
             .arg(&ctx)
             .stdout(std::process::Stdio::null())
@@ -591,7 +537,7 @@ fn killed_build_leaves_a_usable_store() {
         let _ = child.kill(); // SIGKILL: no cleanup code runs
         let _ = child.wait();
     }
-    let (_, r) = env.build(&["-t", "big:1"], &ctx);
+    let (_, r) = env.build_checked(&["-t", "big:1"], &ctx);
     assert_eq!(r["steps"].as_array().unwrap().len(), 2);
     // Every blob in the store is whole: its name is its digest.
     for e in fs::read_dir(env.root().join("blobs/sha256")).unwrap() {
@@ -667,7 +613,7 @@ fn buildah(args: &[&str], storage: &Path) -> Proc {
 fn run_matches_buildah(snapshotter: &str) {
     needs!("busybox", "umoci", "buildah");
     let env = Env::new();
-    env.busybox();
+    env.busybox(BUSYBOX);
     // buildah wants a lower-case path for an `oci:` reference.
     let lower = PathBuf::from(format!(
         "/tmp/kiln-e2e-{}-{snapshotter}",
@@ -808,7 +754,7 @@ fn layer_names(layout: &Path, tag: &str) -> Vec<Vec<String>> {
 fn run_failure_names_stage_line_exit_code_and_output(snapshotter: &str) {
     needs!("busybox");
     let env = Env::new();
-    env.busybox();
+    env.busybox(BUSYBOX);
     let ctx = env.context("fail", "FROM busybox:kiln-test AS builder\nRUN echo step one\nRUN echo about to fail && echo on stderr >&2 && exit 3\n");
     env.kiln()
         .args(["build", "--progress", "plain", "--snapshotter", snapshotter])
@@ -836,7 +782,7 @@ fn run_failure_names_stage_line_exit_code_and_output(snapshotter: &str) {
 fn run_mounts(snapshotter: &str) {
     needs!("busybox");
     let env = Env::new();
-    env.busybox();
+    env.busybox(BUSYBOX);
     let ctx = env.path("mounts");
     fs::create_dir_all(ctx.join("src")).unwrap();
     fs::write(ctx.join("src/input.txt"), "from the context\n").unwrap();
@@ -950,7 +896,7 @@ RUN ls /sys/class/net > /net-host
 fn sandbox_confines_a_step_as_docker_does(snapshotter: &str) {
     needs!("busybox", "gcc", "ip", "setpriv");
     let env = Env::new();
-    env.busybox();
+    env.busybox(BUSYBOX);
     let ctx = env.path("confined");
     fs::create_dir_all(&ctx).unwrap();
     let cc = Proc::new("gcc")
@@ -1085,7 +1031,7 @@ RUN cp /tmp/user-status /r/user-status && rm -f /r/null
 fn cleanup_never_follows_a_steps_symlinks(snapshotter: &str) {
     needs!("busybox");
     let env = Env::new();
-    env.busybox();
+    env.busybox(BUSYBOX);
     let victim = env.path("victim");
     fs::create_dir_all(victim.join("b")).unwrap();
     fs::create_dir_all(victim.join("t/d")).unwrap();
@@ -1135,8 +1081,7 @@ fn run_that_fills_the_disk_says_so() {
     let store = small.join("store");
     let bb = env.path("busybox");
     busybox_context(&bb);
-    env.kiln()
-        .env("KILN_ROOT", &store)
+    env.kiln_at(&store)
         .args(["build", "--progress", "quiet", "-t", "busybox:kiln-test"])
         .arg(&bb)
         .assert()
@@ -1146,8 +1091,7 @@ fn run_that_fills_the_disk_says_so() {
         "FROM busybox:kiln-test\nRUN dd if=/dev/zero of=/big bs=1M count=100\n",
     );
     for snapshotter in ["overlay", "copy"] {
-        env.kiln()
-            .env("KILN_ROOT", &store)
+        env.kiln_at(&store)
             .args(["build", "--progress", "plain", "--snapshotter", snapshotter])
             .arg(&ctx)
             .assert()
@@ -1187,7 +1131,7 @@ fn interrupted_run_leaves_no_mounts_and_a_usable_store(snapshotter: &str) {
     needs!("busybox");
     use std::io::BufRead;
     let env = Env::new();
-    env.busybox();
+    env.busybox(BUSYBOX);
     let ctx = env.path("sleepy");
     fs::create_dir_all(&ctx).unwrap();
     let marker = format!("{}.5", 40 + std::process::id() % 50);
@@ -1199,8 +1143,8 @@ fn interrupted_run_leaves_no_mounts_and_a_usable_store(snapshotter: &str) {
     )
     .unwrap();
     for signal in ["INT", "TERM"] {
-        let mut child = Proc::new(assert_cmd::cargo::cargo_bin("kiln"))
-            .env("KILN_ROOT", env.root())
+        let mut child = env
+            .proc()
             .args(["build", "--progress", "plain", "--snapshotter", snapshotter])
             .arg(&ctx)
             .stdout(std::process::Stdio::null())
@@ -1241,7 +1185,7 @@ fn interrupted_run_leaves_no_mounts_and_a_usable_store(snapshotter: &str) {
         "FROM busybox:kiln-test\nRUN echo fine > /fine\n",
     )
     .unwrap();
-    env.build(&["--snapshotter", snapshotter], &ctx);
+    env.build_checked(&["--snapshotter", snapshotter], &ctx);
     let leftovers: Vec<_> = fs::read_dir(env.root().join("tmp"))
         .map(|d| d.map(|e| e.unwrap().file_name()).collect())
         .unwrap_or_default();
@@ -1254,7 +1198,7 @@ fn independent_stages_run_at_the_same_time() {
     // Each stage waits (up to 20 s) for the other's marker in a shared cache mount: they
     // can only both succeed if they run at once.
     let env = Env::new();
-    env.busybox();
+    env.busybox(BUSYBOX);
     let ctx = env.path("parallel");
     fs::create_dir_all(&ctx).unwrap();
     let stage = |me: &str, other: &str| {
@@ -1271,7 +1215,7 @@ fn independent_stages_run_at_the_same_time() {
         ),
     )
     .unwrap();
-    env.build(&["-t", "parallel:1"], &ctx);
+    env.build_checked(&["-t", "parallel:1"], &ctx);
 }
 
 #[test]
@@ -1282,7 +1226,7 @@ fn cache_mount_sharing_modes() {
     // other's `busy` directory. `private`: a writer that finds the cache taken gets a
     // fresh one, so neither sees the other's file.
     let env = Env::new();
-    env.busybox();
+    env.busybox(BUSYBOX);
     let locked = |me: &str| {
         format!(
             "FROM busybox:kiln-test AS {me}\nRUN --mount=type=cache,target=/c,id=lk,sharing=locked mkdir /c/busy && sleep 1 && rmdir /c/busy && echo ok > /{me}\n"
@@ -1304,7 +1248,7 @@ fn cache_mount_sharing_modes() {
         ),
     );
     let out = env.path("out");
-    env.build(&["-o", &format!("type=local,dest={}", out.display())], &ctx);
+    env.build_checked(&["-o", &format!("type=local,dest={}", out.display())], &ctx);
     assert!(out.join("l1").exists() && out.join("l2").exists());
     let p1 = fs::read_to_string(out.join("p1")).unwrap();
     let p2 = fs::read_to_string(out.join("p2")).unwrap();
@@ -1316,10 +1260,10 @@ fn cache_mount_sharing_modes() {
 fn heredoc_run_and_shell() {
     needs!("busybox");
     let env = Env::new();
-    env.busybox();
+    env.busybox(BUSYBOX);
     let ctx = env.context("heredoc", "FROM busybox:kiln-test\nARG GREETING=hi\nRUN <<EOT\n  echo heredoc > /heredoc\n  echo \"$GREETING again\" >> /heredoc\nEOT\nRUN <<-'EOT' cat > /quoted\n\tliteral $GREETING\n\tEOT\nSHELL [\"/bin/sh\", \"-e\", \"-c\"]\nRUN echo \"$0 $-\" > /shell\nRUN <<A cat > /a && <<B cat > /b\nfirst\nA\nsecond\nB\n");
     let out = env.path("out");
-    env.build(&["-o", &format!("type=local,dest={}", out.display())], &ctx);
+    env.build_checked(&["-o", &format!("type=local,dest={}", out.display())], &ctx);
     let read = |f: &str| fs::read_to_string(out.join(f)).unwrap();
     assert_eq!(read("heredoc"), "heredoc\nhi again\n");
     assert_eq!(read("quoted"), "literal $GREETING\n");
@@ -1352,7 +1296,7 @@ fn debian_base_and_apt_get_install() {
             .arg(repo_root().join("testdata/bases/debian/make-rootfs.sh"))
             .arg(base.join("rootfs.tar")),
     );
-    env.build(&["-t", "debian:kiln-test"], &base);
+    env.build_checked(&["-t", "debian:kiln-test"], &base);
     let ctx = env.context(
         "app",
         r#"FROM debian:kiln-test
@@ -1363,7 +1307,7 @@ RUN whoami > /home/builder/me && dpkg -s jq | grep -q 'Status: install ok instal
 "#,
     );
     let out = env.path("out");
-    env.build(
+    env.build_checked(
         &[
             "-t",
             "app:deb",
@@ -1386,7 +1330,7 @@ RUN whoami > /home/builder/me && dpkg -s jq | grep -q 'Status: install ok instal
     )
     .unwrap();
     let out2 = env.path("out2");
-    env.build(
+    env.build_checked(
         &[
             "--snapshotter",
             "copy",
@@ -1406,7 +1350,7 @@ fn long_layer_chains_mount() {
     // 60 layers of ~100-byte snapshot paths: far past the 4 KiB limit of a single
     // `lowerdir=` option string.
     let env = Env::new();
-    env.busybox();
+    env.busybox(BUSYBOX);
     let ctx = env.path("chain");
     fs::create_dir_all(&ctx).unwrap();
     let mut df = String::from("FROM busybox:kiln-test\n");
@@ -1416,7 +1360,7 @@ fn long_layer_chains_mount() {
     df.push_str("RUN cat /layer-* | wc -l > /count\n");
     fs::write(ctx.join("Dockerfile"), df).unwrap();
     let out = env.path("out");
-    env.build(&["-o", &format!("type=local,dest={}", out.display())], &ctx);
+    env.build_checked(&["-o", &format!("type=local,dest={}", out.display())], &ctx);
     assert_eq!(fs::read_to_string(out.join("count")).unwrap().trim(), "60");
 }
 
@@ -1438,7 +1382,7 @@ fn push_pull_and_build_from_a_registry() {
     needs!("busybox", "skopeo", "docker-registry");
     let reg = Registry::start(&Auth::None);
     let env = Env::new();
-    env.busybox();
+    env.busybox(BUSYBOX);
     // Push the base under a registry name.
     let base = format!("{}:1", reg.name("base/busybox"));
     env.kiln()
@@ -1531,7 +1475,7 @@ fn push_pull_and_build_from_a_registry() {
         format!("FROM {v2s2}\nRUN test -x /bin/busybox\n"),
     )
     .unwrap();
-    env3.build(&[], &ctx3);
+    env3.build_checked(&[], &ctx3);
     // An unknown image names the reference and the registry's answer.
     fs::write(
         ctx3.join("Dockerfile"),
@@ -1555,7 +1499,7 @@ fn login_push_and_logout_with_basic_auth() {
         pass: "s3cret".into(),
     });
     let env = Env::new();
-    env.busybox();
+    env.busybox(BUSYBOX);
     let host = format!("127.0.0.1:{}", reg.port);
     let docker_config = env.path("docker");
     let name = format!("{}:1", reg.name("private/busybox"));
@@ -1654,7 +1598,7 @@ fn kill9_campaign_leaves_a_usable_store() {
     eprintln!("kill -9 campaign: {rounds} rounds, KILN_KILL_SEED={seed}");
     let mut rng = Rng(seed);
     let env = Env::new();
-    env.busybox();
+    env.busybox(BUSYBOX);
     let registry = Registry::start(&Auth::None);
     let ctx = env.path("victim");
     fs::create_dir_all(ctx.join("files")).unwrap();
@@ -1674,10 +1618,8 @@ fn kill9_campaign_leaves_a_usable_store() {
     let name = registry.name("campaign/victim:1");
     let archive = env.path("out.tar");
     let build = |no_cache: bool| {
-        let mut c = Proc::new(assert_cmd::cargo::cargo_bin("kiln"));
-        c.env("KILN_ROOT", env.root())
-            .env_remove("SOURCE_DATE_EPOCH")
-            .args(["build", "--progress", "quiet", "-t", &name, "--push", "-o"])
+        let mut c = env.proc();
+        c.args(["build", "--progress", "quiet", "-t", &name, "--push", "-o"])
             .arg(format!("type=oci,dest={}", archive.display()));
         if no_cache {
             c.arg("--no-cache");
@@ -1769,7 +1711,7 @@ fn copy_keeps_target_modes_and_symlink_names() {
     needs!("busybox");
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let env = Env::new();
-    env.busybox();
+    env.busybox(BUSYBOX);
     let ctx = env.context(
         "modes",
         "FROM busybox:kiln-test AS base\nRUN mkdir -p /tmp && chmod 1777 /tmp\nFROM base\nCOPY d /tmp\nCOPY d /new\nCOPY --from=base /bin/sh /bin2/\n",
@@ -1779,7 +1721,7 @@ fn copy_keeps_target_modes_and_symlink_names() {
     fs::set_permissions(ctx.join("d"), fs::Permissions::from_mode(0o700)).unwrap();
     fs::set_permissions(ctx.join("d/sub"), fs::Permissions::from_mode(0o700)).unwrap();
     let out = env.path("out");
-    env.build(&["-o", &format!("type=local,dest={}", out.display())], &ctx);
+    env.build_checked(&["-o", &format!("type=local,dest={}", out.display())], &ctx);
     let mode = |p: &str| fs::symlink_metadata(out.join(p)).unwrap().mode() & 0o7777;
     assert_eq!(mode("tmp"), 0o1777);
     assert_eq!(mode("new"), 0o755);
@@ -1795,7 +1737,7 @@ fn copy_keeps_target_modes_and_symlink_names() {
 fn cache_mount_from_is_part_of_the_key() {
     needs!("busybox");
     let env = Env::new();
-    env.busybox();
+    env.busybox(BUSYBOX);
     let dockerfile = |seed: &str| {
         format!(
             "FROM busybox:kiln-test AS seed\nRUN mkdir /seed && echo {seed} > /seed/who\nFROM busybox:kiln-test\nRUN --mount=type=cache,id=shared,target=/c,from=seed,source=/seed cat /c/who > /got\n"
@@ -1804,7 +1746,7 @@ fn cache_mount_from_is_part_of_the_key() {
     for seed in ["first", "second"] {
         let ctx = env.context(seed, &dockerfile(seed));
         let out = env.path(&format!("out-{seed}"));
-        env.build(&["-o", &format!("type=local,dest={}", out.display())], &ctx);
+        env.build_checked(&["-o", &format!("type=local,dest={}", out.display())], &ctx);
         assert_eq!(
             fs::read_to_string(out.join("got")).unwrap().trim(),
             seed,
@@ -1818,7 +1760,7 @@ fn cache_mount_from_is_part_of_the_key() {
 fn context_bind_mount_honours_dockerignore(snapshotter: &str) {
     needs!("busybox");
     let env = Env::new();
-    env.busybox();
+    env.busybox(BUSYBOX);
     let ctx = env.context(
         "ignored",
         "FROM busybox:kiln-test\n\
@@ -1839,7 +1781,7 @@ fn context_bind_mount_honours_dockerignore(snapshotter: &str) {
     fs::write(ctx.join("docs/keep.md"), "").unwrap();
     fs::write(ctx.join("docs/drop.md"), "").unwrap();
     let out = env.path("out");
-    env.build(
+    env.build_checked(
         &[
             "--snapshotter",
             snapshotter,
@@ -1891,7 +1833,7 @@ fn non_utf8_names_round_trip_into_layers() {
     use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
     let env = Env::new();
-    env.busybox();
+    env.busybox(BUSYBOX);
     let ctx = env.context(
         "latin1",
         "FROM busybox:kiln-test AS src\nCOPY . /dst/\nFROM busybox:kiln-test\nCOPY --from=src /dst /again/\n",
@@ -1901,7 +1843,7 @@ fn non_utf8_names_round_trip_into_layers() {
     fs::create_dir_all(ctx.join("sub")).unwrap();
     fs::write(ctx.join("sub").join(name), "nested").unwrap();
     let layout = env.path("layout");
-    env.build(
+    env.build_checked(
         &[
             "-t",
             "latin1:v1",
@@ -2008,7 +1950,7 @@ fn issue9_layout(env: &Env) -> (PathBuf, PathBuf) {
     let ctx = env.context("layout-src", "FROM scratch\nCOPY hello.txt /hello.txt\n");
     fs::write(ctx.join("hello.txt"), "hello\n").unwrap();
     let layout = env.path("layout");
-    env.build(
+    env.build_checked(
         &["--output", &format!("type=oci,dest={}", layout.display())],
         &ctx,
     );
@@ -2104,14 +2046,14 @@ fn issue9_layout_blob_larger_than_its_descriptor_is_refused() {
 fn heredoc_with_shebang_runs_its_interpreter() {
     needs!("busybox");
     let env = Env::new();
-    env.busybox();
+    env.busybox(BUSYBOX);
     let ctx = env.context(
         "shebang",
         "FROM busybox:kiln-test\nRUN <<EOF\n#!/bin/awk -f\nBEGIN { print \"hello\" > \"/out\" }\nEOF\n",
     );
     for snapshotter in ["overlay", "copy"] {
         let dest = env.path(&format!("shebang-{snapshotter}"));
-        env.build(
+        env.build_checked(
             &[
                 "--snapshotter",
                 snapshotter,
@@ -2139,7 +2081,7 @@ fn issue10_registry_layers_are_fetched_only_when_needed() {
     needs!("busybox", "skopeo", "docker-registry");
     let reg = Registry::start(&Auth::None);
     let env = Env::new();
-    env.busybox();
+    env.busybox(BUSYBOX);
     let base = format!("{}:1", reg.name("lazy/busybox"));
     env.kiln()
         .args(["tag", "busybox:kiln-test", &base])
@@ -2188,7 +2130,7 @@ fn issue10_registry_layers_are_fetched_only_when_needed() {
     }
     // The same build again: all cached (a record over the unfetched base is a hit),
     // still no layer.
-    let (_, report) = env2.build(&["-t", &app], &ctx);
+    let (_, report) = env2.build_checked(&["-t", &app], &ctx);
     let steps = steps(&report);
     assert!(
         !steps.is_empty() && steps.iter().all(|(_, cached)| *cached),
@@ -2216,7 +2158,7 @@ fn issue10_registry_layers_are_fetched_only_when_needed() {
     }
     // Exporting needs the bytes: fetched now.
     let oci = env2.path("app.tar");
-    env2.build(&["-o", &format!("type=oci,dest={}", oci.display())], &ctx);
+    env2.build_checked(&["-o", &format!("type=oci,dest={}", oci.display())], &ctx);
     for l in &layers {
         assert!(store().has_blob(l), "the export did not fetch {l}");
     }

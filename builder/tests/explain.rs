@@ -6,60 +6,52 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command as Proc;
 
-use assert_cmd::Command;
-use kiln_test_support::{Workspace, copy_dir, repo_root, require_root, require_tool};
+use kiln_test_support::{Built, KilnStore, busybox_context, kiln_bin, needs};
 use serde_json::Value;
-
-macro_rules! needs {
-    () => {
-        require_root!();
-        require_tool!("busybox");
-    };
-}
 
 const BASE: &str = "busybox:kiln-test";
 
-struct Env {
-    ws: Workspace,
+kiln_test_support::store_env! {
+    /// The test's store, build records on (`KilnStore`'s default).
+    struct Env;
 }
 
-/// What one build printed and reported.
-struct Built {
-    ok: bool,
-    stderr: String,
-    report: Option<Value>,
-}
-
-impl Built {
+/// What explain's tests read in a build's output and report.
+trait Explained {
     /// The `#N MISS: ...` line of step `n`, without the `#N MISS: `.
+    fn miss(&self, n: usize) -> Option<String>;
+    /// The report's step on Dockerfile line `line`.
+    fn report_step(&self, line: u64) -> &Value;
+    /// The report's `miss` of the step on Dockerfile line `line`.
+    fn report_miss(&self, line: u64) -> Value {
+        self.report_step(line)["miss"].clone()
+    }
+}
+
+impl Explained for Built {
     fn miss(&self, n: usize) -> Option<String> {
         let prefix = format!("#{n} MISS: ");
         self.stderr
             .lines()
             .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
     }
-    /// The report's `miss` of the step on Dockerfile line `line`.
-    fn report_miss(&self, line: u64) -> Value {
-        let r = self.report.as_ref().expect("a report");
-        r["steps"]
-            .as_array()
-            .unwrap()
+    fn report_step(&self, line: u64) -> &Value {
+        let r = &self.report;
+        assert!(!r.is_null(), "a report");
+        self.steps()
             .iter()
             .find(|s| s["line"] == line)
-            .unwrap_or_else(|| panic!("no step on line {line}: {r}"))["miss"]
-            .clone()
+            .unwrap_or_else(|| panic!("no step on line {line}: {r}"))
     }
 }
 
 impl Env {
     /// A store holding the busybox base.
     fn new() -> Env {
-        let env = Env {
-            ws: Workspace::new(),
-        };
+        let env = Env(KilnStore::new());
         env.base(None);
         env
     }
@@ -71,24 +63,14 @@ impl Env {
 
     /// Builds the base as `tag`, with an extra file when `extra` is given.
     fn base_as(&self, tag: &str, extra: Option<&str>) {
-        let ctx = self.ws.path("busybox");
-        if !ctx.exists() {
-            copy_dir(&repo_root().join("testdata/bases/busybox"), &ctx);
-            let st = Proc::new("bash")
-                .arg(repo_root().join("testdata/bases/busybox/make-rootfs.sh"))
-                .arg(ctx.join("rootfs"))
-                .status()
-                .unwrap();
-            assert!(st.success(), "make-rootfs.sh failed");
-        }
         if let Some(x) = extra {
+            let ctx = self.ws.path("busybox");
+            if !ctx.exists() {
+                busybox_context(&ctx);
+            }
             fs::write(ctx.join("rootfs/extra"), x).unwrap();
         }
-        self.kiln()
-            .args(["build", "--progress", "quiet", "-t", tag])
-            .arg(&ctx)
-            .assert()
-            .success();
+        self.busybox(tag);
     }
 
     /// The manifest digest `tag` names in this store.
@@ -102,18 +84,6 @@ impl Env {
         rec.manifest.to_string()
     }
 
-    fn root(&self) -> PathBuf {
-        self.ws.path("store")
-    }
-
-    fn kiln(&self) -> Command {
-        let mut c = Command::cargo_bin("kiln").unwrap();
-        c.env("KILN_ROOT", self.root())
-            .env_remove("SOURCE_DATE_EPOCH")
-            .env_remove("KILN_NO_RECORD");
-        c
-    }
-
     /// A context `app` with `files` and this Dockerfile.
     fn app(&self, dockerfile: &str, files: &[(&str, &str)]) -> PathBuf {
         let ctx = self.ws.context("app", dockerfile);
@@ -124,42 +94,6 @@ impl Env {
         }
         ctx
     }
-
-    fn build(&self, ctx: &Path, args: &[&str]) -> Built {
-        let report = self.ws.path("report.json");
-        let _ = fs::remove_file(&report);
-        let out = self
-            .kiln()
-            .args(["build", "--progress", "plain", "--report"])
-            .arg(&report)
-            .args(args)
-            .arg(ctx)
-            .output()
-            .unwrap();
-        Built {
-            ok: out.status.success(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            report: fs::read(&report)
-                .ok()
-                .map(|b| serde_json::from_slice(&b).unwrap()),
-        }
-    }
-
-    fn build_ok(&self, ctx: &Path, args: &[&str]) -> Built {
-        let b = self.build(ctx, args);
-        assert!(b.ok, "kiln build {args:?} failed:\n{}", b.stderr);
-        b
-    }
-
-    fn stdout(&self, args: &[&str]) -> String {
-        let out = self.kiln().args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "kiln {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
 }
 
 // Steps of these Dockerfiles: #1 FROM, #2 the build context, #3 line 3, #4 line 4, ...
@@ -167,7 +101,7 @@ const APP: &str = "FROM busybox:kiln-test\nARG VERSION=1.2\nCOPY src /src\nRUN e
 
 #[test]
 fn first_build_has_no_earlier_record() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let ctx = env.app(APP, &[("src/a", "a")]);
     let b = env.build_ok(&ctx, &[]);
@@ -200,7 +134,7 @@ fn first_build_has_no_earlier_record() {
 
 #[test]
 fn changed_files_are_named_with_what_changed() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let ctx = env.app(APP, &[("src/a", "a"), ("src/b", "b"), ("src/gone", "x")]);
     env.build_ok(&ctx, &[]);
@@ -221,7 +155,7 @@ fn changed_files_are_named_with_what_changed() {
 
 #[test]
 fn many_changed_files_are_counted_past_five() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let files: Vec<(String, &str)> = (0..8).map(|i| (format!("src/f{i}"), "x")).collect();
     let refs: Vec<(&str, &str)> = files.iter().map(|(p, c)| (p.as_str(), *c)).collect();
@@ -242,7 +176,7 @@ fn many_changed_files_are_counted_past_five() {
 
 #[test]
 fn a_build_arg_change_is_named_with_its_values() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let ctx = env.app(APP, &[("src/a", "a")]);
     env.build_ok(&ctx, &[]);
@@ -261,7 +195,7 @@ fn a_build_arg_change_is_named_with_its_values() {
 
 #[test]
 fn an_env_change_is_named_with_its_values() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let df = |v: &str| format!("FROM busybox:kiln-test\nENV MODE={v}\nRUN echo $MODE > /m\n");
     let ctx = env.app(&df("fast"), &[]);
@@ -275,7 +209,7 @@ fn an_env_change_is_named_with_its_values() {
 
 #[test]
 fn instruction_flags_and_commands_are_named() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let df = |chmod: &str, cmd: &str| {
         format!("FROM busybox:kiln-test\n\nCOPY --chmod={chmod} src /src\nRUN {cmd}\n")
@@ -295,7 +229,7 @@ fn instruction_flags_and_commands_are_named() {
 
 #[test]
 fn a_new_base_image_is_named_with_both_digests() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let ctx = env.app(APP, &[("src/a", "a")]);
     env.build_ok(&ctx, &[]);
@@ -317,11 +251,11 @@ fn a_new_base_image_is_named_with_both_digests() {
 
 #[test]
 fn a_missing_result_is_not_a_key_change() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let ctx = env.app(APP, &[("src/a", "a")]);
     let first = env.build_ok(&ctx, &[]);
-    let layer = first.report_layer(3);
+    let layer = report_layer(&first, 3);
     // The blob of COPY's layer is gone (a GC or a hand): its key still matches.
     fs::remove_file(
         env.root()
@@ -336,7 +270,7 @@ fn a_missing_result_is_not_a_key_change() {
     );
     assert_eq!(b.report_miss(3)["kind"], "gone");
     // Cache records evicted: the key matches the last build's.
-    let last = env.stdout(&["builds", "ls", "-q"]);
+    let last = env.ok(&["builds", "ls", "-q"]);
     let last = last.lines().next().unwrap().to_string();
     for e in fs::read_dir(env.root().join("cache")).unwrap() {
         fs::remove_file(e.unwrap().path()).unwrap();
@@ -350,24 +284,17 @@ fn a_missing_result_is_not_a_key_change() {
     );
 }
 
-impl Built {
-    fn report_layer(&self, line: u64) -> String {
-        let r = self.report.as_ref().unwrap();
-        r["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["line"] == line)
-            .unwrap()["layer"]["digest"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
+/// The digest of the layer of the step on Dockerfile line `line`.
+fn report_layer(b: &Built, line: u64) -> String {
+    b.report_step(line)["layer"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
 fn builds_are_listed_inspected_exported_and_removed() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let ctx = env.app(APP, &[("src/a", "a")]);
     env.build_ok(&ctx, &["-t", "app:1"]);
@@ -378,7 +305,7 @@ fn builds_are_listed_inspected_exported_and_removed() {
     )
     .unwrap();
     assert!(!env.build(&ctx, &[]).ok);
-    let ls = env.stdout(&["builds", "ls"]);
+    let ls = env.ok(&["builds", "ls"]);
     let lines: Vec<&str> = ls.lines().collect();
     assert!(
         lines[0].starts_with("ID                  STARTED              DURATION     STATUS        STEPS   CACHED   TARGET/TAGS"),
@@ -402,7 +329,7 @@ fn builds_are_listed_inspected_exported_and_removed() {
 
     // The second build's hits name the first build.
     let json: Value =
-        serde_json::from_str(&env.stdout(&["builds", "inspect", "--format", "json", &second[0]]))
+        serde_json::from_str(&env.ok(&["builds", "inspect", "--format", "json", &second[0]]))
             .unwrap();
     let copy = json["steps"]
         .as_array()
@@ -417,7 +344,7 @@ fn builds_are_listed_inspected_exported_and_removed() {
     );
     assert_eq!(copy["inputs"]["files"][0][1], "src", "{copy}");
     let failed_json: Value =
-        serde_json::from_str(&env.stdout(&["builds", "inspect", "--format", "json", &failed[0]]))
+        serde_json::from_str(&env.ok(&["builds", "inspect", "--format", "json", &failed[0]]))
             .unwrap();
     assert_eq!(failed_json["status"], "failed");
     assert!(
@@ -427,7 +354,7 @@ fn builds_are_listed_inspected_exported_and_removed() {
             .contains("RUN echo boom && false"),
         "{failed_json}"
     );
-    let text = env.stdout(&["builds", "inspect", &failed[0][..12]]);
+    let text = env.ok(&["builds", "inspect", &failed[0][..12]]);
     assert!(text.contains("Status:     failed: "), "{text}");
 
     env.kiln()
@@ -440,17 +367,17 @@ fn builds_are_listed_inspected_exported_and_removed() {
         .assert()
         .failure()
         .stderr(format!("error: no such build record: {}\n", failed[0]));
-    assert_eq!(env.stdout(&["builds", "ls", "-q"]).lines().count(), 3);
+    assert_eq!(env.ok(&["builds", "ls", "-q"]).lines().count(), 3);
     env.kiln()
         .args(["builds", "rm", "--all"])
         .assert()
         .success();
-    assert_eq!(env.stdout(&["builds", "ls", "-q"]), "");
+    assert_eq!(env.ok(&["builds", "ls", "-q"]), "");
 }
 
 #[test]
 fn records_are_kept_within_the_configured_count_and_can_be_turned_off() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     // Not the base's record and file set: only the app's are counted below.
     env.kiln()
@@ -462,7 +389,7 @@ fn records_are_kept_within_the_configured_count_and_can_be_turned_off() {
     for _ in 0..3 {
         env.build_ok(&ctx, &[]);
     }
-    assert_eq!(env.stdout(&["builds", "ls", "-q"]).lines().count(), 2);
+    assert_eq!(env.ok(&["builds", "ls", "-q"]).lines().count(), 2);
     // The same files are kept once, however many builds read them.
     let sets = || {
         fs::read_dir(env.root().join("records/files"))
@@ -477,23 +404,23 @@ fn records_are_kept_within_the_configured_count_and_can_be_turned_off() {
     // while (a build running beside may refer to it), unless asked for.
     fs::write(env.root().join("config.toml"), "[records]\nmax-count = 1\n").unwrap();
     env.build_ok(&ctx, &[]);
-    assert_eq!(env.stdout(&["builds", "ls", "-q"]).lines().count(), 1);
+    assert_eq!(env.ok(&["builds", "ls", "-q"]).lines().count(), 1);
     assert_eq!(sets(), 2);
-    let last = env.stdout(&["builds", "ls", "-q"]);
+    let last = env.ok(&["builds", "ls", "-q"]);
     env.kiln()
         .args(["builds", "rm", "no-such"])
         .assert()
         .failure();
     assert_eq!(sets(), 1);
-    assert_eq!(env.stdout(&["builds", "ls", "-q"]), last);
-    let before = env.stdout(&["builds", "ls", "-q"]);
+    assert_eq!(env.ok(&["builds", "ls", "-q"]), last);
+    let before = env.ok(&["builds", "ls", "-q"]);
     env.build_ok(&ctx, &["--no-record"]);
-    assert_eq!(env.stdout(&["builds", "ls", "-q"]), before);
+    assert_eq!(env.ok(&["builds", "ls", "-q"]), before);
 }
 
 #[test]
 fn misses_are_explained_against_an_exported_record() {
-    needs!();
+    needs!("busybox");
     // From scratch: the two stores' busybox bases differ (their configs' times), and a
     // different base would be the first thing named.
     const SCRATCH: &str = "FROM scratch\n\nCOPY src /src\n";
@@ -501,7 +428,7 @@ fn misses_are_explained_against_an_exported_record() {
     let ctx = a.app(SCRATCH, &[("src/a", "a")]);
     a.build_ok(&ctx, &[]);
     let id = a
-        .stdout(&["builds", "ls", "-q"])
+        .ok(&["builds", "ls", "-q"])
         .lines()
         .next()
         .unwrap()
@@ -509,7 +436,7 @@ fn misses_are_explained_against_an_exported_record() {
     let export = a.ws.path("exported.json");
     fs::write(
         &export,
-        a.stdout(&["builds", "inspect", "--format", "json", &id]),
+        a.ok(&["builds", "inspect", "--format", "json", &id]),
     )
     .unwrap();
     // Another machine: its own store, its own checkout with one file changed.
@@ -547,15 +474,15 @@ fn misses_are_explained_against_an_exported_record() {
 
 #[test]
 fn an_interrupted_build_leaves_a_record() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let ctx = env.app(
         "FROM busybox:kiln-test\nRUN echo started && sleep 60\n",
         &[],
     );
     let log = env.ws.path("build.log");
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("kiln"))
-        .env("KILN_ROOT", env.root())
+    let mut child = env
+        .proc()
         .args(["build", "--progress", "plain"])
         .arg(&ctx)
         .stdout(std::process::Stdio::null())
@@ -579,12 +506,12 @@ fn an_interrupted_build_leaves_a_record() {
     assert!(st.success());
     let status = child.wait().unwrap();
     assert!(!status.success());
-    let ls = env.stdout(&["builds", "ls"]);
+    let ls = env.ok(&["builds", "ls"]);
     let newest = ls.lines().nth(1).unwrap();
     assert!(newest.contains("   interrupted   "), "{ls}");
     let id = newest.split_whitespace().next().unwrap();
     let rec: Value =
-        serde_json::from_str(&env.stdout(&["builds", "inspect", "--format", "json", id])).unwrap();
+        serde_json::from_str(&env.ok(&["builds", "inspect", "--format", "json", id])).unwrap();
     let run = rec["steps"]
         .as_array()
         .unwrap()
@@ -605,7 +532,7 @@ fn an_interrupted_build_leaves_a_record() {
 /// --digests`), not by the ChainIDs that key the cache.
 #[test]
 fn a_retagged_base_is_named_by_its_manifest_digests() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let ctx = env.app(APP, &[("src/a", "a")]);
     env.build_ok(&ctx, &[]);
@@ -625,10 +552,10 @@ fn a_retagged_base_is_named_by_its_manifest_digests() {
     assert_eq!(b.miss(1), Some(words.clone()), "{}", b.stderr);
     assert_eq!(b.miss(3).as_deref(), Some("after step #1"));
     // The record keeps both digests of the base.
-    let id = env.stdout(&["builds", "ls", "-q"]);
+    let id = env.ok(&["builds", "ls", "-q"]);
     let id = id.lines().next().unwrap();
     let rec: Value =
-        serde_json::from_str(&env.stdout(&["builds", "inspect", "--format", "json", id])).unwrap();
+        serde_json::from_str(&env.ok(&["builds", "inspect", "--format", "json", id])).unwrap();
     let from = rec["steps"]
         .as_array()
         .unwrap()
@@ -650,13 +577,13 @@ fn a_retagged_base_is_named_by_its_manifest_digests() {
 /// with its explanation, and the end-of-build summary lists the misses.
 #[test]
 fn the_tty_display_shows_misses_and_the_summary_lists_them() {
-    needs!();
+    needs!("busybox");
     let script = kiln_test_support::require_tool!("script");
     let env = Env::new();
     let ctx = env.app(APP, &[("src/a", "a")]);
     env.build_ok(&ctx, &[]);
     fs::write(ctx.join("src/a"), "changed").unwrap();
-    let kiln = assert_cmd::cargo::cargo_bin("kiln");
+    let kiln = kiln_bin();
     let cmd = format!(
         "stty cols 200 rows 50; {} build --progress tty {}",
         kiln.display(),

@@ -5,76 +5,20 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command as Proc, Output, Stdio};
+use std::process::{Command as Proc, Stdio};
 use std::time::Duration;
 
-use assert_cmd::Command;
 use kiln_cache::Store;
-use kiln_test_support::{Workspace, busybox_context, require_root, require_tool, run_ok, wait};
-use serde_json::Value;
+use kiln_test_support::{KilnStore, needs, run_ok, wait};
 
-macro_rules! needs {
-    () => {
-        require_root!();
-        require_tool!("busybox");
-    };
-}
-
-struct Env {
-    ws: Workspace,
+kiln_test_support::store_env! {
+    /// A workspace whose store holds `busybox:kiln-test`.
+    struct Env;
 }
 
 impl Env {
-    /// A workspace whose store holds `busybox:kiln-test`.
     fn new() -> Env {
-        let env = Env {
-            ws: Workspace::new(),
-        };
-        let ctx = env.ws.path("busybox");
-        busybox_context(&ctx);
-        env.ok(&[
-            "build",
-            "--progress",
-            "quiet",
-            "-t",
-            "busybox:kiln-test",
-            ctx.to_str().unwrap(),
-        ]);
-        env
-    }
-
-    fn root(&self) -> PathBuf {
-        self.ws.path("store")
-    }
-
-    fn kiln(&self) -> Command {
-        let mut c = Command::cargo_bin("kiln").unwrap();
-        c.env("KILN_ROOT", self.root())
-            .env_remove("SOURCE_DATE_EPOCH");
-        c
-    }
-
-    fn proc(&self) -> Proc {
-        let mut c = Proc::new(assert_cmd::cargo::cargo_bin("kiln"));
-        c.env("KILN_ROOT", self.root())
-            .env_remove("SOURCE_DATE_EPOCH");
-        c
-    }
-
-    fn out(&self, args: &[&str]) -> Output {
-        self.kiln().args(args).output().unwrap()
-    }
-
-    /// Runs kiln, which must succeed; its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.out(args);
-        assert!(
-            o.status.success(),
-            "kiln {args:?} failed ({}):\n{}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        Env(KilnStore::new().with_busybox(kiln_test_support::BUSYBOX))
     }
 
     /// A context with `Dockerfile` and `files`.
@@ -86,23 +30,6 @@ impl Env {
             fs::write(ctx.join(f), bytes).unwrap();
         }
         ctx
-    }
-
-    /// Builds `ctx` with `args`; whether each step was cached.
-    fn build(&self, ctx: &Path, args: &[&str]) -> Vec<bool> {
-        let report = self.ws.path("report.json");
-        let mut all = vec!["build", "--progress", "plain", "--report"];
-        all.push(report.to_str().unwrap());
-        all.extend(args);
-        all.push(ctx.to_str().unwrap());
-        self.ok(&all);
-        let r: Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
-        r["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["cached"].as_bool().unwrap())
-            .collect()
     }
 
     /// `du -sb` of the store.
@@ -145,11 +72,11 @@ const APP: &str = "FROM busybox:kiln-test\nCOPY big /big\nARG N=0\nRUN echo $N >
 
 #[test]
 fn du_counts_the_whole_store_like_du_sb() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     for i in 0..3 {
         let ctx = env.context(&format!("app{i}"), APP, &[("big", &random(300_000, i))]);
-        env.build(&ctx, &["--build-arg", &format!("N={i}")]);
+        env.build_ok(&ctx, &["--build-arg", &format!("N={i}")]);
     }
     let store = Store::open(env.root()).unwrap();
     let df = kiln_builder::usage::system_df(&store).unwrap();
@@ -208,11 +135,11 @@ fn du_counts_the_whole_store_like_du_sb() {
 
 #[test]
 fn gc_keeps_the_store_under_a_small_cap_and_the_last_build_cached() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     // The base as builds use it (its snapshot unpacked), without build cache.
     let first = env.context("first", APP, &[("big", &random(300_000, 100))]);
-    env.build(&first, &[]);
+    env.build_ok(&first, &[]);
     env.ok(&["prune", "-f"]);
     let base = env.du_sb();
     // Each build adds about 700 kB (blob and snapshot of a 300 kB file, and a RUN layer).
@@ -225,12 +152,14 @@ fn gc_keeps_the_store_under_a_small_cap_and_the_last_build_cached() {
     let mut last = PathBuf::new();
     for i in 0..10u64 {
         last = env.context(&format!("app{i}"), APP, &[("big", &random(300_000, i))]);
-        let cached = env.build(&last, &["--build-arg", &format!("N={i}")]);
+        let cached = env
+            .build_ok(&last, &["--build-arg", &format!("N={i}")])
+            .cached();
         assert!(cached.iter().skip(1).all(|c| !c), "build {i}: {cached:?}");
     }
     let used = env.du_sb();
     assert!(used <= cap, "store {used} bytes over its cap {cap}");
-    let cached = env.build(&last, &["--build-arg", "N=9"]);
+    let cached = env.build_ok(&last, &["--build-arg", "N=9"]).cached();
     assert!(
         cached.iter().all(|c| *c),
         "last build not fully cached: {cached:?}"
@@ -238,16 +167,16 @@ fn gc_keeps_the_store_under_a_small_cap_and_the_last_build_cached() {
     assert_records_whole(&env.root());
     // The base image is whole: a build from it works.
     let again = env.context("again", APP, &[("big", &random(300_000, 77))]);
-    env.build(&again, &[]);
+    env.build_ok(&again, &[]);
 }
 
 #[test]
 fn prune_while_a_build_runs_leaves_the_build_whole() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let df = "FROM busybox:kiln-test\nCOPY big /big\nARG N=0\nRUN sleep 3 && echo $N > /n\nCOPY small /small\n";
     let ctx = env.context("app", df, &[("big", &random(500_000, 1)), ("small", b"s")]);
-    env.build(&ctx, &["--build-arg", "N=1"]);
+    env.build_ok(&ctx, &["--build-arg", "N=1"]);
     let mut child = env
         .proc()
         .args(["build", "--progress", "plain", "--build-arg", "N=2"])
@@ -280,13 +209,13 @@ fn prune_while_a_build_runs_leaves_the_build_whole() {
         String::from_utf8_lossy(&status.stderr)
     );
     assert_records_whole(&env.root());
-    let cached = env.build(&ctx, &["--build-arg", "N=2"]);
+    let cached = env.build_ok(&ctx, &["--build-arg", "N=2"]).cached();
     assert!(cached.iter().all(|c| *c), "{cached:?}");
 }
 
 #[test]
 fn prune_never_removes_a_running_containers_snapshots() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let ctx = env.context(
         "app",
@@ -342,7 +271,7 @@ fn prune_never_removes_a_running_containers_snapshots() {
 
 #[test]
 fn kill9_during_prune_leaves_a_usable_store() {
-    needs!();
+    needs!("busybox");
     let rounds: u64 = std::env::var("KILN_KILL_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -364,7 +293,7 @@ fn kill9_during_prune_leaves_a_usable_store() {
     let ctx = env.context("app", APP, &[("big", &random(200_000, 3))]);
     for round in 0..rounds {
         for n in 0..3 {
-            env.build(&ctx, &["--build-arg", &format!("N={round}-{n}")]);
+            env.build_ok(&ctx, &["--build-arg", &format!("N={round}-{n}")]);
         }
         let pause = 20;
         let mut child = env
@@ -382,7 +311,9 @@ fn kill9_during_prune_leaves_a_usable_store() {
         let _ = child.wait();
         assert_records_whole(&env.root());
         // The build works whatever the kill left (env.build asserts its success).
-        let cached = env.build(&ctx, &["--build-arg", &format!("N={round}-2")]);
+        let cached = env
+            .build_ok(&ctx, &["--build-arg", &format!("N={round}-2")])
+            .cached();
         assert!(
             !cached.is_empty(),
             "round {round} (killed after {delay} ms)"
@@ -397,15 +328,15 @@ fn kill9_during_prune_leaves_a_usable_store() {
 /// it, and the build's output says what went.
 #[test]
 fn gc_runs_after_a_failed_build() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let first = env.context("first", APP, &[("big", &random(300_000, 200))]);
-    env.build(&first, &[]);
+    env.build_ok(&first, &[]);
     env.ok(&["prune", "-f"]);
     let base = env.du_sb();
     for i in 0..4u64 {
         let ctx = env.context(&format!("app{i}"), APP, &[("big", &random(300_000, i))]);
-        env.build(&ctx, &["--build-arg", &format!("N={i}")]);
+        env.build_ok(&ctx, &["--build-arg", &format!("N={i}")]);
     }
     // Over a cap set only now: nothing has collected yet.
     let cap = base + 1_000_000;
@@ -453,7 +384,7 @@ fn gc_runs_after_a_failed_build() {
 /// dropped when the next build starts, not only at the next `du` or `prune`.
 #[test]
 fn a_dead_builds_lease_is_dropped_when_a_build_starts() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let leases = Store::open(env.root()).unwrap().leases_dir();
     fs::create_dir_all(&leases).unwrap();
@@ -470,7 +401,7 @@ fn a_dead_builds_lease_is_dropped_when_a_build_starts() {
     )
     .unwrap();
     let ctx = env.context("app", "FROM busybox:kiln-test\nCOPY f /f\n", &[("f", b"f")]);
-    env.build(&ctx, &[]);
+    env.build_ok(&ctx, &[]);
     assert!(!lock.exists(), "{} left after a build", lock.display());
     assert!(!json.exists(), "{} left after a build", json.display());
 }
@@ -478,10 +409,10 @@ fn a_dead_builds_lease_is_dropped_when_a_build_starts() {
 /// `kiln prune` asks Docker's question unless `-f`, and removes nothing on a no.
 #[test]
 fn prune_asks_for_confirmation_unless_forced() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let ctx = env.context("app", "FROM busybox:kiln-test\nCOPY f /f\n", &[("f", b"f")]);
-    env.build(&ctx, &[]);
+    env.build_ok(&ctx, &[]);
     let records = || Store::open(env.root()).unwrap().cache_keys().unwrap().len();
     let before = records();
     assert!(before > 0);
@@ -517,7 +448,7 @@ fn prune_asks_for_confirmation_unless_forced() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(records() < before);
-    env.build(&ctx, &[]);
+    env.build_ok(&ctx, &[]);
     let out = env.ok(&["prune", "--force"]);
     assert!(out.starts_with("Deleted build cache objects:"), "{out}");
 }
@@ -527,7 +458,7 @@ fn prune_asks_for_confirmation_unless_forced() {
 /// cached; with no reserve, the same shortage removes them.
 #[test]
 fn a_full_disk_keeps_the_reserved_cache() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let apps: Vec<PathBuf> = (0..3u64)
         .map(|i| {
@@ -545,11 +476,11 @@ fn a_full_disk_keeps_the_reserved_cache() {
     )
     .unwrap();
     for ctx in &apps {
-        env.build(ctx, &[]);
+        env.build_ok(ctx, &[]);
     }
     for ctx in &apps {
         assert!(
-            env.build(ctx, &[]).iter().all(|c| *c),
+            env.build_ok(ctx, &[]).cached().iter().all(|c| *c),
             "{} should be fully cached within the reserve",
             ctx.display()
         );
@@ -559,9 +490,9 @@ fn a_full_disk_keeps_the_reserved_cache() {
         "[gc]\nmin-free-space = \"100%\"\nreserved-space = \"0\"\n",
     )
     .unwrap();
-    env.build(&apps[2], &[]);
+    env.build_ok(&apps[2], &[]);
     assert!(
-        !env.build(&apps[0], &[]).iter().all(|c| *c),
+        !env.build_ok(&apps[0], &[]).cached().iter().all(|c| *c),
         "without a reserve the shortage collects the older builds"
     );
 }

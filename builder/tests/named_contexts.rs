@@ -8,67 +8,15 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
-use kiln_test_support::{FileServer, Workspace, busybox_context, require_root, require_tool};
-use serde_json::Value;
+use kiln_test_support::{
+    Built, FileServer, KilnStore, busybox_context, require_root, require_tool, step_cached,
+};
 
-struct Env {
-    ws: Workspace,
-}
-
-impl Env {
-    fn new() -> Env {
-        let ws = Workspace::new();
-        // The after-build collection must not depend on the host's free space.
-        ws.write("store/config.toml", "[gc]\nmin-free-space = \"1MB\"\n");
-        Env { ws }
-    }
-
-    fn kiln(&self) -> Command {
-        let mut c = Command::cargo_bin("kiln").unwrap();
-        c.env("KILN_ROOT", self.ws.path("store"))
-            .env("SOURCE_DATE_EPOCH", "1700000000")
-            .env("KILN_NO_RECORD", "1");
-        c
-    }
-
-    /// `kiln build ARGS CTX`: (success, stderr, report).
-    fn build(&self, ctx: &Path, args: &[&str]) -> (bool, String, Value) {
-        let report = self.ws.path("report.json");
-        let _ = fs::remove_file(&report);
-        let out = self
-            .kiln()
-            .args(["build", "--progress", "plain", "--report"])
-            .arg(&report)
-            .args(args)
-            .arg(ctx)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let report = fs::read(&report)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(Value::Null);
-        (out.status.success(), stderr, report)
-    }
-
-    fn build_ok(&self, ctx: &Path, args: &[&str]) -> Value {
-        let (ok, stderr, report) = self.build(ctx, args);
-        assert!(ok, "kiln build {args:?} failed:\n{stderr}");
-        report
-    }
-}
-
-/// Whether the report's step `instruction` was a cache hit.
-fn cached(report: &Value, instruction: &str) -> bool {
-    report["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["instruction"] == instruction)
-        .unwrap_or_else(|| panic!("no step {instruction:?}: {report}"))["cached"]
-        .as_bool()
-        .unwrap()
+/// The test's store: no build records, images dated 1700000000.
+fn store() -> KilnStore {
+    KilnStore::new()
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .env("KILN_NO_RECORD", "1")
 }
 
 fn read(p: PathBuf) -> String {
@@ -78,7 +26,7 @@ fn read(p: PathBuf) -> String {
 #[test]
 fn named_contexts_replace_from_copy_from_and_stages() {
     require_root!();
-    let env = Env::new();
+    let env = store();
     let ws = &env.ws;
     // An image in the store (marker:1) and the same kind in an OCI layout.
     let img = ws.context("img", "FROM scratch\nCOPY marker /etc/marker\n");
@@ -127,7 +75,7 @@ fn named_contexts_replace_from_copy_from_and_stages() {
     };
     let a = args(&src, &out);
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    let r = env.build_ok(&ctx, &a);
+    let r = env.build_ok(&ctx, &a).report;
     // FROM base: the store's image; the stage `deps` is the directory (its failing
     // COPY never ran); `layout`: the OCI layout's image.
     assert_eq!(read(out.join("etc/marker")), "from the store\n");
@@ -139,12 +87,12 @@ fn named_contexts_replace_from_copy_from_and_stages() {
     assert!(out.join("all/.dockerignore").exists());
     assert_eq!(read(out.join("deps/lib.txt")), "deps from a directory\n");
     assert_eq!(read(out.join("layout-marker")), "from the layout\n");
-    assert!(!cached(&r, "COPY --from=src . /all/"));
+    assert!(!step_cached(&r, "COPY --from=src . /all/"));
 
     // Again: every step is a hit. A touch (mtime only) and a copy of the directory
     // elsewhere keep the cache (content keys); an ignored file does not count.
-    let r = env.build_ok(&ctx, &a);
-    assert!(cached(&r, "COPY --from=src . /all/"), "{r}");
+    let r = env.build_ok(&ctx, &a).report;
+    assert!(step_cached(&r, "COPY --from=src . /all/"), "{r}");
     let moved = ws.path("src-moved");
     fs::create_dir(&moved).unwrap();
     for f in ["a.txt", "skip.tmp", ".dockerignore"] {
@@ -158,18 +106,18 @@ fn named_contexts_replace_from_copy_from_and_stages() {
     .unwrap();
     let a2 = args(&moved, &ws.path("out2"));
     let a2: Vec<&str> = a2.iter().map(String::as_str).collect();
-    let r = env.build_ok(&ctx, &a2);
-    assert!(cached(&r, "COPY --from=src . /all/"), "{r}");
+    let r = env.build_ok(&ctx, &a2).report;
+    assert!(step_cached(&r, "COPY --from=src . /all/"), "{r}");
     // A changed byte is a miss, and the new content is copied.
     ws.write("src-moved/a.txt", "named b\n");
     let a3 = args(&moved, &ws.path("out3"));
     let a3: Vec<&str> = a3.iter().map(String::as_str).collect();
-    let r = env.build_ok(&ctx, &a3);
-    assert!(!cached(&r, "COPY --from=src . /all/"), "{r}");
+    let r = env.build_ok(&ctx, &a3).report;
+    assert!(!step_cached(&r, "COPY --from=src . /all/"), "{r}");
     assert_eq!(read(ws.path("out3/all/a.txt")), "named b\n");
 
     // Without the contexts, the names are images: `base` is not one.
-    let (ok, stderr, _) = env.build(&ctx, &[]);
+    let Built { ok, stderr, .. } = env.build(&ctx, &[]);
     assert!(!ok);
     assert!(stderr.contains("base"), "{stderr}");
 }
@@ -178,7 +126,7 @@ fn named_contexts_replace_from_copy_from_and_stages() {
 fn run_from_a_named_directory_and_mount_from_it() {
     require_root!();
     require_tool!("busybox");
-    let env = Env::new();
+    let env = store();
     let ws = &env.ws;
     // The busybox root filesystem as a named context: `FROM rootfs` starts from it.
     let bb = ws.path("busybox");
@@ -199,22 +147,22 @@ fn run_from_a_named_directory_and_mount_from_it() {
         format!("type=local,dest={}", out.display()),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let r = env.build_ok(&ctx, &args);
+    let r = env.build_ok(&ctx, &args).report;
     assert_eq!(read(out.join("seen")), "hello from data\n");
     assert!(out.join("bin/busybox").exists());
     let run = "RUN --mount=from=data,target=/m cat /m/msg > /seen && test ! -e /m/hidden";
-    assert!(!cached(&r, run));
+    assert!(!step_cached(&r, run));
     // The mounted files are in the RUN's key: a change reruns it.
-    let r = env.build_ok(&ctx, &args);
-    assert!(cached(&r, run), "{r}");
+    let r = env.build_ok(&ctx, &args).report;
+    assert!(step_cached(&r, run), "{r}");
     ws.write("data/msg", "changed\n");
-    let r = env.build_ok(&ctx, &args);
-    assert!(!cached(&r, run), "{r}");
+    let r = env.build_ok(&ctx, &args).report;
+    assert!(!step_cached(&r, run), "{r}");
 }
 
 #[test]
 fn bad_build_context_values_are_one_line_errors() {
-    let env = Env::new();
+    let env = store();
     let ctx = env.ws.context("ctx", "FROM scratch\n");
     for (value, says) in [
         ("nothing", "expected NAME=VALUE"),
@@ -226,7 +174,7 @@ fn bad_build_context_values_are_one_line_errors() {
         ("x=https://h/r.git?nope=1", "unknown parameter nope"),
         ("context=.", "the build context itself"),
     ] {
-        let (ok, stderr, _) = env.build(&ctx, &["--build-context", value]);
+        let Built { ok, stderr, .. } = env.build(&ctx, &["--build-context", value]);
         assert!(!ok, "{value}");
         assert!(
             stderr.contains("invalid --build-context") && stderr.contains(says),
@@ -242,7 +190,7 @@ fn bad_build_context_values_are_one_line_errors() {
 fn an_http_named_context_is_one_file_named_context() {
     require_root!();
     require_tool!("python3");
-    let env = Env::new();
+    let env = store();
     let ws = &env.ws;
     let archive = ws.write(
         "files/data.tar.gz",
@@ -254,19 +202,23 @@ fn an_http_named_context_is_one_file_named_context() {
     let ctx = ws.context("ctx", df);
     let out = ws.path("out");
     let dest = format!("type=local,dest={}", out.display());
-    let r = env.build_ok(&ctx, &["--build-context", &spec, "-o", &dest]);
+    let r = env
+        .build_ok(&ctx, &["--build-context", &spec, "-o", &dest])
+        .report;
     assert_eq!(
         fs::read(out.join("got.tgz")).unwrap(),
         fs::read(&archive).unwrap()
     );
     assert_eq!(fs::read_dir(&out).unwrap().count(), 1);
-    assert!(!cached(&r, "COPY --from=dl /context /got.tgz"));
+    assert!(!step_cached(&r, "COPY --from=dl /context /got.tgz"));
     // Unchanged: a hit. Another content at the same URL: a miss, and the new bytes.
-    let r = env.build_ok(&ctx, &["--build-context", &spec]);
-    assert!(cached(&r, "COPY --from=dl /context /got.tgz"), "{r}");
+    let r = env.build_ok(&ctx, &["--build-context", &spec]).report;
+    assert!(step_cached(&r, "COPY --from=dl /context /got.tgz"), "{r}");
     ws.write("files/data.tar.gz", "changed\n");
-    let r = env.build_ok(&ctx, &["--build-context", &spec, "-o", &dest]);
-    assert!(!cached(&r, "COPY --from=dl /context /got.tgz"), "{r}");
+    let r = env
+        .build_ok(&ctx, &["--build-context", &spec, "-o", &dest])
+        .report;
+    assert!(!step_cached(&r, "COPY --from=dl /context /got.tgz"), "{r}");
     assert_eq!(read(out.join("got.tgz")), "changed\n");
     // FROM it: the tree holds only `/context`.
     let ctx = ws.context("ctx-from", "FROM dl\n");
@@ -280,7 +232,7 @@ fn an_http_named_context_is_one_file_named_context() {
     assert_eq!(names, ["context"]);
     // A URL that is not there: one line naming it.
     let missing = format!("dl={}", server.url("missing.tar"));
-    let (ok, stderr, _) = env.build(&ctx, &["--build-context", &missing]);
+    let Built { ok, stderr, .. } = env.build(&ctx, &["--build-context", &missing]);
     assert!(!ok);
     assert!(stderr.contains(&server.url("missing.tar")), "{stderr}");
 }

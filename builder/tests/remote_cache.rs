@@ -7,43 +7,22 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use kiln_test_support::registry::{Auth, Registry, free_port};
-use kiln_test_support::{Workspace, busybox_context, require_root, require_tool, run_ok};
+use kiln_test_support::{Built, KilnStore, busybox_context, needs, run_ok};
 use serde_json::Value;
 
-macro_rules! needs {
-    () => {
-        require_root!();
-        require_tool!("busybox");
-        require_tool!("docker-registry");
-        require_tool!("skopeo");
-    };
+kiln_test_support::store_env! {
+    /// One CI machine: its own store and workspace.
+    struct Machine;
 }
 
-/// One CI machine: its own store and workspace.
-struct Machine {
-    ws: Workspace,
+/// What these tests read in a build's report and output.
+trait Reported {
+    /// The `WARNING:` lines kiln printed.
+    fn warnings(&self) -> Vec<&str>;
 }
 
-/// What a build printed and reported.
-struct Built {
-    ok: bool,
-    stderr: String,
-    report: Value,
-}
-
-impl Built {
-    fn steps(&self) -> &Vec<Value> {
-        self.report["steps"].as_array().expect("report steps")
-    }
-    /// The report's step whose instruction is `instruction`.
-    fn step(&self, instruction: &str) -> &Value {
-        self.steps()
-            .iter()
-            .find(|s| s["instruction"] == instruction)
-            .unwrap_or_else(|| panic!("no step {instruction:?}: {}", self.report))
-    }
+impl Reported for Built {
     fn warnings(&self) -> Vec<&str> {
         self.stderr
             .lines()
@@ -53,45 +32,9 @@ impl Built {
 }
 
 impl Machine {
+    /// A machine with an empty store; images dated 1700000000, build records on.
     fn new() -> Machine {
-        Machine {
-            ws: Workspace::new(),
-        }
-    }
-
-    fn kiln(&self) -> Command {
-        let mut c = Command::cargo_bin("kiln").unwrap();
-        c.env("KILN_ROOT", self.ws.path("store"))
-            .env("SOURCE_DATE_EPOCH", "1700000000")
-            .env_remove("KILN_NO_RECORD");
-        c
-    }
-
-    fn build(&self, ctx: &Path, args: &[&str]) -> Built {
-        let report = self.ws.path("report.json");
-        let _ = fs::remove_file(&report);
-        let out = self
-            .kiln()
-            .args(["build", "--progress", "plain", "--report"])
-            .arg(&report)
-            .args(args)
-            .arg(ctx)
-            .output()
-            .unwrap();
-        Built {
-            ok: out.status.success(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            report: fs::read(&report)
-                .ok()
-                .map(|b| serde_json::from_slice(&b).unwrap())
-                .unwrap_or(Value::Null),
-        }
-    }
-
-    fn build_ok(&self, ctx: &Path, args: &[&str]) -> Built {
-        let b = self.build(ctx, args);
-        assert!(b.ok, "kiln build {args:?} failed:\n{}", b.stderr);
-        b
+        Machine(KilnStore::new().env("SOURCE_DATE_EPOCH", "1700000000"))
     }
 
     /// The newest build record of this store, exported.
@@ -183,7 +126,7 @@ fn blob_gets(requests: &[(String, String, u16)]) -> Vec<String> {
 
 #[test]
 fn machine_b_hits_everything_from_the_registry_and_pushes_without_downloading() {
-    needs!();
+    needs!("busybox", "docker-registry", "skopeo");
     let (reg, a, base) = setup();
     let cache = format!("{}:buildcache", reg.name("cache/app"));
     let ctx_a = app(&a, &base, FILES);
@@ -303,7 +246,7 @@ fn machine_b_hits_everything_from_the_registry_and_pushes_without_downloading() 
 
 #[test]
 fn a_changed_file_rebuilds_only_what_depends_on_it_and_is_named() {
-    needs!();
+    needs!("busybox", "docker-registry", "skopeo");
     let (reg, a, base) = setup();
     let cache = format!("{}:buildcache", reg.name("cache/app"));
     let ctx_a = app(&a, &base, FILES);
@@ -338,7 +281,7 @@ fn a_changed_file_rebuilds_only_what_depends_on_it_and_is_named() {
 
 #[test]
 fn reexport_uploads_no_layer_and_branches_merge() {
-    needs!();
+    needs!("busybox", "docker-registry", "skopeo");
     let (reg, a, base) = setup();
     let cache = format!("{}:buildcache", reg.name("cache/app"));
     let to = format!("type=registry,ref={cache},mode=max");
@@ -388,7 +331,7 @@ fn reexport_uploads_no_layer_and_branches_merge() {
 
 #[test]
 fn a_cache_config_over_one_mib_round_trips() {
-    needs!();
+    needs!("busybox", "docker-registry", "skopeo");
     let (reg, a, base) = setup();
     let cache = format!("{}:big", reg.name("cache/app"));
     let ctx = a.ws.context(
@@ -429,7 +372,7 @@ fn a_cache_config_over_one_mib_round_trips() {
 
 #[test]
 fn a_missing_or_unreachable_cache_is_one_warning() {
-    needs!();
+    needs!("busybox", "docker-registry", "skopeo");
     let (reg, a, base) = setup();
     let ctx = app(&a, &base, FILES);
     let missing = format!("{}:nope", reg.name("cache/none"));
@@ -498,7 +441,7 @@ fn a_missing_or_unreachable_cache_is_one_warning() {
 
 #[test]
 fn a_local_cache_directory_is_shared_the_same_way() {
-    needs!();
+    needs!("busybox", "docker-registry", "skopeo");
     let (_reg, a, base) = setup();
     let dir = a.ws.path("shared-cache");
     let ctx_a = app(&a, &base, FILES);

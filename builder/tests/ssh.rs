@@ -9,61 +9,24 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command as Std;
 
-use assert_cmd::Command;
 use kiln_test_support::ssh::Agent;
 use kiln_test_support::{
-    Workspace, busybox_context, repo_root, require_root, require_tool, run_ok,
+    BUSYBOX, Built, KilnStore, repo_root, require_root, require_tool, run_ok, step_cached,
 };
-use serde_json::Value;
 
-struct Env {
-    ws: Workspace,
+kiln_test_support::store_env! {
+    /// The test's store (no build records) and its agent client.
+    struct Env;
 }
 
 impl Env {
     fn new() -> Env {
-        let ws = Workspace::new();
-        ws.write("store/config.toml", "[gc]\nmin-free-space = \"1MB\"\n");
-        Env { ws }
-    }
-
-    fn kiln(&self) -> Command {
-        let mut c = Command::cargo_bin("kiln").unwrap();
-        c.env("KILN_ROOT", self.ws.path("store"))
-            .env("KILN_NO_RECORD", "1")
-            .env_remove("SSH_AUTH_SOCK");
-        c
-    }
-
-    /// `kiln build`: (success, stderr, report).
-    fn build(&self, ctx: &Path, args: &[&str]) -> (bool, String, Value) {
-        let report = self.ws.path("report.json");
-        let _ = fs::remove_file(&report);
-        let out = self
-            .kiln()
-            .args(["build", "--progress", "plain", "--report"])
-            .arg(&report)
-            .args(args)
-            .arg(ctx)
-            .output()
-            .unwrap();
-        let report = fs::read(&report)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(Value::Null);
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-            report,
-        )
+        Env(KilnStore::new().env("KILN_NO_RECORD", "1"))
     }
 
     /// The busybox base as `busybox:kiln-test`, and a context holding the agent client.
     fn setup(&self, dockerfile: &str) -> PathBuf {
-        let bb = self.ws.path("busybox");
-        busybox_context(&bb);
-        let (ok, stderr, _) = self.build(&bb, &["-t", "busybox:kiln-test"]);
-        assert!(ok, "{stderr}");
+        self.busybox(BUSYBOX);
         let ctx = self.ws.context("ctx", dockerfile);
         let cc = Std::new("gcc")
             .args(["-static", "-O1", "-o"])
@@ -74,17 +37,6 @@ impl Env {
         assert!(cc.success(), "gcc -static failed (is libc6-dev installed?)");
         ctx
     }
-}
-
-fn cached(report: &Value, instruction: &str) -> bool {
-    report["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["instruction"] == instruction)
-        .unwrap_or_else(|| panic!("no step {instruction:?}: {report}"))["cached"]
-        .as_bool()
-        .unwrap()
 }
 
 const DEFAULT_RUN: &str = "RUN --mount=type=ssh test -S /run/buildkit/ssh_agent.0 && \
@@ -123,7 +75,9 @@ fn run_mount_ssh_forwards_the_agent() {
     };
     let a = args(&one.sock, &out);
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    let (ok, stderr, report) = env.build(&ctx, &a);
+    let Built {
+        ok, stderr, report, ..
+    } = env.build(&ctx, &a);
     assert!(ok, "{stderr}");
     assert_eq!(
         fs::read_to_string(out.join("default.txt")).unwrap(),
@@ -135,17 +89,19 @@ fn run_mount_ssh_forwards_the_agent() {
         "1000:600\n/tmp/work.sock\ntype=12 keys=1\nkiln-key-two\n"
     );
     assert!(!out.join("run/buildkit").exists(), "no mount point left");
-    assert!(!cached(&report, DEFAULT_RUN));
+    assert!(!step_cached(&report, DEFAULT_RUN));
 
     // Another socket for the same ids: the agent is not in the cache key.
     let link = env.ws.path("elsewhere.sock");
     std::os::unix::fs::symlink(&two.sock, &link).unwrap();
     let a = args(&link, &env.ws.path("out2"));
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    let (ok, stderr, report) = env.build(&ctx, &a);
+    let Built {
+        ok, stderr, report, ..
+    } = env.build(&ctx, &a);
     assert!(ok, "{stderr}");
-    assert!(cached(&report, DEFAULT_RUN), "{report}");
-    assert!(cached(&report, APP_RUN), "{report}");
+    assert!(step_cached(&report, DEFAULT_RUN), "{report}");
+    assert!(step_cached(&report, APP_RUN), "{report}");
     drop(one);
 }
 
@@ -159,7 +115,7 @@ fn required_ssh_agent_and_bad_flags() {
     require_tool!("ssh-keygen");
     let env = Env::new();
     let ctx = env.setup("FROM busybox:kiln-test\nRUN --mount=type=ssh,required=true true\n");
-    let (ok, stderr, _) = env.build(&ctx, &[]);
+    let Built { ok, stderr, .. } = env.build(&ctx, &[]);
     assert!(!ok);
     assert!(
         stderr.contains("no SSH agent \"default\" forwarded (kiln build --ssh default=SOCKET"),
@@ -184,7 +140,7 @@ fn required_ssh_agent_and_bad_flags() {
             "/nope.sock: No such file".to_string(),
         ),
     ] {
-        let (ok, stderr, _) = env.build(&ctx, &["--ssh", &flag]);
+        let Built { ok, stderr, .. } = env.build(&ctx, &["--ssh", &flag]);
         assert!(!ok, "{flag}");
         assert!(
             stderr.contains("--ssh") && stderr.contains(&says),
@@ -247,7 +203,7 @@ fn ssh_key_files_are_served_by_an_agent_for_the_build() {
     let one = key("one", "");
     let two = key("two", "");
     let out = env.ws.path("out");
-    let (ok, stderr, _) = env.build(
+    let Built { ok, stderr, .. } = env.build(
         &ctx,
         &[
             "--ssh",
@@ -304,7 +260,7 @@ fn ssh_key_files_are_served_by_an_agent_for_the_build() {
             ),
         ),
     ] {
-        let (ok, stderr, _) = env.build(&ctx, &["--ssh", &flag]);
+        let Built { ok, stderr, .. } = env.build(&ctx, &["--ssh", &flag]);
         assert!(!ok, "{flag}");
         assert!(stderr.contains(&says), "{flag}: {stderr}");
     }

@@ -3,42 +3,21 @@
 //! `commit`, `system df` and `rmi`. They need root (namespaces, overlayfs) and
 //! busybox-static (`require_root!`, `require_tool!`).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command as Proc, Output};
+use std::path::Path;
+use std::process::Command as Proc;
 
-use assert_cmd::Command;
-use kiln_test_support::{Workspace, busybox_context, require_root, require_tool};
+use kiln_test_support::{KilnStore, needs};
 
-macro_rules! needs {
-    () => {
-        require_root!();
-        require_tool!("busybox");
-    };
-}
+const BASE: &str = kiln_test_support::BUSYBOX;
 
-const BASE: &str = "busybox:kiln-test";
-
-struct Env {
-    ws: Workspace,
+kiln_test_support::store_env! {
+    /// A store holding the busybox base.
+    struct Env;
 }
 
 impl Env {
-    /// A store holding the busybox base.
     fn new() -> Env {
-        let env = Env {
-            ws: Workspace::new(),
-        };
-        let ctx = env.ws.path("busybox");
-        busybox_context(&ctx);
-        env.ok(&[
-            "build",
-            "--progress",
-            "quiet",
-            "-t",
-            BASE,
-            ctx.to_str().unwrap(),
-        ]);
-        env
+        Env(KilnStore::new().with_busybox(BASE))
     }
 
     /// Builds `dockerfile` as `tag`.
@@ -54,32 +33,10 @@ impl Env {
         ]);
     }
 
-    fn root(&self) -> PathBuf {
-        self.ws.path("store")
-    }
-
-    fn kiln(&self) -> Command {
-        let mut c = Command::cargo_bin("kiln").unwrap();
-        c.env("KILN_ROOT", self.root())
-            .env_remove("SOURCE_DATE_EPOCH");
-        c
-    }
-
-    fn out(&self, args: &[&str]) -> Output {
-        self.kiln().args(args).output().unwrap()
-    }
-
-    /// Runs kiln with `args`, which must succeed; its stdout, trimmed.
+    /// Runs kiln with `args`, which must succeed; its stdout, trimmed (unlike
+    /// [`KilnStore::ok`]'s).
     fn ok(&self, args: &[&str]) -> String {
-        let o = self.out(args);
-        assert!(
-            o.status.success(),
-            "kiln {args:?} failed ({}):\n{}{}",
-            o.status,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).trim().to_string()
+        self.0.ok(args).trim().to_string()
     }
 
     /// Runs kiln with `args`, which must fail; its stderr.
@@ -141,7 +98,7 @@ fn du(dir: &Path) -> u64 {
 
 #[test]
 fn volume_copy_up_fills_an_empty_named_volume_once() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     env.image(
         "seeded:1",
@@ -184,7 +141,7 @@ fn volume_copy_up_fills_an_empty_named_volume_once() {
 
 #[test]
 fn named_volume_outlives_its_container_and_refuses_removal_while_used() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     env.ok(&["volume", "create", "shared"]);
     env.ok(&[
@@ -237,7 +194,7 @@ fn named_volume_outlives_its_container_and_refuses_removal_while_used() {
 
 #[test]
 fn rm_takes_only_anonymous_volumes() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     env.image(
         "withvol:1",
@@ -276,7 +233,7 @@ fn rm_takes_only_anonymous_volumes() {
 
 #[test]
 fn a_written_file_shows_in_diff_and_ps_size() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     let image_before = env.ok(&["inspect", BASE]);
     env.ok(&[
@@ -303,7 +260,7 @@ fn a_written_file_shows_in_diff_and_ps_size() {
 
 #[test]
 fn copy_up_of_a_big_file_then_commit_keeps_a_whiteout() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     env.image(
         "big:1",
@@ -360,7 +317,7 @@ fn copy_up_of_a_big_file_then_commit_keeps_a_whiteout() {
 
 #[test]
 fn containers_share_image_layers_and_system_df_adds_up() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     env.image(
         "fat:1",
@@ -427,7 +384,7 @@ fn containers_share_image_layers_and_system_df_adds_up() {
 
 #[test]
 fn rmi_refuses_an_image_a_container_uses() {
-    needs!();
+    needs!("busybox");
     let env = Env::new();
     env.image("app:1", "FROM busybox:kiln-test\nRUN echo app > /app\n");
     env.ok(&["run", "--name", "user", "app:1", "true"]);

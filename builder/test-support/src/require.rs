@@ -173,6 +173,18 @@ macro_rules! require_tool {
     };
 }
 
+/// What a test of real builds or containers says first: `require_root!()`, then
+/// `require_tool!` for each tool named (`needs!("busybox")`). Returns from the test
+/// unless it runs as root with them installed: a skip with a message on a developer's
+/// machine, a failure when `CI` is set.
+#[macro_export]
+macro_rules! needs {
+    ($($tool:literal),* $(,)?) => {
+        $crate::require_root!();
+        $($crate::require_tool!($tool);)*
+    };
+}
+
 /// Returns from the enclosing test unless `condition` holds (printing `reason`;
 /// panicking with it when `CI` is set): for opt-in tiers such as `KILN_TEST_DEBIAN`.
 #[macro_export]

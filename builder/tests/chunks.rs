@@ -341,12 +341,12 @@ fn a_cache_hit_in_another_compression_is_converted_not_rebuilt() {
     let env = Env::new();
     let ctx = env.path("ctx");
     bigcopy(&ctx);
-    let gzip = env.build("store", &ctx, "gzip", &["--compression", "gzip"], &[]);
+    let gzip = env.build_oci("store", &ctx, "gzip", &["--compression", "gzip"], &[]);
     // The same build in zstd: the step hits the gzip result; the image's layer is
     // zstd, byte for byte what a store that never built it in gzip writes.
     let layout = env.path("zstd");
     let o = env
-        .kiln("store")
+        .kiln_in("store")
         .args(["build", "--progress", "plain", "--compression", "zstd"])
         .arg("-o")
         .arg(format!("type=oci,dest={}", layout.display()))
@@ -357,7 +357,7 @@ fn a_cache_hit_in_another_compression_is_converted_not_rebuilt() {
     assert!(o.status.success(), "{stderr}");
     assert!(stderr.contains("1 cached, 0 built"), "{stderr}");
     let zstd = layer_digests(&layout);
-    let fresh = env.build("fresh", &ctx, "fresh", &["--compression", "zstd"], &[]);
+    let fresh = env.build_oci("fresh", &ctx, "fresh", &["--compression", "zstd"], &[]);
     assert_eq!(zstd, fresh, "converted vs built in zstd");
     assert_ne!(zstd, gzip);
     for l in layers(&layout) {
@@ -367,6 +367,6 @@ fn a_cache_hit_in_another_compression_is_converted_not_rebuilt() {
         );
     }
     // And back: gzip from the zstd store is the gzip build's layer.
-    let back = env.build("fresh", &ctx, "back", &["--compression", "gzip"], &[]);
+    let back = env.build_oci("fresh", &ctx, "back", &["--compression", "gzip"], &[]);
     assert_eq!(back, gzip);
 }

@@ -67,8 +67,12 @@ impl Default for ClientOptions {
             ca_file: None,
             docker_config_dir: None,
             max_concurrent: 3,
-            monolithic_threshold: 16 << 20,
-            chunk_size: 16 << 20,
+            // Each request costs the registry a round of its own (distribution reopens
+            // the upload and its hash state per PATCH): 16 MiB chunks made a 200 MiB
+            // upload take 2.6 s against 1.4 s in one PUT. Big pieces, streamed from
+            // the file; a failed one is sent again whole.
+            monolithic_threshold: 256 << 20,
+            chunk_size: 256 << 20,
             retries: 3,
             retry_delay: Duration::from_millis(500),
             timeouts: Timeouts::default(),

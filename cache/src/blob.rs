@@ -21,6 +21,9 @@ use crate::store::{BLOBS_DIR, Store, TempPath, fsync_parent};
 pub struct BlobWriter {
     store: Store,
     inner: Hashing<BufWriter<File>>,
+    /// Whether the bytes are hashed here ([`Store::blob_writer`]) or by the caller,
+    /// who names the digest ([`Store::prehashed_blob_writer`]).
+    hashed: bool,
     tmp: TempPath,
 }
 
@@ -37,8 +40,25 @@ impl BlobWriter {
     /// On a digest mismatch the temp file is removed and
     /// [`CacheError::DigestMismatch`] names both digests.
     pub fn commit(self, expected: Option<&Digest>) -> Result<(Digest, u64)> {
-        let BlobWriter { store, inner, tmp } = self;
+        let BlobWriter {
+            store,
+            inner,
+            hashed,
+            tmp,
+        } = self;
         let (buf, digest, size) = inner.finish();
+        // The caller hashed what it wrote: its digest is the blob's name.
+        let digest = match (hashed, expected) {
+            (true, _) => digest,
+            (false, Some(d)) => d.clone(),
+            (false, None) => {
+                return Err(CacheError::InvalidArgument {
+                    what: "blob digest",
+                    value: String::new(),
+                    reason: "a prehashed blob is committed with its digest",
+                });
+            }
+        };
         let file = buf
             .into_inner()
             .map_err(|e| CacheError::io("write", tmp.path(), e.into_error()))?;
@@ -65,7 +85,13 @@ impl BlobWriter {
 
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write(buf)
+        if self.hashed {
+            self.inner.write(buf)
+        } else {
+            let n = self.inner.get_mut().write(buf)?;
+            self.inner.add_count(n as u64);
+            Ok(n)
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -134,8 +160,20 @@ impl Store {
         Ok(BlobWriter {
             store: self.clone(),
             inner: Hashing::new(BufWriter::with_capacity(256 * 1024, file)),
+            hashed: true,
             tmp,
         })
+    }
+
+    /// A writer for a blob whose writer hashes the bytes itself (a layer writer computes
+    /// the digest as it compresses): the bytes are not hashed a second time here, and
+    /// [`BlobWriter::commit`] takes the caller's digest as the blob's name. For bytes
+    /// kiln produces only; anything read from outside goes through
+    /// [`Store::blob_writer`].
+    pub fn prehashed_blob_writer(&self) -> Result<BlobWriter> {
+        let mut w = self.blob_writer()?;
+        w.hashed = false;
+        Ok(w)
     }
 
     /// Re-hash a stored blob; [`CacheError::CorruptBlob`] if its content no
@@ -208,6 +246,23 @@ mod tests {
 
     fn count(dir: &Path) -> usize {
         fs::read_dir(dir).unwrap().count()
+    }
+
+    #[test]
+    fn a_prehashed_blob_is_named_by_its_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut w = store.prehashed_blob_writer().unwrap();
+        w.write_all(b"layer bytes").unwrap();
+        assert_eq!(w.bytes_written(), 11);
+        let d = sha256_of(b"layer bytes");
+        assert_eq!(w.commit(Some(&d)).unwrap(), (d.clone(), 11));
+        assert_eq!(store.read_blob(&d).unwrap(), b"layer bytes");
+        store.verify_blob(&d).unwrap();
+        // Without the writer's digest there is no name.
+        let mut w = store.prehashed_blob_writer().unwrap();
+        w.write_all(b"x").unwrap();
+        assert!(w.commit(None).is_err());
     }
 
     #[test]

@@ -198,10 +198,25 @@ struct Packed {
     packed_key: ChunkKey,
 }
 
-/// The uncompressed bytes of the layer so far, hashed for its diff_id. It moves to the
-/// thread that packs a batch and comes back with the batch's result, so that hashing
-/// the tar overlaps with producing the next batch.
-type TarHash = Hashing<io::Sink>;
+/// A hash of the layer so far: of the tar (its diff_id) or of the blob (its digest).
+/// Both move to the thread that packs a batch and come back with the batch's result,
+/// so that hashing overlaps with producing the next batch and writing the last one.
+type StreamHash = Hashing<io::Sink>;
+
+/// The tar's and the blob's hashes, as far as the batches written.
+struct Hashes {
+    tar: StreamHash,
+    blob: StreamHash,
+}
+
+impl Hashes {
+    fn new() -> Self {
+        Hashes {
+            tar: Hashing::new(io::sink()),
+            blob: Hashing::new(io::sink()),
+        }
+    }
+}
 
 /// What the writer knows at the end of an entry: its fingerprint and the number of
 /// tar entries so far. A chunk that ends there keeps it as a resume point.
@@ -215,18 +230,18 @@ pub(super) struct Mark {
 struct Job {
     chunks: Vec<Vec<u8>>,
     marks: Vec<Option<Mark>>,
-    hash: TarHash,
+    hashes: Hashes,
 }
 
-/// A packed batch: the chunks' buffers (for reuse), the diff_id hasher with the batch
-/// hashed in, each chunk's compressed bytes, and the tar's hash state after each
+/// A packed batch: the chunks' buffers (for reuse), the hashes with the batch hashed
+/// in, each chunk's compressed bytes, and the tar's and blob's hash states after each
 /// marked chunk.
 struct Done {
     chunks: Vec<Vec<u8>>,
     marks: Vec<Option<Mark>>,
-    tar_states: Vec<Option<Vec<u8>>>,
-    hash: TarHash,
-    packed: Vec<io::Result<Packed>>,
+    states: Vec<Option<(Vec<u8>, Vec<u8>)>>,
+    hashes: Hashes,
+    packed: Vec<Packed>,
 }
 
 /// What a batch is packed with.
@@ -245,25 +260,44 @@ impl Packer {
         let Job {
             chunks,
             marks,
-            mut hash,
+            hashes: Hashes { mut tar, mut blob },
         } = job;
-        let (hashed, packed) = rayon::join(
-            || -> io::Result<_> {
+        // The chunks are packed on the rayon pool while this thread hashes the tar:
+        // not both on the pool, where the step writing the layer holds a worker (the
+        // solver runs steps there) and would leave the two to take turns.
+        let (hashed, packed) = thread::scope(|scope| {
+            let packing = scope.spawn(|| {
+                chunks
+                    .par_iter()
+                    .map(|data| self.pack_one(data))
+                    .collect::<io::Result<Vec<_>>>()
+            });
+            let hashed = (|| -> io::Result<_> {
                 let mut states = Vec::with_capacity(chunks.len());
                 for (c, mark) in chunks.iter().zip(&marks) {
-                    hash.write_all(c)?;
-                    states.push(mark.is_some().then(|| hash.state()));
+                    tar.write_all(c)?;
+                    states.push(mark.is_some().then(|| tar.state()));
                 }
-                Ok((hash, states))
-            },
-            || chunks.par_iter().map(|data| self.pack_one(data)).collect(),
-        );
-        let (hash, tar_states) = hashed?;
+                Ok((tar, states))
+            })();
+            let packed = packing
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("a chunk packing thread panicked")));
+            (hashed, packed)
+        });
+        let (tar, tar_states) = hashed?;
+        let packed = packed?;
+        // The blob's hash, in order, here too: the writing thread only writes.
+        let mut states = Vec::with_capacity(chunks.len());
+        for (p, tar_state) in packed.iter().zip(tar_states) {
+            blob.write_all(&p.bytes)?;
+            states.push(tar_state.map(|t| (t, blob.state())));
+        }
         Ok(Done {
             chunks,
             marks,
-            tar_states,
-            hash,
+            states,
+            hashes: Hashes { tar, blob },
             packed,
         })
     }
@@ -332,7 +366,7 @@ fn pack_thread_gone() -> io::Error {
 /// caller produces the next batch; at most one batch is in flight, and results are
 /// written in order, so the output does not depend on the timing.
 pub(super) struct Chunker<W: Write> {
-    out: Hashing<W>,
+    out: W,
     packer: Packer,
     cur: Vec<u8>,
     /// The mark of the entry that just ended, until more bytes are written.
@@ -344,8 +378,8 @@ pub(super) struct Chunker<W: Write> {
     big: Option<u64>,
     offset: u64,
     chunks: Vec<ChunkInfo>,
-    /// The diff_id hasher, when no batch is in flight (it travels with the batch).
-    hash: Option<TarHash>,
+    /// The tar's and blob's hashes, when no batch is in flight (they travel with it).
+    hashes: Option<Hashes>,
     thread: Option<PackThread>,
     in_flight: bool,
     /// Buffers of written chunks, for the next ones.
@@ -362,7 +396,7 @@ impl<W: Write> Chunker<W> {
     ) -> Self {
         let codec = chunk_codec(compression).unwrap_or_else(|| "tar".to_owned());
         Chunker {
-            out: Hashing::new(out),
+            out,
             packer: Packer {
                 compression,
                 codec: codec.into(),
@@ -376,7 +410,7 @@ impl<W: Write> Chunker<W> {
             big: None,
             offset: 0,
             chunks: Vec::new(),
-            hash: Some(Hashing::new(io::sink())),
+            hashes: Some(Hashes::new()),
             thread: None,
             in_flight: false,
             spare: Vec::new(),
@@ -411,17 +445,17 @@ impl<W: Write> Chunker<W> {
         let point = resume.point().ok_or_else(bad)?.clone();
         let tar_len: u64 = resume.chunks.iter().map(|c| c.uncompressed_len).sum();
         let out_len = resume.chunks.last().map_or(0, |c| c.offset + c.len);
-        let mut hash = Hashing::new(io::sink());
+        let mut hashes = Hashes::new();
         if self.offset != 0
             || !self.cur.is_empty()
-            || !hash.restore(&point.tar_state, tar_len)
-            || !self.out.restore(&point.out_state, out_len)
+            || !hashes.tar.restore(&point.tar_state, tar_len)
+            || !hashes.blob.restore(&point.out_state, out_len)
         {
             return Err(bad());
         }
-        self.hash = Some(hash);
-        // Straight to the output: these bytes are already in the restored hash.
-        cache.copy_head(&resume, self.out.get_mut())?;
+        self.hashes = Some(hashes);
+        // These bytes are already in the restored hashes.
+        cache.copy_head(&resume, &mut self.out)?;
         self.offset = out_len;
         self.chunks = resume.chunks;
         for c in &mut self.chunks {
@@ -483,7 +517,7 @@ impl<W: Write> Chunker<W> {
             chunks: std::mem::take(&mut self.pending),
             marks: std::mem::take(&mut self.pending_marks),
             // Only taken while no batch is in flight.
-            hash: self.hash.take().unwrap_or_else(|| Hashing::new(io::sink())),
+            hashes: self.hashes.take().unwrap_or_else(Hashes::new),
         }
     }
 
@@ -503,26 +537,28 @@ impl<W: Write> Chunker<W> {
         let Done {
             chunks,
             marks,
-            tar_states,
-            hash,
+            states,
+            hashes,
             packed,
         } = done;
-        self.hash = Some(hash);
-        let each = chunks.into_iter().zip(marks).zip(tar_states).zip(packed);
-        for (((mut data, mark), tar_state), result) in each {
+        self.hashes = Some(hashes);
+        let each = chunks.into_iter().zip(marks).zip(states).zip(packed);
+        for (((mut data, mark), states), packed) in each {
             let Packed {
                 key,
                 bytes,
                 reused,
                 packed_key,
-            } = result?;
+            } = packed;
             self.out.write_all(&bytes)?;
-            let resume = mark.zip(tar_state).map(|(mark, tar_state)| ResumePoint {
-                fingerprint: mark.fingerprint,
-                entries: mark.entries,
-                tar_state,
-                out_state: self.out.state(),
-            });
+            let resume = mark
+                .zip(states)
+                .map(|(mark, (tar_state, out_state))| ResumePoint {
+                    fingerprint: mark.fingerprint,
+                    entries: mark.entries,
+                    tar_state,
+                    out_state,
+                });
             self.chunks.push(ChunkInfo {
                 key,
                 offset: self.offset,
@@ -554,21 +590,27 @@ impl<W: Write> Chunker<W> {
             drop(thread.jobs);
             thread.handle.join().map_err(|_| pack_thread_gone())?;
         }
-        let hash = self.hash.take().ok_or_else(pack_thread_gone)?;
-        let (_, diff_id, uncompressed_size) = hash.finish();
+        let Hashes { tar, blob } = self.hashes.take().ok_or_else(pack_thread_gone)?;
+        let (_, diff_id, uncompressed_size) = tar.finish();
+        let (_, digest, size) = blob.finish();
         Ok(Chunked {
             out: self.out,
             chunks: self.chunks,
             diff_id,
             uncompressed_size,
+            digest,
+            size,
         })
     }
 }
 
 /// What a [`Chunker`] wrote.
 pub(super) struct Chunked<W> {
-    /// The output, with the blob's hash.
-    pub(super) out: Hashing<W>,
+    /// The output.
+    pub(super) out: W,
+    /// The blob's digest and size.
+    pub(super) digest: Digest,
+    pub(super) size: u64,
     pub(super) chunks: Vec<ChunkInfo>,
     pub(super) diff_id: Digest,
     pub(super) uncompressed_size: u64,

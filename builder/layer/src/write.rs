@@ -105,11 +105,14 @@ impl<W: Write> Sink<W> {
             Sink::Chunked(c) => c.finish(),
             Sink::Plain(e) => {
                 let (encoder, diff_id, uncompressed_size) = (*e).finish();
+                let (out, digest, size) = encoder.finish()?.finish();
                 Ok(Chunked {
-                    out: encoder.finish()?,
+                    out,
                     chunks: Vec::new(),
                     diff_id,
                     uncompressed_size,
+                    digest,
+                    size,
                 })
             }
         }
@@ -375,12 +378,13 @@ pub(super) fn finish_sink<W: Write>(
 ) -> Result<LayerInfo, LayerError> {
     let finish_err = |e| LayerError::io("finish writing layer from", dir, e);
     let Chunked {
-        out: hashed_out,
+        mut out,
         chunks,
         diff_id,
         uncompressed_size,
+        digest,
+        size,
     } = sink.finish().map_err(finish_err)?;
-    let (mut out, digest, size) = hashed_out.finish();
     out.flush().map_err(finish_err)?;
     Ok(LayerInfo {
         digest,

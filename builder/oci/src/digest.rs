@@ -244,6 +244,12 @@ impl<T> Hashing<T> {
         self.count
     }
 
+    /// Counts `n` bytes written to or read from the wrapped value directly (through
+    /// [`Hashing::get_mut`]), which are not hashed.
+    pub fn add_count(&mut self, n: u64) {
+        self.count += n;
+    }
+
     /// The wrapped value.
     pub fn get_ref(&self) -> &T {
         &self.inner

@@ -862,7 +862,8 @@ fn write_layer_blob(
     compression: kiln_layer::Compression,
     write: impl FnOnce(&mut dyn std::io::Write) -> Result<kiln_layer::LayerInfo, kiln_layer::LayerError>,
 ) -> Result<LayerRef> {
-    let mut writer = store.blob_writer()?;
+    // The layer writer hashes the blob as it writes it.
+    let mut writer = store.prehashed_blob_writer()?;
     let info = {
         let mut buf = BufWriter::with_capacity(1 << 20, &mut writer);
         let info = write(&mut buf)?;

@@ -925,6 +925,7 @@ fn build_inner(
         .with_recorder(recorder)
         .with_network_timeouts(req.registry.timeouts)
         .with_lazy_snapshots(leaves)
+        .with_streamed_chain(crate::worker::streamed_chain(&plan.graph))
         .with_lease(lease)
         .with_named_contexts(named_dirs)?;
     let cancel: &AtomicBool = crate::interrupt::flag();

@@ -580,6 +580,51 @@ mod tests {
         assert_eq!(v.list(""), ["a", "b", "c"]);
     }
 
+    /// In-memory layers on top of directories: a node hides what is below its path when
+    /// it is not a directory, directories merge, symlinks resolve from the node.
+    #[test]
+    fn merges_in_memory_layers_over_directories() {
+        use crate::copy::{Ids, Node};
+        let t = tempfile::tempdir().unwrap();
+        let l1 = layer(t.path(), "l1", &[("a/x", "1"), ("b/z", "1"), ("c/d", "1")]);
+        let node = |kind: NodeKind, mode: u32| Node {
+            kind,
+            mode,
+            owner: Ids { uid: 7, gid: 8 },
+            mtime: None,
+            xattrs_from: None,
+        };
+        let file = |p: &Path| NodeKind::File {
+            from: p.to_path_buf(),
+            len: 1,
+            link: None,
+        };
+        let mut m1 = Entries::new();
+        m1.insert("a".into(), node(NodeKind::Dir, 0o700));
+        m1.insert("a/new".into(), node(NodeKind::Data(b"n".to_vec()), 0o600));
+        m1.insert("c".into(), node(file(&l1.join("a/x")), 0o644));
+        let mut m2 = Entries::new();
+        m2.insert("a".into(), node(NodeKind::Dir, 0o755));
+        m2.insert("a/to-b".into(), node(NodeKind::Symlink("../b".into()), 0o777));
+        let mut v = LayeredFs::new(vec![l1], "test");
+        v.push_entries(Arc::new(m1));
+        v.push_entries(Arc::new(m2));
+        assert!(v.has_entries());
+        assert_eq!(v.list(""), ["a", "b", "c"]);
+        assert_eq!(v.list("a"), ["new", "to-b", "x"]);
+        assert!(v.list("c").is_empty(), "a file hides the directory below");
+        assert!(v.stat("c/d").is_none());
+        match v.stat("a") {
+            Some(Stat::Mem(n)) => assert_eq!(n.mode, 0o755, "the top layer's"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(v.stat("a/new").unwrap().read().unwrap(), b"n");
+        assert_eq!(v.stat("c").unwrap().read().unwrap(), b"1");
+        assert!(matches!(v.stat("a/x"), Some(Stat::Disk(_))));
+        assert!(v.lstat("a/new").is_none(), "lstat sees entries on disk only");
+        assert_eq!(resolve(&v, "a/to-b/z", true).unwrap(), "b/z");
+    }
+
     #[test]
     fn resolve_stays_inside_the_root() {
         let t = tempfile::tempdir().unwrap();

@@ -443,7 +443,19 @@ impl SourceFs for LayeredFs {
     fn stat(&self, rel: &str) -> Option<Stat> {
         let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
         if comps.is_empty() {
-            let top = self.layers.last()?;
+            let Some(top) = self.layers.last() else {
+                // The root of in-memory layers alone (over scratch): no layer has an
+                // entry for it, and only its being a directory matters to COPY.
+                return (!self.mem.is_empty()).then(|| {
+                    Stat::Mem(Node {
+                        kind: NodeKind::Dir,
+                        mode: 0o755,
+                        owner: crate::copy::Ids { uid: 0, gid: 0 },
+                        mtime: None,
+                        xattrs_from: None,
+                    })
+                });
+            };
             let meta = std::fs::symlink_metadata(top).ok()?;
             return Some(Stat::Disk(Entry {
                 path: top.clone(),
@@ -623,6 +635,26 @@ mod tests {
         assert!(matches!(v.stat("a/x"), Some(Stat::Disk(_))));
         assert!(v.lstat("a/new").is_none(), "lstat sees entries on disk only");
         assert_eq!(resolve(&v, "a/to-b/z", true).unwrap(), "b/z");
+    }
+
+    #[test]
+    fn in_memory_layers_alone_have_a_root() {
+        let mut m = Entries::new();
+        m.insert(
+            "f".into(),
+            crate::copy::Node {
+                kind: NodeKind::Data(Vec::new()),
+                mode: 0o644,
+                owner: crate::copy::Ids { uid: 0, gid: 0 },
+                mtime: None,
+                xattrs_from: None,
+            },
+        );
+        let mut v = LayeredFs::new(Vec::new(), "scratch");
+        assert!(v.stat("").is_none());
+        v.push_entries(Arc::new(m));
+        assert!(v.stat("").unwrap().is_dir());
+        assert_eq!(v.list(""), ["f"]);
     }
 
     #[test]

@@ -154,7 +154,10 @@ fn a_chain_of_copies_gives_the_layers_it_gives_when_staged() {
                  COPY --from=src / /whole/\n\
                  WORKDIR /data/deep/er/new\n";
     let ws = Workspace::new();
-    let ctx = context(&ws, &format!("{chain}FROM s AS after\nCOPY --link app/a.txt /later.txt\n"));
+    let ctx = context(
+        &ws,
+        &format!("{chain}FROM s AS after\nCOPY --link app/a.txt /later.txt\n"),
+    );
     write(&ctx.join("passwd"), b"app:x:1000:1001::/:/bin/sh\n", 0o644);
     let t = filetime::FileTime::from_unix_time(MTIME, 0);
     filetime::set_file_times(ctx.join("passwd"), t, t).unwrap();
@@ -162,8 +165,20 @@ fn a_chain_of_copies_gives_the_layers_it_gives_when_staged() {
     let staged = build(&ws, "staged", &ctx, "after");
     assert_eq!(streamed.len(), 8, "{streamed:?}");
     assert_eq!(staged.len(), 9, "{staged:?}");
-    assert_eq!(streamed[..], staged[..8], "the streamed layers are the staged ones");
-    assert_eq!(snapshots(&ws, "streamed"), 0, "no tree on disk for the chain");
+    assert_eq!(
+        streamed[..],
+        staged[..8],
+        "the streamed layers are the staged ones"
+    );
+    assert_eq!(
+        snapshots(&ws, "streamed"),
+        0,
+        "no tree on disk for the chain"
+    );
     // Each step of `s` and `src` staged: the merge reads them as directories.
-    assert!(snapshots(&ws, "staged") >= 8, "{}", snapshots(&ws, "staged"));
+    assert!(
+        snapshots(&ws, "staged") >= 8,
+        "{}",
+        snapshots(&ws, "staged")
+    );
 }

@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::fs::Metadata;
-use std::sync::Arc;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use kiln_frontend::dockerignore::PatternMatcher;
 
@@ -446,15 +446,13 @@ impl SourceFs for LayeredFs {
             let Some(top) = self.layers.last() else {
                 // The root of in-memory layers alone (over scratch): no layer has an
                 // entry for it, and only its being a directory matters to COPY.
-                return (!self.mem.is_empty()).then(|| {
-                    Stat::Mem(Node {
-                        kind: NodeKind::Dir,
-                        mode: 0o755,
-                        owner: crate::copy::Ids { uid: 0, gid: 0 },
-                        mtime: None,
-                        xattrs_from: None,
-                    })
-                });
+                return (!self.mem.is_empty()).then_some(Stat::Mem(Node {
+                    kind: NodeKind::Dir,
+                    mode: 0o755,
+                    owner: crate::copy::Ids { uid: 0, gid: 0 },
+                    mtime: None,
+                    xattrs_from: None,
+                }));
             };
             let meta = std::fs::symlink_metadata(top).ok()?;
             return Some(Stat::Disk(Entry {
@@ -617,7 +615,10 @@ mod tests {
         m1.insert("c".into(), node(file(&l1.join("a/x")), 0o644));
         let mut m2 = Entries::new();
         m2.insert("a".into(), node(NodeKind::Dir, 0o755));
-        m2.insert("a/to-b".into(), node(NodeKind::Symlink("../b".into()), 0o777));
+        m2.insert(
+            "a/to-b".into(),
+            node(NodeKind::Symlink("../b".into()), 0o777),
+        );
         let mut v = LayeredFs::new(vec![l1], "test");
         v.push_entries(Arc::new(m1));
         v.push_entries(Arc::new(m2));
@@ -633,7 +634,10 @@ mod tests {
         assert_eq!(v.stat("a/new").unwrap().read().unwrap(), b"n");
         assert_eq!(v.stat("c").unwrap().read().unwrap(), b"1");
         assert!(matches!(v.stat("a/x"), Some(Stat::Disk(_))));
-        assert!(v.lstat("a/new").is_none(), "lstat sees entries on disk only");
+        assert!(
+            v.lstat("a/new").is_none(),
+            "lstat sees entries on disk only"
+        );
         assert_eq!(resolve(&v, "a/to-b/z", true).unwrap(), "b/z");
     }
 

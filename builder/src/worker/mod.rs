@@ -577,8 +577,8 @@ impl<'a> BuildWorker<'a> {
             .iter()
             .map(|(rel, node)| layer_entry(rel, node.clone()))
             .collect();
-        let layer = self
-            .write_blob(|out| kiln_layer::write_layer_entries(entries, &self.layer_opts, out))?;
+        let layer =
+            self.write_blob(|out| kiln_layer::write_layer_entries(entries, &self.layer_opts, out))?;
         self.streamed_layers
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(layer)

@@ -148,8 +148,6 @@ pub struct BuildWorker<'a> {
     streamed: std::collections::HashSet<VertexId>,
     /// The entries of the layers the ops in `streamed` wrote, by diff_id.
     kept: std::sync::Mutex<HashMap<Digest, std::sync::Arc<kiln_fs::Entries>>>,
-    /// How many layers were written from memory, with no tree on disk.
-    streamed_layers: std::sync::atomic::AtomicUsize,
     /// Diff directories being deleted in the background.
     trash: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// The build's lease: every cache record it hits and every layer it uses is added
@@ -204,7 +202,6 @@ impl<'a> BuildWorker<'a> {
             lazy: Default::default(),
             streamed: Default::default(),
             kept: Default::default(),
-            streamed_layers: Default::default(),
             trash: Default::default(),
             lease: None,
             imported: None,
@@ -245,12 +242,6 @@ impl<'a> BuildWorker<'a> {
     pub fn with_streamed_chain(mut self, vertices: impl IntoIterator<Item = VertexId>) -> Self {
         self.streamed = vertices.into_iter().collect();
         self
-    }
-
-    /// How many layers this worker wrote straight from their sources (no tree on disk).
-    pub fn streamed_layers(&self) -> usize {
-        self.streamed_layers
-            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Uses `timeouts` (`--network-timeout`) for `ADD <url>` downloads.
@@ -577,11 +568,7 @@ impl<'a> BuildWorker<'a> {
             .iter()
             .map(|(rel, node)| layer_entry(rel, node.clone()))
             .collect();
-        let layer =
-            self.write_blob(|out| kiln_layer::write_layer_entries(entries, &self.layer_opts, out))?;
-        self.streamed_layers
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(layer)
+        self.write_blob(|out| kiln_layer::write_layer_entries(entries, &self.layer_opts, out))
     }
 
     /// Writes a layer blob with `write` and records its chunks.

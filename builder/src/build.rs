@@ -925,6 +925,7 @@ fn build_inner(
         .with_recorder(recorder)
         .with_network_timeouts(req.registry.timeouts)
         .with_lazy_snapshots(leaves)
+        .with_streamed_chain(crate::worker::streamed_chain(&plan.graph))
         .with_lease(lease)
         .with_named_contexts(named_dirs)?;
     let cancel: &AtomicBool = crate::interrupt::flag();
@@ -1334,6 +1335,33 @@ mod tests {
             .collect();
         l.sort_by_key(|l| l.number);
         l.into_iter().map(|l| l.name).collect()
+    }
+
+    /// The instructions of the file ops [`crate::worker::streamed_chain`] picks.
+    fn streamed(dockerfile: &str) -> Vec<String> {
+        let (_, df) = kiln_frontend::load(dockerfile).unwrap();
+        let plan = convert::convert(&df, &ConvertOptions::default(), &NoResolver).unwrap();
+        let mut out: Vec<String> = crate::worker::streamed_chain(&plan.graph)
+            .into_iter()
+            .map(|id| plan.graph.vertex(id).origins[0].instruction.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn copies_only_later_copies_read_are_streamed() {
+        // Each COPY of the final stage but the last (a leaf) is read only by the next.
+        let df = "FROM busybox AS a\nRUN make\nFROM busybox\n\
+                  COPY --from=a /out /a\nCOPY x /x\nCOPY y /y\n";
+        assert_eq!(streamed(df), ["COPY --from=a /out /a", "COPY x /x"]);
+        // A RUN needs the snapshot of the COPY below it, and that one of the COPYs below.
+        let df = "FROM busybox\nCOPY x /x\nCOPY y /y\nRUN make\nCOPY z /z\n";
+        assert!(streamed(df).is_empty(), "{:?}", streamed(df));
+        // A stage read by a COPY --from is streamed; one a RUN mounts is not.
+        let df = "FROM scratch AS s\nCOPY x /x\nFROM busybox AS m\nCOPY y /y\n\
+                  FROM busybox\nRUN --mount=from=m,target=/m make\nCOPY --from=s /x /x\n";
+        assert_eq!(streamed(df), ["COPY x /x"]);
     }
 
     #[test]

@@ -186,7 +186,10 @@ pub fn context_tree(
     let mut entries: Vec<(String, Entry)> = Vec::new();
     for src in sources {
         for m in expand_source(fs, src)? {
-            walk(fs, &m.rel, m.entry, &mut entries);
+            // A context's entries are all on disk.
+            if let kiln_fs::Stat::Disk(entry) = m.entry {
+                walk(fs, &m.rel, entry, &mut entries);
+            }
         }
     }
     let owners = fs.keeps_owners();

@@ -124,3 +124,61 @@ fn a_last_add_of_an_archive_gives_the_layer_it_gives_when_staged() {
          COPY app/a.txt /later.txt\n",
     );
 }
+
+/// The snapshots a store keeps.
+fn snapshots(ws: &Workspace, name: &str) -> usize {
+    let store = kiln_cache::Store::open(ws.path(&format!("store-{name}"))).unwrap();
+    fs::read_dir(store.snapshots_dir())
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Issue 14, must-have 1: a chain of COPYs only later COPYs read (as their base, or as
+/// a `--from` source) is written from the sources with no tree on disk, and gives the
+/// layers it gives when each step is staged (a `COPY --link` stage on top reads the
+/// chain as a merge, which needs snapshots).
+#[test]
+fn a_chain_of_copies_gives_the_layers_it_gives_when_staged() {
+    require_root!();
+    let chain = "FROM scratch AS src\n\
+                 COPY app /app/\n\
+                 FROM scratch AS s\n\
+                 COPY passwd /etc/passwd\n\
+                 COPY app /data/\n\
+                 # into a directory the COPY before made, and over a file it made\n\
+                 COPY app/a.txt /data/bin/\n\
+                 COPY --chmod=600 app/bin/tool /data/a.txt\n\
+                 # owners by name from the passwd an earlier COPY wrote, into its dirs\n\
+                 COPY --chown=app --chmod=u+s,g=rx app/deep /data/deep/\n\
+                 COPY --from=src /app/link /app/a.txt /app/deep /from-src/\n\
+                 COPY --from=src / /whole/\n\
+                 WORKDIR /data/deep/er/new\n";
+    let ws = Workspace::new();
+    let ctx = context(
+        &ws,
+        &format!("{chain}FROM s AS after\nCOPY --link app/a.txt /later.txt\n"),
+    );
+    write(&ctx.join("passwd"), b"app:x:1000:1001::/:/bin/sh\n", 0o644);
+    let t = filetime::FileTime::from_unix_time(MTIME, 0);
+    filetime::set_file_times(ctx.join("passwd"), t, t).unwrap();
+    let streamed = build(&ws, "streamed", &ctx, "s");
+    let staged = build(&ws, "staged", &ctx, "after");
+    assert_eq!(streamed.len(), 8, "{streamed:?}");
+    assert_eq!(staged.len(), 9, "{staged:?}");
+    assert_eq!(
+        streamed[..],
+        staged[..8],
+        "the streamed layers are the staged ones"
+    );
+    assert_eq!(
+        snapshots(&ws, "streamed"),
+        0,
+        "no tree on disk for the chain"
+    );
+    // Each step of `s` and `src` staged: the merge reads them as directories.
+    assert!(
+        snapshots(&ws, "staged") >= 8,
+        "{}",
+        snapshots(&ws, "staged")
+    );
+}

@@ -14,7 +14,7 @@ use kiln_ops::Chown;
 use crate::error::{FsError, IoContext, Result};
 use crate::glob;
 use crate::name::{for_matching, to_path};
-use crate::view::{Entry, SourceFs, join, resolve};
+use crate::view::{SourceFs, Stat, join, resolve};
 
 use filetime::FileTime;
 use tree::{DiskTree, MemTree, Tree};
@@ -35,8 +35,9 @@ pub struct Ids {
 /// A lone numeric user gets the same gid, a lone name gets the user's primary group.
 pub fn resolve_chown(chown: &Chown, base: &dyn SourceFs) -> Result<Ids> {
     let read = |file: &str| -> String {
-        base.lstat(&resolve(base, file, true).unwrap_or_default())
-            .and_then(|e| fs::read_to_string(e.path).ok())
+        base.stat(&resolve(base, file, true).unwrap_or_default())
+            .and_then(|e| e.read().ok())
+            .and_then(|b| String::from_utf8(b).ok())
             .unwrap_or_default()
     };
     let lookup = |db: &str, name: &str, field: usize| -> Option<(u32, Option<u32>)> {
@@ -203,8 +204,9 @@ impl<'a> Upper<'a> {
                 Some(false) => self.tree.remove(&cur)?,
                 None => {}
             }
-            let node = match self.base.lstat(&cur).filter(|e| e.meta.is_dir()) {
-                Some(e) => Self::new_dir(
+            let node = match self.base.stat(&cur).filter(Stat::is_dir) {
+                Some(Stat::Mem(n)) => Self::new_dir(n.mode, n.owner, n.mtime, n.xattrs_from),
+                Some(Stat::Disk(e)) => Self::new_dir(
                     e.meta.mode() & 0o7777,
                     Ids {
                         uid: e.meta.uid(),
@@ -226,7 +228,7 @@ impl<'a> Upper<'a> {
 
     /// Whether `rel` is a directory in the upper dir or the base.
     fn is_dir(&self, rel: &str) -> bool {
-        self.tree.kind(rel) == Some(true) || self.base.lstat(rel).is_some_and(|e| e.meta.is_dir())
+        self.tree.kind(rel) == Some(true) || self.base.stat(rel).is_some_and(|e| e.is_dir())
     }
 
     /// Resolves a destination path through the base's symlinks.
@@ -265,7 +267,7 @@ impl<'a> Upper<'a> {
         let exclude = PatternMatcher::new(&opts.exclude)?;
         for Source { rel, entry, name } in matches {
             let pivot = parents_path(src, &rel);
-            if entry.meta.is_dir() {
+            if entry.is_dir() {
                 let target = if opts.parents {
                     join(&dest_rel, &pivot)
                 } else {
@@ -275,12 +277,13 @@ impl<'a> Upper<'a> {
                 self.copy_children(source, &rel, &target, opts, &exclude, "")?;
                 continue;
             }
-            if unpack && is_archive(&entry.path)? {
+            if unpack && is_archive_entry(&entry)? {
                 let Some(dir) = self.tree.disk_dir().map(Path::to_path_buf) else {
                     return Err(FsError::NeedsDisk);
                 };
                 self.ensure_dir(&dest_rel, opts.owner)?;
-                extract_archive(&entry.path, &dir.join(to_path(&dest_rel)), opts.owner)?;
+                let path = entry.path().unwrap_or(Path::new("")).to_path_buf();
+                extract_archive(&path, &dir.join(to_path(&dest_rel)), opts.owner)?;
                 continue;
             }
             let target = if opts.parents {
@@ -317,7 +320,7 @@ impl<'a> Upper<'a> {
     ) -> Result<()> {
         for name in source.list(rel) {
             let child_rel = join(rel, &name);
-            let Some(child) = source.lstat(&child_rel) else {
+            let Some(child) = source.stat(&child_rel) else {
                 continue;
             };
             let child_inner = join(inner, &name);
@@ -326,7 +329,7 @@ impl<'a> Upper<'a> {
             }
             let child_target = join(target, &name);
             self.copy_entry(source, &child, &child_target, opts)?;
-            if child.meta.is_dir() {
+            if child.is_dir() {
                 self.copy_children(
                     source,
                     &child_rel,
@@ -344,25 +347,45 @@ impl<'a> Upper<'a> {
     fn copy_entry(
         &mut self,
         source: &dyn SourceFs,
-        entry: &Entry,
+        entry: &Stat,
         target: &str,
         opts: &CopyOptions,
     ) -> Result<()> {
-        let meta = &entry.meta;
-        let ft = meta.file_type();
+        let is_dir = entry.is_dir();
         match self.tree.kind(target) {
-            Some(true) if ft.is_dir() => {}
+            Some(true) if is_dir => {}
             Some(_) => self.tree.remove(target)?,
             None => {}
         }
+        let node = match entry {
+            Stat::Disk(e) => Self::disk_node(e)?,
+            Stat::Mem(n) => n.clone(),
+        };
         let owner = opts.owner.unwrap_or(if source.keeps_owners() {
-            Ids {
-                uid: meta.uid(),
-                gid: meta.gid(),
-            }
+            node.owner
         } else {
             Ids { uid: 0, gid: 0 }
         });
+        let symlink = matches!(node.kind, NodeKind::Symlink(_));
+        let mode = match (&opts.chmod, symlink) {
+            (_, true) => 0o777,
+            (Some(spec), false) => apply_chmod(spec, node.mode, is_dir)?,
+            (None, false) => node.mode,
+        };
+        self.tree.put(
+            target,
+            Node {
+                mode,
+                owner,
+                ..node
+            },
+        )
+    }
+
+    /// An entry on disk as the node a copy of it starts from.
+    fn disk_node(entry: &crate::view::Entry) -> Result<Node> {
+        let meta = &entry.meta;
+        let ft = meta.file_type();
         let kind = if ft.is_dir() {
             NodeKind::Dir
         } else if ft.is_symlink() {
@@ -377,21 +400,16 @@ impl<'a> Upper<'a> {
             return Err(FsError::UnsupportedFileType(entry.path.clone()));
         };
         let symlink = ft.is_symlink();
-        let mode = match (&opts.chmod, symlink) {
-            (_, true) => 0o777,
-            (Some(spec), false) => apply_chmod(spec, meta.mode(), ft.is_dir())?,
-            (None, false) => meta.mode() & 0o7777,
-        };
-        self.tree.put(
-            target,
-            Node {
-                kind,
-                mode,
-                owner,
-                mtime: Some(FileTime::from_last_modification_time(meta)),
-                xattrs_from: (!symlink).then(|| entry.path.clone()),
+        Ok(Node {
+            kind,
+            mode: meta.mode() & 0o7777,
+            owner: Ids {
+                uid: meta.uid(),
+                gid: meta.gid(),
             },
-        )
+            mtime: Some(FileTime::from_last_modification_time(meta)),
+            xattrs_from: (!symlink).then(|| entry.path.clone()),
+        })
     }
 
     /// Makes room for a file at `rel`: an error naming `shown` when a directory is there.
@@ -501,7 +519,7 @@ pub struct Source {
     /// Its path in the source tree, symlinks resolved.
     pub rel: String,
     /// The entry at `rel`.
-    pub entry: Entry,
+    pub entry: Stat,
     /// The name it is copied under: the last component of the path as written or
     /// matched, before a final symlink is followed (`/bin/sh` is copied as `sh` even
     /// when it links to `busybox`).
@@ -515,7 +533,7 @@ pub fn expand_source(source: &dyn SourceFs, src: &str) -> Result<Vec<Source>> {
     let last_name = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
     if !glob::has_wildcard(&cleaned) {
         let rel = resolve(source, &cleaned, true)?;
-        return match source.lstat(&rel) {
+        return match source.stat(&rel) {
             Some(entry) => Ok(vec![Source {
                 name: last_name(&cleaned),
                 rel,
@@ -540,7 +558,7 @@ pub fn expand_source(source: &dyn SourceFs, src: &str) -> Result<Vec<Source>> {
             } else {
                 let unescaped: String = comp.replace('\\', "");
                 let p = join(dir, &unescaped);
-                if source.lstat(&p).is_some() {
+                if source.stat(&p).is_some() {
                     next.push(p);
                 }
             }
@@ -551,7 +569,7 @@ pub fn expand_source(source: &dyn SourceFs, src: &str) -> Result<Vec<Source>> {
         .into_iter()
         .filter_map(|matched| {
             let rel = resolve(source, &matched, true).ok()?;
-            let entry = source.lstat(&rel)?;
+            let entry = source.stat(&rel)?;
             Some(Source {
                 name: last_name(&matched),
                 rel,
@@ -581,6 +599,18 @@ pub fn clean_rel(src: &str) -> Option<String> {
         }
     }
     Some(parts.join("/"))
+}
+
+/// Whether a source entry is a local archive ADD extracts.
+fn is_archive_entry(entry: &Stat) -> Result<bool> {
+    match entry {
+        Stat::Disk(e) => is_archive(&e.path),
+        Stat::Mem(Node {
+            kind: NodeKind::File { from, .. },
+            ..
+        }) => is_archive(from),
+        Stat::Mem(_) => Ok(false),
+    }
 }
 
 /// Whether a local file is an archive ADD extracts (tar, gzip, bzip2, xz, zstd).

@@ -16,4 +16,4 @@ pub use copy::{
     resolve_chown,
 };
 pub use error::{FsError, Result};
-pub use view::{ContextFs, Entry, LayeredFs, SourceFs, resolve};
+pub use view::{ContextFs, Entry, LayeredFs, SourceFs, Stat, resolve};

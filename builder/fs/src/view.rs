@@ -6,9 +6,11 @@ use std::collections::BTreeMap;
 use std::fs::Metadata;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use kiln_frontend::dockerignore::PatternMatcher;
 
+use crate::copy::{Entries, Node, NodeKind};
 use crate::error::{FsError, IoContext, Result};
 use crate::name::{encode, for_matching, to_path};
 
@@ -21,11 +23,80 @@ pub struct Entry {
     pub meta: Metadata,
 }
 
+/// An entry as a file op sees it: one on disk, or one of a layer this build wrote from
+/// its sources and kept in memory (see [`LayeredFs::push_entries`]), whose attributes
+/// are the node's (after `--chown`/`--chmod`), not those of the file its bytes are in.
+#[derive(Debug, Clone)]
+pub enum Stat {
+    /// An entry on disk.
+    Disk(Entry),
+    /// An entry of an in-memory layer.
+    Mem(Node),
+}
+
+impl Stat {
+    /// Whether it is a directory.
+    pub fn is_dir(&self) -> bool {
+        match self {
+            Stat::Disk(e) => e.meta.is_dir(),
+            Stat::Mem(n) => n.kind == NodeKind::Dir,
+        }
+    }
+
+    /// Whether it is a symlink.
+    pub fn is_symlink(&self) -> bool {
+        match self {
+            Stat::Disk(e) => e.meta.file_type().is_symlink(),
+            Stat::Mem(n) => matches!(n.kind, NodeKind::Symlink(_)),
+        }
+    }
+
+    /// A symlink's target.
+    pub fn link_target(&self) -> std::io::Result<PathBuf> {
+        match self {
+            Stat::Disk(e) => std::fs::read_link(&e.path),
+            Stat::Mem(Node {
+                kind: NodeKind::Symlink(t),
+                ..
+            }) => Ok(t.clone()),
+            Stat::Mem(_) => Err(std::io::Error::from(std::io::ErrorKind::InvalidInput)),
+        }
+    }
+
+    /// A regular file's bytes.
+    pub fn read(&self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Stat::Disk(e) => std::fs::read(&e.path),
+            Stat::Mem(n) => match &n.kind {
+                NodeKind::File { from, .. } => std::fs::read(from),
+                NodeKind::Data(d) => Ok(d.clone()),
+                _ => Err(std::io::Error::from(std::io::ErrorKind::InvalidInput)),
+            },
+        }
+    }
+
+    /// The file on disk whose bytes (a regular file's) or extended attributes it has.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Stat::Disk(e) => Some(&e.path),
+            Stat::Mem(n) => match &n.kind {
+                NodeKind::File { from, .. } => Some(from),
+                _ => n.xattrs_from.as_deref(),
+            },
+        }
+    }
+}
+
 /// A tree COPY can read from. Paths are relative, `/`-separated, without leading `/`;
 /// `""` is the root.
 pub trait SourceFs: Sync {
-    /// The entry at `rel` (not following a final symlink).
+    /// The entry at `rel` (not following a final symlink), when it is on disk: an entry
+    /// of an in-memory layer is seen only through [`SourceFs::stat`].
     fn lstat(&self, rel: &str) -> Option<Entry>;
+    /// The entry at `rel` (not following a final symlink), wherever it is kept.
+    fn stat(&self, rel: &str) -> Option<Stat> {
+        self.lstat(rel).map(Stat::Disk)
+    }
     /// The names in directory `rel`, sorted.
     fn list(&self, rel: &str) -> Vec<String>;
     /// Whether paths are owned by the image (keep uid/gid) rather than the user's context
@@ -66,13 +137,13 @@ pub fn resolve(fs: &dyn SourceFs, rel: &str, follow_last: bool) -> Result<String
         }
         let candidate = join(&done.join("/"), &c);
         let is_last = todo.is_empty();
-        match fs.lstat(&candidate) {
-            Some(e) if e.meta.file_type().is_symlink() && (follow_last || !is_last) => {
+        match fs.stat(&candidate) {
+            Some(e) if e.is_symlink() && (follow_last || !is_last) => {
                 hops += 1;
                 if hops > 40 {
                     return Err(FsError::SymlinkLoop(rel.to_string()));
                 }
-                let target = std::fs::read_link(&e.path)?;
+                let target = e.link_target()?;
                 let target = encode(target.as_os_str()).into_owned();
                 if target.starts_with('/') {
                     done.clear();
@@ -237,9 +308,13 @@ impl SourceFs for ContextFs {
 }
 
 /// Layers (unpacked diffs, bottom first) seen as one tree, as overlayfs would show them.
+/// The top layers may be entry lists kept in memory ([`LayeredFs::push_entries`]): the
+/// results of file ops of this build written straight from their sources.
 #[derive(Debug, Clone, Default)]
 pub struct LayeredFs {
     layers: Vec<PathBuf>,
+    /// Over `layers`, bottom first.
+    mem: Vec<Arc<Entries>>,
     name: String,
 }
 
@@ -259,7 +334,7 @@ fn is_opaque(dir: &Path) -> bool {
 }
 
 enum Found {
-    Entry(Entry),
+    Entry(Stat),
     Hidden,
 }
 
@@ -268,13 +343,27 @@ impl LayeredFs {
     pub fn new(layers: Vec<PathBuf>, name: impl Into<String>) -> LayeredFs {
         LayeredFs {
             layers,
+            mem: Vec::new(),
             name: name.into(),
         }
     }
 
-    /// The layer directories, bottom first.
+    /// Adds a layer kept in memory on top: the entries an in-memory [`crate::Upper`]
+    /// made (files read from where their bytes are, attributes the nodes'). Such a layer
+    /// has no whiteouts or opaque directories (a file op adds and replaces, never
+    /// deletes): a non-directory hides what lower layers have below its path.
+    pub fn push_entries(&mut self, entries: Arc<Entries>) {
+        self.mem.push(entries);
+    }
+
+    /// The layer directories on disk, bottom first (the in-memory layers are not in it).
     pub fn layers(&self) -> &[PathBuf] {
         &self.layers
+    }
+
+    /// Whether some layers are kept in memory (such a view cannot be mounted).
+    pub fn has_entries(&self) -> bool {
+        !self.mem.is_empty()
     }
 
     /// Looks `rel` up in one layer: found, hidden for lower layers, or absent (`None`).
@@ -293,7 +382,7 @@ impl LayeredFs {
                 return Some(Found::Hidden);
             }
             if i + 1 == comps.len() {
-                return Some(Found::Entry(Entry { path: p, meta }));
+                return Some(Found::Entry(Stat::Disk(Entry { path: p, meta })));
             }
             if !meta.is_dir() {
                 return Some(Found::Hidden);
@@ -304,38 +393,111 @@ impl LayeredFs {
         }
         None
     }
-}
 
-impl SourceFs for LayeredFs {
-    fn lstat(&self, rel: &str) -> Option<Entry> {
-        let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
-        if comps.is_empty() {
-            let top = self.layers.last()?;
-            let meta = std::fs::symlink_metadata(top).ok()?;
-            return Some(Entry {
-                path: top.clone(),
-                meta,
-            });
-        }
-        for layer in self.layers.iter().rev() {
-            match Self::lookup_in(layer, &comps) {
-                Some(Found::Entry(e)) => return Some(e),
-                Some(Found::Hidden) => return None,
-                None => continue,
+    /// Looks `rel` up in an in-memory layer, as [`LayeredFs::lookup_in`] does.
+    fn lookup_mem(entries: &Entries, comps: &[&str]) -> Option<Found> {
+        let mut cur = String::new();
+        for (i, c) in comps.iter().enumerate() {
+            if !cur.is_empty() {
+                cur.push('/');
+            }
+            cur.push_str(c);
+            // Every entry's parents are in the list: an absent one is absent below.
+            let node = entries.get(&cur)?;
+            if i + 1 == comps.len() {
+                return Some(Found::Entry(Stat::Mem(node.clone())));
+            }
+            if node.kind != NodeKind::Dir {
+                return Some(Found::Hidden);
             }
         }
         None
     }
 
+    /// The names directly in directory `prefix` (`""`: the root) of an in-memory layer.
+    fn mem_children<'e>(entries: &'e Entries, prefix: &str) -> impl Iterator<Item = &'e str> {
+        let (from, to) = if prefix.is_empty() {
+            (String::new(), None)
+        } else {
+            (format!("{prefix}/"), Some(format!("{prefix}0")))
+        };
+        let skip = from.len();
+        let range = match to {
+            Some(to) => entries.range(from..to),
+            None => entries.range(from..),
+        };
+        range
+            .map(move |(k, _)| &k[skip..])
+            .filter(|name| !name.is_empty() && !name.contains('/'))
+    }
+}
+
+impl SourceFs for LayeredFs {
+    fn lstat(&self, rel: &str) -> Option<Entry> {
+        match self.stat(rel)? {
+            Stat::Disk(e) => Some(e),
+            Stat::Mem(_) => None,
+        }
+    }
+
+    fn stat(&self, rel: &str) -> Option<Stat> {
+        let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+        if comps.is_empty() {
+            let Some(top) = self.layers.last() else {
+                // The root of in-memory layers alone (over scratch): no layer has an
+                // entry for it, and only its being a directory matters to COPY.
+                return (!self.mem.is_empty()).then_some(Stat::Mem(Node {
+                    kind: NodeKind::Dir,
+                    mode: 0o755,
+                    owner: crate::copy::Ids { uid: 0, gid: 0 },
+                    mtime: None,
+                    xattrs_from: None,
+                }));
+            };
+            let meta = std::fs::symlink_metadata(top).ok()?;
+            return Some(Stat::Disk(Entry {
+                path: top.clone(),
+                meta,
+            }));
+        }
+        let found = self
+            .mem
+            .iter()
+            .rev()
+            .find_map(|m| Self::lookup_mem(m, &comps))
+            .or_else(|| {
+                self.layers
+                    .iter()
+                    .rev()
+                    .find_map(|l| Self::lookup_in(l, &comps))
+            });
+        match found? {
+            Found::Entry(e) => Some(e),
+            Found::Hidden => None,
+        }
+    }
+
     fn list(&self, rel: &str) -> Vec<String> {
         let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
         let mut names: BTreeMap<String, bool> = BTreeMap::new(); // name -> visible
+        for m in self.mem.iter().rev() {
+            if !comps.is_empty() {
+                match Self::lookup_mem(m, &comps) {
+                    Some(Found::Entry(e)) if e.is_dir() => {}
+                    Some(_) => return visible(names),
+                    None => continue,
+                }
+            }
+            for name in Self::mem_children(m, &comps.join("/")) {
+                names.entry(name.to_string()).or_insert(true);
+            }
+        }
         for layer in self.layers.iter().rev() {
             let dir = if comps.is_empty() {
                 layer.clone()
             } else {
                 match Self::lookup_in(layer, &comps) {
-                    Some(Found::Entry(e)) if e.meta.is_dir() => e.path,
+                    Some(Found::Entry(Stat::Disk(e))) if e.meta.is_dir() => e.path,
                     Some(_) => break,
                     None => continue,
                 }
@@ -356,11 +518,7 @@ impl SourceFs for LayeredFs {
                 break;
             }
         }
-        names
-            .into_iter()
-            .filter(|(_, visible)| *visible)
-            .map(|(n, _)| n)
-            .collect()
+        visible(names)
     }
 
     fn keeps_owners(&self) -> bool {
@@ -370,6 +528,15 @@ impl SourceFs for LayeredFs {
     fn describe(&self) -> String {
         self.name.clone()
     }
+}
+
+/// The visible names of a merged listing.
+fn visible(names: BTreeMap<String, bool>) -> Vec<String> {
+    names
+        .into_iter()
+        .filter(|(_, visible)| *visible)
+        .map(|(n, _)| n)
+        .collect()
 }
 
 #[cfg(test)]
@@ -421,6 +588,77 @@ mod tests {
         assert_eq!(v.list("a"), ["x"]);
         assert_eq!(v.list("b"), ["new"]);
         assert_eq!(v.list(""), ["a", "b", "c"]);
+    }
+
+    /// In-memory layers on top of directories: a node hides what is below its path when
+    /// it is not a directory, directories merge, symlinks resolve from the node.
+    #[test]
+    fn merges_in_memory_layers_over_directories() {
+        use crate::copy::{Ids, Node};
+        let t = tempfile::tempdir().unwrap();
+        let l1 = layer(t.path(), "l1", &[("a/x", "1"), ("b/z", "1"), ("c/d", "1")]);
+        let node = |kind: NodeKind, mode: u32| Node {
+            kind,
+            mode,
+            owner: Ids { uid: 7, gid: 8 },
+            mtime: None,
+            xattrs_from: None,
+        };
+        let file = |p: &Path| NodeKind::File {
+            from: p.to_path_buf(),
+            len: 1,
+            link: None,
+        };
+        let mut m1 = Entries::new();
+        m1.insert("a".into(), node(NodeKind::Dir, 0o700));
+        m1.insert("a/new".into(), node(NodeKind::Data(b"n".to_vec()), 0o600));
+        m1.insert("c".into(), node(file(&l1.join("a/x")), 0o644));
+        let mut m2 = Entries::new();
+        m2.insert("a".into(), node(NodeKind::Dir, 0o755));
+        m2.insert(
+            "a/to-b".into(),
+            node(NodeKind::Symlink("../b".into()), 0o777),
+        );
+        let mut v = LayeredFs::new(vec![l1], "test");
+        v.push_entries(Arc::new(m1));
+        v.push_entries(Arc::new(m2));
+        assert!(v.has_entries());
+        assert_eq!(v.list(""), ["a", "b", "c"]);
+        assert_eq!(v.list("a"), ["new", "to-b", "x"]);
+        assert!(v.list("c").is_empty(), "a file hides the directory below");
+        assert!(v.stat("c/d").is_none());
+        match v.stat("a") {
+            Some(Stat::Mem(n)) => assert_eq!(n.mode, 0o755, "the top layer's"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(v.stat("a/new").unwrap().read().unwrap(), b"n");
+        assert_eq!(v.stat("c").unwrap().read().unwrap(), b"1");
+        assert!(matches!(v.stat("a/x"), Some(Stat::Disk(_))));
+        assert!(
+            v.lstat("a/new").is_none(),
+            "lstat sees entries on disk only"
+        );
+        assert_eq!(resolve(&v, "a/to-b/z", true).unwrap(), "b/z");
+    }
+
+    #[test]
+    fn in_memory_layers_alone_have_a_root() {
+        let mut m = Entries::new();
+        m.insert(
+            "f".into(),
+            crate::copy::Node {
+                kind: NodeKind::Data(Vec::new()),
+                mode: 0o644,
+                owner: crate::copy::Ids { uid: 0, gid: 0 },
+                mtime: None,
+                xattrs_from: None,
+            },
+        );
+        let mut v = LayeredFs::new(Vec::new(), "scratch");
+        assert!(v.stat("").is_none());
+        v.push_entries(Arc::new(m));
+        assert!(v.stat("").unwrap().is_dir());
+        assert_eq!(v.list(""), ["f"]);
     }
 
     #[test]

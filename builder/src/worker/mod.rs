@@ -142,6 +142,12 @@ pub struct BuildWorker<'a> {
     /// is), which spares writing the tree to disk a second time; a later build that
     /// needs one unpacks it from the blob.
     lazy: std::collections::HashSet<VertexId>,
+    /// File ops read only by later file ops of this build (see [`streamed_chain`]): they
+    /// are written from their sources like those in `lazy`, with no snapshot, and their
+    /// entries are kept (by diff_id) for the views of the ops that read them.
+    streamed: std::collections::HashSet<VertexId>,
+    /// The entries of the layers the ops in `streamed` wrote, by diff_id.
+    kept: std::sync::Mutex<HashMap<Digest, std::sync::Arc<kiln_fs::Entries>>>,
     /// Diff directories being deleted in the background.
     trash: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// The build's lease: every cache record it hits and every layer it uses is added
@@ -194,6 +200,8 @@ impl<'a> BuildWorker<'a> {
             reporter: None,
             recorder: None,
             lazy: Default::default(),
+            streamed: Default::default(),
+            kept: Default::default(),
             trash: Default::default(),
             lease: None,
             imported: None,
@@ -227,6 +235,12 @@ impl<'a> BuildWorker<'a> {
     /// Vertices whose results no later vertex of this build reads.
     pub fn with_lazy_snapshots(mut self, vertices: impl IntoIterator<Item = VertexId>) -> Self {
         self.lazy = vertices.into_iter().collect();
+        self
+    }
+
+    /// File ops whose results only later file ops read (see [`streamed_chain`]).
+    pub fn with_streamed_chain(mut self, vertices: impl IntoIterator<Item = VertexId>) -> Self {
+        self.streamed = vertices.into_iter().collect();
         self
     }
 
@@ -317,12 +331,26 @@ impl<'a> BuildWorker<'a> {
         Ok(())
     }
 
-    /// A view of a filesystem output.
+    /// A view of a filesystem output: the top layers this build wrote from memory are
+    /// their kept entries, the others their snapshots (unpacked from the blob if need be).
     fn view(&self, out: &Output, name: &str) -> Result<LayeredFs> {
-        Ok(LayeredFs::new(
-            self.snapshots.chain(self.store, out.layers())?,
-            name,
-        ))
+        let layers = out.layers();
+        let mut mem = Vec::new();
+        {
+            let kept = self.kept.lock().expect("kept lock");
+            for l in layers.iter().rev() {
+                match kept.get(&l.diff_id) {
+                    Some(e) => mem.push(e.clone()),
+                    None => break,
+                }
+            }
+        }
+        let on_disk = &layers[..layers.len() - mem.len()];
+        let mut view = LayeredFs::new(self.snapshots.chain(self.store, on_disk)?, name);
+        for e in mem.into_iter().rev() {
+            view.push_entries(e);
+        }
+        Ok(view)
     }
 
     /// Runs a file op into a new layer.
@@ -353,9 +381,11 @@ impl<'a> BuildWorker<'a> {
                 .transpose()
         };
         let mut layers = base_out.map(|o| o.layers().to_vec()).unwrap_or_default();
-        if self.lazy.contains(&id) {
-            // No later step reads the result as a filesystem: the layer is written from
-            // the sources, with no tree on disk. An archive to extract needs one.
+        let streamed = self.streamed.contains(&id);
+        if streamed || self.lazy.contains(&id) {
+            // No later step reads the result as a filesystem (or only later file ops do,
+            // through the entries kept here): the layer is written from the sources,
+            // with no tree on disk. An archive to extract needs one.
             let mut upper = Upper::in_memory(&base_view);
             match self.apply_actions(f, &sources, &mut upper, &owner_of) {
                 Err(WorkerError::Fs(kiln_fs::FsError::NeedsDisk)) => {}
@@ -368,7 +398,15 @@ impl<'a> BuildWorker<'a> {
                             added: false,
                         });
                     }
-                    layers.push(self.commit_entries(entries)?);
+                    let entries = std::sync::Arc::new(entries);
+                    let layer = self.commit_entries(&entries)?;
+                    if streamed {
+                        self.kept
+                            .lock()
+                            .expect("kept lock")
+                            .insert(layer.diff_id.clone(), entries);
+                    }
+                    layers.push(layer);
                     return Ok(Output::Fs {
                         layers,
                         added: true,
@@ -525,10 +563,10 @@ impl<'a> BuildWorker<'a> {
 
     /// Writes a file op's result kept in memory as a layer blob, each file read once
     /// from its source; no snapshot is made (a later build that needs one unpacks it).
-    fn commit_entries(&self, entries: kiln_fs::Entries) -> Result<LayerRef> {
+    fn commit_entries(&self, entries: &kiln_fs::Entries) -> Result<LayerRef> {
         let entries = entries
-            .into_iter()
-            .map(|(rel, node)| layer_entry(&rel, node))
+            .iter()
+            .map(|(rel, node)| layer_entry(rel, node.clone()))
             .collect();
         self.write_blob(|out| kiln_layer::write_layer_entries(entries, &self.layer_opts, out))
     }
@@ -850,6 +888,29 @@ impl Worker for BuildWorker<'_> {
             )
             .map_err(WorkerError::CacheRecord)
     }
+}
+
+/// The file ops of `graph` that only later file ops read (as their base or a COPY
+/// source), each of which is a leaf or such an op itself: their results are never read
+/// as a directory (no RUN, mount or merge above them in this build), so they are written
+/// straight from their sources like a leaf, and the ops above read their kept entries.
+pub fn streamed_chain(graph: &kiln_ops::BuildGraph) -> std::collections::HashSet<VertexId> {
+    let mut out = std::collections::HashSet::new();
+    // Dependents first: whether one is streamed is known when its inputs are looked at.
+    for id in graph.topo_order().into_iter().rev() {
+        if !matches!(graph.vertex(id).op, Op::File(_)) {
+            continue;
+        }
+        let deps = graph.dependents(id);
+        let only_file_ops = deps.iter().all(|d| {
+            matches!(graph.vertex(*d).op, Op::File(_))
+                && (graph.dependents(*d).is_empty() || out.contains(d))
+        });
+        if !deps.is_empty() && only_file_ops {
+            out.insert(id);
+        }
+    }
+    out
 }
 
 /// Results by vertex, as the solver returns them.

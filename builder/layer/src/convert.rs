@@ -96,7 +96,8 @@ struct Headers {
     dir: bool,
 }
 
-/// Reads the next entry's headers; `None` at the end-of-archive block.
+/// Reads the next entry's headers (parsed by the `tar` crate, as the unpacker's
+/// guard does); `None` at the end-of-archive block.
 fn read_headers(r: &mut impl Read) -> io::Result<Option<Headers>> {
     let mut raw = Vec::with_capacity(BLOCK);
     let mut pax_path = None;
@@ -112,118 +113,45 @@ fn read_headers(r: &mut impl Read) -> io::Result<Option<Headers>> {
             }
             return Err(bad("end of archive after an extension header"));
         }
-        let typeflag = block[156];
-        let size = parse_size(&block[124..136])?;
-        match typeflag {
-            b'x' => {
-                if size > MAX_PAX {
-                    return Err(bad("extension header too large"));
-                }
-                let padded = size.div_ceil(BLOCK as u64) as usize * BLOCK;
-                let at = raw.len();
-                raw.resize(at + padded, 0);
-                r.read_exact(&mut raw[at..])?;
-                for (key, value) in pax_records(&raw[at..at + size as usize])? {
-                    match key {
-                        b"path" => pax_path = Some(value.to_vec()),
-                        b"size" => {
-                            let v = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok());
-                            pax_size = Some(v.ok_or_else(|| bad("bad PAX size"))?);
-                        }
-                        _ => {}
+        let header = tar::Header::from_byte_slice(block);
+        let kind = header.entry_type();
+        let size = header.entry_size()?;
+        if kind.is_pax_local_extensions() {
+            if size > MAX_PAX {
+                return Err(bad("extension header too large"));
+            }
+            let padded = size.div_ceil(BLOCK as u64) as usize * BLOCK;
+            let at = raw.len();
+            raw.resize(at + padded, 0);
+            r.read_exact(&mut raw[at..])?;
+            for ext in tar::PaxExtensions::new(&raw[at..at + size as usize]) {
+                let ext = ext?;
+                match ext.key_bytes() {
+                    b"path" => pax_path = Some(ext.value_bytes().to_vec()),
+                    b"size" => {
+                        let v = ext.value().ok().and_then(|s| s.parse().ok());
+                        pax_size = Some(v.ok_or_else(|| bad("bad PAX size"))?);
                     }
+                    _ => {}
                 }
             }
-            b'g' | b'L' | b'K' => return Err(bad("a header kind kiln does not write")),
-            _ => {
-                let name = pax_path.unwrap_or_else(|| ustar_name(block));
-                let size = match typeflag {
-                    b'0' | 0 | b'7' => pax_size.unwrap_or(size),
-                    _ => 0,
-                };
-                return Ok(Some(Headers {
-                    raw,
-                    name,
-                    size,
-                    regular: matches!(typeflag, b'0' | 0 | b'7'),
-                    dir: typeflag == b'5',
-                }));
-            }
+            continue;
         }
+        if kind.is_pax_global_extensions() || kind.is_gnu_longname() || kind.is_gnu_longlink() {
+            return Err(bad("a header kind kiln does not write"));
+        }
+        let regular = kind.is_file() || kind.is_contiguous();
+        let name = pax_path.unwrap_or_else(|| header.path_bytes().into_owned());
+        return Ok(Some(Headers {
+            name,
+            size: if regular { pax_size.unwrap_or(size) } else { 0 },
+            regular,
+            dir: kind.is_dir(),
+            raw,
+        }));
     }
 }
 
 fn bad(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
-}
-
-/// The name of a ustar header: `prefix/name` (NUL-terminated fields).
-fn ustar_name(block: &[u8]) -> Vec<u8> {
-    let field = |f: &[u8]| {
-        f.iter()
-            .position(|&b| b == 0)
-            .map_or(f, |n| &f[..n])
-            .to_vec()
-    };
-    let name = field(&block[..100]);
-    let prefix = if &block[257..263] == b"ustar\0" {
-        field(&block[345..500])
-    } else {
-        Vec::new()
-    };
-    if prefix.is_empty() {
-        name
-    } else {
-        [prefix.as_slice(), b"/", name.as_slice()].concat()
-    }
-}
-
-/// A header's size field: octal, or base-256 when its high bit is set.
-fn parse_size(field: &[u8]) -> io::Result<u64> {
-    if field[0] & 0x80 != 0 {
-        let mut v: u64 = u64::from(field[0] & 0x7f);
-        for &b in &field[1..] {
-            v = v
-                .checked_mul(256)
-                .and_then(|v| v.checked_add(u64::from(b)))
-                .ok_or_else(|| bad("size too large"))?;
-        }
-        return Ok(v);
-    }
-    let digits: Vec<u8> = field
-        .iter()
-        .copied()
-        .skip_while(|&b| b == b' ')
-        .take_while(|&b| (b'0'..=b'7').contains(&b))
-        .collect();
-    if digits.is_empty() {
-        return Ok(0);
-    }
-    let s = std::str::from_utf8(&digits).map_err(|_| bad("bad size"))?;
-    u64::from_str_radix(s, 8).map_err(|_| bad("bad size"))
-}
-
-/// PAX records `"<len> <key>=<value>\n"`.
-fn pax_records(mut data: &[u8]) -> io::Result<Vec<(&[u8], &[u8])>> {
-    let mut out = Vec::new();
-    while !data.is_empty() {
-        let sp = data
-            .iter()
-            .position(|&b| b == b' ')
-            .ok_or_else(|| bad("bad PAX record"))?;
-        let len: usize = std::str::from_utf8(&data[..sp])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .filter(|&l| l > sp + 1 && l <= data.len())
-            .ok_or_else(|| bad("bad PAX record length"))?;
-        let record = &data[sp + 1..len];
-        let record = record.strip_suffix(b"\n").unwrap_or(record);
-        let eq = record
-            .iter()
-            .position(|&b| b == b'=')
-            .ok_or_else(|| bad("bad PAX record"))?;
-        out.push((&record[..eq], &record[eq + 1..]));
-        data = &data[len..];
-    }
-    Ok(out)
 }

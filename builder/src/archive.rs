@@ -109,16 +109,7 @@ pub fn stored_image(store: &Store, manifest: &Digest) -> Result<BuiltImage> {
         manifest_json,
         manifest_digest: info.manifest_digest.clone(),
         manifest_descriptor: descriptor,
-        layers: info
-            .layers
-            .iter()
-            .map(|l| LayerDesc {
-                media_type: l.media_type.clone(),
-                digest: l.digest.clone(),
-                size: l.size,
-                diff_id: l.diff_id.clone(),
-            })
-            .collect(),
+        layers: info.layers.iter().map(LayerDesc::from).collect(),
     })
 }
 
@@ -138,12 +129,7 @@ pub fn fetch_layers(
             .images
             .iter()
             .flat_map(|i| &i.layers)
-            .map(|l| crate::snapshots::LayerRef {
-                digest: l.digest.clone(),
-                diff_id: l.diff_id.clone(),
-                size: l.size,
-                media_type: l.media_type.clone(),
-            })
+            .map(crate::snapshots::LayerRef::from)
             .collect();
         images.ensure_layers(&layers, None)?;
     }

@@ -1243,15 +1243,7 @@ fn assemble(
         author: target.author.clone(),
         config,
         history,
-        layers: layers
-            .iter()
-            .map(|l| LayerDesc {
-                media_type: l.media_type.clone(),
-                digest: l.digest.clone(),
-                size: l.size,
-                diff_id: l.diff_id.clone(),
-            })
-            .collect(),
+        layers: layers.iter().map(LayerDesc::from).collect(),
         annotations: BTreeMap::new(),
     };
     let built = image::build_image(&spec, MediaTypes::Oci)?;
@@ -1265,12 +1257,7 @@ fn results_layers(built: &BuiltImage) -> Vec<crate::snapshots::LayerRef> {
     built
         .layers
         .iter()
-        .map(|l| crate::snapshots::LayerRef {
-            digest: l.digest.clone(),
-            diff_id: l.diff_id.clone(),
-            size: l.size,
-            media_type: l.media_type.clone(),
-        })
+        .map(crate::snapshots::LayerRef::from)
         .collect()
 }
 

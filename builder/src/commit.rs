@@ -247,17 +247,7 @@ pub fn commit(store: &Store, req: &CommitRequest) -> Result<BuiltImage> {
         comment: req.comment.clone().filter(|c| !c.is_empty()),
         empty_layer: false,
     });
-    let mut layers: Vec<LayerDesc> = req
-        .image
-        .layers
-        .iter()
-        .map(|l| LayerDesc {
-            media_type: l.media_type.clone(),
-            digest: l.digest.clone(),
-            size: l.size,
-            diff_id: l.diff_id.clone(),
-        })
-        .collect();
+    let mut layers: Vec<LayerDesc> = req.image.layers.iter().map(LayerDesc::from).collect();
     layers.push(LayerDesc {
         media_type: info.media_type.to_string(),
         digest: info.digest,

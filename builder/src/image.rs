@@ -192,6 +192,28 @@ pub struct LayerDesc {
     pub diff_id: Digest,
 }
 
+impl From<&crate::snapshots::LayerRef> for LayerDesc {
+    fn from(l: &crate::snapshots::LayerRef) -> Self {
+        LayerDesc {
+            media_type: l.media_type.clone(),
+            digest: l.digest.clone(),
+            size: l.size,
+            diff_id: l.diff_id.clone(),
+        }
+    }
+}
+
+impl From<&LayerDesc> for crate::snapshots::LayerRef {
+    fn from(l: &LayerDesc) -> Self {
+        crate::snapshots::LayerRef {
+            digest: l.digest.clone(),
+            diff_id: l.diff_id.clone(),
+            size: l.size,
+            media_type: l.media_type.clone(),
+        }
+    }
+}
+
 /// Everything an image is built from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImageSpec {

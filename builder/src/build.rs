@@ -1204,9 +1204,7 @@ fn assemble(
         .collect();
     if !convert.is_empty() {
         images.ensure_layers(&convert, None)?;
-        for l in &mut layers[base_len..] {
-            *l = crate::worker::layer_in_compression(store, l, req.compression)?;
-        }
+        crate::worker::layers_in_compression(store, &mut layers[base_len..], req.compression)?;
     }
     let created = match req.source_date_epoch {
         Some(e) => chrono::DateTime::from_timestamp(e, 0),

@@ -944,42 +944,46 @@ fn write_layer_blob(
     })
 }
 
-/// The stored layer `layer` (made by a build step) in `compression`: the same blob if
-/// it has that media type already, else a new blob converted from it, with the bytes
-/// a build writing it in that compression gives (the diff_id is the same). A cache
-/// hit made in another compression is converted this way, as BuildKit converts at
-/// export, instead of running the step again.
-pub fn layer_in_compression(
+/// The stored layers `layers` (made by build steps) in `compression`: each kept if it
+/// has that media type already, else replaced by a new blob converted from it, with the
+/// bytes a build writing it in that compression gives (the diff_id is the same). A
+/// cache hit made in another compression is converted this way, as BuildKit converts
+/// at export, instead of running the step again.
+pub fn layers_in_compression(
     store: &Store,
-    layer: &LayerRef,
+    layers: &mut [LayerRef],
     compression: kiln_layer::Compression,
-) -> Result<LayerRef> {
-    if layer.media_type == compression.media_type() {
-        return Ok(layer.clone());
-    }
-    let path = store.blob_path(&layer.digest);
-    let file = std::fs::File::open(&path).map_err(|source| kiln_layer::LayerError::Io {
-        op: "open layer blob",
-        path: path.clone(),
-        source,
-    })?;
+) -> Result<()> {
+    // One chunk cache for them all: its index is read once.
     let opts = LayerOptions {
         compression,
         source_date_epoch: None,
         skip: None,
         chunk_cache: Some(std::sync::Arc::new(chunks::StoreChunks::new(store))),
     };
-    let what = layer.digest.to_string();
-    let converted = write_layer_blob(store, compression, |out| {
-        kiln_layer::recompress_layer(std::io::BufReader::new(file), &opts, out, &what)
-    })?;
-    if converted.diff_id != layer.diff_id {
-        return Err(WorkerError::Layer(kiln_layer::LayerError::DiffIdMismatch {
-            expected: layer.diff_id.clone(),
-            actual: converted.diff_id,
-        }));
+    for layer in layers
+        .iter_mut()
+        .filter(|l| l.media_type != compression.media_type())
+    {
+        let path = store.blob_path(&layer.digest);
+        let file = std::fs::File::open(&path).map_err(|source| kiln_layer::LayerError::Io {
+            op: "open layer blob",
+            path: path.clone(),
+            source,
+        })?;
+        let what = layer.digest.to_string();
+        let converted = write_layer_blob(store, compression, |out| {
+            kiln_layer::recompress_layer(std::io::BufReader::new(file), &opts, out, &what)
+        })?;
+        if converted.diff_id != layer.diff_id {
+            return Err(WorkerError::Layer(kiln_layer::LayerError::DiffIdMismatch {
+                expected: layer.diff_id.clone(),
+                actual: converted.diff_id,
+            }));
+        }
+        *layer = converted;
     }
-    Ok(converted)
+    Ok(())
 }
 mod chunks;
 mod exec;

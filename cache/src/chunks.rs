@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::error::{CacheError, IoContext, Result};
+use crate::hex::{decode32 as unhex, encode as hex};
 use crate::store::{CHUNKS_DIR, Store};
 
 /// A chunk's identity: a 32-byte hash of its uncompressed bytes.
@@ -130,28 +131,8 @@ struct IndexFile {
 /// A saved hash state is a few dozen bytes; anything much longer is not one.
 const MAX_STATE_LEN: usize = 256;
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn unhex_vec(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || s.len() > 2 * MAX_STATE_LEN {
-        return None;
-    }
-    (0..s.len() / 2)
-        .map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect()
-}
-
-fn unhex(s: &str) -> Option<ChunkHash> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    crate::hex::decode(s, MAX_STATE_LEN)
 }
 
 /// Codec names become directory names: lowercase letters, digits and dashes only.

@@ -34,6 +34,7 @@ mod digest;
 mod error;
 mod gc;
 mod hash;
+mod hex;
 mod index;
 mod lease;
 mod lock;

@@ -281,7 +281,7 @@ impl Serialize for FileSet {
                     e.uid,
                     e.gid,
                     e.size,
-                    e.hash.map(hex),
+                    e.hash.map(|h| crate::hex::encode(&h)),
                     e.link.clone(),
                 )
             })
@@ -301,7 +301,9 @@ impl<'de> Deserialize<'de> for FileSet {
             };
             let path = format!("{head}{rest}");
             let hash = match hash {
-                Some(h) => Some(unhex(&h).ok_or_else(|| serde::de::Error::custom("bad hash"))?),
+                Some(h) => Some(
+                    crate::hex::decode32(&h).ok_or_else(|| serde::de::Error::custom("bad hash"))?,
+                ),
                 None => None,
             };
             prev.clone_from(&path);
@@ -330,21 +332,6 @@ fn common_prefix(a: &str, b: &str) -> usize {
         n = i + x.len_utf8();
     }
     n
-}
-
-fn hex(b: [u8; 32]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// A new record id: Unix milliseconds then 16 bits that differ between processes and

@@ -153,6 +153,15 @@ fn check_codec(codec: &str) -> Result<()> {
     }
 }
 
+/// Reads the next `len` bytes of `file` into `buf` (emptied first) and checks them
+/// against `packed_hash`: a damaged blob must not spread into new ones.
+fn read_checked(file: &fs::File, len: u64, packed_hash: &ChunkHash, buf: &mut Vec<u8>) -> bool {
+    buf.clear();
+    file.take(len).read_to_end(buf).is_ok()
+        && buf.len() as u64 == len
+        && blake3::hash(buf).as_bytes() == packed_hash
+}
+
 impl Store {
     /// `chunks/`: the chunk index (see [`Store::chunk_index`]).
     pub fn chunks_dir(&self) -> PathBuf {
@@ -291,12 +300,7 @@ impl Store {
         }
         let mut buf = Vec::with_capacity(usize::try_from(loc.len).ok()?);
         (&file).seek(SeekFrom::Start(loc.offset)).ok()?;
-        (&file).take(loc.len).read_to_end(&mut buf).ok()?;
-        if buf.len() as u64 != loc.len {
-            return None;
-        }
-        // A damaged blob must not spread into new ones: the bytes are checked.
-        (blake3::hash(&buf).as_bytes() == &loc.packed_hash).then_some(buf)
+        read_checked(&file, loc.len, &loc.packed_hash, &mut buf).then_some(buf)
     }
 
     /// Writes the compressed bytes of `chunks`, the head of blob `blob` from its
@@ -310,15 +314,11 @@ impl Store {
         out: &mut dyn Write,
     ) -> io::Result<()> {
         let path = self.blob_path(blob);
-        let mut file = fs::File::open(&path)?;
+        let file = fs::File::open(&path)?;
         let mut buf = Vec::new();
         let mut pos = 0u64;
         for c in chunks {
-            buf.clear();
-            let good = c.offset == pos
-                && (&mut file).take(c.len).read_to_end(&mut buf).is_ok()
-                && buf.len() as u64 == c.len
-                && blake3::hash(&buf).as_bytes() == &c.packed_hash;
+            let good = c.offset == pos && read_checked(&file, c.len, &c.packed_hash, &mut buf);
             if !good {
                 self.forget_chunks(blob);
                 return Err(io::Error::new(

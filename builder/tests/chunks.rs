@@ -10,7 +10,7 @@ use std::process::Command as Proc;
 
 use assert_cmd::Command;
 use kiln_cache::Store;
-use kiln_test_support::{KilnStore, require_root, require_tool, run_ok};
+use kiln_test_support::{KilnStore, noise, require_root, require_tool, run_ok};
 use serde_json::Value;
 
 kiln_test_support::store_env! {
@@ -86,20 +86,6 @@ fn layer_digests(layout: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Incompressible bytes (xorshift).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 const MTIME: i64 = 1_700_000_000;
 
 /// A scaled-down bigcopy: 2,000 small text files (about 4 MiB of tar), a 9 MiB random
@@ -116,7 +102,7 @@ fn bigcopy(dir: &Path) {
         }
     }
     fs::create_dir_all(dir.join("big")).unwrap();
-    fs::write(dir.join("big/blob.bin"), noise(9 << 20, 3)).unwrap();
+    fs::write(dir.join("big/blob.bin"), noise(3, 9 << 20)).unwrap();
     fs::write(dir.join("big/zeros.bin"), vec![0u8; 6 << 20]).unwrap();
     fs::write(dir.join("Dockerfile"), "FROM scratch\nCOPY . /data\n").unwrap();
     set_mtimes(dir);

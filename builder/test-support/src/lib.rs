@@ -16,6 +16,7 @@
 //! - [`tree`]: tree listings and their differences.
 
 pub mod context;
+pub mod data;
 pub mod registry;
 pub mod require;
 pub mod server;
@@ -25,6 +26,7 @@ pub mod tree;
 pub mod wait;
 
 pub use context::{Workspace, busybox_context, copy_dir, repo_root, run_ok};
+pub use data::noise;
 pub use registry::{Auth, Registry, TokenServer};
 pub use require::{in_ci, is_root, tool_path};
 pub use server::FileServer;

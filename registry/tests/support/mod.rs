@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
+
+pub use kiln_test_support::noise;
 use std::process::Command;
 use std::sync::Mutex;
 
@@ -25,20 +27,6 @@ impl RegistryExt for Registry {
     fn reference(&self, repo_tag: &str) -> kiln_registry::Reference {
         kiln_registry::Reference::parse(&self.name(repo_tag)).unwrap()
     }
-}
-
-/// Deterministic pseudo-random bytes (xorshift), barely compressible.
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// A gzip tar layer with one file: returns (compressed, diff_id).

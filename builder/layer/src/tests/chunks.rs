@@ -17,25 +17,12 @@ use super::super::{
 };
 use super::*;
 use kiln_oci::digest::sha256_digest;
+use kiln_test_support::noise;
 
 const CHUNKED: [Compression; 2] = [
     Compression::Gzip { level: 6 },
     Compression::Zstd { level: 3 },
 ];
-
-/// Incompressible bytes (xorshift).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 /// A context like the anchors' bigcopy, scaled down: 3,000 small text files in 30
 /// directories (about 6 MiB of tar), a 9 MiB random file and a 6 MiB file of zeros.
@@ -46,7 +33,7 @@ fn build_big_tree(dir: &Path) {
             write_file(&dir.join(format!("small/d{d:03}/f{f:03}.txt")), &data);
         }
     }
-    write_file(&dir.join("big/blob.bin"), &noise(9 << 20, 7));
+    write_file(&dir.join("big/blob.bin"), &noise(7, 9 << 20));
     write_file(&dir.join("big/zeros.bin"), &vec![0u8; 6 << 20]);
     set_all_mtimes(dir, 1_700_000_000);
 }
@@ -304,7 +291,7 @@ fn chunked_output_does_not_depend_on_the_thread_count() {
 #[test]
 fn a_hardlink_to_a_big_file_does_not_make_a_chunk_of_its_own() {
     let src = tempdir().unwrap();
-    write_file(&src.path().join("a/big.bin"), &noise(5 << 20, 11));
+    write_file(&src.path().join("a/big.bin"), &noise(11, 5 << 20));
     fs::hard_link(src.path().join("a/big.bin"), src.path().join("b-link.bin")).unwrap();
     write_file(&src.path().join("c.txt"), b"after the link\n");
     let (info, _) = write_vec(src.path(), &opts(Compression::default(), Some(0)));
@@ -322,7 +309,7 @@ fn a_layer_of_several_batches_is_packed_in_order_on_the_packing_thread() {
     let src = tempdir().unwrap();
     for i in 0..5u8 {
         let mut data = vec![i; 7 << 20];
-        data[..4096].copy_from_slice(&noise(4096, u64::from(i) + 1));
+        data[..4096].copy_from_slice(&noise(u64::from(i) + 1, 4096));
         write_file(&src.path().join(format!("big/f{i}.bin")), &data);
         for f in 0..200 {
             let name = format!("small/d{i}/f{f:03}.txt");

@@ -187,6 +187,26 @@ struct Item {
     target: Option<PathBuf>,
     /// Whether the xattrs of `path` are the entry's.
     xattrs: bool,
+    /// The identity and stat of `path` as listed (a walked entry), for its
+    /// fingerprint; `None`: `path` is stat'ed when the fingerprint is made.
+    stat: Option<StatIdent>,
+}
+
+/// What a fingerprint takes of a file's stat: device, inode, mode, size, and mtime
+/// and ctime to the nanosecond.
+type StatIdent = [u64; 8];
+
+fn stat_ident(m: &Metadata) -> StatIdent {
+    [
+        m.dev(),
+        m.ino(),
+        u64::from(m.mode()),
+        m.len(),
+        m.mtime() as u64,
+        m.mtime_nsec() as u64,
+        m.ctime() as u64,
+        m.ctime_nsec() as u64,
+    ]
 }
 
 impl Item {
@@ -206,6 +226,7 @@ impl Item {
             data: None,
             target: None,
             xattrs: kind != Kind::Whiteout,
+            stat: Some(stat_ident(meta)),
         }
     }
 }
@@ -318,6 +339,7 @@ pub fn write_layer_entries(
                 data: None,
                 target: None,
                 xattrs: e.xattrs_from.is_some(),
+                stat: None,
             };
             match e.kind {
                 EntryKind::Dir => {
@@ -539,7 +561,9 @@ fn item_fingerprint(prev: &Fingerprint, item: &Item, epoch: Option<i64>) -> Opti
             h.update(&[0]);
         }
     }
-    if !item.path.as_os_str().is_empty() {
+    if let Some(ident) = &item.stat {
+        put_ident(&mut h, ident);
+    } else if !item.path.as_os_str().is_empty() {
         put_stat(&mut h, &item.path)?;
     }
     Some(*h.finalize().as_bytes())
@@ -552,21 +576,14 @@ fn put_bytes(h: &mut blake3::Hasher, bytes: &[u8]) {
 
 /// Hashes the identity and stat of `path` (not following a symlink).
 fn put_stat(h: &mut blake3::Hasher, path: &Path) -> Option<()> {
-    let m = fs::symlink_metadata(path).ok()?;
-    let nums = [
-        m.dev(),
-        m.ino(),
-        u64::from(m.mode()),
-        m.len(),
-        m.mtime() as u64,
-        m.mtime_nsec() as u64,
-        m.ctime() as u64,
-        m.ctime_nsec() as u64,
-    ];
-    for n in nums {
+    put_ident(h, &stat_ident(&fs::symlink_metadata(path).ok()?));
+    Some(())
+}
+
+fn put_ident(h: &mut blake3::Hasher, ident: &StatIdent) {
+    for n in ident {
         h.update(&n.to_le_bytes());
     }
-    Some(())
 }
 
 /// Writes one item (a hardlink entry for a second path of an inode; an opaque

@@ -1197,15 +1197,11 @@ fn assemble(
     // Layers the build made (cache hits included) in `--compression`; a base image's
     // keep theirs (BuildKit's default, without force-compression).
     let base_len = base_layer_count(plan, images, target.index)?.min(layers.len());
-    let convert: Vec<crate::snapshots::LayerRef> = layers[base_len..]
+    let other = layers[base_len..]
         .iter()
-        .filter(|l| l.media_type != req.compression.media_type())
-        .cloned()
-        .collect();
-    if !convert.is_empty() {
-        images.ensure_layers(&convert, None)?;
-        crate::worker::layers_in_compression(store, &mut layers[base_len..], req.compression)?;
-    }
+        .filter(|l| l.media_type != req.compression.media_type());
+    images.ensure_layers(other, None)?;
+    crate::worker::layers_in_compression(store, &mut layers[base_len..], req.compression)?;
     let created = match req.source_date_epoch {
         Some(e) => chrono::DateTime::from_timestamp(e, 0),
         None => Some(chrono::Utc::now()),

@@ -182,6 +182,9 @@ pub fn save(store: &Store, items: &[SaveItem], format: ArchiveFormat, dest: &Pat
             .iter()
             .map(|i| prepare_oci(store, &i.manifest))
             .collect::<Result<Vec<_>>>()?;
+        for img in prepared.iter().flat_map(|p| &p.images) {
+            img.layer_files(store)?;
+        }
         let list: Vec<(exporter::ArchiveImage<'_>, &[String])> = prepared
             .iter()
             .zip(items)
@@ -204,6 +207,9 @@ pub fn save(store: &Store, items: &[SaveItem], format: ArchiveFormat, dest: &Pat
         .iter()
         .map(|i| stored_image(store, &i.manifest))
         .collect::<Result<Vec<_>>>()?;
+    for img in &images {
+        img.layer_files(store)?;
+    }
     let pairs: Vec<(&BuiltImage, &[String])> = images
         .iter()
         .zip(items)

@@ -1263,6 +1263,9 @@ fn export_one(
     out: &OutputSpec,
 ) -> Result<()> {
     let blob_path = |d: &Digest| -> PathBuf { store.blob_path(d) };
+    if !matches!(out, OutputSpec::Local(_)) {
+        built.layer_files(store)?;
+    }
     match out {
         OutputSpec::Oci(dest) if dest.extension().is_some_and(|e| e == "tar") => {
             exporter::write_oci_archive(built, &blob_path, dest, &req.tags)?

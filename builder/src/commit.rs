@@ -340,8 +340,12 @@ mod tests {
         let base_layer = tempfile::tempdir().unwrap();
         fs::write(base_layer.path().join("base"), b"b").unwrap();
         let mut w = store.blob_writer().unwrap();
-        let li =
-            kiln_layer::write_layer(base_layer.path(), &LayerOptions::default(), &mut w).unwrap();
+        let li = kiln_layer::write_layer(
+            base_layer.path(),
+            &LayerOptions::default(),
+            std::io::BufWriter::new(&mut w),
+        )
+        .unwrap();
         w.commit(Some(&li.digest)).unwrap();
         let image = ImageInfo {
             manifest_digest: li.digest.clone(),

@@ -212,7 +212,7 @@ pub fn system_df(store: &Store) -> Result<SystemDf> {
         let paths = img
             .blobs
             .iter()
-            .map(|d| store.blob_path(d))
+            .map(|d| store.blob_location(d))
             .chain(img.diff_ids.iter().map(|d| snapshots.path(d)));
         for p in paths {
             let owners = owners.entry(p).or_default();
@@ -533,6 +533,16 @@ pub fn collect(
         u.sizes.insert(r.clone(), meta.map_or(0, |m| m.len()));
         paths.insert(r, p);
     }
+    // Spliced blobs: sized by the bytes only they keep (their links to other blobs'
+    // files cost nothing while those are stored).
+    for (d, p, size) in store.spliced_blobs() {
+        let r = GcRef::Blob(d.to_string());
+        if is_fresh(mtime(&p)?) {
+            u.pinned.insert(r.clone(), "made by a running build".into());
+        }
+        u.sizes.insert(r.clone(), size);
+        paths.insert(r, p);
+    }
     for (d, p) in digest_entries(&store.snapshots_dir()) {
         let size = match snapshot_sizes.get(&d) {
             Some(s) => *s,
@@ -779,7 +789,11 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport> {
                 }
             }
             if !report.plan.refs.is_empty() {
-                store.sync_dirs(&[&store.blobs_dir(), &store.snapshots_dir()])?;
+                store.sync_dirs(&[
+                    &store.blobs_dir(),
+                    &store.spliced_dir(),
+                    &store.snapshots_dir(),
+                ])?;
                 // The chunk index keeps no blob: the entries of those that went go too.
                 store.prune_chunk_index()?;
             }

@@ -356,3 +356,127 @@ fn a_cache_hit_in_another_compression_is_converted_not_rebuilt() {
     let back = env.build_oci("fresh", &ctx, "back", &["--compression", "gzip"], &[]);
     assert_eq!(back, gzip);
 }
+
+/// The blobs kept spliced in a store (`blobs/spliced/<hex>`).
+fn spliced(store: &Path) -> Vec<String> {
+    let Ok(dir) = fs::read_dir(store.join("blobs/spliced")) else {
+        return Vec::new();
+    };
+    dir.map(|e| format!("sha256:{}", e.unwrap().file_name().to_string_lossy()))
+        .collect()
+}
+
+/// An edit rebuild of a big layer keeps the layer as ranges of the earlier blob (no
+/// second copy of the unchanged bytes); the image is the one a fresh store builds, it
+/// pushes (the registry checks the digest), saves and loads, and outlives the
+/// earlier image: removed and pruned, its blob's bytes stay as long as the spliced
+/// blob needs them; `system df` still matches `du`.
+#[test]
+fn an_edit_rebuild_splices_the_earlier_blob() {
+    require_root!();
+    require_tool!("docker-registry");
+    let env = Env::new();
+    let ctx = env.path("ctx");
+    bigcopy(&ctx);
+    // Past kiln_cache::MIN_SPLICE of unchanged compressed bytes.
+    fs::write(ctx.join("big/more.bin"), noise(5, 20 << 20)).unwrap();
+    set_mtimes(&ctx);
+    let root = env.path("s");
+    let build = |tag: &str| {
+        env.kiln_in("s")
+            .args(["build", "--progress", "plain", "-t", tag])
+            .arg(&ctx)
+            .assert()
+            .success();
+    };
+    build("sp:1");
+    assert!(spliced(&root).is_empty(), "a cold build splices nothing");
+    let edited = ctx.join("small/d003/f011.txt");
+    let original = fs::read(&edited).unwrap();
+    fs::write(&edited, [original.as_slice(), b"edited\n"].concat()).unwrap();
+    set_mtimes(&ctx);
+    build("sp:2");
+    let spliced_now = spliced(&root);
+    assert_eq!(spliced_now.len(), 1, "the edit's layer is spliced");
+    let layer = &spliced_now[0];
+
+    // The same layer as a store that never saw the cold build writes.
+    let fresh = env.build_oci("fresh", &ctx, "fresh", &[], &[]);
+    assert_eq!(&fresh, std::slice::from_ref(layer));
+
+    // Pushed from the recipe: the registry checks every blob's digest on upload.
+    let reg = kiln_test_support::Registry::start(&kiln_test_support::Auth::None);
+    let remote = reg.name("spliced/app:2");
+    env.kiln_in("s")
+        .args(["tag", "sp:2", &remote])
+        .assert()
+        .success();
+    env.kiln_in("s")
+        .args(["push", "-q", &remote])
+        .assert()
+        .success();
+    assert!(
+        reg.blob_data(layer.strip_prefix("sha256:").unwrap())
+            .is_file()
+    );
+    assert_eq!(spliced(&root), spliced_now, "a push writes nothing out");
+
+    // The earlier image removed and the cache pruned: the spliced blob keeps the
+    // bytes it uses (its links), and reads as before.
+    env.kiln_in("s").args(["rmi", "sp:1"]).assert().success();
+    env.kiln_in("s")
+        .args(["prune", "-a", "-f"])
+        .assert()
+        .success();
+    assert_eq!(spliced(&root), spliced_now, "the tagged image's blob stays");
+    let big_files: Vec<_> = fs::read_dir(root.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.metadata().unwrap().len() > 1 << 20)
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        big_files.is_empty(),
+        "the cold layer's blob was collected: {big_files:?}"
+    );
+    let store = Store::open(&root).unwrap();
+    let digest = kiln_cache::Digest::parse(layer).unwrap();
+    store.verify_blob(&digest).unwrap();
+    // Everything counted once: within 1% of du -sb.
+    let df = kiln_builder::usage::system_df(&store).unwrap();
+    let out = run_ok(Proc::new("du").arg("-sb").arg(&root));
+    let du_sb: u64 = out.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(
+        df.total().abs_diff(du_sb) as f64 / (du_sb as f64) < 0.01,
+        "system df total {} vs du -sb {du_sb}",
+        df.total()
+    );
+    drop(store);
+
+    // Saved (written out on the way: an archive needs files) and loaded elsewhere.
+    let tar = env.path("sp.tar");
+    env.kiln_in("s")
+        .args(["save", "-o", tar.to_str().unwrap(), "sp:2"])
+        .assert()
+        .success();
+    assert!(spliced(&root).is_empty(), "written out for the archive");
+    assert!(root.join("blobs/sha256").join(&layer[7..]).is_file());
+    env.kiln_in("loaded")
+        .args(["load", "-i", tar.to_str().unwrap()])
+        .assert()
+        .success();
+    let inspect = |store: &str| -> Value {
+        let out = env
+            .kiln_in(store)
+            .args(["inspect", "sp:2"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_eq!(inspect("loaded")[0]["Id"], inspect("s")[0]["Id"]);
+}

@@ -1,13 +1,15 @@
 //! Content-addressed blobs under `blobs/sha256/<hex>`.
 
+use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use kiln_oci::digest::Hashing;
 
 use crate::digest::{Digest, sha256_of};
 use crate::error::{CacheError, IoContext, Result};
+use crate::spliced::{Extent, MIN_SPLICE, push_extent};
 use crate::store::{BLOBS_DIR, Store, TempPath, fsync_parent};
 
 /// Streams a new blob into the store. Obtained from [`Store::blob_writer`].
@@ -25,9 +27,121 @@ pub struct BlobWriter {
     /// who names the digest ([`Store::prehashed_blob_writer`]).
     hashed: bool,
     tmp: TempPath,
+    splice: Splice,
+}
+
+/// What a [`BlobWriter`] keeps of the ranges it references instead of writing them
+/// ([`BlobWriter::append_stored`]).
+#[derive(Debug, Default)]
+struct Splice {
+    /// `tmp/<temp file>.d/`, the links to the files the ranges are in; made on the
+    /// first range.
+    dir: Option<TempTree>,
+    linked: HashSet<String>,
+    /// The blob so far, up to the own bytes written since the last range.
+    extents: Vec<Extent>,
+    /// Own bytes (written to the temp file) already in `extents`.
+    own_mark: u64,
+    /// Bytes referenced.
+    referenced: u64,
+}
+
+/// A temp directory removed (with what it holds) on drop unless kept.
+#[derive(Debug)]
+struct TempTree(Option<PathBuf>);
+
+impl TempTree {
+    fn path(&self) -> &Path {
+        self.0.as_deref().expect("TempTree used after keep")
+    }
+
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TempTree {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = crate::remove::remove_tree(&p);
+        }
+    }
 }
 
 impl BlobWriter {
+    /// Appends `bytes`, which the store holds at `offset` of blob `source` (a chunk an
+    /// earlier layer wrote): the blob references them there instead of holding a copy,
+    /// when the store still has them; written like any bytes otherwise. A blob that
+    /// references at least [`MIN_SPLICE`] bytes is committed spliced (see the
+    /// `spliced` module); one that references less is written out whole at commit.
+    pub fn append_stored(&mut self, source: &Digest, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let len = bytes.len() as u64;
+        let Some(parts) = self.link_sources(source, offset, len) else {
+            return self.write_all(bytes);
+        };
+        self.close_own();
+        for e in parts {
+            push_extent(&mut self.splice.extents, e);
+        }
+        self.splice.referenced += len;
+        if self.hashed {
+            self.inner.update(bytes);
+        } else {
+            self.inner.add_count(len);
+        }
+        Ok(())
+    }
+
+    /// Links the files holding `len` bytes at `offset` of `source` into the writer's
+    /// directory and returns the extents; `None` if they cannot be (gone meanwhile).
+    fn link_sources(&mut self, source: &Digest, offset: u64, len: u64) -> Option<Vec<Extent>> {
+        let sources = self.store.sources(source, offset, len)?;
+        if self.splice.dir.is_none() {
+            let mut name = self.tmp.path().as_os_str().to_owned();
+            name.push(".d");
+            let dir = PathBuf::from(name);
+            fs::create_dir(&dir).ok()?;
+            self.splice.dir = Some(TempTree(Some(dir)));
+        }
+        let dir = self.splice.dir.as_ref()?.path().to_owned();
+        for s in &sources {
+            if self.splice.linked.contains(&s.name) {
+                continue;
+            }
+            match fs::hard_link(&s.path, dir.join(&s.name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(_) => return None,
+            }
+            self.splice.linked.insert(s.name.clone());
+        }
+        Some(
+            sources
+                .into_iter()
+                .map(|s| Extent {
+                    name: s.name,
+                    offset: s.offset,
+                    len: s.len,
+                })
+                .collect(),
+        )
+    }
+
+    /// Ends the run of own bytes written since the last referenced range.
+    fn close_own(&mut self) {
+        let own = self.inner.count() - self.splice.referenced;
+        let mark = self.splice.own_mark;
+        push_extent(
+            &mut self.splice.extents,
+            Extent {
+                name: "own".to_owned(),
+                offset: mark,
+                len: own - mark,
+            },
+        );
+        self.splice.own_mark = own;
+    }
+
     /// Bytes written so far.
     pub fn bytes_written(&self) -> u64 {
         self.inner.count()
@@ -39,12 +153,16 @@ impl BlobWriter {
     ///
     /// On a digest mismatch the temp file is removed and
     /// [`CacheError::DigestMismatch`] names both digests.
-    pub fn commit(self, expected: Option<&Digest>) -> Result<(Digest, u64)> {
+    pub fn commit(mut self, expected: Option<&Digest>) -> Result<(Digest, u64)> {
+        if self.splice.referenced > 0 {
+            self.close_own();
+        }
         let BlobWriter {
             store,
             inner,
             hashed,
             tmp,
+            splice,
         } = self;
         let (buf, digest, size) = inner.finish();
         // The caller hashed what it wrote: its digest is the blob's name.
@@ -76,11 +194,61 @@ impl BlobWriter {
         {
             return Ok((digest, size)); // `tmp` removes the temp file
         }
+        if splice.referenced > 0 {
+            let spliced = store.spliced_path(&digest);
+            if store.blob_size(&digest).ok() == Some(size) && store.mark_used(&spliced)? {
+                return Ok((digest, size));
+            }
+            let dir = splice.dir.expect("a referenced range made the directory");
+            if splice.referenced < MIN_SPLICE {
+                drop(file);
+                write_out(&store, &tmp, dir.path(), &splice.extents, &dest)?;
+                return Ok((digest, size));
+            }
+            file.sync_all().ctx("fsync", tmp.path())?;
+            drop(file);
+            tmp.rename_to(&dir.path().join("own"))?;
+            store.commit_spliced(dir.path(), &digest, size, &splice.extents)?;
+            dir.keep();
+            return Ok((digest, size));
+        }
         file.sync_all().ctx("fsync", tmp.path())?;
         drop(file);
         tmp.persist(&dest)?;
         Ok((digest, size))
     }
+}
+
+/// Writes the blob made of `extents` (own bytes in `own`, the others in `dir`) out
+/// whole as `dest`.
+fn write_out(
+    store: &Store,
+    own: &TempPath,
+    dir: &Path,
+    extents: &[Extent],
+    dest: &Path,
+) -> Result<()> {
+    let (mut out, tmp) = store.create_temp()?;
+    for e in extents {
+        let path = if e.name == "own" {
+            own.path().to_owned()
+        } else {
+            dir.join(&e.name)
+        };
+        let mut src = File::open(&path).ctx("open", &path)?;
+        src.seek(SeekFrom::Start(e.offset)).ctx("seek in", &path)?;
+        let n = io::copy(&mut (&src).take(e.len), &mut out).ctx("copy from", &path)?;
+        if n != e.len {
+            return Err(CacheError::io(
+                "copy from",
+                &path,
+                io::Error::new(io::ErrorKind::UnexpectedEof, "shorter than recorded"),
+            ));
+        }
+    }
+    out.sync_all().ctx("fsync", tmp.path())?;
+    drop(out);
+    tmp.persist(dest)
 }
 
 impl Write for BlobWriter {
@@ -105,29 +273,37 @@ impl Store {
         self.dir(BLOBS_DIR).join(digest.hex())
     }
 
-    /// Whether the blob is stored.
+    /// Whether the blob is stored (as a file, or spliced).
     pub fn has_blob(&self, digest: &Digest) -> bool {
-        self.blob_path(digest).is_file()
-    }
-
-    /// Open a stored blob for reading.
-    pub fn open_blob(&self, digest: &Digest) -> Result<File> {
-        let path = self.blob_path(digest);
-        File::open(&path).map_err(|e| self.blob_err(digest, path, e))
+        self.blob_path(digest).is_file() || self.recipe(digest).is_some()
     }
 
     /// Read a whole stored blob into memory.
     pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
         let path = self.blob_path(digest);
-        fs::read(&path).map_err(|e| self.blob_err(digest, path, e))
+        match fs::read(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let mut r = self.open_blob(digest)?;
+                let mut out = Vec::new();
+                r.read_to_end(&mut out).ctx("read blob", r.path())?;
+                Ok(out)
+            }
+            res => res.map_err(|e| self.blob_err(digest, path, e)),
+        }
     }
 
     /// Size in bytes of a stored blob.
     pub fn blob_size(&self, digest: &Digest) -> Result<u64> {
         let path = self.blob_path(digest);
-        fs::metadata(&path)
-            .map(|m| m.len())
-            .map_err(|e| self.blob_err(digest, path, e))
+        match fs::metadata(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match self.recipe(digest) {
+                Some(r) => Ok(r.size),
+                None => Err(self.blob_err(digest, path, e)),
+            },
+            res => res
+                .map(|m| m.len())
+                .map_err(|e| self.blob_err(digest, path, e)),
+        }
     }
 
     /// Store `bytes` as a blob and return its digest. A no-op if it is
@@ -162,6 +338,7 @@ impl Store {
             inner: Hashing::new(BufWriter::with_capacity(256 * 1024, file)),
             hashed: true,
             tmp,
+            splice: Splice::default(),
         })
     }
 
@@ -179,8 +356,8 @@ impl Store {
     /// Re-hash a stored blob; [`CacheError::CorruptBlob`] if its content no
     /// longer matches its name.
     pub fn verify_blob(&self, digest: &Digest) -> Result<()> {
-        let path = self.blob_path(digest);
         let mut file = self.open_blob(digest)?;
+        let path = file.path().to_owned();
         let mut hasher = Hashing::new(io::sink());
         copy_into(&mut file, &mut hasher, &path)?;
         let (_, actual, _) = hasher.finish();
@@ -198,13 +375,14 @@ impl Store {
     /// Callers must hold [`Store::lock_exclusive`] so no concurrent build still needs it.
     pub fn delete_blob(&self, digest: &Digest) -> Result<bool> {
         self.forget_chunks(digest);
+        let spliced = self.remove_spliced(digest)?;
         let path = self.blob_path(digest);
         match fs::remove_file(&path) {
             Ok(()) => {
                 fsync_parent(&path)?;
                 Ok(true)
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(spliced),
             Err(e) => Err(CacheError::io("delete blob", &path, e)),
         }
     }

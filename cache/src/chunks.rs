@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::error::{CacheError, IoContext, Result};
 use crate::hex::{decode32 as unhex, encode as hex};
+use crate::spliced::BlobReader;
 use crate::store::{CHUNKS_DIR, Store};
 
 /// A chunk's identity: a 32-byte hash of its uncompressed bytes.
@@ -153,12 +154,21 @@ fn check_codec(codec: &str) -> Result<()> {
     }
 }
 
-/// Reads the next `len` bytes of `file` into `buf` (emptied first) and checks them
-/// against `packed_hash`: a damaged blob must not spread into new ones.
-fn read_checked(file: &fs::File, len: u64, packed_hash: &ChunkHash, buf: &mut Vec<u8>) -> bool {
-    buf.clear();
-    file.take(len).read_to_end(buf).is_ok()
-        && buf.len() as u64 == len
+/// Reads `len` bytes at `offset` of `blob` into `buf` (resized) and checks them against
+/// `packed_hash`: a damaged blob must not spread into new ones.
+fn read_checked(
+    blob: &BlobReader,
+    offset: u64,
+    len: u64,
+    packed_hash: &ChunkHash,
+    buf: &mut Vec<u8>,
+) -> bool {
+    let Ok(n) = usize::try_from(len) else {
+        return false;
+    };
+    buf.resize(n, 0);
+    offset.checked_add(len).is_some_and(|end| end <= blob.len())
+        && blob.read_exact_at(buf, offset).is_ok()
         && blake3::hash(buf).as_bytes() == packed_hash
 }
 
@@ -293,32 +303,30 @@ impl Store {
     /// The compressed bytes at `loc`, or `None` if its blob is gone, too short or
     /// does not hold the bytes recorded there (a stale or damaged entry: a miss).
     pub fn read_chunk(&self, loc: &ChunkLocation) -> Option<Vec<u8>> {
-        let file = fs::File::open(self.blob_path(&loc.blob)).ok()?;
-        let end = loc.offset.checked_add(loc.len)?;
-        if file.metadata().ok()?.len() < end {
-            return None;
-        }
-        let mut buf = Vec::with_capacity(usize::try_from(loc.len).ok()?);
-        (&file).seek(SeekFrom::Start(loc.offset)).ok()?;
-        read_checked(&file, loc.len, &loc.packed_hash, &mut buf).then_some(buf)
+        let blob = self.open_blob(&loc.blob).ok()?;
+        let mut buf = Vec::new();
+        read_checked(&blob, loc.offset, loc.len, &loc.packed_hash, &mut buf).then_some(buf)
     }
 
-    /// Writes the compressed bytes of `chunks`, the head of blob `blob` from its
-    /// start on (as [`ChunkIndex::resume`] gives them), to `out`, each chunk checked
-    /// against its recorded hash before it is written. A blob that does not hold
-    /// them loses its index files (the next build compresses again) and is an error.
+    /// Hands the compressed bytes of `chunks`, the head of blob `blob` from its start
+    /// on (as [`ChunkIndex::resume`] gives them), to `out` with their offset in the
+    /// blob, each chunk checked against its recorded hash first. A blob that does not
+    /// hold them loses its index files (the next build compresses again) and is an
+    /// error.
     pub fn copy_chunks(
         &self,
         blob: &Digest,
         chunks: &[ChunkEntry],
-        out: &mut dyn Write,
+        out: &mut dyn FnMut(&[u8], u64) -> io::Result<()>,
     ) -> io::Result<()> {
-        let path = self.blob_path(blob);
-        let file = fs::File::open(&path)?;
+        let reader = self
+            .open_blob(blob)
+            .map_err(|e| io::Error::new(io::ErrorKind::NotFound, e.to_string()))?;
         let mut buf = Vec::new();
         let mut pos = 0u64;
         for c in chunks {
-            let good = c.offset == pos && read_checked(&file, c.len, &c.packed_hash, &mut buf);
+            let good =
+                c.offset == pos && read_checked(&reader, c.offset, c.len, &c.packed_hash, &mut buf);
             if !good {
                 self.forget_chunks(blob);
                 return Err(io::Error::new(
@@ -330,7 +338,7 @@ impl Store {
                     ),
                 ));
             }
-            out.write_all(&buf)?;
+            out(&buf, c.offset)?;
             pos += c.len;
         }
         Ok(())
@@ -423,13 +431,21 @@ mod tests {
         assert_eq!(found, &blob);
         assert_eq!(head, &chunks[..2]);
         let mut out = Vec::new();
-        store.copy_chunks(&blob, head, &mut out).unwrap();
+        let mut offsets = Vec::new();
+        store
+            .copy_chunks(&blob, head, &mut |b, o| {
+                out.extend_from_slice(b);
+                offsets.push(o);
+                Ok(())
+            })
+            .unwrap();
         assert_eq!(out, b"aaaabbbbbb");
+        assert_eq!(offsets, [0, 4]);
 
         // A damaged blob: an error, and its index entries go.
         let damaged = [entry(1, bytes, 0, 4), entry(2, b"aaaaBBBBBBcc", 4, 6)];
         let err = store
-            .copy_chunks(&blob, &damaged, &mut Vec::new())
+            .copy_chunks(&blob, &damaged, &mut |_, _| Ok(()))
             .unwrap_err();
         assert!(err.to_string().contains("offset 4"), "{err}");
         assert!(!store.chunk_index("gzip-6-c1").unwrap().has_resume_points());

@@ -196,9 +196,11 @@ impl Store {
     /// fsyncs directories (after renames out of them), and `tmp/`.
     pub fn sync_dirs(&self, dirs: &[&Path]) -> Result<()> {
         for d in dirs.iter().copied().chain([self.tmp_dir().as_path()]) {
-            fs::File::open(d)
-                .and_then(|f| f.sync_all())
-                .ctx("fsync directory", d)?;
+            match fs::File::open(d) {
+                // An area made on first use (`blobs/spliced`) that is not there yet.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                f => f.and_then(|f| f.sync_all()).ctx("fsync directory", d)?,
+            }
         }
         Ok(())
     }

@@ -40,6 +40,7 @@ mod lease;
 mod lock;
 mod records;
 mod remove;
+mod spliced;
 mod statmemo;
 mod store;
 mod tags;
@@ -61,6 +62,7 @@ pub use records::{
     new_record_id,
 };
 pub use remove::{remove_all_at, remove_tree};
+pub use spliced::{BlobReader, MIN_SPLICE};
 pub use statmemo::{ContentHash, StatMemo};
 pub use store::{AreaUsage, DiskUsage, LAYOUT_VERSION, STALE_TMP_AGE, Store};
 pub use tags::TagRecord;

@@ -24,6 +24,8 @@ pub const STALE_TMP_AGE: Duration = Duration::from_secs(60 * 60);
 const WRITER_LOCK_PREFIX: &str = "writer-";
 
 pub(crate) const BLOBS_DIR: &str = "blobs/sha256";
+/// Made on first use (by a spliced blob's commit), not by [`Store::open`].
+pub(crate) const SPLICED_DIR: &str = "blobs/spliced";
 pub(crate) const CACHE_DIR: &str = "cache";
 pub(crate) const IMAGES_DIR: &str = "images";
 pub(crate) const SNAPSHOTS_DIR: &str = "snapshots";
@@ -63,6 +65,8 @@ struct StoreMeta {
 /// <root>/store.json          {"layout_version": 1}
 /// <root>/lock                store-wide flock (see Store::lock_shared)
 /// <root>/blobs/sha256/<hex>  content-addressed blobs (layers, manifests, configs)
+/// <root>/blobs/spliced/<hex>/ a layer blob kept as ranges of other stored files plus
+///                            its own bytes (see the `spliced` module; made on first use)
 /// <root>/cache/<hex>.json    cache index records, keyed by a sha256 cache key
 /// <root>/images/tags.json    tag -> {manifest, config, created}
 /// <root>/snapshots/          unpacked filesystem snapshots (owned by the builder)
@@ -260,6 +264,7 @@ impl Store {
         // Housekeeping only: a temp file we may not remove (another user's)
         // must not make the store unusable.
         let _ = store.clean_tmp(STALE_TMP_AGE);
+        let _ = store.clean_spliced();
         Ok(store)
     }
 

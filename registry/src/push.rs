@@ -1,7 +1,6 @@
 //! Push: upload an image from the store, skipping blobs the registry has,
 //! mounting ones it holds in another repository, manifest last.
 
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -301,19 +300,13 @@ impl Client {
                     self.location(&ctx, &resp)?
                 }
             };
-            let path = store.blob_path(&blob.digest);
             let open = |offset: u64, len: u64| -> Result<Body> {
-                let mut f = File::open(&path).map_err(|e| {
-                    RegistryError::Store(kiln_cache::CacheError::Io {
-                        op: "open blob",
-                        path: path.clone(),
-                        source: e,
-                    })
-                })?;
+                // A spliced blob reads through its recipe: nothing is written out.
+                let mut f = store.open_blob(&blob.digest)?;
                 f.seek(SeekFrom::Start(offset)).map_err(|e| {
                     RegistryError::Store(kiln_cache::CacheError::Io {
                         op: "seek in blob",
-                        path: path.clone(),
+                        path: f.path().to_owned(),
                         source: e,
                     })
                 })?;

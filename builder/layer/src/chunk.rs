@@ -69,9 +69,9 @@ pub trait ChunkCache: Send + Sync {
         None
     }
 
-    /// Writes the compressed bytes of `resume`'s chunks to `out`, each one checked
-    /// against its `packed_key` before it is written.
-    fn copy_head(&self, resume: &Resume, _out: &mut dyn Write) -> io::Result<()> {
+    /// Appends the compressed bytes of `resume`'s chunks to `out`, each one checked
+    /// against its `packed_key` first.
+    fn copy_head(&self, resume: &Resume, _out: &mut dyn BlobSink) -> io::Result<()> {
         Err(io::Error::other(format!(
             "this chunk cache cannot copy the head of {}",
             resume.source
@@ -125,6 +125,45 @@ pub struct CachedChunk {
     pub bytes: Vec<u8>,
     /// Their BLAKE3 hash (already checked by the cache: not computed again).
     pub packed_key: ChunkKey,
+    /// Where they are stored, for a [`BlobSink`] that can reference them there.
+    pub origin: Option<ChunkOrigin>,
+}
+
+/// Where compressed bytes a [`ChunkCache`] found are stored, in the cache's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkOrigin {
+    /// The blob holding them.
+    pub source: String,
+    /// Their offset in it.
+    pub offset: u64,
+}
+
+/// Where a layer blob is written: a byte stream that may also take bytes a
+/// [`ChunkCache`] found by reference to where they are stored, instead of a copy
+/// (the store keeps a blob that repeats most of an earlier one as ranges of it).
+pub trait BlobSink: Write {
+    /// Appends `bytes`, which are stored at `origin` already. The default writes them.
+    fn append_found(&mut self, bytes: &[u8], origin: &ChunkOrigin) -> io::Result<()> {
+        let _ = origin;
+        self.write_all(bytes)
+    }
+}
+
+impl BlobSink for Vec<u8> {}
+impl BlobSink for std::fs::File {}
+impl BlobSink for io::Sink {}
+impl<W: Write> BlobSink for io::BufWriter<W> {}
+
+impl<S: BlobSink + ?Sized> BlobSink for &mut S {
+    fn append_found(&mut self, bytes: &[u8], origin: &ChunkOrigin) -> io::Result<()> {
+        (**self).append_found(bytes, origin)
+    }
+}
+
+impl<S: BlobSink + ?Sized> BlobSink for Box<S> {
+    fn append_found(&mut self, bytes: &[u8], origin: &ChunkOrigin) -> io::Result<()> {
+        (**self).append_found(bytes, origin)
+    }
 }
 
 /// One chunk of a written layer blob.
@@ -193,14 +232,16 @@ fn name_allows_cut(name: &[u8]) -> bool {
 /// One chunk ready to be written: compressed, or found in the cache.
 struct Packed {
     key: ChunkKey,
-    bytes: Vec<u8>,
+    /// Shared with the thread that hashes the blob.
+    bytes: Arc<Vec<u8>>,
     reused: bool,
     packed_key: ChunkKey,
+    origin: Option<ChunkOrigin>,
 }
 
 /// A hash of the layer so far: of the tar (its diff_id) or of the blob (its digest).
-/// Both move to the thread that packs a batch and come back with the batch's result,
-/// so that hashing overlaps with producing the next batch and writing the last one.
+/// Both live in the thread that packs the batches (from its start to the layer's end),
+/// so that hashing overlaps with producing the next batches and writing earlier ones.
 type StreamHash = Hashing<io::Sink>;
 
 /// The tar's and the blob's hashes, as far as the batches written.
@@ -230,19 +271,37 @@ pub(super) struct Mark {
 struct Job {
     chunks: Vec<Vec<u8>>,
     marks: Vec<Option<Mark>>,
-    hashes: Hashes,
 }
 
-/// A packed batch: the chunks' buffers (for reuse), the hashes with the batch hashed
-/// in, each chunk's compressed bytes, and the tar's and blob's hash states after each
-/// marked chunk.
+/// A packed batch: the chunks' buffers (for reuse), each chunk's compressed bytes, and
+/// the tar's hash state after each marked chunk.
 struct Done {
     chunks: Vec<Vec<u8>>,
     marks: Vec<Option<Mark>>,
-    states: Vec<Option<(Vec<u8>, Vec<u8>)>>,
-    hashes: Hashes,
+    tar_states: Vec<Option<Vec<u8>>>,
     packed: Vec<Packed>,
 }
+
+/// The blob's hash state after each marked chunk of a batch.
+type BlobStates = Vec<Option<Vec<u8>>>;
+
+/// Hashes a packed batch into the blob's digest, in order.
+fn hash_blob(
+    blob: &mut StreamHash,
+    bytes: &[Arc<Vec<u8>>],
+    marked: &[bool],
+) -> io::Result<BlobStates> {
+    let mut states = Vec::with_capacity(bytes.len());
+    for (b, marked) in bytes.iter().zip(marked) {
+        blob.write_all(b)?;
+        states.push(marked.then(|| blob.state()));
+    }
+    Ok(states)
+}
+
+/// Batches handed to the packing thread and not yet written: while the thread hashes
+/// the big files at a layer's start, the writer goes on reading the small ones.
+const MAX_IN_FLIGHT: usize = 3;
 
 /// What a batch is packed with.
 #[derive(Clone)]
@@ -255,17 +314,13 @@ struct Packer {
 impl Packer {
     /// Hashes the batch into the diff_id and, at the same time, finds or compresses its
     /// chunks in parallel on the rayon pool.
-    fn pack(&self, job: Job) -> io::Result<Done> {
+    fn pack(&self, job: Job, tar: &mut StreamHash) -> io::Result<Done> {
         use rayon::prelude::*;
-        let Job {
-            chunks,
-            marks,
-            hashes: Hashes { mut tar, mut blob },
-        } = job;
+        let Job { chunks, marks } = job;
         // The chunks are packed on the rayon pool while this thread hashes the tar:
         // not both on the pool, where the step writing the layer holds a worker (the
         // solver runs steps there) and would leave the two to take turns.
-        let (hashed, packed) = thread::scope(|scope| {
+        let (tar_states, packed) = thread::scope(|scope| {
             let packing = scope.spawn(|| {
                 chunks
                     .par_iter()
@@ -278,27 +333,18 @@ impl Packer {
                     tar.write_all(c)?;
                     states.push(mark.is_some().then(|| tar.state()));
                 }
-                Ok((tar, states))
+                Ok(states)
             })();
             let packed = packing
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("a chunk packing thread panicked")));
             (hashed, packed)
         });
-        let (tar, tar_states) = hashed?;
-        let packed = packed?;
-        // The blob's hash, in order, here too: the writing thread only writes.
-        let mut states = Vec::with_capacity(chunks.len());
-        for (p, tar_state) in packed.iter().zip(tar_states) {
-            blob.write_all(&p.bytes)?;
-            states.push(tar_state.map(|t| (t, blob.state())));
-        }
         Ok(Done {
             chunks,
             marks,
-            states,
-            hashes: Hashes { tar, blob },
-            packed,
+            tar_states: tar_states?,
+            packed: packed?,
         })
     }
 
@@ -309,20 +355,26 @@ impl Packer {
             .as_deref()
             .and_then(|c| c.find(&self.codec, &key, data.len() as u64));
         Ok(match found {
-            Some(CachedChunk { bytes, packed_key }) => Packed {
-                key,
+            Some(CachedChunk {
                 bytes,
+                packed_key,
+                origin,
+            }) => Packed {
+                key,
+                bytes: Arc::new(bytes),
                 reused: true,
                 packed_key,
+                origin,
             },
             None => {
                 let bytes = compress_chunk(self.compression, data)?;
                 let packed_key = *blake3::hash(&bytes).as_bytes();
                 Packed {
                     key,
-                    bytes,
+                    bytes: Arc::new(bytes),
                     reused: false,
                     packed_key,
+                    origin: None,
                 }
             }
         })
@@ -334,23 +386,60 @@ impl Packer {
 struct PackThread {
     jobs: mpsc::SyncSender<Job>,
     done: mpsc::Receiver<io::Result<Done>>,
-    handle: thread::JoinHandle<()>,
+    /// The blob's states of each batch, from the thread hashing it (`kiln-digest`):
+    /// the blob's sha256 runs beside the tar's, batch after batch.
+    blob_states: mpsc::Receiver<io::Result<BlobStates>>,
+    /// Gives the hashes back when the jobs end.
+    handle: thread::JoinHandle<io::Result<Hashes>>,
 }
 
 impl PackThread {
-    fn start(packer: Packer) -> io::Result<Self> {
-        let (jobs, job_rx) = mpsc::sync_channel::<Job>(1);
-        let (done_tx, done) = mpsc::sync_channel::<io::Result<Done>>(1);
+    fn start(packer: Packer, hashes: Hashes) -> io::Result<Self> {
+        let Hashes { mut tar, mut blob } = hashes;
+        let (jobs, job_rx) = mpsc::sync_channel::<Job>(MAX_IN_FLIGHT);
+        let (done_tx, done) = mpsc::sync_channel::<io::Result<Done>>(MAX_IN_FLIGHT);
+        let (packed_tx, packed_rx) =
+            mpsc::sync_channel::<(Vec<Arc<Vec<u8>>>, Vec<bool>)>(MAX_IN_FLIGHT);
+        let (states_tx, blob_states) = mpsc::sync_channel(MAX_IN_FLIGHT);
+        let digest = thread::Builder::new()
+            .name("kiln-digest".into())
+            .spawn(move || {
+                for (bytes, marked) in packed_rx {
+                    if states_tx
+                        .send(hash_blob(&mut blob, &bytes, &marked))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                blob
+            })?;
         let handle = thread::Builder::new()
             .name("kiln-chunks".into())
             .spawn(move || {
                 for job in job_rx {
-                    if done_tx.send(packer.pack(job)).is_err() {
+                    let done = packer.pack(job, &mut tar);
+                    if let Ok(d) = &done {
+                        let bytes = d.packed.iter().map(|p| p.bytes.clone()).collect();
+                        let marked = d.marks.iter().map(Option::is_some).collect();
+                        if packed_tx.send((bytes, marked)).is_err() {
+                            break;
+                        }
+                    }
+                    if done_tx.send(done).is_err() {
                         break;
                     }
                 }
+                drop(packed_tx);
+                let blob = digest.join().map_err(|_| pack_thread_gone())?;
+                Ok(Hashes { tar, blob })
             })?;
-        Ok(PackThread { jobs, done, handle })
+        Ok(PackThread {
+            jobs,
+            done,
+            blob_states,
+            handle,
+        })
     }
 }
 
@@ -363,9 +452,9 @@ fn pack_thread_gone() -> io::Error {
 /// writes each compressed chunk, or the same bytes from the cache, to `out`.
 ///
 /// Batches of chunks are packed on another thread (and the rayon pool) while the
-/// caller produces the next batch; at most one batch is in flight, and results are
-/// written in order, so the output does not depend on the timing.
-pub(super) struct Chunker<W: Write> {
+/// caller produces the next ones; at most [`MAX_IN_FLIGHT`] batches are in flight, and
+/// results are written in order, so the output does not depend on the timing.
+pub(super) struct Chunker<W: BlobSink> {
     out: W,
     packer: Packer,
     cur: Vec<u8>,
@@ -378,15 +467,16 @@ pub(super) struct Chunker<W: Write> {
     big: Option<u64>,
     offset: u64,
     chunks: Vec<ChunkInfo>,
-    /// The tar's and blob's hashes, when no batch is in flight (they travel with it).
+    /// The tar's and blob's hashes, until the packing thread starts (it keeps them to
+    /// the end).
     hashes: Option<Hashes>,
     thread: Option<PackThread>,
-    in_flight: bool,
+    in_flight: usize,
     /// Buffers of written chunks, for the next ones.
     spare: Vec<Vec<u8>>,
 }
 
-impl<W: Write> Chunker<W> {
+impl<W: BlobSink> Chunker<W> {
     /// A chunker for a gzip or zstd layer (an uncompressed one is not chunked: its
     /// chunks would be plain copies, which the cache would not spare).
     pub(super) fn new(
@@ -412,7 +502,7 @@ impl<W: Write> Chunker<W> {
             chunks: Vec::new(),
             hashes: Some(Hashes::new()),
             thread: None,
-            in_flight: false,
+            in_flight: 0,
             spare: Vec::new(),
         }
     }
@@ -497,17 +587,20 @@ impl<W: Write> Chunker<W> {
         Ok(())
     }
 
-    /// Hands the pending chunks to the packing thread, after writing the batch before
-    /// them (the one in flight).
+    /// Hands the pending chunks to the packing thread, after writing the oldest batch
+    /// in flight if there are [`MAX_IN_FLIGHT`] of them.
     fn submit(&mut self) -> io::Result<()> {
-        self.collect()?;
+        while self.in_flight >= MAX_IN_FLIGHT {
+            self.collect_one()?;
+        }
         if self.thread.is_none() {
-            self.thread = Some(PackThread::start(self.packer.clone())?);
+            let hashes = self.hashes.take().ok_or_else(pack_thread_gone)?;
+            self.thread = Some(PackThread::start(self.packer.clone(), hashes)?);
         }
         let job = self.take_job();
         let thread = self.thread.as_ref().ok_or_else(pack_thread_gone)?;
         thread.jobs.send(job).map_err(|_| pack_thread_gone())?;
-        self.in_flight = true;
+        self.in_flight += 1;
         Ok(())
     }
 
@@ -516,32 +609,33 @@ impl<W: Write> Chunker<W> {
         Job {
             chunks: std::mem::take(&mut self.pending),
             marks: std::mem::take(&mut self.pending_marks),
-            // Only taken while no batch is in flight.
-            hashes: self.hashes.take().unwrap_or_else(Hashes::new),
         }
     }
 
-    /// Waits for the batch in flight, if any, and writes it.
-    fn collect(&mut self) -> io::Result<()> {
-        if !self.in_flight {
-            return Ok(());
-        }
-        self.in_flight = false;
+    /// Waits for the oldest batch in flight and writes it.
+    fn collect_one(&mut self) -> io::Result<()> {
         let thread = self.thread.as_ref().ok_or_else(pack_thread_gone)?;
         let done = thread.done.recv().map_err(|_| pack_thread_gone())??;
-        self.write_done(done)
+        let blob_states = thread
+            .blob_states
+            .recv()
+            .map_err(|_| pack_thread_gone())??;
+        self.in_flight -= 1;
+        self.write_done(done, blob_states)
     }
 
     /// Writes a packed batch in order and keeps its buffers.
-    fn write_done(&mut self, done: Done) -> io::Result<()> {
+    fn write_done(&mut self, done: Done, blob_states: BlobStates) -> io::Result<()> {
         let Done {
             chunks,
             marks,
-            states,
-            hashes,
+            tar_states,
             packed,
         } = done;
-        self.hashes = Some(hashes);
+        let states = tar_states
+            .into_iter()
+            .zip(blob_states)
+            .map(|(t, b)| t.zip(b));
         let each = chunks.into_iter().zip(marks).zip(states).zip(packed);
         for (((mut data, mark), states), packed) in each {
             let Packed {
@@ -549,8 +643,12 @@ impl<W: Write> Chunker<W> {
                 bytes,
                 reused,
                 packed_key,
+                origin,
             } = packed;
-            self.out.write_all(&bytes)?;
+            match &origin {
+                Some(o) => self.out.append_found(&bytes, o)?,
+                None => self.out.write_all(&bytes)?,
+            }
             let resume = mark
                 .zip(states)
                 .map(|(mark, (tar_state, out_state))| ResumePoint {
@@ -579,16 +677,28 @@ impl<W: Write> Chunker<W> {
     /// diff_id and size of the uncompressed tar.
     pub(super) fn finish(mut self) -> io::Result<Chunked<W>> {
         self.cut()?;
-        self.collect()?;
-        if !self.pending.is_empty() {
-            // The last batch (the only one, for a small layer) is packed here.
+        if self.thread.is_some() {
+            if !self.pending.is_empty() {
+                self.submit()?;
+            }
+            while self.in_flight > 0 {
+                self.collect_one()?;
+            }
+        } else if !self.pending.is_empty() {
+            // The only batch of a small layer is packed here.
             let job = self.take_job();
-            let done = self.packer.pack(job)?;
-            self.write_done(done)?;
+            let mut hashes = self.hashes.take().ok_or_else(pack_thread_gone)?;
+            let done = self.packer.pack(job, &mut hashes.tar)?;
+            let bytes: Vec<_> = done.packed.iter().map(|p| p.bytes.clone()).collect();
+            let marked: Vec<_> = done.marks.iter().map(Option::is_some).collect();
+            let blob_states = hash_blob(&mut hashes.blob, &bytes, &marked)?;
+            self.hashes = Some(hashes);
+            self.write_done(done, blob_states)?;
         }
         if let Some(thread) = self.thread.take() {
             drop(thread.jobs);
-            thread.handle.join().map_err(|_| pack_thread_gone())?;
+            let hashes = thread.handle.join().map_err(|_| pack_thread_gone())??;
+            self.hashes = Some(hashes);
         }
         let Hashes { tar, blob } = self.hashes.take().ok_or_else(pack_thread_gone)?;
         let (_, diff_id, uncompressed_size) = tar.finish();
@@ -616,7 +726,7 @@ pub(super) struct Chunked<W> {
     pub(super) uncompressed_size: u64,
 }
 
-impl<W: Write> Write for Chunker<W> {
+impl<W: BlobSink> Write for Chunker<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = match self.big {
             Some(written) => {

@@ -25,7 +25,7 @@ const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 pub fn recompress_layer(
     blob: impl Read,
     opts: &LayerOptions,
-    out: impl Write,
+    out: impl crate::BlobSink,
     what: &str,
 ) -> Result<LayerInfo, LayerError> {
     let malformed = |reason: &str, source: io::Error| LayerError::Malformed {

@@ -30,8 +30,8 @@ mod write;
 mod tests;
 
 pub use chunk::{
-    BIG_FILE, BIG_SPLIT, CHUNK_MAX, CHUNK_MIN, CUT_ODDS, CachedChunk, ChunkCache, ChunkInfo,
-    ChunkKey, Fingerprint, Resume, ResumePoint, chunk_codec,
+    BIG_FILE, BIG_SPLIT, BlobSink, CHUNK_MAX, CHUNK_MIN, CUT_ODDS, CachedChunk, ChunkCache,
+    ChunkInfo, ChunkKey, ChunkOrigin, Fingerprint, Resume, ResumePoint, chunk_codec,
 };
 pub use compression::{
     Compression, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_TAR_GZIP, MEDIA_TYPE_LAYER_TAR_ZSTD,

@@ -15,7 +15,7 @@ use rustix::fs::{Mode, OFlags};
 use tar::{EntryType, Header};
 use walkdir::WalkDir;
 
-use super::chunk::{ChunkCache, ChunkInfo, Chunked, Chunker, Fingerprint, Mark};
+use super::chunk::{BlobSink, ChunkCache, ChunkInfo, Chunked, Chunker, Fingerprint, Mark};
 use super::compression::{Compression, Encoder};
 use super::error::LayerError;
 use super::whiteout::{
@@ -80,12 +80,12 @@ pub struct LayerInfo {
 /// Where the tar stream goes: a chunker for gzip and zstd, the plain output for an
 /// uncompressed layer. Either hashes the tar for the diff_id and the blob for its
 /// digest.
-pub(super) enum Sink<W: Write> {
+pub(super) enum Sink<W: BlobSink> {
     Chunked(Box<Chunker<W>>),
     Plain(Box<Hashing<Encoder<Hashing<W>>>>),
 }
 
-impl<W: Write> Sink<W> {
+impl<W: BlobSink> Sink<W> {
     pub(super) fn begin_entry(&mut self, size: u64) -> io::Result<()> {
         match self {
             Sink::Chunked(c) => c.begin_entry(size),
@@ -119,7 +119,7 @@ impl<W: Write> Sink<W> {
     }
 }
 
-impl<W: Write> Write for Sink<W> {
+impl<W: BlobSink> Write for Sink<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Sink::Chunked(c) => c.write(buf),
@@ -297,7 +297,7 @@ pub enum EntryKind {
 pub fn write_layer(
     dir: &Path,
     opts: &LayerOptions,
-    out: impl Write,
+    out: impl BlobSink,
 ) -> Result<LayerInfo, LayerError> {
     let meta = fs::symlink_metadata(dir).map_err(|e| LayerError::io("stat", dir, e))?;
     if !meta.is_dir() {
@@ -319,7 +319,7 @@ pub fn write_layer(
 pub fn write_layer_entries(
     entries: Vec<LayerEntry>,
     opts: &LayerOptions,
-    out: impl Write,
+    out: impl BlobSink,
 ) -> Result<LayerInfo, LayerError> {
     let mut items: Vec<Item> = entries
         .into_iter()
@@ -377,7 +377,7 @@ pub fn write_layer_entries(
 /// Writes sorted items as a layer; `dir` names the source in errors.
 /// The sink a layer in `opts.compression` is written through; `dir` names the source
 /// in errors.
-pub(super) fn start_sink<W: Write>(
+pub(super) fn start_sink<W: BlobSink>(
     opts: &LayerOptions,
     out: W,
     dir: &Path,
@@ -392,7 +392,7 @@ pub(super) fn start_sink<W: Write>(
 }
 
 /// Finishes a layer written through `sink` (the tar's end-of-archive blocks written).
-pub(super) fn finish_sink<W: Write>(
+pub(super) fn finish_sink<W: BlobSink>(
     sink: Sink<W>,
     opts: &LayerOptions,
     entries: u64,
@@ -422,7 +422,7 @@ pub(super) fn finish_sink<W: Write>(
 fn write_items(
     items: &[Item],
     opts: &LayerOptions,
-    out: impl Write,
+    out: impl BlobSink,
     dir: &Path,
 ) -> Result<LayerInfo, LayerError> {
     let mut sink = start_sink(opts, out, dir)?;

@@ -250,6 +250,13 @@ impl<T> Hashing<T> {
         self.count += n;
     }
 
+    /// Hashes and counts `bytes` that do not pass through the wrapped value (a writer
+    /// that stores them some other way).
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+        self.count += bytes.len() as u64;
+    }
+
     /// The wrapped value.
     pub fn get_ref(&self) -> &T {
         &self.inner

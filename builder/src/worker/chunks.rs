@@ -6,8 +6,11 @@ use std::sync::{Arc, Mutex};
 
 use std::io::{self, Write};
 
-use kiln_cache::{ChunkEntry, ChunkIndex, ChunkResume, Digest, Store};
-use kiln_layer::{CachedChunk, ChunkCache, ChunkInfo, ChunkKey, Fingerprint, Resume, ResumePoint};
+use kiln_cache::{BlobWriter, ChunkEntry, ChunkIndex, ChunkResume, Digest, Store};
+use kiln_layer::{
+    BlobSink, CachedChunk, ChunkCache, ChunkInfo, ChunkKey, ChunkOrigin, Fingerprint, Resume,
+    ResumePoint,
+};
 
 /// Chunks of the blobs stored when the build started, per codec (each codec's index
 /// is read on first use).
@@ -44,6 +47,10 @@ impl ChunkCache for StoreChunks {
         Some(CachedChunk {
             bytes,
             packed_key: loc.packed_hash,
+            origin: Some(ChunkOrigin {
+                source: loc.blob.to_string(),
+                offset: loc.offset,
+            }),
         })
     }
 
@@ -64,10 +71,40 @@ impl ChunkCache for StoreChunks {
         })
     }
 
-    fn copy_head(&self, resume: &Resume, out: &mut dyn Write) -> io::Result<()> {
+    fn copy_head(&self, resume: &Resume, out: &mut dyn BlobSink) -> io::Result<()> {
         let blob = Digest::parse(&resume.source)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        self.store.copy_chunks(&blob, &entries(&resume.chunks), out)
+        self.store
+            .copy_chunks(&blob, &entries(&resume.chunks), &mut |bytes, offset| {
+                let origin = ChunkOrigin {
+                    source: resume.source.clone(),
+                    offset,
+                };
+                out.append_found(bytes, &origin)
+            })
+    }
+}
+
+/// A store blob writer as the layer writer's sink: chunks found in stored blobs are
+/// referenced where they are ([`BlobWriter::append_stored`]).
+pub(super) struct StoreSink<'a>(pub(super) &'a mut BlobWriter);
+
+impl Write for StoreSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl BlobSink for StoreSink<'_> {
+    fn append_found(&mut self, bytes: &[u8], origin: &ChunkOrigin) -> io::Result<()> {
+        match Digest::parse(&origin.source) {
+            Ok(d) => self.0.append_stored(&d, origin.offset, bytes),
+            Err(_) => self.0.write_all(bytes),
+        }
     }
 }
 

@@ -5,7 +5,6 @@
 //! so nothing is unpacked twice. Cache records map a cache key to the resulting chain.
 
 use std::collections::HashMap;
-use std::io::BufWriter;
 use std::sync::atomic::AtomicBool;
 
 use kiln_cache::{CacheError, Digest, StatMemo, Store};
@@ -575,7 +574,7 @@ impl<'a> BuildWorker<'a> {
     fn write_blob(
         &self,
         write: impl FnOnce(
-            &mut dyn std::io::Write,
+            &mut dyn kiln_layer::BlobSink,
         ) -> Result<kiln_layer::LayerInfo, kiln_layer::LayerError>,
     ) -> Result<LayerRef> {
         write_layer_blob(self.store, self.layer_opts.compression, write)
@@ -917,20 +916,20 @@ pub fn streamed_chain(graph: &kiln_ops::BuildGraph) -> std::collections::HashSet
 pub type Results = HashMap<VertexId, kiln_solver::Solved<Output>>;
 
 /// Writes a layer blob in `compression` with `write` into `store` and records its
-/// chunks.
+/// chunks. Chunks found in earlier blobs are referenced there, not copied, where the
+/// store can (a spliced blob, see `kiln_cache::BlobReader`).
 fn write_layer_blob(
     store: &Store,
     compression: kiln_layer::Compression,
-    write: impl FnOnce(&mut dyn std::io::Write) -> Result<kiln_layer::LayerInfo, kiln_layer::LayerError>,
+    write: impl FnOnce(
+        &mut dyn kiln_layer::BlobSink,
+    ) -> Result<kiln_layer::LayerInfo, kiln_layer::LayerError>,
 ) -> Result<LayerRef> {
     // The layer writer hashes the blob as it writes it.
     let mut writer = store.prehashed_blob_writer()?;
-    let info = {
-        let mut buf = BufWriter::with_capacity(1 << 20, &mut writer);
-        let info = write(&mut buf)?;
-        std::io::Write::flush(&mut buf)?;
-        info
-    };
+    // No buffer of its own: the blob writer has one, and referenced ranges must stay
+    // in order with the bytes written around them.
+    let info = write(&mut chunks::StoreSink(&mut writer))?;
     writer.commit(Some(&info.digest))?;
     // A layer of one chunk is only ever reused whole, through the cache record.
     if let (Some(codec), true) = (kiln_layer::chunk_codec(compression), info.chunks.len() > 1) {
@@ -965,12 +964,7 @@ pub fn layers_in_compression(
         .iter_mut()
         .filter(|l| l.media_type != compression.media_type())
     {
-        let path = store.blob_path(&layer.digest);
-        let file = std::fs::File::open(&path).map_err(|source| kiln_layer::LayerError::Io {
-            op: "open layer blob",
-            path: path.clone(),
-            source,
-        })?;
+        let file = store.open_blob(&layer.digest)?;
         let what = layer.digest.to_string();
         let converted = write_layer_blob(store, compression, |out| {
             kiln_layer::recompress_layer(std::io::BufReader::new(file), &opts, out, &what)

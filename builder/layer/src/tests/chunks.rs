@@ -82,6 +82,7 @@ impl ChunkCache for MemCache {
         got.map(|bytes| CachedChunk {
             packed_key: *blake3::hash(&bytes).as_bytes(),
             bytes,
+            origin: None,
         })
     }
 
@@ -102,7 +103,7 @@ impl ChunkCache for MemCache {
         })
     }
 
-    fn copy_head(&self, resume: &Resume, out: &mut dyn Write) -> io::Result<()> {
+    fn copy_head(&self, resume: &Resume, out: &mut dyn crate::BlobSink) -> io::Result<()> {
         self.resumed.fetch_add(1, Ordering::Relaxed);
         let blobs = self.blobs.lock().unwrap();
         let bytes = &blobs[resume.source.parse::<usize>().unwrap()].1;

@@ -43,6 +43,6 @@ pub use unpack::{
 };
 pub use whiteout::{OPAQUE_WHITEOUT, WHITEOUT_PREFIX, is_overlay_xattr};
 pub use write::{
-    EntryKind, LayerEntry, LayerInfo, LayerOptions, SkipFn, is_empty_dir, write_layer,
-    write_layer_entries,
+    EntryKind, LayerEntry, LayerInfo, LayerOptions, OpenArchive, SkipFn, is_empty_dir, write_layer,
+    write_layer_entries, write_layer_entries_with,
 };

@@ -385,7 +385,8 @@ impl<'a> BuildWorker<'a> {
         if streamed || self.lazy.contains(&id) {
             // No later step reads the result as a filesystem (or only later file ops do,
             // through the entries kept here): the layer is written from the sources,
-            // with no tree on disk. An archive to extract needs one.
+            // with no tree on disk. An archive's members are read from the archive; what
+            // only a directory gives exactly (see `Upper::in_memory`) is done on one.
             let mut upper = Upper::in_memory(&base_view);
             match self.apply_actions(f, &sources, &mut upper, &owner_of) {
                 Err(WorkerError::Fs(kiln_fs::FsError::NeedsDisk)) => {}
@@ -568,7 +569,9 @@ impl<'a> BuildWorker<'a> {
             .iter()
             .map(|(rel, node)| layer_entry(rel, node.clone()))
             .collect();
-        self.write_blob(|out| kiln_layer::write_layer_entries(entries, &self.layer_opts, out))
+        self.write_blob(|out| {
+            kiln_layer::write_layer_entries_with(entries, &self.layer_opts, out, &open_archive)
+        })
     }
 
     /// Writes a layer blob with `write` and records its chunks.
@@ -606,6 +609,17 @@ fn layer_entry(rel: &str, node: kiln_fs::Node) -> kiln_layer::LayerEntry {
             NodeKind::Dir => EntryKind::Dir,
             NodeKind::File { from, len, link } => EntryKind::File { from, len, link },
             NodeKind::Data(bytes) => EntryKind::Data(bytes),
+            NodeKind::Member {
+                archive,
+                offset,
+                len,
+                link,
+            } => EntryKind::Member {
+                archive,
+                offset,
+                len,
+                link,
+            },
             NodeKind::Symlink(target) => EntryKind::Symlink(target),
         },
         mode: node.mode,
@@ -615,6 +629,14 @@ fn layer_entry(rel: &str, node: kiln_fs::Node) -> kiln_layer::LayerEntry {
         mtime: node.mtime.map(|t| t.unix_seconds()).unwrap_or_default(),
         xattrs_from: node.xattrs_from,
     }
+}
+
+/// The archives `ADD` extracts, for the layer writer: their members are read from them.
+fn open_archive(
+    path: &std::path::Path,
+    offset: u64,
+) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+    kiln_fs::open_archive_at(path, offset)
 }
 
 /// Borrows the worker's context as a boxed source.

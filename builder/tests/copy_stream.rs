@@ -16,10 +16,15 @@ const MTIME: i64 = 1_700_000_000;
 /// Builds `ctx` (its Dockerfile, `--target target`) in a store of its own; returns the
 /// layer digests of the result.
 fn build(ws: &Workspace, name: &str, ctx: &Path, target: &str) -> Vec<String> {
-    let root = ws.path(&format!("store-{name}"));
+    build_in(ws, name, name, ctx, target)
+}
+
+/// [`build`] in the store `store-{store}`, into the layout `out-{out}`.
+fn build_in(ws: &Workspace, store: &str, out: &str, ctx: &Path, target: &str) -> Vec<String> {
+    let root = ws.path(&format!("store-{store}"));
     fs::create_dir_all(&root).unwrap();
     fs::write(root.join("config.toml"), "[gc]\nmin-free-space = \"0\"\n").unwrap();
-    let layout = ws.path(&format!("out-{name}"));
+    let layout = ws.path(&format!("out-{out}"));
     let o = Command::cargo_bin("kiln")
         .unwrap()
         .env("KILN_ROOT", &root)
@@ -238,5 +243,48 @@ fn a_chain_with_added_archives_gives_the_layers_it_gives_when_staged() {
         snapshots(&ws, "streamed"),
         0,
         "no tree on disk for the chain"
+    );
+}
+
+/// Issue 14, must-have 1: the first build after an edit, where the chain's cached COPYs
+/// have no snapshots, sees their layers through their blobs' listings (a COPY that
+/// missed reads the bytes of a cached stage's files from its blobs) and still makes no
+/// snapshot; its layers are those of a build of the edited context in a fresh store.
+#[test]
+fn an_edit_build_of_a_chain_reads_cached_layers_from_their_blobs() {
+    require_root!();
+    let chain = "FROM scratch AS src\n\
+                 COPY app /app/\n\
+                 COPY app/a.txt /app/extra.txt\n\
+                 FROM scratch AS s\n\
+                 COPY app.txt /app.txt\n\
+                 COPY --from=src /app/ /from-src/\n\
+                 COPY --chown=5:6 app/deep /deep/\n";
+    let ws = Workspace::new();
+    let ctx = context(
+        &ws,
+        &format!("{chain}FROM s AS after\nCOPY --link app/a.txt /later.txt\n"),
+    );
+    let edit = |text: &str| {
+        write(&ctx.join("app.txt"), text.as_bytes(), 0o644);
+        let t = filetime::FileTime::from_unix_time(MTIME, 0);
+        filetime::set_file_times(ctx.join("app.txt"), t, t).unwrap();
+    };
+    edit("one\n");
+    let cold = build_in(&ws, "warm", "cold", &ctx, "s");
+    assert_eq!(cold.len(), 3, "{cold:?}");
+    edit("one\ntwo\n");
+    let edited = build_in(&ws, "warm", "edited", &ctx, "s");
+    assert_eq!(snapshots(&ws, "warm"), 0, "nothing unpacked for the edit");
+    let fresh = build(&ws, "fresh", &ctx, "s");
+    assert_eq!(edited, fresh, "the edit build's layers are a fresh build's");
+    assert_ne!(edited[0], cold[0]);
+    // And those of the chain staged: a.txt and its hardlink a2.txt are one file, the
+    // same a.txt copied by another step (`extra.txt`) is another, as in snapshots.
+    let staged = build(&ws, "staged", &ctx, "after");
+    assert_eq!(
+        staged[..3],
+        fresh[..],
+        "the staged layers are the streamed ones"
     );
 }

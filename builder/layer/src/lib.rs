@@ -20,6 +20,7 @@ mod chunk;
 mod compression;
 mod convert;
 mod error;
+mod list;
 mod safe_fs;
 mod tar_guard;
 mod unpack;
@@ -38,6 +39,7 @@ pub use compression::{
 };
 pub use convert::recompress_layer;
 pub use error::LayerError;
+pub use list::{ListedEntry, ListedKind, list_layer};
 pub use unpack::{
     MAX_PATH_DEPTH, MAX_PATH_LEN, UnpackInfo, UnpackOptions, WhiteoutMode, unpack_layer,
 };

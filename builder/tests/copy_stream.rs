@@ -1,7 +1,7 @@
 //! A COPY or ADD no later step reads is written from its sources with no staging tree:
 //! the layer is the one the same step gives when a later step needs its snapshot (and is
-//! staged), for plain COPYs and for an `ADD` of a local archive (which still extracts into
-//! a directory). Needs root (`require_root!`: owners are kept).
+//! staged), for plain COPYs and for an `ADD` of a local archive (whose members are read
+//! from the archive). Needs root (`require_root!`: owners are kept).
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -16,10 +16,15 @@ const MTIME: i64 = 1_700_000_000;
 /// Builds `ctx` (its Dockerfile, `--target target`) in a store of its own; returns the
 /// layer digests of the result.
 fn build(ws: &Workspace, name: &str, ctx: &Path, target: &str) -> Vec<String> {
-    let root = ws.path(&format!("store-{name}"));
+    build_in(ws, name, name, ctx, target)
+}
+
+/// [`build`] in the store `store-{store}`, into the layout `out-{out}`.
+fn build_in(ws: &Workspace, store: &str, out: &str, ctx: &Path, target: &str) -> Vec<String> {
+    let root = ws.path(&format!("store-{store}"));
     fs::create_dir_all(&root).unwrap();
     fs::write(root.join("config.toml"), "[gc]\nmin-free-space = \"0\"\n").unwrap();
-    let layout = ws.path(&format!("out-{name}"));
+    let layout = ws.path(&format!("out-{out}"));
     let o = Command::cargo_bin("kiln")
         .unwrap()
         .env("KILN_ROOT", &root)
@@ -180,5 +185,106 @@ fn a_chain_of_copies_gives_the_layers_it_gives_when_staged() {
         snapshots(&ws, "staged") >= 8,
         "{}",
         snapshots(&ws, "staged")
+    );
+}
+
+/// Issue 14, must-have 1: an `ADD` of a local archive in a streamed chain is written
+/// from the archive (no snapshot), gives the layer it gives staged, and the steps above
+/// it read its members: the bytes of a file (a `COPY --from` of a stage that added an
+/// archive) and an `/etc/passwd` that came out of one (`--chown` by name).
+#[test]
+fn a_chain_with_added_archives_gives_the_layers_it_gives_when_staged() {
+    require_root!();
+    let chain = "FROM scratch AS src\n\
+                 ADD tools.tar.gz /src/\n\
+                 FROM scratch AS s\n\
+                 ADD tools.tar.gz /\n\
+                 ADD --chown=app app.tar /opt/\n\
+                 COPY --from=src /src/ /from-src/\n\
+                 COPY --chown=app:app app/a.txt /opt/\n";
+    let ws = Workspace::new();
+    let ctx = context(
+        &ws,
+        &format!("{chain}FROM s AS after\nCOPY --link app/a.txt /later.txt\n"),
+    );
+    {
+        let gz = flate2::write::GzEncoder::new(
+            fs::File::create(ctx.join("tools.tar.gz")).unwrap(),
+            flate2::Compression::default(),
+        );
+        let mut b = tar::Builder::new(gz);
+        let mut add = |name: &str, data: &[u8], mode: u32| {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(mode);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(MTIME as u64 - 5);
+            h.set_cksum();
+            b.append_data(&mut h, name, data).unwrap();
+        };
+        add("etc/passwd", b"app:x:1000:1001::/:/bin/sh\n", 0o644);
+        add("etc/group", b"app:x:1001:\n", 0o644);
+        add("usr/bin/tool", &vec![3u8; 2 << 20], 0o755);
+        b.into_inner().unwrap().finish().unwrap();
+    }
+    let t = filetime::FileTime::from_unix_time(MTIME, 0);
+    filetime::set_file_times(ctx.join("tools.tar.gz"), t, t).unwrap();
+    let streamed = build(&ws, "streamed", &ctx, "s");
+    let staged = build(&ws, "staged", &ctx, "after");
+    assert_eq!(streamed.len(), 4, "{streamed:?}");
+    assert_eq!(staged.len(), 5, "{staged:?}");
+    assert_eq!(
+        streamed[..],
+        staged[..4],
+        "the streamed layers are the staged ones"
+    );
+    assert_eq!(
+        snapshots(&ws, "streamed"),
+        0,
+        "no tree on disk for the chain"
+    );
+}
+
+/// Issue 14, must-have 1: the first build after an edit, where the chain's cached COPYs
+/// have no snapshots, sees their layers through their blobs' listings (a COPY that
+/// missed reads the bytes of a cached stage's files from its blobs) and still makes no
+/// snapshot; its layers are those of a build of the edited context in a fresh store.
+#[test]
+fn an_edit_build_of_a_chain_reads_cached_layers_from_their_blobs() {
+    require_root!();
+    let chain = "FROM scratch AS src\n\
+                 COPY app /app/\n\
+                 COPY app/a.txt /app/extra.txt\n\
+                 FROM scratch AS s\n\
+                 COPY app.txt /app.txt\n\
+                 COPY --from=src /app/ /from-src/\n\
+                 COPY --chown=5:6 app/deep /deep/\n";
+    let ws = Workspace::new();
+    let ctx = context(
+        &ws,
+        &format!("{chain}FROM s AS after\nCOPY --link app/a.txt /later.txt\n"),
+    );
+    let edit = |text: &str| {
+        write(&ctx.join("app.txt"), text.as_bytes(), 0o644);
+        let t = filetime::FileTime::from_unix_time(MTIME, 0);
+        filetime::set_file_times(ctx.join("app.txt"), t, t).unwrap();
+    };
+    edit("one\n");
+    let cold = build_in(&ws, "warm", "cold", &ctx, "s");
+    assert_eq!(cold.len(), 3, "{cold:?}");
+    edit("one\ntwo\n");
+    let edited = build_in(&ws, "warm", "edited", &ctx, "s");
+    assert_eq!(snapshots(&ws, "warm"), 0, "nothing unpacked for the edit");
+    let fresh = build(&ws, "fresh", &ctx, "s");
+    assert_eq!(edited, fresh, "the edit build's layers are a fresh build's");
+    assert_ne!(edited[0], cold[0]);
+    // And those of the chain staged: a.txt and its hardlink a2.txt are one file, the
+    // same a.txt copied by another step (`extra.txt`) is another, as in snapshots.
+    let staged = build(&ws, "staged", &ctx, "after");
+    assert_eq!(
+        staged[..3],
+        fresh[..],
+        "the staged layers are the streamed ones"
     );
 }

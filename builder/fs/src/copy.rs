@@ -140,6 +140,8 @@ pub struct Upper<'a> {
     /// The tree the actions apply on top of (empty for `--link` and scratch).
     pub base: &'a dyn SourceFs,
     tree: Box<dyn Tree + 'a>,
+    /// The last hardlink key given to archive members (see [`ARCHIVE_LINK_DEV`]).
+    next_link: u64,
 }
 
 /// What an in-memory [`Upper`] made: entries by view path (see [`crate::name`]).
@@ -170,16 +172,19 @@ impl<'a> Upper<'a> {
         Upper {
             base,
             tree: Box::new(DiskTree::new(dir)),
+            next_link: 0,
         }
     }
 
     /// An upper kept in memory over `base`: [`Upper::finish_entries`] gives its entries,
-    /// whose files are read from their sources when the layer is written. An action that
-    /// needs a directory fails with [`FsError::NeedsDisk`].
+    /// whose files are read from their sources when the layer is written (an `ADD`
+    /// archive's members from the archive). An action that needs a directory fails with
+    /// [`FsError::NeedsDisk`] (see `extract_in_memory`).
     pub fn in_memory(base: &'a dyn SourceFs) -> Upper<'a> {
         Upper {
             base,
             tree: Box::new(MemTree::default()),
+            next_link: 0,
         }
     }
 
@@ -278,12 +283,12 @@ impl<'a> Upper<'a> {
                 continue;
             }
             if unpack && is_archive_entry(&entry)? {
-                let Some(dir) = self.tree.disk_dir().map(Path::to_path_buf) else {
-                    return Err(FsError::NeedsDisk);
-                };
                 self.ensure_dir(&dest_rel, opts.owner)?;
                 let path = entry.path().unwrap_or(Path::new("")).to_path_buf();
-                extract_archive(&path, &dir.join(to_path(&dest_rel)), opts.owner)?;
+                match self.tree.disk_dir().map(Path::to_path_buf) {
+                    Some(dir) => extract_archive(&path, &dir.join(to_path(&dest_rel)), opts.owner)?,
+                    None => self.extract_in_memory(&path, &dest_rel, opts.owner)?,
+                }
                 continue;
             }
             let target = if opts.parents {
@@ -633,40 +638,336 @@ pub fn is_archive(path: &Path) -> Result<bool> {
         || (n >= 262 && &h[257..262] == b"ustar"))
 }
 
-/// Extracts a local archive into `dest` (ADD), refusing paths that escape it.
-fn extract_archive(path: &Path, dest: &Path, owner: Option<Ids>) -> Result<()> {
-    let f = fs::File::open(path)?;
+/// The decompressed tar stream of a local archive (tar, gzip, bzip2, xz, zstd), read
+/// from `offset` on (a plain tar seeks there, a compressed one is decoded up to it).
+pub fn open_archive_at(path: &Path, offset: u64) -> std::io::Result<Box<dyn Read + Send>> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = fs::File::open(path)?;
     let mut head = [0u8; 6];
-    let n = fs::File::open(path)?.read(&mut head)?;
+    let n = f.read(&mut head)?;
+    f.seek(SeekFrom::Start(0))?;
     let head = &head[..n];
-    let reader: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::read::MultiGzDecoder::new(f))
+    let mut reader: Box<dyn Read + Send> = if head.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(
+            f,
+        )))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         Box::new(zstd::stream::read::Decoder::new(f)?)
     } else if head.starts_with(b"BZh") {
-        Box::new(bzip2::read::MultiBzDecoder::new(f))
+        Box::new(bzip2::read::MultiBzDecoder::new(std::io::BufReader::new(f)))
     } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
         Box::new(xz2_like::decoder(f)?)
     } else {
-        Box::new(f)
+        f.seek(SeekFrom::Start(offset))?;
+        return Ok(Box::new(f));
     };
-    let mut archive = tar::Archive::new(reader);
+    let skipped = std::io::copy(&mut (&mut reader).take(offset), &mut std::io::sink())?;
+    if skipped != offset {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(reader)
+}
+
+/// The bytes of an archive member kept as [`NodeKind::Member`]: `len` bytes at `offset`
+/// of the archive's decompressed tar stream.
+pub fn read_member(archive: &Path, offset: u64, len: u64) -> std::io::Result<impl Read> {
+    Ok(open_archive_at(archive, offset)?.take(len))
+}
+
+/// The device of the hardlink keys of archive members kept in memory: no device has
+/// it, so they never meet the `(dev, ino)` of a copied file.
+pub const ARCHIVE_LINK_DEV: u64 = u64::MAX;
+
+/// Members up to this size are read into memory while an archive's headers are read
+/// (their bytes are then at hand when the layer is written in path order, whatever
+/// the archive's order), as long as the archive's total stays under
+/// [`INLINE_BUDGET`]; larger ones are read from the archive again when the layer is.
+const INLINE_MAX: u64 = 256 << 10;
+/// See [`INLINE_MAX`].
+const INLINE_BUDGET: u64 = 32 << 20;
+
+/// A member's path relative to the destination, as the staged extraction (the `tar`
+/// crate's `unpack_in`) places it: leading `/` and `.` components dropped, `None` for
+/// the destination itself; a `..` component is refused, naming the member.
+fn member_rel(name: &Path, archive: &Path) -> Result<Option<String>> {
+    use std::path::Component;
+    let mut parts = Vec::new();
+    for c in name.components() {
+        match c {
+            Component::Prefix(_) | Component::RootDir | Component::CurDir => {}
+            Component::ParentDir => {
+                return Err(FsError::ArchiveEscape {
+                    member: name.display().to_string(),
+                    archive: archive.to_path_buf(),
+                });
+            }
+            Component::Normal(p) => parts.push(crate::name::encode(p).into_owned()),
+        }
+    }
+    Ok((!parts.is_empty()).then(|| parts.join("/")))
+}
+
+/// A hardlink member's target relative to the destination, as the staged extraction
+/// resolves it (relative to the destination, `..` resolved): an absolute target or one
+/// that climbs out is refused, naming the member.
+fn link_target_rel(target: &Path, member: &Path, archive: &Path) -> Result<String> {
+    use std::path::Component;
+    let escape = || FsError::ArchiveEscape {
+        member: format!("{} (a hardlink to {})", member.display(), target.display()),
+        archive: archive.to_path_buf(),
+    };
+    let mut parts: Vec<String> = Vec::new();
+    for c in target.components() {
+        match c {
+            Component::Prefix(_) | Component::RootDir => return Err(escape()),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                parts.pop().ok_or_else(escape)?;
+            }
+            Component::Normal(p) => parts.push(crate::name::encode(p).into_owned()),
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+/// The mode a regular file keeps after `chown` (what the staged extraction's `lchown`
+/// does to it): the kernel drops setuid, and setgid when the group may execute.
+fn mode_after_chown(mode: u32) -> u32 {
+    let mut m = mode & !0o4000;
+    if m & 0o2010 == 0o2010 {
+        m &= !0o2000;
+    }
+    m
+}
+
+/// A member's mtime as the staged extraction sets it (0 becomes 1, as the `tar` crate
+/// does).
+fn member_mtime(h: &tar::Header) -> Option<FileTime> {
+    h.mtime()
+        .ok()
+        .map(|t| FileTime::from_unix_time(t.max(1) as i64, 0))
+}
+
+impl Upper<'_> {
+    /// Extracts a local archive into `dest` of an in-memory upper, as
+    /// [`extract_archive`] extracts it into a directory: the members become entries
+    /// (small ones with their bytes, the others as [`NodeKind::Member`], read from the
+    /// archive when the layer is written). What only a directory gives exactly (a
+    /// member under a symlink, a file over a directory, a hardlink to a file the
+    /// archive did not make, sparse files) fails with [`FsError::NeedsDisk`].
+    fn extract_in_memory(&mut self, path: &Path, dest: &str, owner: Option<Ids>) -> Result<()> {
+        let ctx = || format!("extracting {}", path.display());
+        let mut archive = tar::Archive::new(open_archive_at(path, 0).with_context(ctx)?);
+        // The paths this archive made regular files at, and their data offsets.
+        let mut made: std::collections::HashMap<String, (u64, u64)> = Default::default();
+        let mut inline = 0u64;
+        for entry in archive.entries().with_context(ctx)? {
+            let mut entry = entry.with_context(ctx)?;
+            let kind = entry.header().entry_type();
+            if kind.is_pax_global_extensions()
+                || kind.is_pax_local_extensions()
+                || kind.is_gnu_longname()
+                || kind.is_gnu_longlink()
+            {
+                continue;
+            }
+            let name = entry.path().with_context(ctx)?.into_owned();
+            let Some(inner) = member_rel(&name, path)? else {
+                // The destination itself: the staged extraction only chowns it.
+                if let (Some(ids), false) = (owner, dest.is_empty()) {
+                    if let Some(mut node) = self.tree.node(dest).cloned() {
+                        node.owner = ids;
+                        self.tree.put(dest, node)?;
+                    }
+                }
+                continue;
+            };
+            let rel = join(dest, &inner);
+            self.member_parents(dest, &inner)?;
+            let h = entry.header();
+            // A mode that does not parse is left to the kernel by the staged extraction.
+            let mode = h.mode().map_err(|_| FsError::NeedsDisk)? & 0o7777;
+            let ids = match owner {
+                Some(ids) => ids,
+                None => Ids {
+                    uid: u32::try_from(h.uid().with_context(ctx)?).unwrap_or(u32::MAX),
+                    gid: u32::try_from(h.gid().with_context(ctx)?).unwrap_or(u32::MAX),
+                },
+            };
+            let existing = self.tree.node(&rel).map(|n| n.kind.clone());
+            let is_dir = matches!(existing, Some(NodeKind::Dir));
+            if kind.is_dir() {
+                let node = match self.tree.node(&rel) {
+                    Some(n) if n.kind == NodeKind::Dir => Node {
+                        mode,
+                        owner: ids,
+                        ..n.clone()
+                    },
+                    Some(_) => return Err(FsError::NeedsDisk),
+                    // The staged extraction leaves a new directory's time to the
+                    // kernel: the time its last entry was made.
+                    None => Self::new_dir(mode, ids, None, None),
+                };
+                self.tree.put(&rel, node)?;
+                made.remove(&rel);
+                continue;
+            }
+            if is_dir || kind == tar::EntryType::GNUSparse {
+                return Err(FsError::NeedsDisk);
+            }
+            let mtime = member_mtime(h);
+            if kind.is_symlink() {
+                let target = entry
+                    .link_name()
+                    .with_context(ctx)?
+                    .ok_or(FsError::NeedsDisk)?
+                    .into_owned();
+                if existing.is_some() {
+                    self.tree.remove(&rel)?;
+                }
+                self.tree.put(
+                    &rel,
+                    Node {
+                        kind: NodeKind::Symlink(target),
+                        mode: 0o777,
+                        owner: ids,
+                        mtime,
+                        xattrs_from: None,
+                    },
+                )?;
+                made.remove(&rel);
+                continue;
+            }
+            if kind.is_hard_link() {
+                let target = entry
+                    .link_name()
+                    .with_context(ctx)?
+                    .ok_or(FsError::NeedsDisk)?
+                    .into_owned();
+                let to = join(dest, &link_target_rel(&target, &name, path)?);
+                // The staged extraction refuses to link over an existing path and
+                // follows symlinks in the target's path: both are left to it.
+                let Some(&(offset, len)) = made.get(&to) else {
+                    return Err(FsError::NeedsDisk);
+                };
+                if existing.is_some() {
+                    return Err(FsError::NeedsDisk);
+                }
+                let mut first = self.tree.node(&to).cloned().ok_or(FsError::NeedsDisk)?;
+                let key = match first.kind.link() {
+                    Some(key) => key,
+                    None => {
+                        self.next_link += 1;
+                        let key = (ARCHIVE_LINK_DEV, self.next_link);
+                        first.kind = NodeKind::Member {
+                            archive: path.to_path_buf(),
+                            offset,
+                            len,
+                            link: Some(key),
+                        };
+                        self.tree.remove(&to)?;
+                        self.tree.put(&to, first.clone())?;
+                        key
+                    }
+                };
+                debug_assert_eq!(first.kind.link(), Some(key));
+                self.tree.put(&rel, first)?;
+                made.insert(rel, (offset, len));
+                continue;
+            }
+            // Anything else is written as a regular file, as the `tar` crate does.
+            let offset = entry.raw_file_position();
+            let len = entry.size();
+            let kind = if len <= INLINE_MAX && inline + len <= INLINE_BUDGET {
+                inline += len;
+                let mut data = Vec::with_capacity(len as usize);
+                entry.read_to_end(&mut data).with_context(ctx)?;
+                NodeKind::Data(data)
+            } else {
+                NodeKind::Member {
+                    archive: path.to_path_buf(),
+                    offset,
+                    len,
+                    link: None,
+                }
+            };
+            if existing.is_some() {
+                self.tree.remove(&rel)?;
+            }
+            self.tree.put(
+                &rel,
+                Node {
+                    kind,
+                    mode: if owner.is_some() {
+                        mode_after_chown(mode)
+                    } else {
+                        mode
+                    },
+                    owner: ids,
+                    mtime,
+                    xattrs_from: None,
+                },
+            )?;
+            made.insert(rel, (offset, len));
+        }
+        Ok(())
+    }
+
+    /// Makes the parents of member `inner` under `dest` as the staged extraction does:
+    /// missing ones are new root-owned 0755 directories (not chowned, not copied up).
+    fn member_parents(&mut self, dest: &str, inner: &str) -> Result<()> {
+        let mut cur = dest.to_string();
+        let parts: Vec<&str> = inner.split('/').collect();
+        for comp in &parts[..parts.len() - 1] {
+            cur = join(&cur, comp);
+            match self.tree.node(&cur) {
+                Some(n) if n.kind == NodeKind::Dir => {}
+                Some(_) => return Err(FsError::NeedsDisk),
+                None => self.tree.put(
+                    &cur,
+                    Self::new_dir(0o755, Ids { uid: 0, gid: 0 }, None, None),
+                )?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Extracts a local archive into `dest` (ADD), refusing paths that escape it.
+fn extract_archive(path: &Path, dest: &Path, owner: Option<Ids>) -> Result<()> {
+    let ctx = || format!("extracting {}", path.display());
+    let mut archive = tar::Archive::new(open_archive_at(path, 0).with_context(ctx)?);
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(owner.is_none());
     archive.set_preserve_mtime(true);
     archive.set_unpack_xattrs(false);
     archive.set_overwrite(true);
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        // `unpack_in` refuses absolute paths and `..` that escape `dest`.
-        let written = entry
-            .unpack_in(dest)
-            .with_context(|| format!("extracting {}", path.display()))?;
+    for entry in archive.entries().with_context(ctx)? {
+        let mut entry = entry.with_context(ctx)?;
+        let kind = entry.header().entry_type();
+        if kind.is_pax_global_extensions() {
+            continue;
+        }
+        let name = entry.path().with_context(ctx)?.into_owned();
+        // `unpack_in` skips a member with `..` in its path: it is refused here first.
+        let inner = member_rel(&name, path)?;
+        if kind.is_hard_link() {
+            if let Some(target) = entry.link_name().with_context(ctx)? {
+                link_target_rel(&target, &name, path)?;
+            }
+        }
+        let written = entry.unpack_in(dest).with_context(ctx)?;
         if !written {
-            return Err(FsError::ArchiveEscape(path.to_path_buf()));
+            return Err(FsError::ArchiveEscape {
+                member: name.display().to_string(),
+                archive: path.to_path_buf(),
+            });
         }
         if let Some(ids) = owner {
-            let p = dest.join(entry.path()?);
+            let p = match &inner {
+                Some(inner) => dest.join(to_path(inner)),
+                None => dest.to_path_buf(),
+            };
             lchown(&p, ids)?;
         }
     }

@@ -69,8 +69,13 @@ pub enum FsError {
     #[error("this file action needs a directory on disk")]
     NeedsDisk,
     /// An `ADD` archive entry that would land outside the destination.
-    #[error("refusing archive entry outside the destination in {}", .0.display())]
-    ArchiveEscape(PathBuf),
+    #[error("refusing archive entry {member:?} outside the destination in {}", .archive.display())]
+    ArchiveEscape {
+        /// The member's name in the archive.
+        member: String,
+        /// The archive.
+        archive: PathBuf,
+    },
 }
 
 /// A result with [`FsError`].

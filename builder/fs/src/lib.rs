@@ -12,8 +12,8 @@ pub mod name;
 pub mod view;
 
 pub use copy::{
-    CopyOptions, Entries, Ids, Node, NodeKind, Source, Upper, apply_chmod, expand_source,
-    resolve_chown,
+    ARCHIVE_LINK_DEV, CopyOptions, Entries, Ids, Node, NodeKind, Source, Upper, apply_chmod,
+    expand_source, open_archive_at, read_member, resolve_chown,
 };
 pub use error::{FsError, Result};
 pub use view::{ContextFs, Entry, LayeredFs, SourceFs, Stat, resolve};

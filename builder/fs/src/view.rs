@@ -70,6 +70,19 @@ impl Stat {
             Stat::Mem(n) => match &n.kind {
                 NodeKind::File { from, .. } => std::fs::read(from),
                 NodeKind::Data(d) => Ok(d.clone()),
+                NodeKind::Member {
+                    archive,
+                    offset,
+                    len,
+                    ..
+                } => {
+                    let mut out = Vec::new();
+                    std::io::Read::read_to_end(
+                        &mut crate::copy::read_member(archive, *offset, *len)?,
+                        &mut out,
+                    )?;
+                    Ok(out)
+                }
                 _ => Err(std::io::Error::from(std::io::ErrorKind::InvalidInput)),
             },
         }

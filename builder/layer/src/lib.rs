@@ -20,6 +20,7 @@ mod chunk;
 mod compression;
 mod convert;
 mod error;
+mod list;
 mod safe_fs;
 mod tar_guard;
 mod unpack;
@@ -38,11 +39,12 @@ pub use compression::{
 };
 pub use convert::recompress_layer;
 pub use error::LayerError;
+pub use list::{ListedEntry, ListedKind, list_layer};
 pub use unpack::{
     MAX_PATH_DEPTH, MAX_PATH_LEN, UnpackInfo, UnpackOptions, WhiteoutMode, unpack_layer,
 };
 pub use whiteout::{OPAQUE_WHITEOUT, WHITEOUT_PREFIX, is_overlay_xattr};
 pub use write::{
-    EntryKind, LayerEntry, LayerInfo, LayerOptions, SkipFn, is_empty_dir, write_layer,
-    write_layer_entries,
+    EntryKind, LayerEntry, LayerInfo, LayerOptions, OpenArchive, SkipFn, is_empty_dir, write_layer,
+    write_layer_entries, write_layer_entries_with,
 };

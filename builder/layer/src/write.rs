@@ -190,6 +190,9 @@ struct Item {
     /// The identity and stat of `path` as listed (a walked entry), for its
     /// fingerprint; `None`: `path` is stat'ed when the fingerprint is made.
     stat: Option<StatIdent>,
+    /// For an archive member, where its bytes start in the decompressed stream of the
+    /// archive `path` (see [`EntryKind::Member`]).
+    member: Option<u64>,
 }
 
 /// What a fingerprint takes of a file's stat: device, inode, mode, size, and mtime
@@ -227,6 +230,7 @@ impl Item {
             target: None,
             xattrs: kind != Kind::Whiteout,
             stat: Some(stat_ident(meta)),
+            member: None,
         }
     }
 }
@@ -268,8 +272,60 @@ pub enum EntryKind {
     },
     /// A regular file with these bytes.
     Data(Vec<u8>),
+    /// A regular file whose bytes are a member of an archive: `len` bytes at `offset`
+    /// of the archive's decompressed stream, which the opener given to
+    /// [`write_layer_entries_with`] gives.
+    Member {
+        /// The archive.
+        archive: PathBuf,
+        /// Where the bytes start in its decompressed stream.
+        offset: u64,
+        /// How many.
+        len: u64,
+        /// An inode identity, as for [`EntryKind::File`].
+        link: Option<(u64, u64)>,
+    },
     /// A symlink.
     Symlink(PathBuf),
+}
+
+/// Opens the decompressed stream of an archive at an offset, for the
+/// [`EntryKind::Member`] entries of [`write_layer_entries_with`].
+pub type OpenArchive = dyn Fn(&Path, u64) -> io::Result<Box<dyn Read + Send>>;
+
+/// The open archive streams of a layer being written: a member after the last one read
+/// from the same archive is reached by reading on; one before it opens the archive
+/// again (a plain tar seeks, a compressed one is decoded again up to it).
+struct Members<'a> {
+    open: &'a OpenArchive,
+    /// Per archive: its stream and the offset it is at.
+    streams: HashMap<PathBuf, (Box<dyn Read + Send>, u64)>,
+}
+
+impl Members<'_> {
+    /// The `len` bytes at `offset` of `archive`.
+    fn read(&mut self, archive: &Path, offset: u64, len: u64) -> io::Result<impl Read + '_> {
+        let reuse = self
+            .streams
+            .get(archive)
+            .is_some_and(|(_, pos)| *pos <= offset);
+        if !reuse {
+            self.streams.remove(archive);
+            let stream = (self.open)(archive, offset)?;
+            self.streams.insert(archive.to_path_buf(), (stream, offset));
+        }
+        let (stream, pos) = self
+            .streams
+            .get_mut(archive)
+            .expect("the stream was just opened");
+        let gap = offset - *pos;
+        if io::copy(&mut stream.take(gap), &mut io::sink())? != gap {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        // Where it will be once the member is read (an error fails the whole layer).
+        *pos = offset + len;
+        Ok(stream.take(len))
+    }
 }
 
 /// Writes the diff directory `dir` as an OCI layer blob to `out`, returning
@@ -308,7 +364,7 @@ pub fn write_layer(
         ));
     }
     let items = collect(dir, opts)?;
-    write_items(&items, opts, out, dir)
+    write_items(&items, opts, out, dir, None)
 }
 
 /// Writes the layer made of `entries` (in any order; their parent directories need not
@@ -320,6 +376,24 @@ pub fn write_layer_entries(
     entries: Vec<LayerEntry>,
     opts: &LayerOptions,
     out: impl BlobSink,
+) -> Result<LayerInfo, LayerError> {
+    write_layer_entries_with(entries, opts, out, &|path, _| {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("no archive reader for {}", path.display()),
+        ))
+    })
+}
+
+/// [`write_layer_entries`] with archive members ([`EntryKind::Member`]), whose bytes
+/// `open` gives. Members are read in the layer's (path) order: one after the last one
+/// read from its archive costs reading the bytes between; one before it opens the
+/// archive again.
+pub fn write_layer_entries_with(
+    entries: Vec<LayerEntry>,
+    opts: &LayerOptions,
+    out: impl Write,
+    open: &OpenArchive,
 ) -> Result<LayerInfo, LayerError> {
     let mut items: Vec<Item> = entries
         .into_iter()
@@ -340,6 +414,7 @@ pub fn write_layer_entries(
                 target: None,
                 xattrs: e.xattrs_from.is_some(),
                 stat: None,
+                member: None,
             };
             match e.kind {
                 EntryKind::Dir => {
@@ -361,6 +436,19 @@ pub fn write_layer_entries(
                     item.size = bytes.len() as u64;
                     item.data = Some(bytes);
                 }
+                EntryKind::Member {
+                    archive,
+                    offset,
+                    len,
+                    link,
+                } => {
+                    item.size = len;
+                    item.link = link;
+                    item.member = Some(offset);
+                    // Never with xattrs: `path` is the archive.
+                    item.xattrs = false;
+                    item.path = archive;
+                }
                 EntryKind::Symlink(target) => {
                     item.kind = Kind::Symlink;
                     item.target = Some(target);
@@ -371,7 +459,17 @@ pub fn write_layer_entries(
         })
         .collect();
     items.sort_by(|a, b| a.name.cmp(&b.name));
-    write_items(&items, opts, out, Path::new("<entries>"))
+    let mut members = Members {
+        open,
+        streams: HashMap::new(),
+    };
+    write_items(
+        &items,
+        opts,
+        out,
+        Path::new("<entries>"),
+        Some(&mut members),
+    )
 }
 
 /// Writes sorted items as a layer; `dir` names the source in errors.
@@ -424,6 +522,7 @@ fn write_items(
     opts: &LayerOptions,
     out: impl BlobSink,
     dir: &Path,
+    mut members: Option<&mut Members<'_>>,
 ) -> Result<LayerInfo, LayerError> {
     let mut sink = start_sink(opts, out, dir)?;
     let epoch = opts.source_date_epoch;
@@ -472,7 +571,13 @@ fn write_items(
             .get_mut()
             .begin_entry(size)
             .map_err(|e| boundary_err(&item.path, e))?;
-        entries += write_item(&mut builder, item, epoch, &mut links)?;
+        entries += write_item(
+            &mut builder,
+            item,
+            epoch,
+            &mut links,
+            members.as_deref_mut(),
+        )?;
         let mark = prints.get(i).map(|&fingerprint| Mark {
             fingerprint,
             entries,
@@ -548,6 +653,10 @@ fn item_fingerprint(prev: &Fingerprint, item: &Item, epoch: Option<i64>) -> Opti
         Some(data) => h.update(&[1]).update(blake3::hash(data).as_bytes()),
         None => h.update(&[0]),
     };
+    // A member's bytes are the archive's (its stat below) at this offset.
+    if let Some(offset) = item.member {
+        h.update(&[1]).update(&offset.to_le_bytes());
+    }
     match &item.target {
         Some(target) => {
             h.update(&[1]);
@@ -593,6 +702,7 @@ fn write_item<W: Write>(
     item: &Item,
     epoch: Option<i64>,
     links: &mut HashMap<(u64, u64), Vec<u8>>,
+    members: Option<&mut Members<'_>>,
 ) -> Result<u64, LayerError> {
     let mut entries = 0u64;
     {
@@ -630,6 +740,22 @@ fn write_item<W: Write>(
                 spec.size = item.size;
                 if let Some(data) = &item.data {
                     append(builder, &spec, data.as_slice(), &item.path)?;
+                } else if let Some(offset) = item.member {
+                    let members = members.ok_or_else(|| {
+                        LayerError::io(
+                            "read archive member of",
+                            &item.path,
+                            io::ErrorKind::Unsupported.into(),
+                        )
+                    })?;
+                    let read_err = |e| LayerError::io("read archive member of", &item.path, e);
+                    let reader = ExactReader {
+                        inner: members
+                            .read(&item.path, offset, spec.size)
+                            .map_err(read_err)?,
+                        remaining: spec.size,
+                    };
+                    append(builder, &spec, reader, &item.path)?;
                 } else {
                     let from = item.target.as_deref().unwrap_or(&item.path);
                     let file = open_nofollow(from)?;

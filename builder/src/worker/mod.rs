@@ -333,15 +333,32 @@ impl<'a> BuildWorker<'a> {
     /// A view of a filesystem output: the top layers this build wrote from memory are
     /// their kept entries, the others their snapshots (unpacked from the blob if need be).
     fn view(&self, out: &Output, name: &str) -> Result<LayeredFs> {
+        self.view_of(out, name, false)
+    }
+
+    /// [`BuildWorker::view`]; with `listed`, the top layers that have no snapshot are
+    /// listed from their blobs instead of unpacked (see [`BuildWorker::listed`]), as
+    /// long as they can be: for the output of an op of [`streamed_chain`], which only
+    /// file ops read, no step of this build needs their snapshots.
+    fn view_of(&self, out: &Output, name: &str, listed: bool) -> Result<LayeredFs> {
         let layers = out.layers();
         let mut mem = Vec::new();
-        {
-            let kept = self.kept.lock().expect("kept lock");
-            for l in layers.iter().rev() {
-                match kept.get(&l.diff_id) {
-                    Some(e) => mem.push(e.clone()),
-                    None => break,
+        for l in layers.iter().rev() {
+            let kept = self
+                .kept
+                .lock()
+                .expect("kept lock")
+                .get(&l.diff_id)
+                .cloned();
+            match kept {
+                Some(e) => mem.push(e),
+                None if listed && !self.snapshots.path(&l.diff_id).is_dir() => {
+                    match self.listed(l)? {
+                        Some(e) => mem.push(e),
+                        None => break,
+                    }
                 }
+                None => break,
             }
         }
         let on_disk = &layers[..layers.len() - mem.len()];
@@ -352,24 +369,58 @@ impl<'a> BuildWorker<'a> {
         Ok(view)
     }
 
-    /// Runs a file op into a new layer.
-    fn file_op(&self, id: VertexId, f: &kiln_ops::FileOp, inputs: &[Output]) -> Result<Output> {
+    /// The entries of layer `l` listed from its blob (and kept, for the views of later
+    /// ops), its files' bytes read from the blob when they are needed; `None` when the
+    /// layer holds what a list of added entries cannot stand for (whiteouts, devices,
+    /// xattrs: a layer a RUN made), which is then unpacked.
+    fn listed(&self, l: &LayerRef) -> Result<Option<std::sync::Arc<kiln_fs::Entries>>> {
+        let path = self.store.blob_path(&l.digest);
+        let blob = std::fs::File::open(&path).map_err(|source| kiln_layer::LayerError::Io {
+            op: "open layer blob",
+            path: path.clone(),
+            source,
+        })?;
+        let Some(list) = kiln_layer::list_layer(std::io::BufReader::new(blob), Some(&l.diff_id))?
+        else {
+            return Ok(None);
+        };
+        let entries = std::sync::Arc::new(listed_entries(list, &path));
+        self.kept
+            .lock()
+            .expect("kept lock")
+            .insert(l.diff_id.clone(), entries.clone());
+        Ok(Some(entries))
+    }
+
+    /// Runs a file op into a new layer. `input_ids` are the vertices of `inputs`.
+    fn file_op(
+        &self,
+        id: VertexId,
+        f: &kiln_ops::FileOp,
+        inputs: &[Output],
+        input_ids: &[VertexId],
+    ) -> Result<Output> {
+        // The output of an op only file ops read can be seen through its blobs.
+        let listed = |i: usize| input_ids.get(i).is_some_and(|v| self.streamed.contains(v));
         let base_out = if f.has_base {
             inputs.first().cloned()
         } else {
             None
         };
         let base_view = match &base_out {
-            Some(o) => self.view(o, "the base image")?,
+            Some(o) => self.view_of(o, "the base image", listed(0))?,
             None => LayeredFs::default(),
         };
         let sources: Vec<Box<dyn SourceFs + '_>> = inputs
             .iter()
+            .enumerate()
             .skip(usize::from(f.has_base))
-            .map(|o| -> Result<Box<dyn SourceFs + '_>> {
+            .map(|(i, o)| -> Result<Box<dyn SourceFs + '_>> {
                 Ok(match o {
                     Output::Context(name) => Box::new(ContextRef(self.context_fs(name)?.0)),
-                    fs_out => Box::new(self.view(fs_out, "the source stage or image")?),
+                    fs_out => {
+                        Box::new(self.view_of(fs_out, "the source stage or image", listed(i))?)
+                    }
                 })
             })
             .collect::<Result<_>>()?;
@@ -384,7 +435,8 @@ impl<'a> BuildWorker<'a> {
         if streamed || self.lazy.contains(&id) {
             // No later step reads the result as a filesystem (or only later file ops do,
             // through the entries kept here): the layer is written from the sources,
-            // with no tree on disk. An archive to extract needs one.
+            // with no tree on disk. An archive's members are read from the archive; what
+            // only a directory gives exactly (see `Upper::in_memory`) is done on one.
             let mut upper = Upper::in_memory(&base_view);
             match self.apply_actions(f, &sources, &mut upper, &owner_of) {
                 Err(WorkerError::Fs(kiln_fs::FsError::NeedsDisk)) => {}
@@ -400,10 +452,12 @@ impl<'a> BuildWorker<'a> {
                     let entries = std::sync::Arc::new(entries);
                     let layer = self.commit_entries(&entries)?;
                     if streamed {
+                        let mut entries = std::sync::Arc::unwrap_or_clone(entries);
+                        layer_links(&mut entries);
                         self.kept
                             .lock()
                             .expect("kept lock")
-                            .insert(layer.diff_id.clone(), entries);
+                            .insert(layer.diff_id.clone(), std::sync::Arc::new(entries));
                     }
                     layers.push(layer);
                     return Ok(Output::Fs {
@@ -567,7 +621,9 @@ impl<'a> BuildWorker<'a> {
             .iter()
             .map(|(rel, node)| layer_entry(rel, node.clone()))
             .collect();
-        self.write_blob(|out| kiln_layer::write_layer_entries(entries, &self.layer_opts, out))
+        self.write_blob(|out| {
+            kiln_layer::write_layer_entries_with(entries, &self.layer_opts, out, &open_archive)
+        })
     }
 
     /// Writes a layer blob with `write` and records its chunks.
@@ -605,6 +661,17 @@ fn layer_entry(rel: &str, node: kiln_fs::Node) -> kiln_layer::LayerEntry {
             NodeKind::Dir => EntryKind::Dir,
             NodeKind::File { from, len, link } => EntryKind::File { from, len, link },
             NodeKind::Data(bytes) => EntryKind::Data(bytes),
+            NodeKind::Member {
+                archive,
+                offset,
+                len,
+                link,
+            } => EntryKind::Member {
+                archive,
+                offset,
+                len,
+                link,
+            },
             NodeKind::Symlink(target) => EntryKind::Symlink(target),
         },
         mode: node.mode,
@@ -614,6 +681,93 @@ fn layer_entry(rel: &str, node: kiln_fs::Node) -> kiln_layer::LayerEntry {
         mtime: node.mtime.map(|t| t.unix_seconds()).unwrap_or_default(),
         xattrs_from: node.xattrs_from,
     }
+}
+
+/// The archives `ADD` extracts, for the layer writer: their members are read from them.
+fn open_archive(
+    path: &std::path::Path,
+    offset: u64,
+) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+    kiln_fs::open_archive_at(path, offset)
+}
+
+/// The hardlink keys of the files of layers listed from their blobs (no device has
+/// it, nor is it [`kiln_fs::ARCHIVE_LINK_DEV`]).
+const LISTED_LINK_DEV: u64 = u64::MAX - 1;
+
+/// Hardlink keys of listed layers, unique in the process.
+static LISTED_LINKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Gives the hardlinks of a layer's entries keys of their own, as the layer's snapshot
+/// would have inodes of its own: the same source file copied by two ops is two files
+/// to a later COPY that reads both layers, not hardlinks of each other.
+fn layer_links(entries: &mut kiln_fs::Entries) {
+    use kiln_fs::NodeKind;
+    let mut keys = HashMap::new();
+    for node in entries.values_mut() {
+        if let NodeKind::File { link: Some(k), .. } | NodeKind::Member { link: Some(k), .. } =
+            &mut node.kind
+        {
+            *k = *keys.entry(*k).or_insert_with(|| {
+                let n = LISTED_LINKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                (LISTED_LINK_DEV, n)
+            });
+        }
+    }
+}
+
+/// A listed layer as the entries of an in-memory layer: files are the blob's members.
+fn listed_entries(list: Vec<kiln_layer::ListedEntry>, blob: &std::path::Path) -> kiln_fs::Entries {
+    use kiln_fs::{Ids, Node, NodeKind};
+    use kiln_layer::ListedKind;
+    use std::os::unix::ffi::OsStrExt;
+    let rel = |p: &[u8]| kiln_fs::name::encode(std::ffi::OsStr::from_bytes(p)).into_owned();
+    let mut out = kiln_fs::Entries::new();
+    for e in list {
+        let path = rel(&e.path);
+        let kind = match e.kind {
+            ListedKind::Dir => NodeKind::Dir,
+            ListedKind::File { offset, len } => NodeKind::Member {
+                archive: blob.to_path_buf(),
+                offset,
+                len,
+                link: None,
+            },
+            ListedKind::Symlink(t) => {
+                NodeKind::Symlink(std::ffi::OsStr::from_bytes(&t).to_owned().into())
+            }
+            ListedKind::Hardlink(target) => {
+                // Listed before as a regular file: both get its inode's key.
+                let Some(first) = out.get_mut(&rel(&target)) else {
+                    continue;
+                };
+                if let NodeKind::Member {
+                    link: link @ None, ..
+                } = &mut first.kind
+                {
+                    let n = LISTED_LINKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    *link = Some((LISTED_LINK_DEV, n));
+                }
+                let node = first.clone();
+                out.insert(path, node);
+                continue;
+            }
+        };
+        out.insert(
+            path,
+            Node {
+                kind,
+                mode: e.mode,
+                owner: Ids {
+                    uid: e.uid,
+                    gid: e.gid,
+                },
+                mtime: Some(filetime::FileTime::from_unix_time(e.mtime, 0)),
+                xattrs_from: None,
+            },
+        );
+    }
+    out
 }
 
 /// Borrows the worker's context as a boxed source.
@@ -852,7 +1006,7 @@ impl Worker for BuildWorker<'_> {
             Op::Git(g) => self.git_op(id, g),
             Op::File(f) => {
                 self.fetch_input_layers(id, inputs)?;
-                self.file_op(id, f, inputs)
+                self.file_op(id, f, inputs, &vertex.inputs)
             }
             Op::Merge => {
                 let mut layers = Vec::new();

@@ -433,3 +433,57 @@ fn non_utf8_names_are_copied_byte_exact() {
     assert_eq!(read(&again.join("out").join(latin1)), "latin-1");
     assert_eq!(read(&again.join("out/sub").join(latin1)), "in a subdir");
 }
+
+/// An archive extracted in memory keeps its big members in the archive; copied on from
+/// there into a directory (a later staged step), their bytes and hardlinks are the
+/// archive's, and they read back through [`Stat::read`].
+#[test]
+fn archive_members_kept_in_memory_are_read_from_the_archive() {
+    let f = fixture();
+    let big: Vec<u8> = (0..(INLINE_MAX as u32 + 10)).map(|i| i as u8).collect();
+    {
+        let gz = flate2::write::GzEncoder::new(
+            fs::File::create(f.ctx.join("big.tgz")).unwrap(),
+            flate2::Compression::fast(),
+        );
+        let mut b = tar::Builder::new(gz);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(big.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1);
+        h.set_cksum();
+        b.append_data(&mut h, "d/big.bin", big.as_slice()).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Link);
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_link(&mut h, "d/again.bin", "d/big.bin").unwrap();
+        b.into_inner().unwrap().finish().unwrap();
+    }
+    let ctx = ContextFs::new(&f.ctx, &[]).unwrap();
+    let empty = LayeredFs::default();
+    let mut mem = Upper::in_memory(&empty);
+    let own = CopyOptions {
+        owner: Some(Ids { uid: 0, gid: 0 }),
+        ..CopyOptions::default()
+    };
+    mem.copy(&ctx, "big.tgz", "/x/", &own, true).unwrap();
+    let entries = mem.finish_entries().unwrap().unwrap();
+    assert!(matches!(
+        entries["x/d/big.bin"].kind,
+        NodeKind::Member { link: Some(_), .. }
+    ));
+    let mut stage = LayeredFs::default();
+    stage.push_entries(std::sync::Arc::new(entries));
+    assert_eq!(stage.stat("x/d/again.bin").unwrap().read().unwrap(), big);
+    let mut up = Upper::new(&f.upper, &empty);
+    up.copy(&stage, "x", "/y/", &own, false).unwrap();
+    up.finish().unwrap();
+    assert_eq!(fs::read(f.upper.join("y/d/big.bin")).unwrap(), big);
+    let (a, b) = (
+        fs::metadata(f.upper.join("y/d/big.bin")).unwrap(),
+        fs::metadata(f.upper.join("y/d/again.bin")).unwrap(),
+    );
+    assert_eq!(a.ino(), b.ino(), "hardlinks stay hardlinks");
+}

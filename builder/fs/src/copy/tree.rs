@@ -28,10 +28,34 @@ pub enum NodeKind {
         /// inode copied by the same op are hardlinks of each other.
         link: Option<(u64, u64)>,
     },
-    /// A regular file with these bytes (heredocs).
+    /// A regular file with these bytes (heredocs, small members of an `ADD` archive).
     Data(Vec<u8>),
+    /// A regular file whose bytes are a member of a local archive (`ADD`): `len` bytes
+    /// at `offset` in the archive's tar stream (after decompression), read through
+    /// [`super::read_member`] when they are needed.
+    Member {
+        /// The archive file.
+        archive: PathBuf,
+        /// Where the member's data starts in the decompressed tar stream.
+        offset: u64,
+        /// Its length.
+        len: u64,
+        /// The paths with the same key are hardlinks of each other (a key of
+        /// [`super::ARCHIVE_LINK_DEV`], which no device has).
+        link: Option<(u64, u64)>,
+    },
     /// A symlink to this target.
     Symlink(PathBuf),
+}
+
+impl NodeKind {
+    /// The inode key of a regular file whose paths are hardlinks of each other.
+    pub fn link(&self) -> Option<(u64, u64)> {
+        match self {
+            NodeKind::File { link, .. } | NodeKind::Member { link, .. } => *link,
+            _ => None,
+        }
+    }
 }
 
 /// One entry of a file op's result.
@@ -60,6 +84,8 @@ pub(super) trait Tree {
     fn put(&mut self, rel: &str, node: Node) -> Result<()>;
     /// The directory on disk, when the tree is one (archives are extracted there).
     fn disk_dir(&self) -> Option<&Path>;
+    /// The node at `rel`, for a tree kept in memory (`None` on disk).
+    fn node(&self, rel: &str) -> Option<&Node>;
     /// Called once every action has been applied.
     fn finish(&mut self) -> Result<()>;
     /// The entries, for a tree kept in memory.
@@ -127,6 +153,32 @@ impl Tree for DiskTree<'_> {
                     fs::File::create(&up).with_context(|| format!("writing {}", up.display()))?;
                 std::io::copy(&mut src, &mut to)?;
             }
+            NodeKind::Member {
+                archive,
+                offset,
+                len,
+                link,
+            } => {
+                if let Some(key) = link {
+                    if let Some(first) = self.links.get(key) {
+                        fs::hard_link(first, &up)?;
+                        return Ok(());
+                    }
+                    self.links.insert(*key, up.clone());
+                }
+                let mut src = super::read_member(archive, *offset, *len)
+                    .with_context(|| format!("reading {}", archive.display()))?;
+                let mut to =
+                    fs::File::create(&up).with_context(|| format!("writing {}", up.display()))?;
+                let n = std::io::copy(&mut src, &mut to)
+                    .with_context(|| format!("reading {}", archive.display()))?;
+                if n != *len {
+                    return Err(crate::FsError::Io {
+                        what: format!("reading {}", archive.display()),
+                        source: std::io::ErrorKind::UnexpectedEof.into(),
+                    });
+                }
+            }
         }
         // Owner first: a chown clears setuid and setgid bits the mode then sets.
         lchown(&up, node.owner)?;
@@ -150,6 +202,10 @@ impl Tree for DiskTree<'_> {
 
     fn disk_dir(&self) -> Option<&Path> {
         Some(self.dir)
+    }
+
+    fn node(&self, _: &str) -> Option<&Node> {
+        None
     }
 
     fn finish(&mut self) -> Result<()> {
@@ -201,19 +257,14 @@ impl Tree for MemTree {
         if node.mtime.is_none() {
             node.mtime = Some(FileTime::now());
         }
-        if let NodeKind::File {
-            link: Some(key), ..
-        } = &node.kind
-        {
-            let first = self.links.get(key).and_then(|p| self.nodes.get(p));
+        if let Some(key) = node.kind.link() {
+            let first = self.links.get(&key).and_then(|p| self.nodes.get(p));
             match first {
                 // A hardlink shares the first path's inode, metadata included (as
                 // `DiskTree` links it and leaves it).
-                Some(first) if matches!(first.kind, NodeKind::File { link, .. } if link == Some(*key)) => {
-                    node = first.clone()
-                }
+                Some(first) if first.kind.link() == Some(key) => node = first.clone(),
                 _ => {
-                    self.links.insert(*key, rel.to_owned());
+                    self.links.insert(key, rel.to_owned());
                 }
             }
         }
@@ -223,6 +274,10 @@ impl Tree for MemTree {
 
     fn disk_dir(&self) -> Option<&Path> {
         None
+    }
+
+    fn node(&self, rel: &str) -> Option<&Node> {
+        self.nodes.get(rel)
     }
 
     fn finish(&mut self) -> Result<()> {

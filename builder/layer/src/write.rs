@@ -392,7 +392,7 @@ pub fn write_layer_entries(
 pub fn write_layer_entries_with(
     entries: Vec<LayerEntry>,
     opts: &LayerOptions,
-    out: impl Write,
+    out: impl BlobSink,
     open: &OpenArchive,
 ) -> Result<LayerInfo, LayerError> {
     let mut items: Vec<Item> = entries

@@ -1069,7 +1069,37 @@ fn append<W: Write>(
         h.set_device_minor(minor).map_err(werr)?;
     }
     h.set_cksum();
-    builder.append(&h, data).map_err(werr)
+    // What `tar::Builder::append` writes (header, data, zero padding to a block), the
+    // data through a buffer of up to [`COPY_BUF`] bytes instead of `io::copy`'s 8 KiB:
+    // a 100 MiB file is read in 400 calls, not 12,800.
+    let out = builder.get_mut();
+    out.write_all(h.as_bytes()).map_err(werr)?;
+    let n = copy_data(data, out, spec.size).map_err(werr)?;
+    let pad = (BLOCK - n % BLOCK) % BLOCK;
+    out.write_all(&[0u8; BLOCK as usize][..pad as usize])
+        .map_err(werr)
+}
+
+/// Size of a tar block.
+const BLOCK: u64 = 512;
+/// The largest buffer an entry's data is copied through.
+const COPY_BUF: u64 = 256 << 10;
+
+/// Copies `data` (about `len` bytes) to `out`; returns the number of bytes copied.
+fn copy_data(mut data: impl Read, out: &mut impl Write, len: u64) -> io::Result<u64> {
+    let size = usize::try_from(len.clamp(1, COPY_BUF)).unwrap_or(1);
+    let mut buf = vec![0u8; size];
+    let mut n = 0u64;
+    loop {
+        let r = match data.read(&mut buf) {
+            Ok(0) => return Ok(n),
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        out.write_all(&buf[..r])?;
+        n += r as u64;
+    }
 }
 
 /// Copies `value` into a NUL-padded header field, truncating it (the full

@@ -60,6 +60,10 @@ enum Command {
     Build(Box<BuildArgs>),
     /// List images in the store.
     Images {
+        /// Only the images of this repository (and tag); `*`, `?` and `[...]` match
+        /// as in Docker's reference filter (`kiln images 'app*'`).
+        #[arg(value_name = "REPOSITORY[:TAG]")]
+        reference: Option<String>,
         /// Only show image ids.
         #[arg(short, long)]
         quiet: bool,
@@ -809,10 +813,17 @@ pub fn run() -> Result<ExitCode> {
             crate::storage_cmds::image_prune(&root, all, force)
         }
         Command::Images {
+            reference,
             quiet,
             no_trunc,
             format,
-        } => crate::commands::images(&root, quiet, no_trunc, format.as_deref()),
+        } => crate::commands::images(
+            &root,
+            reference.as_deref(),
+            quiet,
+            no_trunc,
+            format.as_deref(),
+        ),
         Command::Inspect { names } => containers(crate::container_commands::inspect(&root, &names)),
         Command::Run(args) => containers(crate::container_commands::run(&root, registry, &args)),
         Command::Ps {

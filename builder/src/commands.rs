@@ -72,7 +72,14 @@ fn since(created: Option<chrono::DateTime<chrono::Utc>>) -> String {
 
 /// `kiln images [-q] [--no-trunc] [--format TEMPLATE]`: Docker's default table
 /// (`REPOSITORY TAG IMAGE ID CREATED SIZE`) or a template (see `kiln ps --format`).
-pub fn images(root: &Path, quiet: bool, no_trunc: bool, format: Option<&str>) -> Result<ExitCode> {
+/// `kiln images [REPOSITORY[:TAG]] [-q] [--no-trunc] [--format F]`.
+pub fn images(
+    root: &Path,
+    reference: Option<&str>,
+    quiet: bool,
+    no_trunc: bool,
+    format: Option<&str>,
+) -> Result<ExitCode> {
     let kind = &kiln_builder::format::IMAGES;
     let format = match (format, quiet) {
         (Some(f), false) => f,
@@ -92,6 +99,16 @@ pub fn images(root: &Path, quiet: bool, no_trunc: bool, format: Option<&str>) ->
             return Ok(ExitCode::FAILURE);
         }
     };
+    // Docker's reference filter: the repository (and the tag, if given) matched as
+    // `path.Match` patterns.
+    let wanted = reference.map(|r| {
+        r.rsplit_once(':')
+            .filter(|(_, t)| !t.contains('/'))
+            .map_or((r, None), |(repo, tag)| (repo, Some(tag)))
+    });
+    let glob = |pattern: &str, name: &str| -> Result<bool> {
+        kiln_fs::glob::matches(pattern, name).map_err(|e| anyhow!(e))
+    };
     let store = Store::open(root)?;
     let imgs = ImageStore::new(&store);
     let mut records = Vec::new();
@@ -100,6 +117,15 @@ pub fn images(root: &Path, quiet: bool, no_trunc: bool, format: Option<&str>) ->
             .rsplit_once(':')
             .filter(|(_, t)| !t.contains('/'))
             .unwrap_or((&name, "<none>"));
+        if let Some((repo_pattern, tag_pattern)) = wanted {
+            let tag_ok = match tag_pattern {
+                Some(t) => glob(t, tag)?,
+                None => true,
+            };
+            if !(tag_ok && glob(repo_pattern, repo)?) {
+                continue;
+            }
+        }
         let (size, created) = match imgs.load(rec.manifest.as_str(), &Platform::host()) {
             Ok(info) => (
                 info.layers.iter().map(|l| l.size).sum::<u64>(),

@@ -318,6 +318,29 @@ fn images_history_and_inspect() {
         images.contains("app1") && images.contains("busybox"),
         "{images}"
     );
+    // `kiln images REPOSITORY[:TAG]`, as Docker's: a name, a name and tag, a pattern.
+    let only = |reference: &str| -> Vec<String> {
+        let out = env
+            .kiln()
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}", reference])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(only("app1"), ["app1:latest"]);
+    assert_eq!(only("app1:latest"), ["app1:latest"]);
+    assert!(only("app1:other").is_empty());
+    assert_eq!(only("app?"), ["app1:latest"]);
+    assert!(only("nothing*").is_empty());
     let hist = String::from_utf8(
         env.kiln()
             .args(["history", "--no-trunc", "app1"])

@@ -301,7 +301,7 @@ fn hash_blob(
 
 /// Batches handed to the packing thread and not yet written: while the thread hashes
 /// the big files at a layer's start, the writer goes on reading the small ones.
-const MAX_IN_FLIGHT: usize = 3;
+const MAX_IN_FLIGHT: usize = 2;
 
 /// What a batch is packed with.
 #[derive(Clone)]

@@ -466,17 +466,12 @@ fn an_edit_rebuild_splices_the_earlier_blob() {
         .assert()
         .success();
     let inspect = |store: &str| -> Value {
-        let out = env
+        let run = env
             .kiln_in(store)
             .args(["inspect", "sp:2"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+            .assert()
+            .success();
+        serde_json::from_slice(&run.get_output().stdout).unwrap()
     };
     assert_eq!(inspect("loaded")[0]["Id"], inspect("s")[0]["Id"]);
 }

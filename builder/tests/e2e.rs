@@ -320,18 +320,7 @@ fn images_history_and_inspect() {
     );
     // `kiln images REPOSITORY[:TAG]`, as Docker's: a name, a name and tag, a pattern.
     let only = |reference: &str| -> Vec<String> {
-        let out = env
-            .kiln()
-            .args(["images", "--format", "{{.Repository}}:{{.Tag}}", reference])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
+        env.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}", reference])
             .lines()
             .map(str::to_owned)
             .collect()

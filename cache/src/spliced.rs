@@ -506,17 +506,14 @@ mod tests {
     use super::*;
     use crate::digest::sha256_of;
 
-    /// Bytes that do not repeat (xorshift).
+    /// Bytes that do not repeat (BLAKE3's output stream).
     fn noise(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        let mut out = vec![0; len];
+        blake3::Hasher::new()
+            .update(&seed.to_le_bytes())
+            .finalize_xof()
+            .fill(&mut out);
+        out
     }
 
     const BIG: usize = MIN_SPLICE as usize + (1 << 20);

@@ -1113,21 +1113,12 @@ const BLOCK: u64 = 512;
 /// The largest buffer an entry's data is copied through.
 const COPY_BUF: u64 = 256 << 10;
 
-/// Copies `data` (about `len` bytes) to `out`; returns the number of bytes copied.
-fn copy_data(mut data: impl Read, out: &mut impl Write, len: u64) -> io::Result<u64> {
+/// Copies `data` (about `len` bytes) to `out` through a buffer of up to [`COPY_BUF`]
+/// bytes (`io::copy` reads through a `BufReader`'s own buffer); returns the number of
+/// bytes copied.
+fn copy_data(data: impl Read, out: &mut impl Write, len: u64) -> io::Result<u64> {
     let size = usize::try_from(len.clamp(1, COPY_BUF)).unwrap_or(1);
-    let mut buf = vec![0u8; size];
-    let mut n = 0u64;
-    loop {
-        let r = match data.read(&mut buf) {
-            Ok(0) => return Ok(n),
-            Ok(r) => r,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        out.write_all(&buf[..r])?;
-        n += r as u64;
-    }
+    io::copy(&mut io::BufReader::with_capacity(size, data), out)
 }
 
 /// Copies `value` into a NUL-padded header field, truncating it (the full

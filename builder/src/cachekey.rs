@@ -108,8 +108,9 @@ pub fn content_key(op: &Op, inputs: &[Output], source: &dyn KeySource) -> Result
             ..
         } => Ok(Some(source.chain_id(reference, platform)?.into())),
         // The commit (BuildKit's git cache key); the subdir and `.git` are in the
-        // definition.
-        Op::Git(g) => Ok(Some(format!("git:{}", source.git_commit(g)?))),
+        // definition. `+submodules`: a store of a kiln that checked out no submodules
+        // keeps its results under another key (its records miss once).
+        Op::Git(g) => Ok(Some(format!("git+submodules:{}", source.git_commit(g)?))),
         Op::File(f) => {
             let offset = usize::from(f.has_base);
             let srcs = by_context(f.actions.iter().filter_map(|a| match a {

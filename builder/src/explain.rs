@@ -682,14 +682,18 @@ pub fn diff_inputs(
         }
     }
     if cur.content != old.content {
-        // A git source's content key is `git:<commit>`.
+        // A git source's content key is `git+submodules:<commit>` (`git:<commit>` from
+        // a kiln that checked out no submodules).
         let commit = |i: &StepInputs| {
-            i.content
-                .as_deref()?
-                .strip_prefix("git:")
+            let c = i.content.as_deref()?;
+            c.strip_prefix("git+submodules:")
+                .or_else(|| c.strip_prefix("git:"))
                 .map(str::to_owned)
         };
         let what = match (commit(old), commit(cur)) {
+            (Some(a), Some(b)) if a == b => {
+                format!("{b} is checked out with its submodules now")
+            }
             (Some(a), Some(b)) => format!("the git reference moved from {a} to {b}"),
             _ => "downloaded content changed".into(),
         };

@@ -557,6 +557,9 @@ fn content_key_of_a_git_source_is_its_commit() {
         checksum: None,
     });
     let (k, asked) = key(&op, &[]);
-    assert_eq!(k.as_deref(), Some("git:commit-of-https://h/r.git"));
+    assert_eq!(
+        k.as_deref(),
+        Some("git+submodules:commit-of-https://h/r.git")
+    );
     assert_eq!(asked, ["git https://h/r.git"]);
 }

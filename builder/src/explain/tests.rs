@@ -377,3 +377,33 @@ fn recorder_names_the_chain_once_and_reads_no_records_without_a_miss() {
     });
     assert!(rec2.previous.get().is_none());
 }
+
+#[test]
+fn a_git_source_misses_with_its_commits_or_its_new_key() {
+    let with = |content: &str| StepInputs {
+        content: Some(content.into()),
+        ..StepInputs::default()
+    };
+    let d = |a: &str, b: &str| {
+        let instruction = "ADD https://h/r.git /src";
+        diff_inputs(
+            &meta(instruction),
+            &with(b),
+            &prev(instruction, with(a)),
+            &BTreeSet::new(),
+            &BTreeSet::new(),
+            &inline,
+        )
+        .unwrap()
+        .details
+    };
+    assert_eq!(
+        d("git+submodules:aaa", "git+submodules:bbb"),
+        "the git reference moved from aaa to bbb"
+    );
+    // A record of a kiln that checked out no submodules.
+    assert_eq!(
+        d("git:aaa", "git+submodules:aaa"),
+        "aaa is checked out with its submodules now"
+    );
+}

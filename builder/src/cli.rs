@@ -59,24 +59,7 @@ enum Command {
     /// Build an image from a Dockerfile and a context directory.
     Build(Box<BuildArgs>),
     /// List images in the store.
-    Images {
-        /// Only the images of this repository (and tag); `*`, `?` and `[...]` match
-        /// as in Docker's reference filter (`kiln images 'app*'`).
-        #[arg(value_name = "REPOSITORY[:TAG]")]
-        reference: Option<String>,
-        /// Only show image ids.
-        #[arg(short, long)]
-        quiet: bool,
-        /// Do not truncate ids.
-        #[arg(long)]
-        no_trunc: bool,
-        /// Format output using a Go template (Docker's fields: `{{.Repository}}`,
-        /// `{{.Tag}}`, `{{.ID}}`, `{{.CreatedSince}}`, `{{.CreatedAt}}`, `{{.Size}}`,
-        /// `{{.Digest}}`); `table TEMPLATE` adds headers and aligns columns, `json`
-        /// prints each image as JSON.
-        #[arg(long)]
-        format: Option<String>,
-    },
+    Images(ImagesArgs),
     /// Show containers' or images' configuration as JSON (containers first, as Docker).
     Inspect {
         /// Container name or id, or image name or id (prefix).
@@ -245,14 +228,7 @@ enum Command {
     #[command(subcommand)]
     System(SystemCommand),
     /// Remove one or more images.
-    Rmi {
-        /// Remove even if a container uses the image (it is untagged only).
-        #[arg(short, long)]
-        force: bool,
-        /// Image names or ids.
-        #[arg(required = true)]
-        images: Vec<String>,
-    },
+    Rmi(RmiArgs),
     /// Manage images.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -415,6 +391,20 @@ enum SystemCommand {
 /// `kiln image ...`.
 #[derive(Subcommand, Debug)]
 enum ImageCommand {
+    /// List images (`kiln images`).
+    #[command(visible_alias = "list")]
+    Ls(ImagesArgs),
+    /// Show images' configuration as JSON.
+    Inspect {
+        /// Image names or ids (prefixes).
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove one or more images (`kiln rmi`).
+    #[command(visible_alias = "remove")]
+    Rm(RmiArgs),
+    /// Show the history of an image (`kiln history`).
+    History(HistoryArgs),
     /// Remove unused images (kiln keeps no dangling ones: use -a).
     Prune {
         /// Remove all images not used by a container.
@@ -434,6 +424,36 @@ enum ContainerCommand {
         #[arg(short, long)]
         force: bool,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct ImagesArgs {
+    /// Only the images of this repository (and tag); `*`, `?` and `[...]` match
+    /// as in Docker's reference filter (`kiln images 'app*'`).
+    #[arg(value_name = "REPOSITORY[:TAG]")]
+    reference: Option<String>,
+    /// Only show image ids.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Do not truncate ids.
+    #[arg(long)]
+    no_trunc: bool,
+    /// Format output using a Go template (Docker's fields: `{{.Repository}}`,
+    /// `{{.Tag}}`, `{{.ID}}`, `{{.CreatedSince}}`, `{{.CreatedAt}}`, `{{.Size}}`,
+    /// `{{.Digest}}`); `table TEMPLATE` adds headers and aligns columns, `json`
+    /// prints each image as JSON.
+    #[arg(long)]
+    format: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct RmiArgs {
+    /// Remove even if a container uses the image (it is untagged only).
+    #[arg(short, long)]
+    force: bool,
+    /// Image names or ids.
+    #[arg(required = true)]
+    images: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -785,7 +805,12 @@ pub fn run() -> Result<ExitCode> {
         Command::System(SystemCommand::Df { verbose }) => {
             crate::storage_cmds::system_df(&root, verbose)
         }
-        Command::Rmi { force, images } => crate::storage_cmds::rmi(&root, force, &images),
+        Command::Rmi(r) | Command::Image(ImageCommand::Rm(r)) => {
+            crate::storage_cmds::rmi(&root, r.force, &r.images)
+        }
+        Command::Image(ImageCommand::Inspect { names }) => {
+            crate::commands::inspect_images(&root, &names)
+        }
         Command::Du { verbose } => crate::storage_cmds::du(&root, verbose),
         Command::Prune {
             all,
@@ -812,17 +837,12 @@ pub fn run() -> Result<ExitCode> {
         Command::Image(ImageCommand::Prune { all, force }) => {
             crate::storage_cmds::image_prune(&root, all, force)
         }
-        Command::Images {
-            reference,
-            quiet,
-            no_trunc,
-            format,
-        } => crate::commands::images(
+        Command::Images(i) | Command::Image(ImageCommand::Ls(i)) => crate::commands::images(
             &root,
-            reference.as_deref(),
-            quiet,
-            no_trunc,
-            format.as_deref(),
+            i.reference.as_deref(),
+            i.quiet,
+            i.no_trunc,
+            i.format.as_deref(),
         ),
         Command::Inspect { names } => containers(crate::container_commands::inspect(&root, &names)),
         Command::Run(args) => containers(crate::container_commands::run(&root, registry, &args)),
@@ -892,7 +912,7 @@ pub fn run() -> Result<ExitCode> {
             std::io::Write::write_all(&mut std::io::stdout(), &script)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::History(h) => crate::commands::history(
+        Command::History(h) | Command::Image(ImageCommand::History(h)) => crate::commands::history(
             &root,
             &h.image,
             crate::commands::HistoryFlags {

@@ -152,6 +152,20 @@ pub fn images(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `kiln image inspect NAME...`: images only (a container's name is no image), as
+/// `docker image inspect`.
+pub fn inspect_images(root: &Path, names: &[String]) -> Result<ExitCode> {
+    let store = Store::open(root)?;
+    let mut out = Vec::new();
+    for name in names {
+        let image = inspect_image(&store, name)
+            .map_err(|_| anyhow!("No such image: {name}{}", did_you_mean(&store, name)))?;
+        out.push(image);
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitCode::SUCCESS)
+}
+
 /// An image as `docker inspect` shows it.
 pub fn inspect_image(store: &Store, name: &str) -> Result<serde_json::Value> {
     let (info, tags) = find(store, name)?;

@@ -330,6 +330,28 @@ fn images_history_and_inspect() {
     assert!(only("app1:other").is_empty());
     assert_eq!(only("app?"), ["app1:latest"]);
     assert!(only("nothing*").is_empty());
+    // Docker's `image` subcommands: `image ls` is `images`, `image history` is
+    // `history`, `image inspect` looks at images only, `image rm` is `rmi`.
+    assert_eq!(
+        env.ok(&["image", "ls", "--format", "{{.ID}}", "app1"]),
+        env.ok(&["images", "--format", "{{.ID}}", "app1"])
+    );
+    assert_eq!(
+        env.ok(&["image", "history", "-q", "app1"]),
+        env.ok(&["history", "-q", "app1"])
+    );
+    let inspected: Value = serde_json::from_str(&env.ok(&["image", "inspect", "app1"])).unwrap();
+    assert!(inspected[0]["Id"].as_str().unwrap().starts_with("sha256:"));
+    let missing = env.out(&["image", "inspect", "nope"]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("No such image: nope"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    env.ok(&["tag", "app1", "app1:copy"]);
+    env.ok(&["image", "rm", "app1:copy"]);
+    assert!(only("app1:copy").is_empty());
     let hist = String::from_utf8(
         env.kiln()
             .args(["history", "--no-trunc", "app1"])

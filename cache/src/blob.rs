@@ -1,6 +1,6 @@
 //! Content-addressed blobs under `blobs/sha256/<hex>`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use kiln_oci::digest::Hashing;
 
 use crate::digest::{Digest, sha256_of};
 use crate::error::{CacheError, IoContext, Result};
-use crate::spliced::{Extent, MIN_SPLICE, push_extent};
+use crate::spliced::{Extent, FileIdent, MIN_SPLICE, Source, ident, push_extent};
 use crate::store::{BLOBS_DIR, Store, TempPath, fsync_parent};
 
 /// Streams a new blob into the store. Obtained from [`Store::blob_writer`].
@@ -37,7 +37,8 @@ struct Splice {
     /// `tmp/<temp file>.d/`, the links to the files the ranges are in; made on the
     /// first range.
     dir: Option<TempTree>,
-    linked: HashSet<String>,
+    /// The files linked, by name, with the identity of a spliced blob's file.
+    linked: HashMap<String, Option<FileIdent>>,
     /// The blob so far, up to the own bytes written since the last range.
     extents: Vec<Extent>,
     /// Own bytes (written to the temp file) already in `extents`.
@@ -96,6 +97,12 @@ impl BlobWriter {
     /// directory and returns the extents; `None` if they cannot be (gone meanwhile).
     fn link_sources(&mut self, source: &Digest, offset: u64, len: u64) -> Option<Vec<Extent>> {
         let sources = self.store.sources(source, offset, len)?;
+        self.link(sources)
+    }
+
+    /// Links `sources` into the writer's directory; `None` if one is gone, or is not
+    /// the file its offsets are about (see [`Source::ident`]).
+    pub(crate) fn link(&mut self, sources: Vec<Source>) -> Option<Vec<Extent>> {
         if self.splice.dir.is_none() {
             let mut name = self.tmp.path().as_os_str().to_owned();
             name.push(".d");
@@ -105,15 +112,21 @@ impl BlobWriter {
         }
         let dir = self.splice.dir.as_ref()?.path().to_owned();
         for s in &sources {
-            if self.splice.linked.contains(&s.name) {
+            if let Some(linked) = self.splice.linked.get(&s.name) {
+                if s.ident.is_some() && *linked != s.ident {
+                    return None;
+                }
                 continue;
             }
-            match fs::hard_link(&s.path, dir.join(&s.name)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(_) => return None,
+            let link = dir.join(&s.name);
+            if fs::hard_link(&s.path, &link).is_err() {
+                return None;
             }
-            self.splice.linked.insert(s.name.clone());
+            if s.ident.is_some() && ident(&link) != s.ident {
+                let _ = fs::remove_file(&link);
+                return None;
+            }
+            self.splice.linked.insert(s.name.clone(), s.ident);
         }
         Some(
             sources

@@ -231,6 +231,27 @@ pub(crate) struct Source {
     pub(crate) path: PathBuf,
     pub(crate) offset: u64,
     pub(crate) len: u64,
+    /// For a spliced blob's file: which file the recipe's offsets are about. A spliced
+    /// blob written out and spliced again by another build (the same digest, other
+    /// extents) has other files under the same names; a link that is not this file is
+    /// not used.
+    pub(crate) ident: Option<FileIdent>,
+}
+
+/// A file's identity: device, inode and size (not its change time: every link made to
+/// it changes that).
+pub(crate) type FileIdent = (u64, u64, u64);
+
+pub(crate) fn ident(path: &Path) -> Option<FileIdent> {
+    let m = fs::symlink_metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.len()))
+}
+
+/// A spliced blob directory's identity: device, inode and change time (the inode of a
+/// directory removed may be reused by the next one, not with the same change time).
+fn dir_ident(path: &Path) -> Option<(u64, u64, i64, i64)> {
+    let m = fs::symlink_metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
 impl Store {
@@ -351,32 +372,40 @@ impl Store {
         let path = self.blob_path(digest);
         if let Ok(m) = fs::metadata(&path) {
             return (m.is_file() && m.len() >= end).then(|| {
+                // A stored blob's file holds its digest's bytes, whichever file it is.
                 vec![Source {
                     name: format!("blob-{}", digest.hex()),
                     path,
                     offset,
                     len,
+                    ident: None,
                 }]
             });
         }
-        let recipe = self.recipe(digest)?;
+        // The directory the same before and after: its files are the recipe's (a
+        // committed directory changes only by going as a whole).
         let dir = self.spliced_path(digest);
-        Some(
-            recipe
-                .slice(offset, len)?
-                .into_iter()
-                .map(|e| Source {
+        let before = dir_ident(&dir)?;
+        let recipe = self.recipe(digest)?;
+        let sources = recipe
+            .slice(offset, len)?
+            .into_iter()
+            .map(|e| {
+                let path = dir.join(&e.name);
+                Some(Source {
                     name: if e.name == OWN {
                         format!("own-{}", digest.hex())
                     } else {
                         e.name.clone()
                     },
-                    path: dir.join(&e.name),
+                    ident: Some(ident(&path)?),
+                    path,
                     offset: e.offset,
                     len: e.len,
                 })
-                .collect(),
-        )
+            })
+            .collect::<Option<Vec<_>>>()?;
+        (dir_ident(&dir)? == before).then_some(sources)
     }
 
     /// Makes the directory `dir` (its files in place: `own` and the links) the spliced
@@ -636,5 +665,35 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert!(!store.spliced_path(&c).exists());
         assert_eq!(store.read_blob(&c).unwrap(), bytes);
+    }
+
+    #[test]
+    fn ranges_of_a_spliced_blob_spliced_again_elsewhere_are_not_linked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a_bytes = noise(6, BIG + 4096);
+        let a = store.put_blob(&a_bytes).unwrap();
+        let (c, c_bytes) = splice(&store, b"head", &a, &a_bytes, 100..BIG, b"tail");
+        // Where C's first bytes are (its own file), as a build about to link them sees.
+        let stale = store.sources(&c, 0, 4).unwrap();
+        assert_eq!(stale[0].name, format!("own-{}", c.hex()));
+        // Meanwhile C is written out and spliced again by another build, with other
+        // extents: another `own` under the same name.
+        store.blob_file(&c).unwrap();
+        assert!(store.delete_blob(&c).unwrap());
+        let mut w = store.blob_writer().unwrap();
+        w.write_all(&c_bytes[..5000]).unwrap();
+        w.append_stored(&a, 100 + 4996, &c_bytes[5000..c_bytes.len() - 4])
+            .unwrap();
+        w.write_all(b"tail").unwrap();
+        assert_eq!(w.commit(Some(&c)).unwrap().0, c);
+        assert!(store.spliced_path(&c).join(RECIPE).is_file());
+        // The stale offsets are not applied to the new file: no link, the caller
+        // writes the bytes.
+        let mut w = store.blob_writer().unwrap();
+        assert!(w.link(stale).is_none());
+        // Fresh ones are.
+        let fresh = store.sources(&c, 0, 4).unwrap();
+        assert!(w.link(fresh).is_some());
     }
 }

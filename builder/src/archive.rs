@@ -176,15 +176,12 @@ fn prepare_oci(store: &Store, manifest: &Digest) -> Result<Prepared> {
 /// Docker archive holds no index: a multi-platform image is saved as its host
 /// platform's image there; an OCI archive holds it whole.
 pub fn save(store: &Store, items: &[SaveItem], format: ArchiveFormat, dest: &Path) -> Result<()> {
-    let blob_path = |d: &Digest| store.blob_path(d);
+    let blob_path = |d: &Digest| store.blob_file(d).map_err(std::io::Error::other);
     if format == ArchiveFormat::Oci {
         let prepared = items
             .iter()
             .map(|i| prepare_oci(store, &i.manifest))
             .collect::<Result<Vec<_>>>()?;
-        for img in prepared.iter().flat_map(|p| &p.images) {
-            img.layer_files(store)?;
-        }
         let list: Vec<(exporter::ArchiveImage<'_>, &[String])> = prepared
             .iter()
             .zip(items)
@@ -207,9 +204,6 @@ pub fn save(store: &Store, items: &[SaveItem], format: ArchiveFormat, dest: &Pat
         .iter()
         .map(|i| stored_image(store, &i.manifest))
         .collect::<Result<Vec<_>>>()?;
-    for img in &images {
-        img.layer_files(store)?;
-    }
     let pairs: Vec<(&BuiltImage, &[String])> = images
         .iter()
         .zip(items)

@@ -1262,10 +1262,7 @@ fn export_one(
     built: &BuiltImage,
     out: &OutputSpec,
 ) -> Result<()> {
-    let blob_path = |d: &Digest| -> PathBuf { store.blob_path(d) };
-    if !matches!(out, OutputSpec::Local(_)) {
-        built.layer_files(store)?;
-    }
+    let blob_path = |d: &Digest| store.blob_file(d).map_err(std::io::Error::other);
     match out {
         OutputSpec::Oci(dest) if dest.extension().is_some_and(|e| e == "tar") => {
             exporter::write_oci_archive(built, &blob_path, dest, &req.tags)?

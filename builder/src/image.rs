@@ -255,17 +255,6 @@ pub struct BuiltImage {
     pub layers: Vec<LayerDesc>,
 }
 
-impl BuiltImage {
-    /// Makes each layer blob an ordinary file of the store (a spliced one is written
-    /// out), for exporters that link or copy blobs by path.
-    pub fn layer_files(&self, store: &kiln_cache::Store) -> Result<(), kiln_cache::CacheError> {
-        for l in &self.layers {
-            store.blob_file(&l.digest)?;
-        }
-        Ok(())
-    }
-}
-
 /// A base image's config, as [`parse_config`] reads it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ParsedConfig {

@@ -3,7 +3,8 @@
 //! Docker archive.
 //!
 //! Every writer takes a `blob_path` function that gives the path of a layer blob in
-//! kiln's store from its digest (`<root>/blobs/sha256/<hex>`), the image, a
+//! kiln's store from its digest (`<root>/blobs/sha256/<hex>`; a spliced blob is written
+//! out there first, see `kiln_cache::Store::blob_file`), the image, a
 //! destination and a list of tags (`name:tag`, e.g. `docker.io/library/app:1` or
 //! `app:1`; a name without a tag means `:latest`). Files are written to a temporary
 //! name and renamed into place, so a failed export leaves no half-written output.
@@ -27,8 +28,9 @@ pub use oci::{
     write_oci_index, write_oci_layout,
 };
 
-/// Gives the path of a blob in the store from its digest.
-pub type BlobPath<'a> = &'a dyn Fn(&Digest) -> PathBuf;
+/// Gives the path of a blob in the store from its digest, as a file of its own (which
+/// the store may have to write out first).
+pub type BlobPath<'a> = &'a dyn Fn(&Digest) -> io::Result<PathBuf>;
 
 /// Errors from the exporters; each names the path, digest or reference concerned.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +48,15 @@ pub enum ExportError {
         op: &'static str,
         /// The path concerned.
         path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// A layer blob could not be had as a file of the store.
+    #[error("layer {digest}: {source}")]
+    BlobFile {
+        /// The layer's digest.
+        digest: Digest,
         /// The error.
         #[source]
         source: io::Error,

@@ -193,7 +193,7 @@ fn oci_layout_is_read_by_skopeo() {
     let dir = out.path().join("layout");
     write_oci_layout(
         &image,
-        &|d| store.path(d),
+        &|d| Ok(store.path(d)),
         &dir,
         &tags(&["docker.io/library/app:1"]),
     )
@@ -272,7 +272,7 @@ fn oci_layout_is_unpacked_by_umoci_and_validated() {
     let image = tiny_image(&store, "GREETING=hello");
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("layout");
-    write_oci_layout(&image, &|d| store.path(d), &dir, &tags(&["app:1"])).unwrap();
+    write_oci_layout(&image, &|d| Ok(store.path(d)), &dir, &tags(&["app:1"])).unwrap();
 
     validate_layout(&dir, "1");
 
@@ -313,7 +313,7 @@ fn oci_archive_is_deterministic_and_read_by_skopeo() {
     let out = tempfile::tempdir().unwrap();
     let file = out.path().join("image.tar");
     let t = tags(&["app:1", "ghcr.io/org/app:2"]);
-    write_oci_archive(&image, &|d| store.path(d), &file, &t).unwrap();
+    write_oci_archive(&image, &|d| Ok(store.path(d)), &file, &t).unwrap();
 
     for suffix in [":1", ":2"] {
         let archive_ref = format!("oci-archive:{}{suffix}", s(&file));
@@ -331,7 +331,7 @@ fn oci_archive_is_deterministic_and_read_by_skopeo() {
 
     // With a single index entry the image needs no tag to be found.
     let untagged = out.path().join("untagged.tar");
-    write_oci_archive(&image, &|d| store.path(d), &untagged, &[]).unwrap();
+    write_oci_archive(&image, &|d| Ok(store.path(d)), &untagged, &[]).unwrap();
     let inspect = run_json(
         "skopeo",
         &["inspect", &format!("oci-archive:{}", s(&untagged))],
@@ -359,7 +359,7 @@ fn oci_archive_is_deterministic_and_read_by_skopeo() {
 
     // Same inputs, same bytes; no temporary files left behind.
     let again = out.path().join("again.tar");
-    write_oci_archive(&image, &|d| store.path(d), &again, &t).unwrap();
+    write_oci_archive(&image, &|d| Ok(store.path(d)), &again, &t).unwrap();
     assert_eq!(fs::read(&file).unwrap(), fs::read(&again).unwrap());
     let leftovers: Vec<_> = fs::read_dir(out.path())
         .unwrap()
@@ -388,7 +388,7 @@ fn docker_archive_is_read_by_skopeo() {
     let file = out.path().join("docker.tar");
     write_docker_archive(
         &image,
-        &|d| store.path(d),
+        &|d| Ok(store.path(d)),
         &file,
         &tags(&["docker.io/library/app:1", "app:latest", "ghcr.io/org/app:2"]),
     )
@@ -452,7 +452,7 @@ fn docker_media_type_image_exports_everywhere() {
     let image = build_image(&spec_with(vec![l1], "A=b"), MediaTypes::Docker).unwrap();
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("layout");
-    write_oci_layout(&image, &|d| store.path(d), &dir, &tags(&["app:d"])).unwrap();
+    write_oci_layout(&image, &|d| Ok(store.path(d)), &dir, &tags(&["app:d"])).unwrap();
     // skopeo 1.9's `oci:` transport only looks at OCI manifests, so check by hand.
     let index = read_index(&dir);
     assert_eq!(
@@ -462,7 +462,7 @@ fn docker_media_type_image_exports_everywhere() {
     let manifest = fs::read(dir.join(blob_rel_path(&image.manifest_digest))).unwrap();
     assert_eq!(manifest, image.manifest_json);
     let file = out.path().join("docker.tar");
-    write_docker_archive(&image, &|d| store.path(d), &file, &tags(&["app:d"])).unwrap();
+    write_docker_archive(&image, &|d| Ok(store.path(d)), &file, &tags(&["app:d"])).unwrap();
     run_json(
         "skopeo",
         &["inspect", &format!("docker-archive:{}", s(&file))],
@@ -477,7 +477,7 @@ fn layouts_merge_tags() {
     assert_ne!(one.manifest_digest, two.manifest_digest);
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("layout");
-    let bp = |d: &Digest| store.path(d);
+    let bp = |d: &Digest| -> std::io::Result<PathBuf> { Ok(store.path(d)) };
     write_oci_layout(&one, &bp, &dir, &tags(&["app:1"])).unwrap();
     write_oci_layout(&two, &bp, &dir, &tags(&["app:2"])).unwrap();
 
@@ -540,9 +540,11 @@ fn copies_when_links_fail_and_replaces_bad_blobs() {
             fs::copy(store.path(&l.digest), to).unwrap();
         }
     }
-    let bp = |d: &Digest| match &shm_store {
-        Some(root) => root.join(d.hex()),
-        None => store.path(d),
+    let bp = |d: &Digest| -> std::io::Result<PathBuf> {
+        Ok(match &shm_store {
+            Some(root) => root.join(d.hex()),
+            None => store.path(d),
+        })
     };
     write_oci_layout(&image, &bp, &dir, &tags(&["app:1"])).unwrap();
     for l in &image.layers {
@@ -550,7 +552,7 @@ fn copies_when_links_fail_and_replaces_bad_blobs() {
         assert_eq!(sha256_digest(&fs::read(&blob).unwrap()), l.digest);
         assert_eq!(fs::metadata(&blob).unwrap().mode() & 0o777, 0o644);
         if shm_store.is_some() {
-            let src = fs::metadata(bp(&l.digest)).unwrap();
+            let src = fs::metadata(bp(&l.digest).unwrap()).unwrap();
             assert_ne!(
                 fs::metadata(&blob).unwrap().dev(),
                 src.dev(),
@@ -566,7 +568,7 @@ fn errors_name_what_failed() {
     let store = Store::new();
     let image = tiny_image(&store, "A=b");
     let out = tempfile::tempdir().unwrap();
-    let bp = |d: &Digest| store.path(d);
+    let bp = |d: &Digest| -> std::io::Result<PathBuf> { Ok(store.path(d)) };
 
     // A bad tag fails before anything is written.
     let dir = out.path().join("bad-tag");

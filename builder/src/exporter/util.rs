@@ -44,7 +44,10 @@ pub(crate) fn atomic_write(dest: &Path, data: &[u8]) -> Result<()> {
 
 /// Opens a layer blob in the store and checks its size against the descriptor.
 pub(crate) fn open_layer(layer: &LayerDesc, blob_path: BlobPath<'_>) -> Result<(File, PathBuf)> {
-    let path = blob_path(&layer.digest);
+    let path = blob_path(&layer.digest).map_err(|source| ExportError::BlobFile {
+        digest: layer.digest.clone(),
+        source,
+    })?;
     let blob_err = |source| ExportError::Blob {
         digest: layer.digest.clone(),
         path: path.clone(),
@@ -172,6 +175,8 @@ impl<R: Read> Read for Counted<R> {
 pub(crate) struct UncompressedLayer {
     /// The tar's bytes, positioned at the start.
     pub(crate) file: File,
+    /// The layer blob's path in the store (for messages).
+    pub(crate) path: PathBuf,
     /// Its length.
     pub(crate) size: u64,
     /// Whether the content was already checked against the diff_id (false for blobs
@@ -200,6 +205,7 @@ pub(crate) fn uncompressed_layer(
         file.rewind().map_err(blob_err)?;
         return Ok(UncompressedLayer {
             file,
+            path,
             size: layer.size,
             verified: false,
         });
@@ -232,6 +238,7 @@ pub(crate) fn uncompressed_layer(
         .map_err(io_err("rewinding a temporary file in", scratch_dir))?;
     Ok(UncompressedLayer {
         file,
+        path,
         size,
         verified: true,
     })
@@ -297,7 +304,7 @@ fn write_tar(
                 let un = uncompressed_layer(layer, blob_path, scratch)?;
                 let blob_err = |source| ExportError::Blob {
                     digest: layer.digest.clone(),
-                    path: blob_path(&layer.digest),
+                    path: un.path.clone(),
                     source,
                 };
                 let reader = BufReader::with_capacity(256 * 1024, un.file);

@@ -285,14 +285,26 @@ struct Done {
 /// The blob's hash state after each marked chunk of a batch.
 type BlobStates = Vec<Option<Vec<u8>>>;
 
+/// What hashing a packed batch into the blob's digest takes: each chunk's compressed
+/// bytes (shared) and whether a state is kept after it.
+struct ToDigest {
+    bytes: Vec<Arc<Vec<u8>>>,
+    marked: Vec<bool>,
+}
+
+impl Done {
+    fn to_digest(&self) -> ToDigest {
+        ToDigest {
+            bytes: self.packed.iter().map(|p| p.bytes.clone()).collect(),
+            marked: self.marks.iter().map(Option::is_some).collect(),
+        }
+    }
+}
+
 /// Hashes a packed batch into the blob's digest, in order.
-fn hash_blob(
-    blob: &mut StreamHash,
-    bytes: &[Arc<Vec<u8>>],
-    marked: &[bool],
-) -> io::Result<BlobStates> {
-    let mut states = Vec::with_capacity(bytes.len());
-    for (b, marked) in bytes.iter().zip(marked) {
+fn hash_blob(blob: &mut StreamHash, batch: &ToDigest) -> io::Result<BlobStates> {
+    let mut states = Vec::with_capacity(batch.bytes.len());
+    for (b, marked) in batch.bytes.iter().zip(&batch.marked) {
         blob.write_all(b)?;
         states.push(marked.then(|| blob.state()));
     }
@@ -398,17 +410,13 @@ impl PackThread {
         let Hashes { mut tar, mut blob } = hashes;
         let (jobs, job_rx) = mpsc::sync_channel::<Job>(MAX_IN_FLIGHT);
         let (done_tx, done) = mpsc::sync_channel::<io::Result<Done>>(MAX_IN_FLIGHT);
-        let (packed_tx, packed_rx) =
-            mpsc::sync_channel::<(Vec<Arc<Vec<u8>>>, Vec<bool>)>(MAX_IN_FLIGHT);
+        let (packed_tx, packed_rx) = mpsc::sync_channel::<ToDigest>(MAX_IN_FLIGHT);
         let (states_tx, blob_states) = mpsc::sync_channel(MAX_IN_FLIGHT);
         let digest = thread::Builder::new()
             .name("kiln-digest".into())
             .spawn(move || {
-                for (bytes, marked) in packed_rx {
-                    if states_tx
-                        .send(hash_blob(&mut blob, &bytes, &marked))
-                        .is_err()
-                    {
+                for batch in packed_rx {
+                    if states_tx.send(hash_blob(&mut blob, &batch)).is_err() {
                         break;
                     }
                 }
@@ -420,9 +428,7 @@ impl PackThread {
                 for job in job_rx {
                     let done = packer.pack(job, &mut tar);
                     if let Ok(d) = &done {
-                        let bytes = d.packed.iter().map(|p| p.bytes.clone()).collect();
-                        let marked = d.marks.iter().map(Option::is_some).collect();
-                        if packed_tx.send((bytes, marked)).is_err() {
+                        if packed_tx.send(d.to_digest()).is_err() {
                             break;
                         }
                     }
@@ -689,9 +695,7 @@ impl<W: BlobSink> Chunker<W> {
             let job = self.take_job();
             let mut hashes = self.hashes.take().ok_or_else(pack_thread_gone)?;
             let done = self.packer.pack(job, &mut hashes.tar)?;
-            let bytes: Vec<_> = done.packed.iter().map(|p| p.bytes.clone()).collect();
-            let marked: Vec<_> = done.marks.iter().map(Option::is_some).collect();
-            let blob_states = hash_blob(&mut hashes.blob, &bytes, &marked)?;
+            let blob_states = hash_blob(&mut hashes.blob, &done.to_digest())?;
             self.hashes = Some(hashes);
             self.write_done(done, blob_states)?;
         }

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::error::{CacheError, IoContext, Result};
-use crate::store::{BLOBS_DIR, SPLICED_DIR, Store};
+use crate::store::{SPLICED_DIR, Store};
 
 /// A blob referencing fewer bytes than this is written out whole: a few MiB are
 /// cheaper to copy than to keep as a directory of links.
@@ -519,7 +519,7 @@ impl Store {
             else {
                 continue;
             };
-            if self.dir(BLOBS_DIR).join(d.hex()).is_file() {
+            if self.blob_path(&d).is_file() {
                 self.remove_spliced(&d)?;
             }
         }

@@ -31,3 +31,13 @@ pub use registry::{Auth, Registry, TokenServer};
 pub use require::{in_ci, is_root, tool_path};
 pub use server::FileServer;
 pub use store::{BUSYBOX, Built, KilnStore, kiln_bin, report_step, step_cached};
+
+/// A child process (a test's server or agent) killed and reaped when dropped.
+pub(crate) struct KillOnDrop(pub(crate) std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,14 +1,14 @@
 //! A static file server on 127.0.0.1 (python3's `http.server`), for `ADD <url>` tests.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::require::tool_path;
 
 /// Serves a directory over HTTP until dropped.
 pub struct FileServer {
-    child: Child,
+    _child: crate::KillOnDrop,
     /// The port it listens on (127.0.0.1).
     pub port: u16,
     log: tempfile::NamedTempFile,
@@ -36,7 +36,11 @@ impl FileServer {
             "python3 -m http.server",
             || std::fs::read_to_string(log.path()).unwrap_or_default(),
         );
-        FileServer { child, port, log }
+        FileServer {
+            _child: crate::KillOnDrop(child),
+            port,
+            log,
+        }
     }
 
     /// `http://127.0.0.1:PORT/<path>`
@@ -47,12 +51,5 @@ impl FileServer {
     /// What the server logged (one line per request, and errors).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
-    }
-}
-
-impl Drop for FileServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

@@ -4,25 +4,18 @@
 
 use std::fs;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::{Workspace, run_ok, tool_path, wait};
 
 /// An `ssh-agent` in the foreground on its own socket, killed on drop.
 pub struct Agent {
-    child: Child,
+    _child: crate::KillOnDrop,
     /// Its socket (`SSH_AUTH_SOCK`).
     pub sock: PathBuf,
     /// The public key it holds (`ssh-ed25519 AAAA... comment`).
     pub public_key: String,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Agent {
@@ -39,7 +32,7 @@ impl Agent {
             .spawn()
             .expect("ssh-agent (apt-get install openssh-client)");
         let mut agent = Agent {
-            child,
+            _child: crate::KillOnDrop(child),
             sock,
             public_key: String::new(),
         };
@@ -72,18 +65,11 @@ impl Agent {
 /// and host key under `DIR` in the workspace, accepting only `authorized` keys and no
 /// passwords; killed on drop. Logins are as the user the test runs as (root).
 pub struct Sshd {
-    child: Child,
+    _child: crate::KillOnDrop,
     /// The port it listens on (127.0.0.1).
     pub port: u16,
     /// Its log (`sshd -e`).
     pub log: PathBuf,
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Sshd {
@@ -103,7 +89,11 @@ impl Sshd {
             .expect("sshd (apt-get install openssh-server)");
         let read_log = || fs::read_to_string(&log).unwrap_or_default();
         wait::for_port(&mut child, port, Duration::from_secs(10), "sshd", read_log);
-        Sshd { child, port, log }
+        Sshd {
+            _child: crate::KillOnDrop(child),
+            port,
+            log,
+        }
     }
 
     /// Writes the configuration (and a new host key) of an sshd listening on

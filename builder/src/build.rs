@@ -1038,6 +1038,20 @@ fn build_inner(
         )?;
     }
 
+    // Done with the blobs: those the store can make again (a RUN's layer from its
+    // snapshot, a fetched base's from its registry) go, so that each such layer is kept once,
+    // unpacked. A failure only leaves them in place.
+    let made = results.values().flat_map(|s| s.output.layers());
+    // A base layer this build fetched (to unpack it) goes back to being fetched when
+    // needed; one the store had before (`kiln pull`, a local image) stays.
+    let bases = made.clone().filter(|l| images.was_fetched(l));
+    if let Err(e) = crate::recreate::compact(&store, made, bases, Some(lease)) {
+        progress.message(&format!(
+            "warning: keeping the compressed copies of unpacked layers: {}",
+            kiln_solver::error_chain(&e)
+        ));
+    }
+
     let mut steps = Vec::new();
     for (id, solved) in &results {
         let v = plan.graph.vertex(*id);
@@ -1262,7 +1276,7 @@ fn export_one(
     built: &BuiltImage,
     out: &OutputSpec,
 ) -> Result<()> {
-    let blob_path = |d: &Digest| store.blob_file(d).map_err(std::io::Error::other);
+    let blob_path = |d: &Digest| crate::recreate::blob_file(store, d);
     match out {
         OutputSpec::Oci(dest) if dest.extension().is_some_and(|e| e == "tar") => {
             exporter::write_oci_archive(built, &blob_path, dest, &req.tags)?

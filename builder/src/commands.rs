@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Result, anyhow};
-use kiln_cache::Store;
+use kiln_cache::{Digest, Store};
 use kiln_ops::Platform;
 
 use kiln_builder::format::Record;
@@ -326,6 +326,10 @@ pub fn push(
         );
     }
     println!("{}", r.digest);
+    // Layers written again from their snapshots for the push are dropped again.
+    if let Some(rec) = store.tag_get(&normalize_tag(name))? {
+        kiln_builder::recreate::compact_image(&store, &Digest::parse(rec.manifest.as_str())?)?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -478,6 +482,10 @@ pub fn save(
             std::io::copy(&mut f, &mut out)?;
             std::io::Write::flush(&mut out)?;
         }
+    }
+    // Layers written again from their snapshots for the archive are dropped again.
+    for item in &items {
+        kiln_builder::recreate::compact_image(&store, &item.manifest)?;
     }
     Ok(ExitCode::SUCCESS)
 }

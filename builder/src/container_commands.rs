@@ -397,7 +397,15 @@ pub fn run(
                 ])
                 .collect::<Vec<_>>(),
         )?;
-        images.ensure_layers(&image.layers, None)?;
+        // Only the layers not unpacked yet are read from their blobs.
+        let snapshots = kiln_builder::snapshots::Snapshots::new(&store);
+        images.ensure_layers(
+            image
+                .layers
+                .iter()
+                .filter(|l| !snapshots.path(&l.diff_id).is_dir()),
+            None,
+        )?;
         let mut config = spec::container_config(&args.image, &image, &opts)?;
         // A bad `-u` fails before anything is made (Docker checks it at create).
         let view = kiln_fs::LayeredFs::new(

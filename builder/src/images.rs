@@ -75,6 +75,9 @@ pub enum ImageStoreError {
         #[source]
         source: kiln_cache::CacheError,
     },
+    /// A layer kept as its snapshot only could not be written again.
+    #[error(transparent)]
+    Recreate(#[from] Box<crate::recreate::RecreateError>),
     /// A layer blob is missing and no registry is set to fetch it from.
     #[error("layer {digest} is not in the store")]
     MissingLayer {
@@ -179,6 +182,8 @@ pub struct ImageStore {
     /// One lock per blob being fetched, so that two steps needing the same base layer
     /// at the same time download it once.
     fetching: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
+    /// The layer blobs fetched from registries through this store.
+    fetched: Mutex<std::collections::HashSet<Digest>>,
 }
 
 /// The local tag of a reference: Docker's familiar name with `:latest` unless a tag or
@@ -238,7 +243,17 @@ impl ImageStore {
             remote: None,
             reporter: Arc::new(NoReporter),
             fetching: Mutex::new(HashMap::new()),
+            fetched: Mutex::default(),
         }
+    }
+
+    /// Whether the blob of `layer` was fetched from a registry through this store (a
+    /// base layer a step needed).
+    pub fn was_fetched(&self, layer: &LayerRef) -> bool {
+        self.fetched
+            .lock()
+            .expect("fetched lock")
+            .contains(&layer.digest)
     }
 
     /// Resolves what the store lacks (or everything, with `--pull`) through `remote`,
@@ -253,10 +268,12 @@ impl ImageStore {
         self
     }
 
-    /// Whether the blob of `layer` is in the store or can be fetched into it.
+    /// Whether the blob of `layer` is in the store or can be fetched or written into it.
     pub fn layer_available(&self, layer: &LayerRef) -> Result<bool> {
         let d = &layer.digest;
-        Ok(self.store.has_blob(d) || kiln_registry::fetchable(&self.store, d))
+        Ok(self.store.has_blob(d)
+            || kiln_registry::fetchable(&self.store, d)
+            || crate::recreate::can_recreate(&self.store, d))
     }
 
     /// Makes the blobs of `layers` present in the store, fetching those of resolved
@@ -278,14 +295,9 @@ impl ImageStore {
                 });
             }
         }
-        let Some(first) = missing.first() else {
+        if missing.is_empty() {
             return Ok(());
-        };
-        let Some(remote) = &self.remote else {
-            return Err(ImageStoreError::MissingLayer {
-                digest: first.digest.clone(),
-            });
-        };
+        }
         // Locked in digest order (no deadlock between two steps), then checked again:
         // another step may have fetched them meanwhile.
         missing.sort_by(|a, b| a.digest.cmp(&b.digest));
@@ -302,11 +314,28 @@ impl ImageStore {
             .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()))
             .collect();
         missing.retain(|b| self.store.blob_size(&b.digest).ok() != Some(b.size));
+        // Layers kept only as their snapshot are written again from it.
+        for b in &missing {
+            crate::recreate::recreate(&self.store, &b.digest).map_err(Box::new)?;
+        }
+        missing.retain(|b| self.store.blob_size(&b.digest).ok() != Some(b.size));
+        let Some(first) = missing.first() else {
+            return Ok(());
+        };
+        let Some(remote) = &self.remote else {
+            return Err(ImageStoreError::MissingLayer {
+                digest: first.digest.clone(),
+            });
+        };
         remote.fetch_missing(
             &self.store,
             &missing,
             &BlobReporter::new(&*self.reporter, vertex),
         )?;
+        self.fetched
+            .lock()
+            .expect("fetched lock")
+            .extend(missing.into_iter().map(|b| b.digest));
         Ok(())
     }
 

@@ -22,6 +22,7 @@ pub mod interrupt;
 pub mod multiplatform;
 pub mod plan;
 pub mod progress;
+pub mod recreate;
 pub mod remote;
 pub mod remote_cache;
 pub mod report;

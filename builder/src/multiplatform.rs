@@ -290,7 +290,7 @@ fn write_oci_index(
                 .map_err(|e| BuildError::Platform(e.to_string()))?,
         );
     }
-    let blob_path = |d: &Digest| store.blob_file(d).map_err(std::io::Error::other);
+    let blob_path = |d: &Digest| crate::recreate::blob_file(store, d);
     // As the single-platform exporter: `DEST.tar` is an archive, else a layout.
     let as_dir = dest.extension().is_none_or(|e| e != "tar");
     crate::exporter::write_oci_index(&images, index, &bytes, &blob_path, dest, tags, as_dir)

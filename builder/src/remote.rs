@@ -244,7 +244,10 @@ impl Remote {
                 store,
                 &digest,
                 &target,
-                &PushOptions { docker_format },
+                &PushOptions {
+                    docker_format,
+                    local: Some(std::sync::Arc::new(crate::recreate::SnapshotBlobs)),
+                },
                 progress,
             )
             .map_err(|source| RemoteError::Push {

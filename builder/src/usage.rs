@@ -585,10 +585,27 @@ pub fn collect(
         let why = format!("tagged image {}", img.tags.join(", "));
         for b in &img.blobs {
             u.pinned.insert(GcRef::Blob(b.to_string()), why.clone());
+            // Where the blob can be fetched from (a base layer kept unpacked only, a
+            // resolved base's layer never fetched): kept with the image.
+            if !store.has_blob(b) {
+                u.pinned_records
+                    .insert(kiln_registry::sources_key(b), why.clone());
+            }
         }
         if !all {
             for d in &img.diff_ids {
                 u.pinned.insert(GcRef::Snapshot(d.to_string()), why.clone());
+            }
+        } else {
+            // A layer kept only as its snapshot (its blob is written again from it) is
+            // the image's: its snapshot stays with it.
+            for b in img.blobs.iter().filter(|b| !store.has_blob(b)) {
+                if let Some(d) = crate::recreate::snapshot_of(store, b) {
+                    u.pinned.insert(
+                        GcRef::Snapshot(d.to_string()),
+                        format!("{why} (the only copy of layer {b})"),
+                    );
+                }
             }
         }
     }
@@ -797,6 +814,9 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport> {
                 // The chunk index keeps no blob: the entries of those that went go too.
                 store.prune_chunk_index()?;
             }
+            // Records of how to write a blob again from a snapshot that went (here or
+            // with an `rmi`) go too.
+            crate::recreate::clean(store);
         }
         report.lock_held = locked.elapsed();
     }

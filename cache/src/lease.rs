@@ -172,8 +172,20 @@ impl Store {
     /// The live leases. Those whose holder died are removed. Call with the GC lock held
     /// exclusively for the answer to stay true while you act on it.
     pub fn leases(&self) -> Result<Vec<LeaseInfo>> {
+        self.leases_but(None)
+    }
+
+    /// The live leases other than `mine` (what other processes and builds protect).
+    pub fn other_leases(&self, mine: &Lease) -> Result<Vec<LeaseInfo>> {
+        self.leases_but(Some(&mine.json_path))
+    }
+
+    fn leases_but(&self, mine: Option<&Path>) -> Result<Vec<LeaseInfo>> {
         let mut out = Vec::new();
         self.scan_leases(&mut |file, json_path| {
+            if mine == Some(json_path) {
+                return;
+            }
             // A lease being taken has its lock before its json: it protects
             // nothing yet, and what it adds is checked after.
             if let Ok(bytes) = fs::read(json_path)

@@ -21,6 +21,16 @@ pub enum RegistryError {
         digest: String,
     },
 
+    /// A blob the store lacks could not be made again from what the store keeps
+    /// ([`crate::LocalBlobs`]).
+    #[error("blob {digest}: {reason}")]
+    LocalBlob {
+        /// The blob.
+        digest: String,
+        /// Why.
+        reason: String,
+    },
+
     /// An image reference is outside Docker's grammar; `reason` is Docker's own
     /// message ("invalid reference format[: ...]").
     #[error("{input:?}: {reason}")]

@@ -44,9 +44,11 @@ pub use kiln_oci::Platform;
 pub use progress::{BlobDone, BlobEvent, BlobKind, NoProgress, Progress};
 pub use pull::Artifact;
 pub use pull::{Pulled, PulledBlob};
-pub use push::{PushOptions, PushReport};
+pub use push::{LocalBlobs, PushOptions, PushReport};
 pub use reference::Reference;
-pub use sources::{fetchable, known as known_sources, remember as remember_source};
+pub use sources::{
+    fetchable, key as sources_key, known as known_sources, remember as remember_source,
+};
 
 /// Media types kiln reads and writes (kiln's one list, from `kiln-oci`).
 pub use kiln_oci::media_types;

@@ -21,12 +21,34 @@ use crate::reference::Reference;
 use crate::{MAX_MANIFEST_SIZE, sources};
 
 /// Options for [`Client::push`].
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct PushOptions {
     /// Push Docker schema 2 media types instead of OCI ones (for registries
     /// that refuse OCI manifests). The manifest is rewritten, so its digest
     /// changes; zstd layers are refused.
     pub docker_format: bool,
+    /// Blobs the store lacks but can make again without the network; asked before
+    /// such a blob is fetched from a registry known to hold it.
+    pub local: Option<std::sync::Arc<dyn LocalBlobs>>,
+}
+
+impl std::fmt::Debug for PushOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushOptions")
+            .field("docker_format", &self.docker_format)
+            .field("local", &self.local.as_ref().map(|_| "<local blobs>"))
+            .finish()
+    }
+}
+
+/// Blobs a store lacks that its owner can write again without the network (the
+/// builder's layers kept only unpacked: written again from the directory, digest
+/// checked).
+pub trait LocalBlobs: Send + Sync {
+    /// Whether `digest` can be made present in `store`.
+    fn can_make(&self, store: &Store, digest: &Digest) -> bool;
+    /// Makes `digest` present in `store`; an error says why it could not.
+    fn make(&self, store: &Store, digest: &Digest) -> std::result::Result<(), String>;
 }
 
 /// What [`Client::push`] did.
@@ -157,7 +179,12 @@ impl Client {
             // A layer of a resolved (not pulled) base may be missing: it is mounted
             // from the repository it came from, or fetched before it is uploaded.
             let size = match store.blob_size(&digest) {
-                Err(_) if sources::fetchable(store, &digest) => d.size(),
+                Err(_)
+                    if sources::fetchable(store, &digest)
+                        || opts.local.as_ref().is_some_and(|l| l.can_make(store, &digest)) =>
+                {
+                    d.size()
+                }
                 size => size?,
             };
             if size != d.size() {
@@ -174,7 +201,7 @@ impl Client {
             }
         }
         crate::client::run_parallel(self.opts.max_concurrent, &blobs, |b| {
-            self.push_blob(store, b, target, progress, stats)
+            self.push_blob(store, b, target, opts, progress, stats)
         })?;
         let digest = self.put_manifest(target, tag_or_digest, &media_type, bytes)?;
         Ok(digest)
@@ -236,6 +263,7 @@ impl Client {
         store: &Store,
         blob: &Blob,
         target: &Reference,
+        opts: &PushOptions,
         progress: &dyn Progress,
         stats: &Stats,
     ) -> Result<()> {
@@ -277,6 +305,16 @@ impl Client {
                     }
                     _ => {} // e.g. no pull access to `from`: just upload
                 }
+            }
+            if store.blob_size(&blob.digest).ok() != Some(blob.size)
+                && let Some(local) = opts.local.as_ref().filter(|l| l.can_make(store, &blob.digest))
+            {
+                local
+                    .make(store, &blob.digest)
+                    .map_err(|reason| RegistryError::LocalBlob {
+                        digest: blob.digest.to_string(),
+                        reason,
+                    })?;
             }
             if store.blob_size(&blob.digest).ok() != Some(blob.size) {
                 let missing = PulledBlob {

@@ -14,7 +14,9 @@ const MAX_REPOS: usize = 16;
 
 type Sources = BTreeMap<String, BTreeSet<String>>;
 
-fn key(blob: &Digest) -> String {
+/// The key of `blob`'s record in the store's cache index (for a collector to keep it
+/// while an image needs the blob fetched from there).
+pub fn key(blob: &Digest) -> String {
     sha256_of(format!("kiln-registry/blob-sources/v1\n{blob}").as_bytes()).to_string()
 }
 

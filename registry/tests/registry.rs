@@ -203,6 +203,7 @@ fn chunked_push_and_docker_format() {
     // Docker schema 2: rewritten media types, new digest, same blobs.
     let opts = PushOptions {
         docker_format: true,
+        ..PushOptions::default()
     };
     let r = c
         .push(

@@ -139,7 +139,9 @@ fn place(
         let mut layers = Vec::new();
         for l in &c.layers {
             let known = kiln_registry::known_sources(store, &l.digest);
-            let local = store.blob_size(&l.digest).ok() == Some(l.size);
+            // A layer kept as its snapshot only is written again when uploaded.
+            let local = store.blob_size(&l.digest).ok() == Some(l.size)
+                || crate::recreate::can_recreate(store, &l.digest);
             let sources = match registry {
                 // The registry has it (a base of the same registry, a pushed image):
                 // the push finds it (HEAD) or mounts it.
@@ -244,7 +246,10 @@ pub fn export(
                 store,
                 &manifest_digest,
                 &target,
-                &PushOptions::default(),
+                &PushOptions {
+                    local: Some(std::sync::Arc::new(crate::recreate::SnapshotBlobs)),
+                    ..PushOptions::default()
+                },
                 progress,
             )?;
             Ok(ExportReport {
@@ -317,6 +322,9 @@ fn write_layout(
         if std::fs::metadata(&p).is_ok_and(|m| m.len() == l.size) {
             report.skipped += 1;
             continue;
+        }
+        if !store.has_blob(&l.digest) {
+            crate::recreate::recreate(store, &l.digest).map_err(Box::new)?;
         }
         let mut from = store.open_blob(&l.digest)?;
         write_file(&p, &mut |f| std::io::copy(&mut from, f).map(|_| ()))?;

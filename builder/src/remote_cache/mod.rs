@@ -26,6 +26,9 @@ pub enum RemoteCacheError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] kiln_cache::CacheError),
+    /// A layer kept as its snapshot only could not be written again.
+    #[error(transparent)]
+    Recreate(#[from] Box<crate::recreate::RecreateError>),
     /// The config is not a kiln cache kiln can read.
     #[error(transparent)]
     Format(#[from] format::FormatError),

@@ -69,6 +69,16 @@ pub enum WorkerError {
     /// A `--cache-from` cache could not give a result it has a record of.
     #[error(transparent)]
     RemoteCache(#[from] Box<crate::remote_cache::RemoteCacheError>),
+    /// A layer written again from its snapshot did not give the blob it was written as.
+    #[error(
+        "layer {expected} written again from its snapshot came out as {actual}: the snapshot or kiln's layer writer changed since it was built"
+    )]
+    Rewritten {
+        /// The blob the image names.
+        expected: Digest,
+        /// What the writer gave.
+        actual: Digest,
+    },
     /// An I/O error without more to say than itself.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -633,7 +643,7 @@ impl<'a> BuildWorker<'a> {
             &mut dyn kiln_layer::BlobSink,
         ) -> Result<kiln_layer::LayerInfo, kiln_layer::LayerError>,
     ) -> Result<LayerRef> {
-        write_layer_blob(self.store, self.layer_opts.compression, write)
+        write_layer_blob(self.store, self.layer_opts.compression, None, write)
     }
 
     /// Writes a diff directory as a layer blob and keeps the directory as its snapshot.
@@ -645,7 +655,16 @@ impl<'a> BuildWorker<'a> {
             let handle = std::thread::spawn(move || drop(dir));
             self.trash.lock().expect("trash lock").push(handle);
         } else {
-            self.snapshots.commit(dir, &layer.diff_id)?;
+            let ours = crate::recreate::Identity::of(dir.path());
+            let snapshot = self.snapshots.commit(dir, &layer.diff_id)?;
+            // The blob can be written again from the very directory it was written
+            // from (not from one another build placed first): recorded, so that the
+            // blob can be dropped at the end of the build.
+            if let Some(ours) = ours
+                && crate::recreate::Identity::of(&snapshot) == Some(ours)
+            {
+                crate::recreate::record(self.store, &layer, &self.layer_opts, ours)?;
+            }
         }
         Ok(layer)
     }
@@ -1069,12 +1088,19 @@ pub fn streamed_chain(graph: &kiln_ops::BuildGraph) -> std::collections::HashSet
 /// Results by vertex, as the solver returns them.
 pub type Results = HashMap<VertexId, kiln_solver::Solved<Output>>;
 
+/// The store's chunk index as the layer writer's chunk cache.
+pub(crate) fn store_chunks(store: &Store) -> std::sync::Arc<dyn kiln_layer::ChunkCache> {
+    std::sync::Arc::new(chunks::StoreChunks::new(store))
+}
+
 /// Writes a layer blob in `compression` with `write` into `store` and records its
 /// chunks. Chunks found in earlier blobs are referenced there, not copied, where the
-/// store can (a spliced blob, see `kiln_cache::BlobReader`).
-fn write_layer_blob(
+/// store can (a spliced blob, see `kiln_cache::BlobReader`). With `expect`, a blob
+/// with another digest is not stored (a layer written again from its snapshot).
+pub(crate) fn write_layer_blob(
     store: &Store,
     compression: kiln_layer::Compression,
+    expect: Option<&Digest>,
     write: impl FnOnce(
         &mut dyn kiln_layer::BlobSink,
     ) -> Result<kiln_layer::LayerInfo, kiln_layer::LayerError>,
@@ -1084,6 +1110,15 @@ fn write_layer_blob(
     // No buffer of its own: the blob writer has one, and referenced ranges must stay
     // in order with the bytes written around them.
     let info = write(&mut chunks::StoreSink(&mut writer))?;
+    if let Some(expected) = expect
+        && *expected != info.digest
+    {
+        // Dropped unwritten: the temporary file goes with the writer.
+        return Err(WorkerError::Rewritten {
+            expected: expected.clone(),
+            actual: info.digest,
+        });
+    }
     writer.commit(Some(&info.digest))?;
     // A layer of one chunk is only ever reused whole, through the cache record.
     if let (Some(codec), true) = (kiln_layer::chunk_codec(compression), info.chunks.len() > 1) {
@@ -1120,7 +1155,7 @@ pub fn layers_in_compression(
     {
         let file = store.open_blob(&layer.digest)?;
         let what = layer.digest.to_string();
-        let converted = write_layer_blob(store, compression, |out| {
+        let converted = write_layer_blob(store, compression, None, |out| {
             kiln_layer::recompress_layer(std::io::BufReader::new(file), &opts, out, &what)
         })?;
         if converted.diff_id != layer.diff_id {

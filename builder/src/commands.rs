@@ -311,6 +311,18 @@ pub fn push(
 ) -> Result<ExitCode> {
     let store = Store::open(root)?;
     let _lock = store.lock_shared()?;
+    let manifest = store
+        .tag_get(&normalize_tag(name))?
+        .map(|rec| Digest::parse(rec.manifest.as_str()))
+        .transpose()?;
+    let lease = match &manifest {
+        Some(m) => Some(kiln_builder::recreate::lease_image(
+            &store,
+            m,
+            &format!("push of {name}"),
+        )?),
+        None => None,
+    };
     let remote = kiln_builder::remote::Remote::new(registry);
     let progress = blob_display(quiet);
     let r = remote.push(
@@ -327,8 +339,9 @@ pub fn push(
     }
     println!("{}", r.digest);
     // Layers written again from their snapshots for the push are dropped again.
-    if let Some(rec) = store.tag_get(&normalize_tag(name))? {
-        kiln_builder::recreate::compact_image(&store, &Digest::parse(rec.manifest.as_str())?)?;
+    drop(lease);
+    if let Some(m) = &manifest {
+        kiln_builder::recreate::compact_image(&store, m)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -466,6 +479,10 @@ pub fn save(
             None => items.push(item),
         }
     }
+    let leases = items
+        .iter()
+        .map(|i| kiln_builder::recreate::lease_image(&store, &i.manifest, "save"))
+        .collect::<Result<Vec<_>, _>>()?;
     // Layers of a registry base a build never needed (kept lazy) are fetched now.
     let remote = std::sync::Arc::new(kiln_builder::remote::Remote::new(registry));
     kiln_builder::archive::fetch_layers(&store, &items, remote)?;
@@ -484,6 +501,7 @@ pub fn save(
         }
     }
     // Layers written again from their snapshots for the archive are dropped again.
+    drop(leases);
     for item in &items {
         kiln_builder::recreate::compact_image(&store, &item.manifest)?;
     }

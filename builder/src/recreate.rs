@@ -217,8 +217,7 @@ pub fn compact<'l>(
         .filter(|(l, _)| seen.insert(l.digest.clone()))
         .filter(|(l, _)| store.has_blob(&l.digest) && snapshots.path(&l.diff_id).is_dir())
         .filter(|(l, base)| {
-            can_recreate(store, &l.digest)
-                || (*base && kiln_registry::fetchable(store, &l.digest))
+            can_recreate(store, &l.digest) || (*base && kiln_registry::fetchable(store, &l.digest))
         })
         .map(|(l, _)| l)
         .collect();
@@ -246,6 +245,18 @@ pub fn compact<'l>(
         }
     }
     Ok(freed)
+}
+
+/// A lease on the layer blobs of the stored image `manifest` (the host's platform of an
+/// index) for `holder`, so that a build ending meanwhile does not drop one a push or a
+/// save is about to read ([`compact`] keeps leased blobs).
+pub fn lease_image(store: &Store, manifest: &Digest, holder: &str) -> Result<Lease, CacheError> {
+    let images = crate::images::ImageStore::new(store);
+    let refs: Vec<String> = match images.load(manifest.as_str(), &kiln_ops::Platform::host()) {
+        Ok(info) => info.layers.iter().map(|l| l.digest.to_string()).collect(),
+        Err(_) => Vec::new(),
+    };
+    store.lease(holder, &refs)
 }
 
 /// [`compact`] over the layers of the stored image `manifest` (the host's platform of
@@ -337,7 +348,10 @@ mod tests {
         assert_eq!(compact(&store, [&layer], [], None).unwrap(), layer.size);
         assert!(!store.has_blob(&layer.digest));
         assert!(can_recreate(&store, &layer.digest));
-        assert_eq!(snapshot_of(&store, &layer.digest), Some(layer.diff_id.clone()));
+        assert_eq!(
+            snapshot_of(&store, &layer.digest),
+            Some(layer.diff_id.clone())
+        );
         assert!(recreate(&store, &layer.digest).unwrap());
         assert_eq!(store.read_blob(&layer.digest).unwrap(), bytes);
         // Through the exporters' path too.
@@ -351,11 +365,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let layer = written(&store);
-        let other = store.lease("another build", &[layer.digest.to_string()]).unwrap();
+        let other = store
+            .lease("another build", &[layer.digest.to_string()])
+            .unwrap();
         assert_eq!(compact(&store, [&layer], [], None).unwrap(), 0);
         assert!(store.has_blob(&layer.digest));
         // Its own lease does not keep it.
-        assert_eq!(compact(&store, [&layer], [], Some(&other)).unwrap(), layer.size);
+        assert_eq!(
+            compact(&store, [&layer], [], Some(&other)).unwrap(),
+            layer.size
+        );
         drop(other);
         recreate(&store, &layer.digest).unwrap();
         std::fs::remove_file(record_path(&store, &layer.digest)).unwrap();

@@ -56,7 +56,11 @@ fn a_run_layer_is_kept_as_its_snapshot_and_written_again_when_needed() {
     // The last RUN's tree is no step's input: only its blob is kept, as before.
     assert!(has_blob(&root, leaf) && !snapshot(&root, leaf).exists());
     for l in runs {
-        assert!(!has_blob(&root, l), "the RUN layer's blob went: {}", l.digest);
+        assert!(
+            !has_blob(&root, l),
+            "the RUN layer's blob went: {}",
+            l.digest
+        );
         assert!(snapshot(&root, l).is_dir(), "its snapshot stays");
         let store = Store::open(&root).unwrap();
         assert!(kiln_builder::recreate::can_recreate(&store, &l.digest));
@@ -78,7 +82,11 @@ fn a_run_layer_is_kept_as_its_snapshot_and_written_again_when_needed() {
     env.ok(&["tag", "rc:1", &remote]);
     env.ok(&["push", "-q", &remote]);
     for l in runs {
-        assert!(reg.blob_data(l.digest.hex()).is_file(), "{} pushed", l.digest);
+        assert!(
+            reg.blob_data(l.digest.hex()).is_file(),
+            "{} pushed",
+            l.digest
+        );
         assert!(!has_blob(&root, l), "dropped again after the push");
     }
 
@@ -86,7 +94,12 @@ fn a_run_layer_is_kept_as_its_snapshot_and_written_again_when_needed() {
     let layout = env.ws.path("layout");
     env.build_ok(
         &ctx,
-        &["-t", "rc:1", "-o", &format!("type=oci,dest={}", layout.display())],
+        &[
+            "-t",
+            "rc:1",
+            "-o",
+            &format!("type=oci,dest={}", layout.display()),
+        ],
     );
     for l in runs {
         let blob = layout.join("blobs/sha256").join(l.digest.hex());
@@ -147,10 +160,9 @@ fn a_base_layer_a_registry_holds_is_fetched_again_for_a_save() {
     // A fresh store that knows the base from the registry only.
     let user = KilnStore::new();
     let root = user.root();
-    let ctx = user.ws.context(
-        "app",
-        &format!("FROM {base}\nRUN echo hi > /hi\n"),
-    );
+    let ctx = user
+        .ws
+        .context("app", &format!("FROM {base}\nRUN echo hi > /hi\n"));
     user.build_ok(&ctx, &["-t", "rb:1"]);
     let all = layers(&root, "rb:1");
     // Unpacked for the RUN, the base's layer is kept once: its snapshot.

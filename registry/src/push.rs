@@ -181,7 +181,10 @@ impl Client {
             let size = match store.blob_size(&digest) {
                 Err(_)
                     if sources::fetchable(store, &digest)
-                        || opts.local.as_ref().is_some_and(|l| l.can_make(store, &digest)) =>
+                        || opts
+                            .local
+                            .as_ref()
+                            .is_some_and(|l| l.can_make(store, &digest)) =>
                 {
                     d.size()
                 }
@@ -307,7 +310,10 @@ impl Client {
                 }
             }
             if store.blob_size(&blob.digest).ok() != Some(blob.size)
-                && let Some(local) = opts.local.as_ref().filter(|l| l.can_make(store, &blob.digest))
+                && let Some(local) = opts
+                    .local
+                    .as_ref()
+                    .filter(|l| l.can_make(store, &blob.digest))
             {
                 local
                     .make(store, &blob.digest)

@@ -1039,9 +1039,17 @@ fn build_inner(
     }
 
     // Done with the blobs: those the store can make again (a RUN's layer from its
-    // snapshot, a fetched base's from its registry) go, so that each such layer is kept once,
-    // unpacked. A failure only leaves them in place.
-    let made = results.values().flat_map(|s| s.output.layers());
+    // snapshot, a fetched base's from its registry) go, so that each such layer is kept
+    // once, unpacked. A build that exports its image (`--output`) keeps its image's:
+    // the next export reads them again. A failure only leaves them in place.
+    let exported: std::collections::HashSet<Digest> = match req.outputs.is_empty() {
+        true => Default::default(),
+        false => built.layers.iter().map(|l| l.digest.clone()).collect(),
+    };
+    let made = results
+        .values()
+        .flat_map(|s| s.output.layers())
+        .filter(|l| !exported.contains(&l.digest));
     // A base layer this build fetched (to unpack it) goes back to being fetched when
     // needed; one the store had before (`kiln pull`, a local image) stays.
     let bases = made.clone().filter(|l| images.was_fetched(l));

@@ -1,8 +1,9 @@
 //! A layer a RUN wrote is kept once, unpacked: its blob goes at the end of the build and
 //! is written again from the snapshot, digest checked, when a push, a save or an export
-//! needs it. A cached rebuild, `kiln run`, `prune -a` and `rmi` keep working on such a
-//! layer, and a snapshot that no longer gives the blob is refused, never stored. They
-//! need root (`require_root!`, RUN) and the tools they name (`require_tool!`).
+//! needs it (a build that exports keeps it). A cached rebuild, `kiln run`, `prune -a`
+//! and `rmi` keep working on such a layer, and a snapshot that no longer gives the blob
+//! is refused, never stored. A base layer a build fetched is fetched again. They need
+//! root (`require_root!`, RUN) and the tools they name (`require_tool!`).
 
 use std::fs;
 use std::path::PathBuf;
@@ -104,7 +105,12 @@ fn a_run_layer_is_kept_as_its_snapshot_and_written_again_when_needed() {
     for l in runs {
         let blob = layout.join("blobs/sha256").join(l.digest.hex());
         assert_eq!(kiln_cache::sha256_of(&fs::read(&blob).unwrap()), l.digest);
+        // Kept by a build that exports: the next export reads it again.
+        assert!(has_blob(&root, l));
     }
+    // A build that exports nothing drops it again.
+    env.build_ok(&ctx, &["-t", "rc:1"]);
+    assert!(runs.iter().all(|l| !has_blob(&root, l)));
 
     // `prune -a` drops the snapshots of tagged images, but not the only copy of a
     // layer; saved and loaded elsewhere after it, the image is the same.

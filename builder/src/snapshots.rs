@@ -121,8 +121,15 @@ impl Snapshots {
     }
 
     /// Makes sure the layer is unpacked, from its blob if need be; returns its directory.
+    /// Steps of one build that need the same layer at the same time (stages on one base)
+    /// wait for one unpack instead of each making its own.
     pub fn ensure(&self, store: &Store, layer_ref: &LayerRef) -> Result<PathBuf> {
         let dest = self.path(&layer_ref.diff_id);
+        if dest.is_dir() {
+            return Ok(dest);
+        }
+        let lock = unpack_lock(&dest);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
         if dest.is_dir() {
             return Ok(dest);
         }
@@ -133,6 +140,11 @@ impl Snapshots {
                     digest: layer_ref.digest.clone(),
                     source,
                 })?;
+        #[cfg(test)]
+        tests::UNPACKED
+            .lock()
+            .expect("unpacked lock")
+            .push(layer_ref.diff_id.clone());
         let tmp = self.temp_dir("unpack")?;
         let opts = UnpackOptions {
             expected_diff_id: Some(layer_ref.diff_id.clone()),
@@ -158,6 +170,20 @@ impl Snapshots {
     }
 }
 
+/// The lock of the unpacking of snapshot `dest` in this process (one per snapshot).
+fn unpack_lock(dest: &Path) -> std::sync::Arc<std::sync::Mutex<()>> {
+    static LOCKS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::Arc<std::sync::Mutex<()>>>>,
+    > = std::sync::OnceLock::new();
+    LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(dest.to_owned())
+        .or_default()
+        .clone()
+}
+
 /// Whether kiln runs as root (chown, device nodes and overlay whiteouts need it).
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -168,4 +194,48 @@ pub fn is_empty_dir(dir: &Path) -> bool {
     fs::read_dir(dir)
         .map(|mut d| d.next().is_none())
         .unwrap_or(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The diff_ids [`Snapshots::ensure`] unpacked, in order.
+    pub(super) static UNPACKED: std::sync::Mutex<Vec<Digest>> = std::sync::Mutex::new(Vec::new());
+
+    #[test]
+    fn steps_needing_one_layer_at_once_unpack_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let src = tempfile::tempdir().unwrap();
+        for i in 0..200 {
+            std::fs::write(src.path().join(format!("f{i}")), format!("{i}\n")).unwrap();
+        }
+        let opts = kiln_layer::LayerOptions::default();
+        let layer = crate::worker::write_layer_blob(&store, opts.compression, None, |out| {
+            kiln_layer::write_layer(src.path(), &opts, out)
+        })
+        .unwrap();
+        let snapshots = Snapshots::new(&store);
+        let start = std::sync::Barrier::new(4);
+        let dirs: Vec<PathBuf> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        snapshots.ensure(&store, &layer).unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(dirs.iter().all(|d| *d == snapshots.path(&layer.diff_id)));
+        assert_eq!(std::fs::read_dir(&dirs[0]).unwrap().count(), 200);
+        let unpacked = UNPACKED.lock().unwrap();
+        assert_eq!(
+            unpacked.iter().filter(|d| **d == layer.diff_id).count(),
+            1,
+            "unpacked once"
+        );
+    }
 }

@@ -1042,9 +1042,10 @@ fn build_inner(
     // snapshot, a fetched base's from its registry) go, so that each such layer is kept
     // once, unpacked. A build that exports its image (`--output`) keeps its image's:
     // the next export reads them again. A failure only leaves them in place.
-    let exported: std::collections::HashSet<Digest> = match req.outputs.is_empty() {
-        true => Default::default(),
-        false => built.layers.iter().map(|l| l.digest.clone()).collect(),
+    let exported: std::collections::HashSet<Digest> = if req.outputs.is_empty() {
+        Default::default()
+    } else {
+        built.layers.iter().map(|l| l.digest.clone()).collect()
     };
     let made = results
         .values()

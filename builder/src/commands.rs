@@ -341,7 +341,7 @@ pub fn push(
     // Layers written again from their snapshots for the push are dropped again.
     drop(lease);
     if let Some(m) = &manifest {
-        kiln_builder::recreate::compact_image(&store, m)?;
+        compact_after(&store, m);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -503,9 +503,20 @@ pub fn save(
     // Layers written again from their snapshots for the archive are dropped again.
     drop(leases);
     for item in &items {
-        kiln_builder::recreate::compact_image(&store, &item.manifest)?;
+        compact_after(&store, &item.manifest);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Drops again the blobs of image `manifest` that a push or a save wrote again from
+/// their snapshots; the command's work is done, so a failure is only a warning.
+fn compact_after(store: &Store, manifest: &Digest) {
+    if let Err(e) = kiln_builder::recreate::compact_image(store, manifest) {
+        eprintln!(
+            "warning: keeping the compressed copies of unpacked layers: {}",
+            kiln_solver::error_chain(&e)
+        );
+    }
 }
 
 /// `kiln load [-i FILE] [-q]`: Docker's `Loaded image: NAME:TAG` lines (`Loaded image

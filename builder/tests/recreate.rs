@@ -14,7 +14,8 @@ use kiln_ops::Platform;
 use kiln_test_support::{KilnStore, require_root, require_tool};
 
 const DOCKERFILE: &str = "FROM busybox:rc
-RUN mkdir /d && for i in $(seq 1 300); do echo line $i > /d/f$i; done && head -c 2000000 /dev/urandom > /d/big
+RUN mkdir -p /d/sub && for i in $(seq 1 300); do echo line $i > /d/f$i; done && head -c 2000000 /dev/urandom > /d/big && echo old > /d/sub/old
+RUN rm /d/f1 && rm -rf /d/sub && mkdir /d/sub && echo new > /d/sub/new && ln -s f2 /d/link && ln /d/f3 /d/hard
 RUN echo two > /two
 ";
 
@@ -52,8 +53,10 @@ fn a_run_layer_is_kept_as_its_snapshot_and_written_again_when_needed() {
     let ctx = env.ws.context("app", DOCKERFILE);
     env.build_ok(&ctx, &["-t", "rc:1"]);
     let all = layers(&root, "rc:1");
-    assert_eq!(all.len(), 3);
-    let (base, runs, leaf) = (&all[0], &all[1..2], &all[2]);
+    assert_eq!(all.len(), 4);
+    // The second RUN's layer has a whiteout, an opaque directory, a symlink and a hard
+    // link: written again from an overlay upper directory all the same.
+    let (base, runs, leaf) = (&all[0], &all[1..3], &all[3]);
     // The last RUN's tree is no step's input: only its blob is kept, as before.
     assert!(has_blob(&root, leaf) && !snapshot(&root, leaf).exists());
     for l in runs {
@@ -73,8 +76,17 @@ fn a_run_layer_is_kept_as_its_snapshot_and_written_again_when_needed() {
     let again = env.build_ok(&ctx, &["-t", "rc:1"]);
     assert!(again.cached().iter().all(|c| *c), "{}", again.report);
     // `kiln run` runs on the snapshots and writes no blob.
-    let out = env.ok(&["run", "--rm", "rc:1", "cat", "/two"]);
-    assert_eq!(out.trim(), "two");
+    let out = env.ok(&[
+        "run",
+        "--rm",
+        "rc:1",
+        "sh",
+        "-c",
+        "cat /two /d/sub/* /d/link; ls /d/f1 /d/sub/old 2>&1; true",
+    ]);
+    assert!(out.starts_with("two\nnew\nline 2\n"), "{out}");
+    assert!(out.contains("/d/f1: No such file"), "{out}");
+    assert!(out.contains("/d/sub/old: No such file"), "{out}");
     assert!(runs.iter().all(|l| !has_blob(&root, l)));
 
     // Pushed: written again, and the registry checks each blob's digest on upload.

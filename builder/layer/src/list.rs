@@ -4,16 +4,14 @@
 //! decompressed stream.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io::Read;
 
 use kiln_oci::Digest;
-use kiln_oci::digest::Hashing;
 use tar::EntryType;
 
-use super::compression::detect;
 use super::error::LayerError;
 use super::safe_fs::{normalize, split_last};
-use super::tar_guard::TarGuard;
+use super::unpack::{finish_layer_tar, malformed, open_layer_tar};
 use super::whiteout::WHITEOUT_PREFIX;
 
 /// One entry of a listed layer.
@@ -61,12 +59,7 @@ pub fn list_layer(
     blob: impl Read,
     expected: Option<&Digest>,
 ) -> Result<Option<Vec<ListedEntry>>, LayerError> {
-    let malformed = |reason: &str| {
-        let reason = reason.to_owned();
-        move |source| LayerError::Malformed { reason, source }
-    };
-    let (_, decoder) = detect(blob).map_err(malformed("cannot read the layer's first bytes"))?;
-    let mut archive = tar::Archive::new(TarGuard::new(Hashing::new(decoder)));
+    let mut archive = open_layer_tar(blob)?;
     let mut out = Vec::new();
     // Directories and regular files listed so far (true: a directory).
     let mut seen: HashMap<Vec<u8>, bool> = HashMap::new();
@@ -95,18 +88,7 @@ pub fn list_layer(
             Err(()) => representable = false,
         }
     }
-    let mut rest = archive.into_inner().into_inner();
-    io::copy(&mut rest, &mut io::sink())
-        .map_err(malformed("cannot read the data after the tar end marker"))?;
-    let (_, diff_id, _) = rest.finish();
-    if let Some(expected) = expected {
-        if *expected != diff_id {
-            return Err(LayerError::DiffIdMismatch {
-                expected: expected.clone(),
-                actual: diff_id,
-            });
-        }
-    }
+    finish_layer_tar(archive, expected)?;
     Ok(representable.then_some(out))
 }
 

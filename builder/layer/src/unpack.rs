@@ -91,6 +91,42 @@ pub struct UnpackInfo {
     pub bytes: u64,
 }
 
+/// The error for a layer that cannot be read as a tar stream, with `reason`.
+pub(super) fn malformed(reason: &str) -> impl FnOnce(io::Error) -> LayerError {
+    let reason = reason.to_owned();
+    move |source| LayerError::Malformed { reason, source }
+}
+
+/// A layer blob's tar stream (gzip, zstd or plain): decompressed, guarded
+/// ([`TarGuard`]) and hashed for its diff_id as it is read ([`finish_layer_tar`]).
+pub(super) fn open_layer_tar(
+    blob: impl Read,
+) -> Result<tar::Archive<TarGuard<Hashing<impl Read>>>, LayerError> {
+    let (_, decoder) = detect(blob).map_err(malformed("cannot read the layer's first bytes"))?;
+    Ok(tar::Archive::new(TarGuard::new(Hashing::new(decoder))))
+}
+
+/// Reads the rest of a layer's stream (past the tar end marker, so that the diff_id
+/// covers every byte) and returns its diff_id and size, checked against `expected`.
+pub(super) fn finish_layer_tar<R: Read>(
+    archive: tar::Archive<TarGuard<Hashing<R>>>,
+    expected: Option<&Digest>,
+) -> Result<(Digest, u64), LayerError> {
+    let mut rest = archive.into_inner().into_inner();
+    io::copy(&mut rest, &mut io::sink())
+        .map_err(malformed("cannot read the data after the tar end marker"))?;
+    let (_, diff_id, bytes) = rest.finish();
+    if let Some(expected) = expected
+        && *expected != diff_id
+    {
+        return Err(LayerError::DiffIdMismatch {
+            expected: expected.clone(),
+            actual: diff_id,
+        });
+    }
+    Ok((diff_id, bytes))
+}
+
 /// Unpacks a layer blob (gzip, zstd or plain tar, detected by magic bytes)
 /// under `dest` (created if missing), computing its diff_id on the way.
 ///
@@ -114,12 +150,7 @@ pub fn unpack_layer(
     )
     .map_err(|e| LayerError::io("open", dest, e.into()))?;
 
-    let malformed = |reason: &str| {
-        let reason = reason.to_owned();
-        move |source| LayerError::Malformed { reason, source }
-    };
-    let (_, decoder) = detect(blob).map_err(malformed("cannot read the layer's first bytes"))?;
-    let mut archive = tar::Archive::new(TarGuard::new(Hashing::new(decoder)));
+    let mut archive = open_layer_tar(blob)?;
     let mut unpacker = Unpacker {
         dest,
         root,
@@ -150,18 +181,7 @@ pub fn unpack_layer(
         })?;
         unpacker.entry(&mut entry)?;
     }
-    let mut rest = archive.into_inner().into_inner();
-    io::copy(&mut rest, &mut io::sink())
-        .map_err(malformed("cannot read the data after the tar end marker"))?;
-    let (_, diff_id, bytes) = rest.finish();
-    if let Some(expected) = &opts.expected_diff_id {
-        if *expected != diff_id {
-            return Err(LayerError::DiffIdMismatch {
-                expected: expected.clone(),
-                actual: diff_id,
-            });
-        }
-    }
+    let (diff_id, bytes) = finish_layer_tar(archive, opts.expected_diff_id.as_ref())?;
     unpacker.finish()?;
     Ok(UnpackInfo {
         diff_id,

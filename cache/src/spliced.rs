@@ -430,15 +430,7 @@ impl Store {
             what: format!("recipe of {digest}"),
             source,
         })?;
-        let path = dir.join(RECIPE);
-        crate::atomic::write_with(&path, |f| io::Write::write_all(f, &bytes)).map_err(
-            |e| match e {
-                crate::atomic::AtomicError::Write(e) => CacheError::io("write", &path, e),
-                crate::atomic::AtomicError::Io { op, path, source } => {
-                    CacheError::io(op, &path, source)
-                }
-            },
-        )?;
+        self.write_atomic(&dir.join(RECIPE), &bytes)?;
         let parent = self.spliced_dir();
         fs::create_dir_all(&parent).ctx("create directory", &parent)?;
         let dest = self.spliced_path(digest);

@@ -2,14 +2,14 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use kiln_oci::digest::Hashing;
 
 use crate::digest::{Digest, sha256_of};
 use crate::error::{CacheError, IoContext, Result};
-use crate::spliced::{Extent, FileIdent, MIN_SPLICE, Source, ident, push_extent};
+use crate::spliced::{BlobReader, Extent, FileIdent, MIN_SPLICE, Source, ident, push_extent};
 use crate::store::{BLOBS_DIR, Store, TempPath, fsync_parent};
 
 /// Streams a new blob into the store. Obtained from [`Store::blob_writer`].
@@ -241,24 +241,10 @@ fn write_out(
     extents: &[Extent],
     dest: &Path,
 ) -> Result<()> {
+    let mut src = BlobReader::of_extents(dir, own.path(), extents)?
+        .ok_or_else(|| CacheError::io("open", dir, io::Error::from(io::ErrorKind::NotFound)))?;
     let (mut out, tmp) = store.create_temp()?;
-    for e in extents {
-        let path = if e.name == "own" {
-            own.path().to_owned()
-        } else {
-            dir.join(&e.name)
-        };
-        let mut src = File::open(&path).ctx("open", &path)?;
-        src.seek(SeekFrom::Start(e.offset)).ctx("seek in", &path)?;
-        let n = io::copy(&mut (&src).take(e.len), &mut out).ctx("copy from", &path)?;
-        if n != e.len {
-            return Err(CacheError::io(
-                "copy from",
-                &path,
-                io::Error::new(io::ErrorKind::UnexpectedEof, "shorter than recorded"),
-            ));
-        }
-    }
+    io::copy(&mut src, &mut out).ctx("copy from", dir)?;
     out.sync_all().ctx("fsync", tmp.path())?;
     drop(out);
     tmp.persist(dest)

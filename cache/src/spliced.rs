@@ -101,6 +101,45 @@ impl BlobReader {
         }
     }
 
+    /// A reader over `extents`, each a file of `dir` but `own`'s bytes, which are in
+    /// the file `own`; `Ok(None)` if one of the files is not there.
+    pub(crate) fn of_extents(dir: &Path, own: &Path, extents: &[Extent]) -> Result<Option<Self>> {
+        let mut files = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut spans = Vec::with_capacity(extents.len());
+        let mut start = 0u64;
+        for e in extents {
+            let i = match index.get(e.name.as_str()) {
+                Some(i) => *i,
+                None => {
+                    let p = if e.name == OWN {
+                        own.to_owned()
+                    } else {
+                        dir.join(&e.name)
+                    };
+                    let f = match File::open(&p) {
+                        Ok(f) => f,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                        Err(e) => return Err(CacheError::io("open", &p, e)),
+                    };
+                    files.push(f);
+                    index.insert(&e.name, files.len() - 1);
+                    files.len() - 1
+                }
+            };
+            spans.push((i, e.offset, e.len, start));
+            start += e.len;
+        }
+        Ok(Some(BlobReader {
+            files,
+            extents: spans,
+            len: start,
+            pos: 0,
+            path: dir.to_owned(),
+            spliced: true,
+        }))
+    }
+
     /// The blob's size in bytes.
     pub fn len(&self) -> u64 {
         self.len
@@ -332,37 +371,8 @@ impl Store {
         let Some(recipe) = self.recipe(digest) else {
             return Ok(None);
         };
-        let mut files = Vec::new();
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        let mut extents = Vec::with_capacity(recipe.extents.len());
-        let mut start = 0u64;
-        for e in &recipe.extents {
-            let i = match index.get(e.name.as_str()) {
-                Some(i) => *i,
-                None => {
-                    let p = dir.join(&e.name);
-                    let f = match File::open(&p) {
-                        Ok(f) => f,
-                        // Removed since the recipe was read: written out, or collected.
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                        Err(e) => return Err(CacheError::io("open", &p, e)),
-                    };
-                    files.push(f);
-                    index.insert(&e.name, files.len() - 1);
-                    files.len() - 1
-                }
-            };
-            extents.push((i, e.offset, e.len, start));
-            start += e.len;
-        }
-        Ok(Some(BlobReader {
-            files,
-            extents,
-            len: recipe.size,
-            pos: 0,
-            path: dir,
-            spliced: true,
-        }))
+        // A file removed since the recipe was read: written out, or collected.
+        BlobReader::of_extents(&dir, &dir.join(OWN), &recipe.extents)
     }
 
     /// Where `len` bytes at `offset` of the stored blob `digest` lie, as files a new

@@ -475,3 +475,45 @@ fn an_edit_rebuild_splices_the_earlier_blob() {
     };
     assert_eq!(inspect("loaded")[0]["Id"], inspect("s")[0]["Id"]);
 }
+
+/// A spliced layer that a later COPY builds on is listed from its blob like any other
+/// (written out for it: its files are read from there by path), so that an edit of
+/// that COPY alone rebuilds.
+#[test]
+fn a_spliced_layer_under_a_later_copy_is_read_by_it() {
+    require_root!();
+    let env = Env::new();
+    let ctx = env.path("ctx");
+    bigcopy(&ctx);
+    fs::write(ctx.join("big/more.bin"), noise(7, 20 << 20)).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY big /big\nCOPY small /small\n",
+    )
+    .unwrap();
+    set_mtimes(&ctx);
+    let root = env.path("s");
+    let build = || {
+        let o = env
+            .kiln_in("s")
+            .args(["build", "--progress", "plain", "-t", "sp:1"])
+            .arg(&ctx)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    build();
+    fs::write(ctx.join("big/edit.txt"), "edited\n").unwrap();
+    set_mtimes(&ctx);
+    build();
+    assert_eq!(spliced(&root).len(), 1, "the first COPY's layer is spliced");
+    let edited = ctx.join("small/d003/f011.txt");
+    let original = fs::read(&edited).unwrap();
+    fs::write(&edited, [original.as_slice(), b"edited\n"].concat()).unwrap();
+    set_mtimes(&ctx);
+    build();
+    // The same image as a store that never saw the earlier builds makes.
+    let fresh = env.build_oci("fresh", &ctx, "fresh", &[], &[]);
+    let warm = env.build_oci("s", &ctx, "warm", &[], &[]);
+    assert_eq!(warm, fresh);
+}

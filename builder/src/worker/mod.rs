@@ -384,7 +384,8 @@ impl<'a> BuildWorker<'a> {
     /// layer holds what a list of added entries cannot stand for (whiteouts, devices,
     /// xattrs: a layer a RUN made), which is then unpacked.
     fn listed(&self, l: &LayerRef) -> Result<Option<std::sync::Arc<kiln_fs::Entries>>> {
-        let path = self.store.blob_path(&l.digest);
+        // Its files are read from the blob by path later: a spliced blob is written out.
+        let path = self.store.blob_file(&l.digest)?;
         let blob = std::fs::File::open(&path).map_err(|source| kiln_layer::LayerError::Io {
             op: "open layer blob",
             path: path.clone(),

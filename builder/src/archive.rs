@@ -176,7 +176,7 @@ fn prepare_oci(store: &Store, manifest: &Digest) -> Result<Prepared> {
 /// Docker archive holds no index: a multi-platform image is saved as its host
 /// platform's image there; an OCI archive holds it whole.
 pub fn save(store: &Store, items: &[SaveItem], format: ArchiveFormat, dest: &Path) -> Result<()> {
-    let blob_path = |d: &Digest| crate::recreate::blob_file(store, d);
+    let blob_path = |d: &Digest| store.blob_file(d).map_err(std::io::Error::other);
     if format == ArchiveFormat::Oci {
         let prepared = items
             .iter()

@@ -1285,7 +1285,7 @@ fn export_one(
     built: &BuiltImage,
     out: &OutputSpec,
 ) -> Result<()> {
-    let blob_path = |d: &Digest| crate::recreate::blob_file(store, d);
+    let blob_path = |d: &Digest| store.blob_file(d).map_err(std::io::Error::other);
     match out {
         OutputSpec::Oci(dest) if dest.extension().is_some_and(|e| e == "tar") => {
             exporter::write_oci_archive(built, &blob_path, dest, &req.tags)?

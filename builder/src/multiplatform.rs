@@ -242,6 +242,17 @@ pub fn build_platforms(
             &TagRecord::new(index_digest.clone(), shown.report.image.config.clone()),
         )?;
     }
+    if req.outputs.iter().any(|o| matches!(o, OutputSpec::Oci(_))) {
+        // Every platform's layers, made present as a save makes them (a layer kept as
+        // its snapshot only is written again, a lazy base's fetched).
+        let item = crate::archive::SaveItem {
+            manifest: index_digest.clone(),
+            tags: Vec::new(),
+        };
+        let remote = std::sync::Arc::new(crate::remote::Remote::new(req.registry.clone()));
+        crate::archive::fetch_layers(&store, &[item], remote)
+            .map_err(|e| BuildError::Platform(e.to_string()))?;
+    }
     for out in &req.outputs {
         if let OutputSpec::Oci(dest) = out {
             write_oci_index(&store, &index_digest, dest, &req.tags)?;
@@ -290,7 +301,7 @@ fn write_oci_index(
                 .map_err(|e| BuildError::Platform(e.to_string()))?,
         );
     }
-    let blob_path = |d: &Digest| crate::recreate::blob_file(store, d);
+    let blob_path = |d: &Digest| store.blob_file(d).map_err(std::io::Error::other);
     // As the single-platform exporter: `DEST.tar` is an archive, else a layout.
     let as_dir = dest.extension().is_none_or(|e| e != "tar");
     crate::exporter::write_oci_index(&images, index, &bytes, &blob_path, dest, tags, as_dir)

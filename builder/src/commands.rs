@@ -101,11 +101,7 @@ pub fn images(
     };
     // Docker's reference filter: the repository (and the tag, if given) matched as
     // `path.Match` patterns.
-    let wanted = reference.map(|r| {
-        r.rsplit_once(':')
-            .filter(|(_, t)| !t.contains('/'))
-            .map_or((r, None), |(repo, tag)| (repo, Some(tag)))
-    });
+    let wanted = reference.map(split_tag);
     let glob = |pattern: &str, name: &str| -> Result<bool> {
         kiln_fs::glob::matches(pattern, name).map_err(|e| anyhow!(e))
     };
@@ -113,10 +109,8 @@ pub fn images(
     let imgs = ImageStore::new(&store);
     let mut records = Vec::new();
     for (name, rec) in store.tags()? {
-        let (repo, tag) = name
-            .rsplit_once(':')
-            .filter(|(_, t)| !t.contains('/'))
-            .unwrap_or((&name, "<none>"));
+        let (repo, tag) = split_tag(&name);
+        let tag = tag.unwrap_or("<none>");
         if let Some((repo_pattern, tag_pattern)) = wanted {
             let tag_ok = match tag_pattern {
                 Some(t) => glob(t, tag)?,
@@ -150,6 +144,13 @@ pub fn images(
     }
     print!("{}", template.render(kind, &records));
     Ok(ExitCode::SUCCESS)
+}
+
+/// A reference's repository and tag, if it has one (a `:` after the last `/`).
+fn split_tag(name: &str) -> (&str, Option<&str>) {
+    name.rsplit_once(':')
+        .filter(|(_, t)| !t.contains('/'))
+        .map_or((name, None), |(repo, tag)| (repo, Some(tag)))
 }
 
 /// `kiln image inspect NAME...`: images only (a container's name is no image), as

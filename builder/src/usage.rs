@@ -585,27 +585,25 @@ pub fn collect(
         let why = format!("tagged image {}", img.tags.join(", "));
         for b in &img.blobs {
             u.pinned.insert(GcRef::Blob(b.to_string()), why.clone());
+            if store.has_blob(b) {
+                continue;
+            }
             // Where the blob can be fetched from (a base layer kept unpacked only, a
             // resolved base's layer never fetched): kept with the image.
-            if !store.has_blob(b) {
-                u.pinned_records
-                    .insert(kiln_registry::sources_key(b), why.clone());
+            u.pinned_records
+                .insert(kiln_registry::sources_key(b), why.clone());
+            // A layer kept only as its snapshot (its blob is written again from it) is
+            // the image's: its snapshot stays with it, even with `all`.
+            if all && let Some(d) = crate::recreate::snapshot_of(store, b) {
+                u.pinned.insert(
+                    GcRef::Snapshot(d.to_string()),
+                    format!("{why} (the only copy of layer {b})"),
+                );
             }
         }
         if !all {
             for d in &img.diff_ids {
                 u.pinned.insert(GcRef::Snapshot(d.to_string()), why.clone());
-            }
-        } else {
-            // A layer kept only as its snapshot (its blob is written again from it) is
-            // the image's: its snapshot stays with it.
-            for b in img.blobs.iter().filter(|b| !store.has_blob(b)) {
-                if let Some(d) = crate::recreate::snapshot_of(store, b) {
-                    u.pinned.insert(
-                        GcRef::Snapshot(d.to_string()),
-                        format!("{why} (the only copy of layer {b})"),
-                    );
-                }
             }
         }
     }

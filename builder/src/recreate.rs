@@ -238,15 +238,23 @@ pub fn compact<'l>(
     Ok(freed)
 }
 
+/// The layers of the stored image `manifest` (the host's platform of an index); none
+/// when the image does not load.
+fn image_layers(store: &Store, manifest: &Digest) -> Vec<LayerRef> {
+    crate::images::ImageStore::new(store)
+        .load(manifest.as_str(), &kiln_ops::Platform::host())
+        .map(|info| info.layers)
+        .unwrap_or_default()
+}
+
 /// A lease on the layer blobs of the stored image `manifest` (the host's platform of an
 /// index) for `holder`, so that a build ending meanwhile does not drop one a push or a
 /// save is about to read ([`compact`] keeps leased blobs).
 pub fn lease_image(store: &Store, manifest: &Digest, holder: &str) -> Result<Lease, CacheError> {
-    let images = crate::images::ImageStore::new(store);
-    let refs: Vec<String> = match images.load(manifest.as_str(), &kiln_ops::Platform::host()) {
-        Ok(info) => info.layers.iter().map(|l| l.digest.to_string()).collect(),
-        Err(_) => Vec::new(),
-    };
+    let refs: Vec<String> = image_layers(store, manifest)
+        .iter()
+        .map(|l| l.digest.to_string())
+        .collect();
     store.lease(holder, &refs)
 }
 
@@ -254,11 +262,7 @@ pub fn lease_image(store: &Store, manifest: &Digest, holder: &str) -> Result<Lea
 /// an index), after a push or a save wrote some of them again. Nothing when the image
 /// does not load.
 pub fn compact_image(store: &Store, manifest: &Digest) -> Result<u64, CacheError> {
-    let images = crate::images::ImageStore::new(store);
-    match images.load(manifest.as_str(), &kiln_ops::Platform::host()) {
-        Ok(info) => compact(store, &info.layers, [], None),
-        Err(_) => Ok(0),
-    }
+    compact(store, &image_layers(store, manifest), [], None)
 }
 
 /// Removes the records whose snapshot is gone or was made again (they no longer say

@@ -34,6 +34,15 @@ impl Env {
         self.kiln_at(&self.path(store))
     }
 
+    /// Builds `ctx` in store `store` as `tag`, which must succeed.
+    fn build_tag(&self, store: &str, ctx: &Path, tag: &str) {
+        self.kiln_in(store)
+            .args(["build", "--progress", "plain", "-t", tag])
+            .arg(ctx)
+            .assert()
+            .success();
+    }
+
     /// Builds `ctx` in store `store` into the OCI layout `out`; `extra` are more flags
     /// (and `env` variables for kiln). Returns the digests of the image's layers.
     fn build_oci(
@@ -382,13 +391,7 @@ fn an_edit_rebuild_splices_the_earlier_blob() {
     fs::write(ctx.join("big/more.bin"), noise(5, 20 << 20)).unwrap();
     set_mtimes(&ctx);
     let root = env.path("s");
-    let build = |tag: &str| {
-        env.kiln_in("s")
-            .args(["build", "--progress", "plain", "-t", tag])
-            .arg(&ctx)
-            .assert()
-            .success();
-    };
+    let build = |tag: &str| env.build_tag("s", &ctx, tag);
     build("sp:1");
     assert!(spliced(&root).is_empty(), "a cold build splices nothing");
     let edited = ctx.join("small/d003/f011.txt");
@@ -493,15 +496,7 @@ fn a_spliced_layer_under_a_later_copy_is_read_by_it() {
     .unwrap();
     set_mtimes(&ctx);
     let root = env.path("s");
-    let build = || {
-        let o = env
-            .kiln_in("s")
-            .args(["build", "--progress", "plain", "-t", "sp:1"])
-            .arg(&ctx)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    };
+    let build = || env.build_tag("s", &ctx, "sp:1");
     build();
     fs::write(ctx.join("big/edit.txt"), "edited\n").unwrap();
     set_mtimes(&ctx);

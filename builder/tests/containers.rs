@@ -342,18 +342,24 @@ fn kill_9_of_a_foreground_run_leaves_no_mount_or_process() {
     );
     child.kill().unwrap();
     child.wait().unwrap();
+    // A pid 1 that is still tearing down its namespaces (the overlay's unmount runs in
+    // its exit path) has no mountinfo left but is not yet a zombie: until it is, it is
+    // the container's pid and the container is running. So the wait is for its state too.
     wait::until(
         Duration::from_secs(20),
         "the container's processes and mounts to go",
         || {
-            (env.processes_in_store().is_empty() && env.mounts_under_store().is_empty())
+            (env.processes_in_store().is_empty()
+                && env.mounts_under_store().is_empty()
+                && env.inspect("fg")["State"]["Status"] != "running")
                 .then_some(())
         },
         || {
             format!(
-                "{:?} {:?}",
+                "{:?} {:?} {}",
                 env.processes_in_store(),
-                env.mounts_under_store()
+                env.mounts_under_store(),
+                env.inspect("fg")["State"]
             )
         },
     );

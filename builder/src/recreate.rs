@@ -170,7 +170,7 @@ pub fn recreate(store: &Store, blob: &Digest) -> Result<bool, RecreateError> {
         skip: None,
         chunk_cache: Some(crate::worker::store_chunks(store)),
     };
-    let layer = crate::worker::write_layer_blob(store, compression, Some(blob), |out| {
+    let layer = crate::worker::write_layer_blob(store, &opts, Some(blob), |out| {
         kiln_layer::write_layer(&dir, &opts, out)
     })
     .map_err(failed)?;
@@ -323,7 +323,7 @@ mod tests {
             source_date_epoch: Some(1_700_000_000),
             ..LayerOptions::default()
         };
-        let layer = crate::worker::write_layer_blob(store, opts.compression, None, |out| {
+        let layer = crate::worker::write_layer_blob(store, &opts, None, |out| {
             kiln_layer::write_layer(dir.path(), &opts, out)
         })
         .unwrap();

@@ -212,7 +212,7 @@ mod tests {
             std::fs::write(src.path().join(format!("f{i}")), format!("{i}\n")).unwrap();
         }
         let opts = kiln_layer::LayerOptions::default();
-        let layer = crate::worker::write_layer_blob(&store, opts.compression, None, |out| {
+        let layer = crate::worker::write_layer_blob(&store, &opts, None, |out| {
             kiln_layer::write_layer(src.path(), &opts, out)
         })
         .unwrap();

@@ -104,6 +104,22 @@ impl ChunkIndex {
         !self.resumes.is_empty()
     }
 
+    /// Adds the chunks of `blob`, just written, where no location is known yet: a later
+    /// layer of the same build can then reuse them (their resume points are not kept:
+    /// a build writes a layer once).
+    pub fn learn(&mut self, blob: &Digest, chunks: &[ChunkEntry]) {
+        for c in chunks {
+            self.map
+                .entry((c.hash, c.size))
+                .or_insert_with(|| ChunkLocation {
+                    blob: blob.clone(),
+                    offset: c.offset,
+                    len: c.len,
+                    packed_hash: c.packed_hash,
+                });
+        }
+    }
+
     /// Number of chunks known.
     pub fn len(&self) -> usize {
         self.map.len()

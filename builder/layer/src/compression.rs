@@ -139,54 +139,114 @@ const PROBE: usize = 16 << 10;
 /// searched for matches, which at any level costs as much as compressing text and gains
 /// nothing. Decided from the block's bytes alone, so the output stays deterministic.
 fn incompressible(input: &[u8]) -> bool {
-    use flate2::{Compress, FlushCompress};
+    use flate2::FlushCompress;
     if input.len() < 4 * PROBE {
         return false;
     }
     (0..4).all(|i| {
         let start = i * (input.len() - PROBE) / 3;
         let sample = &input[start..start + PROBE];
-        let mut c = Compress::new(flate2::Compression::new(1), false);
         let mut out = Vec::with_capacity(PROBE + 1024);
-        match c.compress_vec(sample, &mut out, FlushCompress::Finish) {
-            Ok(_) => c.total_in() as usize == PROBE && out.len() * 100 >= PROBE * 98,
-            Err(_) => false,
-        }
+        with_deflater(1, |c| {
+            match c.compress_vec(sample, &mut out, FlushCompress::Finish) {
+                Ok(_) => c.total_in() as usize == PROBE && out.len() * 100 >= PROBE * 98,
+                Err(_) => false,
+            }
+        })
     })
 }
 
+thread_local! {
+    /// This thread's raw deflate compressors, by level (0 to 9). A new one allocates
+    /// and clears some 300 KiB, which are fresh pages (a fault each 4 KiB) once the
+    /// allocator has given a freed one back; every block and every probe took one.
+    static DEFLATERS: std::cell::RefCell<[Option<flate2::Compress>; 10]> =
+        std::cell::RefCell::new(Default::default());
+}
+
+/// Runs `f` with a raw deflate compressor of `level` in its initial state: one of this
+/// thread's, reset (which flate2 documents as the same as a new one), or a new one.
+fn with_deflater<T>(level: u32, f: impl FnOnce(&mut flate2::Compress) -> T) -> T {
+    let level = level.min(9);
+    let slot = level as usize;
+    // Taken out of the slot while in use: `f` never finds it borrowed.
+    let mut c = match DEFLATERS.with(|d| d.borrow_mut()[slot].take()) {
+        Some(mut c) => {
+            c.reset();
+            c
+        }
+        None => flate2::Compress::new(flate2::Compression::new(level), false),
+    };
+    let out = f(&mut c);
+    DEFLATERS.with(|d| d.borrow_mut()[slot] = Some(c));
+    out
+}
+
 fn deflate_block(level: u32, dict: &[u8], input: &[u8], last: bool) -> io::Result<Vec<u8>> {
-    use flate2::{Compress, FlushCompress, Status};
+    use flate2::{FlushCompress, Status};
     let level = if level > 0 && incompressible(input) {
         0
     } else {
         level.min(9)
     };
-    let mut c = Compress::new(flate2::Compression::new(level), false);
-    if !dict.is_empty() {
-        c.set_dictionary(dict).map_err(io::Error::other)?;
-    }
     let flush = if last {
         FlushCompress::Finish
     } else {
         FlushCompress::Sync
     };
-    let mut out = Vec::with_capacity(input.len() / 2 + 1024);
-    loop {
-        if out.capacity() - out.len() < 16 << 10 {
-            out.reserve(input.len() / 4 + (64 << 10));
+    with_deflater(level, |c| {
+        if !dict.is_empty() {
+            c.set_dictionary(dict).map_err(io::Error::other)?;
         }
-        let consumed = c.total_in() as usize;
-        let status = c
-            .compress_vec(&input[consumed..], &mut out, flush)
-            .map_err(io::Error::other)?;
-        let all_in = c.total_in() as usize == input.len();
-        match status {
-            Status::StreamEnd => break,
-            _ if all_in && !last && out.len() < out.capacity() => break,
-            _ => {}
+        let mut out = Vec::with_capacity(input.len() / 2 + 1024);
+        loop {
+            if out.capacity() - out.len() < 16 << 10 {
+                out.reserve(input.len() / 4 + (64 << 10));
+            }
+            let consumed = c.total_in() as usize;
+            let status = c
+                .compress_vec(&input[consumed..], &mut out, flush)
+                .map_err(io::Error::other)?;
+            let all_in = c.total_in() as usize == input.len();
+            match status {
+                Status::StreamEnd => break,
+                _ if all_in && !last && out.len() < out.capacity() => break,
+                _ => {}
+            }
         }
+        Ok(out)
+    })
+}
+
+/// ID1 ID2 CM=deflate FLG=0 MTIME=0 XFL=0 OS=255 (unknown), as Go writes it.
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+
+/// `data` as one gzip member: the same bytes as [`ParGzEncoder`] writes for it, its
+/// blocks compressed in parallel straight from `data` rather than copied into
+/// blocks first (a chunk of a layer is in memory whole).
+pub(super) fn gzip_member(level: u32, data: &[u8]) -> io::Result<Vec<u8>> {
+    use rayon::prelude::*;
+    // The encoder's blocks: every PAR_BLOCK bytes, then the rest, which is empty when
+    // the input ends a block (that empty block ends the stream). Each is primed with
+    // the 32 KiB of input before it.
+    let n = data.len() / PAR_BLOCK + 1;
+    let blocks = (0..n)
+        .into_par_iter()
+        .map(|i| {
+            let start = i * PAR_BLOCK;
+            let end = (start + PAR_BLOCK).min(data.len());
+            let dict = &data[start.saturating_sub(DEFLATE_WINDOW)..start];
+            deflate_block(level, dict, &data[start..end], i + 1 == n)
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    let len = blocks.iter().map(Vec::len).sum::<usize>() + GZIP_HEADER.len() + 8;
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(&GZIP_HEADER);
+    for b in &blocks {
+        out.extend_from_slice(b);
     }
+    out.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
     Ok(out)
 }
 
@@ -204,8 +264,7 @@ impl<W: Write> ParGzEncoder<W> {
     }
 
     fn header(&mut self) -> io::Result<()> {
-        // ID1 ID2 CM=deflate FLG=0 MTIME=0 XFL=0 OS=255 (unknown), as Go writes it.
-        self.out.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255])
+        self.out.write_all(&GZIP_HEADER)
     }
 
     /// Compresses the pending blocks (and, when `last`, the final one) in parallel.
@@ -463,6 +522,24 @@ mod par_gz_tests {
             roundtrip(&data[..len], 6);
         }
         roundtrip(&data[..PAR_BLOCK * 2], 0);
+        // A chunk compressed whole is the encoder's bytes, at every block boundary.
+        for len in [
+            0,
+            1,
+            PAR_BLOCK,
+            PAR_BLOCK + 1,
+            PAR_BLOCK * PAR_BATCH,
+            PAR_BLOCK * PAR_BATCH + 1,
+            data.len(),
+        ] {
+            for level in [0, 1, 6, 9] {
+                let mut enc = ParGzEncoder::new(Vec::new(), level);
+                enc.write_all(&data[..len]).unwrap();
+                let streamed = enc.finish().unwrap();
+                let whole = gzip_member(level, &data[..len]).unwrap();
+                assert!(whole == streamed, "len {len} level {level}");
+            }
+        }
         roundtrip(&data[..PAR_BLOCK * 2], 9);
         // Deterministic, and primed blocks compress as well as a single stream nearly.
         let a = roundtrip(&data, 6);

@@ -2,7 +2,7 @@
 //! compressed chunks an earlier blob already holds instead of compressing them again.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use std::io::{self, Write};
 
@@ -13,10 +13,10 @@ use kiln_layer::{
 };
 
 /// Chunks of the blobs stored when the build started, per codec (each codec's index
-/// is read on first use).
+/// is read on first use), and of those the build wrote since ([`ChunkCache::learn`]).
 pub(super) struct StoreChunks {
     store: Store,
-    indexes: Mutex<HashMap<String, Arc<ChunkIndex>>>,
+    indexes: Mutex<HashMap<String, ChunkIndex>>,
 }
 
 impl StoreChunks {
@@ -27,23 +27,23 @@ impl StoreChunks {
         }
     }
 
-    fn index(&self, codec: &str) -> Arc<ChunkIndex> {
+    /// Runs `f` on the index of `codec`, read first if it was not.
+    fn with_index<T>(&self, codec: &str, f: impl FnOnce(&mut ChunkIndex) -> T) -> T {
         let mut indexes = self.indexes.lock().unwrap_or_else(|e| e.into_inner());
-        indexes
+        let index = indexes
             .entry(codec.to_owned())
             // An index that cannot be read is an empty one: every chunk is compressed.
-            .or_insert_with(|| Arc::new(self.store.chunk_index(codec).unwrap_or_default()))
-            .clone()
+            .or_insert_with(|| self.store.chunk_index(codec).unwrap_or_default());
+        f(index)
     }
 }
 
 impl ChunkCache for StoreChunks {
     fn find(&self, codec: &str, key: &ChunkKey, uncompressed_len: u64) -> Option<CachedChunk> {
-        let index = self.index(codec);
-        let loc = index.get(key, uncompressed_len)?;
+        let loc = self.with_index(codec, |i| i.get(key, uncompressed_len).cloned())?;
         // A blob collected since the index was read is a miss; `read_chunk` checks
         // the bytes against `packed_hash`.
-        let bytes = self.store.read_chunk(loc)?;
+        let bytes = self.store.read_chunk(&loc)?;
         Some(CachedChunk {
             bytes,
             packed_key: loc.packed_hash,
@@ -54,20 +54,28 @@ impl ChunkCache for StoreChunks {
         })
     }
 
+    fn learn(&self, codec: &str, source: &str, chunks: &[ChunkInfo]) {
+        if let Ok(blob) = Digest::parse(source) {
+            self.with_index(codec, |i| i.learn(&blob, &entries(chunks)));
+        }
+    }
+
     fn can_resume(&self, codec: &str) -> bool {
-        self.index(codec).has_resume_points()
+        self.with_index(codec, |i| i.has_resume_points())
     }
 
     fn resume(&self, codec: &str, fingerprint: &Fingerprint) -> Option<Resume> {
-        let index = self.index(codec);
-        let (blob, head) = index.resume(fingerprint)?;
+        let (blob, chunks) = self.with_index(codec, |i| {
+            let (blob, head) = i.resume(fingerprint)?;
+            Some((blob.clone(), head.iter().map(info).collect()))
+        })?;
         // A blob collected since the index was read cannot be resumed from.
-        if !self.store.has_blob(blob) {
+        if !self.store.has_blob(&blob) {
             return None;
         }
         Some(Resume {
             source: blob.to_string(),
-            chunks: head.iter().map(info).collect(),
+            chunks,
         })
     }
 

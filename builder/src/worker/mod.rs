@@ -644,7 +644,7 @@ impl<'a> BuildWorker<'a> {
             &mut dyn kiln_layer::BlobSink,
         ) -> Result<kiln_layer::LayerInfo, kiln_layer::LayerError>,
     ) -> Result<LayerRef> {
-        write_layer_blob(self.store, self.layer_opts.compression, None, write)
+        write_layer_blob(self.store, &self.layer_opts, None, write)
     }
 
     /// Writes a diff directory as a layer blob and keeps the directory as its snapshot.
@@ -1094,13 +1094,14 @@ pub(crate) fn store_chunks(store: &Store) -> std::sync::Arc<dyn kiln_layer::Chun
     std::sync::Arc::new(chunks::StoreChunks::new(store))
 }
 
-/// Writes a layer blob in `compression` with `write` into `store` and records its
-/// chunks. Chunks found in earlier blobs are referenced there, not copied, where the
-/// store can (a spliced blob, see `kiln_cache::BlobReader`). With `expect`, a blob
-/// with another digest is not stored (a layer written again from its snapshot).
+/// Writes a layer blob in `opts`' compression with `write` into `store` and records its
+/// chunks, also in `opts`' chunk cache for the next layers. Chunks found in earlier
+/// blobs are referenced there, not copied, where the store can (a spliced blob, see
+/// `kiln_cache::BlobReader`). With `expect`, a blob with another digest is not stored
+/// (a layer written again from its snapshot).
 pub(crate) fn write_layer_blob(
     store: &Store,
-    compression: kiln_layer::Compression,
+    opts: &LayerOptions,
     expect: Option<&Digest>,
     write: impl FnOnce(
         &mut dyn kiln_layer::BlobSink,
@@ -1122,8 +1123,14 @@ pub(crate) fn write_layer_blob(
     }
     writer.commit(Some(&info.digest))?;
     // A layer of one chunk is only ever reused whole, through the cache record.
-    if let (Some(codec), true) = (kiln_layer::chunk_codec(compression), info.chunks.len() > 1) {
+    if let (Some(codec), true) = (
+        kiln_layer::chunk_codec(opts.compression),
+        info.chunks.len() > 1,
+    ) {
         store.record_chunks(&codec, &info.digest, &chunks::entries(&info.chunks))?;
+        if let Some(cache) = &opts.chunk_cache {
+            cache.learn(&codec, info.digest.as_ref(), &info.chunks);
+        }
     }
     Ok(LayerRef {
         digest: info.digest,
@@ -1156,7 +1163,7 @@ pub fn layers_in_compression(
     {
         let file = store.open_blob(&layer.digest)?;
         let what = layer.digest.to_string();
-        let converted = write_layer_blob(store, compression, None, |out| {
+        let converted = write_layer_blob(store, &opts, None, |out| {
             kiln_layer::recompress_layer(std::io::BufReader::new(file), &opts, out, &what)
         })?;
         if converted.diff_id != layer.diff_id {

@@ -399,3 +399,51 @@ fn a_committed_layer_s_chunks_are_found_in_the_store_by_the_next_one() {
     assert!(info.chunks.iter().all(|c| !c.reused));
     assert_eq!(again, fresh);
 }
+
+#[test]
+fn a_big_file_one_step_wrote_is_reused_by_a_later_step_of_the_same_build() {
+    let f = fixture();
+    let w = f.worker(SnapshotterKind::Copy);
+    let mut x: u64 = 11;
+    let big: Vec<u8> = (0..(9 << 20) / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    // A layer holding `big` as `name`: its blob (with the worker's chunk cache) and how
+    // many of its chunks were found rather than compressed.
+    let write = |name: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, &big).unwrap();
+        let t = filetime::FileTime::from_unix_time(1_700_000_000, 0);
+        for e in walkdir::WalkDir::new(dir.path()) {
+            filetime::set_symlink_file_times(e.unwrap().path(), t, t).unwrap();
+        }
+        let mut reused = 0;
+        let layer = w
+            .write_blob(|out| {
+                let info = kiln_layer::write_layer(dir.path(), &w.layer_opts, out)?;
+                reused = info.chunks.iter().filter(|c| c.reused).count();
+                Ok(info)
+            })
+            .unwrap();
+        let mut fresh = Vec::new();
+        kiln_layer::write_layer(dir.path(), &LayerOptions::default(), &mut fresh).unwrap();
+        assert_eq!(
+            fs::read(f.store.blob_path(&layer.digest)).unwrap(),
+            fresh,
+            "found chunks, same bytes"
+        );
+        reused
+    };
+    // The index was read (empty) for the first layer; the second, the same file under
+    // another name of the same length (`COPY --from` of a stage's output), finds the
+    // first's pieces after the one holding its header.
+    assert_eq!(write("out/big.bin"), 0);
+    assert!(write("app/big.bin") >= 2);
+}

@@ -52,6 +52,10 @@ const LAYOUT_DIRS: &[&str] = &[
     LOCKS_DIR,
 ];
 
+/// Areas whose every subdirectory is a tree of its own (a RUN's upper directory or an
+/// unpack in `tmp/`, a snapshot, a container's layer, a volume): see [`spread_subdirs`].
+const SPREAD_DIRS: &[&str] = &[TMP_DIR, SNAPSHOTS_DIR, CONTAINERS_DIR, VOLUMES_DIR];
+
 #[derive(Serialize, Deserialize)]
 struct StoreMeta {
     layout_version: u32,
@@ -252,6 +256,9 @@ impl Store {
             let path = store.root.join(dir);
             fs::create_dir_all(&path).ctx("create directory", &path)?;
             owner_only(&path)?;
+        }
+        for dir in SPREAD_DIRS {
+            spread_subdirs(&store.root.join(dir));
         }
         if existing.is_none() {
             let meta = StoreMeta {
@@ -579,6 +586,26 @@ fn owner_only(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Marks `dir` as the top of unrelated trees for ext4's Orlov allocator (`chattr +T`,
+/// what the flag is for): each directory made in it goes to a block group with free
+/// inodes of its own choosing rather than near `dir`, and its files with it. On an
+/// ext4 without a journal, allocating an inode steps over every inode of its group
+/// deleted in the last minutes (`recently_deleted`): a cold build right after a prune
+/// or an `rm -rf` of the store spent 0.7 s of system time there, in its RUNs' shells as
+/// much as in kiln, against 0.15 s with the flag (a multi-stage build of 2.6 s). A
+/// hint only: a filesystem without such flags refuses it, which is ignored.
+fn spread_subdirs(dir: &Path) {
+    use rustix::fs::{IFlags, ioctl_getflags, ioctl_setflags};
+    let Ok(d) = File::open(dir) else {
+        return;
+    };
+    if let Ok(flags) = ioctl_getflags(&d)
+        && !flags.contains(IFlags::TOPDIR)
+    {
+        let _ = ioctl_setflags(&d, flags | IFlags::TOPDIR);
+    }
+}
+
 pub(crate) fn fsync_parent(path: &Path) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     File::open(dir)
@@ -679,6 +706,37 @@ pub(crate) mod tests {
         Store::open(&root).unwrap();
         assert_eq!(mode(&root), 0o700);
         assert_eq!(mode(&root.join(SNAPSHOTS_DIR)), 0o700);
+    }
+
+    /// On a filesystem with inode flags (ext4, this project's CI), the areas of separate
+    /// trees spread their subdirectories, also in a store an older kiln made.
+    #[test]
+    fn tree_areas_spread_their_subdirectories() {
+        use rustix::fs::{IFlags, ioctl_getflags, ioctl_setflags};
+        let dir = tempfile::tempdir().unwrap();
+        let flags = |p: &Path| ioctl_getflags(File::open(p).unwrap());
+        if let Err(e) = flags(dir.path()) {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI runs on a filesystem with inode flags: {e}"
+            );
+            return;
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let topdir = |area: &str| {
+            flags(&store.root().join(area))
+                .unwrap()
+                .contains(IFlags::TOPDIR)
+        };
+        for area in SPREAD_DIRS {
+            assert!(topdir(area), "{area}");
+        }
+        assert!(!topdir(BLOBS_DIR), "a directory of files is left alone");
+        let tmp = File::open(store.tmp_dir()).unwrap();
+        let f = ioctl_getflags(&tmp).unwrap();
+        ioctl_setflags(&tmp, f - IFlags::TOPDIR).unwrap();
+        Store::open(dir.path()).unwrap();
+        assert!(topdir(TMP_DIR));
     }
 
     #[test]

@@ -911,6 +911,16 @@ fn build_inner(
         .into_iter()
         .filter(|id| plan.graph.dependents(*id).is_empty())
         .collect();
+    // The steps whose layers the image can hold are compressed as they are made; a
+    // builder stage's are not, unless a `mode=max` cache export wants them all.
+    let max_cache = (req.cache_to.iter()).any(|c| c.mode == crate::remote_cache::CacheMode::Max);
+    let image_chain = if max_cache {
+        plan.graph.topo_order()
+    } else {
+        crate::worker::image_chain(&plan.graph, plan.target_stage().root)
+            .into_iter()
+            .collect()
+    };
     // Each cache is read once, before solving; one that cannot be read is a warning.
     let import_trace = trace.filter(|_| !req.cache_from.is_empty());
     let imported = traced(import_trace, "import cache", "pull", || {
@@ -926,6 +936,7 @@ fn build_inner(
         .with_network_timeouts(req.registry.timeouts)
         .with_lazy_snapshots(leaves)
         .with_streamed_chain(crate::worker::streamed_chain(&plan.graph))
+        .with_image_chain(image_chain)
         .with_lease(lease)
         .with_named_contexts(named_dirs)?;
     let cancel: &AtomicBool = crate::interrupt::flag();

@@ -205,3 +205,65 @@ fn a_base_layer_a_registry_holds_is_fetched_again_for_a_save() {
     other.ok(&["load", "-i", tar.to_str().unwrap()]);
     assert_eq!(diff_ids(&layers(&other.root(), "rb:1")), diff_ids(&all));
 }
+
+const STAGES: &str = "FROM busybox:rc AS builder
+RUN mkdir /out && head -c 3000000 /dev/urandom > /out/bin && echo built > /out/note
+FROM busybox:rc
+COPY --from=builder /out /app
+RUN cat /app/note > /seen
+";
+
+/// The layer digest the report gives the step at Dockerfile line `line`.
+fn step_layer(b: &kiln_test_support::Built, line: u64) -> kiln_cache::Digest {
+    let step = b
+        .steps()
+        .iter()
+        .find(|s| s["line"].as_u64() == Some(line))
+        .unwrap_or_else(|| panic!("no step at line {line}: {}", b.report));
+    kiln_cache::Digest::parse(step["layer"]["digest"].as_str().unwrap()).unwrap()
+}
+
+#[test]
+fn a_builder_stage_layer_is_compressed_only_when_an_image_holds_it() {
+    require_root!();
+    let env = KilnStore::new().with_busybox("busybox:rc");
+    let root = env.root();
+    let ctx = env.ws.context("stages", STAGES);
+    let built = env.build_ok(&ctx, &["-t", "st:1"]);
+    let gzip = "application/vnd.oci.image.layer.v1.tar+gzip";
+    for l in &layers(&root, "st:1")[1..] {
+        assert_eq!(l.media_type, gzip, "{}", l.digest);
+    }
+    // The builder stage's RUN: an uncompressed layer (its digest is its diff_id) kept
+    // as its snapshot, with no blob, and written again when needed.
+    let run = step_layer(&built, 2);
+    let store = Store::open(&root).unwrap();
+    assert!(!store.has_blob(&run), "no blob for {run}");
+    assert!(root.join("snapshots").join(run.hex()).is_dir());
+    assert!(kiln_builder::recreate::can_recreate(&store, &run));
+
+    // An image that holds it (`--target builder`, all hits): compressed for the image,
+    // and the image runs.
+    let target = env.build_ok(&ctx, &["--target", "builder", "-t", "b:1"]);
+    assert!(target.cached().iter().all(|c| *c), "{}", target.report);
+    let held = layers(&root, "b:1");
+    let top = held.last().unwrap();
+    assert_eq!(top.media_type, gzip);
+    assert_eq!(top.diff_id, run);
+    let blob = fs::read(Store::open(&root).unwrap().blob_path(&top.digest)).unwrap();
+    assert_eq!(kiln_cache::sha256_of(&blob), top.digest);
+    assert_eq!(
+        env.ok(&["run", "--rm", "b:1", "cat", "/out/note"]),
+        "built\n"
+    );
+
+    // A `mode=max` cache export wants every step's layer: compressed as it is made.
+    let fresh = KilnStore::new().with_busybox("busybox:rc");
+    let ctx = fresh.ws.context("stages", STAGES);
+    let cache = fresh.ws.path("cache");
+    let to = format!("type=local,dest={},mode=max", cache.display());
+    let built = fresh.build_ok(&ctx, &["--cache-to", &to]);
+    let run = step_layer(&built, 2);
+    let blob = fs::read(cache.join("blobs/sha256").join(run.hex())).unwrap();
+    assert_eq!(&blob[..2], &[0x1f, 0x8b], "a gzip layer in the cache");
+}

@@ -1,7 +1,9 @@
-//! Layer compression: the [`Compression`] choice, media types, and the
-//! streaming encoders/decoders behind them.
+//! Layer compression: the [`Compression`] choice, media types, a chunk's gzip member
+//! ([`gzip_member`]) and the streaming decoders.
 
-use std::io::{self, BufReader, Read, Write};
+#[cfg(test)]
+use std::io::Write;
+use std::io::{self, BufReader, Read};
 
 use flate2::read::MultiGzDecoder;
 
@@ -101,6 +103,7 @@ impl Compression {
 /// Number of zstd worker threads. zstd's multi-threaded output is the same
 /// for any worker count >= 1 (but differs from single-threaded mode, so never
 /// use 0): the count only changes speed, never the bytes.
+#[cfg(test)]
 fn zstd_workers() -> u32 {
     std::thread::available_parallelism()
         .map(|n| n.get())
@@ -112,6 +115,7 @@ fn zstd_workers() -> u32 {
 /// depends on it, never on the number of threads.
 const PAR_BLOCK: usize = 1 << 20;
 /// Blocks compressed at once.
+#[cfg(test)]
 const PAR_BATCH: usize = 8;
 /// deflate's window: each block is primed with this much of the input before it.
 const DEFLATE_WINDOW: usize = 32 << 10;
@@ -119,7 +123,10 @@ const DEFLATE_WINDOW: usize = 32 << 10;
 /// A gzip encoder that compresses 1 MiB blocks on the rayon pool, as pigz does: each
 /// block is a raw deflate stream primed with the previous 32 KiB of input and ended
 /// with a sync flush, so the blocks concatenate into one ordinary gzip member. The
-/// bytes depend only on the input and the level.
+/// bytes depend only on the input and the level. The layer writer compresses whole
+/// chunks with [`gzip_member`]; this streaming form is what its bytes are tested
+/// against.
+#[cfg(test)]
 pub(super) struct ParGzEncoder<W: Write> {
     out: W,
     level: u32,
@@ -250,6 +257,7 @@ pub(super) fn gzip_member(level: u32, data: &[u8]) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
+#[cfg(test)]
 impl<W: Write> ParGzEncoder<W> {
     pub(super) fn new(out: W, level: u32) -> Self {
         ParGzEncoder {
@@ -311,6 +319,7 @@ impl<W: Write> ParGzEncoder<W> {
     }
 }
 
+#[cfg(test)]
 impl<W: Write> Write for ParGzEncoder<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.size == 0 && !buf.is_empty() {
@@ -335,13 +344,16 @@ impl<W: Write> Write for ParGzEncoder<W> {
     }
 }
 
-/// A streaming compressor for one of the [`Compression`] kinds.
+/// A streaming compressor for one of the [`Compression`] kinds: what a chunked layer
+/// of one chunk is tested to equal.
+#[cfg(test)]
 pub(super) enum Encoder<W: Write> {
     Gzip(Box<ParGzEncoder<W>>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
     Plain(W),
 }
 
+#[cfg(test)]
 impl<W: Write> Encoder<W> {
     /// A compressor writing to `out`, using the default zstd worker count.
     pub(super) fn new(compression: Compression, out: W) -> io::Result<Self> {
@@ -374,6 +386,7 @@ impl<W: Write> Encoder<W> {
     }
 }
 
+#[cfg(test)]
 impl<W: Write> Write for Encoder<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {

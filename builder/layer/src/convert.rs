@@ -33,7 +33,7 @@ pub fn recompress_layer(
         source,
     };
     let (_, mut tar) = detect(blob).map_err(|e| malformed("detect compression", e))?;
-    let mut sink = start_sink(opts, out, Path::new(what))?;
+    let mut sink = start_sink(opts, out);
     let mut entries = 0u64;
     // A directory whose entry ended, until the next entry shows whether its opaque
     // marker follows (then both are one entry for the chunker).

@@ -16,7 +16,7 @@ use tar::{EntryType, Header};
 use walkdir::WalkDir;
 
 use super::chunk::{BlobSink, ChunkCache, ChunkInfo, Chunked, Chunker, Fingerprint, Mark};
-use super::compression::{Compression, Encoder};
+use super::compression::Compression;
 use super::error::LayerError;
 use super::whiteout::{
     OPAQUE_WHITEOUT, TRUSTED_OPAQUE_XATTR, USER_OPAQUE_XATTR, WHITEOUT_PREFIX, is_overlay_xattr,
@@ -79,10 +79,10 @@ pub struct LayerInfo {
 
 /// Where the tar stream goes: a chunker for gzip and zstd, the plain output for an
 /// uncompressed layer. Either hashes the tar for the diff_id and the blob for its
-/// digest.
+/// digest (one hash when they are the same bytes).
 pub(super) enum Sink<W: BlobSink> {
     Chunked(Box<Chunker<W>>),
-    Plain(Box<Hashing<Encoder<Hashing<W>>>>),
+    Plain(Box<Hashing<W>>),
 }
 
 impl<W: BlobSink> Sink<W> {
@@ -104,14 +104,14 @@ impl<W: BlobSink> Sink<W> {
         match self {
             Sink::Chunked(c) => c.finish(),
             Sink::Plain(e) => {
-                let (encoder, diff_id, uncompressed_size) = (*e).finish();
-                let (out, digest, size) = encoder.finish()?.finish();
+                // The blob is the tar.
+                let (out, diff_id, size) = (*e).finish();
                 Ok(Chunked {
                     out,
                     chunks: Vec::new(),
+                    digest: diff_id.clone(),
                     diff_id,
-                    uncompressed_size,
-                    digest,
+                    uncompressed_size: size,
                     size,
                 })
             }
@@ -472,21 +472,12 @@ pub fn write_layer_entries_with(
     )
 }
 
-/// Writes sorted items as a layer; `dir` names the source in errors.
-/// The sink a layer in `opts.compression` is written through; `dir` names the source
-/// in errors.
-pub(super) fn start_sink<W: BlobSink>(
-    opts: &LayerOptions,
-    out: W,
-    dir: &Path,
-) -> Result<Sink<W>, LayerError> {
-    Ok(match opts.compression {
-        Compression::Uncompressed => Sink::Plain(Box::new(Hashing::new(
-            Encoder::new(Compression::Uncompressed, Hashing::new(out))
-                .map_err(|e| LayerError::io("start writing layer from", dir, e))?,
-        ))),
+/// The sink a layer in `opts.compression` is written through.
+pub(super) fn start_sink<W: BlobSink>(opts: &LayerOptions, out: W) -> Sink<W> {
+    match opts.compression {
+        Compression::Uncompressed => Sink::Plain(Box::new(Hashing::new(out))),
         c => Sink::Chunked(Box::new(Chunker::new(c, opts.chunk_cache.clone(), out))),
-    })
+    }
 }
 
 /// Finishes a layer written through `sink` (the tar's end-of-archive blocks written).
@@ -524,7 +515,7 @@ fn write_items(
     dir: &Path,
     mut members: Option<&mut Members<'_>>,
 ) -> Result<LayerInfo, LayerError> {
-    let mut sink = start_sink(opts, out, dir)?;
+    let mut sink = start_sink(opts, out);
     let epoch = opts.source_date_epoch;
     let mut entries = 0u64;
     // (dev, ino) -> tar name of the first path with that inode.

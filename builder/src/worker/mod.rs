@@ -155,6 +155,10 @@ pub struct BuildWorker<'a> {
     /// are written from their sources like those in `lazy`, with no snapshot, and their
     /// entries are kept (by diff_id) for the views of the ops that read them.
     streamed: std::collections::HashSet<VertexId>,
+    /// The vertices whose layers the built image can hold (see [`image_chain`]); `None`
+    /// for all. The layers of the others (a builder stage's, read only through
+    /// `COPY --from` or a mount) are not compressed: see [`BuildWorker::commit_layer`].
+    image_chain: Option<std::collections::HashSet<VertexId>>,
     /// The entries of the layers the ops in `streamed` wrote, by diff_id.
     kept: std::sync::Mutex<HashMap<Digest, std::sync::Arc<kiln_fs::Entries>>>,
     /// Diff directories being deleted in the background.
@@ -210,6 +214,7 @@ impl<'a> BuildWorker<'a> {
             recorder: None,
             lazy: Default::default(),
             streamed: Default::default(),
+            image_chain: None,
             kept: Default::default(),
             trash: Default::default(),
             lease: None,
@@ -250,6 +255,13 @@ impl<'a> BuildWorker<'a> {
     /// File ops whose results only later file ops read (see [`streamed_chain`]).
     pub fn with_streamed_chain(mut self, vertices: impl IntoIterator<Item = VertexId>) -> Self {
         self.streamed = vertices.into_iter().collect();
+        self
+    }
+
+    /// The vertices whose layers the built image can hold (see [`image_chain`]): only
+    /// theirs are compressed as they are made.
+    pub fn with_image_chain(mut self, vertices: impl IntoIterator<Item = VertexId>) -> Self {
+        self.image_chain = Some(vertices.into_iter().collect());
         self
     }
 
@@ -649,6 +661,10 @@ impl<'a> BuildWorker<'a> {
 
     /// Writes a diff directory as a layer blob and keeps the directory as its snapshot.
     fn commit_layer(&self, id: VertexId, dir: tempfile::TempDir) -> Result<LayerRef> {
+        let in_image = self.image_chain.as_ref().is_none_or(|c| c.contains(&id));
+        if !in_image && !self.lazy.contains(&id) {
+            return self.commit_snapshot(dir);
+        }
         let layer =
             self.write_blob(|out| kiln_layer::write_layer(dir.path(), &self.layer_opts, out))?;
         if self.lazy.contains(&id) {
@@ -666,6 +682,44 @@ impl<'a> BuildWorker<'a> {
             {
                 crate::recreate::record(self.store, &layer, &self.layer_opts, ours)?;
             }
+        }
+        Ok(layer)
+    }
+
+    /// Keeps a diff directory as a snapshot with no blob: the layer of a step the built
+    /// image does not hold (a builder stage's, which `COPY --from` and mounts read from
+    /// its snapshot). It is known as an uncompressed layer, whose digest is its diff_id,
+    /// so that only the tar is hashed; its blob is written from the snapshot (digest
+    /// checked) if a push, an export or a later image needs it, and compressed there.
+    /// BuildKit likewise leaves a snapshot's diff uncomputed until an export asks.
+    fn commit_snapshot(&self, dir: tempfile::TempDir) -> Result<LayerRef> {
+        let opts = LayerOptions {
+            compression: kiln_layer::Compression::Uncompressed,
+            source_date_epoch: self.layer_opts.source_date_epoch,
+            skip: None,
+            chunk_cache: None,
+        };
+        let info = kiln_layer::write_layer(dir.path(), &opts, std::io::sink())?;
+        let layer = LayerRef {
+            digest: info.digest,
+            diff_id: info.diff_id,
+            size: info.size,
+            media_type: info.media_type.to_string(),
+        };
+        let ours = crate::recreate::Identity::of(dir.path());
+        let snapshot = self.snapshots.commit(dir, &layer.diff_id)?;
+        match ours {
+            Some(ours) if crate::recreate::Identity::of(&snapshot) == Some(ours) => {
+                crate::recreate::record(self.store, &layer, &opts, ours)?;
+            }
+            // Another build placed the same tree first: the blob is written from it now,
+            // as nothing records how to write it later.
+            _ if !self.store.has_blob(&layer.digest) => {
+                write_layer_blob(self.store, &opts, Some(&layer.digest), |out| {
+                    kiln_layer::write_layer(&snapshot, &opts, out)
+                })?;
+            }
+            _ => {}
         }
         Ok(layer)
     }
@@ -1081,6 +1135,32 @@ pub fn streamed_chain(graph: &kiln_ops::BuildGraph) -> std::collections::HashSet
         });
         if !deps.is_empty() && only_file_ops {
             out.insert(id);
+        }
+    }
+    out
+}
+
+/// The vertices of `graph` whose layers the image built from `root` can hold: `root`
+/// and, down from it, what each result is built on (a RUN's or a COPY's base, every
+/// input of a merge). A builder stage's steps, read only through `COPY --from` or a
+/// mount, are not among them.
+pub fn image_chain(
+    graph: &kiln_ops::BuildGraph,
+    root: Option<VertexId>,
+) -> std::collections::HashSet<VertexId> {
+    let mut out = std::collections::HashSet::new();
+    let mut todo: Vec<VertexId> = root.into_iter().collect();
+    while let Some(id) = todo.pop() {
+        if !out.insert(id) {
+            continue;
+        }
+        let v = graph.vertex(id);
+        match &v.op {
+            // A RUN runs on its first input (the worker's base), a COPY with a base too.
+            Op::Exec(_) => todo.extend(v.inputs.first()),
+            Op::File(f) if f.has_base => todo.extend(v.inputs.first()),
+            Op::Merge => todo.extend(v.inputs.iter().copied()),
+            _ => {}
         }
     }
     out

@@ -146,83 +146,60 @@ const PROBE: usize = 16 << 10;
 /// searched for matches, which at any level costs as much as compressing text and gains
 /// nothing. Decided from the block's bytes alone, so the output stays deterministic.
 fn incompressible(input: &[u8]) -> bool {
-    use flate2::FlushCompress;
+    use flate2::{Compress, FlushCompress};
     if input.len() < 4 * PROBE {
         return false;
     }
     (0..4).all(|i| {
         let start = i * (input.len() - PROBE) / 3;
         let sample = &input[start..start + PROBE];
+        let mut c = Compress::new(flate2::Compression::new(1), false);
         let mut out = Vec::with_capacity(PROBE + 1024);
-        with_deflater(1, |c| {
-            match c.compress_vec(sample, &mut out, FlushCompress::Finish) {
-                Ok(_) => c.total_in() as usize == PROBE && out.len() * 100 >= PROBE * 98,
-                Err(_) => false,
-            }
-        })
+        match c.compress_vec(sample, &mut out, FlushCompress::Finish) {
+            Ok(_) => c.total_in() as usize == PROBE && out.len() * 100 >= PROBE * 98,
+            Err(_) => false,
+        }
     })
 }
 
-thread_local! {
-    /// This thread's raw deflate compressors, by level (0 to 9). A new one allocates
-    /// and clears some 300 KiB, which are fresh pages (a fault each 4 KiB) once the
-    /// allocator has given a freed one back; every block and every probe took one.
-    static DEFLATERS: std::cell::RefCell<[Option<flate2::Compress>; 10]> =
-        std::cell::RefCell::new(Default::default());
-}
-
-/// Runs `f` with a raw deflate compressor of `level` in its initial state: one of this
-/// thread's, reset (which flate2 documents as the same as a new one), or a new one.
-fn with_deflater<T>(level: u32, f: impl FnOnce(&mut flate2::Compress) -> T) -> T {
-    let level = level.min(9);
-    let slot = level as usize;
-    // Taken out of the slot while in use: `f` never finds it borrowed.
-    let mut c = match DEFLATERS.with(|d| d.borrow_mut()[slot].take()) {
-        Some(mut c) => {
-            c.reset();
-            c
-        }
-        None => flate2::Compress::new(flate2::Compression::new(level), false),
-    };
-    let out = f(&mut c);
-    DEFLATERS.with(|d| d.borrow_mut()[slot] = Some(c));
-    out
-}
-
+/// One block as raw deflate, primed with `dict`, ended with a sync flush (or, `last`,
+/// the stream's end). A new compressor each time: one reset for reuse may give other
+/// bytes for the same input (zlib-rs#459, zlib-ng#2100: a reset leaves the window's
+/// bytes, which the match finder may read past the input), and a layer written again
+/// from its snapshot must come out the same.
 fn deflate_block(level: u32, dict: &[u8], input: &[u8], last: bool) -> io::Result<Vec<u8>> {
-    use flate2::{FlushCompress, Status};
+    use flate2::{Compress, FlushCompress, Status};
     let level = if level > 0 && incompressible(input) {
         0
     } else {
         level.min(9)
     };
+    let mut c = Compress::new(flate2::Compression::new(level), false);
+    if !dict.is_empty() {
+        c.set_dictionary(dict).map_err(io::Error::other)?;
+    }
     let flush = if last {
         FlushCompress::Finish
     } else {
         FlushCompress::Sync
     };
-    with_deflater(level, |c| {
-        if !dict.is_empty() {
-            c.set_dictionary(dict).map_err(io::Error::other)?;
+    let mut out = Vec::with_capacity(input.len() / 2 + 1024);
+    loop {
+        if out.capacity() - out.len() < 16 << 10 {
+            out.reserve(input.len() / 4 + (64 << 10));
         }
-        let mut out = Vec::with_capacity(input.len() / 2 + 1024);
-        loop {
-            if out.capacity() - out.len() < 16 << 10 {
-                out.reserve(input.len() / 4 + (64 << 10));
-            }
-            let consumed = c.total_in() as usize;
-            let status = c
-                .compress_vec(&input[consumed..], &mut out, flush)
-                .map_err(io::Error::other)?;
-            let all_in = c.total_in() as usize == input.len();
-            match status {
-                Status::StreamEnd => break,
-                _ if all_in && !last && out.len() < out.capacity() => break,
-                _ => {}
-            }
+        let consumed = c.total_in() as usize;
+        let status = c
+            .compress_vec(&input[consumed..], &mut out, flush)
+            .map_err(io::Error::other)?;
+        let all_in = c.total_in() as usize == input.len();
+        match status {
+            Status::StreamEnd => break,
+            _ if all_in && !last && out.len() < out.capacity() => break,
+            _ => {}
         }
-        Ok(out)
-    })
+    }
+    Ok(out)
 }
 
 /// ID1 ID2 CM=deflate FLG=0 MTIME=0 XFL=0 OS=255 (unknown), as Go writes it.
@@ -566,6 +543,59 @@ mod par_gz_tests {
             a.len(),
             single.len()
         );
+    }
+
+    /// Tar-like bytes: names, octal fields, NUL padding, a few odd bytes.
+    fn tar_like(x: &mut u64, n: usize) -> Vec<u8> {
+        let words: [&[u8]; 10] = [
+            b"usr/",
+            b"share/",
+            b"python3.11/",
+            b"\0\0\0\0\0\0\0\0",
+            b"0000644\0",
+            b"root\0",
+            b"lib",
+            b".py",
+            b"__init__",
+            b"\n",
+        ];
+        let mut out = Vec::with_capacity(n + 16);
+        while out.len() < n {
+            *x ^= *x << 13;
+            *x ^= *x >> 7;
+            *x ^= *x << 17;
+            match *x % 5 {
+                0 => out.push((*x >> 40) as u8),
+                _ => out.extend_from_slice(words[(*x % 10) as usize]),
+            }
+        }
+        out.truncate(n);
+        out
+    }
+
+    /// A block's bytes depend on its input and dictionary alone, not on what its thread
+    /// compressed before: a layer written again from its snapshot must come out the
+    /// same. A compressor reset for reuse failed this (zlib-rs#459: the match finder
+    /// reads the old window past the input) for about one block in nine here.
+    #[test]
+    fn a_block_does_not_depend_on_what_its_thread_compressed_before() {
+        for seed in 1..=40u64 {
+            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let before = tar_like(&mut x, 64 << 10);
+            let dict = tar_like(&mut x, DEFLATE_WINDOW);
+            let block = tar_like(&mut x, 512 + (seed as usize * 131) % 4000);
+            let compress = || deflate_block(6, &dict, &block, false).unwrap();
+            let alone = std::thread::scope(|s| s.spawn(compress).join().unwrap());
+            let after = std::thread::scope(|s| {
+                s.spawn(|| {
+                    deflate_block(6, &[], &before, false).unwrap();
+                    compress()
+                })
+                .join()
+                .unwrap()
+            });
+            assert!(alone == after, "seed {seed}");
+        }
     }
 
     #[test]

@@ -325,16 +325,25 @@ fn chunky_tree(dir: &Path, edit: &str) {
         }
         fs::write(p, text).unwrap();
     }
-    let mut x: u64 = 5;
-    let big: Vec<u8> = (0..(9 << 20) / 8)
+    fs::write(dir.join("big.bin"), noise(5, 9 << 20)).unwrap();
+    pin_times(dir);
+}
+
+/// `len` bytes of xorshift noise from `seed` (a multiple of 8).
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed;
+    (0..len / 8)
         .flat_map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             x.to_le_bytes()
         })
-        .collect();
-    fs::write(dir.join("big.bin"), big).unwrap();
+        .collect()
+}
+
+/// Gives everything under `dir` one mtime, so its layers' bytes are fixed.
+fn pin_times(dir: &Path) {
     let t = filetime::FileTime::from_unix_time(1_700_000_000, 0);
     for e in walkdir::WalkDir::new(dir) {
         filetime::set_symlink_file_times(e.unwrap().path(), t, t).unwrap();
@@ -404,15 +413,7 @@ fn a_committed_layer_s_chunks_are_found_in_the_store_by_the_next_one() {
 fn a_big_file_one_step_wrote_is_reused_by_a_later_step_of_the_same_build() {
     let f = fixture();
     let w = f.worker(SnapshotterKind::Copy);
-    let mut x: u64 = 11;
-    let big: Vec<u8> = (0..(9 << 20) / 8)
-        .flat_map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()
-        })
-        .collect();
+    let big = noise(11, 9 << 20);
     // A layer holding `big` as `name`: its blob (with the worker's chunk cache) and how
     // many of its chunks were found rather than compressed.
     let write = |name: &str| {
@@ -420,10 +421,7 @@ fn a_big_file_one_step_wrote_is_reused_by_a_later_step_of_the_same_build() {
         let path = dir.path().join(name);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(&path, &big).unwrap();
-        let t = filetime::FileTime::from_unix_time(1_700_000_000, 0);
-        for e in walkdir::WalkDir::new(dir.path()) {
-            filetime::set_symlink_file_times(e.unwrap().path(), t, t).unwrap();
-        }
+        pin_times(dir.path());
         let mut reused = 0;
         let layer = w
             .write_blob(|out| {

@@ -2,7 +2,7 @@
 //! `.dockerignore`) and a stack of unpacked layers merged the way overlayfs merges them
 //! (whiteouts and opaque directories in overlay or OCI form).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::Metadata;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -329,6 +329,22 @@ pub struct LayeredFs {
     /// Over `layers`, bottom first.
     mem: Vec<Arc<Entries>>,
     name: String,
+    /// What each directory path is in each layer, as lookups found it: a COPY of a
+    /// tree looks up every file, and each file's parents were a whiteout, an opaque
+    /// marker (two xattrs and a stat) and a stat each time. Layers on disk are
+    /// snapshots, which nothing changes while a view of them is used.
+    dirs: Arc<std::sync::Mutex<HashMap<(usize, String), DirWalk>>>,
+}
+
+/// A directory path in one layer, from its root down.
+#[derive(Debug, Clone, Copy)]
+enum DirWalk {
+    /// A whiteout or a non-directory hides it and what lower layers have below it.
+    Hidden,
+    /// Not in this layer; `opaque`: an opaque directory above it hides lower layers.
+    Gone { opaque: bool },
+    /// A directory of this layer; `opaque`: it or a directory above it is opaque.
+    Dir { opaque: bool },
 }
 
 fn is_whiteout(meta: &Metadata) -> bool {
@@ -358,6 +374,7 @@ impl LayeredFs {
             layers,
             mem: Vec::new(),
             name: name.into(),
+            dirs: Arc::default(),
         }
     }
 
@@ -379,32 +396,65 @@ impl LayeredFs {
         !self.mem.is_empty()
     }
 
-    /// Looks `rel` up in one layer: found, hidden for lower layers, or absent (`None`).
-    fn lookup_in(layer: &Path, comps: &[&str]) -> Option<Found> {
-        let mut p = layer.to_path_buf();
-        let mut opaque = false;
-        for (i, c) in comps.iter().enumerate() {
-            if std::fs::symlink_metadata(p.join(to_path(&format!(".wh.{c}")))).is_ok() {
-                return Some(Found::Hidden);
-            }
-            p.push(to_path(c));
-            let Ok(meta) = std::fs::symlink_metadata(&p) else {
-                return opaque.then_some(Found::Hidden);
-            };
-            if is_whiteout(&meta) {
-                return Some(Found::Hidden);
-            }
-            if i + 1 == comps.len() {
-                return Some(Found::Entry(Stat::Disk(Entry { path: p, meta })));
-            }
-            if !meta.is_dir() {
-                return Some(Found::Hidden);
-            }
-            if is_opaque(&p) {
-                opaque = true;
-            }
+    /// Looks `rel` up in layer `index`: found, hidden for lower layers, or absent
+    /// (`None`).
+    fn lookup_in(&self, index: usize, comps: &[&str]) -> Option<Found> {
+        let (name, parents) = comps.split_last()?;
+        let opaque = match self.walk_dir(index, parents) {
+            DirWalk::Hidden => return Some(Found::Hidden),
+            DirWalk::Gone { opaque } => return opaque.then_some(Found::Hidden),
+            DirWalk::Dir { opaque } => opaque,
+        };
+        let dir = self.layers[index].join(to_path(&parents.join("/")));
+        if std::fs::symlink_metadata(dir.join(to_path(&format!(".wh.{name}")))).is_ok() {
+            return Some(Found::Hidden);
         }
-        None
+        let path = dir.join(to_path(name));
+        match std::fs::symlink_metadata(&path) {
+            Err(_) => opaque.then_some(Found::Hidden),
+            Ok(meta) if is_whiteout(&meta) => Some(Found::Hidden),
+            Ok(meta) => Some(Found::Entry(Stat::Disk(Entry { path, meta }))),
+        }
+    }
+
+    /// What directory path `comps` is in layer `index` (remembered, see `dirs`).
+    fn walk_dir(&self, index: usize, comps: &[&str]) -> DirWalk {
+        let Some((name, parents)) = comps.split_last() else {
+            return DirWalk::Dir { opaque: false };
+        };
+        let key = (index, comps.join("/"));
+        let known = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .copied();
+        if let Some(w) = known {
+            return w;
+        }
+        let walk = match self.walk_dir(index, parents) {
+            DirWalk::Dir { opaque } => {
+                let dir = self.layers[index].join(to_path(&parents.join("/")));
+                let path = dir.join(to_path(name));
+                if std::fs::symlink_metadata(dir.join(to_path(&format!(".wh.{name}")))).is_ok() {
+                    DirWalk::Hidden
+                } else {
+                    match std::fs::symlink_metadata(&path) {
+                        Err(_) => DirWalk::Gone { opaque },
+                        Ok(meta) if is_whiteout(&meta) || !meta.is_dir() => DirWalk::Hidden,
+                        Ok(_) => DirWalk::Dir {
+                            opaque: opaque || is_opaque(&path),
+                        },
+                    }
+                }
+            }
+            above => above,
+        };
+        self.dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, walk);
+        walk
     }
 
     /// Looks `rel` up in an in-memory layer, as [`LayeredFs::lookup_in`] does.
@@ -479,10 +529,9 @@ impl SourceFs for LayeredFs {
             .rev()
             .find_map(|m| Self::lookup_mem(m, &comps))
             .or_else(|| {
-                self.layers
-                    .iter()
+                (0..self.layers.len())
                     .rev()
-                    .find_map(|l| Self::lookup_in(l, &comps))
+                    .find_map(|i| self.lookup_in(i, &comps))
             });
         match found? {
             Found::Entry(e) => Some(e),
@@ -505,11 +554,11 @@ impl SourceFs for LayeredFs {
                 names.entry(name.to_string()).or_insert(true);
             }
         }
-        for layer in self.layers.iter().rev() {
+        for (i, layer) in self.layers.iter().enumerate().rev() {
             let dir = if comps.is_empty() {
                 layer.clone()
             } else {
-                match Self::lookup_in(layer, &comps) {
+                match self.lookup_in(i, &comps) {
                     Some(Found::Entry(Stat::Disk(e))) if e.meta.is_dir() => e.path,
                     Some(_) => break,
                     None => continue,
@@ -578,7 +627,17 @@ mod tests {
         let l1 = layer(
             t.path(),
             "l1",
-            &[("a/x", "1"), ("a/y", "1"), ("b/z", "1"), ("c", "1")],
+            &[
+                ("a/x", "1"),
+                ("a/y", "1"),
+                ("b/z", "1"),
+                ("b/q/r", "1"),
+                ("c", "1"),
+                ("d/e/f", "1"),
+                ("d/e/g", "1"),
+                ("h/i", "1"),
+                ("k/m/n", "1"),
+            ],
         );
         let l2 = layer(
             t.path(),
@@ -588,19 +647,28 @@ mod tests {
                 ("a/.wh.y", ""),
                 ("b/.wh..wh..opq", ""),
                 ("b/new", "2"),
+                (".wh.h", ""),
+                ("k", "file"),
             ],
         );
         let v = LayeredFs::new(vec![l1, l2], "test");
-        assert_eq!(
-            fs::read_to_string(v.lstat("a/x").unwrap().path).unwrap(),
-            "2"
-        );
-        assert!(v.lstat("a/y").is_none());
-        assert!(v.lstat("b/z").is_none());
-        assert!(v.lstat("c").is_some());
-        assert_eq!(v.list("a"), ["x"]);
-        assert_eq!(v.list("b"), ["new"]);
-        assert_eq!(v.list(""), ["a", "b", "c"]);
+        let read = |rel: &str| fs::read_to_string(v.lstat(rel).unwrap().path).unwrap();
+        // Twice: the second time the directories' walks are remembered ones.
+        for _ in 0..2 {
+            assert_eq!(read("a/x"), "2");
+            assert!(v.lstat("a/y").is_none());
+            assert!(v.lstat("b/z").is_none());
+            assert!(v.lstat("b/q/r").is_none(), "below an opaque directory");
+            assert_eq!(read("b/new"), "2");
+            assert!(v.lstat("c").is_some());
+            assert_eq!((read("d/e/f"), read("d/e/g")), ("1".into(), "1".into()));
+            assert!(v.lstat("h/i").is_none(), "a whited-out directory");
+            assert!(v.lstat("k/m/n").is_none(), "a file over a directory");
+            assert_eq!(read("k"), "file");
+            assert_eq!(v.list("a"), ["x"]);
+            assert_eq!(v.list("b"), ["new"]);
+            assert_eq!(v.list(""), ["a", "b", "c", "d", "k"]);
+        }
     }
 
     /// In-memory layers on top of directories: a node hides what is below its path when

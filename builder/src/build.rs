@@ -914,13 +914,8 @@ fn build_inner(
     // The steps whose layers the image can hold are compressed as they are made; a
     // builder stage's are not, unless a `mode=max` cache export wants them all.
     let max_cache = (req.cache_to.iter()).any(|c| c.mode == crate::remote_cache::CacheMode::Max);
-    let image_chain = if max_cache {
-        plan.graph.topo_order()
-    } else {
-        crate::worker::image_chain(&plan.graph, plan.target_stage().root)
-            .into_iter()
-            .collect()
-    };
+    let image_chain =
+        (!max_cache).then(|| crate::worker::image_chain(&plan.graph, plan.target_stage().root));
     // Each cache is read once, before solving; one that cannot be read is a warning.
     let import_trace = trace.filter(|_| !req.cache_from.is_empty());
     let imported = traced(import_trace, "import cache", "pull", || {

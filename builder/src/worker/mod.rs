@@ -259,9 +259,12 @@ impl<'a> BuildWorker<'a> {
     }
 
     /// The vertices whose layers the built image can hold (see [`image_chain`]): only
-    /// theirs are compressed as they are made.
-    pub fn with_image_chain(mut self, vertices: impl IntoIterator<Item = VertexId>) -> Self {
-        self.image_chain = Some(vertices.into_iter().collect());
+    /// theirs are compressed as they are made; `None`, all are.
+    pub fn with_image_chain(
+        mut self,
+        vertices: Option<std::collections::HashSet<VertexId>>,
+    ) -> Self {
+        self.image_chain = vertices;
         self
     }
 
@@ -672,18 +675,31 @@ impl<'a> BuildWorker<'a> {
             let handle = std::thread::spawn(move || drop(dir));
             self.trash.lock().expect("trash lock").push(handle);
         } else {
-            let ours = crate::recreate::Identity::of(dir.path());
-            let snapshot = self.snapshots.commit(dir, &layer.diff_id)?;
-            // The blob can be written again from the very directory it was written
-            // from (not from one another build placed first): recorded, so that the
-            // blob can be dropped at the end of the build.
-            if let Some(ours) = ours
-                && crate::recreate::Identity::of(&snapshot) == Some(ours)
-            {
-                crate::recreate::record(self.store, &layer, &self.layer_opts, ours)?;
-            }
+            self.commit_recorded(dir, &layer, &self.layer_opts)?;
         }
         Ok(layer)
+    }
+
+    /// Moves `dir` into place as the snapshot of `layer`. When it is our directory that
+    /// got there (not one another build placed first), records that `layer`'s blob can
+    /// be written again from it with `opts`, so that the blob need not be kept. Returns
+    /// the snapshot and whether it was recorded.
+    fn commit_recorded(
+        &self,
+        dir: tempfile::TempDir,
+        layer: &LayerRef,
+        opts: &LayerOptions,
+    ) -> Result<(std::path::PathBuf, bool)> {
+        let ours = crate::recreate::Identity::of(dir.path());
+        let snapshot = self.snapshots.commit(dir, &layer.diff_id)?;
+        let recorded = match ours {
+            Some(ours) if crate::recreate::Identity::of(&snapshot) == Some(ours) => {
+                crate::recreate::record(self.store, layer, opts, ours)?;
+                true
+            }
+            _ => false,
+        };
+        Ok((snapshot, recorded))
     }
 
     /// Keeps a diff directory as a snapshot with no blob: the layer of a step the built
@@ -706,20 +722,13 @@ impl<'a> BuildWorker<'a> {
             size: info.size,
             media_type: info.media_type.to_string(),
         };
-        let ours = crate::recreate::Identity::of(dir.path());
-        let snapshot = self.snapshots.commit(dir, &layer.diff_id)?;
-        match ours {
-            Some(ours) if crate::recreate::Identity::of(&snapshot) == Some(ours) => {
-                crate::recreate::record(self.store, &layer, &opts, ours)?;
-            }
-            // Another build placed the same tree first: the blob is written from it now,
-            // as nothing records how to write it later.
-            _ if !self.store.has_blob(&layer.digest) => {
-                write_layer_blob(self.store, &opts, Some(&layer.digest), |out| {
-                    kiln_layer::write_layer(&snapshot, &opts, out)
-                })?;
-            }
-            _ => {}
+        let (snapshot, recorded) = self.commit_recorded(dir, &layer, &opts)?;
+        // Another build placed the same tree first: the blob is written from it now, as
+        // nothing records how to write it later.
+        if !recorded && !self.store.has_blob(&layer.digest) {
+            write_layer_blob(self.store, &opts, Some(&layer.digest), |out| {
+                kiln_layer::write_layer(&snapshot, &opts, out)
+            })?;
         }
         Ok(layer)
     }

@@ -367,6 +367,14 @@ enum Found {
     Hidden,
 }
 
+/// A name in one layer's directory: a whiteout (`.wh.NAME` beside it, or a whiteout
+/// device in its place), absent, or an entry.
+enum Child {
+    WhitedOut,
+    Absent,
+    Here(Entry),
+}
+
 impl LayeredFs {
     /// A view of `layers` (bottom first), named for error messages.
     pub fn new(layers: Vec<PathBuf>, name: impl Into<String>) -> LayeredFs {
@@ -405,15 +413,10 @@ impl LayeredFs {
             DirWalk::Gone { opaque } => return opaque.then_some(Found::Hidden),
             DirWalk::Dir { opaque } => opaque,
         };
-        let dir = self.layers[index].join(to_path(&parents.join("/")));
-        if std::fs::symlink_metadata(dir.join(to_path(&format!(".wh.{name}")))).is_ok() {
-            return Some(Found::Hidden);
-        }
-        let path = dir.join(to_path(name));
-        match std::fs::symlink_metadata(&path) {
-            Err(_) => opaque.then_some(Found::Hidden),
-            Ok(meta) if is_whiteout(&meta) => Some(Found::Hidden),
-            Ok(meta) => Some(Found::Entry(Stat::Disk(Entry { path, meta }))),
+        match self.child(index, parents, name) {
+            Child::WhitedOut => Some(Found::Hidden),
+            Child::Absent => opaque.then_some(Found::Hidden),
+            Child::Here(entry) => Some(Found::Entry(Stat::Disk(entry))),
         }
     }
 
@@ -433,21 +436,14 @@ impl LayeredFs {
             return w;
         }
         let walk = match self.walk_dir(index, parents) {
-            DirWalk::Dir { opaque } => {
-                let dir = self.layers[index].join(to_path(&parents.join("/")));
-                let path = dir.join(to_path(name));
-                if std::fs::symlink_metadata(dir.join(to_path(&format!(".wh.{name}")))).is_ok() {
-                    DirWalk::Hidden
-                } else {
-                    match std::fs::symlink_metadata(&path) {
-                        Err(_) => DirWalk::Gone { opaque },
-                        Ok(meta) if is_whiteout(&meta) || !meta.is_dir() => DirWalk::Hidden,
-                        Ok(_) => DirWalk::Dir {
-                            opaque: opaque || is_opaque(&path),
-                        },
-                    }
-                }
-            }
+            DirWalk::Dir { opaque } => match self.child(index, parents, name) {
+                Child::WhitedOut => DirWalk::Hidden,
+                Child::Absent => DirWalk::Gone { opaque },
+                Child::Here(e) if !e.meta.is_dir() => DirWalk::Hidden,
+                Child::Here(e) => DirWalk::Dir {
+                    opaque: opaque || is_opaque(&e.path),
+                },
+            },
             above => above,
         };
         self.dirs
@@ -455,6 +451,20 @@ impl LayeredFs {
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, walk);
         walk
+    }
+
+    /// What `name` is in directory `parents` of layer `index` (a directory there).
+    fn child(&self, index: usize, parents: &[&str], name: &str) -> Child {
+        let dir = self.layers[index].join(to_path(&parents.join("/")));
+        if std::fs::symlink_metadata(dir.join(to_path(&format!(".wh.{name}")))).is_ok() {
+            return Child::WhitedOut;
+        }
+        let path = dir.join(to_path(name));
+        match std::fs::symlink_metadata(&path) {
+            Err(_) => Child::Absent,
+            Ok(meta) if is_whiteout(&meta) => Child::WhitedOut,
+            Ok(meta) => Child::Here(Entry { path, meta }),
+        }
     }
 
     /// Looks `rel` up in an in-memory layer, as [`LayeredFs::lookup_in`] does.

@@ -293,6 +293,15 @@ pub fn clean(store: &Store) -> usize {
 /// The blobs a registry push can write again from snapshots ([`kiln_registry::LocalBlobs`]).
 pub struct SnapshotBlobs;
 
+/// How kiln pushes an image (Docker media types with `docker_format`): blobs kept only
+/// as snapshots are written again from them.
+pub fn push_options(docker_format: bool) -> kiln_registry::PushOptions {
+    kiln_registry::PushOptions {
+        docker_format,
+        local: Some(std::sync::Arc::new(SnapshotBlobs)),
+    }
+}
+
 impl kiln_registry::LocalBlobs for SnapshotBlobs {
     fn can_make(&self, store: &Store, digest: &Digest) -> bool {
         can_recreate(store, digest)

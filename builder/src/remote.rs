@@ -9,8 +9,7 @@ use crate::images::normalize_tag;
 use kiln_cache::{Digest, Store, TagRecord};
 use kiln_ops::{Platform, VertexId};
 use kiln_registry::{
-    BlobEvent, Client, ClientOptions, Progress, PulledBlob, PushOptions, PushReport, Reference,
-    RegistryError,
+    BlobEvent, Client, ClientOptions, Progress, PulledBlob, PushReport, Reference, RegistryError,
 };
 
 use kiln_solver::{BlobState, Event, Reporter};
@@ -244,10 +243,7 @@ impl Remote {
                 store,
                 &digest,
                 &target,
-                &PushOptions {
-                    docker_format,
-                    local: Some(std::sync::Arc::new(crate::recreate::SnapshotBlobs)),
-                },
+                &crate::recreate::push_options(docker_format),
                 progress,
             )
             .map_err(|source| RemoteError::Push {

@@ -14,7 +14,7 @@ use kiln_cache::atomic::{self, AtomicError};
 use kiln_cache::{BuildRecord, Digest, Store};
 use kiln_frontend::convert::Plan;
 use kiln_ops::VertexId;
-use kiln_registry::{PushOptions, Reference};
+use kiln_registry::Reference;
 use kiln_solver::Solved;
 
 use super::RemoteCacheError;
@@ -246,10 +246,7 @@ pub fn export(
                 store,
                 &manifest_digest,
                 &target,
-                &PushOptions {
-                    local: Some(std::sync::Arc::new(crate::recreate::SnapshotBlobs)),
-                    ..PushOptions::default()
-                },
+                &crate::recreate::push_options(false),
                 progress,
             )?;
             Ok(ExportReport {

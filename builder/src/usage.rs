@@ -484,15 +484,92 @@ fn digest_entries(dir: &Path) -> Vec<(String, PathBuf)> {
         .collect()
 }
 
-/// Sizes of the snapshots (walked outside the GC lock: the slow part).
+/// Where [`snapshot_sizes`] keeps the sizes it walked, in the snapshots' area.
+const SNAPSHOT_SIZES: &str = "sizes.json";
+
+/// The most of [`SNAPSHOT_SIZES`] read (about 100 bytes a snapshot): a bigger file is
+/// ignored, and the snapshots walked.
+const SNAPSHOT_SIZES_MAX: u64 = 64 << 20;
+
+/// A snapshot's size as walked, and the directory walked (its inode and change time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Walked {
+    ino: u64,
+    ctime: i64,
+    ctime_nsec: i64,
+    size: u64,
+}
+
+/// Sizes of the snapshots, by digest, as `du -sb` counts each tree. A tree is walked
+/// once in its life: a snapshot never changes once made, so its size is kept in
+/// `snapshots/sizes.json` with the inode and change time of the directory walked, and
+/// walked again only when the directory is another one (made again after a
+/// collection). Called outside the GC lock (the walks are the slow part). The file is
+/// a cache: a write that fails, or that another build's replaces, costs a walk later.
 pub fn snapshot_sizes(store: &Store) -> HashMap<String, u64> {
-    digest_entries(&store.snapshots_dir())
+    use std::io::Read;
+    let file = store.snapshots_dir().join(SNAPSHOT_SIZES);
+    let mut bytes = Vec::new();
+    let known: HashMap<String, Walked> = std::fs::File::open(&file)
+        .and_then(|f| f.take(SNAPSHOT_SIZES_MAX + 1).read_to_end(&mut bytes))
+        .ok()
+        .filter(|n| (*n as u64) <= SNAPSHOT_SIZES_MAX)
+        .and_then(|_| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    let mut now = HashMap::new();
+    let mut walked = false;
+    for (d, p) in digest_entries(&store.snapshots_dir()) {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let this = |size| Walked {
+            ino: meta.ino(),
+            ctime: meta.ctime(),
+            ctime_nsec: meta.ctime_nsec(),
+            size,
+        };
+        let w = match known.get(&d) {
+            Some(k) if *k == this(k.size) => *k,
+            _ => {
+                walked = true;
+                this(tree_size(&p))
+            }
+        };
+        now.insert(d, w);
+    }
+    if walked || now.len() != known.len() {
+        if let Ok(bytes) = serde_json::to_vec(&now) {
+            let _ = kiln_cache::atomic::write(&file, &bytes);
+        }
+    }
+    now.into_iter().map(|(d, w)| (d, w.size)).collect()
+}
+
+/// What the store takes on disk in all, as [`system_df`] counts it (each entry's
+/// length, a hard-linked file once), with each snapshot's tree as [`snapshot_sizes`]
+/// keeps it: the budget check after every build, which otherwise walked every
+/// snapshot each time (whenever the filesystem's use is over the store's budget, as on
+/// a big shared disk), so that a no-op build took longer the more images the store had.
+pub fn store_used(store: &Store) -> u64 {
+    let snapshots = store.snapshots_dir();
+    let sizes = snapshot_sizes(store);
+    let is_snapshot = |p: &Path| {
+        p.parent() == Some(snapshots.as_path())
+            && p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| sizes.contains_key(&format!("sha256:{n}")))
+    };
+    let mut seen = HashSet::new();
+    let rest: u64 = walkdir::WalkDir::new(store.root())
+        .follow_links(false)
         .into_iter()
-        .map(|(d, p)| {
-            let size = tree_size(&p);
-            (d, size)
-        })
-        .collect()
+        .filter_entry(|e| !is_snapshot(e.path()))
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| seen.insert((m.dev(), m.ino())))
+        .map(|m| m.len())
+        .sum();
+    rest + sizes.values().sum::<u64>()
 }
 
 /// The collector's view of the store, and where each blob and snapshot is.
@@ -748,7 +825,7 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport> {
             return Ok(report);
         }
         // As `du -sb` counts (directories too), like `system df`.
-        let used = system_df(store)?.total();
+        let used = store_used(store);
         let excess = budget.excess(used, disk);
         report.budget = Some((budget, used, excess));
         if excess == 0 {
@@ -841,4 +918,58 @@ pub fn gc_if_over_budget(store: &Store) -> Result<Option<PruneReport>> {
         },
     )?;
     Ok(report.budget.filter(|b| b.2 > 0).map(|_| report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn put(dir: &Path, files: &[(&str, usize)]) {
+        for (rel, len) in files {
+            let p = dir.join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, vec![7u8; *len]).unwrap();
+        }
+    }
+
+    fn total(store: &Store) -> u64 {
+        system_df(store).unwrap().total()
+    }
+
+    #[test]
+    fn the_budget_check_counts_what_system_df_counts_walking_each_snapshot_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let snapshot = |c: char| store.snapshots_dir().join(c.to_string().repeat(64));
+        let (a, b) = (snapshot('a'), snapshot('b'));
+        put(&a, &[("etc/passwd", 100), ("usr/bin/tool", 5000)]);
+        fs::hard_link(a.join("usr/bin/tool"), a.join("usr/bin/again")).unwrap();
+        put(&b, &[("data", 20_000)]);
+        put(&store.root().join("cache"), &[("record.json", 300)]);
+
+        // Left first: the first call writes the sizes file, which both count.
+        assert_eq!(store_used(&store), total(&store));
+        assert!(store.snapshots_dir().join(SNAPSHOT_SIZES).is_file());
+
+        // Kept, not walked again: a file put into a snapshot after its walk (kiln never
+        // changes one) is not seen.
+        put(&a, &[("usr/bin/later", 7000)]);
+        assert_eq!(store_used(&store) + 7000, total(&store));
+
+        // A snapshot made again under the same name is another directory: walked again.
+        fs::remove_dir_all(&b).unwrap();
+        put(&b, &[("data", 30_000), ("more", 1)]);
+        assert_eq!(store_used(&store) + 7000, total(&store));
+        let sizes = snapshot_sizes(&store);
+        assert_eq!(sizes.len(), 2);
+
+        // A snapshot collected leaves the file with it.
+        fs::remove_dir_all(&b).unwrap();
+        assert_eq!(snapshot_sizes(&store).len(), 1);
+        let kept: HashMap<String, Walked> =
+            serde_json::from_slice(&fs::read(store.snapshots_dir().join(SNAPSHOT_SIZES)).unwrap())
+                .unwrap();
+        assert_eq!(kept.len(), 1);
+    }
 }

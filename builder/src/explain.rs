@@ -297,10 +297,13 @@ impl Recorder {
                 return (m, None);
             }
         }
-        // A parent that missed in this build.
+        // Parents that missed in this build: the step each one's chain of misses
+        // started at, every one (a `COPY --from` misses after its base's chain and
+        // after its source stage's).
         {
             let st = self.state.lock().expect("recorder lock");
             let metas = self.meta.get().expect("plan set before solving");
+            let mut roots: Vec<usize> = Vec::new();
             for i in &meta.inputs {
                 let Some(pm) = metas.get(i) else { continue };
                 if pm.is_context {
@@ -313,8 +316,21 @@ impl Recorder {
                 };
                 if let Some(ps) = st.get(i).filter(cause) {
                     let root = ps.chain_root.unwrap_or(pm.number);
-                    return (miss("parent", format!("after step #{root}")), Some(root));
+                    if !roots.contains(&root) {
+                        roots.push(root);
+                    }
                 }
+            }
+            let details = match roots.as_slice() {
+                [] => None,
+                [one] => Some(format!("after step #{one}")),
+                [init @ .., last] => {
+                    let init: Vec<String> = init.iter().map(|r| format!("#{r}")).collect();
+                    Some(format!("after steps {} and #{last}", init.join(", ")))
+                }
+            };
+            if let Some(details) = details {
+                return (miss("parent", details), roots.first().copied());
             }
         }
         let key_s = key.to_string();

@@ -407,3 +407,70 @@ fn a_git_source_misses_with_its_commits_or_its_new_key() {
         "aaa is checked out with its submodules now"
     );
 }
+
+/// A step with two parents that missed (a `COPY --from` over a missed base, from a
+/// stage that missed) names where each one's chain started; the steps after it name
+/// the first.
+#[test]
+fn a_miss_after_two_missed_parents_names_both_chains() {
+    struct Sink(Mutex<Vec<String>>);
+    impl Reporter for Sink {
+        fn event(&self, e: &Event) {
+            if let Event::Miss { id, reason } = e {
+                self.0
+                    .lock()
+                    .unwrap()
+                    .push(format!("{}: {reason}", id.index()));
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let sink = Arc::new(Sink(Mutex::default()));
+    let rec = Recorder::new(
+        store.clone(),
+        BuildRecord::default(),
+        sink.clone(),
+        None,
+        false,
+        BTreeSet::new(),
+        true,
+    );
+    let ids: Vec<VertexId> = (0..4).map(VertexId::new).collect();
+    let mut metas = HashMap::new();
+    for (i, (text, inputs)) in [
+        ("RUN build a", vec![]),
+        ("RUN build b", vec![]),
+        ("COPY --from=b /out /b", vec![ids[0], ids[1]]),
+        ("COPY app /app", vec![ids[2]]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut m = meta(text);
+        m.number = i + 1;
+        m.position = i + 1;
+        m.inputs = inputs;
+        metas.insert(ids[i], m);
+    }
+    rec.set_plan(metas, BTreeMap::new());
+    let key = kiln_oci::digest::sha256_digest(b"k");
+    for &id in &ids {
+        rec.event(&Event::Started(id));
+        rec.missed(id, &key);
+        rec.event(&Event::Done {
+            id,
+            key: key.clone(),
+            duration: std::time::Duration::from_millis(5),
+        });
+    }
+    assert_eq!(
+        *sink.0.lock().unwrap(),
+        [
+            "0: no earlier build of this step in this store",
+            "1: no earlier build of this step in this store",
+            "2: after steps #1 and #2",
+            "3: after step #1"
+        ]
+    );
+}

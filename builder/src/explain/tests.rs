@@ -285,24 +285,23 @@ fn dockerfile_args_take_build_args_over_defaults() {
     );
 }
 
-/// A recorder over a fake plan: one COPY whose parent missed, and a no-op that reads
-/// no records at all.
-#[test]
-fn recorder_names_the_chain_once_and_reads_no_records_without_a_miss() {
-    struct Sink(Mutex<Vec<String>>);
-    impl Reporter for Sink {
-        fn event(&self, e: &Event) {
-            if let Event::Miss { id, reason } = e {
-                self.0
-                    .lock()
-                    .unwrap()
-                    .push(format!("{}: {reason}", id.index()));
-            }
+/// The misses a recorder tells, as `index: reason`.
+struct Misses(Mutex<Vec<String>>);
+
+impl Reporter for Misses {
+    fn event(&self, e: &Event) {
+        if let Event::Miss { id, reason } = e {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{}: {reason}", id.index()));
         }
     }
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let sink = Arc::new(Sink(Mutex::default()));
+}
+
+/// A recorder of a build in `store`, telling its misses to the sink it gives.
+fn recorder(store: &Store) -> (Arc<Misses>, Recorder) {
+    let sink = Arc::new(Misses(Mutex::default()));
     let rec = Recorder::new(
         store.clone(),
         BuildRecord::default(),
@@ -312,6 +311,30 @@ fn recorder_names_the_chain_once_and_reads_no_records_without_a_miss() {
         BTreeSet::new(),
         true,
     );
+    (sink, rec)
+}
+
+/// Runs `ids` through `rec` as steps that all missed, with one key.
+fn miss_all(rec: &Recorder, ids: &[VertexId]) {
+    let key = kiln_oci::digest::sha256_digest(b"k");
+    for &id in ids {
+        rec.event(&Event::Started(id));
+        rec.missed(id, &key);
+        rec.event(&Event::Done {
+            id,
+            key: key.clone(),
+            duration: std::time::Duration::from_millis(5),
+        });
+    }
+}
+
+/// A recorder over a fake plan: one COPY whose parent missed, and a no-op that reads
+/// no records at all.
+#[test]
+fn recorder_names_the_chain_once_and_reads_no_records_without_a_miss() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (sink, rec) = recorder(&store);
     let (a, b, c) = (VertexId::new(0), VertexId::new(1), VertexId::new(2));
     let mut metas = HashMap::new();
     let mut m = meta("COPY a /a");
@@ -328,16 +351,7 @@ fn recorder_names_the_chain_once_and_reads_no_records_without_a_miss() {
     m.inputs = vec![b];
     metas.insert(c, m);
     rec.set_plan(metas, BTreeMap::new());
-    let key = kiln_oci::digest::sha256_digest(b"k");
-    for id in [a, b, c] {
-        rec.event(&Event::Started(id));
-        rec.missed(id, &key);
-        rec.event(&Event::Done {
-            id,
-            key: key.clone(),
-            duration: std::time::Duration::from_millis(5),
-        });
-    }
+    miss_all(&rec, &[a, b, c]);
     assert_eq!(
         *sink.0.lock().unwrap(),
         [
@@ -373,7 +387,7 @@ fn recorder_names_the_chain_once_and_reads_no_records_without_a_miss() {
     );
     rec2.event(&Event::Cached {
         id: a,
-        key: key.clone(),
+        key: kiln_oci::digest::sha256_digest(b"k"),
     });
     assert!(rec2.previous.get().is_none());
 }
@@ -413,29 +427,9 @@ fn a_git_source_misses_with_its_commits_or_its_new_key() {
 /// the first.
 #[test]
 fn a_miss_after_two_missed_parents_names_both_chains() {
-    struct Sink(Mutex<Vec<String>>);
-    impl Reporter for Sink {
-        fn event(&self, e: &Event) {
-            if let Event::Miss { id, reason } = e {
-                self.0
-                    .lock()
-                    .unwrap()
-                    .push(format!("{}: {reason}", id.index()));
-            }
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let sink = Arc::new(Sink(Mutex::default()));
-    let rec = Recorder::new(
-        store.clone(),
-        BuildRecord::default(),
-        sink.clone(),
-        None,
-        false,
-        BTreeSet::new(),
-        true,
-    );
+    let (sink, rec) = recorder(&store);
     let ids: Vec<VertexId> = (0..4).map(VertexId::new).collect();
     let mut metas = HashMap::new();
     for (i, (text, inputs)) in [
@@ -454,16 +448,7 @@ fn a_miss_after_two_missed_parents_names_both_chains() {
         metas.insert(ids[i], m);
     }
     rec.set_plan(metas, BTreeMap::new());
-    let key = kiln_oci::digest::sha256_digest(b"k");
-    for &id in &ids {
-        rec.event(&Event::Started(id));
-        rec.missed(id, &key);
-        rec.event(&Event::Done {
-            id,
-            key: key.clone(),
-            duration: std::time::Duration::from_millis(5),
-        });
-    }
+    miss_all(&rec, &ids);
     assert_eq!(
         *sink.0.lock().unwrap(),
         [

@@ -826,6 +826,10 @@ fn build_inner(
         named_contexts: BTreeMap::new(),
     };
     let (opts, named_dirs) = with_named_contexts(opts, &req.named_contexts)?;
+    // Every base resolved at once, not one `FROM` after the other (see `bases`).
+    crate::bases::resolve_at_once(&df, &opts, &|reference, platform| {
+        let _ = images.get(reference, platform);
+    });
     let plan = convert::convert(&df, &opts, &images).map_err(located)?;
     if !req.allow_insecure {
         check_entitlements(&plan).map_err(located)?;

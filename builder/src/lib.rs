@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod archive;
+pub mod bases;
 pub mod build;
 pub mod cachekey;
 pub mod changes;

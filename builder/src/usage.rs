@@ -458,10 +458,16 @@ fn record_refs(v: &serde_json::Value, out: &mut Vec<GcRef>) {
 
 /// Bytes of a tree as `du -sb` counts them (directories included, hard links once).
 fn tree_size(path: &Path) -> u64 {
+    tree_size_but(path, |_| false)
+}
+
+/// [`tree_size`] without the subtrees at the paths `skip` names.
+fn tree_size_but(path: &Path, skip: impl Fn(&Path) -> bool) -> u64 {
     let mut seen = HashSet::new();
     walkdir::WalkDir::new(path)
         .follow_links(false)
         .into_iter()
+        .filter_entry(|e| !skip(e.path()))
         .filter_map(|e| e.ok())
         .filter_map(|e| e.metadata().ok())
         .filter(|m| m.nlink() <= 1 || m.is_dir() || seen.insert((m.dev(), m.ino())))
@@ -546,30 +552,20 @@ pub fn snapshot_sizes(store: &Store) -> HashMap<String, u64> {
 }
 
 /// What the store takes on disk in all, as [`system_df`] counts it (each entry's
-/// length, a hard-linked file once), with each snapshot's tree as [`snapshot_sizes`]
-/// keeps it: the budget check after every build, which otherwise walked every
-/// snapshot each time (whenever the filesystem's use is over the store's budget, as on
-/// a big shared disk), so that a no-op build took longer the more images the store had.
-pub fn store_used(store: &Store) -> u64 {
+/// length, a hard-linked file once), with the snapshots' trees counted as `sizes`
+/// ([`snapshot_sizes`]) keeps them: the budget check after every build, which otherwise
+/// walked every snapshot each time (whenever the filesystem's use is over the store's
+/// budget, as on a big shared disk), so that a no-op build took longer the more images
+/// the store had.
+pub fn store_used(store: &Store, sizes: &HashMap<String, u64>) -> u64 {
     let snapshots = store.snapshots_dir();
-    let sizes = snapshot_sizes(store);
     let is_snapshot = |p: &Path| {
         p.parent() == Some(snapshots.as_path())
             && p.file_name()
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| sizes.contains_key(&format!("sha256:{n}")))
     };
-    let mut seen = HashSet::new();
-    let rest: u64 = walkdir::WalkDir::new(store.root())
-        .follow_links(false)
-        .into_iter()
-        .filter_entry(|e| !is_snapshot(e.path()))
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| seen.insert((m.dev(), m.ino())))
-        .map(|m| m.len())
-        .sum();
-    rest + sizes.values().sum::<u64>()
+    tree_size_but(store.root(), is_snapshot) + sizes.values().sum::<u64>()
 }
 
 /// The collector's view of the store, and where each blob and snapshot is.
@@ -804,6 +800,8 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport> {
     let mut report = PruneReport::default();
     let flagged = opts.max_used_space.is_some() || opts.min_free_space.is_some();
     let budgeted = opts.budget_from_config || flagged;
+    // Known once the budget needs them (the collection below uses the same).
+    let mut sizes = None;
     let mut policy = GcPolicy {
         until: opts.until,
         free_at_least: None,
@@ -825,7 +823,7 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport> {
             return Ok(report);
         }
         // As `du -sb` counts (directories too), like `system df`.
-        let used = store_used(store);
+        let used = store_used(store, sizes.insert(snapshot_sizes(store)));
         let excess = budget.excess(used, disk);
         report.budget = Some((budget, used, excess));
         if excess == 0 {
@@ -833,7 +831,7 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport> {
         }
         policy.free_at_least = Some(excess);
     }
-    let sizes = snapshot_sizes(store);
+    let sizes = sizes.unwrap_or_else(|| snapshot_sizes(store));
     let mut trash = Vec::new();
     {
         let locked = std::time::Instant::now();
@@ -949,18 +947,19 @@ mod tests {
         put(&store.root().join("cache"), &[("record.json", 300)]);
 
         // Left first: the first call writes the sizes file, which both count.
-        assert_eq!(store_used(&store), total(&store));
+        let used = |store: &Store| store_used(store, &snapshot_sizes(store));
+        assert_eq!(used(&store), total(&store));
         assert!(store.snapshots_dir().join(SNAPSHOT_SIZES).is_file());
 
         // Kept, not walked again: a file put into a snapshot after its walk (kiln never
         // changes one) is not seen.
         put(&a, &[("usr/bin/later", 7000)]);
-        assert_eq!(store_used(&store) + 7000, total(&store));
+        assert_eq!(used(&store) + 7000, total(&store));
 
         // A snapshot made again under the same name is another directory: walked again.
         fs::remove_dir_all(&b).unwrap();
         put(&b, &[("data", 30_000), ("more", 1)]);
-        assert_eq!(store_used(&store) + 7000, total(&store));
+        assert_eq!(used(&store) + 7000, total(&store));
         let sizes = snapshot_sizes(&store);
         assert_eq!(sizes.len(), 2);
 

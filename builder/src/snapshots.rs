@@ -65,6 +65,18 @@ pub struct LayerRef {
     pub media_type: String,
 }
 
+impl From<kiln_layer::LayerInfo> for LayerRef {
+    /// The layer a layer writer wrote.
+    fn from(info: kiln_layer::LayerInfo) -> LayerRef {
+        LayerRef {
+            digest: info.digest,
+            diff_id: info.diff_id,
+            size: info.size,
+            media_type: info.media_type.to_string(),
+        }
+    }
+}
+
 /// The snapshot area of a store.
 #[derive(Debug, Clone)]
 pub struct Snapshots {

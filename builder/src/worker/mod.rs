@@ -715,13 +715,7 @@ impl<'a> BuildWorker<'a> {
             skip: None,
             chunk_cache: None,
         };
-        let info = kiln_layer::write_layer(dir.path(), &opts, std::io::sink())?;
-        let layer = LayerRef {
-            digest: info.digest,
-            diff_id: info.diff_id,
-            size: info.size,
-            media_type: info.media_type.to_string(),
-        };
+        let layer = LayerRef::from(kiln_layer::write_layer(dir.path(), &opts, std::io::sink())?);
         let (snapshot, recorded) = self.commit_recorded(dir, &layer, &opts)?;
         // Another build placed the same tree first: the blob is written from it now, as
         // nothing records how to write it later.
@@ -1221,12 +1215,7 @@ pub(crate) fn write_layer_blob(
             cache.learn(&codec, info.digest.as_ref(), &info.chunks);
         }
     }
-    Ok(LayerRef {
-        digest: info.digest,
-        diff_id: info.diff_id,
-        size: info.size,
-        media_type: info.media_type.to_string(),
-    })
+    Ok(info.into())
 }
 
 /// The stored layers `layers` (made by build steps) in `compression`: each kept if it

@@ -41,6 +41,10 @@ pub fn resolve_at_once(
     opts: &ConvertOptions,
     resolve: &(dyn Fn(&str, &Platform) + Sync),
 ) {
+    // One stage, at most one base: no conversion twice for nothing.
+    if df.stages.len() < 2 {
+        return;
+    }
     let asked = Asked::default();
     // An error here is the conversion's to report.
     let _ = convert::convert(df, opts, &asked);

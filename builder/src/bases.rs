@@ -12,7 +12,7 @@
 use std::sync::Mutex;
 
 use kiln_frontend::convert::{self, ConvertOptions, ImageResolver, ResolvedImage};
-use kiln_frontend::instructions::Dockerfile;
+use kiln_frontend::instructions::{Dockerfile, Instruction};
 use kiln_ops::Platform;
 
 /// A resolver that knows no images and notes what it was asked for, once each.
@@ -61,6 +61,23 @@ pub fn resolve_at_once(
             drop(spawned);
         }
     });
+}
+
+/// Whether a build of `df` reads its bases' filesystems: a stage RUNs, or COPYs or ADDs
+/// without `--link` (onto its base, or from a stage). The build then fetches its bases'
+/// new layers beside their configs (see [`crate::images::ImageStore::with_prefetch`]).
+/// The layers of a Dockerfile of `FROM`, `COPY --link` and `CMD` stay in their registry
+/// until an export or a run needs them.
+pub fn reads_bases(df: &Dockerfile) -> bool {
+    df.stages
+        .iter()
+        .flat_map(|s| &s.commands)
+        .any(|c| match &c.instruction {
+            Instruction::Run(_) => true,
+            Instruction::Copy(c) => !c.link,
+            Instruction::Add(a) => !a.link,
+            _ => false,
+        })
 }
 
 #[cfg(test)]
@@ -122,5 +139,16 @@ mod tests {
             *called.lock().unwrap() += 1
         });
         assert_eq!(*called.lock().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_build_reads_its_bases_when_a_stage_runs_copies_or_adds() {
+        let reads = |src: &str| reads_bases(&kiln_frontend::load(src).unwrap().1);
+        assert!(reads("FROM a\nRUN true\n"));
+        assert!(reads("FROM a AS b\nFROM c\nCOPY --from=b /x /x\n"));
+        assert!(reads("FROM a\nADD f /f\n"));
+        assert!(!reads("FROM a\nLABEL x=1\nCMD [\"sh\"]\n"));
+        assert!(!reads("FROM a\nCOPY --link f /f\nADD --link g /g\n"));
+        assert!(!reads("FROM a AS b\nFROM b\nENV X=1\n"));
     }
 }

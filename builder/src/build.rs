@@ -813,7 +813,11 @@ fn build_inner(
         .unwrap_or_default();
     let remote = std::sync::Arc::new(crate::remote::Remote::new(req.registry.clone()));
     let quiet = matches!(req.progress, ProgressMode::Quiet | ProgressMode::Json);
-    let images = ImageStore::new(&store).with_remote(remote.clone(), events.clone());
+    // A base's new layers are fetched beside its config when a step will read them.
+    // Not with `--cache-from`: its hits may need none of them.
+    let images = ImageStore::new(&store)
+        .with_remote(remote.clone(), events.clone())
+        .with_prefetch(req.cache_from.is_empty() && crate::bases::reads_bases(&df));
     let opts = ConvertOptions {
         build_args: req.build_args.clone(),
         target: req.target.clone(),

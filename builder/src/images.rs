@@ -181,9 +181,49 @@ pub struct ImageStore {
     reporter: Arc<dyn Reporter + Send + Sync>,
     /// One lock per blob being fetched, so that two steps needing the same base layer
     /// at the same time download it once.
-    fetching: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
+    fetching: Arc<Mutex<HashMap<Digest, Arc<Mutex<()>>>>>,
     /// The layer blobs fetched from registries through this store.
-    fetched: Mutex<std::collections::HashSet<Digest>>,
+    fetched: Arc<Mutex<std::collections::HashSet<Digest>>>,
+    /// Whether a resolved image's new layers are fetched beside its config (see
+    /// [`ImageStore::with_prefetch`]).
+    prefetch: bool,
+    /// Those fetches, joined when the store is dropped.
+    prefetching: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// The blob events of the layers fetched ahead, by digest: shown when a step (or an
+    /// export) asks for the layer, under its step, as if it had fetched it.
+    prefetched: Arc<Mutex<HashMap<Digest, Vec<HeldEvent>>>>,
+}
+
+/// An event kept to be told later, and when it happened.
+type HeldEvent = (std::time::Instant, Event);
+
+/// Keeps the blob events of a fetch ahead (not its byte counts), and when they
+/// happened, to be told later.
+#[derive(Default)]
+struct Held(Mutex<Vec<HeldEvent>>);
+
+impl Reporter for Held {
+    fn event(&self, event: &Event) {
+        if let Event::Blob { state, .. } = event
+            && *state != kiln_solver::BlobState::Transferring
+        {
+            let at = std::time::Instant::now();
+            self.0.lock().expect("held lock").push((at, event.clone()));
+        }
+    }
+}
+
+impl Drop for ImageStore {
+    fn drop(&mut self) {
+        let handles = std::mem::take(
+            self.prefetching
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for h in handles {
+            let _ = h.join();
+        }
+    }
 }
 
 /// The local tag of a reference: Docker's familiar name with `:latest` unless a tag or
@@ -242,8 +282,103 @@ impl ImageStore {
             resolved: Mutex::new(HashMap::new()),
             remote: None,
             reporter: Arc::new(NoReporter),
-            fetching: Mutex::new(HashMap::new()),
-            fetched: Mutex::default(),
+            fetching: Arc::default(),
+            fetched: Arc::default(),
+            prefetch: false,
+            prefetching: Mutex::default(),
+            prefetched: Arc::default(),
+        }
+    }
+
+    /// Fetches the layers of each image resolved from a registry that the store has
+    /// never seen (no blob, no registry known to hold it, no snapshot to write it from)
+    /// beside its config, instead of when a step first needs them: for a build that will
+    /// read its bases' filesystems, so that the layers arrive during the config's round
+    /// trip and the conversion. A step that needs one waits for its fetch to end; one
+    /// that failed is fetched again by the step, which reports the error.
+    pub fn with_prefetch(mut self, prefetch: bool) -> ImageStore {
+        self.prefetch = prefetch;
+        self
+    }
+
+    /// Starts fetching the layers of `reference` the store has never seen (see
+    /// [`ImageStore::with_prefetch`]) on a thread of their own; returns once that thread
+    /// holds their fetch locks, so that a step needing one waits for it.
+    fn prefetch_layers(&self, remote: &Arc<Remote>, reference: &str, layers: &[PulledBlob]) {
+        let mut new: Vec<PulledBlob> = layers
+            .iter()
+            .filter(|l| {
+                !self.store.has_blob(&l.digest)
+                    && !kiln_registry::fetchable(&self.store, &l.digest)
+                    && !crate::recreate::can_recreate(&self.store, &l.digest)
+            })
+            .cloned()
+            .collect();
+        // In digest order, as `ensure_layers` locks them: no deadlock between the two.
+        new.sort_by(|a, b| a.digest.cmp(&b.digest));
+        new.dedup_by(|a, b| a.digest == b.digest);
+        if new.is_empty() {
+            return;
+        }
+        let locks: Vec<Arc<Mutex<()>>> = {
+            let mut f = self.fetching.lock().expect("fetch lock");
+            new.iter()
+                .map(|b| f.entry(b.digest.clone()).or_default().clone())
+                .collect()
+        };
+        let (store, remote) = (self.store.clone(), remote.clone());
+        let (fetched, prefetched) = (self.fetched.clone(), self.prefetched.clone());
+        let reference = reference.to_owned();
+        let (locked, ready) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("kiln-prefetch".into())
+            .spawn(move || {
+                // A layer another thread is fetching (a base sharing it) is left to it.
+                let mut held = Vec::new();
+                let mut i = 0;
+                new.retain(|_| {
+                    let lock = &locks[i];
+                    i += 1;
+                    match lock.try_lock() {
+                        Ok(g) => {
+                            held.push(g);
+                            true
+                        }
+                        Err(std::sync::TryLockError::Poisoned(e)) => {
+                            held.push(e.into_inner());
+                            true
+                        }
+                        Err(std::sync::TryLockError::WouldBlock) => false,
+                    }
+                });
+                let _ = locked.send(());
+                // An error is the step's to report, when it fetches the layer again.
+                let events = Held::default();
+                let _ = remote.fetch_blobs(
+                    &store,
+                    &reference,
+                    &new,
+                    &BlobReporter::new(&events, None),
+                );
+                let mut events = events.0.into_inner().expect("held lock");
+                // Before the locks go: a step waiting for one finds its events.
+                let mut shown = prefetched.lock().expect("prefetched lock");
+                let mut fetched = fetched.lock().expect("fetched lock");
+                for b in new {
+                    if store.blob_size(&b.digest).ok() == Some(b.size) {
+                        let (its, rest) = events.into_iter().partition(
+                            |(_, e)| matches!(e, Event::Blob { digest, .. } if *digest == b.digest.as_str()),
+                        );
+                        events = rest;
+                        shown.insert(b.digest.clone(), its);
+                        fetched.insert(b.digest);
+                    }
+                }
+            });
+        // Without a thread, the steps fetch the layers when they need them.
+        if let Ok(handle) = spawned {
+            let _ = ready.recv();
+            self.prefetching.lock().expect("prefetch lock").push(handle);
         }
     }
 
@@ -285,7 +420,9 @@ impl ImageStore {
         vertex: Option<VertexId>,
     ) -> Result<()> {
         let mut missing = Vec::new();
+        let mut wanted = Vec::new();
         for l in layers {
+            wanted.push(&l.digest);
             let digest = l.digest.clone();
             if self.store.blob_size(&digest).ok() != Some(l.size) {
                 missing.push(PulledBlob {
@@ -295,18 +432,22 @@ impl ImageStore {
                 });
             }
         }
-        if missing.is_empty() {
-            return Ok(());
-        }
-        // Locked in digest order (no deadlock between two steps), then checked again:
-        // another step may have fetched them meanwhile.
         missing.sort_by(|a, b| a.digest.cmp(&b.digest));
         missing.dedup_by(|a, b| a.digest == b.digest);
+        // Locked in digest order (no deadlock between two steps), then checked again:
+        // another step may have fetched them meanwhile. A blob fetched ahead is in place
+        // a moment before its fetch is over (and known as fetched): waited for too.
         let locks: Vec<Arc<Mutex<()>>> = {
             let mut f = self.fetching.lock().expect("fetch lock");
-            missing
-                .iter()
-                .map(|b| f.entry(b.digest.clone()).or_default().clone())
+            let mut digests: Vec<&Digest> = (wanted.iter().copied())
+                .filter(|d| f.contains_key(*d))
+                .chain(missing.iter().map(|b| &b.digest))
+                .collect();
+            digests.sort();
+            digests.dedup();
+            digests
+                .into_iter()
+                .map(|d| f.entry(d.clone()).or_default().clone())
                 .collect()
         };
         let _held: Vec<_> = locks
@@ -314,6 +455,10 @@ impl ImageStore {
             .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()))
             .collect();
         missing.retain(|b| self.store.blob_size(&b.digest).ok() != Some(b.size));
+        self.show_prefetched(&wanted, vertex);
+        if missing.is_empty() {
+            return Ok(());
+        }
         // Layers kept only as their snapshot are written again from it.
         for b in &missing {
             crate::recreate::recreate(&self.store, &b.digest).map_err(Box::new)?;
@@ -337,6 +482,24 @@ impl ImageStore {
             .expect("fetched lock")
             .extend(missing.into_iter().map(|b| b.digest));
         Ok(())
+    }
+
+    /// Shows the blob events of those of `layers` fetched ahead, as `vertex`'s (once).
+    fn show_prefetched(&self, layers: &[&Digest], vertex: Option<VertexId>) {
+        let events: Vec<HeldEvent> = {
+            let mut held = self.prefetched.lock().expect("prefetched lock");
+            layers
+                .iter()
+                .filter_map(|d| held.remove(*d))
+                .flatten()
+                .collect()
+        };
+        for (at, mut e) in events {
+            if let Event::Blob { vertex: v, .. } = &mut e {
+                *v = vertex;
+            }
+            self.reporter.event_at(&e, at);
+        }
     }
 
     /// The image a reference names, for a platform.
@@ -372,11 +535,16 @@ impl ImageStore {
                     self.reporter.event(&Event::Pull {
                         reference: reference.to_string(),
                     });
-                    let resolved = remote.resolve(
+                    let resolved = remote.resolve_then(
                         &self.store,
                         reference,
                         platform,
                         &BlobReporter::new(&*self.reporter, None),
+                        &|layers| {
+                            if self.prefetch {
+                                self.prefetch_layers(remote, reference, layers);
+                            }
+                        },
                     );
                     self.reporter.event(&Event::Resolved {
                         reference: reference.to_string(),

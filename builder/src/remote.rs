@@ -188,8 +188,23 @@ impl Remote {
         platform: &Platform,
         progress: &dyn Progress,
     ) -> Result<String> {
+        self.resolve_then(store, reference, platform, progress, &|_| {})
+    }
+
+    /// [`Remote::resolve`], showing `layers` the image's layers once its manifest is
+    /// read, before its config is fetched (see [`Client::resolve_then`]).
+    pub fn resolve_then(
+        &self,
+        store: &Store,
+        reference: &str,
+        platform: &Platform,
+        progress: &dyn Progress,
+        layers: &dyn Fn(&[PulledBlob]),
+    ) -> Result<String> {
         let r = Reference::parse(reference)?;
-        let resolved = self.client()?.resolve(&r, platform, store, progress)?;
+        let resolved = self
+            .client()?
+            .resolve_then(&r, platform, store, progress, layers)?;
         tag_fetched(
             store,
             reference,
@@ -215,6 +230,20 @@ impl Remote {
             return Ok(());
         }
         self.client()?.fetch_missing(store, blobs, progress)?;
+        Ok(())
+    }
+
+    /// Makes `blobs` of the image `reference` names present in `store`, fetched from its
+    /// repository (see [`Client::fetch_blobs`]).
+    pub fn fetch_blobs(
+        &self,
+        store: &Store,
+        reference: &str,
+        blobs: &[PulledBlob],
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let r = Reference::parse(reference)?;
+        self.client()?.fetch_blobs(&r, blobs, store, progress)?;
         Ok(())
     }
 

@@ -173,8 +173,7 @@ impl Trace {
         Ok(())
     }
 
-    fn record(&self, event: &Event) {
-        let now = self.now();
+    fn record(&self, event: &Event, now: u64) {
         match event {
             Event::Started(id) => {
                 let open = Open {
@@ -293,8 +292,14 @@ fn blob_kind(how: BlobDone) -> BlobKind {
 
 impl Reporter for Trace {
     fn event(&self, event: &Event) {
-        self.record(event);
+        self.record(event, self.now());
         self.forward.event(event);
+    }
+
+    fn event_at(&self, event: &Event, at: Instant) {
+        let ts = at.saturating_duration_since(self.started).as_micros() as u64;
+        self.record(event, ts);
+        self.forward.event_at(event, at);
     }
 }
 

@@ -2249,4 +2249,39 @@ fn issue10_registry_layers_are_fetched_only_when_needed() {
             .count();
         assert_eq!(fetched, 1, "{l} fetched {fetched} times:\n{err}");
     }
+
+    // Fetched ahead, as a build that reads its bases resolves them: the layers come in
+    // beside the config, before any step asks for them. Resolving alone fetches none;
+    // and a layer the store already knows where to fetch from is left there.
+    let resolve = |root: &Path, prefetch: bool, always: bool| {
+        let settings = kiln_builder::remote::RegistrySettings {
+            always_pull: always,
+            ..Default::default()
+        };
+        let remote = std::sync::Arc::new(kiln_builder::remote::Remote::new(settings));
+        let store = kiln_cache::Store::open(root).unwrap();
+        let images = kiln_builder::images::ImageStore::new(&store)
+            .with_remote(remote, std::sync::Arc::new(kiln_solver::NoReporter))
+            .with_prefetch(prefetch);
+        images.get(&base, &kiln_ops::Platform::host()).unwrap();
+        // Dropped: its fetches ahead are over.
+        drop(images);
+        layers.iter().filter(|l| store.has_blob(l)).count()
+    };
+    let (lazy, ahead) = (Env::new(), Env::new());
+    assert_eq!(
+        resolve(&lazy.root(), false, false),
+        0,
+        "fetched by resolving"
+    );
+    assert_eq!(
+        resolve(&ahead.root(), true, false),
+        layers.len(),
+        "not fetched ahead"
+    );
+    assert_eq!(
+        resolve(&lazy.root(), true, true),
+        0,
+        "a known layer fetched ahead"
+    );
 }

@@ -118,9 +118,40 @@ impl Client {
         store: &Store,
         progress: &dyn Progress,
     ) -> Result<Pulled> {
+        self.resolve_then(reference, platform, store, progress, &|_| {})
+    }
+
+    /// [`Client::resolve`], showing `layers` the image's layers as soon as the
+    /// manifest is read, before the config is fetched: a caller that will need
+    /// them can start fetching them ([`Client::fetch_blobs`]) beside the config.
+    pub fn resolve_then(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+        store: &Store,
+        progress: &dyn Progress,
+        layers: &dyn Fn(&[PulledBlob]),
+    ) -> Result<Pulled> {
         let found = self.find(reference, platform)?;
+        layers(&found.layers);
         let fetched = self.fetch_blob(reference, &found.config, store, progress)?;
         self.store_found(reference, found, store, fetched)
+    }
+
+    /// Make `blobs` of the image at `reference` present in `store`: those missing
+    /// are fetched from its repository, several at once and digest- and
+    /// size-checked. Returns the bytes downloaded.
+    pub fn fetch_blobs(
+        &self,
+        reference: &Reference,
+        blobs: &[PulledBlob],
+        store: &Store,
+        progress: &dyn Progress,
+    ) -> Result<u64> {
+        let fetched = crate::client::run_parallel(self.opts.max_concurrent, blobs, |b| {
+            self.fetch_blob(reference, b, store, progress)
+        })?;
+        Ok(fetched.iter().sum())
     }
 
     /// Make `blobs` present in `store`: those missing are fetched, several at

@@ -155,6 +155,13 @@ pub enum BlobState {
 pub trait Reporter: Sync {
     /// Called from worker threads as things happen.
     fn event(&self, event: &Event);
+
+    /// An event that happened at `at` and is told only now (the blob events of a layer
+    /// fetched ahead, told when a step asks for the layer): a timeline places it at `at`.
+    fn event_at(&self, event: &Event, at: std::time::Instant) {
+        let _ = at;
+        self.event(event);
+    }
 }
 
 /// A reporter that ignores everything.

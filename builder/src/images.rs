@@ -187,8 +187,11 @@ pub struct ImageStore {
     /// Whether a resolved image's new layers are fetched beside its config (see
     /// [`ImageStore::with_prefetch`]).
     prefetch: bool,
-    /// Those fetches, joined when the store is dropped.
+    /// Those fetches, stopped and joined when the store is dropped (the build is over:
+    /// a step that needed a layer waited for its fetch).
     prefetching: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Set when the store is dropped: the fetches ahead stop.
+    stop: Arc<std::sync::atomic::AtomicBool>,
     /// The blob events of the layers fetched ahead, by digest: shown when a step (or an
     /// export) asks for the layer, under its step, as if it had fetched it.
     prefetched: Arc<Mutex<HashMap<Digest, Vec<HeldEvent>>>>,
@@ -213,8 +216,26 @@ impl Reporter for Held {
     }
 }
 
+/// The progress of a fetch ahead: its blob events kept, cancelled when the build is over
+/// or interrupted.
+struct Ahead<'a> {
+    events: BlobReporter<'a>,
+    stop: &'a std::sync::atomic::AtomicBool,
+}
+
+impl kiln_registry::Progress for Ahead<'_> {
+    fn blob(&self, event: &kiln_registry::BlobEvent<'_>) {
+        self.events.blob(event);
+    }
+
+    fn cancelled(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::Relaxed) || crate::interrupt::interrupted()
+    }
+}
+
 impl Drop for ImageStore {
     fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let handles = std::mem::take(
             self.prefetching
                 .get_mut()
@@ -286,6 +307,7 @@ impl ImageStore {
             fetched: Arc::default(),
             prefetch: false,
             prefetching: Mutex::default(),
+            stop: Arc::default(),
             prefetched: Arc::default(),
         }
     }
@@ -328,6 +350,7 @@ impl ImageStore {
         };
         let (store, remote) = (self.store.clone(), remote.clone());
         let (fetched, prefetched) = (self.fetched.clone(), self.prefetched.clone());
+        let stop = self.stop.clone();
         let reference = reference.to_owned();
         let (locked, ready) = std::sync::mpsc::channel();
         let spawned = std::thread::Builder::new()
@@ -354,12 +377,11 @@ impl ImageStore {
                 let _ = locked.send(());
                 // An error is the step's to report, when it fetches the layer again.
                 let events = Held::default();
-                let _ = remote.fetch_blobs(
-                    &store,
-                    &reference,
-                    &new,
-                    &BlobReporter::new(&events, None),
-                );
+                let progress = Ahead {
+                    events: BlobReporter::new(&events, None),
+                    stop: &stop,
+                };
+                let _ = remote.fetch_blobs(&store, &reference, &new, &progress);
                 let mut events = events.0.into_inner().expect("held lock");
                 // Before the locks go: a step waiting for one finds its events.
                 let mut shown = prefetched.lock().expect("prefetched lock");

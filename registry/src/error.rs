@@ -100,6 +100,13 @@ pub enum RegistryError {
         detail: String,
     },
 
+    /// A download stopped because its caller no longer wanted it.
+    #[error("fetching blob {digest}: cancelled")]
+    Cancelled {
+        /// The blob.
+        digest: String,
+    },
+
     /// An index or manifest list has no image for the requested platform.
     #[error("pull {reference}: no image for platform {platform} (available: {available})")]
     NoMatchingPlatform {

@@ -44,6 +44,12 @@ pub enum BlobEvent<'a> {
 pub trait Progress: Sync {
     /// Something happened to a blob.
     fn blob(&self, event: &BlobEvent<'_>);
+
+    /// Whether the transfer is no longer wanted: a download checks between reads and
+    /// stops with [`crate::RegistryError::Cancelled`] (nothing lands in the store).
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// A [`Progress`] that ignores everything.

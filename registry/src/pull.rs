@@ -430,6 +430,11 @@ impl Client {
             let mut buf = vec![0u8; 256 << 10];
             let mut total = 0u64;
             loop {
+                if progress.cancelled() {
+                    return Err(RegistryError::Cancelled {
+                        digest: digest.to_owned(),
+                    });
+                }
                 let n = match resp.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => n,

@@ -717,6 +717,77 @@ fn push_repairs_a_blob_the_registry_cannot_stat() {
     assert_eq!(info["Digest"], img.manifest.as_str());
 }
 
+/// `resolve_then` shows the layers once the manifest is read, before the config is
+/// fetched (so that a caller can fetch them beside it); `fetch_blobs` fetches them from
+/// the image's repository, and stops, storing nothing, when its progress says cancelled.
+#[test]
+fn layers_are_shown_before_the_config_and_fetched_or_cancelled() {
+    require_registry!();
+    let reg = Registry::start(&Auth::None);
+    let e = env();
+    let c = client(&e.docker_config);
+    let img = image(&e.store, &small_layers(7, 2), "amd64", "ahead");
+    let reference = reg.reference("ahead/app:1");
+    c.push(
+        &e.store,
+        &img.manifest,
+        &reference,
+        &PushOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+
+    let e2 = env();
+    let shown = std::sync::Mutex::new(Vec::new());
+    let p = c
+        .resolve_then(
+            &reference,
+            &Platform::default(),
+            &e2.store,
+            &NoProgress,
+            &|layers| {
+                let config_in = e2.store.has_blob(&img.config);
+                shown.lock().unwrap().push((layers.to_vec(), config_in));
+            },
+        )
+        .unwrap();
+    let shown = shown.into_inner().unwrap();
+    assert_eq!(shown.len(), 1);
+    assert_eq!(shown[0].0, p.layers);
+    assert!(
+        !shown[0].1,
+        "the config was fetched before the layers were shown"
+    );
+    assert!(e2.store.has_blob(&img.config));
+
+    /// Says cancelled from the start.
+    struct Stop;
+    impl kiln_registry::Progress for Stop {
+        fn blob(&self, _: &kiln_registry::BlobEvent<'_>) {}
+        fn cancelled(&self) -> bool {
+            true
+        }
+    }
+    let err = c
+        .fetch_blobs(&reference, &p.layers, &e2.store, &Stop)
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Cancelled { .. }), "{err}");
+    for l in &p.layers {
+        assert!(
+            !e2.store.has_blob(&l.digest),
+            "a cancelled fetch stored {}",
+            l.digest
+        );
+    }
+    let n = c
+        .fetch_blobs(&reference, &p.layers, &e2.store, &NoProgress)
+        .unwrap();
+    assert_eq!(n, p.layers.iter().map(|l| l.size).sum::<u64>());
+    for (d, bytes) in &img.layers {
+        assert_eq!(&e2.store.read_blob(d).unwrap(), bytes);
+    }
+}
+
 /// Resolving fetches the manifest and the config only; `fetch_missing` fetches the
 /// layers later, from the repository the resolve recorded, and only once.
 #[test]

@@ -323,6 +323,15 @@ impl ImageStore {
         self
     }
 
+    /// Waits for the fetches ahead started so far to end (to be told nothing more of
+    /// them: [`ImageStore::ensure_layers`] waits for the ones it needs by itself).
+    pub fn join_prefetches(&self) {
+        let handles = std::mem::take(&mut *self.prefetching.lock().expect("prefetch lock"));
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+
     /// Starts fetching the layers of `reference` the store has never seen (see
     /// [`ImageStore::with_prefetch`]) on a thread of their own; returns once that thread
     /// holds their fetch locks, so that a step needing one waits for it.

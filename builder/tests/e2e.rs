@@ -2264,8 +2264,7 @@ fn issue10_registry_layers_are_fetched_only_when_needed() {
             .with_remote(remote, std::sync::Arc::new(kiln_solver::NoReporter))
             .with_prefetch(prefetch);
         images.get(&base, &kiln_ops::Platform::host()).unwrap();
-        // Dropped: its fetches ahead are over.
-        drop(images);
+        images.join_prefetches();
         layers.iter().filter(|l| store.has_blob(l)).count()
     };
     let (lazy, ahead) = (Env::new(), Env::new());

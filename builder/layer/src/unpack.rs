@@ -16,6 +16,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use kiln_oci::Digest;
 use kiln_oci::digest::Hashing;
@@ -127,6 +128,9 @@ pub(super) fn finish_layer_tar<R: Read>(
     Ok((diff_id, bytes))
 }
 
+/// The set-group-ID bit of a mode.
+const SET_GROUP_ID: u32 = 0o2000;
+
 /// Unpacks a layer blob (gzip, zstd or plain tar, detected by magic bytes)
 /// under `dest` (created if missing), computing its diff_id on the way.
 ///
@@ -150,12 +154,20 @@ pub fn unpack_layer(
     )
     .map_err(|e| LayerError::io("open", dest, e.into()))?;
 
+    let is_root = rustix::process::geteuid().is_root();
+    // What a directory passes down: its group, when it has the set-group-ID bit.
+    let owned_by_root = is_root
+        && rustix::process::getegid().is_root()
+        && rustix::fs::fstat(&root)
+            .is_ok_and(|st| st.st_gid == 0 && st.st_mode & SET_GROUP_ID == 0);
     let mut archive = open_layer_tar(blob)?;
     let mut unpacker = Unpacker {
         dest,
         root,
         opts,
-        is_root: rustix::process::geteuid().is_root(),
+        is_root,
+        owned_by_root,
+        last_dir: None,
         tree: PathTree::new(),
         entries: 0,
         buf: vec![0; 128 * 1024],
@@ -227,6 +239,14 @@ struct Unpacker<'a> {
     root: OwnedFd,
     opts: &'a UnpackOptions,
     is_root: bool,
+    /// Whether what this unpack creates is owned by 0:0 without a chown: kiln runs as
+    /// root with group 0, and `dest` passes no other group down (no set-group-ID bit, group
+    /// 0). An entry owned by 0:0 (most of an image) then needs no chown.
+    owned_by_root: bool,
+    /// The directory the last entry went into (entries of a directory come together in
+    /// a layer): opened again only when another one is asked for, or when anything was
+    /// removed since (a removal can replace the directory the fd names).
+    last_dir: Option<(Vec<u8>, Rc<OwnedFd>)>,
     /// Paths this layer has entries for: in [`WhiteoutMode::Apply`], which paths (and
     /// their ancestors) its own whiteouts must not delete ([`PathNode::seen`]); and the
     /// directories whose mode and mtime are set at the end ([`PathNode::dir`]).
@@ -355,34 +375,43 @@ impl Unpacker<'_> {
             None
         };
 
-        let (pfd, name): (OwnedFd, &[u8]) = if rel.is_empty() {
+        let (pfd, name): (Rc<OwnedFd>, &[u8]) = if rel.is_empty() {
             (self.open(&[], &shown)?, b".")
         } else {
             (self.open(parent, &shown)?, base)
         };
-        let existing = file_type_at(&pfd, name).map_err(|e| self.io_err("stat", &rel, e))?;
+        let pfd: &OwnedFd = &pfd;
+        let existing = file_type_at(pfd, name).map_err(|e| self.io_err("stat", &rel, e))?;
         if existing.is_some() && !(kind == Kind::Dir && existing == Some(FileType::Directory)) {
-            remove_all_at(&pfd, name).map_err(|e| self.io_err("replace", &rel, e))?;
+            self.remove_at(pfd, name)
+                .map_err(|e| self.io_err("replace", &rel, e))?;
         }
 
         match kind {
-            Kind::File => self.write_file(entry, &pfd, name, &rel, &shown, &meta)?,
+            Kind::File => self.write_file(entry, pfd, name, &rel, &shown, &meta)?,
             Kind::Dir => {
-                if existing != Some(FileType::Directory) {
-                    rustix::fs::mkdirat(&pfd, os(name), Mode::from_raw_mode(0o700))
+                let made = existing != Some(FileType::Directory);
+                if made {
+                    rustix::fs::mkdirat(pfd, os(name), Mode::from_raw_mode(0o700))
                         .map_err(|e| self.io_err("create directory", &rel, e.into()))?;
                 }
-                self.chown_at(&pfd, name, &rel, &meta)?;
+                // One that was there (an earlier entry's parent, or listed twice) keeps
+                // the owner it had: set it.
+                if !made || self.needs_chown(&meta) {
+                    self.chown_at(pfd, name, &rel, &meta)?;
+                }
                 self.set_xattrs_path(&rel, &meta)?;
                 let id = self.tree.insert(&rel);
                 self.tree.nodes[id].dir = Some((meta.mode, meta.mtime));
             }
             Kind::Symlink => {
-                rustix::fs::symlinkat(os(&link_target), &pfd, os(name))
+                rustix::fs::symlinkat(os(&link_target), pfd, os(name))
                     .map_err(|e| self.io_err("create symlink", &rel, e.into()))?;
-                self.chown_at(&pfd, name, &rel, &meta)?;
+                if self.needs_chown(&meta) {
+                    self.chown_at(pfd, name, &rel, &meta)?;
+                }
                 self.set_xattrs_path(&rel, &meta)?;
-                self.set_times_at(&pfd, name, &rel, &meta)?;
+                self.set_times_at(pfd, name, &rel, &meta)?;
             }
             Kind::Hardlink => {
                 if let Some((tfd, target)) = &link {
@@ -390,7 +419,7 @@ impl Unpacker<'_> {
                     rustix::fs::linkat(
                         tfd,
                         os(split_last(target).1),
-                        &pfd,
+                        pfd,
                         os(name),
                         AtFlags::empty(),
                     )
@@ -403,18 +432,20 @@ impl Unpacker<'_> {
                     Kind::Char => FileType::CharacterDevice,
                     _ => FileType::BlockDevice,
                 };
-                rustix::fs::mknodat(&pfd, os(name), ft, Mode::empty(), dev)
+                rustix::fs::mknodat(pfd, os(name), ft, Mode::empty(), dev)
                     .map_err(|e| self.io_err("create special file", &rel, e.into()))?;
-                self.chown_at(&pfd, name, &rel, &meta)?;
+                if self.needs_chown(&meta) {
+                    self.chown_at(pfd, name, &rel, &meta)?;
+                }
                 rustix::fs::chmodat(
-                    &pfd,
+                    pfd,
                     os(name),
                     Mode::from_raw_mode(meta.mode),
                     AtFlags::empty(),
                 )
                 .map_err(|e| self.io_err("chmod", &rel, e.into()))?;
                 self.set_xattrs_path(&rel, &meta)?;
-                self.set_times_at(&pfd, name, &rel, &meta)?;
+                self.set_times_at(pfd, name, &rel, &meta)?;
             }
         }
         self.mark_seen(&rel);
@@ -454,7 +485,7 @@ impl Unpacker<'_> {
             file.write_all(&self.buf[..n])
                 .map_err(|e| self.io_err("write", rel, e))?;
         }
-        if self.is_root {
+        if self.needs_chown(meta) {
             rustix::fs::fchown(
                 &file,
                 Some(rustix::fs::Uid::from_raw(meta.uid)),
@@ -538,7 +569,8 @@ impl Unpacker<'_> {
         match self.opts.whiteouts {
             WhiteoutMode::Overlay => {
                 let pfd = self.open(parent, shown)?;
-                remove_all_at(&pfd, name).map_err(|e| self.io_err("replace", &target, e))?;
+                self.remove_at(&pfd, name)
+                    .map_err(|e| self.io_err("replace", &target, e))?;
                 rustix::fs::mknodat(&pfd, os(name), FileType::CharacterDevice, Mode::empty(), 0)
                     .map_err(|e| self.io_err("create whiteout device", &target, e.into()))?;
             }
@@ -550,7 +582,8 @@ impl Unpacker<'_> {
                 let Some(pfd) = self.open_existing(parent, shown)? else {
                     return Ok(());
                 };
-                remove_all_at(&pfd, name).map_err(|e| self.io_err("delete", &target, e))?;
+                self.remove_at(&pfd, name)
+                    .map_err(|e| self.io_err("delete", &target, e))?;
             }
             // Never routed here: in Oci mode `.wh.` entries are plain files.
             WhiteoutMode::Oci => {}
@@ -595,6 +628,7 @@ impl Unpacker<'_> {
     /// keeping (and descending into) what it has. Iterative: one directory open at a
     /// time, whatever the depth.
     fn purge(&mut self, path: &[u8]) -> io::Result<()> {
+        self.last_dir = None;
         let start = self.tree.insert(path);
         let mut stack = vec![start];
         while let Some(id) = stack.pop() {
@@ -725,7 +759,12 @@ impl Unpacker<'_> {
     }
 
     /// Opens directory `path` under `dest`, creating missing components.
-    fn open(&mut self, path: &[u8], shown: &str) -> Result<OwnedFd, LayerError> {
+    fn open(&mut self, path: &[u8], shown: &str) -> Result<Rc<OwnedFd>, LayerError> {
+        if let Some((last, fd)) = &self.last_dir
+            && last.as_slice() == path
+        {
+            return Ok(fd.clone());
+        }
         // Created components are consecutive: marking the deepest marks them all (and
         // copying each one's path would cost memory quadratic in the depth).
         let mut created = None;
@@ -733,13 +772,22 @@ impl Unpacker<'_> {
         if let Some(len) = created {
             self.mark_seen(&path[..len]);
         }
-        self.open_result(res, path, shown)?.ok_or_else(|| {
+        let fd = Rc::new(self.open_result(res, path, shown)?.ok_or_else(|| {
             self.io_err(
                 "create directory",
                 path,
                 io::Error::from(io::ErrorKind::NotFound),
             )
-        })
+        })?);
+        self.last_dir = Some((path.to_vec(), fd.clone()));
+        Ok(fd)
+    }
+
+    /// Removes `name` (recursively) from the directory `pfd`; the directory kept open for
+    /// the next entry is forgotten, as it may be what went.
+    fn remove_at(&mut self, pfd: &OwnedFd, name: &[u8]) -> io::Result<()> {
+        self.last_dir = None;
+        remove_all_at(pfd, name)
     }
 
     /// Opens directory `path` under `dest`; `None` if it does not exist.
@@ -790,6 +838,12 @@ impl Unpacker<'_> {
             self.tree.nodes[id].seen = true;
             id = self.tree.nodes[id].parent;
         }
+    }
+
+    /// Whether an entry this unpack just created must be chowned to `meta`'s owner (as
+    /// root, unless it is 0:0 and [`Unpacker::owned_by_root`]).
+    fn needs_chown(&self, meta: &Meta) -> bool {
+        self.is_root && !(self.owned_by_root && meta.uid == 0 && meta.gid == 0)
     }
 
     fn chown_at(

@@ -236,3 +236,65 @@ fn root_entry_applies_to_dest() {
     let dest = tempdir().unwrap();
     assert!(unpack_layer(tar.as_slice(), dest.path(), &UnpackOptions::default()).is_err());
 }
+
+/// Owners as root. An entry of 0:0 is left as created (root creates it 0:0), any other
+/// is chowned; a directory listed again takes the later entry's owner, 0:0 included;
+/// and a directory replaced by a later entry is entered anew (the unpacker keeps the
+/// last directory open between entries).
+#[test]
+fn owners_are_set_and_replaced_directories_entered_anew() {
+    if !is_root() {
+        return;
+    }
+    let entry = |b: &mut tar::Builder<Vec<u8>>, name: &str, kind: EntryType, ids: u64| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(if kind == EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
+        h.set_uid(ids);
+        h.set_gid(ids);
+        h.set_mtime(1_600_000_000);
+        h.set_size(0);
+        if kind == EntryType::Symlink {
+            b.append_link(&mut h, name, "target").unwrap();
+        } else {
+            b.append_data(&mut h, name, std::io::empty()).unwrap();
+        }
+    };
+    let mut b = tar::Builder::new(Vec::new());
+    entry(&mut b, "d/", EntryType::Directory, 1000);
+    entry(&mut b, "d/root", EntryType::Regular, 0);
+    entry(&mut b, "d/user", EntryType::Regular, 1000);
+    entry(&mut b, "d/link", EntryType::Symlink, 0);
+    entry(&mut b, "d/ulink", EntryType::Symlink, 1000);
+    entry(&mut b, "d/", EntryType::Directory, 0);
+    entry(&mut b, "implied/f", EntryType::Regular, 0);
+    // `r` a directory, then a file in it, then a file in its place, then a directory
+    // again with a file: the last one must land in the new `r`.
+    entry(&mut b, "r/", EntryType::Directory, 0);
+    entry(&mut b, "r/old", EntryType::Regular, 0);
+    entry(&mut b, "r", EntryType::Regular, 0);
+    entry(&mut b, "r/", EntryType::Directory, 1000);
+    entry(&mut b, "r/new", EntryType::Regular, 1000);
+    let tar = b.into_inner().unwrap();
+    let dest = tempdir().unwrap();
+    unpack_layer(tar.as_slice(), dest.path(), &UnpackOptions::default()).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let owner = |p: &str| {
+        let m = std::fs::symlink_metadata(dest.path().join(p)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(owner("d"), (0, 0), "listed again as 0:0");
+    assert_eq!(owner("d/root"), (0, 0));
+    assert_eq!(owner("d/user"), (1000, 1000));
+    assert_eq!(owner("d/link"), (0, 0));
+    assert_eq!(owner("d/ulink"), (1000, 1000));
+    assert_eq!(owner("implied"), (0, 0));
+    assert_eq!(owner("implied/f"), (0, 0));
+    assert_eq!(owner("r"), (1000, 1000));
+    assert_eq!(owner("r/new"), (1000, 1000));
+    assert!(!dest.path().join("r/old").exists());
+}

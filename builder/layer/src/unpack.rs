@@ -155,11 +155,7 @@ pub fn unpack_layer(
     .map_err(|e| LayerError::io("open", dest, e.into()))?;
 
     let is_root = rustix::process::geteuid().is_root();
-    // What a directory passes down: its group, when it has the set-group-ID bit.
-    let owned_by_root = is_root
-        && rustix::process::getegid().is_root()
-        && rustix::fs::fstat(&root)
-            .is_ok_and(|st| st.st_gid == 0 && st.st_mode & SET_GROUP_ID == 0);
+    let owned_by_root = is_root && rustix::process::getegid().is_root();
     let mut archive = open_layer_tar(blob)?;
     let mut unpacker = Unpacker {
         dest,
@@ -168,6 +164,7 @@ pub fn unpack_layer(
         is_root,
         owned_by_root,
         last_dir: None,
+        passes_group: true,
         tree: PathTree::new(),
         entries: 0,
         buf: vec![0; 128 * 1024],
@@ -240,9 +237,13 @@ struct Unpacker<'a> {
     opts: &'a UnpackOptions,
     is_root: bool,
     /// Whether what this unpack creates is owned by 0:0 without a chown: kiln runs as
-    /// root with group 0, and `dest` passes no other group down (no set-group-ID bit, group
-    /// 0). An entry owned by 0:0 (most of an image) then needs no chown.
+    /// root with group 0. An entry owned by 0:0 (most of an image) then needs no chown,
+    /// unless its directory passes its own group down ([`Unpacker::passes_group`]).
     owned_by_root: bool,
+    /// Whether the directory [`Unpacker::open`] gave last has the set-group-ID bit (what
+    /// is created in it takes its group): a directory of an earlier layer, in an export
+    /// that unpacks several into one tree, or a destination made so.
+    passes_group: bool,
     /// The directory the last entry went into (entries of a directory come together in
     /// a layer): opened again only when another one is asked for, or when anything was
     /// removed since (a removal can replace the directory the fd names).
@@ -779,6 +780,9 @@ impl Unpacker<'_> {
                 io::Error::from(io::ErrorKind::NotFound),
             )
         })?);
+        // Its mode stays as it is until `finish` (a directory entry's is set there).
+        self.passes_group =
+            rustix::fs::fstat(&*fd).map_or(true, |st| st.st_mode & SET_GROUP_ID != 0);
         self.last_dir = Some((path.to_vec(), fd.clone()));
         Ok(fd)
     }
@@ -840,10 +844,12 @@ impl Unpacker<'_> {
         }
     }
 
-    /// Whether an entry this unpack just created must be chowned to `meta`'s owner (as
-    /// root, unless it is 0:0 and [`Unpacker::owned_by_root`]).
+    /// Whether an entry this unpack just created, in the directory [`Unpacker::open`]
+    /// gave last, must be chowned to `meta`'s owner: as root, unless it is 0:0 and was
+    /// created so ([`Unpacker::owned_by_root`], and a directory that passes no group).
     fn needs_chown(&self, meta: &Meta) -> bool {
-        self.is_root && !(self.owned_by_root && meta.uid == 0 && meta.gid == 0)
+        self.is_root
+            && !(self.owned_by_root && !self.passes_group && meta.uid == 0 && meta.gid == 0)
     }
 
     fn chown_at(

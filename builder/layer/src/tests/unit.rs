@@ -8,7 +8,7 @@ use tempfile::tempdir;
 use super::super::safe_fs::normalize;
 use super::super::{
     LayerError, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_TAR_GZIP, MEDIA_TYPE_LAYER_TAR_ZSTD,
-    UnpackOptions, unpack_layer,
+    UnpackOptions, WhiteoutMode, unpack_layer,
 };
 use super::*;
 use kiln_oci::digest::sha256_digest as digest_bytes;
@@ -297,4 +297,32 @@ fn owners_are_set_and_replaced_directories_entered_anew() {
     assert_eq!(owner("r"), (1000, 1000));
     assert_eq!(owner("r/new"), (1000, 1000));
     assert!(!dest.path().join("r/old").exists());
+}
+
+/// An entry of 0:0 created in a directory with the set-group-ID bit (an earlier layer's,
+/// in an export that unpacks several layers into one tree) would take that directory's
+/// group: it is chowned.
+#[test]
+fn an_entry_of_root_in_a_set_group_id_directory_is_chowned() {
+    if !is_root() {
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dest = tempdir().unwrap();
+    let sg = dest.path().join("sg");
+    std::fs::create_dir(&sg).unwrap();
+    std::os::unix::fs::chown(&sg, Some(0), Some(1234)).unwrap();
+    std::fs::set_permissions(&sg, std::fs::Permissions::from_mode(0o2775)).unwrap();
+    let tar = raw_tar(&[raw_file("sg/f", b"f"), raw_file("top", b"t")]);
+    let opts = UnpackOptions {
+        whiteouts: WhiteoutMode::Apply,
+        ..UnpackOptions::default()
+    };
+    unpack_layer(tar.as_slice(), dest.path(), &opts).unwrap();
+    let owner = |p: &str| {
+        let m = std::fs::symlink_metadata(dest.path().join(p)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(owner("sg/f"), (0, 0));
+    assert_eq!(owner("top"), (0, 0));
 }

@@ -236,14 +236,7 @@ impl kiln_registry::Progress for Ahead<'_> {
 impl Drop for ImageStore {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let handles = std::mem::take(
-            self.prefetching
-                .get_mut()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
-        for h in handles {
-            let _ = h.join();
-        }
+        self.join_prefetches();
     }
 }
 
@@ -326,7 +319,8 @@ impl ImageStore {
     /// Waits for the fetches ahead started so far to end (to be told nothing more of
     /// them: [`ImageStore::ensure_layers`] waits for the ones it needs by itself).
     pub fn join_prefetches(&self) {
-        let handles = std::mem::take(&mut *self.prefetching.lock().expect("prefetch lock"));
+        let handles =
+            std::mem::take(&mut *self.prefetching.lock().unwrap_or_else(|e| e.into_inner()));
         for h in handles {
             let _ = h.join();
         }
@@ -351,12 +345,7 @@ impl ImageStore {
         if new.is_empty() {
             return;
         }
-        let locks: Vec<Arc<Mutex<()>>> = {
-            let mut f = self.fetching.lock().expect("fetch lock");
-            new.iter()
-                .map(|b| f.entry(b.digest.clone()).or_default().clone())
-                .collect()
-        };
+        let locks = self.fetch_locks(new.iter().map(|b| &b.digest), |_| false);
         let (store, remote) = (self.store.clone(), remote.clone());
         let (fetched, prefetched) = (self.fetched.clone(), self.prefetched.clone());
         let stop = self.stop.clone();
@@ -468,19 +457,7 @@ impl ImageStore {
         // Locked in digest order (no deadlock between two steps), then checked again:
         // another step may have fetched them meanwhile. A blob fetched ahead is in place
         // a moment before its fetch is over (and known as fetched): waited for too.
-        let locks: Vec<Arc<Mutex<()>>> = {
-            let mut f = self.fetching.lock().expect("fetch lock");
-            let mut digests: Vec<&Digest> = (wanted.iter().copied())
-                .filter(|d| f.contains_key(*d))
-                .chain(missing.iter().map(|b| &b.digest))
-                .collect();
-            digests.sort();
-            digests.dedup();
-            digests
-                .into_iter()
-                .map(|d| f.entry(d.clone()).or_default().clone())
-                .collect()
-        };
+        let locks = self.fetch_locks(missing.iter().map(|b| &b.digest), |d| wanted.contains(&d));
         let _held: Vec<_> = locks
             .iter()
             .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()))
@@ -513,6 +490,24 @@ impl ImageStore {
             .expect("fetched lock")
             .extend(missing.into_iter().map(|b| b.digest));
         Ok(())
+    }
+
+    /// The fetch locks of `digests`, and of the digests with a lock already that `also`
+    /// picks, in digest order (the order every holder takes them in: no deadlock).
+    fn fetch_locks<'d>(
+        &self,
+        digests: impl IntoIterator<Item = &'d Digest>,
+        also: impl Fn(&Digest) -> bool,
+    ) -> Vec<Arc<Mutex<()>>> {
+        let mut f = self.fetching.lock().expect("fetch lock");
+        let mut digests: Vec<Digest> = digests.into_iter().cloned().collect();
+        digests.extend(f.keys().filter(|d| also(d)).cloned());
+        digests.sort();
+        digests.dedup();
+        digests
+            .into_iter()
+            .map(|d| f.entry(d).or_default().clone())
+            .collect()
     }
 
     /// Shows the blob events of those of `layers` fetched ahead, as `vertex`'s (once).

@@ -95,16 +95,14 @@ impl Client {
         progress: &dyn Progress,
     ) -> Result<Pulled> {
         let found = self.find(reference, platform)?;
-        let mut todo: Vec<&PulledBlob> = Vec::new();
+        let mut todo: Vec<PulledBlob> = Vec::new();
         for b in std::iter::once(&found.config).chain(&found.layers) {
             if !todo.iter().any(|t| t.digest == b.digest) {
-                todo.push(b);
+                todo.push(b.clone());
             }
         }
-        let fetched = crate::client::run_parallel(self.opts.max_concurrent, &todo, |b| {
-            self.fetch_blob(reference, b, store, progress)
-        })?;
-        self.store_found(reference, found, store, fetched.iter().sum())
+        let fetched = self.fetch_blobs(reference, &todo, store, progress)?;
+        self.store_found(reference, found, store, fetched)
     }
 
     /// Resolve `reference` for `platform` into `store` without its layers: the

@@ -7,7 +7,7 @@
 //! ask for (a conversion that resolves nothing asks for the same ones: which bases a
 //! Dockerfile uses depends on its arguments, not on the bases' configs) and resolves
 //! them each on a thread of its own; the conversion then finds them resolved. A base
-//! that fails is left to the conversion, which reports it at its `FROM`.
+//! that fails is not asked for again: the conversion reports its error at its `FROM`.
 
 use std::sync::Mutex;
 

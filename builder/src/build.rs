@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use kiln_cache::{BuildRecord, BuildStatus, CacheError, Digest, Store, TagRecord};
-use kiln_frontend::convert::{self, Base, ConvertOptions, Plan};
+use kiln_frontend::convert::{self, Base, ConvertOptions, ImageResolver, Plan};
 use kiln_frontend::error::shorten;
 use kiln_frontend::{Diagnostic, dockerignore};
 use kiln_fs::ContextFs;
@@ -831,8 +831,9 @@ fn build_inner(
     };
     let (opts, named_dirs) = with_named_contexts(opts, &req.named_contexts)?;
     // Every base resolved at once, not one `FROM` after the other (see `bases`).
+    // A base that fails is remembered with its error, which the conversion reports.
     crate::bases::resolve_at_once(&df, &opts, &|reference, platform| {
-        let _ = images.get(reference, platform);
+        let _ = ImageResolver::resolve(&images, reference, platform);
     });
     let plan = convert::convert(&df, &opts, &images).map_err(located)?;
     if !req.allow_insecure {

@@ -157,7 +157,8 @@ impl Downloads {
             None => DownloadError::Request {
                 url: url.to_owned(),
                 what,
-                detail: e.to_string(),
+                // With its causes: reqwest's own message does not say why.
+                detail: kiln_solver::error_chain(e),
             },
         }
     }
@@ -209,7 +210,11 @@ impl Downloads {
             .client()?
             .get(url)
             .send()
-            .map_err(|e| (true, self.net_error(url, "", &e)))?;
+            // A refused TLS handshake is not retried (see `tls_refusal`).
+            .map_err(|e| {
+                let retry = kiln_registry::net::tls_refusal(&e).is_none();
+                (retry, self.net_error(url, "", &e))
+            })?;
         let status = resp.status();
         if !status.is_success() {
             return Err((
@@ -343,6 +348,29 @@ mod tests {
         let (msg, took) = stalled_download(|_| std::thread::sleep(Duration::from_secs(20)));
         assert!(msg.contains("no response for 1s"), "{msg}");
         assert!(took < Duration::from_secs(12), "{took:?}");
+    }
+
+    /// A refused TLS handshake is not tried again, and the error says why it failed.
+    #[test]
+    fn a_refused_tls_handshake_is_not_retried() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+        crate::tls::install_crypto_provider();
+        // Plain HTTP in answer to the TLS hello.
+        let port = server(|conn| {
+            CONNECTIONS.fetch_add(1, Ordering::SeqCst);
+            let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let d = Downloads::new(dir.path().to_path_buf()).unwrap();
+        // 0.0.0.0 reaches this host.
+        let url = format!("https://0.0.0.0:{port}/file");
+        let e = d.fetch(&url, None).expect_err("no TLS there");
+        let msg = e.to_string();
+        assert!(matches!(e, DownloadError::Request { .. }), "{msg}");
+        assert!(msg.starts_with(&format!("ADD {url}: ")), "{msg}");
+        assert!(msg.contains("corrupt message"), "rustls' cause: {msg}");
+        assert_eq!(CONNECTIONS.load(Ordering::SeqCst), 1, "{msg}");
     }
 
     #[test]

@@ -177,6 +177,10 @@ pub struct ImageInfo {
 pub struct ImageStore {
     store: Store,
     resolved: Mutex<HashMap<String, Arc<ImageInfo>>>,
+    /// What resolving a reference (for a platform) failed with, as a build's conversion
+    /// reports it: a base that failed when the bases were resolved at once is not asked
+    /// for again (and its registry's retries not waited for twice).
+    failed: Mutex<HashMap<String, String>>,
     remote: Option<Arc<Remote>>,
     reporter: Arc<dyn Reporter + Send + Sync>,
     /// One lock per blob being fetched, so that two steps needing the same base layer
@@ -294,6 +298,7 @@ impl ImageStore {
         ImageStore {
             store: store.clone(),
             resolved: Mutex::new(HashMap::new()),
+            failed: Mutex::default(),
             remote: None,
             reporter: Arc::new(NoReporter),
             fetching: Arc::default(),
@@ -802,7 +807,18 @@ impl ImageResolver for ImageStore {
         reference: &str,
         platform: &Platform,
     ) -> Result<Option<ResolvedImage>, String> {
-        let info = self.get(reference, platform).map_err(|e| chain(&e))?;
+        let key = format!("{reference}\0{platform}");
+        if let Some(e) = self.failed.lock().expect("image lock").get(&key) {
+            return Err(e.clone());
+        }
+        let info = self.get(reference, platform).map_err(|e| {
+            let e = chain(&e);
+            self.failed
+                .lock()
+                .expect("image lock")
+                .insert(key, e.clone());
+            e
+        })?;
         let mut config = info.config.config.clone();
         // Windows-only in Docker: a Linux image kiln builds never inherits it.
         config.args_escaped = false;

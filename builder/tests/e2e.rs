@@ -1948,6 +1948,51 @@ fn issue9_pull_from_a_stalled_registry_ends_with_a_clear_error() {
     assert!(took < std::time::Duration::from_secs(15), "took {took:?}");
 }
 
+/// A base that fails to resolve is asked for once: when the build's bases are resolved
+/// at once, and not again by the conversion, which reports that error at its `FROM`.
+#[test]
+fn a_base_that_fails_to_resolve_is_asked_for_once() {
+    needs!();
+    static ASKED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let port = issue9_server(|path, conn| {
+        use std::io::Write;
+        ASKED.lock().unwrap().push(path.to_owned());
+        let body = r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#;
+        let _ = write!(
+            conn,
+            "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    });
+    let env = Env::new();
+    let ctx = env.context(
+        "two-bases",
+        &format!(
+            "FROM 127.0.0.1:{port}/missing/a:1 AS a\nRUN true\n\
+             FROM 127.0.0.1:{port}/missing/b:1\nCOPY --from=a /x /x\n"
+        ),
+    );
+    let out = env
+        .kiln()
+        .args(["build", "--progress", "plain"])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let want = format!("Dockerfile:1:1: failed to resolve image \"127.0.0.1:{port}/missing/a:1\"");
+    assert!(stderr.contains(&want), "{stderr}\nwanted: {want}");
+    assert!(stderr.contains("HTTP 404"), "{stderr}");
+    let mut asked = ASKED.lock().unwrap().clone();
+    asked.sort();
+    assert_eq!(
+        asked,
+        ["/v2/missing/a/manifests/1", "/v2/missing/b/manifests/1"],
+        "{stderr}"
+    );
+}
+
 #[test]
 fn issue9_add_url_from_a_trickling_server_ends_with_a_clear_error() {
     needs!();

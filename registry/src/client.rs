@@ -132,10 +132,19 @@ impl Ctx<'_> {
     }
 
     /// A failed request or body read: [`RegistryError::Stalled`] if it timed
-    /// out, else [`RegistryError::Transport`].
+    /// out, [`RegistryError::Tls`] if the TLS handshake was refused, else
+    /// [`RegistryError::Transport`].
     pub(crate) fn transport(&self, e: &(dyn std::error::Error + 'static)) -> RegistryError {
         if let Some(detail) = self.timeouts.stalled(e) {
             return self.stalled(detail);
+        }
+        if let Some(detail) = crate::net::tls_refusal(e) {
+            return RegistryError::Tls {
+                action: self.action,
+                reference: self.reference.clone(),
+                registry: self.registry.to_owned(),
+                detail,
+            };
         }
         RegistryError::Transport {
             action: self.action,
@@ -862,5 +871,59 @@ mod tests {
             })
             .unwrap_err();
         assert_eq!((n, e.status()), (1, Some(404)));
+    }
+
+    /// A server on 127.0.0.1 that reads each connection's first bytes and answers
+    /// them with `reply` (nothing: it hangs up), counting the connections.
+    fn counting_server(reply: &'static [u8]) -> (u16, std::sync::Arc<AtomicUsize>) {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let count = std::sync::Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().take(10) {
+                let Ok(mut conn) = conn else { return };
+                seen.fetch_add(1, Ordering::SeqCst);
+                let mut head = [0u8; 4096];
+                let _ = conn.read(&mut head);
+                let _ = conn.write_all(reply);
+            }
+        });
+        (port, count)
+    }
+
+    /// A refused TLS handshake is reported as such after one attempt; a connection
+    /// dropped during the handshake is still retried.
+    #[test]
+    fn a_refused_tls_handshake_is_not_retried() {
+        let c = Client::new(ClientOptions {
+            retries: 3,
+            retry_delay: Duration::from_millis(1),
+            ..Default::default()
+        })
+        .unwrap();
+        // 0.0.0.0 reaches this host, and is not a loopback name: kiln speaks TLS to it.
+        // The server answers the TLS hello in plain HTTP.
+        let (port, count) = counting_server(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        let host = format!("0.0.0.0:{port}");
+        assert!(!c.is_plain_http(&host));
+        let r = crate::Reference::parse(&format!("{host}/app:1")).unwrap();
+        let e = c.fetch_manifest(&r, "1").err().expect("no TLS there");
+        assert!(matches!(e, RegistryError::Tls { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("TLS handshake with registry {host} failed: ")),
+            "{msg}"
+        );
+        assert!(msg.contains("--registry-ca"), "{msg}");
+        assert_eq!(count.load(Ordering::SeqCst), 1, "one attempt: {msg}");
+        // A server that hangs up mid-handshake may be restarting: tried again.
+        let (port, count) = counting_server(b"");
+        let r = crate::Reference::parse(&format!("0.0.0.0:{port}/app:1")).unwrap();
+        let e = c.fetch_manifest(&r, "1").err().expect("no TLS there");
+        assert!(matches!(e, RegistryError::Transport { .. }), "{e:?}");
+        assert!(e.to_string().contains("gave up after 4 attempt(s)"), "{e}");
+        assert_eq!(count.load(Ordering::SeqCst), 4);
     }
 }

@@ -71,6 +71,22 @@ pub enum RegistryError {
         detail: String,
     },
 
+    /// The TLS handshake with the registry (or its token service) failed in a way
+    /// another attempt cannot mend ([`crate::net::tls_refusal`]); not retried.
+    #[error(
+        "{action} {reference}: TLS handshake with registry {registry} failed: {detail} (trust its CA with --registry-ca, or, if it speaks plain HTTP, name it with --insecure-registry)"
+    )]
+    Tls {
+        /// What was being done.
+        action: &'static str,
+        /// The image reference concerned.
+        reference: String,
+        /// The registry host.
+        registry: String,
+        /// rustls' words for it.
+        detail: String,
+    },
+
     /// The registry (or its token service) stopped sending or accepting
     /// data for longer than the network timeout, on every attempt.
     #[error(

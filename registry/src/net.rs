@@ -126,6 +126,38 @@ impl Timeouts {
     }
 }
 
+/// If `e` (or an error it wraps) is a TLS handshake that another attempt cannot mend,
+/// rustls' words for it: the peer's certificate is not trusted (unknown issuer, expired,
+/// made for another name) or missing, the peer does not speak TLS on that port, or it
+/// refused the handshake. Such a request is not retried: another attempt would meet the
+/// same refusal.
+pub fn tls_refusal(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use rustls::Error as Tls;
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<Tls>() {
+            return matches!(
+                t,
+                Tls::InvalidCertificate(_)
+                    | Tls::NoCertificatesPresented
+                    | Tls::UnsupportedNameType
+                    | Tls::PeerIncompatible(_)
+                    | Tls::InvalidMessage(_)
+                    | Tls::AlertReceived(_)
+            )
+            .then(|| t.to_string());
+        }
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            // io::Error's `source` skips the error it wraps: look at it.
+            if let Some(found) = io.get_ref().and_then(|inner| tls_refusal(inner)) {
+                return Some(found);
+            }
+        }
+        cur = err.source();
+    }
+    None
+}
+
 /// A transfer that stopped making progress; the message says how
 /// (`no data for 30s`).
 #[derive(Debug)]

@@ -187,20 +187,31 @@ impl Client {
             };
             let pem = std::fs::read(path)
                 .map_err(|e| config_err(format!("cannot read CA file {}: {e}", path.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                config_err(format!(
-                    "CA file {} is not valid PEM: {}",
-                    path.display(),
-                    chain(&e)
-                ))
-            })?;
+            use rustls::pki_types::{CertificateDer, pem::PemObject};
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    config_err(format!(
+                        "CA file {} is not valid PEM: {}",
+                        path.display(),
+                        chain(&e)
+                    ))
+                })?;
             if certs.is_empty() {
                 return Err(config_err(format!(
                     "CA file {} holds no certificates",
                     path.display()
                 )));
             }
-            builder = builder.tls_certs_merge(certs);
+            // The platform's roots and these; a registry whose own certificate is one
+            // of these is trusted too, as Docker does (see `tls`).
+            let tls = crate::tls::client_config(certs).map_err(|e| {
+                config_err(format!(
+                    "CA file {}: cannot use its certificates: {e}",
+                    path.display()
+                ))
+            })?;
+            builder = builder.use_preconfigured_tls(tls);
         }
         let http = builder.build().map_err(|e| RegistryError::Config {
             detail: format!("cannot build the HTTP client: {}", chain(&e)),

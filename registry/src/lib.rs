@@ -36,6 +36,7 @@ mod pull;
 mod push;
 mod reference;
 mod sources;
+mod tls;
 
 pub use auth::Challenge;
 pub use client::{Client, ClientOptions};

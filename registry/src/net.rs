@@ -145,7 +145,16 @@ pub fn tls_refusal(e: &(dyn std::error::Error + 'static)) -> Option<String> {
                     | Tls::InvalidMessage(_)
                     | Tls::AlertReceived(_)
             )
-            .then(|| t.to_string());
+            .then(|| {
+                if crate::tls::ca_used_as_end_entity(t) {
+                    // rustls says `Other(OtherError(CaUsedAsEndEntity))`.
+                    "its certificate is marked as a CA (a self-signed certificate?) and is \
+                     not one kiln trusts"
+                        .to_owned()
+                } else {
+                    t.to_string()
+                }
+            });
         }
         if let Some(io) = err.downcast_ref::<io::Error>() {
             // io::Error's `source` skips the error it wraps: look at it.

@@ -1529,6 +1529,104 @@ fn push_pull_and_build_from_a_registry() {
         .stderr(predicates::str::contains("404"));
 }
 
+/// A registry over TLS with the self-signed certificate of Docker's guide to running one
+/// (`openssl req -x509`, which marks it as a CA): `--registry-ca` makes kiln trust it, as
+/// `certs.d` makes Docker trust it, and without it the push is refused at once, saying
+/// why. skopeo (Go's TLS, as Docker's) reads what kiln pushed with the same certificate.
+#[test]
+fn a_registry_with_a_self_signed_certificate_is_trusted_with_registry_ca() {
+    needs!("busybox", "docker-registry", "openssl", "skopeo");
+    let env = Env::new();
+    let certs = env.path("certs");
+    fs::create_dir_all(&certs).unwrap();
+    let (cert, key) = (certs.join("ca.crt"), env.path("domain.key"));
+    run_ok(
+        Proc::new(kiln_test_support::tool_path("openssl"))
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=kiln-test-registry"])
+            .args(["-addext", "subjectAltName=IP:0.0.0.0"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+    );
+    let reg = Registry::start_tls(&cert, &key);
+    env.busybox(BUSYBOX);
+    let name = reg.name("tls/busybox:1");
+    env.kiln()
+        .args(["tag", "busybox:kiln-test", &name])
+        .assert()
+        .success();
+    // Without it: refused, and not retried (one handshake, which the registry logs).
+    let refused = env.kiln().args(["pull", &name]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    let want = format!(
+        "pull {name}: TLS handshake with registry {} failed: its certificate is marked as a CA",
+        reg.host()
+    );
+    assert!(stderr.contains(&want), "{stderr}\nwanted: {want}");
+    // (Not the start-up's probe, which connects and hangs up: `EOF`.)
+    let handshakes = || reg.log().matches("remote error: tls:").count();
+    wait::until(
+        std::time::Duration::from_secs(5),
+        "the registry to log the refused handshake",
+        || (handshakes() > 0).then_some(()),
+        || reg.log(),
+    );
+    // Any retry came before kiln exited; its log line, within this.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(handshakes(), 1, "{}", reg.log());
+    let ca = cert.to_str().unwrap();
+    let out = env
+        .kiln()
+        .args(["--registry-ca", ca, "push", &name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pushed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let inspect: Value = serde_json::from_str(&run_ok(
+        Proc::new(kiln_test_support::tool_path("skopeo"))
+            .args(["inspect", "--cert-dir"])
+            .arg(&certs)
+            .arg(format!("docker://{name}")),
+    ))
+    .unwrap();
+    assert_eq!(
+        inspect["Digest"],
+        pushed.as_str(),
+        "skopeo reads what kiln pushed"
+    );
+    // A fresh store builds FROM it.
+    let other = Env::new();
+    let ctx = other.context("tls-app", &format!("FROM {name}\nRUN echo over-tls > /t\n"));
+    let built = other
+        .kiln()
+        .args([
+            "--registry-ca",
+            ca,
+            "build",
+            "--progress",
+            "plain",
+            "-t",
+            "t:1",
+        ])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+}
+
 #[test]
 fn login_push_and_logout_with_basic_auth() {
     needs!("busybox", "docker-registry", "htpasswd");

@@ -9,7 +9,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -54,22 +54,31 @@ pub struct Registry {
     pub port: u16,
     child: Mutex<Option<Child>>,
     config: PathBuf,
+    /// Serving TLS ([`Registry::start_tls`]).
+    tls: bool,
 }
 
 impl Registry {
     /// Starts a registry with `auth`; returns once it accepts connections, or panics
     /// with its log.
     pub fn start(auth: &Auth) -> Registry {
-        Registry::start_with(auth, false)
+        Registry::start_with(auth, false, None)
     }
 
     /// Starts a registry with `auth` that logs every request (see
     /// [`Registry::requests`]).
     pub fn start_logged(auth: &Auth) -> Registry {
-        Registry::start_with(auth, true)
+        Registry::start_with(auth, true, None)
     }
 
-    fn start_with(auth: &Auth, access_log: bool) -> Registry {
+    /// Starts an anonymous registry serving TLS with `cert` and `key` (PEM). Its
+    /// [`Registry::host`] is `0.0.0.0:PORT`: that reaches this host, and a client speaks
+    /// TLS to it (only loopback names get plain HTTP).
+    pub fn start_tls(cert: &Path, key: &Path) -> Registry {
+        Registry::start_with(&Auth::None, false, Some((cert, key)))
+    }
+
+    fn start_with(auth: &Auth, access_log: bool, tls: Option<(&Path, &Path)>) -> Registry {
         tool_path(DOCKER_REGISTRY);
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -102,13 +111,22 @@ impl Registry {
                 ts.cert.display()
             ),
         };
+        let tls_yaml = tls
+            .map(|(cert, key)| {
+                format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    cert.display(),
+                    key.display()
+                )
+            })
+            .unwrap_or_default();
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: {}\nstorage:\n  \
                  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  \
-                 addr: 127.0.0.1:{port}\n{auth_yaml}",
+                 addr: 127.0.0.1:{port}\n{tls_yaml}{auth_yaml}",
                 !access_log,
                 storage.display()
             ),
@@ -119,17 +137,19 @@ impl Registry {
             port,
             child: Mutex::new(None),
             config,
+            tls: tls.is_some(),
         };
         r.restart();
         r
     }
 
-    /// `127.0.0.1:PORT`
+    /// `127.0.0.1:PORT` (`0.0.0.0:PORT` for TLS, see [`Registry::start_tls`]).
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        let ip = if self.tls { "0.0.0.0" } else { "127.0.0.1" };
+        format!("{ip}:{}", self.port)
     }
 
-    /// `127.0.0.1:PORT/<repo_tag>`: an image name in this registry.
+    /// `HOST/<repo_tag>`: an image name in this registry.
     pub fn name(&self, repo_tag: &str) -> String {
         format!("{}/{repo_tag}", self.host())
     }

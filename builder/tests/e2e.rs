@@ -1560,7 +1560,7 @@ fn a_registry_with_a_self_signed_certificate_is_trusted_with_registry_ca() {
         .assert()
         .success();
     // Without it: refused, and not retried (one handshake, which the registry logs).
-    let refused = env.kiln().args(["pull", &name]).output().unwrap();
+    let refused = env.out(&["pull", &name]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{stderr}");
     let want = format!(
@@ -1580,17 +1580,8 @@ fn a_registry_with_a_self_signed_certificate_is_trusted_with_registry_ca() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(handshakes(), 1, "{}", reg.log());
     let ca = cert.to_str().unwrap();
-    let out = env
-        .kiln()
-        .args(["--registry-ca", ca, "push", &name])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pushed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let pushed = env.ok(&["--registry-ca", ca, "push", &name]);
+    let pushed = pushed.trim();
     let inspect: Value = serde_json::from_str(&run_ok(
         Proc::new(kiln_test_support::tool_path("skopeo"))
             .args(["inspect", "--cert-dir"])
@@ -1598,33 +1589,14 @@ fn a_registry_with_a_self_signed_certificate_is_trusted_with_registry_ca() {
             .arg(format!("docker://{name}")),
     ))
     .unwrap();
-    assert_eq!(
-        inspect["Digest"],
-        pushed.as_str(),
-        "skopeo reads what kiln pushed"
-    );
+    assert_eq!(inspect["Digest"], pushed, "skopeo reads what kiln pushed");
     // A fresh store builds FROM it.
     let other = Env::new();
     let ctx = other.context("tls-app", &format!("FROM {name}\nRUN echo over-tls > /t\n"));
-    let built = other
-        .kiln()
-        .args([
-            "--registry-ca",
-            ca,
-            "build",
-            "--progress",
-            "plain",
-            "-t",
-            "t:1",
-        ])
-        .arg(&ctx)
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    let mut kiln = other.kiln();
+    kiln.args(["--registry-ca", ca]);
+    let built = other.build_with(kiln, &ctx, &["-t", "t:1"]);
+    assert!(built.ok, "{}", built.stderr);
 }
 
 #[test]
@@ -2071,14 +2043,9 @@ fn a_base_that_fails_to_resolve_is_asked_for_once() {
              FROM 127.0.0.1:{port}/missing/b:1\nCOPY --from=a /x /x\n"
         ),
     );
-    let out = env
-        .kiln()
-        .args(["build", "--progress", "plain"])
-        .arg(&ctx)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let built = env.build(&ctx, &[]);
+    let stderr = built.stderr;
+    assert!(!built.ok, "{stderr}");
     let want = format!("Dockerfile:1:1: failed to resolve image \"127.0.0.1:{port}/missing/a:1\"");
     assert!(stderr.contains(&want), "{stderr}\nwanted: {want}");
     assert!(stderr.contains("HTTP 404"), "{stderr}");

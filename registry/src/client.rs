@@ -710,24 +710,13 @@ mod tests {
     /// A server on 127.0.0.1 answering every request with a 401 carrying
     /// `challenge` (if any); at most 10 connections. Returns its host.
     fn unauthorized(challenge: Option<&'static str>) -> String {
-        use std::io::Write;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let host = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
-        std::thread::spawn(move || {
-            for conn in listener.incoming().take(10) {
-                let Ok(mut conn) = conn else { return };
-                let mut head = [0u8; 4096];
-                let _ = conn.read(&mut head);
-                let header = challenge
-                    .map(|c| format!("WWW-Authenticate: {c}\r\n"))
-                    .unwrap_or_default();
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 401 Unauthorized\r\n{header}Content-Length: 0\r\nConnection: close\r\n\r\n"
-                );
-            }
-        });
-        host
+        let header = challenge
+            .map(|c| format!("WWW-Authenticate: {c}\r\n"))
+            .unwrap_or_default();
+        let reply = format!(
+            "HTTP/1.1 401 Unauthorized\r\n{header}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        format!("127.0.0.1:{}", counting_server(reply.into_bytes()).0)
     }
 
     /// Fetches a manifest from `host` with credentials saved for it.
@@ -885,8 +874,8 @@ mod tests {
     }
 
     /// A server on 127.0.0.1 that reads each connection's first bytes and answers
-    /// them with `reply` (nothing: it hangs up), counting the connections.
-    fn counting_server(reply: &'static [u8]) -> (u16, std::sync::Arc<AtomicUsize>) {
+    /// them with `reply` (nothing: it hangs up), counting the connections (at most 10).
+    fn counting_server(reply: Vec<u8>) -> (u16, std::sync::Arc<AtomicUsize>) {
         use std::io::Write;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -898,7 +887,7 @@ mod tests {
                 seen.fetch_add(1, Ordering::SeqCst);
                 let mut head = [0u8; 4096];
                 let _ = conn.read(&mut head);
-                let _ = conn.write_all(reply);
+                let _ = conn.write_all(&reply);
             }
         });
         (port, count)
@@ -916,7 +905,7 @@ mod tests {
         .unwrap();
         // 0.0.0.0 reaches this host, and is not a loopback name: kiln speaks TLS to it.
         // The server answers the TLS hello in plain HTTP.
-        let (port, count) = counting_server(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        let (port, count) = counting_server(b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec());
         let host = format!("0.0.0.0:{port}");
         assert!(!c.is_plain_http(&host));
         let r = crate::Reference::parse(&format!("{host}/app:1")).unwrap();
@@ -930,7 +919,7 @@ mod tests {
         assert!(msg.contains("--registry-ca"), "{msg}");
         assert_eq!(count.load(Ordering::SeqCst), 1, "one attempt: {msg}");
         // A server that hangs up mid-handshake may be restarting: tried again.
-        let (port, count) = counting_server(b"");
+        let (port, count) = counting_server(Vec::new());
         let r = crate::Reference::parse(&format!("0.0.0.0:{port}/app:1")).unwrap();
         let e = c.fetch_manifest(&r, "1").err().expect("no TLS there");
         assert!(matches!(e, RegistryError::Transport { .. }), "{e:?}");

@@ -813,11 +813,6 @@ fn build_inner(
         .unwrap_or_default();
     let remote = std::sync::Arc::new(crate::remote::Remote::new(req.registry.clone()));
     let quiet = matches!(req.progress, ProgressMode::Quiet | ProgressMode::Json);
-    // A base's new layers are fetched beside its config when a step will read them.
-    // Not with `--cache-from`: its hits may need none of them.
-    let images = ImageStore::new(&store)
-        .with_remote(remote.clone(), events.clone())
-        .with_prefetch(req.cache_from.is_empty() && crate::bases::reads_bases(&df));
     let opts = ConvertOptions {
         build_args: req.build_args.clone(),
         target: req.target.clone(),
@@ -830,9 +825,17 @@ fn build_inner(
         named_contexts: BTreeMap::new(),
     };
     let (opts, named_dirs) = with_named_contexts(opts, &req.named_contexts)?;
+    let dry = crate::bases::dry_run(&df, &opts);
+    // A base's new layers are fetched beside its config when a step the target needs
+    // will read them. Not with `--cache-from`: its hits may need none of them.
+    let images = ImageStore::new(&store)
+        .with_remote(remote.clone(), events.clone())
+        .with_prefetch(
+            req.cache_from.is_empty() && crate::bases::reads_bases(&df, dry.stages.as_deref()),
+        );
     // Every base resolved at once, not one `FROM` after the other (see `bases`).
     // A base that fails is remembered with its error, which the conversion reports.
-    crate::bases::resolve_at_once(&df, &opts, &|reference, platform| {
+    crate::bases::resolve_at_once(&dry.bases, &|reference, platform| {
         let _ = ImageResolver::resolve(&images, reference, platform);
     });
     let plan = convert::convert(&df, &opts, &images).map_err(located)?;

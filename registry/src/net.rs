@@ -129,9 +129,11 @@ impl Timeouts {
 /// If `e` (or an error it wraps) is a TLS handshake that another attempt cannot mend,
 /// rustls' words for it: the peer's certificate is not trusted (unknown issuer, expired,
 /// made for another name) or missing, the peer does not speak TLS on that port, or it
-/// refused the handshake. Such a request is not retried: another attempt would meet the
-/// same refusal.
+/// refused the handshake (its protocol, ciphers, or kiln's lack of a client
+/// certificate). Such a request is not retried: another attempt would meet the same
+/// refusal.
 pub fn tls_refusal(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use rustls::AlertDescription as Alert;
     use rustls::Error as Tls;
     let mut cur = Some(e);
     while let Some(err) = cur {
@@ -143,7 +145,23 @@ pub fn tls_refusal(e: &(dyn std::error::Error + 'static)) -> Option<String> {
                     | Tls::UnsupportedNameType
                     | Tls::PeerIncompatible(_)
                     | Tls::InvalidMessage(_)
-                    | Tls::AlertReceived(_)
+                    // The peer's refusals of the handshake itself; not, say, its
+                    // `internal_error`, which may pass.
+                    | Tls::AlertReceived(
+                        Alert::HandshakeFailure
+                            | Alert::NoCertificate
+                            | Alert::BadCertificate
+                            | Alert::UnsupportedCertificate
+                            | Alert::CertificateRevoked
+                            | Alert::CertificateExpired
+                            | Alert::CertificateUnknown
+                            | Alert::UnknownCA
+                            | Alert::AccessDenied
+                            | Alert::ProtocolVersion
+                            | Alert::InsufficientSecurity
+                            | Alert::UnrecognisedName
+                            | Alert::CertificateRequired
+                    )
             )
             .then(|| {
                 if crate::tls::ca_used_as_end_entity(t) {
@@ -227,6 +245,21 @@ fn stalled(msg: String) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Which TLS failures are final: found through an io::Error, as reqwest wraps them;
+    /// a peer's refusal of the handshake is, its internal error is not.
+    #[test]
+    fn tls_refusals_are_the_failures_another_attempt_cannot_mend() {
+        use rustls::{AlertDescription as Alert, CertificateError, Error as Tls};
+        let wrapped = |t: Tls| io::Error::new(io::ErrorKind::InvalidData, t);
+        let refused = |t: Tls| tls_refusal(&wrapped(t));
+        assert!(refused(Tls::InvalidCertificate(CertificateError::UnknownIssuer)).is_some());
+        assert!(refused(Tls::AlertReceived(Alert::HandshakeFailure)).is_some());
+        assert!(refused(Tls::AlertReceived(Alert::CertificateRequired)).is_some());
+        assert!(refused(Tls::AlertReceived(Alert::InternalError)).is_none());
+        assert!(refused(Tls::DecryptError).is_none());
+        assert!(tls_refusal(&io::Error::from(io::ErrorKind::UnexpectedEof)).is_none());
+    }
 
     /// Yields one byte per read, sleeping `gap` before each.
     struct Trickle {

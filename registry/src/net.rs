@@ -95,8 +95,7 @@ impl Timeouts {
     /// If `e` (or an error it wraps) is a timeout of a request made with
     /// these timeouts, what stalled, in words (`no data for 30s`).
     pub fn stalled(&self, e: &(dyn std::error::Error + 'static)) -> Option<String> {
-        let mut cur = Some(e);
-        while let Some(err) = cur {
+        causes(e).into_iter().find_map(|err| {
             if let Some(s) = err.downcast_ref::<Stalled>() {
                 return Some(s.0.clone());
             }
@@ -109,21 +108,29 @@ impl Timeouts {
                     format!("no response for {:?}", self.stall)
                 });
             }
-            if let Some(io) = err.downcast_ref::<io::Error>() {
-                // io::Error's `source` skips the error it wraps: look at it.
-                if let Some(inner) = io.get_ref() {
-                    if let Some(found) = self.stalled(inner) {
-                        return Some(found);
-                    }
-                }
-                if io.kind() == io::ErrorKind::TimedOut {
-                    return Some(format!("no data for {:?}", self.stall));
-                }
-            }
-            cur = err.source();
-        }
-        None
+            err.downcast_ref::<io::Error>()
+                .filter(|io| io.kind() == io::ErrorKind::TimedOut)
+                .map(|_| format!("no data for {:?}", self.stall))
+        })
     }
+}
+
+/// `e` and the errors it wraps, in the order to look at them: its `source` chain, with
+/// before each io::Error the errors that one wraps (io::Error's `source` skips the error
+/// it wraps).
+fn causes<'e>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Vec<&'e (dyn std::error::Error + 'static)> {
+    let mut out = Vec::new();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(inner) = err.downcast_ref::<io::Error>().and_then(io::Error::get_ref) {
+            out.extend(causes(inner));
+        }
+        out.push(err);
+        cur = err.source();
+    }
+    out
 }
 
 /// If `e` (or an error it wraps) is a TLS handshake that another attempt cannot mend,
@@ -135,54 +142,44 @@ impl Timeouts {
 pub fn tls_refusal(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     use rustls::AlertDescription as Alert;
     use rustls::Error as Tls;
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(t) = err.downcast_ref::<Tls>() {
-            return matches!(
-                t,
-                Tls::InvalidCertificate(_)
-                    | Tls::NoCertificatesPresented
-                    | Tls::UnsupportedNameType
-                    | Tls::PeerIncompatible(_)
-                    | Tls::InvalidMessage(_)
-                    // The peer's refusals of the handshake itself; not, say, its
-                    // `internal_error`, which may pass.
-                    | Tls::AlertReceived(
-                        Alert::HandshakeFailure
-                            | Alert::NoCertificate
-                            | Alert::BadCertificate
-                            | Alert::UnsupportedCertificate
-                            | Alert::CertificateRevoked
-                            | Alert::CertificateExpired
-                            | Alert::CertificateUnknown
-                            | Alert::UnknownCA
-                            | Alert::AccessDenied
-                            | Alert::ProtocolVersion
-                            | Alert::InsufficientSecurity
-                            | Alert::UnrecognisedName
-                            | Alert::CertificateRequired
-                    )
+    let t = causes(e)
+        .into_iter()
+        .find_map(|err| err.downcast_ref::<Tls>())?;
+    matches!(
+        t,
+        Tls::InvalidCertificate(_)
+            | Tls::NoCertificatesPresented
+            | Tls::UnsupportedNameType
+            | Tls::PeerIncompatible(_)
+            | Tls::InvalidMessage(_)
+            // The peer's refusals of the handshake itself; not, say, its
+            // `internal_error`, which may pass.
+            | Tls::AlertReceived(
+                Alert::HandshakeFailure
+                    | Alert::NoCertificate
+                    | Alert::BadCertificate
+                    | Alert::UnsupportedCertificate
+                    | Alert::CertificateRevoked
+                    | Alert::CertificateExpired
+                    | Alert::CertificateUnknown
+                    | Alert::UnknownCA
+                    | Alert::AccessDenied
+                    | Alert::ProtocolVersion
+                    | Alert::InsufficientSecurity
+                    | Alert::UnrecognisedName
+                    | Alert::CertificateRequired
             )
-            .then(|| {
-                if crate::tls::ca_used_as_end_entity(t) {
-                    // rustls says `Other(OtherError(CaUsedAsEndEntity))`.
-                    "its certificate is marked as a CA (a self-signed certificate?) and is \
-                     not one kiln trusts"
-                        .to_owned()
-                } else {
-                    t.to_string()
-                }
-            });
+    )
+    .then(|| {
+        if crate::tls::ca_used_as_end_entity(t) {
+            // rustls says `Other(OtherError(CaUsedAsEndEntity))`.
+            "its certificate is marked as a CA (a self-signed certificate?) and is \
+             not one kiln trusts"
+                .to_owned()
+        } else {
+            t.to_string()
         }
-        if let Some(io) = err.downcast_ref::<io::Error>() {
-            // io::Error's `source` skips the error it wraps: look at it.
-            if let Some(found) = io.get_ref().and_then(|inner| tls_refusal(inner)) {
-                return Some(found);
-            }
-        }
-        cur = err.source();
-    }
-    None
+    })
 }
 
 /// A transfer that stopped making progress; the message says how

@@ -535,7 +535,7 @@ impl ImageStore {
 
     /// The image a reference names, for a platform.
     pub fn get(&self, reference: &str, platform: &Platform) -> Result<Arc<ImageInfo>> {
-        let key = format!("{reference}\0{platform}");
+        let key = image_key(reference, platform);
         if let Some(i) = self.resolved.lock().expect("image lock").get(&key) {
             return Ok(i.clone());
         }
@@ -801,13 +801,19 @@ impl ImageStore {
     }
 }
 
+/// The key of `reference` for `platform` in [`ImageStore`]'s maps of what it resolved
+/// and what failed.
+fn image_key(reference: &str, platform: &Platform) -> String {
+    format!("{reference}\0{platform}")
+}
+
 impl ImageResolver for ImageStore {
     fn resolve(
         &self,
         reference: &str,
         platform: &Platform,
     ) -> Result<Option<ResolvedImage>, String> {
-        let key = format!("{reference}\0{platform}");
+        let key = image_key(reference, platform);
         if let Some(e) = self.failed.lock().expect("image lock").get(&key) {
             return Err(e.clone());
         }

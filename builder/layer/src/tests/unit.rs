@@ -228,13 +228,20 @@ fn root_entry_applies_to_dest() {
     let info = unpack_layer(tar.as_slice(), dest.path(), &UnpackOptions::default()).unwrap();
     assert_eq!(info.entries, 2);
     let meta = std::fs::metadata(dest.path()).unwrap();
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     assert_eq!(meta.permissions().mode() & 0o7777, 0o750);
     assert_eq!(meta.mtime(), 1_600_000_000);
     // A non-directory cannot be the root.
     let tar = raw_tar(&[raw_file(".", b"")]);
     let dest = tempdir().unwrap();
     assert!(unpack_layer(tar.as_slice(), dest.path(), &UnpackOptions::default()).is_err());
+}
+
+/// The uid and gid of `path` itself (a symlink's own).
+fn owner_of(path: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).unwrap();
+    (m.uid(), m.gid())
 }
 
 /// Owners as root. An entry of 0:0 is left as created (root creates it 0:0), any other
@@ -282,11 +289,7 @@ fn owners_are_set_and_replaced_directories_entered_anew() {
     let tar = b.into_inner().unwrap();
     let dest = tempdir().unwrap();
     unpack_layer(tar.as_slice(), dest.path(), &UnpackOptions::default()).unwrap();
-    use std::os::unix::fs::MetadataExt;
-    let owner = |p: &str| {
-        let m = std::fs::symlink_metadata(dest.path().join(p)).unwrap();
-        (m.uid(), m.gid())
-    };
+    let owner = |p: &str| owner_of(&dest.path().join(p));
     assert_eq!(owner("d"), (0, 0), "listed again as 0:0");
     assert_eq!(owner("d/root"), (0, 0));
     assert_eq!(owner("d/user"), (1000, 1000));
@@ -307,7 +310,7 @@ fn an_entry_of_root_in_a_set_group_id_directory_is_chowned() {
     if !is_root() {
         return;
     }
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     let dest = tempdir().unwrap();
     let sg = dest.path().join("sg");
     std::fs::create_dir(&sg).unwrap();
@@ -319,10 +322,7 @@ fn an_entry_of_root_in_a_set_group_id_directory_is_chowned() {
         ..UnpackOptions::default()
     };
     unpack_layer(tar.as_slice(), dest.path(), &opts).unwrap();
-    let owner = |p: &str| {
-        let m = std::fs::symlink_metadata(dest.path().join(p)).unwrap();
-        (m.uid(), m.gid())
-    };
+    let owner = |p: &str| owner_of(&dest.path().join(p));
     assert_eq!(owner("sg/f"), (0, 0));
     assert_eq!(owner("top"), (0, 0));
 }
